@@ -1,0 +1,35 @@
+"""Pure, vectorized detectors over numpy arrays: no I/O, no Faust, no config files.
+
+The same code serves the live Faust worker and ``rpm backtest`` (DESIGN.md). Public API:
+
+- :class:`Engine` — runs a :class:`RuleSet` over :class:`SampleBatch` micro-batches, returns
+  :class:`AlertEvent` s; ``tick``, ``acknowledge``, per-patient ``export_state``/``import_state``;
+- rule models :class:`RuleSet`, :class:`ThresholdRule`, :class:`ThresholdLevel`, :class:`Severity`,
+  :class:`Direction` (built from ``alert_rules.yaml`` by ``rpm_core.rules``);
+- :class:`PatientRegistry` (patient id ↔ dense index) and :class:`SampleBatch`.
+"""
+
+from __future__ import annotations
+
+from detectors.batch import PatientRegistry, SampleBatch
+from detectors.engine import Engine
+from detectors.errors import DetectorError, RuleValidationError, StateError
+from detectors.events import AlertEvent, alert_id
+from detectors.rules import Direction, Rule, RuleSet, Severity, ThresholdLevel, ThresholdRule
+
+__all__ = [
+    "AlertEvent",
+    "DetectorError",
+    "Direction",
+    "Engine",
+    "PatientRegistry",
+    "Rule",
+    "RuleSet",
+    "RuleValidationError",
+    "SampleBatch",
+    "Severity",
+    "StateError",
+    "ThresholdLevel",
+    "ThresholdRule",
+    "alert_id",
+]

@@ -1,0 +1,206 @@
+"""The ``rpm`` command: one entry point for every part of the product.
+
+Configuration comes from the environment (see ``rpm_core.settings``) and matching flags; flags win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import orjson
+
+from rpm_core.errors import RpmError
+from rpm_core.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    overrides = {
+        k: v for k, v in {
+            "mqtt_url": getattr(args, "mqtt_url", None),
+            "kafka_url": getattr(args, "kafka_url", None),
+            "influx_url": getattr(args, "influx_url", None),
+            "influx_db": getattr(args, "influx_db", None),
+            "rules_path": getattr(args, "rules", None),
+        }.items() if v
+    }
+    settings = replace(settings, **overrides)
+    settings.validate()
+    return settings
+
+
+def _add_service_flags(p: argparse.ArgumentParser, *, mqtt: bool = True, kafka: bool = True,
+                       influx: bool = True, rules: bool = False) -> None:
+    if mqtt:
+        p.add_argument("--mqtt-url", help="mqtt://user:pass@host:port (env RPM_MQTT_URL)")
+    if kafka:
+        p.add_argument("--kafka-url", help="kafka://host:port (env RPM_KAFKA_URL)")
+    if influx:
+        p.add_argument("--influx-url", help="http://host:8086 (env RPM_INFLUX_URL)")
+        p.add_argument("--influx-db", help="database / bucket (env RPM_INFLUX_DB, default rpm)")
+    if rules:
+        p.add_argument("--rules", help="alert rules file (env RPM_RULES, default alert_rules.yaml)")
+
+
+# --- commands ----------------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Publish simulated readings over MQTT."""
+    from simulators.runner import SimConfig, simulate
+
+    settings = _settings(args)
+    summary = simulate(SimConfig(
+        patients=args.patients, duration_s=args.duration, mqtt_url=settings.mqtt().url(redact=False),
+        speed=args.speed, history_s=args.history, flush_s=args.flush_interval,
+        processes=args.processes, seed=args.seed, first_index=args.first_patient,
+    ))
+    if args.summary_json:
+        Path(args.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    print(f"sent {summary['readings_sent']} readings for {args.patients} patients: {summary['by_metric']}")
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    """Run one MQTT→Kafka bridge until interrupted."""
+    from stream.bridge import run_bridge
+
+    settings = _settings(args)
+    asyncio.run(run_bridge(settings, client_id=args.client_id, partitions=args.partitions))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one Faust worker until interrupted."""
+    from stream.worker import WorkerOptions, run_worker
+
+    settings = _settings(args)
+    run_worker(settings, WorkerOptions(
+        partitions=args.partitions, datadir=args.data_dir, web_port=args.web_port, loglevel=args.log_level,
+    ))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the whole pipeline with simulated patients."""
+    from rpm_core.demo import DemoOptions, run_demo
+
+    settings = _settings(args)
+    return run_demo(settings, DemoOptions(
+        patients=args.patients, duration_s=args.duration, workdir=args.workdir, partitions=args.partitions,
+        simulate=not args.no_simulator, history_s=args.history,
+    ))
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    """Validate and explain a rules file."""
+    from rpm_core.rules import check_main
+
+    return check_main(args.file)
+
+
+# --- parser ------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be greater than 0")
+    return value
+
+
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--patients", type=_positive_int, default=20)
+    p.add_argument("--duration", type=_positive_float, default=None,
+                   help="seconds to simulate, then stop and report (default: until Ctrl-C)")
+    p.add_argument("--history", type=float, default=1200.0,
+                   help="seconds of backlog each virtual device uploads first (default 1200)")
+    p.add_argument("--workdir", default=None, help="where services keep data and logs (default ./var/demo)")
+    p.add_argument("--partitions", type=_positive_int, default=8)
+    p.add_argument("--no-simulator", action="store_true", help="run the pipeline only")
+    _add_service_flags(p, rules=True)
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``rpm``."""
+    parser = argparse.ArgumentParser(prog="rpm", description="Remote patient monitoring pipeline.")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default=os.environ.get("RPM_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_demo(sub, "demo", "run the whole pipeline with simulated patients, end to end")
+    _add_demo(sub, "up", "run the whole pipeline (same as demo)")
+
+    p = sub.add_parser("simulate", help="publish simulated patients' readings over MQTT")
+    p.add_argument("--patients", type=_positive_int, required=True)
+    p.add_argument("--duration", type=_positive_float, required=True, help="seconds of wall-clock time")
+    p.add_argument("--speed", type=_positive_float, default=1.0, help="simulated seconds per wall second")
+    p.add_argument("--history", type=float, default=0.0, help="seconds of backlog to upload first")
+    p.add_argument("--flush-interval", type=_positive_float, default=1.0,
+                   help="seconds of readings per MQTT message (default 1)")
+    p.add_argument("--processes", type=int, default=0, help="publisher processes (default: automatic)")
+    p.add_argument("--first-patient", type=int, default=0, help="number of the first patient (p0000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--summary-json", help="write the summary of what was sent to this file")
+    _add_service_flags(p, kafka=False, influx=False)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
+    p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
+    p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of rpm.readings if created")
+    _add_service_flags(p, influx=False)
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("worker", help="run one Faust stream worker")
+    p.add_argument("--partitions", type=_positive_int, default=8)
+    p.add_argument("--data-dir", default=None, help="Faust data directory (default: a new temp dir)")
+    p.add_argument("--web-port", type=int, default=0, help="Faust web port (default: a free port)")
+    _add_service_flags(p, mqtt=False, rules=True)
+    p.set_defaults(func=cmd_worker)
+
+    rules = sub.add_parser("rules", help="alert rules").add_subparsers(dest="rules_command", required=True)
+    p = rules.add_parser("check", help="validate and explain a rules file")
+    p.add_argument("file", nargs="?", default=os.environ.get("RPM_RULES", "alert_rules.yaml"))
+    p.set_defaults(func=cmd_rules_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rpm`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except RpmError as exc:
+        print(f"rpm {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

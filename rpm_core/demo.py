@@ -1,0 +1,243 @@
+"""``rpm demo`` / ``rpm up``: the whole pipeline on one machine, headless.
+
+Starts Mosquitto, Tansu and InfluxDB (or uses ``RPM_*_URL``), one bridge and one worker as their
+own processes (the same ``rpm bridge`` / ``rpm worker`` an operator runs), shows new alerts as a
+console nurse-station feed, drives simulated patients through it, and finally reports from
+InfluxDB what was written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from rpm_core.errors import ServiceError
+from rpm_core.rules import load_rules
+from rpm_core.services import BRIDGE_USER, SIMULATOR_USER, ServiceProcess, Stack, influx_query, start_stack
+from rpm_core.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``rpm demo`` runs."""
+
+    patients: int = 20
+    duration_s: float | None = None
+    workdir: str | None = None
+    partitions: int = 8
+    simulate: bool = True
+    history_s: float = 1200.0
+
+
+def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
+    s = stack.settings
+    env = dict(os.environ)
+    env.update({
+        "RPM_KAFKA_URL": s.kafka_url or "",
+        "RPM_INFLUX_URL": s.influx_url or "",
+        "RPM_INFLUX_DB": s.influx_db,
+        "RPM_RULES": str(Path(s.rules_path).resolve()),
+    })
+    if mqtt_user:
+        env["RPM_MQTT_URL"] = stack.mqtt_url(mqtt_user)
+    return env
+
+
+def spawn_rpm(args: list[str], *, env: dict[str, str], log_path: Path, name: str) -> ServiceProcess:
+    """Run ``rpm <args>`` as a child process (stopped by PID), logging to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rpm_core.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return ServiceProcess(name=name, proc=proc, workdir=log_path.parent, log_path=log_path, host="", port=0)
+
+
+async def _alert_feed(bootstrap: str, since_s: float, stop: asyncio.Event) -> None:
+    """A console nurse station: print each new alert state change from ``rpm.alerts``."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        "rpm.alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        group_id=f"rpm-demo-feed-{os.getpid()}", enable_auto_commit=False, fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    _print_alert(orjson.loads(record.value), since_s)
+    finally:
+        await consumer.stop()
+
+
+def _print_alert(event: dict[str, Any], since_s: float) -> None:
+    if event.get("time", 0) < since_s:
+        return
+    mark = {"critical": "!!!", "warning": " ! ", "info": " i "}.get(event.get("severity", ""), "   ")
+    when = time.strftime("%H:%M:%S", time.gmtime(event["time"]))
+    print(f"  [nurse station] {mark} {when}Z {event['patient']:>8} {event['state']:<12} "
+          f"{event['severity']:<8} {event['rule']}: {event['message']}", flush=True)
+
+
+def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:
+    """Vitals points per metric written since ``since_s``."""
+    q = f"SELECT count(value) FROM vitals WHERE time >= {int(since_s * 1e9)} GROUP BY metric"
+    return {tags["metric"]: n for tags, n in _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))}
+
+
+def count_alerts(influx_url: str, db: str, since_s: float) -> dict[tuple[str, str], int]:
+    """Raised alerts per (rule, severity) since ``since_s``."""
+    q = (f"SELECT count(alert_id) FROM alerts WHERE state = 'raised' AND time >= {int(since_s * 1e9)} "
+         "GROUP BY rule, severity")
+    result = _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))
+    return {(tags["rule"], tags["severity"]): n for tags, n in result}
+
+
+def _grouped_counts(doc: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
+    out = []
+    for result in doc.get("results", []):
+        if "error" in result:
+            raise ServiceError(f"InfluxDB query failed: {result['error']}")
+        for series in result.get("series", []):
+            out.append((series.get("tags", {}), int(series["values"][0][1])))
+    return out
+
+
+@contextlib.contextmanager
+def _children(stack: Stack, workdir: Path, partitions: int) -> Iterator[list[ServiceProcess]]:
+    logs = workdir / "logs"
+    kids = [
+        spawn_rpm(["bridge", "--partitions", str(partitions)], env=_env_for(stack, mqtt_user=BRIDGE_USER),
+                  log_path=logs / "bridge.log", name="bridge"),
+        spawn_rpm(["worker", "--partitions", str(partitions), "--data-dir", str(workdir / "worker")],
+                  env=_env_for(stack, mqtt_user=None), log_path=logs / "worker.log", name="worker"),
+    ]
+    try:
+        yield kids
+    finally:
+        for kid in kids:
+            kid.stop()
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> int:
+    """Run the demo; 0 when vitals and alerts reached InfluxDB."""
+    load_rules(settings.rules_path)  # a bad rules file stops here, with file, line and fix
+    workdir = Path(options.workdir or "var/demo").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"rpm demo: starting services in {workdir}", flush=True)
+    stack = start_stack(settings, workdir / "services")
+    try:
+        return asyncio.run(_run(stack, workdir, options))
+    except KeyboardInterrupt:
+        print("\nrpm demo: interrupted; stopping", flush=True)
+        return 130
+    finally:
+        stack.stop()
+
+
+async def _run(stack: Stack, workdir: Path, options: DemoOptions) -> int:
+    from stream.topics import ensure_topics
+
+    s = stack.settings
+    await ensure_topics(s.kafka_bootstrap(), partitions=options.partitions)
+    for name, svc in stack.processes.items():
+        print(f"  {name:<10} pid {svc.pid:<7} 127.0.0.1:{svc.port}  (log {svc.log_path})")
+    started = time.time()
+    since = math.floor(started - options.history_s - 5)
+    with _children(stack, workdir, options.partitions) as kids:
+        print(f"  bridge     pid {kids[0].pid:<7} (log {kids[0].log_path})\n"
+              f"  worker     pid {kids[1].pid:<7} (log {kids[1].log_path})", flush=True)
+        stop = asyncio.Event()
+        feed = asyncio.create_task(_alert_feed(s.kafka_bootstrap(), since, stop))
+        try:
+            summary = await _drive(stack, options, kids)
+            if summary is None:
+                return 0
+            ok = await _settle(stack, summary, since, kids)
+        finally:
+            stop.set()
+            await feed
+    print(f"rpm demo: finished in {time.time() - started:.0f} s; data stays in {workdir}")
+    return 0 if ok else 1
+
+
+async def _drive(stack: Stack, options: DemoOptions, kids: list[ServiceProcess]) -> dict[str, Any] | None:
+    from simulators.runner import SimConfig, simulate
+
+    if not options.simulate:
+        print("rpm demo: pipeline running without simulator; Ctrl-C to stop", flush=True)
+        await _watch(kids)
+        return None
+    duration = options.duration_s if options.duration_s is not None else math.inf
+    print(f"rpm demo: simulating {options.patients} patients for "
+          f"{'ever (Ctrl-C to stop)' if math.isinf(duration) else f'{duration:.0f} s'}; "
+          f"each device first uploads {options.history_s:.0f} s of backlog", flush=True)
+    cfg = SimConfig(patients=options.patients, duration_s=duration, history_s=options.history_s,
+                    mqtt_url=stack.mqtt_url(SIMULATOR_USER))
+    sim = asyncio.ensure_future(asyncio.to_thread(simulate, cfg))
+    watcher = asyncio.ensure_future(_watch(kids))
+    done, _ = await asyncio.wait({sim, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
+    summary: dict[str, Any] = sim.result()  # raises if a child died first
+    print(f"rpm demo: simulator sent {summary['readings_sent']} readings {summary['by_metric']}", flush=True)
+    return summary
+
+
+async def _watch(kids: list[ServiceProcess]) -> None:
+    while all(k.alive() for k in kids):
+        await asyncio.sleep(0.5)
+    dead = next(k for k in kids if not k.alive())
+    raise ServiceError(f"{dead.name} exited with code {dead.proc.returncode}; see {dead.log_path}:\n{dead.log_tail()}")
+
+
+async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: list[ServiceProcess]) -> bool:
+    s = stack.settings
+    assert s.influx_url
+    expected: dict[str, int] = summary["by_metric"]
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    vitals: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        vitals = await asyncio.to_thread(count_vitals, s.influx_url, s.influx_db, since)
+        if all(vitals.get(m, 0) >= n for m, n in expected.items()):
+            break
+        if not all(k.alive() for k in kids):
+            await _watch(kids)
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(1.5)  # let the feed print the last alerts
+    alerts = await asyncio.to_thread(count_alerts, s.influx_url, s.influx_db, since)
+    _report(s, expected, vitals, alerts)
+    return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts)
+
+
+def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alerts: dict[tuple[str, str], int]) -> None:
+    print(f"\nInfluxDB {s.influx_url}, database {s.influx_db!r}:")
+    print("  vitals written (measurement 'vitals'):")
+    for metric, n in sorted(expected.items()):
+        got = vitals.get(metric, 0)
+        print(f"    {metric:<12} {got:>9} of {n:>9} sent{'' if got >= n else '  (MISSING)'}")
+    print("  alerts raised (measurement 'alerts'):")
+    for (rule, severity), n in sorted(alerts.items()):
+        print(f"    {rule:<24} {severity:<8} {n:>5}")
+    if not alerts:
+        print("    none (EXPECTED SOME)")
+    print(f"  try: curl -G {s.influx_url}/query --data-urlencode db={s.influx_db} "
+          "--data-urlencode \"q=SELECT * FROM alerts WHERE state='raised'\"")

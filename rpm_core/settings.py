@@ -1,0 +1,170 @@
+"""Configuration, read once from the environment (and CLI flags) into one frozen object.
+
+| variable | meaning | default |
+| --- | --- | --- |
+| ``RPM_MQTT_URL`` | ``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS) | started by ``rpm demo`` |
+| ``RPM_MQTT_CA`` | CA bundle for ``mqtts://`` | system store |
+| ``RPM_KAFKA_URL`` | ``kafka://host:port[,host:port…]`` | started by ``rpm demo`` |
+| ``RPM_INFLUX_URL`` | ``http://host:8086`` | started by ``rpm demo`` |
+| ``RPM_INFLUX_DB`` | database (1.x) / bucket (2.x+) | ``rpm`` |
+| ``RPM_INFLUX_TOKEN`` / ``RPM_INFLUX_ORG`` | InfluxDB 2.x+ credentials; setting a token selects the v2 API | unset |
+| ``RPM_RULES`` | alert rules file | ``alert_rules.yaml`` |
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+from urllib.parse import unquote, urlsplit
+
+from rpm_core.errors import ConfigError
+
+DEFAULT_INFLUX_DB: Final = "rpm"
+DEFAULT_RULES_PATH: Final = "alert_rules.yaml"
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        """The secret itself; call only where it is handed to a client."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """Where and how to reach the MQTT broker."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    tls: bool = False
+    ca_file: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, *, ca_file: str | None = None) -> MqttSettings:
+        """Parse ``mqtt://user:pass@host:port`` (``mqtts://`` for TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError(f"RPM_MQTT_URL must start with mqtt:// or mqtts://, got {parts.scheme!r}://")
+        if not parts.hostname:
+            raise ConfigError("RPM_MQTT_URL has no host; expected mqtt://user:pass@host:port")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ConfigError(f"RPM_MQTT_URL has an invalid port: {exc}") from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=Secret(unquote(parts.password or "")),
+            tls=tls,
+            ca_file=ca_file,
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context for ``mqtts://`` (certificate and host name checked), else None."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def with_user(self, username: str, password: str) -> MqttSettings:
+        """The same broker under other credentials."""
+        return replace(self, username=username, password=Secret(password))
+
+    def url(self, *, redact: bool = True) -> str:
+        """The URL, with the password hidden unless ``redact`` is False."""
+        scheme = "mqtts" if self.tls else "mqtt"
+        auth = ""
+        if self.username:
+            pw = "***" if redact else self.password.get()
+            auth = f"{self.username}:{pw}@" if self.password.get() else f"{self.username}@"
+        return f"{scheme}://{auth}{self.host}:{self.port}"
+
+
+def kafka_bootstrap(url: str) -> str:
+    """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes)."""
+    parts = urlsplit(url)
+    if parts.scheme != "kafka" or not parts.netloc:
+        raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port, got {url!r}")
+    return parts.netloc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting the services need; built once at the entry point."""
+
+    # URLs may carry credentials: kept out of repr() so a logged Settings never leaks them.
+    mqtt_url: str | None = field(default=None, repr=False)
+    mqtt_ca: str | None = None
+    kafka_url: str | None = None
+    influx_url: str | None = field(default=None, repr=False)
+    influx_db: str = DEFAULT_INFLUX_DB
+    influx_token: Secret = field(default_factory=lambda: Secret(""))
+    influx_org: str | None = None
+    rules_path: str = DEFAULT_RULES_PATH
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the ``RPM_*`` variables."""
+        env = os.environ if env is None else env
+        settings = cls(
+            mqtt_url=env.get("RPM_MQTT_URL") or None,
+            mqtt_ca=env.get("RPM_MQTT_CA") or None,
+            kafka_url=env.get("RPM_KAFKA_URL") or None,
+            influx_url=env.get("RPM_INFLUX_URL") or None,
+            influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
+            influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
+            influx_org=env.get("RPM_INFLUX_ORG") or None,
+            rules_path=env.get("RPM_RULES") or DEFAULT_RULES_PATH,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Fail early, naming the variable, on values that cannot work."""
+        if self.mqtt_url:
+            MqttSettings.from_url(self.mqtt_url)
+        if self.kafka_url:
+            kafka_bootstrap(self.kafka_url)
+        if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
+            raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {self.influx_url!r}")
+
+    def mqtt(self) -> MqttSettings:
+        """The MQTT broker settings; requires ``mqtt_url``."""
+        if not self.mqtt_url:
+            raise ConfigError("RPM_MQTT_URL is not set")
+        return MqttSettings.from_url(self.mqtt_url, ca_file=self.mqtt_ca)
+
+    def kafka_bootstrap(self) -> str:
+        """aiokafka bootstrap servers; requires ``kafka_url``."""
+        if not self.kafka_url:
+            raise ConfigError("RPM_KAFKA_URL is not set")
+        return kafka_bootstrap(self.kafka_url)
+
+    def require_influx(self) -> str:
+        """The InfluxDB URL; requires ``influx_url``."""
+        if not self.influx_url:
+            raise ConfigError("RPM_INFLUX_URL is not set")
+        return self.influx_url.rstrip("/")

@@ -1,0 +1,205 @@
+"""Versioned wire formats shared by the edge agent, simulators, bridge and workers.
+
+MQTT readings (topic ``rpm/v1/p/{patient}/readings``), schema version 1::
+
+    {"v": 1, "patient": "p0001", "device": "hr-C0:FF:EE:00:00:01", "source": "ble",
+     "samples": [[metric, t, value, flags], ...]}
+
+- ``metric``: ``heart_rate`` (bpm) | ``rr_interval`` (seconds) | ``glucose`` (mg/dL);
+- ``t``: when the device measured it, UTC epoch seconds (int or float);
+- ``value``: a finite number in the metric's plausible physiological range;
+- ``flags`` (optional, default 0): a :class:`SampleFlag` bit mask of signal-quality problems.
+
+One message carries several samples of one device. The bridge validates every message with
+:func:`parse_readings_message` and forwards the normalised form to Kafka ``rpm.readings``
+(key: patient id) as a *record* that may coalesce several messages of one patient; its groups are
+columnar, so a worker turns them into numpy arrays without touching each sample::
+
+    {"v": 1, "patient": "p0001",
+     "groups": [{"device": ..., "source": ..., "metric": [...], "t": [...], "value": [...],
+                 "flags": [...]}, ...]}
+
+Identifiers are restricted to ``[A-Za-z0-9_.:-]``, so they are safe as InfluxDB tags and MQTT
+topic levels without escaping.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+SCHEMA_VERSION: Final = 1
+TOPIC_ROOT: Final = "rpm/v1"
+READINGS_TOPIC_FILTER: Final = "rpm/v1/p/+/readings"
+ALERTS_TOPIC_ROOT: Final = "rpm/v1/alerts"
+
+# Big enough for ~1,000 samples; anything larger is a bug or an attack, not a device.
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+MAX_SAMPLES_PER_MESSAGE: Final = 2_000
+# A device clock may run a little fast; further ahead than this is a broken clock.
+MAX_FUTURE_SKEW_S: Final = 300.0
+# Nothing we could have measured predates this (2000-01-01T00:00:00Z).
+MIN_SAMPLE_EPOCH_S: Final = 946_684_800.0
+
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+METRICS: Final = ("heart_rate", "rr_interval", "glucose")
+# Plausible physiological ranges (inclusive). Outside them a value is an artefact, not a patient.
+METRIC_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "heart_rate": (15.0, 350.0),  # bpm; HRS can encode up to 65535
+    "rr_interval": (0.15, 4.0),  # s; 15-400 bpm
+    "glucose": (10.0, 1000.0),  # mg/dL; meters report 10-600, lab up to ~1000
+}
+SOURCES: Final = frozenset({"ble", "sim", "manual", "import"})
+
+
+class SampleFlag(enum.IntFlag):
+    """Signal-quality problems attached to a sample; detectors do not alert on flagged samples."""
+
+    NONE = 0
+    CONTACT_LOST = 1  # HRS: contact supported and not detected
+    DEVICE_WARNING = 2  # GLS/CGM status annunciation set
+    LOW_QUALITY = 4  # CGM quality below threshold
+
+
+ALL_FLAGS: Final = int(SampleFlag.CONTACT_LOST | SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
+
+
+class WireError(ValueError):
+    """A message that does not follow the wire schema; ``reason`` says why, for the dead-letter topic."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Sample = tuple[str, float, float, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingsMessage:
+    """One validated MQTT readings message: samples of one device of one patient."""
+
+    patient: str
+    device: str
+    source: str
+    samples: tuple[Sample, ...]
+
+    def to_group(self) -> dict[str, Any]:
+        """The message as a (columnar) group inside a Kafka readings record."""
+        metric, t, value, flags = zip(*self.samples, strict=True)
+        return {"device": self.device, "source": self.source, "metric": metric, "t": t, "value": value, "flags": flags}
+
+
+def readings_topic(patient: str) -> str:
+    """MQTT topic on which the edge agent of ``patient`` publishes readings."""
+    return f"{TOPIC_ROOT}/p/{patient}/readings"
+
+
+def status_topic(patient: str) -> str:
+    """MQTT topic for device and agent status of ``patient`` (retained, last will)."""
+    return f"{TOPIC_ROOT}/p/{patient}/status"
+
+
+def command_topic(patient: str) -> str:
+    """MQTT topic on which the agent of ``patient`` receives commands and messages."""
+    return f"{TOPIC_ROOT}/p/{patient}/cmd"
+
+
+def patient_from_topic(topic: str) -> str:
+    """The patient id in a readings topic, or :class:`WireError`."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "rpm" or parts[1] != "v1" or parts[2] != "p" or parts[4] != "readings":
+        raise WireError(f"topic {topic!r} is not rpm/v1/p/<patient>/readings")
+    if not _ID_RE.fullmatch(parts[3]):
+        raise WireError("topic patient id is not a valid identifier")
+    return parts[3]
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether ``value`` is an identifier safe for tags and topics."""
+    return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def encode_readings(
+    *, patient: str, device: str, source: str, samples: list[Sample] | list[list[Any]]
+) -> bytes:
+    """Encode a readings message (the inverse of :func:`parse_readings_message`)."""
+    return orjson.dumps(
+        {"v": SCHEMA_VERSION, "patient": patient, "device": device, "source": source, "samples": samples}
+    )
+
+
+def _check_sample(raw: object, index: int, now: float) -> Sample:
+    where = f"samples[{index}]"
+    if not isinstance(raw, list) or len(raw) not in (3, 4):
+        raise WireError(f"{where}: expected [metric, t, value] or [metric, t, value, flags]")
+    metric, t, value = raw[0], raw[1], raw[2]
+    flags = raw[3] if len(raw) == 4 else 0
+    if metric not in METRIC_RANGES:
+        raise WireError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+        raise WireError(f"{where}: time must be a finite number of epoch seconds")
+    if t < MIN_SAMPLE_EPOCH_S:
+        raise WireError(f"{where}: time {t!r} is before 2000-01-01")
+    if t > now + MAX_FUTURE_SKEW_S:
+        raise WireError(f"{where}: time is {t - now:.0f} s in the future (device clock wrong?)")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise WireError(f"{where}: value must be a finite number")
+    lo, hi = METRIC_RANGES[metric]
+    if not lo <= value <= hi:
+        raise WireError(f"{where}: {metric} value outside plausible range [{lo:g}, {hi:g}]")
+    if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~ALL_FLAGS or flags < 0:
+        raise WireError(f"{where}: flags must be an integer mask of {ALL_FLAGS:#x}")
+    return (metric, float(t), float(value), flags)
+
+
+def parse_readings_message(payload: bytes, *, topic: str, now: float) -> ReadingsMessage:
+    """Validate one MQTT readings message; raise :class:`WireError` with a reason if it is bad.
+
+    ``now`` is the receiver's clock (epoch seconds), used to reject samples from the future.
+    """
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message is {len(payload)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    topic_patient = patient_from_topic(topic)
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise WireError("message must be a JSON object")
+    version = doc.get("v")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise WireError(f"unsupported schema version {version!r}; this bridge speaks v{SCHEMA_VERSION}")
+    unknown = set(doc) - {"v", "patient", "device", "source", "samples"}
+    if unknown:
+        raise WireError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    patient, device, source = doc.get("patient"), doc.get("device"), doc.get("source")
+    if not is_valid_id(patient):
+        raise WireError("patient must be an identifier of [A-Za-z0-9_.:-]{1,64}")
+    if patient != topic_patient:
+        raise WireError("patient in payload does not match the topic")
+    if not is_valid_id(device):
+        raise WireError("device must be an identifier of [A-Za-z0-9_.:-]{1,64}")
+    if source not in SOURCES:
+        raise WireError(f"source must be one of {', '.join(sorted(SOURCES))}")
+    samples = doc.get("samples")
+    if not isinstance(samples, list) or not samples:
+        raise WireError("samples must be a non-empty list")
+    if len(samples) > MAX_SAMPLES_PER_MESSAGE:
+        raise WireError(f"{len(samples)} samples; the limit is {MAX_SAMPLES_PER_MESSAGE} per message")
+    checked = tuple(_check_sample(s, i, now) for i, s in enumerate(samples))
+    assert isinstance(patient, str)
+    assert isinstance(device, str)
+    assert isinstance(source, str)
+    return ReadingsMessage(patient=patient, device=device, source=source, samples=checked)
+
+
+def encode_readings_record(patient: str, groups: list[dict[str, Any]]) -> bytes:
+    """Encode the Kafka ``rpm.readings`` record for one patient."""
+    return orjson.dumps({"v": SCHEMA_VERSION, "patient": patient, "groups": groups})

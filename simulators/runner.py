@@ -1,0 +1,189 @@
+"""``rpm simulate``: virtual patients publishing over MQTT (QoS 1) in real time, from several processes.
+
+Simulated time runs ``speed`` times faster than the wall clock and, with ``history_s``, starts
+that far in the past (the backlog a device uploads after being offline). It is arranged to end at
+"now", so no sample is ever from the future. Every MQTT message carries several samples of one
+device; a process waits for every PUBACK before it reports, so the summary counts readings the
+broker accepted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import multiprocessing as mp
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from rpm_core.settings import MqttSettings
+from rpm_core.wire import encode_readings, readings_topic
+from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
+
+_LOGGER = logging.getLogger(__name__)
+
+PUBACK_TIMEOUT_S = 120.0
+PATIENTS_PER_PROCESS = 2_000
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What to simulate."""
+
+    patients: int
+    duration_s: float
+    mqtt_url: str
+    speed: float = 1.0
+    history_s: float = 0.0
+    flush_s: float = 1.0
+    processes: int = 0
+    seed: int = 0
+    prefix: str = "p"
+    first_index: int = 0
+
+
+def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Event]:
+    settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    if settings.username:
+        client.username_pw_set(settings.username, settings.password.get() or None)
+    ctx = settings.ssl_context()
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    connected = threading.Event()
+    client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
+    client.connect(settings.host, settings.port, keepalive=30)
+    client.loop_start()
+    if not connected.wait(30):
+        client.loop_stop()
+        raise ConnectionError(f"could not connect to MQTT at {settings.url()}")
+    return client, connected
+
+
+class _Publisher:
+    """Publishes one process's messages and counts what the broker acknowledged."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+        self.pending: list[tuple[mqtt.MQTTMessageInfo, Counter[str]]] = []
+
+    def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
+        payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
+        info = self.client.publish(readings_topic(patient), payload, qos=1)
+        self.pending.append((info, Counter(s[0] for s in samples)))
+
+    def wait_all(self, timeout: float) -> Counter[str]:
+        deadline = time.monotonic() + timeout
+        acked: Counter[str] = Counter()
+        for info, counts in self.pending:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not info.is_published():
+                raise TimeoutError("the broker did not acknowledge every message in time")
+            acked.update(counts)
+        return acked
+
+
+def _emit_tick(pop: Population, pub: _Publisher, ids: list[str], last_t: float, t: float) -> None:
+    """Publish everything measured in (last_t, t]: one HR message and at most one CGM message per patient."""
+    hr = pop.heart_rate(t)
+    pos, beat_t, rr = pop.beats_until(t, hr)
+    # Bucket the beats per patient with one stable argsort.
+    order = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[order], np.arange(len(ids) + 1)).tolist()
+    beat_list, rr_list = beat_t[order].tolist(), rr[order].tolist()
+    hr_times, hr_list = _ticks(last_t, t, HR_INTERVAL_S, pop.start_s), hr.tolist()
+    cgm = [(tc, pop.glucose(tc).tolist()) for tc in _ticks(last_t, t, CGM_INTERVAL_S, pop.start_s)]
+    for k, pid in enumerate(ids):
+        samples: list[list[Any]] = [["heart_rate", ts, hr_list[k]] for ts in hr_times]
+        samples += [["rr_interval", round(beat_list[j], 3), rr_list[j]] for j in range(bounds[k], bounds[k + 1])]
+        if samples:
+            pub.publish(pid, f"hrs-{pid}", samples)
+        if cgm:
+            pub.publish(pid, f"cgm-{pid}", [["glucose", tc, values[k]] for tc, values in cgm])
+
+
+def _ticks(last_t: float, t: float, every_s: float, origin: float) -> list[float]:
+    """The times origin + k·every_s that fall in (last_t, t]."""
+    first = math.floor((last_t - origin) / every_s) + 1
+    last = math.floor((t - origin) / every_s)
+    return [origin + k * every_s for k in range(max(first, 0), last + 1)]
+
+
+def _run_process(cfg: SimConfig, lo: int, hi: int, out: Any) -> None:
+    """One simulator process: patients ``lo`` … ``hi - 1``."""
+    try:
+        out.put(("ok", dict(_simulate_range(cfg, lo, hi))))
+    except Exception as exc:  # reported to the parent, which exits non-zero
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def _simulate_range(cfg: SimConfig, lo: int, hi: int) -> Counter[str]:
+    client, _ = _connect(cfg.mqtt_url, f"rpm-sim-{os.getpid()}-{lo}")
+    try:
+        return _simulate_with(cfg, lo, hi, _Publisher(client))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def _simulate_with(cfg: SimConfig, lo: int, hi: int, pub: _Publisher) -> Counter[str]:
+    wall0 = time.time()
+    # The simulated timeline starts early enough that, running `speed` times faster than the wall
+    # clock after the backlog, it ends exactly at the wall clock's end: no sample from the future.
+    ahead = cfg.duration_s * (cfg.speed - 1.0) if cfg.speed != 1.0 else 0.0
+    sim0 = float(math.floor(wall0 - cfg.history_s - ahead))
+    end = sim0 + cfg.history_s + cfg.duration_s * cfg.speed
+    pop = Population(np.arange(lo, hi, dtype=np.int64), start_s=sim0, seed=cfg.seed)
+    ids = [patient_id(i, cfg.prefix) for i in range(lo, hi)]
+    last_t = sim0 - 0.5  # so that the first heart-rate and CGM samples fall at sim0
+    while last_t < end:
+        # Catch up on the backlog in flush-sized steps, then follow the (scaled) wall clock.
+        live_t = sim0 + cfg.history_s + (time.time() - wall0) * cfg.speed
+        step = cfg.flush_s * cfg.speed
+        t = min(end, last_t + step, live_t)
+        if t < end and t - last_t < step:
+            time.sleep(0.02)
+            continue
+        _emit_tick(pop, pub, ids, last_t, t)
+        last_t = t
+    return pub.wait_all(PUBACK_TIMEOUT_S)
+
+
+def simulate(cfg: SimConfig) -> dict[str, Any]:
+    """Run the simulation to its end and return the summary (``readings_sent``, ``by_metric``)."""
+    if math.isinf(cfg.duration_s) and cfg.speed != 1.0:
+        raise ValueError("an endless simulation must run at speed 1")
+    nproc = cfg.processes or max(1, min(os.cpu_count() or 1, math.ceil(cfg.patients / PATIENTS_PER_PROCESS)))
+    edges = np.linspace(cfg.first_index, cfg.first_index + cfg.patients, nproc + 1).round().astype(int)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_run_process, args=(cfg, int(lo), int(hi), out), name=f"rpm-sim-{k}")
+        for k, (lo, hi) in enumerate(itertools.pairwise(edges)) if hi > lo
+    ]
+    for p in procs:
+        p.start()
+    totals: Counter[str] = Counter()
+    errors = []
+    for _ in procs:
+        status, value = out.get()
+        if status == "ok":
+            totals.update(value)
+        else:
+            errors.append(value)
+    for p in procs:
+        p.join()
+    if errors:
+        raise RuntimeError("simulator process failed: " + "; ".join(errors))
+    by_metric = {m: int(totals.get(m, 0)) for m in ("heart_rate", "rr_interval", "glucose")}
+    return {"readings_sent": sum(by_metric.values()), "by_metric": by_metric, "patients": cfg.patients}

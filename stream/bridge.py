@@ -1,0 +1,326 @@
+"""The MQTT → Kafka bridge: ack to MQTT only after Kafka acked.
+
+paho-mqtt runs its network loop in its own thread and hands every message (``manual_ack=True``)
+to an asyncio loop that validates it, produces it to Kafka and, once Kafka acknowledged the
+record, acknowledges the MQTT message with ``client.ack(mid, qos)``. Until then Mosquitto keeps
+the message; if the bridge dies it is redelivered (at-least-once; the sink is idempotent).
+
+Backpressure: MQTT v5 Receive Maximum caps the unacknowledged messages Mosquitto sends us, so a
+slow Kafka stops the flow at the broker (which queues without limit, ``max_queued_messages 0``)
+instead of growing memory here.
+
+Several bridges share the load with an MQTT v5 shared subscription (``$share/<group>/…``), and
+each keeps a persistent session (clean start off, session expiry) so nothing is lost across a
+restart.
+
+Messages of one patient that arrive together are coalesced into one Kafka record (key: patient
+id): a Faust worker's cost is per record, not per reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from rpm_core.settings import MqttSettings
+from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
+from stream import topics
+from stream.deadletter import ReasonLog, deadletter_record
+from stream.errors import BridgeError
+from stream.sink import backoff_s
+
+_LOGGER = logging.getLogger(__name__)
+
+SHARED_GROUP: Final = "rpm-bridges"
+# A week: a bridge that is away for longer than this has bigger problems than its queue.
+SESSION_EXPIRY_S: Final = 7 * 24 * 3600
+# Unacknowledged messages in flight towards us; beyond this Mosquitto queues (backpressure).
+RECEIVE_MAXIMUM: Final = 4000
+MAX_BATCH_MESSAGES: Final = 2000
+# Keep coalesced records well below Kafka's 1 MiB default.
+MAX_RECORD_BYTES: Final = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One MQTT message as received."""
+
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    received_at: float
+
+
+@dataclass
+class BridgeStats:
+    """Counters for metrics and tests."""
+
+    messages_in: int = 0
+    readings_out: int = 0
+    records_out: int = 0
+    deadlettered: int = 0
+    produce_retries: int = 0
+    reasons: ReasonLog = field(default_factory=ReasonLog)
+
+
+@dataclass
+class _Batch:
+    records: list[tuple[str, bytes]] = field(default_factory=list)  # (patient, value)
+    deadletters: list[tuple[str | None, bytes]] = field(default_factory=list)
+    readings: int = 0
+
+
+class Bridge:
+    """One bridge instance; run several for more throughput or availability."""
+
+    def __init__(
+        self,
+        *,
+        mqtt_settings: MqttSettings,
+        bootstrap: str,
+        client_id: str,
+        shared_group: str = SHARED_GROUP,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._mqtt_settings = mqtt_settings
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._subscription = f"$share/{shared_group}/{READINGS_TOPIC_FILTER}"
+        self._clock = clock
+        self.stats = BridgeStats()
+        self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: mqtt.Client | None = None
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._stopping = False
+
+    # --- MQTT side (paho's thread) ---------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        s = self._mqtt_settings
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        if s.username:
+            client.username_pw_set(s.username, s.password.get() or None)
+        context = s.ssl_context()
+        if context is not None:
+            client.tls_set_context(context)
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(min_delay=1, max_delay=15)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        return props
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            _LOGGER.error("MQTT connection refused: %s", reason)
+            return
+        _LOGGER.info("bridge %s connected to MQTT %s", self._client_id, self._mqtt_settings.url())
+        self.connected.set()
+        client.subscribe(self._subscription, qos=1)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            _LOGGER.error("subscription to %s refused: %s (check the ACL)", self._subscription, reasons)
+            return
+        self.subscribed.set()
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connected.clear()
+        if self._stopping:
+            return
+        _LOGGER.warning("bridge %s disconnected from MQTT: %s; reconnecting", self._client_id, reason)
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        item = Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload), self._clock())
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    # --- Kafka side (asyncio) --------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Bridge until ``stop`` is set; unacknowledged messages stay with Mosquitto."""
+        self._loop = asyncio.get_running_loop()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=2 * 1024 * 1024,
+            enable_idempotence=False,  # Tansu rejects idempotent producers; the sink is idempotent
+        )
+        await self._start_producer(producer, stop)
+        client = self._make_client()
+        self._client = client
+        try:
+            client.connect_async(
+                self._mqtt_settings.host, self._mqtt_settings.port, keepalive=30,
+                clean_start=False, properties=self._connect_properties(),
+            )
+            client.loop_start()
+            await self._pump(producer, client, stop)
+        finally:
+            self._stopping = True
+            client.disconnect()
+            client.loop_stop()
+            await producer.stop()
+
+    async def _start_producer(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        attempt = 0
+        while not stop.is_set():
+            try:
+                await producer.start()
+                return
+            except KafkaError as exc:
+                attempt += 1
+                _LOGGER.warning("Kafka at %s not reachable (%s); retrying", self._bootstrap, exc)
+                await asyncio.sleep(backoff_s(attempt))
+        raise BridgeError("stopped before Kafka was reachable")
+
+    async def _pump(self, producer: AIOKafkaProducer, client: mqtt.Client, stop: asyncio.Event) -> None:
+        stop_wait = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                get = asyncio.ensure_future(self._queue.get())
+                await asyncio.wait({get, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    break
+                items = [get.result(), *self._drain(MAX_BATCH_MESSAGES - 1)]
+                if not await self._forward(producer, items, stop):
+                    break  # stopping: unacknowledged, so Mosquitto redelivers them
+                for item in items:
+                    client.ack(item.mid, item.qos)
+        finally:
+            stop_wait.cancel()
+
+    def _drain(self, limit: int) -> list[Inbound]:
+        items: list[Inbound] = []
+        while len(items) < limit:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return items
+
+    def _build(self, items: list[Inbound]) -> _Batch:
+        batch = _Batch()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        sizes: dict[str, int] = {}
+        for item in items:
+            try:
+                msg = parse_readings_message(item.payload, topic=item.topic, now=item.received_at)
+            except WireError as exc:
+                self.stats.reasons.note("bridge", exc.reason, item.topic)
+                record = deadletter_record(
+                    stage="bridge", reason=exc.reason, source=item.topic,
+                    payload=item.payload, received_at=item.received_at,
+                )
+                batch.deadletters.append((None, record))
+                continue
+            if sizes.get(msg.patient, 0) + len(item.payload) > MAX_RECORD_BYTES:
+                batch.records.append((msg.patient, encode_readings_record(msg.patient, groups.pop(msg.patient))))
+                sizes[msg.patient] = 0
+            groups.setdefault(msg.patient, []).append(msg.to_group())
+            sizes[msg.patient] = sizes.get(msg.patient, 0) + len(item.payload)
+            batch.readings += len(msg.samples)
+        batch.records += [(p, encode_readings_record(p, g)) for p, g in groups.items()]
+        return batch
+
+    async def _forward(self, producer: AIOKafkaProducer, items: list[Inbound], stop: asyncio.Event) -> bool:
+        """Produce ``items``; False if told to stop before Kafka took them."""
+        batch = self._build(items)
+        attempt = 0
+        while True:
+            try:
+                futures = [await producer.send(topics.READINGS, value=v, key=p.encode()) for p, v in batch.records]
+                futures += [await producer.send(topics.DEADLETTER, value=v) for _k, v in batch.deadletters]
+                await asyncio.gather(*futures)
+                break
+            except KafkaError as exc:
+                # Not acknowledged to MQTT yet, so nothing is lost; redelivering is safe downstream.
+                attempt += 1
+                self.stats.produce_retries += 1
+                _LOGGER.warning("Kafka produce failed (attempt %d): %s; retrying", attempt, exc)
+                if stop.is_set():
+                    return False
+                await asyncio.sleep(backoff_s(attempt))
+        self.stats.messages_in += len(items)
+        self.stats.records_out += len(batch.records)
+        self.stats.readings_out += batch.readings
+        self.stats.deadlettered += len(batch.deadletters)
+        return True
+
+
+def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
+    """A client id that is stable across restarts yet unique among the bridges on this host.
+
+    A persistent MQTT session only protects the messages in flight if the restarted bridge comes
+    back under the same client id, and two live bridges with one id would keep kicking each other
+    off. So each bridge takes the lowest free slot ``n`` with an ``flock`` that dies with its
+    process (kill -9 included) and uses ``<prefix>-<host>-<n>``.
+    """
+    import fcntl
+    import os
+    import socket
+    import tempfile
+    from pathlib import Path
+
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "rpm-bridge-slots"
+    base.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().split(".")[0]
+    for n in range(1024):
+        handle = (base / f"{prefix}-{n}.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return f"{prefix}-{host}-{n}", handle
+    raise BridgeError("no free bridge slot (1024 bridges on one host?)")
+
+
+async def run_bridge(settings: Any, *, client_id: str | None = None, partitions: int = 8) -> None:
+    """``rpm bridge``: run until SIGTERM/SIGINT, then stop cleanly (unacked messages stay queued)."""
+    import signal
+
+    bootstrap = settings.kafka_bootstrap()
+    await topics.ensure_topics(bootstrap, partitions=partitions)
+    lock = None
+    if client_id is None:
+        client_id, lock = claim_client_id()
+    bridge = Bridge(mqtt_settings=settings.mqtt(), bootstrap=bootstrap, client_id=client_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await bridge.run(stop)
+    finally:
+        _LOGGER.info("bridge %s stopped: %s", client_id, bridge.stats)
+        if lock is not None:
+            lock.close()

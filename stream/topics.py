@@ -1,0 +1,34 @@
+"""Kafka topic names (a contract, see DESIGN.md) and their creation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+_LOGGER = logging.getLogger(__name__)
+
+READINGS: Final = "rpm.readings"
+ALERTS: Final = "rpm.alerts"
+ALERT_ACKS: Final = "rpm.alert-acks"
+DEADLETTER: Final = "rpm.deadletter"
+
+# Patients are spread over partitions by key; each partition lives on one worker, so the
+# partition count is the ceiling on how many workers can share the load.
+DEFAULT_READINGS_PARTITIONS: Final = 8
+
+
+async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PARTITIONS) -> None:
+    """Create the pipeline's topics if they do not exist (idempotent)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {READINGS: partitions, ALERTS: partitions, ALERT_ACKS: partitions, DEADLETTER: 1}
+        new = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
+        if new:
+            await admin.create_topics(new)
+            _LOGGER.info("created topics %s", ", ".join(t.name for t in new))
+    finally:
+        await admin.close()

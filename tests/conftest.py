@@ -1,0 +1,64 @@
+"""Fixtures shared by every suite: real services on free loopback ports, stopped by PID.
+
+Mosquitto, Tansu and InfluxDB each start in well under a second here, so pipeline tests get a
+fresh stack of their own (``stack``): no test sees another's topics, sessions or points. Tests that
+only need a database share one InfluxDB (``influx``) and use a database of their own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rpm_core.services import (
+    ServiceProcess,
+    Stack,
+    influx_query,
+    start_influxdb,
+    start_stack,
+)
+from rpm_core.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _clean_settings(**kw: object) -> Settings:
+    """Settings that ignore the developer's own RPM_* environment."""
+    return Settings(rules_path=str(REPO / "alert_rules.yaml"), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """Mosquitto + Tansu + InfluxDB, fresh for this test."""
+    st = start_stack(_clean_settings(), tmp_path / "services")
+    try:
+        yield st
+    finally:
+        st.stop()
+
+
+@pytest.fixture(scope="session")
+def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """One InfluxDB for the session; tests create their own database (see ``influx_db``)."""
+    svc = start_influxdb(tmp_path_factory.mktemp("influx"))
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def influx_url(influx: ServiceProcess) -> str:
+    """URL of the session InfluxDB."""
+    return f"http://{influx.host}:{influx.port}"
+
+
+@pytest.fixture
+def influx_db(influx_url: str) -> str:
+    """A fresh database for this test."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    influx_query(influx_url, f'CREATE DATABASE "{name}"')
+    return name

@@ -1,0 +1,100 @@
+"""The InfluxDB sink against the real InfluxDB 1.6: v1 and v2 paths, idempotence, bad points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.errors import SinkUnavailableError
+from stream.lineprotocol import AlertPoint, alert_line, vitals_lines
+from stream.sink import InfluxSink, V1Writer, make_sink
+from tests.support.influx import count_by, rows
+from tests.support.v2proxy import V2Proxy
+
+T0_MS = 1_780_000_000_000
+
+
+def sample_lines(n: int, patient: str = "p0001", offset_ms: int = 0) -> list[str]:
+    t_ms = T0_MS + offset_ms + np.arange(n, dtype=np.int64) * 1000
+    return vitals_lines(patient=patient, device="hrs-1", source="sim", metric=["heart_rate"] * n,
+                        t_ms=t_ms, value=np.linspace(60, 90, n))
+
+
+async def test_v1_writes_every_line_in_batches(influx_url: str, influx_db: str) -> None:
+    sink = InfluxSink(writer=V1Writer(url=influx_url, db=influx_db), max_lines=700)
+    try:
+        assert await sink.write(sample_lines(2_000)) == []
+    finally:
+        await sink.close()
+    assert count_by(influx_url, influx_db, "vitals", "value", "patient") == {"p0001": 2_000}
+    assert sink.stats.writes == 3 and sink.stats.lines_written == 2_000
+
+
+async def test_writing_the_same_samples_twice_leaves_one_point_each(influx_url: str, influx_db: str) -> None:
+    sink = make_sink(url=influx_url, db=influx_db)
+    try:
+        await sink.write(sample_lines(50))
+        await sink.write(sample_lines(50))
+    finally:
+        await sink.close()
+    assert count_by(influx_url, influx_db, "vitals", "value", "patient") == {"p0001": 50}
+
+
+async def test_v2_path_through_influxdb_client(influx_url: str, influx_db: str) -> None:
+    """The v2 API path (influxdb-client's async write API) against the real 1.6 server.
+
+    InfluxDB 1.6 has no /api/v2/write, so the test-only proxy in tests/support/v2proxy.py maps
+    /api/v2/write?bucket=db/rp onto /write?db=db&rp=rp, exactly the mapping InfluxDB 1.8 does.
+    """
+    proxy = V2Proxy(influx_url)
+    async with proxy as url:
+        sink = make_sink(url=url, db=influx_db, token="test-token", org="rpm")
+        try:
+            assert await sink.write(sample_lines(120)) == []
+        finally:
+            await sink.close()
+    assert proxy.requests >= 1
+    assert count_by(influx_url, influx_db, "vitals", "value", "patient") == {"p0001": 120}
+
+
+async def test_bad_points_are_isolated_and_the_rest_written(influx_url: str, influx_db: str) -> None:
+    good = sample_lines(40)
+    # A field-type conflict: 'value' is a float for vitals; a string value is refused by InfluxDB.
+    bad = [f'vitals,device=x,metric=heart_rate,patient=p0009,source=sim value="high" {T0_MS}',
+           "this is not line protocol"]
+    sink = make_sink(url=influx_url, db=influx_db)
+    try:
+        await sink.write(good[:5])  # fix the field type first
+        rejected = await sink.write(good[5:20] + bad[:1] + good[20:] + bad[1:])
+    finally:
+        await sink.close()
+    assert [line for line, _ in rejected] == bad
+    assert all("rejected" in reason for _, reason in rejected)
+    assert count_by(influx_url, influx_db, "vitals", "value", "patient") == {"p0001": 40}
+
+
+async def test_alert_lines_round_trip(influx_url: str, influx_db: str) -> None:
+    point = AlertPoint(alert_id="abc123", patient="p0002", rule="hr_high", severity="warning",
+                       metric="heart_rate", state="raised", time_s=1_780_000_000.5, value=134.0,
+                       message='Heart rate "high" \\ 134 bpm')
+    ack = AlertPoint(alert_id="abc123", patient="p0002", rule="hr_high", severity="warning",
+                     metric="heart_rate", state="acknowledged", time_s=1_780_000_060.0, value=float("nan"),
+                     message="acknowledged", by="nurse Ann")
+    sink = make_sink(url=influx_url, db=influx_db)
+    try:
+        assert await sink.write([alert_line(point), alert_line(ack)]) == []
+    finally:
+        await sink.close()
+    got = rows(influx_url, influx_db, "SELECT * FROM alerts")
+    assert [(r["state"], r["value"], r["by"]) for r in got] == [("raised", 134.0, None),
+                                                                ("acknowledged", None, "nurse Ann")]
+    assert got[0]["message"] == 'Heart rate "high" \\ 134 bpm' and got[0]["alert_id"] == "abc123"
+
+
+async def test_unreachable_influx_is_retried_not_dropped() -> None:
+    writer = V1Writer(url="http://127.0.0.1:9", db="rpm")
+    try:
+        with pytest.raises(SinkUnavailableError):
+            await writer.write(b"vitals value=1 1")
+    finally:
+        await writer.close()

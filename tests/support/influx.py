@@ -1,0 +1,32 @@
+"""InfluxQL helpers for assertions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rpm_core.services import influx_query
+
+
+def series(url: str, db: str, q: str) -> list[dict[str, Any]]:
+    """The series of one InfluxQL query (fails on a query error)."""
+    doc = influx_query(url, q, db=db)
+    results: list[dict[str, Any]] = doc["results"]  # type: ignore[assignment]
+    assert "error" not in results[0], results[0]
+    out: list[dict[str, Any]] = results[0].get("series", [])
+    return out
+
+
+def rows(url: str, db: str, q: str) -> list[dict[str, Any]]:
+    """Every row of every series of a query, as dicts (tags merged in)."""
+    out = []
+    for s in series(url, db, q):
+        for values in s["values"]:
+            out.append({**s.get("tags", {}), **dict(zip(s["columns"], values, strict=True))})
+    return out
+
+
+def count_by(url: str, db: str, measurement: str, field: str, tag: str, where: str = "") -> dict[str, int]:
+    """``count(field)`` grouped by ``tag``."""
+    cond = f" WHERE {where}" if where else ""
+    q = f'SELECT count("{field}") FROM "{measurement}"{cond} GROUP BY "{tag}"'
+    return {s["tags"][tag]: int(s["values"][0][1]) for s in series(url, db, q)}
