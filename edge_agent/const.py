@@ -1,0 +1,137 @@
+"""Constants of the edge agent, with the unit in the name and the reason beside it.
+
+Section numbers (§n) refer to /work/shared/ble/HEALTH_PROFILES.md, the byte-level authority.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Final
+
+# §top: every 16-bit SIG UUID is shorthand for 0000xxxx-0000-1000-8000-00805f9b34fb.
+BLUETOOTH_BASE_UUID_SUFFIX: Final = "-0000-1000-8000-00805f9b34fb"
+
+
+def uuid16(n: int) -> str:
+    """Expand a 16-bit SIG UUID to the 128-bit string form bleak reports (``uuid16(0x180D)``)."""
+    if not isinstance(n, int) or not 0 <= n <= 0xFFFF:
+        raise ValueError(f"not a 16-bit UUID: {n!r}")
+    return f"0000{n:04x}{BLUETOOTH_BASE_UUID_SUFFIX}"
+
+
+# --- Services -----------------------------------------------------------------------------------
+CURRENT_TIME_SERVICE_UUID16: Final = 0x1805
+GLUCOSE_SERVICE_UUID16: Final = 0x1808
+DEVICE_INFORMATION_SERVICE_UUID16: Final = 0x180A
+HEART_RATE_SERVICE_UUID16: Final = 0x180D
+BATTERY_SERVICE_UUID16: Final = 0x180F
+CGM_SERVICE_UUID16: Final = 0x181F
+
+CURRENT_TIME_SERVICE_UUID: Final = uuid16(CURRENT_TIME_SERVICE_UUID16)
+GLUCOSE_SERVICE_UUID: Final = uuid16(GLUCOSE_SERVICE_UUID16)
+DEVICE_INFORMATION_SERVICE_UUID: Final = uuid16(DEVICE_INFORMATION_SERVICE_UUID16)
+HEART_RATE_SERVICE_UUID: Final = uuid16(HEART_RATE_SERVICE_UUID16)
+BATTERY_SERVICE_UUID: Final = uuid16(BATTERY_SERVICE_UUID16)
+CGM_SERVICE_UUID: Final = uuid16(CGM_SERVICE_UUID16)
+
+# --- Characteristics and descriptors -------------------------------------------------------------
+CLIENT_CHARACTERISTIC_CONFIGURATION_UUID16: Final = 0x2902
+LOCAL_TIME_INFORMATION_UUID16: Final = 0x2A0F
+GLUCOSE_MEASUREMENT_UUID16: Final = 0x2A18
+BATTERY_LEVEL_UUID16: Final = 0x2A19
+SYSTEM_ID_UUID16: Final = 0x2A23
+MODEL_NUMBER_UUID16: Final = 0x2A24
+SERIAL_NUMBER_UUID16: Final = 0x2A25
+FIRMWARE_REVISION_UUID16: Final = 0x2A26
+HARDWARE_REVISION_UUID16: Final = 0x2A27
+SOFTWARE_REVISION_UUID16: Final = 0x2A28
+MANUFACTURER_NAME_UUID16: Final = 0x2A29
+REGULATORY_CERTIFICATION_DATA_LIST_UUID16: Final = 0x2A2A
+CURRENT_TIME_UUID16: Final = 0x2A2B
+GLUCOSE_MEASUREMENT_CONTEXT_UUID16: Final = 0x2A34
+HEART_RATE_MEASUREMENT_UUID16: Final = 0x2A37
+BODY_SENSOR_LOCATION_UUID16: Final = 0x2A38
+HEART_RATE_CONTROL_POINT_UUID16: Final = 0x2A39
+PNP_ID_UUID16: Final = 0x2A50
+GLUCOSE_FEATURE_UUID16: Final = 0x2A51
+RECORD_ACCESS_CONTROL_POINT_UUID16: Final = 0x2A52
+CGM_MEASUREMENT_UUID16: Final = 0x2AA7
+CGM_FEATURE_UUID16: Final = 0x2AA8
+CGM_STATUS_UUID16: Final = 0x2AA9
+CGM_SESSION_START_TIME_UUID16: Final = 0x2AAA
+CGM_SESSION_RUN_TIME_UUID16: Final = 0x2AAB
+CGM_SPECIFIC_OPS_CONTROL_POINT_UUID16: Final = 0x2AAC
+
+CLIENT_CHARACTERISTIC_CONFIGURATION_UUID: Final = uuid16(CLIENT_CHARACTERISTIC_CONFIGURATION_UUID16)
+LOCAL_TIME_INFORMATION_UUID: Final = uuid16(LOCAL_TIME_INFORMATION_UUID16)
+GLUCOSE_MEASUREMENT_UUID: Final = uuid16(GLUCOSE_MEASUREMENT_UUID16)
+BATTERY_LEVEL_UUID: Final = uuid16(BATTERY_LEVEL_UUID16)
+SYSTEM_ID_UUID: Final = uuid16(SYSTEM_ID_UUID16)
+MODEL_NUMBER_UUID: Final = uuid16(MODEL_NUMBER_UUID16)
+SERIAL_NUMBER_UUID: Final = uuid16(SERIAL_NUMBER_UUID16)
+FIRMWARE_REVISION_UUID: Final = uuid16(FIRMWARE_REVISION_UUID16)
+HARDWARE_REVISION_UUID: Final = uuid16(HARDWARE_REVISION_UUID16)
+SOFTWARE_REVISION_UUID: Final = uuid16(SOFTWARE_REVISION_UUID16)
+MANUFACTURER_NAME_UUID: Final = uuid16(MANUFACTURER_NAME_UUID16)
+REGULATORY_CERTIFICATION_DATA_LIST_UUID: Final = uuid16(REGULATORY_CERTIFICATION_DATA_LIST_UUID16)
+CURRENT_TIME_UUID: Final = uuid16(CURRENT_TIME_UUID16)
+GLUCOSE_MEASUREMENT_CONTEXT_UUID: Final = uuid16(GLUCOSE_MEASUREMENT_CONTEXT_UUID16)
+HEART_RATE_MEASUREMENT_UUID: Final = uuid16(HEART_RATE_MEASUREMENT_UUID16)
+BODY_SENSOR_LOCATION_UUID: Final = uuid16(BODY_SENSOR_LOCATION_UUID16)
+HEART_RATE_CONTROL_POINT_UUID: Final = uuid16(HEART_RATE_CONTROL_POINT_UUID16)
+PNP_ID_UUID: Final = uuid16(PNP_ID_UUID16)
+GLUCOSE_FEATURE_UUID: Final = uuid16(GLUCOSE_FEATURE_UUID16)
+RECORD_ACCESS_CONTROL_POINT_UUID: Final = uuid16(RECORD_ACCESS_CONTROL_POINT_UUID16)
+CGM_MEASUREMENT_UUID: Final = uuid16(CGM_MEASUREMENT_UUID16)
+CGM_FEATURE_UUID: Final = uuid16(CGM_FEATURE_UUID16)
+CGM_STATUS_UUID: Final = uuid16(CGM_STATUS_UUID16)
+CGM_SESSION_START_TIME_UUID: Final = uuid16(CGM_SESSION_START_TIME_UUID16)
+CGM_SESSION_RUN_TIME_UUID: Final = uuid16(CGM_SESSION_RUN_TIME_UUID16)
+CGM_SPECIFIC_OPS_CONTROL_POINT_UUID: Final = uuid16(CGM_SPECIFIC_OPS_CONTROL_POINT_UUID16)
+
+# --- ATT application error codes on control-point writes (§1, §2, §3; surface as
+# BleakGATTProtocolError). The same code means different things per service, hence the prefixes.
+ATT_ERROR_INSUFFICIENT_AUTHENTICATION: Final = 0x05  # passkey pairing needed first (CGMS, §3)
+ATT_ERROR_INSUFFICIENT_ENCRYPTION: Final = 0x0F  # bond first (GLS, §2)
+ATT_ERROR_HRCP_VALUE_NOT_SUPPORTED: Final = 0x80
+ATT_ERROR_GLS_PROCEDURE_ALREADY_IN_PROGRESS: Final = 0x80
+ATT_ERROR_GLS_CCCD_IMPROPERLY_CONFIGURED: Final = 0x81  # RACP indications not enabled
+ATT_ERROR_CGMS_MISSING_CRC: Final = 0x80  # E2E-CRC supported but not appended
+ATT_ERROR_CGMS_INVALID_CRC: Final = 0x81
+ATT_ERROR_CGMS_CCCD_IMPROPERLY_CONFIGURED: Final = 0xFD
+ATT_ERROR_CGMS_PROCEDURE_ALREADY_IN_PROGRESS: Final = 0xFE
+
+# --- Units and scales ---------------------------------------------------------------------------
+# §1: RR-intervals tick at 1/1024 s, so seconds = ticks / 1024 is exact in binary floating point.
+RR_INTERVAL_TICKS_PER_S: Final = 1024
+# §1: at the default 20-byte ATT payload a notification holds at most this many RR-intervals.
+HR_MAX_RR_INTERVALS_PER_DEFAULT_MTU: Final = 9
+# §4: 1 kg/L = 10^6 mg per 10 dL.
+GLUCOSE_MG_DL_PER_KG_L: Final = 100_000
+# §4: mol/L -> mmol/L.
+GLUCOSE_MMOL_L_PER_MOL_L: Final = 1_000
+# §4: glucose molar mass 180.16 g/mol. 18.0 is common clinically and Nordic uses 18.2; we keep
+# the exact factor (as a Fraction so that conversions stay correctly rounded).
+GLUCOSE_MG_DL_PER_MMOL_L: Final = Fraction(18016, 1000)
+# §2 context: carbohydrate in kg (SIG unit) -> g; medication kg -> mg and L -> mL.
+GRAMS_PER_KG: Final = 1_000
+MILLIGRAMS_PER_KG: Final = 1_000_000
+MILLILITRES_PER_L: Final = 1_000
+# §2 context: an exercise duration of 0xFFFF s means "overrun" (it went on longer than that).
+GLUCOSE_EXERCISE_DURATION_OVERRUN_S: Final = 0xFFFF
+# §3: the smallest CGM Measurement record: Size, Flags, glucose SFLOAT, Time Offset.
+CGM_RECORD_MIN_BYTES: Final = 6
+# §3: Session Start Time / Local Time Information time zone counts quarter hours.
+TIME_ZONE_STEP_MIN: Final = 15
+# §3: the CGM Time Offset is a u16 minute counter and wraps after about 45.5 days.
+CGM_TIME_OFFSET_WRAP_MIN: Final = 65_536
+# §top / GSS Date Time: years before the Gregorian reform are invalid; 0 means "unknown".
+DATE_TIME_MIN_YEAR: Final = 1582
+DATE_TIME_MAX_YEAR: Final = 9999
+# §5: Battery Level is a percentage.
+BATTERY_LEVEL_MAX_PCT: Final = 100
+# §6: CRC-16/MCRF4XX (CGM E2E-CRC): reflected CCITT polynomial, seed 0xFFFF, no final XOR.
+E2E_CRC_SEED: Final = 0xFFFF
+E2E_CRC_POLY_REFLECTED: Final = 0x8408
+# §3: CGM Feature carries this in its CRC field when E2E-CRC is not supported.
+E2E_CRC_PLACEHOLDER: Final = 0xFFFF
