@@ -77,7 +77,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from stream.bridge import run_bridge
 
     settings = _settings(args)
-    asyncio.run(run_bridge(settings, client_id=args.client_id, partitions=args.partitions))
+    asyncio.run(run_bridge(settings, client_id=args.client_id, partitions=args.partitions,
+                           health_port=args.health_port))
     return 0
 
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
     p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
     p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of rpm.readings if created")
+    p.add_argument("--health-port", type=int, default=None,
+                   help="serve GET /healthz on 127.0.0.1:PORT (0: any free port; default: off)")
     _add_service_flags(p, influx=False)
     p.set_defaults(func=cmd_bridge)
 
@@ -192,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.log_level != "debug":
+        # aiokafka narrates every group join at INFO; keep its warnings and errors only.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -25,7 +25,17 @@ import orjson
 
 from rpm_core.errors import ServiceError
 from rpm_core.rules import load_rules
-from rpm_core.services import BRIDGE_USER, SIMULATOR_USER, ServiceProcess, Stack, influx_query, start_stack
+from rpm_core.services import (
+    BRIDGE_USER,
+    SIMULATOR_USER,
+    ServiceProcess,
+    Stack,
+    free_port,
+    http_ok,
+    influx_query,
+    start_stack,
+    wait_until,
+)
 from rpm_core.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -125,17 +135,28 @@ def _grouped_counts(doc: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
 @contextlib.contextmanager
 def _children(stack: Stack, workdir: Path, partitions: int) -> Iterator[list[ServiceProcess]]:
     logs = workdir / "logs"
+    health_port = free_port()
     kids = [
-        spawn_rpm(["bridge", "--partitions", str(partitions)], env=_env_for(stack, mqtt_user=BRIDGE_USER),
-                  log_path=logs / "bridge.log", name="bridge"),
+        spawn_rpm(["bridge", "--partitions", str(partitions), "--health-port", str(health_port)],
+                  env=_env_for(stack, mqtt_user=BRIDGE_USER), log_path=logs / "bridge.log", name="bridge"),
         spawn_rpm(["worker", "--partitions", str(partitions), "--data-dir", str(workdir / "worker")],
                   env=_env_for(stack, mqtt_user=None), log_path=logs / "worker.log", name="worker"),
     ]
     try:
+        # Mosquitto drops what is published before anyone subscribed: send nothing until the bridge
+        # is connected to both brokers and subscribed (its persistent session covers restarts).
+        wait_until(lambda: _alive_and(kids[0], lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz")),
+                   timeout=60, what="the bridge (connected and subscribed)")
         yield kids
     finally:
         for kid in kids:
             kid.stop()
+
+
+def _alive_and(kid: ServiceProcess, check: Any) -> bool:
+    if not kid.alive():
+        raise ServiceError(f"{kid.name} exited with code {kid.proc.returncode}; see {kid.log_path}:\n{kid.log_tail()}")
+    return bool(check())
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:

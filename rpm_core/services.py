@@ -292,6 +292,15 @@ def influx_ping(url: str) -> bool:
         return False
 
 
+def http_ok(url: str) -> bool:
+    """Whether GET ``url`` answers 2xx (health checks)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as resp:  # noqa: S310 (our own loopback endpoints)
+            return bool(200 <= resp.status < 300)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def influx_query(url: str, q: str, *, db: str | None = None, method: str = "POST") -> dict[str, object]:
     """Run one InfluxQL statement through ``/query`` and return the decoded JSON."""
     import orjson

@@ -107,6 +107,19 @@ class Bridge:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self._stopping = False
+        self._kafka_started = False
+
+    def health(self) -> dict[str, Any]:
+        """Health for ``/healthz``: booleans must all be true for a 200."""
+        return {
+            "mqtt_connected": self.connected.is_set(),
+            "subscribed": self.subscribed.is_set(),
+            "kafka_started": self._kafka_started,
+            "client_id": self._client_id,
+            "messages_in": self.stats.messages_in,
+            "readings_out": self.stats.readings_out,
+            "deadlettered": self.stats.deadlettered,
+        }
 
     # --- MQTT side (paho's thread) ---------------------------------------------------------------
 
@@ -150,6 +163,7 @@ class Bridge:
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if self._stopping:
             return
         _LOGGER.warning("bridge %s disconnected from MQTT: %s; reconnecting", self._client_id, reason)
@@ -194,6 +208,7 @@ class Bridge:
         while not stop.is_set():
             try:
                 await producer.start()
+                self._kafka_started = True
                 return
             except KafkaError as exc:
                 attempt += 1
@@ -304,9 +319,13 @@ def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
     raise BridgeError("no free bridge slot (1024 bridges on one host?)")
 
 
-async def run_bridge(settings: Any, *, client_id: str | None = None, partitions: int = 8) -> None:
+async def run_bridge(
+    settings: Any, *, client_id: str | None = None, partitions: int = 8, health_port: int | None = None
+) -> None:
     """``rpm bridge``: run until SIGTERM/SIGINT, then stop cleanly (unacked messages stay queued)."""
     import signal
+
+    from stream.health import HealthServer
 
     bootstrap = settings.kafka_bootstrap()
     await topics.ensure_topics(bootstrap, partitions=partitions)
@@ -318,9 +337,15 @@ async def run_bridge(settings: Any, *, client_id: str | None = None, partitions:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    health = HealthServer(bridge.health, port=health_port) if health_port is not None else None
     try:
+        if health is not None:
+            await health.start()
+            _LOGGER.info("bridge health on http://127.0.0.1:%d/healthz", health.port)
         await bridge.run(stop)
     finally:
+        if health is not None:
+            await health.stop()
         _LOGGER.info("bridge %s stopped: %s", client_id, bridge.stats)
         if lock is not None:
             lock.close()

@@ -14,7 +14,7 @@ import pytest
 from rpm_core.services import SIMULATOR_USER, Stack
 from simulators.patients import Scenario, patient_id, scenario_for
 from tests.support.influx import count_by, rows
-from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn
+from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge
 
 pytestmark = pytest.mark.services
 
@@ -41,9 +41,10 @@ def test_simulated_patients_reach_influxdb_with_exactly_the_expected_alerts(stac
     env = rpm_env(stack)
     url, db = stack.settings.influx_url, stack.settings.influx_db
     assert url
-    bridge = spawn("bridge", ["bridge"], env, tmp_path)
     worker = spawn("worker", ["worker", "--data-dir", str(tmp_path / "worker")], env, tmp_path)
-    with running(bridge, worker):
+    with running(worker):
+        bridge = spawn_bridge(stack, tmp_path)
+        watch = (bridge, worker)
         sent = simulate(stack, tmp_path, patients=PATIENTS, duration=3, history=1200)
         assert sent["heart_rate"] > 10_000 and sent["glucose"] == PATIENTS * 5
 
@@ -51,7 +52,8 @@ def test_simulated_patients_reach_influxdb_with_exactly_the_expected_alerts(stac
             return count_by(url, db, "vitals", "value", "metric")
 
         got = eventually(written, lambda g: all(g.get(m, 0) >= n for m, n in sent.items()),
-                         timeout=180, what="every simulated reading in InfluxDB", watch=(bridge, worker))
+                         timeout=180, what="every simulated reading in InfluxDB", watch=watch)
+        bridge.stop()
     assert got == sent, "exactly the readings sent, none doubled"
     per_patient = count_by(url, db, "vitals", "value", "patient")
     assert sorted(per_patient) == [patient_id(i) for i in range(PATIENTS)]

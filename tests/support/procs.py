@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from rpm_core.services import BRIDGE_USER, ServiceProcess, Stack
+from rpm_core.services import BRIDGE_USER, ServiceProcess, Stack, free_port, http_ok
 
 T = TypeVar("T")
 
@@ -77,3 +77,17 @@ def eventually(probe: Callable[[], T], done: Callable[[T], bool], *, timeout: fl
         time.sleep(interval)
         value = probe()
     return value
+
+
+def spawn_bridge(stack: Stack, log_dir: Path, *, name: str = "bridge", **env_extra: str) -> ServiceProcess:
+    """Start ``rpm bridge`` and return once it is connected and subscribed (its /healthz is 200).
+
+    Mosquitto drops messages published before any subscription exists, so tests must not publish
+    before this returns.
+    """
+    port = free_port()
+    proc = spawn(name, ["bridge", "--health-port", str(port)], rpm_env(stack, **env_extra), log_dir)
+    eventually(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), bool, timeout=60,
+               what=f"{name} healthy", watch=(proc,), interval=0.1)
+    proc.port = port
+    return proc

@@ -1,0 +1,31 @@
+"""``rpm demo`` against services that already run (RPM_MQTT_URL, RPM_KAFKA_URL, RPM_INFLUX_URL set)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rpm_core.services import ADMIN_USER, Stack
+from tests.support.influx import count_by, series
+from tests.support.procs import rpm_argv, rpm_env
+
+pytestmark = pytest.mark.services
+
+
+def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: Stack, tmp_path: Path) -> None:
+    env = rpm_env(stack, mqtt_user=ADMIN_USER)
+    done = subprocess.run(
+        rpm_argv("demo", "--patients", "20", "--duration", "8", "--workdir", str(tmp_path / "demo")),
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # It started nothing of its own: the only services are the ones we gave it.
+    assert not (tmp_path / "demo" / "services").exists() or not any((tmp_path / "demo" / "services").iterdir())
+    url, db = stack.settings.influx_url, stack.settings.influx_db
+    assert url
+    per_patient = count_by(url, db, "vitals", "value", "patient")
+    assert len(per_patient) == 20 and all(n > 1000 for n in per_patient.values())
+    assert series(url, db, "SELECT count(alert_id) FROM alerts WHERE state = 'raised'")
+    assert "[nurse station]" in done.stdout and "MISSING" not in done.stdout

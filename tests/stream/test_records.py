@@ -1,0 +1,62 @@
+"""Decoding rpm.readings records: the worker's defence against anything else on the topic."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rpm_core.wire import encode_readings, encode_readings_record, parse_readings_message, readings_topic
+from stream.records import RecordError, decode_record, decode_records
+
+NOW = 1_780_000_000.0
+
+
+def record(**group_over: object) -> bytes:
+    msg = parse_readings_message(
+        encode_readings(patient="p1", device="d1", source="sim",
+                        samples=[["heart_rate", NOW, 70], ["glucose", NOW, 99.5, 2]]),
+        topic=readings_topic("p1"), now=NOW,
+    )
+    group = {**msg.to_group(), **group_over}
+    return encode_readings_record("p1", [group])
+
+
+def test_a_bridge_record_decodes_into_columns() -> None:
+    (g,) = decode_record(record())
+    assert (g.patient, g.device, g.source, g.metric) == ("p1", "d1", "sim", ["heart_rate", "glucose"])
+    assert g.t.tolist() == [NOW, NOW] and g.value.tolist() == [70.0, 99.5] and g.flags.tolist() == [0, 2]
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{", "not JSON"),
+    (orjson.dumps({"v": 2, "patient": "p1", "groups": []}), "v1 readings record"),
+    (orjson.dumps({"v": 1, "patient": "p 1", "groups": [{}]}), "valid patient"),
+    (orjson.dumps({"v": 1, "patient": "p1", "groups": [{"device": "d"}]}), "exactly the keys"),
+    (record(metric=["spo2", "glucose"]), "known metric"),
+    (record(t=["a", "b"]), "must be numbers"),
+    (record(t=[NOW]), "equal length"),
+    (record(value=[70, 1e9]), "plausible range"),
+    (record(flags=[0, 99]), "invalid flags"),
+    (record(device="a b"), "not a valid identifier"),
+])
+def test_malformed_records_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        decode_record(raw)
+
+
+def test_one_bad_record_does_not_spoil_the_batch() -> None:
+    out = decode_records([record(), b"junk", record()])
+    assert len(out.groups) == 2 and out.samples == 4
+    assert [raw for raw, _ in out.rejected] == [b"junk"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+    st.sampled_from(["v", "patient", "groups"]), st.integers() | st.text() | st.lists(st.integers()))))
+def test_fuzz_records_decode_or_are_rejected(raw: bytes) -> None:
+    out = decode_records([raw])
+    assert len(out.rejected) + len(out.groups) >= 1
