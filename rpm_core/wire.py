@@ -8,7 +8,9 @@ MQTT readings (topic ``rpm/v1/p/{patient}/readings``), schema version 1::
 - ``metric``: ``heart_rate`` (bpm) | ``rr_interval`` (seconds) | ``glucose`` (mg/dL);
 - ``t``: when the device measured it, UTC epoch seconds (int or float);
 - ``value``: a finite number in the metric's plausible physiological range;
-- ``flags`` (optional, default 0): a :class:`SampleFlag` bit mask of signal-quality problems.
+- ``flags`` (optional, default 0): a :class:`SampleFlag` bit mask of signal-quality problems;
+- ``id`` (optional, top level): the sender's message id (e.g. the edge agent's outbox row), so a
+  message redelivered after a crash can be recognised as the same message.
 
 One message carries several samples of one device. The bridge validates every message with
 :func:`parse_readings_message` and forwards the normalised form to Kafka ``rpm.readings``
@@ -127,12 +129,14 @@ def is_valid_id(value: object) -> bool:
 
 
 def encode_readings(
-    *, patient: str, device: str, source: str, samples: list[Sample] | list[list[Any]]
+    *, patient: str, device: str, source: str, samples: list[Sample] | list[list[Any]], msg_id: str | None = None
 ) -> bytes:
     """Encode a readings message (the inverse of :func:`parse_readings_message`)."""
-    return orjson.dumps(
-        {"v": SCHEMA_VERSION, "patient": patient, "device": device, "source": source, "samples": samples}
-    )
+    doc: dict[str, Any] = {"v": SCHEMA_VERSION, "patient": patient, "device": device, "source": source,
+                           "samples": samples}
+    if msg_id is not None:
+        doc["id"] = msg_id
+    return orjson.dumps(doc)
 
 
 def _check_sample(raw: object, index: int, now: float) -> Sample:
@@ -176,7 +180,7 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
     version = doc.get("v")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise WireError(f"unsupported schema version {version!r}; this bridge speaks v{SCHEMA_VERSION}")
-    unknown = set(doc) - {"v", "patient", "device", "source", "samples"}
+    unknown = set(doc) - {"v", "patient", "device", "source", "samples", "id"}
     if unknown:
         raise WireError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
     patient, device, source = doc.get("patient"), doc.get("device"), doc.get("source")
@@ -188,6 +192,8 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         raise WireError("device must be an identifier of [A-Za-z0-9_.:-]{1,64}")
     if source not in SOURCES:
         raise WireError(f"source must be one of {', '.join(sorted(SOURCES))}")
+    if "id" in doc and not is_valid_id(doc["id"]):
+        raise WireError("id must be an identifier of [A-Za-z0-9_.:-]{1,64}")
     samples = doc.get("samples")
     if not isinstance(samples, list) or not samples:
         raise WireError("samples must be a non-empty list")

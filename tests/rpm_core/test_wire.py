@@ -51,6 +51,10 @@ def test_encode_is_the_inverse_of_parse() -> None:
     assert parse_readings_message(payload, topic=TOPIC, now=NOW).samples == (("heart_rate", NOW, 60.0, 0),)
 
 
+def test_message_id_is_optional_and_checked() -> None:
+    assert parse(good(id="outbox-42")).patient == "p0001"
+
+
 def test_group_is_columnar() -> None:
     group = parse(good()).to_group()
     assert group["metric"] == ("heart_rate", "rr_interval", "glucose")
@@ -84,6 +88,8 @@ BAD_DOCS = [
     (good(device="x" * 65), "device must be an identifier"),
     (good(source="satellite"), "source must be one of"),
     (good(extra=1), "unknown fields: extra"),
+    (good(id="a b"), "id must be an identifier"),
+    (good(id=7), "id must be an identifier"),
     (good(samples=[]), "non-empty list"),
     (good(samples={"heart_rate": 72}), "non-empty list"),
     (good(samples=[["heart_rate", NOW]]), r"samples\[0\]: expected"),
