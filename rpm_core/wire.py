@@ -145,7 +145,7 @@ def _check_sample(raw: object, index: int, now: float) -> Sample:
         raise WireError(f"{where}: expected [metric, t, value] or [metric, t, value, flags]")
     metric, t, value = raw[0], raw[1], raw[2]
     flags = raw[3] if len(raw) == 4 else 0
-    if metric not in METRIC_RANGES:
+    if not isinstance(metric, str) or metric not in METRIC_RANGES:
         raise WireError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
         raise WireError(f"{where}: time must be a finite number of epoch seconds")
