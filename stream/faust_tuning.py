@@ -40,7 +40,7 @@ def install_fetch_wait(max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
         consumer._fetch_max_wait_ms = _installed[0]
         return consumer
 
-    AIOKafkaConsumerThread._create_worker_consumer = create
+    AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
 def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int) -> dict[str, Any]:

@@ -145,6 +145,8 @@ class Pipeline:
     async def _deadletter(self, stage: str, reason: str, source: str, payload: bytes) -> None:
         self.stats.reasons.note(stage, reason, source)
         self.stats.deadlettered += 1
-        record = deadletter_record(stage=stage, reason=reason, source=source, payload=payload, received_at=self._clock())
+        record = deadletter_record(
+            stage=stage, reason=reason, source=source, payload=payload, received_at=self._clock()
+        )
         assert self._send_deadletter is not None, "Pipeline.bind() first"
         await self._send_deadletter(None, record)

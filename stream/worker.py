@@ -63,7 +63,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     )
     register_agents(app, pipeline, partitions=options.partitions)
     _LOGGER.info("worker starting: data dir %s, web port %d", datadir, web_port)
-    worker = Worker(app, _SinkCloser(pipeline), loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
+    worker = Worker(app, sink_closer(pipeline), loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 
@@ -84,5 +84,6 @@ def _sink_closer_class() -> type:
     return SinkCloser
 
 
-def _SinkCloser(pipeline: Any) -> Any:  # noqa: N802 (a factory standing in for the class)
+def sink_closer(pipeline: Any) -> Any:
+    """A mode service that closes ``pipeline``'s sink when the worker stops."""
     return _sink_closer_class()(pipeline)

@@ -42,13 +42,13 @@ def publish_all(client: mqtt.Client, messages: list[tuple[str, bytes]]) -> None:
         assert info.is_published()
 
 
-async def consume(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[bytes]:
+async def consume(bootstrap: str, topic: str, expected: int, deadline_s: float = 60) -> list[bytes]:
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=f"test-{topic}-{time.time()}", enable_auto_commit=False)
     await consumer.start()
     values: list[bytes] = []
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(deadline_s):
             while len(values) < expected:
                 batch = await consumer.getmany(timeout_ms=500)
                 values += [r.value for recs in batch.values() for r in recs]
@@ -142,7 +142,8 @@ async def test_anonymous_and_wrong_password_clients_are_refused(stack: Stack) ->
         result: list[object] = []
         done = threading.Event()
 
-        def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object) -> None:
+        def on_connect(_c: object, _u: object, _f: object, reason: object, _p: object,
+                       result: list[object] = result, done: threading.Event = done) -> None:
             result.append(reason)
             done.set()
 
