@@ -61,6 +61,9 @@ def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int)
         "producer_acks": -1,
         "producer_linger_ms": 5,
         "stream_buffer_maxsize": 16384,
+        # Memory tables recovered from their changelog; no standbys: recovery reads the changelog.
+        "store": "memory://",
+        "table_standby_replicas": 0,
         "web_enabled": True,
         "web_host": "127.0.0.1",
         "web_port": web_port,

@@ -1,14 +1,18 @@
 """What a worker does with one micro-batch of readings records, independent of Faust.
 
 1. decode the records into columnar groups (bad records → dead-letter);
-2. build the ``vitals`` lines and one :class:`detectors.batch.SampleBatch` for all patients;
-3. run the detectors once over the whole batch (vectorized, many patients at once);
-4. write vitals and alert state changes to InfluxDB (retrying; rejected points → dead-letter);
-5. publish the alert events to ``rpm.alerts``.
+2. load the state of patients this engine has not seen since the last rebalance from the
+   :class:`StateStore` (a Faust table with a changelog in the worker);
+3. build the ``vitals`` lines and one :class:`detectors.batch.SampleBatch` for all patients;
+4. run the detectors once over the whole batch (vectorized, many patients at once);
+5. checkpoint the state of every patient that changed into the store;
+6. write vitals and alert state changes to InfluxDB (retrying; rejected points → dead-letter);
+7. publish the alert events to ``rpm.alerts``.
 
 The caller (the Faust agent) acknowledges the records only after :meth:`Pipeline.handle`
 returned, so a crash anywhere here means redelivery, and redelivery is harmless: points are
-keyed, alert ids are deterministic, and the engine drops samples it has already seen.
+keyed, alert ids are deterministic, and the engine drops samples it has already seen (its
+"last seen" times are part of the checkpointed state, so this holds across a failover too).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import numpy as np
 import orjson
 
 from detectors.batch import PatientRegistry, SampleBatch, metric_codes
+from detectors.errors import StateError
 from detectors.events import AlertEvent
 from stream.deadletter import ReasonLog, deadletter_record
 from stream.lineprotocol import AlertPoint, alert_line, vitals_lines
@@ -47,6 +52,50 @@ class AlertEngine(Protocol):
     def tick(self, now: float) -> list[AlertEvent]:
         """Time-driven transitions (escalation, staleness)."""
 
+    def acknowledge(self, alert_id: str, by: str, at: float) -> list[AlertEvent]:
+        """Mark an open alert acknowledged."""
+
+    def dirty_patients(self) -> list[str]:
+        """Patients whose state changed since the last call."""
+
+    def export_state(self, patient_id: str) -> dict[str, object]:
+        """A patient's state, JSON-able."""
+
+    def import_state(self, patient_id: str, state: dict[str, object]) -> None:
+        """Restore a patient's state."""
+
+
+class StateStore(Protocol):
+    """Durable per-patient detector state (a Faust table in the worker, a dict in tests)."""
+
+    def get(self, patient: str) -> bytes | None:
+        """The stored state of ``patient``."""
+
+    def put(self, patient: str, state: bytes) -> None:
+        """Store the state of ``patient``."""
+
+    def patients(self) -> list[str]:
+        """Every patient with stored state (on this worker's partitions)."""
+
+
+class DictStore:
+    """A :class:`StateStore` in memory (tests, ``rpm backtest``)."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get(self, patient: str) -> bytes | None:
+        """The stored state of ``patient``."""
+        return self.data.get(patient)
+
+    def put(self, patient: str, state: bytes) -> None:
+        """Store the state of ``patient``."""
+        self.data[patient] = state
+
+    def patients(self) -> list[str]:
+        """Every patient with stored state."""
+        return list(self.data)
+
 
 @dataclass
 class PipelineStats:
@@ -54,6 +103,9 @@ class PipelineStats:
 
     records: int = 0
     samples: int = 0
+    checkpoints: int = 0
+    state_loads: int = 0
+    acks: int = 0
     alerts: int = 0
     batches: int = 0
     detector_s: float = 0.0
@@ -73,8 +125,14 @@ def alert_point(event: AlertEvent) -> AlertPoint:
 class Pipeline:
     """Decode → detect → write, for one worker."""
 
-    def __init__(self, *, engine: AlertEngine, sink: InfluxSink, clock: Callable[[], float] = time.time) -> None:
-        self.engine = engine
+    def __init__(
+        self, *, engine_factory: Callable[[], AlertEngine], sink: InfluxSink, store: StateStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._engine_factory = engine_factory
+        self.engine = engine_factory()
+        self.store: StateStore = store if store is not None else DictStore()
+        self._loaded: set[str] = set()
         self.sink = sink
         self._send_alert: SendFn | None = None
         self._send_deadletter: SendFn | None = None
@@ -86,24 +144,74 @@ class Pipeline:
         self._send_alert = send_alert
         self._send_deadletter = send_deadletter
 
+    def use_store(self, store: StateStore) -> None:
+        """Switch to ``store`` (the worker's table, once Faust created it)."""
+        self.store = store
+
+    def reload(self) -> None:
+        """Start from the store again: after a rebalance the partitions (patients) may have moved.
+
+        A fresh engine gets the state of every patient the store holds (the partitions now
+        assigned here), so time-driven transitions (escalation) happen even for patients who
+        send nothing; patients whose partitions left are forgotten.
+        """
+        self.engine = self._engine_factory()
+        self._loaded = set()
+        self._load(self.store.patients())
+        _LOGGER.info("detector state reloaded for %d patients", len(self._loaded))
+
+    def _load(self, patients: list[str]) -> None:
+        for patient in patients:
+            if patient in self._loaded:
+                continue
+            self._loaded.add(patient)
+            raw = self.store.get(patient)
+            if raw is None:
+                continue
+            try:
+                self.engine.import_state(patient, orjson.loads(raw))
+                self.stats.state_loads += 1
+            except (StateError, orjson.JSONDecodeError) as exc:
+                # A record this version cannot read: start the patient fresh rather than stop the stream.
+                _LOGGER.error("stored detector state of a patient is unreadable (%s); starting it fresh", exc)
+
+    def _checkpoint(self) -> None:
+        for patient in self.engine.dirty_patients():
+            self.store.put(patient, orjson.dumps(self.engine.export_state(patient)))
+            self.stats.checkpoints += 1
+
     async def handle(self, values: list[bytes]) -> None:
         """Process one micro-batch of ``rpm.readings`` record values."""
         decoded = decode_records(values)
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
+        self._load(list({g.patient: None for g in decoded.groups}))
         lines = self._vitals_lines(decoded)
         started = time.perf_counter()
         events = self.engine.process(self._sample_batch(decoded)) if decoded.groups else []
         self.stats.detector_s += time.perf_counter() - started
+        self._checkpoint()
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
         self.stats.records += len(values)
         self.stats.samples += decoded.samples
         self.stats.batches += 1
 
+    async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float) -> bool:
+        """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?)."""
+        self._load([patient])
+        events = self.engine.acknowledge(alert_id, by, at)
+        self._checkpoint()
+        if events:
+            await self._write([alert_line(alert_point(e)) for e in events])
+            await self._publish(events)
+            self.stats.acks += 1
+        return bool(events)
+
     async def tick(self) -> None:
         """Run time-driven transitions and publish what they produce."""
         events = self.engine.tick(self._clock())
+        self._checkpoint()
         if events:
             await self._write([alert_line(alert_point(e)) for e in events])
             await self._publish(events)
@@ -141,6 +249,10 @@ class Pipeline:
         for event in events:
             await self._send_alert(event.patient.encode(), orjson.dumps(event.to_dict()))
         self.stats.alerts += len(events)
+
+    async def deadletter(self, stage: str, reason: str, source: str, payload: bytes) -> None:
+        """Park an input we cannot use in ``rpm.deadletter`` with its reason."""
+        await self._deadletter(stage, reason, source, payload)
 
     async def _deadletter(self, stage: str, reason: str, source: str, payload: bytes) -> None:
         self.stats.reasons.note(stage, reason, source)

@@ -41,7 +41,7 @@ def build_pipeline(settings: Settings) -> object:
         url=settings.require_influx(), db=settings.influx_db,
         token=settings.influx_token.get(), org=settings.influx_org,
     )
-    return Pipeline(engine=Engine(ruleset), sink=sink)
+    return Pipeline(engine_factory=lambda: Engine(ruleset), sink=sink)
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
