@@ -1,0 +1,53 @@
+"""What the engine needs from a detector, so new rule types plug in without changing the engine.
+
+A detector owns one rule (with per-patient overrides), per-patient parameter and state arrays,
+and an :class:`~detectors.episodes.EpisodeTable` for the shared alert lifecycle. It turns the
+usable samples of its metric into alert transitions (``process``) and may also change state with
+time alone (``tick``, e.g. staleness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from detectors.batch import MetricView
+from detectors.episodes import EpisodeTable, Transitions
+from detectors.rules import Rule
+
+
+class Detector(Protocol):
+    """A vectorized detector for one rule over all patients."""
+
+    name: str
+    metric: str
+    metric_code: int
+    episodes: EpisodeTable
+
+    def resize(self, n: int) -> None:
+        """Make room for ``n`` patients; new ones follow the default rule."""
+
+    def configure(self, patient: int, rule: Rule) -> None:
+        """Apply a per-patient override of the rule."""
+
+    def process(self, view: MetricView) -> Transitions:
+        """Consume the usable, new samples of the metric (sorted by patient, time)."""
+        ...
+
+    def tick(self, now: float) -> Transitions:
+        """Transitions due to the passage of time alone."""
+        ...
+
+    def message(self, patient: int, state: str, level: int, value: float) -> str:
+        """Human text of an event of this rule for this patient."""
+        ...
+
+    def export_patient(self, patient: int) -> dict[str, Any]:
+        """The patient's state for this rule, JSON-able."""
+        ...
+
+    def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:
+        """Restore :meth:`export_patient`'s output."""
+
+    def reset_patient(self, patient: int) -> None:
+        """Forget the patient's state for this rule."""

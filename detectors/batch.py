@@ -1,0 +1,204 @@
+"""Columnar micro-batches of samples and the patient registry that gives patients dense indices.
+
+A batch holds samples of many patients and metrics in any order; :class:`~detectors.engine.Engine`
+sorts them. Patients are dense ``int64`` indices into per-rule state arrays, so that numpy can
+gather each sample's per-patient parameters and state with one fancy-index operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.const import METRIC_CODES, METRIC_NAMES
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+class PatientRegistry:
+    """Bidirectional map between patient ids (``str``) and dense indices ``0..len-1``.
+
+    Indices are assigned in first-seen order and never reused, so arrays indexed by them only grow.
+    """
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        for patient in ids:
+            self.index_of(patient)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, patient: object) -> bool:
+        return patient in self._index
+
+    def index_of(self, patient: str) -> int:
+        """The index of ``patient``, registering it if new."""
+        index = self._index.get(patient)
+        if index is None:
+            index = len(self._ids)
+            self._index[patient] = index
+            self._ids.append(patient)
+        return index
+
+    def get(self, patient: str) -> int | None:
+        """The index of ``patient`` if registered, else ``None``."""
+        return self._index.get(patient)
+
+    def id_of(self, index: int) -> str:
+        """The patient id at ``index``."""
+        return self._ids[index]
+
+    def ids(self) -> list[str]:
+        """All registered ids, in index order."""
+        return list(self._ids)
+
+    def indices(self, patients: Sequence[str] | npt.NDArray[Any]) -> IntArray:
+        """Indices of ``patients`` (registering new ones); one dict lookup per *distinct* id."""
+        if len(patients) == 0:
+            return np.zeros(0, dtype=np.int64)
+        uniques, inverse = np.unique(np.asarray(patients, dtype=object), return_inverse=True)
+        codes = np.fromiter((self.index_of(str(u)) for u in uniques), dtype=np.int64, count=len(uniques))
+        return codes[inverse.reshape(-1)]
+
+
+def metric_codes(metrics: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.int8]:
+    """Metric codes of metric names; ``ValueError`` naming an unknown metric."""
+    if len(metrics) == 0:
+        return np.zeros(0, dtype=np.int8)
+    uniques, inverse = np.unique(np.asarray(metrics, dtype=object), return_inverse=True)
+    unknown = [str(u) for u in uniques if u not in METRIC_CODES]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; expected one of {', '.join(METRIC_NAMES)}")
+    codes = np.array([METRIC_CODES[str(u)] for u in uniques], dtype=np.int8)
+    return codes[inverse.reshape(-1)]
+
+
+@dataclass(frozen=True, slots=True)
+class SampleBatch:
+    """Samples of many patients and metrics, as parallel 1-D arrays (any order).
+
+    - ``patient``: dense patient index (:class:`PatientRegistry`), int64;
+    - ``metric``: metric code (:data:`detectors.const.METRIC_NAMES` position), int8;
+    - ``t``: when the device measured it, UTC epoch seconds, float64;
+    - ``value``: bpm, seconds or mg/dL, float64;
+    - ``flags``: signal-quality bit mask (``rpm_core.wire.SampleFlag``), int16; any bit set gates the sample.
+    """
+
+    patient: IntArray
+    metric: npt.NDArray[np.int8]
+    t: FloatArray
+    value: FloatArray
+    flags: npt.NDArray[np.int16]
+
+    def __post_init__(self) -> None:
+        # Coerce once here so the hot path can trust dtypes and contiguity.
+        object.__setattr__(self, "patient", np.ascontiguousarray(self.patient, dtype=np.int64))
+        object.__setattr__(self, "metric", np.ascontiguousarray(self.metric, dtype=np.int8))
+        object.__setattr__(self, "t", np.ascontiguousarray(self.t, dtype=np.float64))
+        object.__setattr__(self, "value", np.ascontiguousarray(self.value, dtype=np.float64))
+        object.__setattr__(self, "flags", np.ascontiguousarray(self.flags, dtype=np.int16))
+        n = len(self.patient)
+        for name in ("metric", "t", "value", "flags"):
+            column = getattr(self, name)
+            if column.ndim != 1 or len(column) != n:
+                raise ValueError(f"SampleBatch.{name} must be 1-D with {n} entries like patient")
+
+    def __len__(self) -> int:
+        return len(self.patient)
+
+    @classmethod
+    def empty(cls) -> SampleBatch:
+        """A batch with no samples."""
+        return cls(
+            patient=np.zeros(0, np.int64),
+            metric=np.zeros(0, np.int8),
+            t=np.zeros(0),
+            value=np.zeros(0),
+            flags=np.zeros(0, np.int16),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[SampleBatch]) -> SampleBatch:
+        """All samples of ``batches`` in one batch."""
+        if not batches:
+            return cls.empty()
+        return cls(
+            patient=np.concatenate([b.patient for b in batches]),
+            metric=np.concatenate([b.metric for b in batches]),
+            t=np.concatenate([b.t for b in batches]),
+            value=np.concatenate([b.value for b in batches]),
+            flags=np.concatenate([b.flags for b in batches]),
+        )
+
+    def take(self, index: IntArray | BoolArray | slice) -> SampleBatch:
+        """The samples selected by ``index`` (an index array, a mask or a slice)."""
+        return SampleBatch(
+            patient=self.patient[index],
+            metric=self.metric[index],
+            t=self.t[index],
+            value=self.value[index],
+            flags=self.flags[index],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricView:
+    """Usable (unflagged, finite, new) samples of one metric, sorted by patient then strictly by time.
+
+    This is what a detector's ``process`` receives. ``starts``/``ends`` delimit each patient's run of
+    samples (``ends`` exclusive) and ``group_patient`` says whose it is, so detectors can gather the
+    per-patient state once per group and scatter it back at the group's last sample.
+    """
+
+    patient: IntArray
+    t: FloatArray
+    value: FloatArray
+    starts: IntArray
+    ends: IntArray
+    group_patient: IntArray
+
+    @classmethod
+    def from_sorted(cls, patient: IntArray, t: FloatArray, value: FloatArray) -> MetricView:
+        """Build a view from arrays already sorted by (patient, t)."""
+        n = len(patient)
+        if n == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(patient, t, value, empty, empty, empty)
+        change = np.flatnonzero(patient[1:] != patient[:-1]) + 1
+        starts = np.concatenate(([0], change)).astype(np.int64)
+        ends = np.concatenate((change, [n])).astype(np.int64)
+        return cls(patient, t, value, starts, ends, patient[starts])
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def select_groups(self, keep: BoolArray) -> tuple[MetricView, BoolArray]:
+        """The view restricted to the patient groups where ``keep`` (one flag per group) is true.
+
+        Returns the new view and the per-sample mask that selected it (to subset parallel arrays).
+        """
+        lengths = (self.ends - self.starts)[keep]
+        ends = np.cumsum(lengths, dtype=np.int64)
+        mask = self.per_sample(keep)
+        view = MetricView(
+            self.patient[mask], self.t[mask], self.value[mask], ends - lengths, ends, self.group_patient[keep]
+        )
+        return view, mask
+
+    def first_mask(self) -> BoolArray:
+        """True at each patient's first sample in this view."""
+        mask = np.zeros(len(self.t), dtype=np.bool_)
+        mask[self.starts] = True
+        return mask
+
+    def per_sample(self, per_group: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """Broadcast one value per patient group to every sample of the group."""
+        return np.repeat(per_group, self.ends - self.starts)

@@ -1,0 +1,53 @@
+"""Constants shared by the detectors.
+
+``detectors`` must import with numpy and scipy alone (DESIGN.md, "Top-level layout"), so the few
+wire-format constants it needs are duplicated here instead of imported from ``rpm_core.wire``;
+``tests/detectors/test_const.py`` asserts that both stay equal.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Metric codes are positions in this tuple; the order is the wire's ``rpm_core.wire.METRICS``.
+METRIC_NAMES: Final = ("heart_rate", "rr_interval", "glucose")
+HEART_RATE: Final = 0
+RR_INTERVAL: Final = 1
+GLUCOSE: Final = 2
+METRIC_CODES: Final[dict[str, int]] = {name: code for code, name in enumerate(METRIC_NAMES)}
+N_METRICS: Final = len(METRIC_NAMES)
+
+# Units as stored in InfluxDB ``vitals`` (DESIGN.md, "Rules of the road": bpm, seconds, mg/dL).
+METRIC_UNITS: Final[dict[str, str]] = {"heart_rate": "bpm", "rr_interval": "s", "glucose": "mg/dL"}
+# Human labels for alert messages that nurses read.
+METRIC_LABELS: Final[dict[str, str]] = {
+    "heart_rate": "Heart rate",
+    "rr_interval": "RR interval",
+    "glucose": "Glucose",
+}
+# Decimals worth showing: whole bpm and mg/dL are what devices report; RR intervals are ~ms.
+METRIC_DECIMALS: Final[dict[str, int]] = {"heart_rate": 0, "rr_interval": 3, "glucose": 0}
+
+# Signal-quality bits of ``rpm_core.wire.SampleFlag``. A sample with any bit set is ignored by
+# every detector (issue 4, "signal-quality gating"), so unknown future bits gate too.
+FLAG_CONTACT_LOST: Final = 1
+FLAG_DEVICE_WARNING: Final = 2
+FLAG_LOW_QUALITY: Final = 4
+ALL_QUALITY_FLAGS: Final = FLAG_CONTACT_LOST | FLAG_DEVICE_WARNING | FLAG_LOW_QUALITY
+
+# Severity codes double as level slots: code 1..3, slot code-1. 0 means "no open alert".
+NO_SEVERITY: Final = 0
+INFO: Final = 1
+WARNING: Final = 2
+CRITICAL: Final = 3
+SEVERITY_NAMES: Final = ("info", "warning", "critical")
+N_LEVELS: Final = len(SEVERITY_NAMES)
+
+# Alert states (DESIGN.md, measurement ``alerts``, field ``state``).
+RAISED: Final = "raised"
+CLEARED: Final = "cleared"
+ACKNOWLEDGED: Final = "acknowledged"
+ESCALATED: Final = "escalated"
+
+# Version of the per-patient state records of ``Engine.export_state``; bump on incompatible change.
+STATE_VERSION: Final = 1

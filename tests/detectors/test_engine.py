@@ -1,0 +1,150 @@
+"""The engine's API: batches, at-least-once input, event order, state export/import, bookkeeping."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from detectors import Engine, PatientRegistry, RuleSet, SampleBatch, StateError
+from detectors.const import GLUCOSE, HEART_RATE
+from tests.detectors.helpers import T0, json_roundtrip, run, series, tachycardia_rule
+
+
+@pytest.fixture
+def engine() -> Engine:
+    return Engine(RuleSet(rules=(tachycardia_rule(),)))
+
+
+class TestBatches:
+    def test_batch_registers_patients_and_maps_metric_names(self, engine: Engine) -> None:
+        batch = engine.batch(["b", "a", "b"], ["heart_rate", "glucose", "heart_rate"], [1, 2, 3], [60, 90, 61])
+        assert engine.registry.ids() == ["a", "b"]  # distinct ids registered in sorted order
+        assert batch.patient.tolist() == [1, 0, 1]
+        assert batch.metric.tolist() == [HEART_RATE, GLUCOSE, HEART_RATE]
+        assert batch.flags.tolist() == [0, 0, 0]
+
+    def test_batch_accepts_metric_codes(self, engine: Engine) -> None:
+        batch = engine.batch(["a"], np.array([GLUCOSE], np.int8), [1.0], [90.0])
+        assert batch.metric.tolist() == [GLUCOSE]
+
+    def test_unknown_metric_is_a_value_error(self, engine: Engine) -> None:
+        with pytest.raises(ValueError, match="spo2"):
+            engine.batch(["a"], ["spo2"], [1.0], [97.0])
+
+    def test_columns_must_have_the_same_length(self) -> None:
+        with pytest.raises(ValueError, match="value"):
+            SampleBatch(patient=[0, 1], metric=[0, 0], t=[1.0, 2.0], value=[1.0], flags=[0, 0])
+
+    def test_registry_round_trip(self) -> None:
+        registry = PatientRegistry(["x", "y"])
+        assert registry.index_of("y") == 1 and registry.id_of(0) == "x" and "x" in registry
+        assert registry.get("z") is None and len(registry) == 2
+
+    def test_empty_batch(self, engine: Engine) -> None:
+        assert engine.process(SampleBatch.empty()) == []
+
+
+class TestAtLeastOnce:
+    def test_duplicates_in_a_batch_keep_the_first(self, engine: Engine) -> None:
+        # The second copy of each sample says 80 bpm; if it won, nothing would be raised.
+        samples = series("p", "heart_rate", 0, [130] * 11)
+        copies = [(p, m, t, 80.0, f) for p, m, t, _, f in samples]
+        interleaved = [s for pair in zip(samples, copies, strict=True) for s in pair]
+        assert [e.state for e in run(engine, interleaved)] == ["raised"]
+
+    def test_samples_older_than_the_watermark_are_dropped(self, engine: Engine) -> None:
+        run(engine, series("p", "heart_rate", 600, [80]))
+        assert run(engine, series("p", "heart_rate", 0, [130] * 11)) == []
+
+    def test_watermarks_are_per_metric(self, engine: Engine) -> None:
+        run(engine, series("p", "glucose", 10_000, [100]))
+        assert len(run(engine, series("p", "heart_rate", 0, [130] * 11))) == 1
+
+    def test_flagged_samples_advance_the_watermark(self, engine: Engine) -> None:
+        run(engine, [("p", "heart_rate", T0 + 600, 80.0, 1)])
+        assert engine.export_state("p")["last_t"] == {"heart_rate": T0 + 600}
+
+    def test_garbage_rows_are_dropped_not_raised(self, engine: Engine) -> None:
+        engine.registry.index_of("p")
+        batch = SampleBatch(
+            patient=[0, 0, 7, -1, 0],
+            metric=[0, 9, 0, 0, 0],
+            t=[math.nan, T0, T0, T0, T0],
+            value=[200.0, 200.0, 200.0, 200.0, math.inf],
+            flags=[0, 0, 0, 0, 0],
+        )
+        assert engine.process(batch) == []
+        assert engine.export_state("p")["last_t"] == {"heart_rate": T0}
+
+
+def test_events_are_in_event_time_then_patient_order(engine: Engine) -> None:
+    samples = series("b", "heart_rate", 0, [160] * 3) + series("a", "heart_rate", 0, [160] * 3)
+    samples += series("c", "heart_rate", -60, [160] * 3)
+    events = run(engine, samples[::-1])
+    assert [(e.time - T0, e.patient) for e in events] == [(60.0, "c"), (120.0, "a"), (120.0, "b")]
+
+
+class TestState:
+    def test_export_is_json_and_import_continues_the_episode(self, engine: Engine) -> None:
+        run(engine, series("p", "heart_rate", 0, [130] * 8))  # 7 min into the warning run
+        state = json_roundtrip(engine.export_state("p"))
+        fresh = Engine(engine.rules)
+        fresh.import_state("p", state)
+        (raised,) = run(fresh, series("p", "heart_rate", 480, [130] * 3))
+        assert raised.time == T0 + 600 and raised.since == T0
+
+    def test_open_alerts_survive_export_and_import(self, engine: Engine) -> None:
+        (raised,) = run(engine, series("p", "heart_rate", 0, [130] * 11))
+        fresh = Engine(engine.rules)
+        fresh.import_all(json_roundtrip(engine.export_all()))
+        assert [a.alert_id for a in fresh.open_alerts()] == [raised.alert_id]
+        (ack,) = fresh.acknowledge(raised.alert_id, by="nurse", at=raised.time + 1)
+        assert ack.alert_id == raised.alert_id
+        assert fresh.open_alerts()[0].state == "acknowledged"
+        (cleared,) = run(fresh, series("p", "heart_rate", 660, [100] * 6))
+        assert cleared.alert_id == raised.alert_id
+        assert fresh.open_alerts() == []
+
+    def test_export_of_an_unknown_patient_is_empty(self, engine: Engine) -> None:
+        assert engine.export_state("nobody") == {"v": 1, "last_t": {}, "rules": {}}
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"v": 2},
+            {"v": 1, "rules": []},
+            {"v": 1, "last_t": {"spo2": 1.0}},
+            {"v": 1, "rules": {"tachycardia": {"last_t": "yesterday"}}},
+            {"v": 1, "rules": {"tachycardia": {"alert": {"level": "severe", "since": 1.0, "raised_at": 1.0}}}},
+            {"v": 1, "rules": {"tachycardia": {"alert": {"level": "warning"}}}},
+        ],
+    )
+    def test_malformed_records_are_rejected_and_change_nothing(self, engine: Engine, bad: dict) -> None:
+        run(engine, series("p", "heart_rate", 0, [130] * 11))
+        before = engine.export_state("p")
+        with pytest.raises(StateError):
+            engine.import_state("p", bad)
+        assert engine.export_state("p") == before
+        assert len(engine.open_alerts()) == 1
+
+    def test_state_of_removed_rules_is_ignored(self, engine: Engine) -> None:
+        state = engine.export_state("p") | {"rules": {"gone": {"last_t": 1.0}}}
+        engine.import_state("p", state)
+        assert set(engine.export_state("p")["rules"]) == {"tachycardia"}
+
+    def test_reset_patient_forgets_everything(self, engine: Engine) -> None:
+        run(engine, series("p", "heart_rate", 0, [130] * 11))
+        engine.reset_patient("p")
+        assert engine.open_alerts() == []
+        assert engine.export_state("p")["last_t"] == {}
+
+    def test_dirty_patients_lists_what_changed_since_the_last_call(self, engine: Engine) -> None:
+        run(engine, series("a", "heart_rate", 0, [130] * 11) + series("b", "heart_rate", 0, [80]))
+        assert sorted(engine.dirty_patients()) == ["a", "b"]
+        assert engine.dirty_patients() == []
+        run(engine, series("b", "heart_rate", 0, [80]))  # redelivered: nothing changes
+        assert engine.dirty_patients() == []
+        engine.tick(T0 + 100_000)  # escalates a's alert
+        assert engine.dirty_patients() == ["a"]

@@ -1,0 +1,411 @@
+"""Loading and validating alert rules: every bad file gives a RulesError naming file, line and field."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors import Direction, RuleSet, Severity
+from rpm_core.errors import RpmError, RulesError
+from rpm_core.rules import check_main, default_rules_path, explain, load_rules, parse_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+
+VALID = """\
+version: 1
+defaults:
+  max_gap: 5m
+  escalate_after: 15m
+rules:
+  tachy:
+    type: threshold
+    metric: heart_rate
+    direction: above
+    levels:
+      warning: {threshold: 120, for: 10m}
+      critical: {threshold: 150, for: 2m, escalate_after: 5m}
+    clear: {threshold: 110, for: 5m}
+    cooldown: 10m
+  low:
+    type: threshold
+    metric: glucose
+    direction: below
+    levels:
+      critical: {threshold: 54, for: 900}
+    clear: {threshold: 70, for: 15 min}
+    max_gap: 20m
+    escalate_after: null
+"""
+
+
+def line_of(doc: str, text: str) -> int:
+    """1-based line of the first line containing ``text``."""
+    return next(i for i, line in enumerate(doc.splitlines(), 1) if text in line)
+
+
+def error_of(doc: str) -> RulesError:
+    with pytest.raises(RulesError) as info:
+        parse_rules(doc, source="rules.yaml")
+    return info.value
+
+
+# -- the shipped rules ---------------------------------------------------------------------------
+
+
+def test_default_file_loads_with_the_documented_values() -> None:
+    rules = load_rules(ROOT / "alert_rules.yaml")
+    assert rules.names() == ("glucose_low", "glucose_high", "tachycardia", "bradycardia")
+    low = rules.by_name()["glucose_low"]
+    assert low.direction is Direction.BELOW
+    assert [(lv.severity, lv.threshold, lv.for_s) for lv in low.levels] == [
+        (Severity.WARNING, 70, 900),
+        (Severity.CRITICAL, 54, 900),
+    ]
+    assert (low.clear_threshold, low.clear_for_s) == (70, 900)
+    high = rules.by_name()["glucose_high"]
+    assert [(lv.severity, lv.threshold) for lv in high.levels] == [(Severity.INFO, 180), (Severity.WARNING, 250)]
+    tachy = rules.by_name()["tachycardia"]
+    assert [(lv.threshold, lv.for_s) for lv in tachy.levels] == [(120, 600), (150, 120)]
+    brady = rules.by_name()["bradycardia"]
+    assert [(lv.threshold, lv.for_s) for lv in brady.levels] == [(50, 600), (40, 120)]
+
+
+def test_packaged_default_is_a_byte_identical_copy_of_the_root_file() -> None:
+    assert default_rules_path().read_bytes() == (ROOT / "alert_rules.yaml").read_bytes()
+
+
+def test_bare_default_name_falls_back_to_the_packaged_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_rules("alert_rules.yaml").names() == load_rules(default_rules_path()).names()
+
+
+def test_a_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    missing = tmp_path / "rules.yaml"
+    with pytest.raises(RulesError, match=str(missing)):
+        load_rules(missing)
+
+
+def test_errors_are_rpm_and_value_errors() -> None:
+    assert issubclass(RulesError, RpmError) and issubclass(RulesError, ValueError)
+
+
+def test_explain_describes_every_rule_and_override() -> None:
+    doc = VALID + "patients:\n  p0001:\n    rules:\n      tachy:\n        levels: {warning: {threshold: 130}}\n"
+    text = explain(parse_rules(doc))
+    assert "tachy (threshold on heart_rate)" in text
+    assert "warning  when heart_rate > 120 bpm for 10 min; escalates if unacknowledged for 15 min" in text
+    assert "clears   when glucose >= 70 mg/dL for 15 min" in text
+    assert "patient p0001 overrides tachy:" in text and "> 130 bpm" in text
+
+
+def test_check_main_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -> None:
+    assert check_main(str(ROOT / "alert_rules.yaml")) == 0
+    out = capsys.readouterr().out
+    assert "valid (version 1, 4 rules)" in out and "glucose_low" in out
+
+
+def test_check_main_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(VALID.replace("threshold: 120,", "threshold: abc,"))
+    assert check_main(str(bad)) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:11" in err and "rules.tachy.levels.warning.threshold" in err and "Fix:" in err
+
+
+# -- the schema ------------------------------------------------------------------------------------
+
+
+def test_valid_document_parses_durations_and_defaults() -> None:
+    rules = parse_rules(VALID)
+    tachy, low = rules.rules
+    assert tachy.max_gap_s == 300 and tachy.cooldown_s == 600
+    assert [lv.escalate_after_s for lv in tachy.levels] == [900, 300]
+    assert low.max_gap_s == 1200 and low.clear_for_s == 900 and low.levels[0].for_s == 900
+    assert low.levels[0].escalate_after_s is None
+
+
+def test_partial_per_patient_overrides() -> None:
+    doc = VALID + textwrap.dedent(
+        """\
+        patients:
+          p0001:
+            rules:
+              tachy:
+                levels:
+                  warning: {threshold: 130}
+                  critical: null
+                cooldown: 0s
+              low: {enabled: false}
+        """
+    )
+    rules = parse_rules(doc)
+    tachy = rules.rule_for("p0001", "tachy")
+    assert [(lv.severity, lv.threshold, lv.for_s) for lv in tachy.levels] == [(Severity.WARNING, 130, 600)]
+    assert tachy.cooldown_s == 0 and tachy.clear_threshold == 110
+    assert rules.rule_for("p0001", "low").enabled is False
+    assert rules.rule_for("p0002", "tachy") == rules.by_name()["tachy"]
+
+
+def _case(old: str, new: str) -> str:
+    assert old in VALID
+    return VALID.replace(old, new, 1)
+
+
+BAD_CASES = {
+    # PyYAML notices the unclosed bracket on the next line; the message names the line it opened on.
+    "bad yaml": (_case("    cooldown: 10m", "    cooldown: [10m"), "  low:", "(document)"),
+    "wrong type": (
+        _case("threshold: 120,", "threshold: abc,"),
+        "threshold: abc",
+        "rules.tachy.levels.warning.threshold",
+    ),
+    "unknown key": (_case("    cooldown: 10m", "    cooldwn: 10m"), "cooldwn", "rules.tachy.cooldwn"),
+    "missing field": (_case("    metric: heart_rate\n", ""), "  tachy:", "rules.tachy.metric"),
+    "nan threshold": (
+        _case("threshold: 120,", "threshold: .nan,"),
+        "threshold: .nan",
+        "rules.tachy.levels.warning.threshold",
+    ),
+    "inverted hysteresis": (
+        _case("{threshold: 110, for: 5m}", "{threshold: 125, for: 5m}"),
+        "threshold: 125",
+        "rules.tachy.clear.threshold",
+    ),
+    "negative duration": (
+        _case("threshold: 120, for: 10m", "threshold: 120, for: -60"),
+        "for: -60",
+        "rules.tachy.levels.warning.for",
+    ),
+    "bad duration text": (_case("for: 10m}", "for: 10 minutes}"), "10 minutes", "rules.tachy.levels.warning.for"),
+    "unknown metric": (_case("metric: heart_rate", "metric: spo2"), "spo2", "rules.tachy.metric"),
+    "duplicate names": (VALID.replace("  low:", "  tachy:  # again"), "# again", "rules.tachy"),
+    "levels out of order": (
+        _case("threshold: 150,", "threshold: 100,"),
+        "threshold: 100",
+        "rules.tachy.levels.critical.threshold",
+    ),
+    "zero max gap": (_case("max_gap: 20m", "max_gap: 0"), "max_gap: 0", "rules.low.max_gap"),
+    "bad default": (_case("  max_gap: 5m", "  max_gap: 0s"), "  max_gap: 0s", "defaults.max_gap"),
+    "version": (_case("version: 1", "version: 2"), "version: 2", "version"),
+    "unknown type": (_case("type: threshold", "type: thresold"), "thresold", "rules.tachy.type"),
+    "planned type": (_case("type: threshold", "type: rate"), "type: rate", "rules.tachy.type"),
+    "unknown severity": (_case("      warning: {", "      urgent: {"), "urgent", "rules.tachy.levels.urgent"),
+    "level without threshold": (
+        _case("{threshold: 120, for: 10m}", "{for: 10m}"),
+        "warning: {for",
+        "rules.tachy.levels.warning.threshold",
+    ),
+    "bad direction": (_case("direction: above", "direction: up"), "direction: up", "rules.tachy.direction"),
+    "bad rule name": (VALID.replace("  low:", "  Low Glucose:"), "Low Glucose", "rules.Low Glucose.name"),
+    "rules not a mapping": ("version: 1\nrules: [a, b]\n", "rules:", "rules"),
+    "boolean threshold": (
+        _case("threshold: 120,", "threshold: true,"),
+        "threshold: true",
+        "rules.tachy.levels.warning.threshold",
+    ),
+    "enabled not bool": (_case("    cooldown: 10m", "    enabled: yes please"), "enabled", "rules.tachy.enabled"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_documents_name_file_line_and_field(case: str) -> None:
+    doc, marker, field = BAD_CASES[case]
+    err = error_of(doc)
+    assert (err.file, err.field) == ("rules.yaml", field), str(err)
+    assert err.line == line_of(doc, marker), str(err)
+    assert str(err).startswith(f"rules.yaml:{err.line}: field {field}: "), str(err)
+    assert err.hint and "Fix: " in str(err)
+
+
+OVERRIDE_CASES = {
+    "unknown rule": ("      nope: {cooldown: 1m}", "nope", "patients.p0001.rules.nope"),
+    "fixed field": ("      tachy: {metric: glucose}", "{metric: glucose}", "patients.p0001.rules.tachy.metric"),
+    "inverted by override": (
+        "      tachy: {clear: {threshold: 125}}",
+        "threshold: 125",
+        "patients.p0001.rules.tachy.clear.threshold",
+    ),
+    "unknown override key": ("      tachy: {cooldwn: 1m}", "cooldwn", "patients.p0001.rules.tachy.cooldwn"),
+    "all levels removed": (
+        "      low: {levels: {critical: null}}",
+        "      low:",
+        "patients.p0001.rules.low.levels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OVERRIDE_CASES))
+def test_bad_overrides_name_file_line_and_field(case: str) -> None:
+    entry, marker, field = OVERRIDE_CASES[case]
+    doc = VALID + "patients:\n  p0001:\n    rules:\n" + entry + "\n"
+    err = error_of(doc)
+    assert (err.field, err.line) == (field, line_of(doc, marker)), str(err)
+
+
+def test_override_error_says_which_patient() -> None:
+    doc = VALID + "patients:\n  p0001:\n    rules:\n      tachy: {clear: {threshold: 125}}\n"
+    assert "patient p0001" in str(error_of(doc))
+
+
+def test_yaml_syntax_error_names_where_the_construct_started() -> None:
+    err = error_of(BAD_CASES["bad yaml"][0])
+    assert f"started on line {line_of(VALID, 'cooldown: 10m')}" in str(err)
+
+
+def test_invalid_patient_id() -> None:
+    doc = VALID + "patients:\n  'p 1':\n    rules: {}\n"
+    err = error_of(doc)
+    assert (err.field, err.line) == ("patients.p 1", line_of(doc, "'p 1'"))
+
+
+def test_duplicate_level_keys_are_rejected() -> None:
+    doc = _case("      critical: {", "      warning: {threshold: 125}\n      critical: {")
+    err = error_of(doc)
+    assert err.field == "rules.tachy.levels.warning" and "duplicate" in err.problem
+
+
+@pytest.mark.parametrize("doc", ["", "# only a comment\n", "42\n", "- a\n- b\n", "version: 1\n"])
+def test_degenerate_documents(doc: str) -> None:
+    err = error_of(doc)
+    assert err.file == "rules.yaml" and err.line is not None and err.field is not None
+
+
+def test_non_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("version: 1 # é\n".encode("latin-1"))
+    with pytest.raises(RulesError, match="UTF-8"):
+        load_rules(path)
+
+
+# -- fuzzing ---------------------------------------------------------------------------------------
+
+KEYS = [
+    "version",
+    "defaults",
+    "rules",
+    "patients",
+    "type",
+    "metric",
+    "direction",
+    "levels",
+    "clear",
+    "threshold",
+    "for",
+    "escalate_after",
+    "max_gap",
+    "cooldown",
+    "enabled",
+    "description",
+    "info",
+    "warning",
+    "critical",
+    "tachy",
+    "p0001",
+    "heart_rate",
+    "above",
+    "below",
+    "threshold",
+    "<<",
+    "",
+]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["threshold", "heart_rate", "glucose", "above", "below", "10m", "-5m", "1.5h", "abc", "1", ""]),
+    st.text(max_size=8),
+)
+TREES = st.recursive(
+    SCALARS,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=5)), children, max_size=5),
+    ),
+    max_leaves=30,
+)
+
+
+def _mutate(base: str, edits: list[tuple[int, str]]) -> str:
+    text = base
+    for pos, insert in edits:
+        pos %= len(text) + 1
+        text = text[:pos] + insert + text[pos + 1 :]
+    return text
+
+
+def _parses_or_explains(doc: str) -> None:
+    """A RuleSet, or a RulesError that names the file and a field; any other exception fails the test."""
+    error: RulesError | None = None
+    try:
+        assert isinstance(parse_rules(doc), RuleSet)
+    except RulesError as exc:
+        error = exc
+    if error is not None:
+        assert error.file == "<string>" and error.field
+
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(tree=TREES)
+def test_fuzz_random_trees_raise_only_rules_errors(tree: object) -> None:
+    doc = yaml.safe_dump({"version": 1, "rules": tree} if isinstance(tree, dict) else tree)
+    _parses_or_explains(doc)
+
+
+@FUZZ
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.sampled_from(
+                [
+                    "",
+                    " ",
+                    "\n",
+                    ":",
+                    "-",
+                    "{",
+                    "}",
+                    "[",
+                    "]",
+                    "'",
+                    '"',
+                    "&a ",
+                    "*a",
+                    "!!python/object ",
+                    "0",
+                    ".nan",
+                    "-1",
+                    "null",
+                    "\t",
+                    "#",
+                    "warning",
+                    "%",
+                    "@",
+                    "\x00",
+                    "é",
+                    "?",
+                ]
+            ),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_fuzz_mutated_valid_document_raises_only_rules_errors(edits: list[tuple[int, str]]) -> None:
+    doc = _mutate(VALID, edits)
+    _parses_or_explains(doc)
+
+
+def test_control_characters_name_their_line() -> None:
+    err = error_of(VALID.replace("    cooldown: 10m", "    cooldown: 10m\x07"))
+    assert (err.line, err.field) == (line_of(VALID, "cooldown: 10m"), "(document)")
+    assert "U+0007" in str(err)
