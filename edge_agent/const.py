@@ -135,3 +135,59 @@ E2E_CRC_SEED: Final = 0xFFFF
 E2E_CRC_POLY_REFLECTED: Final = 0x8408
 # §3: CGM Feature carries this in its CRC field when E2E-CRC is not supported.
 E2E_CRC_PLACEHOLDER: Final = 0xFFFF
+
+# --- Agent runtime ------------------------------------------------------------------------------
+# Readings waiting between BLE callbacks and the SQLite writer. A callback never blocks, so when
+# this is full a reading is dropped (and counted); 10,000 is minutes of every device at once.
+READING_QUEUE_MAX_ENTRIES: Final = 10_000
+# The writer commits what has queued up in one transaction (one fsync), up to this many entries.
+OUTBOX_WRITE_BATCH_MAX_ENTRIES: Final = 1_000
+# Default disk budget of the outbox: weeks of a heart-rate strap at 1 Hz with RR intervals.
+DEFAULT_OUTBOX_BUDGET_BYTES: Final = 256 * 1024 * 1024
+# The budget is enforced on the number of stored readings: measured on disk (table + indexes, WAL
+# checkpointed, 20-character device ids) a reading costs ~106 bytes; 120 leaves room for the WAL.
+OUTBOX_BYTES_PER_READING: Final = 120
+# After an eviction the outbox is brought down to this fraction of its budget, so that a full
+# outbox evicts in chunks rather than on every write.
+OUTBOX_LOW_WATER_FRACTION: Final = 0.9
+# A "disk full" episode is over (and reported as such) once the outbox is below this fraction.
+OUTBOX_FULL_CLEARED_FRACTION: Final = 0.5
+# Samples in one MQTT message (the wire allows 2,000): ~25 kB of JSON, one device each.
+PUBLISH_BATCH_MAX_SAMPLES: Final = 500
+# QoS 1 messages awaiting PUBACK at once; Mosquitto's default receive maximum is 20.
+PUBLISH_MAX_INFLIGHT: Final = 20
+# MQTT keepalive: the broker publishes the last will ~1.5x this after the agent vanishes.
+MQTT_KEEPALIVE_S: Final = 30
+# CONNACK must arrive within this after the TCP (and TLS) connection is up.
+MQTT_CONNACK_TIMEOUT_S: Final = 10.0
+# Reconnect backoff to the broker: equal-jitter exponential from 0.5 s up to this cap.
+MQTT_BACKOFF_MIN_S: Final = 0.5
+DEFAULT_MQTT_BACKOFF_MAX_S: Final = 60.0
+# On a graceful stop, how long to wait for the "offline" status to be acknowledged.
+MQTT_GOODBYE_TIMEOUT_S: Final = 2.0
+# BLE reconnect backoff cap: a device out of range is looked for at least this often.
+DEFAULT_BLE_BACKOFF_MAX_S: Final = 60.0
+# How long one scan looks for a paired device that BlueZ does not know any more.
+BLE_SCAN_TIMEOUT_S: Final = 10.0
+# bleak-retry-connector attempts per connect (transient radio errors are retried inside).
+BLE_CONNECT_ATTEMPTS: Final = 3
+# A GATT error such as "not paired" will not fix itself quickly: retry slowly.
+BLE_PROTOCOL_ERROR_BACKOFF_S: Final = 30.0
+# §2: a meter sends its records back to back; 30 s without the final indication is a hang.
+GLUCOSE_RACP_TIMEOUT_S: Final = 30.0
+# A context record (§2 b4) follows its measurement at once; don't hold a record longer than this.
+GLUCOSE_CONTEXT_WAIT_S: Final = 2.0
+# While a meter stays connected, ask for new records this often (GLS sends records only on RACP).
+GLUCOSE_RESYNC_INTERVAL_S: Final = 300.0
+# §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight).
+CGM_RACP_TIMEOUT_S: Final = 120.0
+# §3 Quality is a device-defined percentage; below half we mark the sample LOW_QUALITY.
+CGM_LOW_QUALITY_PCT: Final = 50.0
+# §3: Time Offset is u16 minutes; a jump back by more than half the range is a wrap, not disorder.
+CGM_TIME_OFFSET_HALF_RANGE_MIN: Final = 32_768
+# Pairing: how long `rpm edge pair` scans by default.
+DEFAULT_PAIR_SCAN_TIMEOUT_S: Final = 10.0
+# Disconnecting on the way out: BlueZ answers at once; a hung D-Bus must not block the stop.
+BLE_DISCONNECT_TIMEOUT_S: Final = 5.0
+# Decoded notifications waiting for a glucose/CGM session (a backfill is a burst of records).
+SESSION_QUEUE_MAX_ITEMS: Final = 5_000

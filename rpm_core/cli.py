@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 
+from edge_agent.cli import add_commands as add_edge_commands
 from rpm_core.errors import RpmError
 from rpm_core.settings import Settings
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write the summary of what was sent to this file")
     _add_service_flags(p, kafka=False, influx=False)
     p.set_defaults(func=cmd_simulate)
+    add_edge_commands(sub)
 
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
     p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")

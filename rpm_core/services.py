@@ -223,14 +223,16 @@ connection_messages true
 """
 
 
-def start_mosquitto(workdir: Path, *, creds: MqttCredentials, port: int | None = None) -> ServiceProcess:
-    """Start Mosquitto with authentication, ACLs and persistence on a free port."""
+def start_mosquitto(
+    workdir: Path, *, creds: MqttCredentials, port: int | None = None, acl_text: str = PIPELINE_ACL
+) -> ServiceProcess:
+    """Start Mosquitto with authentication, ACLs (``acl_text``) and persistence on a free port."""
     binary = require_binary("mosquitto", "mosquitto")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     write_password_file(workdir / "passwd", creds)
     conf = workdir / "mosquitto.conf"
-    conf.write_text(mosquitto_config(port=port, workdir=workdir))
+    conf.write_text(mosquitto_config(port=port, workdir=workdir, acl_text=acl_text))
     svc = _spawn("mosquitto", [binary, "-c", str(conf)], workdir, port=port)
     svc.log_path = workdir / "mosquitto.log"
     return _await_ready(svc, lambda: port_open("127.0.0.1", port))

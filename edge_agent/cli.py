@@ -1,0 +1,243 @@
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+"""``rpm edge …``: pair devices, run the agent, list and forget pairings.
+
+Registered into the one ``rpm`` command by :func:`add_commands`. Only light modules are imported
+here; bleak, paho and dbus-fast are imported inside the handlers that need them.
+
+- ``rpm edge pair --patient P [--address ADDR] [--timeout S] [--passkey N]``: without
+  ``--address``, scan and let the user choose by number; with it, pair that device (scripts);
+- ``rpm edge run``: run the agent until SIGTERM;
+- ``rpm edge devices``: the patient, the paired devices, what waits in the outbox;
+- ``rpm edge forget ADDRESS``: remove a pairing (and, unless ``--keep-bond``, the BlueZ bond).
+
+Each handler returns an exit code: 0 done, 1 nothing to do / cancelled, 2 bad input or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from edge_agent import const
+from edge_agent.config import AgentSettings
+from edge_agent.errors import EdgeAgentError
+from edge_agent.pairing import PairedDevice, Registry, RegistryStore, normalize_address
+
+if TYPE_CHECKING:
+    from edge_agent.provision import Candidate
+
+_SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
+
+
+def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    """Register ``rpm edge`` and its subcommands."""
+    edge = sub.add_parser("edge", help="the edge agent: pair BLE devices, run the agent")
+    commands = edge.add_subparsers(dest="edge_command", required=True, metavar="EDGE_COMMAND")
+
+    p = commands.add_parser("pair", help="pair a heart-rate strap, glucose meter or CGM with a patient")
+    p.add_argument("--patient", required=True, help="patient id, e.g. p0001")
+    p.add_argument("--address", help="Bluetooth address to pair (scriptable); without it: scan and choose")
+    p.add_argument("--timeout", type=float, default=const.DEFAULT_PAIR_SCAN_TIMEOUT_S, help="scan seconds")
+    p.add_argument("--passkey", type=int, help="passkey shown by the device (default: ask when needed)")
+    _state_flag(p)
+    p.set_defaults(func=cmd_pair)
+
+    p = commands.add_parser("run", help="run the agent (until SIGTERM)")
+    _state_flag(p)
+    p.add_argument("--mqtt-url", help="mqtts://agent-<patient>:<password>@host:8883 (env RPM_MQTT_URL)")
+    p.add_argument("--mqtt-ca", help="CA bundle of the broker's certificate (env RPM_MQTT_CA)")
+    p.add_argument("--allow-plaintext", action="store_true", default=None, help="allow mqtt:// to a remote broker")
+    p.add_argument("--outbox-max-mb", type=float, help="disk budget of the outbox (env RPM_EDGE_OUTBOX_MAX_MB)")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("devices", help="list the paired devices and the outbox")
+    _state_flag(p)
+    p.set_defaults(func=cmd_devices)
+
+    p = commands.add_parser("forget", help="remove a paired device")
+    p.add_argument("address")
+    p.add_argument("--keep-bond", action="store_true", help="keep BlueZ's bond, only forget the pairing")
+    _state_flag(p)
+    p.set_defaults(func=cmd_forget)
+
+
+def _state_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state-dir", help="state directory (env RPM_EDGE_STATE)")
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings:
+    return AgentSettings.from_env(
+        state_dir=args.state_dir,
+        mqtt_url=getattr(args, "mqtt_url", None),
+        mqtt_ca=getattr(args, "mqtt_ca", None),
+        allow_plaintext=getattr(args, "allow_plaintext", None),
+        outbox_max_mb=getattr(args, "outbox_max_mb", None),
+    )
+
+
+def _fail(args: argparse.Namespace, exc: Exception) -> int:
+    print(f"rpm edge {args.edge_command}: {exc}", file=sys.stderr)
+    return 2
+
+
+# --- pair ------------------------------------------------------------------------------------------
+
+
+def cmd_pair(args: argparse.Namespace) -> int:
+    """Pair a device with the patient (interactive without ``--address``)."""
+    try:
+        settings = _settings(args)
+        store = RegistryStore(settings.ensure_state_dir() / settings.registry_path.name)
+        Registry().with_device(args.patient, _placeholder())  # validates the patient id early
+        with store.locked() as registry:
+            registry.with_device(args.patient, _placeholder())  # refuses another patient early
+            device = asyncio.run(_pair(args))
+            if device is None:
+                return 1
+            store.save(registry.with_device(args.patient, device))
+    except EdgeAgentError as exc:
+        return _fail(args, exc)
+    info = device.info
+    print(f"paired {device.kind.value} {device.address} ({device.name or 'no name'}) with patient {args.patient}")
+    print(f"  {info.manufacturer or '?'} {info.model or '?'}, serial {info.serial or '?'}, firmware {info.firmware}")
+    print(f"  battery {device.battery_pct if device.battery_pct is not None else '?'} %; device id {device.device_id}")
+    return 0
+
+
+def _placeholder() -> PairedDevice:
+    from edge_agent.pairing import DeviceKind
+
+    return PairedDevice(address="00:00:00:00:00:00", kind=DeviceKind.HEART_RATE)
+
+
+async def _pair(args: argparse.Namespace) -> PairedDevice | None:
+    from edge_agent.provision import pair_device, scan
+
+    address = normalize_address(args.address) if args.address else None
+    if address is None:
+        print(f"scanning {args.timeout:g} s for heart-rate straps, glucose meters and CGMs…", flush=True)
+        candidates = await scan(args.timeout)
+        address = await _choose(candidates)
+        if address is None:
+            return None
+    print(f"pairing {address}…", flush=True)
+    async with _agent(args.passkey):
+        return await pair_device(address, timeout_s=args.timeout)
+
+
+def _agent(passkey: int | None) -> Any:
+    """The BlueZ passkey agent: answers with ``passkey``, or asks on the terminal."""
+    from edge_agent.bluez_agent import passkey_agent
+
+    async def prompt(device_path: str) -> int:
+        if passkey is not None:
+            return passkey
+        text = await asyncio.to_thread(input, "passkey shown on the device: ")
+        return int(text.strip())
+
+    return passkey_agent(prompt)
+
+
+async def _choose(candidates: Sequence[Candidate]) -> str | None:
+    if not candidates:
+        print("no devices found: put the device in pairing mode (and near), then try again")
+        return None
+    print(f"{'#':>3}  {'name':<24} {'address':<17} {'RSSI':>5}  kind")
+    for number, c in enumerate(candidates, 1):
+        rssi = f"{c.rssi}" if c.rssi is not None else "?"
+        print(f"{number:>3}  {(c.name or '?')[:24]:<24} {c.address:<17} {rssi:>5}  {c.kind.value}")
+    while True:
+        try:
+            text = await asyncio.to_thread(input, f"pair which device? [1-{len(candidates)}, q to quit]: ")
+        except EOFError:
+            return None
+        text = text.strip().lower()
+        if text in ("q", "quit", ""):
+            return None
+        if text.isdigit() and 1 <= int(text) <= len(candidates):
+            return candidates[int(text) - 1].address
+        print(f"please type a number from 1 to {len(candidates)}, or q")
+
+
+# --- run, devices, forget --------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM / Ctrl-C."""
+    from edge_agent.agent import Agent, run_until_signalled
+
+    try:
+        settings = _settings(args)
+        settings.mqtt()
+        registry = RegistryStore(settings.registry_path).load()
+        asyncio.run(run_until_signalled(Agent(settings, registry)))
+    except EdgeAgentError as exc:
+        return _fail(args, exc)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List the patient, the paired devices and the outbox."""
+    try:
+        settings = _settings(args)
+        registry = RegistryStore(settings.registry_path).load()
+    except EdgeAgentError as exc:
+        return _fail(args, exc)
+    if not registry.devices:
+        print(f"no devices paired (state: {settings.state_dir}); run: rpm edge pair --patient ID")
+        return 1
+    print(f"patient {registry.patient} (state: {settings.state_dir})")
+    for d in registry.devices:
+        battery = f"{d.battery_pct}%" if d.battery_pct is not None else "?"
+        print(
+            f"  {d.kind.value:<13} {d.address}  {d.name or '?':<20} serial {d.info.serial or '?':<12} "
+            f"battery {battery:>4}  paired {d.paired_at}"
+        )
+    _print_outbox(settings)
+    return 0
+
+
+def _print_outbox(settings: AgentSettings) -> None:
+    from edge_agent.outbox import Outbox
+
+    if not settings.outbox_path.exists():
+        return
+    outbox = Outbox(settings.outbox_path, budget_bytes=settings.outbox_budget_bytes)
+    try:
+        stats = outbox.stats()
+    finally:
+        outbox.close()
+    pending = ", ".join(f"{count} {metric}" for metric, count in stats.pending.items())
+    print(f"outbox: {stats.total} reading(s) waiting ({pending}); capacity {stats.capacity}")
+    if any(stats.evicted_total.values()):
+        print(f"  dropped when full so far: {dict(stats.evicted_total)}")
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Forget a paired device."""
+    try:
+        settings = _settings(args)
+        store = RegistryStore(settings.registry_path)
+        with store.locked() as registry:
+            store.save(registry.without(args.address))
+    except EdgeAgentError as exc:
+        return _fail(args, exc)
+    address = normalize_address(args.address)
+    print(f"forgot {address}; restart the agent (systemctl restart rpm-edge) to stop reading it")
+    if not args.keep_bond:
+        _remove_bond(address)
+    return 0
+
+
+def _remove_bond(address: str) -> None:
+    from edge_agent.provision import unpair
+
+    try:
+        removed = asyncio.run(unpair(address))
+    except EdgeAgentError as exc:
+        print(f"  (BlueZ bond not removed: {exc})")
+        return
+    print("  BlueZ bond removed" if removed else "  (BlueZ did not know the device)")

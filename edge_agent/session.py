@@ -1,0 +1,517 @@
+"""Device sessions: one supervised task per paired device, connecting, reading and reconnecting forever.
+
+Every session runs the same loop (:meth:`DeviceSession.run`): find the device, connect
+(:mod:`edge_agent.link`), serve it until the link drops or something fails, publish the state, wait
+(:func:`~edge_agent.link.reconnect_delay_s`, chosen by what went wrong), again. Nothing a device does
+can end the loop: malformed payloads are counted and logged once (:class:`~edge_agent.samples.Problems`),
+an unexpected exception is logged with its traceback and treated like a failed connection.
+
+- :class:`HeartRateSession`: notifications → heart rate + each RR interval (the callback decodes
+  and ``put_nowait`` s the samples on the outbox writer's bounded queue, nothing else);
+- :class:`GlucoseMeterSession`: on every connection, RACP "report records with sequence ≥ last + 1"
+  (everything on the first), context records joined by sequence number, the watermark stored in the
+  same transaction as the record, de-duplication on (serial, sequence, base time), abort ``03 00``
+  when the final indication does not come;
+- :class:`CgmSession`: session start time + time offset → UTC, RACP backfill of everything after the
+  last stored offset on every (re)connection, E2E-CRC checked (failures rejected and counted),
+  annunciations → ``DEVICE_WARNING``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from edge_agent import const, link
+from edge_agent.errors import (
+    DeviceConnectionError,
+    DeviceProtocolError,
+    EdgeAgentError,
+    GattDecodeError,
+    LinkLostError,
+    RacpError,
+    RacpTimeoutError,
+)
+from edge_agent.gatt import (
+    CgmMeasurement,
+    GlucoseMeasurement,
+    GlucoseMeasurementContext,
+    HeartRateMeasurement,
+    RacpNumberOfRecords,
+    RacpOpCode,
+    RacpResponse,
+    RacpResponseCode,
+    parse_battery_level,
+    parse_cgm_feature,
+    parse_cgm_measurements,
+    parse_current_time,
+    parse_glucose_context,
+    parse_glucose_measurement,
+    parse_racp_response,
+    parse_session_start_time,
+    racp_abort,
+    racp_report_after,
+    racp_report_all,
+    racp_report_time_offset_at_least,
+)
+from edge_agent.outbox import AsyncOutbox, Entry, OutboxWriter
+from edge_agent.pairing import DeviceKind, PairedDevice
+from edge_agent.samples import (
+    Problems,
+    cgm_reading_time,
+    cgm_sample,
+    glucose_sample,
+    heart_rate_samples,
+    meter_time_to_utc,
+    unwrap_offset,
+    valid_samples,
+)
+from edge_agent.status import StatusBoard
+
+if TYPE_CHECKING:
+    from bleak import BleakClient
+    from bleak.backends.characteristic import BleakGATTCharacteristic
+
+_LOGGER = logging.getLogger(__name__)
+
+GLUCOSE_WATERMARK: Final = "glucose_last_seq"
+CGM_WATERMARK: Final = "cgm"
+_LINK_LOST: Final = object()  # queued by the disconnect callback: the link is gone
+
+
+@dataclass(frozen=True, slots=True)
+class SessionContext:
+    """What every session shares: the outbox (and its writer), the status board, the policy knobs."""
+
+    writer: OutboxWriter
+    outbox: AsyncOutbox
+    board: StatusBoard
+    backoff_max_s: float = const.DEFAULT_BLE_BACKOFF_MAX_S
+    scan_timeout_s: float = const.BLE_SCAN_TIMEOUT_S
+
+
+class DeviceSession:
+    """The supervised connect → serve → back off loop of one device; subclasses implement :meth:`serve`."""
+
+    def __init__(self, device: PairedDevice, ctx: SessionContext) -> None:
+        self.device = device
+        self.ctx = ctx
+        self.device_id = device.device_id
+        self.problems = Problems(self.device_id)
+        self.problems.on_first = self._publish_problems
+        self.connections = 0
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue(const.SESSION_QUEUE_MAX_ITEMS)
+        ctx.board.register(self.device_id, device.kind.value)
+
+    # -- the supervised loop
+
+    async def run(self) -> None:
+        """Serve the device until cancelled, reconnecting with backoff."""
+        attempt = 0
+        while True:
+            connections = self.connections
+            error: BaseException | None = None
+            try:
+                await self._connect_and_serve()
+            except LinkLostError:
+                pass  # reconnect promptly
+            except EdgeAgentError as exc:
+                error = exc
+                self._status("unreachable" if isinstance(exc, DeviceConnectionError) else "error", error=str(exc))
+            except Exception as exc:  # a bug: never let it take the other devices down
+                _LOGGER.exception("%s: session failed", self.device_id)
+                error = exc
+                self._status("error", error=repr(exc))
+            if self.connections > connections:
+                attempt = 0  # it connected: whatever happened next, start the backoff from the bottom
+            delay = link.reconnect_delay_s(error, attempt, cap_s=self.ctx.backoff_max_s)
+            attempt += 1
+            _LOGGER.info("%s: reconnecting in %.1f s (%s)", self.device_id, delay, error or "link lost")
+            await asyncio.sleep(delay)
+
+    async def _connect_and_serve(self) -> None:
+        self._status("connecting")
+        ble_device = await link.find_device(self.device.address, scan_timeout_s=self.ctx.scan_timeout_s)
+        self._drain_inbox()
+        client = await link.connect(
+            ble_device, name=self.device.name or self.device_id, on_disconnect=self._on_link_lost
+        )
+        self.connections += 1
+        _LOGGER.info("%s: connected", self.device_id)
+        try:
+            self._status("connected", error=None)
+            await self._read_battery(client)
+            await self.serve(client)
+        finally:
+            await link.disconnect(client)
+            self._status("disconnected")
+
+    def _on_link_lost(self) -> None:
+        _LOGGER.info("%s: link lost", self.device_id)
+        self._put(_LINK_LOST)
+
+    def _put(self, item: object) -> None:
+        try:
+            self._inbox.put_nowait(item)
+        except asyncio.QueueFull:
+            self.problems.add("notification queue full, dropped")
+
+    def _drain_inbox(self) -> None:
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+
+    async def _next(self) -> Any:
+        """The next decoded notification; :class:`DeviceConnectionError` when the link dropped."""
+        item = await self._inbox.get()
+        if item is _LINK_LOST:
+            raise LinkLostError(self.device.address)
+        return item
+
+    async def _wait_for_link_loss(self) -> None:
+        while True:
+            await self._next()
+
+    async def serve(self, client: BleakClient) -> None:
+        """Read the device until the link drops (raise :class:`DeviceConnectionError`) or fails."""
+        raise NotImplementedError
+
+    # -- status
+
+    def _status(self, state: str, **changes: Any) -> None:
+        self.ctx.board.update(self.device_id, state=state, problems=dict(self.problems.counts), **changes)
+
+    def _publish_problems(self) -> None:
+        self.ctx.board.update(self.device_id, problems=dict(self.problems.counts))
+
+    async def _read_battery(self, client: BleakClient) -> None:
+        data = await link.read_optional(client, const.BATTERY_LEVEL_UUID)
+        if data is not None:
+            self._on_battery(None, bytearray(data))
+        if link.has_characteristic(client, const.BATTERY_LEVEL_UUID, "notify"):
+            await link.subscribe(client, const.BATTERY_LEVEL_UUID, self._on_battery)
+
+    def _on_battery(self, _char: BleakGATTCharacteristic | None, data: bytearray) -> None:
+        try:
+            percent = parse_battery_level(data)
+        except GattDecodeError as exc:
+            self.problems.add("malformed battery level", exc)
+            return
+        if self.ctx.board.devices[self.device_id].battery_pct != percent:
+            self.ctx.board.update(self.device_id, battery_pct=percent)
+
+    def _submit(self, samples: list[Any], **entry: Any) -> None:
+        self.ctx.writer.submit_nowait(Entry(self.device_id, valid_samples(samples, self.problems), **entry))
+
+
+class HeartRateSession(DeviceSession):
+    """A heart-rate strap or watch: HRS notifications become heart rate and RR-interval readings."""
+
+    async def serve(self, client: BleakClient) -> None:
+        """Subscribe to 0x2A37 and stay until the link drops."""
+        await link.subscribe(client, const.HEART_RATE_MEASUREMENT_UUID, self._on_measurement)
+        await self._wait_for_link_loss()
+
+    def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        received = time.time()
+        try:
+            measurement = HeartRateMeasurement.from_bytes(data)
+        except GattDecodeError as exc:
+            self.problems.add("malformed heart rate measurement", exc)
+            return
+        samples = valid_samples(heart_rate_samples(measurement, received), self.problems, received)
+        if samples:
+            self.ctx.writer.submit_nowait(Entry(self.device_id, samples))
+
+
+class GlucoseMeterSession(DeviceSession):
+    """A blood glucose meter: stored records fetched through the Record Access Control Point."""
+
+    def __init__(self, device: PairedDevice, ctx: SessionContext) -> None:
+        super().__init__(device, ctx)
+        self.last_seq: int | None = None
+        self._clock_skew = timedelta(0)
+
+    async def serve(self, client: BleakClient) -> None:
+        """Sync on connection, and again every few minutes while the meter stays connected."""
+        stored = await self.ctx.outbox.watermark(self.device_id, GLUCOSE_WATERMARK)
+        self.last_seq = None if stored is None else int(stored)
+        self._clock_skew = await self._read_clock_skew(client)
+        await link.subscribe(client, const.GLUCOSE_MEASUREMENT_UUID, self._on_measurement)
+        if link.has_characteristic(client, const.GLUCOSE_MEASUREMENT_CONTEXT_UUID, "notify"):
+            await link.subscribe(client, const.GLUCOSE_MEASUREMENT_CONTEXT_UUID, self._on_context)
+        await link.subscribe(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, self._on_racp)
+        while True:
+            await self.sync(client)
+            try:
+                async with asyncio.timeout(const.GLUCOSE_RESYNC_INTERVAL_S):
+                    await self._wait_for_link_loss()
+            except TimeoutError:
+                continue
+
+    async def _read_clock_skew(self, client: BleakClient) -> timedelta:
+        """The meter's clock minus ours (Current Time 0x2A2B), to put its local times on UTC."""
+        data = await link.read_optional(client, const.CURRENT_TIME_UUID)
+        if data is None:
+            return timedelta(0)
+        try:
+            meter_now = parse_current_time(data).time
+        except GattDecodeError as exc:
+            self.problems.add("malformed current time", exc)
+            return timedelta(0)
+        if meter_now is None:
+            return timedelta(0)
+        ours = datetime.now(UTC).astimezone().replace(tzinfo=None)
+        return timedelta(seconds=round((meter_now - ours).total_seconds()))
+
+    def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        try:
+            self._put(parse_glucose_measurement(data))
+        except GattDecodeError as exc:
+            self.problems.add("malformed glucose measurement", exc)
+
+    def _on_context(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        try:
+            self._put(parse_glucose_context(data))
+        except GattDecodeError as exc:
+            self.problems.add("malformed glucose context", exc)
+
+    def _on_racp(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        try:
+            self._put(parse_racp_response(data))
+        except GattDecodeError as exc:
+            self.problems.add("malformed RACP response", exc)
+
+    async def sync(self, client: BleakClient) -> int:
+        """One RACP transfer of the records after :attr:`last_seq`; the number of records received."""
+        await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, racp_report_after(self.last_seq))
+        try:
+            async with asyncio.timeout(const.GLUCOSE_RACP_TIMEOUT_S):
+                futures = await self._receive_records()
+        except TimeoutError:
+            await self._abort(client)
+            raise RacpTimeoutError(self.device.address, const.GLUCOSE_RACP_TIMEOUT_S) from None
+        if futures:
+            await asyncio.gather(*futures)  # committed, watermark included, before we call it synced
+            _LOGGER.info(
+                "%s: %d record(s) synced, last sequence number %s", self.device_id, len(futures), self.last_seq
+            )
+        return len(futures)
+
+    async def _abort(self, client: BleakClient) -> None:
+        try:
+            await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, racp_abort())
+        except EdgeAgentError as exc:
+            _LOGGER.debug("%s: abort: %s", self.device_id, exc)
+
+    async def _receive_records(self) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        pending: GlucoseMeasurement | None = None
+        while True:
+            item = await self._next()
+            if pending is not None and not _is_context_of(item, pending):
+                futures.append(await self._store(pending, None))
+                pending = None
+            if isinstance(item, GlucoseMeasurement):
+                if item.context_follows:
+                    pending = item
+                else:
+                    futures.append(await self._store(item, None))
+            elif isinstance(item, GlucoseMeasurementContext):
+                if pending is None:
+                    self.problems.add("context record without its measurement", item.sequence_number)
+                else:
+                    futures.append(await self._store(pending, item))
+                    pending = None
+            elif self._finished(item):
+                return futures
+
+    def _finished(self, item: object) -> bool:
+        if isinstance(item, RacpNumberOfRecords):
+            return False
+        if not isinstance(item, RacpResponse) or item.request_opcode != RacpOpCode.REPORT_STORED_RECORDS:
+            self.problems.add("unexpected RACP indication", item)
+            return False
+        if item.response_code in (RacpResponseCode.SUCCESS, RacpResponseCode.NO_RECORDS_FOUND):
+            return True
+        raise RacpError(self.device.address, item.response_code.name)
+
+    async def _store(
+        self, measurement: GlucoseMeasurement, context: GlucoseMeasurementContext | None
+    ) -> asyncio.Future[Any]:
+        seq = measurement.sequence_number
+        samples: tuple[Any, ...] = ()
+        local = measurement.user_facing_time
+        if local is None:
+            self.problems.add("glucose record with an unknown time", seq)
+        else:
+            sample = glucose_sample(measurement, meter_time_to_utc(local, self._clock_skew), self.problems)
+            samples = valid_samples([sample], self.problems) if sample is not None else ()
+        if context is not None:
+            _LOGGER.debug("%s: record %d context meal=%s", self.device_id, seq, context.meal)
+        base = measurement.base_time.isoformat() if measurement.base_time else "-"
+        entry = Entry(
+            self.device_id,
+            samples,
+            dedupe_key=f"gls|{self.device.identity}|{seq}|{base}",
+            watermark=(GLUCOSE_WATERMARK, str(seq)),
+        )
+        self.last_seq = seq
+        return await self.ctx.writer.enqueue(entry)
+
+
+def _is_context_of(item: object, measurement: GlucoseMeasurement) -> bool:
+    return isinstance(item, GlucoseMeasurementContext) and item.sequence_number == measurement.sequence_number
+
+
+@dataclass(frozen=True, slots=True)
+class _CgmSession:
+    """The sensor session being read: its start in UTC and whether values carry an E2E-CRC."""
+
+    key: str
+    start_utc: datetime
+    e2e_crc: bool
+
+
+class CgmSession(DeviceSession):
+    """A continuous glucose monitor: live notifications, and a RACP backfill after every (re)connection."""
+
+    def __init__(self, device: PairedDevice, ctx: SessionContext) -> None:
+        super().__init__(device, ctx)
+        self.last_offset: int | None = None  # unwrapped minutes since session start
+        self.crc_failures = 0
+        self._session: _CgmSession | None = None
+
+    async def serve(self, client: BleakClient) -> None:
+        """Read the session, subscribe, backfill what was missed, then stream."""
+        session = await self._read_session(client)
+        self._session = session
+        await self._load_watermark(session)
+        await link.subscribe(client, const.CGM_MEASUREMENT_UUID, self._on_measurement)
+        await link.subscribe(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, self._on_racp)
+        await self._backfill(client, session)
+        while True:
+            self._accept(await self._next(), session)
+
+    async def _read_session(self, client: BleakClient) -> _CgmSession:
+        feature_bytes = await link.read_optional(client, const.CGM_FEATURE_UUID)
+        e2e = False
+        if feature_bytes is not None:
+            try:
+                e2e = parse_cgm_feature(feature_bytes).e2e_crc
+            except GattDecodeError as exc:
+                self.problems.add("malformed CGM feature", exc)
+        sst = parse_session_start_time(await link.read(client, const.CGM_SESSION_START_TIME_UUID))
+        if e2e and not sst.crc_ok:
+            raise DeviceProtocolError(client.address, "session start time failed its E2E-CRC")
+        start = sst.utc
+        if start is None and sst.local_time is not None:  # time zone unknown: assume ours
+            start = sst.local_time.astimezone(UTC)
+        if start is None:
+            raise DeviceProtocolError(client.address, "the sensor has no session start time")
+        return _CgmSession(key=start.isoformat(), start_utc=start, e2e_crc=e2e)
+
+    async def _load_watermark(self, session: _CgmSession) -> None:
+        stored = await self.ctx.outbox.watermark(self.device_id, CGM_WATERMARK)
+        doc = json.loads(stored) if stored else {}
+        self.last_offset = doc.get("offset") if doc.get("session") == session.key else None
+
+    def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        session = self._session
+        try:
+            records = parse_cgm_measurements(data, e2e_crc=bool(session and session.e2e_crc))
+        except GattDecodeError as exc:
+            self.problems.add("malformed CGM measurement", exc)
+            return
+        for record in records:
+            self._put(record)
+
+    def _on_racp(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
+        # With E2E-CRC our RACP *writes* must carry the CRC (§6); sensors differ on whether their
+        # indications do, so accept a response with a valid CRC, or a plain one.
+        e2e = bool(self._session and self._session.e2e_crc)
+        try:
+            self._put(parse_racp_response(data, e2e_crc=e2e))
+            return
+        except GattDecodeError as exc:
+            error = exc
+        if e2e:
+            try:
+                self._put(parse_racp_response(data))
+                return
+            except GattDecodeError:
+                pass
+        self.problems.add("malformed RACP response", error)
+
+    async def _backfill(self, client: BleakClient, session: _CgmSession) -> None:
+        """Ask for every record after the last stored one; live records arriving meanwhile wait, so
+        that everything is stored in time-offset order."""
+        if self.last_offset is None:
+            request = racp_report_all(e2e_crc=session.e2e_crc)
+        else:
+            next_raw = (self.last_offset + 1) % const.CGM_TIME_OFFSET_WRAP_MIN
+            request = racp_report_time_offset_at_least(next_raw, e2e_crc=session.e2e_crc)
+        await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, request)
+        held: list[CgmMeasurement] = []
+        try:
+            async with asyncio.timeout(const.CGM_RACP_TIMEOUT_S):
+                while not self._backfill_done(item := await self._next()):
+                    if isinstance(item, CgmMeasurement):
+                        held.append(item)
+        except TimeoutError:
+            self.problems.add("CGM backfill timed out (aborted)")
+            await self._abort(client, session)
+        except RacpError as exc:
+            self.problems.add("CGM backfill refused", exc.response)
+        base = self.last_offset
+        for record in sorted(held, key=lambda r: unwrap_offset(r.time_offset_min, base)):
+            self._accept(record, session)
+        if held:
+            _LOGGER.info(
+                "%s: backfill delivered %d record(s), last offset %s", self.device_id, len(held), self.last_offset
+            )
+
+    def _backfill_done(self, item: object) -> bool:
+        if not isinstance(item, RacpResponse):
+            return False
+        if item.response_code in (RacpResponseCode.SUCCESS, RacpResponseCode.NO_RECORDS_FOUND):
+            return True
+        raise RacpError(self.device.address, item.response_code.name)
+
+    async def _abort(self, client: BleakClient, session: _CgmSession) -> None:
+        try:
+            await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, racp_abort(e2e_crc=session.e2e_crc))
+        except EdgeAgentError as exc:
+            _LOGGER.debug("%s: abort: %s", self.device_id, exc)
+
+    def _accept(self, item: object, session: _CgmSession) -> None:
+        if not isinstance(item, CgmMeasurement):
+            return  # a late RACP indication
+        if not item.crc_ok:
+            self.crc_failures += 1
+            self.problems.add("CGM record failed its E2E-CRC (rejected)", item.time_offset_min)
+            return
+        offset = unwrap_offset(item.time_offset_min, self.last_offset)
+        if self.last_offset is not None and offset <= self.last_offset:
+            return  # already stored (live and backfilled copies of the same record)
+        sample = cgm_sample(item, cgm_reading_time(session.start_utc, offset), self.problems)
+        watermark = json.dumps({"session": session.key, "offset": offset})
+        self._submit([sample] if sample else [], watermark=(CGM_WATERMARK, watermark))
+        self.last_offset = offset
+
+
+SESSION_CLASSES: Final = {
+    DeviceKind.HEART_RATE: HeartRateSession,
+    DeviceKind.GLUCOSE_METER: GlucoseMeterSession,
+    DeviceKind.CGM: CgmSession,
+}
+
+
+def make_session(device: PairedDevice, ctx: SessionContext) -> DeviceSession:
+    """The session class for the device's kind."""
+    cls: type[DeviceSession] = SESSION_CLASSES[device.kind]
+    return cls(device, ctx)

@@ -1,0 +1,103 @@
+"""Agent and device status, published on ``status_topic(patient)`` (``rpm/v1/p/{patient}/status``).
+
+Three kinds of JSON message (schema version 1), all with ``v``, ``patient``, ``kind`` and ``t``
+(UTC epoch seconds)::
+
+    {"kind": "agent", "state": "online" | "offline"}                          retained; "offline" is
+                                                                               also the last will
+    {"kind": "device", "device": "hr-C0:FF:…", "device_kind": "heart_rate",
+     "state": "connecting" | "connected" | "disconnected" | "unreachable" | "error",
+     "battery_pct": 87, "error": "…", "problems": {"reason": count}}            not retained
+    {"kind": "alarm", "alarm": "outbox_full", "active": true, "message": "…",
+     "evicted": {"rr_interval": 1200}}                                          not retained
+
+Status is the *current* state, not history: it is not stored in the outbox. While the broker is
+away the latest state per device and active alarms are kept in memory and published on the
+next connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Literal
+
+import orjson
+
+from rpm_core.wire import SCHEMA_VERSION
+
+DeviceState = Literal["connecting", "connected", "disconnected", "unreachable", "error"]
+AgentState = Literal["online", "offline"]
+OUTBOX_FULL_ALARM: Final = "outbox_full"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """The last known state of one device."""
+
+    device: str
+    device_kind: str
+    state: DeviceState = "disconnected"
+    battery_pct: int | None = None
+    error: str | None = None
+    problems: Mapping[str, int] = field(default_factory=dict)
+    t: float = 0.0
+
+
+def _doc(patient: str, kind: str, **fields: Any) -> bytes:
+    return orjson.dumps({"v": SCHEMA_VERSION, "patient": patient, "kind": kind, "t": round(time.time(), 3), **fields})
+
+
+def agent_payload(patient: str, state: AgentState) -> bytes:
+    """The retained agent presence message (and, with ``offline``, the last will)."""
+    return _doc(patient, "agent", state=state)
+
+
+class StatusBoard:
+    """Latest device states and active alarms; every change is handed to ``listener`` as a payload."""
+
+    def __init__(self, patient: str) -> None:
+        self.patient = patient
+        self.devices: dict[str, DeviceStatus] = {}
+        self.alarms: dict[str, bytes] = {}
+        self.listener: Callable[[bytes], None] = lambda _payload: None
+
+    def device_payload(self, status: DeviceStatus) -> bytes:
+        """The message for one device."""
+        fields = {k: v for k, v in _status_fields(status).items() if v is not None}
+        return _doc(self.patient, "device", **fields)
+
+    def register(self, device: str, device_kind: str) -> None:
+        """Know ``device`` (state ``disconnected``) without announcing it."""
+        self.devices.setdefault(device, DeviceStatus(device, device_kind, t=time.time()))
+
+    def update(self, device: str, **changes: Any) -> None:
+        """Change a device's status and announce it."""
+        status = replace(self.devices[device], t=time.time(), **changes)
+        self.devices[device] = status
+        self.listener(self.device_payload(status))
+
+    def alarm(self, name: str, *, active: bool, message: str, **fields: Any) -> None:
+        """Raise (``active``) or clear an alarm and announce it."""
+        payload = _doc(self.patient, "alarm", alarm=name, active=active, message=message, **fields)
+        if active:
+            self.alarms[name] = payload
+        else:
+            self.alarms.pop(name, None)
+        self.listener(payload)
+
+    def snapshot(self) -> list[bytes]:
+        """Every device's state and every active alarm (published after each (re)connection)."""
+        return [self.device_payload(s) for s in self.devices.values()] + list(self.alarms.values())
+
+
+def _status_fields(status: DeviceStatus) -> dict[str, Any]:
+    return {
+        "device": status.device,
+        "device_kind": status.device_kind,
+        "state": status.state,
+        "battery_pct": status.battery_pct,
+        "error": status.error,
+        "problems": dict(status.problems) or None,
+    }
