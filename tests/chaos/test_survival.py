@@ -1,0 +1,231 @@
+"""The stream survives: workers, bridge, Mosquitto and InfluxDB fail mid-run and nothing is lost.
+
+Every process is the real ``rpm`` command; every failure is real (SIGKILL, SIGTERM, a service
+stopped and started again on the same port and data directory). Waits are deadlines for a
+condition, never assertions about speed. Outages are bounded: ``RPM_CHAOS_OUTAGE_S`` (default 30).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import psutil
+import pytest
+
+from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, start_influxdb, start_mosquitto
+from simulators.patients import Scenario, patient_id, scenario_for
+from stream import topics
+from stream.acks import encode_ack
+from tests.support.influx import count_by, rows
+from tests.support.kafka import produce
+from tests.support.mqtt import Publisher, heart_rate
+from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+OUTAGE_S = float(os.environ.get("RPM_CHAOS_OUTAGE_S", "30"))
+PARTITIONS = "4"
+
+
+def worker(stack: Stack, tmp_path: Path, name: str = "worker", **env: str) -> ServiceProcess:
+    return spawn(name, ["worker", "--partitions", PARTITIONS, "--data-dir", str(tmp_path / name)],
+                 rpm_env(stack, **env), tmp_path)
+
+
+def start_simulator(stack: Stack, tmp_path: Path, *, patients: int, duration: float, history: float,
+                    first: int = 0) -> tuple[subprocess.Popen[bytes], Path]:
+    summary = tmp_path / f"summary-{first}.json"
+    proc = subprocess.Popen(
+        rpm_argv("simulate", "--patients", str(patients), "--duration", str(duration), "--history", str(history),
+                 "--first-patient", str(first), "--summary-json", str(summary)),
+        env=rpm_env(stack, mqtt_user=SIMULATOR_USER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return proc, summary
+
+
+def finish(proc: subprocess.Popen[bytes], summary: Path) -> dict[str, int]:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    by_metric: dict[str, int] = json.loads(summary.read_text())["by_metric"]
+    return by_metric
+
+
+def vitals(stack: Stack) -> dict[str, int]:
+    assert stack.settings.influx_url
+    return count_by(stack.settings.influx_url, stack.settings.influx_db, "vitals", "value", "metric")
+
+
+def total(counts: dict[str, int]) -> int:
+    return sum(counts.values())
+
+
+def wait_for_all(stack: Stack, sent: dict[str, int], watch: tuple[ServiceProcess, ...]) -> dict[str, int]:
+    return eventually(lambda: vitals(stack), lambda got: all(got.get(m, 0) >= n for m, n in sent.items()),
+                      timeout=300, what="every reading in InfluxDB", watch=watch)
+
+
+def raised_alerts(stack: Stack) -> list[dict[str, object]]:
+    assert stack.settings.influx_url
+    return rows(stack.settings.influx_url, stack.settings.influx_db, "SELECT * FROM alerts WHERE state = 'raised'")
+
+
+def expected_episodes(first: int, n: int) -> set[tuple[str, str]]:
+    rule = {Scenario.TACHYCARDIA: "tachycardia", Scenario.BRADYCARDIA: "bradycardia",
+            Scenario.HYPOGLYCEMIA: "glucose_low"}
+    return {(patient_id(i), rule[scenario_for(i)]) for i in range(first, first + n)
+            if scenario_for(i) != Scenario.NORMAL}
+
+
+def test_killing_one_of_two_workers_loses_and_doubles_nothing(stack: Stack, tmp_path: Path) -> None:
+    w1, w2 = worker(stack, tmp_path, "worker-1"), worker(stack, tmp_path, "worker-2")
+    with running(w1, w2):
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            sim, summary = start_simulator(stack, tmp_path, patients=24, duration=25, history=1200)
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 20_000, timeout=300,
+                       what="20,000 readings written before the kill", watch=(w1, w2, bridge))
+            before = total(vitals(stack))
+            w1.kill()
+            killed_at = time.monotonic()
+            eventually(lambda: total(vitals(stack)), lambda n: n > before + 2_000, timeout=120,
+                       what="the surviving worker taking over", watch=(w2, bridge), interval=0.1)
+            rebalance_s = time.monotonic() - killed_at
+            sent = finish(sim, summary)
+            got = wait_for_all(stack, sent, (w2, bridge))
+    print(f"\nrebalance after kill -9: writes resumed within {rebalance_s:.1f} s; "
+          f"{total(sent)} readings sent, {before} written before the kill")
+    assert total(sent) >= 20_000
+    assert got == sent, "InfluxDB holds exactly the readings sent: none lost, none doubled"
+    raised = raised_alerts(stack)
+    assert sorted((r["patient"], r["rule"]) for r in raised) == sorted(expected_episodes(0, 24)), \
+        "exactly one alert per scripted episode"
+
+
+def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_alert(
+    stack: Stack, tmp_path: Path
+) -> None:
+    t0 = time.time() - 3600
+    url, db = stack.settings.influx_url, stack.settings.influx_db
+    assert url
+    w = worker(stack, tmp_path, "worker-a")
+    with running(w), Publisher(stack) as pub:
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            pub.readings("p0100", "hrs-p0100", heart_rate(t0, 900, 135))  # tachycardia: raised at t0+600
+            eventually(lambda: len(raised_alerts(stack)), lambda n: n >= 1, timeout=120, what="the alert",
+                       watch=(w, bridge))
+            w.stop()  # a restart: SIGTERM, graceful
+            w2 = worker(stack, tmp_path, "worker-b")
+            with running(w2):
+                pub.readings("p0100", "hrs-p0100", heart_rate(t0 + 900, 600, 136))   # the episode goes on
+                pub.readings("p0100", "hrs-p0100", heart_rate(t0 + 1500, 900, 78))   # and ends
+                cleared = eventually(
+                    lambda: rows(url, db, "SELECT * FROM alerts WHERE state = 'cleared'"), lambda r: len(r) >= 1,
+                    timeout=120, what="the episode to clear", watch=(w2, bridge))
+                time.sleep(1)  # give a wrongly repeated alert the chance to show up before we count
+    raised = raised_alerts(stack)
+    assert len(raised) == 1, f"one alert for the one episode, got {raised}"
+    assert [c["alert_id"] for c in cleared] == [raised[0]["alert_id"]]
+
+
+def test_kill_9_of_the_bridge_and_a_mosquitto_restart_lose_nothing(stack: Stack, tmp_path: Path) -> None:
+    w = worker(stack, tmp_path)
+    with running(w):
+        bridge = spawn_bridge(stack, tmp_path, name="bridge-1")
+        sim, summary = start_simulator(stack, tmp_path, patients=10, duration=30, history=300)
+        with running(bridge):
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
+                       watch=(w, bridge))
+            bridge.kill()
+        time.sleep(2)  # readings queue in Mosquitto for the bridge's persistent session meanwhile
+        bridge = spawn_bridge(stack, tmp_path, name="bridge-2")  # same slot, same client id, same session
+        with running(bridge):
+            n = total(vitals(stack))
+            eventually(lambda: total(vitals(stack)), lambda m: m > n + 500, timeout=120,
+                       what="readings flowing again", watch=(w, bridge))
+            old = stack.processes["mosquitto"]
+            assert stack.mqtt_creds is not None
+            old.stop()  # SIGTERM: Mosquitto saves its persistence file
+            time.sleep(3)
+            stack.processes["mosquitto"] = start_mosquitto(old.workdir, creds=stack.mqtt_creds, port=old.port)
+            sent = finish(sim, summary)
+            got = wait_for_all(stack, sent, (w, bridge))
+    assert got == sent
+
+
+def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tmp_path: Path) -> None:
+    w = worker(stack, tmp_path)
+    with running(w):
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            sim, summary = start_simulator(stack, tmp_path, patients=20, duration=OUTAGE_S + 20, history=300)
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
+                       watch=(w, bridge))
+            rss_before = psutil.Process(w.pid).memory_info().rss
+            influx = stack.processes["influxdb"]
+            influx.stop()
+            peak = rss_before
+            deadline = time.monotonic() + OUTAGE_S
+            while time.monotonic() < deadline:
+                assert w.alive() and bridge.alive()
+                peak = max(peak, psutil.Process(w.pid).memory_info().rss)
+                time.sleep(1)
+            stack.processes["influxdb"] = start_influxdb(influx.workdir, port=influx.port)
+            sent = finish(sim, summary)
+            got = wait_for_all(stack, sent, (w, bridge))
+    assert got == sent
+    growth_mb = (peak - rss_before) / 2**20
+    print(f"\nworker RSS grew {growth_mb:.0f} MiB during a {OUTAGE_S:.0f} s InfluxDB outage")
+    assert growth_mb < 256, "the backlog waits in Kafka, not in the worker's memory"
+
+
+RULES_30S = """\
+version: 1
+defaults: {max_gap: 5m, cooldown: 0s, escalate_after: 30s}
+rules:
+  tachycardia:
+    type: threshold
+    metric: heart_rate
+    direction: above
+    levels:
+      warning: {threshold: 120, for: 1m}
+    clear: {threshold: 110, for: 1m}
+patients: {}
+"""
+
+
+def test_an_acknowledged_alert_does_not_escalate_and_an_unacknowledged_one_does(
+    stack: Stack, tmp_path: Path
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_30S)
+    url, db = stack.settings.influx_url, stack.settings.influx_db
+    assert url
+    w = worker(stack, tmp_path, RPM_RULES=str(rules))
+    now = time.time()
+    with running(w), Publisher(stack) as pub:
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            for patient in ("p0201", "p0202"):  # 70 s above 120: raised at now-15, escalation due at now+15
+                pub.readings(patient, f"hrs-{patient}", heart_rate(now - 75, 70, 140))
+            raised = eventually(lambda: raised_alerts(stack), lambda r: len(r) == 2, timeout=60,
+                                what="both alerts", watch=(w, bridge))
+            acked = next(r for r in raised if r["patient"] == "p0201")
+            ack = encode_ack(alert_id=str(acked["alert_id"]), patient="p0201", by="Nurse Ann", at=time.time(),
+                             station="ward-a")
+            asyncio.run(produce(stack.settings.kafka_bootstrap(), topics.ALERT_ACKS, [(b"p0201", ack)]))
+            escalated = eventually(
+                lambda: rows(url, db, "SELECT * FROM alerts WHERE state = 'escalated'"), lambda r: len(r) >= 1,
+                timeout=120, what="the unacknowledged alert to escalate", watch=(w, bridge))
+            time.sleep(2)  # the acknowledged one would have escalated at the same tick
+    acks = rows(url, db, "SELECT * FROM alerts WHERE state = 'acknowledged'")
+    assert [(a["patient"], a["by"]) for a in acks] == [("p0201", "Nurse Ann")]
+    assert [e["patient"] for e in rows(url, db, "SELECT * FROM alerts WHERE state = 'escalated'")] == ["p0202"]
+    assert escalated[0]["alert_id"] != acked["alert_id"]
+    assert orjson.dumps(sorted(r["patient"] for r in raised)) == b'["p0201","p0202"]'
