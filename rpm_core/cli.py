@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from edge_agent.cli import add_commands as add_edge_commands
+from rpm_core.cli_people import add_commands as add_people_commands
 from rpm_core.errors import RpmError
 from rpm_core.settings import Settings
 
@@ -186,17 +187,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = rules.add_parser("check", help="validate and explain a rules file")
     p.add_argument("file", nargs="?", default=os.environ.get("RPM_RULES", "alert_rules.yaml"))
     p.set_defaults(func=cmd_rules_check)
+    add_people_commands(sub)
     return parser
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line (for log shippers); message text only, never a reading's value."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage(), "pid": record.process}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def _configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rpm`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.log_level, os.environ.get("RPM_LOG_FORMAT", "text"))
     if args.log_level != "debug":
         # aiokafka narrates every group join at INFO; keep its warnings and errors only.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)

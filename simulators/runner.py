@@ -24,6 +24,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from rpm_core.errors import ServiceError
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import encode_readings, readings_topic
 from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
@@ -184,6 +185,6 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
     for p in procs:
         p.join()
     if errors:
-        raise RuntimeError("simulator process failed: " + "; ".join(errors))
+        raise ServiceError("simulator failed: " + "; ".join(sorted(set(errors))))
     by_metric = {m: int(totals.get(m, 0)) for m in ("heart_rate", "rr_interval", "glucose")}
     return {"readings_sent": sum(by_metric.values()), "by_metric": by_metric, "patients": cfg.patients}

@@ -121,6 +121,13 @@ class Bridge:
             "deadlettered": self.stats.deadlettered,
         }
 
+    def metrics_text(self) -> str:
+        """Prometheus exposition of this bridge's counters."""
+        from stream.metrics import bridge_metrics, render
+
+        return render(bridge_metrics(self.stats, connected=self.connected.is_set(),
+                                     subscribed=self.subscribed.is_set()))
+
     # --- MQTT side (paho's thread) ---------------------------------------------------------------
 
     def _make_client(self) -> mqtt.Client:
@@ -337,7 +344,8 @@ async def run_bridge(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    health = HealthServer(bridge.health, port=health_port) if health_port is not None else None
+    health = (HealthServer(bridge.health, metrics=bridge.metrics_text, port=health_port)
+              if health_port is not None else None)
     try:
         if health is not None:
             await health.start()
