@@ -1,27 +1,56 @@
-"""Acknowledgements of alerts, on Kafka ``rpm.alert-acks`` (key: patient id, so an ack reaches the
-worker that owns the patient's state)::
+"""Alert acknowledgements: the wire format of Kafka topic ``rpm.alert-acks``.
 
-    {"v": 1, "alert_id": "9f0c…", "patient": "p0001", "by": "Nurse Ann", "at": 1764100000.0, "station": "ward-a"}
+A nurse station produces one record per acknowledgement; the worker that owns the patient
+consumes it and calls the detector engine's ``acknowledge(alert_id, by, at)``. Contract::
+
+    key   = patient id (UTF-8 bytes), so the ack lands on the partition of the worker that owns
+            the patient (the same partitioning as ``rpm.readings``)
+    value = {"v": 1, "alert_id": "3f2a…", "patient": "p0001", "by": "Nurse Ana",
+             "at": 1764100000.123, "station": "north-desk"}
+
+- ``v``: schema version, 1;
+- ``alert_id``: the alert's id as published on ``rpm.alerts`` (identifier characters, ≤ 64);
+- ``patient``: the alert's patient (identifier; must equal the record key);
+- ``by``: the nurse's name as typed, 1-64 printable characters, surrounding space stripped;
+- ``at``: when the nurse clicked, UTC epoch seconds (finite, not before 2000, not more than
+  5 minutes ahead of the decoder's clock when one is given);
+- ``station``: the nurse station that sent it (identifier).
+
+Unknown keys are rejected (a newer sender must bump ``v``). Acknowledgements are at-least-once
+like everything else: the engine ignores an ack for an alert that is not open or already
+acknowledged, so a redelivered record changes nothing.
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
-from rpm_core.wire import is_valid_id
+from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id
+from stream.errors import StreamError
 
-ACK_VERSION: Final = 1
+ACK_SCHEMA_VERSION: Final = 1
+MAX_NAME_CHARS: Final = 64
+# An ack is a few hundred bytes; anything much larger is not one.
 MAX_ACK_BYTES: Final = 4096
-MAX_NAME_CHARS: Final = 80
+_KEYS: Final = frozenset({"v", "alert_id", "patient", "by", "at", "station"})
 
 
-@dataclass(frozen=True, slots=True)
+class AckDecodeError(StreamError, ValueError):
+    """A record on ``rpm.alert-acks`` that is not a valid acknowledgement; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ack:
-    """One acknowledgement of one alert by one person."""
+    """One acknowledgement of one alert by one nurse."""
 
     alert_id: str
     patient: str
@@ -29,41 +58,83 @@ class Ack:
     at: float
     station: str
 
+    def __post_init__(self) -> None:
+        _check_id("alert_id", self.alert_id)
+        _check_id("patient", self.patient)
+        _check_id("station", self.station)
+        object.__setattr__(self, "by", normalize_name(self.by))
+        if isinstance(self.at, bool) or not isinstance(self.at, int | float) or not math.isfinite(self.at):
+            raise AckDecodeError("'at' must be a finite number of epoch seconds")
+        if self.at < MIN_SAMPLE_EPOCH_S:
+            raise AckDecodeError("'at' is before 2000-01-01")
+
+    @property
+    def key(self) -> bytes:
+        """The Kafka record key: the patient id."""
+        return self.patient.encode()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document."""
+        return {"v": ACK_SCHEMA_VERSION, "alert_id": self.alert_id, "patient": self.patient,
+                "by": self.by, "at": float(self.at), "station": self.station}
+
+    def __bytes__(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+def normalize_name(name: object) -> str:
+    """A nurse's name as stored: NFC, surrounding space stripped, 1-64 printable characters."""
+    if not isinstance(name, str):
+        raise AckDecodeError("'by' must be a string")
+    text = unicodedata.normalize("NFC", name).strip()
+    if not text:
+        raise AckDecodeError("'by' is empty: the nurse's name is required")
+    if len(text) > MAX_NAME_CHARS:
+        raise AckDecodeError(f"'by' is longer than {MAX_NAME_CHARS} characters")
+    if any(not ch.isprintable() for ch in text):
+        raise AckDecodeError("'by' contains control characters")
+    return text
+
+
+def _check_id(name: str, value: object) -> None:
+    if not is_valid_id(value):
+        raise AckDecodeError(f"{name!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
+
 
 def encode_ack(*, alert_id: str, patient: str, by: str, at: float, station: str) -> bytes:
-    """The record value for ``rpm.alert-acks``."""
-    ack = Ack(alert_id=alert_id, patient=patient, by=by, at=at, station=station)
-    _check(ack)
-    return orjson.dumps({"v": ACK_VERSION, "alert_id": alert_id, "patient": patient, "by": by, "at": at,
-                         "station": station})
+    """The record value of an acknowledgement (validated; :class:`AckDecodeError` if invalid)."""
+    return bytes(Ack(alert_id=alert_id, patient=patient, by=by, at=at, station=station))
 
 
-def decode_ack(value: bytes) -> Ack:
-    """Decode and validate an ack; ``ValueError`` with the reason otherwise."""
+def decode_ack(value: bytes, *, key: bytes | None = None, now: float | None = None) -> Ack:
+    """Parse and validate a record value of ``rpm.alert-acks``.
+
+    With ``key``, the key must be the patient id; with ``now`` (epoch s), ``at`` may be at most
+    ``MAX_FUTURE_SKEW_S`` ahead. Raises :class:`AckDecodeError` (a ``ValueError``) with the reason.
+    """
     if len(value) > MAX_ACK_BYTES:
-        raise ValueError(f"ack is {len(value)} bytes; the limit is {MAX_ACK_BYTES}")
+        raise AckDecodeError(f"acknowledgement larger than {MAX_ACK_BYTES} bytes")
     try:
-        doc: Any = orjson.loads(value)
+        doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise ValueError(f"ack is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != ACK_VERSION or isinstance(doc.get("v"), bool):
-        raise ValueError(f"ack must be a v{ACK_VERSION} JSON object")
-    if set(doc) != {"v", "alert_id", "patient", "by", "at", "station"}:
-        raise ValueError("ack needs exactly v, alert_id, patient, by, at, station")
-    at = doc["at"]
-    if isinstance(at, bool) or not isinstance(at, int | float):
-        raise ValueError("ack time must be a number of epoch seconds")
-    ack = Ack(alert_id=doc["alert_id"], patient=doc["patient"], by=doc["by"], at=float(at), station=doc["station"])
-    _check(ack)
+        raise AckDecodeError(f"not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise AckDecodeError("acknowledgement must be a JSON object")
+    _check_shape(doc)
+    ack = Ack(alert_id=doc["alert_id"], patient=doc["patient"], by=doc["by"], at=doc["at"], station=doc["station"])
+    if key is not None and key != ack.key:
+        raise AckDecodeError("record key is not the acknowledgement's patient")
+    if now is not None and ack.at > now + MAX_FUTURE_SKEW_S:
+        raise AckDecodeError("'at' is more than 5 minutes in the future")
     return ack
 
 
-def _check(ack: Ack) -> None:
-    if not isinstance(ack.alert_id, str) or not ack.alert_id.isalnum() or len(ack.alert_id) > 64:
-        raise ValueError("ack alert_id must be alphanumeric")
-    if not is_valid_id(ack.patient) or not is_valid_id(ack.station):
-        raise ValueError("ack patient and station must be identifiers")
-    if not isinstance(ack.by, str) or not ack.by.strip() or len(ack.by) > MAX_NAME_CHARS:
-        raise ValueError(f"ack needs who acknowledged (1-{MAX_NAME_CHARS} characters)")
-    if not math.isfinite(ack.at) or ack.at <= 0:
-        raise ValueError("ack time must be a finite positive number")
+def _check_shape(doc: dict[str, Any]) -> None:
+    if isinstance(doc.get("v"), bool) or doc.get("v") != ACK_SCHEMA_VERSION:
+        raise AckDecodeError(f"unsupported acknowledgement version {doc.get('v')!r} (expected {ACK_SCHEMA_VERSION})")
+    unknown = sorted(set(doc) - _KEYS)
+    if unknown:
+        raise AckDecodeError(f"unknown key(s) {', '.join(map(repr, unknown))}")
+    missing = sorted(_KEYS - set(doc))
+    if missing:
+        raise AckDecodeError(f"missing key(s) {', '.join(map(repr, missing))}")
