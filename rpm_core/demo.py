@@ -1,9 +1,10 @@
 """``rpm demo`` / ``rpm up``: the whole pipeline on one machine, headless.
 
-Starts Mosquitto, Tansu and InfluxDB (or uses ``RPM_*_URL``), one bridge and one worker as their
-own processes (the same ``rpm bridge`` / ``rpm worker`` an operator runs), shows new alerts as a
-console nurse-station feed, drives simulated patients through it, and finally reports from
-InfluxDB what was written.
+Starts Mosquitto, Tansu and InfluxDB (or uses ``RPM_*_URL``), one bridge, one worker and the
+nurse-station web page as their own processes (the same ``rpm bridge`` / ``rpm worker`` /
+``rpm nurse-station`` an operator runs, the station with a one-off password), shows new alerts
+on the console too, drives simulated patients through it, and finally reports from InfluxDB what
+was written.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -33,6 +35,7 @@ from rpm_core.services import (
     free_port,
     http_ok,
     influx_query,
+    port_open,
     start_stack,
     wait_until,
 )
@@ -131,6 +134,28 @@ def _grouped_counts(doc: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
     return out
 
 
+DEMO_STATION: Final = "demo"
+
+
+def _station_port() -> int:
+    """8080 when it is free (what the docs say), else any free port."""
+    return 8080 if not port_open("127.0.0.1", 8080) else free_port()
+
+
+def _spawn_station(stack: Stack, logs: Path) -> tuple[ServiceProcess, str]:
+    from rpm_core.roster import hash_password
+
+    password = secrets.token_urlsafe(9)
+    env = _env_for(stack, mqtt_user=None)
+    env.pop("RPM_ROSTER", None)
+    env["RPM_NURSE_CREDENTIALS"] = f"{DEMO_STATION}={hash_password(password)}"
+    port = _station_port()
+    kid = spawn_rpm(["nurse-station", "--port", str(port)], env=env, log_path=logs / "nurse-station.log",
+                    name="nurse-station")
+    kid.port = port
+    return kid, password
+
+
 @contextlib.contextmanager
 def _children(stack: Stack, workdir: Path, partitions: int) -> Iterator[list[ServiceProcess]]:
     logs = workdir / "logs"
@@ -141,11 +166,17 @@ def _children(stack: Stack, workdir: Path, partitions: int) -> Iterator[list[Ser
         spawn_rpm(["worker", "--partitions", str(partitions), "--data-dir", str(workdir / "worker")],
                   env=_env_for(stack, mqtt_user=None), log_path=logs / "worker.log", name="worker"),
     ]
+    station, password = _spawn_station(stack, logs)
+    kids.append(station)
     try:
         # Mosquitto drops what is published before anyone subscribed: send nothing until the bridge
         # is connected to both brokers and subscribed (its persistent session covers restarts).
         wait_until(lambda: _alive_and(kids[0], lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz")),
                    timeout=60, what="the bridge (connected and subscribed)")
+        wait_until(lambda: _alive_and(station, lambda: http_ok(f"http://127.0.0.1:{station.port}/login")),
+                   timeout=60, what="the nurse station")
+        print(f"  nurse station  http://127.0.0.1:{station.port}/   station {DEMO_STATION!r}, "
+              f"password {password!r} (this run only)", flush=True)
         yield kids
     finally:
         for kid in kids:
