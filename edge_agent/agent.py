@@ -1,4 +1,5 @@
-"""The supervisor: one TaskGroup of device sessions, the outbox writer and the MQTT publisher.
+"""The supervisor: one TaskGroup of device sessions, the outbox writer, the MQTT publisher and the
+command subscriber (messages from the care team, :mod:`edge_agent.commands`).
 
 Start-up opens the outbox, then everything runs concurrently::
 
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from edge_agent import const
+from edge_agent.commands import CommandSubscriber
 from edge_agent.config import AgentSettings
 from edge_agent.errors import AgentConfigError
 from edge_agent.outbox import AsyncOutbox, OutboxWriter
@@ -52,6 +54,7 @@ class Agent:
         self.board = StatusBoard(self.patient)
         self.sessions: list[DeviceSession] = []
         self.publisher: Publisher | None = None
+        self.commands: CommandSubscriber | None = None
         self.writer: OutboxWriter | None = None
         self._outbox: AsyncOutbox | None = None
         self._evicted_total = 0
@@ -74,6 +77,7 @@ class Agent:
             )
             writer = OutboxWriter(outbox, on_stored=publisher.wake, on_evicted=self._on_evicted)
             self.publisher, self.writer = publisher, writer
+            self.commands = CommandSubscriber(mqtt=mqtt, patient=self.patient)
             ctx = SessionContext(
                 writer=writer, outbox=outbox, board=self.board, backoff_max_s=self.settings.ble_backoff_max_s
             )
@@ -87,11 +91,13 @@ class Agent:
             writing = tg.create_task(writer.run(), name="outbox-writer")
             publishing = tg.create_task(publisher.run(), name="publisher")
             housekeeping = tg.create_task(self._housekeeping(), name="housekeeping")
+            assert self.commands is not None
+            commands = tg.create_task(self.commands.run(), name="commands")
             devices = [tg.create_task(s.run(), name=f"session {s.device_id}") for s in self.sessions]
             _LOGGER.info("edge agent for patient %s: %d device(s)", self.patient, len(devices))
             await stop.wait()
             _LOGGER.info("stopping: disconnecting devices")
-            await _cancel(*devices, housekeeping)
+            await _cancel(*devices, housekeeping, commands)
             await _cancel(writing)
             await writer.flush()
             await _cancel(publishing)

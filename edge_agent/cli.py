@@ -6,9 +6,13 @@ here; bleak, paho and dbus-fast are imported inside the handlers that need them.
 
 - ``rpm edge pair --patient P [--address ADDR] [--timeout S] [--passkey N]``: without
   ``--address``, scan and let the user choose by number; with it, pair that device (scripts);
+  with ``--provision-credentials DIR`` (the broker's ``rpm mqtt-auth`` directory) it also creates
+  the patient's agent MQTT user and writes its password to a 0600 file (``RPM_MQTT_PASSWORD_FILE``);
 - ``rpm edge run``: run the agent until SIGTERM;
 - ``rpm edge devices``: the patient, the paired devices, what waits in the outbox;
-- ``rpm edge forget ADDRESS``: remove a pairing (and, unless ``--keep-bond``, the BlueZ bond).
+- ``rpm edge forget ADDRESS``: remove a pairing (and, unless ``--keep-bond``, the BlueZ bond);
+- ``rpm edge ack ALERT_ID…``: the patient acknowledges a message from the care team (see
+  :mod:`edge_agent.commands`): its alerts stop escalating.
 
 Each handler returns an exit code: 0 done, 1 nothing to do / cancelled, 2 bad input or failure.
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_agent import const
@@ -42,6 +48,10 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--address", help="Bluetooth address to pair (scriptable); without it: scan and choose")
     p.add_argument("--timeout", type=float, default=const.DEFAULT_PAIR_SCAN_TIMEOUT_S, help="scan seconds")
     p.add_argument("--passkey", type=int, help="passkey shown by the device (default: ask when needed)")
+    p.add_argument("--provision-credentials", metavar="DIR",
+                   help="also create the patient's agent MQTT user in this rpm mqtt-auth directory")
+    p.add_argument("--credentials-out", metavar="FILE",
+                   help="where to write its password (0600; default <state dir>/mqtt-password)")
     _state_flag(p)
     p.set_defaults(func=cmd_pair)
 
@@ -49,6 +59,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     _state_flag(p)
     p.add_argument("--mqtt-url", help="mqtts://agent-<patient>:<password>@host:8883 (env RPM_MQTT_URL)")
     p.add_argument("--mqtt-ca", help="CA bundle of the broker's certificate (env RPM_MQTT_CA)")
+    p.add_argument("--mqtt-password-file", help="file (0600) holding the agent's password (env RPM_MQTT_PASSWORD_FILE)")
     p.add_argument("--allow-plaintext", action="store_true", default=None, help="allow mqtt:// to a remote broker")
     p.add_argument("--outbox-max-mb", type=float, help="disk budget of the outbox (env RPM_EDGE_OUTBOX_MAX_MB)")
     p.set_defaults(func=cmd_run)
@@ -63,6 +74,16 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     _state_flag(p)
     p.set_defaults(func=cmd_forget)
 
+    p = commands.add_parser("ack", help="acknowledge a message from the care team (stops its escalation)")
+    p.add_argument("alert_ids", nargs="+", metavar="ALERT_ID", help="the alert id(s) the message named")
+    p.add_argument("--patient", help="patient id (default: the one paired in the state directory)")
+    p.add_argument("--mqtt-url", help="mqtts://agent-<patient>:<password>@host:8883 (env RPM_MQTT_URL)")
+    p.add_argument("--mqtt-ca", help="CA bundle of the broker's certificate (env RPM_MQTT_CA)")
+    p.add_argument("--mqtt-password-file", help="file (0600) holding the agent's password (env RPM_MQTT_PASSWORD_FILE)")
+    p.add_argument("--allow-plaintext", action="store_true", default=None, help="allow mqtt:// to a remote broker")
+    _state_flag(p)
+    p.set_defaults(func=cmd_ack)
+
 
 def _state_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="state directory (env RPM_EDGE_STATE)")
@@ -71,11 +92,25 @@ def _state_flag(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> AgentSettings:
     return AgentSettings.from_env(
         state_dir=args.state_dir,
-        mqtt_url=getattr(args, "mqtt_url", None),
+        mqtt_url=_mqtt_url(args),
         mqtt_ca=getattr(args, "mqtt_ca", None),
         allow_plaintext=getattr(args, "allow_plaintext", None),
         outbox_max_mb=getattr(args, "outbox_max_mb", None),
     )
+
+
+def _mqtt_url(args: argparse.Namespace) -> str | None:
+    """The broker URL, with the password of ``--mqtt-password-file`` / ``RPM_MQTT_PASSWORD_FILE`` if named."""
+    url: str | None = getattr(args, "mqtt_url", None)
+    if not hasattr(args, "mqtt_password_file"):
+        return url
+    password_file = args.mqtt_password_file or os.environ.get("RPM_MQTT_PASSWORD_FILE")
+    url = url or os.environ.get("RPM_MQTT_URL")
+    if not url or not password_file:
+        return url
+    from rpm_core.settings import url_with_password_file
+
+    return url_with_password_file(url, password_file)  # refuses a file other users can read
 
 
 def _fail(args: argparse.Namespace, exc: Exception) -> int:
@@ -90,6 +125,8 @@ def cmd_pair(args: argparse.Namespace) -> int:
     """Pair a device with the patient (interactive without ``--address``)."""
     try:
         settings = _settings(args)
+        if args.provision_credentials:
+            _check_auth_dir(Path(args.provision_credentials))  # fail before pairing, not after
         store = RegistryStore(settings.ensure_state_dir() / settings.registry_path.name)
         Registry().with_device(args.patient, _placeholder())  # validates the patient id early
         with store.locked() as registry:
@@ -104,7 +141,31 @@ def cmd_pair(args: argparse.Namespace) -> int:
     print(f"paired {device.kind.value} {device.address} ({device.name or 'no name'}) with patient {args.patient}")
     print(f"  {info.manufacturer or '?'} {info.model or '?'}, serial {info.serial or '?'}, firmware {info.firmware}")
     print(f"  battery {device.battery_pct if device.battery_pct is not None else '?'} %; device id {device.device_id}")
+    if args.provision_credentials:
+        _provision(args, settings)
     return 0
+
+
+def _check_auth_dir(path: Path) -> None:
+    from rpm_core.mqtt_auth import AuthDir
+
+    AuthDir(path).load()
+
+
+def _provision(args: argparse.Namespace, settings: AgentSettings) -> None:
+    """Create the patient's agent MQTT user (``rpm mqtt-auth add-agent``) and keep its password here."""
+    from rpm_core.mqtt_auth import RELOAD_HINT, add_agent, agent_user, write_credential_file
+
+    out = Path(args.credentials_out) if args.credentials_out else settings.state_dir / "mqtt-password"
+    creds = add_agent(Path(args.provision_credentials), args.patient)
+    if creds is None:
+        print(f"MQTT user {agent_user(args.patient)} exists already; its password is unchanged "
+              "(rpm mqtt-auth add-agent --rotate issues a new one)")
+        return
+    write_credential_file(out, creds)
+    print(f"MQTT user {creds.user} created; its password is in {out} (mode 0600). Run the agent with "
+          f"RPM_MQTT_URL=mqtts://{creds.user}@BROKER:8883 RPM_MQTT_PASSWORD_FILE={out}")
+    print(RELOAD_HINT)
 
 
 def _placeholder() -> PairedDevice:
@@ -241,3 +302,23 @@ def _remove_bond(address: str) -> None:
         print(f"  (BlueZ bond not removed: {exc})")
         return
     print("  BlueZ bond removed" if removed else "  (BlueZ did not know the device)")
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    """Publish the patient's acknowledgement of the given alerts on the agent's ack topic."""
+    import time
+
+    from edge_agent.commands import PatientAck, publish_ack_blocking
+
+    try:
+        settings = _settings(args)
+        mqtt = settings.mqtt()
+        patient = args.patient or RegistryStore(settings.registry_path).load().patient
+        if patient is None:
+            print("rpm edge ack: no patient paired here; pass --patient", file=sys.stderr)
+            return 2
+        publish_ack_blocking(mqtt, patient, PatientAck(id="", alert_ids=tuple(args.alert_ids), at=time.time()))
+    except (EdgeAgentError, ValueError) as exc:
+        return _fail(args, exc)
+    print(f"acknowledged {len(args.alert_ids)} alert(s) for patient {patient}")
+    return 0

@@ -17,8 +17,10 @@ from pathlib import Path
 import orjson
 
 from edge_agent.cli import add_commands as add_edge_commands
+from notify.cli import add_commands as add_notify_commands
 from rpm_core.cli_people import add_commands as add_people_commands
 from rpm_core.errors import RpmError
+from rpm_core.mqtt_auth import add_commands as add_mqtt_auth_commands
 from rpm_core.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_flags(p, kafka=False, influx=False)
     p.set_defaults(func=cmd_simulate)
     add_edge_commands(sub)
+    add_mqtt_auth_commands(sub)
 
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
     p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default=os.environ.get("RPM_RULES", "alert_rules.yaml"))
     p.set_defaults(func=cmd_rules_check)
     add_people_commands(sub)
+    add_notify_commands(sub)
     return parser
 
 

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | ``RPM_MQTT_URL`` | ``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS) | started by ``rpm demo`` |
 | ``RPM_MQTT_CA`` | CA bundle for ``mqtts://`` | system store |
+| ``RPM_MQTT_PASSWORD_FILE`` | file holding the MQTT password (mode 0600); wins over a password in the URL | unset |
 | ``RPM_KAFKA_URL`` | ``kafka://host:port[,host:port…]`` | started by ``rpm demo`` |
 | ``RPM_INFLUX_URL`` | ``http://host:8086`` | started by ``rpm demo`` |
 | ``RPM_INFLUX_DB`` | database (1.x) / bucket (2.x+) | ``rpm`` |
@@ -15,15 +16,21 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Final
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from rpm_core.errors import ConfigError
 
 DEFAULT_INFLUX_DB: Final = "rpm"
 DEFAULT_RULES_PATH: Final = "alert_rules.yaml"
+# Permission bits that let anyone but the owner read, write or run a file: a credential file must have none.
+_NOT_PRIVATE_MODE: Final = 0o077
+# A password file holds one line; anything much larger is the wrong file.
+MAX_SECRET_FILE_BYTES: Final = 4096
 
 
 class Secret:
@@ -48,6 +55,60 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def _who_else(mode: int) -> str:
+    who = [name for bits, name in ((0o007, "every user"), (0o070, "its group")) if mode & bits]
+    return " and ".join(who)
+
+
+def check_private_file(path: str | os.PathLike[str], *, what: str) -> Path:
+    """``path`` if it is a regular file that only its owner may access; else :class:`ConfigError`.
+
+    The error names the file and the fix (``chmod 600``). Credentials in a file that other users
+    can read are as good as published, so ``rpm`` refuses to use them rather than warn.
+    """
+    file = Path(path)
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {file} cannot be read: {exc.strerror}") from exc
+    return _check_private_stat(file, st, what=what)
+
+
+def _check_private_stat(file: Path, st: os.stat_result, *, what: str) -> Path:
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{what} {file} is not a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & _NOT_PRIVATE_MODE:
+        raise ConfigError(
+            f"{what} {file} is accessible to {_who_else(mode)} (mode {mode:04o}); credentials must be "
+            f"private to their owner. Fix: chmod 600 {file}"
+        )
+    return file
+
+
+def read_secret_file(path: str | os.PathLike[str], *, what: str) -> Secret:
+    """The first line of a private credential file (see :func:`check_private_file`), as a :class:`Secret`."""
+    file = Path(path)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {file} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {file} cannot be read: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        _check_private_stat(file, os.fstat(handle.fileno()), what=what)  # the file we read, not a swapped one
+        data = handle.read(MAX_SECRET_FILE_BYTES + 1)
+    try:
+        lines = data.decode("utf-8").splitlines() if len(data) <= MAX_SECRET_FILE_BYTES else []
+    except UnicodeDecodeError:
+        lines = []
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"{what} {file} must hold the secret on its first line (UTF-8, under 4 KiB)")
+    return Secret(lines[0].strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +150,14 @@ class MqttSettings:
             return None
         return ssl.create_default_context(cafile=self.ca_file)
 
+    def with_password_file(self, path: str | os.PathLike[str]) -> MqttSettings:
+        """The same broker and user with the password read from a private file (``RPM_MQTT_PASSWORD_FILE``)."""
+        if not self.username:
+            raise ConfigError(
+                "RPM_MQTT_PASSWORD_FILE is set but RPM_MQTT_URL names no user; expected mqtts://USER@host:port"
+            )
+        return replace(self, password=read_secret_file(path, what="RPM_MQTT_PASSWORD_FILE"))
+
     def with_user(self, username: str, password: str) -> MqttSettings:
         """The same broker under other credentials."""
         return replace(self, username=username, password=Secret(password))
@@ -101,6 +170,19 @@ class MqttSettings:
             pw = "***" if redact else self.password.get()
             auth = f"{self.username}:{pw}@" if self.password.get() else f"{self.username}@"
         return f"{scheme}://{auth}{self.host}:{self.port}"
+
+
+def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:
+    """``url`` with its password replaced by the one in the private file ``path``.
+
+    For entry points that hand a URL on (``rpm edge run``, the simulator's processes).
+    """
+    mqtt = MqttSettings.from_url(url).with_password_file(path)
+    parts = urlsplit(url)
+    user = quote(mqtt.username or "", safe="")
+    host = f"[{mqtt.host}]" if ":" in mqtt.host else mqtt.host
+    netloc = f"{user}:{quote(mqtt.password.get(), safe='')}@{host}:{mqtt.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def kafka_bootstrap(url: str) -> str:
@@ -118,6 +200,7 @@ class Settings:
     # URLs may carry credentials: kept out of repr() so a logged Settings never leaks them.
     mqtt_url: str | None = field(default=None, repr=False)
     mqtt_ca: str | None = None
+    mqtt_password_file: str | None = None
     kafka_url: str | None = None
     influx_url: str | None = field(default=None, repr=False)
     influx_db: str = DEFAULT_INFLUX_DB
@@ -132,6 +215,7 @@ class Settings:
         settings = cls(
             mqtt_url=env.get("RPM_MQTT_URL") or None,
             mqtt_ca=env.get("RPM_MQTT_CA") or None,
+            mqtt_password_file=env.get("RPM_MQTT_PASSWORD_FILE") or None,
             kafka_url=env.get("RPM_KAFKA_URL") or None,
             influx_url=env.get("RPM_INFLUX_URL") or None,
             influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
@@ -146,6 +230,8 @@ class Settings:
         """Fail early, naming the variable, on values that cannot work."""
         if self.mqtt_url:
             MqttSettings.from_url(self.mqtt_url)
+        if self.mqtt_password_file:
+            check_private_file(self.mqtt_password_file, what="RPM_MQTT_PASSWORD_FILE")
         if self.kafka_url:
             kafka_bootstrap(self.kafka_url)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
@@ -155,7 +241,8 @@ class Settings:
         """The MQTT broker settings; requires ``mqtt_url``."""
         if not self.mqtt_url:
             raise ConfigError("RPM_MQTT_URL is not set")
-        return MqttSettings.from_url(self.mqtt_url, ca_file=self.mqtt_ca)
+        mqtt = MqttSettings.from_url(self.mqtt_url, ca_file=self.mqtt_ca)
+        return mqtt.with_password_file(self.mqtt_password_file) if self.mqtt_password_file else mqtt
 
     def kafka_bootstrap(self) -> str:
         """aiokafka bootstrap servers; requires ``kafka_url``."""

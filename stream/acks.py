@@ -106,12 +106,16 @@ def encode_ack(*, alert_id: str, patient: str, by: str, at: float, station: str)
     return bytes(Ack(alert_id=alert_id, patient=patient, by=by, at=at, station=station))
 
 
-def decode_ack(value: bytes, *, key: bytes | None = None, now: float | None = None) -> Ack:
+def decode_ack(value: bytes | None, *, key: bytes | None = None, now: float | None = None) -> Ack:
     """Parse and validate a record value of ``rpm.alert-acks``.
 
     With ``key``, the key must be the patient id; with ``now`` (epoch s), ``at`` may be at most
     ``MAX_FUTURE_SKEW_S`` ahead. Raises :class:`AckDecodeError` (a ``ValueError``) with the reason.
+    A record without a value (a Kafka tombstone) is an error like any other, never a crash: the
+    ack agent must keep going.
     """
+    if not isinstance(value, bytes | bytearray):
+        raise AckDecodeError("acknowledgement record has no value (tombstone) or is not bytes")
     if len(value) > MAX_ACK_BYTES:
         raise AckDecodeError(f"acknowledgement larger than {MAX_ACK_BYTES} bytes")
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,7 @@ class Bridge:
         self.subscribed = threading.Event()
         self._stopping = False
         self._kafka_started = False
+        self._connect_failures = 0
 
     def health(self) -> dict[str, Any]:
         """Health for ``/healthz``: booleans must all be true for a 200."""
@@ -143,6 +145,7 @@ class Bridge:
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(min_delay=1, max_delay=15)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -159,8 +162,16 @@ class Bridge:
             _LOGGER.error("MQTT connection refused: %s", reason)
             return
         _LOGGER.info("bridge %s connected to MQTT %s", self._client_id, self._mqtt_settings.url())
+        self._connect_failures = 0
         self.connected.set()
         client.subscribe(self._subscription, qos=1)
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this inside its ``except OSError``: the exception says why (refused, TLS, DNS).
+        self._connect_failures += 1
+        if self._connect_failures % 10 == 1:
+            _LOGGER.warning("bridge %s cannot connect to MQTT %s (attempt %d): %s; retrying", self._client_id,
+                            self._mqtt_settings.url(), self._connect_failures, sys.exc_info()[1])
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
         if any(r.is_failure for r in reasons):

@@ -16,8 +16,8 @@ from rpm_core.wire import encode_readings, readings_topic
 class Publisher:
     """A connected MQTT client for tests; ``with Publisher(stack) as pub: pub.readings(...)``."""
 
-    def __init__(self, stack: Stack, user: str = ADMIN_USER) -> None:
-        self._settings = MqttSettings.from_url(stack.mqtt_url(user))
+    def __init__(self, stack: Stack, user: str = ADMIN_USER, *, ca_file: str | None = None) -> None:
+        self._settings = MqttSettings.from_url(stack.mqtt_url(user), ca_file=ca_file)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
@@ -25,6 +25,9 @@ class Publisher:
     def __enter__(self) -> Publisher:
         s = self._settings
         self.client.username_pw_set(s.username, s.password.get())
+        context = s.ssl_context()  # mqtts://: certificate and host name verified, like every rpm client
+        if context is not None:
+            self.client.tls_set_context(context)
         connected = threading.Event()
         self.client.on_connect = lambda *a: connected.set()
         self.client.connect(s.host, s.port)
