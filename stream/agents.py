@@ -1,8 +1,18 @@
 """The worker's Faust agents: readings in micro-batches through the detectors, acks, and a ticker.
 
-``stream.take()`` hands the agent up to ``MAX_BATCH_RECORDS`` records at a time (each carrying
-many readings) and acknowledges them only after the loop body ran, so every record is written
-to InfluxDB, and the detector state it produced checkpointed, before its offset can be committed.
+``stream.noack_take()`` hands the agent up to ``MAX_BATCH_RECORDS`` events at a time (each record
+carrying many readings); the agent acknowledges them itself, and only after
+:meth:`~stream.pipeline.Pipeline.handle` returned, so every record is written to InfluxDB, and the
+detector state it produced checkpointed, before its offset can be committed. Not ``take()``: it
+acknowledges the batch in a ``finally``, i.e. also when the body raised or was cancelled (a crash,
+a shutdown during an InfluxDB outage), and the next commit then passes records nobody processed.
+A failing batch is retried in place with backoff (:func:`until_done`; the engine is rebuilt from
+its last checkpoints first) and never acknowledged unprocessed: a persistent failure stalls the
+stream (and says so in the log every time) instead of losing readings; whatever is left
+unacknowledged is delivered again after a restart.
+
+Rebalances are the other way Faust loses records (of partitions a worker keeps); the consumer
+patch in :mod:`stream.faust_rebalance`, installed by :func:`stream.app.create_app`, fixes that.
 
 Detector state lives in the Faust table ``rpm-detector-state`` (key: patient id, value: the
 engine's JSON export; changelog topic ``rpm-worker-rpm-detector-state-changelog``). Faust refuses
@@ -19,7 +29,10 @@ engine from the table once Faust finished recovering it, before any new record i
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 import faust
@@ -34,6 +47,41 @@ MAX_BATCH_RECORDS: Final = 2_000
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
 STATE_TABLE: Final = "rpm-detector-state"
+# Nurse acknowledgements are few; a small batch keeps their latency at TAKE_WITHIN_S at most.
+MAX_BATCH_ACKS: Final = 100
+# Backoff of a batch that failed: doubled from the first delay up to the last, retried forever.
+RETRY_FIRST_S: Final = 0.5
+RETRY_MAX_S: Final = 30.0
+
+
+async def until_done(what: str, step: Callable[[], Awaitable[None]], *, before_retry: Callable[[], None] | None = None,
+                     first_delay: float = RETRY_FIRST_S, max_delay: float = RETRY_MAX_S) -> None:
+    """Run ``step`` until it returns, retrying every exception with backoff (never cancellation).
+
+    The events of a batch are acknowledged only after this returned: a batch that fails is neither
+    acknowledged (Faust's default, which commits past it) nor skipped. ``step`` must be safe to
+    run again (the pipeline's writes are keyed and its alert ids deterministic); ``before_retry``
+    puts back what a failed attempt may have left half done (the engine, from its checkpoints).
+    """
+    delay = first_delay
+    attempt = 1
+    while True:
+        try:
+            await step()
+            return
+        except Exception:
+            _LOGGER.exception("%s failed (attempt %d); not acknowledged, retrying in %.1f s", what, attempt, delay)
+        await asyncio.sleep(delay)
+        if before_retry is not None:
+            before_retry()
+        delay = min(delay * 2, max_delay)
+        attempt += 1
+
+
+async def ack_all(stream: Any, events: Sequence[Any]) -> None:
+    """Acknowledge ``events`` (their offsets become committable)."""
+    for event in events:
+        await stream.ack(event)
 
 
 class TableStore:
@@ -80,19 +128,32 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int) -> N
     table.on_recover(reload)
 
     async def detect(stream: Any) -> None:
-        async for values in stream.take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
-            await pipeline.handle(list(values))
+        async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
+            values = [event.value for event in events]
+            await until_done(f"a batch of {len(values)} readings records", functools.partial(pipeline.handle, values),
+                             before_retry=pipeline.reload)
+            await ack_all(stream, events)
 
     async def acknowledge(stream: Any) -> None:
         from stream.acks import decode_ack
 
-        async for value in stream:
+        async def apply(value: bytes) -> None:
             try:
                 ack = decode_ack(value)
             except ValueError as exc:
                 await pipeline.deadletter("worker", f"bad acknowledgement: {exc}", topics.ALERT_ACKS, value)
-                continue
+                return
             await pipeline.acknowledge(patient=ack.patient, alert_id=ack.alert_id, by=ack.by, at=ack.at)
+
+        async def apply_all(values: list[bytes]) -> None:
+            for value in values:
+                await apply(value)
+
+        async for events in stream.noack_take(MAX_BATCH_ACKS, within=TAKE_WITHIN_S):
+            values = [event.value for event in events]
+            await until_done(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values),
+                             before_retry=pipeline.reload)
+            await ack_all(stream, events)
 
     async def tick() -> None:
         await pipeline.tick()

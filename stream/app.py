@@ -6,6 +6,7 @@ from typing import Final
 
 import faust
 
+from stream.faust_rebalance import install_seek_fence
 from stream.faust_tuning import faust_settings, install_fetch_wait
 
 APP_ID: Final = "rpm-worker"  # also the Kafka consumer group every worker joins
@@ -14,6 +15,7 @@ APP_ID: Final = "rpm-worker"  # also the Kafka consumer group every worker joins
 def create_app(*, broker: str, partitions: int, datadir: str, web_port: int, app_id: str = APP_ID) -> faust.App:
     """A Faust app for one worker process (several of them form one consumer group)."""
     install_fetch_wait()
+    install_seek_fence()  # a rebalance must not lose records of the partitions a worker keeps
     return faust.App(app_id, autodiscover=False, **faust_settings(
         broker=broker, partitions=partitions, datadir=datadir, web_port=web_port,
     ))

@@ -22,6 +22,7 @@ from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, start_influ
 from simulators.patients import Scenario, patient_id, scenario_for
 from stream import topics
 from stream.acks import encode_ack
+from stream.topics import DEFAULT_READINGS_PARTITIONS
 from tests.support.influx import count_by, rows
 from tests.support.kafka import produce
 from tests.support.mqtt import Publisher, heart_rate
@@ -30,7 +31,11 @@ from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, s
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 OUTAGE_S = float(os.environ.get("RPM_CHAOS_OUTAGE_S", "30"))
-PARTITIONS = "4"
+# Whoever starts first creates rpm.readings: a worker with this count, or the bridge (spawn_bridge)
+# with its default of 8. The workers' state table must have as many partitions as rpm.readings
+# (stream/agents.py), so the count has to be the bridge's, not a different one that only holds if
+# the workers win the race.
+PARTITIONS = str(DEFAULT_READINGS_PARTITIONS)
 
 
 def worker(stack: Stack, tmp_path: Path, name: str = "worker", **env: str) -> ServiceProcess:
@@ -75,6 +80,11 @@ def raised_alerts(stack: Stack) -> list[dict[str, object]]:
     return rows(stack.settings.influx_url, stack.settings.influx_db, "SELECT * FROM alerts WHERE state = 'raised'")
 
 
+def recoveries(w: ServiceProcess) -> int:
+    """How many times the worker finished a rebalance (it reloads its detector state after each)."""
+    return w.log_path.read_text(errors="replace").count("detector state reloaded for")
+
+
 def expected_episodes(first: int, n: int) -> set[tuple[str, str]]:
     rule = {Scenario.TACHYCARDIA: "tachycardia", Scenario.BRADYCARDIA: "bradycardia",
             Scenario.HYPOGLYCEMIA: "glucose_low"}
@@ -91,20 +101,50 @@ def test_killing_one_of_two_workers_loses_and_doubles_nothing(stack: Stack, tmp_
             eventually(lambda: total(vitals(stack)), lambda n: n >= 20_000, timeout=300,
                        what="20,000 readings written before the kill", watch=(w1, w2, bridge))
             before = total(vitals(stack))
+            recovered = recoveries(w2)
             w1.kill()
             killed_at = time.monotonic()
-            eventually(lambda: total(vitals(stack)), lambda n: n > before + 2_000, timeout=120,
+            # The survivor goes on writing its own partitions meanwhile: wait for its rebalance.
+            eventually(lambda: recoveries(w2), lambda n: n > recovered, timeout=120,
                        what="the surviving worker taking over", watch=(w2, bridge), interval=0.1)
             rebalance_s = time.monotonic() - killed_at
             sent = finish(sim, summary)
             got = wait_for_all(stack, sent, (w2, bridge))
-    print(f"\nrebalance after kill -9: writes resumed within {rebalance_s:.1f} s; "
+    print(f"\nrebalance after kill -9: the survivor took over within {rebalance_s:.1f} s; "  # noqa: T201
           f"{total(sent)} readings sent, {before} written before the kill")
     assert total(sent) >= 20_000
     assert got == sent, "InfluxDB holds exactly the readings sent: none lost, none doubled"
     raised = raised_alerts(stack)
     assert sorted((r["patient"], r["rule"]) for r in raised) == sorted(expected_episodes(0, 24)), \
         "exactly one alert per scripted episode"
+
+
+def test_a_worker_joining_mid_stream_loses_and_doubles_nothing(stack: Stack, tmp_path: Path) -> None:
+    """Scale-out: the first worker keeps half its partitions across the rebalance, the other half moves."""
+    w1 = worker(stack, tmp_path, "worker-1")
+    with running(w1):
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            sim, summary = start_simulator(stack, tmp_path, patients=24, duration=25, history=1200)
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 20_000, timeout=300,
+                       what="20,000 readings written before the second worker joins", watch=(w1, bridge))
+            recovered = recoveries(w1)
+            w2 = worker(stack, tmp_path, "worker-2")
+            with running(w2):
+                eventually(lambda: (recoveries(w1), recoveries(w2)), lambda r: r[0] > recovered and r[1] >= 1,
+                           timeout=120, what="both workers through the rebalance", watch=(w1, w2, bridge))
+                sent = finish(sim, summary)
+                got = wait_for_all(stack, sent, (w1, w2, bridge))
+    assert total(sent) >= 20_000
+    assert got == sent, "InfluxDB holds exactly the readings sent: none lost, none doubled"
+    # Every scripted episode alerted, and nothing else. Not "exactly once" here (seen once in 15
+    # runs): the worker that keeps partitions can re-raise an open alert after the rebalance,
+    # because Faust's recovery of the state table replays the changelog over the live state up to
+    # the end offset it read first, and traced recoveries read a few records more than that end
+    # (Tansu's end offsets lag; the tick timer checkpoints during recovery), so the state can go
+    # back a few checkpoints. A detector-state issue, separate from the readings this test is about.
+    raised = raised_alerts(stack)
+    assert {(r["patient"], r["rule"]) for r in raised} == expected_episodes(0, 24), "an alert per scripted episode"
 
 
 def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_alert(
@@ -181,7 +221,7 @@ def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tm
             got = wait_for_all(stack, sent, (w, bridge))
     assert got == sent
     growth_mb = (peak - rss_before) / 2**20
-    print(f"\nworker RSS grew {growth_mb:.0f} MiB during a {OUTAGE_S:.0f} s InfluxDB outage")
+    print(f"\nworker RSS grew {growth_mb:.0f} MiB during a {OUTAGE_S:.0f} s InfluxDB outage")  # noqa: T201
     assert growth_mb < 256, "the backlog waits in Kafka, not in the worker's memory"
 
 

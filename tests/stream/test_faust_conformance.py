@@ -1,22 +1,60 @@
 """Conformance: the faust-streaming and aiokafka internals we rely on are still where we expect.
 
-If an upgrade moves any of them, this fails loudly instead of alert latency silently going back
-to Faust's hard-coded 1.5 s fetch wait (see stream/faust_tuning.py).
+If an upgrade moves any of them, this fails loudly instead of the worker silently going back to
+Faust's hard-coded 1.5 s fetch wait (stream/faust_tuning.py), to losing records of the partitions
+it keeps across a rebalance (stream/faust_rebalance.py), or to acknowledging batches it did not
+process (stream/agents.py).
+
+The seek fence is also exercised end to end against Faust's real ``Consumer._drain_messages``,
+``getmany`` and ``perform_seek``, with the broker (fetch, seek) and the agent's queue scripted: the
+rebalance that lost readings in ``tests/chaos`` is replayed, with and without the fence.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import types
+from collections.abc import Callable
+from typing import Any
 
+import faust
+import faust.streams
+import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import ConsumerRecord
+from faust.tables.recovery import Recovery
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.types import TP
+from mode import Service
+from mode.utils.queues import FlowControlEvent
 
+from stream.agents import until_done
+from stream.faust_rebalance import fence_getmany, fence_perform_seek, install_seek_fence
 from stream.faust_tuning import FETCH_MAX_WAIT_MS, install_fetch_wait
 
 
+def source(fun: Any) -> str:
+    return inspect.getsource(inspect.unwrap(fun))
+
+
+def in_order(text: str, *parts: str) -> bool:
+    """Whether every part occurs in ``text``, each after the previous one."""
+    at = 0
+    for part in parts:
+        at = text.find(part, at)
+        if at < 0:
+            return False
+        at += len(part)
+    return True
+
+
+# -- fetch wait (stream/faust_tuning.py) ---------------------------------------------------------
+
+
 def test_faust_still_builds_its_consumer_in_create_worker_consumer() -> None:
-    source = inspect.getsource(AIOKafkaConsumerThread._create_worker_consumer)
-    assert "fetch_max_wait_ms" in source
+    assert "fetch_max_wait_ms" in source(AIOKafkaConsumerThread._create_worker_consumer)
 
 
 async def test_aiokafka_still_keeps_the_fetch_wait_on_the_consumer() -> None:
@@ -37,10 +75,206 @@ def test_installed_wrapper_overrides_the_hard_coded_wait() -> None:
     assert FETCH_MAX_WAIT_MS <= 100
 
 
-def test_take_acks_only_after_the_batch_body_ran() -> None:
-    """At-least-once depends on take() acking events in the finally after the yield."""
-    import faust.streams
+# -- acknowledgements (stream/agents.py) ---------------------------------------------------------
 
-    source = inspect.getsource(faust.streams.Stream.take)
-    after_yield = source.split("yield list(buffer)", 1)[1]
-    assert "await self.ack(event)" in after_yield
+
+def test_noack_take_yields_events_and_leaves_acking_to_the_agent() -> None:
+    """The agents ack a batch themselves, after it was processed; take() acks in a finally (on errors too)."""
+    text = source(faust.streams.Stream.noack_take)
+    assert "self.enable_acks = False" in text  # the stream iterator does not ack either
+    assert "buffer_add(cast(T_co, event))" in text  # the batch holds events, which the agent acks
+    assert "await self.ack(" not in text.replace("#     await self.ack(", "")
+    assert inspect.iscoroutinefunction(faust.streams.Stream.ack)
+    # why not take(): it acks the events in the finally after the yield, whatever the body did
+    assert in_order(source(faust.streams.Stream.take), "yield list(buffer)", "finally:", "await self.ack(event)")
+
+
+async def test_a_failing_batch_is_retried_until_it_succeeds() -> None:
+    outcomes: list[BaseException | None] = [RuntimeError("influx down"), ValueError("bug"), None]
+    calls = 0
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    reloads = 0
+
+    def reload() -> None:
+        nonlocal reloads
+        reloads += 1
+
+    await until_done("batch", step, before_retry=reload, first_delay=0.001, max_delay=0.002)
+    assert (calls, reloads) == (3, 2)
+
+
+async def test_cancellation_is_not_retried() -> None:
+    async def step() -> None:
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(until_done("batch", step, first_delay=0.001))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# -- the seek fence (stream/faust_rebalance.py): Faust internals it relies on --------------------
+
+
+def test_drain_loop_still_gets_records_from_getmany_and_writes_the_read_offset_after_delivery() -> None:
+    text = source(Consumer._drain_messages)
+    assert "getmany = self.getmany" in text
+    # the overwrite the fence guards against: the read offset is written after the delivery returns
+    assert in_order(text, "async for tp, message in ait", "callback(message)", "set_read_offset(tp, offset)")
+    assert "offset >= r_offset" in text  # records below the read offset are dropped
+
+
+def test_getmany_still_yields_nothing_while_flow_is_stopped() -> None:
+    assert inspect.isasyncgenfunction(inspect.unwrap(Consumer.getmany))
+    text = source(Consumer.getmany)
+    assert in_order(text, "for tp, record in records_it:", "if not self.flow_active:", "break", "yield tp")
+    assert in_order(text, "else:", "await self.perform_seek()")
+    assert in_order(source(Consumer._wait_next_records), "if not self.flow_active:", "self.can_resume_flow")
+
+
+def test_flow_is_stopped_and_resumed_by_these_methods() -> None:
+    assert in_order(source(Consumer.stop_flow), "self.flow_active = False", "self.suspend_flow.set()")
+    assert in_order(source(Consumer.resume_flow), "self.flow_active = True", "self.can_resume_flow.set()")
+
+
+def test_perform_seek_still_resets_read_offsets_to_the_committed_ones() -> None:
+    text = source(Consumer.perform_seek)
+    assert in_order(text, "await self.seek_to_committed()", "read_offset.update(")
+    assert inspect.iscoroutinefunction(ThreadDelegateConsumer.seek_wait)
+    # aiokafka leaves partitions without a committed offset (or 0) where they are: the fence rewinds them
+    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+
+
+@pytest.mark.parametrize("method", [Recovery.on_recovery_completed, Recovery._resume_streams])
+def test_callers_of_perform_seek_clear_the_queues_and_resume_flow_after_it(method: Callable[..., Any]) -> None:
+    """The fence leaves the flow stopped: the caller resumes it once the agents' queues are cleared."""
+    assert in_order(source(method), "perform_seek()", "flow_control.resume()", "consumer.resume_flow()")
+    assert "self.clear()" in source(FlowControlEvent.resume)  # resuming flow control clears the queues
+
+
+def test_the_fence_is_installed_once() -> None:
+    install_seek_fence()
+    getmany, perform_seek = Consumer.getmany, Consumer.perform_seek
+    install_seek_fence()
+    assert (Consumer.getmany, Consumer.perform_seek) == (getmany, perform_seek)
+    assert getattr(getmany, "__rpm_seek_fence__", False) and getattr(perform_seek, "__rpm_seek_fence__", False)
+    assert inspect.unwrap(perform_seek) is not perform_seek
+
+
+# -- the seek fence against Faust's real drain loop ----------------------------------------------
+
+TOPIC = "rpm.readings"
+LOG_END = 400  # records 0..399 on the partition
+BATCH = 25  # records per fetch
+
+
+class ScriptedBroker:
+    """One partition: fetches from a position, seeks to the committed offset (like aiokafka)."""
+
+    def __init__(self, committed: int | None) -> None:
+        self.committed = committed
+        self.position = committed or 0
+
+    async def fetch(  # Consumer._getmany's signature
+        self, active_partitions: Any, timeout: float,  # noqa: ASYNC109
+    ) -> dict[Any, list[ConsumerRecord[Any, Any]]]:
+        await asyncio.sleep(0.001)  # the consumer thread's round trip
+        start, end = self.position, min(self.position + BATCH, LOG_END)
+        if start >= end:
+            await asyncio.sleep(0.005)
+            return {}
+        self.position = end
+        tp = TP(TOPIC, 0)
+        return {tp: [ConsumerRecord(TOPIC, 0, o, 0, 0, None, b"x", None, 0, 1, ()) for o in range(start, end)]}
+
+    async def seek_to_committed(self) -> dict[Any, int | None]:
+        await asyncio.sleep(0.003)  # a commit fetch: records keep being delivered meanwhile
+        if self.committed:  # aiokafka: "if offset and offset > 0"
+            self.position = self.committed
+        return {TP(TOPIC, 0): self.committed}
+
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        await asyncio.sleep(0.001)
+        self.position = partitions[TP(TOPIC, 0)]
+
+
+async def replay_rebalance(*, fenced: bool, committed: int | None) -> set[int]:
+    """on_recovery_completed's sequence while the drain loop delivers; the offsets the agent processed."""
+    app = faust.App("fence-conformance", broker="kafka://127.0.0.1:9", autodiscover=False)
+    consumer: Any = app.consumer
+    app.topics._acking_topics.add(TOPIC)
+    tp = TP(TOPIC, 0)
+    broker = ScriptedBroker(committed)
+    consumer._getmany = broker.fetch
+    consumer.seek_to_committed = broker.seek_to_committed
+    consumer.seek_wait = broker.seek_wait
+    consumer.assignment = lambda: {tp}
+    consumer.highwater = lambda tp: LOG_END
+    original_getmany, original_perform_seek = inspect.unwrap(Consumer.getmany), inspect.unwrap(Consumer.perform_seek)
+    getmany, perform_seek = original_getmany, original_perform_seek
+    if fenced:
+        getmany, perform_seek = fence_getmany(original_getmany, original_perform_seek), fence_perform_seek(
+            original_perform_seek)
+    consumer.getmany = types.MethodType(getmany, consumer)
+    consumer.perform_seek = types.MethodType(perform_seek, consumer)
+
+    queue: list[int] = []  # the agent's queue, cleared by flow_control.resume()
+    processed: set[int] = set()
+    hold = (committed or 0) + 40  # mid-batch: the seek completes while this record is being delivered
+    holding = asyncio.Event()
+
+    async def on_message(message: Any) -> None:  # the Conductor's callback
+        await app.flow_control.acquire()
+        queue.append(message.offset)
+        if message.offset == hold and not holding.is_set():
+            holding.set()
+            await asyncio.sleep(0.05)  # e.g. a full queue; cancelled when the flow is stopped
+
+    async def agent() -> None:
+        while True:
+            await asyncio.sleep(0.002)
+            if queue:
+                processed.add(queue.pop(0))
+
+    consumer.callback = on_message
+    app.flow_control.resume()
+    consumer.resume_partitions({tp})  # on_recovery_completed resumes the stream partitions first...
+    consumer.resume_flow()  # ...while flow is active since the changelog recovery
+    drain = asyncio.create_task(consumer._drain_messages(Service()))
+    work = asyncio.create_task(agent())
+    try:
+        await asyncio.wait_for(holding.wait(), 5)
+        await consumer.perform_seek()  # ...then seeks to the committed offsets
+        app.flow_control.resume()  # clears the queues
+        queue.clear()
+        consumer.resume_flow()
+        for _ in range(1000):  # until the log is fetched to its end and the agent's queue is empty
+            await asyncio.sleep(0.01)
+            if broker.position >= LOG_END and not queue and consumer._read_offset.get(tp) == LOG_END - 1:
+                break
+    finally:
+        drain.cancel()
+        work.cancel()
+        await asyncio.gather(drain, work, return_exceptions=True)
+        consumer._thread.thread_loop.close()  # the never-started consumer thread's own loop
+    return processed
+
+
+@pytest.mark.parametrize("committed", [120, None], ids=["committed", "never-committed"])
+async def test_the_fence_makes_every_offset_processed_after_a_rebalance(committed: int | None) -> None:
+    processed = await replay_rebalance(fenced=True, committed=committed)
+    assert set(range(committed or 0, LOG_END)) - processed == set()
+
+
+async def test_without_the_fence_faust_loses_offsets_in_this_replay() -> None:
+    """Guards the replay itself: it must reproduce the loss, or the test above proves nothing."""
+    processed = await replay_rebalance(fenced=False, committed=120)
+    assert set(range(120, LOG_END)) - processed
