@@ -72,26 +72,53 @@ def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Even
 
 
 class _Publisher:
-    """Publishes one process's messages and counts what the broker acknowledged."""
+    """Publishes one process's messages and counts what the broker acknowledged.
+
+    PUBACKs are tracked by message id through ``on_publish`` rather than ``wait_for_publish``:
+    a QoS 1 message published while the broker is away (a restart) is queued by paho and sent
+    after the reconnect under the same id, but its ``wait_for_publish`` raises "not connected".
+    """
 
     def __init__(self, client: mqtt.Client) -> None:
         self.client = client
-        self.pending: list[tuple[mqtt.MQTTMessageInfo, Counter[str]]] = []
+        self.pending: dict[int, Counter[str]] = {}
+        self.acked: Counter[str] = Counter()
+        self._early: set[int] = set()
+        self._cond = threading.Condition()
+        client.on_publish = self._on_publish
+
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._cond:
+            counts = self.pending.pop(mid, None)
+            if counts is None:
+                self._early.add(mid)  # acknowledged before publish() returned
+            else:
+                self.acked.update(counts)
+            self._cond.notify_all()
 
     def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
         payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
+        counts = Counter(s[0] for s in samples)
+        # Not under self._cond: paho calls on_publish holding its own lock (lock-order deadlock).
         info = self.client.publish(readings_topic(patient), payload, qos=1)
-        self.pending.append((info, Counter(s[0] for s in samples)))
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectionError(f"publish refused: {mqtt.error_string(info.rc)}")
+        with self._cond:
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.update(counts)
+            else:
+                self.pending[info.mid] = counts
 
     def wait_all(self, timeout: float) -> Counter[str]:
         deadline = time.monotonic() + timeout
-        acked: Counter[str] = Counter()
-        for info, counts in self.pending:
-            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError("the broker did not acknowledge every message in time")
-            acked.update(counts)
-        return acked
+        with self._cond:
+            while self.pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the broker did not acknowledge {len(self.pending)} messages in time")
+                self._cond.wait(min(left, 1.0))
+        return self.acked
 
 
 def _emit_tick(pop: Population, pub: _Publisher, ids: list[str], last_t: float, t: float) -> None:

