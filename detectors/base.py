@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 from detectors.batch import MetricView
 from detectors.episodes import EpisodeTable, Transitions
-from detectors.rules import Rule
 
 
 class Detector(Protocol):
@@ -22,24 +21,25 @@ class Detector(Protocol):
     name: str
     metric: str
     metric_code: int
+    device_prefix: str | None
     episodes: EpisodeTable
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients; new ones follow the default rule."""
 
-    def configure(self, patient: int, rule: Rule) -> None:
+    def configure(self, patient: int, rule: Any) -> None:
         """Apply a per-patient override of the rule."""
 
-    def process(self, view: MetricView) -> Transitions:
-        """Consume the usable, new samples of the metric (sorted by patient, time)."""
+    def process(self, view: MetricView, now: float | None = None) -> Transitions:
+        """Consume the usable, new samples of the metric (sorted by patient, time); ``now``: processing time."""
         ...
 
     def tick(self, now: float) -> Transitions:
         """Transitions due to the passage of time alone."""
         ...
 
-    def message(self, patient: int, state: str, level: int, value: float) -> str:
-        """Human text of an event of this rule for this patient."""
+    def message(self, patient: int, state: str, level: int, value: float, time: float) -> str:
+        """Human text of an event of this rule for this patient at ``time``."""
         ...
 
     def export_patient(self, patient: int) -> dict[str, Any]:

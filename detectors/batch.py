@@ -89,7 +89,9 @@ class SampleBatch:
     - ``metric``: metric code (:data:`detectors.const.METRIC_NAMES` position), int8;
     - ``t``: when the device measured it, UTC epoch seconds, float64;
     - ``value``: bpm, seconds or mg/dL, float64;
-    - ``flags``: signal-quality bit mask (``rpm_core.wire.SampleFlag``), int16; any bit set gates the sample.
+    - ``flags``: signal-quality bit mask (``rpm_core.wire.SampleFlag``), int16; any bit set gates the sample;
+    - ``device``: dense device index (the engine's device registry; 0 = unnamed device), int32.
+      Optional: omitted means every sample comes from the unnamed device.
     """
 
     patient: IntArray
@@ -97,6 +99,7 @@ class SampleBatch:
     t: FloatArray
     value: FloatArray
     flags: npt.NDArray[np.int16]
+    device: npt.NDArray[np.int32] | None = None
 
     def __post_init__(self) -> None:
         # Coerce once here so the hot path can trust dtypes and contiguity.
@@ -106,7 +109,9 @@ class SampleBatch:
         object.__setattr__(self, "value", np.ascontiguousarray(self.value, dtype=np.float64))
         object.__setattr__(self, "flags", np.ascontiguousarray(self.flags, dtype=np.int16))
         n = len(self.patient)
-        for name in ("metric", "t", "value", "flags"):
+        device = np.zeros(n, np.int32) if self.device is None else self.device
+        object.__setattr__(self, "device", np.ascontiguousarray(device, dtype=np.int32))
+        for name in ("metric", "t", "value", "flags", "device"):
             column = getattr(self, name)
             if column.ndim != 1 or len(column) != n:
                 raise ValueError(f"SampleBatch.{name} must be 1-D with {n} entries like patient")
@@ -136,7 +141,14 @@ class SampleBatch:
             t=np.concatenate([b.t for b in batches]),
             value=np.concatenate([b.value for b in batches]),
             flags=np.concatenate([b.flags for b in batches]),
+            device=np.concatenate([b.devices for b in batches]),
         )
+
+    @property
+    def devices(self) -> npt.NDArray[np.int32]:
+        """The device column (never ``None`` after construction)."""
+        assert self.device is not None
+        return self.device
 
     def take(self, index: IntArray | BoolArray | slice) -> SampleBatch:
         """The samples selected by ``index`` (an index array, a mask or a slice)."""
@@ -146,6 +158,7 @@ class SampleBatch:
             t=self.t[index],
             value=self.value[index],
             flags=self.flags[index],
+            device=self.devices[index],
         )
 
 
@@ -155,7 +168,8 @@ class MetricView:
 
     This is what a detector's ``process`` receives. ``starts``/``ends`` delimit each patient's run of
     samples (``ends`` exclusive) and ``group_patient`` says whose it is, so detectors can gather the
-    per-patient state once per group and scatter it back at the group's last sample.
+    per-patient state once per group and scatter it back at the group's last sample. ``device`` is
+    the device index of each sample.
     """
 
     patient: IntArray
@@ -164,18 +178,26 @@ class MetricView:
     starts: IntArray
     ends: IntArray
     group_patient: IntArray
+    device: npt.NDArray[np.int32]
 
     @classmethod
-    def from_sorted(cls, patient: IntArray, t: FloatArray, value: FloatArray) -> MetricView:
+    def from_sorted(
+        cls, patient: IntArray, t: FloatArray, value: FloatArray, device: npt.NDArray[np.int32] | None = None
+    ) -> MetricView:
         """Build a view from arrays already sorted by (patient, t)."""
         n = len(patient)
+        device = np.zeros(n, np.int32) if device is None else device
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
-            return cls(patient, t, value, empty, empty, empty)
+            return cls(patient, t, value, empty, empty, empty, device)
         change = np.flatnonzero(patient[1:] != patient[:-1]) + 1
         starts = np.concatenate(([0], change)).astype(np.int64)
         ends = np.concatenate((change, [n])).astype(np.int64)
-        return cls(patient, t, value, starts, ends, patient[starts])
+        return cls(patient, t, value, starts, ends, patient[starts], device)
+
+    def where(self, keep: BoolArray) -> MetricView:
+        """The samples where ``keep`` is true (a new view)."""
+        return MetricView.from_sorted(self.patient[keep], self.t[keep], self.value[keep], self.device[keep])
 
     def __len__(self) -> int:
         return len(self.t)
@@ -189,7 +211,13 @@ class MetricView:
         ends = np.cumsum(lengths, dtype=np.int64)
         mask = self.per_sample(keep)
         view = MetricView(
-            self.patient[mask], self.t[mask], self.value[mask], ends - lengths, ends, self.group_patient[keep]
+            self.patient[mask],
+            self.t[mask],
+            self.value[mask],
+            ends - lengths,
+            ends,
+            self.group_patient[keep],
+            self.device[mask],
         )
         return view, mask
 

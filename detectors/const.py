@@ -51,3 +51,11 @@ ESCALATED: Final = "escalated"
 
 # Version of the per-patient state records of ``Engine.export_state``; bump on incompatible change.
 STATE_VERSION: Final = 1
+
+# Bounds of per-patient history kept by the windowed detectors: their state must stay compact
+# (checkpointed per patient after every batch) whatever the rules say.
+RATE_MAX_READINGS: Final = 10  # consecutive readings a rate rule may require
+FORECAST_MAX_POINTS: Final = 36  # 30 min of 1-minute CGM readings, with room to spare
+RHYTHM_MAX_BEATS: Final = 256  # twice the 128-beat windows of Dash et al. 2009
+FLAP_SLOTS: Final = 8  # raise times remembered for flapping suppression
+RHYTHM_MAX_VOTES: Final = 8  # judged windows a rhythm rule may vote over

@@ -3,29 +3,34 @@
 One :class:`Engine` runs every rule of a :class:`~detectors.rules.RuleSet` over batches of many
 patients. It is the single entry point shared by the Faust worker and ``rpm backtest``::
 
-    engine = Engine(ruleset)
-    events = engine.process(engine.batch(patients, metrics, t, value, flags))
-    events += engine.tick(now)                       # escalations (and later: staleness)
+    engine = Engine(ruleset, enrolled=roster)       # enrolled: watched by staleness rules
+    events = engine.process(engine.batch(patients, metrics, t, value, flags, devices), now=time.time())
+    events += engine.tick(now)                       # escalations and staleness
     events += engine.acknowledge(alert_id, by="nurse-3", at=now)
     for patient in engine.dirty_patients():          # checkpoint what changed
         table[patient] = engine.export_state(patient)
 
 The stream is at-least-once, so :meth:`Engine.process` drops duplicates and anything not newer
-than the last sample it processed for that patient and metric: redelivered input changes nothing
-and creates no alert. Alert ids are deterministic (:func:`~detectors.events.alert_id`).
+than the last sample it processed for that patient, metric and *device*: redelivered input
+changes nothing and creates no alert, while a second device of the same metric (a glucose meter
+beside a CGM) is not dropped for being behind the first one. Each rule then sees its metric's
+samples (of its devices, with ``device_prefix``) in event-time order and ignores any not newer
+than the last one it processed for the patient. Alert ids are deterministic
+(:func:`~detectors.events.alert_id`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors.base import Detector
-from detectors.batch import BoolArray, FloatArray, MetricView, PatientRegistry, SampleBatch, metric_codes
-from detectors.columns import opt, opt_float
+from detectors.baseline import BaselineDetector
+from detectors.batch import BoolArray, FloatArray, IntArray, MetricView, PatientRegistry, SampleBatch, metric_codes
+from detectors.columns import opt_float
 from detectors.const import (
     ACKNOWLEDGED,
     CLEARED,
@@ -39,31 +44,74 @@ from detectors.const import (
 from detectors.episodes import RAISE, Transitions
 from detectors.errors import StateError
 from detectors.events import AlertEvent, AlertState, SeverityName, alert_id
-from detectors.rules import Rule, RuleSet, ThresholdRule
+from detectors.forecast import ForecastDetector
+from detectors.rate import RateDetector
+from detectors.rhythm import RhythmDetector
+from detectors.rules import (
+    BaselineRule,
+    ForecastRule,
+    RateRule,
+    RhythmRule,
+    Rule,
+    RuleSet,
+    StalenessRule,
+    ThresholdRule,
+)
+from detectors.staleness import StalenessDetector
 from detectors.threshold import ThresholdDetector
+
+# Watermark keys pack (patient, metric, device) into one int64: room for 2**20 devices.
+_DEVICE_BITS: Final = 20
+_MAX_DEVICES: Final = 1 << _DEVICE_BITS
+_PATIENT_BITS: Final = 40  # 2 bits of metric + 40 of patient + 20 of device fit an int64
+UNNAMED_DEVICE: Final = ""
 
 
 def build_detector(rule: Rule) -> Detector:
-    """The detector for ``rule``, by rule type (new types register here)."""
+    """The detector for ``rule``, by rule type (subclasses before ``ThresholdRule``)."""
+    if isinstance(rule, RateRule):
+        return RateDetector(rule)
+    if isinstance(rule, ForecastRule):
+        return ForecastDetector(rule)
+    if isinstance(rule, BaselineRule):
+        return BaselineDetector(rule)
+    if isinstance(rule, RhythmRule):
+        return RhythmDetector(rule)
     if isinstance(rule, ThresholdRule):
         return ThresholdDetector(rule)
+    if isinstance(rule, StalenessRule):
+        return StalenessDetector(rule)
     raise TypeError(f"no detector for rule type {type(rule).__name__}")
 
 
 class Engine:
     """All detectors of a rule set over all patients; see the module docstring for the life cycle."""
 
-    def __init__(self, rules: RuleSet, *, registry: PatientRegistry | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        *,
+        registry: PatientRegistry | None = None,
+        enrolled: Iterable[str] = (),
+    ) -> None:
         self._rules = rules
         self._registry = registry if registry is not None else PatientRegistry()
+        # Devices get dense codes like patients; code 0 is the unnamed device (no device column).
+        self._devices = PatientRegistry([UNNAMED_DEVICE])
         self._detectors: list[Detector] = [build_detector(rule) for rule in rules.rules]
         self._by_name = {det.name: i for i, det in enumerate(self._detectors)}
-        self._last_t: FloatArray = np.full((0, N_METRICS), np.nan)
+        # "Already seen" watermarks per (patient, metric, device): sorted packed keys and times.
+        self._seen_key: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._seen_t: FloatArray = np.zeros(0)
+        self._prefix_match: dict[str, BoolArray] = {}
+        self._multi_device = False
+        self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
         self._dirty: BoolArray = np.zeros(0, np.bool_)
         # Open alerts both ways, so acknowledgements find their patient and rule.
         self._open: dict[str, tuple[int, int]] = {}
         self._open_id: dict[tuple[int, int], str] = {}
         self._sync()
+        self.enroll(enrolled)
 
     @property
     def rules(self) -> RuleSet:
@@ -75,6 +123,27 @@ class Engine:
         """The patient id ↔ index map that :class:`SampleBatch` indices refer to."""
         return self._registry
 
+    @property
+    def devices(self) -> PatientRegistry:
+        """The device id ↔ index map that :attr:`SampleBatch.device` refers to (0: unnamed)."""
+        return self._devices
+
+    def enroll(self, patients: Iterable[str], *, at: float | None = None) -> None:
+        """Watch ``patients`` with every staleness rule even if they never send anything.
+
+        Their silence clock starts ``at`` (epoch s), or at the next :meth:`tick` when ``None``;
+        patients who already sent data keep their own clock. Enrolment is part of the exported state.
+        """
+        ids = list(patients)
+        if not ids:
+            return
+        index = self._registry.indices(ids)
+        self._sync()
+        for det in self._detectors:
+            if isinstance(det, StalenessDetector):
+                det.enroll(index, at)
+        self._dirty[index] = True
+
     # -- input -----------------------------------------------------------------------------------
 
     def batch(
@@ -84,8 +153,9 @@ class Engine:
         t: Sequence[float] | FloatArray,
         value: Sequence[float] | FloatArray,
         flags: Sequence[int] | npt.NDArray[Any] | None = None,
+        devices: Sequence[str] | npt.NDArray[Any] | None = None,
     ) -> SampleBatch:
-        """A :class:`SampleBatch` from patient ids and metric names (or codes), registering new patients."""
+        """A :class:`SampleBatch` from patient ids, metric names (or codes) and device ids, registering new ones."""
         codes = np.asarray(metrics)
         if codes.dtype.kind not in "iu":
             codes = metric_codes(metrics)
@@ -96,16 +166,27 @@ class Engine:
             t=np.asarray(t, dtype=np.float64),
             value=np.asarray(value, dtype=np.float64),
             flags=np.zeros(n, np.int16) if flags is None else np.asarray(flags, dtype=np.int16),
+            device=None if devices is None else self.device_codes(devices),
         )
 
-    def process(self, batch: SampleBatch) -> list[AlertEvent]:
+    def device_codes(self, devices: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
+        """Dense codes of device ids (registering new ones; ``""`` is the unnamed device, code 0)."""
+        codes = self._devices.indices(devices)
+        if len(self._devices) > _MAX_DEVICES:
+            raise ValueError(f"more than {_MAX_DEVICES} distinct devices in one engine")
+        return codes.astype(np.int32)
+
+    def process(self, batch: SampleBatch, *, now: float | None = None) -> list[AlertEvent]:
         """Run every rule over ``batch``; return the alert events it causes, in event-time order.
 
         Samples may be in any order and of any patients registered in :attr:`registry`. Dropped
-        before detection: duplicates of (patient, metric, t) (the first wins), samples not newer
-        than the last processed one of that patient and metric, and samples with a non-finite
-        time or unknown metric. Samples with a quality flag or a non-finite value advance that
-        watermark but are ignored by the detectors.
+        before detection: duplicates of (patient, metric, device, t) (the first wins), samples not
+        newer than the last processed one of that patient, metric and device, and samples with a
+        non-finite time or unknown metric or device. Samples with a quality flag or a non-finite
+        value advance that watermark but are ignored by the detectors.
+
+        ``now`` is the processing time (wall clock) in the live stream: alerts raised by this batch
+        escalate ``escalate_after`` after the later of their event time and ``now``. Backtests omit it.
         """
         self._sync()
         fresh = self._fresh(batch)
@@ -113,59 +194,143 @@ class Engine:
             return []
         self._dirty[fresh.patient] = True
         usable = (fresh.flags == 0) & np.isfinite(fresh.value)
-        views: dict[int, MetricView] = {}
+        views: dict[tuple[int, str | None], MetricView] = {}
         out: list[tuple[tuple[float, str, int], AlertEvent]] = []
         for index, det in enumerate(self._detectors):
-            view = views.get(det.metric_code)
+            key = (det.metric_code, det.device_prefix)
+            view = views.get(key)
             if view is None:
-                take = usable & (fresh.metric == det.metric_code)
-                view = MetricView.from_sorted(fresh.patient[take], fresh.t[take], fresh.value[take])
-                views[det.metric_code] = view
-            out.extend(self._transition_events(index, det.process(view)))
+                view = views[key] = self._view(fresh, usable, *key)
+            out.extend(self._transition_events(index, det.process(view, now)))
         return _in_order(out)
 
+    def _view(self, fresh: SampleBatch, usable: BoolArray, code: int, prefix: str | None) -> MetricView:
+        """Usable samples of one metric (from devices matching ``prefix``), by patient then time.
+
+        Samples of several devices of one patient are merged in time order; at equal times the
+        device whose id sorts first wins (not registration order, which a restore can change), so
+        each rule sees strictly increasing times.
+        """
+        # The batch is sorted metric-major: the metric's samples are one contiguous slice.
+        lo, hi = np.searchsorted(fresh.metric, (code, code + 1))
+        rows = slice(int(lo), int(hi))
+        take = usable[rows]
+        if prefix is not None:
+            take = take & self._matching(prefix)[fresh.devices[rows]]
+        p, t, v, d = fresh.patient[rows], fresh.t[rows], fresh.value[rows], fresh.devices[rows]
+        if not take.all():
+            p, t, v, d = p[take], t[take], v[take], d[take]
+        if self._multi_device and len(p) > 1:
+            order = np.lexsort((self._device_rank()[d], t, p))
+            p, t, v, d = p[order], t[order], v[order], d[order]
+            tie = np.zeros(len(p), np.bool_)
+            tie[1:] = (p[1:] == p[:-1]) & (t[1:] == t[:-1])
+            p, t, v, d = p[~tie], t[~tie], v[~tie], d[~tie]
+        return MetricView.from_sorted(p, t, v, d)
+
+    def _device_rank(self) -> IntArray:
+        """Per device code: the rank of its id in sorted order (recomputed when devices register)."""
+        if len(self._rank) != len(self._devices):
+            order = np.argsort(np.asarray(self._devices.ids(), dtype=object), kind="stable")
+            self._rank = np.empty(len(order), np.int64)
+            self._rank[order] = np.arange(len(order))
+        return self._rank
+
+    def _matching(self, prefix: str) -> BoolArray:
+        """Per device code: whether its id starts with ``prefix`` (grown as devices register)."""
+        match = self._prefix_match.get(prefix, np.zeros(0, np.bool_))
+        ids = self._devices.ids()
+        if len(match) < len(ids):
+            extra = np.fromiter((i.startswith(prefix) for i in ids[len(match) :]), np.bool_, len(ids) - len(match))
+            match = self._prefix_match[prefix] = np.concatenate((match, extra))
+        return match
+
     def _fresh(self, batch: SampleBatch) -> SampleBatch:
-        """``batch`` sorted by (patient, metric, t) without duplicates and already-processed samples."""
-        n = len(self._registry)
+        """``batch`` sorted by (patient, metric, device, t) without duplicates and already-seen samples."""
+        # Unsigned views turn "0 <= x < n" into one comparison each.
         ok = (
             np.isfinite(batch.t)
-            & (batch.metric >= 0)
-            & (batch.metric < N_METRICS)
-            & (batch.patient >= 0)
-            & (batch.patient < n)
+            & (batch.metric.view(np.uint8) < N_METRICS)
+            & (batch.patient.view(np.uint64) < len(self._registry))
+            & (batch.devices.view(np.uint32) < len(self._devices))
         )
         if not ok.all():
             batch = batch.take(ok)
-        key = batch.patient * N_METRICS + batch.metric
-        batch, key = _sorted(batch, key)
-        p, m, t = batch.patient, batch.metric, batch.t
-        same_key = np.zeros(len(t), np.bool_)
-        same_key[1:] = key[1:] == key[:-1]
-        duplicate = np.zeros(len(t), np.bool_)
-        duplicate[1:] = same_key[1:] & (t[1:] == t[:-1])
-        # NaN watermark (nothing processed yet) compares false: everything is new.
-        old = t <= self._last_t[p, m]
-        keep = ~duplicate & ~old
-        if not keep.all():
+        if len(batch) == 0:
+            return batch
+        key = _pack(batch.patient, batch.metric, batch.devices)
+        batch, key, same = _sorted(batch, key)
+        t = batch.t
+        starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
+        lengths = np.diff(np.append(starts, len(t)))
+        # One watermark lookup per (patient, metric, device) group; times are sorted within a group,
+        # so only groups whose first sample is not newer need a per-sample look.
+        marks = self._watermarks(key[starts])
+        keep: BoolArray | None = None
+        if bool((t[starts] <= marks).any()):
+            keep = ~(t <= np.repeat(marks, lengths))  # NaN watermark (never seen) compares false
+        duplicate = same & (t[1:] == t[:-1])
+        if duplicate.any():
+            keep = np.ones(len(t), np.bool_) if keep is None else keep
+            keep[1:] &= ~duplicate
+        if keep is not None and not keep.all():
             batch, key = batch.take(keep), key[keep]
-            p, m, t = batch.patient, batch.metric, batch.t
-        last = np.ones(len(t), np.bool_)
-        last[:-1] = key[1:] != key[:-1]
-        self._last_t[p[last], m[last]] = t[last]
+            if len(key) == 0:
+                return batch
+            last = np.flatnonzero(np.append(key[1:] != key[:-1], True))
+        else:
+            last = np.append(starts[1:] - 1, len(t) - 1)
+        self._remember(key[last], batch.t[last])
+        self._multi_device = _several_devices(key)
         return batch
+
+    def _watermarks(self, keys: npt.NDArray[np.int64]) -> FloatArray:
+        """The last seen time of each packed key (NaN: never seen)."""
+        if len(self._seen_key) == 0:
+            return np.full(len(keys), np.nan)
+        at = np.minimum(np.searchsorted(self._seen_key, keys), len(self._seen_key) - 1)
+        return np.where(self._seen_key[at] == keys, self._seen_t[at], np.nan)
+
+    def _remember(self, keys: npt.NDArray[np.int64], times: FloatArray) -> None:
+        """Advance the watermarks of ``keys`` (sorted, unique) to ``times``."""
+        if len(keys) == 0:
+            return
+        at = np.searchsorted(self._seen_key, keys)
+        found = at < len(self._seen_key)
+        found[found] = self._seen_key[at[found]] == keys[found]
+        self._seen_t[at[found]] = times[found]
+        if not found.all():
+            self._seen_key = np.insert(self._seen_key, at[~found], keys[~found])
+            self._seen_t = np.insert(self._seen_t, at[~found], times[~found])
+
+    def _patient_marks(self, p: int) -> tuple[npt.NDArray[np.int64], FloatArray, IntArray]:
+        """The watermark keys and times of patient ``p`` (and their positions in the sorted arrays)."""
+        ranges = [
+            np.arange(
+                int(np.searchsorted(self._seen_key, _pack_one(p, m, 0))),
+                int(np.searchsorted(self._seen_key, _pack_one(p + 1, m, 0))),
+            )
+            for m in range(N_METRICS)  # keys are metric-major: one range per metric
+        ]
+        where = np.concatenate(ranges).astype(np.int64)
+        return self._seen_key[where], self._seen_t[where], where
 
     # -- time and people -------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[AlertEvent]:
-        """Time-driven transitions at ``now`` (epoch s): escalation of unacknowledged alerts.
+        """Time-driven transitions at ``now`` (epoch s): staleness, and escalation of unacknowledged alerts.
 
-        Escalation deadlines are in event time (raise time + the level's ``escalate_after``), so
-        call this with wall-clock time in the live stream and with the event time in backtests.
+        Escalation deadlines are the raise's event time (or its processing time, if later and given
+        to :meth:`process`) + the level's ``escalate_after``; staleness compares ``now`` with sample
+        times. Call this with wall-clock time in the live stream and with event time in backtests.
         """
         self._sync()
         out: list[tuple[tuple[float, str, int], AlertEvent]] = []
         for index, det in enumerate(self._detectors):
-            out.extend(self._transition_events(index, det.tick(now)))
+            tr = det.tick(now)
+            if len(tr):
+                self._dirty[tr.patient] = True
+            out.extend(self._transition_events(index, tr))
             for p in det.episodes.escalate(now).tolist():
                 self._dirty[p] = True
                 out.append(self._keyed(index, p, ESCALATED, now, np.nan))
@@ -213,18 +378,29 @@ class Engine:
     def export_state(self, patient_id: str) -> dict[str, Any]:
         """Everything the engine remembers about ``patient_id``, as a JSON-able dict.
 
-        Shape: ``{"v": 1, "last_t": {metric: t}, "rules": {rule: {...}}}``; opaque to callers, to
-        be stored (e.g. in a Faust table keyed by patient id) and given back to :meth:`import_state`.
+        Shape: ``{"v": 1, "last_t": {metric: t}, "devices": {device: {metric: t}}, "rules": {rule:
+        {...}}}`` (``last_t``: the unnamed device; ``devices`` only when named devices were seen);
+        opaque to callers, to be stored (e.g. in a Faust table keyed by patient id) and given back
+        to :meth:`import_state`.
         """
         p = self._registry.get(patient_id)
         if p is None:
             return {"v": STATE_VERSION, "last_t": {}, "rules": {}}
-        last_t = {name: opt(self._last_t[p, code]) for code, name in enumerate(METRIC_NAMES)}
-        return {
-            "v": STATE_VERSION,
-            "last_t": {name: t for name, t in last_t.items() if t is not None},
-            "rules": {det.name: det.export_patient(p) for det in self._detectors},
-        }
+        keys, times, _ = self._patient_marks(p)
+        last_t: dict[str, float] = {}
+        devices: dict[str, dict[str, float]] = {}
+        for key, t in zip(keys.tolist(), times.tolist(), strict=True):
+            metric = METRIC_NAMES[key >> (_DEVICE_BITS + _PATIENT_BITS)]
+            device = self._devices.id_of(key & (_MAX_DEVICES - 1))
+            if device == UNNAMED_DEVICE:
+                last_t[metric] = t
+            else:
+                devices.setdefault(device, {})[metric] = t
+        record: dict[str, Any] = {"v": STATE_VERSION, "last_t": last_t}
+        if devices:
+            record["devices"] = devices
+        record["rules"] = {det.name: det.export_patient(p) for det in self._detectors}
+        return record
 
     def import_state(self, patient_id: str, state: Mapping[str, Any]) -> None:
         """Restore a patient's state from :meth:`export_state` (e.g. after a Kafka rebalance).
@@ -232,21 +408,20 @@ class Engine:
         Rules no longer in the rule set are ignored; rules missing from the record start fresh.
         Raises :class:`~detectors.errors.StateError` for a malformed record (and changes nothing).
         """
-        rules, last_t = _checked_record(state)
+        rules, seen = _checked_record(state)
         backup = self.export_state(patient_id) if patient_id in self._registry else None
         try:
-            self._import(patient_id, rules, last_t)
+            self._import(patient_id, rules, seen)
         except StateError:
             if backup is not None:
-                self._import(patient_id, backup["rules"], backup["last_t"])
+                self._import(patient_id, backup["rules"], _checked_record(backup)[1])
             raise
 
-    def _import(self, patient_id: str, rules: Mapping[str, Any], last_t: Mapping[str, Any]) -> None:
+    def _import(self, patient_id: str, rules: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> None:
         p = self._registry.index_of(patient_id)
         self._sync()
         self._forget_open(p)
-        for code, name in enumerate(METRIC_NAMES):
-            self._last_t[p, code] = opt_float(last_t, name)
+        self._import_marks(p, seen)
         for index, det in enumerate(self._detectors):
             record = rules.get(det.name)
             if isinstance(record, Mapping):
@@ -255,6 +430,26 @@ class Engine:
                 det.reset_patient(p)
             if det.episodes.level[p] > 0:
                 self._remember_open(index, p)
+
+    def _import_marks(self, p: int, seen: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace patient ``p``'s watermarks with ``seen`` (device id → metric → time)."""
+        keys, times = [], []
+        for device, marks in sorted(seen.items()):
+            d = int(self.device_codes([device])[0])
+            for code, name in enumerate(METRIC_NAMES):
+                t = opt_float(marks, name)
+                if not np.isnan(t):
+                    keys.append(int(_pack_one(p, code, d)))
+                    times.append(t)
+        _, _, where = self._patient_marks(p)
+        self._seen_key = np.delete(self._seen_key, where)
+        self._seen_t = np.delete(self._seen_t, where)
+        if keys:
+            order = np.argsort(keys)
+            new_keys, new_t = np.asarray(keys, np.int64)[order], np.asarray(times)[order]
+            at = np.searchsorted(self._seen_key, new_keys)
+            self._seen_key = np.insert(self._seen_key, at, new_keys)
+            self._seen_t = np.insert(self._seen_t, at, new_t)
 
     def reset_patient(self, patient_id: str) -> None:
         """Forget a patient's state (e.g. when its partition moved to another worker)."""
@@ -278,7 +473,6 @@ class Engine:
         n, old = len(self._registry), len(self._dirty)
         if n <= old:
             return
-        self._last_t = np.concatenate((self._last_t, np.full((n - old, N_METRICS), np.nan)))
         self._dirty = np.concatenate((self._dirty, np.zeros(n - old, np.bool_)))
         for det in self._detectors:
             det.resize(n)
@@ -287,7 +481,7 @@ class Engine:
             p = self._registry.get(pid)
             if p is not None and p >= old:
                 for name, rule in overrides.items():
-                    self._detectors[self._by_name[name]].configure(p, rule)
+                    self._detectors[self._by_name[name]].configure(p, rule)  # type: ignore[arg-type]
 
     def _transition_events(self, index: int, tr: Transitions) -> list[tuple[tuple[float, str, int], AlertEvent]]:
         """Events of one detector's transitions (a loop over alert transitions, which are rare)."""
@@ -329,7 +523,7 @@ class Engine:
         since = float(det.episodes.since[p]) if since is None else since
         pid = self._registry.id_of(p)
         severity: SeverityName = SEVERITY_NAMES[level - 1]  # type: ignore[assignment]
-        message = det.message(p, state, level, value)
+        message = det.message(p, state, level, value, float(time))
         if state == ACKNOWLEDGED:
             message = f"Acknowledged by {by}: {message}"
         event = AlertEvent(
@@ -362,18 +556,50 @@ class Engine:
                 del self._open[aid]
 
 
-def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]) -> tuple[SampleBatch, npt.NDArray[np.int64]]:
-    """``batch`` and ``key`` (patient, metric) sorted by key then time, stably.
+def _pack(patient: IntArray, metric: npt.NDArray[np.int8], device: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+    """One sortable int64 per (metric, patient, device).
+
+    Metric-major, so that a batch laid out metric by metric (each sorted by patient and time, as
+    a backtest chunk or a per-device upload) is already in key order and needs no sort.
+    """
+    high = (metric.astype(np.int64) << _PATIENT_BITS) | patient
+    return (high << _DEVICE_BITS) | device.astype(np.int64)
+
+
+def _pack_one(patient: int, metric: int, device: int) -> int:
+    return (((metric << _PATIENT_BITS) | patient) << _DEVICE_BITS) | device
+
+
+def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]) -> tuple[SampleBatch, npt.NDArray[np.int64], BoolArray]:
+    """``batch`` and ``key`` (patient, metric, device) sorted by key then time, stably, and where
+    each sample has the same key as the previous one.
 
     Stability matters: among exact duplicates the first delivered one is kept. Batches that are
     already in order (a backtest CSV sorted by patient and time) skip the sort.
     """
     t = batch.t
-    in_order = bool(np.all((key[1:] > key[:-1]) | ((key[1:] == key[:-1]) & (t[1:] >= t[:-1]))))
-    if in_order:
-        return batch, key
-    order = np.lexsort((t, key))
-    return batch.take(order), key[order]
+    step = np.diff(key)
+    same = step == 0
+    if not bool(((step < 0) | (same & (t[1:] < t[:-1]))).any()):
+        return batch, key, same
+    # Each device's samples usually arrive in time order, in runs (one message each): a stable
+    # sort by key alone (timsort merges runs in near-linear time) is then enough; lexsort otherwise.
+    order = np.argsort(key, kind="stable")
+    key_sorted, t_sorted = key[order], t[order]
+    same = key_sorted[1:] == key_sorted[:-1]
+    if bool((same & (t_sorted[1:] < t_sorted[:-1])).any()):
+        order = np.lexsort((t, key))
+        key_sorted = key[order]
+        same = key_sorted[1:] == key_sorted[:-1]
+    return batch.take(order), key_sorted, same
+
+
+def _several_devices(key: npt.NDArray[np.int64]) -> bool:
+    """Whether some (patient, metric) of a sorted batch has samples of more than one device."""
+    if len(key) < 2 or bool((key & (_MAX_DEVICES - 1) == 0).all()):
+        return False
+    pm = key >> _DEVICE_BITS
+    return bool(((pm[1:] == pm[:-1]) & (key[1:] != key[:-1])).any())
 
 
 def _in_order(keyed: list[tuple[tuple[float, str, int], AlertEvent]]) -> list[AlertEvent]:
@@ -382,16 +608,25 @@ def _in_order(keyed: list[tuple[tuple[float, str, int], AlertEvent]]) -> list[Al
     return [event for _, event in keyed]
 
 
-def _checked_record(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-    """The ``rules`` and ``last_t`` parts of a state record, after checking its shape and version."""
+def _checked_record(state: Mapping[str, Any]) -> tuple[Mapping[str, Any], dict[str, Mapping[str, Any]]]:
+    """The ``rules`` part of a state record and its watermarks by device, after checking shape and version."""
     if not isinstance(state, Mapping) or state.get("v") != STATE_VERSION:
         version = state.get("v") if isinstance(state, Mapping) else None
         raise StateError(f"state record version {version!r} is not {STATE_VERSION}")
     rules = state.get("rules", {})
     last_t = state.get("last_t", {})
-    if not isinstance(rules, Mapping) or not isinstance(last_t, Mapping):
-        raise StateError("state record needs mappings 'rules' and 'last_t'")
-    unknown = set(last_t) - set(METRIC_NAMES)
-    if unknown:
-        raise StateError(f"state record has unknown metrics {sorted(map(str, unknown))}")
-    return rules, last_t
+    devices = state.get("devices", {})
+    if not isinstance(rules, Mapping) or not isinstance(last_t, Mapping) or not isinstance(devices, Mapping):
+        raise StateError("state record needs mappings 'rules', 'last_t' and 'devices'")
+    seen: dict[str, Mapping[str, Any]] = {UNNAMED_DEVICE: last_t}
+    for device, marks in devices.items():
+        if not isinstance(device, str) or not device or not isinstance(marks, Mapping):
+            raise StateError("state record 'devices' must map device ids to {metric: time}")
+        seen[device] = marks
+    for marks in seen.values():
+        unknown = set(marks) - set(METRIC_NAMES)
+        if unknown:
+            raise StateError(f"state record has unknown metrics {sorted(map(str, unknown))}")
+        for name in marks:
+            opt_float(marks, name)  # raises StateError for a non-number
+    return rules, seen

@@ -7,7 +7,13 @@ set/reset latch per patient:
 
 - no open episode: the first sample with ``due > 0`` at or after ``cooldown_until`` raises at ``due``;
 - open episode: the first sample with ``clear_due`` clears it (and starts the cooldown); before that,
-  any sample whose ``due`` exceeds the episode's running maximum re-raises it at the higher level.
+  any sample whose ``due`` exceeds the episode's running maximum re-raises it at the higher level;
+- flapping suppression: an episode that is the K-th raise within a window (``Flapping``) is *held*:
+  it clears only at a ``clear_long`` sample (the clearing condition held for the longer hold time).
+
+Escalation runs from ``escalate_from``: the raise's event time, or, when the caller passes the
+processing time ``now`` (the live stream), the later of the two, so that alerts raised from a
+backlog upload do not escalate the instant they appear (issue 4, milestone-1 decision).
 
 Vectorization: the next raise/clear candidate of every sample is precomputed with one reverse
 ``minimum.accumulate`` each; the latch then advances all patients together, each round finding
@@ -29,8 +35,9 @@ import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
 from detectors.columns import grown, opt, opt_float
-from detectors.const import N_LEVELS, SEVERITY_NAMES
+from detectors.const import FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
 from detectors.errors import StateError
+from detectors.rules import Flapping
 from detectors.runs import lower_bound, next_true
 
 Int8Array = npt.NDArray[np.int8]
@@ -72,8 +79,10 @@ class EpisodeTable:
 
     ``level`` (0 = no open alert, else severity code), ``since`` (episode start), ``raised_at``
     (latest raise or upgrade: the escalation clock), ``acked``, ``escalated``, ``cooldown_until``
-    (no new episode before it; NaN = none). Parameters: ``cooldown_s`` and ``escalate_after_s``
-    (shape ``(3, n)``: per severity; NaN = never).
+    (no new episode before it; NaN = none), ``escalate_from`` (the escalation clock's start),
+    ``held`` (the open episode is held open by flapping suppression) and ``recent`` (the latest raise
+    times, newest last, shape ``(FLAP_SLOTS, n)``). Parameters: ``cooldown_s``, ``escalate_after_s``
+    (shape ``(3, n)``: per severity; NaN = never) and the flapping limits (``flap_raises`` 0 = off).
     """
 
     def __init__(self) -> None:
@@ -85,11 +94,19 @@ class EpisodeTable:
         self.cooldown_until: FloatArray = np.zeros(0)
         self.cooldown_s: FloatArray = np.zeros(0)
         self.escalate_after_s: FloatArray = np.zeros((N_LEVELS, 0))
+        self.escalate_from: FloatArray = np.zeros(0)
+        self.held: BoolArray = np.zeros(0, dtype=np.bool_)
+        self.recent: FloatArray = np.zeros((FLAP_SLOTS, 0))
+        self.flap_raises: IntArray = np.zeros(0, dtype=np.int64)
+        self.flap_within_s: FloatArray = np.zeros(0)
+        self.flap_hold_s: FloatArray = np.zeros(0)
 
     def __len__(self) -> int:
         return len(self.level)
 
-    def resize(self, n: int, *, cooldown_s: float, escalate_after_s: FloatArray) -> None:
+    def resize(
+        self, n: int, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None
+    ) -> None:
         """Make room for ``n`` patients; new ones get no open alert and the given parameters."""
         self.level = grown(self.level, n, 0)
         self.since = grown(self.since, n, np.nan)
@@ -98,24 +115,52 @@ class EpisodeTable:
         self.escalated = grown(self.escalated, n, False)
         self.cooldown_until = grown(self.cooldown_until, n, np.nan)
         self.cooldown_s = grown(self.cooldown_s, n, cooldown_s)
+        self.escalate_from = grown(self.escalate_from, n, np.nan)
+        self.held = grown(self.held, n, False)
+        self.recent = grown(self.recent, n, np.nan)
+        raises, within, hold = _flap_params(flapping)
+        self.flap_raises = grown(self.flap_raises, n, raises)
+        self.flap_within_s = grown(self.flap_within_s, n, within)
+        self.flap_hold_s = grown(self.flap_hold_s, n, hold)
         old = self.escalate_after_s.shape[1]
         if n > old:
             extra = np.repeat(escalate_after_s.reshape(N_LEVELS, 1), n - old, axis=1)
             self.escalate_after_s = np.concatenate((self.escalate_after_s, extra), axis=1)
 
-    def configure(self, patient: int, *, cooldown_s: float, escalate_after_s: FloatArray) -> None:
+    def configure(
+        self, patient: int, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None
+    ) -> None:
         """Set one patient's parameters (a per-patient override)."""
         self.cooldown_s[patient] = cooldown_s
         self.escalate_after_s[:, patient] = escalate_after_s
+        raises, within, hold = _flap_params(flapping)
+        self.flap_raises[patient] = raises
+        self.flap_within_s[patient] = within
+        self.flap_hold_s[patient] = hold
+
+    @property
+    def flapping_used(self) -> bool:
+        """Whether any patient has flapping suppression (else its bookkeeping is skipped)."""
+        return bool(self.flap_raises.any())
 
     # -- the latch ------------------------------------------------------------------------------
 
-    def advance(self, view: MetricView, due: Int8Array, clear_due: BoolArray, onset: FloatArray) -> Transitions:
+    def advance(
+        self,
+        view: MetricView,
+        due: Int8Array,
+        clear_due: BoolArray,
+        onset: FloatArray,
+        *,
+        clear_long: BoolArray | None = None,
+        now: float | None = None,
+    ) -> Transitions:
         """Apply one batch of per-sample signals; return the transitions and update the state.
 
         ``view`` holds the rule's usable samples; ``due``/``clear_due`` are never both set on one
         sample; ``onset[i]`` is when the run that made level ``due[i]`` due began (the episode start
-        if sample ``i`` raises).
+        if sample ``i`` raises). ``clear_long`` (a subset of ``clear_due``) clears held episodes;
+        ``now`` is the processing time (escalation clock), ``None`` in backtests.
         """
         if len(view) == 0:
             return Transitions.empty()
@@ -124,18 +169,26 @@ class EpisodeTable:
         if not level0.any() and not due.any():
             return Transitions.empty()  # the usual case: nobody open, nobody due, nothing changes
         next_clear = next_true(clear_due)
-        latch = self._latch(view, due, next_clear, level0)
-        upgrades, end_level = _upgrades(view, due, next_clear, latch.raises, level0)
+        next_long = next_clear if clear_long is None else next_true(clear_long)
+        latch = self._latch(view, due, (next_clear, next_long), level0)
+        held0 = self.held[gp]
+        upgrades, end_level = _upgrades(view, due, (next_clear, next_long), latch, level0, held0)
         transitions = self._assemble(view, due, onset, latch, upgrades)
         # State after the batch; level is read above (carried-in values) before being overwritten.
         self.level[gp] = np.where(latch.open_at_end, end_level, 0).astype(np.int8)
         self.cooldown_until[gp[latch.cleared]] = latch.cooldown_until[latch.cleared]
-        self._record(transitions)
+        self.held[gp] = latch.held & latch.open_at_end
+        if latch.recent is not None:
+            self.recent[:, gp] = latch.recent
+        self._record(transitions, now)
         return transitions
 
-    def _latch(self, view: MetricView, due: Int8Array, next_clear: IntArray, level0: Int8Array) -> _Latch:
+    def _latch(
+        self, view: MetricView, due: Int8Array, next_clears: tuple[IntArray, IntArray], level0: Int8Array
+    ) -> _Latch:
         """Advance every patient's set/reset latch through the batch, one transition per round."""
         t, ends, gp = view.t, view.ends, view.group_patient
+        next_clear, next_long = next_clears
         next_set = next_true(due > 0)
         pos = view.starts.copy()
         active = level0 > 0
@@ -143,18 +196,22 @@ class EpisodeTable:
         until = np.where(np.isnan(until), -np.inf, until)
         cooldown_s = self.cooldown_s[gp]
         cleared = np.zeros(len(pos), np.bool_)
+        held = self.held[gp].copy()
+        flap = _FlapRound(self, gp) if self.flapping_used else None
         raises: list[IntArray] = []
+        raise_held: list[BoolArray] = []
         clears: list[IntArray] = []
         todo = np.arange(len(pos))
         while todo.size:
-            # Open episodes end at their first clear_due sample; that starts the cooldown.
+            # Open episodes end at their first clear_due sample (clear_long if held); that starts the cooldown.
             a = todo[active[todo]]
-            c = next_clear[pos[a]]
+            c = np.where(held[a], next_long[pos[a]], next_clear[pos[a]])
             hit = c < ends[a]
             a, c = a[hit], c[hit]
             clears.append(c)
             pos[a] = c + 1
             active[a] = False
+            held[a] = False
             cleared[a] = True
             until[a] = t[c] + cooldown_s[a]
             # Closed ones (including those just cleared) raise at their next due sample after cooldown.
@@ -162,16 +219,25 @@ class EpisodeTable:
             r = _next_raise(t, pos[b], ends[b], until[b], next_set)
             hit = r < ends[b]
             b, r = b[hit], r[hit]
+            if flap is not None:
+                held[b] = flap.raised(b, t[r])
             raises.append(r)
+            raise_held.append(held[b])
             pos[b] = r + 1
             active[b] = True
             todo = b[pos[b] < ends[b]]
+        raise_index = _cat(raises)
+        order = np.argsort(raise_index, kind="stable")
+        held_of_raise = np.concatenate(raise_held)[order] if raise_held else np.zeros(0, np.bool_)
         return _Latch(
-            raises=np.sort(_cat(raises)),
+            raises=raise_index[order],
+            raise_held=held_of_raise.astype(np.bool_),
             clears=np.sort(_cat(clears)),
             open_at_end=active,
             cleared=cleared,
             cooldown_until=until,
+            held=held,
+            recent=None if flap is None else flap.recent,
         )
 
     def _assemble(
@@ -210,7 +276,7 @@ class EpisodeTable:
             value=view.value[index],
         )
 
-    def _record(self, tr: Transitions) -> None:
+    def _record(self, tr: Transitions, now: float | None) -> None:
         """Lifecycle fields after a batch: each patient's state is set by its last transition."""
         if len(tr) == 0:
             return
@@ -220,9 +286,35 @@ class EpisodeTable:
         raised = tr.kind[last] == RAISE
         self.since[p] = np.where(raised, tr.since[last], np.nan)
         self.raised_at[p] = np.where(raised, tr.time[last], np.nan)
+        clock = tr.time[last] if now is None else np.maximum(tr.time[last], now)
+        self.escalate_from[p] = np.where(raised, clock, np.nan)
         # A raise or an upgrade needs a nurse's attention again; a clear closes the alert.
         self.acked[p] = False
         self.escalated[p] = False
+
+    def raise_at(self, patient: IntArray, level: Int8Array, time: float, since: FloatArray) -> Transitions:
+        """Raise (or upgrade, if open at a lower level) alerts at ``time`` without a sample: staleness.
+
+        ``patient`` must be ascending and unique; new episodes honour the cooldown and start at ``since``.
+        ``time`` is also the processing time (``tick``'s ``now``).
+        """
+        current = self.level[patient]
+        waiting = (current == 0) & (time < self.cooldown_until[patient])
+        go = (level > current) & ~waiting
+        patient, level, since, current = patient[go], level[go], since[go], current[go]
+        upgrade = current > 0
+        tr = Transitions(
+            patient=patient,
+            kind=np.full(len(patient), RAISE, np.int8),
+            level=level.astype(np.int8),
+            upgrade=upgrade,
+            since=np.where(upgrade, self.since[patient], since),
+            time=np.full(len(patient), time),
+            value=np.full(len(patient), np.nan),
+        )
+        self.level[patient] = level
+        self._record(tr, time)
+        return tr
 
     # -- acknowledgement and escalation ----------------------------------------------------------
 
@@ -236,15 +328,15 @@ class EpisodeTable:
     def escalate(self, now: float) -> IntArray:
         """Patients whose open alert has gone unacknowledged past its severity's limit; marks them.
 
-        The clock runs from the latest raise or upgrade, in event time (``now`` is compared with
-        sample times), so a backtest escalates exactly as the live stream does.
+        The clock runs from the latest raise or upgrade: its event time, or the processing time
+        when that was later (``Engine.process(now=...)``), so a backlog does not escalate at once.
         """
         n = len(self.level)
         if n == 0:
             return np.zeros(0, np.int64)
         slot = np.maximum(self.level, 1).astype(np.int64) - 1
         limit = self.escalate_after_s[slot, np.arange(n)]
-        due = (self.level > 0) & ~self.acked & ~self.escalated & (now >= self.raised_at + limit)
+        due = (self.level > 0) & ~self.acked & ~self.escalated & (now >= self.escalate_from + limit)
         patients = np.flatnonzero(due)
         self.escalated[patients] = True
         return patients
@@ -261,6 +353,9 @@ class EpisodeTable:
             "acked": bool(self.acked[patient]),
             "escalated": bool(self.escalated[patient]),
             "cooldown_until": opt(self.cooldown_until[patient]),
+            "escalate_from": opt(self.escalate_from[patient]),
+            "held": bool(self.held[patient]),
+            "recent": [float(x) for x in self.recent[:, patient] if not math.isnan(x)],
         }
 
     def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:
@@ -278,6 +373,10 @@ class EpisodeTable:
         self.acked[patient] = bool(record.get("acked", False)) and code > 0
         self.escalated[patient] = bool(record.get("escalated", False)) and code > 0
         self.cooldown_until[patient] = opt_float(record, "cooldown_until")
+        escalate_from = opt_float(record, "escalate_from")
+        self.escalate_from[patient] = (raised_at if math.isnan(escalate_from) else escalate_from) if code else np.nan
+        self.held[patient] = bool(record.get("held", False)) and code > 0
+        self.recent[:, patient] = _recent(record.get("recent", []))
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's alert state (parameters stay)."""
@@ -287,10 +386,48 @@ class EpisodeTable:
 @dataclass(frozen=True, slots=True)
 class _Latch:
     raises: IntArray  # sample indices that raise a new episode, ascending
+    raise_held: BoolArray  # per raise: the new episode is held open (flapping)
     clears: IntArray  # sample indices that clear an episode, ascending
     open_at_end: BoolArray  # per group: an episode is open after the batch
     cleared: BoolArray  # per group: some episode cleared in the batch
     cooldown_until: FloatArray  # per group: cooldown end after the batch's last clear
+    held: BoolArray  # per group: the episode open at the end is held
+    recent: FloatArray | None  # per group: latest raise times (None: no flapping rule)
+
+
+class _FlapRound:
+    """Raise-time rings of the groups of one batch, advanced by the latch as episodes raise."""
+
+    def __init__(self, table: EpisodeTable, gp: IntArray) -> None:
+        self.recent = table.recent[:, gp].copy()
+        self.raises = table.flap_raises[gp]
+        self.within = table.flap_within_s[gp]
+
+    def raised(self, groups: IntArray, t: FloatArray) -> BoolArray:
+        """Record raises of ``groups`` at ``t``; whether each new episode is held (K-th raise in the window)."""
+        earlier = (self.recent[:, groups] > t - self.within[groups]).sum(axis=0)
+        held = (self.raises[groups] > 0) & (earlier + 1 >= self.raises[groups])
+        self.recent[:-1, groups] = self.recent[1:, groups]
+        self.recent[-1, groups] = t
+        return np.asarray(held, dtype=np.bool_)
+
+
+def _flap_params(flapping: Flapping | None) -> tuple[int, float, float]:
+    if flapping is None:
+        return 0, np.nan, np.nan
+    return flapping.raises, flapping.within_s, flapping.hold_s
+
+
+def _recent(values: Any) -> FloatArray:
+    """A stored raise-time ring as a ``FLAP_SLOTS`` column, newest last, NaN padding in front."""
+    if not isinstance(values, list) or len(values) > FLAP_SLOTS:
+        raise StateError(f"recent must be a list of at most {FLAP_SLOTS} times")
+    if any(isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) for x in values):
+        raise StateError("recent must hold finite times")
+    column = np.full(FLAP_SLOTS, np.nan)
+    if values:
+        column[FLAP_SLOTS - len(values) :] = values
+    return column
 
 
 def _next_raise(t: FloatArray, pos: IntArray, ends: IntArray, until: FloatArray, next_set: IntArray) -> IntArray:
@@ -306,7 +443,12 @@ def _next_raise(t: FloatArray, pos: IntArray, ends: IntArray, until: FloatArray,
 
 
 def _upgrades(
-    view: MetricView, due: Int8Array, next_clear: IntArray, raises: IntArray, level0: Int8Array
+    view: MetricView,
+    due: Int8Array,
+    next_clears: tuple[IntArray, IntArray],
+    latch: _Latch,
+    level0: Int8Array,
+    held0: BoolArray,
 ) -> tuple[tuple[IntArray, Int8Array], Int8Array]:
     """Samples where an open episode's severity rises (and to what), and each group's final level.
 
@@ -315,14 +457,17 @@ def _upgrades(
     offsetting each episode's values by ``4 * episode number`` before one ``maximum.accumulate``.
     """
     n = len(view)
+    next_clear, next_long = next_clears
+    raises = latch.raises
     carried = np.flatnonzero(level0 > 0)
     carried_start = view.starts[carried]
     start = np.concatenate((raises, carried_start))
+    start_held = np.concatenate((latch.raise_held, held0[carried]))
     if start.size == 0:
         return (np.zeros(0, np.int64), np.zeros(0, np.int8)), np.zeros(len(view.starts), np.int8)
     start_level = np.concatenate((due[raises], level0[carried]))
     group_end = view.per_sample(view.ends)[start]
-    end = np.minimum(next_clear[start], group_end)
+    end = np.minimum(np.where(start_held, next_long[start], next_clear[start]), group_end)
     depth = np.zeros(n + 1, np.int64)
     np.add.at(depth, start, 1)
     np.add.at(depth, end, -1)

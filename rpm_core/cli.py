@@ -18,6 +18,7 @@ import orjson
 
 from edge_agent.cli import add_commands as add_edge_commands
 from notify.cli import add_commands as add_notify_commands
+from rpm_core.backtest import add_commands as add_backtest_commands
 from rpm_core.cli_people import add_commands as add_people_commands
 from rpm_core.errors import RpmError
 from rpm_core.mqtt_auth import add_commands as add_mqtt_auth_commands
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = rules.add_parser("check", help="validate and explain a rules file")
     p.add_argument("file", nargs="?", default=os.environ.get("RPM_RULES", "alert_rules.yaml"))
     p.set_defaults(func=cmd_rules_check)
+    add_backtest_commands(sub)
     add_people_commands(sub)
     add_notify_commands(sub)
     return parser

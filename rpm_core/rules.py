@@ -13,14 +13,25 @@ Schema (version 1; see the commented default file for the meaning of each field)
     defaults: {max_gap: 5m, cooldown: 0s, escalate_after: 15m}     # all optional
     rules:
       <name>:
-        type: threshold                 # discriminator; rate, forecast, staleness, rhythm, baseline to come
+        type: threshold | rate | forecast | baseline | rhythm | staleness
         metric: heart_rate | rr_interval | glucose
+        description: str, enabled: bool, cooldown: D, escalate_after: D|null, device_prefix: str
+        # threshold, rate, forecast, baseline:
         direction: above | below
         levels: {info|warning|critical: {threshold: N, for: D, escalate_after: D|null}}
         clear: {threshold: N, for: D}
-        max_gap: D, cooldown: D, escalate_after: D|null, enabled: bool, description: str
+        max_gap: D
+        schedule: {<period>: {from: "HH:MM", to: "HH:MM", tz: Zone, levels: {...}, clear: {...}}}
+        flapping: {raises: K, within: D, hold: D}
+        # rate:      consecutive: N, gate: {below: N, above: N}
+        # forecast:  model: damped_trend | ar2, horizon: D, window: D, damping: D, min_points: N, confirm: N
+        # baseline:  block: D, window: D, min_blocks: N, min_scale: N
+        # rhythm:    window: beats, every: beats, votes: N, trim: beats, nrmssd: N, tpr: [lo, hi],
+        #            entropy: N; levels: {<severity>: {for: D, escalate_after: D}}; clear: {for: D}
+        # staleness: levels: {<severity>: {after: D, escalate_after: D|null}}
     patients:
-      <patient id>: {rules: {<name>: <any subset of the rule's fields but type/metric/direction>}}
+      <patient id>: {rules: {<name>: <any subset of the rule's fields but type, metric,
+                     direction, device_prefix, forecast model, baseline block/window, rhythm window>}}
 """
 
 from __future__ import annotations
@@ -42,13 +53,22 @@ from detectors.errors import RuleValidationError
 from detectors.events import format_duration
 from detectors.rules import (
     DEFAULT_MAX_GAP_S,
-    PLANNED_RULE_TYPES,
+    RULE_TYPES,
+    BaselineRule,
     Direction,
+    Flapping,
+    ForecastRule,
+    Period,
+    RateRule,
+    RhythmRule,
     Rule,
     RuleSet,
     Severity,
+    StaleLevel,
+    StalenessRule,
     ThresholdLevel,
     ThresholdRule,
+    parse_clock,
 )
 from rpm_core.errors import RulesError
 from rpm_core.wire import is_valid_id
@@ -60,21 +80,47 @@ DEFAULT_RULES_FILE: Final = "alert_rules.yaml"
 
 _ROOT_KEYS: Final = {"version", "defaults", "rules", "patients"}
 _DEFAULT_KEYS: Final = {"max_gap", "cooldown", "escalate_after"}
-_RULE_KEYS: Final = {
-    "type",
-    "metric",
-    "direction",
-    "description",
-    "levels",
-    "clear",
-    "max_gap",
-    "cooldown",
-    "escalate_after",
-    "enabled",
+# Keys every rule type accepts, then each type's own (``levels``/``clear`` contents differ too).
+_COMMON_KEYS: Final = {"type", "metric", "description", "enabled", "escalate_after", "cooldown", "device_prefix"}
+_SIGNAL_KEYS: Final = {"direction", "levels", "clear", "max_gap", "schedule", "flapping"}
+_TYPE_KEYS: Final[dict[str, set[str]]] = {
+    "threshold": _SIGNAL_KEYS,
+    "rate": _SIGNAL_KEYS | {"consecutive", "gate"},
+    "forecast": _SIGNAL_KEYS | {"model", "horizon", "window", "damping", "min_points", "confirm"},
+    "baseline": _SIGNAL_KEYS | {"block", "window", "min_blocks", "min_scale"},
+    "rhythm": {
+        "levels",
+        "clear",
+        "max_gap",
+        "schedule",
+        "flapping",
+        "window",
+        "every",
+        "votes",
+        "trim",
+        "nrmssd",
+        "tpr",
+        "entropy",
+    },
+    "staleness": {"levels"},
 }
-_FIXED_KEYS: Final = {"type", "metric", "direction"}  # not overridable per patient
-_LEVEL_KEYS: Final = {"threshold", "for", "escalate_after"}
-_CLEAR_KEYS: Final = {"threshold", "for"}
+_REQUIRED: Final[dict[str, tuple[str, ...]]] = {
+    kind: ("type", "metric", "direction", "levels", "clear") for kind in ("threshold", "rate", "forecast", "baseline")
+} | {"rhythm": ("type", "metric", "levels"), "staleness": ("type", "metric", "levels")}
+# Not overridable per patient: they decide which samples a rule sees or size its per-patient state.
+_FIXED_KEYS: Final[dict[str, set[str]]] = {"forecast": {"model"}, "baseline": {"block", "window"}, "rhythm": {"window"}}
+_ALWAYS_FIXED: Final = {"type", "metric", "direction", "device_prefix"}
+_LEVEL_KEYS: Final[dict[str, set[str]]] = {
+    "rhythm": {"for", "escalate_after"},
+    "staleness": {"after", "escalate_after"},
+}
+_SIGNAL_LEVEL_KEYS: Final = {"threshold", "for", "escalate_after"}
+_LEVEL_REQUIRED: Final[dict[str, tuple[str, ...]]] = {"rhythm": (), "staleness": ("after",)}
+_NESTED_KEYS: Final[dict[str, set[str]]] = {"gate": {"below", "above"}, "flapping": {"raises", "within", "hold"}}
+_PERIOD_KEYS: Final = {"from", "to", "tz", "levels", "clear"}
+_RHYTHM_THRESHOLD: Final = 0.5  # the rhythm signal is 0 (regular) or 1 (irregular)
+_KIND: Final = "#type"  # where a raw rule keeps its parsed type
+_TYPE_HINT: Final = "add `type:` (one of: threshold, rate, forecast, baseline, rhythm, staleness)"
 _DURATION_RE: Final = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h)\s*")
 _UNIT_S: Final = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _SELF: Final = "."  # key under which a level keeps its own node (for errors about the whole level)
@@ -155,24 +201,74 @@ def _explain_rule(rule: Rule, *, header: bool = True) -> str:
     if header:
         state = "" if rule.enabled else ", DISABLED"
         about = f": {rule.description}" if rule.description else ""
-        lines.append(f"{rule.name} ({rule.type} on {rule.metric}{state}){about}")
+        source = f" from {rule.device_prefix}* devices" if rule.device_prefix else ""
+        lines.append(f"{rule.name} ({rule.type} on {rule.metric}{source}{state}){about}")
     elif not rule.enabled:
         lines.append("  DISABLED for this patient")
-    unit = METRIC_UNITS[rule.metric]
-    op, back = (">", "<=") if rule.direction is Direction.ABOVE else ("<", ">=")
-    lines.extend(
-        f"  {lv.severity.label:<8} when {rule.metric} {op} {lv.threshold:g} {unit}{_for(lv.for_s)}; {_escalation(lv)}"
-        for lv in rule.levels
-    )
-    lines.append(f"  clears   when {rule.metric} {back} {rule.clear_threshold:g} {unit}{_for(rule.clear_for_s)}")
+    if isinstance(rule, StalenessRule):
+        lines.extend(
+            f"  {lv.severity.label:<8} when no usable {rule.metric} for over {format_duration(lv.after_s)}; "
+            f"{_escalation(lv)}"
+            for lv in rule.levels
+        )
+        lines.append("  clears   with the next usable reading")
+        return "\n".join(lines)
+    lines.extend(_explain_signal(rule))
+    for period in rule.schedule:
+        hours = f"{_clock(period.start_min)}-{_clock(period.end_min)}"
+        lines.append(f"  during {period.name} ({hours} {period.tz}):")
+        lines.extend("  " + line for line in _explain_signal(rule, period))
     cooldown = (
         f"no new episode for {format_duration(rule.cooldown_s)} after clearing" if rule.cooldown_s else "no cooldown"
     )
     lines.append(f"  gaps over {format_duration(rule.max_gap_s)} restart the clocks; {cooldown}")
+    if rule.flapping is not None:
+        flap = rule.flapping
+        lines.append(
+            f"  flapping: raise number {flap.raises} or later within {format_duration(flap.within_s)} is held "
+            f"open until clear for {format_duration(flap.hold_s)}"
+        )
     return "\n".join(lines)
 
 
-def _escalation(level: ThresholdLevel) -> str:
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _explain_signal(rule: ThresholdRule, period: Period | None = None) -> list[str]:
+    """Levels and clearing of a signal rule in words (the signal named after the rule type)."""
+    unit = METRIC_UNITS[rule.metric]
+    op, back = (">", "<=") if rule.direction is Direction.ABOVE else ("<", ">=")
+    signal, unit = _signal_name(rule, unit)
+    levels = rule.period_levels(period)
+    clear, clear_for = rule.period_clear(period)
+    if isinstance(rule, RhythmRule):
+        lines = [f"  {lv.severity.label:<8} when irregular{_for(lv.for_s)}; {_escalation(lv)}" for lv in levels]
+        return [*lines, f"  clears   when regular{_for(clear_for)}"]
+    lines = [
+        f"  {lv.severity.label:<8} when {signal} {op} {lv.threshold:g}{unit}{_for(lv.for_s)}; {_escalation(lv)}"
+        for lv in levels
+    ]
+    return [*lines, f"  clears   when {signal} {back} {clear:g}{unit}{_for(clear_for)}"]
+
+
+def _signal_name(rule: ThresholdRule, unit: str) -> tuple[str, str]:
+    """What a rule type compares with its thresholds, and in which unit."""
+    if isinstance(rule, RateRule):
+        gate = "".join(
+            f", while {rule.metric} {op} {value:g} {unit}"
+            for op, value in (("<", rule.gate_below), (">", rule.gate_above))
+            if value is not None
+        )
+        return f"{rule.metric} rate over {rule.consecutive} readings{gate},", f" {unit}/min"
+    if isinstance(rule, ForecastRule):
+        return f"{rule.metric} predicted ({rule.model}) within {format_duration(rule.horizon_s)}", f" {unit}"
+    if isinstance(rule, BaselineRule):
+        return f"robust z-score against the {format_duration(rule.window_s)} personal baseline", ""
+    return rule.metric, f" {unit}"
+
+
+def _escalation(level: ThresholdLevel | StaleLevel) -> str:
     if level.escalate_after_s is None:
         return "never escalates"
     return f"escalates if unacknowledged for {format_duration(level.escalate_after_s)}"
@@ -413,41 +509,93 @@ class _Parser:
                 f"write `version: {SUPPORTED_VERSION}` and follow the default file's format",
             )
 
-    def raw_fields(self, node: yaml.Node, path: str, allowed: set[str]) -> _Raw:
-        return {k: _Leaf(_join(path, k), v) for k, (_, v) in self.mapping(node, path, allowed).items()}
+    def raw_fields(
+        self,
+        node: yaml.Node,
+        path: str,
+        allowed: set[str],
+        required: tuple[str, ...] = (),
+        owner: yaml.Node | None = None,
+    ) -> _Raw:
+        entries = self.mapping(node, path, allowed, required, owner)
+        return {k: _Leaf(_join(path, k), v) for k, (_, v) in entries.items()}
 
-    def raw_rule(self, node: yaml.Node, path: str, key_node: yaml.Node, *, override: bool = False) -> _Raw:
-        """A rule's fields as leaves (``levels``/``clear`` nested), checking keys only."""
-        required = () if override else ("type", "metric", "direction", "levels", "clear")
-        entries = self.mapping(node, path, _RULE_KEYS, required, owner=key_node)
-        raw: _Raw = {"name": _Leaf(_join(path, "name"), key_node), _SELF: _Leaf(path, key_node)}
+    def raw_rule(self, node: yaml.Node, path: str, key_node: yaml.Node, *, override: str | None = None) -> _Raw:
+        """A rule's fields as leaves (mappings nested), checking keys only.
+
+        ``override`` is the type of the rule being overridden (``None``: a rule definition).
+        """
+        entries = self.mapping(node, path, owner=key_node)
+        if override is None:
+            if "type" not in entries:
+                raise self.fail(key_node, _join(path, "type"), "missing required field 'type'", _TYPE_HINT)
+            kind = self.rule_type(_Leaf(_join(path, "type"), entries["type"][1]))
+        else:
+            kind = override
+        allowed = _COMMON_KEYS | _TYPE_KEYS[kind]
+        for key, (key_node_, _) in entries.items():
+            if key not in allowed:
+                raise self.fail(
+                    key_node_,
+                    _join(path, key),
+                    f"unknown key {key!r} for a {kind} rule",
+                    f"use one of: {', '.join(sorted(allowed))} (check the spelling)",
+                )
+        for key in () if override else _REQUIRED[kind]:
+            if key not in entries:
+                raise self.fail(
+                    key_node, _join(path, key), f"missing required field {key!r}", f"add `{key}:` to {path}"
+                )
+        raw: _Raw = {"name": _Leaf(_join(path, "name"), key_node), _SELF: _Leaf(path, key_node), _KIND: kind}
         for key, (key_node_, value) in entries.items():
             where = _join(path, key)
-            if override and key in _FIXED_KEYS:
+            if override and key in _ALWAYS_FIXED | _FIXED_KEYS.get(kind, set()):
                 raise self.fail(
                     key_node_,
                     where,
                     f"a per-patient override cannot change {key!r}",
                     "define a separate rule instead, and disable the default one for this patient",
                 )
-            if key == "levels":
-                raw[key] = self.raw_levels(value, where, key_node_, override=override)
-            elif key == "clear":
-                needed = () if override else ("threshold",)
-                raw[key] = {
-                    k: _Leaf(_join(where, k), v)
-                    for k, (_, v) in self.mapping(value, where, _CLEAR_KEYS, needed, owner=key_node_).items()
-                }
-            else:
-                raw[key] = _Leaf(where, value)
-        if "type" in raw:
-            self.rule_type(raw["type"])
+            raw[key] = self.raw_field(kind, key, value, where, key_node_, partial=override is not None)
         return raw
 
-    def raw_levels(self, node: yaml.Node, path: str, owner: yaml.Node, *, override: bool) -> dict[str, _Raw | None]:
+    def raw_field(self, kind: str, key: str, value: yaml.Node, where: str, owner: yaml.Node, *, partial: bool) -> Any:
+        """One field of a rule: a leaf, or nested leaves for the mappings."""
+        if key == "levels":
+            return self.raw_levels(value, where, owner, kind=kind, override=partial)
+        if key == "clear":
+            allowed = {"for"} if kind == "rhythm" else {"threshold", "for"}
+            needed: tuple[str, ...] = () if partial or kind == "rhythm" else ("threshold",)
+            return self.raw_fields(value, where, allowed, needed, owner)
+        if key in _NESTED_KEYS:
+            required = tuple(sorted(_NESTED_KEYS[key])) if key == "flapping" and not partial else ()
+            return self.raw_fields(value, where, _NESTED_KEYS[key], required, owner)
+        if key == "schedule":
+            return self.raw_schedule(kind, value, where)
+        return _Leaf(where, value)
+
+    def raw_schedule(self, kind: str, node: yaml.Node, path: str) -> dict[str, _Raw]:
+        """Periods by name; their levels and clearing condition are partial (merged with the rule's)."""
+        out: dict[str, _Raw] = {}
+        for name, (key_node, value) in self.mapping(node, path).items():
+            where = _join(path, name)
+            entries = self.mapping(value, where, _PERIOD_KEYS, owner=key_node)
+            period: _Raw = {_SELF: _Leaf(where, key_node)}
+            for key, (key_node_, value_) in entries.items():
+                if key in ("levels", "clear"):
+                    period[key] = self.raw_field(kind, key, value_, _join(where, key), key_node_, partial=True)
+                else:
+                    period[key] = _Leaf(_join(where, key), value_)
+            out[name] = period
+        return out
+
+    def raw_levels(
+        self, node: yaml.Node, path: str, owner: yaml.Node, *, kind: str, override: bool
+    ) -> dict[str, _Raw | None]:
         entries = self.mapping(node, path, set(SEVERITY_NAMES))
         if not entries and not override:
             raise self.fail(owner, path, "no levels", "add at least one of info, warning, critical")
+        allowed = _LEVEL_KEYS.get(kind, _SIGNAL_LEVEL_KEYS)
         out: dict[str, _Raw | None] = {}
         for severity, (severity_key, value) in entries.items():
             where = _join(path, severity)
@@ -455,95 +603,39 @@ class _Parser:
             if is_null and override:
                 out[severity] = None  # an override removes this level
                 continue
-            required = () if override else ("threshold",)
-            entries_ = self.mapping(value, where, _LEVEL_KEYS, required, owner=severity_key)
-            fields = {k: _Leaf(_join(where, k), v) for k, (_, v) in entries_.items()}
+            required = () if override else _LEVEL_REQUIRED.get(kind, ("threshold",))
+            fields = self.raw_fields(value, where, allowed, required, severity_key)
             fields[_SELF] = _Leaf(where, severity_key)
             out[severity] = fields
         return out
 
     def rule_type(self, leaf: _Leaf) -> str:
-        value = self.scalar(leaf)
-        if value in PLANNED_RULE_TYPES:
-            raise self.fail(
-                leaf.node,
-                leaf.path,
-                f"rule type {value!r} is not supported by this version yet",
-                "use `type: threshold` for now",
-            )
-        return self.choice(leaf, (ThresholdRule.TYPE,), "rule type")
+        return self.choice(leaf, tuple(RULE_TYPES), "rule type")
 
     # -- building the models -------------------------------------------------------------------
 
     def build(self, name: str, raw: _Raw, defaults: _Raw, patient: str | None = None) -> Rule:
         """The rule model of ``raw`` (defaults applied); model errors mapped to their line."""
-        leaves: dict[str, _Leaf] = {}  # where each field came from, to put a line on a model's complaint
+        build = _Build(self, name, raw, defaults)
         try:
-            return self._threshold(name, raw, defaults, leaves)
+            return build.staleness() if raw[_KIND] == "staleness" else build.signal()
         except RuleValidationError as exc:
-            leaf = leaves.get(exc.field) or _nearest(leaves, exc.field) or raw[_SELF]
+            leaf = build.leaves.get(exc.field) or _nearest(build.leaves, exc.field) or raw[_SELF]
             note = f" (in the override for patient {patient})" if patient else ""
             raise self.fail(leaf.node, leaf.path, exc.problem + note, exc.hint) from exc
 
-    def _threshold(self, name: str, raw: _Raw, defaults: _Raw, leaves: dict[str, _Leaf]) -> ThresholdRule:
-        leaves["name"] = raw["name"]
+    def integer(self, leaf: _Leaf) -> int:
+        value = self.scalar(leaf)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(leaf.node, leaf.path, f"expected a whole number, got {value!r}", "write e.g. 3")
+        return int(value)
 
-        def pick(key: str, convert: Callable[[_Leaf], T], fallback: T) -> T:
-            leaf = raw.get(key) or defaults.get(key)
-            if leaf is None:
-                return fallback
-            leaves[key] = leaf
-            return convert(leaf)
-
-        metric = self.choice(raw["metric"], METRIC_NAMES, "metric")
-        leaves["metric"] = raw["metric"]
-        direction = Direction(self.choice(raw["direction"], ("above", "below"), "direction"))
-        escalate = pick("escalate_after", self.optional_duration, None)
-        levels = tuple(self._level(sev, lv, escalate, leaves) for sev, lv in raw["levels"].items() if lv is not None)
-        levels = tuple(sorted(levels, key=lambda lv: lv.severity))
-        clear = raw["clear"]
-        leaves["clear.threshold"] = clear["threshold"]
-        if "for" in clear:
-            leaves["clear.for"] = clear["for"]
-        if not levels:
-            raise self.fail(
-                raw[_SELF].node,
-                _join(raw[_SELF].path, "levels"),
-                "no levels left",
-                "keep at least one of info, warning, critical",
-            )
-        return ThresholdRule(
-            name=name,
-            metric=metric,
-            direction=direction,
-            levels=levels,
-            clear_threshold=self.number(clear["threshold"]),
-            clear_for_s=self.duration(clear["for"]) if "for" in clear else 0.0,
-            max_gap_s=pick("max_gap", self.duration, DEFAULT_MAX_GAP_S),
-            cooldown_s=pick("cooldown", self.duration, 0.0),
-            enabled=pick("enabled", self.boolean, True),
-            description=pick("description", self.text, ""),
-        )
-
-    def _level(self, severity: str, raw: _Raw, escalate: float | None, leaves: dict[str, _Leaf]) -> ThresholdLevel:
-        where = f"levels.{severity}"
-        own = raw[_SELF]
-        if "threshold" not in raw:
-            raise self.fail(
-                own.node,
-                _join(own.path, "threshold"),
-                f"missing required field 'threshold' in level {severity}",
-                f"add `{severity}: {{threshold: N, for: D}}`",
-            )
-        for key, leaf in raw.items():
-            if key != _SELF:
-                leaves[f"{where}.{key}"] = leaf
-        return ThresholdLevel(
-            severity=Severity.from_label(severity),
-            threshold=self.number(raw["threshold"]),
-            for_s=self.duration(raw["for"]) if "for" in raw else 0.0,
-            escalate_after_s=self.optional_duration(raw["escalate_after"]) if "escalate_after" in raw else escalate,
-        )
+    def pair(self, leaf: _Leaf) -> tuple[float, float]:
+        node = leaf.node
+        if not isinstance(node, yaml.SequenceNode) or len(node.value) != 2:
+            raise self.fail(node, leaf.path, f"expected [low, high], got {_kind(node)}", "write e.g. [0.54, 0.77]")
+        low, high = (self.number(_Leaf(leaf.path, item)) for item in node.value)
+        return low, high
 
     # -- per-patient overrides -----------------------------------------------------------------
 
@@ -566,28 +658,23 @@ class _Parser:
                     raise self.fail(
                         rule_key, path, f"override of unknown rule {name!r}", f"use one of: {', '.join(raws)}"
                     )
-                partial = self.raw_rule(rule_node, path, rule_key, override=True)
+                partial = self.raw_rule(rule_node, path, rule_key, override=raws[name][_KIND])
                 overrides[name] = self.build(name, _merge(raws[name], partial), defaults, patient)
             out[patient] = overrides
         return out
 
 
 def _merge(base: _Raw, override: _Raw) -> _Raw:
-    """``base`` with the fields of ``override`` replacing it, levels merged per severity and field."""
+    """``base`` with the fields of ``override`` replacing it; nested mappings (levels, clear, gate,
+    flapping, schedule periods) merge field by field, and a ``None`` level removes that level."""
     merged = dict(base)
     for key, value in override.items():
-        if key == "name":
+        if key in ("name", _KIND):
             continue
-        if key == "levels":
-            levels = dict(base.get("levels", {}))
-            for severity, fields in value.items():
-                if fields is None:
-                    levels.pop(severity, None)
-                else:
-                    levels[severity] = {**(levels.get(severity) or {}), **fields}
-            merged[key] = levels
-        elif key == "clear":
-            merged[key] = {**base.get("clear", {}), **value}
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -613,3 +700,222 @@ def _kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     return f"{node.value!r}"
+
+
+class _Build:
+    """Builds one rule model from its raw leaves, remembering which leaf each model field came from."""
+
+    def __init__(self, parser: _Parser, name: str, raw: _Raw, defaults: _Raw) -> None:
+        self.p = parser
+        self.name = name
+        self.raw = raw
+        self.defaults = defaults
+        self.kind: str = raw[_KIND]
+        self.leaves: dict[str, _Leaf] = {"name": raw["name"]}
+
+    def pick(self, key: str, convert: Callable[[_Leaf], T], fallback: T, *, field: str | None = None) -> T:
+        """The rule's own value of ``key``, else the file default, else ``fallback``."""
+        leaf = self.raw.get(key) or self.defaults.get(key)
+        if leaf is None:
+            return fallback
+        self.leaves[field or key] = leaf
+        return convert(leaf)
+
+    def nested(self, group: str, key: str, convert: Callable[[_Leaf], T], fallback: T) -> T:
+        leaf = self.raw.get(group, {}).get(key)
+        if leaf is None:
+            return fallback
+        self.leaves[f"{group}.{key}"] = leaf
+        return convert(leaf)
+
+    def common(self) -> dict[str, Any]:
+        p = self.p
+        self.leaves["metric"] = self.raw["metric"]
+        return {
+            "name": self.name,
+            "metric": p.choice(self.raw["metric"], METRIC_NAMES, "metric"),
+            "cooldown_s": self.pick("cooldown", p.duration, 0.0),
+            "enabled": self.pick("enabled", p.boolean, True),
+            "description": self.pick("description", p.text, ""),
+            "device_prefix": self.pick("device_prefix", p.text, None),
+        }
+
+    # -- signal rules ------------------------------------------------------------------------------
+
+    def signal(self) -> ThresholdRule:
+        p, raw, kind = self.p, self.raw, self.kind
+        fields = self.common()
+        if kind == "rhythm":
+            direction = Direction.ABOVE
+        else:
+            self.leaves["direction"] = raw["direction"]
+            direction = Direction(p.choice(raw["direction"], ("above", "below"), "direction"))
+        escalate = self.pick("escalate_after", p.optional_duration, None)
+        levels = self.levels(raw["levels"], "levels", escalate)
+        clear = raw.get("clear", {})
+        clear_threshold = self.nested("clear", "threshold", p.number, _RHYTHM_THRESHOLD)
+        fields |= {
+            "direction": direction,
+            "levels": levels,
+            "clear_threshold": clear_threshold,
+            "clear_for_s": self.nested("clear", "for", p.duration, 0.0),
+            "max_gap_s": self.pick("max_gap", p.duration, DEFAULT_MAX_GAP_S),
+            "schedule": self.schedule(escalate),
+            "flapping": self.flapping(),
+        }
+        del clear
+        return RULE_TYPES[kind](**fields, **self.extras())  # type: ignore[return-value]
+
+    def levels(
+        self, raw_levels: dict[str, _Raw | None], where: str, escalate: float | None
+    ) -> tuple[ThresholdLevel, ...]:
+        built = [self.level(sev, lv, f"{where}.{sev}", escalate) for sev, lv in raw_levels.items() if lv is not None]
+        if not built:
+            own = self.raw[_SELF]
+            raise self.p.fail(
+                own.node, _join(own.path, where), "no levels left", "keep at least one of info, warning, critical"
+            )
+        return tuple(sorted(built, key=lambda lv: lv.severity))
+
+    def level(self, severity: str, raw: _Raw, where: str, escalate: float | None) -> ThresholdLevel:
+        p = self.p
+        for key, leaf in raw.items():
+            if key != _SELF:
+                self.leaves[f"{where}.{key}"] = leaf
+        if self.kind == "rhythm":
+            threshold = _RHYTHM_THRESHOLD
+        elif "threshold" not in raw:
+            own = raw[_SELF]
+            raise p.fail(
+                own.node,
+                _join(own.path, "threshold"),
+                f"missing required field 'threshold' in level {severity}",
+                f"add `{severity}: {{threshold: N, for: D}}`",
+            )
+        else:
+            threshold = p.number(raw["threshold"])
+        return ThresholdLevel(
+            severity=Severity.from_label(severity),
+            threshold=threshold,
+            for_s=p.duration(raw["for"]) if "for" in raw else 0.0,
+            escalate_after_s=p.optional_duration(raw["escalate_after"]) if "escalate_after" in raw else escalate,
+        )
+
+    def schedule(self, escalate: float | None) -> tuple[Period, ...]:
+        p = self.p
+        periods = []
+        for name, raw in self.raw.get("schedule", {}).items():
+            where = f"schedule.{name}"
+            for key in ("from", "to", "tz"):
+                if key in raw:
+                    self.leaves[f"{where}.{key}"] = raw[key]
+            for key in ("from", "to"):
+                if key not in raw:
+                    own = raw[_SELF]
+                    raise p.fail(
+                        own.node, _join(own.path, key), f"missing required field {key!r}", 'write e.g. from: "22:00"'
+                    )
+            levels = None
+            if "levels" in raw:
+                merged = _merge({"levels": self.raw["levels"]}, {"levels": raw["levels"]})["levels"]
+                levels = self.levels(merged, f"{where}.levels", escalate)
+            clear = raw.get("clear", {})
+            for key, leaf in clear.items():
+                self.leaves[f"{where}.clear.{key}"] = leaf
+            periods.append(
+                Period(
+                    name=name,
+                    start_min=parse_clock(f"{where}.from", p.text(raw["from"])),
+                    end_min=parse_clock(f"{where}.to", p.text(raw["to"])),
+                    tz=p.text(raw["tz"]) if "tz" in raw else "UTC",
+                    levels=levels,
+                    clear_threshold=p.number(clear["threshold"]) if "threshold" in clear else None,
+                    clear_for_s=p.duration(clear["for"]) if "for" in clear else None,
+                )
+            )
+        return tuple(periods)
+
+    def flapping(self) -> Flapping | None:
+        if "flapping" not in self.raw:
+            return None
+        p = self.p
+        return Flapping(
+            raises=self.nested("flapping", "raises", p.integer, 0),
+            within_s=self.nested("flapping", "within", p.duration, 0.0),
+            hold_s=self.nested("flapping", "hold", p.duration, 0.0),
+        )
+
+    def extras(self) -> dict[str, Any]:
+        """Each type's own fields (model field names; errors name the YAML key)."""
+        p, kind = self.p, self.kind
+        if kind == "rate":
+            return {
+                "consecutive": self.pick("consecutive", p.integer, 3),
+                "gate_below": self.nested("gate", "below", p.number, None),
+                "gate_above": self.nested("gate", "above", p.number, None),
+            }
+        if kind == "forecast":
+            return {
+                "model": self.pick("model", p.text, "damped_trend"),
+                "horizon_s": self.pick("horizon", p.duration, 1200.0),
+                "window_s": self.pick("window", p.duration, 1500.0),
+                "damping_s": self.pick("damping", p.duration, 1200.0),
+                "min_points": self.pick("min_points", p.integer, 3),
+                "confirm": self.pick("confirm", p.number, 1.0),
+            }
+        if kind == "baseline":
+            return {
+                "block_s": self.pick("block", p.duration, 3600.0),
+                "window_s": self.pick("window", p.duration, 86400.0),
+                "min_blocks": self.pick("min_blocks", p.integer, 12),
+                "min_scale": self.pick("min_scale", p.number, 5.0),
+            }
+        if kind == "rhythm":
+            low, high = self.pick("tpr", p.pair, (0.54, 0.77))
+            return {
+                "window_beats": self.pick("window", p.integer, 128),
+                "every_beats": self.pick("every", p.integer, 8),
+                "votes": self.pick("votes", p.integer, 4),
+                "trim_beats": self.pick("trim", p.integer, 8),
+                "nrmssd_min": self.pick("nrmssd", p.number, 0.1),
+                "entropy_min": self.pick("entropy", p.number, 0.7),
+                "tpr_low": low,
+                "tpr_high": high,
+            }
+        return {}
+
+    # -- staleness -----------------------------------------------------------------------------------
+
+    def staleness(self) -> StalenessRule:
+        p = self.p
+        fields = self.common()
+        escalate = self.pick("escalate_after", p.optional_duration, None)
+        levels = []
+        for severity, raw in self.raw["levels"].items():
+            if raw is None:
+                continue
+            where = f"levels.{severity}"
+            for key, leaf in raw.items():
+                if key != _SELF:
+                    self.leaves[f"{where}.{key}"] = leaf
+            if "after" not in raw:
+                own = raw[_SELF]
+                raise p.fail(
+                    own.node,
+                    _join(own.path, "after"),
+                    f"missing 'after' in level {severity}",
+                    f"add `{severity}: {{after: 30m}}`",
+                )
+            levels.append(
+                StaleLevel(
+                    severity=Severity.from_label(severity),
+                    after_s=p.duration(raw["after"]),
+                    escalate_after_s=p.optional_duration(raw["escalate_after"])
+                    if "escalate_after" in raw
+                    else escalate,
+                )
+            )
+        if not levels:
+            own = self.raw[_SELF]
+            raise p.fail(own.node, _join(own.path, "levels"), "no levels left", "keep at least one level")
+        return StalenessRule(**fields, levels=tuple(sorted(levels, key=lambda lv: lv.severity)))

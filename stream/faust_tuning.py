@@ -1,11 +1,12 @@
-"""Faust settings tuned for this pipeline, and the one Faust internal we override.
+"""Faust settings tuned for this pipeline, and the Faust internal we override for latency.
 
 faust-streaming hard-codes ``fetch_max_wait_ms=1500`` when it builds its aiokafka consumer
 (``faust/transport/drivers/aiokafka.py``, ``AIOKafkaConsumerThread._create_worker_consumer``).
 With a quiet partition every fetch then waits up to 1.5 s, which dominates alert latency
 (p50 450 ms measured here; 70 ms at 50 ms). :func:`install_fetch_wait` wraps that method and sets
 the consumer's wait before it starts. ``tests/stream/test_faust_conformance.py`` fails loudly if
-an upgrade moves either piece.
+an upgrade moves either piece. (The consumer patch that keeps rebalances from losing records is
+:mod:`stream.faust_rebalance`.)
 """
 
 from __future__ import annotations

@@ -2,32 +2,57 @@
 
 A plain per-sample state machine, written to be obviously right rather than fast: the property
 tests prove that the vectorized :class:`detectors.Engine` produces exactly the same events.
-Semantics (documented in ``detectors/rules.py`` and ``detectors/episodes.py``):
+Semantics (documented in ``detectors/rules.py``, ``detectors/signal.py`` and ``detectors/episodes.py``):
 
-- per batch, samples sorted by (patient, metric, t), stably; a sample whose (patient, metric, t)
-  equals the previous one, or whose t is not after the last processed t of that patient and metric,
-  is dropped; a flagged or non-finite sample advances that watermark but is otherwise ignored;
-- per usable sample and rule: a gap of more than ``max_gap_s`` since the previous usable sample
-  (or no previous one) restarts all runs; runs of "beyond threshold" per level and of "back on the
-  normal side of the clearing level"; a level is due after ``for_s``, clearing after ``clear_for_s``;
-- no open alert: raise at the most severe due level unless ``t < cooldown_until``;
-  open alert: clear if clearing is due (cooldown until ``t + cooldown_s``), else upgrade if a more
-  severe level is due; a raise or an upgrade resets acknowledgement and escalation;
-- ``tick(now)``: an open, unacknowledged, not yet escalated alert escalates once ``now >=
-  raised_at + escalate_after_s`` of its level.
+- per batch, samples sorted by (patient, metric, device, t), stably; a sample whose (patient,
+  metric, device, t) equals the previous one, or whose t is not after the last seen t of that
+  patient, metric and device, is dropped; a flagged or non-finite sample advances that watermark
+  but is otherwise ignored;
+- each rule takes its metric's usable samples (of devices matching its ``device_prefix``) in
+  (t, device id) order and skips any not after the last sample it processed for the patient;
+- per signal-rule sample: the type's signal (the value, a rate, a forecast, a robust z-score or
+  an AF verdict, each computed here from scratch with plain Python); a gap of more than
+  ``max_gap_s`` since the rule's previous sample (or none) restarts all runs; the period of the
+  day picks the levels and clearing condition; runs of "beyond threshold" per level and of "on the
+  normal side of the clearing level"; a level is due after ``for_s``, clearing after
+  ``clear_for_s`` (``max(clear_for_s, hold)`` for an episode held by flapping suppression);
+- no open alert: raise at the most severe due level unless ``t < cooldown_until`` (flapping: held
+  if it is the K-th raise within the window); open alert: clear if clearing is due (cooldown until
+  ``t + cooldown_s``), else upgrade if a more severe level is due; a raise or an upgrade resets
+  acknowledgement and escalation and starts the escalation clock at max(t, processing time);
+- ``tick(now)``: staleness raises/upgrades, then an open, unacknowledged, not yet escalated alert
+  escalates once ``now >= escalate_from + escalate_after_s`` of its level.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import statistics
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from detectors.const import METRIC_CODES, SEVERITY_NAMES
+from detectors.batch import PatientRegistry
+from detectors.const import FLAP_SLOTS, FORECAST_MAX_POINTS, METRIC_CODES, RATE_MAX_READINGS, SEVERITY_NAMES
+from detectors.engine import build_detector
 from detectors.events import AlertEvent, alert_id
-from detectors.rules import RuleSet, Severity, ThresholdRule
-from detectors.threshold import threshold_message
+from detectors.rules import (
+    BaselineRule,
+    Direction,
+    ForecastRule,
+    Period,
+    RateRule,
+    RhythmRule,
+    RuleSet,
+    Severity,
+    StalenessRule,
+    ThresholdRule,
+)
+from detectors.staleness import staleness_message
 
-Sample = tuple[str, str, float, float, int]  # patient, metric, t, value, flags
+Sample = tuple  # (patient, metric, t, value, flags[, device])
 
 
 @dataclass
@@ -38,54 +63,98 @@ class RuleState:
     level: int = 0
     since: float = math.nan
     raised_at: float = math.nan
+    escalate_from: float = math.nan
     acked: bool = False
     escalated: bool = False
     cooldown_until: float | None = None
+    held: bool = False
+    recent: list[float] = field(default_factory=list)
+    history: list[tuple[float, float]] = field(default_factory=list)  # rate, forecast, rhythm
+    beats: int = 0
+    verdict: float = math.nan
+    verdicts: list[float] = field(default_factory=list)
+    blocks: list[tuple[float, float]] = field(default_factory=list)  # baseline (id, mean)
+    current: tuple[float, float, float] | None = None  # baseline (id, sum, count)
+    anchor: float | None = None  # staleness
+    pending: bool = False
+    watched: bool = False
 
 
 class ReferenceEngine:
     """Same public behaviour as :class:`detectors.Engine`, one sample at a time."""
 
-    def __init__(self, rules: RuleSet) -> None:
+    def __init__(self, rules: RuleSet, enrolled: tuple[str, ...] = ()) -> None:
         self.rules = rules
         self.order = {rule.name: i for i, rule in enumerate(rules.rules)}
-        self.watermark: dict[tuple[str, str], float] = {}
+        self.devices = PatientRegistry([""])
+        self.watermark: dict[tuple[str, str, int], float] = {}
         self.states: dict[tuple[str, str], RuleState] = {}
+        self.texts = {rule.name: build_detector(rule) for rule in rules.rules}
+        self.enroll(enrolled)
 
     def _state(self, patient: str, rule: str) -> RuleState:
         return self.states.setdefault((patient, rule), RuleState())
 
-    def process(self, samples: list[Sample]) -> list[AlertEvent]:
-        events: list[tuple[tuple[float, str, int], AlertEvent]] = []
-        previous: tuple[str, str, float] | None = None
-        for patient, metric, t, value, flags in sorted(samples, key=lambda s: (s[0], METRIC_CODES[s[1]], s[2])):
-            key = (patient, metric, t)
+    # -- input ----------------------------------------------------------------------------------
+
+    def process(self, samples: list[Sample], now: float | None = None) -> list[AlertEvent]:
+        devices = [s[5] if len(s) > 5 else "" for s in samples]
+        codes = self.devices.indices(devices).tolist() if samples else []
+        rows = [(*s[:5], dev, code) for s, dev, code in zip(samples, devices, codes, strict=True)]
+        streams: dict[tuple[str, str], list[tuple]] = {}
+        previous = None
+        for row in sorted(rows, key=lambda r: (r[0], METRIC_CODES[r[1]], r[6], r[2])):
+            patient, metric, t, value, flags, _, code = row
+            key = (patient, metric, code, t)
             if key == previous:
                 continue
             previous = key
-            mark = self.watermark.get((patient, metric))
+            mark = self.watermark.get((patient, metric, code))
             if mark is not None and t <= mark:
                 continue
-            self.watermark[(patient, metric)] = t
+            self.watermark[(patient, metric, code)] = t
             if flags != 0 or not math.isfinite(value):
                 continue
+            streams.setdefault((patient, metric), []).append(row)
+        events: list = []
+        for (patient, metric), stream in streams.items():
+            stream.sort(key=lambda r: (r[2], r[5]))  # at equal times the device id sorting first wins
             for base in self.rules.rules:
-                rule = self.rules.rule_for(patient, base.name)
-                if rule.metric == metric and rule.enabled:
-                    events.extend(self._step(patient, rule, t, value))
+                if base.metric == metric:
+                    events.extend(self._rule_stream(patient, base.name, stream, now))
         return _ordered(events)
 
-    def _step(self, patient: str, rule: ThresholdRule, t: float, value: float) -> list:
+    def _rule_stream(self, patient: str, name: str, stream: list[tuple], now: float | None) -> list:
+        rule = self.rules.rule_for(patient, name)
+        out: list = []
+        for _, _, t, value, _, dev, _ in stream:
+            if rule.device_prefix is not None and not dev.startswith(rule.device_prefix):
+                continue
+            if isinstance(rule, StalenessRule):
+                out.extend(self._stale_sample(patient, rule, t, value, now))
+            elif rule.enabled:
+                st = self._state(patient, name)
+                if st.last_t is not None and t <= st.last_t:
+                    continue
+                out.extend(self._step(patient, rule, t, value, now))
+        return out
+
+    # -- signal rules ---------------------------------------------------------------------------
+
+    def _step(self, patient: str, rule: ThresholdRule, t: float, value: float, now: float | None) -> list:
         st = self._state(patient, rule.name)
         if st.last_t is None or not t - st.last_t <= rule.max_gap_s:
             st.runs = {1: None, 2: None, 3: None}
             st.clear_run = None
         st.last_t = t
         sign = rule.direction.sign
+        x = sign * signal(rule, st, t, value)
+        period = period_of(rule, t)
+        levels = {int(lv.severity): lv for lv in rule.period_levels(period)}
         due, onset = 0, math.nan
-        for lv in rule.levels:
-            code = int(lv.severity)
-            if sign * value > sign * lv.threshold:
+        for code in (1, 2, 3):
+            lv = levels.get(code)
+            if lv is not None and x > sign * lv.threshold:
                 if st.runs[code] is None:
                     st.runs[code] = t
                 start = st.runs[code]
@@ -94,40 +163,116 @@ class ReferenceEngine:
                     due, onset = code, start
             else:
                 st.runs[code] = None
-        for code in (1, 2, 3):
-            if rule.level(Severity(code)) is None:
-                st.runs[code] = None
-        if sign * value <= sign * rule.clear_threshold:
+        clear_threshold, clear_for = rule.period_clear(period)
+        if x <= sign * clear_threshold:
             if st.clear_run is None:
                 st.clear_run = t
-            clear_due = t - st.clear_run >= rule.clear_for_s
+            hold = rule.flapping.hold_s if rule.flapping is not None else 0.0
+            clear_due = t - st.clear_run >= clear_for
+            clear_long = t - st.clear_run >= max(clear_for, hold)
         else:
             st.clear_run = None
-            clear_due = False
-        return self._latch(patient, rule, st, t, value, due, onset, clear_due)
+            clear_due = clear_long = False
+        return self._latch(patient, rule, st, (t, value, now), (due, onset), (clear_due, clear_long))
 
-    def _latch(self, patient, rule, st, t, value, due, onset, clear_due) -> list:
+    def _latch(self, patient, rule, st, sample, due_onset, clears) -> list:
+        t, value, now = sample
+        due, onset = due_onset
+        clear_due, clear_long = clears
         if st.level == 0:
             if due and (st.cooldown_until is None or t >= st.cooldown_until):
+                st.held = self._flap(rule, st, t)
                 st.level, st.since, st.raised_at = due, onset, t
+                st.escalate_from = t if now is None else max(t, now)
                 st.acked = st.escalated = False
                 return [self._event(patient, rule, "raised", t, value)]
             return []
-        if clear_due:
+        if clear_long if st.held else clear_due:
             event = self._event(patient, rule, "cleared", t, value)
-            st.level, st.since, st.raised_at = 0, math.nan, math.nan
-            st.acked = st.escalated = False
+            st.level, st.since, st.raised_at, st.escalate_from = 0, math.nan, math.nan, math.nan
+            st.acked = st.escalated = st.held = False
             st.cooldown_until = t + rule.cooldown_s
             return [event]
         if due > st.level:
             st.level, st.raised_at = due, t
+            st.escalate_from = t if now is None else max(t, now)
             st.acked = st.escalated = False
             return [self._event(patient, rule, "raised", t, value)]
         return []
 
+    def _flap(self, rule: ThresholdRule, st: RuleState, t: float) -> bool:
+        """Record a raise; whether the new episode is held (the K-th raise within the window)."""
+        flapping = self._any_flapping(rule.name)
+        if not flapping:
+            return False
+        held = False
+        if rule.flapping is not None:
+            earlier = sum(1 for r in st.recent if r > t - rule.flapping.within_s)
+            held = earlier + 1 >= rule.flapping.raises
+        st.recent = [*st.recent, t][-FLAP_SLOTS:]
+        return held
+
+    def _any_flapping(self, name: str) -> bool:
+        rules = [self.rules.by_name()[name], *(o[name] for o in self.rules.patient_rules.values() if name in o)]
+        return any(getattr(r, "flapping", None) is not None for r in rules)
+
+    # -- staleness ------------------------------------------------------------------------------
+
+    def enroll(self, patients, at: float | None = None) -> None:
+        for patient in patients:
+            for base in self.rules.rules:
+                if isinstance(base, StalenessRule):
+                    st = self._state(patient, base.name)
+                    fresh = st.last_t is None and st.anchor is None
+                    st.watched = True
+                    if fresh and at is None:
+                        st.pending = True
+                    elif fresh:
+                        st.anchor = at
+
+    def _stale_sample(self, patient, rule: StalenessRule, t, value, now) -> list:
+        st = self._state(patient, rule.name)
+        if st.last_t is not None and t <= st.last_t:
+            return []
+        st.last_t, st.watched, st.pending = t, True, False
+        if st.level:
+            event = self._event(patient, rule, "cleared", t, value)
+            st.level, st.since, st.raised_at, st.escalate_from = 0, math.nan, math.nan, math.nan
+            st.acked = st.escalated = False
+            st.cooldown_until = t + rule.cooldown_s
+            return [event]
+        return []
+
+    def _stale_tick(self, patient: str, rule: StalenessRule, now: float) -> list:
+        st = self._state(patient, rule.name)
+        if st.pending:
+            st.anchor, st.pending = now, False
+        marks = [m for m in (st.last_t, st.anchor) if m is not None]
+        if not marks or not st.watched or not rule.enabled:
+            return []
+        since = max(marks)
+        level = 0
+        for lv in rule.levels:
+            if now - since > lv.after_s:
+                level = int(lv.severity)
+        if level <= st.level:
+            return []
+        if st.level == 0 and st.cooldown_until is not None and now < st.cooldown_until:
+            return []
+        if st.level == 0:
+            st.since = since
+        st.level, st.raised_at, st.escalate_from = level, now, now
+        st.acked = st.escalated = False
+        return [self._event(patient, rule, "raised", now, math.nan)]
+
+    # -- events ---------------------------------------------------------------------------------
+
     def _event(self, patient, rule, state, t, value, by=None):
         st = self._state(patient, rule.name)
-        message = threshold_message(rule, state, st.level, value)
+        if isinstance(rule, StalenessRule):
+            message = staleness_message(rule, state, st.level, value)
+        else:
+            message = self.texts[rule.name].describe(rule, period_of(rule, t), state, st.level, value)
         if state == "acknowledged":
             message = f"Acknowledged by {by}: {message}"
         event = AlertEvent(
@@ -147,16 +292,21 @@ class ReferenceEngine:
 
     def tick(self, now: float) -> list[AlertEvent]:
         events = []
-        for (patient, name), st in self.states.items():
-            rule = self.rules.rule_for(patient, name)
-            if st.level == 0 or st.acked or st.escalated:
-                continue
-            lv = rule.level(Severity(st.level))
-            if lv is None or lv.escalate_after_s is None:
-                continue
-            if now >= st.raised_at + lv.escalate_after_s:
-                st.escalated = True
-                events.append(self._event(patient, rule, "escalated", now, math.nan))
+        patients = sorted({p for p, _ in self.states})
+        for base in self.rules.rules:
+            for patient in patients:
+                rule = self.rules.rule_for(patient, base.name)
+                if isinstance(rule, StalenessRule) and (patient, base.name) in self.states:
+                    events.extend(self._stale_tick(patient, rule, now))
+            for patient in patients:
+                st = self.states.get((patient, base.name))
+                if st is None or st.level == 0 or st.acked or st.escalated:
+                    continue
+                rule = self.rules.rule_for(patient, base.name)
+                limit = escalation_limit(rule, st.level)
+                if limit is not None and now >= st.escalate_from + limit:
+                    st.escalated = True
+                    events.append(self._event(patient, rule, "escalated", now, math.nan))
         return _ordered(events)
 
     def acknowledge(self, aid: str, by: str, at: float) -> list[AlertEvent]:
@@ -176,3 +326,192 @@ class ReferenceEngine:
 def _ordered(keyed: list) -> list[AlertEvent]:
     keyed.sort(key=lambda pair: pair[0])
     return [event for _, event in keyed]
+
+
+def escalation_limit(rule: Any, level: int) -> float | None:
+    """The rule's own level's escalate_after, else the first period's that has the severity."""
+    own = rule.level(Severity(level))
+    if own is not None:
+        return own.escalate_after_s
+    for period in getattr(rule, "schedule", ()):
+        for lv in rule.period_levels(period):
+            if int(lv.severity) == level:
+                return lv.escalate_after_s
+    return None
+
+
+# -- schedules ------------------------------------------------------------------------------------
+
+
+def period_of(rule: Any, t: float) -> Period | None:
+    """The first period of the rule's schedule containing ``t`` (local time), else ``None``."""
+    for period in getattr(rule, "schedule", ()):
+        offset = datetime.fromtimestamp(t, tz=UTC).astimezone(ZoneInfo(period.tz)).utcoffset()
+        minute = ((t + (offset.total_seconds() if offset else 0.0)) / 60.0) % 1440.0
+        if period.contains(minute):
+            return period
+    return None
+
+
+# -- signals, one sample at a time ------------------------------------------------------------------
+
+
+def signal(rule: ThresholdRule, st: RuleState, t: float, value: float) -> float:
+    """The rule's signal for this sample (updates the type's state)."""
+    if isinstance(rule, RateRule):
+        return rate_signal(rule, st, t, value)
+    if isinstance(rule, ForecastRule):
+        return forecast_signal(rule, st, t, value)
+    if isinstance(rule, BaselineRule):
+        return baseline_signal(rule, st, t, value)
+    if isinstance(rule, RhythmRule):
+        return rhythm_signal(rule, st, t, value)
+    return value
+
+
+def rate_signal(rule: RateRule, st: RuleState, t: float, value: float) -> float:
+    st.history = [*st.history, (t, value)][-(RATE_MAX_READINGS + 1) :]
+    sign = rule.direction.sign
+    if (rule.gate_below is not None and value >= rule.gate_below) or (
+        rule.gate_above is not None and value <= rule.gate_above
+    ):
+        return sign * -math.inf
+    if len(st.history) < rule.consecutive + 1:
+        return math.nan
+    signed = []
+    for (t0, v0), (t1, v1) in zip(st.history[-rule.consecutive - 1 :], st.history[-rule.consecutive :], strict=False):
+        if not t1 - t0 <= rule.max_gap_s:
+            return math.nan
+        signed.append(sign * ((v1 - v0) / (t1 - t0) * 60.0))
+    return sign * min(signed)
+
+
+def forecast_signal(rule: ForecastRule, st: RuleState, t: float, value: float) -> float:
+    st.history = [*st.history, (t, value)][-FORECAST_MAX_POINTS:]
+    path = ar2(rule, st.history) if rule.model == "ar2" else damped_trend(rule, st.history)
+    sign = rule.direction.sign
+    if path is None or sign * value > sign * rule.levels[0].threshold:
+        return math.nan
+    extreme = min(path) if rule.direction is Direction.BELOW else max(path)
+    extreme = math.floor(extreme * 1e6 + 0.5) / 1e6
+    if rule.confirm > 0 and sign * extreme > sign * rule.levels[0].threshold:
+        confirmed = False
+        if len(st.history) >= 2:
+            (t0, v0), (t1, v1) = st.history[-2], st.history[-1]
+            confirmed = sign * ((v1 - v0) / (t1 - t0) * 60.0) >= rule.confirm and t1 - t0 <= rule.max_gap_s
+        if not confirmed:
+            return math.nan
+    return extreme
+
+
+def _line(points: list[tuple[float, float]]) -> tuple[float, float]:
+    """Least squares of value on s (seconds, negative: the past); level at s = 0 and slope."""
+    n = len(points)
+    sx = sum(s for s, _ in points)
+    sy = sum(v for _, v in points)
+    sxx = sum(s * s for s, _ in points)
+    sxy = sum(s * v for s, v in points)
+    den = n * sxx - sx * sx
+    if not den > 0:
+        return math.nan, math.nan
+    slope = (n * sxy - sx * sy) / den
+    return (sy - slope * sx) / n, slope
+
+
+def damped_trend(rule: ForecastRule, history: list[tuple[float, float]]) -> list[float] | None:
+    now = history[-1][0]
+    points = [(-(now - tt), math.log(v / 140.0)) for tt, v in history if now - tt <= rule.window_s and v > 0]
+    earlier = [pt for pt in points if pt[0] != 0.0]  # the latest reading left out of the first line
+    level, slope = _line(earlier)
+    if math.isnan(slope):
+        kept = points
+    else:
+        sigma = max(1.4826 * statistics.median([abs(y - (level + slope * s)) for s, y in earlier]), 0.05)
+        kept = [(s, y) for s, y in points if abs(y - (level + slope * s)) <= 3.0 * sigma]
+    level, slope = _line(kept) if kept else (math.nan, math.nan)
+    span = max((-s for s, _ in kept), default=0.0)
+    if len(kept) < rule.min_points or not span >= rule.window_s / 2 or math.isnan(slope):
+        return None
+    latest_kept = bool(kept) and kept[-1][0] == 0.0 and history[-1][1] > 0
+    anchor = math.log(history[-1][1] / 140.0) if latest_kept else level
+    gain = rule.damping_s * -math.expm1(-rule.horizon_s / rule.damping_s)
+    return [140.0 * math.exp(anchor), 140.0 * math.exp(anchor + slope * gain)]
+
+
+def ar2(rule: ForecastRule, history: list[tuple[float, float]]) -> list[float] | None:
+    if len(history) < 2:
+        return None
+    (t0, previous), (t1, current) = history[-2], history[-1]
+    elapsed = t1 - t0
+    if not (0 < elapsed <= rule.max_gap_s and current >= 36 and previous >= 36):
+        return None
+    five = current - (current - previous) * 300.0 / elapsed
+    if five <= 0:
+        return None
+    prev, curr = math.log(five / 140.0), math.log(current / 140.0)
+    path = [current]
+    for step in range(1, math.ceil(rule.horizon_s / 300.0) + 1):
+        prev, curr = curr, -0.723 * prev + 1.716 * curr
+        predicted = min(max(math.floor(140.0 * math.exp(curr) + 0.5), 36.0), 400.0)
+        path.append(predicted if step * 300.0 <= rule.horizon_s else current)
+    return path
+
+
+def baseline_signal(rule: BaselineRule, st: RuleState, t: float, value: float) -> float:
+    block = math.floor(t / rule.block_s)
+    if st.current is not None and st.current[0] != block:
+        cid, csum, ccount = st.current
+        st.blocks = [*st.blocks, (cid, csum / ccount)][-rule.n_blocks :]
+        st.current = None
+    if st.current is None:
+        st.current = (block, 0.0, 0.0)
+    means = [m for b, m in st.blocks if b >= block - rule.n_blocks]
+    cid, csum, ccount = st.current
+    st.current = (cid, csum + value, ccount + 1)
+    if len(means) < rule.min_blocks:
+        return math.nan
+    median = statistics.median(means)
+    mad = statistics.median([abs(m - median) for m in means])
+    return (value - median) / max(1.4826 * mad, rule.min_scale)
+
+
+def rhythm_signal(rule: RhythmRule, st: RuleState, t: float, value: float) -> float:
+    st.history = [*st.history, (t, value)][-rule.window_beats :]
+    st.beats = (st.beats + 1) % rule.every_beats
+    if st.beats == 0:
+        st.verdicts = [*st.verdicts, af_verdict(rule, st.history)][-rule.votes :]
+        counted = [v for v in st.verdicts if not math.isnan(v)]
+        st.verdict = sum(counted) / len(counted) if counted else math.nan
+    return st.verdict
+
+
+def af_verdict(rule: RhythmRule, window: list[tuple[float, float]]) -> float:
+    """1.0 irregular, 0.0 regular, NaN unknown: Dash et al. 2009 with beat-error and ectopy filters."""
+    if len(window) < rule.window_beats:
+        return math.nan
+    times = [tt for tt, _ in window]
+    if max(b - a for a, b in itertools.pairwise(times)) > rule.max_gap_s:
+        return math.nan
+    rr = [v for _, v in window]
+    median = statistics.median(rr)
+    ok = [0.6 * median <= x <= 1.6 * median for x in rr]
+    good = sorted(x for x, k in zip(rr, ok, strict=True) if k)
+    k = rule.trim_beats
+    low = good[min(k, len(rr) - 1)] if len(good) > k else math.inf
+    high = good[max(len(good) - 1 - k, 0)] if good else -math.inf
+    keep = [o and low <= x <= high for x, o in zip(rr, ok, strict=True)]
+    if sum(keep) * 2 < len(rr):
+        return math.nan
+    kept = [x for x, kx in zip(rr, keep, strict=True) if kx]  # the dropped ones removed: one sequence
+    steps = [(b - a) ** 2 for a, b in itertools.pairwise(kept)]
+    nrmssd = math.sqrt(sum(steps) / len(steps)) / (sum(kept) / len(kept)) if steps else math.nan
+    triples = list(zip(kept, kept[1:], kept[2:], strict=False))
+    tpr = sum(1 for a, b, c in triples if (b - a) * (b - c) > 0) / len(triples) if triples else math.nan
+    lo, hi = min(kept), max(kept)
+    width = hi - lo if hi > lo else 1.0
+    counts = [0] * 16
+    for x in kept:
+        counts[min(max(math.floor((x - lo) / width * 16), 0), 15)] += 1
+    entropy = -sum(c / len(kept) * math.log(c / len(kept)) for c in counts if c) / math.log(16)
+    irregular = nrmssd > rule.nrmssd_min and rule.tpr_low <= tpr <= rule.tpr_high and entropy >= rule.entropy_min
+    return 1.0 if irregular else 0.0

@@ -15,7 +15,7 @@ from detectors import Engine
 from tests.detectors.helpers import by_key, dicts, json_roundtrip, rulesets, run, split, streams
 from tests.detectors.reference import ReferenceEngine
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -8,12 +8,12 @@ import pytest
 
 from detectors import AlertEvent, Engine, RuleSet
 from rpm_core.rules import load_rules
-from tests.detectors.helpers import T0, dicts, run, series
+from tests.detectors.helpers import T0, dicts, run6
 from tests.detectors.reference import ReferenceEngine
+from tests.detectors.scripted import Row, baseline_history, scripted
 
 ROOT = Path(__file__).resolve().parents[2]
-HR_STEP_S = 5.0  # a chest strap reports about every second; every 5 s keeps the test small
-CGM_STEP_S = 300.0  # a CGM reading every 5 minutes
+TICK_S = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -21,60 +21,97 @@ def rules() -> RuleSet:
     return load_rules(ROOT / "alert_rules.yaml")
 
 
-def minutes(n: float, step: float) -> int:
-    return int(n * 60 / step)
-
-
-def scripted() -> list[tuple[str, str, float, float, int]]:
-    """Three patients over one hour: a tachycardia episode, a patient in range, a severe hypo."""
-    tachy = [135.0] * minutes(20, HR_STEP_S) + [80.0] * minutes(40, HR_STEP_S)
-    samples = series("p-tachy", "heart_rate", 0, tachy, HR_STEP_S)
-    samples += series("p-tachy", "glucose", 0, [110.0] * 12, CGM_STEP_S)
-    in_range_hr = [72.0 + (i % 7) for i in range(minutes(60, HR_STEP_S))]
-    samples += series("p-fine", "heart_rate", 0, in_range_hr, HR_STEP_S)
-    samples += series("p-fine", "glucose", 0, [95.0, 120.0, 150.0, 170.0, 140.0, 110.0] * 2, CGM_STEP_S)
-    samples += series("p-hypo", "glucose", 0, [50.0] * 5, CGM_STEP_S)  # 0..20 min at 50 mg/dL
-    samples += series("p-hypo", "heart_rate", 0, [88.0] * minutes(20, HR_STEP_S), HR_STEP_S)
-    return samples
+def replay(engine: Engine, rows: list[Row], until: float) -> list[AlertEvent]:
+    """Feed ``rows`` in one-minute event-time chunks, ticking at each minute (as ``rpm backtest`` does)."""
+    rows = sorted(rows, key=lambda r: r[2])
+    events: list[AlertEvent] = []
+    start = rows[0][2] - rows[0][2] % TICK_S
+    i = 0
+    for edge in [start + k * TICK_S for k in range(1, int((until - start) // TICK_S) + 2)]:
+        j = i
+        while j < len(rows) and rows[j][2] < edge:
+            j += 1
+        events += run6(engine, rows[i:j])
+        events += engine.tick(edge)
+        i = j
+    return events
 
 
 def summary(events: list[AlertEvent]) -> list[tuple[str, str, str, str, float]]:
     return [(e.patient, e.rule, e.severity, e.state, e.time - T0) for e in events]
 
 
-def test_default_rules_fire_once_per_episode(rules: RuleSet) -> None:
-    events = run(Engine(rules), scripted())
-    assert summary(events) == [
-        ("p-tachy", "tachycardia", "warning", "raised", 600.0),  # 135 bpm for 10 min
-        ("p-hypo", "glucose_low", "critical", "raised", 900.0),  # < 54 mg/dL for 15 min
-        ("p-tachy", "tachycardia", "warning", "cleared", 1200.0 + 300.0),  # <= 110 bpm for 5 min
+@pytest.fixture(scope="module")
+def events(rules: RuleSet) -> list[AlertEvent]:
+    return replay(Engine(rules), scripted(), T0 + 3600)
+
+
+def test_default_rules_fire_once_per_scripted_episode(events: list[AlertEvent]) -> None:
+    raised = sorted({(e.patient, e.rule, e.severity) for e in events if e.state == "raised"})
+    assert raised == [
+        ("p-af", "af_screening", "warning"),
+        ("p-falling", "glucose_falling_fast", "warning"),
+        ("p-falling", "glucose_urgent_low_soon", "critical"),
+        ("p-hypo", "glucose_low", "critical"),
+        ("p-meter", "glucose_meter_low", "critical"),
+        ("p-tachy", "tachycardia", "warning"),
     ]
-    assert events[0].message == "Heart rate above 120 bpm for 10 min (now 135 bpm)"
-    assert events[1].message == "Glucose below 54 mg/dL for 15 min (now 50 mg/dL)"
-    assert events[0].alert_id == events[2].alert_id
+    raises = [(e.patient, e.rule) for e in events if e.state == "raised"]
+    assert len(raises) == len(set(raises)), "an episode raised twice"
 
 
-def test_one_sample_per_batch_gives_the_same_events(rules: RuleSet) -> None:
-    samples = sorted(scripted(), key=lambda s: s[2])
-    engine = Engine(rules)
-    events = [e for s in samples for e in run(engine, [s])]
-    assert summary(events) == summary(run(Engine(rules), scripted()))
+def test_no_alert_for_the_patient_in_range(events: list[AlertEvent]) -> None:
+    assert [e for e in events if e.patient == "p-fine"] == []
+
+
+def test_night_tachycardia_uses_the_night_threshold(events: list[AlertEvent]) -> None:
+    tachy = [e for e in events if e.rule == "tachycardia"]
+    assert summary(tachy) == [
+        ("p-tachy", "tachycardia", "warning", "raised", 600.0),
+        ("p-tachy", "tachycardia", "warning", "cleared", 1200.0 + 300.0),
+    ]
+    assert tachy[0].message == "Heart rate above 100 bpm for 10 min (night) (now 135 bpm)"
+
+
+def test_predicted_low_comes_before_the_low(events: list[AlertEvent]) -> None:
+    """Falling 3 mg/dL/min from 140: the fall is flagged at 95 and the low predicted before 50 is read."""
+    falling = {e.rule: e for e in events if e.patient == "p-falling" and e.state == "raised"}
+    assert falling["glucose_urgent_low_soon"].time - T0 < 1800  # the reading of 50 mg/dL
+    assert falling["glucose_falling_fast"].time - T0 <= 900
+    assert falling["glucose_urgent_low_soon"].message.startswith("Glucose predicted below 55 mg/dL within 20 min")
+
+
+def test_a_single_meter_reading_raises_at_once(events: list[AlertEvent]) -> None:
+    (meter,) = [e for e in events if e.rule == "glucose_meter_low" and e.state == "raised"]
+    assert (meter.time - T0, meter.value, meter.severity) == (1000.0, 45.0, "critical")
 
 
 def test_the_reference_agrees_on_the_default_rules(rules: RuleSet) -> None:
-    assert dicts(run(Engine(rules), scripted())) == dicts(ReferenceEngine(rules).process(scripted()))
+    rows = scripted()[::3]  # a third of the rows keeps the scalar reference quick
+    assert dicts(run6(Engine(rules), rows)) == dicts(ReferenceEngine(rules).process(rows))
 
 
 def test_unacknowledged_critical_hypo_escalates_after_5_minutes(rules: RuleSet) -> None:
     engine = Engine(rules)
-    hypo = next(e for e in run(engine, scripted()) if e.rule == "glucose_low")
-    (escalated,) = engine.tick(hypo.time + 300)
-    assert (escalated.alert_id, escalated.state, escalated.severity) == (hypo.alert_id, "escalated", "critical")
-    assert engine.tick(hypo.time + 3600) == []  # once
+    hypo = next(e for e in replay(engine, scripted(), T0 + 900) if e.rule == "glucose_low")
+    escalated = [e for e in engine.tick(hypo.time + 300) if e.alert_id == hypo.alert_id]
+    assert [(e.state, e.severity) for e in escalated] == [("escalated", "critical")]
+    assert [e for e in engine.tick(hypo.time + 400) if e.alert_id == hypo.alert_id] == []
 
 
-def test_tachycardia_is_not_escalated_after_it_cleared(rules: RuleSet) -> None:
-    engine = Engine(rules)
-    run(engine, scripted())
-    escalations = engine.tick(T0 + 10 * 3600)
-    assert [(e.patient, e.rule) for e in escalations] == [("p-hypo", "glucose_low")]
+def test_enrolled_patient_without_data_goes_stale_then_recovers(rules: RuleSet) -> None:
+    engine = Engine(rules, enrolled=["p-new"])
+    assert engine.tick(T0) == []  # the silence clock starts at the first tick
+    assert engine.tick(T0 + 1800) == []
+    stale = engine.tick(T0 + 1860)
+    assert summary(stale) == [("p-new", "cgm_stale", "warning", "raised", 1860.0)]
+    assert stale[0].message == "No glucose data for over 30 min"
+    back = run6(engine, [("p-new", "glucose", T0 + 1900, 120.0, 0, "cgm-7")])
+    assert summary(back) == [("p-new", "cgm_stale", "warning", "cleared", 1900.0)]
+
+
+def test_personal_baseline_deviation(rules: RuleSet) -> None:
+    events = replay(Engine(rules), baseline_history(), T0 + 2400)
+    assert summary([e for e in events if e.state == "raised"]) == [
+        ("p-baseline", "heart_rate_above_baseline", "warning", "raised", 1800.0)
+    ]

@@ -59,7 +59,19 @@ def error_of(doc: str) -> RulesError:
 
 def test_default_file_loads_with_the_documented_values() -> None:
     rules = load_rules(ROOT / "alert_rules.yaml")
-    assert rules.names() == ("glucose_low", "glucose_high", "tachycardia", "bradycardia")
+    assert rules.names() == (
+        "glucose_low",
+        "glucose_high",
+        "tachycardia",
+        "bradycardia",
+        "glucose_meter_low",
+        "glucose_urgent_low_soon",
+        "glucose_falling_fast",
+        "cgm_stale",
+        "heart_rate_stale",
+        "af_screening",
+        "heart_rate_above_baseline",
+    )
     low = rules.by_name()["glucose_low"]
     assert low.direction is Direction.BELOW
     assert [(lv.severity, lv.threshold, lv.for_s) for lv in low.levels] == [
@@ -106,7 +118,7 @@ def test_explain_describes_every_rule_and_override() -> None:
 def test_check_main_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_main(str(ROOT / "alert_rules.yaml")) == 0
     out = capsys.readouterr().out
-    assert "valid (version 1, 4 rules)" in out and "glucose_low" in out
+    assert "valid (version 1, 11 rules)" in out and "glucose_low" in out
 
 
 def test_check_main_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,7 +205,11 @@ BAD_CASES = {
     "bad default": (_case("  max_gap: 5m", "  max_gap: 0s"), "  max_gap: 0s", "defaults.max_gap"),
     "version": (_case("version: 1", "version: 2"), "version: 2", "version"),
     "unknown type": (_case("type: threshold", "type: thresold"), "thresold", "rules.tachy.type"),
-    "planned type": (_case("type: threshold", "type: rate"), "type: rate", "rules.tachy.type"),
+    "key of another type": (
+        _case("    cooldown: 10m", "    consecutive: 3"),
+        "consecutive: 3",
+        "rules.tachy.consecutive",
+    ),
     "unknown severity": (_case("      warning: {", "      urgent: {"), "urgent", "rules.tachy.levels.urgent"),
     "level without threshold": (
         _case("{threshold: 120, for: 10m}", "{for: 10m}"),
@@ -409,3 +425,180 @@ def test_control_characters_name_their_line() -> None:
     err = error_of(VALID.replace("    cooldown: 10m", "    cooldown: 10m\x07"))
     assert (err.line, err.field) == (line_of(VALID, "cooldown: 10m"), "(document)")
     assert "U+0007" in str(err)
+
+
+# -- every rule type -------------------------------------------------------------------------------
+
+TYPES = """\
+version: 1
+rules:
+  tachy:
+    type: threshold
+    metric: heart_rate
+    direction: above
+    levels:
+      warning: {threshold: 120, for: 10m}
+    clear: {threshold: 110, for: 5m}
+    schedule:
+      night:
+        from: "22:00"
+        to: "07:00"
+        tz: Europe/Paris
+        levels:
+          warning: {threshold: 100}
+        clear: {threshold: 90}
+    flapping: {raises: 3, within: 1h, hold: 30m}
+  falling:
+    type: rate
+    metric: glucose
+    direction: below
+    consecutive: 3
+    gate: {below: 120}
+    levels:
+      warning: {threshold: -2}
+    clear: {threshold: -1}
+  soon:
+    type: forecast
+    metric: glucose
+    direction: below
+    model: ar2
+    horizon: 20m
+    levels:
+      critical: {threshold: 55}
+    clear: {threshold: 70, for: 15m}
+  meter:
+    type: threshold
+    metric: glucose
+    device_prefix: gls-
+    direction: below
+    levels:
+      critical: {threshold: 54}
+    clear: {threshold: 70}
+  stale:
+    type: staleness
+    metric: glucose
+    levels:
+      warning: {after: 30m}
+      critical: {after: 2h, escalate_after: 10m}
+  af:
+    type: rhythm
+    metric: rr_interval
+    window: 64
+    tpr: [0.5, 0.8]
+    levels:
+      warning: {for: 5m}
+    clear: {for: 10m}
+  base:
+    type: baseline
+    metric: heart_rate
+    direction: above
+    block: 1h
+    window: 24h
+    levels:
+      warning: {threshold: 3.5, for: 30m}
+    clear: {threshold: 2}
+"""
+
+
+def test_every_rule_type_parses() -> None:
+    from detectors.rules import BaselineRule, ForecastRule, RateRule, RhythmRule, StalenessRule
+
+    rules = parse_rules(TYPES).by_name()
+    tachy = rules["tachy"]
+    (night,) = tachy.schedule
+    assert (night.start_min, night.end_min, night.tz, night.clear_threshold) == (1320, 420, "Europe/Paris", 90)
+    assert night.levels is not None and [(lv.threshold, lv.for_s) for lv in night.levels] == [(100, 600)]
+    assert tachy.flapping is not None and (tachy.flapping.raises, tachy.flapping.hold_s) == (3, 1800)
+    falling = rules["falling"]
+    assert isinstance(falling, RateRule) and (falling.consecutive, falling.gate_below) == (3, 120)
+    soon = rules["soon"]
+    assert isinstance(soon, ForecastRule) and (soon.model, soon.horizon_s) == ("ar2", 1200)
+    assert rules["meter"].device_prefix == "gls-"
+    stale = rules["stale"]
+    assert isinstance(stale, StalenessRule) and [lv.after_s for lv in stale.levels] == [1800, 7200]
+    af = rules["af"]
+    assert isinstance(af, RhythmRule) and (af.window_beats, af.tpr_low, af.tpr_high) == (64, 0.5, 0.8)
+    assert af.levels[0].threshold == 0.5 and af.clear_for_s == 600
+    assert isinstance(rules["base"], BaselineRule) and rules["base"].n_blocks == 24
+    text = explain(parse_rules(TYPES))
+    assert "during night (22:00-07:00 Europe/Paris)" in text and "no usable glucose for over 30 min" in text
+
+
+def _types_case(old: str, new: str) -> str:
+    assert old in TYPES, old
+    return TYPES.replace(old, new, 1)
+
+
+TYPE_CASES = {
+    "consecutive zero": (
+        _types_case("consecutive: 3", "consecutive: 0"),
+        "consecutive: 0",
+        "rules.falling.consecutive",
+    ),
+    "unknown model": (_types_case("model: ar2", "model: lstm"), "model: lstm", "rules.soon.model"),
+    "bad clock": (_types_case('from: "22:00"', 'from: "25:00"'), '"25:00"', "rules.tachy.schedule.night.from"),
+    "bad zone": (_types_case("tz: Europe/Paris", "tz: Mars/Olympus"), "Mars/Olympus", "rules.tachy.schedule.night.tz"),
+    "night inverted": (
+        _types_case("clear: {threshold: 90}", "clear: {threshold: 105}"),
+        "threshold: 105",
+        "rules.tachy.schedule.night.clear.threshold",
+    ),
+    "flapping once": (_types_case("raises: 3", "raises: 1"), "raises: 1", "rules.tachy.flapping.raises"),
+    "flapping partial": (_types_case("within: 1h, ", ""), "flapping:", "rules.tachy.flapping.within"),
+    "staleness without after": (
+        _types_case("warning: {after: 30m}", "warning: {for: 30m}"),
+        "for: 30m",
+        "rules.stale.levels.warning.for",
+    ),
+    "staleness order": (_types_case("after: 2h,", "after: 10m,"), "after: 10m", "rules.stale.levels.critical.after"),
+    "rhythm threshold": (
+        _types_case("warning: {for: 5m}", "warning: {threshold: 1}"),
+        "{threshold: 1}",
+        "rules.af.levels.warning.threshold",
+    ),
+    "tpr not a pair": (_types_case("tpr: [0.5, 0.8]", "tpr: 0.5"), "tpr: 0.5", "rules.af.tpr"),
+    "tpr reversed": (_types_case("tpr: [0.5, 0.8]", "tpr: [0.8, 0.5]"), "tpr:", "rules.af.tpr"),
+    "baseline window": (_types_case("window: 24h", "window: 90m"), "window: 90m", "rules.base.window"),
+    "gate key": (_types_case("gate: {below: 120}", "gate: {under: 120}"), "under", "rules.falling.gate.under"),
+    "empty prefix": (
+        _types_case("device_prefix: gls-", "device_prefix: ''"),
+        "device_prefix",
+        "rules.meter.device_prefix",
+    ),
+    "missing type": (_types_case("    type: staleness\n", ""), "  stale:", "rules.stale.type"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TYPE_CASES))
+def test_bad_rule_types_name_file_line_and_field(case: str) -> None:
+    doc, marker, field = TYPE_CASES[case]
+    err = error_of(doc)
+    assert (err.field, err.line) == (field, line_of(doc, marker)), str(err)
+    assert err.hint
+
+
+@pytest.mark.parametrize(
+    ("entry", "marker", "field"),
+    [
+        ("      soon: {model: damped_trend}", "{model: damped_trend}", "patients.p0001.rules.soon.model"),
+        ("      base: {block: 2h}", "{block: 2h}", "patients.p0001.rules.base.block"),
+        ("      meter: {device_prefix: cgm-}", "{device_prefix: cgm-}", "patients.p0001.rules.meter.device_prefix"),
+    ],
+)
+def test_overrides_cannot_change_what_sizes_the_state(entry: str, marker: str, field: str) -> None:
+    doc = TYPES + "patients:\n  p0001:\n    rules:\n" + entry + "\n"
+    err = error_of(doc)
+    assert (err.field, err.line) == (field, line_of(doc, marker)), str(err)
+
+
+def test_per_patient_night_and_staleness_overrides() -> None:
+    doc = TYPES + (
+        "patients:\n  p0001:\n    rules:\n"
+        "      tachy: {schedule: {night: {from: '23:30', levels: {warning: {threshold: 95}}}}}\n"
+        "      stale: {enabled: false}\n"
+    )
+    rules = parse_rules(doc)
+    (night,) = rules.rule_for("p0001", "tachy").schedule
+    assert (night.start_min, night.end_min) == (1410, 420)
+    assert night.levels is not None and night.levels[0].threshold == 95
+    assert rules.rule_for("p0001", "stale").enabled is False

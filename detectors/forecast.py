@@ -1,0 +1,225 @@
+"""Forecast detector: predicted glucose crossing a level within a horizon ("urgent low soon").
+
+Two predictors, both vectorized over every reading of a batch (one row per reading of a
+``(readings, FORECAST_MAX_POINTS)`` window matrix, see :mod:`detectors.history`):
+
+``damped_trend`` (default, ours)
+    A robust linear trend of ln(glucose / 140): least squares over the readings of the last
+    ``window_s``; points whose residual exceeds 3 robust standard deviations (1.4826 x MAD,
+    floored at :data:`LOG_NOISE_FLOOR`) are dropped and the line refitted once, so one spurious
+    reading neither raises nor hides an alert. From the latest reading (the fitted value if that
+    reading was the outlier) the trend is damped with time constant ``damping_s``:
+    ``ln f(h) = ln f(0) + slope * tau * (1 - exp(-h / tau))``. It needs ``min_points`` readings
+    spanning at least half the window. A predicted crossing counts only while the latest step
+    itself still moves toward the level at ``confirm`` per minute or faster: most predicted lows
+    that do not happen are falls already levelling off (benchmarks/evaluate_glucose.py).
+``ar2``
+    Nightscout's ``ar2`` plugin: ``y = ln(bg / 140)``, ``y[k+1] = -0.723 y[k-1] + 1.716 y[k]`` at
+    5-minute steps, started from the latest reading and the value 5 minutes earlier (linearly
+    interpolated from the previous reading), each step rounded and clamped to 36-400 mg/dL as
+    Nightscout does. Kept as the baseline the default must beat (benchmarks/evaluate_glucose.py).
+
+The signal is the most extreme predicted value over ``[now, now + horizon]`` (both predictors are
+monotone in the horizon except AR2's slight mean reversion, so every step is considered). A
+forecast alert is about a crossing still to come: while the reading itself is already beyond the
+rule's least severe level, the threshold rules speak and the forecast is unknown (NaN: it neither
+raises nor clears), so one hypoglycaemia does not raise a second, "predicted" alert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.batch import BoolArray, FloatArray, MetricView
+from detectors.columns import grown
+from detectors.const import CLEARED, ESCALATED, FORECAST_MAX_POINTS, METRIC_LABELS
+from detectors.events import format_duration, format_value
+from detectors.history import History
+from detectors.rules import Direction, ForecastRule, Period, ThresholdRule
+from detectors.signal import SignalDetector
+from detectors.threshold import during, level_of
+
+# Nightscout lib/plugins/ar2.js: AR = [-0.723, 1.716], BG_REF = 140, BG_MIN = 36, BG_MAX = 400.
+AR2_COEFFICIENTS: Final = (-0.723, 1.716)
+AR2_REFERENCE_MG_DL: Final = 140.0
+AR2_MIN_MG_DL: Final = 36.0
+AR2_MAX_MG_DL: Final = 400.0
+AR2_STEP_S: Final = 300.0
+# CGM sensor noise is ~5 % (MARD ~9-10 %): a MAD of smaller residuals (in ln units) is luck, and a
+# 3-sigma rejection at 15 % still catches the gross errors (a 110 -> 60 mg/dL jump is ln 0.6).
+LOG_NOISE_FLOOR: Final = 0.05
+OUTLIER_SIGMAS: Final = 3.0
+
+
+class ForecastDetector(SignalDetector):
+    """One :class:`~detectors.rules.ForecastRule` over every patient."""
+
+    def __init__(self, rule: ForecastRule) -> None:
+        super().__init__(rule)
+        self.model = rule.model
+        self.history = History(FORECAST_MAX_POINTS - 1)
+        self.horizon_s: FloatArray = np.zeros(0)
+        self.window_s: FloatArray = np.zeros(0)
+        self.damping_s: FloatArray = np.zeros(0)
+        self.min_points: FloatArray = np.zeros(0)
+        self.crossed: FloatArray = np.zeros(0)
+        self.confirm: FloatArray = np.zeros(0)
+
+    def resize_state(self, n: int) -> None:
+        """Room for ``n`` patients' recent readings and forecast parameters."""
+        rule = self.rule
+        assert isinstance(rule, ForecastRule)
+        self.history.resize(n)
+        self.horizon_s = grown(self.horizon_s, n, rule.horizon_s)
+        self.window_s = grown(self.window_s, n, rule.window_s)
+        self.damping_s = grown(self.damping_s, n, rule.damping_s)
+        self.min_points = grown(self.min_points, n, float(rule.min_points))
+        self.crossed = grown(self.crossed, n, self.sign * rule.levels[0].threshold)
+        self.confirm = grown(self.confirm, n, rule.confirm)
+
+    def configure(self, patient: int, rule: ThresholdRule) -> None:
+        """Apply a per-patient override (the model itself is fixed per rule)."""
+        assert isinstance(rule, ForecastRule)
+        if rule.model != self.model:
+            raise ValueError(f"an override of {self.name!r} must keep its forecast model")
+        super().configure(patient, rule)
+        self.horizon_s[patient] = rule.horizon_s
+        self.window_s[patient] = rule.window_s
+        self.damping_s[patient] = rule.damping_s
+        self.min_points[patient] = rule.min_points
+        self.crossed[patient] = self.sign * rule.levels[0].threshold
+        self.confirm[patient] = rule.confirm
+
+    def signal(self, view: MetricView) -> FloatArray:
+        """Per reading: the most extreme predicted value within the horizon (NaN: cannot forecast)."""
+        t, v = self.history.windows(view, FORECAST_MAX_POINTS)
+        p = view.patient
+        age = view.t[:, None] - t
+        if self.model == "ar2":
+            path = ar2_path(age, v, self.horizon_s[p], self.max_gap_s[p])
+        else:
+            path = damped_trend_path(age, v, self.window_s[p], self.damping_s[p], self.horizon_s[p], self.min_points[p])
+        extreme = self.sign * np.max(self.sign * path, axis=1)  # NaN (no forecast) propagates
+        extreme = np.where(self.sign * view.value > self.crossed[p], np.nan, extreme)
+        # An unconfirmed predicted crossing is unknown: it neither raises nor clears.
+        step = (v[:, -1] - v[:, -2]) / (t[:, -1] - t[:, -2]) * 60.0
+        confirmed = (self.sign * step >= self.confirm[p]) & (t[:, -1] - t[:, -2] <= self.max_gap_s[p])
+        confirmed |= self.confirm[p] == 0
+        extreme = np.where(~confirmed & (self.sign * extreme > self.crossed[p]), np.nan, extreme)
+        # Quantized to 1e-6 mg/dL, far below clinical meaning, so that the last bits of a sum's
+        # rounding never decide a threshold comparison (same result whatever the summation order).
+        return np.floor(extreme * 1e6 + 0.5) / 1e6
+
+    def export_extra(self, patient: int) -> dict[str, Any]:
+        """The recent readings the next forecasts need."""
+        return {"history": self.history.export_patient(patient)}
+
+    def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
+        """Restore the recent readings."""
+        self.history.import_patient(patient, record.get("history"))
+
+    def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
+        """E.g. "Glucose predicted below 55 mg/dL within 20 min (now 82 mg/dL)"."""
+        assert isinstance(rule, ForecastRule)
+        label = METRIC_LABELS[rule.metric]
+        now = "" if math.isnan(value) else f" (now {format_value(rule.metric, value)})"
+        side = "below" if rule.direction is Direction.BELOW else "above"
+        if state == CLEARED:
+            clear, _ = rule.period_clear(period)
+            back = "at or above" if rule.direction is Direction.BELOW else "at or below"
+            return f"{label} forecast back {back} {format_value(rule.metric, clear)}{during(period)}{now}"
+        lv = level_of(rule, period, level)
+        limit = format_value(rule.metric, lv.threshold) if lv else "threshold"
+        text = f"{label} predicted {side} {limit} within {format_duration(rule.horizon_s)}{during(period)}"
+        if state == ESCALATED:
+            return f"{text}: alert unacknowledged"
+        return text + now
+
+
+def damped_trend_path(
+    age: FloatArray,
+    v: FloatArray,
+    window_s: FloatArray,
+    damping_s: FloatArray,
+    horizon_s: FloatArray,
+    min_points: FloatArray,
+) -> FloatArray:
+    """Predicted values now and at the horizon, shape ``(rows, 2)``; NaN rows where the fit is not possible.
+
+    ``age``/``v``: each row's window, seconds before now and values (NaN padding). The trend is fitted
+    to ln(v / 140), like AR2: a fall of a given size matters more at 70 than at 200 mg/dL, and
+    multiplicative falls level off in mg/dL as glucose drops.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log(v / AR2_REFERENCE_MG_DL)
+    use = (age <= window_s[:, None]) & np.isfinite(y)
+    # The first line leaves the latest reading out: at the end of the window it has the most
+    # leverage, so a spurious last reading would drag the line towards itself and hide.
+    earlier = use.copy()
+    earlier[:, -1] = False
+    level, slope = _fit(age, y, earlier)
+    fitted = ~np.isnan(slope)
+    residual = np.abs(y - (level[:, None] - slope[:, None] * age))
+    masked = np.where(earlier, residual, np.nan)
+    # nanmedian warns on all-NaN rows: rows without a line keep every point (the check is skipped).
+    masked[~fitted] = 0.0
+    spread = np.nanmedian(masked, axis=1)
+    sigma = np.maximum(1.4826 * spread, LOG_NOISE_FLOOR)
+    use &= ~fitted[:, None] | (residual <= OUTLIER_SIGMAS * sigma[:, None])
+    level, slope = _fit(age, y, use)
+    fitted = ~np.isnan(slope)
+    level, slope = _fit(age, y, use)
+    span = np.max(np.where(use, age, 0.0), axis=1)
+    enough = fitted & (use.sum(axis=1) >= min_points) & (span >= window_s / 2)
+    # Anchored at the latest reading unless it was rejected as an outlier (then at the fitted line).
+    anchor = np.where(use[:, -1], y[:, -1], level)
+    gain = damping_s * -np.expm1(-horizon_s / damping_s)
+    with np.errstate(over="ignore", invalid="ignore"):
+        path = AR2_REFERENCE_MG_DL * np.exp(np.stack((anchor, anchor + slope * gain), axis=1))
+    return np.where(enough[:, None], path, np.nan)
+
+
+def _fit(age: FloatArray, v: FloatArray, use: BoolArray) -> tuple[FloatArray, FloatArray]:
+    """Least-squares line per row over the ``use``d points: value now and slope per second."""
+    w = use.astype(np.float64)
+    s = np.where(use, -age, 0.0)
+    y = np.where(use, v, 0.0)
+    n = w.sum(axis=1)
+    sx, sy = s.sum(axis=1), y.sum(axis=1)
+    sxx, sxy = (s * s).sum(axis=1), (s * y).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        den = n * sxx - sx * sx
+        slope = np.where(den > 0, (n * sxy - sx * sy) / np.where(den > 0, den, 1.0), np.nan)
+        level = (sy - slope * sx) / n
+    return level, slope
+
+
+def ar2_path(age: FloatArray, v: FloatArray, horizon_s: FloatArray, max_gap_s: FloatArray) -> FloatArray:
+    """Nightscout AR2 forecast: the current reading, then one value per 5-min step up to the horizon.
+
+    Needs the previous reading within ``max_gap_s``; rows without one are NaN.
+    """
+    current, previous = v[:, -1], v[:, -2]
+    elapsed = age[:, -2]
+    ok = (elapsed > 0) & (elapsed <= max_gap_s) & (current >= AR2_MIN_MG_DL) & (previous >= AR2_MIN_MG_DL)
+    safe = np.where(ok, elapsed, AR2_STEP_S)
+    five_min_ago = current - (current - previous) * AR2_STEP_S / safe
+    ok &= five_min_ago > 0  # a steep rise over a short step extrapolates below zero: no log, no forecast
+    steps = int(np.ceil(np.max(horizon_s, initial=AR2_STEP_S) / AR2_STEP_S))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prev = np.log(five_min_ago / AR2_REFERENCE_MG_DL)
+        curr = np.log(current / AR2_REFERENCE_MG_DL)
+    columns = [current]
+    for step in range(1, steps + 1):  # a loop over forecast steps, not readings
+        prev, curr = curr, AR2_COEFFICIENTS[0] * prev + AR2_COEFFICIENTS[1] * curr
+        with np.errstate(over="ignore", invalid="ignore"):
+            raw = np.floor(AR2_REFERENCE_MG_DL * np.exp(curr) + 0.5)
+        predicted = np.clip(raw, AR2_MIN_MG_DL, AR2_MAX_MG_DL)
+        columns.append(np.where(step * AR2_STEP_S <= horizon_s, predicted, current))
+    path: npt.NDArray[np.float64] = np.stack(columns, axis=1)
+    return np.where(ok[:, None], path, np.nan)

@@ -1,0 +1,423 @@
+"""The shared machinery of signal rules: levels, hysteresis, durations, gaps, schedules, flapping.
+
+A signal detector turns each usable sample into a *signal* value (the reading itself for
+``threshold``; its rate of change, a forecast, a robust z-score or an irregularity indicator for
+the other types, see :meth:`SignalDetector.signal`) and then, per sample and level, vectorized over
+all patients of a batch:
+
+1. a *break* where the previous usable sample of the patient is more than ``max_gap_s`` older (or
+   there is none): runs cannot continue across it;
+2. per level, ``met = signal beyond threshold``; the start of the current unbroken run of ``met``;
+   ``due`` once ``t - run_start >= for_s``. The most severe due level is the sample's ``due``;
+3. the same for the clearing condition (signal on the normal side of ``clear_threshold`` for
+   ``clear_for_s``), giving ``clear_due`` (and ``clear_long`` for episodes held by flapping
+   suppression: the same condition for ``max(clear_for_s, hold)``);
+4. :class:`~detectors.episodes.EpisodeTable` turns them into raise/upgrade/clear.
+
+``below`` rules are computed as ``above`` rules on negated signals and thresholds (exact in floats).
+A level a patient's rule does not have has a NaN threshold, which no comparison meets; so does a
+NaN signal (unknown: e.g. no rate across a gap), which is neither abnormal nor normal.
+
+Day/night schedules make every parameter depend on the sample's period: parameters are stored
+with a leading period axis (0 = outside every period) and gathered per sample.
+
+Most patients are in range most of the time: steps 1-4 run only for the patients that have a
+sample beyond a threshold or an open alert in the batch; for the others the result is known (no
+run open at the end, no transition) and only their last-sample time moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
+from detectors.columns import grown, opt, opt_float
+from detectors.const import METRIC_CODES, N_LEVELS, SEVERITY_NAMES
+from detectors.episodes import EpisodeTable, Transitions
+from detectors.errors import StateError
+from detectors.rules import Period, Severity, ThresholdLevel, ThresholdRule
+from detectors.runs import run_starts
+from detectors.schedule import period_index
+
+# A flapping-free patient's "hold" never shortens the clearing duration.
+_NO_HOLD = 0.0
+
+
+class SignalDetector:
+    """One signal rule (a :class:`~detectors.rules.ThresholdRule` or subclass) over every patient."""
+
+    def __init__(self, rule: ThresholdRule) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.metric = rule.metric
+        self.metric_code = METRIC_CODES[rule.metric]
+        self.device_prefix = rule.device_prefix
+        self.sign = rule.direction.sign
+        self.episodes = EpisodeTable()
+        self._overrides: dict[int, ThresholdRule] = {}
+        self._zones: list[str] = []
+        periods = len(rule.schedule)
+        # Parameters per (period, [level,] patient), signed (see module docstring).
+        self.threshold: FloatArray = np.zeros((periods + 1, N_LEVELS, 0))
+        self.loose_threshold: FloatArray = np.zeros((1, N_LEVELS, 0))
+        self.for_s: FloatArray = np.zeros((periods + 1, N_LEVELS, 0))
+        self.clear_threshold: FloatArray = np.zeros((periods + 1, 0))
+        self.clear_for_s: FloatArray = np.zeros((periods + 1, 0))
+        self.period_start: FloatArray = np.zeros((periods, 0))
+        self.period_end: FloatArray = np.zeros((periods, 0))
+        self.period_tz: IntArray = np.zeros((periods, 0), np.int64)
+        self.max_gap_s: FloatArray = np.zeros(0)
+        self.hold_s: FloatArray = np.zeros(0)
+        self.enabled: BoolArray = np.zeros(0, np.bool_)
+        # State per patient: run starts at the last usable sample, and that sample's time.
+        self.run_start: FloatArray = np.zeros((N_LEVELS, 0))
+        self.clear_start: FloatArray = np.zeros(0)
+        self.last_t: FloatArray = np.zeros(0)
+
+    # -- hooks for rule types ----------------------------------------------------------------------
+
+    def signal(self, view: MetricView) -> FloatArray:
+        """The signal of each sample (NaN: unknown); updates the type's own state. Default: the value."""
+        return view.value
+
+    def resize_state(self, n: int) -> None:
+        """Make room for ``n`` patients in the type's own state."""
+
+    def export_extra(self, patient: int) -> dict[str, Any]:
+        """The type's own state of ``patient``, JSON-able."""
+        return {}
+
+    def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
+        """Restore :meth:`export_extra`'s output (an empty record means: fresh)."""
+
+    def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
+        """Human text of an event of ``rule`` (as it applies to the patient) during ``period``."""
+        raise NotImplementedError
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    def resize(self, n: int) -> None:
+        """Make room for ``n`` patients; new ones follow the default rule."""
+        old = len(self.enabled)
+        if n <= old:
+            return
+        cols = self._columns(self.rule)
+        self.threshold = _grown_repeat(self.threshold, n, cols["threshold"])
+        self.loose_threshold = np.fmin.reduce(self.threshold, axis=0, keepdims=True)
+        self.for_s = _grown_repeat(self.for_s, n, cols["for_s"])
+        self.clear_threshold = _grown_repeat(self.clear_threshold, n, cols["clear_threshold"])
+        self.clear_for_s = _grown_repeat(self.clear_for_s, n, cols["clear_for_s"])
+        self.period_start = _grown_repeat(self.period_start, n, cols["period_start"])
+        self.period_end = _grown_repeat(self.period_end, n, cols["period_end"])
+        self.period_tz = _grown_repeat(self.period_tz, n, cols["period_tz"])
+        self.max_gap_s = grown(self.max_gap_s, n, self.rule.max_gap_s)
+        self.hold_s = grown(self.hold_s, n, _hold(self.rule))
+        self.enabled = grown(self.enabled, n, self.rule.enabled)
+        self.run_start = grown(self.run_start, n, np.nan)
+        self.clear_start = grown(self.clear_start, n, np.nan)
+        self.last_t = grown(self.last_t, n, np.nan)
+        self.episodes.resize(
+            n, cooldown_s=self.rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=self.rule.flapping
+        )
+        self.resize_state(n)
+
+    def configure(self, patient: int, rule: ThresholdRule) -> None:
+        """Apply a per-patient override (same name, type, metric, direction and periods as the default)."""
+        if (rule.name, rule.type, rule.metric, rule.direction) != (
+            self.name,
+            self.rule.type,
+            self.metric,
+            self.rule.direction,
+        ):
+            raise ValueError(f"an override of {self.name!r} must keep its name, type, metric and direction")
+        if [p.name for p in rule.schedule] != [p.name for p in self.rule.schedule]:
+            raise ValueError(f"an override of {self.name!r} must keep the rule's schedule periods")
+        self._overrides[patient] = rule
+        cols = self._columns(rule)
+        self.threshold[:, :, patient] = cols["threshold"]
+        self.loose_threshold[0, :, patient] = np.fmin.reduce(cols["threshold"], axis=0)
+        self.for_s[:, :, patient] = cols["for_s"]
+        self.clear_threshold[:, patient] = cols["clear_threshold"]
+        self.clear_for_s[:, patient] = cols["clear_for_s"]
+        self.period_start[:, patient] = cols["period_start"]
+        self.period_end[:, patient] = cols["period_end"]
+        self.period_tz[:, patient] = cols["period_tz"]
+        self.max_gap_s[patient] = rule.max_gap_s
+        self.hold_s[patient] = _hold(rule)
+        self.enabled[patient] = rule.enabled
+        self.episodes.configure(
+            patient, cooldown_s=rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=rule.flapping
+        )
+
+    def rule_for(self, patient: int) -> ThresholdRule:
+        """The rule as it applies to ``patient``."""
+        return self._overrides.get(patient, self.rule)
+
+    def _columns(self, rule: ThresholdRule) -> dict[str, npt.NDArray[Any]]:
+        """Every per-patient parameter of ``rule``, one column each (leading axis: period)."""
+        periods: list[Period | None] = [None, *rule.schedule]
+        levels = [_level_columns(rule.period_levels(p), self.sign) for p in periods]
+        clears = [rule.period_clear(p) for p in periods]
+        return {
+            "threshold": np.stack([thr for thr, _, _ in levels]),
+            "for_s": np.stack([for_s for _, for_s, _ in levels]),
+            "clear_threshold": np.array([self.sign * c for c, _ in clears]),
+            "clear_for_s": np.array([f for _, f in clears]),
+            "period_start": np.array([p.start_min for p in rule.schedule], dtype=np.float64),
+            "period_end": np.array([p.end_min for p in rule.schedule], dtype=np.float64),
+            "period_tz": np.array([self._zone_code(p.tz) for p in rule.schedule], dtype=np.int64),
+            "escalate": _escalation(levels),
+        }
+
+    def _zone_code(self, tz: str) -> int:
+        if tz not in self._zones:
+            self._zones.append(tz)
+        return self._zones.index(tz)
+
+    # -- detection -------------------------------------------------------------------------------
+
+    def process(self, view: MetricView, now: float | None = None) -> Transitions:
+        """Run the rule over the usable samples of its metric; return alert transitions."""
+        if not self._overrides and not self.rule.enabled:
+            return Transitions.empty()
+        view = self._in_order(self._enabled_only(view))
+        if len(view) == 0:
+            return Transitions.empty()
+        raw = self.signal(view)
+        x = raw if self.sign > 0 else -raw
+        # Which patients need the full work is decided with each level's loosest threshold over
+        # the periods, so the schedule (a time-zone lookup per sample) is computed for those only.
+        loose = self._met(view, x, None, self.loose_threshold)
+        view, x, loose = self._hot(view, x, loose)
+        if len(view) == 0:
+            return Transitions.empty()
+        k = self._periods(view)
+        met = loose if k is None else self._met(view, x, k, self.threshold)
+        restart, may_continue = self._breaks(view)
+        due, onset = self._due(view, met, k, restart, may_continue)
+        gp, last = view.group_patient, view.ends - 1
+        clear_long = None
+        if self.episodes.level[gp].any() or due.any():
+            clear_due, clear_long = self._clear_due(view, x, k, restart, may_continue)
+        else:
+            # A clearing run only matters inside an episode, and one opens on a sample that is not
+            # on the normal side, so a run carried from before it can never count.
+            clear_due = np.zeros(len(view), np.bool_)
+            self.clear_start[gp] = np.nan
+        self.last_t[gp] = view.t[last]
+        return self.episodes.advance(view, due, clear_due, onset, clear_long=clear_long, now=now)
+
+    def _enabled_only(self, view: MetricView) -> MetricView:
+        if self._overrides and len(view) and not self.enabled[view.group_patient].all():
+            return view.where(self.enabled[view.patient])
+        return view
+
+    def _in_order(self, view: MetricView) -> MetricView:
+        """Only samples after the rule's last processed one per patient (late data of a second device).
+
+        Each patient's samples are sorted, so checking its first sample suffices in the usual case.
+        """
+        if len(view) == 0:
+            return view
+        late = view.t[view.starts] <= self.last_t[view.group_patient]
+        if not late.any():
+            return view
+        return view.where(~(view.t <= self.last_t[view.patient]))
+
+    def _periods(self, view: MetricView) -> IntArray | None:
+        """Per sample: the schedule period in force (0: none), or ``None`` when the rule has no schedule."""
+        if not self.rule.schedule:
+            return None
+        return period_index(view.t, view.patient, self.period_start, self.period_end, self.period_tz, self._zones)
+
+    def _met(self, view: MetricView, x: FloatArray, k: IntArray | None, threshold: FloatArray) -> dict[int, BoolArray]:
+        """Per used level slot: which samples are beyond its threshold."""
+        return {
+            slot: x > self._gather(threshold[:, slot], k, view.patient)
+            for slot in range(N_LEVELS)  # a loop over levels, not samples
+            if self._slot_used(slot)
+        }
+
+    def _hot(
+        self, view: MetricView, x: FloatArray, met: dict[int, BoolArray]
+    ) -> tuple[MetricView, FloatArray, dict[int, BoolArray]]:
+        """Only the patients with a sample beyond a threshold or an open alert need the full work.
+
+        For the others (most patients, most of the time) the outcome is known: no run is open at
+        the end of the batch and no transition happens; only the gap clock moves.
+        """
+        gp = view.group_patient
+        beyond = np.zeros(len(view), np.bool_)
+        for met_slot in met.values():
+            beyond |= met_slot
+        hot = np.logical_or.reduceat(beyond, view.starts) | (self.episodes.level[gp] > 0)
+        if hot.all():
+            return view, x, met
+        cold = ~hot
+        cold_patients = gp[cold]
+        self.run_start[:, cold_patients] = np.nan
+        self.clear_start[cold_patients] = np.nan
+        self.last_t[cold_patients] = view.t[view.ends[cold] - 1]
+        view, mask = view.select_groups(hot)
+        return view, x[mask], {slot: met_slot[mask] for slot, met_slot in met.items()}
+
+    def _due(
+        self,
+        view: MetricView,
+        met: dict[int, BoolArray],
+        k: IntArray | None,
+        restart: BoolArray,
+        may_continue: BoolArray,
+    ) -> tuple[npt.NDArray[np.int8], FloatArray]:
+        """Per sample: the most severe level due (0: none) and when its run began."""
+        p, t, gp, last = view.patient, view.t, view.group_patient, view.ends - 1
+        due = np.zeros(len(t), np.int8)
+        onset = np.full(len(t), np.nan)
+        for slot in range(N_LEVELS):  # ascending slots: the most severe due level wins
+            met_slot = met.get(slot)
+            if met_slot is None or not met_slot.any():
+                self.run_start[slot, gp] = np.nan  # never met in the batch: no run open at its end
+                continue
+            carried = np.where(may_continue, self.run_start[slot, p], np.nan)
+            start = run_starts(met_slot, t, restart, carried)
+            now_due = met_slot & (t - start >= self._gather(self.for_s[:, slot], k, p))
+            due[now_due] = slot + 1
+            onset[now_due] = start[now_due]
+            self.run_start[slot, gp] = start[last]
+        return due, onset
+
+    def _clear_due(
+        self, view: MetricView, x: FloatArray, k: IntArray | None, restart: BoolArray, may_continue: BoolArray
+    ) -> tuple[BoolArray, BoolArray | None]:
+        """Per sample: whether the signal has been on the normal side long enough to clear (and to
+        clear an episode held by flapping suppression)."""
+        p, t, gp, last = view.patient, view.t, view.group_patient, view.ends - 1
+        normal = x <= self._gather(self.clear_threshold, k, p)
+        carried = np.where(may_continue, self.clear_start[p], np.nan)
+        start = run_starts(normal, t, restart, carried)
+        self.clear_start[gp] = start[last]
+        need = self._gather(self.clear_for_s, k, p)
+        clear_due = normal & (t - start >= need)
+        if not self.episodes.flapping_used:
+            return clear_due, None
+        hold = self.hold_s[p] if self._overrides else float(self.hold_s[0])
+        return clear_due, normal & (t - start >= np.maximum(need, hold))
+
+    def _breaks(self, view: MetricView) -> tuple[BoolArray, BoolArray]:
+        """Where runs must restart (gap or no history), and where a carried-in run may continue."""
+        t, p = view.t, view.patient
+        previous = np.empty_like(t)
+        previous[1:] = t[:-1]
+        previous[view.starts] = self.last_t[view.group_patient]
+        max_gap = self.max_gap_s[p] if self._overrides else float(self.max_gap_s[0])
+        # NaN (no earlier sample) compares false, so it counts as a break too.
+        gap = ~(t - previous <= max_gap)
+        first = view.first_mask()
+        return first | gap, first & ~gap
+
+    def _gather(self, column: FloatArray, k: IntArray | None, p: IntArray) -> FloatArray | float:
+        """Per-sample values of a ``(period, patient)`` parameter; a scalar while nothing varies.
+
+        Most deployments override few or no patients and have no schedule: a scalar saves a
+        gather per sample and level.
+        """
+        if not self._overrides:
+            return float(column[0, 0]) if k is None else column[k, 0]
+        return column[0, p] if k is None else column[k, p]
+
+    def _slot_used(self, slot: int) -> bool:
+        """Whether any patient's rule has the level in ``slot`` in any period (an unused level is skipped)."""
+        if not self._overrides and not self.rule.schedule:
+            return self.rule.level(Severity(slot + 1)) is not None
+        return not bool(np.isnan(self.threshold[:, slot]).all())
+
+    def tick(self, now: float) -> Transitions:
+        """Time-driven transitions: none for signal rules (they change only with samples)."""
+        return Transitions.empty()
+
+    # -- messages --------------------------------------------------------------------------------
+
+    def message(self, patient: int, state: str, level: int, value: float, time: float) -> str:
+        """What a nurse reads about an event of this rule for ``patient`` at ``time``."""
+        rule = self.rule_for(patient)
+        period = None
+        if rule.schedule:
+            k = self._periods(MetricView.from_sorted(np.array([patient]), np.array([time]), np.array([value])))
+            period = rule.schedule[int(k[0]) - 1] if k is not None and k[0] > 0 else None
+        return self.describe(rule, period, state, level, value)
+
+    # -- per-patient records ---------------------------------------------------------------------
+
+    def export_patient(self, patient: int) -> dict[str, Any]:
+        """The patient's state for this rule as a JSON-able dict."""
+        runs = {
+            SEVERITY_NAMES[slot]: opt(self.run_start[slot, patient])
+            for slot in range(N_LEVELS)
+            if not np.isnan(self.run_start[slot, patient])
+        }
+        record = {
+            "last_t": opt(self.last_t[patient]),
+            "runs": runs,
+            "clear_run": opt(self.clear_start[patient]),
+            "alert": self.episodes.export_patient(patient),
+        }
+        record.update(self.export_extra(patient))
+        return record
+
+    def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:
+        """Restore what :meth:`export_patient` produced."""
+        runs = record.get("runs", {})
+        if not isinstance(runs, Mapping) or set(runs) - set(SEVERITY_NAMES):
+            raise StateError(f"rule {self.name}: runs must map severities to times")
+        alert = record.get("alert", {})
+        if not isinstance(alert, Mapping):
+            raise StateError(f"rule {self.name}: alert must be a mapping")
+        for slot, severity in enumerate(SEVERITY_NAMES):
+            self.run_start[slot, patient] = opt_float(runs, severity)
+        self.clear_start[patient] = opt_float(record, "clear_run")
+        self.last_t[patient] = opt_float(record, "last_t")
+        self.episodes.import_patient(patient, alert)
+        self.import_extra(patient, record)
+
+    def reset_patient(self, patient: int) -> None:
+        """Forget the patient's state for this rule."""
+        self.import_patient(patient, {})
+
+
+def _level_columns(levels: tuple[ThresholdLevel, ...], sign: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Signed thresholds, durations and escalation limits per severity slot (NaN: no such level)."""
+    thr = np.full(N_LEVELS, np.nan)
+    for_s = np.zeros(N_LEVELS)
+    esc = np.full(N_LEVELS, np.nan)
+    for lv in levels:
+        slot = int(lv.severity) - 1
+        thr[slot] = sign * lv.threshold
+        for_s[slot] = lv.for_s
+        esc[slot] = np.nan if lv.escalate_after_s is None else lv.escalate_after_s
+    return thr, for_s, esc
+
+
+def _escalation(levels: list[tuple[FloatArray, FloatArray, FloatArray]]) -> FloatArray:
+    """Escalation limit per severity: the rule's own level's, else the first period's that has it."""
+    esc = levels[0][2].copy()
+    for thr, _, period_esc in levels[1:]:
+        missing = np.isnan(levels[0][0]) & ~np.isnan(thr) & np.isnan(esc)
+        esc[missing] = period_esc[missing]
+    return esc
+
+
+def _hold(rule: ThresholdRule) -> float:
+    return rule.flapping.hold_s if rule.flapping is not None else _NO_HOLD
+
+
+def _grown_repeat(array: npt.NDArray[Any], n: int, column: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``array`` extended along its last axis to ``n`` entries, each new one a copy of ``column``."""
+    old = array.shape[-1]
+    if n <= old:
+        return array
+    extra = np.repeat(np.asarray(column, dtype=array.dtype)[..., None], n - old, axis=-1)
+    return np.concatenate((array, extra), axis=-1)

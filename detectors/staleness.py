@@ -1,0 +1,167 @@
+"""Staleness (deadman) detector: no usable data of a metric from a patient for too long.
+
+Time-driven: :meth:`StalenessDetector.tick` raises (and upgrades) alerts when the silence since
+the patient's last usable reading, or since enrolment for a patient who never sent anything,
+exceeds a level's ``after``; the next usable reading clears the alert. Only patients who have
+sent this metric or were enrolled (``Engine.enroll``) are watched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
+from detectors.columns import grown, opt, opt_float
+from detectors.const import CLEARED, ESCALATED, METRIC_CODES, METRIC_LABELS, N_LEVELS
+from detectors.episodes import EpisodeTable, Transitions
+from detectors.errors import StateError
+from detectors.events import format_duration, format_value
+from detectors.rules import Severity, StalenessRule
+
+
+class StalenessDetector:
+    """One :class:`~detectors.rules.StalenessRule` over every patient."""
+
+    def __init__(self, rule: StalenessRule) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.metric = rule.metric
+        self.metric_code = METRIC_CODES[rule.metric]
+        self.device_prefix = rule.device_prefix
+        self.episodes = EpisodeTable()
+        self._overrides: dict[int, StalenessRule] = {}
+        self.after_s: FloatArray = np.zeros((N_LEVELS, 0))
+        self.enabled: BoolArray = np.zeros(0, np.bool_)
+        # State: the last usable reading, the enrolment clock, and who is watched.
+        self.last_t: FloatArray = np.zeros(0)
+        self.anchor: FloatArray = np.zeros(0)
+        self.pending: BoolArray = np.zeros(0, np.bool_)
+        self.watched: BoolArray = np.zeros(0, np.bool_)
+
+    def resize(self, n: int) -> None:
+        """Make room for ``n`` patients; new ones follow the default rule and are not watched yet."""
+        old = len(self.enabled)
+        if n <= old:
+            return
+        after, esc = _columns(self.rule)
+        self.after_s = np.concatenate((self.after_s, np.repeat(after[:, None], n - old, axis=1)), axis=1)
+        self.enabled = grown(self.enabled, n, self.rule.enabled)
+        self.last_t = grown(self.last_t, n, np.nan)
+        self.anchor = grown(self.anchor, n, np.nan)
+        self.pending = grown(self.pending, n, False)
+        self.watched = grown(self.watched, n, False)
+        self.episodes.resize(n, cooldown_s=self.rule.cooldown_s, escalate_after_s=esc)
+
+    def configure(self, patient: int, rule: StalenessRule) -> None:
+        """Apply a per-patient override."""
+        if (rule.name, rule.metric) != (self.name, self.metric):
+            raise ValueError(f"an override of {self.name!r} must keep its name and metric")
+        self._overrides[patient] = rule
+        after, esc = _columns(rule)
+        self.after_s[:, patient] = after
+        self.enabled[patient] = rule.enabled
+        self.episodes.configure(patient, cooldown_s=rule.cooldown_s, escalate_after_s=esc)
+
+    def rule_for(self, patient: int) -> StalenessRule:
+        """The rule as it applies to ``patient``."""
+        return self._overrides.get(patient, self.rule)
+
+    def enroll(self, patients: IntArray, at: float | None) -> None:
+        """Watch ``patients`` even if they never send anything; their clock starts ``at`` (``None``: next tick)."""
+        fresh = patients[np.isnan(self.last_t[patients]) & np.isnan(self.anchor[patients])]
+        self.watched[patients] = True
+        if at is None:
+            self.pending[fresh] = True
+        else:
+            self.anchor[fresh] = at
+
+    def process(self, view: MetricView, now: float | None = None) -> Transitions:
+        """Usable readings: they restart the silence clock and clear open alerts."""
+        if len(view) == 0:
+            return Transitions.empty()
+        late = view.t[view.starts] <= self.last_t[view.group_patient]
+        if late.any():
+            view = view.where(~(view.t <= self.last_t[view.patient]))
+            if len(view) == 0:
+                return Transitions.empty()
+        gp = view.group_patient
+        self.last_t[gp] = view.t[view.ends - 1]
+        self.watched[gp] = True
+        self.pending[gp] = False
+        due = np.zeros(len(view), np.int8)
+        clear = view.first_mask()
+        return self.episodes.advance(view, due, clear, np.full(len(view), np.nan), now=now)
+
+    def tick(self, now: float) -> Transitions:
+        """Raise or upgrade alerts for every watched patient silent for longer than a level's ``after``."""
+        start = np.flatnonzero(self.pending)
+        self.anchor[start] = now
+        self.pending[start] = False
+        since = np.fmax(self.last_t, self.anchor)
+        silent = now - since
+        level = np.zeros(len(since), np.int8)
+        for slot in range(N_LEVELS):  # a loop over levels, not patients
+            level[silent > self.after_s[slot]] = slot + 1
+        candidates = np.flatnonzero(self.watched & self.enabled & (level > self.episodes.level))
+        if candidates.size == 0:
+            return Transitions.empty()
+        return self.episodes.raise_at(candidates, level[candidates], now, since[candidates])
+
+    def message(self, patient: int, state: str, level: int, value: float, time: float) -> str:
+        """E.g. "No glucose data for 30 min" / "Glucose data back (now 104 mg/dL)"."""
+        rule = self.rule_for(patient)
+        return staleness_message(rule, state, level, value)
+
+    def export_patient(self, patient: int) -> dict[str, Any]:
+        """The patient's state for this rule as a JSON-able dict."""
+        return {
+            "last_t": opt(self.last_t[patient]),
+            "anchor": opt(self.anchor[patient]),
+            "pending": bool(self.pending[patient]),
+            "watched": bool(self.watched[patient]),
+            "alert": self.episodes.export_patient(patient),
+        }
+
+    def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:
+        """Restore what :meth:`export_patient` produced."""
+        alert = record.get("alert", {})
+        if not isinstance(alert, Mapping):
+            raise StateError(f"rule {self.name}: alert must be a mapping")
+        self.last_t[patient] = opt_float(record, "last_t")
+        self.anchor[patient] = opt_float(record, "anchor")
+        self.pending[patient] = bool(record.get("pending", False))
+        self.watched[patient] = bool(record.get("watched", False))
+        self.episodes.import_patient(patient, alert)
+
+    def reset_patient(self, patient: int) -> None:
+        """Forget the patient's state for this rule."""
+        self.import_patient(patient, {})
+
+
+def _columns(rule: StalenessRule) -> tuple[FloatArray, FloatArray]:
+    after = np.full(N_LEVELS, np.inf)  # a missing level is never due
+    esc = np.full(N_LEVELS, np.nan)
+    for lv in rule.levels:
+        slot = int(lv.severity) - 1
+        after[slot] = lv.after_s
+        esc[slot] = np.nan if lv.escalate_after_s is None else lv.escalate_after_s
+    return after, esc
+
+
+def staleness_message(rule: StalenessRule, state: str, level: int, value: float) -> str:
+    """The text of an event of a staleness rule."""
+    label = METRIC_LABELS[rule.metric]
+    source = f" from {rule.device_prefix}* devices" if rule.device_prefix else ""
+    if state == CLEARED:
+        now = "" if math.isnan(value) else f" (now {format_value(rule.metric, value)})"
+        return f"{label} data back{source}{now}"
+    lv = rule.level(Severity(level))
+    waited = format_duration(lv.after_s) if lv is not None else "too long"
+    text = f"No {label.lower()} data{source} for over {waited}"
+    if state == ESCALATED:
+        return f"{text}: alert unacknowledged"
+    return text
