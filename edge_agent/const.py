@@ -163,6 +163,10 @@ MQTT_CONNACK_TIMEOUT_S: Final = 10.0
 # Reconnect backoff to the broker: equal-jitter exponential from 0.5 s up to this cap.
 MQTT_BACKOFF_MIN_S: Final = 0.5
 DEFAULT_MQTT_BACKOFF_MAX_S: Final = 60.0
+# PUBACK reason code 0x10 "No matching subscribers": the broker accepted the message but had
+# nobody to give it to (no bridge subscribed yet, e.g. just after a broker restart, which does not
+# restore shared subscriptions). The message stays in the outbox and is offered again after this.
+MQTT_NO_SUBSCRIBER_RETRY_S: Final = 1.0
 # On a graceful stop, how long to wait for the "offline" status to be acknowledged.
 MQTT_GOODBYE_TIMEOUT_S: Final = 2.0
 # BLE reconnect backoff cap: a device out of range is looked for at least this often.

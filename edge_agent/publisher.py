@@ -10,7 +10,11 @@
 - reconnect with equal-jitter exponential backoff (:func:`mqtt_backoff_s`), longer when the broker
   refused our credentials;
 - up to :data:`~edge_agent.const.PUBLISH_MAX_INFLIGHT` messages awaiting PUBACK at once; a
-  message is deleted from the outbox when its PUBACK arrives (one transaction per wake-up).
+  message is deleted from the outbox when its PUBACK arrives (one transaction per wake-up);
+- a PUBACK saying "No matching subscribers" (0x10) is not a delivery: Mosquitto had no bridge
+  subscribed (after a broker restart the bridges' shared subscription is back only when they
+  resubscribe) and dropped the message. It stays in the outbox; once the window in flight is
+  answered the agent waits :data:`~edge_agent.const.MQTT_NO_SUBSCRIBER_RETRY_S` and offers it again.
 
 Duplicates: the only way a reading reaches the broker twice is a PUBACK that was sent but whose
 deletion was not committed: the connection dropped with the PUBACK in flight, or the agent died
@@ -44,6 +48,8 @@ _STATUS_BACKLOG_MAX: Final = 200
 _PAHO_RECONNECT_NEVER_S: Final = 3600
 # CONNACK reason codes that no retry will fix soon: wrong credentials, not authorised, banned.
 _AUTH_FAILURES: Final = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+# PUBACK reason code: accepted, but no subscription matched, so nobody will get the message.
+NO_MATCHING_SUBSCRIBERS: Final = 0x10
 
 
 def mqtt_backoff_s(attempt: int, *, cap_s: float, rng: random.Random | None = None) -> float:
@@ -194,6 +200,8 @@ class Publisher:
         self.published = 0
         self.acknowledged = 0
         self.connections = 0
+        self.unrouted = 0  # PUBACKs that said "No matching subscribers" (offered again later)
+        self._unrouted_reported = False
         board.listener = self._queue_status
 
     def wake(self) -> None:
@@ -249,10 +257,19 @@ class Publisher:
     async def _pump(self, conn: _Connection) -> None:
         cursor = 0  # highest outbox message id published on this connection
         inflight: dict[int, int] = {}  # paho mid -> outbox message id
+        unrouted = False  # a reading came back "No matching subscribers": hold, then offer again
         while not conn.lost.is_set():
             self._wake.clear()
             self._publish_status(conn)
-            await self._handle_acks(conn, inflight)
+            unrouted = await self._handle_acks(conn, inflight) or unrouted
+            if unrouted:
+                if inflight:  # let the rest of the window be answered first
+                    await self._wake.wait()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.lost.wait(), const.MQTT_NO_SUBSCRIBER_RETRY_S)
+                cursor, unrouted = 0, False  # what was not acknowledged is still in the outbox
+                continue
             room = self._max_inflight - len(inflight)
             if room > 0:
                 batch = await self._outbox.take_batch(after=cursor, max_messages=room, max_samples=self._batch_samples)
@@ -271,18 +288,32 @@ class Publisher:
         while self._status:
             conn.publish(topic, self._status.popleft())
 
-    async def _handle_acks(self, conn: _Connection, inflight: dict[int, int]) -> None:
+    async def _handle_acks(self, conn: _Connection, inflight: dict[int, int]) -> bool:
+        """Delete what the broker acknowledged; True if a reading found no subscriber (kept)."""
         done = []
+        unrouted = 0
         for mid, reason in conn.take_acks():
             message_id = inflight.pop(mid, None)
             if reason.is_failure:
                 topic = readings_topic(self._patient) if message_id is not None else status_topic(self._patient)
                 raise PublishRejectedError(topic, f"{reason} (0x{reason.value:02x}); check the broker ACL")
-            if message_id is not None:
+            if message_id is None:
+                continue  # status messages: best effort, the retained ones are kept by the broker anyway
+            if reason.value == NO_MATCHING_SUBSCRIBERS:
+                unrouted += 1
+            else:
                 done.append(message_id)
         if done:
             await self._outbox.ack(done)
             self.acknowledged += len(done)
+            self._unrouted_reported = False
+        if unrouted:
+            if not self._unrouted_reported:  # once per episode, not once per retry
+                _LOGGER.warning("MQTT: the broker has no subscriber for readings (is the bridge running?); "
+                                "keeping them and offering them again every %.0f s", const.MQTT_NO_SUBSCRIBER_RETRY_S)
+                self._unrouted_reported = True
+            self.unrouted += unrouted
+        return bool(unrouted)
 
     async def _goodbye(self, conn: _Connection) -> None:
         """On a graceful stop: a retained ``offline``, acknowledged (or given up on after 2 s)."""

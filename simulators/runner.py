@@ -33,6 +33,16 @@ _LOGGER = logging.getLogger(__name__)
 
 PUBACK_TIMEOUT_S = 120.0
 PATIENTS_PER_PROCESS = 2_000
+# PUBACK reason code 0x10: accepted but no subscription matched, so the broker dropped the message.
+NO_MATCHING_SUBSCRIBERS = 0x10
+UNROUTED_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Message:
+    topic: str
+    payload: bytes
+    counts: Counter[str]
 
 
 @dataclass(frozen=True)
@@ -77,48 +87,90 @@ class _Publisher:
     PUBACKs are tracked by message id through ``on_publish`` rather than ``wait_for_publish``:
     a QoS 1 message published while the broker is away (a restart) is queued by paho and sent
     after the reconnect under the same id, but its ``wait_for_publish`` raises "not connected".
+
+    A PUBACK with reason code 0x10 ("No matching subscribers") is not a delivery: Mosquitto had
+    no bridge subscribed (before the first bridge starts, or after a broker restart, which does not
+    restore shared subscriptions) and dropped the message. It is published again
+    :data:`UNROUTED_RETRY_S` later, like the edge agent does, and counted only once acknowledged.
     """
 
     def __init__(self, client: mqtt.Client) -> None:
         self.client = client
-        self.pending: dict[int, Counter[str]] = {}
+        self.pending: dict[int, _Message] = {}
         self.acked: Counter[str] = Counter()
-        self._early: set[int] = set()
+        self.unrouted = 0
+        self._early: dict[int, int] = {}  # mid -> reason code, acknowledged before publish() returned
+        self._retry: list[tuple[float, _Message]] = []  # (not before, message), oldest first
+        self._refused: list[str] = []
         self._cond = threading.Condition()
         client.on_publish = self._on_publish
 
-    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        code = int(getattr(rc, "value", 0))
         with self._cond:
-            counts = self.pending.pop(mid, None)
-            if counts is None:
-                self._early.add(mid)  # acknowledged before publish() returned
+            message = self.pending.pop(mid, None)
+            if message is None:
+                self._early[mid] = code
             else:
-                self.acked.update(counts)
+                self._settle(message, code)
             self._cond.notify_all()
+
+    def _settle(self, message: _Message, code: int) -> None:
+        """Under ``self._cond``: book one PUBACK."""
+        if code == NO_MATCHING_SUBSCRIBERS:
+            if not self.unrouted:
+                _LOGGER.warning("no subscriber for readings on the broker yet (is a bridge running?); "
+                                "publishing them again every %.1f s", UNROUTED_RETRY_S)
+            self.unrouted += 1
+            self._retry.append((time.monotonic() + UNROUTED_RETRY_S, message))
+        elif code >= 0x80:
+            self._refused.append(f"{message.topic}: reason code 0x{code:02x}")
+        else:
+            self.acked.update(message.counts)
 
     def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
         payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
-        counts = Counter(s[0] for s in samples)
+        self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples)))
+
+    def _send(self, message: _Message) -> None:
         # Not under self._cond: paho calls on_publish holding its own lock (lock-order deadlock).
-        info = self.client.publish(readings_topic(patient), payload, qos=1)
+        info = self.client.publish(message.topic, message.payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectionError(f"publish refused: {mqtt.error_string(info.rc)}")
         with self._cond:
-            if info.mid in self._early:
-                self._early.discard(info.mid)
-                self.acked.update(counts)
+            code = self._early.pop(info.mid, None)
+            if code is None:
+                self.pending[info.mid] = message
             else:
-                self.pending[info.mid] = counts
+                self._settle(message, code)
+            self._raise_if_refused()
+
+    def _raise_if_refused(self) -> None:
+        if self._refused:
+            raise ConnectionError("the broker refused messages (check the ACL): " + "; ".join(self._refused[:3]))
+
+    def retry_due(self) -> None:
+        """Publish again the unrouted messages whose wait is over."""
+        now = time.monotonic()
+        with self._cond:
+            due = [m for at, m in self._retry if at <= now]
+            self._retry = [(at, m) for at, m in self._retry if at > now]
+        for message in due:
+            self._send(message)
 
     def wait_all(self, timeout: float) -> Counter[str]:
         deadline = time.monotonic() + timeout
-        with self._cond:
-            while self.pending:
+        while True:
+            self.retry_due()
+            with self._cond:
+                self._raise_if_refused()
+                if not self.pending and not self._retry:
+                    return self.acked
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"the broker did not acknowledge {len(self.pending)} messages in time")
-                self._cond.wait(min(left, 1.0))
-        return self.acked
+                    raise TimeoutError(f"the broker did not acknowledge {len(self.pending) + len(self._retry)} "
+                                       "messages in time (is a bridge subscribed?)")
+                self._cond.wait(min(left, 0.2))
 
 
 def _emit_tick(pop: Population, pub: _Publisher, ids: list[str], last_t: float, t: float) -> None:
@@ -183,6 +235,7 @@ def _simulate_with(cfg: SimConfig, lo: int, hi: int, pub: _Publisher) -> Counter
             time.sleep(0.02)
             continue
         _emit_tick(pop, pub, ids, last_t, t)
+        pub.retry_due()
         last_t = t
     return pub.wait_all(PUBACK_TIMEOUT_S)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -191,13 +192,6 @@ def test_kill_9_of_the_bridge_loses_nothing(stack: Stack, tmp_path: Path) -> Non
     assert got == sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KNOWN LOSS, open: after a Mosquitto 2.0.11 restart the bridge's shared subscription "
-    "($share/rpm-bridges/...) is not there until the bridge resubscribes, and publishers that "
-    "reconnect first flush their queued QoS 1 messages to no subscriber. Next step: confirm whether "
-    "2.0.11 restores shared subscriptions from persistence; if not, have the bridge hold a plain "
-    "persistent subscription as well (deduplicated downstream) or gate publishers on a retained "
-    "'bridge ready' flag."))
 def test_a_mosquitto_restart_loses_nothing(stack: Stack, tmp_path: Path) -> None:
     w = worker(stack, tmp_path)
     with running(w):
@@ -208,9 +202,18 @@ def test_a_mosquitto_restart_loses_nothing(stack: Stack, tmp_path: Path) -> None
                        watch=(w, bridge))
             old = stack.processes["mosquitto"]
             assert stack.mqtt_creds is not None
-            old.stop()  # SIGTERM: Mosquitto saves its persistence file
-            time.sleep(3)
-            stack.processes["mosquitto"] = start_mosquitto(old.workdir, creds=stack.mqtt_creds, port=old.port)
+            # The hard case, forced: the simulator is back on the restarted broker before the bridge.
+            # Mosquitto does not restore shared subscriptions from its persistence file, so until the
+            # bridge resubscribes every reading is answered "No matching subscribers" (0x10) and
+            # dropped; publishers must keep those and publish them again.
+            os.kill(bridge.pid, signal.SIGSTOP)
+            try:
+                old.stop()  # SIGTERM: Mosquitto saves its persistence file
+                time.sleep(2)
+                stack.processes["mosquitto"] = start_mosquitto(old.workdir, creds=stack.mqtt_creds, port=old.port)
+                time.sleep(5)  # the simulator reconnects (backoff ≤ 2 s here) and publishes into the gap
+            finally:
+                os.kill(bridge.pid, signal.SIGCONT)
             sent = finish(sim, summary)
             got = eventually(lambda: vitals(stack), lambda g: all(g.get(m, 0) >= n for m, n in sent.items()),
                              timeout=90, what="every reading in InfluxDB", watch=(w, bridge))

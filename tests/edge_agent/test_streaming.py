@@ -148,3 +148,31 @@ async def test_cgm_streams_and_backfills_a_gap_after_a_remote_disconnect(
     assert [s[1] for s in readings] == [(start + timedelta(minutes=r.time_offset_min)).timestamp() for r in cgm.records]
     assert {r.time_offset_min for r in gap} <= {round((s[1] - start.timestamp()) / 60) for s in readings}
     assert watcher.duplicates() == 0
+
+
+async def test_readings_nobody_subscribed_to_stay_in_the_outbox_until_someone_is(
+    broker, agent_in_process, wait_until, quiesce
+) -> None:
+    # Mosquitto answers "No matching subscribers" (0x10) and drops the message when no bridge is
+    # subscribed: right after a broker restart, the bridges' shared subscription is not back yet.
+    from tests.edge_agent.conftest import MqttWatcher
+
+    strap = HeartRateStrap(samples=[HeartRateMeasurement(70 + k % 5, SensorContact.DETECTED, None, (850,))
+                                    for k in range(6)], interval_s=0.05)
+    device = f"hr-{strap.address}"
+    async with EmulatedBluez() as bz:
+        await bz.add_device(strap)
+        async with agent_in_process(registry_of((strap, DeviceKind.HEART_RATE))) as agent:
+            await wait_until(lambda: agent.publisher is not None and agent.publisher.unrouted >= 3,
+                             what="readings refused for want of a subscriber")
+            late = MqttWatcher(broker)
+            late.start()
+            try:
+                await quiesce(strap)
+                bpm, rr, _ = expected_heart_rate(strap.sent)
+                await wait_until(lambda: len(late.samples(device, "heart_rate")) == len(bpm), what="every heart rate")
+                await wait_until(lambda: len(late.samples(device, "rr_interval")) == len(rr), what="every RR interval")
+                assert [s[2] for s in late.samples(device, "heart_rate")] == bpm
+                assert late.duplicates() == 0
+            finally:
+                late.stop()
