@@ -94,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     run_worker(settings, WorkerOptions(
         partitions=args.partitions, datadir=args.data_dir, web_port=args.web_port, loglevel=args.log_level,
+        roster=args.roster,
     ))
     return 0
 
@@ -183,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run one Faust stream worker")
     p.add_argument("--partitions", type=_positive_int, default=8)
     p.add_argument("--data-dir", default=None, help="Faust data directory (default: a new temp dir)")
-    p.add_argument("--web-port", type=int, default=0, help="Faust web port (default: a free port)")
+    p.add_argument("--web-port", type=int, default=0,
+                   help="Faust web port, also serving /metrics and /healthz (default: a free port)")
+    p.add_argument("--roster", default=None,
+                   help="roster file: its patients of this worker's partitions are watched for staleness even "
+                        "if they never send anything (env RPM_ROSTER; default: nobody is enrolled)")
     _add_service_flags(p, mqtt=False, rules=True)
     p.set_defaults(func=cmd_worker)
 

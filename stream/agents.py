@@ -25,6 +25,14 @@ that put the patient's readings on their partition, and the changelog has as man
 partition, Faust's assignor gives both to the same worker, and after a rebalance the table holds
 exactly the states of the patients this worker now owns. ``Pipeline.reload`` then rebuilds the
 engine from the table once Faust finished recovering it, before any new record is processed.
+
+Staleness alerts also cover roster patients who never sent anything: on every reload the worker
+enrolls the roster patients *whose readings partition is assigned to it* (:func:`owned_patients`:
+Kafka's default partitioner, murmur2 of the patient id modulo the partition count of
+``rpm.readings``, the partitioner the bridge produces with and the table's changelog uses), so
+each patient is watched by exactly one worker and its enrolment is checkpointed into the table
+partition that moves with it. Without a roster nobody is enrolled: only patients who sent
+something can go stale.
 """
 
 from __future__ import annotations
@@ -32,10 +40,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import faust
+from aiokafka.partitioner import murmur2
 
 from stream import topics
 from stream.pipeline import Pipeline
@@ -84,6 +94,45 @@ async def ack_all(stream: Any, events: Sequence[Any]) -> None:
         await stream.ack(event)
 
 
+def partition_for(patient: str, partitions: int) -> int:
+    """The ``rpm.readings`` partition of ``patient``: Kafka's default partitioner on the key bytes.
+
+    The same function as the Java client's and aiokafka's ``DefaultPartitioner`` (murmur2, sign
+    bit cleared, modulo the partition count), which the bridge produces with.
+    """
+    return int(murmur2(patient.encode()) & 0x7FFFFFFF) % partitions
+
+
+def owned_patients(patients: Iterable[str], assigned: Collection[int], partitions: int) -> list[str]:
+    """The ``patients`` whose partition (out of ``partitions``) is among the ``assigned`` ones, in order."""
+    if not assigned or partitions < 1:
+        return []
+    return [p for p in patients if partition_for(p, partitions) in assigned]
+
+
+@dataclass
+class WorkerStatus:
+    """What this worker owns right now, for enrolment and ``/healthz``.
+
+    ``partitions`` (the readings partitions assigned here) is set once the state table has been
+    recovered after a rebalance, and emptied when partitions are revoked.
+    """
+
+    roster: tuple[str, ...] = ()
+    configured_partitions: int = 0
+    partitions: frozenset[int] = frozenset()
+    topic_partitions: int = 0  # of rpm.readings as the broker reports it (0: unknown, use configured)
+    recovered: bool = False
+
+    def total_partitions(self) -> int:
+        """The partition count that maps patients to partitions."""
+        return self.topic_partitions or self.configured_partitions
+
+    def enrolled(self) -> list[str]:
+        """Roster patients on this worker's assigned partitions (see :func:`owned_patients`)."""
+        return owned_patients(self.roster, self.partitions, self.total_partitions())
+
+
 class TableStore:
     """The pipeline's :class:`~stream.pipeline.StateStore` on a Faust table (bytes keys and values)."""
 
@@ -104,8 +153,15 @@ class TableStore:
         return [bytes(k).decode() for k in self._table.keys()]
 
 
-def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int) -> None:
-    """Declare the topics and the state table, and attach the agents that drive ``pipeline``."""
+def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
+                    status: WorkerStatus | None = None) -> WorkerStatus:
+    """Declare the topics and the state table, and attach the agents that drive ``pipeline``.
+
+    ``status`` (its ``roster``: patients to enroll for staleness) is kept up to date with the
+    assigned partitions; ``pipeline`` must have been built with ``enrolled=status.enrolled``.
+    """
+    status = status if status is not None else WorkerStatus()
+    status.configured_partitions = partitions
     readings = app.topic(topics.READINGS, key_type=bytes, value_type=bytes, partitions=partitions)
     acks = app.topic(topics.ALERT_ACKS, key_type=bytes, value_type=bytes, partitions=partitions)
     alerts = app.topic(topics.ALERTS, key_type=bytes, value_type=bytes, partitions=partitions)
@@ -123,9 +179,20 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int) -> N
     pipeline.bind(send_alert=send_alert, send_deadletter=send_deadletter)
 
     async def reload() -> None:
+        # Recovery is done: the assignment is settled, and the table holds what this worker owns.
+        status.partitions = frozenset(tp.partition for tp in app.assignor.assigned_actives()
+                                      if tp.topic == topics.READINGS)
+        status.topic_partitions = _topic_partitions(app, topics.READINGS)
+        status.recovered = True
         pipeline.reload()
 
     table.on_recover(reload)
+
+    def on_revoked(_sender: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        status.partitions = frozenset()
+        status.recovered = False
+
+    app.on_partitions_revoked.connect(on_revoked)
 
     async def detect(stream: Any) -> None:
         async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
@@ -161,3 +228,14 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int) -> N
     app.agent(readings, name="rpm.detect")(detect)
     app.agent(acks, name="rpm.acknowledge")(acknowledge)
     app.timer(TICK_INTERVAL_S)(tick)
+    return status
+
+
+def _topic_partitions(app: faust.App, topic: str) -> int:
+    """The partition count of ``topic`` from the consumer's metadata (0 if it has none yet)."""
+    try:
+        count = app.consumer.topic_partitions(topic)
+    except Exception:  # metadata not available (yet): the configured count is the fallback
+        _LOGGER.debug("no partition metadata for %s", topic, exc_info=True)
+        return 0
+    return int(count) if count else 0

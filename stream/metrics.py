@@ -7,7 +7,7 @@ process-global registry.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -16,12 +16,16 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric family: name, type (counter|gauge), help and its samples (labels → value)."""
+    """One metric family: name, type (counter|gauge|histogram), help and its samples (labels → value).
+
+    ``suffixed`` samples are named ``name + suffix`` (a histogram's ``_bucket``, ``_sum``, ``_count``).
+    """
 
     name: str
     kind: str
     help: str
     samples: list[tuple[Mapping[str, str], float]] = field(default_factory=list)
+    suffixed: list[tuple[str, Mapping[str, str], float]] = field(default_factory=list)
 
 
 def _escape(value: str) -> str:
@@ -40,6 +44,7 @@ def render(metrics: Iterable[Metric]) -> str:
     for m in metrics:
         lines += [f"# HELP {m.name} {m.help}", f"# TYPE {m.name} {m.kind}"]
         lines += [f"{m.name}{_labels(labels)} {value:.17g}" for labels, value in m.samples]
+        lines += [f"{m.name}{suffix}{_labels(labels)} {value:.17g}" for suffix, labels, value in m.suffixed]
     return "\n".join(lines) + "\n"
 
 
@@ -73,21 +78,52 @@ def bridge_metrics(stats: Any, *, connected: bool, subscribed: bool) -> list[Met
     ]
 
 
-def worker_metrics(stats: Any, sink_stats: Any, alerts_by: Mapping[str, int]) -> list[Metric]:
-    """Metrics of one worker (``stream.pipeline.PipelineStats`` and ``stream.sink.SinkStats``)."""
-    return [
+def histogram(name: str, help_text: str, bounds: Sequence[float], counts: Sequence[int], total: float) -> Metric:
+    """A histogram from per-bucket counts (``counts[i]``: observations ``<= bounds[i]`` and above the
+    previous bound; one more for ``+Inf``) and the sum of the observations."""
+    samples: list[tuple[str, Mapping[str, str], float]] = []
+    running = 0
+    for bound, n in zip([*(f"{b:.17g}" for b in bounds), "+Inf"], counts, strict=True):
+        running += n  # buckets are cumulative in the exposition format
+        samples.append(("_bucket", {"le": bound}, float(running)))
+    samples += [("_sum", {}, float(total)), ("_count", {}, float(running))]
+    return Metric(name, "histogram", help_text, suffixed=samples)
+
+
+def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalancing: bool = False) -> list[Metric]:
+    """Metrics of one worker (``stream.pipeline.PipelineStats``, ``stream.sink.SinkStats`` and
+    ``stream.agents.WorkerStatus``)."""
+    from stream.pipeline import BATCH_BUCKETS
+
+    alerts = Metric("rpm_worker_alert_events_total", "counter", "Alert state changes published, by rule and state",
+                    [({"rule": r, "state": st}, float(n)) for (r, st), n in sorted(stats.alerts_by.items())])
+    out = [
         counter("rpm_worker_records_total", "rpm.readings records processed", stats.records),
         counter("rpm_worker_readings_total", "Readings processed", stats.samples),
         counter("rpm_worker_batches_total", "Micro-batches processed", stats.batches),
+        histogram("rpm_worker_batch_records", "Records per micro-batch", BATCH_BUCKETS, stats.batch_records,
+                  stats.records),
         counter("rpm_worker_detector_seconds_total", "Time spent in the detectors", stats.detector_s),
-        counter("rpm_worker_alert_events_total", "Alert state changes published", stats.alerts),
-        by_label("rpm_worker_alert_events_by_total", "counter", "Alert state changes by rule/state",
-                 "rule_state", alerts_by),
+        alerts,
         counter("rpm_worker_deadlettered_total", "Inputs sent to rpm.deadletter", stats.deadlettered),
+        by_label("rpm_worker_deadletter_reasons_total", "counter", "Dead-lettered inputs by kind of reason",
+                 "reason", stats.reasons.counts),
         counter("rpm_worker_state_checkpoints_total", "Patient states written to the state table", stats.checkpoints),
+        counter("rpm_worker_state_loads_total", "Patient states restored from the state table", stats.state_loads),
+        counter("rpm_worker_reloads_total", "Detector engine rebuilds from the state table", stats.reloads),
+        counter("rpm_worker_ticks_total", "Time-driven detector runs (escalation, staleness)", stats.ticks),
         counter("rpm_worker_acks_total", "Acknowledgements applied", stats.acks),
+        gauge("rpm_worker_enrolled_patients", "Roster patients enrolled for staleness on this worker", stats.enrolled),
         counter("rpm_sink_lines_written_total", "Line-protocol lines written to InfluxDB", sink_stats.lines_written),
         counter("rpm_sink_writes_total", "InfluxDB write requests that succeeded", sink_stats.writes),
         counter("rpm_sink_retries_total", "InfluxDB write attempts retried", sink_stats.retries),
         counter("rpm_sink_rejected_lines_total", "Lines InfluxDB refused (dead-lettered)", sink_stats.rejected_lines),
+        gauge("rpm_worker_rebalancing", "1 while the consumer group rebalances", float(rebalancing)),
     ]
+    if status is not None:
+        out += [
+            gauge("rpm_worker_assigned_partitions", "rpm.readings partitions owned by this worker",
+                  len(status.partitions)),
+            gauge("rpm_worker_roster_patients", "Patients in the roster", len(status.roster)),
+        ]
+    return out

@@ -17,13 +17,15 @@ keyed, alert ids are deterministic, and the engine drops samples it has already 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from detectors.batch import PatientRegistry, SampleBatch, metric_codes
@@ -36,6 +38,9 @@ from stream.sink import InfluxSink
 
 _LOGGER = logging.getLogger(__name__)
 
+# Upper bounds of the batch-size histogram (records per micro-batch; agents.MAX_BATCH_RECORDS is 2000).
+BATCH_BUCKETS: Final = (1, 10, 50, 100, 250, 500, 1000, 2000)
+
 SendFn = Callable[[bytes | None, bytes], Awaitable[None]]
 
 
@@ -46,8 +51,14 @@ class AlertEngine(Protocol):
     def registry(self) -> PatientRegistry:
         """Patient id ↔ dense index."""
 
-    def process(self, batch: SampleBatch) -> list[AlertEvent]:
-        """Run every detector over a micro-batch."""
+    def process(self, batch: SampleBatch, *, now: float | None = None) -> list[AlertEvent]:
+        """Run every detector over a micro-batch (``now``: processing time, for escalation)."""
+
+    def device_codes(self, devices: Sequence[str]) -> npt.NDArray[np.int32]:
+        """Dense codes of device ids (registering new ones)."""
+
+    def enroll(self, patients: Iterable[str], *, at: float | None = None) -> None:
+        """Watch ``patients`` with the staleness rules even if they never send anything."""
 
     def tick(self, now: float) -> list[AlertEvent]:
         """Time-driven transitions (escalation, staleness)."""
@@ -111,6 +122,17 @@ class PipelineStats:
     detector_s: float = 0.0
     deadlettered: int = 0
     reasons: ReasonLog = field(default_factory=ReasonLog)
+    ticks: int = 0
+    reloads: int = 0
+    enrolled: int = 0  # roster patients enrolled at the last reload (gauge)
+    # Alert events published, by (rule, state).
+    alerts_by: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Records per micro-batch: counts per upper bound of BATCH_BUCKETS (last: +Inf), and their sum.
+    batch_records: list[int] = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
+
+    def observe_batch(self, records: int) -> None:
+        """Count one micro-batch of ``records`` records in the batch-size histogram."""
+        self.batch_records[bisect.bisect_left(BATCH_BUCKETS, records)] += 1
 
 
 def alert_point(event: AlertEvent) -> AlertPoint:
@@ -123,13 +145,19 @@ def alert_point(event: AlertEvent) -> AlertPoint:
 
 
 class Pipeline:
-    """Decode → detect → write, for one worker."""
+    """Decode → detect → write, for one worker.
+
+    ``enrolled`` names the patients to watch for staleness even if they never send anything: the
+    worker passes the roster patients whose partitions it owns now (see
+    :func:`stream.agents.owned_patients`); it is asked again on every :meth:`reload`. Default: nobody.
+    """
 
     def __init__(
         self, *, engine_factory: Callable[[], AlertEngine], sink: InfluxSink, store: StateStore | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, enrolled: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         self._engine_factory = engine_factory
+        self._enrolled = enrolled
         self.engine = engine_factory()
         self.store: StateStore = store if store is not None else DictStore()
         self._loaded: set[str] = set()
@@ -154,11 +182,22 @@ class Pipeline:
         A fresh engine gets the state of every patient the store holds (the partitions now
         assigned here), so time-driven transitions (escalation) happen even for patients who
         send nothing; patients whose partitions left are forgotten.
+
+        Then the patients of ``enrolled`` are enrolled for staleness, their silence clock starting
+        now unless their stored state already has one (a patient enrolled before keeps its clock,
+        so a failover does not postpone their staleness alert).
         """
         self.engine = self._engine_factory()
         self._loaded = set()
         self._load(self.store.patients())
-        _LOGGER.info("detector state reloaded for %d patients", len(self._loaded))
+        stored = len(self._loaded)
+        enrolled = list(self._enrolled()) if self._enrolled is not None else []
+        if enrolled:
+            self._load(enrolled)  # their stored state first, so enrolment keeps their clocks
+            self.engine.enroll(enrolled, at=self._clock())
+        self.stats.enrolled = len(enrolled)
+        self.stats.reloads += 1
+        _LOGGER.info("detector state reloaded for %d patients; %d roster patients enrolled", stored, len(enrolled))
 
     def _load(self, patients: list[str]) -> None:
         for patient in patients:
@@ -188,7 +227,8 @@ class Pipeline:
         self._load(list({g.patient: None for g in decoded.groups}))
         lines = self._vitals_lines(decoded)
         started = time.perf_counter()
-        events = self.engine.process(self._sample_batch(decoded)) if decoded.groups else []
+        now = self._clock()  # processing time: escalation deadlines run from here for late data
+        events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.groups else []
         self.stats.detector_s += time.perf_counter() - started
         self._checkpoint()
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
@@ -196,6 +236,7 @@ class Pipeline:
         self.stats.records += len(values)
         self.stats.samples += decoded.samples
         self.stats.batches += 1
+        self.stats.observe_batch(len(values))
 
     async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float) -> bool:
         """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?)."""
@@ -211,6 +252,7 @@ class Pipeline:
     async def tick(self) -> None:
         """Run time-driven transitions and publish what they produce."""
         events = self.engine.tick(self._clock())
+        self.stats.ticks += 1
         self._checkpoint()
         if events:
             await self._write([alert_line(alert_point(e)) for e in events])
@@ -226,16 +268,23 @@ class Pipeline:
         return lines
 
     def _sample_batch(self, decoded: Decoded) -> SampleBatch:
+        """One batch of every group's samples; patient and device codes are per group, repeated per sample.
+
+        Device codes matter: rules with ``device_prefix`` (a fingerstick meter beside a CGM) select
+        samples by device, and the engine keeps its "already seen" watermarks per device.
+        """
         groups = decoded.groups
         registry = self.engine.registry
         sizes = np.fromiter((len(g.t) for g in groups), dtype=np.int64, count=len(groups))
         patient_of_group = np.fromiter((registry.index_of(g.patient) for g in groups), np.int64, len(groups))
+        device_of_group = self.engine.device_codes([g.device for g in groups])
         return SampleBatch(
             patient=np.repeat(patient_of_group, sizes),
             metric=metric_codes([m for g in groups for m in g.metric]),
             t=np.concatenate([g.t for g in groups]),
             value=np.concatenate([g.value for g in groups]),
             flags=np.concatenate([g.flags for g in groups]),
+            device=np.repeat(device_of_group, sizes),
         )
 
     async def _write(self, lines: list[str]) -> None:
@@ -248,6 +297,8 @@ class Pipeline:
         assert self._send_alert is not None, "Pipeline.bind() first"
         for event in events:
             await self._send_alert(event.patient.encode(), orjson.dumps(event.to_dict()))
+            key = (event.rule, event.state)
+            self.stats.alerts_by[key] = self.stats.alerts_by.get(key, 0) + 1
         self.stats.alerts += len(events)
 
     async def deadletter(self, stage: str, reason: str, source: str, payload: bytes) -> None:

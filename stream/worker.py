@@ -1,22 +1,33 @@
 """``rpm worker``: one Faust worker process. Run more of them to scale out (one consumer group).
 
 Each worker gets its own data directory and web port unless told otherwise, so several can run
-on one host without clashing.
+on one host without clashing. Faust's web server (``127.0.0.1:<web port>``) also serves:
+
+- ``GET /metrics``: Prometheus text (:func:`stream.metrics.worker_metrics`);
+- ``GET /healthz``: 200 when the worker runs and owns readings partitions whose state has been
+  recovered, 503 otherwise; a JSON body whose booleans are the checks.
+
+With a roster (``--roster`` or ``RPM_ROSTER``) the worker enrolls the roster patients of its
+partitions for staleness alerts (see :mod:`stream.agents`); without one nobody is enrolled.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from rpm_core.services import free_port
 from rpm_core.settings import Settings
 from stream.topics import DEFAULT_READINGS_PARTITIONS
 
 _LOGGER = logging.getLogger(__name__)
+
+DEFAULT_KAFKA_URL: Final = "kafka://localhost:9092"
 
 
 @dataclass(frozen=True)
@@ -27,10 +38,29 @@ class WorkerOptions:
     datadir: str | None = None
     web_port: int = 0
     loglevel: str = "info"
+    roster: str | None = None  # roster file; None: RPM_ROSTER, else nobody is enrolled
 
 
-def build_pipeline(settings: Settings) -> object:
-    """The detection pipeline for ``settings`` (rules loaded and validated before Kafka is touched)."""
+def roster_patients(path: str | None, env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """Every patient of the roster at ``path`` (or ``RPM_ROSTER``), sorted; ``()`` without a roster.
+
+    A roster that is set but invalid stops the worker at start-up (the error names file and line).
+    """
+    from rpm_core.roster import ROSTER_ENV, load_roster
+
+    env = os.environ if env is None else env
+    path = path or env.get(ROSTER_ENV) or None
+    if path is None:
+        return ()
+    roster = load_roster(path, env=env)
+    return tuple(sorted({p for ward in roster.wards.values() for p in ward.patients}))
+
+
+def build_pipeline(settings: Settings, status: Any = None) -> object:
+    """The detection pipeline for ``settings`` (rules loaded and validated before Kafka is touched).
+
+    ``status`` (a :class:`stream.agents.WorkerStatus`) says which patients to enroll for staleness.
+    """
     from detectors.engine import Engine
     from rpm_core.rules import load_rules
     from stream.pipeline import Pipeline
@@ -41,30 +71,87 @@ def build_pipeline(settings: Settings) -> object:
         url=settings.require_influx(), db=settings.influx_db,
         token=settings.influx_token.get(), org=settings.influx_org,
     )
-    return Pipeline(engine_factory=lambda: Engine(ruleset), sink=sink)
+    return Pipeline(engine_factory=lambda: Engine(ruleset), sink=sink,
+                    enrolled=status.enrolled if status is not None else None)
 
 
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker until SIGTERM/SIGINT (Faust handles both and shuts down gracefully)."""
     from faust.worker import Worker
 
-    from stream.agents import register_agents
+    from stream.agents import WorkerStatus, register_agents
     from stream.app import create_app
     from stream.pipeline import Pipeline
 
-    pipeline = build_pipeline(settings)
+    status = WorkerStatus(roster=roster_patients(options.roster), configured_partitions=options.partitions)
+    pipeline = build_pipeline(settings, status)
     assert isinstance(pipeline, Pipeline)
+    ensure_topics(settings, options.partitions)
     datadir = options.datadir or tempfile.mkdtemp(prefix="rpm-worker-")
     Path(datadir).mkdir(parents=True, exist_ok=True)
     web_port = options.web_port or free_port()
     app = create_app(
-        broker=settings.kafka_url or "kafka://localhost:9092",
+        broker=settings.kafka_url or DEFAULT_KAFKA_URL,
         partitions=options.partitions, datadir=datadir, web_port=web_port,
     )
-    register_agents(app, pipeline, partitions=options.partitions)
-    _LOGGER.info("worker starting: data dir %s, web port %d", datadir, web_port)
+    register_agents(app, pipeline, partitions=options.partitions, status=status)
+    register_pages(app, pipeline, status)
+    _LOGGER.info("worker starting: data dir %s, web port %d, %d roster patients", datadir, web_port,
+                 len(status.roster))
     worker = Worker(app, sink_closer(pipeline), loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def ensure_topics(settings: Settings, partitions: int) -> None:
+    """Create the pipeline's topics with ``partitions`` partitions unless they exist (as the bridge does).
+
+    Faust does not create the topics it consumes, and a broker that auto-creates topics picks its own
+    partition count; a worker started before any bridge would then fix ``rpm.readings`` at a count
+    that does not match the state table's changelog. A loop of its own, not set as current: Faust
+    makes its own afterwards.
+    """
+    import asyncio
+
+    from rpm_core.settings import kafka_bootstrap
+    from stream import topics
+
+    bootstrap = kafka_bootstrap(settings.kafka_url or DEFAULT_KAFKA_URL)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(topics.ensure_topics(bootstrap, partitions=partitions))
+    finally:
+        loop.close()
+
+
+def health(app: Any, pipeline: Any, status: Any) -> dict[str, Any]:
+    """``/healthz`` body: the booleans are the checks (all true: 200)."""
+    return {
+        "running": bool(app.started and not app.should_stop),
+        "assigned": bool(status.partitions) and status.recovered,
+        "partitions": sorted(status.partitions),
+        "enrolled": pipeline.stats.enrolled,
+        "records": pipeline.stats.records,
+    }
+
+
+def register_pages(app: Any, pipeline: Any, status: Any) -> None:
+    """Serve ``/metrics`` and ``/healthz`` on the Faust web server of ``app``."""
+    import orjson
+
+    from stream.metrics import CONTENT_TYPE, render, worker_metrics
+
+    async def metrics_page(self: Any, _request: Any) -> Any:
+        body = render(worker_metrics(pipeline.stats, pipeline.sink.stats, status=status,
+                                     rebalancing=bool(app.rebalancing)))
+        return self.bytes(body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def healthz_page(self: Any, _request: Any) -> Any:
+        body = health(app, pipeline, status)
+        ok = all(v for v in body.values() if isinstance(v, bool))
+        return self.bytes(orjson.dumps(body), content_type="application/json", status=200 if ok else 503)
+
+    app.page("/metrics")(metrics_page)
+    app.page("/healthz")(healthz_page)
 
 
 def _sink_closer_class() -> type:

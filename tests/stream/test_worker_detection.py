@@ -1,0 +1,187 @@
+"""The live worker's use of the detectors, without services: device codes, enrolment, ownership, metrics.
+
+The engine and rules are the real ones; only the clock is a variable, and the sink (never written
+to here) points nowhere.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from detectors.engine import Engine
+from rpm_core.roster import hash_password
+from rpm_core.rules import load_rules, parse_rules
+from rpm_core.wire import encode_readings_record
+from stream.agents import WorkerStatus, owned_patients, partition_for
+from stream.metrics import render, worker_metrics
+from stream.pipeline import DictStore, Pipeline
+from stream.records import decode_records
+from stream.sink import make_sink
+from stream.worker import roster_patients
+from tests.conftest import REPO
+
+T0 = 1_700_000_000.0
+STALE_RULES = """
+version: 1
+rules:
+  glucose_silent:
+    type: staleness
+    metric: glucose
+    levels:
+      warning: {after: 5s, escalate_after: null}
+"""
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pipeline(rules_text: str | None = None, *, enrolled: list[str] | None = None, clock: Clock | None = None,
+             store: DictStore | None = None) -> Pipeline:
+    ruleset = load_rules(REPO / "alert_rules.yaml") if rules_text is None else parse_rules(rules_text)
+    return Pipeline(
+        engine_factory=lambda: Engine(ruleset), sink=make_sink(url="http://127.0.0.1:9", db="unused"),
+        store=store, clock=clock or Clock(T0), enrolled=(lambda: enrolled) if enrolled is not None else None,
+    )
+
+
+def group(device: str, metric: str, values: list[float], t0: float = T0) -> dict[str, object]:
+    n = len(values)
+    return {"device": device, "source": "sim", "metric": [metric] * n, "t": [t0 + 60.0 * k for k in range(n)],
+            "value": values, "flags": [0] * n}
+
+
+class TestDeviceCodes:
+    def test_every_sample_carries_its_groups_device_code(self) -> None:
+        pipe = pipeline()
+        decoded = decode_records([
+            encode_readings_record("p1", [group("cgm-1", "glucose", [100, 101, 102]), group("gls-1", "glucose", [90])]),
+            encode_readings_record("p2", [group("hr-2", "heart_rate", [70, 71])]),
+        ])
+        batch = pipe._sample_batch(decoded)
+        codes = pipe.engine.device_codes(["cgm-1", "gls-1", "hr-2"]).tolist()
+        assert batch.devices.tolist() == [codes[0]] * 3 + [codes[1]] + [codes[2]] * 2
+        assert batch.patient.tolist() == [pipe.engine.registry.index_of(p) for p in ["p1"] * 4 + ["p2"] * 2]
+
+    def test_meter_prefix_rule_fires_on_the_meter_but_not_on_the_cgm(self) -> None:
+        pipe = pipeline()
+        decoded = decode_records([
+            encode_readings_record("p1", [group("cgm-1", "glucose", [48.0])]),
+            encode_readings_record("p2", [group("gls-2", "glucose", [48.0])]),
+        ])
+        events = pipe.engine.process(pipe._sample_batch(decoded), now=T0 + 30)
+        meter = [(e.patient, e.state) for e in events if e.rule == "glucose_meter_low"]
+        assert meter == [("p2", "raised")]
+
+
+class TestEnrolment:
+    def test_reload_enrolls_and_the_silence_clock_starts_at_reload(self) -> None:
+        clock = Clock(T0)
+        pipe = pipeline(STALE_RULES, enrolled=["quiet"], clock=clock)
+        pipe.reload()
+        assert pipe.stats.enrolled == 1
+        assert pipe.engine.tick(T0 + 4) == []
+        events = pipe.engine.tick(T0 + 6)
+        assert [(e.patient, e.rule, e.state) for e in events] == [("quiet", "glucose_silent", "raised")]
+
+    def test_a_reload_keeps_the_clock_of_a_checkpointed_enrolment(self) -> None:
+        clock, store = Clock(T0), DictStore()
+        pipe = pipeline(STALE_RULES, enrolled=["quiet"], clock=clock, store=store)
+        pipe.reload()
+        pipe._checkpoint()
+        assert "quiet" in store.data
+        clock.now = T0 + 3  # a rebalance or a retried batch rebuilds the engine later
+        pipe.reload()
+        assert [e.patient for e in pipe.engine.tick(T0 + 5.5)] == ["quiet"], "clock from the first enrolment"
+
+    def test_without_a_roster_nobody_is_enrolled(self) -> None:
+        pipe = pipeline(STALE_RULES)
+        pipe.reload()
+        assert pipe.stats.enrolled == 0 and pipe.engine.tick(T0 + 3600) == []
+
+
+class TestOwnership:
+    @pytest.mark.parametrize(("key", "java"), [
+        # org.apache.kafka.common.utils.UtilsTest#testMurmur2: Utils.murmur2 of these strings' bytes.
+        ("21", -973932308), ("foobar", -790332482), ("a-little-bit-long-string", -985981536),
+        ("a-little-bit-longer-string", -1486304829), ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+    ])
+    def test_partition_is_the_java_clients(self, key: str, java: int) -> None:
+        for n in (1, 3, 8, 12):
+            assert partition_for(key, n) == (java & 0x7FFFFFFF) % n
+
+    def test_partition_is_the_producers(self) -> None:
+        partitioner = DefaultPartitioner()
+        for i in range(200):
+            patient = f"p{i:04d}"
+            assert partition_for(patient, 8) == partitioner(patient.encode(), list(range(8)), list(range(8)))
+
+    def test_two_workers_split_a_roster_without_overlap(self) -> None:
+        roster = [f"p{i:04d}" for i in range(100)]
+        a = owned_patients(roster, {0, 1, 2}, 8)
+        b = owned_patients(roster, {3, 4, 5, 6, 7}, 8)
+        assert not set(a) & set(b) and sorted(a + b) == roster
+        assert owned_patients(roster, set(), 8) == []
+
+    def test_status_enrolls_only_after_assignment(self) -> None:
+        status = WorkerStatus(roster=("p0000", "p0001", "p0002"), configured_partitions=8)
+        assert status.enrolled() == []
+        status.partitions = frozenset(range(8))
+        assert status.enrolled() == ["p0000", "p0001", "p0002"]
+        status.partitions = frozenset({partition_for("p0001", 8)})
+        assert "p0001" in status.enrolled()
+        status.topic_partitions = 1  # the broker's count wins over the configured one
+        status.partitions = frozenset({0})
+        assert status.enrolled() == ["p0000", "p0001", "p0002"]
+
+    def test_roster_patients_come_from_the_file_or_nowhere(self, tmp_path: object) -> None:
+        from pathlib import Path
+
+        path = Path(str(tmp_path)) / "roster.yaml"
+        path.write_text(
+            "version: 1\nwards:\n  a: {patients: [p2, p1]}\n  b: {patients: [p3]}\n"
+            f"stations:\n  desk: {{ward: a, password_hash: \"{hash_password('pw', n=2)}\"}}\n"
+        )
+        assert roster_patients(str(path), env={}) == ("p1", "p2", "p3")
+        assert roster_patients(None, env={"RPM_ROSTER": str(path)}) == ("p1", "p2", "p3")
+        assert roster_patients(None, env={}) == ()
+
+
+def test_worker_metrics_render_the_pipeline_counters() -> None:
+    pipe = pipeline()
+    pipe.stats.records, pipe.stats.samples = 3, 30
+    pipe.stats.observe_batch(1)
+    pipe.stats.observe_batch(3)
+    pipe.stats.alerts_by[("glucose_low", "raised")] = 2
+    pipe.sink.stats.retries = 4
+    status = WorkerStatus(roster=("p1",), partitions=frozenset({0, 1}))
+    text = render(worker_metrics(pipe.stats, pipe.sink.stats, status=status))
+    for line in [
+        "rpm_worker_records_total 3", "rpm_worker_readings_total 30",
+        'rpm_worker_alert_events_total{rule="glucose_low",state="raised"} 2',
+        'rpm_worker_batch_records_bucket{le="1"} 1', 'rpm_worker_batch_records_bucket{le="10"} 2',
+        'rpm_worker_batch_records_bucket{le="+Inf"} 2', "rpm_worker_batch_records_count 2",
+        "rpm_sink_retries_total 4", "rpm_worker_assigned_partitions 2", "# TYPE rpm_worker_batch_records histogram",
+    ]:
+        assert line in text.splitlines(), line
+
+
+def test_health_needs_a_running_app_and_recovered_partitions() -> None:
+    from types import SimpleNamespace
+
+    from stream.worker import health
+
+    pipe = pipeline()
+    app = SimpleNamespace(started=True, should_stop=False)
+    status = WorkerStatus(configured_partitions=8)
+    body = health(app, pipe, status)
+    assert body["running"] is True and body["assigned"] is False  # → 503
+    status.partitions, status.recovered = frozenset({3, 1}), True
+    body = health(app, pipe, status)
+    assert body["assigned"] is True and body["partitions"] == [1, 3]
+    assert health(SimpleNamespace(started=True, should_stop=True), pipe, status)["running"] is False
