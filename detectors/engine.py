@@ -107,6 +107,10 @@ class Engine:
         self._multi_device = False
         self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
         self._dirty: BoolArray = np.zeros(0, np.bool_)
+        # Per rule, the patients it has state for (anything but fresh): export_state leaves the
+        # others out, which import_state reads as fresh. A heart-rate-only patient's checkpoint
+        # then carries no glucose rules; checkpoints are on the worker's hot path.
+        self._touched: BoolArray = np.zeros((len(self._detectors), 0), np.bool_)
         # Open alerts both ways, so acknowledgements find their patient and rule.
         self._open: dict[str, tuple[int, int]] = {}
         self._open_id: dict[tuple[int, int], str] = {}
@@ -139,9 +143,10 @@ class Engine:
             return
         index = self._registry.indices(ids)
         self._sync()
-        for det in self._detectors:
+        for k, det in enumerate(self._detectors):
             if isinstance(det, StalenessDetector):
                 det.enroll(index, at)
+                self._touched[k, index] = True
         self._dirty[index] = True
 
     # -- input -----------------------------------------------------------------------------------
@@ -201,6 +206,7 @@ class Engine:
             view = views.get(key)
             if view is None:
                 view = views[key] = self._view(fresh, usable, *key)
+            self._touched[index, view.group_patient] = True
             out.extend(self._transition_events(index, det.process(view, now)))
         return _in_order(out)
 
@@ -305,15 +311,15 @@ class Engine:
 
     def _patient_marks(self, p: int) -> tuple[npt.NDArray[np.int64], FloatArray, IntArray]:
         """The watermark keys and times of patient ``p`` (and their positions in the sorted arrays)."""
-        ranges = [
-            np.arange(
-                int(np.searchsorted(self._seen_key, _pack_one(p, m, 0))),
-                int(np.searchsorted(self._seen_key, _pack_one(p + 1, m, 0))),
-            )
-            for m in range(N_METRICS)  # keys are metric-major: one range per metric
-        ]
-        where = np.concatenate(ranges).astype(np.int64)
+        # Keys are metric-major: one range per metric, all bounds found in one searchsorted.
+        bounds = np.searchsorted(self._seen_key, self._mark_bounds(p)).tolist()
+        where = np.concatenate([np.arange(bounds[2 * m], bounds[2 * m + 1]) for m in range(N_METRICS)]).astype(np.int64)
         return self._seen_key[where], self._seen_t[where], where
+
+    @staticmethod
+    def _mark_bounds(p: int) -> npt.NDArray[np.int64]:
+        """Packed keys (patient p, metric m, device 0) and (p + 1, m, 0) for every metric, interleaved."""
+        return np.array([_pack_one(q, m, 0) for m in range(N_METRICS) for q in (p, p + 1)], dtype=np.int64)
 
     # -- time and people -------------------------------------------------------------------------
 
@@ -330,9 +336,11 @@ class Engine:
             tr = det.tick(now)
             if len(tr):
                 self._dirty[tr.patient] = True
+                self._touched[index, tr.patient] = True
             out.extend(self._transition_events(index, tr))
             for p in det.episodes.escalate(now).tolist():
                 self._dirty[p] = True
+                self._touched[index, p] = True
                 out.append(self._keyed(index, p, ESCALATED, now, np.nan))
         return _in_order(out)
 
@@ -349,6 +357,7 @@ class Engine:
         if not self._detectors[index].episodes.acknowledge(p):
             return []
         self._dirty[p] = True
+        self._touched[index, p] = True
         return [self._keyed(index, p, ACKNOWLEDGED, at, np.nan, by=by)[1]]
 
     def open_alerts(self) -> list[AlertEvent]:
@@ -399,7 +408,10 @@ class Engine:
         record: dict[str, Any] = {"v": STATE_VERSION, "last_t": last_t}
         if devices:
             record["devices"] = devices
-        record["rules"] = {det.name: det.export_patient(p) for det in self._detectors}
+        touched = self._touched[:, p].tolist()
+        record["rules"] = {
+            det.name: det.export_patient(p) for det, t in zip(self._detectors, touched, strict=True) if t
+        }
         return record
 
     def import_state(self, patient_id: str, state: Mapping[str, Any]) -> None:
@@ -428,6 +440,7 @@ class Engine:
                 det.import_patient(p, record)
             else:
                 det.reset_patient(p)
+            self._touched[index, p] = isinstance(record, Mapping)
             if det.episodes.level[p] > 0:
                 self._remember_open(index, p)
 
@@ -474,6 +487,7 @@ class Engine:
         if n <= old:
             return
         self._dirty = np.concatenate((self._dirty, np.zeros(n - old, np.bool_)))
+        self._touched = np.concatenate((self._touched, np.zeros((len(self._detectors), n - old), np.bool_)), axis=1)
         for det in self._detectors:
             det.resize(n)
         # A loop over the (few) patients with overrides, not over samples.

@@ -355,7 +355,7 @@ class EpisodeTable:
             "cooldown_until": opt(self.cooldown_until[patient]),
             "escalate_from": opt(self.escalate_from[patient]),
             "held": bool(self.held[patient]),
-            "recent": [float(x) for x in self.recent[:, patient] if not math.isnan(x)],
+            "recent": [x for x in self.recent[:, patient].tolist() if x == x],  # x == x: not NaN
         }
 
     def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:

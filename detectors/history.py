@@ -74,7 +74,7 @@ class History:
     def export_patient(self, patient: int) -> dict[str, list[float | None]]:
         """The patient's history (oldest first, padding left out) as JSON-able lists (NaN value: null)."""
         keep = ~np.isnan(self.t[patient])
-        values = [None if np.isnan(x) else float(x) for x in self.v[patient, keep]]
+        values = [None if x != x else x for x in self.v[patient, keep].tolist()]  # x != x: NaN
         return {"t": self.t[patient, keep].tolist(), "v": values}
 
     def import_patient(self, patient: int, record: Mapping[str, Any] | None) -> None:

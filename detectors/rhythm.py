@@ -154,7 +154,7 @@ class RhythmDetector(SignalDetector):
         last = self.total[patient] - np.arange(kept, 0, -1)  # beat numbers - 1, oldest first
         rr = self.ring[patient, np.mod(last, self.window).astype(np.int64)]
         return {
-            "rr": [float(x) for x in rr],
+            "rr": rr.tolist(),
             "run": int(self.run[patient]),
             "verdicts": self.verdicts.export_patient(patient),
             "beats": int(self.beats[patient]),

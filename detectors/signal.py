@@ -354,11 +354,8 @@ class SignalDetector:
 
     def export_patient(self, patient: int) -> dict[str, Any]:
         """The patient's state for this rule as a JSON-able dict."""
-        runs = {
-            SEVERITY_NAMES[slot]: opt(self.run_start[slot, patient])
-            for slot in range(N_LEVELS)
-            if not np.isnan(self.run_start[slot, patient])
-        }
+        starts = self.run_start[:, patient].tolist()
+        runs = {SEVERITY_NAMES[slot]: t for slot, t in enumerate(starts) if t == t}  # t == t: not NaN
         record = {
             "last_t": opt(self.last_t[patient]),
             "runs": runs,

@@ -14,12 +14,16 @@ MQTT readings (topic ``rpm/v1/p/{patient}/readings``), schema version 1::
 
 One message carries several samples of one device. The bridge validates every message with
 :func:`parse_readings_message` and forwards the normalised form to Kafka ``rpm.readings``
-(key: patient id) as a *record* that may coalesce several messages of one patient; its groups are
-columnar, so a worker turns them into numpy arrays without touching each sample::
+as *records* that coalesce many messages; their groups are columnar, so a worker turns them into
+numpy arrays without touching each sample. The bridge writes one record per partition per batch,
+each group naming its patient (the partition is Kafka's default partitioner applied to the
+patient id, so a patient's readings stay on one partition, in order)::
 
-    {"v": 1, "patient": "p0001",
-     "groups": [{"device": ..., "source": ..., "metric": [...], "t": [...], "value": [...],
-                 "flags": [...]}, ...]}
+    {"v": 1, "groups": [{"patient": "p0001", "device": ..., "source": ..., "metric": [...],
+                         "t": [...], "value": [...], "flags": [...]}, ...]}
+
+A record of a single patient may name it once, at the top (``{"v": 1, "patient": "p0001",
+"groups": [...]}`` with groups without ``patient``); workers read both shapes.
 
 Identifiers are restricted to ``[A-Za-z0-9_.:-]``, so they are safe as InfluxDB tags and MQTT
 topic levels without escaping.
@@ -206,6 +210,9 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
     return ReadingsMessage(patient=patient, device=device, source=source, samples=checked)
 
 
-def encode_readings_record(patient: str, groups: list[dict[str, Any]]) -> bytes:
-    """Encode the Kafka ``rpm.readings`` record for one patient."""
+def encode_readings_record(patient: str | None, groups: list[dict[str, Any]]) -> bytes:
+    """Encode a Kafka ``rpm.readings`` record: of one ``patient``, or (``None``) of the patients
+    each group names in its own ``"patient"`` key."""
+    if patient is None:
+        return orjson.dumps({"v": SCHEMA_VERSION, "groups": groups})
     return orjson.dumps({"v": SCHEMA_VERSION, "patient": patient, "groups": groups})

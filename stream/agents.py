@@ -1,9 +1,11 @@
 """The worker's Faust agents: readings in micro-batches through the detectors, acks, and a ticker.
 
 ``stream.noack_take()`` hands the agent up to ``MAX_BATCH_RECORDS`` events at a time (each record
-carrying many readings); the agent acknowledges them itself, and only after
-:meth:`~stream.pipeline.Pipeline.handle` returned, so every record is written to InfluxDB, and the
-detector state it produced checkpointed, before its offset can be committed. Not ``take()``: it
+carrying many readings); the agent acknowledges them itself, and only after the batch was
+prepared (:meth:`~stream.pipeline.Pipeline.prepare`: detected, state checkpointed) and delivered
+(:meth:`~stream.pipeline.Pipeline.deliver`: written to InfluxDB, alerts published), so nothing
+reaches a committable offset before it is in InfluxDB. Delivery runs one batch behind
+preparation, in order, so the CPU work of the next batch overlaps the InfluxDB write of this one. Not ``take()``: it
 acknowledges the batch in a ``finally``, i.e. also when the body raised or was cancelled (a crash,
 a shutdown during an InfluxDB outage), and the next commit then passes records nobody processed.
 A failing batch is retried in place with backoff (:func:`until_done`; the engine is rebuilt from
@@ -45,14 +47,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import faust
-from aiokafka.partitioner import murmur2
 
 from stream import topics
-from stream.pipeline import Pipeline
+from stream.pipeline import Pipeline, Prepared
 
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
+# Prepared batches waiting for their InfluxDB write: detection runs this far ahead of the sink.
+DELIVERY_QUEUE: Final = 2
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
@@ -88,19 +91,23 @@ async def until_done(what: str, step: Callable[[], Awaitable[None]], *, before_r
         attempt += 1
 
 
+async def _deliver_in_order(pipeline: Pipeline, stream: Any, queue: asyncio.Queue[tuple[Prepared, Sequence[Any]]]
+                            ) -> None:
+    """Deliver prepared batches one after the other (alert events stay in order), then ack them."""
+    while True:
+        prepared, events = await queue.get()
+        await until_done(f"delivering a batch of {prepared.records} readings records",
+                         functools.partial(pipeline.deliver, prepared))
+        await ack_all(stream, events)
+
+
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
     """Acknowledge ``events`` (their offsets become committable)."""
     for event in events:
         await stream.ack(event)
 
 
-def partition_for(patient: str, partitions: int) -> int:
-    """The ``rpm.readings`` partition of ``patient``: Kafka's default partitioner on the key bytes.
-
-    The same function as the Java client's and aiokafka's ``DefaultPartitioner`` (murmur2, sign
-    bit cleared, modulo the partition count), which the bridge produces with.
-    """
-    return int(murmur2(patient.encode()) & 0x7FFFFFFF) % partitions
+partition_for = topics.partition_for  # re-exported: ownership is computed with the bridge's function
 
 
 def owned_patients(patients: Iterable[str], assigned: Collection[int], partitions: int) -> list[str]:
@@ -195,11 +202,25 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     app.on_partitions_revoked.connect(on_revoked)
 
     async def detect(stream: Any) -> None:
-        async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
-            values = [event.value for event in events]
-            await until_done(f"a batch of {len(values)} readings records", functools.partial(pipeline.handle, values),
-                             before_retry=pipeline.reload)
-            await ack_all(stream, events)
+        # Two stages: this loop prepares batch N+1 (decode, detect, checkpoint: CPU) while the
+        # deliverer writes batch N to InfluxDB and publishes its alerts (I/O), in batch order.
+        # A batch is acknowledged only once delivered; the queue bound is the backpressure.
+        queue: asyncio.Queue[tuple[Prepared, Sequence[Any]]] = asyncio.Queue(maxsize=DELIVERY_QUEUE)
+        deliverer = asyncio.ensure_future(_deliver_in_order(pipeline, stream, queue))
+        try:
+            async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
+                values = [event.value for event in events]
+                prepared: list[Prepared] = []
+
+                async def prepare(values: list[bytes] = values, out: list[Prepared] = prepared) -> None:
+                    out[:] = [pipeline.prepare(values)]
+
+                await until_done(f"a batch of {len(values)} readings records", prepare, before_retry=pipeline.reload)
+                if deliverer.done():  # it never returns: it failed, and must not fail silently
+                    deliverer.result()
+                await queue.put((prepared[0], events))
+        finally:
+            deliverer.cancel()
 
     async def acknowledge(stream: Any) -> None:
         from stream.acks import decode_ack

@@ -13,8 +13,11 @@ Several bridges share the load with an MQTT v5 shared subscription (``$share/<gr
 each keeps a persistent session (clean start off, session expiry) so nothing is lost across a
 restart.
 
-Messages of one patient that arrive together are coalesced into one Kafka record (key: patient
-id): a Faust worker's cost is per record, not per reading.
+The messages of a batch are coalesced into one Kafka record per partition (each group naming its
+patient; the partition is Kafka's default partitioner applied to the patient id, so a patient's
+readings stay on one partition, in order, and its detector state with the worker that owns it): a
+worker's and the broker's cost is per record, not per reading, and a record per MQTT message
+would make it per message.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ class BridgeStats:
 
 @dataclass
 class _Batch:
-    records: list[tuple[str, bytes]] = field(default_factory=list)  # (patient, value)
+    records: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, value)
     deadletters: list[tuple[str | None, bytes]] = field(default_factory=list)
     readings: int = 0
 
@@ -260,10 +263,11 @@ class Bridge:
                 break
         return items
 
-    def _build(self, items: list[Inbound]) -> _Batch:
+    def _build(self, items: list[Inbound], partitions: int) -> _Batch:
         batch = _Batch()
-        groups: dict[str, list[dict[str, Any]]] = {}
-        sizes: dict[str, int] = {}
+        groups: dict[int, list[dict[str, Any]]] = {}
+        sizes: dict[int, int] = {}
+        partition_of: dict[str, int] = {}
         for item in items:
             try:
                 msg = parse_readings_message(item.payload, topic=item.topic, now=item.received_at)
@@ -275,22 +279,29 @@ class Bridge:
                 )
                 batch.deadletters.append((None, record))
                 continue
-            if sizes.get(msg.patient, 0) + len(item.payload) > MAX_RECORD_BYTES:
-                batch.records.append((msg.patient, encode_readings_record(msg.patient, groups.pop(msg.patient))))
-                sizes[msg.patient] = 0
-            groups.setdefault(msg.patient, []).append(msg.to_group())
-            sizes[msg.patient] = sizes.get(msg.patient, 0) + len(item.payload)
+            part = partition_of.get(msg.patient)
+            if part is None:
+                part = partition_of[msg.patient] = topics.partition_for(msg.patient, partitions)
+            if sizes.get(part, 0) + len(item.payload) > MAX_RECORD_BYTES:
+                batch.records.append((part, encode_readings_record(None, groups.pop(part))))
+                sizes[part] = 0
+            group = msg.to_group()
+            group["patient"] = msg.patient
+            groups.setdefault(part, []).append(group)
+            sizes[part] = sizes.get(part, 0) + len(item.payload)
             batch.readings += len(msg.samples)
-        batch.records += [(p, encode_readings_record(p, g)) for p, g in groups.items()]
+        batch.records += [(part, encode_readings_record(None, g)) for part, g in groups.items()]
         return batch
 
     async def _forward(self, producer: AIOKafkaProducer, items: list[Inbound], stop: asyncio.Event) -> bool:
         """Produce ``items``; False if told to stop before Kafka took them."""
-        batch = self._build(items)
         attempt = 0
+        batch: _Batch | None = None
         while True:
             try:
-                futures = [await producer.send(topics.READINGS, value=v, key=p.encode()) for p, v in batch.records]
+                if batch is None:  # the partition count comes from Kafka's metadata (cached)
+                    batch = self._build(items, len(await producer.partitions_for(topics.READINGS)))
+                futures = [await producer.send(topics.READINGS, value=v, partition=p) for p, v in batch.records]
                 futures += [await producer.send(topics.DEADLETTER, value=v) for _k, v in batch.deadletters]
                 await asyncio.gather(*futures)
                 break

@@ -144,6 +144,17 @@ def alert_point(event: AlertEvent) -> AlertPoint:
     )
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A micro-batch after detection, before its I/O (:meth:`Pipeline.deliver`)."""
+
+    records: int
+    samples: int
+    lines: list[str]
+    events: list[AlertEvent]
+    rejected: list[tuple[bytes, str]]
+
+
 class Pipeline:
     """Decode → detect → write, for one worker.
 
@@ -220,10 +231,17 @@ class Pipeline:
             self.stats.checkpoints += 1
 
     async def handle(self, values: list[bytes]) -> None:
-        """Process one micro-batch of ``rpm.readings`` record values."""
+        """Process one micro-batch of ``rpm.readings`` record values: :meth:`prepare`, then :meth:`deliver`."""
+        await self.deliver(self.prepare(values))
+
+    def prepare(self, values: list[bytes]) -> Prepared:
+        """The CPU half of a micro-batch: decode, detect, checkpoint the detector state.
+
+        Synchronous, so nothing else on the event loop sees the engine half way through a batch.
+        What it returns must be delivered (written, published) before the batch is acknowledged;
+        the worker overlaps that I/O with preparing the next batch (see :mod:`stream.agents`).
+        """
         decoded = decode_records(values)
-        for raw, reason in decoded.rejected:
-            await self._deadletter("worker", reason, "rpm.readings", raw)
         self._load(list({g.patient: None for g in decoded.groups}))
         lines = self._vitals_lines(decoded)
         started = time.perf_counter()
@@ -231,12 +249,20 @@ class Pipeline:
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.groups else []
         self.stats.detector_s += time.perf_counter() - started
         self._checkpoint()
-        await self._write(lines + [alert_line(alert_point(e)) for e in events])
-        await self._publish(events)
-        self.stats.records += len(values)
-        self.stats.samples += decoded.samples
+        lines += [alert_line(alert_point(e)) for e in events]
+        return Prepared(records=len(values), samples=decoded.samples, lines=lines, events=events,
+                        rejected=decoded.rejected)
+
+    async def deliver(self, prepared: Prepared) -> None:
+        """The I/O half: dead letters, the InfluxDB write, then the alert events. Safe to repeat."""
+        for raw, reason in prepared.rejected:
+            await self._deadletter("worker", reason, "rpm.readings", raw)
+        await self._write(prepared.lines)
+        await self._publish(prepared.events)
+        self.stats.records += prepared.records
+        self.stats.samples += prepared.samples
         self.stats.batches += 1
-        self.stats.observe_batch(len(values))
+        self.stats.observe_batch(prepared.records)
 
     async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float) -> bool:
         """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?)."""

@@ -17,6 +17,7 @@ import orjson
 from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, is_valid_id
 
 _GROUP_KEYS = frozenset({"device", "source", "metric", "t", "value", "flags"})
+_PATIENT_GROUP_KEYS = _GROUP_KEYS | {"patient"}
 _LO = {m: r[0] for m, r in METRIC_RANGES.items()}
 _HI = {m: r[1] for m, r in METRIC_RANGES.items()}
 
@@ -51,9 +52,16 @@ class Decoded:
         return sum(len(g.t) for g in self.groups)
 
 
-def _group(patient: str, raw: Any) -> Group:
-    if not isinstance(raw, dict) or set(raw) != _GROUP_KEYS:
-        raise RecordError(f"group must have exactly the keys {sorted(_GROUP_KEYS)}")
+def _group(patient: str | None, raw: Any) -> Group:
+    """One group; ``patient`` is the record's, or None when each group names its own."""
+    keys = _GROUP_KEYS if patient is not None else _PATIENT_GROUP_KEYS
+    if not isinstance(raw, dict) or raw.keys() != keys:
+        raise RecordError(f"group must have exactly the keys {sorted(keys)}")
+    if patient is None:
+        patient = raw["patient"]
+        if not is_valid_id(patient):
+            raise RecordError("group patient is not a valid identifier")
+        assert isinstance(patient, str)
     device, source, metric = raw["device"], raw["source"], raw["metric"]
     if not is_valid_id(device) or not is_valid_id(source):
         raise RecordError("group device/source is not a valid identifier")
@@ -94,10 +102,16 @@ def decode_record(value: bytes) -> list[Group]:
     if not isinstance(doc, dict) or doc.get("v") != SCHEMA_VERSION or isinstance(doc.get("v"), bool):
         raise RecordError(f"record is not a v{SCHEMA_VERSION} readings record")
     patient, groups = doc.get("patient"), doc.get("groups")
-    if not is_valid_id(patient) or not isinstance(groups, list) or not groups:
-        raise RecordError("record needs a valid patient and a non-empty list of groups")
-    assert isinstance(patient, str)
-    return [_group(patient, g) for g in groups]
+    if not isinstance(groups, list) or not groups:
+        raise RecordError("record needs a non-empty list of groups")
+    if set(doc) - {"v", "patient", "groups"}:
+        raise RecordError("record has unknown keys")
+    if "patient" in doc:
+        if not is_valid_id(patient):
+            raise RecordError("record needs a valid patient")
+        assert isinstance(patient, str)
+        return [_group(patient, g) for g in groups]
+    return [_group(None, g) for g in groups]
 
 
 def decode_records(values: list[bytes]) -> Decoded:

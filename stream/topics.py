@@ -32,3 +32,16 @@ async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PA
             _LOGGER.info("created topics %s", ", ".join(t.name for t in new))
     finally:
         await admin.close()
+
+
+def partition_for(patient: str, partitions: int) -> int:
+    """The ``rpm.readings`` partition of ``patient``: Kafka's default partitioner on the id's bytes.
+
+    The same function as the Java client's and aiokafka's ``DefaultPartitioner`` (murmur2, sign
+    bit cleared, modulo the partition count): the bridge places readings with it, the workers'
+    state table (``use_partitioner``) places the patient's state with it, and a worker computes
+    which roster patients it owns with it.
+    """
+    from aiokafka.partitioner import murmur2
+
+    return int(murmur2(patient.encode()) & 0x7FFFFFFF) % partitions

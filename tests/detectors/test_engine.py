@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from detectors import Engine, PatientRegistry, RuleSet, SampleBatch, StateError
+from detectors import Direction, Engine, PatientRegistry, RuleSet, SampleBatch, Severity, StateError, ThresholdLevel
 from detectors.const import GLUCOSE, HEART_RATE
 from tests.detectors.helpers import T0, json_roundtrip, run, series, tachycardia_rule
 
@@ -130,9 +130,27 @@ class TestState:
         assert len(engine.open_alerts()) == 1
 
     def test_state_of_removed_rules_is_ignored(self, engine: Engine) -> None:
-        state = engine.export_state("p") | {"rules": {"gone": {"last_t": 1.0}}}
+        run(engine, series("p", "heart_rate", 0, [130] * 3))
+        exported = engine.export_state("p")
+        state = exported | {"rules": exported["rules"] | {"gone": {"last_t": 1.0}}}
         engine.import_state("p", state)
         assert set(engine.export_state("p")["rules"]) == {"tachycardia"}
+
+    def test_rules_a_patient_never_touched_are_left_out_and_read_back_as_fresh(self) -> None:
+        hypo = tachycardia_rule(
+            name="hypoglycemia", metric="glucose", direction=Direction.BELOW, clear_threshold=80,
+            levels=(ThresholdLevel(severity=Severity.WARNING, threshold=70, for_s=600, escalate_after_s=900),),
+        )
+        rules = RuleSet(rules=(tachycardia_rule(), hypo))
+        engine = Engine(rules)
+        run(engine, series("p", "heart_rate", 0, [130] * 3))
+        exported = engine.export_state("p")
+        assert set(exported["rules"]) == {"tachycardia"}  # no glucose: its rule is still fresh
+        other = Engine(rules)
+        other.import_state("p", exported)
+        assert other.export_state("p") == exported
+        run(other, series("p", "glucose", 10, [50] * 20, step=60))
+        assert set(other.export_state("p")["rules"]) == {"tachycardia", "hypoglycemia"}
 
     def test_reset_patient_forgets_everything(self, engine: Engine) -> None:
         run(engine, series("p", "heart_rate", 0, [130] * 11))
