@@ -1,0 +1,1 @@
+"""Peer pipelines the end-to-end benchmark compares ours with (issue 7)."""
