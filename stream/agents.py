@@ -2,10 +2,10 @@
 
 ``stream.noack_take()`` hands the agent up to ``MAX_BATCH_RECORDS`` events at a time (each record
 carrying many readings); the agent acknowledges them itself, and only after the batch was
-prepared (:meth:`~stream.pipeline.Pipeline.prepare`: detected, state checkpointed) and delivered
-(:meth:`~stream.pipeline.Pipeline.deliver`: written to InfluxDB, alerts published), so nothing
-reaches a committable offset before it is in InfluxDB. Delivery runs one batch behind
-preparation, in order, so the CPU work of the next batch overlaps the InfluxDB write of this one. Not ``take()``: it
+processed (detected, written to InfluxDB, alerts published) and the detector state it produced
+checkpointed (:class:`Committer`: a group commit, so a patient's state is written about once per
+``CHECKPOINT_INTERVAL_S`` rather than once per message), so nothing reaches a committable offset
+before it is in InfluxDB and in the state table. Not ``take()``: it
 acknowledges the batch in a ``finally``, i.e. also when the body raised or was cancelled (a crash,
 a shutdown during an InfluxDB outage), and the next commit then passes records nobody processed.
 A failing batch is retried in place with backoff (:func:`until_done`; the engine is rebuilt from
@@ -40,6 +40,7 @@ something can go stale.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -49,13 +50,13 @@ from typing import Any, Final
 import faust
 
 from stream import topics
-from stream.pipeline import Pipeline, Prepared
+from stream.pipeline import Pipeline
 
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
-# Prepared batches waiting for their InfluxDB write: detection runs this far ahead of the sink.
-DELIVERY_QUEUE: Final = 2
+# Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
+CHECKPOINT_INTERVAL_S: Final = 10.0
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
@@ -91,14 +92,63 @@ async def until_done(what: str, step: Callable[[], Awaitable[None]], *, before_r
         attempt += 1
 
 
-async def _deliver_in_order(pipeline: Pipeline, stream: Any, queue: asyncio.Queue[tuple[Prepared, Sequence[Any]]]
-                            ) -> None:
-    """Deliver prepared batches one after the other (alert events stay in order), then ack them."""
-    while True:
-        prepared, events = await queue.get()
-        await until_done(f"delivering a batch of {prepared.records} readings records",
-                         functools.partial(pipeline.deliver, prepared))
-        await ack_all(stream, events)
+class Committer:
+    """The group commit of detector state and offsets: outputs, then state, then offsets.
+
+    Everything that changes the engine (a readings batch, a tick, an acknowledgement) runs under
+    :attr:`lock` together with its outputs (InfluxDB write, alert events), so whenever the lock is
+    free every effect in the engine has been delivered, and any patient's state may be
+    checkpointed. States are not written after every batch: a patient whose state changed is
+    written once it has been pending for ``interval_s`` (oldest first, a few at a time after each
+    batch; :meth:`~stream.pipeline.Pipeline.checkpoint_older_than`), and a batch is acknowledged
+    once no pending state depends on it. So a patient sending every few seconds costs one table
+    write per interval instead of one per message, an offset never passes a state that was not
+    checkpointed, and a crash replays at most about one interval, which deterministic alert ids
+    and keyed InfluxDB points make harmless (the replayed alerts are the same alerts).
+    ``interval_s = 0`` writes every changed state after every batch.
+    """
+
+    def __init__(self, pipeline: Pipeline, *, interval_s: float) -> None:
+        self.pipeline = pipeline
+        self.interval_s = interval_s
+        self.lock = asyncio.Lock()
+        self._seq = 0
+        self._unacked: collections.deque[tuple[int, Any, Sequence[Any]]] = collections.deque()
+
+    def next_seq(self) -> int:
+        """The sequence number of a new batch of events."""
+        self._seq += 1
+        return self._seq
+
+    def forget_pending(self) -> None:
+        """The engine was rebuilt from its checkpoints (a rebalance, a failed batch): what was
+        delivered since is not in it, so it must not be acknowledged; Faust fetches it again from
+        the committed offset."""
+        self._unacked.clear()
+
+    def changed(self, seq: int | None, stream: Any = None, events: Sequence[Any] = ()) -> None:
+        """Under :attr:`lock`, after the outputs of a change were delivered: note what changed
+        (and the events, to acknowledge once their states are written)."""
+        self.pipeline.note_dirty(seq)
+        if events:
+            self._unacked.append((seq if seq is not None else self._seq, stream, events))
+
+    async def flush(self, *, everything: bool = False) -> None:
+        """Under :attr:`lock`: write the states that are due, then acknowledge what no pending
+        state depends on any more."""
+        if everything or self.interval_s <= 0:
+            self.pipeline.checkpoint()
+            frontier = None
+        else:
+            frontier = self.pipeline.checkpoint_older_than(self.interval_s)
+        while self._unacked and (frontier is None or self._unacked[0][0] < frontier):
+            _seq, stream, events = self._unacked.popleft()
+            await ack_all(stream, events)
+
+    @property
+    def unacked_batches(self) -> int:
+        """Batches delivered but not yet acknowledged (their states are pending)."""
+        return len(self._unacked)
 
 
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
@@ -130,6 +180,7 @@ class WorkerStatus:
     partitions: frozenset[int] = frozenset()
     topic_partitions: int = 0  # of rpm.readings as the broker reports it (0: unknown, use configured)
     recovered: bool = False
+    committer: Committer | None = None
 
     def total_partitions(self) -> int:
         """The partition count that maps patients to partitions."""
@@ -161,7 +212,8 @@ class TableStore:
 
 
 def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
-                    status: WorkerStatus | None = None) -> WorkerStatus:
+                    status: WorkerStatus | None = None,
+                    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> WorkerStatus:
     """Declare the topics and the state table, and attach the agents that drive ``pipeline``.
 
     ``status`` (its ``roster``: patients to enroll for staleness) is kept up to date with the
@@ -191,6 +243,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
                                       if tp.topic == topics.READINGS)
         status.topic_partitions = _topic_partitions(app, topics.READINGS)
         status.recovered = True
+        committer.forget_pending()
         pipeline.reload()
 
     table.on_recover(reload)
@@ -201,26 +254,21 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
 
     app.on_partitions_revoked.connect(on_revoked)
 
+    committer = Committer(pipeline, interval_s=checkpoint_interval_s)
+    status.committer = committer
+
+    def rebuild() -> None:  # a failed batch is retried on the engine rebuilt from its checkpoints
+        committer.forget_pending()
+        pipeline.reload()
+
     async def detect(stream: Any) -> None:
-        # Two stages: this loop prepares batch N+1 (decode, detect, checkpoint: CPU) while the
-        # deliverer writes batch N to InfluxDB and publishes its alerts (I/O), in batch order.
-        # A batch is acknowledged only once delivered; the queue bound is the backpressure.
-        queue: asyncio.Queue[tuple[Prepared, Sequence[Any]]] = asyncio.Queue(maxsize=DELIVERY_QUEUE)
-        deliverer = asyncio.ensure_future(_deliver_in_order(pipeline, stream, queue))
-        try:
-            async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
-                values = [event.value for event in events]
-                prepared: list[Prepared] = []
-
-                async def prepare(values: list[bytes] = values, out: list[Prepared] = prepared) -> None:
-                    out[:] = [pipeline.prepare(values)]
-
-                await until_done(f"a batch of {len(values)} readings records", prepare, before_retry=pipeline.reload)
-                if deliverer.done():  # it never returns: it failed, and must not fail silently
-                    deliverer.result()
-                await queue.put((prepared[0], events))
-        finally:
-            deliverer.cancel()
+        async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
+            values = [event.value for event in events]
+            step = functools.partial(pipeline.handle, values, checkpoint=False)
+            async with committer.lock:
+                await until_done(f"a batch of {len(values)} readings records", step, before_retry=rebuild)
+                committer.changed(committer.next_seq(), stream, events)
+                await committer.flush()
 
     async def acknowledge(stream: Any) -> None:
         from stream.acks import decode_ack
@@ -231,7 +279,9 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             except ValueError as exc:
                 await pipeline.deadletter("worker", f"bad acknowledgement: {exc}", topics.ALERT_ACKS, value)
                 return
-            await pipeline.acknowledge(patient=ack.patient, alert_id=ack.alert_id, by=ack.by, at=ack.at)
+            if await pipeline.acknowledge(patient=ack.patient, alert_id=ack.alert_id, by=ack.by, at=ack.at,
+                                          checkpoint=False):
+                pipeline.checkpoint_patients([ack.patient])  # acknowledgements are few and matter
 
         async def apply_all(values: list[bytes]) -> None:
             for value in values:
@@ -239,12 +289,16 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
 
         async for events in stream.noack_take(MAX_BATCH_ACKS, within=TAKE_WITHIN_S):
             values = [event.value for event in events]
-            await until_done(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values),
-                             before_retry=pipeline.reload)
+            async with committer.lock:
+                await until_done(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values),
+                                 before_retry=rebuild)
             await ack_all(stream, events)
 
     async def tick() -> None:
-        await pipeline.tick()
+        async with committer.lock:
+            await pipeline.tick(checkpoint=False)
+            committer.changed(None)
+            await committer.flush()
 
     app.agent(readings, name="rpm.detect")(detect)
     app.agent(acks, name="rpm.acknowledge")(acknowledge)

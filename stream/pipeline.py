@@ -172,6 +172,9 @@ class Pipeline:
         self.engine = engine_factory()
         self.store: StateStore = store if store is not None else DictStore()
         self._loaded: set[str] = set()
+        # patient -> (when, batch seq) its state first changed since its last checkpoint; oldest first
+        self._pending: dict[str, tuple[float, int]] = {}
+        self._last_seq = 0
         self.sink = sink
         self._send_alert: SendFn | None = None
         self._send_deadletter: SendFn | None = None
@@ -200,6 +203,7 @@ class Pipeline:
         """
         self.engine = self._engine_factory()
         self._loaded = set()
+        self._pending = {}
         self._load(self.store.patients())
         stored = len(self._loaded)
         enrolled = list(self._enrolled()) if self._enrolled is not None else []
@@ -225,21 +229,67 @@ class Pipeline:
                 # A record this version cannot read: start the patient fresh rather than stop the stream.
                 _LOGGER.error("stored detector state of a patient is unreadable (%s); starting it fresh", exc)
 
-    def _checkpoint(self) -> None:
-        for patient in self.engine.dirty_patients():
-            self.store.put(patient, orjson.dumps(self.engine.export_state(patient)))
-            self.stats.checkpoints += 1
+    def checkpoint(self) -> None:
+        """Store the state of every patient whose state changed (outputs delivered first!)."""
+        self._checkpoint()
 
-    async def handle(self, values: list[bytes]) -> None:
-        """Process one micro-batch of ``rpm.readings`` record values: :meth:`prepare`, then :meth:`deliver`."""
+    def _checkpoint(self) -> None:
+        self.note_dirty()
+        pending, self._pending = self._pending, {}
+        for patient in pending:
+            self._store_state(patient)
+
+    def _store_state(self, patient: str) -> None:
+        self.store.put(patient, orjson.dumps(self.engine.export_state(patient)))
+        self.stats.checkpoints += 1
+
+    # Rolling checkpoints (the worker's group commit, see stream.agents.Committer): a patient whose
+    # state changed is written once it has been pending for a while, oldest first, so a patient
+    # sending every few seconds is written once per interval rather than once per message, and the
+    # work is spread evenly instead of arriving all at once.
+
+    def note_dirty(self, seq: int | None = None) -> None:
+        """Patients whose state changed (everything delivered) join the pending set, tagged with the
+        batch ``seq`` that first changed them since their last checkpoint (default: the last seq
+        noted; seqs must not decrease, so the oldest pending entry has the smallest)."""
+        if seq is not None:
+            self._last_seq = max(self._last_seq, seq)
+        now = self._clock()
+        for patient in self.engine.dirty_patients():
+            self._pending.setdefault(patient, (now, self._last_seq))
+
+    def checkpoint_older_than(self, age_s: float) -> int | None:
+        """Write the states pending for ``age_s`` or more, oldest first; return the first batch seq
+        some pending state still depends on (``None``: nothing is pending)."""
+        cutoff = self._clock() - age_s
+        for patient, (since, _seq) in list(self._pending.items()):
+            if since > cutoff:
+                break
+            del self._pending[patient]
+            self._store_state(patient)
+        return next(iter(self._pending.values()))[1] if self._pending else None
+
+    def checkpoint_patients(self, patients: Iterable[str]) -> None:
+        """Write these patients' states now (and take them off the pending set)."""
+        self.note_dirty()
+        for patient in patients:
+            if self._pending.pop(patient, None) is not None:
+                self._store_state(patient)
+
+    async def handle(self, values: list[bytes], *, checkpoint: bool = True) -> None:
+        """Process one micro-batch of ``rpm.readings`` record values: prepare, deliver, then checkpoint
+        (``checkpoint=False``: the caller checkpoints later, see :class:`stream.agents.Committer`)."""
         await self.deliver(self.prepare(values))
+        if checkpoint:
+            self.checkpoint()
 
     def prepare(self, values: list[bytes]) -> Prepared:
-        """The CPU half of a micro-batch: decode, detect, checkpoint the detector state.
+        """The CPU half of a micro-batch: decode and detect.
 
         Synchronous, so nothing else on the event loop sees the engine half way through a batch.
-        What it returns must be delivered (written, published) before the batch is acknowledged;
-        the worker overlaps that I/O with preparing the next batch (see :mod:`stream.agents`).
+        What it returns must be delivered (written, published) before the state it left in the
+        engine is checkpointed (:meth:`checkpoint`), and checkpointed before the batch is
+        acknowledged: a checkpoint never holds an effect whose output could still be lost.
         """
         decoded = decode_records(values)
         self._load(list({g.patient: None for g in decoded.groups}))
@@ -248,7 +298,6 @@ class Pipeline:
         now = self._clock()  # processing time: escalation deadlines run from here for late data
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.groups else []
         self.stats.detector_s += time.perf_counter() - started
-        self._checkpoint()
         lines += [alert_line(alert_point(e)) for e in events]
         return Prepared(records=len(values), samples=decoded.samples, lines=lines, events=events,
                         rejected=decoded.rejected)
@@ -264,25 +313,29 @@ class Pipeline:
         self.stats.batches += 1
         self.stats.observe_batch(prepared.records)
 
-    async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float) -> bool:
-        """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?)."""
+    async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float, checkpoint: bool = True) -> bool:
+        """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?).
+
+        ``checkpoint=False``: the caller checkpoints later (the worker's group commit)."""
         self._load([patient])
         events = self.engine.acknowledge(alert_id, by, at)
-        self._checkpoint()
         if events:
             await self._write([alert_line(alert_point(e)) for e in events])
             await self._publish(events)
             self.stats.acks += 1
+        if checkpoint:
+            self._checkpoint()
         return bool(events)
 
-    async def tick(self) -> None:
-        """Run time-driven transitions and publish what they produce."""
+    async def tick(self, *, checkpoint: bool = True) -> None:
+        """Run time-driven transitions and publish what they produce (then checkpoint, unless told not to)."""
         events = self.engine.tick(self._clock())
         self.stats.ticks += 1
-        self._checkpoint()
         if events:
             await self._write([alert_line(alert_point(e)) for e in events])
             await self._publish(events)
+        if checkpoint:
+            self._checkpoint()
 
     def _vitals_lines(self, decoded: Decoded) -> list[str]:
         lines: list[str] = []

@@ -75,6 +75,23 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
                     enrolled=status.enrolled if status is not None else None)
 
 
+def checkpoint_interval_s(env: Mapping[str, str] | None = None) -> float:
+    """``RPM_CHECKPOINT_INTERVAL_S`` (seconds between group commits of state and offsets), or the default."""
+    from stream.agents import CHECKPOINT_INTERVAL_S
+
+    env = os.environ if env is None else env
+    raw = env.get("RPM_CHECKPOINT_INTERVAL_S", "").strip()
+    if not raw:
+        return CHECKPOINT_INTERVAL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 300.0:
+        raise ValueError(f"RPM_CHECKPOINT_INTERVAL_S={raw!r}: expected seconds between 0 and 300")
+    return value
+
+
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker until SIGTERM/SIGINT (Faust handles both and shuts down gracefully)."""
     from faust.worker import Worker
@@ -94,7 +111,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
         broker=settings.kafka_url or DEFAULT_KAFKA_URL,
         partitions=options.partitions, datadir=datadir, web_port=web_port,
     )
-    register_agents(app, pipeline, partitions=options.partitions, status=status)
+    register_agents(app, pipeline, partitions=options.partitions, status=status,
+                    checkpoint_interval_s=checkpoint_interval_s())
     register_pages(app, pipeline, status)
     _LOGGER.info("worker starting: data dir %s, web port %d, %d roster patients", datadir, web_port,
                  len(status.roster))
