@@ -18,6 +18,7 @@ keyed, alert ids are deterministic, and the engine drops samples it has already 
 from __future__ import annotations
 
 import bisect
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -173,7 +174,7 @@ class Pipeline:
         self.store: StateStore = store if store is not None else DictStore()
         self._loaded: set[str] = set()
         # patient -> (when, batch seq) its state first changed since its last checkpoint; oldest first
-        self._pending: dict[str, tuple[float, int]] = {}
+        self._pending: collections.OrderedDict[str, tuple[float, int]] = collections.OrderedDict()
         self._last_seq = 0
         self.sink = sink
         self._send_alert: SendFn | None = None
@@ -203,7 +204,7 @@ class Pipeline:
         """
         self.engine = self._engine_factory()
         self._loaded = set()
-        self._pending = {}
+        self._pending = collections.OrderedDict()
         self._load(self.store.patients())
         stored = len(self._loaded)
         enrolled = list(self._enrolled()) if self._enrolled is not None else []
@@ -235,7 +236,7 @@ class Pipeline:
 
     def _checkpoint(self) -> None:
         self.note_dirty()
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, collections.OrderedDict()
         for patient in pending:
             self._store_state(patient)
 
@@ -262,12 +263,14 @@ class Pipeline:
         """Write the states pending for ``age_s`` or more, oldest first; return the first batch seq
         some pending state still depends on (``None``: nothing is pending)."""
         cutoff = self._clock() - age_s
-        for patient, (since, _seq) in list(self._pending.items()):
+        pending = self._pending
+        while pending:
+            patient, (since, seq) = next(iter(pending.items()))  # O(1): an OrderedDict
             if since > cutoff:
-                break
-            del self._pending[patient]
+                return seq
+            pending.popitem(last=False)
             self._store_state(patient)
-        return next(iter(self._pending.values()))[1] if self._pending else None
+        return None
 
     def checkpoint_patients(self, patients: Iterable[str]) -> None:
         """Write these patients' states now (and take them off the pending set)."""
