@@ -210,6 +210,12 @@ def run(n_messages: int, patients: int, workdir: Path, profile_dir: Path | None)
     stack = start_stack(Settings.from_env({}), workdir)
     logs = workdir / "logs"
     logs.mkdir()
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawned(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        children.append(proc)
+        return proc
+
     results: dict[str, Any] = {"messages": n_messages, "readings": n_messages * SAMPLES_PER_MESSAGE,
                                "patients": patients}
     try:
@@ -217,14 +223,14 @@ def run(n_messages: int, patients: int, workdir: Path, profile_dir: Path | None)
         env = rpm_env(stack, RPM_BRIDGE_CLIENT_ID="rpm-bridge-bench")
         bridge_args = ["bridge", "--health-port", str(port), "--client-id", "rpm-bridge-bench"]
         # 1. subscribe once (persistent session), stop: Mosquitto now queues for the bridge
-        first = spawn(bridge_args, env, logs / "bridge.log")
+        first = spawned(spawn(bridge_args, env, logs / "bridge.log"))
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=60, what="bridge subscribed")
         stop(first)
         batch = messages(n_messages, patients)
         publish_all(stack.mqtt_url(SIMULATOR_USER), batch)
         readings = n_messages * SAMPLES_PER_MESSAGE
         # 2. bridge drains the MQTT backlog into Kafka
-        bridge = spawn(bridge_args, env, logs / "bridge.log")
+        bridge = spawned(spawn(bridge_args, env, logs / "bridge.log"))
         proc = psutil.Process(bridge.pid)
         spy = profiler(bridge.pid, profile_dir / "bridge.collapsed.txt" if profile_dir else None)
         murl = f"http://127.0.0.1:{port}/metrics"
@@ -235,8 +241,8 @@ def run(n_messages: int, patients: int, workdir: Path, profile_dir: Path | None)
         stop(bridge)
         # 3. worker drains Kafka into InfluxDB
         wport = free_port()
-        worker = spawn(["worker", "--data-dir", str(workdir / "worker"), "--web-port", str(wport)],
-                       rpm_env(stack), logs / "worker.log")
+        worker = spawned(spawn(["worker", "--data-dir", str(workdir / "worker"), "--web-port", str(wport)],
+                       rpm_env(stack), logs / "worker.log"))
         proc = psutil.Process(worker.pid)
         spy = profiler(worker.pid, profile_dir / "worker.collapsed.txt" if profile_dir else None)
         rate, cpu = drain(lambda: vitals_count(stack), readings, 600, proc)
@@ -246,6 +252,8 @@ def run(n_messages: int, patients: int, workdir: Path, profile_dir: Path | None)
         results["worker"]["written"] = vitals_count(stack)
         stop(worker)
     finally:
+        for proc in children:  # also when a stage failed: no orphans
+            stop(proc)
         stack.stop()
     return results
 

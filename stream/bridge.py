@@ -281,7 +281,7 @@ class Bridge:
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             acks="all",
-            linger_ms=5,
+            linger_ms=20,  # fewer, bigger produce requests; a batch is one record per partition anyway
             max_batch_size=1024 * 1024,
             max_request_size=2 * 1024 * 1024,
             enable_idempotence=False,  # Tansu rejects idempotent producers; the sink is idempotent
