@@ -185,6 +185,24 @@ def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+# Codecs aiokafka supports, and the package each needs beyond the standard library.
+KAFKA_CODECS = {"none": None, "gzip": None, "lz4": "lz4", "zstd": "zstandard", "snappy": "cramjam"}
+
+
+def check_kafka_compression(codec: str | None) -> None:
+    """``RPM_KAFKA_COMPRESSION``: a codec aiokafka knows, whose library is installed."""
+    import importlib.util
+
+    if codec in (None, ""):
+        return
+    if codec not in KAFKA_CODECS:
+        raise ConfigError(f"RPM_KAFKA_COMPRESSION={codec!r}: expected one of {', '.join(KAFKA_CODECS)}")
+    package = KAFKA_CODECS[codec]
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"RPM_KAFKA_COMPRESSION={codec!r} needs the Python package {package!r}: "
+                          f"pip install {package}, or use gzip")
+
+
 def kafka_bootstrap(url: str) -> str:
     """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes)."""
     parts = urlsplit(url)
@@ -202,6 +220,7 @@ class Settings:
     mqtt_ca: str | None = None
     mqtt_password_file: str | None = None
     kafka_url: str | None = None
+    kafka_compression: str | None = None  # the bridge's producer: None, "gzip", "lz4", "zstd", "snappy"
     influx_url: str | None = field(default=None, repr=False)
     influx_db: str = DEFAULT_INFLUX_DB
     influx_token: Secret = field(default_factory=lambda: Secret(""))
@@ -217,6 +236,7 @@ class Settings:
             mqtt_ca=env.get("RPM_MQTT_CA") or None,
             mqtt_password_file=env.get("RPM_MQTT_PASSWORD_FILE") or None,
             kafka_url=env.get("RPM_KAFKA_URL") or None,
+            kafka_compression=(env.get("RPM_KAFKA_COMPRESSION") or "none").strip().lower(),
             influx_url=env.get("RPM_INFLUX_URL") or None,
             influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
             influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
@@ -234,6 +254,7 @@ class Settings:
             check_private_file(self.mqtt_password_file, what="RPM_MQTT_PASSWORD_FILE")
         if self.kafka_url:
             kafka_bootstrap(self.kafka_url)
+        check_kafka_compression(self.kafka_compression)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
             raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {self.influx_url!r}")
 
@@ -243,6 +264,10 @@ class Settings:
             raise ConfigError("RPM_MQTT_URL is not set")
         mqtt = MqttSettings.from_url(self.mqtt_url, ca_file=self.mqtt_ca)
         return mqtt.with_password_file(self.mqtt_password_file) if self.mqtt_password_file else mqtt
+
+    def kafka_compression_type(self) -> str | None:
+        """aiokafka's ``compression_type`` (``None``: uncompressed)."""
+        return None if self.kafka_compression in (None, "", "none") else self.kafka_compression
 
     def kafka_bootstrap(self) -> str:
         """aiokafka bootstrap servers; requires ``kafka_url``."""

@@ -176,12 +176,14 @@ class Bridge:
         client_id: str,
         shared_group: str = SHARED_GROUP,
         clock: Callable[[], float] = time.time,
+        compression: str | None = None,
     ) -> None:
         self._mqtt_settings = mqtt_settings
         self._bootstrap = bootstrap
         self._client_id = client_id
         self._subscription = f"$share/{shared_group}/{READINGS_TOPIC_FILTER}"
         self._clock = clock
+        self._compression = compression
         self.stats = BridgeStats()
         self._queue: asyncio.Queue[Inbound] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -285,6 +287,7 @@ class Bridge:
             max_batch_size=1024 * 1024,
             max_request_size=2 * 1024 * 1024,
             enable_idempotence=False,  # Tansu rejects idempotent producers; the sink is idempotent
+            compression_type=self._compression,  # RPM_KAFKA_COMPRESSION; off by default (costs CPU)
         )
         await self._start_producer(producer, stop)
         client = self._make_client()
@@ -438,7 +441,8 @@ async def run_bridge(
     lock = None
     if client_id is None:
         client_id, lock = claim_client_id()
-    bridge = Bridge(mqtt_settings=settings.mqtt(), bootstrap=bootstrap, client_id=client_id)
+    bridge = Bridge(mqtt_settings=settings.mqtt(), bootstrap=bootstrap, client_id=client_id,
+                    compression=settings.kafka_compression_type())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -60,12 +60,12 @@ async def consume(bootstrap: str, topic: str, expected: int, deadline_s: float =
     return values
 
 
-@pytest.fixture
-async def bridge(stack: Stack) -> AsyncIterator[Bridge]:
+@pytest.fixture(params=[None, "gzip"], ids=["uncompressed", "gzip"])
+async def bridge(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[Bridge]:
     bootstrap = stack.settings.kafka_bootstrap()
     await topics.ensure_topics(bootstrap, partitions=4)
     b = Bridge(mqtt_settings=MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER)), bootstrap=bootstrap,
-               client_id="test-bridge")
+               client_id="test-bridge", compression=request.param)
     stop = asyncio.Event()
     task = asyncio.create_task(b.run(stop))
     await asyncio.to_thread(b.subscribed.wait, 20)
@@ -155,3 +155,18 @@ async def test_anonymous_and_wrong_password_clients_are_refused(stack: Stack) ->
         finally:
             client.loop_stop()
         assert getattr(result[0], "is_failure", False), f"{username!r} was let in"
+
+
+@pytest.mark.parametrize(("value", "fragment"), [("brotli", "expected one of"), ("zstd", "needs the Python package")])
+def test_an_unusable_compression_is_refused_at_start(value: str, fragment: str) -> None:
+    import importlib.util
+
+    from rpm_core.errors import ConfigError
+    from rpm_core.settings import Settings
+
+    if value == "zstd" and importlib.util.find_spec("zstandard") is not None:
+        pytest.skip("zstandard is installed here")
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env({"RPM_KAFKA_COMPRESSION": value})
+    assert Settings.from_env({"RPM_KAFKA_COMPRESSION": "GZIP"}).kafka_compression_type() == "gzip"
+    assert Settings.from_env({}).kafka_compression_type() is None
