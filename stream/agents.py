@@ -261,7 +261,23 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         committer.forget_pending()
         pipeline.reload()
 
+    async def flush_on_stop() -> None:
+        # A graceful stop (SIGTERM) waits until every event taken is acknowledged (Faust's
+        # stream_wait_empty), but Faust's timers end as soon as the stop begins, and states that
+        # are still pending would hold acknowledgements back: write them all and acknowledge.
+        await app.wait_until_stopped()  # set when the stop begins (mode.Service), before the consumer stops
+        async with committer.lock:
+            await committer.flush(everything=True)
+        _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
+
     async def detect(stream: Any) -> None:
+        stopper = asyncio.ensure_future(flush_on_stop())
+        try:
+            await _detect(stream)
+        finally:
+            stopper.cancel()
+
+    async def _detect(stream: Any) -> None:
         async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
             values = [event.value for event in events]
             step = functools.partial(pipeline.handle, values, checkpoint=False)

@@ -162,6 +162,8 @@ def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_al
             eventually(lambda: len(raised_alerts(stack)), lambda n: n >= 1, timeout=120, what="the alert",
                        watch=(w, bridge))
             w.stop()  # a restart: SIGTERM, graceful
+            assert w.proc.returncode != -signal.SIGKILL, "the worker did not stop by itself on SIGTERM"
+            assert "every pending detector state written" in w.log_path.read_text()
             w2 = worker(stack, tmp_path, "worker-b")
             with running(w2):
                 pub.readings("p0100", "hrs-p0100", heart_rate(t0 + 900, 600, 136))   # the episode goes on
