@@ -28,6 +28,10 @@ partition, Faust's assignor gives both to the same worker, and after a rebalance
 exactly the states of the patients this worker now owns. ``Pipeline.reload`` then rebuilds the
 engine from the table once Faust finished recovering it, before any new record is processed.
 
+The table lives in memory and is recovered from its changelog at start. Faust's RocksDB store is
+not an option for it: its writes need a current event to pick the partition (an assertion in
+``faust.stores.rocksdb.Store._set``), and this worker writes states per batch and on timers.
+
 Staleness alerts also cover roster patients who never sent anything: on every reload the worker
 enrolls the roster patients *whose readings partition is assigned to it* (:func:`owned_patients`:
 Kafka's default partitioner, murmur2 of the patient id modulo the partition count of
@@ -266,8 +270,13 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         # stream_wait_empty), but Faust's timers end as soon as the stop begins, and states that
         # are still pending would hold acknowledgements back: write them all and acknowledge.
         await app.wait_until_stopped()  # set when the stop begins (mode.Service), before the consumer stops
-        async with committer.lock:
-            await committer.flush(everything=True)
+        try:
+            async with committer.lock:
+                await committer.flush(everything=True)
+        except Exception:
+            _LOGGER.exception("stopping: could not write the pending detector states; their readings "
+                              "are not acknowledged and will be processed again after the restart")
+            raise
         _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
 
     async def detect(stream: Any) -> None:
