@@ -28,9 +28,12 @@ partition, Faust's assignor gives both to the same worker, and after a rebalance
 exactly the states of the patients this worker now owns. ``Pipeline.reload`` then rebuilds the
 engine from the table once Faust finished recovering it, before any new record is processed.
 
-The table lives in memory and is recovered from its changelog at start. Faust's RocksDB store is
-not an option for it: its writes need a current event to pick the partition (an assertion in
-``faust.stores.rocksdb.Store._set``), and this worker writes states per batch and on timers.
+The table lives in memory and is recovered from its changelog at start (``RPM_STATE_STORE=memory``,
+the default), or in RocksDB in the data directory (``rocksdb``, with the ``rocksdict`` package),
+so a restart with the same data directory reads only the changelog's tail. Faust's RocksDB store
+wants a current event for every write (to pick the partition's database), and this worker
+writes states per batch and on timers: :class:`TableStore` stands in an event that carries the
+patient's partition.
 
 Staleness alerts also cover roster patients who never sent anything: on every reload the worker
 enrolls the roster patients *whose readings partition is assigned to it* (:func:`owned_patients`:
@@ -47,6 +50,8 @@ import asyncio
 import collections
 import functools
 import logging
+import types
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -195,11 +200,25 @@ class WorkerStatus:
         return owned_patients(self.roster, self.partitions, self.total_partitions())
 
 
-class TableStore:
-    """The pipeline's :class:`~stream.pipeline.StateStore` on a Faust table (bytes keys and values)."""
+class _PartitionOnly:
+    """Stands for the current event where Faust's RocksDB store looks for the partition of a write
+    (``faust.stores.rocksdb.Store._set`` asserts there is one): our writes happen per batch and
+    from timers, outside any single event; the partition is the patient's, as the partitioner
+    (``use_partitioner``) gives it to the changelog."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, partition: int) -> None:
+        self.message = types.SimpleNamespace(partition=partition)
+
+
+class TableStore:
+    """The pipeline's :class:`~stream.pipeline.StateStore` on a Faust table (bytes keys and values).
+
+    ``partition_of`` (RocksDB tables only): the partition of a patient, for the write's event.
+    """
+
+    def __init__(self, table: Any, partition_of: Callable[[str], int] | None = None) -> None:
         self._table = table
+        self._partition_of = partition_of
 
     def get(self, patient: str) -> bytes | None:
         """The stored state of ``patient``."""
@@ -208,7 +227,17 @@ class TableStore:
 
     def put(self, patient: str, state: bytes) -> None:
         """Store (and send to the changelog) the state of ``patient``."""
-        self._table[patient.encode()] = state
+        if self._partition_of is None:
+            self._table[patient.encode()] = state
+            return
+        from faust.streams import _current_event
+
+        stand_in = _PartitionOnly(self._partition_of(patient))
+        token = _current_event.set(weakref.ref(stand_in))  # type: ignore[arg-type]
+        try:
+            self._table[patient.encode()] = state
+        finally:
+            _current_event.reset(token)
 
     def patients(self) -> list[str]:
         """Patients with stored state on this worker's partitions."""
@@ -231,7 +260,9 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     deadletter = app.topic(topics.DEADLETTER, key_type=bytes, value_type=bytes, partitions=1)
     # key/value types bytes with the app's raw serializers (see faust_tuning.faust_settings)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes, use_partitioner=True)
-    pipeline.use_store(TableStore(table))
+    on_disk = not str(app.conf.store).startswith("memory:")
+    pipeline.use_store(TableStore(table, partition_of=(
+        (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None)))
 
     async def send_alert(key: bytes | None, value: bytes) -> None:
         await alerts.send(key=key, value=value)

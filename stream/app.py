@@ -12,10 +12,16 @@ from stream.faust_tuning import faust_settings, install_fetch_wait
 APP_ID: Final = "rpm-worker"  # also the Kafka consumer group every worker joins
 
 
-def create_app(*, broker: str, partitions: int, datadir: str, web_port: int, app_id: str = APP_ID) -> faust.App:
-    """A Faust app for one worker process (several of them form one consumer group)."""
+def create_app(*, broker: str, partitions: int, datadir: str, web_port: int, app_id: str = APP_ID,
+               store: str = "memory") -> faust.App:
+    """A Faust app for one worker process (several of them form one consumer group).
+
+    ``store``: where the state table lives between changelog reads: ``memory`` (recovered from the
+    changelog at every start) or ``rocksdb`` (on disk in the data directory, so a restart with
+    the same data directory reads only the changelog's tail; needs the ``rocksdict`` package).
+    """
     install_fetch_wait()
     install_seek_fence()  # a rebalance must not lose records of the partitions a worker keeps
     return faust.App(app_id, autodiscover=False, **faust_settings(
-        broker=broker, partitions=partitions, datadir=datadir, web_port=web_port,
+        broker=broker, partitions=partitions, datadir=datadir, web_port=web_port, store=store,
     ))

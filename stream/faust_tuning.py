@@ -49,7 +49,11 @@ def install_fetch_wait(max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create  # type: ignore[method-assign]
 
 
-def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int) -> dict[str, Any]:
+STORES: Final = {"memory": "memory://", "rocksdb": "rocksdb://"}
+
+
+def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int, store: str = "memory"
+                   ) -> dict[str, Any]:
     """``faust.App`` keyword arguments for a worker of this pipeline."""
     return {
         "broker": broker,
@@ -67,8 +71,9 @@ def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int)
         "producer_acks": -1,
         "producer_linger_ms": 20,  # fewer, bigger produce requests (state, alerts); +≤20 ms
         "stream_buffer_maxsize": 16384,
-        # Memory tables recovered from their changelog; no standbys: recovery reads the changelog.
-        "store": "memory://",
+        # Memory tables (default) are recovered from their changelog; RocksDB ones keep a copy on
+        # disk. No standbys: recovery reads the changelog.
+        "store": STORES[store],
         "table_standby_replicas": 0,
         "web_enabled": True,
         "web_host": "127.0.0.1",

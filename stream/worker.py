@@ -92,6 +92,22 @@ def checkpoint_interval_s(env: Mapping[str, str] | None = None) -> float:
     return value
 
 
+def state_store(env: Mapping[str, str] | None = None) -> str:
+    """``RPM_STATE_STORE``: ``memory`` (default) or ``rocksdb`` (needs the ``rocksdict`` package)."""
+    import importlib.util
+
+    from rpm_core.errors import ConfigError
+    from stream.faust_tuning import STORES
+
+    env = os.environ if env is None else env
+    store = (env.get("RPM_STATE_STORE") or "memory").strip().lower()
+    if store not in STORES:
+        raise ConfigError(f"RPM_STATE_STORE={store!r}: expected one of {', '.join(STORES)}")
+    if store == "rocksdb" and importlib.util.find_spec("rocksdict") is None:
+        raise ConfigError("RPM_STATE_STORE=rocksdb needs the Python package 'rocksdict': pip install rocksdict")
+    return store
+
+
 def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker until SIGTERM/SIGINT (Faust handles both and shuts down gracefully)."""
     from faust.worker import Worker
@@ -100,6 +116,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     from stream.app import create_app
     from stream.pipeline import Pipeline
 
+    store = state_store()  # checked before anything starts
     status = WorkerStatus(roster=roster_patients(options.roster), configured_partitions=options.partitions)
     pipeline = build_pipeline(settings, status)
     assert isinstance(pipeline, Pipeline)
@@ -109,7 +126,7 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     web_port = options.web_port or free_port()
     app = create_app(
         broker=settings.kafka_url or DEFAULT_KAFKA_URL,
-        partitions=options.partitions, datadir=datadir, web_port=web_port,
+        partitions=options.partitions, datadir=datadir, web_port=web_port, store=store,
     )
     register_agents(app, pipeline, partitions=options.partitions, status=status,
                     checkpoint_interval_s=checkpoint_interval_s())

@@ -148,13 +148,14 @@ def test_a_worker_joining_mid_stream_loses_and_doubles_nothing(stack: Stack, tmp
     assert {(r["patient"], r["rule"]) for r in raised} == expected_episodes(0, 24), "an alert per scripted episode"
 
 
+@pytest.mark.parametrize("store", ["memory", "rocksdb"])
 def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_alert(
-    stack: Stack, tmp_path: Path
+    stack: Stack, tmp_path: Path, store: str
 ) -> None:
     t0 = time.time() - 3600
     url, db = stack.settings.influx_url, stack.settings.influx_db
     assert url
-    w = worker(stack, tmp_path, "worker-a")
+    w = worker(stack, tmp_path, "worker-a", RPM_STATE_STORE=store)
     with running(w), Publisher(stack) as pub:
         bridge = spawn_bridge(stack, tmp_path)
         with running(bridge):
@@ -164,7 +165,9 @@ def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_al
             w.stop()  # a restart: SIGTERM, graceful
             assert w.proc.returncode != -signal.SIGKILL, "the worker did not stop by itself on SIGTERM"
             assert "every pending detector state written" in w.log_path.read_text()
-            w2 = worker(stack, tmp_path, "worker-b")
+            # RocksDB: the same data directory, so the restart reads the state from disk (and the
+            # changelog's tail); memory: a new one, so everything comes from the changelog.
+            w2 = worker(stack, tmp_path, "worker-a" if store == "rocksdb" else "worker-b", RPM_STATE_STORE=store)
             with running(w2):
                 pub.readings("p0100", "hrs-p0100", heart_rate(t0 + 900, 600, 136))   # the episode goes on
                 pub.readings("p0100", "hrs-p0100", heart_rate(t0 + 1500, 900, 78))   # and ends

@@ -185,3 +185,13 @@ def test_health_needs_a_running_app_and_recovered_partitions() -> None:
     body = health(app, pipe, status)
     assert body["assigned"] is True and body["partitions"] == [1, 3]
     assert health(SimpleNamespace(started=True, should_stop=True), pipe, status)["running"] is False
+
+
+def test_the_state_store_setting_is_checked_before_the_worker_starts() -> None:
+    from rpm_core.errors import ConfigError
+    from stream.worker import state_store
+
+    assert state_store({}) == "memory"
+    assert state_store({"RPM_STATE_STORE": "RocksDB"}) == "rocksdb"  # rocksdict is a dev dependency
+    with pytest.raises(ConfigError, match="expected one of memory, rocksdb"):
+        state_store({"RPM_STATE_STORE": "redis"})
