@@ -27,7 +27,7 @@ from stream.topics import DEFAULT_READINGS_PARTITIONS
 from tests.support.influx import count_by, rows
 from tests.support.kafka import produce
 from tests.support.mqtt import Publisher, heart_rate
-from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge
+from tests.support.procs import bridge_client_id, eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -188,9 +188,12 @@ def test_kill_9_of_the_bridge_loses_nothing(stack: Stack, tmp_path: Path) -> Non
         with running(bridge):
             eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
                        watch=(w, bridge))
+            session = bridge_client_id(bridge)
             bridge.kill()
         time.sleep(2)  # readings queue in Mosquitto for the bridge's persistent session meanwhile
-        bridge = spawn_bridge(stack, tmp_path, name="bridge-2")  # same slot, same client id, same session
+        # The same client id, so the same session: usually the same flock slot gives it, but not when
+        # another bridge on this host held a lower slot when the first one started.
+        bridge = spawn_bridge(stack, tmp_path, name="bridge-2", client_id=session)
         with running(bridge):
             sent = finish(sim, summary)
             got = wait_for_all(stack, sent, (w, bridge))

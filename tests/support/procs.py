@@ -79,15 +79,26 @@ def eventually(probe: Callable[[], T], done: Callable[[T], bool], *, timeout: fl
     return value
 
 
-def spawn_bridge(stack: Stack, log_dir: Path, *, name: str = "bridge", **env_extra: str) -> ServiceProcess:
+def spawn_bridge(stack: Stack, log_dir: Path, *, name: str = "bridge", client_id: str | None = None,
+                 **env_extra: str) -> ServiceProcess:
     """Start ``rpm bridge`` and return once it is connected and subscribed (its /healthz is 200).
 
     Mosquitto drops messages published before any subscription exists, so tests must not publish
     before this returns.
     """
     port = free_port()
-    proc = spawn(name, ["bridge", "--health-port", str(port)], rpm_env(stack, **env_extra), log_dir)
+    args = ["bridge", "--health-port", str(port), *(["--client-id", client_id] if client_id else [])]
+    proc = spawn(name, args, rpm_env(stack, **env_extra), log_dir)
     eventually(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), bool, timeout=60,
                what=f"{name} healthy", watch=(proc,), interval=0.1)
     proc.port = port
     return proc
+
+
+def bridge_client_id(bridge: ServiceProcess) -> str:
+    """The MQTT client id a running bridge took (its persistent session), from its /healthz."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{bridge.port}/healthz", timeout=10) as resp:
+        return str(json.loads(resp.read())["client_id"])
