@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,7 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
+from benchmarks.e2e import machine_info
 from rpm_core.services import (
     BRIDGE_USER,
     SIMULATOR_USER,
@@ -51,18 +51,6 @@ from rpm_core.settings import MqttSettings, Settings
 from rpm_core.wire import encode_readings, readings_topic
 
 SAMPLES_PER_MESSAGE = 10
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
 
 
 def messages(n: int, patients: int) -> list[tuple[str, bytes]]:
@@ -269,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rpm-stages-") as tmp:
         os.chmod(tmp, 0o755)  # noqa: S103 - Mosquitto runs as its own user and must reach its workdir
         res = run(args.messages, args.patients, Path(tmp), args.out.parent if args.profile else None)
-    res["machine"] = machine()
+    res["machine"] = machine_info()
     res["command"] = "python -m benchmarks.stages " + " ".join(argv if argv is not None else sys.argv[1:])
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

@@ -154,11 +154,6 @@ class Committer:
             _seq, stream, events = self._unacked.popleft()
             await ack_all(stream, events)
 
-    @property
-    def unacked_batches(self) -> int:
-        """Batches delivered but not yet acknowledged (their states are pending)."""
-        return len(self._unacked)
-
 
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
     """Acknowledge ``events`` (their offsets become committable)."""
@@ -189,7 +184,6 @@ class WorkerStatus:
     partitions: frozenset[int] = frozenset()
     topic_partitions: int = 0  # of rpm.readings as the broker reports it (0: unknown, use configured)
     recovered: bool = False
-    committer: Committer | None = None
 
     def total_partitions(self) -> int:
         """The partition count that maps patients to partitions."""
@@ -290,7 +284,6 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     app.on_partitions_revoked.connect(on_revoked)
 
     committer = Committer(pipeline, interval_s=checkpoint_interval_s)
-    status.committer = committer
 
     def rebuild() -> None:  # a failed batch is retried on the engine rebuilt from its checkpoints
         committer.forget_pending()

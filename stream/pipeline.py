@@ -145,17 +145,6 @@ def alert_point(event: AlertEvent) -> AlertPoint:
     )
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A micro-batch after detection, before its I/O (:meth:`Pipeline.deliver`)."""
-
-    records: int
-    samples: int
-    lines: list[str]
-    events: list[AlertEvent]
-    rejected: list[tuple[bytes, str]]
-
-
 class Pipeline:
     """Decode → detect → write, for one worker.
 
@@ -280,41 +269,28 @@ class Pipeline:
                 self._store_state(patient)
 
     async def handle(self, values: list[bytes], *, checkpoint: bool = True) -> None:
-        """Process one micro-batch of ``rpm.readings`` record values: prepare, deliver, then checkpoint
-        (``checkpoint=False``: the caller checkpoints later, see :class:`stream.agents.Committer`)."""
-        await self.deliver(self.prepare(values))
-        if checkpoint:
-            self.checkpoint()
-
-    def prepare(self, values: list[bytes]) -> Prepared:
-        """The CPU half of a micro-batch: decode and detect.
-
-        Synchronous, so nothing else on the event loop sees the engine half way through a batch.
-        What it returns must be delivered (written, published) before the state it left in the
-        engine is checkpointed (:meth:`checkpoint`), and checkpointed before the batch is
-        acknowledged: a checkpoint never holds an effect whose output could still be lost.
+        """Process one micro-batch of ``rpm.readings`` record values: decode, detect, write, publish,
+        then checkpoint (``checkpoint=False``: the caller checkpoints later, see
+        :class:`stream.agents.Committer`). The outputs always go out before the state that reflects
+        them is checkpointed: a checkpoint never holds an effect whose output could still be lost.
         """
         decoded = decode_records(values)
+        for raw, reason in decoded.rejected:
+            await self._deadletter("worker", reason, "rpm.readings", raw)
         self._load(list({g.patient: None for g in decoded.groups}))
         lines = self._vitals_lines(decoded)
         started = time.perf_counter()
         now = self._clock()  # processing time: escalation deadlines run from here for late data
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.groups else []
         self.stats.detector_s += time.perf_counter() - started
-        lines += [alert_line(alert_point(e)) for e in events]
-        return Prepared(records=len(values), samples=decoded.samples, lines=lines, events=events,
-                        rejected=decoded.rejected)
-
-    async def deliver(self, prepared: Prepared) -> None:
-        """The I/O half: dead letters, the InfluxDB write, then the alert events. Safe to repeat."""
-        for raw, reason in prepared.rejected:
-            await self._deadletter("worker", reason, "rpm.readings", raw)
-        await self._write(prepared.lines)
-        await self._publish(prepared.events)
-        self.stats.records += prepared.records
-        self.stats.samples += prepared.samples
+        await self._write(lines + [alert_line(alert_point(e)) for e in events])
+        await self._publish(events)
+        self.stats.records += len(values)
+        self.stats.samples += decoded.samples
         self.stats.batches += 1
-        self.stats.observe_batch(prepared.records)
+        self.stats.observe_batch(len(values))
+        if checkpoint:
+            self.checkpoint()
 
     async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float, checkpoint: bool = True) -> bool:
         """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?).
