@@ -42,6 +42,17 @@ def test_a_bridge_record_decodes_into_columns() -> None:
     (record(value=[70, 1e9]), "plausible range"),
     (record(flags=[0, 99]), "invalid flags"),
     (record(device="a b"), "not a valid identifier"),
+    # the bridge's shape: one record per partition, each group naming its patient
+    (orjson.dumps({"v": 1, "groups": []}), "non-empty list of groups"),
+    (orjson.dumps({"v": 1, "groups": [{"device": "d"}]}), "exactly the keys"),
+    (orjson.dumps({"v": 1, "groups": [orjson.loads(record())["groups"][0] | {"patient": "p 1"}]}),
+     "group patient is not a valid identifier"),
+    (orjson.dumps({"v": 1, "groups": [orjson.loads(record())["groups"][0] | {"patient": 7}]}),
+     "group patient is not a valid identifier"),
+    (orjson.dumps({"v": 1, "patient": "p1", "groups": [orjson.loads(record())["groups"][0] | {"patient": "p2"}]}),
+     "exactly the keys"),  # a patient at the top and in a group: ambiguous
+    (orjson.dumps({"v": 1, "partition": 3, "groups": [orjson.loads(record())["groups"][0] | {"patient": "p1"}]}),
+     "unknown keys"),
 ])
 def test_malformed_records_are_rejected_with_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(RecordError, match=reason):
@@ -60,3 +71,9 @@ def test_one_bad_record_does_not_spoil_the_batch() -> None:
 def test_fuzz_records_decode_or_are_rejected(raw: bytes) -> None:
     out = decode_records([raw])
     assert len(out.rejected) + len(out.groups) >= 1
+
+
+def test_a_record_of_several_patients_decodes_each_group_with_its_own_patient() -> None:
+    group = orjson.loads(record())["groups"][0]
+    raw = orjson.dumps({"v": 1, "groups": [group | {"patient": "p1"}, group | {"patient": "p2"}]})
+    assert [g.patient for g in decode_record(raw)] == ["p1", "p2"]

@@ -195,3 +195,13 @@ def test_the_state_store_setting_is_checked_before_the_worker_starts() -> None:
     assert state_store({"RPM_STATE_STORE": "RocksDB"}) == "rocksdb"  # rocksdict is a dev dependency
     with pytest.raises(ConfigError, match="expected one of memory, rocksdb"):
         state_store({"RPM_STATE_STORE": "redis"})
+
+
+@pytest.mark.parametrize("raw", ["ten", "-1", "301", "nan", "inf"])
+def test_a_bad_checkpoint_interval_is_refused_with_its_range(raw: str) -> None:
+    from stream.worker import checkpoint_interval_s
+
+    with pytest.raises(ValueError, match="expected seconds between 0 and 300"):
+        checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": raw})
+    assert checkpoint_interval_s({}) == 10.0
+    assert checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": "0"}) == 0.0
