@@ -50,6 +50,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -66,6 +67,10 @@ _LOGGER = logging.getLogger(__name__)
 MAX_BATCH_RECORDS: Final = 2_000
 # Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
 CHECKPOINT_INTERVAL_S: Final = 10.0
+# A flush may always write this many due states, however short the time since the last one.
+MIN_CHECKPOINTS_PER_FLUSH: Final = 20
+# A flush writes at most this many times its share of the pending states (see Committer).
+CHECKPOINT_PACE: Final = 1.25
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
@@ -115,12 +120,21 @@ class Committer:
     checkpointed, and a crash replays at most about one interval, which deterministic alert ids
     and keyed InfluxDB points make harmless (the replayed alerts are the same alerts).
     ``interval_s = 0`` writes every changed state after every batch.
+
+    The writes are paced: patients who started sending together (a worker start, a rebalance, a
+    reconnecting ward) all fall due together, and writing thousands of states in one go stalls
+    the stream for seconds. A flush writes at most :data:`CHECKPOINT_PACE` times its share of the
+    pending states (their number × the time since the last flush / the interval, at least
+    :data:`MIN_CHECKPOINTS_PER_FLUSH`), so a wave is spread over most of an interval (and the next
+    round is no wave any more), while the steady state, where every pending patient falls due once
+    per interval, is always kept up with.
     """
 
     def __init__(self, pipeline: Pipeline, *, interval_s: float) -> None:
         self.pipeline = pipeline
         self.interval_s = interval_s
         self.lock = asyncio.Lock()
+        self._last_flush: float | None = None
         self._seq = 0
         self._unacked: collections.deque[tuple[int, Any, Sequence[Any]]] = collections.deque()
 
@@ -149,10 +163,19 @@ class Committer:
             self.pipeline.checkpoint()
             frontier = None
         else:
-            frontier = self.pipeline.checkpoint_older_than(self.interval_s)
+            frontier = self.pipeline.checkpoint_older_than(self.interval_s, limit=self._budget())
         while self._unacked and (frontier is None or self._unacked[0][0] < frontier):
             _seq, stream, events = self._unacked.popleft()
             await ack_all(stream, events)
+
+
+    def _budget(self) -> int:
+        """How many states this flush may write (see the class docstring)."""
+        now = self.pipeline.now()
+        elapsed = self.interval_s if self._last_flush is None else min(now - self._last_flush, self.interval_s)
+        self._last_flush = now
+        share = CHECKPOINT_PACE * self.pipeline.pending * max(elapsed, 0.0) / self.interval_s
+        return max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share))
 
 
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -33,22 +33,28 @@ def _format_value(v: float) -> str:
 
 def vitals_lines(
     *,
-    patient: str,
-    device: str,
-    source: str,
-    metric: npt.NDArray[np.str_] | Sequence[str],
+    patient: Sequence[str],
+    device: Sequence[str],
+    source: Sequence[str],
+    size: npt.NDArray[np.int64],
+    metric_code: npt.NDArray[np.integer[Any]],
+    metric_names: Sequence[str],
     t_ms: npt.NDArray[np.int64],
     value: npt.NDArray[np.float64],
 ) -> list[str]:
-    """Lines for the samples of one device (one MQTT message group)."""
-    prefix_by_metric = {
-        m: f"vitals,device={device},metric={m},patient={patient},source={source} value="
-        for m in set(metric)
-    }
-    return [
-        f"{prefix_by_metric[m]}{v!r} {t}"
-        for m, v, t in zip(metric, value.tolist(), t_ms.tolist(), strict=True)
-    ]
+    """Lines for a whole micro-batch in columns: tags per group (``patient``, ``device``,
+    ``source``; group ``g`` holds ``size[g]`` samples), metric code, time and value per sample.
+
+    Each distinct (group, metric) prefix is formatted once; what is left per sample is one
+    f-string, the least line protocol can cost in Python.
+    """
+    n_metrics = len(metric_names)
+    key = (np.repeat(np.arange(len(size), dtype=np.int64) * n_metrics, size) + metric_code).tolist()
+    prefix = {}
+    for k in set(key):
+        g, m = divmod(k, n_metrics)
+        prefix[k] = f"vitals,device={device[g]},metric={metric_names[m]},patient={patient[g]},source={source[g]} value="
+    return [f"{prefix[k]}{v!r} {t}" for k, v, t in zip(key, value.tolist(), t_ms.tolist(), strict=True)]
 
 
 @dataclass(frozen=True, slots=True)

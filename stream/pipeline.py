@@ -30,6 +30,7 @@ import numpy.typing as npt
 import orjson
 
 from detectors.batch import PatientRegistry, SampleBatch, metric_codes
+from detectors.const import METRIC_NAMES
 from detectors.errors import StateError
 from detectors.events import AlertEvent
 from stream.deadletter import ReasonLog, deadletter_record
@@ -248,17 +249,28 @@ class Pipeline:
         for patient in self.engine.dirty_patients():
             self._pending.setdefault(patient, (now, self._last_seq))
 
-    def checkpoint_older_than(self, age_s: float) -> int | None:
-        """Write the states pending for ``age_s`` or more, oldest first; return the first batch seq
-        some pending state still depends on (``None``: nothing is pending)."""
+    @property
+    def pending(self) -> int:
+        """How many patients' states changed and are not checkpointed yet."""
+        return len(self._pending)
+
+    def now(self) -> float:
+        """The pipeline's clock."""
+        return self._clock()
+
+    def checkpoint_older_than(self, age_s: float, *, limit: int | None = None) -> int | None:
+        """Write the states pending for ``age_s`` or more, oldest first, at most ``limit`` of them;
+        return the first batch seq some pending state still depends on (``None``: nothing is pending)."""
         cutoff = self._clock() - age_s
         pending = self._pending
+        written = 0
         while pending:
             patient, (since, seq) = next(iter(pending.items()))  # O(1): an OrderedDict
-            if since > cutoff:
+            if since > cutoff or (limit is not None and written >= limit):
                 return seq
             pending.popitem(last=False)
             self._store_state(patient)
+            written += 1
         return None
 
     def checkpoint_patients(self, patients: Iterable[str]) -> None:
@@ -277,11 +289,12 @@ class Pipeline:
         decoded = decode_records(values)
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
-        self._load(list({g.patient: None for g in decoded.groups}))
-        lines = self._vitals_lines(decoded)
+        self._load(list(dict.fromkeys(decoded.patient)))
+        codes = metric_codes(decoded.metric)
+        lines = self._vitals_lines(decoded, codes)
         started = time.perf_counter()
         now = self._clock()  # processing time: escalation deadlines run from here for late data
-        events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.groups else []
+        events = self.engine.process(self._sample_batch(decoded, codes), now=now) if decoded.samples else []
         self.stats.detector_s += time.perf_counter() - started
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
@@ -316,33 +329,30 @@ class Pipeline:
         if checkpoint:
             self._checkpoint()
 
-    def _vitals_lines(self, decoded: Decoded) -> list[str]:
-        lines: list[str] = []
-        for g in decoded.groups:
-            t_ms = np.rint(g.t * 1000.0).astype(np.int64)
-            lines += vitals_lines(
-                patient=g.patient, device=g.device, source=g.source, metric=g.metric, t_ms=t_ms, value=g.value
-            )
-        return lines
+    def _vitals_lines(self, decoded: Decoded, codes: npt.NDArray[np.int8]) -> list[str]:
+        return vitals_lines(
+            patient=decoded.patient, device=decoded.device, source=decoded.source, size=decoded.size,
+            metric_code=codes, metric_names=METRIC_NAMES, t_ms=np.rint(decoded.t * 1000.0).astype(np.int64),
+            value=decoded.value,
+        )
 
-    def _sample_batch(self, decoded: Decoded) -> SampleBatch:
+    def _sample_batch(self, decoded: Decoded, codes: npt.NDArray[np.int8] | None = None) -> SampleBatch:
         """One batch of every group's samples; patient and device codes are per group, repeated per sample.
 
         Device codes matter: rules with ``device_prefix`` (a fingerstick meter beside a CGM) select
         samples by device, and the engine keeps its "already seen" watermarks per device.
         """
-        groups = decoded.groups
         registry = self.engine.registry
-        sizes = np.fromiter((len(g.t) for g in groups), dtype=np.int64, count=len(groups))
-        patient_of_group = np.fromiter((registry.index_of(g.patient) for g in groups), np.int64, len(groups))
-        device_of_group = self.engine.device_codes([g.device for g in groups])
+        index_of = registry.index_of
+        patient_of_group = np.fromiter(map(index_of, decoded.patient), np.int64, len(decoded.patient))
+        device_of_group = self.engine.device_codes(decoded.device)
         return SampleBatch(
-            patient=np.repeat(patient_of_group, sizes),
-            metric=metric_codes([m for g in groups for m in g.metric]),
-            t=np.concatenate([g.t for g in groups]),
-            value=np.concatenate([g.value for g in groups]),
-            flags=np.concatenate([g.flags for g in groups]),
-            device=np.repeat(device_of_group, sizes),
+            patient=np.repeat(patient_of_group, decoded.size),
+            metric=codes if codes is not None else metric_codes(decoded.metric),
+            t=decoded.t,
+            value=decoded.value,
+            flags=decoded.flags,
+            device=np.repeat(device_of_group, decoded.size),
         )
 
     async def _write(self, lines: list[str]) -> None:

@@ -89,3 +89,26 @@ async def test_after_a_rebuild_what_was_pending_is_not_acknowledged() -> None:
     committer.changed(committer.next_seq(), stream, ["new"])
     await committer.flush()
     assert stream.acked == ["new"]
+
+
+async def test_a_wave_of_patients_falling_due_together_is_written_in_paced_slices() -> None:
+    """Thousands of patients who started together fall due together: one flush must not write them
+    all (that stalls the stream for seconds); each writes a little more than its share, and within
+    an interval all are written and every batch acknowledged."""
+    clock, stream = Clock(), Acks()
+    p = pipeline(clock)
+    committer = Committer(p, interval_s=10)
+    await committer.flush()
+    patients = [f"p{k:04d}" for k in range(4000)]
+    p.engine.process(p.engine.batch(patients, ["heart_rate"] * 4000, [clock.now] * 4000, [70.0] * 4000))
+    committer.changed(committer.next_seq(), stream, ["wave"])
+    written = []
+    for _ in range(400):  # a batch every 50 ms, for 20 s
+        clock.now += 0.05
+        before = p.stats.checkpoints
+        await committer.flush()
+        written.append(p.stats.checkpoints - before)
+    assert max(written) <= 30, written  # 1.25 x 4000 x 0.05 / 10 = 25 while all are pending
+    assert sum(written) == 4000 and p.pending == 0 and stream.acked == ["wave"]
+    busy = [k for k, n in enumerate(written) if n]
+    assert busy[0] >= 199 and 100 <= busy[-1] - busy[0] <= 200  # from 10 s on, spread over 5-10 s

@@ -77,3 +77,44 @@ def test_a_record_of_several_patients_decodes_each_group_with_its_own_patient() 
     group = orjson.loads(record())["groups"][0]
     raw = orjson.dumps({"v": 1, "groups": [group | {"patient": "p1"}, group | {"patient": "p2"}]})
     assert [g.patient for g in decode_record(raw)] == ["p1", "p2"]
+
+
+@pytest.mark.parametrize(("column", "bad", "reason"), [
+    ("value", ["70", 99.5], "must be numbers"),  # a number in a string is a wrong JSON type, not a number
+    ("t", [NOW, None], "must be numbers"),
+    ("flags", [0, 1.5], "must be integers"),
+    ("flags", [0, True], "must be integers"),
+    ("value", [[70], [99.5]], "must be numbers"),
+])
+def test_a_column_of_the_wrong_json_type_rejects_its_record_and_only_it(column: str, bad: list[object],
+                                                                      reason: str) -> None:
+    broken = record(**{column: bad})
+    with pytest.raises(RecordError, match=reason):
+        decode_record(broken)
+    out = decode_records([record(), broken, record()])  # the batch's fast path fails, the slow path finds the one
+    assert [raw for raw, _ in out.rejected] == [broken] and reason in out.rejected[0][1]
+    assert out.patient == ["p1", "p1"] and out.samples == 4 and out.value.tolist() == [70.0, 99.5] * 2
+
+
+samples = st.lists(st.tuples(st.sampled_from(["heart_rate", "rr_interval", "glucose"]),
+                             st.floats(NOW - 3600, NOW), st.sampled_from([0, 1, 2, 4])), min_size=1, max_size=6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["p1", "p2", "p3"]), st.sampled_from(["d1", "cgm-2"]), samples),
+                         min_size=1, max_size=3), max_size=5))
+def test_the_column_wise_batch_decoder_agrees_with_the_record_by_record_one(batch: list[list[tuple]]) -> None:
+    values = [
+        orjson.dumps({"v": 1, "groups": [
+            {"patient": p, "device": d, "source": "ble", "metric": [m for m, _, _ in ss], "t": [t for _, t, _ in ss],
+             "value": [{"heart_rate": 72.0, "rr_interval": 0.8, "glucose": 110.0}[m] for m, _, _ in ss],
+             "flags": [f for _, _, f in ss]}
+            for p, d, ss in groups]})
+        for groups in batch
+    ]
+    out = decode_records(values)
+    reference = [g for v in values for g in decode_record(v)]
+    assert out.rejected == []
+    assert [(g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist())
+            for g in out.groups] == [
+        (g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist()) for g in reference]

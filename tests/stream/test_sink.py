@@ -16,8 +16,21 @@ T0_MS = 1_780_000_000_000
 
 def sample_lines(n: int, patient: str = "p0001", offset_ms: int = 0) -> list[str]:
     t_ms = T0_MS + offset_ms + np.arange(n, dtype=np.int64) * 1000
-    return vitals_lines(patient=patient, device="hrs-1", source="sim", metric=["heart_rate"] * n,
+    return vitals_lines(patient=[patient], device=["hrs-1"], source=["sim"], size=np.array([n]),
+                        metric_code=np.zeros(n, dtype=np.int8), metric_names=["heart_rate"],
                         t_ms=t_ms, value=np.linspace(60, 90, n))
+
+
+def test_vitals_lines_carry_each_groups_tags_and_each_samples_metric() -> None:
+    lines = vitals_lines(patient=["p1", "p2"], device=["hrs-1", "cgm-2"], source=["sim", "ble"], size=np.array([2, 1]),
+                         metric_code=np.array([0, 1, 2], dtype=np.int8),
+                         metric_names=["heart_rate", "rr_interval", "glucose"],
+                         t_ms=np.array([1, 2, 3], dtype=np.int64), value=np.array([70.0, 0.8125, 99.0]))
+    assert lines == [
+        "vitals,device=hrs-1,metric=heart_rate,patient=p1,source=sim value=70.0 1",
+        "vitals,device=hrs-1,metric=rr_interval,patient=p1,source=sim value=0.8125 2",
+        "vitals,device=cgm-2,metric=glucose,patient=p2,source=ble value=99.0 3",
+    ]
 
 
 async def test_v1_writes_every_line_in_batches(influx_url: str, influx_db: str) -> None:
