@@ -66,7 +66,7 @@ _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
 # Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
-CHECKPOINT_INTERVAL_S: Final = 10.0
+CHECKPOINT_INTERVAL_S: Final = 30.0
 # A flush may always write this many due states, however short the time since the last one.
 MIN_CHECKPOINTS_PER_FLUSH: Final = 20
 # A flush writes at most this many times its share of the pending states (see Committer).

@@ -203,5 +203,5 @@ def test_a_bad_checkpoint_interval_is_refused_with_its_range(raw: str) -> None:
 
     with pytest.raises(ValueError, match="expected seconds between 0 and 300"):
         checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": raw})
-    assert checkpoint_interval_s({}) == 10.0
+    assert checkpoint_interval_s({}) == 30.0
     assert checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": "0"}) == 0.0
