@@ -773,9 +773,11 @@ class Options:
     drain_timeout_s: float
 
 
-def search_max(bench: Bench, system: System, step: float = 1.3, limit: float = 400_000) -> float | None:
+def search_max(bench: Bench, system: System, step: float = 1.3, limit: float = 400_000,
+               resolution: float = 0.1) -> float | None:
     """Step the load up (×``step``) from the highest fixed load sustained until a run does not sustain
-    its load; a step that would reach a fixed load that already failed halves the gap instead."""
+    its load, then bisect between the last sustained and the first failed load until they are
+    within ``resolution`` (10 %) of each other; return the highest load sustained."""
     mine = [r for r in bench.runs if r["system"] == system.name]
     best = max((r["offered_rate"] for r in mine if r["sustained"]), default=None)
     if best is None:
@@ -783,16 +785,15 @@ def search_max(bench: Bench, system: System, step: float = 1.3, limit: float = 4
         return None
     failed = min((r["offered_rate"] for r in mine if not r["sustained"] and r["offered_rate"] > best), default=None)
     while True:
-        rate = best * step if failed is None else min(best * step, (best + failed) / 2)
-        rate = round(rate, -3)
-        if rate > limit or rate - best < 0.05 * best:
+        if failed is not None and failed - best <= resolution * best:
             return best
-        if not run_load(bench, system, rate, kind="ramp")["sustained"]:
+        rate = round(best * step if failed is None else (best + failed) / 2, -3)
+        if rate > limit or rate <= best or (failed is not None and rate >= failed):
+            return best
+        if run_load(bench, system, rate, kind="ramp")["sustained"]:
+            best = rate
+        else:
             failed = rate
-            if best * step < failed:  # not yet refined below this failure
-                continue
-            return best
-        best = rate
 
 
 def bench_system(bench: Bench, system: System, opts: Options) -> dict[str, Any]:
