@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from detectors.batch import PatientRegistry, SampleBatch, metric_codes
+from detectors.batch import PatientRegistry, SampleBatch
 from detectors.const import METRIC_NAMES
 from detectors.errors import StateError
 from detectors.events import AlertEvent
@@ -290,11 +290,10 @@ class Pipeline:
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
         self._load(list(dict.fromkeys(decoded.patient)))
-        codes = metric_codes(decoded.metric)
-        lines = self._vitals_lines(decoded, codes)
+        lines = self._vitals_lines(decoded)
         started = time.perf_counter()
         now = self._clock()  # processing time: escalation deadlines run from here for late data
-        events = self.engine.process(self._sample_batch(decoded, codes), now=now) if decoded.samples else []
+        events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.samples else []
         self.stats.detector_s += time.perf_counter() - started
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
@@ -329,14 +328,14 @@ class Pipeline:
         if checkpoint:
             self._checkpoint()
 
-    def _vitals_lines(self, decoded: Decoded, codes: npt.NDArray[np.int8]) -> list[str]:
+    def _vitals_lines(self, decoded: Decoded) -> list[str]:
         return vitals_lines(
             patient=decoded.patient, device=decoded.device, source=decoded.source, size=decoded.size,
-            metric_code=codes, metric_names=METRIC_NAMES, t_ms=np.rint(decoded.t * 1000.0).astype(np.int64),
-            value=decoded.value,
+            metric_code=decoded.metric_code, metric_names=METRIC_NAMES,
+            t_ms=np.rint(decoded.t * 1000.0).astype(np.int64), value=decoded.value,
         )
 
-    def _sample_batch(self, decoded: Decoded, codes: npt.NDArray[np.int8] | None = None) -> SampleBatch:
+    def _sample_batch(self, decoded: Decoded) -> SampleBatch:
         """One batch of every group's samples; patient and device codes are per group, repeated per sample.
 
         Device codes matter: rules with ``device_prefix`` (a fingerstick meter beside a CGM) select
@@ -348,7 +347,7 @@ class Pipeline:
         device_of_group = self.engine.device_codes(decoded.device)
         return SampleBatch(
             patient=np.repeat(patient_of_group, decoded.size),
-            metric=codes if codes is not None else metric_codes(decoded.metric),
+            metric=decoded.metric_code,
             t=decoded.t,
             value=decoded.value,
             flags=decoded.flags,

@@ -14,12 +14,27 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from detectors.batch import metric_codes
+from detectors.const import METRIC_NAMES
 from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, is_valid_id
 
 _GROUP_KEYS = frozenset({"device", "source", "metric", "t", "value", "flags"})
 _PATIENT_GROUP_KEYS = _GROUP_KEYS | {"patient"}
-_LO = {m: r[0] for m, r in METRIC_RANGES.items()}
-_HI = {m: r[1] for m, r in METRIC_RANGES.items()}
+_METRICS: Final = frozenset(METRIC_RANGES)
+# Plausible ranges by metric code (detectors.const.METRIC_NAMES order).
+_LO: Final = np.array([METRIC_RANGES[m][0] for m in METRIC_NAMES])
+_HI: Final = np.array([METRIC_RANGES[m][1] for m in METRIC_NAMES])
+assert _METRICS == frozenset(METRIC_NAMES), "the wire's metrics are the detectors' metrics"
+
+
+def _known_metrics(metric: object) -> bool:
+    """Whether ``metric`` is a list of known metric names."""
+    if not isinstance(metric, list):
+        return False
+    try:
+        return set(metric) <= _METRICS
+    except TypeError:  # unhashable elements (lists, dicts)
+        return False
 
 
 class RecordError(ValueError):
@@ -44,7 +59,8 @@ class Decoded:
     """Every good group of a micro-batch of records as columns, and the records that were rejected.
 
     Per group: ``patient``, ``device``, ``source`` and ``size`` (its number of samples); per
-    sample, in group order: ``metric``, ``t``, ``value``, ``flags``.
+    sample, in group order: ``metric`` (and its code, ``detectors.const.METRIC_NAMES`` order),
+    ``t``, ``value``, ``flags``.
     """
 
     patient: list[str] = field(default_factory=list)
@@ -52,6 +68,7 @@ class Decoded:
     source: list[str] = field(default_factory=list)
     size: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     metric: list[str] = field(default_factory=list)
+    metric_code: npt.NDArray[np.int8] = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
     t: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     value: npt.NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
     flags: npt.NDArray[np.int16] = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
@@ -86,7 +103,7 @@ def _group(patient: str | None, raw: Any) -> Group:
     device, source, metric = raw["device"], raw["source"], raw["metric"]
     if not is_valid_id(device) or not is_valid_id(source):
         raise RecordError("group device/source is not a valid identifier")
-    if not isinstance(metric, list) or not all(isinstance(m, str) and m in _LO for m in metric):
+    if not _known_metrics(metric):
         raise RecordError("group metric must be a list of known metric names")
     n = len(metric)
     if n == 0:
@@ -119,15 +136,16 @@ def _numbers(column: Any, types: frozenset[type], dtype: type[np.generic]) -> np
 
 def _check_values(
     metric: list[str], t: npt.NDArray[np.float64], value: npt.NDArray[np.float64], flags: npt.NDArray[np.int64]
-) -> None:
+) -> npt.NDArray[np.int8]:
+    """Check the numbers; return the metric codes."""
     if not (np.isfinite(t).all() and np.isfinite(value).all()):
         raise RecordError("group holds a non-finite time or value")
-    lo = np.fromiter((_LO[m] for m in metric), dtype=np.float64, count=len(metric))
-    hi = np.fromiter((_HI[m] for m in metric), dtype=np.float64, count=len(metric))
-    if ((value < lo) | (value > hi)).any():
+    codes = metric_codes(metric)
+    if ((value < _LO[codes]) | (value > _HI[codes])).any():
         raise RecordError("group holds a value outside its metric's plausible range")
     if ((flags < 0) | (flags & ~ALL_FLAGS != 0)).any():
         raise RecordError("group holds invalid flags")
+    return codes
 
 
 def decode_record(value: bytes) -> list[Group]:
@@ -176,7 +194,8 @@ def _decode_one_by_one(values: list[bytes]) -> Decoded:
     return Decoded(
         patient=[g.patient for g in groups], device=[g.device for g in groups], source=[g.source for g in groups],
         size=np.fromiter((len(g.t) for g in groups), dtype=np.int64, count=len(groups)),
-        metric=[m for g in groups for m in g.metric], t=np.concatenate([g.t for g in groups]),
+        metric=(metric := [m for g in groups for m in g.metric]), metric_code=metric_codes(metric),
+        t=np.concatenate([g.t for g in groups]),
         value=np.concatenate([g.value for g in groups]), flags=np.concatenate([g.flags for g in groups]),
         rejected=rejected,
     )
@@ -211,7 +230,7 @@ class _Columns:
                 raise RecordError("group patient is not a valid identifier")
             if not is_valid_id(device) or not is_valid_id(source):
                 raise RecordError("group device/source is not a valid identifier")
-            if not isinstance(metric, list) or not all(isinstance(m, str) and m in _LO for m in metric):
+            if not _known_metrics(metric):
                 raise RecordError("group metric must be a list of known metric names")
             n = len(metric)
             if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
@@ -239,10 +258,10 @@ class _Columns:
         n = len(self.metric)
         if t.shape != (n,) or value.shape != (n,) or flags.shape != (n,):
             raise RecordError("group columns must be non-empty 1-D lists of equal length")
-        _check_values(self.metric, t, value, flags)
+        codes = _check_values(self.metric, t, value, flags)
         return Decoded(
             patient=self.patient, device=self.device, source=self.source,
-            size=np.asarray(self.size, dtype=np.int64), metric=self.metric,
+            size=np.asarray(self.size, dtype=np.int64), metric=self.metric, metric_code=codes,
             t=t, value=value, flags=flags.astype(np.int16),
         )
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Final
+
+from aiokafka.partitioner import murmur2
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -34,14 +37,14 @@ async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PA
         await admin.close()
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def partition_for(patient: str, partitions: int) -> int:
     """The ``rpm.readings`` partition of ``patient``: Kafka's default partitioner on the id's bytes.
 
     The same function as the Java client's and aiokafka's ``DefaultPartitioner`` (murmur2, sign
     bit cleared, modulo the partition count): the bridge places readings with it, the workers'
     state table (``use_partitioner``) places the patient's state with it, and a worker computes
-    which roster patients it owns with it.
+    which roster patients it owns with it. Cached: the bridge asks for every message, and murmur2
+    is pure Python.
     """
-    from aiokafka.partitioner import murmur2
-
     return int(murmur2(patient.encode()) & 0x7FFFFFFF) % partitions
