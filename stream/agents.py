@@ -326,6 +326,12 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             raise
         _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
 
+    async def flush_everything() -> None:
+        async with committer.lock:
+            await committer.flush(everything=True)
+
+    install_flush_before_wait_empty(app, flush_everything)
+
     async def detect(stream: Any) -> None:
         stopper = asyncio.ensure_future(flush_on_stop())
         try:
@@ -376,6 +382,36 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     app.agent(acks, name="rpm.acknowledge")(acknowledge)
     app.timer(TICK_INTERVAL_S)(tick)
     return status
+
+
+_BEFORE_WAIT_EMPTY: Final = "_rpm_before_wait_empty"
+
+
+def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitable[None]]) -> None:
+    """Run ``flush`` whenever ``app``'s consumer is about to wait for every event taken to be
+    acknowledged (``Consumer.wait_empty``: before a rebalance gives partitions away, and at a stop).
+
+    The group commit holds acknowledgements back until the states they depend on are written (up
+    to ``RPM_CHECKPOINT_INTERVAL_S``); without this, a rebalance would wait that long, past the
+    group's rebalance timeout, and the worker would be dropped from the group and rejoin, again
+    and again. ``flush`` writes every pending state and acknowledges what was processed.
+    """
+    from faust.transport.consumer import Consumer
+
+    setattr(app, _BEFORE_WAIT_EMPTY, flush)
+    if getattr(Consumer.wait_empty, "_rpm_flushes_first", False):
+        return
+    original = Consumer.wait_empty
+
+    @functools.wraps(original)
+    async def wait_empty(self: Any) -> None:
+        hook = getattr(self.app, _BEFORE_WAIT_EMPTY, None)
+        if hook is not None:
+            await hook()
+        await original(self)
+
+    wait_empty._rpm_flushes_first = True  # type: ignore[attr-defined]
+    Consumer.wait_empty = wait_empty  # type: ignore[method-assign]
 
 
 def _topic_partitions(app: faust.App, topic: str) -> int:

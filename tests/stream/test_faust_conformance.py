@@ -278,3 +278,53 @@ async def test_without_the_fence_faust_loses_offsets_in_this_replay() -> None:
     """Guards the replay itself: it must reproduce the loss, or the test above proves nothing."""
     processed = await replay_rebalance(fenced=False, committed=120)
     assert set(range(120, LOG_END)) - processed
+
+
+def test_faust_waits_for_every_taken_event_before_a_rebalance_and_at_a_stop() -> None:
+    """What install_flush_before_wait_empty hooks into: the revocation and the stop both wait in
+    Consumer.wait_empty for every event taken to be acknowledged."""
+    assert "_consumer_wait_empty" in source(faust.App._on_partitions_revoked)
+    assert "_consumer_wait_empty" in source(faust.App._stop_consumer)
+    assert "consumer.wait_empty()" in source(faust.App._consumer_wait_empty)
+    assert "self._unacked_messages" in source(Consumer.wait_empty)
+
+
+async def test_wait_empty_flushes_the_group_commit_first_instead_of_waiting_for_it() -> None:
+    """Events processed but not yet acknowledged (their states wait for the group commit) would
+    hold a rebalance for up to a checkpoint interval; the hook writes them and acknowledges first."""
+    from stream.agents import install_flush_before_wait_empty
+
+    app = faust.App("wait-empty-conformance", broker="kafka://127.0.0.1:9", autodiscover=False)
+    consumer: Any = app.consumer
+    class Held:  # a message taken by the agent, processed, its acknowledgement held back
+        acked = False
+        refcount = 1
+
+    held = Held()
+    consumer._unacked_messages.add(held)
+
+    async def no_commit(*_a: Any, **_k: Any) -> bool:
+        return False
+
+    consumer.commit = no_commit
+    consumer.commit_and_end_transactions = no_commit
+    flushed: list[bool] = []
+
+    async def flush() -> None:  # the committer: writes the pending states, then acknowledges
+        flushed.append(True)
+        held.acked = True
+        consumer._unacked_messages.discard(held)
+
+    install_flush_before_wait_empty(app, flush)
+
+    async def give_up() -> None:  # wait_empty swallows cancellation; stopping the consumer ends it
+        await asyncio.sleep(10)
+        consumer._stopped.set()
+
+    watchdog = asyncio.create_task(give_up())
+    try:
+        await consumer.wait_empty()
+    finally:
+        watchdog.cancel()
+        consumer._thread.thread_loop.close()
+    assert flushed == [True] and not consumer._unacked_messages
