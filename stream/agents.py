@@ -77,6 +77,9 @@ TICK_INTERVAL_S: Final = 1.0
 STATE_TABLE: Final = "rpm-detector-state"
 # Nurse acknowledgements are few; a small batch keeps their latency at TAKE_WITHIN_S at most.
 MAX_BATCH_ACKS: Final = 100
+# At a stop, how long a batch in progress may take to finish; one still retrying then (InfluxDB or
+# Kafka unavailable) is abandoned unacknowledged and processed again after the restart.
+STOP_GRACE_S: Final = 5.0
 # Backoff of a batch that failed: doubled from the first delay up to the last, retried forever.
 RETRY_FIRST_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
@@ -135,6 +138,9 @@ class Committer:
         self.interval_s = interval_s
         self.lock = asyncio.Lock()
         self._last_flush: float | None = None
+        # Set when a stop abandoned a batch it could not finish: from then on nothing more is
+        # processed, and Faust must not wait for acknowledgements that will never come.
+        self.abandoned = False
         self._seq = 0
         self._unacked: collections.deque[tuple[int, Any, Sequence[Any]]] = collections.deque()
 
@@ -158,7 +164,9 @@ class Committer:
 
     async def flush(self, *, everything: bool = False) -> None:
         """Under :attr:`lock`: write the states that are due, then acknowledge what no pending
-        state depends on any more."""
+        state depends on any more (nothing once :attr:`abandoned`)."""
+        if self.abandoned:
+            return
         if everything or self.interval_s <= 0:
             self.pipeline.checkpoint()
             frontier = None
@@ -312,11 +320,49 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         committer.forget_pending()
         pipeline.reload()
 
+    stopping = asyncio.Event()
+
+    async def guarded(what: str, step: Callable[[], Awaitable[None]]) -> bool:
+        """Under :attr:`Committer.lock`: run a batch to completion (retrying failures), unless the
+        worker stops. Then the batch gets ``STOP_GRACE_S`` to finish; one still retrying (InfluxDB or
+        Kafka unavailable) is abandoned: the engine is rebuilt from its checkpoints, which undoes
+        whatever the attempt changed without delivering, nothing of it is acknowledged, and it is
+        processed again after the restart. Returns whether the batch was processed.
+
+        An abandoned batch may have left effects in the engine whose outputs were never delivered,
+        so from then on nothing is checkpointed or acknowledged any more (:attr:`Committer.abandoned`):
+        everything since the last checkpoint is processed again after the restart."""
+        if committer.abandoned:
+            return False
+        task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild))
+        stop_wait = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=STOP_GRACE_S)
+        except asyncio.CancelledError:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            committer.abandoned = True
+            raise
+        finally:
+            stop_wait.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        committer.abandoned = True
+        _LOGGER.warning("stopping: %s could not be finished within %.0f s (see the errors above); not "
+                        "acknowledged, it will be processed again after the restart", what, STOP_GRACE_S)
+        return False
+
     async def flush_on_stop() -> None:
         # A graceful stop (SIGTERM) waits until every event taken is acknowledged (Faust's
         # stream_wait_empty), but Faust's timers end as soon as the stop begins, and states that
         # are still pending would hold acknowledgements back: write them all and acknowledge.
         await app.wait_until_stopped()  # set when the stop begins (mode.Service), before the consumer stops
+        stopping.set()
         try:
             async with committer.lock:
                 await committer.flush(everything=True)
@@ -324,11 +370,16 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             _LOGGER.exception("stopping: could not write the pending detector states; their readings "
                               "are not acknowledged and will be processed again after the restart")
             raise
-        _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
+        if committer.abandoned:
+            _LOGGER.warning("stopping: a batch was abandoned, so no detector state was written; what was "
+                            "processed since the last checkpoint will be processed again after the restart")
+        else:
+            _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
 
-    async def flush_everything() -> None:
+    async def flush_everything() -> bool:
         async with committer.lock:
             await committer.flush(everything=True)
+        return not committer.abandoned
 
     install_flush_before_wait_empty(app, flush_everything)
 
@@ -344,9 +395,9 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             values = [event.value for event in events]
             step = functools.partial(pipeline.handle, values, checkpoint=False)
             async with committer.lock:
-                await until_done(f"a batch of {len(values)} readings records", step, before_retry=rebuild)
-                committer.changed(committer.next_seq(), stream, events)
-                await committer.flush()
+                if await guarded(f"a batch of {len(values)} readings records", step):
+                    committer.changed(committer.next_seq(), stream, events)
+                    await committer.flush()
 
     async def acknowledge(stream: Any) -> None:
         from stream.acks import decode_ack
@@ -368,13 +419,24 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         async for events in stream.noack_take(MAX_BATCH_ACKS, within=TAKE_WITHIN_S):
             values = [event.value for event in events]
             async with committer.lock:
-                await until_done(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values),
-                                 before_retry=rebuild)
-            await ack_all(stream, events)
+                done = await guarded(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values))
+            if done:
+                await ack_all(stream, events)
 
     async def tick() -> None:
+        if stopping.is_set() or committer.abandoned:
+            return
         async with committer.lock:
-            await pipeline.tick(checkpoint=False)
+            try:
+                await pipeline.tick(checkpoint=False)
+            except BaseException:
+                # Outputs not all delivered (cancelled at a stop, or failed): the transitions must not
+                # reach a checkpoint, or it would record an escalation nobody was told of.
+                if stopping.is_set():
+                    committer.abandoned = True
+                else:
+                    rebuild()
+                raise
             committer.changed(None)
             await committer.flush()
 
@@ -387,9 +449,11 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
 _BEFORE_WAIT_EMPTY: Final = "_rpm_before_wait_empty"
 
 
-def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitable[None]]) -> None:
+def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitable[bool]]) -> None:
     """Run ``flush`` whenever ``app``'s consumer is about to wait for every event taken to be
-    acknowledged (``Consumer.wait_empty``: before a rebalance gives partitions away, and at a stop).
+    acknowledged (``Consumer.wait_empty``: before a rebalance gives partitions away, and at a stop);
+    if it returns False, do not wait (a stopping worker abandoned events it could not process:
+    they stay unacknowledged, and Faust would wait for them forever).
 
     The group commit holds acknowledgements back until the states they depend on are written (up
     to ``RPM_CHECKPOINT_INTERVAL_S``); without this, a rebalance would wait that long, past the
@@ -406,8 +470,8 @@ def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitabl
     @functools.wraps(original)
     async def wait_empty(self: Any) -> None:
         hook = getattr(self.app, _BEFORE_WAIT_EMPTY, None)
-        if hook is not None:
-            await hook()
+        if hook is not None and not await hook():
+            return
         await original(self)
 
     wait_empty._rpm_flushes_first = True  # type: ignore[attr-defined]

@@ -254,6 +254,36 @@ def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tm
     assert growth_mb < 256, "the backlog waits in Kafka, not in the worker's memory"
 
 
+def test_sigterm_during_an_influxdb_outage_stops_the_worker_and_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+    """The worker's batch waits for InfluxDB (retrying, holding its readings unacknowledged); a stop
+    must not wait with it until InfluxDB returns: the batch is abandoned unacknowledged, the worker
+    exits, and its successor writes everything."""
+    w = worker(stack, tmp_path)
+    with running(w):
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            sim, summary = start_simulator(stack, tmp_path, patients=10, duration=40, history=120)
+            eventually(lambda: total(vitals(stack)), lambda n: n >= 500, timeout=120, what="readings flowing",
+                       watch=(w, bridge))
+            influx = stack.processes["influxdb"]
+            influx.stop()
+            eventually(lambda: w.log_path.read_text(errors="replace").count("InfluxDB write failed"),
+                       lambda n: n >= 1, timeout=60, what="the worker retrying its write", watch=(w, bridge))
+            w.proc.send_signal(signal.SIGTERM)
+            try:
+                code = w.proc.wait(timeout=60)  # a deadline for the stop, not a speed: InfluxDB stays down
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the worker did not stop while InfluxDB was down:\n{w.log_tail(30)}")
+            assert code == 0, w.log_tail(30)
+            assert "not acknowledged, it will be processed again after the restart" in w.log_path.read_text()
+            stack.processes["influxdb"] = start_influxdb(influx.workdir, port=influx.port)
+            successor = worker(stack, tmp_path, name="worker-2")
+            with running(successor):
+                sent = finish(sim, summary)
+                got = wait_for_all(stack, sent, (successor, bridge))
+    assert got == sent
+
+
 RULES_30S = """\
 version: 1
 defaults: {max_gap: 5m, cooldown: 0s, escalate_after: 30s}

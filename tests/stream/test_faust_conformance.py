@@ -310,10 +310,11 @@ async def test_wait_empty_flushes_the_group_commit_first_instead_of_waiting_for_
     consumer.commit_and_end_transactions = no_commit
     flushed: list[bool] = []
 
-    async def flush() -> None:  # the committer: writes the pending states, then acknowledges
+    async def flush() -> bool:  # the committer: writes the pending states, then acknowledges
         flushed.append(True)
         held.acked = True
         consumer._unacked_messages.discard(held)
+        return True
 
     install_flush_before_wait_empty(app, flush)
 
@@ -328,3 +329,37 @@ async def test_wait_empty_flushes_the_group_commit_first_instead_of_waiting_for_
         watchdog.cancel()
         consumer._thread.thread_loop.close()
     assert flushed == [True] and not consumer._unacked_messages
+
+
+async def test_wait_empty_does_not_wait_for_events_a_stopping_worker_abandoned() -> None:
+    """A batch abandoned at a stop (InfluxDB down) stays unacknowledged on purpose; Faust would wait
+    for it forever. The hook answering False skips the wait (the events are delivered again later)."""
+    from stream.agents import install_flush_before_wait_empty
+
+    app = faust.App("wait-empty-abandoned", broker="kafka://127.0.0.1:9", autodiscover=False)
+    consumer: Any = app.consumer
+
+    class Abandoned:
+        acked = False
+        refcount = 1
+
+    abandoned = Abandoned()
+    consumer._unacked_messages.add(abandoned)
+
+    async def flush() -> bool:
+        return False
+
+    install_flush_before_wait_empty(app, flush)
+
+    async def give_up() -> None:
+        await asyncio.sleep(10)
+        consumer._stopped.set()
+
+    watchdog = asyncio.create_task(give_up())
+    try:
+        await consumer.wait_empty()
+        assert not watchdog.done(), "wait_empty waited for the abandoned event"
+    finally:
+        watchdog.cancel()
+        consumer._thread.thread_loop.close()
+    assert abandoned in consumer._unacked_messages and not abandoned.acked
