@@ -176,7 +176,6 @@ class Committer:
             _seq, stream, events = self._unacked.popleft()
             await ack_all(stream, events)
 
-
     def _budget(self) -> int:
         """How many states this flush may write (see the class docstring)."""
         now = self.pipeline.now()
@@ -325,13 +324,13 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     async def guarded(what: str, step: Callable[[], Awaitable[None]]) -> bool:
         """Under :attr:`Committer.lock`: run a batch to completion (retrying failures), unless the
         worker stops. Then the batch gets ``STOP_GRACE_S`` to finish; one still retrying (InfluxDB or
-        Kafka unavailable) is abandoned: the engine is rebuilt from its checkpoints, which undoes
-        whatever the attempt changed without delivering, nothing of it is acknowledged, and it is
-        processed again after the restart. Returns whether the batch was processed.
+        Kafka unavailable) is abandoned: nothing of it is acknowledged, and it is processed again
+        after the restart. Returns whether the batch was processed.
 
-        An abandoned batch may have left effects in the engine whose outputs were never delivered,
-        so from then on nothing is checkpointed or acknowledged any more (:attr:`Committer.abandoned`):
-        everything since the last checkpoint is processed again after the restart."""
+        An abandoned attempt may have left effects in the engine whose outputs were never
+        delivered, so from then on nothing is checkpointed or acknowledged any more
+        (:attr:`Committer.abandoned`): everything since the last checkpoint is processed again
+        after the restart."""
         if committer.abandoned:
             return False
         task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild))
