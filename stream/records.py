@@ -90,31 +90,39 @@ class Decoded:
         ]
 
 
-def _group(patient: str | None, raw: Any) -> Group:
-    """One group; ``patient`` is the record's, or None when each group names its own."""
-    keys = _GROUP_KEYS if patient is not None else _PATIENT_GROUP_KEYS
+_Structure = tuple[str, str, str, list[str], list[Any], list[Any], list[Any]]
+
+
+def _structure(raw: Any, record_patient: str | None) -> _Structure:
+    """A group's patient, device, source and columns, its shape checked (the numbers are not);
+    ``record_patient`` is the record's patient, or None when each group names its own."""
+    keys = _GROUP_KEYS if record_patient is not None else _PATIENT_GROUP_KEYS
     if not isinstance(raw, dict) or raw.keys() != keys:
         raise RecordError(f"group must have exactly the keys {sorted(keys)}")
-    if patient is None:
-        patient = raw["patient"]
-        if not is_valid_id(patient):
-            raise RecordError("group patient is not a valid identifier")
-        assert isinstance(patient, str)
+    patient = record_patient if record_patient is not None else raw["patient"]
+    if record_patient is None and not is_valid_id(patient):
+        raise RecordError("group patient is not a valid identifier")
     device, source, metric = raw["device"], raw["source"], raw["metric"]
     if not is_valid_id(device) or not is_valid_id(source):
         raise RecordError("group device/source is not a valid identifier")
     if not _known_metrics(metric):
         raise RecordError("group metric must be a list of known metric names")
+    t, v, f = raw["t"], raw["value"], raw["flags"]
     n = len(metric)
-    if n == 0:
+    if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
+            or len(t) != n or len(v) != n or len(f) != n):
         raise RecordError("group columns must be non-empty 1-D lists of equal length")
-    t = _numbers(raw["t"], _NUMBER_TYPES, np.float64)
-    value = _numbers(raw["value"], _NUMBER_TYPES, np.float64)
-    flags = _numbers(raw["flags"], _INTEGER_TYPES, np.int64)
-    if t.shape != (n,) or value.shape != (n,) or flags.shape != (n,):
-        raise RecordError("group columns must be non-empty 1-D lists of equal length")
-    _check_values(metric, t, value, flags)
-    return Group(patient, device, source, metric, t, value, flags.astype(np.int16))
+    return patient, device, source, metric, t, v, f
+
+
+def _group(record_patient: str | None, raw: Any) -> Group:
+    """One group, checked through and through (the reference for :class:`_Columns`)."""
+    patient, device, source, metric, t, v, f = _structure(raw, record_patient)
+    times = _numbers(t, _NUMBER_TYPES, np.float64)
+    values = _numbers(v, _NUMBER_TYPES, np.float64)
+    flags = _numbers(f, _INTEGER_TYPES, np.int64)
+    _check_values(metric, times, values, flags)
+    return Group(patient, device, source, metric, times, values, flags.astype(np.int16))
 
 
 _NUMBER_TYPES: Final = frozenset({int, float})
@@ -218,25 +226,7 @@ class _Columns:
         """The groups of one record (all or none of them), or :class:`RecordError`."""
         doc = _load(value)
         record_patient = doc.get("patient")
-        keys = _GROUP_KEYS if record_patient is not None else _PATIENT_GROUP_KEYS
-        staged: list[tuple[str, str, str, list[Any], list[Any], list[Any], list[Any]]] = []
-        for raw in doc["groups"]:
-            if not isinstance(raw, dict) or raw.keys() != keys:
-                raise RecordError(f"group must have exactly the keys {sorted(keys)}")
-            patient = record_patient if record_patient is not None else raw["patient"]
-            device, source, metric = raw["device"], raw["source"], raw["metric"]
-            t, v, f = raw["t"], raw["value"], raw["flags"]
-            if record_patient is None and not is_valid_id(patient):
-                raise RecordError("group patient is not a valid identifier")
-            if not is_valid_id(device) or not is_valid_id(source):
-                raise RecordError("group device/source is not a valid identifier")
-            if not _known_metrics(metric):
-                raise RecordError("group metric must be a list of known metric names")
-            n = len(metric)
-            if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
-                    or len(t) != n or len(v) != n or len(f) != n):
-                raise RecordError("group columns must be non-empty 1-D lists of equal length")
-            staged.append((patient, device, source, metric, t, v, f))
+        staged = [_structure(raw, record_patient) for raw in doc["groups"]]
         for patient, device, source, metric, t, v, f in staged:
             self.patient.append(patient)
             self.device.append(device)
