@@ -244,10 +244,7 @@ class _Columns:
             return Decoded()
         t = _numbers(self.t, _NUMBER_TYPES, np.float64)
         value = _numbers(self.value, _NUMBER_TYPES, np.float64)
-        flags = _numbers(self.flags, _INTEGER_TYPES, np.int64)
-        n = len(self.metric)
-        if t.shape != (n,) or value.shape != (n,) or flags.shape != (n,):
-            raise RecordError("group columns must be non-empty 1-D lists of equal length")
+        flags = _numbers(self.flags, _INTEGER_TYPES, np.int64)  # flat, and as long as metric (_structure)
         codes = _check_values(self.metric, t, value, flags)
         return Decoded(
             patient=self.patient, device=self.device, source=self.source,
