@@ -141,6 +141,10 @@ class Committer:
         # Set when a stop abandoned a batch it could not finish: from then on nothing more is
         # processed, and Faust must not wait for acknowledgements that will never come.
         self.abandoned = False
+        # Set while Faust waits for every event taken to be acknowledged (a rebalance giving
+        # partitions away, or a stop): every flush then writes everything, so a batch that was in
+        # flight when the wait began does not hold the rebalance back until its states fall due.
+        self.draining = False
         self._seq = 0
         self._unacked: collections.deque[tuple[int, Any, Sequence[Any]]] = collections.deque()
 
@@ -167,7 +171,7 @@ class Committer:
         state depends on any more (nothing once :attr:`abandoned`)."""
         if self.abandoned:
             return
-        if everything or self.interval_s <= 0:
+        if everything or self.draining or self.interval_s <= 0:
             self.pipeline.checkpoint()
             frontier = None
         else:
@@ -375,12 +379,16 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         else:
             _LOGGER.info("stopping: every pending detector state written and its readings acknowledged")
 
-    async def flush_everything() -> bool:
+    async def drain() -> bool:
+        committer.draining = True
         async with committer.lock:
             await committer.flush(everything=True)
         return not committer.abandoned
 
-    install_flush_before_wait_empty(app, flush_everything)
+    def drained() -> None:
+        committer.draining = False
+
+    install_flush_before_wait_empty(app, drain, drained)
 
     async def detect(stream: Any) -> None:
         stopper = asyncio.ensure_future(flush_on_stop())
@@ -448,11 +456,14 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
 _BEFORE_WAIT_EMPTY: Final = "_rpm_before_wait_empty"
 
 
-def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitable[bool]]) -> None:
+def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitable[bool]],
+                                    done: Callable[[], None] | None = None) -> None:
     """Run ``flush`` whenever ``app``'s consumer is about to wait for every event taken to be
     acknowledged (``Consumer.wait_empty``: before a rebalance gives partitions away, and at a stop);
     if it returns False, do not wait (a stopping worker abandoned events it could not process:
-    they stay unacknowledged, and Faust would wait for them forever).
+    they stay unacknowledged, and Faust would wait for them forever). ``done`` is called when the
+    wait is over, however it ended: between the two, the committer writes everything after every
+    batch, so that a batch still in flight when ``flush`` ran is acknowledged as soon as it is done.
 
     The group commit holds acknowledgements back until the states they depend on are written (up
     to ``RPM_CHECKPOINT_INTERVAL_S``); without this, a rebalance would wait that long, past the
@@ -461,17 +472,24 @@ def install_flush_before_wait_empty(app: faust.App, flush: Callable[[], Awaitabl
     """
     from faust.transport.consumer import Consumer
 
-    setattr(app, _BEFORE_WAIT_EMPTY, flush)
+    setattr(app, _BEFORE_WAIT_EMPTY, (flush, done))
     if getattr(Consumer.wait_empty, "_rpm_flushes_first", False):
         return
     original = Consumer.wait_empty
 
     @functools.wraps(original)
     async def wait_empty(self: Any) -> None:
-        hook = getattr(self.app, _BEFORE_WAIT_EMPTY, None)
-        if hook is not None and not await hook():
+        hooks = getattr(self.app, _BEFORE_WAIT_EMPTY, None)
+        if hooks is None:
+            await original(self)
             return
-        await original(self)
+        flush, done = hooks
+        try:
+            if await flush():
+                await original(self)
+        finally:
+            if done is not None:
+                done()
 
     wait_empty._rpm_flushes_first = True  # type: ignore[attr-defined]
     Consumer.wait_empty = wait_empty  # type: ignore[method-assign]

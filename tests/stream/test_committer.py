@@ -112,3 +112,23 @@ async def test_a_wave_of_patients_falling_due_together_is_written_in_paced_slice
     assert sum(written) == 4000 and p.pending == 0 and stream.acked == ["wave"]
     busy = [k for k, n in enumerate(written) if n]
     assert busy[0] >= 199 and 100 <= busy[-1] - busy[0] <= 200  # from 10 s on, spread over 5-10 s
+
+
+async def test_while_draining_every_flush_writes_everything_and_acknowledges_at_once() -> None:
+    """A rebalance waits for every event taken to be acknowledged. A batch still in flight when the
+    wait began must be acknowledged when it is done, not when its states fall due (up to an
+    interval later, past the group's rebalance timeout)."""
+    clock, stream = Clock(), Acks()
+    p = pipeline(clock)
+    committer = Committer(p, interval_s=30)
+    committer.draining = True
+    touch(p, "a", clock.now)
+    committer.changed(committer.next_seq(), stream, ["in-flight"])
+    await committer.flush()
+    assert stream.acked == ["in-flight"] and p.store.get("a") is not None
+
+    committer.draining = False
+    touch(p, "b", clock.now)
+    committer.changed(committer.next_seq(), stream, ["later"])
+    await committer.flush()
+    assert stream.acked == ["in-flight"], "paced again once the wait is over"
