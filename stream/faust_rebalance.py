@@ -36,9 +36,14 @@ The fence restores two invariants, whoever calls ``perform_seek`` and in whateve
   again, because the seek moved aiokafka and the read offset back to the committed offset, which
   no unprocessed record is below.
 * **A batch fetched across a seek is never delivered.** The wrapped ``Consumer.getmany`` notes a
-  seek counter before it fetches; if a seek began since, it delivers nothing more of that batch
-  (those records may predate the seek, and their offsets would move the read offset past records
-  still to be fetched again) and seeks once more to the committed offsets before the next fetch.
+  seek counter before it fetches; if a seek began since, it delivers no more stream records of
+  that batch (those records may predate the seek, and their offsets would move the read offset past
+  records still to be fetched again) and seeks once more to the committed offsets before the next
+  fetch. Records of topics without acknowledgements (the table changelogs that recovery reads) are
+  still delivered: the seek to the committed offsets does not move their partitions back (they have
+  no committed offset; recovery positions them itself), so a record of theirs dropped here would
+  never be fetched again, and a recovery waiting for it would wait forever (seen once in CI: a
+  worker keeping its partitions across a rebalance received no changelog event for minutes).
 
 Partitions with no committed offset (a new consumer group, or a partition nothing was committed on
 yet) are a special case: aiokafka's ``seek_to_committed`` does not move them at all, so records
@@ -140,12 +145,14 @@ def fence_getmany(
     async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:  # noqa: ASYNC109 (Faust's)
         epoch = _epoch(self)  # before the fetch: conservative, a seek during the fetch counts
         records = original(self, timeout)
+        acks_enabled_for = self.app.topics.acks_enabled_for
         stale = False
         try:
             async for tp, message in records:
-                if _epoch(self) != epoch:
+                if not stale and _epoch(self) != epoch:
                     stale = True
-                    break
+                if stale and acks_enabled_for(tp.topic):
+                    continue
                 # _drain_messages hands the record to the agents' queues and then writes its read
                 # offset, all before it asks for the next one: that is one delivery.
                 setattr(self, _DELIVERING, asyncio.current_task())

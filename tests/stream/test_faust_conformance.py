@@ -280,6 +280,37 @@ async def test_without_the_fence_faust_loses_offsets_in_this_replay() -> None:
     assert set(range(120, LOG_END)) - processed
 
 
+async def test_a_batch_fetched_across_a_seek_still_delivers_its_changelog_records() -> None:
+    """The fence drops the stream records of a batch fetched across a seek: the seek to the
+    committed offsets fetches them again. Changelog records are not fetched again (they have no
+    committed offset; recovery positions their partitions itself), so dropping them would leave a
+    recovery waiting for records that never come."""
+    readings, changelog = TP("rpm.readings", 0), TP("rpm-worker-rpm-detector-state-changelog", 0)
+    batch = [(tp, ConsumerRecord(tp.topic, 0, o, 0, 0, None, b"x", None, 0, 1, ()))
+             for o in range(3) for tp in (readings, changelog)]
+    seeks: list[str] = []
+
+    async def original_getmany(self: Any, timeout: float) -> Any:  # noqa: ASYNC109 (Faust's)
+        for tp, record in batch:
+            yield tp, record
+
+    async def perform_seek(self: Any) -> None:  # aiokafka's seek_to_committed moves readings only
+        seeks.append("seek")
+
+    consumer: Any = types.SimpleNamespace(
+        app=types.SimpleNamespace(topics=types.SimpleNamespace(acks_enabled_for=lambda t: t == readings.topic)),
+        should_stop=False, flow_active=True, _read_offset={readings: 7}, assignment=lambda: {readings, changelog},
+    )
+    getmany = fence_getmany(original_getmany, perform_seek)
+    delivered = []
+    async for tp, record in getmany(consumer, 1.0):
+        delivered.append((tp.topic, record.offset))
+        if len(delivered) == 1:  # a seek begins while the first record is being delivered
+            consumer._rpm_seek_epoch = 1
+    assert delivered == [(readings.topic, 0)] + [(changelog.topic, o) for o in range(3)]
+    assert seeks == ["seek"], "the stream records dropped are fetched again from the committed offset"
+
+
 def test_faust_waits_for_every_taken_event_before_a_rebalance_and_at_a_stop() -> None:
     """What install_flush_before_wait_empty hooks into: the revocation and the stop both wait in
     Consumer.wait_empty for every event taken to be acknowledged."""
@@ -363,3 +394,56 @@ async def test_wait_empty_does_not_wait_for_events_a_stopping_worker_abandoned()
         watchdog.cancel()
         consumer._thread.thread_loop.close()
     assert abandoned in consumer._unacked_messages and not abandoned.acked
+
+
+async def test_a_batch_finishing_during_the_wait_is_acknowledged_without_waiting_for_its_interval() -> None:
+    """The hook's flush runs once, when the wait begins; a batch in flight then finishes later and
+    must be acknowledged as soon as it is done (the committer flushes everything until ``done``)."""
+    from stream.agents import install_flush_before_wait_empty
+
+    app = faust.App("wait-empty-in-flight", broker="kafka://127.0.0.1:9", autodiscover=False)
+    consumer: Any = app.consumer
+
+    class InFlight:
+        acked = False
+        refcount = 1
+
+    in_flight = InFlight()
+    consumer._unacked_messages.add(in_flight)
+
+    async def no_commit(*_a: Any, **_k: Any) -> bool:
+        return False
+
+    consumer.commit = no_commit
+    consumer.commit_and_end_transactions = no_commit
+    draining: list[bool] = [False]
+
+    async def flush() -> bool:
+        draining[0] = True
+        return True
+
+    def done() -> None:
+        draining[0] = False
+
+    async def batch_finishes() -> None:  # the agent, after the flush: its states are not due yet
+        await asyncio.sleep(0.2)
+        if draining[0]:  # the committer writes everything while draining, so it acknowledges
+            in_flight.acked = True
+            consumer._unacked_messages.discard(in_flight)
+
+    install_flush_before_wait_empty(app, flush, done)
+
+    async def give_up() -> None:
+        await asyncio.sleep(10)
+        consumer._stopped.set()
+
+    agent = asyncio.create_task(batch_finishes())
+    watchdog = asyncio.create_task(give_up())
+    try:
+        await consumer.wait_empty()
+        assert not watchdog.done(), "wait_empty waited for the interval"
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(agent, return_exceptions=True)
+        consumer._thread.thread_loop.close()
+    assert in_flight.acked and draining == [False], "draining ends with the wait"
