@@ -13,7 +13,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psutil
@@ -44,22 +46,48 @@ def worker(stack: Stack, tmp_path: Path, name: str = "worker", **env: str) -> Se
                  rpm_env(stack, **env), tmp_path)
 
 
-def start_simulator(stack: Stack, tmp_path: Path, *, patients: int, duration: float, history: float,
-                    first: int = 0) -> tuple[subprocess.Popen[bytes], Path]:
-    summary = tmp_path / f"summary-{first}.json"
-    proc = subprocess.Popen(
-        rpm_argv("simulate", "--patients", str(patients), "--duration", str(duration), "--history", str(history),
-                 "--first-patient", str(first), "--summary-json", str(summary)),
-        env=rpm_env(stack, mqtt_user=SIMULATOR_USER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    return proc, summary
+class Simulation:
+    """``rpm simulate`` in the background; the ``simulate`` fixture reaps it whatever happened.
+
+    A test that fails mid-way must not leave the process running (nor its pipe open) for the garbage
+    collector to report during some later, unrelated test.
+    """
+
+    def __init__(self, stack: Stack, tmp_path: Path, *, patients: int, duration: float, history: float,
+                 first: int = 0) -> None:
+        self.summary = tmp_path / f"summary-{first}.json"
+        self.proc = subprocess.Popen(
+            rpm_argv("simulate", "--patients", str(patients), "--duration", str(duration),
+                     "--history", str(history), "--first-patient", str(first),
+                     "--summary-json", str(self.summary)),
+            env=rpm_env(stack, mqtt_user=SIMULATOR_USER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+
+    def reap(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()  # reaps it and closes the pipe
+
+    def finish(self) -> dict[str, int]:
+        """Wait for the simulation to end; what it sent, by metric."""
+        _, err = self.proc.communicate(timeout=600)
+        assert self.proc.returncode == 0, err.decode()[-2000:]
+        by_metric: dict[str, int] = json.loads(self.summary.read_text())["by_metric"]
+        return by_metric
 
 
-def finish(proc: subprocess.Popen[bytes], summary: Path) -> dict[str, int]:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err.decode()[-2000:]
-    by_metric: dict[str, int] = json.loads(summary.read_text())["by_metric"]
-    return by_metric
+@pytest.fixture
+def simulate(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., Simulation]]:
+    """Start simulations with ``simulate(patients=…, duration=…, history=…)``; reaped at teardown."""
+    started: list[Simulation] = []
+
+    def start(**kw: Any) -> Simulation:
+        started.append(Simulation(stack, tmp_path, **kw))
+        return started[-1]
+
+    yield start
+    for sim in started:
+        sim.reap()
 
 
 def vitals(stack: Stack) -> dict[str, int]:
@@ -93,12 +121,14 @@ def expected_episodes(first: int, n: int) -> set[tuple[str, str]]:
             if scenario_for(i) != Scenario.NORMAL}
 
 
-def test_killing_one_of_two_workers_loses_and_doubles_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_killing_one_of_two_workers_loses_and_doubles_nothing(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     w1, w2 = worker(stack, tmp_path, "worker-1"), worker(stack, tmp_path, "worker-2")
     with running(w1, w2):
         bridge = spawn_bridge(stack, tmp_path)
         with running(bridge):
-            sim, summary = start_simulator(stack, tmp_path, patients=24, duration=25, history=1200)
+            sim = simulate(patients=24, duration=25, history=1200)
             eventually(lambda: total(vitals(stack)), lambda n: n >= 20_000, timeout=300,
                        what="20,000 readings written before the kill", watch=(w1, w2, bridge))
             before = total(vitals(stack))
@@ -109,7 +139,7 @@ def test_killing_one_of_two_workers_loses_and_doubles_nothing(stack: Stack, tmp_
             eventually(lambda: recoveries(w2), lambda n: n > recovered, timeout=120,
                        what="the surviving worker taking over", watch=(w2, bridge), interval=0.1)
             rebalance_s = time.monotonic() - killed_at
-            sent = finish(sim, summary)
+            sent = sim.finish()
             got = wait_for_all(stack, sent, (w2, bridge))
     print(f"\nrebalance after kill -9: the survivor took over within {rebalance_s:.1f} s; "  # noqa: T201
           f"{total(sent)} readings sent, {before} written before the kill")
@@ -120,13 +150,15 @@ def test_killing_one_of_two_workers_loses_and_doubles_nothing(stack: Stack, tmp_
         "exactly one alert per scripted episode"
 
 
-def test_a_worker_joining_mid_stream_loses_and_doubles_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_a_worker_joining_mid_stream_loses_and_doubles_nothing(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     """Scale-out: the first worker keeps half its partitions across the rebalance, the other half moves."""
     w1 = worker(stack, tmp_path, "worker-1")
     with running(w1):
         bridge = spawn_bridge(stack, tmp_path)
         with running(bridge):
-            sim, summary = start_simulator(stack, tmp_path, patients=24, duration=25, history=1200)
+            sim = simulate(patients=24, duration=25, history=1200)
             eventually(lambda: total(vitals(stack)), lambda n: n >= 20_000, timeout=300,
                        what="20,000 readings written before the second worker joins", watch=(w1, bridge))
             recovered = recoveries(w1)
@@ -134,7 +166,7 @@ def test_a_worker_joining_mid_stream_loses_and_doubles_nothing(stack: Stack, tmp
             with running(w2):
                 eventually(lambda: (recoveries(w1), recoveries(w2)), lambda r: r[0] > recovered and r[1] >= 1,
                            timeout=120, what="both workers through the rebalance", watch=(w1, w2, bridge))
-                sent = finish(sim, summary)
+                sent = sim.finish()
                 got = wait_for_all(stack, sent, (w1, w2, bridge))
     assert total(sent) >= 20_000
     assert got == sent, "InfluxDB holds exactly the readings sent: none lost, none doubled"
@@ -180,11 +212,13 @@ def test_restarting_the_only_worker_mid_episode_neither_repeats_nor_loses_the_al
     assert [c["alert_id"] for c in cleared] == [raised[0]["alert_id"]]
 
 
-def test_kill_9_of_the_bridge_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_kill_9_of_the_bridge_loses_nothing(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     w = worker(stack, tmp_path)
     with running(w):
         bridge = spawn_bridge(stack, tmp_path, name="bridge-1")
-        sim, summary = start_simulator(stack, tmp_path, patients=10, duration=30, history=300)
+        sim = simulate(patients=10, duration=30, history=300)
         with running(bridge):
             eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
                        watch=(w, bridge))
@@ -195,16 +229,18 @@ def test_kill_9_of_the_bridge_loses_nothing(stack: Stack, tmp_path: Path) -> Non
         # another bridge on this host held a lower slot when the first one started.
         bridge = spawn_bridge(stack, tmp_path, name="bridge-2", client_id=session)
         with running(bridge):
-            sent = finish(sim, summary)
+            sent = sim.finish()
             got = wait_for_all(stack, sent, (w, bridge))
     assert got == sent
 
 
-def test_a_mosquitto_restart_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_a_mosquitto_restart_loses_nothing(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     w = worker(stack, tmp_path)
     with running(w):
         bridge = spawn_bridge(stack, tmp_path)
-        sim, summary = start_simulator(stack, tmp_path, patients=10, duration=30, history=300)
+        sim = simulate(patients=10, duration=30, history=300)
         with running(bridge):
             eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
                        watch=(w, bridge))
@@ -222,18 +258,20 @@ def test_a_mosquitto_restart_loses_nothing(stack: Stack, tmp_path: Path) -> None
                 time.sleep(5)  # the simulator reconnects (backoff ≤ 2 s here) and publishes into the gap
             finally:
                 os.kill(bridge.pid, signal.SIGCONT)
-            sent = finish(sim, summary)
+            sent = sim.finish()
             got = eventually(lambda: vitals(stack), lambda g: all(g.get(m, 0) >= n for m, n in sent.items()),
                              timeout=90, what="every reading in InfluxDB", watch=(w, bridge))
     assert got == sent
 
 
-def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tmp_path: Path) -> None:
+def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     w = worker(stack, tmp_path)
     with running(w):
         bridge = spawn_bridge(stack, tmp_path)
         with running(bridge):
-            sim, summary = start_simulator(stack, tmp_path, patients=20, duration=OUTAGE_S + 20, history=300)
+            sim = simulate(patients=20, duration=OUTAGE_S + 20, history=300)
             eventually(lambda: total(vitals(stack)), lambda n: n >= 3_000, timeout=120, what="readings flowing",
                        watch=(w, bridge))
             rss_before = psutil.Process(w.pid).memory_info().rss
@@ -246,7 +284,7 @@ def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tm
                 peak = max(peak, psutil.Process(w.pid).memory_info().rss)
                 time.sleep(1)
             stack.processes["influxdb"] = start_influxdb(influx.workdir, port=influx.port)
-            sent = finish(sim, summary)
+            sent = sim.finish()
             got = wait_for_all(stack, sent, (w, bridge))
     assert got == sent
     growth_mb = (peak - rss_before) / 2**20
@@ -254,7 +292,9 @@ def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(stack: Stack, tm
     assert growth_mb < 256, "the backlog waits in Kafka, not in the worker's memory"
 
 
-def test_sigterm_during_an_influxdb_outage_stops_the_worker_and_loses_nothing(stack: Stack, tmp_path: Path) -> None:
+def test_sigterm_during_an_influxdb_outage_stops_the_worker_and_loses_nothing(
+    stack: Stack, tmp_path: Path, simulate: Callable[..., Simulation]
+) -> None:
     """The worker's batch waits for InfluxDB (retrying, holding its readings unacknowledged); a stop
     must not wait with it until InfluxDB returns: the batch is abandoned unacknowledged, the worker
     exits, and its successor writes everything."""
@@ -262,7 +302,7 @@ def test_sigterm_during_an_influxdb_outage_stops_the_worker_and_loses_nothing(st
     with running(w):
         bridge = spawn_bridge(stack, tmp_path)
         with running(bridge):
-            sim, summary = start_simulator(stack, tmp_path, patients=10, duration=40, history=120)
+            sim = simulate(patients=10, duration=40, history=120)
             eventually(lambda: total(vitals(stack)), lambda n: n >= 500, timeout=120, what="readings flowing",
                        watch=(w, bridge))
             influx = stack.processes["influxdb"]
@@ -279,7 +319,7 @@ def test_sigterm_during_an_influxdb_outage_stops_the_worker_and_loses_nothing(st
             stack.processes["influxdb"] = start_influxdb(influx.workdir, port=influx.port)
             successor = worker(stack, tmp_path, name="worker-2")
             with running(successor):
-                sent = finish(sim, summary)
+                sent = sim.finish()
                 got = wait_for_all(stack, sent, (successor, bridge))
     assert got == sent
 
