@@ -9,9 +9,13 @@ before it is in InfluxDB and in the state table. Not ``take()``: it
 acknowledges the batch in a ``finally``, i.e. also when the body raised or was cancelled (a crash,
 a shutdown during an InfluxDB outage), and the next commit then passes records nobody processed.
 A failing batch is retried in place with backoff (:func:`until_done`; the engine is rebuilt from
-its last checkpoints first) and never acknowledged unprocessed: a persistent failure stalls the
-stream (and says so in the log every time) instead of losing readings; whatever is left
-unacknowledged is delivered again after a restart.
+its last checkpoints first) and never acknowledged unprocessed: an outage (InfluxDB or Kafka
+unavailable) stalls the stream (and says so in the log, in ``/metrics`` and, after
+``STUCK_AFTER_S``, in ``/healthz``) instead of losing readings; whatever is left unacknowledged is
+delivered again after a restart. A batch that keeps failing for any other reason (a record our
+code cannot process) is processed record by record after ``ISOLATE_AFTER`` attempts
+(:func:`isolate_poison`): the records that fail on their own go to ``rpm.deadletter`` with the
+error, so one poison record cannot blind the monitoring of every patient on its partition.
 
 Rebalances are the other way Faust loses records (of partitions a worker keeps); the consumer
 patch in :mod:`stream.faust_rebalance`, installed by :func:`stream.app.create_app`, fixes that.
@@ -51,6 +55,7 @@ import collections
 import functools
 import logging
 import math
+import time
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
@@ -60,6 +65,7 @@ from typing import Any, Final
 import faust
 
 from stream import topics
+from stream.errors import SinkUnavailableError
 from stream.pipeline import Pipeline
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,9 +89,23 @@ STOP_GRACE_S: Final = 5.0
 # Backoff of a batch that failed: doubled from the first delay up to the last, retried forever.
 RETRY_FIRST_S: Final = 0.5
 RETRY_MAX_S: Final = 30.0
+# A batch that failed this many times in a row, not because a service was unavailable, is
+# processed record by record (isolate_poison) on its next attempt.
+ISOLATE_AFTER: Final = 3
+# /healthz says "not progressing" once a batch (or an InfluxDB write) has been failing this long.
+STUCK_AFTER_S: Final = 60.0
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says a service is unavailable (retry for as long as it takes) rather than
+    that the input, or our code, is at fault (retrying the same batch cannot help)."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, SinkUnavailableError | KafkaError | OSError | TimeoutError)
 
 
 async def until_done(what: str, step: Callable[[], Awaitable[None]], *, before_retry: Callable[[], None] | None = None,
+                     isolate: Callable[[], Awaitable[object]] | None = None, status: WorkerStatus | None = None,
                      first_delay: float = RETRY_FIRST_S, max_delay: float = RETRY_MAX_S) -> None:
     """Run ``step`` until it returns, retrying every exception with backoff (never cancellation).
 
@@ -93,20 +113,70 @@ async def until_done(what: str, step: Callable[[], Awaitable[None]], *, before_r
     acknowledged (Faust's default, which commits past it) nor skipped. ``step`` must be safe to
     run again (the pipeline's writes are keyed and its alert ids deterministic); ``before_retry``
     puts back what a failed attempt may have left half done (the engine, from its checkpoints).
+    After ``ISOLATE_AFTER`` failures in a row that were not outages (:func:`is_outage`), the
+    attempts run ``isolate`` instead (the batch record by record, see :func:`isolate_poison`).
+    ``status`` counts the failures and notes since when the batch has been failing.
     """
     delay = first_delay
     attempt = 1
+    not_outages = 0
     while True:
+        run = isolate if isolate is not None and not_outages >= ISOLATE_AFTER else step
         try:
-            await step()
+            await run()
+            if status is not None:
+                status.failing_since = None
             return
-        except Exception:
+        except Exception as exc:
+            not_outages = 0 if is_outage(exc) else not_outages + 1
+            if status is not None:
+                status.batch_failures += 1
+                if status.failing_since is None:
+                    status.failing_since = time.monotonic()
             _LOGGER.exception("%s failed (attempt %d); not acknowledged, retrying in %.1f s", what, attempt, delay)
+            if isolate is not None and not_outages == ISOLATE_AFTER:
+                _LOGGER.error("%s failed %d times in a row, not for an outage: next, record by record, sending "
+                              "the records that fail on their own to %s", what, not_outages, topics.DEADLETTER)
         await asyncio.sleep(delay)
         if before_retry is not None:
             before_retry()
         delay = min(delay * 2, max_delay)
         attempt += 1
+
+
+async def isolate_poison(values: Sequence[bytes], handle: Callable[[list[bytes]], Awaitable[None]],
+                         rebuild: Callable[[], None], deadletter: Callable[[bytes, str], Awaitable[None]]) -> list[int]:
+    """Process ``values`` one record at a time; a record that fails on its own, not for an outage,
+    goes to the dead-letter topic with the error. Returns the indexes of those records.
+
+    A record that failed may have left the engine half updated, its outputs undelivered: the engine
+    is rebuilt from its checkpoints and the pass starts again without that record, so each record
+    kept is processed by an engine that saw exactly the kept records before it (their outputs go
+    out again, which keyed points and deterministic alert ids make harmless). An outage raises: the
+    whole batch is tried again later.
+    """
+    poison: dict[int, str] = {}
+    while True:
+        for i, value in enumerate(values):
+            if i in poison:
+                continue
+            try:
+                await handle([value])
+            except Exception as exc:
+                if is_outage(exc):
+                    raise
+                # The error's type only: its message may quote the record (the log has the traceback).
+                poison[i] = f"processing failed: {type(exc).__name__}"
+                _LOGGER.error("a readings record failed on its own (%s); it goes to %s",
+                              type(exc).__name__, topics.DEADLETTER)
+                _LOGGER.debug("the record that failed on its own: %r", exc)
+                rebuild()
+                break
+        else:
+            break
+    for i, reason in poison.items():
+        await deadletter(values[i], reason)
+    return sorted(poison)
 
 
 class Committer:
@@ -218,6 +288,14 @@ class WorkerStatus:
     partitions: frozenset[int] = frozenset()
     topic_partitions: int = 0  # of rpm.readings as the broker reports it (0: unknown, use configured)
     recovered: bool = False
+    # time.monotonic() of the first failed attempt of the batch under way; None while batches succeed.
+    failing_since: float | None = None
+    batch_failures: int = 0  # failed attempts of batches (each retried), since the start
+
+    def failing_for(self, now: float, *also: float | None) -> float:
+        """How long the oldest failure still unresolved (a batch's, or one of ``also``) has lasted; 0 if none."""
+        since = [t for t in (self.failing_since, *also) if t is not None]
+        return max(0.0, now - min(since)) if since else 0.0
 
     def total_partitions(self) -> int:
         """The partition count that maps patients to partitions."""
@@ -325,7 +403,8 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
 
     stopping = asyncio.Event()
 
-    async def guarded(what: str, step: Callable[[], Awaitable[None]]) -> bool:
+    async def guarded(what: str, step: Callable[[], Awaitable[None]],
+                      isolate: Callable[[], Awaitable[object]] | None = None) -> bool:
         """Under :attr:`Committer.lock`: run a batch to completion (retrying failures), unless the
         worker stops. Then the batch gets ``STOP_GRACE_S`` to finish; one still retrying (InfluxDB or
         Kafka unavailable) is abandoned: nothing of it is acknowledged, and it is processed again
@@ -337,7 +416,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         after the restart."""
         if committer.abandoned:
             return False
-        task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild))
+        task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild, isolate=isolate, status=status))
         stop_wait = asyncio.ensure_future(stopping.wait())
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -397,12 +476,19 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         finally:
             stopper.cancel()
 
+    async def handle_one(values: list[bytes]) -> None:
+        await pipeline.handle(values, checkpoint=False)
+
+    async def deadletter_reading(value: bytes, reason: str) -> None:
+        await pipeline.deadletter("worker", reason, topics.READINGS, value)
+
     async def _detect(stream: Any) -> None:
         async for events in stream.noack_take(MAX_BATCH_RECORDS, within=TAKE_WITHIN_S):
             values = [event.value for event in events]
             step = functools.partial(pipeline.handle, values, checkpoint=False)
+            isolate = functools.partial(isolate_poison, values, handle_one, rebuild, deadletter_reading)
             async with committer.lock:
-                if await guarded(f"a batch of {len(values)} readings records", step):
+                if await guarded(f"a batch of {len(values)} readings records", step, isolate):
                     committer.changed(committer.next_seq(), stream, events)
                     await committer.flush()
 

@@ -90,9 +90,10 @@ def histogram(name: str, help_text: str, bounds: Sequence[float], counts: Sequen
     return Metric(name, "histogram", help_text, suffixed=samples)
 
 
-def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalancing: bool = False) -> list[Metric]:
+def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalancing: bool = False,
+                   now: float = 0.0) -> list[Metric]:
     """Metrics of one worker (``stream.pipeline.PipelineStats``, ``stream.sink.SinkStats`` and
-    ``stream.agents.WorkerStatus``)."""
+    ``stream.agents.WorkerStatus``; ``now``: ``time.monotonic()``, for how long a failure lasts)."""
     from stream.pipeline import BATCH_BUCKETS
 
     alerts = Metric("rpm_worker_alert_events_total", "counter", "Alert state changes published, by rule and state",
@@ -125,5 +126,10 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
             gauge("rpm_worker_assigned_partitions", "rpm.readings partitions owned by this worker",
                   len(status.partitions)),
             gauge("rpm_worker_roster_patients", "Patients in the roster", len(status.roster)),
+            counter("rpm_worker_batch_failures_total", "Failed attempts of batches (each is retried)",
+                    status.batch_failures),
+            gauge("rpm_worker_failing_seconds",
+                  "How long the batch or InfluxDB write under way has been failing (0: none is)",
+                  status.failing_for(now, sink_stats.failing_since)),
         ]
     return out

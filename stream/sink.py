@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -121,6 +122,8 @@ class SinkStats:
     writes: int = 0
     retries: int = 0
     rejected_lines: int = 0
+    # time.monotonic() of the first failed attempt of the write under way; None while writes succeed.
+    failing_since: float | None = None
 
 
 @dataclass
@@ -159,9 +162,12 @@ class InfluxSink:
             try:
                 await self.writer.write(body)
                 self.stats.writes += 1
+                self.stats.failing_since = None
                 return
             except SinkUnavailableError as exc:
                 attempt += 1
+                if self.stats.failing_since is None:
+                    self.stats.failing_since = time.monotonic()
                 self.stats.retries += 1
                 delay = backoff_s(attempt)
                 if attempt == 1 or attempt % 10 == 0:

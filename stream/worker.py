@@ -4,8 +4,9 @@ Each worker gets its own data directory and web port unless told otherwise, so s
 on one host without clashing. Faust's web server (``127.0.0.1:<web port>``) also serves:
 
 - ``GET /metrics``: Prometheus text (:func:`stream.metrics.worker_metrics`);
-- ``GET /healthz``: 200 when the worker runs and owns readings partitions whose state has been
-  recovered, 503 otherwise; a JSON body whose booleans are the checks.
+- ``GET /healthz``: 200 when the worker runs, owns readings partitions whose state has been
+  recovered, and is not stuck on a failing batch or InfluxDB write (``STUCK_AFTER_S``), 503
+  otherwise; a JSON body whose booleans are the checks.
 
 With a roster (``--roster`` or ``RPM_ROSTER``) the worker enrolls the roster patients of its
 partitions for staleness alerts (see :mod:`stream.agents`); without one nobody is enrolled.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,11 +160,20 @@ def ensure_topics(settings: Settings, partitions: int) -> None:
         loop.close()
 
 
-def health(app: Any, pipeline: Any, status: Any) -> dict[str, Any]:
-    """``/healthz`` body: the booleans are the checks (all true: 200)."""
+def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> dict[str, Any]:
+    """``/healthz`` body: the booleans are the checks (all true: 200).
+
+    ``progressing`` is false once a batch, or an InfluxDB write, has been failing for
+    ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
+    """
+    from stream.agents import STUCK_AFTER_S
+
+    failing_s = status.failing_for(time.monotonic() if now is None else now, pipeline.sink.stats.failing_since)
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,
+        "progressing": failing_s < STUCK_AFTER_S,
+        "failing_s": round(failing_s, 1),
         "partitions": sorted(status.partitions),
         "enrolled": pipeline.stats.enrolled,
         "records": pipeline.stats.records,
@@ -177,7 +188,7 @@ def register_pages(app: Any, pipeline: Any, status: Any) -> None:
 
     async def metrics_page(self: Any, _request: Any) -> Any:
         body = render(worker_metrics(pipeline.stats, pipeline.sink.stats, status=status,
-                                     rebalancing=bool(app.rebalancing)))
+                                     rebalancing=bool(app.rebalancing), now=time.monotonic()))
         return self.bytes(body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz_page(self: Any, _request: Any) -> Any:
