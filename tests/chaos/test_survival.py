@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import orjson
 import psutil
 import pytest
 
-from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, start_influxdb, start_mosquitto
+from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, free_port, start_influxdb, start_mosquitto
 from simulators.patients import Scenario, patient_id, scenario_for
 from stream import topics
 from stream.acks import encode_ack
@@ -42,8 +44,22 @@ PARTITIONS = str(DEFAULT_READINGS_PARTITIONS)
 
 
 def worker(stack: Stack, tmp_path: Path, name: str = "worker", **env: str) -> ServiceProcess:
-    return spawn(name, ["worker", "--partitions", PARTITIONS, "--data-dir", str(tmp_path / name)],
-                 rpm_env(stack, **env), tmp_path)
+    port = free_port()
+    proc = spawn(name, ["worker", "--partitions", PARTITIONS, "--data-dir", str(tmp_path / name),
+                        "--web-port", str(port)], rpm_env(stack, **env), tmp_path)
+    proc.port = port
+    return proc
+
+
+def failing_seconds(w: ServiceProcess) -> float | None:
+    """``rpm_worker_failing_seconds`` from the worker's /metrics (None if it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{w.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    found = re.search(r"^rpm_worker_failing_seconds ([0-9.e+-]+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 class Simulation:
@@ -278,15 +294,20 @@ def test_influxdb_outage_loses_nothing_and_memory_stays_bounded(
             influx = stack.processes["influxdb"]
             influx.stop()
             peak = rss_before
+            failing = 0.0
             deadline = time.monotonic() + OUTAGE_S
             while time.monotonic() < deadline:
                 assert w.alive() and bridge.alive()
                 peak = max(peak, psutil.Process(w.pid).memory_info().rss)
+                failing = max(failing, failing_seconds(w) or 0.0)
                 time.sleep(1)
             stack.processes["influxdb"] = start_influxdb(influx.workdir, port=influx.port)
             sent = sim.finish()
             got = wait_for_all(stack, sent, (w, bridge))
+            after = eventually(lambda: failing_seconds(w), lambda f: f == 0.0, timeout=60,
+                               what="rpm_worker_failing_seconds back to 0", watch=(w, bridge))
     assert got == sent
+    assert failing > 0 and after == 0.0, "the outage showed in /metrics while it lasted, and only then"
     growth_mb = (peak - rss_before) / 2**20
     print(f"\nworker RSS grew {growth_mb:.0f} MiB during a {OUTAGE_S:.0f} s InfluxDB outage")  # noqa: T201
     assert growth_mb < 256, "the backlog waits in Kafka, not in the worker's memory"
