@@ -194,7 +194,7 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         raise WireError("patient in payload does not match the topic")
     if not is_valid_id(device):
         raise WireError("device must be an identifier of [A-Za-z0-9_.:-]{1,64}")
-    if source not in SOURCES:
+    if not isinstance(source, str) or source not in SOURCES:
         raise WireError(f"source must be one of {', '.join(sorted(SOURCES))}")
     if "id" in doc and not is_valid_id(doc["id"]):
         raise WireError("id must be an identifier of [A-Za-z0-9_.:-]{1,64}")

@@ -367,10 +367,19 @@ class Bridge:
         for item in items:
             try:
                 msg = parse_readings_message(item.payload, topic=item.topic, now=item.received_at)
-            except WireError as exc:
-                self.stats.reasons.note("bridge", exc.reason, item.topic)
+            except Exception as exc:
+                # A WireError is a bad message. Anything else is a defect of our validation: the
+                # message still goes to the dead-letter topic (to replay once fixed), or it would
+                # stay unacknowledged and stop every bridge it is delivered to, again and again.
+                if isinstance(exc, WireError):
+                    reason = exc.reason
+                else:
+                    reason = f"validation failed: {type(exc).__name__}"
+                    _LOGGER.error("validating a readings message raised %s (a defect); it goes to %s",
+                                  type(exc).__name__, topics.DEADLETTER)
+                self.stats.reasons.note("bridge", reason, item.topic)
                 record = deadletter_record(
-                    stage="bridge", reason=exc.reason, source=item.topic,
+                    stage="bridge", reason=reason, source=item.topic,
                     payload=item.payload, received_at=item.received_at,
                 )
                 batch.deadletters.append((None, record))

@@ -134,12 +134,19 @@ def test_bad_topics_are_rejected(topic: str) -> None:
         patient_from_topic(topic)
 
 
+VALID_FIELDS = {"v": st.just(1), "patient": st.just("p0001"), "device": st.just("d"), "source": st.just("sim"),
+                "samples": st.just([["heart_rate", NOW - 1, 70.0]])}
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(st.sampled_from(["v", "patient", "device", "source", "samples", "x"]), children, max_size=5)
     | st.fixed_dictionaries({"v": st.just(1), "patient": st.just("p0001"), "device": st.just("d"),
-                             "source": st.just("sim"), "samples": st.lists(children, max_size=3)}),
+                             "source": st.just("sim"), "samples": st.lists(children, max_size=3)})
+    # every field of an otherwise valid message replaced by any JSON value (a list as "source" once
+    # raised TypeError instead of WireError, and one such message stopped the bridge)
+    | st.sampled_from(["v", "patient", "device", "source", "samples", "id"]).flatmap(
+        lambda field: st.fixed_dictionaries({**VALID_FIELDS, field: children})),
     max_leaves=20,
 )
 

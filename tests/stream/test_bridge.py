@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
@@ -170,3 +171,32 @@ def test_an_unusable_compression_is_refused_at_start(value: str, fragment: str) 
         Settings.from_env({"RPM_KAFKA_COMPRESSION": value})
     assert Settings.from_env({"RPM_KAFKA_COMPRESSION": "GZIP"}).kafka_compression_type() == "gzip"
     assert Settings.from_env({}).kafka_compression_type() is None
+
+
+def test_a_defect_in_validation_dead_letters_the_message_instead_of_stopping_the_bridge(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Validation must only raise WireError; if it raises anything else (a bug of ours, like the
+    TypeError an unhashable "source" once caused), that message is dead-lettered and the rest of the
+    batch is forwarded: an exception here would leave the message unacknowledged in the bridge's
+    session and stop every bridge it is delivered to."""
+    from stream import bridge as bridge_module
+    from stream.bridge import Inbound
+
+    real = bridge_module.parse_readings_message
+    now = 1_780_000_000.0
+
+    def parse(payload: bytes, *, topic: str, now: float) -> Any:
+        if b'"poison"' in payload:
+            raise TypeError("unhashable type: 'list'")
+        return real(payload, topic=topic, now=now)
+
+    monkeypatch.setattr(bridge_module, "parse_readings_message", parse)
+    good = encode_readings(patient="p1", device="d1", source="sim", samples=[["heart_rate", now - 1, 70.0]])
+    poison = encode_readings(patient="p2", device="poison", source="sim", samples=[["heart_rate", now - 1, 70.0]])
+    b = Bridge(mqtt_settings=MqttSettings(host="127.0.0.1", port=1), bootstrap="127.0.0.1:1", client_id="t")
+    batch = b._build([Inbound(mid=1, qos=1, topic=readings_topic("p2"), payload=poison, received_at=now),
+                      Inbound(mid=2, qos=1, topic=readings_topic("p1"), payload=good, received_at=now)], 8)
+    assert batch.readings == 1 and len(batch.records) == 1
+    ((_key, value),) = batch.deadletters
+    assert orjson.loads(value)["reason"] == "validation failed: TypeError"
