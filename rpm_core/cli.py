@@ -23,6 +23,7 @@ from rpm_core.cli_people import add_commands as add_people_commands
 from rpm_core.errors import RpmError
 from rpm_core.mqtt_auth import add_commands as add_mqtt_auth_commands
 from rpm_core.settings import Settings
+from stream.deadletter_cli import add_commands as add_deadletter_commands
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backtest_commands(sub)
     add_people_commands(sub)
     add_notify_commands(sub)
+    add_deadletter_commands(sub)
     return parser
 
 
