@@ -92,6 +92,8 @@ class History:
 
 
 def _floats(record: Mapping[str, Any] | None, key: str, *, nulls: bool = False) -> FloatArray:
+    if record is not None and not isinstance(record, Mapping):  # e.g. a list: no .get (AttributeError)
+        raise StateError("history must be a mapping of t and v lists")
     values = [] if record is None else record.get(key, [])
     ok = isinstance(values, list) and all(
         (nulls and x is None) or (not isinstance(x, bool) and isinstance(x, int | float)) for x in values

@@ -86,7 +86,7 @@ class PatientMessage:
 
     def __post_init__(self) -> None:
         _check_ids(self.id, self.alert_ids, allow_empty_id=False)
-        if self.severity not in _SEVERITIES:
+        if not isinstance(self.severity, str) or self.severity not in _SEVERITIES:  # a list is unhashable
             raise CommandDecodeError("'severity' must be info, warning or critical")
         if not isinstance(self.text, str) or not self.text.strip() or len(self.text) > MAX_TEXT_CHARS:
             raise CommandDecodeError(f"'text' must be 1-{MAX_TEXT_CHARS} characters")

@@ -173,7 +173,10 @@ def _alert_from_arg(text: str, at: float) -> AlertUpdate:
     doc.setdefault("since", at)
     doc.setdefault("state", "raised")
     doc.setdefault("message", f"{doc.get('rule')} ({doc.get('severity')})")
-    doc.setdefault("alert_id", alert_id(str(doc.get("patient")), str(doc.get("rule")), float(doc["since"])))
+    since = doc["since"]
+    if isinstance(since, bool) or not isinstance(since, int | float):
+        raise ConfigError(f"--alert: 'since' must be a number of epoch seconds, not {since!r:.40}")
+    doc.setdefault("alert_id", alert_id(str(doc.get("patient")), str(doc.get("rule")), since))
     try:
         return AlertUpdate.from_doc(doc)
     except ValueError as exc:

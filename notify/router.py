@@ -89,7 +89,9 @@ class AlertUpdate:
         bad = sorted(k for k, v in ids.items() if not is_valid_id(v))
         if bad:
             raise ValueError(f"alert event field(s) {', '.join(bad)} missing or not identifiers")
-        if doc.get("severity") not in SEVERITY_RANK or doc.get("state") not in STATES:
+        severity, state = doc.get("severity"), doc.get("state")
+        # str first: `in` raises TypeError for a list or a dict (unhashable)
+        if not (isinstance(severity, str) and severity in SEVERITY_RANK and isinstance(state, str) and state in STATES):
             raise ValueError("alert event severity or state unknown")
         since, message, by = doc.get("since"), doc.get("message", ""), doc.get("by")
         if isinstance(since, bool) or not isinstance(since, int | float) or not math.isfinite(since):
@@ -97,7 +99,7 @@ class AlertUpdate:
         if not isinstance(message, str) or not (by is None or isinstance(by, str)):
             raise ValueError("alert event 'message' / 'by' are not text")
         return cls(alert_id=doc["alert_id"], patient=doc["patient"], rule=doc["rule"], metric=doc["metric"],
-                   severity=doc["severity"], state=doc["state"], message=message[:_MAX_TEXT], since=float(since),
+                   severity=severity, state=state, message=message[:_MAX_TEXT], since=float(since),
                    by=by[:64] if by else None)
 
 

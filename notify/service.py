@@ -254,11 +254,7 @@ class Notifier:
             if resp.status != 200:
                 raise ValueError(f"InfluxDB answered {resp.status}")
             doc = await resp.json(loads=orjson.loads, content_type=None)
-        result = (doc.get("results") or [{}])[0]
-        if "error" in result and "database not found" not in str(result["error"]):
-            raise ValueError(f"InfluxDB query error: {result['error']}")
-        return [dict(zip(series["columns"], values, strict=True))
-                for series in result.get("series") or [] for values in series["values"]]
+        return influx_rows(doc)
 
     # -- consuming --------------------------------------------------------------------------------
 
@@ -399,6 +395,33 @@ class Notifier:
                 attempt += 1
                 _LOGGER.warning("cannot produce a patient acknowledgement (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff_s(attempt))
+
+
+def influx_rows(doc: Any) -> list[dict[str, Any]]:
+    """The rows of an InfluxDB ``/query`` answer (one statement) as dicts; ``ValueError`` for an error
+    (other than a database that does not exist yet) or an answer without that shape."""
+    if not isinstance(doc, dict):
+        raise ValueError("InfluxDB answer is not a JSON object")
+    results = doc.get("results") or [{}]
+    if not isinstance(results, list) or not isinstance(results[0], dict):
+        raise ValueError("InfluxDB answer has no list of result objects")
+    result = results[0]
+    if "error" in result:
+        if "database not found" in str(result["error"]):
+            return []
+        raise ValueError(f"InfluxDB query error: {result['error']}")
+    series_list = result.get("series") or []
+    if not isinstance(series_list, list):
+        raise ValueError("InfluxDB series is not a list")
+    rows = []
+    for series in series_list:
+        columns = series.get("columns") if isinstance(series, dict) else None
+        values = series.get("values") if isinstance(series, dict) else None
+        if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(values, list)
+                and all(isinstance(v, list) for v in values)):
+            raise ValueError("InfluxDB series needs a list of column names and a list of rows")
+        rows += [dict(zip(columns, row, strict=True)) for row in values]  # ValueError if a row's length differs
+    return rows
 
 
 async def run_notifier(notifier: Notifier, stop: asyncio.Event) -> None:

@@ -97,18 +97,27 @@ async def _alert_feed(bootstrap: str, since_s: float, stop: asyncio.Event) -> No
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
-                    _print_alert(orjson.loads(record.value), since_s)
+                    _print_alert(record.value, since_s)
     finally:
         await consumer.stop()
 
 
-def _print_alert(event: dict[str, Any], since_s: float) -> None:
-    if event.get("time", 0) < since_s:
+def _print_alert(value: bytes | None, since_s: float) -> None:
+    """Print one ``rpm.alerts`` record changed since ``since_s``; skip one that is not an alert event."""
+    from notify.router import AlertUpdate
+
+    try:
+        event = orjson.loads(value or b"")  # JSONDecodeError is a ValueError
+        alert = AlertUpdate.from_doc(event)  # the identifiers, severity, state and message checked
+    except ValueError:
         return
-    mark = {"critical": "!!!", "warning": " ! ", "info": " i "}.get(event.get("severity", ""), "   ")
-    when = time.strftime("%H:%M:%S", time.gmtime(event["time"]))
-    print(f"  [nurse station] {mark} {when}Z {event['patient']:>8} {event['state']:<12} "
-          f"{event['severity']:<8} {event['rule']}: {event['message']}", flush=True)
+    t = event.get("time")
+    if isinstance(t, bool) or not isinstance(t, int | float) or not since_s <= t <= time.time() + 86400:
+        return
+    mark = {"critical": "!!!", "warning": " ! ", "info": " i "}.get(alert.severity, "   ")
+    when = time.strftime("%H:%M:%S", time.gmtime(t))
+    print(f"  [nurse station] {mark} {when}Z {alert.patient:>8} {alert.state:<12} "
+          f"{alert.severity:<8} {alert.rule}: {alert.message}", flush=True)
 
 
 def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:

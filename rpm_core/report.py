@@ -95,16 +95,30 @@ class InfluxReader:
                 doc = orjson.loads(resp.read())
         except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
             raise ServiceError(f"InfluxDB query failed at {self.url}: {exc}") from exc
-        result = (doc.get("results") or [{}])[0]
+        results = (doc.get("results") or [{}]) if isinstance(doc, dict) else None
+        if not isinstance(results, list) or not isinstance(results[0], dict):
+            raise ServiceError(f"{self.url} did not answer like InfluxDB's /query (no list of results)")
+        result = results[0]
         if "error" in result:
             raise ServiceError(f"InfluxDB query failed: {result['error']}")
-        out: list[dict[str, Any]] = result.get("series") or []
+        out = result.get("series") or []
+        if not isinstance(out, list) or not all(_is_series(s) for s in out):
+            raise ServiceError(f"{self.url} did not answer like InfluxDB's /query (malformed series)")
         return out
 
     def rows(self, q: str) -> list[dict[str, Any]]:
         """Every row of every series, as dicts with the series' tags merged in."""
         return [{**s.get("tags", {}), **dict(zip(s["columns"], v, strict=True))}
                 for s in self.series(q) for v in s["values"]]
+
+
+def _is_series(s: object) -> bool:
+    """Whether ``s`` is a series of an InfluxDB answer: column names, rows as long, optional tags."""
+    if not isinstance(s, dict):
+        return False
+    columns, values, tags = s.get("columns"), s.get("values"), s.get("tags", {})
+    return (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(values, list)
+            and all(isinstance(v, list) and len(v) == len(columns) for v in values) and isinstance(tags, dict))
 
 
 def time_clause(start: datetime, end: datetime) -> str:

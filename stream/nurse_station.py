@@ -37,7 +37,7 @@ import signal
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -287,7 +287,9 @@ class AlertBoard:
         if not event_id:
             return None
         boot, _, number = event_id.partition("-")
-        if boot != self.boot or not number.isdigit():
+        # ASCII digits only, and few: str.isdigit() also accepts "²" (which int() refuses) and int()
+        # refuses more than 4300 digits; either would end the stream instead of sending a snapshot
+        if boot != self.boot or not (number.isascii() and number.isdigit()) or len(number) > len(str(self.seq)):
             return None
         seq = int(number)
         return seq if seq <= self.seq else None
@@ -305,12 +307,15 @@ def _valid_event(doc: Any) -> dict[str, Any] | None:
     """``doc`` if it looks like an ``AlertEvent.to_dict()``, else None."""
     if not isinstance(doc, dict):
         return None
+    metric, severity, state = doc.get("metric"), doc.get("severity"), doc.get("state")
     ok = (
         is_valid_id(doc.get("alert_id")) and is_valid_id(doc.get("patient")) and is_valid_id(doc.get("rule"))
-        and doc.get("metric") in METRICS and doc.get("severity") in SEVERITY_RANK and doc.get("state") in STATES
+        # str first: `in` raises TypeError for a list or a dict (unhashable), which stopped the feed
+        and isinstance(metric, str) and metric in METRICS and isinstance(severity, str) and severity in SEVERITY_RANK
+        and isinstance(state, str) and state in STATES
         and _finite(doc.get("time")) and (doc.get("since") is None or _finite(doc.get("since")))
         and (doc.get("value") is None or _finite(doc.get("value")))
-        and isinstance(doc.get("message", ""), str) and isinstance(doc.get("by") or "", str)
+        and isinstance(doc.get("message", ""), str) and (doc.get("by") is None or isinstance(doc.get("by"), str))
     )
     return doc if ok else None
 
@@ -468,16 +473,40 @@ class Sparklines:
             async with self._session.get(f"{self.url}/query", params={"db": self.db, "q": q, "epoch": "s"},
                                          headers=headers) as resp:
                 doc = await resp.json(loads=orjson.loads, content_type=None)
+            return sparkline_points(doc)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _LOGGER.warning("sparkline query failed: %s", type(exc).__name__)
             return []
-        series = (doc.get("results") or [{}])[0].get("series") or []
-        return [(float(t), float(v)) for t, v in series[0]["values"] if v is not None] if series else []
 
     async def close(self) -> None:
         """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
+
+
+def sparkline_points(doc: Any) -> list[tuple[float, float]]:
+    """The (time, value) points of an InfluxDB ``/query`` answer of one series; ``ValueError`` if it
+    does not have that shape (null values, as ``fill(none)`` never writes, are skipped)."""
+    results = (doc.get("results") or [{}]) if isinstance(doc, dict) else None
+    if not isinstance(results, list) or not isinstance(results[0], dict):
+        raise ValueError("InfluxDB answer without a list of result objects")
+    series = results[0].get("series") or []
+    if not series:
+        return []
+    rows = series[0].get("values") if isinstance(series, list) and isinstance(series[0], dict) else None
+    if not isinstance(rows, list):
+        raise ValueError("InfluxDB answer without a series of values")
+    points = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 2:
+            raise ValueError("InfluxDB series row is not [time, value]")
+        t, v = row
+        if v is None:
+            continue
+        if not (_finite(t) and _finite(v)):
+            raise ValueError("InfluxDB series row holds a time or value that is not a finite number")
+        points.append((float(t), float(v)))
+    return points
 
 
 def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 180, height: int = 44) -> str:
@@ -589,9 +618,22 @@ def _require(request: web.Request) -> Session:
 
 
 def _check_csrf(request: web.Request, sess: Session) -> None:
-    token = request.headers.get("X-CSRF-Token", "")
-    if not secrets.compare_digest(token.encode(), sess.csrf.encode()):
+    if not _csrf_ok(request.headers.get("X-CSRF-Token", ""), sess):
         raise web.HTTPForbidden(text='{"error": "missing or wrong CSRF token"}', content_type="application/json")
+
+
+def _csrf_ok(token: str, sess: Session) -> bool:
+    """Whether ``token`` is the session's CSRF token. A header with bytes that are not UTF-8 arrives
+    with surrogate escapes, which ``str.encode`` refuses (UnicodeEncodeError): such a token is wrong."""
+    return token.isascii() and secrets.compare_digest(token.encode(), sess.csrf.encode())
+
+
+async def _form(request: web.Request) -> Mapping[str, object]:
+    """The posted form; 400 when it cannot be parsed (e.g. a urlencoded body that is not UTF-8)."""
+    try:
+        return await request.post()
+    except ValueError as exc:  # UnicodeDecodeError, a malformed multipart body
+        raise web.HTTPBadRequest(text="malformed form") from exc
 
 
 def _same_origin(request: web.Request) -> bool:
@@ -628,7 +670,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     addr, now = request.remote or "?", time.time()
     if _locked_out(st, addr, now):
         return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
-    form = await request.post()
+    form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
@@ -648,9 +690,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE_KEY]
     sess = _session(request)
     if sess is not None:
-        form = await request.post()
+        form = await _form(request)
         token = request.headers.get("X-CSRF-Token") or str(form.get("csrf", ""))
-        if not secrets.compare_digest(token.encode(), sess.csrf.encode()):
+        if not _csrf_ok(token, sess):
             raise web.HTTPForbidden(text="missing or wrong CSRF token")
         st.sessions.pop(request.cookies.get(COOKIE, ""), None)
     resp = web.Response(status=303, headers={"Location": "/login"})
@@ -690,12 +732,14 @@ async def acknowledge(request: web.Request) -> web.Response:
         raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON"}', content_type="application/json")
     try:
         body = orjson.loads(await request.read())
-        view = st.board.alerts.get(str(body.get("alert_id")))
+        if not isinstance(body, dict) or not isinstance(body.get("alert_id"), str):
+            raise AckDecodeError("send a JSON object with alert_id and by")
+        view = st.board.alerts.get(body["alert_id"])
         if view is None:
             raise web.HTTPNotFound(text='{"error": "no such alert on this ward"}', content_type="application/json")
-        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=body.get("by"), at=time.time(),
+        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=body.get("by", ""), at=time.time(),
                   station=sess.station)
-    except (orjson.JSONDecodeError, AttributeError, AckDecodeError) as exc:
+    except (orjson.JSONDecodeError, AckDecodeError) as exc:
         reason = exc.reason if isinstance(exc, AckDecodeError) else "send a JSON object with alert_id and by"
         raise web.HTTPBadRequest(text=orjson.dumps({"error": reason}).decode(),
                                  content_type="application/json") from exc

@@ -22,6 +22,7 @@ from notify.loader import parse_routes
 from notify.service import Notifier
 from rpm_core.services import NOTIFIER_USER, Stack, free_port
 from rpm_core.settings import MqttSettings, Secret
+from rpm_core.wire import command_topic
 from stream import topics
 from stream.acks import decode_ack
 from tests.notify.conftest import AGENT_USER, PATIENT, Inbox
@@ -29,6 +30,7 @@ from tests.notify.helpers import event
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver, wait_for
 from tests.support.influx import rows
 from tests.support.kafka import produce, read_all
+from tests.support.mqtt import Publisher
 
 pytestmark = [pytest.mark.services]
 
@@ -309,3 +311,68 @@ async def test_with_a_real_worker_the_patients_ack_shows_as_acknowledged_in_infl
     finally:
         bridge.stop()
         worker.stop()
+
+
+async def test_malformed_alerts_and_commands_are_rejected_and_nothing_stops(
+        notify_stack: Stack, smtp_server: Inbox) -> None:
+    """A list as an alert's severity raised TypeError in the notifier's consumer (which stopped the
+    notifier), and a list as a command's severity raised TypeError in the patient's agent."""
+    good = event(PATIENT)
+    hostile_alerts = [{**good, "severity": []}, {**good, "state": {}}, {**good, "severity": ["critical"], "state": []}]
+    message = {"v": 1, "type": "message", "id": "n-1", "alert_ids": ["3f2a00aa"], "severity": "critical",
+               "text": "hello", "at": time.time()}
+    hostile_commands = [{**message, "severity": []}, {**message, "severity": {"critical": 1}},
+                        {**message, "alert_ids": [[]]}, {**message, "at": [1]}, {**message, "text": None}]
+    async with WebhookReceiver() as hooks, patient_agent(notify_stack, auto_ack=False) as agent:
+        text = routes_yaml(hooks=hooks.url, smtp=smtp_server, steps="      - {after: 0s, receiver: nurses}")
+        async with notifier(notify_stack, text) as n:
+            with Publisher(notify_stack, NOTIFIER_USER) as pub:  # the user that may write command topics
+                for doc in hostile_commands:
+                    info = pub.client.publish(command_topic(PATIENT), orjson.dumps(doc), qos=1)
+                    info.wait_for_publish(10)
+                    assert info.is_published()
+            await wait_for(lambda: agent.rejected == len(hostile_commands), within=20,
+                           what="the agent to reject every malformed command")
+            await produce(notify_stack.settings.kafka_bootstrap(), topics.ALERTS,
+                          [(PATIENT.encode(), orjson.dumps(d)) for d in hostile_alerts] + [(PATIENT.encode(), b"{")])
+            await raise_alerts(notify_stack, [good])
+            await wait_for(lambda: len(agent.received) == 1, within=30, what="the good alert's message")
+            assert n.stats.rejected == len(hostile_alerts) + 1
+    assert agent.received[0].alert_ids == (good["alert_id"],)
+
+
+async def test_a_malformed_influxdb_answer_on_restore_is_no_crash_the_notifier_goes_live_without_it() -> None:
+    """The restore read InfluxDB's answer with [0], ["columns"] and .get: a malformed answer raised
+    IndexError/KeyError/AttributeError out of the consumer task instead of the ValueError it retries."""
+    from aiohttp import web
+
+    from rpm_core.settings import Settings
+    from tests.notify.helpers import routes
+
+    answers = [b"[]", b'{"results": "x"}', b'{"results": ["x"]}', b'{"results": [{"series": [{"values": [[1]]}]}]}',
+               b'{"results": [{"series": [{"columns": [[]], "values": [[1]]}]}]}',
+               b'{"results": [{"series": [{"columns": ["a"], "values": [1]}]}]}',
+               b'{"results": [{"series": [{"columns": ["a"], "values": [[1, 2]]}]}]}']
+    pending = list(answers)
+
+    async def query(_request: web.Request) -> web.Response:
+        return web.Response(body=pending.pop(0), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        for answer in answers:
+            clock = iter(range(0, 10**6, 100))  # the second reading is past the restore deadline
+            n = Notifier(routes=routes(), settings=Settings(influx_url=f"http://127.0.0.1:{runner.addresses[0][1]}"),
+                         secrets={}, ward_of=lambda _p: None, clock=lambda: float(next(clock)))  # noqa: B023
+            try:
+                assert await n._read_audit() == [], answer
+            finally:
+                assert n._http is not None
+                await n._http.close()
+    finally:
+        await runner.cleanup()
+    assert pending == []

@@ -21,7 +21,7 @@ from rpm_core.services import Stack
 from stream.acks import decode_ack
 from stream.nurse_station import AckSender, AlertBoard, AlertFeed, Sparklines, StationState, create_app
 from stream.topics import ensure_topics
-from tests.people.support import event, produce_events, read_topic, until
+from tests.people.support import event, produce, produce_events, read_topic, until
 
 pytestmark = pytest.mark.services
 
@@ -34,13 +34,14 @@ def roster() -> Roster:
 
 
 @contextlib.asynccontextmanager
-async def station(stack: Stack, roster: Roster) -> AsyncIterator[tuple[str, AlertBoard]]:
+async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
+                  ) -> AsyncIterator[tuple[str, AlertBoard]]:
     """Run a station in this event loop; yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
     board = AlertBoard(ward="all", roster=roster)
     sender = AckSender(bootstrap=bootstrap)
     await sender.start()
-    sparks = Sparklines(url=stack.settings.influx_url, db=stack.settings.influx_db)
+    sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients")
     runner = web.AppRunner(create_app(state), shutdown_timeout=1.0)
     await runner.setup()
@@ -183,3 +184,140 @@ async def test_acknowledge_produces_the_ack_record_and_survives_a_station_restar
         assert snap["active"] == []
         [row] = snap["history"]
         assert row["state"] == "acknowledged" and row["ack"]["by"] == "Ana Lima"
+
+
+# --- hostile input: always a 4xx (or a fresh snapshot), never a 5xx, and the station keeps serving ------
+
+# Each field of a request replaced by each kind of JSON value (as in tests/security/test_fuzz_inputs.py).
+HOSTILE_JSON = ["null", "true", "0", "-1.5", "18446744073709551615", "1180591620717411303424", "1e400", "NaN",
+                '""', '"x"', "[]", '["x"]', "{}", '{"a": []}', "[[[]]]"]
+
+
+async def raw_http(url: str, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` (bytes as written, so headers may hold any byte) and read the whole answer."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def cookie_header(http: aiohttp.ClientSession) -> bytes:
+    return b"; ".join(f"{c.key}={c.value}".encode() for c in http.cookie_jar)
+
+
+async def test_hostile_requests_get_a_4xx_and_the_station_keeps_serving(stack: Stack, roster: Roster) -> None:
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    raised = event("p0008", "tachycardia")
+    await produce_events(bootstrap, [raised])
+    async with station(stack, roster) as (url, board), client() as http:
+        await login(http, url)
+        async with http.get(f"{url}/api/session") as resp:
+            csrf = (await resp.json())["csrf"]
+        cookie = cookie_header(http)
+        # A CSRF token header that is not UTF-8 arrives surrogate-escaped; encode() raised (500)
+        for path in (b"/api/ack", b"/logout"):
+            status, _ = await raw_http(url, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nCookie: " + cookie
+                                       + b"\r\nX-CSRF-Token: \xff\xfe" + csrf.encode()
+                                       + b"\r\nContent-Type: application/json\r\nContent-Length: 2"
+                                       + b"\r\nConnection: close\r\n\r\n{}")
+            assert status == 403, path
+        # Form bodies that are not UTF-8, or not multipart at all (a UnicodeDecodeError was a 500)
+        for content_type, body in [("application/x-www-form-urlencoded", b"station=desk-1&password=\xff"),
+                                   ("application/x-www-form-urlencoded", b"station=\xc3&csrf=" + csrf.encode()),
+                                   ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; "
+                                    b'name="password"\r\n\r\n\xff\xfe\r\n--b--\r\n'),
+                                   ("multipart/form-data; boundary=b", b"garbage"),
+                                   ("multipart/form-data", b"--\r\n\r\n")]:
+            async with http.post(f"{url}/login", data=body, headers={"Content-Type": content_type, "Origin": url},
+                                 allow_redirects=False) as resp:
+                assert 400 <= resp.status < 500, (content_type, body, resp.status)
+        # Acknowledgements with each field of the body replaced by each kind of JSON value
+        headers = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+        alert_id, by = orjson.dumps(raised["alert_id"]).decode(), '"Ana"'
+        bodies = [*HOSTILE_JSON, *(f'{{"alert_id": {v}, "by": {by}}}' for v in HOSTILE_JSON),
+                  *(f'{{"alert_id": {alert_id}, "by": {v}}}' for v in HOSTILE_JSON if v != '"x"'),
+                  f'{{"by": {by}}}', f'{{"alert_id": {alert_id}}}', "{" * 5000, "\ud800"]
+        for body in bodies:
+            async with http.post(f"{url}/api/ack", data=body.encode(errors="surrogatepass"), headers=headers) as resp:
+                assert resp.status in (400, 404), (body[:60], resp.status, await resp.text())
+        assert board.alerts[raised["alert_id"]].active, "no hostile body acknowledged the alert"
+        # SSE resume ids that are not ids of this run: a fresh snapshot (int() once raised and cut the stream)
+        for last in (f"{board.boot}-\u00b2", f"{board.boot}-{'9' * 5000}", f"{board.boot}-\u0661", f"{board.boot}-",
+                     f"{board.boot}-1-1", "-", "x" * 4000):
+            for how in ({"headers": {"Last-Event-ID": last}}, {"params": {"last": last}}):
+                async with http.get(f"{url}/api/events", **how) as resp:  # type: ignore[arg-type]
+                    assert resp.status == 200
+                    [(_id, name, snap)] = await sse_events(resp, 1)
+                    assert name == "snapshot" and snap["active"], last[:20]
+        # Still serving: the real acknowledgement goes through
+        async with http.post(f"{url}/api/ack", json={"alert_id": raised["alert_id"], "by": "Ana"},
+                             headers={"X-CSRF-Token": csrf}) as resp:
+            assert resp.status == 202
+
+
+async def test_malformed_alert_records_do_not_stop_the_alert_feed(stack: Stack, roster: Roster) -> None:
+    """A list as severity once raised TypeError in the feed task: the board stopped changing."""
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    good = event("p0009", "bradycardia", value=41.0)
+    hostile = [{**good, "severity": []}, {**good, "state": {}}, {**good, "metric": ["heart_rate"]},
+               {**good, "by": []}, {**good, "severity": {"warning": 1}, "state": ["raised"]}]
+    async with station(stack, roster) as (url, board), client() as http:
+        await produce(bootstrap, "rpm.alerts", [(b"p0009", orjson.dumps(d)) for d in hostile]
+                      + [(b"p0009", b"not json"), (b"p0009", b"[]")])
+        await produce(bootstrap, "rpm.alert-acks", [(b"p0009", orjson.dumps({"v": 1, "alert_id": good["alert_id"],
+                                                                             "patient": "p0009", "by": [],
+                                                                             "at": 1764100000.0, "station": []}))])
+        await produce_events(bootstrap, [good])
+        await until(lambda: good["alert_id"] in board.alerts)
+        assert board.rejected == len(hostile) + 2
+        assert board.alerts[good["alert_id"]].active
+        await login(http, url)
+        async with http.get(f"{url}/api/alerts") as resp:
+            assert [a["alert_id"] for a in (await resp.json())["active"]] == [good["alert_id"]]
+
+
+@contextlib.asynccontextmanager
+async def fake_influx(answers: list[bytes]) -> AsyncIterator[str]:
+    """An HTTP server that answers ``/query`` with the next of ``answers`` (each as 200 JSON)."""
+    pending = list(answers)
+
+    async def query(_request: web.Request) -> web.Response:
+        return web.Response(body=pending.pop(0), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_sparkline_from_a_malformed_influxdb_answer_is_empty_not_an_error(stack: Stack, roster: Roster
+                                                                                   ) -> None:
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    answers = [b"[]", b'{"results": "x"}', b'{"results": [[]]}', b'{"results": [{"series": {"a": 1}}]}',
+               b'{"results": [{"series": [{"values": [[1, 2, 3]]}]}]}',  # ValueError (unpacking) was a 500
+               b'{"results": [{"series": [{"values": [[1, [2]], [2, 3]]}]}]}', b'{"results": [{"series": [[]]}]}',
+               b'{"results": [{"series": [{"values": [["t", "v"], [null, 1]]}]}]}', b'{"results": [{"series": [{}]}]}']
+    events = [event(f"q{i:04d}", "tachycardia") for i in range(len(answers))]  # one alert each: no cache hit
+    await produce_events(bootstrap, events)
+    async with fake_influx(answers) as influx, station(stack, roster, influx_url=influx) as (url, board), \
+            client() as http:
+        await until(lambda: len(board.alerts) == len(events))
+        await login(http, url)
+        for e, answer in zip(events, answers, strict=True):
+            async with http.get(f"{url}/api/sparkline", params={"alert_id": e["alert_id"]}) as resp:
+                assert resp.status == 200, (answer, resp.status)
+                assert "no data in the last hour" in await resp.text()
