@@ -7,6 +7,7 @@ from typing import Final
 import faust
 
 from stream.faust_rebalance import install_seek_fence
+from stream.faust_recovery import install_recovery_watchdog
 from stream.faust_tuning import faust_settings, install_fetch_wait
 
 APP_ID: Final = "rpm-worker"  # also the Kafka consumer group every worker joins
@@ -22,6 +23,8 @@ def create_app(*, broker: str, partitions: int, datadir: str, web_port: int, app
     """
     install_fetch_wait()
     install_seek_fence()  # a rebalance must not lose records of the partitions a worker keeps
-    return faust.App(app_id, autodiscover=False, **faust_settings(
+    app = faust.App(app_id, autodiscover=False, **faust_settings(
         broker=broker, partitions=partitions, datadir=datadir, web_port=web_port, store=store,
     ))
+    install_recovery_watchdog(app)  # a table recovery that stops receiving records is restarted
+    return app

@@ -447,3 +447,101 @@ async def test_a_batch_finishing_during_the_wait_is_acknowledged_without_waiting
         await asyncio.gather(agent, return_exceptions=True)
         consumer._thread.thread_loop.close()
     assert in_flight.acked and draining == [False], "draining ends with the wait"
+
+
+# -- the recovery watchdog (stream/faust_recovery.py) --------------------------------------------
+
+def recovery_app() -> Any:
+    return faust.App("recovery-watchdog", broker="kafka://127.0.0.1:9", autodiscover=False)
+
+
+def test_recovery_still_keeps_what_the_watchdog_reads() -> None:
+    app = recovery_app()
+    try:
+        recovery = app.tables.recovery
+        assert isinstance(recovery, Recovery)
+        for name in ("in_recovery", "_recovery_started_at", "_active_events_received_at", "active_offsets",
+                     "active_highwaters", "active_tps"):
+            assert hasattr(recovery, name), name
+        assert callable(recovery.active_remaining)
+        consumer = app.consumer
+        for name in ("_active_partitions", "_paused_partitions", "_read_offset", "flow_active", "can_resume_flow",
+                     "suspend_flow"):
+            assert hasattr(consumer, name), name
+        # what recovery itself does to start reading, and so what the watchdog repeats
+        assert in_order(source(Recovery._restart_recovery.fun), "consumer.resume_partitions)(active_tps)",
+                        "flow_control.resume", "consumer.resume_flow", "_fetcher.maybe_start")
+        assert "seek_wait" in source(Recovery._seek_offsets)
+        # the events the watchdog measures silence by are noted per active partition
+        assert "active_events_received_at[tp] = now" in source(Recovery._slurp_changelogs.fun)
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+def test_a_partition_silent_since_the_recovery_started_is_stalled_and_one_still_reading_is_not() -> None:
+    from stream.faust_recovery import STALL_S, stalled_partitions
+
+    app = recovery_app()
+    try:
+        recovery = app.tables.recovery
+        silent, reading, done = (TP("rpm-worker-rpm-detector-state-changelog", p) for p in (4, 5, 6))
+        now = 1000.0
+        recovery._set_recovery_started()
+        recovery._recovery_started_at = now - STALL_S - 1
+        recovery.active_highwaters.update({silent: 3, reading: 9, done: 2})
+        recovery.active_offsets.update({silent: -1, reading: 4, done: 2})
+        recovery._active_events_received_at[reading] = now - 1
+        assert stalled_partitions(recovery, now) == {silent}
+        recovery._recovery_started_at = now - 1
+        assert stalled_partitions(recovery, now) == set(), "a recovery that just started is not stalled"
+        recovery._set_recovery_ended()
+        recovery._recovery_started_at = now - STALL_S - 1
+        assert stalled_partitions(recovery, now) == set(), "no recovery, nothing stalled"
+    finally:
+        app.consumer._thread.thread_loop.close()
+
+
+async def test_the_watchdog_restarts_the_reading_of_a_stalled_partition_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stream.faust_recovery import STALL_S, install_recovery_watchdog
+
+    app = recovery_app()
+    consumer: Any = app.consumer
+    try:
+        tp = TP("rpm-worker-rpm-detector-state-changelog", 4)
+        consumer.assignment = lambda: {tp}
+        seeks: list[dict[Any, int]] = []
+
+        async def seek_wait(partitions: dict[Any, int]) -> None:  # the broker side is not under test
+            seeks.append(dict(partitions))
+
+        started: list[bool] = []
+
+        async def maybe_start() -> None:
+            started.append(True)
+
+        consumer.seek_wait = seek_wait
+        app._fetcher.maybe_start = maybe_start
+        consumer.pause_partitions({tp})
+        consumer.stop_flow()  # the state a stalled recovery might be stuck in
+        now = [1000.0]
+        tasks = len(app._app_tasks)
+        watch = install_recovery_watchdog(app, clock=lambda: now[0])
+        assert [inspect.unwrap(t) for t in app._app_tasks[tasks:]] == [watch], "registered as a timer"
+        recovery = app.tables.recovery
+        recovery._set_recovery_started()
+        recovery._recovery_started_at = now[0] - STALL_S - 1
+        recovery.active_highwaters[tp] = 3
+        recovery.active_offsets[tp] = -1
+        await watch()
+        assert seeks == [{tp: 0}] and started == [True]
+        assert consumer.flow_active and tp not in consumer._paused_partitions
+        assert "reading them again from the last applied offset" in caplog.text and "paused True" in caplog.text
+        await watch()
+        assert len(seeks) == 1, "not again before another stall period"
+        now[0] += STALL_S
+        await watch()
+        assert len(seeks) == 2
+    finally:
+        consumer._thread.thread_loop.close()
