@@ -468,6 +468,14 @@ def test_recovery_still_keeps_what_the_watchdog_reads() -> None:
         for name in ("_active_partitions", "_paused_partitions", "_read_offset", "flow_active", "can_resume_flow",
                      "suspend_flow"):
             assert hasattr(consumer, name), name
+        # aiokafka's view, logged for each stalled partition
+        from aiokafka.consumer.fetcher import Fetcher
+        from aiokafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
+
+        assert callable(SubscriptionState._assigned_state)
+        assert {"paused", "awaiting_reset"} <= set(dir(TopicPartitionState))
+        assert "self._position = " in source(TopicPartitionState.__init__)
+        assert "self._records = " in source(Fetcher.__init__)
         # what recovery itself does to start reading, and so what the watchdog repeats
         assert in_order(source(Recovery._restart_recovery.fun), "consumer.resume_partitions)(active_tps)",
                         "flow_control.resume", "consumer.resume_flow", "_fetcher.maybe_start")
@@ -538,6 +546,7 @@ async def test_the_watchdog_restarts_the_reading_of_a_stalled_partition_and_says
         assert seeks == [{tp: 0}] and started == [True]
         assert consumer.flow_active and tp not in consumer._paused_partitions
         assert "reading them again from the last applied offset" in caplog.text and "paused True" in caplog.text
+        assert "aiokafka state unavailable" in caplog.text, "no consumer here, and the watchdog goes on regardless"
         await watch()
         assert len(seeks) == 1, "not again before another stall period"
         now[0] += STALL_S
