@@ -7,6 +7,7 @@ only need a database share one InfluxDB (``influx``) and use a database of their
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,23 @@ REPO = Path(__file__).resolve().parent.parent
 def _clean_settings(**kw: object) -> Settings:
     """Settings that ignore the developer's own RPM_* environment."""
     return Settings(rules_path=str(REPO / "alert_rules.yaml"), **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _close_an_orphaned_event_loop() -> Iterator[None]:
+    """Close the current event loop if the test left it unclosed and no longer current.
+
+    pytest-asyncio leaves a fresh loop current after every async test; ``asyncio.run`` (in a test,
+    or in a command a test runs in-process) ends by setting the current loop to None. The loop it
+    replaced is then collected unclosed, and its ResourceWarning (an error here) is blamed on
+    whichever later test the garbage collector happens to run in.
+    """
+    local = getattr(asyncio.get_event_loop_policy(), "_local", None)
+    before = getattr(local, "_loop", None)
+    yield
+    after = getattr(local, "_loop", None)
+    if before is not None and before is not after and not before.is_closed() and not before.is_running():
+        before.close()
 
 
 @pytest.fixture

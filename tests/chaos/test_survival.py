@@ -7,7 +7,6 @@ condition, never assertions about speed. Outages are bounded: ``RPM_CHAOS_OUTAGE
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from simulators.patients import Scenario, patient_id, scenario_for
 from stream import topics
 from stream.acks import encode_ack
 from stream.topics import DEFAULT_READINGS_PARTITIONS
+from tests.support.aio import run
 from tests.support.influx import count_by, rows
 from tests.support.kafka import produce
 from tests.support.mqtt import Publisher, heart_rate
@@ -379,7 +379,7 @@ def test_an_acknowledged_alert_does_not_escalate_and_an_unacknowledged_one_does(
             acked = next(r for r in raised if r["patient"] == "p0201")
             ack = encode_ack(alert_id=str(acked["alert_id"]), patient="p0201", by="Nurse Ann", at=time.time(),
                              station="ward-a")
-            asyncio.run(produce(stack.settings.kafka_bootstrap(), topics.ALERT_ACKS, [(b"p0201", ack)]))
+            run(produce(stack.settings.kafka_bootstrap(), topics.ALERT_ACKS, [(b"p0201", ack)]))
             escalated = eventually(
                 lambda: rows(url, db, "SELECT * FROM alerts WHERE state = 'escalated'"), lambda r: len(r) >= 1,
                 timeout=120, what="the unacknowledged alert to escalate", watch=(w, bridge))

@@ -52,6 +52,7 @@ from stream.deadletter_tools import (
     shown,
 )
 from stream.records import Group, decode_record
+from tests.support.aio import run
 from tests.support.influx import series
 from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn
 
@@ -458,9 +459,9 @@ def test_without_a_kafka_address_the_command_says_so(monkeypatch: pytest.MonkeyP
 
 
 def test_kafka_out_of_reach_is_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
-    # asyncio.run, as the command does (and as this file's other tests do: no pytest-asyncio loop)
+    # a loop of its own, as the command has (asyncio.run), not a pytest-asyncio one
     with pytest.raises(DeadLetterToolError, match=r"cannot reach Kafka at 127\.0\.0\.1:"):
-        asyncio.run(replay(f"127.0.0.1:{free_port()}", Selection(stage="worker")))
+        run(replay(f"127.0.0.1:{free_port()}", Selection(stage="worker")))
     assert "Unclosed" not in caplog.text, "the consumer is stopped on the way out"
 
 
@@ -520,7 +521,7 @@ def wait_for_vitals(stack: Stack, worker: ServiceProcess, expected: dict[tuple[s
 @pytest.mark.services
 def test_replay_of_worker_records_reaches_influxdb_exactly(stack: Stack, tmp_path: Path) -> None:
     bootstrap = stack.settings.kafka_bootstrap()
-    asyncio.run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
+    run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
     t0 = time.time() - 600
     # What the worker isolated while it had a bug: a two-patient record (one partition), a one-patient
     # record in the single-patient shape, a record of two devices of one patient.
@@ -532,7 +533,7 @@ def test_replay_of_worker_records_reaches_influxdb_exactly(stack: Stack, tmp_pat
                                       group(SAME_A, metric="glucose", values=(95.0,), t0=t0, device="cgm-1")]),
     ]
     bridge_valid = encode_readings(patient="pbridge", device="d", source="sim", samples=[["heart_rate", t0, 70]])
-    asyncio.run(produce_batched(bootstrap, topics.DEADLETTER, [
+    run(produce_batched(bootstrap, topics.DEADLETTER, [
         *(worker_deadletter(v, received_at=t0) for v in poisoned),
         bridge_deadletter(bridge_valid, topic=readings_topic("pbridge"), received_at=t0),
         deadletter_record(stage="sink", reason="InfluxDB rejected the write (400)", source="influxdb",
@@ -542,13 +543,13 @@ def test_replay_of_worker_records_reaches_influxdb_exactly(stack: Stack, tmp_pat
     dry = rpm(stack, "deadletter", "replay", "--stage", "worker", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert "selected 3, would replay 3 (12 readings), not replayable 0" in dry.stdout
-    assert asyncio.run(read_partitions(bootstrap, topics.READINGS, idle_ms=500)) == [], "a dry run produces nothing"
+    assert run(read_partitions(bootstrap, topics.READINGS, idle_ms=500)) == [], "a dry run produces nothing"
 
     for _ in range(2):  # twice: harmless downstream, and each run says what it produced
         done = rpm(stack, "deadletter", "replay", "--stage", "worker", "--reason", "processing failed")
         assert done.returncode == 0, done.stdout + done.stderr
         assert "selected 3, replayed 3 (12 readings), not replayable 0" in done.stdout
-    produced = asyncio.run(read_partitions(bootstrap, topics.READINGS))
+    produced = run(read_partitions(bootstrap, topics.READINGS))
     assert sorted(produced) == sorted(
         (part, v) for v in poisoned for part in [topics.partition_for(decode_record(v)[0].patient, PARTITIONS)] * 2
     ), "each record twice, unchanged, on its patients' partition"
@@ -563,14 +564,14 @@ def test_replay_of_worker_records_reaches_influxdb_exactly(stack: Stack, tmp_pat
 @pytest.mark.services
 def test_replay_of_bridge_records_validates_again_and_reaches_influxdb(stack: Stack, tmp_path: Path) -> None:
     bootstrap = stack.settings.kafka_bootstrap()
-    asyncio.run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
+    run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
     t0 = time.time() - 600
     # Rejected by an older, stricter validation (heart rate above 300), valid today.
     fast = encode_readings(patient=SAME_A, device="hrs-1", source="ble",
                            samples=[["heart_rate", t0 + k, 310 + k] for k in range(3)] + [["rr_interval", t0, 0.2]])
     meter = encode_readings(patient=OTHER, device="gls-1", source="manual", samples=[["glucose", t0, 12.5, 2]])
     wrong_topic = encode_readings(patient=SAME_B, device="d", source="sim", samples=[["heart_rate", t0, 70]])
-    asyncio.run(produce_batched(bootstrap, topics.DEADLETTER, [
+    run(produce_batched(bootstrap, topics.DEADLETTER, [
         bridge_deadletter(fast, topic=readings_topic(SAME_A), received_at=t0),
         bridge_deadletter(wrong_topic, topic=readings_topic(OTHER), received_at=t0,
                           reason="patient in payload does not match the topic"),
@@ -597,7 +598,7 @@ def test_replay_of_bridge_records_validates_again_and_reaches_influxdb(stack: St
 @pytest.mark.services
 def test_list_shows_offsets_and_reasons_but_payloads_only_when_asked(stack: Stack) -> None:
     bootstrap = stack.settings.kafka_bootstrap()
-    asyncio.run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
+    run(topics.ensure_topics(bootstrap, partitions=PARTITIONS))
     secret_hr, secret_glucose = "61.375", "187.625"
     records = [
         worker_deadletter(encode_readings_record(None, [group(SAME_A, values=(float(secret_hr),))])),
@@ -609,7 +610,7 @@ def test_list_shows_offsets_and_reasons_but_payloads_only_when_asked(stack: Stac
         *(bridge_deadletter(b"{}", topic=readings_topic(f"q{k}"), reason=f"samples[{k}]: bad") for k in range(300)),
     ]
     # Batched writes: Tansu's end offsets then lag behind the real end; list must still show them all.
-    asyncio.run(produce_batched(bootstrap, topics.DEADLETTER, records))
+    run(produce_batched(bootstrap, topics.DEADLETTER, records))
 
     out = rpm(stack, "deadletter", "list")
     assert out.returncode == 0, out.stderr
