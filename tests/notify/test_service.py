@@ -28,7 +28,7 @@ from stream.acks import decode_ack
 from tests.notify.conftest import AGENT_USER, PATIENT, Inbox
 from tests.notify.helpers import event
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver, wait_for
-from tests.support.influx import rows
+from tests.support.influx import fake_influx, rows
 from tests.support.kafka import produce, read_all
 from tests.support.mqtt import Publisher
 
@@ -344,8 +344,6 @@ async def test_malformed_alerts_and_commands_are_rejected_and_nothing_stops(
 async def test_a_malformed_influxdb_answer_on_restore_is_no_crash_the_notifier_goes_live_without_it() -> None:
     """The restore read InfluxDB's answer with [0], ["columns"] and .get: a malformed answer raised
     IndexError/KeyError/AttributeError out of the consumer task instead of the ValueError it retries."""
-    from aiohttp import web
-
     from rpm_core.settings import Settings
     from tests.notify.helpers import routes
 
@@ -353,26 +351,14 @@ async def test_a_malformed_influxdb_answer_on_restore_is_no_crash_the_notifier_g
                b'{"results": [{"series": [{"columns": [[]], "values": [[1]]}]}]}',
                b'{"results": [{"series": [{"columns": ["a"], "values": [1]}]}]}',
                b'{"results": [{"series": [{"columns": ["a"], "values": [[1, 2]]}]}]}']
-    pending = list(answers)
-
-    async def query(_request: web.Request) -> web.Response:
-        return web.Response(body=pending.pop(0), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
+    async with fake_influx(answers) as influx:
         for answer in answers:
             clock = iter(range(0, 10**6, 100))  # the second reading is past the restore deadline
-            n = Notifier(routes=routes(), settings=Settings(influx_url=f"http://127.0.0.1:{runner.addresses[0][1]}"),
+            n = Notifier(routes=routes(), settings=Settings(influx_url=influx.url),
                          secrets={}, ward_of=lambda _p: None, clock=lambda: float(next(clock)))  # noqa: B023
             try:
                 assert await n._read_audit() == [], answer
             finally:
                 assert n._http is not None
                 await n._http.close()
-    finally:
-        await runner.cleanup()
-    assert pending == []
+    assert influx.pending == []

@@ -22,6 +22,7 @@ from stream.acks import decode_ack
 from stream.nurse_station import AckSender, AlertBoard, AlertFeed, Sparklines, StationState, create_app
 from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
+from tests.support.influx import fake_influx
 
 pytestmark = pytest.mark.services
 
@@ -284,25 +285,6 @@ async def test_malformed_alert_records_do_not_stop_the_alert_feed(stack: Stack, 
             assert [a["alert_id"] for a in (await resp.json())["active"]] == [good["alert_id"]]
 
 
-@contextlib.asynccontextmanager
-async def fake_influx(answers: list[bytes]) -> AsyncIterator[str]:
-    """An HTTP server that answers ``/query`` with the next of ``answers`` (each as 200 JSON)."""
-    pending = list(answers)
-
-    async def query(_request: web.Request) -> web.Response:
-        return web.Response(body=pending.pop(0), content_type="application/json")
-
-    app = web.Application()
-    app.router.add_get("/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-
-
 async def test_a_sparkline_from_a_malformed_influxdb_answer_is_empty_not_an_error(stack: Stack, roster: Roster
                                                                                    ) -> None:
     bootstrap = stack.settings.kafka_bootstrap()
@@ -313,7 +295,7 @@ async def test_a_sparkline_from_a_malformed_influxdb_answer_is_empty_not_an_erro
                b'{"results": [{"series": [{"values": [["t", "v"], [null, 1]]}]}]}', b'{"results": [{"series": [{}]}]}']
     events = [event(f"q{i:04d}", "tachycardia") for i in range(len(answers))]  # one alert each: no cache hit
     await produce_events(bootstrap, events)
-    async with fake_influx(answers) as influx, station(stack, roster, influx_url=influx) as (url, board), \
+    async with fake_influx(answers) as influx, station(stack, roster, influx_url=influx.url) as (url, board), \
             client() as http:
         await until(lambda: len(board.alerts) == len(events))
         await login(http, url)

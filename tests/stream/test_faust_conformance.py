@@ -320,45 +320,65 @@ def test_faust_waits_for_every_taken_event_before_a_rebalance_and_at_a_stop() ->
     assert "self._unacked_messages" in source(Consumer.wait_empty)
 
 
-async def test_wait_empty_flushes_the_group_commit_first_instead_of_waiting_for_it() -> None:
-    """Events processed but not yet acknowledged (their states wait for the group commit) would
-    hold a rebalance for up to a checkpoint interval; the hook writes them and acknowledges first."""
-    from stream.agents import install_flush_before_wait_empty
+class Taken:
+    """A message an agent took: ``Consumer.wait_empty`` waits until it is acknowledged."""
 
-    app = faust.App("wait-empty-conformance", broker="kafka://127.0.0.1:9", autodiscover=False)
+    acked = False
+    refcount = 1
+
+
+def waiting_consumer(name: str) -> tuple[faust.App, Any, Taken]:
+    """An app whose consumer holds one taken, unacknowledged message (and commits nothing)."""
+    app = faust.App(name, broker="kafka://127.0.0.1:9", autodiscover=False)
     consumer: Any = app.consumer
-    class Held:  # a message taken by the agent, processed, its acknowledgement held back
-        acked = False
-        refcount = 1
-
-    held = Held()
-    consumer._unacked_messages.add(held)
+    message = Taken()
+    consumer._unacked_messages.add(message)
 
     async def no_commit(*_a: Any, **_k: Any) -> bool:
         return False
 
     consumer.commit = no_commit
     consumer.commit_and_end_transactions = no_commit
-    flushed: list[bool] = []
+    return app, consumer, message
 
-    async def flush() -> bool:  # the committer: writes the pending states, then acknowledges
-        flushed.append(True)
-        held.acked = True
-        consumer._unacked_messages.discard(held)
-        return True
 
-    install_flush_before_wait_empty(app, flush)
+def acknowledge(consumer: Any, message: Taken) -> None:
+    message.acked = True
+    consumer._unacked_messages.discard(message)
 
-    async def give_up() -> None:  # wait_empty swallows cancellation; stopping the consumer ends it
-        await asyncio.sleep(10)
+
+async def wait_empty_by_itself(consumer: Any, *, give_up_after: float = 10.0) -> bool:
+    """Run ``consumer.wait_empty()``; whether it returned by itself, before ``give_up_after`` seconds
+    (it swallows cancellation: stopping the consumer is what ends it otherwise)."""
+
+    async def give_up() -> None:
+        await asyncio.sleep(give_up_after)
         consumer._stopped.set()
 
     watchdog = asyncio.create_task(give_up())
     try:
         await consumer.wait_empty()
+        return not watchdog.done()
     finally:
         watchdog.cancel()
         consumer._thread.thread_loop.close()
+
+
+async def test_wait_empty_flushes_the_group_commit_first_instead_of_waiting_for_it() -> None:
+    """Events processed but not yet acknowledged (their states wait for the group commit) would
+    hold a rebalance for up to a checkpoint interval; the hook writes them and acknowledges first."""
+    from stream.agents import install_flush_before_wait_empty
+
+    app, consumer, held = waiting_consumer("wait-empty-conformance")
+    flushed: list[bool] = []
+
+    async def flush() -> bool:  # the committer: writes the pending states, then acknowledges
+        flushed.append(True)
+        acknowledge(consumer, held)
+        return True
+
+    install_flush_before_wait_empty(app, flush)
+    assert await wait_empty_by_itself(consumer), "wait_empty waited for the group commit"
     assert flushed == [True] and not consumer._unacked_messages
 
 
@@ -367,32 +387,13 @@ async def test_wait_empty_does_not_wait_for_events_a_stopping_worker_abandoned()
     for it forever. The hook answering False skips the wait (the events are delivered again later)."""
     from stream.agents import install_flush_before_wait_empty
 
-    app = faust.App("wait-empty-abandoned", broker="kafka://127.0.0.1:9", autodiscover=False)
-    consumer: Any = app.consumer
-
-    class Abandoned:
-        acked = False
-        refcount = 1
-
-    abandoned = Abandoned()
-    consumer._unacked_messages.add(abandoned)
+    app, consumer, abandoned = waiting_consumer("wait-empty-abandoned")
 
     async def flush() -> bool:
         return False
 
     install_flush_before_wait_empty(app, flush)
-
-    async def give_up() -> None:
-        await asyncio.sleep(10)
-        consumer._stopped.set()
-
-    watchdog = asyncio.create_task(give_up())
-    try:
-        await consumer.wait_empty()
-        assert not watchdog.done(), "wait_empty waited for the abandoned event"
-    finally:
-        watchdog.cancel()
-        consumer._thread.thread_loop.close()
+    assert await wait_empty_by_itself(consumer), "wait_empty waited for the abandoned event"
     assert abandoned in consumer._unacked_messages and not abandoned.acked
 
 
@@ -401,21 +402,7 @@ async def test_a_batch_finishing_during_the_wait_is_acknowledged_without_waiting
     must be acknowledged as soon as it is done (the committer flushes everything until ``done``)."""
     from stream.agents import install_flush_before_wait_empty
 
-    app = faust.App("wait-empty-in-flight", broker="kafka://127.0.0.1:9", autodiscover=False)
-    consumer: Any = app.consumer
-
-    class InFlight:
-        acked = False
-        refcount = 1
-
-    in_flight = InFlight()
-    consumer._unacked_messages.add(in_flight)
-
-    async def no_commit(*_a: Any, **_k: Any) -> bool:
-        return False
-
-    consumer.commit = no_commit
-    consumer.commit_and_end_transactions = no_commit
+    app, consumer, in_flight = waiting_consumer("wait-empty-in-flight")
     draining: list[bool] = [False]
 
     async def flush() -> bool:
@@ -428,24 +415,14 @@ async def test_a_batch_finishing_during_the_wait_is_acknowledged_without_waiting
     async def batch_finishes() -> None:  # the agent, after the flush: its states are not due yet
         await asyncio.sleep(0.2)
         if draining[0]:  # the committer writes everything while draining, so it acknowledges
-            in_flight.acked = True
-            consumer._unacked_messages.discard(in_flight)
+            acknowledge(consumer, in_flight)
 
     install_flush_before_wait_empty(app, flush, done)
-
-    async def give_up() -> None:
-        await asyncio.sleep(10)
-        consumer._stopped.set()
-
     agent = asyncio.create_task(batch_finishes())
-    watchdog = asyncio.create_task(give_up())
     try:
-        await consumer.wait_empty()
-        assert not watchdog.done(), "wait_empty waited for the interval"
+        assert await wait_empty_by_itself(consumer), "wait_empty waited for the interval"
     finally:
-        watchdog.cancel()
         await asyncio.gather(agent, return_exceptions=True)
-        consumer._thread.thread_loop.close()
     assert in_flight.acked and draining == [False], "draining ends with the wait"
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
+
+from aiohttp import web
 
 from rpm_core.services import influx_query
 
@@ -30,3 +35,31 @@ def count_by(url: str, db: str, measurement: str, field: str, tag: str, where: s
     cond = f" WHERE {where}" if where else ""
     q = f'SELECT count("{field}") FROM "{measurement}"{cond} GROUP BY "{tag}"'
     return {s["tags"][tag]: int(s["values"][0][1]) for s in series(url, db, q)}
+
+
+@dataclass
+class FakeInflux:
+    """An HTTP server answering ``/query`` with the next of ``pending`` (each as 200 JSON)."""
+
+    url: str = ""
+    pending: list[bytes] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def fake_influx(answers: list[bytes]) -> AsyncIterator[FakeInflux]:
+    """A :class:`FakeInflux` serving ``answers`` in turn, for malformed-answer tests."""
+    fake = FakeInflux(pending=list(answers))
+
+    async def query(_request: web.Request) -> web.Response:
+        return web.Response(body=fake.pending.pop(0), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
