@@ -31,6 +31,8 @@ from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.settings import Secret, Settings, check_private_file
 from rpm_core.wire import (
     ALERTS_TOPIC_ROOT,
+    MAX_MESSAGE_BYTES,
+    MQTT_MESSAGE_SIZE_LIMIT_BYTES,
     READINGS_TOPIC_FILTER,
     TOPIC_ROOT,
     command_topic,
@@ -304,7 +306,10 @@ listener {port} 127.0.0.1
 max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 1000
-# Big enough that an oversized payload reaches the bridge and is dead-lettered with a reason.
+# Messages up to message_size_limit reach the bridge, which dead-letters what the wire schema
+# refuses (over {MAX_MESSAGE_BYTES} bytes, say) with a reason; larger ones Mosquitto drops, answering
+# the publisher's PUBACK with an error; only packets above max_packet_size cost the connection.
+message_size_limit {MQTT_MESSAGE_SIZE_LIMIT_BYTES}
 max_packet_size 4194304
 persistence true
 persistence_location {workdir / "data"}/
