@@ -168,12 +168,23 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     """
     from stream.agents import STUCK_AFTER_S
 
-    failing_s = status.failing_for(time.monotonic() if now is None else now, pipeline.sink.stats.failing_since)
+    now = time.monotonic() if now is None else now
+    failing_s = status.failing_for(now, pipeline.sink.stats.failing_since)
+    busy_s = status.busy_for(now)
+    problem = pipeline.sink.stats.problem
+    if problem is None and busy_s >= STUCK_AFTER_S:
+        problem = f"a batch has been unfinished for {busy_s:.0f} s"
+    elif problem is None and failing_s >= STUCK_AFTER_S:
+        problem = f"a batch or an InfluxDB write has been failing for {failing_s:.0f} s"
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,
-        "progressing": failing_s < STUCK_AFTER_S,
+        "progressing": failing_s < STUCK_AFTER_S and busy_s < STUCK_AFTER_S,
+        # a configuration fault (InfluxDB database missing, credentials refused) fails at once
+        "configured": pipeline.sink.stats.problem is None,
+        "problem": problem,
         "failing_s": round(failing_s, 1),
+        "batch_s": round(busy_s, 1),
         "partitions": sorted(status.partitions),
         "enrolled": pipeline.stats.enrolled,
         "records": pipeline.stats.records,
