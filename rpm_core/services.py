@@ -51,6 +51,7 @@ ALERTS_USER: Final = "rpm-alerts"
 NURSE_USER: Final = "rpm-nurse"
 ADMIN_USER: Final = "rpm-admin"
 NOTIFIER_USER: Final = "rpm-notifier"  # rpm notifier: patients' messages out, their acks in
+WATCHDOG_USER: Final = "rpm-watchdog"  # rpm watchdog: reads agents' status (device alarms)
 
 
 def free_port() -> int:
@@ -193,6 +194,7 @@ class Role(enum.StrEnum):
     ADMIN = "admin"  # everything (operators' tools)
     NOTIFIER = "notifier"  # sends patients' agents messages (cmd) and reads their acknowledgements (ack)
     AGENT = "agent"  # one edge agent: its own patient's topics only
+    WATCHDOG = "watchdog"  # rpm watchdog: reads every agent's status (device alarms), nothing else
 
 
 def _ack_topic(patient: str) -> str:
@@ -208,6 +210,7 @@ _ROLE_GRANTS: Final[dict[Role, tuple[tuple[str, str], ...]]] = {
     Role.NURSE: (("read", f"{ALERTS_TOPIC_ROOT}/#"),),
     Role.ADMIN: (("readwrite", "#"),),
     Role.NOTIFIER: (("write", command_topic("+")), ("read", _ack_topic("+"))),
+    Role.WATCHDOG: (("read", status_topic("+")),),
     Role.AGENT: (
         ("write", readings_topic("{patient}")), ("write", status_topic("{patient}")),
         ("write", _ack_topic("{patient}")), ("read", command_topic("{patient}")),
@@ -247,7 +250,7 @@ def build_acl(users: Iterable[tuple[str, Role, str | None]]) -> str:
 
 PIPELINE_ROLES: Final[dict[str, Role]] = {
     BRIDGE_USER: Role.BRIDGE, SIMULATOR_USER: Role.SIMULATOR, ALERTS_USER: Role.ALERTS,
-    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER,
+    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER, WATCHDOG_USER: Role.WATCHDOG,
 }
 PIPELINE_ACL: Final = build_acl((user, role, None) for user, role in PIPELINE_ROLES.items())
 
@@ -490,7 +493,8 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
     s = stack.settings
     updates: dict[str, Any] = {}
     if not s.mqtt_url:
-        users = [BRIDGE_USER, SIMULATOR_USER, ALERTS_USER, NURSE_USER, ADMIN_USER, NOTIFIER_USER, *extra_users]
+        users = [BRIDGE_USER, SIMULATOR_USER, ALERTS_USER, NURSE_USER, ADMIN_USER, NOTIFIER_USER, WATCHDOG_USER,
+                 *extra_users]
         stack.mqtt_creds = MqttCredentials.generate(users)
         svc = start_mosquitto(workdir / "mosquitto", creds=stack.mqtt_creds)
         stack.processes["mosquitto"] = svc

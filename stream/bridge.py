@@ -40,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from rpm_core.settings import MqttSettings
+from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
 from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
 from stream import topics
 from stream.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
@@ -360,6 +361,7 @@ class Bridge:
         await self._start_producer(producer, stop)
         client = self._make_client()
         self._client = client
+        beats = asyncio.ensure_future(self._heartbeats(producer, stop))
         try:
             client.connect_async(
                 self._mqtt_settings.host, self._mqtt_settings.port, keepalive=30,
@@ -369,9 +371,38 @@ class Bridge:
             await self._pump(producer, client, stop)
         finally:
             self._stopping = True
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            await self._heartbeat(producer, state="stopping")
             client.disconnect()
             client.loop_stop()
             await producer.stop()
+
+    def heartbeat(self, state: str = "running") -> Heartbeat:
+        """What this bridge tells ``rpm watchdog`` (see :mod:`rpm_core.technical`)."""
+        health = self.health()
+        healthy = all(v for v in health.values() if isinstance(v, bool))
+        problem = health["problem"]
+        if not healthy and problem is None:
+            down = [k for k, v in health.items() if isinstance(v, bool) and not v]
+            problem = f"not {', '.join(down)} (MQTT {self._mqtt_settings.url()}, Kafka {self._bootstrap})"
+        return Heartbeat(component="bridge", instance=self._client_id, time=self._clock(), state=state,  # type: ignore[arg-type]
+                         healthy=healthy, problem=problem, messages=self.stats.messages_in,
+                         deadlettered=self.stats.deadlettered)
+
+    async def _heartbeats(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._heartbeat(producer)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                    await stop.wait()
+
+    async def _heartbeat(self, producer: AIOKafkaProducer, state: str = "running") -> None:
+        try:
+            async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                await producer.send_and_wait(topics.HEARTBEATS, self.heartbeat(state).encode())
+        except (KafkaError, TimeoutError) as exc:  # the watchdog will miss this one: that is the point
+            _LOGGER.debug("heartbeat not sent: %s", exc)
 
     async def _start_producer(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         attempt = 0
