@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_mqtt_auth_commands(sub)
 
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
-    p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
+    p.add_argument("--client-id", default=None,
+                   help="MQTT client id, bound to the MQTT user as <user>:<id> (default: <host>-<slot>, the lowest "
+                        "slot free on this host)")
     p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of rpm.readings if created")
     p.add_argument("--health-port", type=int, default=None,
                    help="serve GET /healthz on 127.0.0.1:PORT (0: any free port; default: off)")

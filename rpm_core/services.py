@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import re
@@ -272,6 +273,34 @@ def write_password_file(path: Path, creds: MqttCredentials) -> None:
         subprocess.run([passwd, "-b", str(path), user, pw.get()], check=True, capture_output=True)
 
 
+CLIENTID_PLUGIN_SOURCE: Final = Path(__file__).with_name("mosquitto") / "rpm_clientid.c"
+PLUGIN_BUILD_PACKAGES: Final = "gcc libc6-dev libmosquitto-dev mosquitto-dev"
+
+
+def clientid_plugin(cache_dir: Path | None = None) -> Path:
+    """The ``rpm_clientid`` Mosquitto plugin (client ids bound to users, see its source), built from
+    the source shipped in this package into a cache the first time (``cc``, Mosquitto's headers)."""
+    code = CLIENTID_PLUGIN_SOURCE.read_bytes()
+    digest = hashlib.sha256(code).hexdigest()[:16]
+    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rpm"
+    target = cache / f"rpm_clientid-{digest}.so"
+    if target.is_file():
+        return target
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise ServiceError(f"no C compiler to build Mosquitto's rpm_clientid plugin; install: "
+                           f"sudo apt-get install -y {PLUGIN_BUILD_PACKAGES}")
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(partial), str(CLIENTID_PLUGIN_SOURCE)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServiceError(f"building Mosquitto's rpm_clientid plugin failed ({done.stderr.strip()[:300]}); "
+                           f"install: sudo apt-get install -y {PLUGIN_BUILD_PACKAGES}")
+    os.replace(partial, target)  # atomic: a concurrent build of the same source is as good
+    return target
+
+
 def _tls_listener(tls: TlsFiles, tls_port: int) -> str:
     ca = f"cafile {tls.cafile}\n" if tls.cafile else ""
     return f"""\
@@ -286,8 +315,12 @@ keyfile {tls.keyfile}
 def mosquitto_config(
     *, port: int, workdir: Path, acl_text: str = PIPELINE_ACL, password_file: Path | None = None,
     acl_file: Path | None = None, tls: TlsFiles | None = None, tls_port: int | None = None,
+    bind_client_ids: bool = True,
 ) -> str:
     """A Mosquitto configuration that authenticates every client and never drops queued QoS 1 messages.
+
+    With ``bind_client_ids`` (the default) a client id must be the user name or start with it and
+    ``:`` (:func:`clientid_plugin`): no user can take over another's session.
 
     Without ``acl_file`` the ACL is ``acl_text``, written to ``workdir/acl``; ``password_file`` and
     ``acl_file`` name files maintained elsewhere (``rpm mqtt-auth``), re-read on SIGHUP.
@@ -299,9 +332,11 @@ def mosquitto_config(
     # Run as root (CI), Mosquitto would switch to user "mosquitto", who cannot read our 0700 workdir.
     user = "user root\n" if os.geteuid() == 0 else ""
     tls_text = _tls_listener(tls, tls_port) if tls is not None and tls_port is not None else ""
+    plugin = f"# client ids bound to users (rpm_clientid): no session takeover\nplugin {clientid_plugin()}\n" if (
+        bind_client_ids) else ""
     return f"""\
 {user}per_listener_settings false
-allow_anonymous false
+{plugin}allow_anonymous false
 password_file {password_file or workdir / "passwd"}
 acl_file {acl_file}
 listener {port} 127.0.0.1
@@ -334,6 +369,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     tls: TlsFiles | None = None,
+    bind_client_ids: bool = True,
 ) -> ServiceProcess:
     """Start Mosquitto with authentication, ACLs and persistence on a free port.
 
@@ -353,7 +389,7 @@ def start_mosquitto(
         raise ConfigError("start_mosquitto needs creds or a password_file")
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port=port, workdir=workdir, acl_text=acl_text, password_file=password_file,
-                                     acl_file=acl_file, tls=tls, tls_port=tls_port))
+                                     acl_file=acl_file, tls=tls, tls_port=tls_port, bind_client_ids=bind_client_ids))
     svc = _spawn("mosquitto", [binary, "-c", str(conf)], workdir, port=port)
     svc.log_path = workdir / "mosquitto.log"
     svc.tls_port = tls_port

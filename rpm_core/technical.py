@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from rpm_core.wire import is_valid_id
+from rpm_core.wire import is_valid_id, loads_unique
 
 TECHNICAL_KIND: Final = "technical"
 TECHNICAL_METRIC: Final = "technical"
@@ -212,8 +212,8 @@ def _count(doc: Mapping[str, Any], key: str) -> int:
 def decode_heartbeat(value: bytes | None) -> Heartbeat:
     """Validate one ``rpm.heartbeats`` record value; :class:`TechnicalAlertError` with the reason."""
     try:
-        doc = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
+        doc = loads_unique(value or b"")
+    except ValueError as exc:
         raise TechnicalAlertError("heartbeat is not JSON") from exc
     if not isinstance(doc, dict) or doc.get("v") != 1:
         raise TechnicalAlertError("heartbeat must be a JSON object of version 1")

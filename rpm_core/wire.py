@@ -32,6 +32,7 @@ topic levels without escaping.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -81,6 +82,35 @@ class SampleFlag(enum.IntFlag):
 
 
 ALL_FLAGS: Final = int(SampleFlag.CONTACT_LOST | SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
+
+
+# A top-level key of a readings message; identifiers, metric names and sources cannot hold a quote,
+# so in a valid message this only ever matches keys.
+_TOP_KEY_RE: Final = re.compile(rb'"(v|patient|device|source|samples|id)"\s*:')
+
+
+class DuplicateKeyError(ValueError):
+    """JSON that names a key twice in one object (parsers disagree on which one wins)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _v in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DuplicateKeyError(f"duplicate key {dup[:40]!r}")
+    return doc
+
+
+def loads_unique(data: bytes | str) -> Any:
+    """``orjson.loads`` that refuses duplicate keys in any object (``{"patient": "pB", "patient": "pA"}``
+    reads as ``pA`` in one parser and ``pB`` in another: an impersonation). Raises
+    ``orjson.JSONDecodeError`` or :class:`DuplicateKeyError` (both ``ValueError``). For the small
+    documents of alerts, acknowledgements, commands and status; readings use a cheaper check."""
+    doc = orjson.loads(data)
+    if isinstance(doc, dict | list):  # scalars have no keys
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    return doc
 
 
 class WireError(ValueError):
@@ -188,6 +218,9 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         raise WireError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise WireError("message must be a JSON object")
+    keys = _TOP_KEY_RE.findall(payload)
+    if len(keys) != len(set(keys)):
+        raise WireError("duplicate keys: a key may appear only once")
     version = doc.get("v")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise WireError(f"unsupported schema version {version!r}; this bridge speaks v{SCHEMA_VERSION}")

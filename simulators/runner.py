@@ -63,7 +63,7 @@ class SimConfig:
 
 def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Event]:
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.password.get() or None)
     ctx = settings.ssl_context()

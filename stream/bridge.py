@@ -215,7 +215,7 @@ class Bridge:
         self._mqtt_settings = mqtt_settings
         self._max_request_bytes = max_request_bytes
         self._bootstrap = bootstrap
-        self._client_id = client_id
+        self._client_id = mqtt_settings.client_id(client_id)  # <user>:<name>: only our user may take it
         self._subscription = f"$share/{shared_group}/{READINGS_TOPIC_FILTER}"
         self._clock = clock
         self._compression = compression
@@ -611,7 +611,8 @@ def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
     A persistent MQTT session only protects the messages in flight if the restarted bridge comes
     back under the same client id, and two live bridges with one id would keep kicking each other
     off. So each bridge takes the lowest free slot ``n`` with an ``flock`` that dies with its
-    process (kill -9 included) and uses ``<prefix>-<host>-<n>``.
+    process (kill -9 included) and uses ``<host>-<n>`` (bound to the bridge's MQTT user as
+    ``<user>:<host>-<n>``, see :meth:`rpm_core.settings.MqttSettings.client_id`).
     """
     import fcntl
     import os
@@ -629,7 +630,7 @@ def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
         except BlockingIOError:
             handle.close()
             continue
-        return f"{prefix}-{host}-{n}", handle
+        return f"{host}-{n}", handle
     raise BridgeError("no free bridge slot (1024 bridges on one host?)")
 
 

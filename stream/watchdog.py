@@ -476,11 +476,11 @@ class WatchdogService:
 
 
 def _json(value: bytes | None) -> Any:
-    import orjson
+    from rpm_core.wire import loads_unique
 
     try:
-        return orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
+        return loads_unique(value or b"")
+    except ValueError:
         return None
 
 
@@ -494,7 +494,8 @@ def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callabl
 
     from rpm_core.wire import status_topic
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id(client_id),
+                         protocol=paho.MQTTv5)
     if mqtt_settings.username:
         client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get() or None)
     context = mqtt_settings.ssl_context()
@@ -541,8 +542,7 @@ async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
         loop.add_signal_handler(sig, stop.set)
     client = None
     if settings.mqtt_url:
-        client = start_status_listener(settings.mqtt(), f"{settings.mqtt().username or 'rpm-watchdog'}:"
-                                       f"{options.instance}", service.on_status)
+        client = start_status_listener(settings.mqtt(), options.instance, service.on_status)
     health = HealthServer(service.health, port=options.health_port) if options.health_port is not None else None
     try:
         if health is not None:

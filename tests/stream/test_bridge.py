@@ -27,7 +27,7 @@ pytestmark = pytest.mark.services
 
 def publisher(stack: Stack, user: str = ADMIN_USER) -> mqtt.Client:
     s = MqttSettings.from_url(stack.mqtt_url(user))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("publisher"))
     client.username_pw_set(s.username, s.password.get())
     client.max_inflight_messages_set(1000)
     connected = threading.Event()
@@ -142,7 +142,7 @@ async def test_bad_messages_reach_the_deadletter_topic_while_good_ones_flow(stac
 async def test_anonymous_and_wrong_password_clients_are_refused(stack: Stack) -> None:
     s = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
     for username, password in ((None, None), (BRIDGE_USER, "wrong")):
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"{username}:t")
         if username:
             client.username_pw_set(username, password)
         result: list[object] = []
