@@ -180,6 +180,28 @@ def encode_readings(
     return orjson.dumps(doc)
 
 
+# What our publishers put in one message: well below both wire limits whatever the numbers look like
+# (a sample encodes to at most ~80 bytes: 500 of them are ~40 kB of the 256 kB allowed).
+PUBLISH_MAX_SAMPLES: Final = 500
+
+
+def encode_readings_messages(*, patient: str, device: str, source: str, samples: list[list[Any]],
+                             max_samples: int = PUBLISH_MAX_SAMPLES) -> list[tuple[bytes, int]]:
+    """``samples`` as readings messages ``(payload, samples in it)`` of at most ``max_samples`` samples
+    and ``MAX_MESSAGE_BYTES`` each (halved until they fit), in order: a publisher never sends what the
+    bridge or Mosquitto would refuse."""
+    out: list[tuple[bytes, int]] = []
+    for start in range(0, len(samples), max_samples):
+        chunk = samples[start : start + max_samples]
+        payload = encode_readings(patient=patient, device=device, source=source, samples=chunk)
+        if len(payload) > MAX_MESSAGE_BYTES and len(chunk) > 1:
+            out += encode_readings_messages(patient=patient, device=device, source=source, samples=chunk,
+                                            max_samples=max(1, len(chunk) // 2))
+        else:
+            out.append((payload, len(chunk)))
+    return out
+
+
 def _check_sample(raw: object, index: int, now: float) -> Sample:
     where = f"samples[{index}]"
     if not isinstance(raw, list) or len(raw) not in (3, 4):

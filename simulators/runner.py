@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from rpm_core.errors import ServiceError
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import encode_readings, readings_topic
+from rpm_core.wire import encode_readings_messages, readings_topic
 from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -129,8 +129,11 @@ class _Publisher:
             self.acked.update(message.counts)
 
     def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
-        payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
-        self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples)))
+        payloads = encode_readings_messages(patient=patient, device=device, source="sim", samples=samples)
+        start = 0
+        for payload, n in payloads:  # split below the wire's limits; counts follow each message's samples
+            self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples[start : start + n])))
+            start += n
 
     def _send(self, message: _Message) -> None:
         # Not under self._cond: paho calls on_publish holding its own lock (lock-order deadlock).

@@ -50,3 +50,38 @@ def test_a_command_and_a_heartbeat_with_a_key_twice_are_refused() -> None:
         PatientMessage.from_bytes(b'{"v": 1, "v": 1}')
     with pytest.raises(TechnicalAlertError):
         decode_heartbeat(b'{"v": 1, "component": "worker", "component": "bridge", "instance": "w", "time": 1}')
+
+
+# -- our publishers stay below every size limit (issue 13, item 6) -------------------------------------
+
+
+def test_publishers_split_below_the_wire_limit_whatever_the_numbers() -> None:
+    from edge_agent.const import PUBLISH_BATCH_MAX_SAMPLES
+    from rpm_core.wire import (
+        MAX_MESSAGE_BYTES,
+        MAX_SAMPLES_PER_MESSAGE,
+        MQTT_MESSAGE_SIZE_LIMIT_BYTES,
+        encode_readings_messages,
+    )
+
+    # the longest encodings a sample can have: the longest metric, 17-digit floats, a flag
+    worst = [["rr_interval", 1_780_000_000.1234567, 0.15000000000000002, 7]] * 5_000
+    ident = "x" * 64
+    assert PUBLISH_BATCH_MAX_SAMPLES <= 500
+    messages = encode_readings_messages(patient=ident, device=ident, source="import", samples=worst)
+    assert sum(n for _p, n in messages) == len(worst)
+    for payload, n in messages:
+        assert len(payload) <= MAX_MESSAGE_BYTES < MQTT_MESSAGE_SIZE_LIMIT_BYTES and n <= MAX_SAMPLES_PER_MESSAGE
+        parse_readings_message(payload, topic=f"rpm/v1/p/{ident}/readings", now=1_780_000_001.0)
+    # the edge agent's batches (PUBLISH_BATCH_MAX_SAMPLES of the same) fit as one message
+    [(one, _n)] = encode_readings_messages(patient=ident, device=ident, source="ble",
+                                           samples=worst[:PUBLISH_BATCH_MAX_SAMPLES])
+    assert len(one) <= MAX_MESSAGE_BYTES
+
+
+def test_a_message_too_big_for_its_sample_count_is_halved_until_it_fits() -> None:
+    from rpm_core.wire import MAX_MESSAGE_BYTES, encode_readings_messages
+
+    worst = [["rr_interval", 1_780_000_000.1234567, 0.15000000000000002, 7]] * 6_000
+    messages = encode_readings_messages(patient="p", device="d", source="sim", samples=worst, max_samples=6_000)
+    assert len(messages) > 1 and all(len(p) <= MAX_MESSAGE_BYTES for p, _n in messages)

@@ -15,7 +15,7 @@ import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 import pytest
@@ -92,6 +92,13 @@ async def run_bridge(stack: Stack, **kw: int) -> tuple[Bridge, asyncio.Event, as
     await asyncio.to_thread(b.subscribed.wait, 30)
     assert b.subscribed.is_set()
     return b, stop, task
+
+
+async def until(condition: Callable[[], bool], within: float = 30.0) -> None:
+    """Poll a condition of the bridge's own state (no event to await) with a deadline."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 def valid_readings(n: int) -> list[tuple[str, bytes]]:
@@ -178,6 +185,42 @@ async def test_records_the_producer_refuses_are_split_and_deadlettered_not_retri
             patients |= {g["patient"] for v in await read_topic(readings_c, 1, 30) for g in orjson.loads(v)["groups"]}
         assert patients == {f"pv{k}" for k in range(40)}
         assert bridge.stats.records_refused >= 2 and bridge.health()["progressing"]
+    finally:
+        client.disconnect()
+        client.loop_stop()
+        stop.set()
+        await task
+
+
+async def test_a_bridge_that_cannot_forward_is_unhealthy_whatever_its_connections_say(
+        stack: Stack, consumers: tuple[AIOKafkaConsumer, AIOKafkaConsumer]) -> None:
+    """Issue 13: a bridge stuck on a record kept /healthz 200. Kafka frozen (SIGSTOP: connections up,
+    nothing answered): the message waits unacknowledged; past STUCK_AFTER_S the health says so."""
+    import os
+    import signal
+
+    from stream.bridge import STUCK_AFTER_S
+
+    _dead_c, readings_c = consumers
+    bridge, stop, task = await run_bridge(stack)
+    tansu = stack.processes["tansu"]
+    client = publisher(stack, ADMIN_USER)
+    os.kill(tansu.pid, signal.SIGSTOP)
+    try:
+        await asyncio.to_thread(publish_all, client, valid_readings(1))
+        await until(lambda: bridge.oldest_unacknowledged_s() > 0)
+        later = time.time() + STUCK_AFTER_S + 1
+        body = bridge.health(now=later)
+        assert body["mqtt_connected"] and body["subscribed"], "the connections look fine..."
+        assert body["progressing"] is False and body["oldest_unacked_s"] > STUCK_AFTER_S, "...but nothing moves"
+        assert body["problem"]
+    finally:
+        os.kill(tansu.pid, signal.SIGCONT)
+    try:
+        landed = await read_topic(readings_c, 1, 60)
+        assert {g["patient"] for v in landed for g in orjson.loads(v)["groups"]} == {"pv0"}
+        await until(lambda: bridge.oldest_unacknowledged_s() == 0)
+        assert bridge.health()["progressing"] is True
     finally:
         client.disconnect()
         client.loop_stop()
