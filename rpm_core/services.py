@@ -345,8 +345,8 @@ max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 1000
 # Messages up to message_size_limit reach the bridge, which dead-letters what the wire schema
-# refuses (over {MAX_MESSAGE_BYTES} bytes, say) with a reason; larger ones Mosquitto drops, answering
-# the publisher's PUBACK with an error; only packets above max_packet_size cost the connection.
+# refuses (over {MAX_MESSAGE_BYTES} bytes, say) with a reason; a larger one Mosquitto drops, closing
+# its sender's connection (our publishers split far below it).
 message_size_limit {MQTT_MESSAGE_SIZE_LIMIT_BYTES}
 max_packet_size 4194304
 persistence true

@@ -49,10 +49,9 @@ ALERTS_TOPIC_ROOT: Final = "rpm/v1/alerts"
 # split below it (edge agent, simulators); the bridge dead-letters a larger message with a reason.
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 # Mosquitto's ``message_size_limit`` in the configurations we write: a message above it never reaches
-# the bridge (Mosquitto answers an MQTT v5 publisher's PUBACK with an error and drops it, and logs
-# it). Above MAX_MESSAGE_BYTES, so every message the wire could refuse reaches the bridge and is
-# dead-lettered with its reason; below the brokers' packet limit (``max_packet_size``), so an
-# oversized message costs the sender its message, not its connection.
+# the bridge (Debian's Mosquitto 2.0.11 drops it and closes the sender's connection). Above
+# MAX_MESSAGE_BYTES, so every message the wire could refuse reaches the bridge and is dead-lettered
+# with its reason.
 MQTT_MESSAGE_SIZE_LIMIT_BYTES: Final = 1024 * 1024
 MAX_SAMPLES_PER_MESSAGE: Final = 2_000
 # A device clock may run a little fast; further ahead than this is a broken clock.

@@ -226,3 +226,48 @@ async def test_a_bridge_that_cannot_forward_is_unhealthy_whatever_its_connection
         client.loop_stop()
         stop.set()
         await task
+
+
+async def test_a_message_above_mosquittos_limit_costs_its_sender_the_connection_and_stops_nothing(
+        stack: Stack, consumers: tuple[AIOKafkaConsumer, AIOKafkaConsumer]) -> None:
+    """Above ``message_size_limit`` the bridge never sees the message: Debian's Mosquitto 2.0.11 closes
+    the sender's connection without a PUBACK (measured; its code would answer "packet too large",
+    the Debian build disconnects). Only the sender pays: our publishers split far below the limit,
+    and everyone else's readings flow."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    _dead_c, readings_c = consumers
+    bridge, stop, task = await run_bridge(stack)
+    s = MqttSettings.from_url(stack.mqtt_url(ADMIN_USER))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("oversize"))
+    client.username_pw_set(s.username, s.password.get())
+    acked = threading.Event()
+    disconnected = threading.Event()
+    client.on_publish = lambda *_a: acked.set()
+    client.on_disconnect = lambda *_a: disconnected.set()
+    client.connect(s.host, s.port)
+    client.loop_start()
+    try:
+        client.publish(readings_topic("pH"), b"\x01" * (MQTT_MESSAGE_SIZE_LIMIT_BYTES + 1), qos=1)
+        assert await asyncio.to_thread(disconnected.wait, 30), "the broker refuses the oversized message"
+        assert not acked.is_set()
+    finally:
+        client.disconnect()
+        client.loop_stop()  # paho would send it again at every reconnect: this sender is done
+    try:
+        other = publisher(stack, ADMIN_USER)
+        try:
+            await asyncio.to_thread(publish_all, other, valid_readings(2))
+        finally:
+            other.disconnect()
+            other.loop_stop()
+        patients: set[str] = set()
+        while patients != {"pv0", "pv1"}:
+            patients |= {g["patient"] for v in await read_topic(readings_c, 1, 10) for g in orjson.loads(v)["groups"]}
+        assert bridge.stats.deadlettered == 0 and bridge.health()["progressing"]
+    finally:
+        stop.set()
+        await task
