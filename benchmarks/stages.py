@@ -103,7 +103,8 @@ def publish_all(url: str, batch: list[tuple[str, bytes]]) -> None:
 def rpm_env(stack: Stack, **extra: str) -> dict[str, str]:
     s = stack.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-    env.update({"RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
+    env.update({"RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
+                "RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
                 "RPM_INFLUX_DB": s.influx_db, "RPM_RULES": s.rules_path, "PYTHONUNBUFFERED": "1",
                 "RPM_MQTT_URL": stack.mqtt_url(BRIDGE_USER)})
     env.update(extra)

@@ -64,6 +64,7 @@ def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "RPM_KAFKA_URL": s.kafka_url or "",
+        "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
         "RPM_INFLUX_URL": s.influx_url or "",
         "RPM_INFLUX_DB": s.influx_db,
         "RPM_RULES": str(Path(s.rules_path).resolve()),

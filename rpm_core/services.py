@@ -543,6 +543,11 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
         svc = start_influxdb(workdir / "influxdb", db=s.influx_db)
         stack.processes["influxdb"] = svc
         updates["influx_url"] = f"http://{svc.host}:{svc.port}"
+    if not s.signing_keys_file:  # alerts and acknowledgements are signed, as in production
+        from rpm_core.signing import KeyRing
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        updates["signing_keys_file"] = str(KeyRing.generate().write(workdir / "signing-keys"))
     if updates:
         stack.settings = replace(s, **updates)
 

@@ -306,8 +306,9 @@ class WatchdogService:
     """Reads heartbeats (Kafka) and device alarms (MQTT, optional), publishes technical alerts."""
 
     def __init__(self, *, bootstrap: str, watchdog: Watchdog, instance: str, mqtt: Any = None,
-                 clock: Callable[[], float] = now_s) -> None:
+                 clock: Callable[[], float] = now_s, keys: Any = None) -> None:
         self.bootstrap = bootstrap
+        self._keys = keys  # rpm_core.signing.KeyRing: technical alerts are signed like every alert
         self.watchdog = watchdog
         self.instance = instance
         self.mqtt = mqtt
@@ -400,9 +401,10 @@ class WatchdogService:
 
         while self._outbox:
             alert = self._outbox[0]
+            key, value = (alert.patient or SYSTEM_SUBJECT).encode(), alert.encode()
+            headers = self._keys.sign(topics.ALERTS, key, value) if self._keys is not None else None
             try:
-                await producer.send_and_wait(topics.ALERTS, alert.encode(),
-                                             key=(alert.patient or SYSTEM_SUBJECT).encode())
+                await producer.send_and_wait(topics.ALERTS, value, key=key, headers=headers)
             except KafkaError as exc:
                 self.kafka_ok = False
                 _LOGGER.error("watchdog cannot publish technical alerts (%s); %d waiting", exc, len(self._outbox))
@@ -535,7 +537,8 @@ async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
     bootstrap = settings.kafka_bootstrap()
     await topics.ensure_topics(bootstrap)
     watchdog = Watchdog(config=options.config, partition_of=topics.partition_for, ward_of=ward_of)
-    service = WatchdogService(bootstrap=bootstrap, watchdog=watchdog, instance=options.instance)
+    service = WatchdogService(bootstrap=bootstrap, watchdog=watchdog, instance=options.instance,
+                              keys=settings.key_ring())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -176,8 +176,12 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
         broker=settings.kafka_url or DEFAULT_KAFKA_URL,
         partitions=options.partitions, datadir=datadir, web_port=web_port, store=store,
     )
+    key_ring = settings.key_ring()
+    if key_ring is None:
+        _LOGGER.warning("RPM_SIGNING_KEYS_FILE is not set: alerts go out unsigned and acknowledgements are not "
+                        "checked; anyone who can reach Kafka could forge them (docs/security.md)")
     register_agents(app, pipeline, partitions=options.partitions, status=status,
-                    checkpoint_interval_s=checkpoint_interval_s())
+                    checkpoint_interval_s=checkpoint_interval_s(), key_ring=key_ring)
     register_pages(app, pipeline, status)
     register_heartbeat(app, pipeline, status, instance=f"{socket.gethostname()}:{web_port}", ward_of=ward_of)
     _LOGGER.info("worker starting: data dir %s, web port %d, %d roster patients", datadir, web_port,
