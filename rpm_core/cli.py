@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     return run_demo(settings, DemoOptions(
         patients=args.patients, duration_s=args.duration, workdir=args.workdir, partitions=args.partitions,
-        simulate=not args.no_simulator, history_s=args.history,
+        simulate=not args.no_simulator, history_s=args.history, station_port=args.station_port,
     ))
 
 
@@ -145,6 +145,8 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: st
     p.add_argument("--workdir", default=None, help="where services keep data and logs (default ./var/demo)")
     p.add_argument("--partitions", type=_positive_int, default=8)
     p.add_argument("--no-simulator", action="store_true", help="run the pipeline only")
+    p.add_argument("--station-port", type=int, default=None,
+                   help="the nurse station's port (default 8080 when free, else any; 0: any free port)")
     _add_service_flags(p, rules=True)
     p.set_defaults(func=cmd_demo)
 
