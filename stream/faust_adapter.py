@@ -4,10 +4,11 @@ The worker relies on three changes to how Faust drives its aiokafka consumer. Ea
 attributes of the exact versions pinned in ``pyproject.toml`` (faust-streaming 0.15.3, aiokafka
 0.14.0), and each has a conformance test in ``tests/stream/test_faust_conformance.py`` that checks
 the *effect* it gives against a real broker (Tansu), so an upgrade that moves an internal fails
-there instead of silently undoing the patch. :func:`adapt` installs all three for an app; nothing
-else in ``stream/`` patches Faust or aiokafka. (One more hook, Faust's ``Consumer.wait_empty``
-flushing the group commit first, still lives with the agents: ``stream.agents
-.install_flush_before_wait_empty``.)
+there instead of silently undoing the patch. :func:`adapt` installs all three for an app.
+Two more touches of Faust's internals still live with the agents, in ``stream.agents``, until
+the worker is restructured (issue 16, item 1): ``install_flush_before_wait_empty`` (Faust's
+``Consumer.wait_empty`` flushes the group commit first) and ``TableStore``'s stand-in for
+``faust.streams._current_event`` (the RocksDB store asks it for a write's partition).
 
 1. **Fetch wait** (:func:`install_fetch_wait`). faust-streaming hard-codes
    ``fetch_max_wait_ms=1500`` when it builds its aiokafka consumer
