@@ -269,7 +269,7 @@ def _remove_mqtt_session(stack: Stack, client_id: str) -> None:
     from paho.mqtt.properties import Properties
 
     m = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id(client_id), protocol=mqtt.MQTTv5)
     client.username_pw_set(m.username, m.password.get() or None)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0

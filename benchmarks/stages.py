@@ -74,7 +74,7 @@ def messages(n: int, patients: int) -> list[tuple[str, bytes]]:
 def publish_all(url: str, batch: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait for every PUBACK; fail on any reason code but success."""
     s = MqttSettings.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("stages"))
     client.username_pw_set(s.username, s.password.get())
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)

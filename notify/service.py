@@ -56,6 +56,7 @@ from notify.mqtt import Inbound, NotifierMqtt
 from notify.router import Action, AlertUpdate, Dispatch, Escalated, Record, Router
 from rpm_core.errors import ConfigError
 from rpm_core.settings import Secret, Settings
+from rpm_core.wire import loads_unique
 from stream import topics
 from stream.acks import AckDecodeError, decode_ack, encode_ack
 from stream.sink import backoff_s, make_sink
@@ -288,9 +289,9 @@ class Notifier:
 
     def _apply_alert(self, value: bytes, at: float) -> list[Action]:
         try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("not JSON") from exc
+            doc = loads_unique(value)
+        except ValueError as exc:  # not JSON, or a key named twice
+            raise ValueError(f"not JSON: {exc}") from exc
         self.stats.alerts_in += 1
         return self.router.observe(AlertUpdate.from_doc(doc), at)
 

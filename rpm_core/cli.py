@@ -121,6 +121,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    """Run the watchdog that raises technical alerts until interrupted."""
+    import socket
+
+    from stream.watchdog import WatchdogConfig, WatchdogOptions, run_watchdog
+
+    settings = _settings(args)
+    config = WatchdogConfig(stale_after_s=args.stale_after, confirm_s=args.confirm, startup_grace_s=args.startup_grace,
+                            ward_silent_after_s=args.ward_silent_after, deadletter_per_min=args.deadletter_per_min)
+    asyncio.run(run_watchdog(settings, WatchdogOptions(
+        instance=args.instance or f"rpm-watchdog-{socket.gethostname()}"[:64], health_port=args.health_port,
+        roster=args.roster, config=config)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline with simulated patients."""
     from rpm_core.demo import DemoOptions, run_demo
@@ -196,7 +211,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
-    p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
+    p.add_argument("--client-id", default=None,
+                   help="MQTT client id, bound to the MQTT user as <user>:<id> (default: <host>-<slot>, the lowest "
+                        "slot free on this host)")
     p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of rpm.readings if created")
     p.add_argument("--health-port", type=int, default=None,
                    help="serve GET /healthz on 127.0.0.1:PORT (0: any free port; default: off)")
@@ -213,6 +230,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "if they never send anything (env RPM_ROSTER; default: nobody is enrolled)")
     _add_service_flags(p, mqtt=False, rules=True)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("watchdog", help="raise technical alerts when rpm cannot monitor someone",
+                       description="Watches the heartbeats of bridges and workers (and, with RPM_MQTT_URL, the "
+                                   "edge agents' device alarms) and raises technical alerts on rpm.alerts: no "
+                                   "worker for a partition, a bridge stuck or silent, InfluxDB failing, a ward "
+                                   "gone silent, a surge of dead letters. See docs/security.md.")
+    p.add_argument("--instance", default=None, help="this watchdog's name in its heartbeats")
+    p.add_argument("--health-port", type=int, default=None, help="serve GET /healthz on 127.0.0.1:PORT (0: any)")
+    p.add_argument("--roster", default=None, help="roster file: which wards an alert concerns (env RPM_ROSTER)")
+    p.add_argument("--stale-after", type=_positive_float, default=15.0,
+                   help="seconds without a heartbeat before a component is presumed gone (default 15)")
+    p.add_argument("--confirm", type=float, default=10.0, help="seconds a condition must last (default 10)")
+    p.add_argument("--startup-grace", type=float, default=30.0,
+                   help="seconds after start in which components may still be coming up (default 30)")
+    p.add_argument("--ward-silent-after", type=_positive_float, default=300.0,
+                   help="seconds without any reading of a ward before it is alerted (default 300)")
+    p.add_argument("--deadletter-per-min", type=_positive_int, default=100,
+                   help="dead-lettered inputs per minute that raise an alert (default 100)")
+    _add_service_flags(p, influx=False)
+    p.set_defaults(func=cmd_watchdog)
 
     rules = sub.add_parser("rules", help="alert rules").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate and explain a rules file")

@@ -32,6 +32,7 @@ from rpm_core.rules import load_rules
 from rpm_core.services import (
     BRIDGE_USER,
     SIMULATOR_USER,
+    WATCHDOG_USER,
     ServiceProcess,
     Stack,
     free_port,
@@ -120,8 +121,19 @@ def _print_alert(value: bytes | None, since_s: float) -> None:
         return
     mark = {"critical": "!!!", "warning": " ! ", "info": " i "}.get(alert.severity, "   ")
     when = time.strftime("%H:%M:%S", time.gmtime(t))
+    if event.get("kind") == "technical":
+        remedy = event.get("remedy") or ""
+        print(f"  [nurse station] {mark} {when}Z TECHNICAL {alert.state:<8} {console_text(alert.message)}"
+              + (f" -> {console_text(str(remedy))}" if remedy and alert.state == "raised" else ""), flush=True)
+        return
     print(f"  [nurse station] {mark} {when}Z {alert.patient:>8} {alert.state:<12} "
-          f"{alert.severity:<8} {alert.rule}: {alert.message}", flush=True)
+          f"{alert.severity:<8} {alert.rule}: {console_text(alert.message)}", flush=True)
+
+
+def console_text(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns, which
+    could rewrite what the console shows) are printed as escapes, never sent raw."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:
@@ -184,6 +196,9 @@ async def _children(stack: Stack, workdir: Path, options: DemoOptions) -> AsyncI
     try:
         station, password = _spawn_station(stack, logs, options.station_port)
         kids.append(station)
+        # technical alerts (a worker or the bridge gone, InfluxDB failing): on the console and the station
+        kids.append(spawn_rpm(["watchdog", "--startup-grace", "60"], env=_env_for(stack, mqtt_user=WATCHDOG_USER),
+                              log_path=logs / "watchdog.log", name="watchdog"))
         # Mosquitto drops what is published before anyone subscribed: send nothing until the bridge
         # is connected to both brokers and subscribed (its persistent session covers restarts).
         await _ready(kids[0], f"http://127.0.0.1:{health_port}/healthz", "the bridge (connected and subscribed)")

@@ -162,6 +162,10 @@ class MqttSettings:
         """The same broker under other credentials."""
         return replace(self, username=username, password=Secret(password))
 
+    def client_id(self, name: str) -> str:
+        """The MQTT client id ``name`` bound to this user: ``<user>:<name>`` (see :func:`bound_client_id`)."""
+        return bound_client_id(self.username, name)
+
     def url(self, *, redact: bool = True) -> str:
         """The URL, with the password hidden unless ``redact`` is False."""
         scheme = "mqtts" if self.tls else "mqtt"
@@ -170,6 +174,15 @@ class MqttSettings:
             pw = "***" if redact else self.password.get()
             auth = f"{self.username}:{pw}@" if self.password.get() else f"{self.username}@"
         return f"{scheme}://{auth}{self.host}:{self.port}"
+
+
+def bound_client_id(username: str | None, name: str) -> str:
+    """``name`` as a client id the broker accepts for ``username``: the user name itself, or the
+    user name, ``:`` and ``name``. Our Mosquitto refuses any other id (``rpm_clientid`` plugin), so no
+    user can take over another's session; ``name`` already bound is returned as it is."""
+    if not username or name == username or name.startswith(f"{username}:"):
+        return name
+    return f"{username}:{name}"
 
 
 def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:

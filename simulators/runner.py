@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from rpm_core.errors import ServiceError
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import encode_readings, readings_topic
+from rpm_core.wire import encode_readings_messages, readings_topic
 from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class SimConfig:
 
 def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Event]:
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.password.get() or None)
     ctx = settings.ssl_context()
@@ -133,8 +133,11 @@ class _Publisher:
             self.acked.update(message.counts)
 
     def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
-        payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
-        self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples)))
+        payloads = encode_readings_messages(patient=patient, device=device, source="sim", samples=samples)
+        start = 0
+        for payload, n in payloads:  # split below the wire's limits; counts follow each message's samples
+            self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples[start : start + n])))
+            start += n
 
     def _send(self, message: _Message) -> None:
         # Not under self._cond: paho calls on_publish holding its own lock (lock-order deadlock).

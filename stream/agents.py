@@ -291,6 +291,12 @@ class WorkerStatus:
     # time.monotonic() of the first failed attempt of the batch under way; None while batches succeed.
     failing_since: float | None = None
     batch_failures: int = 0  # failed attempts of batches (each retried), since the start
+    # time.monotonic() when the batch under way started; None between batches.
+    batch_since: float | None = None
+
+    def busy_for(self, now: float) -> float:
+        """How long the batch under way has been unfinished (0 between batches)."""
+        return max(0.0, now - self.batch_since) if self.batch_since is not None else 0.0
 
     def failing_for(self, now: float, *also: float | None) -> float:
         """How long the oldest failure still unresolved (a batch's, or one of ``also``) has lasted; 0 if none."""
@@ -418,6 +424,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             return False
         task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild, isolate=isolate, status=status))
         stop_wait = asyncio.ensure_future(stopping.wait())
+        status.batch_since = time.monotonic()
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -429,6 +436,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             raise
         finally:
             stop_wait.cancel()
+            status.batch_since = None
         if task.done():
             task.result()
             return True

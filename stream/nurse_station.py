@@ -50,7 +50,7 @@ from aiohttp import web
 from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, load_roster
 from rpm_core.settings import Settings
-from rpm_core.wire import METRICS, is_valid_id
+from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
 
@@ -395,8 +395,8 @@ class AlertFeed:
         wall = timestamp_ms / 1000.0 if timestamp_ms and timestamp_ms > 0 else None
         if topic == topics.ALERTS:
             try:
-                doc = orjson.loads(value)
-            except orjson.JSONDecodeError:
+                doc = loads_unique(value)
+            except ValueError:  # not JSON, or a key named twice
                 doc = None
             if not self.board.apply_alert(doc, wall=wall) and doc is None:
                 _LOGGER.warning("ignored a record of %s that is not JSON", topic)

@@ -1,6 +1,6 @@
 """``rpm demo`` stops on Ctrl-C and on SIGTERM, and takes every process it started with it.
 
-The demo runs as a real child (its own services, bridge, worker, nurse station and simulator
+The demo runs as a real child (its own services, bridge, worker, nurse station, watchdog and simulator
 processes). Once every one of them runs, it gets the signal the way an operator sends it: Ctrl-C
 in a terminal signals the whole foreground process group (the demo and its simulator processes;
 the services run in sessions of their own), ``kill``/systemd signals the demo's pid only. Then
@@ -11,6 +11,7 @@ loaded machine, not measurements of speed.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -43,13 +44,13 @@ def _role(proc: psutil.Process) -> str | None:
     if "--listener-url" in argv:
         return "tansu"
     if "rpm_core.cli" in argv:
-        return next((a for a in argv if a in {"bridge", "worker", "nurse-station"}), None)
+        return next((a for a in argv if a in {"bridge", "worker", "nurse-station", "watchdog"}), None)
     if "spawn_main" in text and "resource_tracker" not in text:
         return "simulator"
     return None
 
 
-ROLES = {"mosquitto", "tansu", "influxd", "bridge", "worker", "nurse-station", "simulator"}
+ROLES = {"mosquitto", "tansu", "influxd", "bridge", "worker", "nurse-station", "watchdog", "simulator"}
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -106,11 +107,12 @@ def _running_everything(demo: subprocess.Popen[bytes], workdir: Path) -> list[ps
         return _descendants(demo.pid)
 
     def up(procs: list[psutil.Process]) -> bool:
-        simulating = broker_log.is_file() and "as rpm-sim-" in broker_log.read_text(errors="replace")
+        log = broker_log.read_text(errors="replace") if broker_log.is_file() else ""
+        simulating = re.search(r"New client connected .* as \S*rpm-sim-", log) is not None
         return simulating and ROLES <= {_role(p) for p in procs}
 
     return eventually(probe, up, timeout=START_DEADLINE_S,
-                      what="rpm demo with every service, bridge, worker, nurse station and a connected simulator")
+                      what="rpm demo with every process it starts and a connected simulator")
 
 
 @pytest.mark.parametrize(
