@@ -109,12 +109,19 @@ class ServiceProcess:
 
     def stop(self, *, sig: int = signal.SIGTERM) -> None:
         """Stop the process (SIGTERM, then SIGKILL after a grace period)."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
+        self.terminate(sig)
+        self.wait_stopped(time.monotonic() + STOP_TIMEOUT_S)
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the process still runs."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the process to exit until ``deadline`` (``time.monotonic()``), then SIGKILL it."""
         try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _LOGGER.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
             self.proc.kill()
@@ -128,6 +135,16 @@ class ServiceProcess:
         """SIGHUP: Mosquitto re-reads its password and ACL files (and re-checks connected clients)."""
         if self.alive():
             self.proc.send_signal(signal.SIGHUP)
+
+
+def stop_all(processes: Iterable[ServiceProcess]) -> None:
+    """Stop ``processes`` together: SIGTERM to all, then wait for each (SIGKILL after the grace period)."""
+    procs = list(processes)
+    for svc in procs:
+        svc.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for svc in procs:
+        svc.wait_stopped(deadline)
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, *, port: int) -> ServiceProcess:
@@ -509,9 +526,8 @@ class Stack:
         return self.mqtt_creds.url(user, svc.host, svc.port)
 
     def stop(self) -> None:
-        """Stop what this stack started, newest first."""
-        for svc in reversed(list(self.processes.values())):
-            svc.stop()
+        """Stop what this stack started, all together (signalled newest first)."""
+        stop_all(reversed(list(self.processes.values())))
 
 
 def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None) -> Stack:

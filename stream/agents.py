@@ -18,7 +18,7 @@ code cannot process) is processed record by record after ``ISOLATE_AFTER`` attem
 error, so one poison record cannot blind the monitoring of every patient on its partition.
 
 Rebalances are the other way Faust loses records (of partitions a worker keeps); the consumer
-patch in :mod:`stream.faust_rebalance`, installed by :func:`stream.app.create_app`, fixes that.
+patch in :mod:`stream.faust_adapter`, installed by :func:`stream.app.create_app`, fixes that.
 
 Detector state lives in the Faust table ``rpm-detector-state`` (key: patient id, value: the
 engine's JSON export; changelog topic ``rpm-worker-rpm-detector-state-changelog``). Faust refuses
