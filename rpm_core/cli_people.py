@@ -179,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     png = Path(args.png) if args.png not in (None, "") else (out.with_suffix(".png") if args.png == "" else None)
     result = write_report(settings, ReportOptions(
         patient=args.patient, start=end - timedelta(days=args.days), end=end, out=out, png=png, tz=args.tz,
-        progress=not args.quiet,
+        progress=not args.quiet, unit=args.units,
     ))
     for path in result:
         _say(str(path))
@@ -195,6 +195,7 @@ def _add_report(sub: SubParsers) -> None:
     p.add_argument("--png", nargs="?", const="", default=None,
                    help="also write the figures as one PNG (default name: OUT with .png)")
     p.add_argument("--tz", default="UTC", help="time zone for time of day in the AGP (e.g. Europe/Berlin)")
+    p.add_argument("--units", choices=("mg/dL", "mmol/L"), default="mg/dL", help="glucose unit (default mg/dL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _service_flags(p, kafka=False)
     p.set_defaults(func=cmd_report)

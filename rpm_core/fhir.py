@@ -43,7 +43,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import ConfigError
-from rpm_core.report import InfluxReader, alert_episodes, day_chunks, time_clause
+from rpm_core.report import InfluxReader, alert_episodes, day_chunks, require_data, time_clause
 from rpm_core.settings import Settings
 from rpm_core.wire import is_valid_id
 
@@ -187,6 +187,7 @@ def collect(reader: InfluxReader, o: ExportOptions) -> list[dict[str, Any]]:
         raise ConfigError(f"patient {o.patient!r} is not a valid id")
     if o.until <= o.since:
         raise ConfigError("--since must be before --until")
+    require_data(reader, o.patient, o.since, o.until)
     ref = o.patient_reference or f"Patient/{o.patient}"
     observations: list[dict[str, Any]] = []
     every = max(int(o.heart_rate_every.total_seconds()), 1)
