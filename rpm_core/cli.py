@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 
 from edge_agent.cli import add_commands as add_edge_commands
+from hl7out.cli import add_commands as add_hl7_commands
 from notify.cli import add_commands as add_notify_commands
 from rpm_core.backtest import add_commands as add_backtest_commands
 from rpm_core.cli_people import add_commands as add_people_commands
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_people_commands(sub)
     add_notify_commands(sub)
     add_deadletter_commands(sub)
+    add_hl7_commands(sub)
     return parser
 
 
