@@ -143,10 +143,7 @@ class Sender:
         """("AA"|"AE"|"AR", why) or ("", why) for trouble before an ACK."""
         try:
             async with asyncio.timeout(self._policy.timeout_s):
-                if self._conn is None or self._conn.closed:
-                    await self._drop()
-                    self._conn = await MllpConnection.open(self.endpoint.host, self.endpoint.port)
-                answer = await self._conn.exchange(message.text)
+                answer = await self._exchange(message.text)
             ack = parse_ack(answer, control_id=message.control_id)
         except TimeoutError:
             await self._drop()
@@ -155,6 +152,20 @@ class Sender:
             await self._drop()  # out of step with the peer: start afresh
             return "", str(exc)
         return ack.code, ack.text if ack.code == "AA" or ack.text else f"{ack.code} without a reason"
+
+    async def _exchange(self, text: str) -> str:
+        """Send on the open connection, or a new one. Many listeners (hl7apy's among them) close the
+        connection after each ACK: when a kept connection turns out closed before it answered, the
+        message goes once more on a fresh one, in the same attempt (same control id: a receiver
+        that did see it drops the duplicate)."""
+        if self._conn is not None and not self._conn.closed:
+            try:
+                return await self._conn.exchange(text)
+            except MllpError as exc:
+                _LOGGER.debug("kept MLLP connection to %s unusable (%s); reconnecting", self.endpoint, exc)
+        await self._drop()
+        self._conn = await MllpConnection.open(self.endpoint.host, self.endpoint.port)
+        return await self._conn.exchange(text)
 
     def _record(self, message: Outgoing, attempt: int, outcome: Outcome, detail: str) -> None:
         self._on_attempt(AttemptRecord(message, attempt, outcome, detail, time.time()))
