@@ -71,7 +71,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_send(args: argparse.Namespace) -> int:
     """Send, then print one line per message not delivered and a summary."""
+    from rpm_core.interpretation import limits
     from rpm_core.report import InfluxReader, require_data
+    from rpm_core.rules import load_rules
 
     try:
         endpoint = Endpoint.parse(args.to)
@@ -84,8 +86,10 @@ def cmd_send(args: argparse.Namespace) -> int:
     every = int(args.every.total_seconds())
     if every <= 0:
         raise ConfigError("--every must be positive")
+    rules = load_rules(settings.rules_path)
     sel = Selection(patients=tuple(args.patient), since=args.since, until=until, every_s=every,
-                    vitals=args.only != "alerts", alerts=args.only != "vitals")
+                    vitals=args.only != "alerts", alerts=args.only != "vitals",
+                    limits={p: limits(rules, p) for p in args.patient})
     reader = InfluxReader.from_settings(settings)
     for patient in sel.patients:
         require_data(reader, patient, sel.since, sel.until)

@@ -9,12 +9,13 @@ and each reading matters). Alerts: one ORU^R40 per state change of the ``alerts`
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from hl7out.messages import AlertChange, Header, Observation, VitalsReport, encode_alert, encode_vitals
 from hl7out.sender import Outgoing
+from rpm_core.interpretation import Limit, interpret
 from rpm_core.report import InfluxReader, day_chunks, time_clause
 
 _STATES = ("raised", "escalated", "acknowledged", "cleared")
@@ -30,11 +31,14 @@ class Selection:
     every_s: int = 300
     vitals: bool = True
     alerts: bool = True
+    # per patient: OBX-8 flags (L, LL, H, HH) from the alert rules; none: no flags
+    limits: Mapping[str, tuple[Limit, ...]] = field(default_factory=dict)
 
 
 def vitals(reader: InfluxReader, patient: str, sel: Selection) -> Iterator[VitalsReport]:
     """The vitals reports of ``patient``, one per period with data."""
     by_bucket: dict[int, list[Observation]] = defaultdict(list)
+    flags = sel.limits.get(patient, ())
     for lo, hi in day_chunks(sel.since, sel.until, align_s=sel.every_s):
         where = f"\"patient\" = '{patient}' AND {time_clause(lo, hi)}"
         for r in reader.rows(f'SELECT mean("value") AS "mean", count("value") AS "n" FROM "vitals" '  # noqa: S608
@@ -42,12 +46,13 @@ def vitals(reader: InfluxReader, patient: str, sel: Selection) -> Iterator[Vital
                              f'GROUP BY time({sel.every_s}s), "device" fill(none)'):
             by_bucket[r["time"] // 1000].append(Observation(
                 metric="heart_rate", device=r["device"], time_s=r["time"] / 1000.0, value=float(r["mean"]),
-                n=int(r["n"])))
+                n=int(r["n"]), interpretation=interpret("heart_rate", float(r["mean"]), flags)))
         for r in reader.rows(f"SELECT \"value\" FROM \"vitals\" WHERE \"metric\" = 'glucose' AND {where} "  # noqa: S608
                              'GROUP BY "device"'):
             t = r["time"] / 1000.0
             by_bucket[int(t // sel.every_s * sel.every_s)].append(Observation(
-                metric="glucose", device=r["device"], time_s=t, value=float(r["value"])))
+                metric="glucose", device=r["device"], time_s=t, value=float(r["value"]),
+                interpretation=interpret("glucose", float(r["value"]), flags)))
     for start in sorted(by_bucket):
         obs = tuple(sorted(by_bucket[start], key=lambda o: (o.time_s, o.metric, o.device)))
         yield VitalsReport(patient=patient, time_s=float(start), observations=obs)

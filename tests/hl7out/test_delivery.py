@@ -155,6 +155,7 @@ def test_rpm_hl7_send_from_influxdb_with_receipts_and_dead_letters(stack: Stack,
     assert [[o.obx_3.value.split("^")[0] for o in group] for group in obx] == [["8867-4", "99504-3"]] * 3
     assert [float(group[0].obx_5.value) for group in obx] == [69.5] * 3, "mean of 60..79 over each 5 minutes"
     assert [group[1].obx_5.value for group in obx] == ["120", "52", "49"]
+    assert [group[1].obx_8.value for group in obx] == ["", "LL", "LL"], "flags from alert_rules.yaml"
 
     dead = [orjson.loads(v) for v in asyncio.run(read_all(stack.settings.kafka_bootstrap(), topics.DEADLETTER))]
     assert [d["stage"] for d in dead] == ["hl7", "hl7"]
