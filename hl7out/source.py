@@ -69,7 +69,8 @@ def alert_changes(reader: InfluxReader, patient: str, sel: Selection) -> Iterato
             alert_id=r.get("alert_id") or f"{r.get('rule')}@{r['time']}", patient=patient, rule=r.get("rule") or "-",
             severity=r.get("severity") or "info", metric=r.get("metric") or "-", state=r["state"],
             time_s=r["time"] / 1000.0, message=r.get("message") or "",
-            value=float(r["value"]) if r.get("value") is not None else None, by=r.get("by"))
+            value=float(r["value"]) if r.get("value") is not None else None, by=r.get("by"),
+            kind="technical" if (r.get("rule") or "").startswith("tech.") else "clinical")
 
 
 def outgoing(reader: InfluxReader, sel: Selection, *, header: Header, now_s: float) -> list[Outgoing]:

@@ -470,8 +470,8 @@ def _day_panel(ax: Any, data: PatientData, day: datetime, view: View) -> None:
         ax.plot(hours, v_line, color="#0d47a1", lw=0.9)
     met = (data.meter_t >= lo) & (data.meter_t < hi)
     if met.any():
-        ax.plot((data.meter_t[met] - lo) / 3600.0, to_unit(data.meter_v[met], view.unit), "o", color="#212121",
-                ms=3)
+        ax.plot((data.meter_t[met] - lo) / 3600.0, to_unit(data.meter_v[met], view.unit), "o", color="#d81b60",
+                mec="white", ms=5, zorder=3)
     if not cgm.any() and not met.any():
         ax.text(12, float(to_unit(200.0, view.unit)), "no data", ha="center", color="#777", fontsize=8)
     ax.set_xlim(0, 24)
