@@ -631,7 +631,11 @@ th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ddd}
 table.stats th,table.tir th{font-weight:normal;color:#444}table.alerts{width:100%}
 tr.sev-critical td:nth-child(3){color:#b71c1c;font-weight:bold}tr.sev-warning td:nth-child(3){color:#e65100}
 .warning{border:2px solid #e65100;background:#fff3e0;padding:.6rem 1rem;font-weight:bold}
-.note{color:#666;font-size:.85rem}@media print{body{margin:0}h2{break-before:auto}img{break-inside:avoid}}
+.note{color:#666;font-size:.85rem}.printed{display:none}
+@page{margin:12mm 12mm 18mm}
+@media print{body{margin:0}h2{break-before:auto}img,table{break-inside:avoid}
+.printed{display:block;position:fixed;bottom:0;left:0;right:0;font-size:.75rem;color:#444;background:#fff;
+border-top:1px solid #bbb;padding-top:.2rem}}
 """
 
 
@@ -644,6 +648,8 @@ def render_html(data: PatientData, stats: GlucoseStats | None, figures: dict[str
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Report {p}</title><style>{_CSS}</style></head>
 <body>
+<div class="printed">Patient {p} · {html.escape(period_text(data, tz))} · generated {html.escape(generated_text(view))}
+by rpm</div>
 <h1>Patient {p}</h1>
 <p class="meta">{html.escape(period_text(data, tz))} · generated {html.escape(generated_text(view))} by rpm ·
 glucose in {html.escape(unit)}</p>

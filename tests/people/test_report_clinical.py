@@ -172,3 +172,39 @@ def test_unknown_patient_and_empty_period_exit_non_zero(influx_url: str, influx_
     empty = run("pe", long_ago)
     assert empty.returncode != 0 and "has no readings between" in empty.stderr
     assert not out.exists()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_every_printed_page_names_patient_period_and_generation_time(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from rpm_core.report import build
+
+    start = datetime(2026, 11, 16, tzinfo=UTC)
+    t = np.arange(start.timestamp(), start.timestamp() + 14 * 86400, 300.0)
+    data = PatientData("p0042", start, datetime(2026, 11, 30, tzinfo=UTC), glucose_t=t,
+                       glucose_v=np.full(t.size, 120.0))
+    view = View(tz=ZoneInfo("Europe/Berlin"), generated=datetime(2026, 11, 30, 8, 15, tzinfo=UTC))
+    page_html, _figures, _stats = build(data, view)
+    html_path = tmp_path / "r.html"
+    html_path.write_text(page_html)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(html_path.as_uri())
+            footer = page.locator(".printed")
+            assert not footer.is_visible(), "on screen the title at the top says it"
+            page.emulate_media(media="print")
+            assert footer.is_visible()
+            assert footer.evaluate("e => getComputedStyle(e).position") == "fixed", "repeated on every page"
+            text = footer.inner_text()
+            pdf = page.pdf(format="A4")
+        finally:
+            browser.close()
+    assert "Patient p0042" in text and "2026-11-16 01:00 – 2026-11-30 01:00 (Europe/Berlin)" in text
+    assert "generated 2026-11-30 09:15 CET" in text
+    assert pdf.startswith(b"%PDF"), "the page prints"
