@@ -61,7 +61,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
 
     p = commands.add_parser("follow", help="send every alert state change on rpm.alerts, live (nurse call, EMR)",
                             epilog=FOLLOW_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--to", required=True, help="the receiver: mllp://host:port")
+    p.add_argument("--to", default=None, help="the receiver: mllp://host:port (env RPM_HL7_TO)")
     p.add_argument("--from-beginning", action="store_true",
                    help="a new consumer group starts at the oldest alert (default: only new alerts)")
     p.add_argument("--group", default="rpm-hl7", help="Kafka consumer group (one per receiver; default rpm-hl7)")
@@ -88,10 +88,15 @@ def _header(args: argparse.Namespace) -> Header:
 
 
 def _endpoint_and_policy(args: argparse.Namespace) -> tuple[Endpoint, Policy]:
+    import os
+
     from hl7out.sender import Endpoint, Policy
 
+    to = args.to or os.environ.get("RPM_HL7_TO", "")
+    if not to:
+        raise ConfigError("no receiver: give --to mllp://host:port or set RPM_HL7_TO")
     try:
-        endpoint = Endpoint.parse(args.to)
+        endpoint = Endpoint.parse(to)
     except ValueError as exc:
         raise ConfigError(f"--to: {exc}") from exc
     if args.retries < 0 or args.timeout <= 0:
