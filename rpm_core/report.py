@@ -83,6 +83,8 @@ CGM_INTERVAL_S: Final = 300.0
 HR_BUCKET: Final = "15m"
 HR_BUCKET_S: Final = 900
 QUERY_TIMEOUT_S: Final = 60.0
+# Daily profiles show at most four weeks (a 90-day report would otherwise be a 13-row poster).
+DAILY_MAX_DAYS: Final = 28
 
 
 # -- InfluxDB --------------------------------------------------------------------------------------
@@ -437,10 +439,14 @@ def tir_figure(stats: GlucoseStats | None, unit: Unit = "mg/dL") -> Figure:
 
 
 def daily_figure(data: PatientData, view: View) -> Figure:
-    """Daily profiles: one small panel per local day, CGM trace and meter readings (dots)."""
+    """Daily profiles: one small panel per local day (the last :data:`DAILY_MAX_DAYS`), CGM trace and meter dots."""
     plt = _pyplot()
     first = datetime.fromtimestamp(data.start.timestamp(), view.tz).replace(hour=0, minute=0, second=0, microsecond=0)
     n_days = max(1, math.ceil((data.end.astimezone(view.tz) - first).total_seconds() / 86400.0))
+    shown = ""
+    if n_days > DAILY_MAX_DAYS:
+        first += timedelta(days=n_days - DAILY_MAX_DAYS)
+        n_days, shown = DAILY_MAX_DAYS, f"last {DAILY_MAX_DAYS} days; "
     cols = min(7, n_days)
     rows = math.ceil(n_days / cols)
     fig: Figure
@@ -451,7 +457,7 @@ def daily_figure(data: PatientData, view: View) -> Figure:
             continue
         day = first + timedelta(days=k)
         _day_panel(ax, data, day, view)
-    fig.suptitle(f"Daily profiles ({view.unit}; dots: meter readings)", fontsize=11)
+    fig.suptitle(f"Daily profiles ({shown}{view.unit}; dots: meter readings)", fontsize=11)
     fig.tight_layout()
     return fig
 

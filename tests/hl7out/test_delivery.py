@@ -169,3 +169,33 @@ def test_rpm_hl7_send_from_influxdb_with_receipts_and_dead_letters(stack: Stack,
         by_outcome[r["outcome"]] = by_outcome.get(r["outcome"], 0) + 1
     assert by_outcome == {"failed": 3, "delivered": 3, "deadlettered": 2}, "AE once per vitals message, then AA"
     assert {r["kind"] for r in receipts} == {"hl7-vitals", "hl7-alert"}
+
+
+async def test_an_ack_of_another_message_or_junk_is_not_taken_for_ours() -> None:
+    """A peer answering with an ACK for another control id (or bytes outside a frame) is out of step:
+    the connection is dropped and the message retried, never counted as delivered."""
+    from hl7out.messages import build_ack
+
+    other = _vitals(value=99.0)
+    answers = [("ack", build_ack(other.text, "AA")), ("junk", "")]
+
+    async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\x1c\x0d")
+        kind, text = answers.pop(0) if answers else ("none", "")
+        writer.write(b"\x0b" + text.encode() + b"\x1c\x0d" if kind == "ack" else b"HTTP/1.1 200 OK\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        run = Run(Endpoint("127.0.0.1", port), retries=1, timeout_s=30.0)
+        receipt = await run.sender.send(_vitals(value=70.0))
+        await run.sender.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert receipt.outcome == "deadlettered"
+    assert f"not '{_vitals(value=70.0).control_id}'" in run.attempts[0].detail
+    assert "outside an MLLP frame" in run.attempts[1].detail

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rpm_core.glycaemia import Sufficiency, episodes, fmt_duration, hours_minutes_per_day
-from rpm_core.report import PatientData, View, glucose_stats, header_figure, hr_figure
+from rpm_core.report import PatientData, View, daily_figure, glucose_stats, header_figure, hr_figure
 from tests.people.support import write_lines
 from tests.support.procs import rpm_argv
 
@@ -208,3 +208,12 @@ def test_every_printed_page_names_patient_period_and_generation_time(tmp_path: P
     assert "Patient p0042" in text and "2026-11-16 01:00 – 2026-11-30 01:00 (Europe/Berlin)" in text
     assert "generated 2026-11-30 09:15 CET" in text
     assert pdf.startswith(b"%PDF"), "the page prints"
+
+
+def test_daily_profiles_show_at_most_four_weeks() -> None:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    data = PatientData("p1", start, datetime(2026, 4, 1, tzinfo=UTC))
+    fig = daily_figure(data, View(tz=ZoneInfo("UTC")))
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert len(titles) == 28 and titles[0] == "Wed 04 Mar" and titles[-1] == "Tue 31 Mar"
+    assert "last 28 days" in fig._suptitle.get_text()
