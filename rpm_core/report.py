@@ -511,13 +511,17 @@ def hr_figure(data: PatientData, tz: ZoneInfo) -> Figure:
     return fig
 
 
-def header_figure(data: PatientData, view: View) -> Figure:
-    """The PNG's title block: patient, period and generation time (a printed PNG must say whose it is)."""
+def header_figure(data: PatientData, view: View, warning: str = "") -> Figure:
+    """The PNG's title block: patient, period and generation time (a printed PNG must say whose it is),
+    and the data-sufficiency warning when there is one (the PNG may travel without the HTML)."""
     plt = _pyplot()
-    fig: Figure = plt.figure(figsize=(13.2, 0.9), dpi=110)
-    fig.text(0.01, 0.62, f"Patient {data.patient}", fontsize=16, weight="bold")
-    fig.text(0.01, 0.18, f"{period_text(data, view.tz)} · generated {generated_text(view)} by rpm", fontsize=10,
-             color="#333")
+    fig: Figure = plt.figure(figsize=(13.2, 1.3 if warning else 0.9), dpi=110)
+    top = 0.72 if warning else 0.62
+    fig.text(0.01, top, f"Patient {data.patient}", fontsize=16, weight="bold")
+    fig.text(0.01, top - (0.3 if warning else 0.44), f"{period_text(data, view.tz)} · generated "
+             f"{generated_text(view)} by rpm", fontsize=10, color="#333")
+    if warning:
+        fig.text(0.01, 0.06, warning, fontsize=8.5, color="#e65100", weight="bold", wrap=True)
     return fig
 
 
@@ -649,7 +653,7 @@ def render_html(data: PatientData, stats: GlucoseStats | None, figures: dict[str
     """The report as one self-contained HTML page."""
     p = html.escape(data.patient)
     tz, unit = view.tz, view.unit
-    warning = _sufficiency_warning(stats, data)
+    warning = _sufficiency_warning(stats)
     found = hypo_episodes(data)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Report {p}</title><style>{_CSS}</style></head>
@@ -681,11 +685,15 @@ above it.</p>
 """
 
 
-def _sufficiency_warning(stats: GlucoseStats | None, data: PatientData) -> str:
+def sufficiency_text(stats: GlucoseStats | None) -> str:
+    """The data-sufficiency warning of the report, empty when the data suffice."""
     if stats is None:
-        text = "No CGM readings in this period: no glucose metrics can be reported."
-    else:
-        text = stats.sufficiency.warning()
+        return "No CGM readings in this period: no glucose metrics can be reported."
+    return stats.sufficiency.warning()
+
+
+def _sufficiency_warning(stats: GlucoseStats | None) -> str:
+    text = sufficiency_text(stats)
     return f'<p class="warning" role="alert">{html.escape(text)}</p>' if text else ""
 
 
@@ -725,7 +733,8 @@ FIGURES: Final = ("header", "agp", "tir", "daily", "hr")
 def build(data: PatientData, view: View) -> tuple[str, dict[str, bytes], GlucoseStats | None]:
     """The HTML, the figures (PNG) and the glucose statistics for ``data``."""
     stats = glucose_stats(data.glucose_v, period_s=(data.end - data.start).total_seconds())
-    figures = {"header": png_bytes(header_figure(data, view)), "agp": png_bytes(agp_figure(data, view)),
+    figures = {"header": png_bytes(header_figure(data, view, sufficiency_text(stats))),
+               "agp": png_bytes(agp_figure(data, view)),
                "tir": png_bytes(tir_figure(stats, view.unit)), "daily": png_bytes(daily_figure(data, view)),
                "hr": png_bytes(hr_figure(data, view.tz))}
     return render_html(data, stats, figures, view), figures, stats

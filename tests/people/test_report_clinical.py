@@ -91,7 +91,7 @@ def test_png_title_block_names_patient_period_and_time() -> None:
     data = PatientData("p1", datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 15, tzinfo=UTC))
     view = View(tz=ZoneInfo("Europe/Berlin"), generated=datetime(2026, 1, 15, 9, 30, tzinfo=UTC))
     texts = [t.get_text() for t in header_figure(data, view).texts]
-    assert texts[0] == "Patient p1"
+    assert len(texts) == 2 and texts[0] == "Patient p1"
     assert "2026-01-01 01:00 – 2026-01-15 01:00 (Europe/Berlin)" in texts[1]
     assert "generated 2026-01-15 10:30 CET" in texts[1]
 
@@ -142,9 +142,11 @@ def test_short_period_report_warns_withholds_gmi_and_keeps_meter_apart(influx_ur
     import matplotlib.pyplot as plt
 
     img = plt.imread(io.BytesIO(png), format="png")
-    # title block 99 px + AGP 462 + TIR 462 + one row of daily profiles 264 + "no data" heart rate 132
-    assert img.shape[0] == 99 + 462 + 462 + 264 + 132
-    assert img[:99, :600, :3].min() < 0.3, "the title block holds dark text"
+    # title block with the warning 143 px + AGP 462 + TIR 462 + one row of daily profiles 264 + "no data" HR 132
+    assert img.shape[0] == 143 + 462 + 462 + 264 + 132
+    assert img[:143, :600, :3].min() < 0.3, "the title block holds dark text"
+    orange = (img[100:143, :, 0] > 0.8) & (img[100:143, :, 1] < 0.6) & (img[100:143, :, 2] < 0.3)
+    assert orange.any(), "the sufficiency warning is on the PNG too"
 
 
 @pytest.mark.services
