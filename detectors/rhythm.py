@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
 from detectors.columns import grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
@@ -205,6 +206,7 @@ def _params(rule: RhythmRule) -> dict[str, float]:
         "tpr_low": rule.tpr_low,
         "tpr_high": rule.tpr_high,
         "entropy": rule.entropy_min,
+        "model": float(rule.method == "model"),
     }
 
 
@@ -214,12 +216,36 @@ def irregular(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArr
         return np.zeros(0)
     complete = complete & np.isfinite(rr).all(axis=1)
     rr = np.where(complete[:, None], rr, 1.0)  # placeholders keep the arithmetic quiet; rows stay NaN
+    out = np.full(len(rr), np.nan)
+    learned = params["model"] > 0
+    dash = np.flatnonzero(~learned)
+    if len(dash):
+        sub = {name: column[dash] for name, column in params.items()}
+        out[dash] = _dash(rr[dash], complete[dash], sub)
+    chosen = np.flatnonzero(learned)
+    if len(chosen):
+        out[chosen] = _learned(rr[chosen], complete[chosen])
+    return out
+
+
+def _dash(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArray]) -> FloatArray:
+    """Dash et al. 2009 criteria on the cleaned and trimmed intervals."""
     keep = _cleaned(rr, params["trim"])
     enough = keep.sum(axis=1) * 2 >= rr.shape[1]
     nrmssd, tpr, entropy = features(rr, keep)
     verdict = (nrmssd > params["nrmssd"]) & (tpr >= params["tpr_low"]) & (tpr <= params["tpr_high"])
     verdict &= entropy >= params["entropy"]
     return np.where(complete & enough, verdict.astype(np.float64), np.nan)
+
+
+def _learned(rr: FloatArray, complete: BoolArray) -> FloatArray:
+    """The learned classifier of :mod:`detectors.af_model` (probability of AF >= 0.5)."""
+    keep = af_model.cleaned(np.maximum(rr, 1e-9))
+    enough = keep.sum(axis=1) * 2 >= rr.shape[1]
+    columns = af_model.features(rr, keep)
+    usable = complete & enough & (rr > 0).all(axis=1) & np.isfinite(columns).all(axis=1)
+    p = af_model.probability(np.where(usable[:, None], columns, 0.0))
+    return np.where(usable, (p >= af_model.THRESHOLD).astype(np.float64), np.nan)
 
 
 def _cleaned(rr: FloatArray, trim: FloatArray) -> BoolArray:
