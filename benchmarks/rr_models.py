@@ -29,6 +29,21 @@ Family B (different generators, parameters and error models):
   and a short wait (coefficient of variation ~0.07-0.13);
 - beat errors: missed and extra beats in bursts (a two-state Markov chain: motion), extra beats
   split at a uniform fraction.
+
+Family C (written after family B had been looked at once, before any change was judged on it;
+the final held-out family):
+
+- sinus: 1/f^beta background (spectral synthesis, beta 0.8-1.4) plus a resonant (AR(2)
+  narrow-band) respiratory component in beats, 50-100 bpm; ``young``: a strong resonant
+  component (+-5-14 %) of random amplitude, 45-70 bpm;
+- ectopy: clustered premature beats (a Poisson rate that switches on and off), interpolated
+  ventricular beats (a cycle split in two, no pause), coupling 0.5-0.9; bigeminy and trigeminy
+  with a coupling interval that drifts, interrupted by quadrigeminy;
+- AF: dual atrioventricular-pathway AF (a mixture of two normal modes), or slightly correlated
+  intervals (AR(1), 0.1-0.25), coefficient of variation 0.14-0.3; rate-controlled 0.06-0.12 at
+  55-85 bpm;
+- beat errors: missed beats 0.5-4 %, extra beats split at a Beta(2, 2) fraction, spurious
+  triggers (a short interval inserted without shortening its neighbours).
 """
 
 from __future__ import annotations
@@ -259,9 +274,118 @@ Family = tuple[
     Callable[[int, Rng, bool], FloatArray],
     Callable[[FloatArray, Rng], FloatArray],
 ]
+# ---- family C ------------------------------------------------------------------------------------
+
+
+def c_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """1/f^beta variability plus a resonant respiratory component (in beats)."""
+    mean = rng.uniform(0.85, 1.33) if young else rng.uniform(0.6, 1.2)
+    beta = rng.uniform(0.8, 1.4)
+    freq = np.fft.rfftfreq(n)
+    amp = np.where(freq > 0, np.maximum(freq, 1.0 / n) ** (-beta / 2), 0.0)
+    spectrum = amp * np.exp(2j * np.pi * rng.random(len(freq)))
+    pink = np.fft.irfft(spectrum, n)
+    pink *= rng.uniform(0.01, 0.04) / (pink.std() + 1e-12)
+    beats_per_breath = rng.uniform(3.0, 7.0)
+    radius = rng.uniform(0.9, 0.98)
+    a1, a2 = 2 * radius * np.cos(2 * np.pi / beats_per_breath), -radius * radius
+    resp = lfilter([1.0], [1.0, -a1, -a2], rng.normal(0, 1, n))
+    resp *= (rng.uniform(0.05, 0.14) if young else rng.uniform(0.01, 0.05)) / (resp.std() * np.sqrt(2) + 1e-12)
+    return np.asarray(mean * (1 + pink + resp + rng.normal(0, rng.uniform(0.004, 0.012), n)))
+
+
+def c_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Clustered premature beats, some interpolated (a cycle split in two without a pause)."""
+    out: list[float] = []
+    on = True
+    i = 0
+    while i < len(rr):
+        if rng.random() < 0.01:
+            on = not on
+        if rng.random() < (2 * rate if on else 0.2 * rate) and i + 1 < len(rr):
+            coupling = rng.uniform(0.5, 0.9)
+            if rng.random() < 0.2:  # interpolated ventricular beat
+                out += [rr[i] * coupling, rr[i] * (1 - coupling) + rr[i + 1]]
+            else:
+                out += [rr[i] * coupling, rr[i + 1] * rng.uniform(2 - coupling - 0.15, 2 - coupling)]
+            i += 2
+            continue
+        out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def c_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy with a drifting coupling interval, interrupted by quadrigeminy."""
+    rr = rr.copy()
+    n = len(rr)
+    coupling = np.clip(rng.uniform(0.6, 0.8) + np.cumsum(rng.normal(0, 0.003, n)), 0.5, 0.9)
+    period = np.where((np.arange(n) // 200) % 4 == 3, 4, every)  # every 4th block of 200 beats
+    cycle_start = np.zeros(n, np.bool_)
+    k = 0
+    while k < n:
+        cycle_start[k] = True
+        k += int(period[k])
+    pre = np.flatnonzero(cycle_start)
+    rr[pre] *= coupling[pre]
+    post = pre[pre + 1 < n] + 1
+    rr[post] *= 2 - coupling[post - 1]
+    return rr
+
+
+def c_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Dual-pathway (bimodal) or slightly correlated AF intervals."""
+    mean = 60.0 / (rng.uniform(55, 85) if low else rng.uniform(75, 150))
+    cv = rng.uniform(0.06, 0.12) if low else rng.uniform(0.14, 0.3)
+    if rng.random() < 0.5:
+        z = lfilter([1.0], [1.0, -rng.uniform(0.1, 0.25)], rng.normal(0, 1, n))
+        z /= z.std() + 1e-12
+    else:  # two modes +-d with spread s: total variance d^2 + s^2 = 1
+        d = rng.uniform(0.5, 0.9)
+        z = np.where(rng.random(n) < 0.5, -d, d) + rng.normal(0, np.sqrt(1 - d * d), n)
+    return np.asarray(np.clip(mean * (1 + cv * z), 0.25, 2.5))
+
+
+def c_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """Missed beats, extra beats (Beta(2, 2) split) and spurious triggers."""
+    p_miss, p_extra, p_spur = rng.uniform(0.005, 0.04), rng.uniform(0.003, 0.02), rng.uniform(0.0, 0.01)
+    out: list[float] = []
+    i = 0
+    while i < len(rr):
+        draw = rng.random()
+        if draw < p_miss and i + 1 < len(rr):
+            out.append(rr[i] + rr[i + 1])
+            i += 2
+            continue
+        if draw < p_miss + p_extra:
+            f = rng.beta(2, 2)
+            out += [rr[i] * f, rr[i] * (1 - f)]
+        elif draw < p_miss + p_extra + p_spur:
+            out += [rr[i], rng.uniform(0.1, 0.3)]
+        else:
+            out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def c_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family C's non-AF rhythm of ``kind``."""
+    sinus = c_sinus(n, rng, young=kind == "sinus young")
+    if kind == "ectopy 6%":
+        return c_ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return c_ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return c_geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return c_geminy(sinus, rng, 3)
+    return sinus
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
+    "C": (c_background, c_af, c_errors),
 }
 
 
