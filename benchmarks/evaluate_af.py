@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.rr_models import Recording, cohort  # noqa: E402
-from detectors import Engine, RuleSet  # noqa: E402
+from detectors import Engine, RuleSet, af_model  # noqa: E402
 from detectors.rules import RhythmRule, ThresholdLevel  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
@@ -158,8 +158,11 @@ def main() -> int:
     parser.add_argument("--every", type=int)
     parser.add_argument("--votes", type=int)
     parser.add_argument("--for-s", type=float)
+    parser.add_argument("--threshold", type=float, help="the model's probability threshold (a sweep)")
     parser.add_argument("--detail", action="store_true", help="print the per-rhythm table")
     args = parser.parse_args()
+    if args.threshold is not None:
+        af_model.THRESHOLD = args.threshold  # type: ignore[misc]
     rule = rule_from_args(args)
     level: ThresholdLevel = rule.levels[0]
     print(

@@ -7,14 +7,16 @@ recording; every rhythm may carry a wearable's beat errors.
 
 Family A:
 
-- sinus: respiratory sinus arrhythmia (RSA, a sinusoid in beats, 3.5-5.5 beats per breath,
-  +-2-5 %), random-walk drift and 1 % beat-to-beat noise; ``young``: RSA +-6-15 % at 50-75 bpm
-  with a wandering breathing period (sinus arrhythmia of the young);
-- ectopy: premature beats at random (6 % or 15 %), each a short interval (x0.7) and a
-  compensatory long one (x1.3); bigeminy and trigeminy (every 2nd / 3rd beat premature);
-- AF: independent normal intervals, coefficient of variation 0.15-0.25 at 70-130 bpm, or
-  0.08-0.12 (rate-controlled);
-- beat errors: 2 % missed beats (two intervals merged), 1 % extra beats (an interval split 30/70).
+- sinus: respiratory sinus arrhythmia (RSA, a sinusoid in beats, 2.5-8 beats per breath,
+  +-0-6 %, amplitude-modulated), random-walk drift and 0.3-2 % beat-to-beat noise; ``young``:
+  RSA +-5-16 % at 45-75 bpm, 2.5-6 beats per breath (sinus arrhythmia of the young);
+- ectopy: premature beats at random (6 % or 15 %), each a short interval (x0.6-0.85) and a
+  long one (fully or partly compensatory); bigeminy and trigeminy (every 2nd / 3rd beat premature), throughout or
+  in runs;
+- AF: independent intervals (normal, log-normal, or a floor plus an exponential wait),
+  coefficient of variation 0.15-0.3 at 60-140 bpm, or 0.055-0.12 (rate-controlled);
+- beat errors: 0.5-3 % missed beats (two intervals merged), 0.5-2 % extra beats (an interval
+  split at 20-50 %).
 
 Family B (different generators, parameters and error models):
 
@@ -84,14 +86,17 @@ class Recording:
 
 
 def a_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
-    """Sinus rhythm: RSA in beats, drift, beat-to-beat noise."""
-    mean = rng.uniform(0.8, 1.3) if young else rng.uniform(0.55, 1.1)
-    amp = rng.uniform(0.05, 0.16) if young else rng.uniform(0.01, 0.06)
-    period = rng.uniform(3.0, 6.0) * (1 + 0.1 * np.cumsum(rng.normal(0, 0.05, n)).clip(-3, 3) / 3)
+    """Sinus rhythm: RSA in beats (amplitude-modulated), drift, beat-to-beat noise."""
+    mean = rng.uniform(0.8, 1.3) if young else rng.uniform(0.5, 1.1)
+    amp = rng.uniform(0.05, 0.16) if young else rng.uniform(0.0, 0.06)
+    beats = np.arange(n)
+    amp = amp * (1 + rng.uniform(0, 0.4) * np.sin(2 * np.pi * beats / rng.uniform(20, 80)))
+    breath = rng.uniform(2.5, 6.0) if young else rng.uniform(2.5, 8.0)
+    period = breath * (1 + 0.1 * np.cumsum(rng.normal(0, 0.05, n)).clip(-3, 3) / 3)
     phase = 2 * np.pi * np.cumsum(1 / period) + rng.uniform(0, 6.3)
     drift = np.cumsum(rng.normal(0, 0.002, n))
-    noise = rng.normal(0, rng.uniform(0.005, 0.015), n)
-    return mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise)
+    noise = rng.normal(0, rng.uniform(0.003, 0.02), n)
+    return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
 
 
 def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
@@ -105,20 +110,31 @@ def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
 
 
 def a_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
-    """Bigeminy (every 2) or trigeminy (every 3): a premature beat of fixed coupling each cycle."""
+    """Bigeminy (every 2) or trigeminy (every 3), throughout or in runs of 20-300 beats."""
     rr = rr.copy()
+    n = len(rr)
     coupling = rng.uniform(0.6, 0.85)
-    rr[0::every] *= coupling * rng.normal(1, 0.02, len(rr[0::every]))
-    rr[1::every] *= (2 - coupling) * rng.normal(1, 0.02, len(rr[1::every]))
+    active = np.ones(n, np.bool_)
+    if rng.random() < 0.5:  # runs alternating with sinus rhythm
+        edges = np.cumsum(rng.integers(20, 300, n // 20 + 2))
+        active = (np.searchsorted(edges, np.arange(n), side="right") % 2) == 0
+    pre = np.flatnonzero(active & (np.arange(n) % every == 0))
+    rr[pre] *= coupling * rng.normal(1, 0.02, len(pre))
+    post = pre[pre + 1 < n] + 1
+    rr[post] *= (2 - coupling) * rng.normal(1, 0.02, len(post))
     return rr
 
 
 def a_af(n: int, rng: Rng, low: bool) -> FloatArray:
     """Independent normal intervals at 70-130 bpm."""
     mean = 60.0 / rng.uniform(60, 140)
-    cv = rng.uniform(0.07, 0.12) if low else rng.uniform(0.15, 0.3)
-    if rng.random() < 0.5:
+    cv = rng.uniform(0.055, 0.12) if low else rng.uniform(0.15, 0.3)
+    shape = rng.random()
+    if shape < 0.4:
         return np.clip(rng.normal(mean, cv * mean, n), 0.25, 2.0)
+    if shape < 0.7:  # skewed: a floor (refractory) plus an exponential wait
+        wait = cv * mean
+        return np.clip(mean - wait + rng.exponential(wait, n), 0.25, 2.0)
     sigma = np.sqrt(np.log(1 + cv * cv))  # log-normal of the same mean and variation
     return np.clip(mean * rng.lognormal(-sigma * sigma / 2, sigma, n), 0.25, 2.0)
 

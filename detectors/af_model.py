@@ -22,8 +22,9 @@ Per window row (vectorized over rows, numpy only):
    - ``share_big``: share of successive differences above 4 % of the median;
    - ``kept``: share of intervals kept by the beat-error filter;
 
-3. a logistic regression on the standardized features; the window is irregular when the
-   probability of AF is at least 0.5.
+3. a logistic regression on the standardized features and their pairwise products (44 inputs:
+   a quadratic decision boundary); the window is irregular when the probability of AF is at
+   least :data:`THRESHOLD`.
 
 The weights below were fitted by ``benchmarks/train_af.py`` on the *training* seeds of the
 design generator family only (``benchmarks/rr_models.py``, family A); the evaluation on other seeds
@@ -57,10 +58,29 @@ FEATURES: Final = (
     "kept",
 )
 # Fitted by benchmarks/train_af.py (family A, training seeds); see the module docstring.
-MEAN: Final = np.array([-2.37694, -1.7914, -1.13473, 0.635062, -3.44655, -2.23854, 0.689097, 0.949523])
-SCALE: Final = np.array([1.10015, 0.887055, 1.08284, 0.17106, 0.884485, 0.770137, 0.294147, 0.0815196])
-WEIGHTS: Final = np.array([1.67004, -3.69304, 3.11885, 1.24175, 3.82813, -1.22719, 2.42776, -0.025903])
-BIAS: Final = -5.22265
+# BEGIN fitted constants (benchmarks/train_af.py --write)
+MEAN: Final = np.array(
+    [
+        -2.62429, -1.94143, -0.890347, 0.626239, -3.49636, -2.35497, 0.615584, 0.947864,
+    ]
+)
+SCALE: Final = np.array(
+    [
+        1.17972, 0.982232, 1.12182, 0.172874, 0.868065, 0.832542, 0.310133, 0.0858581,
+    ]
+)
+WEIGHTS: Final = np.array(
+    [
+        0.415459, -0.852246, 0.860756, 0.617035, 1.30942, -0.408231, 0.535498, -0.00262864,
+        -0.319785, 0.0589596, 0.499965, -0.090837, 0.391418, 0.102105, -0.161146, -0.0290909,
+        -0.354454, -0.55272, -0.269735, -0.631799, -0.288427, -0.0667103, -0.117071, 0.0587116,
+        0.301309, 0.666128, -0.334058, 0.731832, 0.0369452, -0.42844, 0.239689, -0.194529,
+        0.0819712, 0.0397709, 0.49022, -0.376811, 0.743975, -0.181331, -0.226538, 0.0434109,
+        -0.140971, -0.298407, 0.0279867, -0.132669,
+    ]
+)
+BIAS: Final = -1.70454
+# END fitted constants
 
 
 def cleaned(rr: FloatArray) -> BoolArray:
@@ -139,9 +159,16 @@ def _ar2_residual(x: FloatArray, keep: BoolArray, triple: BoolArray) -> FloatArr
     return masked_median(residual, triple)
 
 
+def expanded(columns: FloatArray) -> FloatArray:
+    """The model's inputs: standardized features and all their pairwise products (and squares)."""
+    z = (columns - MEAN) / SCALE
+    i, j = np.triu_indices(z.shape[1])
+    out: FloatArray = np.hstack([z, z[:, i] * z[:, j]])
+    return out
+
+
 def probability(columns: FloatArray) -> FloatArray:
     """The logistic model's probability of AF per feature row."""
-    z = (columns - MEAN) / SCALE
-    logit = z @ WEIGHTS + BIAS
+    logit = expanded(columns) @ WEIGHTS + BIAS
     p: FloatArray = 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
     return p

@@ -573,9 +573,8 @@ def model_verdict(rr: list[float]) -> float:
     ]
     if not all(math.isfinite(v) for v in columns):
         return math.nan
-    logit = af_model.BIAS + sum(
-        w * (v - m) / s
-        for w, v, m, s in zip(af_model.WEIGHTS, columns, af_model.MEAN, af_model.SCALE, strict=True)
-    )
+    z = [(v - m) / s for v, m, s in zip(columns, af_model.MEAN, af_model.SCALE, strict=True)]
+    inputs = z + [z[i] * z[j] for i in range(len(z)) for j in range(i, len(z))]
+    logit = af_model.BIAS + sum(w * v for w, v in zip(af_model.WEIGHTS, inputs, strict=True))
     probability = 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
     return 1.0 if probability >= af_model.THRESHOLD else 0.0
