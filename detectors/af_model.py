@@ -114,7 +114,7 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
         med1 = masked_median(d1, pair)
         rms1 = np.sqrt(np.where(pair, d1 * d1, 0.0).sum(axis=1) / pair.sum(axis=1))
         lags = np.stack([_lag_median(x, keep, k) for k in range(2, MAX_LAG + 1)], axis=1)
-        min_ratio = lags.min(axis=1) / med1
+        min_ratio = lags.min(axis=1) / np.maximum(med1, 1e-6)  # a paced, constant rhythm: 0
         triple = pair[:, 1:] & pair[:, :-1]
         turning = (x[:, 1:-1] - x[:, :-2]) * (x[:, 1:-1] - x[:, 2:]) > 0
         tpr = (turning & triple).sum(axis=1) / triple.sum(axis=1)

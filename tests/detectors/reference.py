@@ -546,7 +546,7 @@ def model_verdict(rr: list[float]) -> float:
         return math.nan
     med1 = statistics.median(d1)
     rms1 = math.sqrt(sum(d * d for d in d1) / len(d1))
-    min_ratio = min(statistics.median(d) for d in lags) / med1 if med1 > 0 else math.inf
+    min_ratio = min(statistics.median(d) for d in lags) / max(med1, 1e-6)
     tpr = sum(1 for i in triples if (x[i + 1] - x[i]) * (x[i + 1] - x[i + 2]) > 0) / len(triples)
     kept = [v for v, k in zip(x, keep, strict=True) if k]
     mean = sum(kept) / len(kept)
