@@ -45,8 +45,8 @@ from rpm_core.rules import load_rules  # noqa: E402
 
 T0 = 1_704_067_200.0  # 2024-01-01 00:00 UTC, the CGM traces' epoch
 CGM_PATIENTS = [
-    *("adult#001", "adult#004", "adult#007", "adult#009"),
-    *("adolescent#002", "adolescent#006", "child#003", "child#008"),
+    *("adult#001", "adult#004", "adult#007", "adolescent#002"),
+    *("adolescent#006", "child#003", "child#008", "adult#009"),
 ]
 N_PATIENTS = 30
 DAY = 86400.0
@@ -199,6 +199,8 @@ def report(alerts: dict[str, list], events: list[tuple[str, str, float, float]],
             for a in alerts.values()
         )
         missed[kind] += not hit
+        if not hit:
+            print(f"missed: {patient} {kind} from {start / 3600:.2f} h to {end / 3600:.2f} h")
     print("level-2 events alerted: " + ", ".join(f"{k} {total[k] - missed[k]}/{total[k]}" for k in sorted(total)))
 
 
