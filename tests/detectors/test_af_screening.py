@@ -15,12 +15,13 @@ import pytest
 
 from benchmarks.evaluate_af import run, summary
 from benchmarks.rr_models import a_af, a_errors, a_geminy, a_sinus, cohort
-from detectors import af_model
+from detectors import Engine, af_model
 from detectors.rhythm import irregular
 from detectors.rules import RhythmRule
-from rpm_core.rules import load_rules
+from rpm_core.rules import load_rules, parse_rules
 
 ROOT = Path(__file__).resolve().parents[2]
+T0 = 1_700_000_000.0
 
 
 def default_rule() -> RhythmRule:
@@ -86,3 +87,21 @@ def test_default_rule_metrics_per_episode(
     assert hits >= episodes, f"AF episodes alerted {hits}/24, pinned {episodes}"
     assert free >= segments_free, f"non-AF segments free {free}/{n_segments}, pinned {segments_free}"
     assert median <= 5 * 60, f"median onset to alert {median / 60:.1f} min"
+
+
+def test_a_patient_override_can_return_to_the_dash_criteria() -> None:
+    """The remedy for a patient whose ectopy the model takes for AF: ``method: dash`` for them only."""
+    text = (ROOT / "alert_rules.yaml").read_text()
+    text = text.replace("patients: {}", "patients:\n  p-dash: {rules: {af_screening: {method: dash}}}")
+    rules = parse_rules(text)
+    rule = rules.by_name()["af_screening"]
+    rng = np.random.default_rng(11)
+    rr = 0.8 * (1 + 0.06 * rng.standard_normal(1200))  # rate-controlled AF: nRMSSD ~0.085 < Dash's 0.1
+    engine = Engine(rules)
+    t = T0 + np.cumsum(rr)
+    raised = set()
+    for patient in ("p-model", "p-dash"):
+        batch = engine.batch([patient] * len(rr), ["rr_interval"] * len(rr), t, rr)
+        raised |= {(e.patient, e.rule) for e in engine.process(batch) if e.state == "raised"}
+    assert isinstance(rule, RhythmRule) and rule.method == "model"
+    assert raised == {("p-model", "af_screening")}
