@@ -13,6 +13,10 @@ windows of a batch at once, as rows of a matrix built with ``sliding_window_view
    ``[tpr_low, tpr_high]`` (a random sequence has 2/3), and Shannon entropy of a 16-bin histogram
    of the retained intervals, normalized to [0, 1], >= ``entropy_min``.
 
+That is ``method: dash``. With ``method: model`` (the default rule set's choice) steps 2-3 are
+replaced by :mod:`detectors.af_model`: its own beat-error filter, eight RR features and a small
+learned (quadratic logistic) classifier; windows with fewer than half their beats kept are NaN.
+
 Each judged window's verdict is 1 (irregular), 0 (regular) or NaN (the window spans a gap longer
 than ``max_gap_s``, or under half its beats were kept). With 64 beats the turning-point ratio of
 true AF falls outside Dash's bounds in ~5 % of windows, so the signal is the share of irregular
