@@ -94,14 +94,26 @@ def cleaned(rr: FloatArray) -> BoolArray:
 
 
 def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
-    """Per row, the median of ``values`` where ``mask`` (NaN for a row with none)."""
+    """Per row, the median of ``values`` where ``mask`` (NaN for a row with none).
+
+    Rows with every value kept (most of them) take a partition at the two middle positions;
+    the others a sort with the dropped values pushed to the end.
+    """
     n = mask.sum(axis=1)
-    ordered = np.sort(np.where(mask, values, np.inf), axis=1)
-    rows = np.arange(len(values))
-    low = ordered[rows, np.maximum((n - 1) // 2, 0)]
-    high = ordered[rows, np.maximum(n // 2, 0)]
-    with np.errstate(invalid="ignore"):
-        median: FloatArray = np.where(n > 0, (low + high) / 2, np.nan)
+    width = values.shape[1]
+    low, high = np.full(len(values), np.nan), np.full(len(values), np.nan)
+    full = n == width
+    if full.any() and width:
+        middle = [(width - 1) // 2, width // 2]
+        parted = np.partition(values[full], middle, axis=1)
+        low[full], high[full] = parted[:, middle[0]], parted[:, middle[1]]
+    partial = np.flatnonzero(~full & (n > 0))
+    if len(partial):
+        ordered = np.sort(np.where(mask[partial], values[partial], np.inf), axis=1)
+        rows = np.arange(len(partial))
+        low[partial] = ordered[rows, (n[partial] - 1) // 2]
+        high[partial] = ordered[rows, n[partial] // 2]
+    median: FloatArray = (low + high) / 2
     return median
 
 
