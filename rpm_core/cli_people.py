@@ -87,7 +87,8 @@ def cmd_nurse_station(args: argparse.Namespace) -> int:
     def ready(ward: str, url: str) -> None:
         _say(f"rpm nurse-station: ward {ward} at {url}  (Ctrl-C to stop)")
 
-    options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster)
+    options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster,
+                             state_dir=args.state_dir or os.environ.get("RPM_STATION_STATE_DIR") or None)
     return run_station(settings, options, on_ready=ready)
 
 
@@ -113,6 +114,27 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    """List or revoke the kiosk tokens of a station's state directory."""
+    from stream.station_kiosk import KioskRegistry, describe
+
+    state_dir = args.state_dir or os.environ.get("RPM_STATION_STATE_DIR")
+    if not state_dir:
+        raise ConfigError("name the station's state directory: --state-dir or RPM_STATION_STATE_DIR")
+    registry = KioskRegistry(state_dir)
+    if args.kiosk_command == "revoke":
+        if not registry.revoke(args.id):
+            _say(f"no live kiosk {args.id!r} in {state_dir}", err=True)
+            return 1
+        _say(f"kiosk {args.id} revoked: that screen shows 'logged out' within seconds")
+        return 0
+    for k in registry.kiosks():
+        d = describe(k)
+        _say(f"{d['id']}  station={d['station']}  label={d['label'] or '-'}  "
+             f"{'revoked' if d['revoked'] else 'live'}")
+    return 0
+
+
 def _add_nurse_station(sub: SubParsers) -> None:
     p = sub.add_parser("nurse-station", help="serve the live alert screen of a ward (web page)",
                        description="Serve the live alert screen of one ward. Without a roster the only ward is "
@@ -121,12 +143,22 @@ def _add_nurse_station(sub: SubParsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
     p.add_argument("--roster", default=None, help="roster YAML (env RPM_ROSTER)")
+    p.add_argument("--state-dir", default=None,
+                   help="directory for kiosk tokens (key + list); kiosks stay logged in across restarts "
+                        "(env RPM_STATION_STATE_DIR; without it no kiosk mode)")
     _service_flags(p)
     p.set_defaults(func=cmd_nurse_station)
-    inner = p.add_subparsers(dest="station_command", metavar="[hash-password]")
+    inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
     h.set_defaults(func=cmd_hash_password)
+    k = inner.add_parser("kiosk", help="list or revoke kiosk tokens (ward screens that stay logged in)")
+    k.add_argument("--state-dir", default=None, help="the station's --state-dir (env RPM_STATION_STATE_DIR)")
+    kinner = k.add_subparsers(dest="kiosk_command", metavar="list | revoke ID")
+    kinner.add_parser("list", help="list kiosks")
+    r = kinner.add_parser("revoke", help="revoke one kiosk (its screen is logged out at once)")
+    r.add_argument("id")
+    k.set_defaults(func=cmd_kiosk)
 
 
 # -- grafana -------------------------------------------------------------------------------------

@@ -47,24 +47,34 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, load_roster
 from rpm_core.settings import Settings
 from rpm_core.wire import METRICS, is_valid_id
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
+from stream.station_audit import AuditEntry, AuditLog
+from stream.station_kiosk import KioskRegistry
 
 _LOGGER = logging.getLogger(__name__)
 
 SEVERITY_RANK: Final = {"info": 1, "warning": 2, "critical": 3}
 STATES: Final = frozenset({"raised", "cleared", "acknowledged", "escalated"})
+# Technical alerts (see COMMON contract, rpm_core.technical): only raised and cleared.
+TECHNICAL_STATES: Final = frozenset({"raised", "cleared"})
+TECHNICAL_WARDS_MAX: Final = 256
+TECHNICAL_TEXT_MAX: Final = 2000
 # Closed alerts stay in the history view for a day (one shift handover and then some).
 HISTORY_KEEP_S: Final = 24 * 3600.0
 # A nurse station is left logged in for a whole shift; idle sessions end after 12 h.
 SESSION_IDLE_S: Final = 12 * 3600.0
-# Proxies and NATs drop idle connections after ~30-60 s; a comment every 15 s keeps SSE alive
-# and lets the page detect a dead stream (it reconnects after 40 s of silence).
-SSE_HEARTBEAT_S: Final = 15.0
+# A heartbeat every 2 s keeps SSE alive through proxies and lets the page tell a dead stream: it
+# turns the whole screen into a technical alarm after HEARTBEAT_DEADLINE_S without a word.
+SSE_HEARTBEAT_S: Final = 2.0
+HEARTBEAT_DEADLINE_S: Final = 5.0
+# How often the station looks for acknowledged alerts due to re-alarm and silences that ran out.
+TICK_S: Final = 1.0
 SSE_RETRY_MS: Final = 2000
 # Five wrong passwords from one address within 5 minutes lock that address out for the rest of them.
 LOGIN_MAX_FAILURES: Final = 5
@@ -76,6 +86,10 @@ ACK_CLOCK_SLACK_S: Final = 5.0
 SPARKLINE_WINDOW: Final = "1h"
 SPARKLINE_CACHE_S: Final = 30.0
 COOKIE: Final = "rpm_station"
+KIOSK_COOKIE: Final = "rpm_kiosk"
+# Chromium keeps a cookie at most 400 days; a kiosk token lives until it is revoked.
+KIOSK_COOKIE_MAX_AGE_S: Final = 400 * 86400
+NOTE_MAX: Final = 200
 STATIC_PACKAGE: Final = "stream"
 FEED_RETRY_MAX_S: Final = 10.0
 
@@ -85,10 +99,15 @@ FEED_RETRY_MAX_S: Final = 10.0
 
 @dataclass
 class AlertView:
-    """The current state of one alert, as a nurse station shows it."""
+    """The current state of one alert, as a nurse station shows it.
+
+    An acknowledged alert stays on the screen (marked with who and when) until the worker clears
+    it; ``alarming`` is what calls for a nurse: open and not acknowledged (or re-alarmed since).
+    A technical alert (``kind == "technical"``) cannot be acknowledged: it clears when its cause does.
+    """
 
     alert_id: str
-    patient: str
+    patient: str | None
     rule: str
     metric: str
     severity: str
@@ -99,36 +118,81 @@ class AlertView:
     message: str = ""
     value: float | None = None
     escalated: bool = False
+    kind: str = "clinical"
+    wards: tuple[str, ...] = ()
+    remedy: str = ""
+    component: str = ""
     ack_by: str | None = None
     ack_at: float | None = None
     ack_station: str | None = None
+    ack_note: str = ""
     ack_confirmed: bool = False
     cleared_at: float | None = None
     raised_wall: float = 0.0
+    realarm_count: int = 0
+    realarmed_at: float | None = None
+    silenced_until: float | None = None
+    silenced_by: str | None = None
+    silenced_station: str | None = None
     seq: int = 0
     raise_seq: int = 0
     ack_seq: int = -1
+    realarm_seq: int = -1
     seen: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
 
     @property
+    def technical(self) -> bool:
+        """A technical alert ("INOP"): the system cannot monitor someone, or a device has trouble."""
+        return self.kind == "technical"
+
+    @property
+    def open(self) -> bool:
+        """Not cleared: shown on the alarm list (acknowledged or not)."""
+        return self.state != "cleared"
+
+    @property
     def acknowledged(self) -> bool:
-        """Whether someone acknowledged it after it was last raised."""
-        return self.ack_seq > self.raise_seq
+        """Whether someone acknowledged it after it was last raised or re-alarmed."""
+        return not self.technical and self.ack_seq > max(self.raise_seq, self.realarm_seq)
+
+    @property
+    def alarming(self) -> bool:
+        """Open and not acknowledged: it calls for a nurse (sound unless silenced)."""
+        return self.open and not self.acknowledged
 
     @property
     def active(self) -> bool:
-        """Shown in the active list: not cleared and not acknowledged."""
-        return self.state != "cleared" and not self.acknowledged
+        """Shown in the alarm list (open); kept for callers of the earlier name."""
+        return self.open
 
-    def to_client(self) -> dict[str, Any]:
+    @property
+    def last_alarm(self) -> float:
+        """When it last started to alarm (raise or re-alarm): newer goes higher in its band."""
+        return max(self.raised_at, self.realarmed_at or 0.0)
+
+    def silenced(self, now: float) -> bool:
+        """Whether a nurse silenced it and the silence has not run out."""
+        return self.silenced_until is not None and now < self.silenced_until
+
+    def to_client(self, policy: AlarmPolicy | None = None) -> dict[str, Any]:
         """The JSON the page renders."""
+        policy = policy or AlarmPolicy()
+        realarm = None if self.technical else policy.realarm_s(self.rule, self.severity)
         return {
             "alert_id": self.alert_id, "patient": self.patient, "rule": self.rule, "metric": self.metric,
-            "severity": self.severity, "state": self.display_state(), "active": self.active,
-            "escalated": self.escalated and self.active, "since": self.since, "raised_at": self.raised_at,
+            "kind": self.kind, "wards": list(self.wards), "remedy": self.remedy, "component": self.component,
+            "severity": self.severity, "state": self.display_state(), "active": self.open, "open": self.open,
+            "alarming": self.alarming, "escalated": self.escalated and self.open, "since": self.since,
+            "raised_at": self.raised_at, "last_alarm": self.last_alarm,
             "updated_at": self.updated_at, "message": self.message, "value": self.value,
-            "ack": ({"by": self.ack_by, "at": self.ack_at, "station": self.ack_station,
-                     "confirmed": self.ack_confirmed} if self.acknowledged else None),
+            "ack": ({"by": self.ack_by, "at": self.ack_at, "station": self.ack_station, "note": self.ack_note,
+                     "confirmed": self.ack_confirmed,
+                     "realarm_at": (self.ack_at + realarm) if realarm and self.ack_at and self.open else None}
+                    if self.acknowledged else None),
+            "realarm_count": self.realarm_count, "realarmed_at": self.realarmed_at,
+            "silenced": ({"until": self.silenced_until, "by": self.silenced_by, "station": self.silenced_station}
+                         if self.silenced_until is not None and self.open else None),
+            "silence_max_s": policy.silence_max_s(self.rule, self.severity, technical=self.technical),
             "cleared_at": self.cleared_at, "seq": self.seq,
         }
 
@@ -142,19 +206,35 @@ class AlertView:
 
 
 def sort_active(views: Iterable[AlertView]) -> list[AlertView]:
-    """Most severe first, then newest (latest raise) first."""
-    return sorted(views, key=lambda v: (-SEVERITY_RANK.get(v.severity, 0), -v.raised_at, v.alert_id))
+    """Alarming before acknowledged; then most severe, escalated, latest (re-)alarm first."""
+    return sorted(views, key=lambda v: (not v.alarming, -SEVERITY_RANK.get(v.severity, 0), not v.escalated,
+                                        -v.last_alarm, v.alert_id))
+
+
+class SilenceRefused(ValueError):
+    """A silence the policy does not allow (too long, or the alert is closed); ``str`` says why."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change the station itself made (re-alarm, silence ended), for the audit."""
+
+    action: str
+    view: AlertView
 
 
 class AlertBoard:
     """Every alert of one ward, built from ``rpm.alerts`` and ``rpm.alert-acks`` events.
 
     Idempotent: a redelivered event changes nothing. Each change bumps :attr:`seq`.
+    :meth:`tick` re-alarms acknowledged alerts that are still open after the policy's interval.
     """
 
-    def __init__(self, *, ward: str, roster: Roster, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, ward: str, roster: Roster, clock: Callable[[], float] = time.time,
+                 policy: AlarmPolicy | None = None) -> None:
         self.ward = ward
         self.roster = roster
+        self.policy = policy or AlarmPolicy()
         self.boot = secrets.token_hex(4)
         self.seq = 0
         self.alerts: dict[str, AlertView] = {}
@@ -172,18 +252,33 @@ class AlertBoard:
         if event is None:
             self.rejected += 1
             return False
-        if not self.roster.in_ward(event["patient"], self.ward):
+        if not self._ours(event):
             return False
         view = self.alerts.get(event["alert_id"])
         key = (event["state"], event["severity"], event["time"], event.get("by"))
-        if view is not None and (key in view.seen or view.state == "cleared"):
+        if view is not None and (key in view.seen or not self._reopens(view, event)):
             return False
         view = self._update(view, event, self._clock() if wall is None else wall)
         view.seen.add(key)
         self._take_pending_ack(view)
         return True
 
-    def apply_ack(self, ack: Ack) -> bool:
+    def _ours(self, event: dict[str, Any]) -> bool:
+        patient = event.get("patient")
+        if event.get("kind") != "technical":
+            return isinstance(patient, str) and self.roster.in_ward(patient, self.ward)
+        wards = event["wards"]
+        return ("*" in wards or self.ward in wards or (patient is not None and self.roster.in_ward(patient, self.ward))
+                or not self.roster.configured)
+
+    @staticmethod
+    def _reopens(view: AlertView, event: dict[str, Any]) -> bool:
+        """Cleared is final for a clinical alert; a technical one may be raised again later."""
+        if view.state != "cleared":
+            return True
+        return view.technical and event["state"] == "raised" and float(event["time"]) > (view.cleared_at or 0.0)
+
+    def apply_ack(self, ack: Ack, *, note: str = "") -> bool:
         """Apply an acknowledgement request from ``rpm.alert-acks`` (from any station)."""
         if not self.roster.in_ward(ack.patient, self.ward):
             return False
@@ -194,10 +289,12 @@ class AlertBoard:
                 self._pending_acks.popitem(last=False)
             return False
         key = ("ack-request", ack.by, ack.at, ack.station)
-        if key in view.seen or view.state == "cleared" or view.acknowledged:
+        if key in view.seen or view.state == "cleared" or view.acknowledged or view.technical:
             return False
         view.seen.add(key)
         view.ack_by, view.ack_at, view.ack_station, view.ack_confirmed = ack.by, ack.at, ack.station, False
+        view.ack_note = note
+        view.silenced_until = None
         view.ack_seq = self._bump(view)
         return True
 
@@ -210,25 +307,27 @@ class AlertBoard:
     def _update(self, view: AlertView | None, e: dict[str, Any], wall: float) -> AlertView:
         state, t = e["state"], float(e["time"])
         if view is None:
-            view = AlertView(alert_id=e["alert_id"], patient=e["patient"], rule=e["rule"], metric=e["metric"],
+            view = AlertView(alert_id=e["alert_id"], patient=e.get("patient"), rule=e["rule"], metric=e["metric"],
                              severity=e["severity"], state=state, since=float(e.get("since") or t), raised_at=t,
-                             updated_at=t, raised_wall=wall)
+                             updated_at=t, raised_wall=wall, kind=e.get("kind") or "clinical")
         view.updated_at = max(view.updated_at, t)
         if e.get("message"):
             view.message = e["message"]
         if e.get("value") is not None:
             view.value = float(e["value"])
+        if view.technical:
+            view.wards, view.remedy, view.component = tuple(e["wards"]), e.get("remedy") or view.remedy, e["component"]
         seq = self._bump(view)
         if state == "raised":
             view.state, view.severity, view.raised_at, view.raised_wall = "raised", e["severity"], t, wall
-            view.escalated, view.raise_seq = False, seq
+            view.escalated, view.raise_seq, view.cleared_at = False, seq, None
         elif state == "escalated":
             view.state, view.escalated, view.severity = "escalated", True, e["severity"]
         elif state == "acknowledged":
             view.state, view.ack_confirmed, view.ack_seq = "acknowledged", True, seq
             view.ack_by, view.ack_at = e.get("by") or view.ack_by, t
         else:
-            view.state, view.cleared_at = "cleared", t
+            view.state, view.cleared_at, view.silenced_until = "cleared", t, None
         return view
 
     def _bump(self, view: AlertView) -> int:
@@ -237,6 +336,45 @@ class AlertBoard:
         self.alerts[view.alert_id] = view
         self.notify()
         return self.seq
+
+    # -- the station's own transitions -------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[Transition]:
+        """Re-alarm acknowledged alerts still open after their interval; end silences that ran out."""
+        now = self._clock() if now is None else now
+        out: list[Transition] = []
+        for view in list(self.alerts.values()):
+            if not view.open:
+                continue
+            if view.acknowledged and view.ack_at is not None:
+                after = self.policy.realarm_s(view.rule, view.severity)
+                if after is not None and now >= view.ack_at + after:
+                    view.realarm_count += 1
+                    view.realarmed_at = now
+                    view.realarm_seq = self._bump(view)
+                    out.append(Transition("realarm", view))
+            if view.silenced_until is not None and now >= view.silenced_until:
+                view.silenced_until = None
+                self._bump(view)
+                out.append(Transition("silence_ended", view))
+        return out
+
+    def silence(self, alert_id: str, minutes: float, *, by: str, station: str, now: float | None = None) -> AlertView:
+        """Silence an open alert for ``minutes`` (0: end the silence); :class:`SilenceRefused` beyond the floor."""
+        now = self._clock() if now is None else now
+        view = self.alerts.get(alert_id)
+        if view is None or not view.open:
+            raise SilenceRefused("this alert is not open on this ward")
+        if not (math.isfinite(minutes) and minutes >= 0):
+            raise SilenceRefused("minutes must be a number, 0 or more")
+        limit = self.policy.silence_max_s(view.rule, view.severity, technical=view.technical)
+        if minutes * 60.0 > limit + 1e-6:
+            raise SilenceRefused(f"a {view.severity} {view.rule} alert can be silenced for at most "
+                                 f"{limit / 60:g} min")
+        view.silenced_until = now + minutes * 60.0 if minutes > 0 else None
+        view.silenced_by, view.silenced_station = by, station
+        self._bump(view)
+        return view
 
     def mark_caught_up(self) -> None:
         """The feed has read everything that was in the topics when it started."""
@@ -264,19 +402,23 @@ class AlertBoard:
         return sorted((v for v in self.alerts.values() if v.seq > seq), key=lambda v: v.seq)
 
     def active(self) -> list[AlertView]:
-        """Open, unacknowledged alerts, most severe and newest first."""
-        return sort_active(v for v in self.alerts.values() if v.active)
+        """Open alerts (acknowledged ones too, below the alarming ones), in screen order."""
+        return sort_active(v for v in self.alerts.values() if v.open)
 
     def history(self, limit: int = 200) -> list[AlertView]:
-        """Acknowledged or cleared alerts, latest change first."""
-        closed = (v for v in self.alerts.values() if not v.active)
+        """Cleared alerts, latest change first."""
+        closed = (v for v in self.alerts.values() if not v.open)
         return sorted(closed, key=lambda v: -v.seq)[:limit]
+
+    def client(self, view: AlertView) -> dict[str, Any]:
+        """``view`` as the page gets it (with this ward's alarm policy)."""
+        return view.to_client(self.policy)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a freshly loaded page needs."""
         return {"ward": self.ward, "seq": self.seq, "event_id": self.event_id(self.seq),
-                "caught_up": self.caught_up, "active": [v.to_client() for v in self.active()],
-                "history": [v.to_client() for v in self.history()]}
+                "caught_up": self.caught_up, "active": [self.client(v) for v in self.active()],
+                "history": [self.client(v) for v in self.history()]}
 
     def event_id(self, seq: int) -> str:
         """The SSE id of change ``seq`` of this run of the server."""
@@ -295,8 +437,8 @@ class AlertBoard:
         return seq if seq <= self.seq else None
 
     def prune(self, now: float) -> int:
-        """Forget closed alerts whose last change is older than ``HISTORY_KEEP_S``."""
-        old = [k for k, v in self.alerts.items() if not v.active and v.updated_at < now - HISTORY_KEEP_S
+        """Forget cleared alerts whose last change is older than ``HISTORY_KEEP_S``."""
+        old = [k for k, v in self.alerts.items() if not v.open and v.updated_at < now - HISTORY_KEEP_S
                and (v.ack_at or 0) < now - HISTORY_KEEP_S]
         for k in old:
             del self.alerts[k]
@@ -304,8 +446,13 @@ class AlertBoard:
 
 
 def _valid_event(doc: Any) -> dict[str, Any] | None:
-    """``doc`` if it looks like an ``AlertEvent.to_dict()``, else None."""
+    """``doc`` if it looks like an ``AlertEvent.to_dict()`` or a technical alert, else None."""
     if not isinstance(doc, dict):
+        return None
+    kind = doc.get("kind")
+    if kind == "technical":
+        return doc if _valid_technical(doc) else None
+    if kind not in (None, "clinical"):
         return None
     metric, severity, state = doc.get("metric"), doc.get("severity"), doc.get("state")
     ok = (
@@ -319,6 +466,27 @@ def _valid_event(doc: Any) -> dict[str, Any] | None:
     )
     return doc if ok else None
 
+
+def _valid_technical(doc: dict[str, Any]) -> bool:
+    """The technical-alert contract: ``metric == "technical"``, ``rule`` ``tech.<code>``, only raised and
+    cleared, ``patient`` an id or null, ``wards`` ids or ``"*"``, plain-text message and remedy."""
+    severity, state, rule, wards = doc.get("severity"), doc.get("state"), doc.get("rule"), doc.get("wards")
+    return (
+        is_valid_id(doc.get("alert_id")) and is_valid_id(rule) and isinstance(rule, str) and rule.startswith("tech.")
+        and doc.get("metric") == "technical" and (doc.get("patient") is None or is_valid_id(doc.get("patient")))
+        and isinstance(severity, str) and severity in SEVERITY_RANK
+        and isinstance(state, str) and state in TECHNICAL_STATES
+        and isinstance(wards, list) and 0 < len(wards) <= TECHNICAL_WARDS_MAX
+        and all(w == "*" or is_valid_id(w) for w in wards)
+        and is_valid_id(doc.get("component"))
+        and _finite(doc.get("time")) and (doc.get("since") is None or _finite(doc.get("since")))
+        and doc.get("value") is None and doc.get("by") is None
+        and _short_text(doc.get("message", "")) and _short_text(doc.get("remedy", ""))
+    )
+
+
+def _short_text(x: object) -> bool:
+    return isinstance(x, str) and len(x) <= TECHNICAL_TEXT_MAX
 
 def _finite(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -538,11 +706,12 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
 
 @dataclass
 class Session:
-    """A logged-in station."""
+    """A logged-in station (``kiosk``: the id of the kiosk token it came from)."""
 
     station: str
     csrf: str
     last_seen: float
+    kiosk: str | None = None
 
 
 @dataclass
@@ -557,6 +726,19 @@ class StationState:
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, list[float]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    audit: AuditLog | None = None
+    kiosks: KioskRegistry | None = None
+
+    def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
+               note: str = "", minutes: float = 0.0) -> None:
+        """Queue one audit entry (nothing without InfluxDB)."""
+        if self.audit is None:
+            return
+        self.audit.record(AuditEntry(
+            action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
+            patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
+            rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
+            minutes=minutes, at=time.time()))
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
@@ -605,7 +787,25 @@ def _session(request: web.Request) -> Session | None:
     sess = st.sessions.get(token or "")
     now = time.time()
     if sess is None or now - sess.last_seen > SESSION_IDLE_S:
+        return _kiosk_session(st, request.cookies.get(KIOSK_COOKIE), now)
+    sess.last_seen = now
+    return sess
+
+
+def _kiosk_session(st: StationState, token: str | None, now: float) -> Session | None:
+    """The session of a valid kiosk token (made on first use, so it survives a server restart)."""
+    if st.kiosks is None or not token:
         return None
+    kiosk = st.kiosks.verify(token)
+    entry = st.roster.stations.get(kiosk.station) if kiosk else None
+    if kiosk is None or entry is None or entry.ward != st.board.ward:
+        return None
+    key = f"kiosk:{kiosk.id}"
+    sess = st.sessions.get(key)
+    if sess is None:
+        sess = st.sessions[key] = Session(station=kiosk.station, csrf=secrets.token_urlsafe(32), last_seen=now,
+                                          kiosk=kiosk.id)
+        _LOGGER.info("kiosk %s of station %s reconnected", kiosk.id, kiosk.station)
     sess.last_seen = now
     return sess
 
@@ -677,11 +877,21 @@ async def login(request: web.Request) -> web.StreamResponse:
         st.failures.setdefault(addr, []).append(now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
         return _login_page("Wrong station or password.", status=401)
+    kiosk_token = None
+    if form.get("kiosk"):
+        if st.kiosks is None:
+            return _login_page("This station server keeps no kiosk tokens (start it with --state-dir). "
+                               "Log in without the kiosk box.", status=400)
+        kiosk, kiosk_token = st.kiosks.issue(entry.id, label=str(form.get("label", "")))
+        st.record("kiosk_issued", station=entry.id, note=kiosk.id)
     token = secrets.token_urlsafe(32)
     st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now)
-    _LOGGER.info("station %s logged in from %s", entry.id, addr)
+    _LOGGER.info("station %s logged in from %s%s", entry.id, addr, " as a kiosk" if kiosk_token else "")
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    if kiosk_token:
+        resp.set_cookie(KIOSK_COOKIE, kiosk_token, httponly=True, samesite="Strict", secure=request.secure,
+                        path="/", max_age=KIOSK_COOKIE_MAX_AGE_S)
     return resp
 
 
@@ -695,8 +905,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not _csrf_ok(token, sess):
             raise web.HTTPForbidden(text="missing or wrong CSRF token")
         st.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        if st.kiosks is not None:  # a kiosk cookie of this station, whichever session it came with
+            kiosk = st.kiosks.verify(request.cookies.get(KIOSK_COOKIE))
+            if kiosk is not None and kiosk.station == sess.station and st.kiosks.revoke(kiosk.id):
+                st.sessions.pop(f"kiosk:{kiosk.id}", None)
+                st.record("kiosk_revoked", station=sess.station, note=kiosk.id)
     resp = web.Response(status=303, headers={"Location": "/login"})
     resp.del_cookie(COOKIE, path="/", samesite="Strict")
+    resp.del_cookie(KIOSK_COOKIE, path="/", samesite="Strict")
     return resp
 
 
@@ -713,7 +929,9 @@ async def session_info(request: web.Request) -> web.Response:
     st = request.app[STATE_KEY]
     entry = st.roster.stations.get(sess.station)
     return web.json_response({"station": sess.station, "station_name": (entry.name if entry else "") or sess.station,
-                              "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf},
+                              "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf,
+                              "kiosk": sess.kiosk is not None, "heartbeat_s": SSE_HEARTBEAT_S,
+                              "heartbeat_deadline_s": HEARTBEAT_DEADLINE_S},
                              dumps=lambda d: orjson.dumps(d).decode())
 
 
@@ -723,20 +941,45 @@ async def alerts(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].board.snapshot(), dumps=lambda d: orjson.dumps(d).decode())
 
 
-async def acknowledge(request: web.Request) -> web.Response:
-    """POST /api/ack ``{"alert_id", "by"}`` → ``rpm.alert-acks``; 202 once Kafka has it."""
-    sess = _require(request)
+def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+async def _json_body(request: web.Request, sess: Session) -> dict[str, Any]:
+    """The posted JSON object (CSRF checked); 415/400 otherwise."""
     _check_csrf(request, sess)
-    st = request.app[STATE_KEY]
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON"}', content_type="application/json")
+        raise _json_error(web.HTTPUnsupportedMediaType, "send JSON")
     try:
         body = orjson.loads(await request.read())
-        if not isinstance(body, dict) or not isinstance(body.get("alert_id"), str):
-            raise AckDecodeError("send a JSON object with alert_id and by")
+    except orjson.JSONDecodeError as exc:
+        raise _json_error(web.HTTPBadRequest, "send a JSON object") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("alert_id"), str):
+        raise _json_error(web.HTTPBadRequest, "send a JSON object with alert_id")
+    return body
+
+
+def _note(body: dict[str, Any]) -> str:
+    """The optional free-text note of an acknowledgement: printable, at most ``NOTE_MAX`` characters."""
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > NOTE_MAX or not all(ch.isprintable() for ch in note):
+        raise _json_error(web.HTTPBadRequest, f"note must be printable text of at most {NOTE_MAX} characters")
+    return note.strip()
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """POST /api/ack ``{"alert_id", "by", "note"?}`` → ``rpm.alert-acks``; 202 once Kafka has it."""
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    body = await _json_body(request, sess)
+    note = _note(body)
+    try:
         view = st.board.alerts.get(body["alert_id"])
         if view is None:
             raise web.HTTPNotFound(text='{"error": "no such alert on this ward"}', content_type="application/json")
+        if view.technical or view.patient is None:
+            raise _json_error(web.HTTPConflict, "a technical alarm cannot be acknowledged: it clears when its "
+                                                "cause is fixed (you may silence it)")
         ack = Ack(alert_id=view.alert_id, patient=view.patient, by=body.get("by", ""), at=time.time(),
                   station=sess.station)
     except (orjson.JSONDecodeError, AckDecodeError) as exc:
@@ -751,9 +994,32 @@ async def acknowledge(request: web.Request) -> web.Response:
         _LOGGER.error("acknowledgement of alert %s could not be sent: %s", ack.alert_id, type(exc).__name__)
         raise web.HTTPServiceUnavailable(text='{"error": "could not reach Kafka; try again"}',
                                          content_type="application/json") from exc
-    st.board.apply_ack(ack)
+    st.board.apply_ack(ack, note=note)
+    st.record("ack", view, station=sess.station, by=ack.by, note=note)
     _LOGGER.info("alert %s of patient %s acknowledged at station %s", ack.alert_id, ack.patient, ack.station)
     return web.json_response({"status": "sent", "alert_id": ack.alert_id}, status=202)
+
+
+async def silence(request: web.Request) -> web.Response:
+    """POST /api/silence ``{"alert_id", "minutes", "by"}``: no sound for that alert for a while (0: end it).
+
+    The alert stays on the screen; the policy's ``silence_max`` is the limit (409 beyond it).
+    """
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    body = await _json_body(request, sess)
+    raw_minutes, by = body.get("minutes"), body.get("by")
+    if not _finite(raw_minutes) or not isinstance(by, str) or not 0 < len(by.strip()) <= 64 or not by.isprintable():
+        raise _json_error(web.HTTPBadRequest, "send minutes (a number) and by (your name, 1-64 characters)")
+    minutes = float(raw_minutes)  # type: ignore[arg-type]  # _finite: an int or float
+    try:
+        view = st.board.silence(body["alert_id"], minutes, by=by.strip(), station=sess.station)
+    except SilenceRefused as exc:
+        raise _json_error(web.HTTPConflict, str(exc)) from exc
+    st.record("silence" if view.silenced_until else "unsilence", view, station=sess.station, by=by.strip(),
+              minutes=minutes)
+    _LOGGER.info("alert %s silenced for %g min at station %s", view.alert_id, minutes, sess.station)
+    return web.json_response(st.board.client(view), dumps=lambda d: orjson.dumps(d).decode())
 
 
 async def sparkline(request: web.Request) -> web.Response:
@@ -761,7 +1027,7 @@ async def sparkline(request: web.Request) -> web.Response:
     _require(request)
     st = request.app[STATE_KEY]
     view = st.board.alerts.get(request.query.get("alert_id", ""))
-    if view is None:
+    if view is None or view.patient is None:
         raise web.HTTPNotFound(text="no such alert on this ward")
     svg = await st.sparklines.svg(view.patient, view.metric)
     return web.Response(text=svg, content_type="image/svg+xml")
@@ -769,8 +1035,10 @@ async def sparkline(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: 200 once the board has caught up with Kafka."""
-    board = request.app[STATE_KEY].board
-    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts)},
+    st = request.app[STATE_KEY]
+    board = st.board
+    audit = {"written": st.audit.written, "failed": st.audit.failed} if st.audit else None
+    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit},
                              status=200 if board.caught_up else 503)
 
 
@@ -807,14 +1075,15 @@ async def _stream_changes(request: web.Request, resp: web.StreamResponse, st: St
             await resp.write(_sse("logout", {}))
             break
         for view in board.changes_since(seq):
-            await resp.write(_sse("alert", view.to_client(), board.event_id(view.seq)))
+            await resp.write(_sse("alert", board.client(view), board.event_id(view.seq)))
         seq = max(seq, board.seq)
         if board.caught_up != caught_up:
             caught_up = board.caught_up
             await resp.write(_sse("status", {"caught_up": caught_up}))
         await board.wait_change(seq, within_s=SSE_HEARTBEAT_S)
         if board.seq == seq and board.caught_up == caught_up:
-            await resp.write(b": ping\n\n")
+            # an event, not a comment: EventSource hides comments from the page, which must hear it
+            await resp.write(b"event: ping\ndata: {}\n\n")
 
 
 def create_app(state: StationState) -> web.Application:
@@ -829,6 +1098,7 @@ def create_app(state: StationState) -> web.Application:
     app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/ack", acknowledge)
+    app.router.add_post("/api/silence", silence)
     app.router.add_get("/api/sparkline", sparkline)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", _static_dir(), show_index=False)
@@ -852,6 +1122,7 @@ class StationOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     roster: str | None = None
+    state_dir: str | None = None
 
 
 def resolve_ward(roster: Roster, ward: str | None) -> str:
@@ -881,11 +1152,13 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     """Run the station until SIGINT/SIGTERM."""
     ward = resolve_ward(roster, options.ward)
     bootstrap = settings.kafka_bootstrap()
-    board = AlertBoard(ward=ward, roster=roster)
+    board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(settings.rules_path))
     sender = AckSender(bootstrap=bootstrap)
     sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
-                         ward_name=roster.wards[ward].name if ward in roster.wards else ward)
+                         ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
+                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None)
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -902,13 +1175,29 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         async with asyncio.TaskGroup() as tg:
             feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap).run(), name="alert-feed")
             pruner = tg.create_task(_prune_forever(board), name="prune")
+            ticker = tg.create_task(tick_forever(state), name="tick")
+            writer = tg.create_task(audit.run(), name="audit")
             await stop.wait()
-            feed.cancel()
-            pruner.cancel()
+            await audit.drain()
+            for task in (feed, pruner, ticker, writer):
+                task.cancel()
     finally:
         await runner.cleanup()
         await sender.stop()
         await sparklines.close()
+
+
+async def tick_forever(state: StationState) -> None:
+    """Every ``TICK_S``: re-alarm what is due, end silences that ran out, audit both."""
+    while True:
+        await asyncio.sleep(TICK_S)
+        if not state.board.caught_up:
+            continue  # an interval is judged on the whole history, not half of it
+        for change in state.board.tick():
+            state.record(change.action, change.view)
+            if change.action == "realarm":
+                _LOGGER.info("alert %s of patient %s alarms again (acknowledged, still open)",
+                             change.view.alert_id, change.view.patient)
 
 
 async def _prune_forever(board: AlertBoard) -> None:

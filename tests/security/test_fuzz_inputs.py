@@ -219,6 +219,33 @@ def test_fuzz_the_nurse_station_feed_applies_or_ignores_alert_records(docs: list
     orjson.dumps(board.snapshot())
 
 
+VALID_TECHNICAL = {"alert_id": "t-workers", "patient": None, "rule": "tech.workers_missing", "metric": "technical",
+                   "severity": "critical", "state": "raised", "time": NOW, "since": NOW - 60, "value": None,
+                   "message": "No worker is processing readings", "by": None, "kind": "technical", "wards": ["*"],
+                   "remedy": "Restart the worker service", "component": "worker"}
+
+
+@FUZZ
+@given(docs=st.lists(any_field(VALID_TECHNICAL), min_size=1, max_size=3))
+@example(docs=[{**VALID_TECHNICAL, "wards": [[]]}, {**VALID_TECHNICAL, "kind": {}}, {**VALID_TECHNICAL, "state": []}])
+@example(docs=[{**VALID_TECHNICAL, "patient": "p0001", "state": "acknowledged"}])
+def test_fuzz_technical_alert_records_are_applied_or_ignored_and_never_pass_as_clinical(docs: list[dict[str, Any]]
+                                                                                        ) -> None:
+    board = AlertBoard(ward="all", roster=default_roster({}), clock=lambda: NOW)
+    feed = AlertFeed(board, bootstrap="127.0.0.1:9")
+    for doc in [*docs, VALID_TECHNICAL, *docs]:
+        feed._apply(topics.ALERTS, None, dumps(doc), int(NOW * 1000))
+    assert VALID_TECHNICAL["alert_id"] in board.alerts, "a good record after bad ones is applied"
+    for view in board.alerts.values():
+        client = view.to_client()
+        if client["kind"] == "technical":
+            assert client["metric"] == "technical" and client["state"] in ("raised", "cleared") and not client["ack"]
+            assert client["rule"].startswith("tech.") and client["wards"]
+        else:
+            assert client["metric"] in ("heart_rate", "glucose", "rr_interval") and client["patient"]
+    orjson.dumps(board.snapshot())
+
+
 @FUZZ
 @given(tail=st.text(max_size=30) | st.from_regex(r"\d{1,30}", fullmatch=True) | st.just("9" * 5000))
 @example(tail="²")  # str.isdigit, but int() refuses it: ValueError ended the SSE stream
