@@ -877,15 +877,16 @@ async def login(request: web.Request) -> web.StreamResponse:
         st.failures.setdefault(addr, []).append(now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
         return _login_page("Wrong station or password.", status=401)
-    kiosk_token = None
+    kiosk_token, kiosk_id = None, None
     if form.get("kiosk"):
         if st.kiosks is None:
             return _login_page("This station server keeps no kiosk tokens (start it with --state-dir). "
                                "Log in without the kiosk box.", status=400)
         kiosk, kiosk_token = st.kiosks.issue(entry.id, label=str(form.get("label", "")))
+        kiosk_id = kiosk.id
         st.record("kiosk_issued", station=entry.id, note=kiosk.id)
     token = secrets.token_urlsafe(32)
-    st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now)
+    st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now, kiosk=kiosk_id)
     _LOGGER.info("station %s logged in from %s%s", entry.id, addr, " as a kiosk" if kiosk_token else "")
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")

@@ -242,7 +242,14 @@ function setConn(kind, text) {
 }
 
 function heard() {
+  // Something arrived on the live stream: contact is back (a stream that stalled and resumed
+  // never fires "open" again, so this is where a "no contact" alarm ends).
   state.lastMessage = Date.now();
+  if (state.dark && !state.dark.login && state.es && state.es.readyState === EventSource.OPEN) {
+    state.live = true;
+    setConn("ok", "Live");
+    clearDark();
+  }
 }
 
 function connect() {
@@ -250,7 +257,7 @@ function connect() {
   const url = "/api/events" + (state.lastId ? `?last=${encodeURIComponent(state.lastId)}` : "");
   const es = new EventSource(url);
   state.es = es;
-  heard();
+  state.lastMessage = Date.now();  // the deadline starts again for the new connection
   es.addEventListener("snapshot", (e) => { heard(); onSnapshot(e); });
   es.addEventListener("alert", (e) => { heard(); onAlert(e); });
   es.addEventListener("status", (e) => { heard(); onStatus(e); });
@@ -301,10 +308,12 @@ function watchdog() {
   const silentMs = Date.now() - state.lastMessage;
   if (!(state.dark && state.dark.login) && silentMs > state.deadlineMs) {
     state.live = false;
-    setConn("bad", "No contact, reconnecting…");
-    goDark("No contact with the station server",
-      `Nothing received for ${Math.round(silentMs / 1000)} s (the server sends a heartbeat every few seconds).`,
-      "Watch patients another way (another station, rounds) and call technical support if this stays.", false);
+    if (!state.dark) {  // already dark (connection lost): keep that cause on the screen
+      setConn("bad", "No contact, reconnecting…");
+      goDark("No contact with the station server",
+        `Nothing received for ${Math.round(silentMs / 1000)} s (the server sends a heartbeat every few seconds).`,
+        "Watch patients another way (another station, rounds) and call technical support if this stays.", false);
+    }
     if (silentMs > state.deadlineMs + 4000) connect();
   }
   darkTone();
@@ -570,7 +579,8 @@ async function init() {
   $("sound").addEventListener("click", (e) => { e.stopPropagation(); enableSound(); });
   document.addEventListener("click", () => { if (soundWanted()) resumeSound(); });
   audioContext();
-  await resumeSound();
+  resumeSound();  // not awaited: a browser that blocks autoplay never settles resume() before a click
+  updateSoundButton();
   connect();
   setInterval(watchdog, CHECK_MS);
   setInterval(() => { render(); remind(); updateSoundButton(); }, 30000);
