@@ -94,7 +94,8 @@ def parse_alarm_policy(section: Any, *, source: str = "<string>") -> AlarmPolicy
     silence = {**DEFAULT_SILENCE_MAX_S, **_per_severity(section.get("silence_max"), f"{where}.silence_max", False)}
     tech = section.get("technical_silence_max", DEFAULT_TECHNICAL_SILENCE_MAX_S)
     rules: dict[str, tuple[Mapping[str, float | None], Mapping[str, float]]] = {}
-    for name, entry in (_mapping(section.get("rules") or {}, f"{where}.rules", None)).items():
+    own_rules = {} if section.get("rules") is None else section["rules"]
+    for name, entry in _mapping(own_rules, f"{where}.rules", None).items():
         if not is_valid_id(name):
             raise AlarmPolicyError(f"{where}.rules: {name!r} is not a rule name")
         _mapping(entry, f"{where}.rules.{name}", _RULE_KEYS)

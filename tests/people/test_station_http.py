@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ from rpm_core.roster import Roster, default_roster, hash_password
 from rpm_core.services import Stack
 from stream.acks import decode_ack
 from stream.nurse_station import AckSender, AlertBoard, AlertFeed, Sparklines, StationState, create_app
+from stream.station_kiosk import KioskRegistry
 from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
 from tests.support.influx import fake_influx
@@ -35,7 +37,7 @@ def roster() -> Roster:
 
 
 @contextlib.asynccontextmanager
-async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
+async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None
                   ) -> AsyncIterator[tuple[str, AlertBoard]]:
     """Run a station in this event loop; yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
@@ -43,7 +45,8 @@ async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
     sender = AckSender(bootstrap=bootstrap)
     await sender.start()
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
-    state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients")
+    state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients",
+                         kiosks=kiosks)
     runner = web.AppRunner(create_app(state), shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -249,7 +252,21 @@ async def test_hostile_requests_get_a_4xx_and_the_station_keeps_serving(stack: S
         for body in bodies:
             async with http.post(f"{url}/api/ack", data=body.encode(errors="surrogatepass"), headers=headers) as resp:
                 assert resp.status in (400, 404), (body[:60], resp.status, await resp.text())
-        assert board.alerts[raised["alert_id"]].active, "no hostile body acknowledged the alert"
+        assert board.alerts[raised["alert_id"]].alarming, "no hostile body acknowledged the alert"
+        # Silences and notes likewise: each field of each kind, minutes at and past the floor
+        minutes = [v for v in HOSTILE_JSON if v != "0"]  # 0 is valid: it ends a silence
+        for body in [*HOSTILE_JSON, *(f'{{"alert_id": {alert_id}, "by": {by}, "minutes": {v}}}' for v in minutes),
+                     *(f'{{"alert_id": {alert_id}, "by": {v}, "minutes": 5}}' for v in HOSTILE_JSON if v != '"x"'),
+                     f'{{"alert_id": {alert_id}, "by": {by}, "minutes": 30.000001}}',
+                     f'{{"alert_id": {alert_id}, "by": "{"x" * 65}", "minutes": 5}}']:
+            async with http.post(f"{url}/api/silence", data=body.encode(errors="surrogatepass"),
+                                 headers=headers) as resp:
+                assert resp.status in (400, 404, 409), (body[:60], resp.status, await resp.text())
+        assert board.alerts[raised["alert_id"]].silenced_until is None, "no hostile body silenced the alert"
+        for note in [*HOSTILE_JSON[:5], '"' + "n" * 201 + '"', '"line\nbreak"', '"\u0000"']:
+            async with http.post(f"{url}/api/ack", data=f'{{"alert_id": {alert_id}, "by": {by}, "note": {note}}}',
+                                 headers=headers) as resp:
+                assert resp.status == 400, (note[:30], resp.status)
         # SSE resume ids that are not ids of this run: a fresh snapshot (int() once raised and cut the stream)
         for last in (f"{board.boot}-\u00b2", f"{board.boot}-{'9' * 5000}", f"{board.boot}-\u0661", f"{board.boot}-",
                      f"{board.boot}-1-1", "-", "x" * 4000):
@@ -304,3 +321,40 @@ async def test_a_sparkline_from_a_malformed_influxdb_answer_is_empty_not_an_erro
             async with http.get(f"{url}/api/sparkline", params={"alert_id": e["alert_id"]}) as resp:
                 assert resp.status == 200, (answer, resp.status)
                 assert "no data in the last hour" in await resp.text()
+
+
+async def test_a_kiosk_token_survives_a_restart_and_forged_or_revoked_ones_do_not(stack: Stack, roster: Roster,
+                                                                                   tmp_path: Path) -> None:
+    await ensure_topics(stack.settings.kafka_bootstrap(), partitions=2)
+    async with station(stack, roster) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 400 and "--state-dir" in await resp.text(), "no state dir: no kiosk, said"
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 303
+            cookie = next(v for v in resp.headers.getall("Set-Cookie") if v.startswith("rpm_kiosk="))
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=34560000" in cookie
+        kiosk_token = next(c.value for c in http.cookie_jar if c.key == "rpm_kiosk")
+    # A restart: a new process, a new session store; the same state directory.
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async def session_with(token: str) -> int:
+            http.cookie_jar.clear()
+            http.cookie_jar.update_cookies({"rpm_kiosk": token})
+            async with http.get(f"{url}/api/session") as resp:
+                return resp.status
+
+        assert await session_with(kiosk_token) == 200
+        async with http.get(f"{url}/api/session") as resp:
+            assert (await resp.json())["kiosk"] is True
+        body, _, sig = kiosk_token.rpartition("~")
+        forged = [body.replace("desk-1", "desk-2") + "~" + sig, body + "~" + sig[:-2] + "AA", body + "~",
+                  "k1~x~desk-1~1~" + sig, kiosk_token + "~", "é" * 10, "x" * 401, KioskRegistry(tmp_path / "other")
+                  .issue("desk-1")[1]]
+        for token in forged:
+            assert await session_with(token) == 401, token[:40]
+        kiosk_id = kiosk_token.split("~")[1]
+        assert KioskRegistry(tmp_path).revoke(kiosk_id), "revoked from another process (the CLI)"
+        assert await session_with(kiosk_token) == 401, "revoked: out at once, in the running server"
+        assert not KioskRegistry(tmp_path).revoke(kiosk_id), "revoking twice says so"
