@@ -37,7 +37,7 @@ import signal
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,12 +50,14 @@ from aiohttp import web
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, load_roster
+from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
 from rpm_core.wire import METRICS, is_valid_id
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
 from stream.station_audit import AuditEntry, AuditLog
 from stream.station_kiosk import KioskRegistry
+from stream.station_overview import Overview
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -609,24 +611,35 @@ class AckSender:
 
 
 class Sparklines:
-    """Last-hour trend of one patient's metric as a small inline SVG, from InfluxDB ``vitals``."""
+    """Last-hour trend of one patient's metric as a small inline SVG, from InfluxDB ``vitals``.
 
-    def __init__(self, *, url: str | None, db: str, token: str = "") -> None:
+    ``thresholds`` are drawn as dashed lines (from the rules: see :func:`rule_thresholds`).
+    """
+
+    def __init__(self, *, url: str | None, db: str, token: str = "",
+                 thresholds: Mapping[str, Sequence[Threshold]] | None = None) -> None:
         self.url = url.rstrip("/") if url else None
         self.db = db
         self.token = token
-        self._cache: dict[tuple[str, str], tuple[float, str]] = {}
+        self.thresholds: Mapping[str, Sequence[Threshold]] = thresholds or {}
+        self._cache: dict[tuple[str, str, str | None, bool], tuple[float, str]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def svg(self, patient: str, metric: str) -> str:
-        """The sparkline (cached for ``SPARKLINE_CACHE_S``); an empty SVG without data or InfluxDB."""
+    async def svg(self, patient: str, metric: str, *, rule: str | None = None, large: bool = False) -> str:
+        """The sparkline (cached for ``SPARKLINE_CACHE_S``); an empty SVG without data or InfluxDB.
+
+        ``rule``: draw only that rule's thresholds (an alert's card); else every rule's of ``metric``.
+        """
         now = time.monotonic()
-        hit = self._cache.get((patient, metric))
+        key = (patient, metric, rule, large)
+        hit = self._cache.get(key)
         if hit is not None and now - hit[0] < SPARKLINE_CACHE_S:
             return hit[1]
         points = await self._points(patient, metric)
-        svg = render_sparkline(points, metric=metric)
-        self._cache[(patient, metric)] = (now, svg)
+        lines = [t for t in self.thresholds.get(metric, ()) if rule is None or t.rule == rule]
+        size = {"width": 560, "height": 190} if large else {}
+        svg = render_sparkline(points, metric=metric, thresholds=lines, now=time.time(), **size)
+        self._cache[key] = (now, svg)
         return svg
 
     async def _points(self, patient: str, metric: str) -> list[tuple[float, float]]:
@@ -677,28 +690,72 @@ def sparkline_points(doc: Any) -> list[tuple[float, float]]:
     return points
 
 
-def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 180, height: int = 44) -> str:
-    """An SVG polyline of ``points`` (time, value), scaled to fit, with the last point marked."""
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold line of a rule: ``value`` at ``severity``."""
+
+    rule: str
+    severity: str
+    value: float
+
+
+def rule_thresholds(ruleset: Any) -> dict[str, list[Threshold]]:
+    """Threshold lines per metric of the enabled ``threshold`` rules of a detectors ``RuleSet``."""
+    out: dict[str, list[Threshold]] = {}
+    for rule in getattr(ruleset, "rules", ()):
+        if getattr(rule, "type", "") != "threshold" or not rule.enabled:
+            continue
+        for level in rule.levels:
+            out.setdefault(rule.metric, []).append(Threshold(rule.name, level.severity.label, float(level.threshold)))
+    return out
+
+
+_SEVERITY_COLOUR: Final = {"critical": "#ff5252", "warning": "#ffb300", "info": "#42a5f5"}
+
+
+def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 280, height: int = 78,
+                     thresholds: Sequence[Threshold] = (), now: float | None = None,
+                     window_s: float = 3600.0) -> str:
+    """An SVG of ``points`` (time, value) over the last ``window_s`` up to ``now``: the value scale
+    (lowest and highest) on the left, a time axis (−60 min … now) below, the ``thresholds`` as dashed
+    lines in their severity's colour, the last point marked. Drawn from numbers only."""
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {width} {height}" '
             f'width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)} trend, last hour">')
     if len(points) < 2:
         return head + (f'<text x="4" y="{height // 2 + 5}" fill="#9aa3ad" font-size="13">'
                        "no data in the last hour</text></svg>")
-    ts, vs = [p[0] for p in points], [p[1] for p in points]
-    t0, t1 = min(ts), max(ts)
+    left, bottom, top = 34, 14, 4
+    t1 = max(p[0] for p in points) if now is None else max(now, max(p[0] for p in points))
+    t0 = t1 - window_s
+    vs = [p[1] for p in points] + [t.value for t in thresholds]
     lo, hi = min(vs), max(vs)
-    pad = max((hi - lo) * 0.1, 1e-9)
+    pad = max((hi - lo) * 0.08, 1.0)
     lo, hi = lo - pad, hi + pad
 
-    def xy(t: float, v: float) -> tuple[float, float]:
-        x = 2 + (t - t0) / max(t1 - t0, 1e-9) * (width - 8)
-        y = height - 2 - (v - lo) / (hi - lo) * (height - 4)
-        return round(x, 1), round(y, 1)
+    def x(t: float) -> float:
+        return round(left + max(0.0, t - t0) / window_s * (width - left - 4), 1)
 
-    coords = " ".join(f"{x},{y}" for x, y in (xy(t, v) for t, v in points))
-    lx, ly = xy(ts[-1], vs[-1])
-    return (head + f'<polyline fill="none" stroke="#e8eef5" stroke-width="2" points="{coords}"/>'
-            f'<circle cx="{lx}" cy="{ly}" r="3.5" fill="#ffd54f"/></svg>')
+    def y(v: float) -> float:
+        return round(height - bottom - (v - lo) / (hi - lo) * (height - bottom - top), 1)
+
+    digits = 2 if metric == "rr_interval" else 0
+    parts = [head, f'<rect x="{left}" y="{top}" width="{width - left - 4}" height="{height - bottom - top}" '
+                   'fill="none" stroke="#2c363f"/>']
+    parts += [f'<line x1="{left}" x2="{width - 4}" y1="{y(th.value)}" y2="{y(th.value)}" '
+              f'stroke="{_SEVERITY_COLOUR.get(th.severity, "#9aa3ad")}" stroke-dasharray="4 3" stroke-width="1.2">'
+              f"<title>{html.escape(th.rule)} {th.severity} {th.value:g}</title></line>" for th in thresholds]
+    parts += [f'<text x="{left - 3}" y="{y(v) + 4}" fill="#9aa3ad" font-size="11" text-anchor="end">'
+              f"{v:.{digits}f}</text>" for v in (lo + pad, hi - pad)]
+    for frac, label in ((0.0, f"−{window_s / 60:g} min"), (0.5, f"−{window_s / 120:g}"), (1.0, "now")):
+        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
+        parts.append(f'<text x="{x(t0 + frac * window_s)}" y="{height - 2}" fill="#9aa3ad" font-size="10" '
+                     f'text-anchor="{anchor}">{label}</text>')
+    inside = [(t, v) for t, v in points if t >= t0]
+    coords = " ".join(f"{x(t)},{y(v)}" for t, v in inside)
+    parts.append(f'<polyline fill="none" stroke="#e8eef5" stroke-width="2" points="{coords}"/>')
+    if inside:
+        parts.append(f'<circle cx="{x(inside[-1][0])}" cy="{y(inside[-1][1])}" r="3.5" fill="#ffd54f"/>')
+    return "".join(parts) + "</svg>"
 
 
 # -- the web app ------------------------------------------------------------------------------------
@@ -728,6 +785,7 @@ class StationState:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AuditLog | None = None
     kiosks: KioskRegistry | None = None
+    overview: Overview | None = None
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0) -> None:
@@ -1030,8 +1088,34 @@ async def sparkline(request: web.Request) -> web.Response:
     view = st.board.alerts.get(request.query.get("alert_id", ""))
     if view is None or view.patient is None:
         raise web.HTTPNotFound(text="no such alert on this ward")
-    svg = await st.sparklines.svg(view.patient, view.metric)
+    svg = await st.sparklines.svg(view.patient, view.metric, rule=view.rule)
     return web.Response(text=svg, content_type="image/svg+xml")
+
+
+async def overview(request: web.Request) -> web.Response:
+    """GET /api/overview: a tile per patient of the ward (current values, trend, data age, device)."""
+    _require(request)
+    st = request.app[STATE_KEY]
+    tiles = await st.overview.tiles() if st.overview is not None else {}
+    ward = st.roster.wards.get(st.board.ward) if st.roster.configured else None
+    if ward is not None:
+        patients = sorted(ward.patients)
+    else:  # ward "all": every patient with data or an alert
+        patients = sorted(set(tiles) | {v.patient for v in st.board.alerts.values() if v.patient})
+    error = st.overview.error if st.overview is not None else "no InfluxDB configured"
+    body = {"now": time.time(), "error": error,
+            "patients": [{"patient": p, **tiles.get(p, {})} for p in patients]}
+    return web.json_response(body, dumps=lambda d: orjson.dumps(d).decode())
+
+
+async def trend_svg(request: web.Request) -> web.Response:
+    """GET /api/trend?patient=…&metric=…: the last hour of one metric of a patient of this ward, as SVG."""
+    _require(request)
+    st = request.app[STATE_KEY]
+    patient, metric = request.query.get("patient", ""), request.query.get("metric", "")
+    if not is_valid_id(patient) or metric not in METRICS or not st.roster.in_ward(patient, st.board.ward):
+        raise web.HTTPNotFound(text="no such patient or metric on this ward")
+    return web.Response(text=await st.sparklines.svg(patient, metric, large=True), content_type="image/svg+xml")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -1101,6 +1185,8 @@ def create_app(state: StationState) -> web.Application:
     app.router.add_post("/api/ack", acknowledge)
     app.router.add_post("/api/silence", silence)
     app.router.add_get("/api/sparkline", sparkline)
+    app.router.add_get("/api/overview", overview)
+    app.router.add_get("/api/trend", trend_svg)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", _static_dir(), show_index=False)
 
@@ -1148,18 +1234,31 @@ def resolve_ward(roster: Roster, ward: str | None) -> str:
     return ward
 
 
+def _rules_path(settings: Settings) -> Path:
+    """The rules file the workers use (``RPM_RULES``), else the built-in one, said in the log."""
+    path = Path(settings.rules_path)
+    if path.is_file():
+        return path
+    _LOGGER.warning("rules file %s not found: re-alarm intervals, silence limits and threshold lines come from "
+                    "the built-in rules; set RPM_RULES to the workers' file", path)
+    return default_rules_path()
+
+
 async def serve(settings: Settings, roster: Roster, options: StationOptions,
                 on_ready: Callable[[str], None] | None = None) -> None:
     """Run the station until SIGINT/SIGTERM."""
     ward = resolve_ward(roster, options.ward)
     bootstrap = settings.kafka_bootstrap()
-    board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(settings.rules_path))
+    rules_path = _rules_path(settings)
+    board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(rules_path))
     sender = AckSender(bootstrap=bootstrap)
-    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
+                            thresholds=rule_thresholds(load_rules(rules_path)))
     audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
-                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None)
+                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles)
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -1186,6 +1285,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         await runner.cleanup()
         await sender.stop()
         await sparklines.close()
+        await tiles.close()
 
 
 async def tick_forever(state: StationState) -> None:

@@ -17,7 +17,15 @@ const SILENCE_CHOICES_MIN = [2, 5, 10, 15, 30, 60];
 const ACK_ACTIONS = ["", "15 g carbohydrate given", "Called patient", "Physician informed", "Checked device",
   "Visited patient"];
 
+const OVERVIEW_REFRESH_MS = 15000;
+const ARROWS = { "steady": "→", "up-slow": "↗", "up-fast": "↑", "up-very-fast": "⇈", "down-slow": "↘",
+  "down-fast": "↓", "down-very-fast": "⇊", "unknown": "" };
+const ARROW_WORDS = { "steady": "steady", "up-slow": "rising", "up-fast": "rising fast",
+  "up-very-fast": "rising very fast", "down-slow": "falling", "down-fast": "falling fast",
+  "down-very-fast": "falling very fast", "unknown": "trend unknown" };
+
 const state = {
+  overview: { patients: [], error: null, at: 0 }, detailPatient: null,
   alerts: new Map(), lastId: null, csrf: "", es: null, lastMessage: Date.now(), deadlineMs: 4000,
   audio: null, fresh: new Map(), sparks: new Map(), pendingAcks: new Map(), lastRemind: Date.now(),
   dark: null, darkTone: 0, beeps: 0, live: false, kiosk: false,
@@ -405,6 +413,137 @@ function silenceControls(a, err) {
   return box;
 }
 
+// -- ward overview and patient detail ---------------------------------------------------------
+
+async function loadOverview() {
+  try {
+    const r = await fetch("/api/overview", { credentials: "same-origin" });
+    if (r.status === 401) { loggedOut(); return; }
+    if (!r.ok) return;
+    const body = await r.json();
+    state.overview = { patients: body.patients, error: body.error, at: Date.now() };
+    render();  // tiles and the alarm cards' current values
+  } catch (err) { /* the dark screen tells about a lost server */ }
+}
+
+function patientAlerts(patient) {
+  return [...state.alerts.values()].filter((a) => a.patient === patient && a.kind !== "technical");
+}
+
+function topAlarm(patient) {
+  const open = patientAlerts(patient).filter((a) => a.open).sort(byScreenOrder);
+  return open.length ? open[0] : null;
+}
+
+function cellAge(cell) {
+  return cell ? ago(cell.time) : "no data";
+}
+
+function tileValue(cell, metric) {
+  const box = el("div");
+  const v = el("div", "tile-val");
+  v.dataset.metric = metric;
+  if (cell) {
+    v.append(document.createTextNode(Number(cell.value).toFixed(0)));
+    v.append(el("small", null, ` ${UNITS[metric]}`));
+    const arrow = el("span", "arrow", ARROWS[cell.trend] || "");
+    arrow.title = ARROW_WORDS[cell.trend] || "";
+    arrow.setAttribute("aria-label", ARROW_WORDS[cell.trend] || "");
+    v.append(arrow);
+    if (cell.stale) v.classList.add("is-stale");
+  } else {
+    v.append(document.createTextNode("—"));
+    v.append(el("small", null, ` ${UNITS[metric]}`));
+  }
+  const age = el("div", "tile-age", cell ? `${cell.stale ? "STALE · " : ""}${cellAge(cell)} ago` : "no data 24 h");
+  if (cell && cell.stale) age.classList.add("is-stale");
+  box.append(v, age);
+  return box;
+}
+
+function tileRank(p) {
+  const top = topAlarm(p.patient);
+  const stale = !p.heart_rate && !p.glucose ? true : [p.heart_rate, p.glucose].filter(Boolean).every((c) => c.stale);
+  return { top, stale };
+}
+
+function byTileOrder(x, y) {
+  const a = tileRank(x), b = tileRank(y);
+  if (a.top && b.top) return byScreenOrder(a.top, b.top);
+  if (a.top || b.top) return a.top ? -1 : 1;
+  if (a.stale !== b.stale) return a.stale ? -1 : 1;
+  return x.patient < y.patient ? -1 : 1;
+}
+
+function tile(p) {
+  const { top, stale } = tileRank(p);
+  const li = el("li", "tile");
+  li.dataset.patient = p.patient;
+  li.tabIndex = 0;
+  if (top) li.classList.add(`sev-${top.severity}`);
+  if (top && !top.alarming) li.classList.add("acked");
+  if (stale && !top) li.classList.add("stale");
+  const head = el("div", "tile-head");
+  head.append(el("span", "tile-id", p.patient));
+  if (top) head.append(el("span", "tile-alarm", `${top.alarming ? "" : "ACK · "}${ruleLabel(top.rule)}`));
+  const vals = el("div", "tile-vals");
+  vals.append(tileValue(p.heart_rate, "heart_rate"), tileValue(p.glucose, "glucose"));
+  li.append(head, vals);
+  if (p.device) {
+    const b = p.device.battery_pct;
+    const dev = el("div", "tile-dev", `device ${p.device.state || ""}${b !== null && b !== undefined ? ` · battery ${b}%` : ""}`);
+    if (b !== null && b !== undefined && b < 20) dev.classList.add("low");
+    li.append(dev);
+  }
+  li.addEventListener("click", () => openDetail(p.patient));
+  li.addEventListener("keydown", (e) => { if (e.key === "Enter") openDetail(p.patient); });
+  return li;
+}
+
+function renderOverview() {
+  const tiles = [...state.overview.patients].sort(byTileOrder);
+  $("overview").replaceChildren(...tiles.map(tile));
+  $("overview-count").textContent = String(tiles.length);
+  const err = $("overview-error");
+  err.textContent = state.overview.error ? `Current values unavailable: ${state.overview.error}` : "";
+  err.hidden = !state.overview.error;
+}
+
+function loadTrend(patient, metric, holder) {
+  fetch(`/api/trend?patient=${encodeURIComponent(patient)}&metric=${metric}`, { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.text() : ""))
+    .then((svg) => { if (svg.startsWith("<svg") && state.detailPatient === patient) holder.innerHTML = svg; })
+    .catch(() => {});
+}
+
+function openDetail(patient) {
+  state.detailPatient = patient;
+  $("detail-h").textContent = patient;
+  $("detail-hr").replaceChildren();
+  $("detail-glucose").replaceChildren();
+  loadTrend(patient, "heart_rate", $("detail-hr"));
+  loadTrend(patient, "glucose", $("detail-glucose"));
+  renderDetail();
+  const d = $("detail");
+  if (!d.open) d.showModal();
+}
+
+function renderDetail() {
+  const patient = state.detailPatient;
+  if (!patient) return;
+  const rows = patientAlerts(patient).sort((x, y) => y.raised_at - x.raised_at).map((a) => {
+    const tr = el("tr");
+    const sev = el("td");
+    sev.append(el("span", `badge ${a.severity}`, a.severity));
+    tr.append(el("td", null, dated(a.raised_at)), el("td", null, ruleLabel(a.rule)), sev,
+      el("td", null, a.state), el("td", null, a.ack ? `${a.ack.by} at ${dated(a.ack.at)}${a.ack.note ? ` · ${a.ack.note}` : ""}` : "—"),
+      el("td", null, a.cleared_at ? dated(a.cleared_at) : "open"));
+    return tr;
+  });
+  $("detail-alerts").querySelector("tbody").replaceChildren(...rows);
+  $("detail-empty").hidden = rows.length > 0;
+}
+
 // -- rendering --------------------------------------------------------------------------------
 
 function sparkline(alert, holder) {
@@ -453,6 +592,19 @@ function ackControls(a, err) {
   return box;
 }
 
+function currentLine(a) {
+  // The latest reading of the alert's metric (ward overview), beside the value at alarm.
+  const p = state.overview.patients.find((x) => x.patient === a.patient);
+  const cell = p ? p[a.metric] : null;
+  const line = el("div", "now-value");
+  if (cell) {
+    line.textContent = `now ${Number(cell.value).toFixed(0)} ${UNITS[a.metric] || ""} ${ARROWS[cell.trend] || ""}`.trim() +
+      ` · ${ago(cell.time)} ago${cell.stale ? " · STALE" : ""}`;
+    if (cell.stale) line.classList.add("is-stale");
+  }
+  return line;
+}
+
 function activeItem(a) {
   const li = el("li", `alert sev-${a.severity}`);
   li.dataset.alertId = a.alert_id;
@@ -480,10 +632,11 @@ function activeItem(a) {
   const mid = el("div", "right");
   const value = el("div", "value", formatValue(a));
   value.append(el("small", null, ` ${UNITS[a.metric] || ""}`));
+  const atAlarm = el("div", "value-label", a.value === null || a.value === undefined ? "" : "at alarm");
   const spark = el("div", "sparkbox");
   spark.dataset.spark = a.alert_id;
   sparkline(a, spark);
-  mid.append(value, spark);
+  mid.append(value, atAlarm, currentLine(a), spark);
 
   const right = el("div", "right");
   const err = el("div", "ack-err");
@@ -553,6 +706,8 @@ function render() {
   $("history").querySelector("tbody").replaceChildren(...history.map(historyRow));
   $("history").hidden = history.length === 0;
   $("history-empty").hidden = history.length > 0;
+  renderOverview();
+  renderDetail();
   if (state.dark) return;
   const critical = active.filter((a) => a.alarming && a.severity === "critical").length;
   const alarming = active.filter((a) => a.alarming).length;
@@ -582,6 +737,10 @@ async function init() {
   resumeSound();  // not awaited: a browser that blocks autoplay never settles resume() before a click
   updateSoundButton();
   connect();
+  loadOverview();
+  setInterval(loadOverview, OVERVIEW_REFRESH_MS);
+  $("detail-close").addEventListener("click", () => { state.detailPatient = null; $("detail").close(); });
+  $("detail").addEventListener("close", () => { state.detailPatient = null; });
   setInterval(watchdog, CHECK_MS);
   setInterval(() => { render(); remind(); updateSoundButton(); }, 30000);
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rpm_core.roster import default_roster, parse_roster
@@ -10,6 +12,7 @@ from stream.nurse_station import AlertBoard, render_sparkline
 from tests.people.support import event
 
 OPEN = default_roster({})
+REPO_RULES = Path(__file__).resolve().parents[2] / "alert_rules.yaml"
 
 
 def board(roster=OPEN, ward: str = "all") -> AlertBoard:  # type: ignore[no-untyped-def]
@@ -272,3 +275,20 @@ def test_malformed_technical_alerts_are_rejected_and_clinical_ones_keep_their_ch
         assert not b.apply_alert(doc), doc
     assert b.rejected == len(bad) + len(clinical) and b.seq == 0
     assert b.apply_alert({**event(), "kind": "clinical"})
+
+
+def test_a_sparkline_has_a_scale_a_time_axis_and_the_rules_thresholds() -> None:
+    from rpm_core.rules import load_rules
+    from stream.nurse_station import rule_thresholds
+
+    lines = rule_thresholds(load_rules(REPO_RULES))
+    low = [t for t in lines["glucose"] if t.rule == "glucose_low"]
+    assert sorted((t.severity, t.value) for t in low) == [("critical", 54.0), ("warning", 70.0)]
+    now = 1764200000.0
+    svg = render_sparkline([(now - 1800, 60.0), (now - 60, 50.0)], metric="glucose", thresholds=low, now=now)
+    assert svg.count("<line") == 2 and 'stroke="#ff5252"' in svg and "glucose_low critical 54" in svg
+    assert ">−60 min<" in svg and ">now<" in svg, "a time axis over the whole hour"
+    assert ">50<" in svg and ">70<" in svg, "the scale spans the data and the thresholds"
+    # The polyline starts half-way along: its first point is 30 minutes ago, not at the left edge.
+    first_x = float(svg.split('points="')[1].split(",")[0])
+    assert 34 + (280 - 38) * 0.45 < first_x < 34 + (280 - 38) * 0.55
