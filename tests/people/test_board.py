@@ -292,3 +292,15 @@ def test_a_sparkline_has_a_scale_a_time_axis_and_the_rules_thresholds() -> None:
     # The polyline starts half-way along: its first point is 30 minutes ago, not at the left edge.
     first_x = float(svg.split('points="')[1].split(",")[0])
     assert 34 + (280 - 38) * 0.45 < first_x < 34 + (280 - 38) * 0.55
+
+
+def test_trend_arrows_follow_cgm_rate_of_change_categories() -> None:
+    from stream.station_overview import trend
+
+    def at(per_min: float) -> str:
+        return trend([(60.0 * k, 100.0 + per_min * k) for k in range(15)])[1]
+
+    assert [at(r) for r in (0.0, 0.9, 1.5, -1.5, 2.5, -2.5, 3.5, -4.0)] == [
+        "steady", "steady", "up-slow", "down-slow", "up-fast", "down-fast", "up-very-fast", "down-very-fast"]
+    assert trend([(0.0, 1.0), (60.0, 2.0)]) == (None, "unknown"), "two points are no trend"
+    assert trend([(5.0, 1.0)] * 4) == (None, "unknown"), "no time span"

@@ -40,6 +40,7 @@ from stream import topics
 from stream.acks import AckDecodeError, decode_ack
 from stream.nurse_station import AlertBoard, AlertFeed, sparkline_points
 from stream.records import RecordError, decode_record, decode_records
+from stream.station_overview import parse_overview
 from tests.detectors.helpers import all_rulesets, device_streams, json_roundtrip, run6
 
 T = TypeVar("T")
@@ -270,6 +271,27 @@ influx_like = st.recursive(
         }), max_size=2) | children, "error": children}) | children, max_size=2) | children}),
     max_leaves=12,
 )
+
+
+@FUZZ
+@given(doc=influx_like | st.lists(influx_like, min_size=3, max_size=3).map(
+    lambda docs: {"results": [d["results"][0] if isinstance(d, dict) and isinstance(d.get("results"), list)
+                              and d["results"] else {} for d in docs]}))
+@example(doc={"results": [{"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, None]]}]},
+                          {}, {"error": "measurement not found"}]})
+@example(doc={"results": [{"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, 2]]}]},
+                          {"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, 2], "x"]}]},
+                          {"series": [{"tags": {"patient": "p1"}, "values": [[1, True, []]]}]}]})
+def test_fuzz_ward_overview_from_any_influx_answer(doc: Any) -> None:
+    tiles = refused(parse_overview, doc, NOW)
+    if tiles is None:
+        return
+    for patient, tile in tiles.items():
+        assert is_valid_id(patient)
+        for metric in ("heart_rate", "glucose"):
+            if metric in tile:
+                assert math.isfinite(tile[metric]["value"]) and tile[metric]["age_s"] >= 0
+    orjson.dumps(tiles)
 
 
 @FUZZ
