@@ -88,7 +88,9 @@ def cmd_nurse_station(args: argparse.Namespace) -> int:
         _say(f"rpm nurse-station: ward {ward} at {url}  (Ctrl-C to stop)")
 
     options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster,
-                             state_dir=args.state_dir or os.environ.get("RPM_STATION_STATE_DIR") or None)
+                             state_dir=args.state_dir or os.environ.get("RPM_STATION_STATE_DIR") or None,
+                             trusted_proxies=tuple(args.trusted_proxy or ())
+                             + tuple(filter(None, [os.environ.get("RPM_STATION_TRUSTED_PROXIES")])))
     return run_station(settings, options, on_ready=ready)
 
 
@@ -103,8 +105,13 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
+    from stream.nurse_station import WEAK_PASSWORDS
+
     if len(password) < 8:
         _say("use at least 8 characters", err=True)
+        return 1
+    if password.lower() in WEAK_PASSWORDS:
+        _say("that password is published or common; choose another", err=True)
         return 1
     encoded = hash_password(password)
     _say(encoded)
@@ -146,6 +153,9 @@ def _add_nurse_station(sub: SubParsers) -> None:
     p.add_argument("--state-dir", default=None,
                    help="directory for kiosk tokens (key + list); kiosks stay logged in across restarts "
                         "(env RPM_STATION_STATE_DIR; without it no kiosk mode)")
+    p.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDR",
+                   help="address or network of a TLS reverse proxy whose X-Forwarded-Proto/For/Host are believed "
+                        "(repeatable; env RPM_STATION_TRUSTED_PROXIES, comma-separated)")
     _service_flags(p)
     p.set_defaults(func=cmd_nurse_station)
     inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")

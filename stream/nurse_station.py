@@ -30,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ipaddress
 import logging
 import math
+import re
 import secrets
 import signal
 import string
@@ -61,6 +63,8 @@ from stream.station_overview import Overview
 
 _LOGGER = logging.getLogger(__name__)
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 SEVERITY_RANK: Final = {"info": 1, "warning": 2, "critical": 3}
 STATES: Final = frozenset({"raised", "cleared", "acknowledged", "escalated"})
 # Technical alerts (see COMMON contract, rpm_core.technical): only raised and cleared.
@@ -79,8 +83,16 @@ HEARTBEAT_DEADLINE_S: Final = 5.0
 TICK_S: Final = 1.0
 SSE_RETRY_MS: Final = 2000
 # Five wrong passwords from one address within 5 minutes lock that address out for the rest of them.
+# Five wrong passwords for one station from one client within 5 minutes lock that pair out; behind a
+# trusted proxy the client is the forwarded address, so one mistyping screen cannot lock the ward out.
+# One client gets at most 30 failures over all stations in that window (password spraying).
 LOGIN_MAX_FAILURES: Final = 5
+LOGIN_MAX_FAILURES_PER_CLIENT: Final = 30
 LOGIN_WINDOW_S: Final = 300.0
+FAILURE_KEYS_MAX: Final = 10_000
+# Published or common passwords a station may not use (the example roster's among them).
+WEAK_PASSWORDS: Final = ("change-me-north", "change-me-south", "change-me", "changeme", "password", "password1",
+                         "12345678", "123456789", "nurse123", "station1", "admin123", "letmein1")
 # An ack stashed before its alert was read (topics replay in any order) waits at most this long.
 PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.
@@ -786,6 +798,7 @@ class StationState:
     audit: AuditLog | None = None
     kiosks: KioskRegistry | None = None
     overview: Overview | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0) -> None:
@@ -800,6 +813,68 @@ class StationState:
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Addresses or networks (``127.0.0.1``, ``10.0.0.0/8``) of reverse proxies whose
+    ``X-Forwarded-Proto/For/Host`` the station believes; :class:`ConfigError` naming a bad one."""
+    out = []
+    for value in values:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError as exc:
+                raise ConfigError(f"trusted proxy {item!r} is not an IP address or network (e.g. 127.0.0.1, "
+                                  "10.0.0.0/8)") from exc
+    return tuple(out)
+
+
+def _trusted(networks: tuple[IPNetwork, ...], addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def _forwarded_client(networks: tuple[IPNetwork, ...], header: str) -> str | None:
+    """The right-most address of ``X-Forwarded-For`` that is not one of our proxies (the client)."""
+    for item in reversed([h.strip() for h in header.split(",")][-16:]):
+        try:
+            ip = ipaddress.ip_address(item)
+        except ValueError:
+            return None  # a malformed chain: believe none of it
+        if not any(ip in net for net in networks):
+            return str(ip)
+    return None
+
+
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+@web.middleware
+async def _behind_proxy(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+    """Behind a trusted reverse proxy: the scheme, client address and host it forwards.
+
+    Only a peer listed with ``--trusted-proxy`` is believed; anyone else's ``X-Forwarded-*`` is ignored.
+    """
+    networks = request.app[STATE_KEY].trusted_proxies
+    if not networks or not _trusted(networks, request.remote):
+        return await handler(request)
+    changes: dict[str, Any] = {}
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if proto in ("http", "https"):
+        changes["scheme"] = proto
+    client = _forwarded_client(networks, request.headers.get("X-Forwarded-For", ""))
+    if client:
+        changes["remote"] = client
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if host and _HOST_RE.fullmatch(host):
+        changes["host"] = host
+    return await handler(request.clone(**changes) if changes else request)
 
 
 def _static_dir() -> Path:
@@ -914,10 +989,26 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     return _login_page()
 
 
-def _locked_out(st: StationState, addr: str, now: float) -> bool:
-    recent = [t for t in st.failures.get(addr, []) if now - t < LOGIN_WINDOW_S]
-    st.failures[addr] = recent
-    return len(recent) >= LOGIN_MAX_FAILURES
+def _recent(st: StationState, key: str, now: float) -> int:
+    recent = [t for t in st.failures.get(key, []) if now - t < LOGIN_WINDOW_S]
+    if recent:
+        st.failures[key] = recent
+    else:
+        st.failures.pop(key, None)
+    return len(recent)
+
+
+def _locked_out(st: StationState, station: str, client: str, now: float) -> bool:
+    """Too many wrong passwords for this station from this client, or from this client at all."""
+    return (_recent(st, f"{station[:64]}|{client}", now) >= LOGIN_MAX_FAILURES
+            or _recent(st, f"*|{client}", now) >= LOGIN_MAX_FAILURES_PER_CLIENT)
+
+
+def _count_failure(st: StationState, station: str, client: str, now: float) -> None:
+    for key in (f"{station[:64]}|{client}", f"*|{client}"):
+        st.failures.setdefault(key, []).append(now)
+    while len(st.failures) > FAILURE_KEYS_MAX:  # bounded memory under a flood of made-up names
+        st.failures.pop(next(iter(st.failures)))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -926,13 +1017,13 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not _same_origin(request):
         raise web.HTTPForbidden(text="cross-site login refused")
     addr, now = request.remote or "?", time.time()
-    if _locked_out(st, addr, now):
-        return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
+    if _locked_out(st, station, addr, now):
+        return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
-        st.failures.setdefault(addr, []).append(now)
+        _count_failure(st, station, addr, now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
         return _login_page("Wrong station or password.", status=401)
     kiosk_token, kiosk_id = None, None
@@ -1173,7 +1264,7 @@ async def _stream_changes(request: web.Request, resp: web.StreamResponse, st: St
 
 def create_app(state: StationState) -> web.Application:
     """The aiohttp application of one station."""
-    app = web.Application(middlewares=[_security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_behind_proxy, _security_headers], client_max_size=64 * 1024)
     app[STATE_KEY] = state
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
@@ -1210,6 +1301,7 @@ class StationOptions:
     port: int = 8080
     roster: str | None = None
     state_dir: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def resolve_ward(roster: Roster, ward: str | None) -> str:
@@ -1244,6 +1336,15 @@ def _rules_path(settings: Settings) -> Path:
     return default_rules_path()
 
 
+def refuse_weak_passwords(roster: Roster, ward: str) -> None:
+    """:class:`ConfigError` when a station of ``ward`` logs in with a published or common password
+    (:data:`WEAK_PASSWORDS`, the example roster's among them)."""
+    for station in roster.stations.values():
+        if station.ward == ward and any(station.password.verify(p) for p in WEAK_PASSWORDS):
+            raise ConfigError(f"station {station.id!r} uses an example or common password: make a new one with "
+                              "`rpm nurse-station hash-password` and replace its hash")
+
+
 async def serve(settings: Settings, roster: Roster, options: StationOptions,
                 on_ready: Callable[[str], None] | None = None) -> None:
     """Run the station until SIGINT/SIGTERM."""
@@ -1258,7 +1359,8 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
-                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles)
+                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles,
+                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies))
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -1315,5 +1417,7 @@ def run_station(settings: Settings, options: StationOptions,
     """
     roster = load_roster(options.roster)
     ward = resolve_ward(roster, options.ward)
+    refuse_weak_passwords(roster, ward)
+    parse_trusted_proxies(options.trusted_proxies)
     asyncio.run(serve(settings, roster, options, on_ready=(lambda url: on_ready(ward, url)) if on_ready else None))
     return 0

@@ -60,7 +60,8 @@ STATION_POLICY = """station:
 class Station:
     """One ``rpm nurse-station`` process that can be stopped, frozen and started again on its port."""
 
-    def __init__(self, sim: Sim, tmp: Path) -> None:
+    def __init__(self, sim: Sim, tmp: Path, *extra: str) -> None:
+        self.extra = extra
         rules = (REPO / "alert_rules.yaml").read_text()
         rules_path = tmp / "rules.yaml"
         rules_path.write_text(rules[:rules.index("\nstation:")] + "\n" + STATION_POLICY)
@@ -76,7 +77,7 @@ class Station:
     def start(self) -> None:
         self.runs += 1
         self.proc = spawn(f"nurse-station-{self.runs}", ["nurse-station", "--port", str(self.port), "--state-dir",
-                                                         str(self.state_dir)], self.env, self.tmp)
+                                                         str(self.state_dir), *self.extra], self.env, self.tmp)
         eventually(lambda: http_ok(f"{self.url}/healthz"), bool, timeout=60,
                    what="the nurse station caught up with rpm.alerts", watch=(self.proc,), interval=0.2)
 
@@ -283,3 +284,36 @@ def test_the_screen_cannot_go_dark_silently_and_a_kiosk_survives_a_restart(sim: 
 def _kiosk_list(station: Station) -> str:
     return subprocess.run(rpm_argv("nurse-station", "kiosk", "--state-dir", str(station.state_dir), "list"),
                           env=station.env, check=True, timeout=60, capture_output=True, text=True).stdout
+
+
+def test_behind_a_tls_proxy_a_kiosk_logs_in_with_a_secure_cookie_and_stays_live(sim: Sim, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.security.pki import TestCA, write_server_files
+    from tests.support.tlsproxy import TlsProxy
+
+    expect.set_options(timeout=WAIT_MS)
+    cert, key = write_server_files(TestCA.create("ward CA"), tmp_path / "tls", dns=["localhost"],
+                                   ips=("127.0.0.1",))
+    station = Station(sim, tmp_path, "--trusted-proxy", "127.0.0.1")
+    station.start()
+    try:
+        with TlsProxy(station.url, cert, key) as proxy, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, "--ignore-certificate-errors"])
+            try:
+                context = browser.new_context(viewport={"width": 1400, "height": 1000})
+                page = context.new_page()
+                page.set_default_timeout(WAIT_MS)
+                login(page, proxy, kiosk=True)  # was 403 "cross-site login refused" behind a TLS proxy
+                cookies = {c["name"]: c for c in context.cookies()}
+                assert cookies["rpm_station"]["secure"] and cookies["rpm_kiosk"]["secure"]
+                assert cookies["rpm_station"]["httpOnly"] and cookies["rpm_station"]["sameSite"] == "Strict"
+                expect(page.locator("#dark")).to_be_hidden()
+                now = time.time()
+                run_sync(produce_events(sim.bootstrap, [event("p0040", "tachycardia", value=133.0,
+                                                              since=now - 600, time=now)]))
+                expect(page.locator("li.alert", has_text="p0040")).to_have_count(1)  # live through the proxy
+            finally:
+                browser.close()
+    finally:
+        station.stop()

@@ -20,7 +20,15 @@ from aiohttp import web
 from rpm_core.roster import Roster, default_roster, hash_password
 from rpm_core.services import Stack
 from stream.acks import decode_ack
-from stream.nurse_station import AckSender, AlertBoard, AlertFeed, Sparklines, StationState, create_app
+from stream.nurse_station import (
+    AckSender,
+    AlertBoard,
+    AlertFeed,
+    Sparklines,
+    StationState,
+    create_app,
+    parse_trusted_proxies,
+)
 from stream.station_kiosk import KioskRegistry
 from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
@@ -37,8 +45,8 @@ def roster() -> Roster:
 
 
 @contextlib.asynccontextmanager
-async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None
-                  ) -> AsyncIterator[tuple[str, AlertBoard]]:
+async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None,
+                  trusted: tuple[str, ...] = ()) -> AsyncIterator[tuple[str, AlertBoard]]:
     """Run a station in this event loop; yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
     board = AlertBoard(ward="all", roster=roster)
@@ -46,7 +54,7 @@ async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
     await sender.start()
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients",
-                         kiosks=kiosks)
+                         kiosks=kiosks, trusted_proxies=parse_trusted_proxies(trusted))
     runner = web.AppRunner(create_app(state), shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -358,3 +366,72 @@ async def test_a_kiosk_token_survives_a_restart_and_forged_or_revoked_ones_do_no
         assert KioskRegistry(tmp_path).revoke(kiosk_id), "revoked from another process (the CLI)"
         assert await session_with(kiosk_token) == 401, "revoked: out at once, in the running server"
         assert not KioskRegistry(tmp_path).revoke(kiosk_id), "revoking twice says so"
+
+
+async def test_behind_a_trusted_tls_proxy_login_works_the_cookie_is_secure_and_lockout_is_per_station_and_client(
+        stack: Stack, roster: Roster, tmp_path: Path) -> None:
+    from tests.security.pki import TestCA, write_server_files
+    from tests.support.tlsproxy import TlsProxy
+
+    await ensure_topics(stack.settings.kafka_bootstrap(), partitions=2)
+    cert, key = write_server_files(TestCA.create("ward CA"), tmp_path, dns=["localhost"], ips=("127.0.0.1",))
+
+    async def login_via(proxy: str, http: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+        async with http.post(f"{proxy}/login", data={"station": "desk-1", "password": PASSWORD}, ssl=False,
+                             allow_redirects=False, headers={"Origin": proxy}) as resp:
+            await resp.read()
+            return resp
+
+    # Without the setting (or trusting another address) the proxy's headers are not believed: the
+    # browser's https Origin does not match http, so the login is refused, as before.
+    # (each client closes before its proxy stops, so no TLS connection is left half-closed)
+    for trusted in ((), ("10.9.9.9",)):
+        async with station(stack, roster, trusted=trusted) as (url, _board):
+            with TlsProxy(url, cert, key) as proxy:
+                async with client() as via:
+                    resp = await login_via(proxy, via)
+                    assert resp.status == 403, trusted
+    async with station(stack, roster, trusted=("127.0.0.1",)) as (url, _board), client() as http:
+        with TlsProxy(url, cert, key) as proxy:
+            async with client() as via:
+                resp = await login_via(proxy, via)
+                assert resp.status == 303
+                cookie = resp.headers["Set-Cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+                async with via.get(f"{proxy}/api/session", ssl=False) as session:
+                    assert session.status == 200
+
+        # Lockout per station and client: the forwarded client, not the proxy's address.
+        async def attempt(client_ip: str, station_id: str, password: str) -> int:
+            async with http.post(f"{url}/login", data={"station": station_id, "password": password},
+                                 allow_redirects=False, headers={"Origin": url, "X-Forwarded-For": client_ip}) as r:
+                return r.status
+
+        for _ in range(5):
+            assert await attempt("198.51.100.7", "desk-1", "guess") == 401
+        assert await attempt("198.51.100.7", "desk-1", PASSWORD) == 429, "that screen is locked for this station"
+        assert await attempt("198.51.100.8", "desk-1", PASSWORD) == 303, "the rest of the ward is not"
+        for _ in range(5):
+            assert await attempt("198.51.100.9", "desk-9", "guess") == 401
+        assert await attempt("198.51.100.9", "desk-1", PASSWORD) == 303, "a typo'd station name locks only itself"
+        for bad in ("not-an-ip", "198.51.100.7, x", "", ",,,"):
+            assert await attempt(bad, "desk-1", "guess") == 401  # a malformed chain: the peer's address counts
+        assert await attempt("127.0.0.1", "desk-1", PASSWORD) == 303, "four failures so far from the peer itself"
+
+
+def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    from rpm_core.errors import ConfigError
+    from rpm_core.roster import load_roster
+    from stream.nurse_station import refuse_weak_passwords
+    from tests.support.procs import rpm_argv
+
+    example = load_roster(Path(__file__).resolve().parents[2] / "roster.yaml")
+    with pytest.raises(ConfigError, match="example or common password"):
+        refuse_weak_passwords(example, "north")
+    refuse_weak_passwords(default_roster({"desk-1": hash_password(PASSWORD)}), "all")
+    for weak, why in (("change-me", "published or common"), ("short", "at least 8")):
+        done = subprocess.run(rpm_argv("nurse-station", "hash-password", "--stdin"), input=weak + "\n",
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1 and why in done.stderr and "scrypt$" not in done.stdout
