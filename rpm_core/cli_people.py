@@ -98,15 +98,24 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print an scrypt hash of a password for the roster or ``RPM_NURSE_CREDENTIALS``."""
     from rpm_core.roster import hash_password
 
+    what = "PIN" if args.pin else "station password"
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = getpass.getpass("New station password: ")
+        password = getpass.getpass(f"New {what}: ")
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
     from stream.nurse_station import WEAK_PASSWORDS
 
+    if args.pin:
+        runs = ("01234567890", "98765432109")
+        if not (password.isascii() and password.isdigit() and len(password) >= 6) or len(set(password)) < 3 \
+                or any(password in run for run in runs):
+            _say("a PIN is at least 6 digits, not a run like 123456 and of at least 3 different digits", err=True)
+            return 1
+        _say(hash_password(password))
+        return 0
     if len(password) < 8:
         _say("use at least 8 characters", err=True)
         return 1
@@ -161,6 +170,8 @@ def _add_nurse_station(sub: SubParsers) -> None:
     inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    h.add_argument("--pin", action="store_true",
+                   help="hash a nurse's PIN (roster nurses: pin_hash; at least 6 digits) instead of a password")
     h.set_defaults(func=cmd_hash_password)
     k = inner.add_parser("kiosk", help="list or revoke kiosk tokens (ward screens that stay logged in)")
     k.add_argument("--state-dir", default=None, help="the station's --state-dir (env RPM_STATION_STATE_DIR)")

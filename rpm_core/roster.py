@@ -12,6 +12,11 @@ Read from the YAML file named by ``RPM_ROSTER`` (or ``--roster``); see the repos
       north-desk:
         ward: north
         password_hash: "scrypt$16384$8$1$<salt>$<hash>"   # rpm nurse-station hash-password
+    nurses:                           # optional: then every acknowledgement needs a nurse's PIN
+      "4711":                         # badge number (an id)
+        name: Ana Lima
+        pin_hash: "scrypt$…"          # rpm nurse-station hash-password --pin
+        wards: [north]                # optional: default every ward
 
 Like the rules file, unknown keys are rejected and every error names the file, the line and the
 field. Passwords are never stored, only scrypt hashes with a per-entry salt
@@ -56,7 +61,8 @@ SCRYPT_KEY_BYTES: Final = 32
 SCRYPT_MAX_MEM_BYTES: Final = 256 * 1024 * 1024
 _HINT_HASH: Final = "create one with: rpm nurse-station hash-password"
 
-_ROOT_KEYS: Final = {"version", "wards", "stations"}
+_ROOT_KEYS: Final = {"version", "wards", "stations", "nurses"}
+_NURSE_KEYS: Final = {"name", "pin_hash", "wards"}
 _WARD_KEYS: Final = {"name", "patients"}
 _STATION_KEYS: Final = {"ward", "password_hash", "name"}
 
@@ -150,12 +156,27 @@ class Station:
 
 
 @dataclass(frozen=True, slots=True)
+class Nurse:
+    """A nurse who signs in at a station with a badge number and PIN to act on alarms."""
+
+    id: str
+    name: str
+    pin: PasswordHash = field(repr=False)
+    wards: frozenset[str] = frozenset()  # empty: every ward
+
+    def may_work_on(self, ward: str) -> bool:
+        """Whether this nurse may act on ``ward``."""
+        return not self.wards or ward in self.wards
+
+
+@dataclass(frozen=True, slots=True)
 class Roster:
-    """Wards, patients and stations; see the module docstring."""
+    """Wards, patients, stations and (optionally) nurses; see the module docstring."""
 
     wards: Mapping[str, Ward]
     stations: Mapping[str, Station]
     source: str | None = None
+    nurses: Mapping[str, Nurse] = field(default_factory=dict)
 
     @property
     def configured(self) -> bool:
@@ -183,6 +204,14 @@ class Roster:
             _DUMMY.verify(password)
             return None
         return entry if entry.password.verify(password) else None
+
+    def check_nurse(self, nurse: str, pin: str, ward: str) -> Nurse | None:
+        """The nurse if ``pin`` is theirs and they work on ``ward``, else None (slow on purpose: scrypt)."""
+        entry = self.nurses.get(nurse)
+        if entry is None:
+            _DUMMY.verify(pin)
+            return None
+        return entry if entry.pin.verify(pin) and entry.may_work_on(ward) else None
 
 
 _DUMMY: Final = PasswordHash(n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, salt=b"\0" * 16, key=b"\0" * 32)
@@ -299,7 +328,39 @@ class _RosterParser:
         if not stations:
             raise self.fail(top["stations"][1], "stations", "no station defined",
                             f"add a station with a password_hash ({_HINT_HASH})")
-        return Roster(wards=wards, stations=stations, source=self.source)
+        nurses = self.nurses(top["nurses"][1], wards) if "nurses" in top else {}
+        return Roster(wards=wards, stations=stations, source=self.source, nurses=nurses)
+
+    def nurses(self, node: yaml.Node, wards: Mapping[str, Ward]) -> dict[str, Nurse]:
+        """``nurses:``: badge number → name, PIN hash, optional wards."""
+        out: dict[str, Nurse] = {}
+        for nurse_id, (key_node, value) in self.mapping(node, "nurses", None).items():
+            path = f"nurses.{nurse_id}"
+            self.ident(key_node, path)
+            entries = self.mapping(value, path, _NURSE_KEYS, ("name", "pin_hash"), owner=key_node)
+            name = self.text(entries["name"][1], f"{path}.name").strip()
+            if not name or len(name) > 64 or not name.isprintable():
+                raise self.fail(entries["name"][1], f"{path}.name", "a name of 1-64 printable characters is needed",
+                                "write the nurse's name as it should appear on acknowledgements")
+            hash_node = entries["pin_hash"][1]
+            try:
+                pin = PasswordHash.parse(self.text(hash_node, f"{path}.pin_hash"))
+            except ValueError as exc:
+                raise self.fail(hash_node, f"{path}.pin_hash", str(exc),
+                                "create one with: rpm nurse-station hash-password --pin") from exc
+            own: set[str] = set()
+            if "wards" in entries:
+                wnode = entries["wards"][1]
+                if not isinstance(wnode, yaml.SequenceNode):
+                    raise self.fail(wnode, f"{path}.wards", "expected a list of ward ids", "write [north, south]")
+                for item in wnode.value:
+                    ward = self.ident(item, f"{path}.wards")
+                    if ward not in wards:
+                        raise self.fail(item, f"{path}.wards", f"unknown ward {ward!r}",
+                                        f"use one of: {', '.join(sorted(wards))}")
+                    own.add(ward)
+            out[nurse_id] = Nurse(id=nurse_id, name=name, pin=pin, wards=frozenset(own))
+        return out
 
     def wards(self, node: yaml.Node) -> dict[str, Ward]:
         """``wards:``; a patient may lie on one ward only."""

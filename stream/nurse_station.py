@@ -104,6 +104,9 @@ KIOSK_COOKIE: Final = "rpm_kiosk"
 # Chromium keeps a cookie at most 400 days; a kiosk token lives until it is revoked.
 KIOSK_COOKIE_MAX_AGE_S: Final = 400 * 86400
 NOTE_MAX: Final = 200
+# At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
+# without an acknowledgement or silence (the next person must not act in their name).
+NURSE_IDLE_S: Final = 600.0
 STATIC_PACKAGE: Final = "stream"
 FEED_RETRY_MAX_S: Final = 10.0
 
@@ -781,6 +784,14 @@ class Session:
     csrf: str
     last_seen: float
     kiosk: str | None = None
+    nurse: str | None = None
+    nurse_seen: float = 0.0
+
+    def nurse_now(self, now: float) -> str | None:
+        """The signed-in nurse, unless idle for longer than ``NURSE_IDLE_S``."""
+        if self.nurse is not None and now - self.nurse_seen > NURSE_IDLE_S:
+            self.nurse = None
+        return self.nurse
 
 
 @dataclass
@@ -801,7 +812,7 @@ class StationState:
     trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
-               note: str = "", minutes: float = 0.0) -> None:
+               note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
         """Queue one audit entry (nothing without InfluxDB)."""
         if self.audit is None:
             return
@@ -809,7 +820,7 @@ class StationState:
             action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
             patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
             rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
-            minutes=minutes, at=time.time()))
+            minutes=minutes, at=time.time(), user=user))
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
@@ -1081,8 +1092,15 @@ async def session_info(request: web.Request) -> web.Response:
     return web.json_response({"station": sess.station, "station_name": (entry.name if entry else "") or sess.station,
                               "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf,
                               "kiosk": sess.kiosk is not None, "heartbeat_s": SSE_HEARTBEAT_S,
+                              "nurses": bool(st.roster.nurses), "nurse": _nurse_info(st, sess),
                               "heartbeat_deadline_s": HEARTBEAT_DEADLINE_S},
                              dumps=lambda d: orjson.dumps(d).decode())
+
+
+def _nurse_info(st: StationState, sess: Session) -> dict[str, str] | None:
+    nurse_id = sess.nurse_now(time.time())
+    nurse = st.roster.nurses.get(nurse_id) if nurse_id else None
+    return {"id": nurse.id, "name": nurse.name} if nurse else None
 
 
 async def alerts(request: web.Request) -> web.Response:
@@ -1117,12 +1135,59 @@ def _note(body: dict[str, Any]) -> str:
     return note.strip()
 
 
+def _acting(st: StationState, sess: Session, body: dict[str, Any]) -> tuple[str, str | None]:
+    """(name, nurse id) of who acts: the signed-in nurse when the roster has nurses (403 otherwise),
+    else the name typed on the page (``by``; checked by the caller)."""
+    if not st.roster.nurses:
+        by = body.get("by", "")
+        return (by if isinstance(by, str) else ""), None
+    now = time.time()
+    nurse_id = sess.nurse_now(now)
+    nurse = st.roster.nurses.get(nurse_id) if nurse_id else None
+    if nurse is None:
+        raise web.HTTPForbidden(text='{"error": "sign in with your badge number and PIN first", "need_nurse": true}',
+                                content_type="application/json")
+    sess.nurse_seen = now
+    return nurse.name, nurse.id
+
+
+async def nurse_sign_in(request: web.Request) -> web.Response:
+    """POST /api/nurse ``{"nurse", "pin"}``: the nurse acting at this station (``{}``: sign out)."""
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    _check_csrf(request, sess)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise _json_error(web.HTTPBadRequest, "send a JSON object") from exc
+    if body == {}:
+        sess.nurse = None
+        return web.json_response({"nurse": None})
+    nurse_id, pin = (body.get("nurse"), body.get("pin")) if isinstance(body, dict) else (None, None)
+    if not isinstance(nurse_id, str) or not isinstance(pin, str) or not 0 < len(pin) <= 64 or not is_valid_id(nurse_id):
+        raise _json_error(web.HTTPBadRequest, "send nurse (badge number) and pin")
+    client, now = request.remote or "?", time.time()
+    if _locked_out(st, f"nurse:{nurse_id}", client, now):
+        raise _json_error(web.HTTPTooManyRequests, "too many wrong PINs: wait 5 minutes")
+    nurse = await asyncio.to_thread(st.roster.check_nurse, nurse_id, pin, st.board.ward)
+    if nurse is None:
+        _count_failure(st, f"nurse:{nurse_id}", client, now)
+        _LOGGER.warning("failed nurse sign-in for badge %r at station %s", nurse_id[:64], sess.station)
+        # 403, not 401: the station's session is fine (a 401 means "log in again" to the page)
+        raise _json_error(web.HTTPForbidden, "wrong badge number or PIN")
+    sess.nurse, sess.nurse_seen = nurse.id, now
+    st.record("nurse_sign_in", station=sess.station, by=nurse.name, user=nurse.id)
+    _LOGGER.info("nurse %s signed in at station %s", nurse.id, sess.station)
+    return web.json_response({"nurse": {"id": nurse.id, "name": nurse.name}})
+
+
 async def acknowledge(request: web.Request) -> web.Response:
     """POST /api/ack ``{"alert_id", "by", "note"?}`` → ``rpm.alert-acks``; 202 once Kafka has it."""
     sess = _require(request)
     st = request.app[STATE_KEY]
     body = await _json_body(request, sess)
     note = _note(body)
+    by, user = _acting(st, sess, body)
     try:
         view = st.board.alerts.get(body["alert_id"])
         if view is None:
@@ -1130,8 +1195,7 @@ async def acknowledge(request: web.Request) -> web.Response:
         if view.technical or view.patient is None:
             raise _json_error(web.HTTPConflict, "a technical alarm cannot be acknowledged: it clears when its "
                                                 "cause is fixed (you may silence it)")
-        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=body.get("by", ""), at=time.time(),
-                  station=sess.station)
+        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=by, at=time.time(), station=sess.station)
     except (orjson.JSONDecodeError, AckDecodeError) as exc:
         reason = exc.reason if isinstance(exc, AckDecodeError) else "send a JSON object with alert_id and by"
         raise web.HTTPBadRequest(text=orjson.dumps({"error": reason}).decode(),
@@ -1145,7 +1209,7 @@ async def acknowledge(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text='{"error": "could not reach Kafka; try again"}',
                                          content_type="application/json") from exc
     st.board.apply_ack(ack, note=note)
-    st.record("ack", view, station=sess.station, by=ack.by, note=note)
+    st.record("ack", view, station=sess.station, by=ack.by, note=note, user=user)
     _LOGGER.info("alert %s of patient %s acknowledged at station %s", ack.alert_id, ack.patient, ack.station)
     return web.json_response({"status": "sent", "alert_id": ack.alert_id}, status=202)
 
@@ -1158,7 +1222,8 @@ async def silence(request: web.Request) -> web.Response:
     sess = _require(request)
     st = request.app[STATE_KEY]
     body = await _json_body(request, sess)
-    raw_minutes, by = body.get("minutes"), body.get("by")
+    by, user = _acting(st, sess, body)
+    raw_minutes = body.get("minutes")
     if not _finite(raw_minutes) or not isinstance(by, str) or not 0 < len(by.strip()) <= 64 or not by.isprintable():
         raise _json_error(web.HTTPBadRequest, "send minutes (a number) and by (your name, 1-64 characters)")
     minutes = float(raw_minutes)  # type: ignore[arg-type]  # _finite: an int or float
@@ -1167,7 +1232,7 @@ async def silence(request: web.Request) -> web.Response:
     except SilenceRefused as exc:
         raise _json_error(web.HTTPConflict, str(exc)) from exc
     st.record("silence" if view.silenced_until else "unsilence", view, station=sess.station, by=by.strip(),
-              minutes=minutes)
+              minutes=minutes, user=user)
     _LOGGER.info("alert %s silenced for %g min at station %s", view.alert_id, minutes, sess.station)
     return web.json_response(st.board.client(view), dumps=lambda d: orjson.dumps(d).decode())
 
@@ -1275,6 +1340,7 @@ def create_app(state: StationState) -> web.Application:
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/ack", acknowledge)
     app.router.add_post("/api/silence", silence)
+    app.router.add_post("/api/nurse", nurse_sign_in)
     app.router.add_get("/api/sparkline", sparkline)
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/trend", trend_svg)

@@ -12,7 +12,8 @@ Schema::
         minutes=0 <time ms>
 
 Tags are validated ids (``patient`` and ``station`` are left out when there is none); ``by`` and
-``note`` are string fields. Writes are queued and sent by one task, so a slow or absent InfluxDB
+``note`` are string fields; ``user`` (a tag) is the nurse's badge number when the roster lists
+nurses who sign in with a PIN. Writes are queued and sent by one task, so a slow or absent InfluxDB
 never delays a nurse; a write that fails is logged as an error and counted (``/healthz``).
 """
 
@@ -53,6 +54,7 @@ class AuditEntry:
     note: str = ""
     minutes: float = 0.0
     at: float = 0.0
+    user: str | None = None
 
     def line(self) -> str:
         """The InfluxDB line protocol of this entry (tags sorted, string fields escaped)."""
@@ -61,6 +63,8 @@ class AuditEntry:
             tags["patient"] = self.patient
         if self.station and is_valid_id(self.station):
             tags["station"] = self.station
+        if self.user and is_valid_id(self.user):
+            tags["user"] = self.user
         tag_text = ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
         fields = {"alert_id": self.alert_id, "rule": self.rule, "severity": self.severity, "by": self.by,
                   "note": self.note}

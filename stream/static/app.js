@@ -28,7 +28,7 @@ const state = {
   overview: { patients: [], error: null, at: 0 }, detailPatient: null,
   alerts: new Map(), lastId: null, csrf: "", es: null, lastMessage: Date.now(), deadlineMs: 4000,
   audio: null, fresh: new Map(), sparks: new Map(), pendingAcks: new Map(), lastRemind: Date.now(),
-  dark: null, darkTone: 0, beeps: 0, live: false, kiosk: false,
+  dark: null, darkTone: 0, beeps: 0, live: false, kiosk: false, nurses: false, nurse: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -300,6 +300,7 @@ async function refreshSession() {
       state.kiosk = s.kiosk;
       state.deadlineMs = s.heartbeat_deadline_s * 1000;
       $("logout-csrf").value = s.csrf;
+      if (s.nurses) setNurse(s.nurse);
     }
   } catch (err) { /* server down: the dark screen says so */ }
   return true;
@@ -330,6 +331,7 @@ function watchdog() {
 // -- acknowledging and silencing --------------------------------------------------------------
 
 function nurseName(err) {
+  if (state.nurses) return state.nurse ? state.nurse.name : "(signed-in nurse)";  // the server decides
   const nurse = $("nurse");
   const by = nurse.value.trim();
   if (!by) {
@@ -349,6 +351,10 @@ async function post(path, body) {
     body: JSON.stringify(body),
   });
   if (r.status === 401) { loggedOut(); throw new Error("logged out"); }
+  if (r.status === 403 && state.nurses) {
+    const body = await r.clone().json().catch(() => ({}));
+    if (body.need_nurse) { setNurse(null); openSignIn(); throw new Error("sign in with your badge and PIN first"); }
+  }
   return r;
 }
 
@@ -411,6 +417,37 @@ function silenceControls(a, err) {
   pick.addEventListener("change", () => { if (pick.value) silence(a, Number(pick.value), err); });
   box.append(pick);
   return box;
+}
+
+// -- nurses signing in (roster nurses: badge number and PIN) -----------------------------------
+
+function setNurse(nurse) {
+  state.nurse = nurse;
+  $("nurse-name").textContent = nurse ? nurse.name : "nobody signed in";
+  $("switch-nurse").textContent = nurse ? "Switch nurse" : "Sign in";
+}
+
+function openSignIn() {
+  $("signin-error").textContent = "";
+  $("badge").value = "";
+  $("pin").value = "";
+  const d = $("signin");
+  if (!d.open) d.showModal();
+  $("badge").focus();
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  try {
+    const r = await post("/api/nurse", { nurse: $("badge").value.trim(), pin: $("pin").value });
+    const body = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(body.error || `server answered ${r.status}`);
+    setNurse(body.nurse);
+    $("signin").close();
+  } catch (e) {
+    $("pin").value = "";
+    $("signin-error").textContent = e.message;
+  }
 }
 
 // -- ward overview and patient detail ---------------------------------------------------------
@@ -723,6 +760,13 @@ async function init() {
   state.kiosk = s.kiosk;
   state.deadlineMs = s.heartbeat_deadline_s * 1000;
   $("ward-name").textContent = s.ward_name;
+  state.nurses = s.nurses;
+  $("typed-name").hidden = s.nurses;
+  $("signed-in").hidden = !s.nurses;
+  if (s.nurses) setNurse(s.nurse);
+  $("switch-nurse").addEventListener("click", (e) => { e.stopPropagation(); openSignIn(); });
+  $("signin-form").addEventListener("submit", signIn);
+  $("signin-cancel").addEventListener("click", () => $("signin").close());
   $("station-name").textContent = s.station_name + (s.kiosk ? " · kiosk" : "");
   $("logout-csrf").value = s.csrf;
   const nurse = $("nurse");

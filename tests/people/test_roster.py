@@ -110,3 +110,34 @@ def test_errors_name_file_line_and_field(text: str, line: int, field: str | None
 def test_a_missing_roster_file_is_an_error_naming_the_variable(tmp_path: Path) -> None:
     with pytest.raises(RosterError, match="RPM_ROSTER"):
         load_roster(tmp_path / "nope.yaml")
+
+
+def test_nurses_sign_in_with_a_pin_on_their_wards_and_bad_entries_name_their_line() -> None:
+    import pytest
+
+    from rpm_core.roster import RosterError, hash_password, parse_roster
+
+    fast = {"n": 16, "r": 1, "p": 1}
+    head = f"""version: 1
+wards:
+  north: {{patients: [p0001]}}
+  south: {{patients: [p0002]}}
+stations:
+  desk: {{ward: north, password_hash: "{hash_password('x' * 12, **fast)}"}}
+nurses:
+"""
+    roster = parse_roster(head + f'  "4711": {{name: Ana Lima, pin_hash: "{hash_password("482913", **fast)}"}}\n'
+                          + f'  "4712": {{name: Ben, pin_hash: "{hash_password("739120", **fast)}", wards: [south]}}\n')
+    assert roster.check_nurse("4711", "482913", "south") is not None, "no wards listed: every ward"
+    assert roster.check_nurse("4712", "739120", "north") is None and roster.check_nurse("4712", "739120", "south")
+    assert roster.check_nurse("4711", "000000", "north") is None and roster.check_nurse("9", "482913", "north") is None
+    for entry, field in ((' "4711": {name: Ana}', "nurses.4711.pin_hash"),
+                         (' "4711": {name: Ana, pin_hash: "plain"}', "nurses.4711.pin_hash"),
+                         (f' "4711": {{name: "", pin_hash: "{hash_password("1", **fast)}"}}', "nurses.4711.name"),
+                         (f' "4711": {{name: A, pin_hash: "{hash_password("1", **fast)}", wards: [east]}}',
+                          "nurses.4711.wards"),
+                         (f' "47 11": {{name: A, pin_hash: "{hash_password("1", **fast)}"}}', "nurses.47 11"),
+                         (f' "4711": {{name: A, pin: "{hash_password("1", **fast)}"}}', "nurses.4711.pin")):
+        with pytest.raises(RosterError) as err:
+            parse_roster(head + " " + entry + "\n", source="roster.yaml")
+        assert err.value.field == field and err.value.line == 8, (entry, err.value)

@@ -46,10 +46,10 @@ def roster() -> Roster:
 
 @contextlib.asynccontextmanager
 async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None,
-                  trusted: tuple[str, ...] = ()) -> AsyncIterator[tuple[str, AlertBoard]]:
+                  trusted: tuple[str, ...] = (), ward: str = "all") -> AsyncIterator[tuple[str, AlertBoard]]:
     """Run a station in this event loop; yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
-    board = AlertBoard(ward="all", roster=roster)
+    board = AlertBoard(ward=ward, roster=roster)
     sender = AckSender(bootstrap=bootstrap)
     await sender.start()
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
@@ -435,3 +435,58 @@ def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> Non
         done = subprocess.run(rpm_argv("nurse-station", "hash-password", "--stdin"), input=weak + "\n",
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1 and why in done.stderr and "scrypt$" not in done.stdout
+
+
+async def test_with_nurses_in_the_roster_only_a_signed_in_nurse_acts_and_in_their_own_name(stack: Stack) -> None:
+    from rpm_core.roster import parse_roster
+
+    fast = {"n": 16, "r": 1, "p": 1}
+    roster = parse_roster(f"""version: 1
+wards:
+  north: {{patients: [p0050]}}
+  south: {{patients: [p0051]}}
+stations:
+  desk-1: {{ward: north, password_hash: "{hash_password(PASSWORD, **fast)}"}}
+nurses:
+  "4711": {{name: Ana Lima, pin_hash: "{hash_password('482913', **fast)}", wards: [north]}}
+  "4712": {{name: Ben Okoro, pin_hash: "{hash_password('739120', **fast)}", wards: [south]}}
+""")
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    raised = event("p0050", "tachycardia", value=130.0)
+    await produce_events(bootstrap, [raised])
+    board_ward = "north"
+
+    async with station(stack, roster, ward=board_ward) as (url, board), client() as http:
+        await login(http, url)
+        async with http.get(f"{url}/api/session") as resp:
+            info = await resp.json()
+        assert info["nurses"] is True and info["nurse"] is None
+        headers = {"X-CSRF-Token": info["csrf"]}
+        ack = {"alert_id": raised["alert_id"], "by": "Someone Else", "note": "Called patient"}
+
+        async def post(path: str, body: object) -> tuple[int, dict[str, object]]:
+            async with http.post(f"{url}{path}", json=body, headers=headers) as r:
+                return r.status, await r.json()
+
+        status, body = await post("/api/ack", ack)
+        assert status == 403 and body["need_nurse"], "the station login alone cannot acknowledge"
+        assert (await post("/api/silence", {**ack, "minutes": 5}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4711", "pin": "000000"}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4712", "pin": "739120"}))[0] == 403, "not a nurse of this ward"
+        assert (await post("/api/nurse", {"nurse": "9999", "pin": "739120"}))[0] == 403
+        for bad in ({"nurse": 4711, "pin": "482913"}, {"nurse": "4711"}, {"nurse": "47 11", "pin": "1"},
+                    {"nurse": "4711", "pin": "9" * 65}, [], "x"):
+            assert (await post("/api/nurse", bad))[0] == 400, bad
+        status, body = await post("/api/nurse", {"nurse": "4711", "pin": "482913"})
+        assert status == 200 and body["nurse"] == {"id": "4711", "name": "Ana Lima"}
+        assert (await post("/api/ack", ack))[0] == 202
+        records = await read_topic(bootstrap, "rpm.alert-acks", want=1)
+        [mine] = [a for a in (decode_ack(v, key=k) for k, v in records) if a.patient == "p0050"]
+        assert mine.by == "Ana Lima", "the signed-in nurse, not the name in the request"
+        assert board.alerts[raised["alert_id"]].ack_note == "Called patient"
+        assert (await post("/api/nurse", {}))[0] == 200
+        assert (await post("/api/silence", {**ack, "minutes": 5}))[0] == 403, "signed out: no more acting"
+        for _ in range(4):
+            assert (await post("/api/nurse", {"nurse": "4711", "pin": "111111"}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4711", "pin": "482913"}))[0] == 429, "five wrong PINs: locked"

@@ -19,6 +19,7 @@ from rpm_core.roster import hash_password
 from rpm_core.services import free_port, http_ok
 from tests.people.conftest import Sim
 from tests.people.support import event, produce_events, run_sync, write_lines
+from tests.support.influx import rows
 from tests.support.procs import eventually, rpm_env, running, spawn
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -30,6 +31,7 @@ PASSWORD = "ward-overview-3N"
 WAIT_MS = 30_000
 PATIENTS = [f"p{n:04d}" for n in range(100, 130)]
 FALLING, STALE, NO_DATA, LOW_BATTERY, ALARM = "p0101", "p0128", "p0129", "p0103", "p0104"
+BADGE, PIN, NURSE = "4711", "482913", "Ana Lima"
 
 
 def vitals(patient: str, metric: str, values: list[float], end_s: float) -> list[str]:
@@ -60,6 +62,8 @@ wards:
     patients: [{", ".join(PATIENTS)}]
 stations:
   north-desk: {{ward: north, password_hash: "{hash_password(PASSWORD)}"}}
+nurses:
+  "{BADGE}": {{name: {NURSE}, pin_hash: "{hash_password(PIN)}", wards: [north]}}
 """)
     port = free_port()
     proc = spawn("nurse-station", ["nurse-station", "--port", str(port)],
@@ -141,5 +145,29 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             page.screenshot(path=str(tmp_path / "detail.png"))
             dialog.locator("#detail-close").click()
             expect(dialog).to_be_hidden()
+
+            # Individual nurses: acting needs a badge and PIN; the acknowledgement is in that nurse's name.
+            expect(page.locator("#nurse-name")).to_have_text("nobody signed in")
+            card.locator(".ack-action").select_option("Called patient")
+            card.locator(".ack-btn").click()
+            signin = page.locator("dialog#signin")
+            expect(signin).to_be_visible()
+            page.fill("#badge", BADGE)
+            page.fill("#pin", "000000")
+            signin.locator("button[type=submit]").click()
+            expect(page.locator("#signin-error")).to_have_text("wrong badge number or PIN")
+            page.fill("#pin", PIN)
+            signin.locator("button[type=submit]").click()
+            expect(signin).to_be_hidden()
+            expect(page.locator("#nurse-name")).to_have_text(NURSE)
+            card.locator(".ack-action").select_option("Called patient")
+            card.locator(".ack-btn").click()
+            expect(card.locator(".ack-line")).to_contain_text(f"ACKNOWLEDGED by {NURSE}")
         finally:
             browser.close()
+    audit = eventually(lambda: rows(sim.url, sim.db, f"SELECT * FROM station_audit WHERE \"user\" = '{BADGE}'"),
+                       lambda got: {r["action"] for r in got} >= {"nurse_sign_in", "ack"}, timeout=60,
+                       what="the nurse's actions in InfluxDB")
+    [ack] = [r for r in audit if r["action"] == "ack"]
+    assert (ack["patient"], ack["by"], ack["station"], ack["note"], ack["ward"]) == (
+        ALARM, NURSE, "north-desk", "Called patient", "north")
