@@ -104,6 +104,7 @@ KIOSK_COOKIE: Final = "rpm_kiosk"
 # Chromium keeps a cookie at most 400 days; a kiosk token lives until it is revoked.
 KIOSK_COOKIE_MAX_AGE_S: Final = 400 * 86400
 NOTE_MAX: Final = 200
+RECHECK_MAX_MIN: Final = 240
 # At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
 # without an acknowledgement or silence (the next person must not act in their name).
 NURSE_IDLE_S: Final = 600.0
@@ -148,6 +149,7 @@ class AlertView:
     raised_wall: float = 0.0
     realarm_count: int = 0
     realarmed_at: float | None = None
+    recheck_at: float | None = None
     silenced_until: float | None = None
     silenced_by: str | None = None
     silenced_station: str | None = None
@@ -194,7 +196,7 @@ class AlertView:
     def to_client(self, policy: AlarmPolicy | None = None) -> dict[str, Any]:
         """The JSON the page renders."""
         policy = policy or AlarmPolicy()
-        realarm = None if self.technical else policy.realarm_s(self.rule, self.severity)
+        due = self.realarm_due(policy)
         return {
             "alert_id": self.alert_id, "patient": self.patient, "rule": self.rule, "metric": self.metric,
             "kind": self.kind, "wards": list(self.wards), "remedy": self.remedy, "component": self.component,
@@ -203,8 +205,8 @@ class AlertView:
             "raised_at": self.raised_at, "last_alarm": self.last_alarm,
             "updated_at": self.updated_at, "message": self.message, "value": self.value,
             "ack": ({"by": self.ack_by, "at": self.ack_at, "station": self.ack_station, "note": self.ack_note,
-                     "confirmed": self.ack_confirmed,
-                     "realarm_at": (self.ack_at + realarm) if realarm and self.ack_at and self.open else None}
+                     "confirmed": self.ack_confirmed, "realarm_at": due if self.open else None,
+                     "recheck_at": self.recheck_at if self.open else None}
                     if self.acknowledged else None),
             "realarm_count": self.realarm_count, "realarmed_at": self.realarmed_at,
             "silenced": ({"until": self.silenced_until, "by": self.silenced_by, "station": self.silenced_station}
@@ -212,6 +214,15 @@ class AlertView:
             "silence_max_s": policy.silence_max_s(self.rule, self.severity, technical=self.technical),
             "cleared_at": self.cleared_at, "seq": self.seq,
         }
+
+    def realarm_due(self, policy: AlarmPolicy) -> float | None:
+        """When this acknowledged alert alarms again if still open: the policy's interval after the
+        acknowledgement, or the nurse's recheck timer when that is sooner."""
+        if self.technical or self.ack_at is None:
+            return None
+        after = policy.realarm_s(self.rule, self.severity)
+        due = [t for t in (self.ack_at + after if after is not None else None, self.recheck_at) if t is not None]
+        return min(due) if due else None
 
     def display_state(self) -> str:
         """``cleared`` | ``acknowledged`` | ``escalated`` | ``raised``."""
@@ -295,7 +306,7 @@ class AlertBoard:
             return True
         return view.technical and event["state"] == "raised" and float(event["time"]) > (view.cleared_at or 0.0)
 
-    def apply_ack(self, ack: Ack, *, note: str = "") -> bool:
+    def apply_ack(self, ack: Ack, *, note: str = "", recheck_s: float | None = None) -> bool:
         """Apply an acknowledgement request from ``rpm.alert-acks`` (from any station)."""
         if not self.roster.in_ward(ack.patient, self.ward):
             return False
@@ -311,6 +322,7 @@ class AlertBoard:
         view.seen.add(key)
         view.ack_by, view.ack_at, view.ack_station, view.ack_confirmed = ack.by, ack.at, ack.station, False
         view.ack_note = note
+        view.recheck_at = ack.at + recheck_s if recheck_s else None
         view.silenced_until = None
         view.ack_seq = self._bump(view)
         return True
@@ -363,13 +375,13 @@ class AlertBoard:
         for view in list(self.alerts.values()):
             if not view.open:
                 continue
-            if view.acknowledged and view.ack_at is not None:
-                after = self.policy.realarm_s(view.rule, view.severity)
-                if after is not None and now >= view.ack_at + after:
-                    view.realarm_count += 1
-                    view.realarmed_at = now
-                    view.realarm_seq = self._bump(view)
-                    out.append(Transition("realarm", view))
+            due = view.realarm_due(self.policy) if view.acknowledged else None
+            if due is not None and now >= due:
+                recheck = view.recheck_at is not None and due == view.recheck_at
+                view.realarm_count += 1
+                view.realarmed_at, view.recheck_at = now, None
+                view.realarm_seq = self._bump(view)
+                out.append(Transition("recheck" if recheck else "realarm", view))
             if view.silenced_until is not None and now >= view.silenced_until:
                 view.silenced_until = None
                 self._bump(view)
@@ -1187,6 +1199,9 @@ async def acknowledge(request: web.Request) -> web.Response:
     st = request.app[STATE_KEY]
     body = await _json_body(request, sess)
     note = _note(body)
+    recheck = body.get("recheck_min")
+    if recheck is not None and (not _finite(recheck) or not 0 < float(recheck) <= RECHECK_MAX_MIN):  # type: ignore[arg-type]
+        raise _json_error(web.HTTPBadRequest, f"recheck_min must be minutes, more than 0 and at most {RECHECK_MAX_MIN}")
     by, user = _acting(st, sess, body)
     try:
         view = st.board.alerts.get(body["alert_id"])
@@ -1208,8 +1223,9 @@ async def acknowledge(request: web.Request) -> web.Response:
         _LOGGER.error("acknowledgement of alert %s could not be sent: %s", ack.alert_id, type(exc).__name__)
         raise web.HTTPServiceUnavailable(text='{"error": "could not reach Kafka; try again"}',
                                          content_type="application/json") from exc
-    st.board.apply_ack(ack, note=note)
-    st.record("ack", view, station=sess.station, by=ack.by, note=note, user=user)
+    st.board.apply_ack(ack, note=note, recheck_s=float(recheck) * 60.0 if recheck is not None else None)
+    st.record("ack", view, station=sess.station, by=ack.by, note=note, user=user,
+              minutes=float(recheck) if recheck is not None else 0.0)
     _LOGGER.info("alert %s of patient %s acknowledged at station %s", ack.alert_id, ack.patient, ack.station)
     return web.json_response({"status": "sent", "alert_id": ack.alert_id}, status=202)
 

@@ -14,6 +14,7 @@ const REMIND_MS = 120000;        // repeat the tone while a critical or technica
 const DARK_TONE_MS = 2000;       // the tone of a dark screen repeats this often
 const CHECK_MS = 500;
 const SILENCE_CHOICES_MIN = [2, 5, 10, 15, 30, 60];
+const RECHECK_CHOICES_MIN = [5, 10, 15, 30, 60];
 const ACK_ACTIONS = ["", "15 g carbohydrate given", "Called patient", "Physician informed", "Checked device",
   "Visited patient"];
 
@@ -358,7 +359,7 @@ async function post(path, body) {
   return r;
 }
 
-async function acknowledge(alert, button, err, noteOf) {
+async function acknowledge(alert, button, err, noteOf, recheckOf) {
   const by = nurseName(err);
   if (!by) return;
   button.disabled = true;
@@ -366,7 +367,10 @@ async function acknowledge(alert, button, err, noteOf) {
   err.textContent = "";
   state.pendingAcks.set(alert.alert_id, true);
   try {
-    const r = await post("/api/ack", { alert_id: alert.alert_id, by, note: noteOf() });
+    const body = { alert_id: alert.alert_id, by, note: noteOf() };
+    const recheck = recheckOf();
+    if (recheck) body.recheck_min = recheck;
+    const r = await post("/api/ack", body);
     if (r.status !== 202) {
       const body = await r.json().catch(() => ({}));
       throw new Error(body.error || `server answered ${r.status}`);
@@ -607,7 +611,11 @@ function ackLine(a) {
   if (a.ack.note) text += ` · ${a.ack.note}`;
   line.append(document.createTextNode(text + " "));
   line.append(el("span", a.ack.confirmed ? "muted" : "pending", a.ack.confirmed ? "(confirmed)" : "(sent)"));
-  if (a.ack.realarm_at) line.append(el("span", "muted", ` · alarms again at ${clock(a.ack.realarm_at)} if not cleared`));
+  if (a.ack.recheck_at && a.ack.recheck_at === a.ack.realarm_at) {
+    line.append(el("span", "recheck", ` · recheck at ${clock(a.ack.recheck_at)}: alarms then if not cleared`));
+  } else if (a.ack.realarm_at) {
+    line.append(el("span", "muted", ` · alarms again at ${clock(a.ack.realarm_at)} if not cleared`));
+  }
   return line;
 }
 
@@ -621,11 +629,21 @@ function ackControls(a, err) {
     o.value = t;
     action.append(o);
   }
+  const recheck = el("select", "ack-recheck");
+  recheck.setAttribute("aria-label", "Recheck in");
+  recheck.append(el("option", null, "No recheck timer"));
+  recheck.options[0].value = "";
+  for (const m of RECHECK_CHOICES_MIN) {
+    const o = el("option", null, `Recheck in ${m} min`);
+    o.value = String(m);
+    recheck.append(o);
+  }
   const button = el("button", "ack-btn", pending ? "Sending…" : "Acknowledge");
   button.type = "button";
   button.disabled = pending;
-  button.addEventListener("click", () => acknowledge(a, button, err, () => action.value));
-  box.append(action, button);
+  button.addEventListener("click", () => acknowledge(a, button, err, () => action.value,
+    () => (recheck.value ? Number(recheck.value) : null)));
+  box.append(action, recheck, button);
   return box;
 }
 

@@ -61,7 +61,7 @@ def test_life_cycle_raise_worsen_escalate_acknowledge_clear() -> None:
     assert client["open"] and not client["alarming"] and client["state"] == "acknowledged"
     assert b.active() == [view], "acknowledged is not resolved: it stays on the list"
     assert client["ack"] == {"by": "Ana", "at": 1764100700.0, "station": "desk", "note": "", "confirmed": False,
-                             "realarm_at": 1764100700.0 + 900}
+                             "realarm_at": 1764100700.0 + 900, "recheck_at": None}
     assert not b.apply_ack(ack(first)), "the same ack twice is one ack"
 
     b.apply_alert(event(severity="critical", state="acknowledged", time=1764100701.0, value=None, by="Ana"))
@@ -304,3 +304,21 @@ def test_trend_arrows_follow_cgm_rate_of_change_categories() -> None:
         "steady", "steady", "up-slow", "down-slow", "up-fast", "down-fast", "up-very-fast", "down-very-fast"]
     assert trend([(0.0, 1.0), (60.0, 2.0)]) == (None, "unknown"), "two points are no trend"
     assert trend([(5.0, 1.0)] * 4) == (None, "unknown"), "no time span"
+
+
+def test_a_recheck_timer_alarms_before_the_policy_interval_and_only_while_open() -> None:
+    b = AlertBoard(ward="all", roster=OPEN, clock=lambda: 0.0, policy=policy())
+    low = event("p1", "glucose_low", severity="critical", metric="glucose", value=50.0, since=T, time=T + 60)
+    other = event("p2", "glucose_low", severity="critical", metric="glucose", value=51.0, since=T, time=T + 60)
+    b.apply_alert(low)
+    b.apply_alert(other)
+    b.apply_ack(ack(low, at=T + 100), note="15 g carbohydrate given", recheck_s=300)
+    b.apply_ack(ack(other, at=T + 100), recheck_s=300)
+    client = b.alerts[low["alert_id"]].to_client(b.policy)
+    assert client["ack"]["recheck_at"] == client["ack"]["realarm_at"] == T + 400, "sooner than the 15 min policy"
+    b.apply_alert(event("p2", "glucose_low", state="cleared", severity="critical", metric="glucose", since=T,
+                        time=T + 200, value=90.0))
+    assert [(c.action, c.view.patient) for c in b.tick(now=T + 400)] == [("recheck", "p1")], "cleared: no recheck"
+    view = b.alerts[low["alert_id"]]
+    assert view.alarming and view.recheck_at is None
+    assert b.tick(now=T + 100 + 900) == [], "re-alarmed once; then a nurse acknowledges again"

@@ -154,10 +154,11 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
             expect(low_item).to_have_class(re.compile(r"\bnew\b"))
             # Acknowledge with an action: the alarm stays, marked with who, when and what was done.
             low_item.locator(".ack-action").select_option("15 g carbohydrate given")
+            low_item.locator(".ack-recheck").select_option("5")
             low_item.locator(".ack-btn").click()
             expect(low_item.locator(".ack-line")).to_contain_text(f"ACKNOWLEDGED by {NURSE}")
             expect(low_item.locator(".ack-line")).to_contain_text("15 g carbohydrate given")
-            expect(low_item.locator(".ack-line")).to_contain_text("alarms again at")
+            expect(low_item.locator(".ack-line .recheck")).to_contain_text("recheck at")  # 5 min, not 15
             expect(low_item).to_have_class(re.compile(r"\backed\b"))
             expect(page.locator("#history tbody tr", has_text="p0020")).to_have_count(0)
 

@@ -271,6 +271,11 @@ async def test_hostile_requests_get_a_4xx_and_the_station_keeps_serving(stack: S
                                  headers=headers) as resp:
                 assert resp.status in (400, 404, 409), (body[:60], resp.status, await resp.text())
         assert board.alerts[raised["alert_id"]].silenced_until is None, "no hostile body silenced the alert"
+        big = ("null", "18446744073709551615", "1180591620717411303424")  # null: no timer; big: refused below
+        for recheck in [*(v for v in HOSTILE_JSON if v not in big), "241", "0", "-5", "1e400", big[1]]:
+            body = f'{{"alert_id": {alert_id}, "by": {by}, "recheck_min": {recheck}}}'
+            async with http.post(f"{url}/api/ack", data=body, headers=headers) as resp:
+                assert resp.status == 400, (recheck, resp.status)
         for note in [*HOSTILE_JSON[:5], '"' + "n" * 201 + '"', '"line\nbreak"', '"\u0000"']:
             async with http.post(f"{url}/api/ack", data=f'{{"alert_id": {alert_id}, "by": {by}, "note": {note}}}',
                                  headers=headers) as resp:
