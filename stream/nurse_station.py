@@ -1,28 +1,36 @@
-"""``rpm nurse-station --ward W``: the live alert screen of one ward, served over HTTP.
+"""``rpm nurse-station --ward W``: the central station of one ward, served over HTTP.
 
 How it fits together::
 
-    rpm.alerts ─┐                                ┌─▶ GET /api/events  (SSE, one per open page)
+    rpm.alerts ─┐                                ┌─▶ GET /api/events  (SSE, one per open page, ping every 2 s)
                 ├─▶ AlertFeed ─▶ AlertBoard ─────┤
     rpm.alert-acks ┘ (aiokafka,   (state of every ├─▶ GET /api/alerts  (JSON snapshot)
-                 from offset 0)   ward alert)     └─▶ GET /api/sparkline (InfluxDB, last hour)
+                 from offset 0)   ward alert,     ├─▶ GET /api/sparkline, /api/trend (InfluxDB, last hour)
+                                  re-alarm tick)  └─▶ GET /api/overview (InfluxDB last values, trends)
     POST /api/ack ─▶ AIOKafkaProducer ─▶ rpm.alert-acks (key: patient) ─▶ worker ─▶ rpm.alerts
+    POST /api/silence, /api/nurse; actions ─▶ AuditLog ─▶ InfluxDB station_audit
 
 - **Never misses an alert.** The board is rebuilt at start from both topics read from the
   beginning, so it holds the state of every alert of the ward, not just what arrived while a
   page was open. Every change gets the next number of a monotonically increasing sequence; the
   SSE event id is ``<boot>-<seq>``. A reconnecting ``EventSource`` sends ``Last-Event-ID`` and
   gets exactly the alerts that changed after it; a reloaded page (or one whose id belongs to an
-  earlier run of the server) gets a full snapshot first. Heartbeats every 15 s let the page notice
-  a dead connection and reconnect.
-- **Acknowledgements** are produced to ``rpm.alert-acks`` (see :mod:`stream.acks`); the alert moves
-  to the history at once ("pending"), and shows "confirmed" once the worker's ``acknowledged``
-  event comes back on ``rpm.alerts``. Other stations of the ward see the ack from the topic.
-- **Login per station** (roster, scrypt hashes), server-side sessions in an HttpOnly,
-  SameSite=Strict cookie, a per-session CSRF token on every POST, an Origin check on the login
-  form, a strict Content-Security-Policy, and a small per-address login failure limit.
+  earlier run of the server) gets a full snapshot first. A ``ping`` event every 2 s lets the page
+  turn the whole screen into a technical alarm when it hears nothing for 5 s.
+- **Acknowledged is not resolved.** An acknowledgement is produced to ``rpm.alert-acks`` (see
+  :mod:`stream.acks`); the alert stays on the list, marked acknowledged ("pending" until the
+  worker's ``acknowledged`` event comes back), until the worker's ``cleared``. Still open after the
+  policy's re-alarm interval (``station:`` in the rules file, :mod:`rpm_core.alarm_policy`) or the
+  nurse's recheck timer, it alarms again. Silences are limited by the same policy.
+- **Technical alerts** (``kind: "technical"``) are accepted beside clinical ones, validated on
+  their own contract, shown apart, never acknowledged, cleared by their producer.
+- **Login per station** (roster, scrypt hashes), optional nurses with badge + PIN, server-side
+  sessions in an HttpOnly, SameSite=Strict cookie, kiosk tokens that survive restarts
+  (:mod:`stream.station_kiosk`), a per-session CSRF token on every POST, an Origin check on the
+  login form, a strict Content-Security-Policy, a lockout per station and client, and
+  ``X-Forwarded-*`` believed only from ``--trusted-proxy`` peers.
 
-Logs carry alert ids, patient ids and station ids, never readings, names or passwords.
+Logs carry alert ids, patient ids, station ids and badge numbers, never readings, names or passwords.
 """
 
 from __future__ import annotations

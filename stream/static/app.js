@@ -207,10 +207,10 @@ function loggedOut() {
 
 function startsAlarming(prev, next) {
   if (!next.alarming || silencedNow(next)) return false;
-  if (next.kind === "technical") return !prev || !prev.alarming;
+  if (next.kind === "technical") return !prev || !prev.alarming || Boolean(prev.silenced && !next.silenced);
   if (prev && prev.alarming && next.realarm_count > (prev.realarm_count || 0)) return true;
   if (!prev || !prev.alarming) return next.severity === "critical" || next.realarm_count > 0;
-  if (silencedNow(prev)) return next.severity === "critical";  // a silence ended
+  if (prev.silenced && !next.silenced) return next.severity === "critical" || next.kind === "technical";  // silence ended
   return RANK[prev.severity] < RANK.critical && next.severity === "critical";
 }
 
@@ -542,7 +542,12 @@ function tile(p) {
 }
 
 function renderOverview() {
-  const tiles = [...state.overview.patients].sort(byTileOrder);
+  // A patient whose alarm arrived since the last overview load gets a tile at once (values follow).
+  const known = new Set(state.overview.patients.map((p) => p.patient));
+  const extra = [...new Set([...state.alerts.values()]
+    .filter((a) => a.open && a.patient && a.kind !== "technical" && !known.has(a.patient)).map((a) => a.patient))]
+    .map((patient) => ({ patient }));
+  const tiles = [...state.overview.patients, ...extra].sort(byTileOrder);
   $("overview").replaceChildren(...tiles.map(tile));
   $("overview-count").textContent = String(tiles.length);
   const err = $("overview-error");

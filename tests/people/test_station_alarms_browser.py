@@ -221,7 +221,8 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
     assert (silenced["kind"], silenced["minutes"], silenced["by"]) == ("technical", 5.0, NURSE)
 
 
-def test_the_screen_cannot_go_dark_silently_and_a_kiosk_survives_a_restart(sim: Sim, station: Station) -> None:
+def test_the_screen_cannot_go_dark_silently_and_a_kiosk_survives_a_restart(sim: Sim, station: Station,
+                                                                            tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=WAIT_MS)  # a deadline for a condition on a loaded 2-core box, not a speed claim
@@ -247,6 +248,7 @@ def test_the_screen_cannot_go_dark_silently_and_a_kiosk_survives_a_restart(sim: 
             station.signal(signal.SIGSTOP)
             expect(page.locator(dark)).to_be_visible()
             expect(page.locator("#dark-title")).to_have_text("No contact with the station server")
+            page.screenshot(path=str(tmp_path / "station-dark.png"))
             eventually(lambda: page.evaluate("state.beeps"), lambda n: n >= beeps + 2, timeout=30,
                        what="the tone repeating while the screen is dark")
             station.signal(signal.SIGCONT)
