@@ -8,6 +8,8 @@ Read from the YAML file named by ``RPM_ROSTER`` (or ``--roster``); see the repos
       north:
         name: Ward 3 North            # optional display name
         patients: [p0000, p0001]      # each patient on at most one ward
+        glucose_unit: mmol/L          # optional, default mg/dL (the nurse station's display)
+        beds: {p0000: {bed: "12A", name: "A. Lima"}}   # optional, shown on the station's tile
     stations:
       north-desk:
         ward: north
@@ -63,7 +65,9 @@ _HINT_HASH: Final = "create one with: rpm nurse-station hash-password"
 
 _ROOT_KEYS: Final = {"version", "wards", "stations", "nurses"}
 _NURSE_KEYS: Final = {"name", "pin_hash", "wards"}
-_WARD_KEYS: Final = {"name", "patients"}
+_WARD_KEYS: Final = {"name", "patients", "glucose_unit", "beds"}
+_BED_KEYS: Final = {"bed", "name"}
+GLUCOSE_UNITS: Final = ("mg/dL", "mmol/L")
 _STATION_KEYS: Final = {"ward", "password_hash", "name"}
 
 
@@ -137,12 +141,22 @@ class PasswordHash:
 
 
 @dataclass(frozen=True, slots=True)
+class Bed:
+    """Where a patient lies and the name the station shows (both optional)."""
+
+    bed: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Ward:
-    """One ward and its patients (empty for ``all``: every patient)."""
+    """One ward and its patients (empty for ``all``: every patient), its glucose unit and beds."""
 
     id: str
     name: str
     patients: frozenset[str] = frozenset()
+    glucose_unit: str = "mg/dL"
+    beds: Mapping[str, Bed] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,9 +386,35 @@ class _RosterParser:
             entries = self.mapping(value, path, _WARD_KEYS, ("patients",), owner=key_node)
             patients = self.patients(entries["patients"][1], f"{path}.patients", ward_id, seen)
             name = self.text(entries["name"][1], f"{path}.name") if "name" in entries else ward_id
-            out[ward_id] = Ward(id=ward_id, name=name, patients=frozenset(patients))
+            unit = "mg/dL"
+            if "glucose_unit" in entries:
+                unit = self.text(entries["glucose_unit"][1], f"{path}.glucose_unit")
+                if unit not in GLUCOSE_UNITS:
+                    raise self.fail(entries["glucose_unit"][1], f"{path}.glucose_unit", f"unknown unit {unit!r}",
+                                    f"use one of: {', '.join(GLUCOSE_UNITS)}")
+            beds = self.beds(entries["beds"][1], f"{path}.beds", set(patients)) if "beds" in entries else {}
+            out[ward_id] = Ward(id=ward_id, name=name, patients=frozenset(patients), glucose_unit=unit, beds=beds)
         if not out:
             raise self.fail(node, "wards", "no ward defined", "add a ward with its patients")
+        return out
+
+    def beds(self, node: yaml.Node, path: str, patients: set[str]) -> dict[str, Bed]:
+        """``beds: {p0001: {bed: "12A", name: "A. Lima"}}``: patients of this ward only."""
+        out: dict[str, Bed] = {}
+        for patient, (key_node, value) in self.mapping(node, path, None).items():
+            where = f"{path}.{patient}"
+            if self.ident(key_node, where) not in patients:
+                raise self.fail(key_node, where, f"{patient} is not a patient of this ward",
+                                "list the patient under `patients:` first")
+            entries = self.mapping(value, where, _BED_KEYS, owner=key_node)
+            texts = {}
+            for key in _BED_KEYS:
+                text = self.text(entries[key][1], f"{where}.{key}").strip() if key in entries else ""
+                if len(text) > 64 or not text.isprintable():
+                    raise self.fail(entries[key][1], f"{where}.{key}", "at most 64 printable characters",
+                                    "shorten it")
+                texts[key] = text
+            out[patient] = Bed(bed=texts["bed"], name=texts["name"])
         return out
 
     def patients(self, node: yaml.Node, path: str, ward: str, seen: dict[str, tuple[str, int]]) -> list[str]:

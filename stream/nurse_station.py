@@ -59,7 +59,7 @@ from aiohttp import web
 
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
-from rpm_core.roster import ALL_WARD, Roster, load_roster
+from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
 from rpm_core.wire import METRICS, is_valid_id
@@ -113,6 +113,8 @@ KIOSK_COOKIE: Final = "rpm_kiosk"
 KIOSK_COOKIE_MAX_AGE_S: Final = 400 * 86400
 NOTE_MAX: Final = 200
 RECHECK_MAX_MIN: Final = 240
+# mg/dL per mmol/L of glucose: its molar mass, 180.16 g/mol, over 10 (dL per L).
+MG_DL_PER_MMOL_L: Final = 18.016
 # At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
 # without an acknowledgement or silence (the next person must not act in their name).
 NURSE_IDLE_S: Final = 600.0
@@ -652,7 +654,8 @@ class Sparklines:
     """
 
     def __init__(self, *, url: str | None, db: str, token: str = "",
-                 thresholds: Mapping[str, Sequence[Threshold]] | None = None) -> None:
+                 thresholds: Mapping[str, Sequence[Threshold]] | None = None, glucose_unit: str = "mg/dL") -> None:
+        self.glucose_unit = glucose_unit
         self.url = url.rstrip("/") if url else None
         self.db = db
         self.token = token
@@ -672,8 +675,12 @@ class Sparklines:
             return hit[1]
         points = await self._points(patient, metric)
         lines = [t for t in self.thresholds.get(metric, ()) if rule is None or t.rule == rule]
+        if metric == "glucose" and self.glucose_unit == "mmol/L":
+            points = [(t, v / MG_DL_PER_MMOL_L) for t, v in points]
+            lines = [Threshold(t.rule, t.severity, t.value / MG_DL_PER_MMOL_L) for t in lines]
         size = {"width": 560, "height": 190} if large else {}
-        svg = render_sparkline(points, metric=metric, thresholds=lines, now=time.time(), **size)
+        svg = render_sparkline(points, metric=metric, thresholds=lines, now=time.time(),
+                               digits=1 if metric == "glucose" and self.glucose_unit == "mmol/L" else None, **size)
         self._cache[key] = (now, svg)
         return svg
 
@@ -750,7 +757,7 @@ _SEVERITY_COLOUR: Final = {"critical": "#ff5252", "warning": "#ffb300", "info": 
 
 def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 280, height: int = 78,
                      thresholds: Sequence[Threshold] = (), now: float | None = None,
-                     window_s: float = 3600.0) -> str:
+                     window_s: float = 3600.0, digits: int | None = None) -> str:
     """An SVG of ``points`` (time, value) over the last ``window_s`` up to ``now``: the value scale
     (lowest and highest) on the left, a time axis (−60 min … now) below, the ``thresholds`` as dashed
     lines in their severity's colour, the last point marked. Drawn from numbers only."""
@@ -764,7 +771,7 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
     t0 = t1 - window_s
     vs = [p[1] for p in points] + [t.value for t in thresholds]
     lo, hi = min(vs), max(vs)
-    pad = max((hi - lo) * 0.08, 1.0)
+    pad = max((hi - lo) * 0.08, 0.1 if digits else 1.0)
     lo, hi = lo - pad, hi + pad
 
     def x(t: float) -> float:
@@ -773,7 +780,7 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
     def y(v: float) -> float:
         return round(height - bottom - (v - lo) / (hi - lo) * (height - bottom - top), 1)
 
-    digits = 2 if metric == "rr_interval" else 0
+    digits = digits if digits is not None else 2 if metric == "rr_interval" else 0
     parts = [head, f'<rect x="{left}" y="{top}" width="{width - left - 4}" height="{height - bottom - top}" '
                    'fill="none" stroke="#2c363f"/>']
     parts += [f'<line x1="{left}" x2="{width - 4}" y1="{y(th.value)}" y2="{y(th.value)}" '
@@ -1113,8 +1120,18 @@ async def session_info(request: web.Request) -> web.Response:
                               "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf,
                               "kiosk": sess.kiosk is not None, "heartbeat_s": SSE_HEARTBEAT_S,
                               "nurses": bool(st.roster.nurses), "nurse": _nurse_info(st, sess),
+                              "glucose_unit": _glucose_unit(st),
                               "heartbeat_deadline_s": HEARTBEAT_DEADLINE_S},
                              dumps=lambda d: orjson.dumps(d).decode())
+
+
+def _ward(st: StationState) -> Ward | None:
+    return st.roster.wards.get(st.board.ward) if st.roster.configured else None
+
+
+def _glucose_unit(st: StationState) -> str:
+    ward = _ward(st)
+    return ward.glucose_unit if ward is not None else "mg/dL"
 
 
 def _nurse_info(st: StationState, sess: Session) -> dict[str, str] | None:
@@ -1283,8 +1300,10 @@ async def overview(request: web.Request) -> web.Response:
     else:  # ward "all": every patient with data or an alert
         patients = sorted(set(tiles) | {v.patient for v in st.board.alerts.values() if v.patient})
     error = st.overview.error if st.overview is not None else "no InfluxDB configured"
+    beds = ward.beds if ward is not None else {}
     body = {"now": time.time(), "error": error,
-            "patients": [{"patient": p, **tiles.get(p, {})} for p in patients]}
+            "patients": [{"patient": p, **tiles.get(p, {}),
+                          **({"bed": beds[p].bed, "name": beds[p].name} if p in beds else {})} for p in patients]}
     return web.json_response(body, dumps=lambda d: orjson.dumps(d).decode())
 
 
@@ -1444,7 +1463,8 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(rules_path))
     sender = AckSender(bootstrap=bootstrap)
     sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
-                            thresholds=rule_thresholds(load_rules(rules_path)))
+                            thresholds=rule_thresholds(load_rules(rules_path)),
+                            glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
     audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,

@@ -63,10 +63,17 @@ function ruleLabel(rule) {
   return t.charAt(0).toUpperCase() + t.slice(1);
 }
 
+const MG_DL_PER_MMOL_L = 18.016;  // glucose: molar mass 180.16 g/mol over 10
+
+function fmt(metric, v) {
+  // Values arrive in mg/dL; a ward may show mmol/L (roster: glucose_unit).
+  if (metric === "glucose" && UNITS.glucose === "mmol/L") return (Number(v) / MG_DL_PER_MMOL_L).toFixed(1);
+  return Number(v).toFixed(metric === "rr_interval" ? 3 : 0);
+}
+
 function formatValue(a) {
   if (a.value === null || a.value === undefined) return "";
-  const digits = a.metric === "rr_interval" ? 3 : 0;
-  return Number(a.value).toFixed(digits);
+  return fmt(a.metric, a.value);
 }
 
 function silencedNow(a) {
@@ -485,7 +492,7 @@ function tileValue(cell, metric) {
   const v = el("div", "tile-val");
   v.dataset.metric = metric;
   if (cell) {
-    v.append(document.createTextNode(Number(cell.value).toFixed(0)));
+    v.append(document.createTextNode(fmt(metric, cell.value)));
     v.append(el("small", null, ` ${UNITS[metric]}`));
     const arrow = el("span", "arrow", ARROWS[cell.trend] || "");
     arrow.title = ARROW_WORDS[cell.trend] || "";
@@ -525,11 +532,14 @@ function tile(p) {
   if (top && !top.alarming) li.classList.add("acked");
   if (stale && !top) li.classList.add("stale");
   const head = el("div", "tile-head");
-  head.append(el("span", "tile-id", p.patient));
+  const who = el("span", "tile-id", p.bed ? `${p.bed} · ${p.patient}` : p.patient);
+  head.append(who);
   if (top) head.append(el("span", "tile-alarm", `${top.alarming ? "" : "ACK · "}${ruleLabel(top.rule)}`));
   const vals = el("div", "tile-vals");
   vals.append(tileValue(p.heart_rate, "heart_rate"), tileValue(p.glucose, "glucose"));
-  li.append(head, vals);
+  li.append(head);
+  if (p.name) li.append(el("div", "tile-name", p.name));
+  li.append(vals);
   if (p.device) {
     const b = p.device.battery_pct;
     const dev = el("div", "tile-dev", `device ${p.device.state || ""}${b !== null && b !== undefined ? ` · battery ${b}%` : ""}`);
@@ -658,7 +668,7 @@ function currentLine(a) {
   const cell = p ? p[a.metric] : null;
   const line = el("div", "now-value");
   if (cell) {
-    line.textContent = `now ${Number(cell.value).toFixed(0)} ${UNITS[a.metric] || ""} ${ARROWS[cell.trend] || ""}`.trim() +
+    line.textContent = `now ${fmt(a.metric, cell.value)} ${UNITS[a.metric] || ""} ${ARROWS[cell.trend] || ""}`.trim() +
       ` · ${ago(cell.time)} ago${cell.stale ? " · STALE" : ""}`;
     if (cell.stale) line.classList.add("is-stale");
   }
@@ -783,6 +793,7 @@ async function init() {
   state.kiosk = s.kiosk;
   state.deadlineMs = s.heartbeat_deadline_s * 1000;
   $("ward-name").textContent = s.ward_name;
+  UNITS.glucose = s.glucose_unit || "mg/dL";
   state.nurses = s.nurses;
   $("typed-name").hidden = s.nurses;
   $("signed-in").hidden = !s.nurses;

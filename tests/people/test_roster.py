@@ -87,7 +87,7 @@ stations:
 
 @pytest.mark.parametrize(("text", "line", "field", "words"), [
     (OK.replace("version: 1", "version: 2"), 1, "version", "unsupported version"),
-    (OK.replace("    patients:", "    beds: 3\n    patients:"), 4, "wards.north.beds", "unknown key"),
+    (OK.replace("    patients:", "    rooms: 3\n    patients:"), 4, "wards.north.rooms", "unknown key"),
     (OK + "  other:\n    ward: south\n    password_hash: \"HASH\"\n", 10, "stations.other.ward", "unknown ward"),
     (OK.replace("[p0001, p0002]", "[p0001, p0001]"), 4, "wards.north.patients", "already on ward north"),
     (OK.replace("[p0001, p0002]", "[p0001, p 2]"), 4, "wards.north.patients", "not a valid id"),
@@ -141,3 +141,24 @@ nurses:
         with pytest.raises(RosterError) as err:
             parse_roster(head + " " + entry + "\n", source="roster.yaml")
         assert err.value.field == field and err.value.line == 8, (entry, err.value)
+
+
+def test_a_ward_may_read_glucose_in_mmol_per_litre_and_name_its_beds() -> None:
+    import pytest
+
+    from rpm_core.roster import RosterError, hash_password, parse_roster
+
+    stations = f"""stations:
+  desk: {{ward: north, password_hash: "{hash_password('x' * 12, n=16, r=1, p=1)}"}}
+"""
+    roster = parse_roster("version: 1\nwards:\n  north:\n    patients: [p0001, p0002]\n    glucose_unit: mmol/L\n"
+                          '    beds: {p0001: {bed: "12A", name: "A. Lima"}}\n' + stations)
+    north = roster.wards["north"]
+    assert north.glucose_unit == "mmol/L" and north.beds["p0001"].bed == "12A" and "p0002" not in north.beds
+    for extra, field in (("    glucose_unit: mg/dl\n", "wards.north.glucose_unit"),
+                         ('    beds: {p0009: {bed: "1"}}\n', "wards.north.beds.p0009"),
+                         ('    beds: {p0001: {room: "1"}}\n', "wards.north.beds.p0001.room"),
+                         (f'    beds: {{p0001: {{name: "{"x" * 65}"}}}}\n', "wards.north.beds.p0001.name")):
+        with pytest.raises(RosterError) as err:
+            parse_roster("version: 1\nwards:\n  north:\n    patients: [p0001]\n" + extra + stations)
+        assert err.value.field == field and err.value.line == 5, (extra, err.value)

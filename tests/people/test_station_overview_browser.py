@@ -60,6 +60,8 @@ wards:
   north:
     name: Ward 3 North
     patients: [{", ".join(PATIENTS)}]
+    glucose_unit: mmol/L
+    beds: {{{ALARM}: {{bed: "12A", name: "Test Patient"}}}}
 stations:
   north-desk: {{ward: north, password_hash: "{hash_password(PASSWORD)}"}}
 nurses:
@@ -96,6 +98,8 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             expect(tiles).to_have_count(30)
             expect(tiles.first).to_have_attribute("data-patient", ALARM)
             expect(tiles.first).to_contain_text("Glucose low")
+            expect(tiles.first.locator(".tile-id")).to_have_text(f"12A · {ALARM}")
+            expect(tiles.first.locator(".tile-name")).to_have_text("Test Patient")
             first = tiles.first.get_attribute("class") or ""
             assert "sev-critical" in first, first
 
@@ -103,7 +107,8 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
                 return page.locator(f'#overview li.tile[data-patient="{p}"]')
 
             expect(tile(FALLING).locator('.tile-val[data-metric="glucose"] .arrow')).to_have_text("↓")
-            expect(tile(FALLING).locator('.tile-val[data-metric="glucose"]')).to_contain_text("125")
+            # This ward reads glucose in mmol/L: 125 mg/dL is 6.9 mmol/L.
+            expect(tile(FALLING).locator('.tile-val[data-metric="glucose"]')).to_contain_text("6.9 mmol/L")
             expect(tile("p0102").locator('.tile-val[data-metric="heart_rate"]')).to_contain_text("72")
             expect(tile("p0102").locator('.tile-val[data-metric="heart_rate"] .arrow')).to_have_text("→")
             expect(tile(STALE).locator(".tile-age").first).to_contain_text("STALE")
@@ -113,8 +118,9 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             assert "low" in (tile(LOW_BATTERY).locator(".tile-dev").get_attribute("class") or "")
             # The alarm card: the value at alarm beside the current one, a sparkline with its thresholds.
             card = page.locator("li.alert", has_text=ALARM)
-            expect(card.locator(".value")).to_contain_text("48")
-            expect(card.locator(".now-value")).to_contain_text("now 114 mg/dL")
+            expect(card.locator(".value")).to_contain_text("2.7 mmol/L")  # 48 mg/dL at alarm
+            expect(card.locator(".now-value")).to_contain_text("now 6.3 mmol/L")  # 114 mg/dL now
+            expect(card.locator("svg text", has_text="3.0")).to_have_count(1)  # the 54 mg/dL line's end of the scale
             expect(card.locator("svg line")).to_have_count(2)  # glucose_low warning 70, critical 54
             expect(card.locator("svg text", has_text="now")).to_have_count(1)
             # Stale and no-data tiles come right after the alarms, before the quiet ones.
