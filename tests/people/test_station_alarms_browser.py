@@ -320,3 +320,44 @@ def test_behind_a_tls_proxy_a_kiosk_logs_in_with_a_secure_cookie_and_stays_live(
                 browser.close()
     finally:
         station.stop()
+
+
+def test_the_real_worker_raises_a_nurse_acknowledges_it_stays_and_the_worker_clears_it_to_history(
+        sim: Sim, station: Station) -> None:
+    """The whole lifecycle on the real pipeline: readings over MQTT → bridge → worker → station → page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.support.mqtt import Publisher, heart_rate
+
+    expect.set_options(timeout=60_000)  # the worker's detection too, on a loaded box
+    patient, now = "p0060", time.time()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=KIOSK_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            login(page, station.url)
+            page.fill("#nurse", NURSE)
+            # 13 minutes above 120 bpm (the rule wants 10): the worker raises tachycardia.
+            with Publisher(sim.stack) as pub:
+                pub.readings(patient, "hrm-p0060", heart_rate(now - 25 * 60, 13 * 60, 131.0, step=5.0))
+            item = page.locator("li.alert", has_text=patient)
+            expect(item).to_contain_text("Tachycardia")
+            item.locator(".ack-action").select_option("Visited patient")
+            item.locator(".ack-btn").click()
+            expect(item.locator(".ack-line")).to_contain_text("(confirmed)")  # the worker's acknowledged
+            expect(item.locator(".ack-line")).to_contain_text(f"ACKNOWLEDGED by {NURSE}")
+            expect(page.locator("#history tbody tr", has_text=patient)).to_have_count(0)
+            # Back to 78 bpm for 11 minutes (the rule clears after 5 at <= 110): the worker clears it.
+            with Publisher(sim.stack) as pub:
+                pub.readings(patient, "hrm-p0060", heart_rate(now - 11 * 60, 11 * 60, 78.0, step=5.0))
+            expect(item).to_have_count(0)
+            row = page.locator("#history tbody tr", has_text=patient)
+            expect(row).to_contain_text(NURSE)
+            expect(row).to_contain_text("Visited patient")
+        finally:
+            browser.close()
+    stored = eventually(lambda: rows(sim.url, sim.db, f"SELECT * FROM alerts WHERE patient = '{patient}'"),
+                        lambda got: {r["state"] for r in got} >= {"raised", "acknowledged", "cleared"}, timeout=60,
+                        what="the worker's raised/acknowledged/cleared in InfluxDB", watch=(sim.worker,))
+    assert [r["by"] for r in stored if r["state"] == "acknowledged"] == [NURSE]
