@@ -106,6 +106,8 @@ PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.
 ACK_CLOCK_SLACK_S: Final = 5.0
 SPARKLINE_WINDOW: Final = "1h"
+# The patient detail shows the last three hours, in 3-minute means.
+DETAIL_WINDOW_S: Final = 3 * 3600
 SPARKLINE_CACHE_S: Final = 30.0
 COOKIE: Final = "rpm_station"
 KIOSK_COOKIE: Final = "rpm_kiosk"
@@ -673,22 +675,23 @@ class Sparklines:
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < SPARKLINE_CACHE_S:
             return hit[1]
-        points = await self._points(patient, metric)
+        points = await self._points(patient, metric, large=large)
         lines = [t for t in self.thresholds.get(metric, ()) if rule is None or t.rule == rule]
         if metric == "glucose" and self.glucose_unit == "mmol/L":
             points = [(t, v / MG_DL_PER_MMOL_L) for t, v in points]
             lines = [Threshold(t.rule, t.severity, t.value / MG_DL_PER_MMOL_L) for t in lines]
-        size = {"width": 560, "height": 190} if large else {}
+        size: dict[str, Any] = {"width": 560, "height": 190, "window_s": DETAIL_WINDOW_S} if large else {}
         svg = render_sparkline(points, metric=metric, thresholds=lines, now=time.time(),
                                digits=1 if metric == "glucose" and self.glucose_unit == "mmol/L" else None, **size)
         self._cache[key] = (now, svg)
         return svg
 
-    async def _points(self, patient: str, metric: str) -> list[tuple[float, float]]:
+    async def _points(self, patient: str, metric: str, *, large: bool = False) -> list[tuple[float, float]]:
         if self.url is None or not is_valid_id(patient) or metric not in METRICS:
             return []
         q = (f"SELECT mean(\"value\") FROM \"vitals\" WHERE \"patient\" = '{patient}' AND \"metric\" = '{metric}' "  # noqa: S608 (ids validated)
-             f"AND time > now() - {SPARKLINE_WINDOW} GROUP BY time(1m) fill(none)")
+             f"AND time > now() - {f'{DETAIL_WINDOW_S}s' if large else SPARKLINE_WINDOW} "
+             f"GROUP BY time({'3m' if large else '1m'}) fill(none)")
         headers = {"Authorization": f"Token {self.token}"} if self.token else {}
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -752,6 +755,10 @@ def rule_thresholds(ruleset: Any) -> dict[str, list[Threshold]]:
     return out
 
 
+def _ago_label(seconds: float) -> str:
+    return f"−{seconds / 60:g} min" if seconds <= 3600 else f"−{seconds / 3600:g} h"
+
+
 _SEVERITY_COLOUR: Final = {"critical": "#ff5252", "warning": "#ffb300", "info": "#42a5f5"}
 
 
@@ -761,11 +768,12 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
     """An SVG of ``points`` (time, value) over the last ``window_s`` up to ``now``: the value scale
     (lowest and highest) on the left, a time axis (−60 min … now) below, the ``thresholds`` as dashed
     lines in their severity's colour, the last point marked. Drawn from numbers only."""
+    span = "hour" if window_s <= 3600 else f"{window_s / 3600:g} hours"
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {width} {height}" '
-            f'width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)} trend, last hour">')
+            f'width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)} trend, last {span}">')
     if len(points) < 2:
         return head + (f'<text x="4" y="{height // 2 + 5}" fill="#9aa3ad" font-size="13">'
-                       "no data in the last hour</text></svg>")
+                       f"no data in the last {span}</text></svg>")
     left, bottom, top = 34, 14, 4
     t1 = max(p[0] for p in points) if now is None else max(now, max(p[0] for p in points))
     t0 = t1 - window_s
@@ -786,9 +794,11 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
     parts += [f'<line x1="{left}" x2="{width - 4}" y1="{y(th.value)}" y2="{y(th.value)}" '
               f'stroke="{_SEVERITY_COLOUR.get(th.severity, "#9aa3ad")}" stroke-dasharray="4 3" stroke-width="1.2">'
               f"<title>{html.escape(th.rule)} {th.severity} {th.value:g}</title></line>" for th in thresholds]
+    parts += [f'<text x="{width - 6}" y="{y(th.value) - 2}" fill="{_SEVERITY_COLOUR.get(th.severity, "#9aa3ad")}" '
+              f'font-size="10" text-anchor="end">{th.value:.{digits}f}</text>' for th in thresholds]
     parts += [f'<text x="{left - 3}" y="{y(v) + 4}" fill="#9aa3ad" font-size="11" text-anchor="end">'
               f"{v:.{digits}f}</text>" for v in (lo + pad, hi - pad)]
-    for frac, label in ((0.0, f"−{window_s / 60:g} min"), (0.5, f"−{window_s / 120:g}"), (1.0, "now")):
+    for frac, label in ((0.0, _ago_label(window_s)), (0.5, _ago_label(window_s / 2)), (1.0, "now")):
         anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
         parts.append(f'<text x="{x(t0 + frac * window_s)}" y="{height - 2}" fill="#9aa3ad" font-size="10" '
                      f'text-anchor="{anchor}">{label}</text>')

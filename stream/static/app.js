@@ -509,10 +509,15 @@ function tileValue(cell, metric) {
   return box;
 }
 
+function deviceTrouble(patient) {
+  // Open technical alarms about this patient's devices (battery, sensor, connection).
+  return [...state.alerts.values()].filter((a) => a.open && a.kind === "technical" && a.patient === patient);
+}
+
 function tileRank(p) {
   const top = topAlarm(p.patient);
-  const stale = !p.heart_rate && !p.glucose ? true : [p.heart_rate, p.glucose].filter(Boolean).every((c) => c.stale);
-  return { top, stale };
+  const noData = !p.heart_rate && !p.glucose ? true : [p.heart_rate, p.glucose].filter(Boolean).every((c) => c.stale);
+  return { top, stale: noData || deviceTrouble(p.patient).length > 0 };
 }
 
 function byTileOrder(x, y) {
@@ -540,6 +545,7 @@ function tile(p) {
   li.append(head);
   if (p.name) li.append(el("div", "tile-name", p.name));
   li.append(vals);
+  for (const t of deviceTrouble(p.patient)) li.append(el("div", "tile-tech", `⚠ ${ruleLabel(t.rule)}`));
   if (p.device) {
     const b = p.device.battery_pct;
     const dev = el("div", "tile-dev", `device ${p.device.state || ""}${b !== null && b !== undefined ? ` · battery ${b}%` : ""}`);

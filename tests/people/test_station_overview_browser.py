@@ -13,12 +13,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from rpm_core.roster import hash_password
 from rpm_core.services import free_port, http_ok
 from tests.people.conftest import Sim
-from tests.people.support import event, produce_events, run_sync, write_lines
+from tests.people.support import event, produce, produce_events, run_sync, write_lines
 from tests.support.influx import rows
 from tests.support.procs import eventually, rpm_env, running, spawn
 
@@ -84,6 +85,11 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
     now = time.time()
     low = event(ALARM, "glucose_low", severity="critical", metric="glucose", value=48.0, since=now - 900, time=now)
     run_sync(produce_events(sim.bootstrap, [low]))
+    battery = {"alert_id": "tech-battery-p0105", "patient": "p0105", "rule": "tech.device.battery_low",
+               "metric": "technical", "severity": "warning", "state": "raised", "time": now, "since": now,
+               "value": None, "message": "CGM cgm-p0105 battery at 8 %", "by": None, "kind": "technical",
+               "wards": ["north"], "component": "device", "remedy": "Replace or charge the CGM transmitter"}
+    run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(battery))]))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -120,12 +126,15 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             card = page.locator("li.alert", has_text=ALARM)
             expect(card.locator(".value")).to_contain_text("2.7 mmol/L")  # 48 mg/dL at alarm
             expect(card.locator(".now-value")).to_contain_text("now 6.3 mmol/L")  # 114 mg/dL now
-            expect(card.locator("svg text", has_text="3.0")).to_have_count(1)  # the 54 mg/dL line's end of the scale
+            expect(card.locator("svg text", has_text="3.9")).to_have_count(1)  # the 70 mg/dL threshold, labelled
             expect(card.locator("svg line")).to_have_count(2)  # glucose_low warning 70, critical 54
             expect(card.locator("svg text", has_text="now")).to_have_count(1)
-            # Stale and no-data tiles come right after the alarms, before the quiet ones.
-            order = [tiles.nth(i).get_attribute("data-patient") for i in range(3)]
-            assert order == [ALARM, STALE, NO_DATA], order
+            # A device's technical alarm shows on its patient's tile (and in the band above).
+            expect(tile("p0105").locator(".tile-tech")).to_have_text("⚠ Device battery low")
+            expect(page.locator("#tech-band li.tech-item", has_text="battery at 8 %")).to_have_count(1)
+            # Stale, no-data and device-trouble tiles come right after the alarms, before the quiet ones.
+            order = [tiles.nth(i).get_attribute("data-patient") for i in range(4)]
+            assert order == [ALARM, "p0105", STALE, NO_DATA], order
 
             # At least 24 tiles fit one 1080p screen below the header, text no smaller than 14 px.
             page.evaluate("document.getElementById('overview-h').scrollIntoView()")
@@ -151,6 +160,10 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             page.screenshot(path=str(tmp_path / "detail.png"))
             dialog.locator("#detail-close").click()
             expect(dialog).to_be_hidden()
+            # The battery was changed: the producer clears it, the tile's warning goes.
+            cleared = {**battery, "state": "cleared", "time": time.time() + 1}
+            run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(cleared))]))
+            expect(tile("p0105").locator(".tile-tech")).to_have_count(0)
 
             # Individual nurses: acting needs a badge and PIN; the acknowledgement is in that nurse's name.
             expect(page.locator("#nurse-name")).to_have_text("nobody signed in")
