@@ -371,6 +371,20 @@ async def test_a_kiosk_token_survives_a_restart_and_forged_or_revoked_ones_do_no
         assert KioskRegistry(tmp_path).revoke(kiosk_id), "revoked from another process (the CLI)"
         assert await session_with(kiosk_token) == 401, "revoked: out at once, in the running server"
         assert not KioskRegistry(tmp_path).revoke(kiosk_id), "revoking twice says so"
+    # Logging out on a kiosk screen ends its token too (a screen leaving the ward does not stay in).
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 303
+        token = next(c.value for c in http.cookie_jar if c.key == "rpm_kiosk")
+        async with http.get(f"{url}/api/session") as resp:
+            csrf = (await resp.json())["csrf"]
+        async with http.post(f"{url}/logout", data={"csrf": csrf}, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with client() as other:
+            other.cookie_jar.update_cookies({"rpm_kiosk": token})
+            async with other.get(f"{url}/api/session") as resp:
+                assert resp.status == 401
 
 
 async def test_behind_a_trusted_tls_proxy_login_works_the_cookie_is_secure_and_lockout_is_per_station_and_client(
