@@ -62,7 +62,9 @@ from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
-from rpm_core.wire import METRICS, is_valid_id
+from rpm_core.signing import KeyRing
+from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
+from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
 from stream.station_audit import AuditEntry, AuditLog
@@ -75,10 +77,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SEVERITY_RANK: Final = {"info": 1, "warning": 2, "critical": 3}
 STATES: Final = frozenset({"raised", "cleared", "acknowledged", "escalated"})
-# Technical alerts (see COMMON contract, rpm_core.technical): only raised and cleared.
-TECHNICAL_STATES: Final = frozenset({"raised", "cleared"})
-TECHNICAL_WARDS_MAX: Final = 256
-TECHNICAL_TEXT_MAX: Final = 2000
 # Closed alerts stay in the history view for a day (one shift handover and then some).
 HISTORY_KEEP_S: Final = 24 * 3600.0
 # A nurse station is left logged in for a whole shift; idle sessions end after 12 h.
@@ -491,8 +489,8 @@ def _valid_event(doc: Any) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         return None
     kind = doc.get("kind")
-    if kind == "technical":
-        return doc if _valid_technical(doc) else None
+    if kind == TECHNICAL_KIND:
+        return _valid_technical(doc)
     if kind not in (None, "clinical"):
         return None
     metric, severity, state = doc.get("metric"), doc.get("severity"), doc.get("state")
@@ -508,26 +506,19 @@ def _valid_event(doc: Any) -> dict[str, Any] | None:
     return doc if ok else None
 
 
-def _valid_technical(doc: dict[str, Any]) -> bool:
-    """The technical-alert contract: ``metric == "technical"``, ``rule`` ``tech.<code>``, only raised and
-    cleared, ``patient`` an id or null, ``wards`` ids or ``"*"``, plain-text message and remedy."""
-    severity, state, rule, wards = doc.get("severity"), doc.get("state"), doc.get("rule"), doc.get("wards")
-    return (
-        is_valid_id(doc.get("alert_id")) and is_valid_id(rule) and isinstance(rule, str) and rule.startswith("tech.")
-        and doc.get("metric") == "technical" and (doc.get("patient") is None or is_valid_id(doc.get("patient")))
-        and isinstance(severity, str) and severity in SEVERITY_RANK
-        and isinstance(state, str) and state in TECHNICAL_STATES
-        and isinstance(wards, list) and 0 < len(wards) <= TECHNICAL_WARDS_MAX
-        and all(w == "*" or is_valid_id(w) for w in wards)
-        and is_valid_id(doc.get("component"))
-        and _finite(doc.get("time")) and (doc.get("since") is None or _finite(doc.get("since")))
-        and doc.get("value") is None and doc.get("by") is None
-        and _short_text(doc.get("message", "")) and _short_text(doc.get("remedy", ""))
-    )
+def _valid_technical(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The technical-alert contract, decoded by its own codec (:func:`rpm_core.technical.decode_technical`:
+    ``rule`` ``tech.<code>``, only raised and cleared, ``patient`` an id or null, ``wards`` ids or
+    ``"*"``, a known component, the id matching rule, scope and since), and no clinical fields
+    (``metric`` ``"technical"``, no value, no ``by``). Returns the normalized document (texts cut
+    to the codec's length), or None."""
+    if doc.get("metric") != TECHNICAL_METRIC or doc.get("value") is not None or doc.get("by") is not None:
+        return None
+    try:
+        return decode_technical(doc).to_dict()
+    except TechnicalAlertError:
+        return None
 
-
-def _short_text(x: object) -> bool:
-    return isinstance(x, str) and len(x) <= TECHNICAL_TEXT_MAX
 
 def _finite(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
@@ -604,8 +595,8 @@ class AlertFeed:
         wall = timestamp_ms / 1000.0 if timestamp_ms and timestamp_ms > 0 else None
         if topic == topics.ALERTS:
             try:
-                doc = orjson.loads(value)
-            except orjson.JSONDecodeError:
+                doc = loads_unique(value)
+            except ValueError:  # not JSON, or a key named twice
                 doc = None
             if not self.board.apply_alert(doc, wall=wall) and doc is None:
                 _LOGGER.warning("ignored a record of %s that is not JSON", topic)
@@ -621,10 +612,12 @@ async def _at_least(consumer: Any, end: dict[Any, int]) -> list[bool]:
 
 
 class AckSender:
-    """Produces acknowledgements to ``rpm.alert-acks`` (key: patient id)."""
+    """Produces acknowledgements to ``rpm.alert-acks`` (key: patient id), signed with ``keys``
+    (the worker refuses an acknowledgement that does not verify, see :mod:`rpm_core.signing`)."""
 
-    def __init__(self, *, bootstrap: str) -> None:
+    def __init__(self, *, bootstrap: str, keys: KeyRing | None = None) -> None:
         self.bootstrap = bootstrap
+        self._keys = keys
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -638,7 +631,9 @@ class AckSender:
     async def send(self, ack: Ack) -> None:
         """Send one ack and wait until Kafka has it."""
         assert self._producer is not None, "start() first"
-        await self._producer.send_and_wait(topics.ALERT_ACKS, value=bytes(ack), key=ack.key)
+        value = bytes(ack)
+        headers = self._keys.sign(topics.ALERT_ACKS, ack.key, value) if self._keys is not None else None
+        await self._producer.send_and_wait(topics.ALERT_ACKS, value=value, key=ack.key, headers=headers)
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -1471,7 +1466,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     bootstrap = settings.kafka_bootstrap()
     rules_path = _rules_path(settings)
     board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(rules_path))
-    sender = AckSender(bootstrap=bootstrap)
+    sender = AckSender(bootstrap=bootstrap, keys=settings.key_ring())
     sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
                             thresholds=rule_thresholds(load_rules(rules_path)),
                             glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")

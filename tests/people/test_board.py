@@ -228,11 +228,14 @@ def test_silence_is_refused_beyond_the_floor_and_ends_by_itself() -> None:
 
 def technical(patient: str | None = None, *, state: str = "raised", wards: list[str] | None = None,
               rule: str = "tech.workers_missing", at: float = 1764100000.0) -> dict:  # type: ignore[type-arg]
-    return {"alert_id": f"t-{rule}-{patient}", "patient": patient, "rule": rule, "metric": "technical",
-            "severity": "critical", "state": state, "time": at, "since": 1764100000.0, "value": None,
-            "message": "No worker is processing partitions 0-3: readings are not checked", "by": None,
-            "kind": "technical", "wards": wards or ["*"], "remedy": "Restart the worker service (rpm worker)",
-            "component": "worker"}
+    """A technical alert as the watchdog produces it (``rpm_core.technical``)."""
+    from rpm_core.technical import TechnicalAlert
+
+    return TechnicalAlert(rule=rule, scope=patient or "", severity="critical", state=state,  # type: ignore[arg-type]
+                          time=at, since=1764100000.0,
+                          message="No worker is processing partitions 0-3: readings are not checked",
+                          remedy="Restart the worker service (rpm worker)", component="worker",
+                          wards=tuple(wards or ["*"]), patient=patient).to_dict()
 
 
 def test_technical_alerts_reach_the_wards_they_name_and_clear_and_raise_again() -> None:
@@ -251,7 +254,7 @@ stations:
     assert not b.apply_alert(technical(wards=["south"], rule="tech.ward_silent"))
     assert b.apply_alert(technical("p0001", wards=["south"], rule="tech.device.battery_low")), "its patient is ours"
     assert not b.apply_alert(technical("p0002", wards=["south"], rule="tech.device.battery_low"))
-    view = b.alerts["t-tech.workers_missing-None"]
+    view = b.alerts[technical()["alert_id"]]
     client = view.to_client()
     assert client["kind"] == "technical" and client["patient"] is None and client["alarming"]
     assert client["remedy"].startswith("Restart") and client["component"] == "worker" and client["wards"] == ["*"]
@@ -268,57 +271,13 @@ def test_malformed_technical_alerts_are_rejected_and_clinical_ones_keep_their_ch
     bad = [{**good, "state": "acknowledged"}, {**good, "state": "escalated"}, {**good, "metric": "glucose"},
            {**good, "rule": "workers_missing"}, {**good, "wards": []}, {**good, "wards": "*"},
            {**good, "wards": ["north ward"]}, {**good, "value": 3.0}, {**good, "component": ["worker"]},
-           {**good, "remedy": "x" * 2001}, {**good, "patient": "p 1"}, {**good, "kind": "other"},
-           {**good, "kind": ["technical"]}, {**good, "wards": ["*"] * 257}, {**good, "by": "Ana"}]
+           {**good, "component": "toaster"}, {**good, "patient": "p 1"}, {**good, "kind": "other"},
+           {**good, "kind": ["technical"]}, {**good, "wards": ["*"] * 1001}, {**good, "by": "Ana"},
+           {**good, "alert_id": "made-up"}, {**good, "severity": "info"}]
     clinical = [{**event(), "patient": None}, {**event(), "metric": "technical"}, {**event(), "kind": "INOP"}]
     for doc in bad + clinical:
         assert not b.apply_alert(doc), doc
     assert b.rejected == len(bad) + len(clinical) and b.seq == 0
     assert b.apply_alert({**event(), "kind": "clinical"})
-
-
-def test_a_sparkline_has_a_scale_a_time_axis_and_the_rules_thresholds() -> None:
-    from rpm_core.rules import load_rules
-    from stream.nurse_station import rule_thresholds
-
-    lines = rule_thresholds(load_rules(REPO_RULES))
-    low = [t for t in lines["glucose"] if t.rule == "glucose_low"]
-    assert sorted((t.severity, t.value) for t in low) == [("critical", 54.0), ("warning", 70.0)]
-    now = 1764200000.0
-    svg = render_sparkline([(now - 1800, 60.0), (now - 60, 50.0)], metric="glucose", thresholds=low, now=now)
-    assert svg.count("<line") == 2 and 'stroke="#ff5252"' in svg and "glucose_low critical 54" in svg
-    assert ">−60 min<" in svg and ">now<" in svg, "a time axis over the whole hour"
-    assert ">50<" in svg and ">70<" in svg, "the scale spans the data and the thresholds"
-    # The polyline starts half-way along: its first point is 30 minutes ago, not at the left edge.
-    first_x = float(svg.split('points="')[1].split(",")[0])
-    assert 34 + (280 - 38) * 0.45 < first_x < 34 + (280 - 38) * 0.55
-
-
-def test_trend_arrows_follow_cgm_rate_of_change_categories() -> None:
-    from stream.station_overview import trend
-
-    def at(per_min: float) -> str:
-        return trend([(60.0 * k, 100.0 + per_min * k) for k in range(15)])[1]
-
-    assert [at(r) for r in (0.0, 0.9, 1.5, -1.5, 2.5, -2.5, 3.5, -4.0)] == [
-        "steady", "steady", "up-slow", "down-slow", "up-fast", "down-fast", "up-very-fast", "down-very-fast"]
-    assert trend([(0.0, 1.0), (60.0, 2.0)]) == (None, "unknown"), "two points are no trend"
-    assert trend([(5.0, 1.0)] * 4) == (None, "unknown"), "no time span"
-
-
-def test_a_recheck_timer_alarms_before_the_policy_interval_and_only_while_open() -> None:
-    b = AlertBoard(ward="all", roster=OPEN, clock=lambda: 0.0, policy=policy())
-    low = event("p1", "glucose_low", severity="critical", metric="glucose", value=50.0, since=T, time=T + 60)
-    other = event("p2", "glucose_low", severity="critical", metric="glucose", value=51.0, since=T, time=T + 60)
-    b.apply_alert(low)
-    b.apply_alert(other)
-    b.apply_ack(ack(low, at=T + 100), note="15 g carbohydrate given", recheck_s=300)
-    b.apply_ack(ack(other, at=T + 100), recheck_s=300)
-    client = b.alerts[low["alert_id"]].to_client(b.policy)
-    assert client["ack"]["recheck_at"] == client["ack"]["realarm_at"] == T + 400, "sooner than the 15 min policy"
-    b.apply_alert(event("p2", "glucose_low", state="cleared", severity="critical", metric="glucose", since=T,
-                        time=T + 200, value=90.0))
-    assert [(c.action, c.view.patient) for c in b.tick(now=T + 400)] == [("recheck", "p1")], "cleared: no recheck"
-    view = b.alerts[low["alert_id"]]
-    assert view.alarming and view.recheck_at is None
-    assert b.tick(now=T + 100 + 900) == [], "re-alarmed once; then a nurse acknowledges again"
+    long = {**good, "remedy": "x" * 5000}
+    assert b.apply_alert(long) and len(b.alerts[good["alert_id"]].remedy) == 1000, "cut to the codec's length"

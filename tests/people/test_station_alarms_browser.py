@@ -103,12 +103,14 @@ def station(sim: Sim, tmp_path: Path) -> Iterator[Station]:
 
 
 def technical(state: str, at: float, *, since: float) -> dict[str, Any]:
-    """A technical alert record as the contract in the project's notes defines it."""
-    return {"alert_id": "tech-workers-1", "patient": None, "rule": "tech.workers_missing", "metric": "technical",
-            "severity": "critical", "state": state, "time": at, "since": since, "value": None,
-            "message": "No worker is processing readings of partitions 0-3: nobody's alerts are checked",
-            "by": None, "kind": "technical", "wards": ["*"], "component": "worker",
-            "remedy": "Call technical support: restart the worker service (rpm worker)"}
+    """A technical alert record as the watchdog produces it (``rpm_core.technical``)."""
+    from rpm_core.technical import TechnicalAlert
+
+    return TechnicalAlert(rule="tech.workers_missing", scope="", severity="critical", state=state,  # type: ignore[arg-type]
+                          time=at, since=since,
+                          message="No worker is processing readings of partitions 0-3: nobody's alerts are checked",
+                          remedy="Call technical support: restart the worker service (rpm worker)",
+                          component="worker", wards=("*",)).to_dict()
 
 
 def login(page: Any, url: str, *, kiosk: bool = False) -> None:

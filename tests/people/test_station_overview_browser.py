@@ -18,6 +18,7 @@ import pytest
 
 from rpm_core.roster import hash_password
 from rpm_core.services import free_port, http_ok
+from rpm_core.technical import TechnicalAlert
 from tests.people.conftest import Sim
 from tests.people.support import event, produce, produce_events, run_sync, write_lines
 from tests.support.influx import rows
@@ -85,10 +86,10 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
     now = time.time()
     low = event(ALARM, "glucose_low", severity="critical", metric="glucose", value=48.0, since=now - 900, time=now)
     run_sync(produce_events(sim.bootstrap, [low]))
-    battery = {"alert_id": "tech-battery-p0105", "patient": "p0105", "rule": "tech.device.battery_low",
-               "metric": "technical", "severity": "warning", "state": "raised", "time": now, "since": now,
-               "value": None, "message": "CGM cgm-p0105 battery at 8 %", "by": None, "kind": "technical",
-               "wards": ["north"], "component": "device", "remedy": "Replace or charge the CGM transmitter"}
+    battery = TechnicalAlert(rule="tech.device.battery_low", scope="p0105/cgm-p0105", severity="warning",
+                             state="raised", time=now, since=now, message="CGM cgm-p0105 battery at 8 %",
+                             remedy="Replace or charge the CGM transmitter", component="device", wards=("north",),
+                             patient="p0105").to_dict()
     run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(battery))]))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -35,6 +35,7 @@ from notify.service import influx_rows
 from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.report import InfluxReader
 from rpm_core.roster import default_roster
+from rpm_core.technical import TechnicalAlert
 from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, is_valid_id
 from stream import topics
 from stream.acks import AckDecodeError, decode_ack
@@ -220,10 +221,9 @@ def test_fuzz_the_nurse_station_feed_applies_or_ignores_alert_records(docs: list
     orjson.dumps(board.snapshot())
 
 
-VALID_TECHNICAL = {"alert_id": "t-workers", "patient": None, "rule": "tech.workers_missing", "metric": "technical",
-                   "severity": "critical", "state": "raised", "time": NOW, "since": NOW - 60, "value": None,
-                   "message": "No worker is processing readings", "by": None, "kind": "technical", "wards": ["*"],
-                   "remedy": "Restart the worker service", "component": "worker"}
+VALID_TECHNICAL = TechnicalAlert(rule="tech.workers_missing", scope="", severity="critical", state="raised",
+                                 time=NOW, since=NOW - 60, message="No worker is processing readings",
+                                 remedy="Restart the worker service", component="worker", wards=("*",)).to_dict()
 
 
 @FUZZ
