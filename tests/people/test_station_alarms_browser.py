@@ -34,7 +34,7 @@ from rpm_core.services import ServiceProcess, free_port, http_ok
 from tests.people.conftest import REPO, Sim
 from tests.people.support import event, produce, produce_events, run_sync
 from tests.support.influx import rows
-from tests.support.procs import eventually, rpm_argv, rpm_env, spawn
+from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
@@ -365,3 +365,57 @@ def test_the_real_worker_raises_a_nurse_acknowledges_it_stays_and_the_worker_cle
                         lambda got: {r["state"] for r in got} >= {"raised", "acknowledged", "cleared"}, timeout=60,
                         what="the worker's raised/acknowledged/cleared in InfluxDB", watch=(sim.worker,))
     assert [r["by"] for r in stored if r["state"] == "acknowledged"] == [NURSE]
+
+
+def test_a_device_alarm_from_an_edge_agent_reaches_the_station_through_the_real_watchdog(
+        sim: Sim, station: Station) -> None:
+    """Edge agent status (MQTT) → ``rpm watchdog`` → ``rpm.alerts`` (technical) → station → page, and back."""
+    import json
+    import urllib.request
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from rpm_core.services import WATCHDOG_USER
+    from rpm_core.wire import status_topic
+    from tests.support.mqtt import Publisher
+
+    expect.set_options(timeout=60_000)
+    port = free_port()
+    watchdog = spawn("watchdog", ["watchdog", "--health-port", str(port), "--startup-grace", "5"],
+                     rpm_env(sim.stack, mqtt_user=WATCHDOG_USER), station.tmp)
+
+    def health() -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                doc: dict[str, Any] = json.loads(resp.read())
+                return doc
+        except OSError:
+            return None
+
+    def publish(active: bool) -> None:
+        """The status message an edge agent sends (edge_agent/status.py), over real MQTT."""
+        doc = {"kind": "alarm", "patient": "p0070", "alarm": "battery_low", "device": "cgm-p0070",
+               "active": active, "severity": "warning", "message": "CGM battery at 6 %",
+               "remedy": "Charge or replace the CGM transmitter"}
+        with Publisher(sim.stack) as pub:
+            info = pub.client.publish(status_topic("p0070"), json.dumps(doc).encode(), qos=1)
+            info.wait_for_publish(30)
+            assert info.is_published()
+
+    with running(watchdog), sync_playwright() as pw:
+        eventually(health, lambda h: h is not None and h.get("kafka"), timeout=120,
+                   what="the watchdog connected", watch=(watchdog,))
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=KIOSK_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)
+            login(page, station.url)
+            publish(True)
+            item = page.locator("#tech-band li.tech-item", has_text="p0070")
+            expect(item).to_contain_text("CGM battery at 6 %")
+            expect(item.locator(".tech-remedy")).to_contain_text("Charge or replace the CGM transmitter")
+            expect(page.locator('#overview li.tile[data-patient="p0070"] .tile-tech')).to_have_count(1)
+            publish(False)
+            expect(item).to_have_count(0)
+        finally:
+            browser.close()
