@@ -62,7 +62,7 @@ from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
-from rpm_core.signing import KeyRing
+from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from stream import topics
@@ -530,9 +530,12 @@ def _finite(x: object) -> bool:
 class AlertFeed:
     """Reads ``rpm.alerts`` and ``rpm.alert-acks`` from the beginning into an :class:`AlertBoard`."""
 
-    def __init__(self, board: AlertBoard, *, bootstrap: str) -> None:
+    def __init__(self, board: AlertBoard, *, bootstrap: str, keys: KeyRing | None = None) -> None:
         self.board = board
         self.bootstrap = bootstrap
+        # With signing keys every record must verify: a forged "cleared" would hide a real alarm.
+        self.keys = keys
+        self.forged = 0
         self.connected = False
 
     async def run(self) -> None:
@@ -566,7 +569,8 @@ class AlertFeed:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp, records in batches.items():
                     for record in records:
-                        self._apply(tp.topic, record.key, record.value, record.timestamp)
+                        if self._verified(tp.topic, record.key, record.value, record.headers):
+                            self._apply(tp.topic, record.key, record.value, record.timestamp)
                 if not self.board.caught_up and all(await _at_least(consumer, end)):
                     self.board.mark_caught_up()
                     _LOGGER.info("nurse station caught up: %d alerts of ward %s", len(self.board.alerts),
@@ -588,6 +592,18 @@ class AlertFeed:
                 _LOGGER.warning("waiting for Kafka topics %s to exist (start a worker or rpm demo)", ", ".join(wanted))
                 waited = True
             await asyncio.sleep(2.0)
+
+    def _verified(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> bool:
+        """Whether the record carries a valid signature (always, without keys); refused ones are counted."""
+        if self.keys is None:
+            return True
+        try:
+            self.keys.verify(topic, key, value, headers)
+        except SignatureError as exc:
+            self.forged += 1
+            _LOGGER.warning("refused a record of %s: %s", topic, exc)
+            return False
+        return True
 
     def _apply(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> None:
         if value is None:
@@ -1466,7 +1482,10 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     bootstrap = settings.kafka_bootstrap()
     rules_path = _rules_path(settings)
     board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(rules_path))
-    sender = AckSender(bootstrap=bootstrap, keys=settings.key_ring())
+    keys = settings.key_ring()
+    if keys is None:
+        _LOGGER.warning("no RPM_SIGNING_KEYS_FILE: alerts are shown and acknowledgements sent without signatures")
+    sender = AckSender(bootstrap=bootstrap, keys=keys)
     sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
                             thresholds=rule_thresholds(load_rules(rules_path)),
                             glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
@@ -1490,7 +1509,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         if on_ready:
             on_ready(url)
         async with asyncio.TaskGroup() as tg:
-            feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap).run(), name="alert-feed")
+            feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap, keys=keys).run(), name="alert-feed")
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")

@@ -86,7 +86,7 @@ def test_a_nurse_sees_acknowledges_and_reloads(sim: Sim, station_url: str, tmp_p
                           "window.cue = (a) => { window.__cues.push(a.patient); return realCue(a); }; true")
             new_critical = event("p0003", "bradycardia", severity="critical", value=38.0, since=sim.started - 120,
                                  time=sim.started)
-            run_sync(produce_events(sim.bootstrap, [new_critical]))
+            run_sync(produce_events(sim.bootstrap, [new_critical], keys=sim.keys))
             expect(page.locator("li.alert.new", has_text="p0003")).to_have_count(1)
             expect(page.locator("body")).to_have_class("flash")
             assert page.evaluate("window.__cues") == ["p0003"]

@@ -151,7 +151,7 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
             expect(page.locator("#sound")).to_have_text("Sound on")
             record_cues(page)
 
-            run_sync(produce_events(sim.bootstrap, [low, brady]))
+            run_sync(produce_events(sim.bootstrap, [low, brady], keys=sim.keys))
             low_item = page.locator("li.alert", has_text="p0020")
             expect(low_item).to_be_visible()
             eventually(lambda: page.evaluate("window.__cues"), lambda cues: "p0020" in cues, timeout=30,
@@ -188,7 +188,7 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
             # The worker's `cleared` ends it: to the history, with dates and the acknowledgement.
             cleared = event("p0020", "glucose_low", state="cleared", severity="critical", metric="glucose",
                             value=95.0, since=now - 1200, time=time.time())
-            run_sync(produce_events(sim.bootstrap, [cleared]))
+            run_sync(produce_events(sim.bootstrap, [cleared], keys=sim.keys))
             expect(low_item).to_have_count(0)
             row = page.locator("#history tbody tr", has_text="p0020")
             expect(row).to_contain_text(NURSE)
@@ -196,7 +196,7 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
 
             # A technical alarm: its own band, cause and remedy, sound; silenced it stays until cleared.
             run_sync(produce(sim.bootstrap, "rpm.alerts",
-                             [(None, orjson.dumps(technical("raised", time.time(), since=now)))]))
+                             [(None, orjson.dumps(technical("raised", time.time(), since=now)))], keys=sim.keys))
             band = page.locator("#tech-band")
             expect(band).to_be_visible()
             tech = band.locator("li.tech-item", has_text="Workers missing")  # other tests may leave others
@@ -209,7 +209,8 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
             expect(tech).to_have_class(re.compile(r"\bis-silenced\b"))
             page.screenshot(path=str(tmp_path / "station-alarms.png"), full_page=True)
             run_sync(produce(sim.bootstrap, "rpm.alerts",
-                             [(None, orjson.dumps(technical("cleared", time.time() + 1, since=now)))]))
+                             [(None, orjson.dumps(technical("cleared", time.time() + 1, since=now)))],
+                             keys=sim.keys))
             expect(tech).to_have_count(0)
             expect(page.locator("#history tbody tr", has_text="Workers missing")).to_have_count(1)
         finally:
@@ -271,7 +272,7 @@ def test_the_screen_cannot_go_dark_silently_and_a_kiosk_survives_a_restart(sim: 
             page.fill("#nurse", NURSE)
             raised = event("p0030", "tachycardia", severity="warning", value=131.0, since=time.time() - 600,
                            time=time.time())
-            run_sync(produce_events(sim.bootstrap, [raised]))
+            run_sync(produce_events(sim.bootstrap, [raised], keys=sim.keys))
             item = page.locator("li.alert", has_text="p0030")
             item.locator(".ack-btn").click()
             expect(item.locator(".ack-line")).to_contain_text(f"ACKNOWLEDGED by {NURSE}")
@@ -318,7 +319,7 @@ def test_behind_a_tls_proxy_a_kiosk_logs_in_with_a_secure_cookie_and_stays_live(
                 expect(page.locator("#dark")).to_be_hidden()
                 now = time.time()
                 run_sync(produce_events(sim.bootstrap, [event("p0040", "tachycardia", value=133.0,
-                                                              since=now - 600, time=now)]))
+                                                              since=now - 600, time=now)], keys=sim.keys))
                 expect(page.locator("li.alert", has_text="p0040")).to_have_count(1)  # live through the proxy
             finally:
                 browser.close()

@@ -509,3 +509,49 @@ nurses:
         for _ in range(4):
             assert (await post("/api/nurse", {"nurse": "4711", "pin": "111111"}))[0] == 403
         assert (await post("/api/nurse", {"nurse": "4711", "pin": "482913"}))[0] == 429, "five wrong PINs: locked"
+
+
+async def _produce_altered(bootstrap: str, keys: Any, original: dict[str, Any], altered: bytes) -> None:
+    """A record carrying the signature of ``original`` but the value ``altered``."""
+    from aiokafka import AIOKafkaProducer
+
+    headers = keys.sign("rpm.alerts", b"p0080", orjson.dumps(original))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("rpm.alerts", value=altered, key=b"p0080", headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def test_with_signing_keys_a_forged_record_neither_raises_nor_hides_an_alarm(stack: Stack,
+                                                                                   roster: Roster) -> None:
+    """Anyone who reaches Kafka could write a ``cleared`` that hides a real alarm: the station refuses
+    records that do not verify (no signature, another key, altered), counting them."""
+    from rpm_core.signing import KeyRing
+
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    keys, other = KeyRing.generate("k1"), KeyRing.generate("k1")
+    real = event("p0080", "glucose_low", severity="critical", metric="glucose", value=45.0)
+    cleared = event("p0080", "glucose_low", severity="critical", metric="glucose", state="cleared",
+                    time=real["time"] + 900, value=90.0)
+    fake = event("p0081", "bradycardia", severity="critical", value=30.0)
+    await produce_events(bootstrap, [real], keys=keys)
+    await produce_events(bootstrap, [cleared], keys=None)                      # unsigned
+    await produce_events(bootstrap, [cleared, fake], keys=other)              # signed with another key
+    await _produce_altered(bootstrap, keys, cleared, orjson.dumps({**cleared, "message": "all fine"}))  # altered
+    board = AlertBoard(ward="all", roster=roster)
+    feed = AlertFeed(board, bootstrap=bootstrap, keys=keys)
+    task = asyncio.create_task(feed.run())
+    try:
+        await until(lambda: board.caught_up)
+        assert real["alert_id"] in board.alerts and board.alerts[real["alert_id"]].open, "the forged cleared did not"
+        assert fake["alert_id"] not in board.alerts, "a forged alarm is not shown"
+        assert feed.forged == 4
+        await produce_events(bootstrap, [cleared], keys=keys)
+        await until(lambda: not board.alerts[real["alert_id"]].open)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

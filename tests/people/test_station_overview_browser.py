@@ -85,12 +85,12 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
     expect.set_options(timeout=WAIT_MS)
     now = time.time()
     low = event(ALARM, "glucose_low", severity="critical", metric="glucose", value=48.0, since=now - 900, time=now)
-    run_sync(produce_events(sim.bootstrap, [low]))
+    run_sync(produce_events(sim.bootstrap, [low], keys=sim.keys))
     battery = TechnicalAlert(rule="tech.device.battery_low", scope="p0105/cgm-p0105", severity="warning",
                              state="raised", time=now, since=now, message="CGM cgm-p0105 battery at 8 %",
                              remedy="Replace or charge the CGM transmitter", component="device", wards=("north",),
                              patient="p0105").to_dict()
-    run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(battery))]))
+    run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(battery))], keys=sim.keys))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -163,7 +163,7 @@ def test_a_tile_per_patient_alarms_first_stale_visible_24_on_one_screen_and_a_de
             expect(dialog).to_be_hidden()
             # The battery was changed: the producer clears it, the tile's warning goes.
             cleared = {**battery, "state": "cleared", "time": time.time() + 1}
-            run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(cleared))]))
+            run_sync(produce(sim.bootstrap, "rpm.alerts", [(b"p0105", orjson.dumps(cleared))], keys=sim.keys))
             expect(tile("p0105").locator(".tile-tech")).to_have_count(0)
 
             # Individual nurses: acting needs a badge and PIN; the acknowledgement is in that nurse's name.
