@@ -30,6 +30,7 @@ const state = {
   alerts: new Map(), lastId: null, csrf: "", es: null, lastMessage: Date.now(), deadlineMs: 4000,
   audio: null, fresh: new Map(), sparks: new Map(), pendingAcks: new Map(), lastRemind: Date.now(),
   dark: null, darkTone: 0, beeps: 0, live: false, kiosk: false, nurses: false, nurse: null,
+  choices: new Map(),  // alert id -> {action, recheck}: what a nurse picked survives re-renders
 };
 
 const $ = (id) => document.getElementById(id);
@@ -235,7 +236,7 @@ function onAlert(ev) {
   const prev = state.alerts.get(a.alert_id);
   state.alerts.set(a.alert_id, a);
   if (ev.lastEventId) state.lastId = ev.lastEventId;
-  if (!a.alarming) state.pendingAcks.delete(a.alert_id);
+  if (!a.alarming) { state.pendingAcks.delete(a.alert_id); state.choices.delete(a.alert_id); }
   if (startsAlarming(prev, a)) cue(a);
   render();
 }
@@ -659,6 +660,13 @@ function ackControls(a, err) {
     o.value = String(m);
     recheck.append(o);
   }
+  // The page re-renders on every event and every 15 s: keep what the nurse already picked.
+  const picked = state.choices.get(a.alert_id) || { action: "", recheck: "" };
+  action.value = picked.action;
+  recheck.value = picked.recheck;
+  const remember = () => state.choices.set(a.alert_id, { action: action.value, recheck: recheck.value });
+  action.addEventListener("change", remember);
+  recheck.addEventListener("change", remember);
   const button = el("button", "ack-btn", pending ? "Sending…" : "Acknowledge");
   button.type = "button";
   button.disabled = pending;

@@ -159,6 +159,9 @@ def test_acknowledged_stays_realarms_is_silenced_within_floors_and_technical_ala
             # Acknowledge with an action: the alarm stays, marked with who, when and what was done.
             low_item.locator(".ack-action").select_option("15 g carbohydrate given")
             low_item.locator(".ack-recheck").select_option("5")
+            page.evaluate("render()")  # the page re-renders on every event: what the nurse picked stays
+            expect(low_item.locator(".ack-action")).to_have_value("15 g carbohydrate given")
+            expect(low_item.locator(".ack-recheck")).to_have_value("5")
             low_item.locator(".ack-btn").click()
             expect(low_item.locator(".ack-line")).to_contain_text(f"ACKNOWLEDGED by {NURSE}")
             expect(low_item.locator(".ack-line")).to_contain_text("15 g carbohydrate given")
