@@ -87,7 +87,10 @@ def cmd_nurse_station(args: argparse.Namespace) -> int:
     def ready(ward: str, url: str) -> None:
         _say(f"rpm nurse-station: ward {ward} at {url}  (Ctrl-C to stop)")
 
-    options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster)
+    options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster,
+                             state_dir=args.state_dir or os.environ.get("RPM_STATION_STATE_DIR") or None,
+                             trusted_proxies=tuple(args.trusted_proxy or ())
+                             + tuple(filter(None, [os.environ.get("RPM_STATION_TRUSTED_PROXIES")])))
     return run_station(settings, options, on_ready=ready)
 
 
@@ -95,21 +98,56 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     """Print an scrypt hash of a password for the roster or ``RPM_NURSE_CREDENTIALS``."""
     from rpm_core.roster import hash_password
 
+    what = "PIN" if args.pin else "station password"
     if args.stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = getpass.getpass("New station password: ")
+        password = getpass.getpass(f"New {what}: ")
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
+    from stream.nurse_station import WEAK_PASSWORDS
+
+    if args.pin:
+        runs = ("01234567890", "98765432109")
+        if not (password.isascii() and password.isdigit() and len(password) >= 6) or len(set(password)) < 3 \
+                or any(password in run for run in runs):
+            _say("a PIN is at least 6 digits, not a run like 123456 and of at least 3 different digits", err=True)
+            return 1
+        _say(hash_password(password))
+        return 0
     if len(password) < 8:
         _say("use at least 8 characters", err=True)
+        return 1
+    if password.lower() in WEAK_PASSWORDS:
+        _say("that password is published or common; choose another", err=True)
         return 1
     encoded = hash_password(password)
     _say(encoded)
     if sys.stdout.isatty():
         _say("\nPut it in the roster (RPM_ROSTER) as a station's password_hash, or without a roster:\n"
              f"  export RPM_NURSE_CREDENTIALS='<station>={encoded}'", err=True)
+    return 0
+
+
+def cmd_kiosk(args: argparse.Namespace) -> int:
+    """List or revoke the kiosk tokens of a station's state directory."""
+    from stream.station_kiosk import KioskRegistry, describe
+
+    state_dir = args.state_dir or os.environ.get("RPM_STATION_STATE_DIR")
+    if not state_dir:
+        raise ConfigError("name the station's state directory: --state-dir or RPM_STATION_STATE_DIR")
+    registry = KioskRegistry(state_dir)
+    if args.kiosk_command == "revoke":
+        if not registry.revoke(args.id):
+            _say(f"no live kiosk {args.id!r} in {state_dir}", err=True)
+            return 1
+        _say(f"kiosk {args.id} revoked: that screen shows 'logged out' within seconds")
+        return 0
+    for k in registry.kiosks():
+        d = describe(k)
+        _say(f"{d['id']}  station={d['station']}  label={d['label'] or '-'}  "
+             f"{'revoked' if d['revoked'] else 'live'}")
     return 0
 
 
@@ -121,12 +159,27 @@ def _add_nurse_station(sub: SubParsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free port)")
     p.add_argument("--roster", default=None, help="roster YAML (env RPM_ROSTER)")
+    p.add_argument("--state-dir", default=None,
+                   help="directory for kiosk tokens (key + list); kiosks stay logged in across restarts "
+                        "(env RPM_STATION_STATE_DIR; without it no kiosk mode)")
+    p.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDR",
+                   help="address or network of a TLS reverse proxy whose X-Forwarded-Proto/For/Host are believed "
+                        "(repeatable; env RPM_STATION_TRUSTED_PROXIES, comma-separated)")
     _service_flags(p)
     p.set_defaults(func=cmd_nurse_station)
-    inner = p.add_subparsers(dest="station_command", metavar="[hash-password]")
+    inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    h.add_argument("--pin", action="store_true",
+                   help="hash a nurse's PIN (roster nurses: pin_hash; at least 6 digits) instead of a password")
     h.set_defaults(func=cmd_hash_password)
+    k = inner.add_parser("kiosk", help="list or revoke kiosk tokens (ward screens that stay logged in)")
+    k.add_argument("--state-dir", default=None, help="the station's --state-dir (env RPM_STATION_STATE_DIR)")
+    kinner = k.add_subparsers(dest="kiosk_command", metavar="list | revoke ID")
+    kinner.add_parser("list", help="list kiosks")
+    r = kinner.add_parser("revoke", help="revoke one kiosk (its screen is logged out at once)")
+    r.add_argument("id")
+    k.set_defaults(func=cmd_kiosk)
 
 
 # -- grafana -------------------------------------------------------------------------------------

@@ -8,10 +8,17 @@ Read from the YAML file named by ``RPM_ROSTER`` (or ``--roster``); see the repos
       north:
         name: Ward 3 North            # optional display name
         patients: [p0000, p0001]      # each patient on at most one ward
+        glucose_unit: mmol/L          # optional, default mg/dL (the nurse station's display)
+        beds: {p0000: {bed: "12A", name: "A. Lima"}}   # optional, shown on the station's tile
     stations:
       north-desk:
         ward: north
         password_hash: "scrypt$16384$8$1$<salt>$<hash>"   # rpm nurse-station hash-password
+    nurses:                           # optional: then every acknowledgement needs a nurse's PIN
+      "4711":                         # badge number (an id)
+        name: Ana Lima
+        pin_hash: "scrypt$…"          # rpm nurse-station hash-password --pin
+        wards: [north]                # optional: default every ward
 
 Like the rules file, unknown keys are rejected and every error names the file, the line and the
 field. Passwords are never stored, only scrypt hashes with a per-entry salt
@@ -56,8 +63,11 @@ SCRYPT_KEY_BYTES: Final = 32
 SCRYPT_MAX_MEM_BYTES: Final = 256 * 1024 * 1024
 _HINT_HASH: Final = "create one with: rpm nurse-station hash-password"
 
-_ROOT_KEYS: Final = {"version", "wards", "stations"}
-_WARD_KEYS: Final = {"name", "patients"}
+_ROOT_KEYS: Final = {"version", "wards", "stations", "nurses"}
+_NURSE_KEYS: Final = {"name", "pin_hash", "wards"}
+_WARD_KEYS: Final = {"name", "patients", "glucose_unit", "beds"}
+_BED_KEYS: Final = {"bed", "name"}
+GLUCOSE_UNITS: Final = ("mg/dL", "mmol/L")
 _STATION_KEYS: Final = {"ward", "password_hash", "name"}
 
 
@@ -131,12 +141,22 @@ class PasswordHash:
 
 
 @dataclass(frozen=True, slots=True)
+class Bed:
+    """Where a patient lies and the name the station shows (both optional)."""
+
+    bed: str = ""
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Ward:
-    """One ward and its patients (empty for ``all``: every patient)."""
+    """One ward and its patients (empty for ``all``: every patient), its glucose unit and beds."""
 
     id: str
     name: str
     patients: frozenset[str] = frozenset()
+    glucose_unit: str = "mg/dL"
+    beds: Mapping[str, Bed] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,12 +170,27 @@ class Station:
 
 
 @dataclass(frozen=True, slots=True)
+class Nurse:
+    """A nurse who signs in at a station with a badge number and PIN to act on alarms."""
+
+    id: str
+    name: str
+    pin: PasswordHash = field(repr=False)
+    wards: frozenset[str] = frozenset()  # empty: every ward
+
+    def may_work_on(self, ward: str) -> bool:
+        """Whether this nurse may act on ``ward``."""
+        return not self.wards or ward in self.wards
+
+
+@dataclass(frozen=True, slots=True)
 class Roster:
-    """Wards, patients and stations; see the module docstring."""
+    """Wards, patients, stations and (optionally) nurses; see the module docstring."""
 
     wards: Mapping[str, Ward]
     stations: Mapping[str, Station]
     source: str | None = None
+    nurses: Mapping[str, Nurse] = field(default_factory=dict)
 
     @property
     def configured(self) -> bool:
@@ -183,6 +218,14 @@ class Roster:
             _DUMMY.verify(password)
             return None
         return entry if entry.password.verify(password) else None
+
+    def check_nurse(self, nurse: str, pin: str, ward: str) -> Nurse | None:
+        """The nurse if ``pin`` is theirs and they work on ``ward``, else None (slow on purpose: scrypt)."""
+        entry = self.nurses.get(nurse)
+        if entry is None:
+            _DUMMY.verify(pin)
+            return None
+        return entry if entry.pin.verify(pin) and entry.may_work_on(ward) else None
 
 
 _DUMMY: Final = PasswordHash(n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, salt=b"\0" * 16, key=b"\0" * 32)
@@ -299,7 +342,39 @@ class _RosterParser:
         if not stations:
             raise self.fail(top["stations"][1], "stations", "no station defined",
                             f"add a station with a password_hash ({_HINT_HASH})")
-        return Roster(wards=wards, stations=stations, source=self.source)
+        nurses = self.nurses(top["nurses"][1], wards) if "nurses" in top else {}
+        return Roster(wards=wards, stations=stations, source=self.source, nurses=nurses)
+
+    def nurses(self, node: yaml.Node, wards: Mapping[str, Ward]) -> dict[str, Nurse]:
+        """``nurses:``: badge number → name, PIN hash, optional wards."""
+        out: dict[str, Nurse] = {}
+        for nurse_id, (key_node, value) in self.mapping(node, "nurses", None).items():
+            path = f"nurses.{nurse_id}"
+            self.ident(key_node, path)
+            entries = self.mapping(value, path, _NURSE_KEYS, ("name", "pin_hash"), owner=key_node)
+            name = self.text(entries["name"][1], f"{path}.name").strip()
+            if not name or len(name) > 64 or not name.isprintable():
+                raise self.fail(entries["name"][1], f"{path}.name", "a name of 1-64 printable characters is needed",
+                                "write the nurse's name as it should appear on acknowledgements")
+            hash_node = entries["pin_hash"][1]
+            try:
+                pin = PasswordHash.parse(self.text(hash_node, f"{path}.pin_hash"))
+            except ValueError as exc:
+                raise self.fail(hash_node, f"{path}.pin_hash", str(exc),
+                                "create one with: rpm nurse-station hash-password --pin") from exc
+            own: set[str] = set()
+            if "wards" in entries:
+                wnode = entries["wards"][1]
+                if not isinstance(wnode, yaml.SequenceNode):
+                    raise self.fail(wnode, f"{path}.wards", "expected a list of ward ids", "write [north, south]")
+                for item in wnode.value:
+                    ward = self.ident(item, f"{path}.wards")
+                    if ward not in wards:
+                        raise self.fail(item, f"{path}.wards", f"unknown ward {ward!r}",
+                                        f"use one of: {', '.join(sorted(wards))}")
+                    own.add(ward)
+            out[nurse_id] = Nurse(id=nurse_id, name=name, pin=pin, wards=frozenset(own))
+        return out
 
     def wards(self, node: yaml.Node) -> dict[str, Ward]:
         """``wards:``; a patient may lie on one ward only."""
@@ -311,9 +386,35 @@ class _RosterParser:
             entries = self.mapping(value, path, _WARD_KEYS, ("patients",), owner=key_node)
             patients = self.patients(entries["patients"][1], f"{path}.patients", ward_id, seen)
             name = self.text(entries["name"][1], f"{path}.name") if "name" in entries else ward_id
-            out[ward_id] = Ward(id=ward_id, name=name, patients=frozenset(patients))
+            unit = "mg/dL"
+            if "glucose_unit" in entries:
+                unit = self.text(entries["glucose_unit"][1], f"{path}.glucose_unit")
+                if unit not in GLUCOSE_UNITS:
+                    raise self.fail(entries["glucose_unit"][1], f"{path}.glucose_unit", f"unknown unit {unit!r}",
+                                    f"use one of: {', '.join(GLUCOSE_UNITS)}")
+            beds = self.beds(entries["beds"][1], f"{path}.beds", set(patients)) if "beds" in entries else {}
+            out[ward_id] = Ward(id=ward_id, name=name, patients=frozenset(patients), glucose_unit=unit, beds=beds)
         if not out:
             raise self.fail(node, "wards", "no ward defined", "add a ward with its patients")
+        return out
+
+    def beds(self, node: yaml.Node, path: str, patients: set[str]) -> dict[str, Bed]:
+        """``beds: {p0001: {bed: "12A", name: "A. Lima"}}``: patients of this ward only."""
+        out: dict[str, Bed] = {}
+        for patient, (key_node, value) in self.mapping(node, path, None).items():
+            where = f"{path}.{patient}"
+            if self.ident(key_node, where) not in patients:
+                raise self.fail(key_node, where, f"{patient} is not a patient of this ward",
+                                "list the patient under `patients:` first")
+            entries = self.mapping(value, where, _BED_KEYS, owner=key_node)
+            texts = {}
+            for key in _BED_KEYS:
+                text = self.text(entries[key][1], f"{where}.{key}").strip() if key in entries else ""
+                if len(text) > 64 or not text.isprintable():
+                    raise self.fail(entries[key][1], f"{where}.{key}", "at most 64 printable characters",
+                                    "shorten it")
+                texts[key] = text
+            out[patient] = Bed(bed=texts["bed"], name=texts["name"])
         return out
 
     def patients(self, node: yaml.Node, path: str, ward: str, seen: dict[str, tuple[str, int]]) -> list[str]:

@@ -78,7 +78,8 @@ _LOGGER = logging.getLogger(__name__)
 SUPPORTED_VERSION: Final = 1
 DEFAULT_RULES_FILE: Final = "alert_rules.yaml"
 
-_ROOT_KEYS: Final = {"version", "defaults", "rules", "patients"}
+# `station:` is the nurse station's alarm policy (rpm_core.alarm_policy); the detectors ignore it.
+_ROOT_KEYS: Final = {"version", "defaults", "rules", "patients", "station"}
 _DEFAULT_KEYS: Final = {"max_gap", "cooldown", "escalate_after"}
 # Keys every rule type accepts, then each type's own (``levels``/``clear`` contents differ too).
 _COMMON_KEYS: Final = {"type", "metric", "description", "enabled", "escalate_after", "cooldown", "device_prefix"}

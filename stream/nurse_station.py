@@ -1,28 +1,36 @@
-"""``rpm nurse-station --ward W``: the live alert screen of one ward, served over HTTP.
+"""``rpm nurse-station --ward W``: the central station of one ward, served over HTTP.
 
 How it fits together::
 
-    rpm.alerts ─┐                                ┌─▶ GET /api/events  (SSE, one per open page)
+    rpm.alerts ─┐                                ┌─▶ GET /api/events  (SSE, one per open page, ping every 2 s)
                 ├─▶ AlertFeed ─▶ AlertBoard ─────┤
     rpm.alert-acks ┘ (aiokafka,   (state of every ├─▶ GET /api/alerts  (JSON snapshot)
-                 from offset 0)   ward alert)     └─▶ GET /api/sparkline (InfluxDB, last hour)
+                 from offset 0)   ward alert,     ├─▶ GET /api/sparkline, /api/trend (InfluxDB, last hour)
+                                  re-alarm tick)  └─▶ GET /api/overview (InfluxDB last values, trends)
     POST /api/ack ─▶ AIOKafkaProducer ─▶ rpm.alert-acks (key: patient) ─▶ worker ─▶ rpm.alerts
+    POST /api/silence, /api/nurse; actions ─▶ AuditLog ─▶ InfluxDB station_audit
 
 - **Never misses an alert.** The board is rebuilt at start from both topics read from the
   beginning, so it holds the state of every alert of the ward, not just what arrived while a
   page was open. Every change gets the next number of a monotonically increasing sequence; the
   SSE event id is ``<boot>-<seq>``. A reconnecting ``EventSource`` sends ``Last-Event-ID`` and
   gets exactly the alerts that changed after it; a reloaded page (or one whose id belongs to an
-  earlier run of the server) gets a full snapshot first. Heartbeats every 15 s let the page notice
-  a dead connection and reconnect.
-- **Acknowledgements** are produced to ``rpm.alert-acks`` (see :mod:`stream.acks`); the alert moves
-  to the history at once ("pending"), and shows "confirmed" once the worker's ``acknowledged``
-  event comes back on ``rpm.alerts``. Other stations of the ward see the ack from the topic.
-- **Login per station** (roster, scrypt hashes), server-side sessions in an HttpOnly,
-  SameSite=Strict cookie, a per-session CSRF token on every POST, an Origin check on the login
-  form, a strict Content-Security-Policy, and a small per-address login failure limit.
+  earlier run of the server) gets a full snapshot first. A ``ping`` event every 2 s lets the page
+  turn the whole screen into a technical alarm when it hears nothing for 5 s.
+- **Acknowledged is not resolved.** An acknowledgement is produced to ``rpm.alert-acks`` (see
+  :mod:`stream.acks`); the alert stays on the list, marked acknowledged ("pending" until the
+  worker's ``acknowledged`` event comes back), until the worker's ``cleared``. Still open after the
+  policy's re-alarm interval (``station:`` in the rules file, :mod:`rpm_core.alarm_policy`) or the
+  nurse's recheck timer, it alarms again. Silences are limited by the same policy.
+- **Technical alerts** (``kind: "technical"``) are accepted beside clinical ones, validated on
+  their own contract, shown apart, never acknowledged, cleared by their producer.
+- **Login per station** (roster, scrypt hashes), optional nurses with badge + PIN, server-side
+  sessions in an HttpOnly, SameSite=Strict cookie, kiosk tokens that survive restarts
+  (:mod:`stream.station_kiosk`), a per-session CSRF token on every POST, an Origin check on the
+  login form, a strict Content-Security-Policy, a lockout per station and client, and
+  ``X-Forwarded-*`` believed only from ``--trusted-proxy`` peers.
 
-Logs carry alert ids, patient ids and station ids, never readings, names or passwords.
+Logs carry alert ids, patient ids, station ids and badge numbers, never readings, names or passwords.
 """
 
 from __future__ import annotations
@@ -30,14 +38,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import ipaddress
 import logging
 import math
+import re
 import secrets
 import signal
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -47,15 +57,23 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
-from rpm_core.roster import ALL_WARD, Roster, load_roster
+from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
+from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
-from rpm_core.signing import KeyRing
+from rpm_core.signing import KeyRing, SignatureError
+from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
+from stream.station_audit import AuditEntry, AuditLog
+from stream.station_kiosk import KioskRegistry
+from stream.station_overview import Overview
 
 _LOGGER = logging.getLogger(__name__)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 SEVERITY_RANK: Final = {"info": 1, "warning": 2, "critical": 3}
 STATES: Final = frozenset({"raised", "cleared", "acknowledged", "escalated"})
@@ -63,20 +81,43 @@ STATES: Final = frozenset({"raised", "cleared", "acknowledged", "escalated"})
 HISTORY_KEEP_S: Final = 24 * 3600.0
 # A nurse station is left logged in for a whole shift; idle sessions end after 12 h.
 SESSION_IDLE_S: Final = 12 * 3600.0
-# Proxies and NATs drop idle connections after ~30-60 s; a comment every 15 s keeps SSE alive
-# and lets the page detect a dead stream (it reconnects after 40 s of silence).
-SSE_HEARTBEAT_S: Final = 15.0
+# A heartbeat every 2 s keeps SSE alive through proxies and lets the page tell a dead stream: it
+# turns the whole screen into a technical alarm after HEARTBEAT_DEADLINE_S without a word.
+SSE_HEARTBEAT_S: Final = 2.0
+HEARTBEAT_DEADLINE_S: Final = 5.0
+# How often the station looks for acknowledged alerts due to re-alarm and silences that ran out.
+TICK_S: Final = 1.0
 SSE_RETRY_MS: Final = 2000
 # Five wrong passwords from one address within 5 minutes lock that address out for the rest of them.
+# Five wrong passwords for one station from one client within 5 minutes lock that pair out; behind a
+# trusted proxy the client is the forwarded address, so one mistyping screen cannot lock the ward out.
+# One client gets at most 30 failures over all stations in that window (password spraying).
 LOGIN_MAX_FAILURES: Final = 5
+LOGIN_MAX_FAILURES_PER_CLIENT: Final = 30
 LOGIN_WINDOW_S: Final = 300.0
+FAILURE_KEYS_MAX: Final = 10_000
+# Published or common passwords a station may not use (the example roster's among them).
+WEAK_PASSWORDS: Final = ("change-me-north", "change-me-south", "change-me", "changeme", "password", "password1",
+                         "12345678", "123456789", "nurse123", "station1", "admin123", "letmein1")
 # An ack stashed before its alert was read (topics replay in any order) waits at most this long.
 PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.
 ACK_CLOCK_SLACK_S: Final = 5.0
 SPARKLINE_WINDOW: Final = "1h"
+# The patient detail shows the last three hours, in 3-minute means.
+DETAIL_WINDOW_S: Final = 3 * 3600
 SPARKLINE_CACHE_S: Final = 30.0
 COOKIE: Final = "rpm_station"
+KIOSK_COOKIE: Final = "rpm_kiosk"
+# Chromium keeps a cookie at most 400 days; a kiosk token lives until it is revoked.
+KIOSK_COOKIE_MAX_AGE_S: Final = 400 * 86400
+NOTE_MAX: Final = 200
+RECHECK_MAX_MIN: Final = 240
+# mg/dL per mmol/L of glucose: its molar mass, 180.16 g/mol, over 10 (dL per L).
+MG_DL_PER_MMOL_L: Final = 18.016
+# At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
+# without an acknowledgement or silence (the next person must not act in their name).
+NURSE_IDLE_S: Final = 600.0
 STATIC_PACKAGE: Final = "stream"
 FEED_RETRY_MAX_S: Final = 10.0
 
@@ -86,10 +127,15 @@ FEED_RETRY_MAX_S: Final = 10.0
 
 @dataclass
 class AlertView:
-    """The current state of one alert, as a nurse station shows it."""
+    """The current state of one alert, as a nurse station shows it.
+
+    An acknowledged alert stays on the screen (marked with who and when) until the worker clears
+    it; ``alarming`` is what calls for a nurse: open and not acknowledged (or re-alarmed since).
+    A technical alert (``kind == "technical"``) cannot be acknowledged: it clears when its cause does.
+    """
 
     alert_id: str
-    patient: str
+    patient: str | None
     rule: str
     metric: str
     severity: str
@@ -100,38 +146,93 @@ class AlertView:
     message: str = ""
     value: float | None = None
     escalated: bool = False
+    kind: str = "clinical"
+    wards: tuple[str, ...] = ()
+    remedy: str = ""
+    component: str = ""
     ack_by: str | None = None
     ack_at: float | None = None
     ack_station: str | None = None
+    ack_note: str = ""
     ack_confirmed: bool = False
     cleared_at: float | None = None
     raised_wall: float = 0.0
+    realarm_count: int = 0
+    realarmed_at: float | None = None
+    recheck_at: float | None = None
+    silenced_until: float | None = None
+    silenced_by: str | None = None
+    silenced_station: str | None = None
     seq: int = 0
     raise_seq: int = 0
     ack_seq: int = -1
+    realarm_seq: int = -1
     seen: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
 
     @property
+    def technical(self) -> bool:
+        """A technical alert ("INOP"): the system cannot monitor someone, or a device has trouble."""
+        return self.kind == "technical"
+
+    @property
+    def open(self) -> bool:
+        """Not cleared: shown on the alarm list (acknowledged or not)."""
+        return self.state != "cleared"
+
+    @property
     def acknowledged(self) -> bool:
-        """Whether someone acknowledged it after it was last raised."""
-        return self.ack_seq > self.raise_seq
+        """Whether someone acknowledged it after it was last raised or re-alarmed."""
+        return not self.technical and self.ack_seq > max(self.raise_seq, self.realarm_seq)
+
+    @property
+    def alarming(self) -> bool:
+        """Open and not acknowledged: it calls for a nurse (sound unless silenced)."""
+        return self.open and not self.acknowledged
 
     @property
     def active(self) -> bool:
-        """Shown in the active list: not cleared and not acknowledged."""
-        return self.state != "cleared" and not self.acknowledged
+        """Shown in the alarm list (open); kept for callers of the earlier name."""
+        return self.open
 
-    def to_client(self) -> dict[str, Any]:
+    @property
+    def last_alarm(self) -> float:
+        """When it last started to alarm (raise or re-alarm): newer goes higher in its band."""
+        return max(self.raised_at, self.realarmed_at or 0.0)
+
+    def silenced(self, now: float) -> bool:
+        """Whether a nurse silenced it and the silence has not run out."""
+        return self.silenced_until is not None and now < self.silenced_until
+
+    def to_client(self, policy: AlarmPolicy | None = None) -> dict[str, Any]:
         """The JSON the page renders."""
+        policy = policy or AlarmPolicy()
+        due = self.realarm_due(policy)
         return {
             "alert_id": self.alert_id, "patient": self.patient, "rule": self.rule, "metric": self.metric,
-            "severity": self.severity, "state": self.display_state(), "active": self.active,
-            "escalated": self.escalated and self.active, "since": self.since, "raised_at": self.raised_at,
+            "kind": self.kind, "wards": list(self.wards), "remedy": self.remedy, "component": self.component,
+            "severity": self.severity, "state": self.display_state(), "active": self.open, "open": self.open,
+            "alarming": self.alarming, "escalated": self.escalated and self.open, "since": self.since,
+            "raised_at": self.raised_at, "last_alarm": self.last_alarm,
             "updated_at": self.updated_at, "message": self.message, "value": self.value,
-            "ack": ({"by": self.ack_by, "at": self.ack_at, "station": self.ack_station,
-                     "confirmed": self.ack_confirmed} if self.acknowledged else None),
+            "ack": ({"by": self.ack_by, "at": self.ack_at, "station": self.ack_station, "note": self.ack_note,
+                     "confirmed": self.ack_confirmed, "realarm_at": due if self.open else None,
+                     "recheck_at": self.recheck_at if self.open else None}
+                    if self.acknowledged else None),
+            "realarm_count": self.realarm_count, "realarmed_at": self.realarmed_at,
+            "silenced": ({"until": self.silenced_until, "by": self.silenced_by, "station": self.silenced_station}
+                         if self.silenced_until is not None and self.open else None),
+            "silence_max_s": policy.silence_max_s(self.rule, self.severity, technical=self.technical),
             "cleared_at": self.cleared_at, "seq": self.seq,
         }
+
+    def realarm_due(self, policy: AlarmPolicy) -> float | None:
+        """When this acknowledged alert alarms again if still open: the policy's interval after the
+        acknowledgement, or the nurse's recheck timer when that is sooner."""
+        if self.technical or self.ack_at is None:
+            return None
+        after = policy.realarm_s(self.rule, self.severity)
+        due = [t for t in (self.ack_at + after if after is not None else None, self.recheck_at) if t is not None]
+        return min(due) if due else None
 
     def display_state(self) -> str:
         """``cleared`` | ``acknowledged`` | ``escalated`` | ``raised``."""
@@ -143,19 +244,35 @@ class AlertView:
 
 
 def sort_active(views: Iterable[AlertView]) -> list[AlertView]:
-    """Most severe first, then newest (latest raise) first."""
-    return sorted(views, key=lambda v: (-SEVERITY_RANK.get(v.severity, 0), -v.raised_at, v.alert_id))
+    """Alarming before acknowledged; then most severe, escalated, latest (re-)alarm first."""
+    return sorted(views, key=lambda v: (not v.alarming, -SEVERITY_RANK.get(v.severity, 0), not v.escalated,
+                                        -v.last_alarm, v.alert_id))
+
+
+class SilenceRefused(ValueError):
+    """A silence the policy does not allow (too long, or the alert is closed); ``str`` says why."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change the station itself made (re-alarm, silence ended), for the audit."""
+
+    action: str
+    view: AlertView
 
 
 class AlertBoard:
     """Every alert of one ward, built from ``rpm.alerts`` and ``rpm.alert-acks`` events.
 
     Idempotent: a redelivered event changes nothing. Each change bumps :attr:`seq`.
+    :meth:`tick` re-alarms acknowledged alerts that are still open after the policy's interval.
     """
 
-    def __init__(self, *, ward: str, roster: Roster, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, ward: str, roster: Roster, clock: Callable[[], float] = time.time,
+                 policy: AlarmPolicy | None = None) -> None:
         self.ward = ward
         self.roster = roster
+        self.policy = policy or AlarmPolicy()
         self.boot = secrets.token_hex(4)
         self.seq = 0
         self.alerts: dict[str, AlertView] = {}
@@ -173,18 +290,33 @@ class AlertBoard:
         if event is None:
             self.rejected += 1
             return False
-        if not self.roster.in_ward(event["patient"], self.ward):
+        if not self._ours(event):
             return False
         view = self.alerts.get(event["alert_id"])
         key = (event["state"], event["severity"], event["time"], event.get("by"))
-        if view is not None and (key in view.seen or view.state == "cleared"):
+        if view is not None and (key in view.seen or not self._reopens(view, event)):
             return False
         view = self._update(view, event, self._clock() if wall is None else wall)
         view.seen.add(key)
         self._take_pending_ack(view)
         return True
 
-    def apply_ack(self, ack: Ack) -> bool:
+    def _ours(self, event: dict[str, Any]) -> bool:
+        patient = event.get("patient")
+        if event.get("kind") != "technical":
+            return isinstance(patient, str) and self.roster.in_ward(patient, self.ward)
+        wards = event["wards"]
+        return ("*" in wards or self.ward in wards or (patient is not None and self.roster.in_ward(patient, self.ward))
+                or not self.roster.configured)
+
+    @staticmethod
+    def _reopens(view: AlertView, event: dict[str, Any]) -> bool:
+        """Cleared is final for a clinical alert; a technical one may be raised again later."""
+        if view.state != "cleared":
+            return True
+        return view.technical and event["state"] == "raised" and float(event["time"]) > (view.cleared_at or 0.0)
+
+    def apply_ack(self, ack: Ack, *, note: str = "", recheck_s: float | None = None) -> bool:
         """Apply an acknowledgement request from ``rpm.alert-acks`` (from any station)."""
         if not self.roster.in_ward(ack.patient, self.ward):
             return False
@@ -195,10 +327,13 @@ class AlertBoard:
                 self._pending_acks.popitem(last=False)
             return False
         key = ("ack-request", ack.by, ack.at, ack.station)
-        if key in view.seen or view.state == "cleared" or view.acknowledged:
+        if key in view.seen or view.state == "cleared" or view.acknowledged or view.technical:
             return False
         view.seen.add(key)
         view.ack_by, view.ack_at, view.ack_station, view.ack_confirmed = ack.by, ack.at, ack.station, False
+        view.ack_note = note
+        view.recheck_at = ack.at + recheck_s if recheck_s else None
+        view.silenced_until = None
         view.ack_seq = self._bump(view)
         return True
 
@@ -211,25 +346,27 @@ class AlertBoard:
     def _update(self, view: AlertView | None, e: dict[str, Any], wall: float) -> AlertView:
         state, t = e["state"], float(e["time"])
         if view is None:
-            view = AlertView(alert_id=e["alert_id"], patient=e["patient"], rule=e["rule"], metric=e["metric"],
+            view = AlertView(alert_id=e["alert_id"], patient=e.get("patient"), rule=e["rule"], metric=e["metric"],
                              severity=e["severity"], state=state, since=float(e.get("since") or t), raised_at=t,
-                             updated_at=t, raised_wall=wall)
+                             updated_at=t, raised_wall=wall, kind=e.get("kind") or "clinical")
         view.updated_at = max(view.updated_at, t)
         if e.get("message"):
             view.message = e["message"]
         if e.get("value") is not None:
             view.value = float(e["value"])
+        if view.technical:
+            view.wards, view.remedy, view.component = tuple(e["wards"]), e.get("remedy") or view.remedy, e["component"]
         seq = self._bump(view)
         if state == "raised":
             view.state, view.severity, view.raised_at, view.raised_wall = "raised", e["severity"], t, wall
-            view.escalated, view.raise_seq = False, seq
+            view.escalated, view.raise_seq, view.cleared_at = False, seq, None
         elif state == "escalated":
             view.state, view.escalated, view.severity = "escalated", True, e["severity"]
         elif state == "acknowledged":
             view.state, view.ack_confirmed, view.ack_seq = "acknowledged", True, seq
             view.ack_by, view.ack_at = e.get("by") or view.ack_by, t
         else:
-            view.state, view.cleared_at = "cleared", t
+            view.state, view.cleared_at, view.silenced_until = "cleared", t, None
         return view
 
     def _bump(self, view: AlertView) -> int:
@@ -238,6 +375,45 @@ class AlertBoard:
         self.alerts[view.alert_id] = view
         self.notify()
         return self.seq
+
+    # -- the station's own transitions -------------------------------------------------------------
+
+    def tick(self, now: float | None = None) -> list[Transition]:
+        """Re-alarm acknowledged alerts still open after their interval; end silences that ran out."""
+        now = self._clock() if now is None else now
+        out: list[Transition] = []
+        for view in list(self.alerts.values()):
+            if not view.open:
+                continue
+            due = view.realarm_due(self.policy) if view.acknowledged else None
+            if due is not None and now >= due:
+                recheck = view.recheck_at is not None and due == view.recheck_at
+                view.realarm_count += 1
+                view.realarmed_at, view.recheck_at = now, None
+                view.realarm_seq = self._bump(view)
+                out.append(Transition("recheck" if recheck else "realarm", view))
+            if view.silenced_until is not None and now >= view.silenced_until:
+                view.silenced_until = None
+                self._bump(view)
+                out.append(Transition("silence_ended", view))
+        return out
+
+    def silence(self, alert_id: str, minutes: float, *, by: str, station: str, now: float | None = None) -> AlertView:
+        """Silence an open alert for ``minutes`` (0: end the silence); :class:`SilenceRefused` beyond the floor."""
+        now = self._clock() if now is None else now
+        view = self.alerts.get(alert_id)
+        if view is None or not view.open:
+            raise SilenceRefused("this alert is not open on this ward")
+        if not (math.isfinite(minutes) and minutes >= 0):
+            raise SilenceRefused("minutes must be a number, 0 or more")
+        limit = self.policy.silence_max_s(view.rule, view.severity, technical=view.technical)
+        if minutes * 60.0 > limit + 1e-6:
+            raise SilenceRefused(f"a {view.severity} {view.rule} alert can be silenced for at most "
+                                 f"{limit / 60:g} min")
+        view.silenced_until = now + minutes * 60.0 if minutes > 0 else None
+        view.silenced_by, view.silenced_station = by, station
+        self._bump(view)
+        return view
 
     def mark_caught_up(self) -> None:
         """The feed has read everything that was in the topics when it started."""
@@ -265,19 +441,23 @@ class AlertBoard:
         return sorted((v for v in self.alerts.values() if v.seq > seq), key=lambda v: v.seq)
 
     def active(self) -> list[AlertView]:
-        """Open, unacknowledged alerts, most severe and newest first."""
-        return sort_active(v for v in self.alerts.values() if v.active)
+        """Open alerts (acknowledged ones too, below the alarming ones), in screen order."""
+        return sort_active(v for v in self.alerts.values() if v.open)
 
     def history(self, limit: int = 200) -> list[AlertView]:
-        """Acknowledged or cleared alerts, latest change first."""
-        closed = (v for v in self.alerts.values() if not v.active)
+        """Cleared alerts, latest change first."""
+        closed = (v for v in self.alerts.values() if not v.open)
         return sorted(closed, key=lambda v: -v.seq)[:limit]
+
+    def client(self, view: AlertView) -> dict[str, Any]:
+        """``view`` as the page gets it (with this ward's alarm policy)."""
+        return view.to_client(self.policy)
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a freshly loaded page needs."""
         return {"ward": self.ward, "seq": self.seq, "event_id": self.event_id(self.seq),
-                "caught_up": self.caught_up, "active": [v.to_client() for v in self.active()],
-                "history": [v.to_client() for v in self.history()]}
+                "caught_up": self.caught_up, "active": [self.client(v) for v in self.active()],
+                "history": [self.client(v) for v in self.history()]}
 
     def event_id(self, seq: int) -> str:
         """The SSE id of change ``seq`` of this run of the server."""
@@ -296,8 +476,8 @@ class AlertBoard:
         return seq if seq <= self.seq else None
 
     def prune(self, now: float) -> int:
-        """Forget closed alerts whose last change is older than ``HISTORY_KEEP_S``."""
-        old = [k for k, v in self.alerts.items() if not v.active and v.updated_at < now - HISTORY_KEEP_S
+        """Forget cleared alerts whose last change is older than ``HISTORY_KEEP_S``."""
+        old = [k for k, v in self.alerts.items() if not v.open and v.updated_at < now - HISTORY_KEEP_S
                and (v.ack_at or 0) < now - HISTORY_KEEP_S]
         for k in old:
             del self.alerts[k]
@@ -305,8 +485,13 @@ class AlertBoard:
 
 
 def _valid_event(doc: Any) -> dict[str, Any] | None:
-    """``doc`` if it looks like an ``AlertEvent.to_dict()``, else None."""
+    """``doc`` if it looks like an ``AlertEvent.to_dict()`` or a technical alert, else None."""
     if not isinstance(doc, dict):
+        return None
+    kind = doc.get("kind")
+    if kind == TECHNICAL_KIND:
+        return _valid_technical(doc)
+    if kind not in (None, "clinical"):
         return None
     metric, severity, state = doc.get("metric"), doc.get("severity"), doc.get("state")
     ok = (
@@ -321,6 +506,20 @@ def _valid_event(doc: Any) -> dict[str, Any] | None:
     return doc if ok else None
 
 
+def _valid_technical(doc: dict[str, Any]) -> dict[str, Any] | None:
+    """The technical-alert contract, decoded by its own codec (:func:`rpm_core.technical.decode_technical`:
+    ``rule`` ``tech.<code>``, only raised and cleared, ``patient`` an id or null, ``wards`` ids or
+    ``"*"``, a known component, the id matching rule, scope and since), and no clinical fields
+    (``metric`` ``"technical"``, no value, no ``by``). Returns the normalized document (texts cut
+    to the codec's length), or None."""
+    if doc.get("metric") != TECHNICAL_METRIC or doc.get("value") is not None or doc.get("by") is not None:
+        return None
+    try:
+        return decode_technical(doc).to_dict()
+    except TechnicalAlertError:
+        return None
+
+
 def _finite(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -331,9 +530,12 @@ def _finite(x: object) -> bool:
 class AlertFeed:
     """Reads ``rpm.alerts`` and ``rpm.alert-acks`` from the beginning into an :class:`AlertBoard`."""
 
-    def __init__(self, board: AlertBoard, *, bootstrap: str) -> None:
+    def __init__(self, board: AlertBoard, *, bootstrap: str, keys: KeyRing | None = None) -> None:
         self.board = board
         self.bootstrap = bootstrap
+        # With signing keys every record must verify: a forged "cleared" would hide a real alarm.
+        self.keys = keys
+        self.forged = 0
         self.connected = False
 
     async def run(self) -> None:
@@ -367,7 +569,8 @@ class AlertFeed:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp, records in batches.items():
                     for record in records:
-                        self._apply(tp.topic, record.key, record.value, record.timestamp)
+                        if self._verified(tp.topic, record.key, record.value, record.headers):
+                            self._apply(tp.topic, record.key, record.value, record.timestamp)
                 if not self.board.caught_up and all(await _at_least(consumer, end)):
                     self.board.mark_caught_up()
                     _LOGGER.info("nurse station caught up: %d alerts of ward %s", len(self.board.alerts),
@@ -389,6 +592,18 @@ class AlertFeed:
                 _LOGGER.warning("waiting for Kafka topics %s to exist (start a worker or rpm demo)", ", ".join(wanted))
                 waited = True
             await asyncio.sleep(2.0)
+
+    def _verified(self, topic: str, key: bytes | None, value: bytes | None, headers: Any) -> bool:
+        """Whether the record carries a valid signature (always, without keys); refused ones are counted."""
+        if self.keys is None:
+            return True
+        try:
+            self.keys.verify(topic, key, value, headers)
+        except SignatureError as exc:
+            self.forged += 1
+            _LOGGER.warning("refused a record of %s: %s", topic, exc)
+            return False
+        return True
 
     def _apply(self, topic: str, key: bytes | None, value: bytes | None, timestamp_ms: int | None) -> None:
         if value is None:
@@ -446,31 +661,48 @@ class AckSender:
 
 
 class Sparklines:
-    """Last-hour trend of one patient's metric as a small inline SVG, from InfluxDB ``vitals``."""
+    """Last-hour trend of one patient's metric as a small inline SVG, from InfluxDB ``vitals``.
 
-    def __init__(self, *, url: str | None, db: str, token: str = "") -> None:
+    ``thresholds`` are drawn as dashed lines (from the rules: see :func:`rule_thresholds`).
+    """
+
+    def __init__(self, *, url: str | None, db: str, token: str = "",
+                 thresholds: Mapping[str, Sequence[Threshold]] | None = None, glucose_unit: str = "mg/dL") -> None:
+        self.glucose_unit = glucose_unit
         self.url = url.rstrip("/") if url else None
         self.db = db
         self.token = token
-        self._cache: dict[tuple[str, str], tuple[float, str]] = {}
+        self.thresholds: Mapping[str, Sequence[Threshold]] = thresholds or {}
+        self._cache: dict[tuple[str, str, str | None, bool], tuple[float, str]] = {}
         self._session: aiohttp.ClientSession | None = None
 
-    async def svg(self, patient: str, metric: str) -> str:
-        """The sparkline (cached for ``SPARKLINE_CACHE_S``); an empty SVG without data or InfluxDB."""
+    async def svg(self, patient: str, metric: str, *, rule: str | None = None, large: bool = False) -> str:
+        """The sparkline (cached for ``SPARKLINE_CACHE_S``); an empty SVG without data or InfluxDB.
+
+        ``rule``: draw only that rule's thresholds (an alert's card); else every rule's of ``metric``.
+        """
         now = time.monotonic()
-        hit = self._cache.get((patient, metric))
+        key = (patient, metric, rule, large)
+        hit = self._cache.get(key)
         if hit is not None and now - hit[0] < SPARKLINE_CACHE_S:
             return hit[1]
-        points = await self._points(patient, metric)
-        svg = render_sparkline(points, metric=metric)
-        self._cache[(patient, metric)] = (now, svg)
+        points = await self._points(patient, metric, large=large)
+        lines = [t for t in self.thresholds.get(metric, ()) if rule is None or t.rule == rule]
+        if metric == "glucose" and self.glucose_unit == "mmol/L":
+            points = [(t, v / MG_DL_PER_MMOL_L) for t, v in points]
+            lines = [Threshold(t.rule, t.severity, t.value / MG_DL_PER_MMOL_L) for t in lines]
+        size: dict[str, Any] = {"width": 560, "height": 190, "window_s": DETAIL_WINDOW_S} if large else {}
+        svg = render_sparkline(points, metric=metric, thresholds=lines, now=time.time(),
+                               digits=1 if metric == "glucose" and self.glucose_unit == "mmol/L" else None, **size)
+        self._cache[key] = (now, svg)
         return svg
 
-    async def _points(self, patient: str, metric: str) -> list[tuple[float, float]]:
+    async def _points(self, patient: str, metric: str, *, large: bool = False) -> list[tuple[float, float]]:
         if self.url is None or not is_valid_id(patient) or metric not in METRICS:
             return []
         q = (f"SELECT mean(\"value\") FROM \"vitals\" WHERE \"patient\" = '{patient}' AND \"metric\" = '{metric}' "  # noqa: S608 (ids validated)
-             f"AND time > now() - {SPARKLINE_WINDOW} GROUP BY time(1m) fill(none)")
+             f"AND time > now() - {f'{DETAIL_WINDOW_S}s' if large else SPARKLINE_WINDOW} "
+             f"GROUP BY time({'3m' if large else '1m'}) fill(none)")
         headers = {"Authorization": f"Token {self.token}"} if self.token else {}
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -514,28 +746,79 @@ def sparkline_points(doc: Any) -> list[tuple[float, float]]:
     return points
 
 
-def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 180, height: int = 44) -> str:
-    """An SVG polyline of ``points`` (time, value), scaled to fit, with the last point marked."""
+@dataclass(frozen=True)
+class Threshold:
+    """A threshold line of a rule: ``value`` at ``severity``."""
+
+    rule: str
+    severity: str
+    value: float
+
+
+def rule_thresholds(ruleset: Any) -> dict[str, list[Threshold]]:
+    """Threshold lines per metric of the enabled ``threshold`` rules of a detectors ``RuleSet``."""
+    out: dict[str, list[Threshold]] = {}
+    for rule in getattr(ruleset, "rules", ()):
+        if getattr(rule, "type", "") != "threshold" or not rule.enabled:
+            continue
+        for level in rule.levels:
+            out.setdefault(rule.metric, []).append(Threshold(rule.name, level.severity.label, float(level.threshold)))
+    return out
+
+
+def _ago_label(seconds: float) -> str:
+    return f"−{seconds / 60:g} min" if seconds <= 3600 else f"−{seconds / 3600:g} h"
+
+
+_SEVERITY_COLOUR: Final = {"critical": "#ff5252", "warning": "#ffb300", "info": "#42a5f5"}
+
+
+def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: int = 280, height: int = 78,
+                     thresholds: Sequence[Threshold] = (), now: float | None = None,
+                     window_s: float = 3600.0, digits: int | None = None) -> str:
+    """An SVG of ``points`` (time, value) over the last ``window_s`` up to ``now``: the value scale
+    (lowest and highest) on the left, a time axis (−60 min … now) below, the ``thresholds`` as dashed
+    lines in their severity's colour, the last point marked. Drawn from numbers only."""
+    span = "hour" if window_s <= 3600 else f"{window_s / 3600:g} hours"
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" class="spark" viewBox="0 0 {width} {height}" '
-            f'width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)} trend, last hour">')
+            f'width="{width}" height="{height}" role="img" aria-label="{html.escape(metric)} trend, last {span}">')
     if len(points) < 2:
         return head + (f'<text x="4" y="{height // 2 + 5}" fill="#9aa3ad" font-size="13">'
-                       "no data in the last hour</text></svg>")
-    ts, vs = [p[0] for p in points], [p[1] for p in points]
-    t0, t1 = min(ts), max(ts)
+                       f"no data in the last {span}</text></svg>")
+    left, bottom, top = 34, 14, 4
+    t1 = max(p[0] for p in points) if now is None else max(now, max(p[0] for p in points))
+    t0 = t1 - window_s
+    vs = [p[1] for p in points] + [t.value for t in thresholds]
     lo, hi = min(vs), max(vs)
-    pad = max((hi - lo) * 0.1, 1e-9)
+    pad = max((hi - lo) * 0.08, 0.1 if digits else 1.0)
     lo, hi = lo - pad, hi + pad
 
-    def xy(t: float, v: float) -> tuple[float, float]:
-        x = 2 + (t - t0) / max(t1 - t0, 1e-9) * (width - 8)
-        y = height - 2 - (v - lo) / (hi - lo) * (height - 4)
-        return round(x, 1), round(y, 1)
+    def x(t: float) -> float:
+        return round(left + max(0.0, t - t0) / window_s * (width - left - 4), 1)
 
-    coords = " ".join(f"{x},{y}" for x, y in (xy(t, v) for t, v in points))
-    lx, ly = xy(ts[-1], vs[-1])
-    return (head + f'<polyline fill="none" stroke="#e8eef5" stroke-width="2" points="{coords}"/>'
-            f'<circle cx="{lx}" cy="{ly}" r="3.5" fill="#ffd54f"/></svg>')
+    def y(v: float) -> float:
+        return round(height - bottom - (v - lo) / (hi - lo) * (height - bottom - top), 1)
+
+    digits = digits if digits is not None else 2 if metric == "rr_interval" else 0
+    parts = [head, f'<rect x="{left}" y="{top}" width="{width - left - 4}" height="{height - bottom - top}" '
+                   'fill="none" stroke="#2c363f"/>']
+    parts += [f'<line x1="{left}" x2="{width - 4}" y1="{y(th.value)}" y2="{y(th.value)}" '
+              f'stroke="{_SEVERITY_COLOUR.get(th.severity, "#9aa3ad")}" stroke-dasharray="4 3" stroke-width="1.2">'
+              f"<title>{html.escape(th.rule)} {th.severity} {th.value:g}</title></line>" for th in thresholds]
+    parts += [f'<text x="{width - 6}" y="{y(th.value) - 2}" fill="{_SEVERITY_COLOUR.get(th.severity, "#9aa3ad")}" '
+              f'font-size="10" text-anchor="end">{th.value:.{digits}f}</text>' for th in thresholds]
+    parts += [f'<text x="{left - 3}" y="{y(v) + 4}" fill="#9aa3ad" font-size="11" text-anchor="end">'
+              f"{v:.{digits}f}</text>" for v in (lo + pad, hi - pad)]
+    for frac, label in ((0.0, _ago_label(window_s)), (0.5, _ago_label(window_s / 2)), (1.0, "now")):
+        anchor = "start" if frac == 0 else "end" if frac == 1 else "middle"
+        parts.append(f'<text x="{x(t0 + frac * window_s)}" y="{height - 2}" fill="#9aa3ad" font-size="10" '
+                     f'text-anchor="{anchor}">{label}</text>')
+    inside = [(t, v) for t, v in points if t >= t0]
+    coords = " ".join(f"{x(t)},{y(v)}" for t, v in inside)
+    parts.append(f'<polyline fill="none" stroke="#e8eef5" stroke-width="2" points="{coords}"/>')
+    if inside:
+        parts.append(f'<circle cx="{x(inside[-1][0])}" cy="{y(inside[-1][1])}" r="3.5" fill="#ffd54f"/>')
+    return "".join(parts) + "</svg>"
 
 
 # -- the web app ------------------------------------------------------------------------------------
@@ -543,11 +826,20 @@ def render_sparkline(points: list[tuple[float, float]], *, metric: str, width: i
 
 @dataclass
 class Session:
-    """A logged-in station."""
+    """A logged-in station (``kiosk``: the id of the kiosk token it came from)."""
 
     station: str
     csrf: str
     last_seen: float
+    kiosk: str | None = None
+    nurse: str | None = None
+    nurse_seen: float = 0.0
+
+    def nurse_now(self, now: float) -> str | None:
+        """The signed-in nurse, unless idle for longer than ``NURSE_IDLE_S``."""
+        if self.nurse is not None and now - self.nurse_seen > NURSE_IDLE_S:
+            self.nurse = None
+        return self.nurse
 
 
 @dataclass
@@ -562,9 +854,86 @@ class StationState:
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, list[float]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    audit: AuditLog | None = None
+    kiosks: KioskRegistry | None = None
+    overview: Overview | None = None
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+
+    def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
+               note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
+        """Queue one audit entry (nothing without InfluxDB)."""
+        if self.audit is None:
+            return
+        self.audit.record(AuditEntry(
+            action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
+            patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
+            rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
+            minutes=minutes, at=time.time(), user=user))
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Addresses or networks (``127.0.0.1``, ``10.0.0.0/8``) of reverse proxies whose
+    ``X-Forwarded-Proto/For/Host`` the station believes; :class:`ConfigError` naming a bad one."""
+    out = []
+    for value in values:
+        for item in (v.strip() for v in value.split(",")):
+            if not item:
+                continue
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError as exc:
+                raise ConfigError(f"trusted proxy {item!r} is not an IP address or network (e.g. 127.0.0.1, "
+                                  "10.0.0.0/8)") from exc
+    return tuple(out)
+
+
+def _trusted(networks: tuple[IPNetwork, ...], addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def _forwarded_client(networks: tuple[IPNetwork, ...], header: str) -> str | None:
+    """The right-most address of ``X-Forwarded-For`` that is not one of our proxies (the client)."""
+    for item in reversed([h.strip() for h in header.split(",")][-16:]):
+        try:
+            ip = ipaddress.ip_address(item)
+        except ValueError:
+            return None  # a malformed chain: believe none of it
+        if not any(ip in net for net in networks):
+            return str(ip)
+    return None
+
+
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+
+
+@web.middleware
+async def _behind_proxy(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+    """Behind a trusted reverse proxy: the scheme, client address and host it forwards.
+
+    Only a peer listed with ``--trusted-proxy`` is believed; anyone else's ``X-Forwarded-*`` is ignored.
+    """
+    networks = request.app[STATE_KEY].trusted_proxies
+    if not networks or not _trusted(networks, request.remote):
+        return await handler(request)
+    changes: dict[str, Any] = {}
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    if proto in ("http", "https"):
+        changes["scheme"] = proto
+    client = _forwarded_client(networks, request.headers.get("X-Forwarded-For", ""))
+    if client:
+        changes["remote"] = client
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if host and _HOST_RE.fullmatch(host):
+        changes["host"] = host
+    return await handler(request.clone(**changes) if changes else request)
 
 
 def _static_dir() -> Path:
@@ -610,7 +979,25 @@ def _session(request: web.Request) -> Session | None:
     sess = st.sessions.get(token or "")
     now = time.time()
     if sess is None or now - sess.last_seen > SESSION_IDLE_S:
+        return _kiosk_session(st, request.cookies.get(KIOSK_COOKIE), now)
+    sess.last_seen = now
+    return sess
+
+
+def _kiosk_session(st: StationState, token: str | None, now: float) -> Session | None:
+    """The session of a valid kiosk token (made on first use, so it survives a server restart)."""
+    if st.kiosks is None or not token:
         return None
+    kiosk = st.kiosks.verify(token)
+    entry = st.roster.stations.get(kiosk.station) if kiosk else None
+    if kiosk is None or entry is None or entry.ward != st.board.ward:
+        return None
+    key = f"kiosk:{kiosk.id}"
+    sess = st.sessions.get(key)
+    if sess is None:
+        sess = st.sessions[key] = Session(station=kiosk.station, csrf=secrets.token_urlsafe(32), last_seen=now,
+                                          kiosk=kiosk.id)
+        _LOGGER.info("kiosk %s of station %s reconnected", kiosk.id, kiosk.station)
     sess.last_seen = now
     return sess
 
@@ -661,10 +1048,26 @@ async def login_form(request: web.Request) -> web.StreamResponse:
     return _login_page()
 
 
-def _locked_out(st: StationState, addr: str, now: float) -> bool:
-    recent = [t for t in st.failures.get(addr, []) if now - t < LOGIN_WINDOW_S]
-    st.failures[addr] = recent
-    return len(recent) >= LOGIN_MAX_FAILURES
+def _recent(st: StationState, key: str, now: float) -> int:
+    recent = [t for t in st.failures.get(key, []) if now - t < LOGIN_WINDOW_S]
+    if recent:
+        st.failures[key] = recent
+    else:
+        st.failures.pop(key, None)
+    return len(recent)
+
+
+def _locked_out(st: StationState, station: str, client: str, now: float) -> bool:
+    """Too many wrong passwords for this station from this client, or from this client at all."""
+    return (_recent(st, f"{station[:64]}|{client}", now) >= LOGIN_MAX_FAILURES
+            or _recent(st, f"*|{client}", now) >= LOGIN_MAX_FAILURES_PER_CLIENT)
+
+
+def _count_failure(st: StationState, station: str, client: str, now: float) -> None:
+    for key in (f"{station[:64]}|{client}", f"*|{client}"):
+        st.failures.setdefault(key, []).append(now)
+    while len(st.failures) > FAILURE_KEYS_MAX:  # bounded memory under a flood of made-up names
+        st.failures.pop(next(iter(st.failures)))
 
 
 async def login(request: web.Request) -> web.StreamResponse:
@@ -673,20 +1076,31 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not _same_origin(request):
         raise web.HTTPForbidden(text="cross-site login refused")
     addr, now = request.remote or "?", time.time()
-    if _locked_out(st, addr, now):
-        return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
+    if _locked_out(st, station, addr, now):
+        return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
-        st.failures.setdefault(addr, []).append(now)
+        _count_failure(st, station, addr, now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
         return _login_page("Wrong station or password.", status=401)
+    kiosk_token, kiosk_id = None, None
+    if form.get("kiosk"):
+        if st.kiosks is None:
+            return _login_page("This station server keeps no kiosk tokens (start it with --state-dir). "
+                               "Log in without the kiosk box.", status=400)
+        kiosk, kiosk_token = st.kiosks.issue(entry.id, label=str(form.get("label", "")))
+        kiosk_id = kiosk.id
+        st.record("kiosk_issued", station=entry.id, note=kiosk.id)
     token = secrets.token_urlsafe(32)
-    st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now)
-    _LOGGER.info("station %s logged in from %s", entry.id, addr)
+    st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now, kiosk=kiosk_id)
+    _LOGGER.info("station %s logged in from %s%s", entry.id, addr, " as a kiosk" if kiosk_token else "")
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    if kiosk_token:
+        resp.set_cookie(KIOSK_COOKIE, kiosk_token, httponly=True, samesite="Strict", secure=request.secure,
+                        path="/", max_age=KIOSK_COOKIE_MAX_AGE_S)
     return resp
 
 
@@ -700,8 +1114,14 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not _csrf_ok(token, sess):
             raise web.HTTPForbidden(text="missing or wrong CSRF token")
         st.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        if st.kiosks is not None:  # a kiosk cookie of this station, whichever session it came with
+            kiosk = st.kiosks.verify(request.cookies.get(KIOSK_COOKIE))
+            if kiosk is not None and kiosk.station == sess.station and st.kiosks.revoke(kiosk.id):
+                st.sessions.pop(f"kiosk:{kiosk.id}", None)
+                st.record("kiosk_revoked", station=sess.station, note=kiosk.id)
     resp = web.Response(status=303, headers={"Location": "/login"})
     resp.del_cookie(COOKIE, path="/", samesite="Strict")
+    resp.del_cookie(KIOSK_COOKIE, path="/", samesite="Strict")
     return resp
 
 
@@ -718,8 +1138,27 @@ async def session_info(request: web.Request) -> web.Response:
     st = request.app[STATE_KEY]
     entry = st.roster.stations.get(sess.station)
     return web.json_response({"station": sess.station, "station_name": (entry.name if entry else "") or sess.station,
-                              "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf},
+                              "ward": st.board.ward, "ward_name": st.ward_name, "csrf": sess.csrf,
+                              "kiosk": sess.kiosk is not None, "heartbeat_s": SSE_HEARTBEAT_S,
+                              "nurses": bool(st.roster.nurses), "nurse": _nurse_info(st, sess),
+                              "glucose_unit": _glucose_unit(st),
+                              "heartbeat_deadline_s": HEARTBEAT_DEADLINE_S},
                              dumps=lambda d: orjson.dumps(d).decode())
+
+
+def _ward(st: StationState) -> Ward | None:
+    return st.roster.wards.get(st.board.ward) if st.roster.configured else None
+
+
+def _glucose_unit(st: StationState) -> str:
+    ward = _ward(st)
+    return ward.glucose_unit if ward is not None else "mg/dL"
+
+
+def _nurse_info(st: StationState, sess: Session) -> dict[str, str] | None:
+    nurse_id = sess.nurse_now(time.time())
+    nurse = st.roster.nurses.get(nurse_id) if nurse_id else None
+    return {"id": nurse.id, "name": nurse.name} if nurse else None
 
 
 async def alerts(request: web.Request) -> web.Response:
@@ -728,22 +1167,96 @@ async def alerts(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].board.snapshot(), dumps=lambda d: orjson.dumps(d).decode())
 
 
-async def acknowledge(request: web.Request) -> web.Response:
-    """POST /api/ack ``{"alert_id", "by"}`` → ``rpm.alert-acks``; 202 once Kafka has it."""
-    sess = _require(request)
+def _json_error(cls: type[web.HTTPException], message: str) -> web.HTTPException:
+    return cls(text=orjson.dumps({"error": message}).decode(), content_type="application/json")
+
+
+async def _json_body(request: web.Request, sess: Session) -> dict[str, Any]:
+    """The posted JSON object (CSRF checked); 415/400 otherwise."""
     _check_csrf(request, sess)
-    st = request.app[STATE_KEY]
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(text='{"error": "send JSON"}', content_type="application/json")
+        raise _json_error(web.HTTPUnsupportedMediaType, "send JSON")
     try:
         body = orjson.loads(await request.read())
-        if not isinstance(body, dict) or not isinstance(body.get("alert_id"), str):
-            raise AckDecodeError("send a JSON object with alert_id and by")
+    except orjson.JSONDecodeError as exc:
+        raise _json_error(web.HTTPBadRequest, "send a JSON object") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("alert_id"), str):
+        raise _json_error(web.HTTPBadRequest, "send a JSON object with alert_id")
+    return body
+
+
+def _note(body: dict[str, Any]) -> str:
+    """The optional free-text note of an acknowledgement: printable, at most ``NOTE_MAX`` characters."""
+    note = body.get("note", "")
+    if not isinstance(note, str) or len(note) > NOTE_MAX or not all(ch.isprintable() for ch in note):
+        raise _json_error(web.HTTPBadRequest, f"note must be printable text of at most {NOTE_MAX} characters")
+    return note.strip()
+
+
+def _acting(st: StationState, sess: Session, body: dict[str, Any]) -> tuple[str, str | None]:
+    """(name, nurse id) of who acts: the signed-in nurse when the roster has nurses (403 otherwise),
+    else the name typed on the page (``by``; checked by the caller)."""
+    if not st.roster.nurses:
+        by = body.get("by", "")
+        return (by if isinstance(by, str) else ""), None
+    now = time.time()
+    nurse_id = sess.nurse_now(now)
+    nurse = st.roster.nurses.get(nurse_id) if nurse_id else None
+    if nurse is None:
+        raise web.HTTPForbidden(text='{"error": "sign in with your badge number and PIN first", "need_nurse": true}',
+                                content_type="application/json")
+    sess.nurse_seen = now
+    return nurse.name, nurse.id
+
+
+async def nurse_sign_in(request: web.Request) -> web.Response:
+    """POST /api/nurse ``{"nurse", "pin"}``: the nurse acting at this station (``{}``: sign out)."""
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    _check_csrf(request, sess)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise _json_error(web.HTTPBadRequest, "send a JSON object") from exc
+    if body == {}:
+        sess.nurse = None
+        return web.json_response({"nurse": None})
+    nurse_id, pin = (body.get("nurse"), body.get("pin")) if isinstance(body, dict) else (None, None)
+    if not isinstance(nurse_id, str) or not isinstance(pin, str) or not 0 < len(pin) <= 64 or not is_valid_id(nurse_id):
+        raise _json_error(web.HTTPBadRequest, "send nurse (badge number) and pin")
+    client, now = request.remote or "?", time.time()
+    if _locked_out(st, f"nurse:{nurse_id}", client, now):
+        raise _json_error(web.HTTPTooManyRequests, "too many wrong PINs: wait 5 minutes")
+    nurse = await asyncio.to_thread(st.roster.check_nurse, nurse_id, pin, st.board.ward)
+    if nurse is None:
+        _count_failure(st, f"nurse:{nurse_id}", client, now)
+        _LOGGER.warning("failed nurse sign-in for badge %r at station %s", nurse_id[:64], sess.station)
+        # 403, not 401: the station's session is fine (a 401 means "log in again" to the page)
+        raise _json_error(web.HTTPForbidden, "wrong badge number or PIN")
+    sess.nurse, sess.nurse_seen = nurse.id, now
+    st.record("nurse_sign_in", station=sess.station, by=nurse.name, user=nurse.id)
+    _LOGGER.info("nurse %s signed in at station %s", nurse.id, sess.station)
+    return web.json_response({"nurse": {"id": nurse.id, "name": nurse.name}})
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """POST /api/ack ``{"alert_id", "by", "note"?}`` → ``rpm.alert-acks``; 202 once Kafka has it."""
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    body = await _json_body(request, sess)
+    note = _note(body)
+    recheck = body.get("recheck_min")
+    if recheck is not None and (not _finite(recheck) or not 0 < float(recheck) <= RECHECK_MAX_MIN):  # type: ignore[arg-type]
+        raise _json_error(web.HTTPBadRequest, f"recheck_min must be minutes, more than 0 and at most {RECHECK_MAX_MIN}")
+    by, user = _acting(st, sess, body)
+    try:
         view = st.board.alerts.get(body["alert_id"])
         if view is None:
             raise web.HTTPNotFound(text='{"error": "no such alert on this ward"}', content_type="application/json")
-        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=body.get("by", ""), at=time.time(),
-                  station=sess.station)
+        if view.technical or view.patient is None:
+            raise _json_error(web.HTTPConflict, "a technical alarm cannot be acknowledged: it clears when its "
+                                                "cause is fixed (you may silence it)")
+        ack = Ack(alert_id=view.alert_id, patient=view.patient, by=by, at=time.time(), station=sess.station)
     except (orjson.JSONDecodeError, AckDecodeError) as exc:
         reason = exc.reason if isinstance(exc, AckDecodeError) else "send a JSON object with alert_id and by"
         raise web.HTTPBadRequest(text=orjson.dumps({"error": reason}).decode(),
@@ -756,9 +1269,34 @@ async def acknowledge(request: web.Request) -> web.Response:
         _LOGGER.error("acknowledgement of alert %s could not be sent: %s", ack.alert_id, type(exc).__name__)
         raise web.HTTPServiceUnavailable(text='{"error": "could not reach Kafka; try again"}',
                                          content_type="application/json") from exc
-    st.board.apply_ack(ack)
+    st.board.apply_ack(ack, note=note, recheck_s=float(recheck) * 60.0 if recheck is not None else None)
+    st.record("ack", view, station=sess.station, by=ack.by, note=note, user=user,
+              minutes=float(recheck) if recheck is not None else 0.0)
     _LOGGER.info("alert %s of patient %s acknowledged at station %s", ack.alert_id, ack.patient, ack.station)
     return web.json_response({"status": "sent", "alert_id": ack.alert_id}, status=202)
+
+
+async def silence(request: web.Request) -> web.Response:
+    """POST /api/silence ``{"alert_id", "minutes", "by"}``: no sound for that alert for a while (0: end it).
+
+    The alert stays on the screen; the policy's ``silence_max`` is the limit (409 beyond it).
+    """
+    sess = _require(request)
+    st = request.app[STATE_KEY]
+    body = await _json_body(request, sess)
+    by, user = _acting(st, sess, body)
+    raw_minutes = body.get("minutes")
+    if not _finite(raw_minutes) or not isinstance(by, str) or not 0 < len(by.strip()) <= 64 or not by.isprintable():
+        raise _json_error(web.HTTPBadRequest, "send minutes (a number) and by (your name, 1-64 characters)")
+    minutes = float(raw_minutes)  # type: ignore[arg-type]  # _finite: an int or float
+    try:
+        view = st.board.silence(body["alert_id"], minutes, by=by.strip(), station=sess.station)
+    except SilenceRefused as exc:
+        raise _json_error(web.HTTPConflict, str(exc)) from exc
+    st.record("silence" if view.silenced_until else "unsilence", view, station=sess.station, by=by.strip(),
+              minutes=minutes, user=user)
+    _LOGGER.info("alert %s silenced for %g min at station %s", view.alert_id, minutes, sess.station)
+    return web.json_response(st.board.client(view), dumps=lambda d: orjson.dumps(d).decode())
 
 
 async def sparkline(request: web.Request) -> web.Response:
@@ -766,16 +1304,46 @@ async def sparkline(request: web.Request) -> web.Response:
     _require(request)
     st = request.app[STATE_KEY]
     view = st.board.alerts.get(request.query.get("alert_id", ""))
-    if view is None:
+    if view is None or view.patient is None:
         raise web.HTTPNotFound(text="no such alert on this ward")
-    svg = await st.sparklines.svg(view.patient, view.metric)
+    svg = await st.sparklines.svg(view.patient, view.metric, rule=view.rule)
     return web.Response(text=svg, content_type="image/svg+xml")
+
+
+async def overview(request: web.Request) -> web.Response:
+    """GET /api/overview: a tile per patient of the ward (current values, trend, data age, device)."""
+    _require(request)
+    st = request.app[STATE_KEY]
+    tiles = await st.overview.tiles() if st.overview is not None else {}
+    ward = st.roster.wards.get(st.board.ward) if st.roster.configured else None
+    if ward is not None:
+        patients = sorted(ward.patients)
+    else:  # ward "all": every patient with data or an alert
+        patients = sorted(set(tiles) | {v.patient for v in st.board.alerts.values() if v.patient})
+    error = st.overview.error if st.overview is not None else "no InfluxDB configured"
+    beds = ward.beds if ward is not None else {}
+    body = {"now": time.time(), "error": error,
+            "patients": [{"patient": p, **tiles.get(p, {}),
+                          **({"bed": beds[p].bed, "name": beds[p].name} if p in beds else {})} for p in patients]}
+    return web.json_response(body, dumps=lambda d: orjson.dumps(d).decode())
+
+
+async def trend_svg(request: web.Request) -> web.Response:
+    """GET /api/trend?patient=…&metric=…: the last hour of one metric of a patient of this ward, as SVG."""
+    _require(request)
+    st = request.app[STATE_KEY]
+    patient, metric = request.query.get("patient", ""), request.query.get("metric", "")
+    if not is_valid_id(patient) or metric not in METRICS or not st.roster.in_ward(patient, st.board.ward):
+        raise web.HTTPNotFound(text="no such patient or metric on this ward")
+    return web.Response(text=await st.sparklines.svg(patient, metric, large=True), content_type="image/svg+xml")
 
 
 async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: 200 once the board has caught up with Kafka."""
-    board = request.app[STATE_KEY].board
-    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts)},
+    st = request.app[STATE_KEY]
+    board = st.board
+    audit = {"written": st.audit.written, "failed": st.audit.failed} if st.audit else None
+    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit},
                              status=200 if board.caught_up else 503)
 
 
@@ -812,19 +1380,20 @@ async def _stream_changes(request: web.Request, resp: web.StreamResponse, st: St
             await resp.write(_sse("logout", {}))
             break
         for view in board.changes_since(seq):
-            await resp.write(_sse("alert", view.to_client(), board.event_id(view.seq)))
+            await resp.write(_sse("alert", board.client(view), board.event_id(view.seq)))
         seq = max(seq, board.seq)
         if board.caught_up != caught_up:
             caught_up = board.caught_up
             await resp.write(_sse("status", {"caught_up": caught_up}))
         await board.wait_change(seq, within_s=SSE_HEARTBEAT_S)
         if board.seq == seq and board.caught_up == caught_up:
-            await resp.write(b": ping\n\n")
+            # an event, not a comment: EventSource hides comments from the page, which must hear it
+            await resp.write(b"event: ping\ndata: {}\n\n")
 
 
 def create_app(state: StationState) -> web.Application:
     """The aiohttp application of one station."""
-    app = web.Application(middlewares=[_security_headers], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[_behind_proxy, _security_headers], client_max_size=64 * 1024)
     app[STATE_KEY] = state
     app.router.add_get("/", index)
     app.router.add_get("/login", login_form)
@@ -834,7 +1403,11 @@ def create_app(state: StationState) -> web.Application:
     app.router.add_get("/api/alerts", alerts)
     app.router.add_get("/api/events", events)
     app.router.add_post("/api/ack", acknowledge)
+    app.router.add_post("/api/silence", silence)
+    app.router.add_post("/api/nurse", nurse_sign_in)
     app.router.add_get("/api/sparkline", sparkline)
+    app.router.add_get("/api/overview", overview)
+    app.router.add_get("/api/trend", trend_svg)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", _static_dir(), show_index=False)
 
@@ -857,6 +1430,8 @@ class StationOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     roster: str | None = None
+    state_dir: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
 
 
 def resolve_ward(roster: Roster, ward: str | None) -> str:
@@ -881,16 +1456,45 @@ def resolve_ward(roster: Roster, ward: str | None) -> str:
     return ward
 
 
+def _rules_path(settings: Settings) -> Path:
+    """The rules file the workers use (``RPM_RULES``), else the built-in one, said in the log."""
+    path = Path(settings.rules_path)
+    if path.is_file():
+        return path
+    _LOGGER.warning("rules file %s not found: re-alarm intervals, silence limits and threshold lines come from "
+                    "the built-in rules; set RPM_RULES to the workers' file", path)
+    return default_rules_path()
+
+
+def refuse_weak_passwords(roster: Roster, ward: str) -> None:
+    """:class:`ConfigError` when a station of ``ward`` logs in with a published or common password
+    (:data:`WEAK_PASSWORDS`, the example roster's among them)."""
+    for station in roster.stations.values():
+        if station.ward == ward and any(station.password.verify(p) for p in WEAK_PASSWORDS):
+            raise ConfigError(f"station {station.id!r} uses an example or common password: make a new one with "
+                              "`rpm nurse-station hash-password` and replace its hash")
+
+
 async def serve(settings: Settings, roster: Roster, options: StationOptions,
                 on_ready: Callable[[str], None] | None = None) -> None:
     """Run the station until SIGINT/SIGTERM."""
     ward = resolve_ward(roster, options.ward)
     bootstrap = settings.kafka_bootstrap()
-    board = AlertBoard(ward=ward, roster=roster)
-    sender = AckSender(bootstrap=bootstrap, keys=settings.key_ring())
-    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    rules_path = _rules_path(settings)
+    board = AlertBoard(ward=ward, roster=roster, policy=load_alarm_policy(rules_path))
+    keys = settings.key_ring()
+    if keys is None:
+        _LOGGER.warning("no RPM_SIGNING_KEYS_FILE: alerts are shown and acknowledgements sent without signatures")
+    sender = AckSender(bootstrap=bootstrap, keys=keys)
+    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
+                            thresholds=rule_thresholds(load_rules(rules_path)),
+                            glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
+    audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
-                         ward_name=roster.wards[ward].name if ward in roster.wards else ward)
+                         ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
+                         kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles,
+                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies))
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -905,15 +1509,32 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         if on_ready:
             on_ready(url)
         async with asyncio.TaskGroup() as tg:
-            feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap).run(), name="alert-feed")
+            feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap, keys=keys).run(), name="alert-feed")
             pruner = tg.create_task(_prune_forever(board), name="prune")
+            ticker = tg.create_task(tick_forever(state), name="tick")
+            writer = tg.create_task(audit.run(), name="audit")
             await stop.wait()
-            feed.cancel()
-            pruner.cancel()
+            await audit.drain()
+            for task in (feed, pruner, ticker, writer):
+                task.cancel()
     finally:
         await runner.cleanup()
         await sender.stop()
         await sparklines.close()
+        await tiles.close()
+
+
+async def tick_forever(state: StationState) -> None:
+    """Every ``TICK_S``: re-alarm what is due, end silences that ran out, audit both."""
+    while True:
+        await asyncio.sleep(TICK_S)
+        if not state.board.caught_up:
+            continue  # an interval is judged on the whole history, not half of it
+        for change in state.board.tick():
+            state.record(change.action, change.view)
+            if change.action == "realarm":
+                _LOGGER.info("alert %s of patient %s alarms again (acknowledged, still open)",
+                             change.view.alert_id, change.view.patient)
 
 
 async def _prune_forever(board: AlertBoard) -> None:
@@ -930,5 +1551,7 @@ def run_station(settings: Settings, options: StationOptions,
     """
     roster = load_roster(options.roster)
     ward = resolve_ward(roster, options.ward)
+    refuse_weak_passwords(roster, ward)
+    parse_trusted_proxies(options.trusted_proxies)
     asyncio.run(serve(settings, roster, options, on_ready=(lambda url: on_ready(ward, url)) if on_ready else None))
     return 0

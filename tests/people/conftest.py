@@ -20,6 +20,7 @@ import pytest
 
 from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, start_stack
 from rpm_core.settings import Settings
+from rpm_core.signing import KeyRing
 from tests.support.influx import count_by, rows
 from tests.support.procs import eventually, rpm_argv, rpm_env, spawn, spawn_bridge
 
@@ -50,6 +51,11 @@ class Sim:
     @property
     def bootstrap(self) -> str:
         return self.stack.settings.kafka_bootstrap()
+
+    @property
+    def keys(self) -> KeyRing | None:
+        """The deployment's signing keys: what tests produce as a worker or watchdog is signed with them."""
+        return self.stack.settings.key_ring()
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import orjson
 
 from detectors.events import AlertEvent, alert_id
+from rpm_core.signing import KeyRing
 
 T = TypeVar("T")
 
@@ -26,22 +27,24 @@ def event(patient: str = "p0001", rule: str = "tachycardia", *, state: str = "ra
     ).to_dict()
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    """Produce records and wait until Kafka has them."""
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], *,
+                  keys: KeyRing | None = None) -> None:
+    """Produce records and wait until Kafka has them (signed with ``keys``, as our producers sign)."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         for key, value in records:
-            await producer.send_and_wait(topic, value=value, key=key)
+            headers = keys.sign(topic, key, value) if keys is not None else None
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
     finally:
         await producer.stop()
 
 
-async def produce_events(bootstrap: str, events: list[dict[str, Any]]) -> None:
-    """Publish alert events to ``rpm.alerts`` keyed by patient, as the worker does."""
-    await produce(bootstrap, "rpm.alerts", [(e["patient"].encode(), orjson.dumps(e)) for e in events])
+async def produce_events(bootstrap: str, events: list[dict[str, Any]], *, keys: KeyRing | None = None) -> None:
+    """Publish alert events to ``rpm.alerts`` keyed by patient, as the worker does (signed with ``keys``)."""
+    await produce(bootstrap, "rpm.alerts", [(e["patient"].encode(), orjson.dumps(e)) for e in events], keys=keys)
 
 
 async def read_topic(bootstrap: str, topic: str, *, want: int = 1, deadline_s: float = 30.0

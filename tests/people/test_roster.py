@@ -87,7 +87,7 @@ stations:
 
 @pytest.mark.parametrize(("text", "line", "field", "words"), [
     (OK.replace("version: 1", "version: 2"), 1, "version", "unsupported version"),
-    (OK.replace("    patients:", "    beds: 3\n    patients:"), 4, "wards.north.beds", "unknown key"),
+    (OK.replace("    patients:", "    rooms: 3\n    patients:"), 4, "wards.north.rooms", "unknown key"),
     (OK + "  other:\n    ward: south\n    password_hash: \"HASH\"\n", 10, "stations.other.ward", "unknown ward"),
     (OK.replace("[p0001, p0002]", "[p0001, p0001]"), 4, "wards.north.patients", "already on ward north"),
     (OK.replace("[p0001, p0002]", "[p0001, p 2]"), 4, "wards.north.patients", "not a valid id"),
@@ -110,3 +110,55 @@ def test_errors_name_file_line_and_field(text: str, line: int, field: str | None
 def test_a_missing_roster_file_is_an_error_naming_the_variable(tmp_path: Path) -> None:
     with pytest.raises(RosterError, match="RPM_ROSTER"):
         load_roster(tmp_path / "nope.yaml")
+
+
+def test_nurses_sign_in_with_a_pin_on_their_wards_and_bad_entries_name_their_line() -> None:
+    import pytest
+
+    from rpm_core.roster import RosterError, hash_password, parse_roster
+
+    fast = {"n": 16, "r": 1, "p": 1}
+    head = f"""version: 1
+wards:
+  north: {{patients: [p0001]}}
+  south: {{patients: [p0002]}}
+stations:
+  desk: {{ward: north, password_hash: "{hash_password('x' * 12, **fast)}"}}
+nurses:
+"""
+    roster = parse_roster(head + f'  "4711": {{name: Ana Lima, pin_hash: "{hash_password("482913", **fast)}"}}\n'
+                          + f'  "4712": {{name: Ben, pin_hash: "{hash_password("739120", **fast)}", wards: [south]}}\n')
+    assert roster.check_nurse("4711", "482913", "south") is not None, "no wards listed: every ward"
+    assert roster.check_nurse("4712", "739120", "north") is None and roster.check_nurse("4712", "739120", "south")
+    assert roster.check_nurse("4711", "000000", "north") is None and roster.check_nurse("9", "482913", "north") is None
+    for entry, field in ((' "4711": {name: Ana}', "nurses.4711.pin_hash"),
+                         (' "4711": {name: Ana, pin_hash: "plain"}', "nurses.4711.pin_hash"),
+                         (f' "4711": {{name: "", pin_hash: "{hash_password("1", **fast)}"}}', "nurses.4711.name"),
+                         (f' "4711": {{name: A, pin_hash: "{hash_password("1", **fast)}", wards: [east]}}',
+                          "nurses.4711.wards"),
+                         (f' "47 11": {{name: A, pin_hash: "{hash_password("1", **fast)}"}}', "nurses.47 11"),
+                         (f' "4711": {{name: A, pin: "{hash_password("1", **fast)}"}}', "nurses.4711.pin")):
+        with pytest.raises(RosterError) as err:
+            parse_roster(head + " " + entry + "\n", source="roster.yaml")
+        assert err.value.field == field and err.value.line == 8, (entry, err.value)
+
+
+def test_a_ward_may_read_glucose_in_mmol_per_litre_and_name_its_beds() -> None:
+    import pytest
+
+    from rpm_core.roster import RosterError, hash_password, parse_roster
+
+    stations = f"""stations:
+  desk: {{ward: north, password_hash: "{hash_password('x' * 12, n=16, r=1, p=1)}"}}
+"""
+    roster = parse_roster("version: 1\nwards:\n  north:\n    patients: [p0001, p0002]\n    glucose_unit: mmol/L\n"
+                          '    beds: {p0001: {bed: "12A", name: "A. Lima"}}\n' + stations)
+    north = roster.wards["north"]
+    assert north.glucose_unit == "mmol/L" and north.beds["p0001"].bed == "12A" and "p0002" not in north.beds
+    for extra, field in (("    glucose_unit: mg/dl\n", "wards.north.glucose_unit"),
+                         ('    beds: {p0009: {bed: "1"}}\n', "wards.north.beds.p0009"),
+                         ('    beds: {p0001: {room: "1"}}\n', "wards.north.beds.p0001.room"),
+                         (f'    beds: {{p0001: {{name: "{"x" * 65}"}}}}\n', "wards.north.beds.p0001.name")):
+        with pytest.raises(RosterError) as err:
+            parse_roster("version: 1\nwards:\n  north:\n    patients: [p0001]\n" + extra + stations)
+        assert err.value.field == field and err.value.line == 5, (extra, err.value)

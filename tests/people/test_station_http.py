@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,16 @@ from aiohttp import web
 from rpm_core.roster import Roster, default_roster, hash_password
 from rpm_core.services import Stack
 from stream.acks import decode_ack
-from stream.nurse_station import AckSender, AlertBoard, AlertFeed, Sparklines, StationState, create_app
+from stream.nurse_station import (
+    AckSender,
+    AlertBoard,
+    AlertFeed,
+    Sparklines,
+    StationState,
+    create_app,
+    parse_trusted_proxies,
+)
+from stream.station_kiosk import KioskRegistry
 from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
 from tests.support.influx import fake_influx
@@ -35,15 +45,16 @@ def roster() -> Roster:
 
 
 @contextlib.asynccontextmanager
-async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
-                  ) -> AsyncIterator[tuple[str, AlertBoard]]:
+async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None,
+                  trusted: tuple[str, ...] = (), ward: str = "all") -> AsyncIterator[tuple[str, AlertBoard]]:
     """Run a station in this event loop; yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
-    board = AlertBoard(ward="all", roster=roster)
+    board = AlertBoard(ward=ward, roster=roster)
     sender = AckSender(bootstrap=bootstrap)
     await sender.start()
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
-    state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients")
+    state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients",
+                         kiosks=kiosks, trusted_proxies=parse_trusted_proxies(trusted))
     runner = web.AppRunner(create_app(state), shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -86,7 +97,8 @@ async def sse_events(resp: aiohttp.ClientResponse, want: int) -> list[tuple[str 
             elif line.startswith("data: "):
                 data = line[6:]
             elif line == "" and data:
-                out.append((eid, name, orjson.loads(data)))
+                if name != "ping":  # the heartbeat
+                    out.append((eid, name, orjson.loads(data)))
                 eid, name, data = None, "message", ""
     return out
 
@@ -176,15 +188,15 @@ async def test_acknowledge_produces_the_ack_record_and_survives_a_station_restar
         assert (key, ack.alert_id, ack.patient, ack.by, ack.station) == (
             b"p0007", raised["alert_id"], "p0007", "Ana Lima", "desk-1")
         view = board.alerts[raised["alert_id"]]
-        assert not view.active and view.ack_by == "Ana Lima"
+        assert view.open and not view.alarming and view.ack_by == "Ana Lima", "acknowledged stays on the list"
     # A new run of the station rebuilds the same state from the topics alone.
     async with station(stack, roster) as (url, board), client() as http:
         await login(http, url)
         async with http.get(f"{url}/api/alerts") as resp:
             snap = await resp.json()
-        assert snap["active"] == []
-        [row] = snap["history"]
-        assert row["state"] == "acknowledged" and row["ack"]["by"] == "Ana Lima"
+        assert snap["history"] == []
+        [row] = snap["active"]
+        assert row["state"] == "acknowledged" and row["ack"]["by"] == "Ana Lima" and not row["alarming"]
 
 
 # --- hostile input: always a 4xx (or a fresh snapshot), never a 5xx, and the station keeps serving ------
@@ -248,7 +260,26 @@ async def test_hostile_requests_get_a_4xx_and_the_station_keeps_serving(stack: S
         for body in bodies:
             async with http.post(f"{url}/api/ack", data=body.encode(errors="surrogatepass"), headers=headers) as resp:
                 assert resp.status in (400, 404), (body[:60], resp.status, await resp.text())
-        assert board.alerts[raised["alert_id"]].active, "no hostile body acknowledged the alert"
+        assert board.alerts[raised["alert_id"]].alarming, "no hostile body acknowledged the alert"
+        # Silences and notes likewise: each field of each kind, minutes at and past the floor
+        minutes = [v for v in HOSTILE_JSON if v != "0"]  # 0 is valid: it ends a silence
+        for body in [*HOSTILE_JSON, *(f'{{"alert_id": {alert_id}, "by": {by}, "minutes": {v}}}' for v in minutes),
+                     *(f'{{"alert_id": {alert_id}, "by": {v}, "minutes": 5}}' for v in HOSTILE_JSON if v != '"x"'),
+                     f'{{"alert_id": {alert_id}, "by": {by}, "minutes": 30.000001}}',
+                     f'{{"alert_id": {alert_id}, "by": "{"x" * 65}", "minutes": 5}}']:
+            async with http.post(f"{url}/api/silence", data=body.encode(errors="surrogatepass"),
+                                 headers=headers) as resp:
+                assert resp.status in (400, 404, 409), (body[:60], resp.status, await resp.text())
+        assert board.alerts[raised["alert_id"]].silenced_until is None, "no hostile body silenced the alert"
+        big = ("null", "18446744073709551615", "1180591620717411303424")  # null: no timer; big: refused below
+        for recheck in [*(v for v in HOSTILE_JSON if v not in big), "241", "0", "-5", "1e400", big[1]]:
+            body = f'{{"alert_id": {alert_id}, "by": {by}, "recheck_min": {recheck}}}'
+            async with http.post(f"{url}/api/ack", data=body, headers=headers) as resp:
+                assert resp.status == 400, (recheck, resp.status)
+        for note in [*HOSTILE_JSON[:5], '"' + "n" * 201 + '"', '"line\nbreak"', '"\u0000"']:
+            async with http.post(f"{url}/api/ack", data=f'{{"alert_id": {alert_id}, "by": {by}, "note": {note}}}',
+                                 headers=headers) as resp:
+                assert resp.status == 400, (note[:30], resp.status)
         # SSE resume ids that are not ids of this run: a fresh snapshot (int() once raised and cut the stream)
         for last in (f"{board.boot}-\u00b2", f"{board.boot}-{'9' * 5000}", f"{board.boot}-\u0661", f"{board.boot}-",
                      f"{board.boot}-1-1", "-", "x" * 4000):
@@ -303,3 +334,224 @@ async def test_a_sparkline_from_a_malformed_influxdb_answer_is_empty_not_an_erro
             async with http.get(f"{url}/api/sparkline", params={"alert_id": e["alert_id"]}) as resp:
                 assert resp.status == 200, (answer, resp.status)
                 assert "no data in the last hour" in await resp.text()
+
+
+async def test_a_kiosk_token_survives_a_restart_and_forged_or_revoked_ones_do_not(stack: Stack, roster: Roster,
+                                                                                   tmp_path: Path) -> None:
+    await ensure_topics(stack.settings.kafka_bootstrap(), partitions=2)
+    async with station(stack, roster) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 400 and "--state-dir" in await resp.text(), "no state dir: no kiosk, said"
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 303
+            cookie = next(v for v in resp.headers.getall("Set-Cookie") if v.startswith("rpm_kiosk="))
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Max-Age=34560000" in cookie
+        kiosk_token = next(c.value for c in http.cookie_jar if c.key == "rpm_kiosk")
+    # A restart: a new process, a new session store; the same state directory.
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async def session_with(token: str) -> int:
+            http.cookie_jar.clear()
+            http.cookie_jar.update_cookies({"rpm_kiosk": token})
+            async with http.get(f"{url}/api/session") as resp:
+                return resp.status
+
+        assert await session_with(kiosk_token) == 200
+        async with http.get(f"{url}/api/session") as resp:
+            assert (await resp.json())["kiosk"] is True
+        body, _, sig = kiosk_token.rpartition("~")
+        forged = [body.replace("desk-1", "desk-2") + "~" + sig, body + "~" + sig[:-2] + "AA", body + "~",
+                  "k1~x~desk-1~1~" + sig, kiosk_token + "~", "é" * 10, "x" * 401, KioskRegistry(tmp_path / "other")
+                  .issue("desk-1")[1]]
+        for token in forged:
+            assert await session_with(token) == 401, token[:40]
+        kiosk_id = kiosk_token.split("~")[1]
+        assert KioskRegistry(tmp_path).revoke(kiosk_id), "revoked from another process (the CLI)"
+        assert await session_with(kiosk_token) == 401, "revoked: out at once, in the running server"
+        assert not KioskRegistry(tmp_path).revoke(kiosk_id), "revoking twice says so"
+    # Logging out on a kiosk screen ends its token too (a screen leaving the ward does not stay in).
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path)) as (url, _board), client() as http:
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 303
+        token = next(c.value for c in http.cookie_jar if c.key == "rpm_kiosk")
+        async with http.get(f"{url}/api/session") as resp:
+            csrf = (await resp.json())["csrf"]
+        async with http.post(f"{url}/logout", data={"csrf": csrf}, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with client() as other:
+            other.cookie_jar.update_cookies({"rpm_kiosk": token})
+            async with other.get(f"{url}/api/session") as resp:
+                assert resp.status == 401
+
+
+async def test_behind_a_trusted_tls_proxy_login_works_the_cookie_is_secure_and_lockout_is_per_station_and_client(
+        stack: Stack, roster: Roster, tmp_path: Path) -> None:
+    from tests.security.pki import TestCA, write_server_files
+    from tests.support.tlsproxy import TlsProxy
+
+    await ensure_topics(stack.settings.kafka_bootstrap(), partitions=2)
+    cert, key = write_server_files(TestCA.create("ward CA"), tmp_path, dns=["localhost"], ips=("127.0.0.1",))
+
+    async def login_via(proxy: str, http: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+        async with http.post(f"{proxy}/login", data={"station": "desk-1", "password": PASSWORD}, ssl=False,
+                             allow_redirects=False, headers={"Origin": proxy}) as resp:
+            await resp.read()
+            return resp
+
+    # Without the setting (or trusting another address) the proxy's headers are not believed: the
+    # browser's https Origin does not match http, so the login is refused, as before.
+    # (each client closes before its proxy stops, so no TLS connection is left half-closed)
+    for trusted in ((), ("10.9.9.9",)):
+        async with station(stack, roster, trusted=trusted) as (url, _board):
+            with TlsProxy(url, cert, key) as proxy:
+                async with client() as via:
+                    resp = await login_via(proxy, via)
+                    assert resp.status == 403, trusted
+    async with station(stack, roster, trusted=("127.0.0.1",)) as (url, _board), client() as http:
+        with TlsProxy(url, cert, key) as proxy:
+            async with client() as via:
+                resp = await login_via(proxy, via)
+                assert resp.status == 303
+                cookie = resp.headers["Set-Cookie"]
+                assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+                async with via.get(f"{proxy}/api/session", ssl=False) as session:
+                    assert session.status == 200
+
+        # Lockout per station and client: the forwarded client, not the proxy's address.
+        async def attempt(client_ip: str, station_id: str, password: str) -> int:
+            async with http.post(f"{url}/login", data={"station": station_id, "password": password},
+                                 allow_redirects=False, headers={"Origin": url, "X-Forwarded-For": client_ip}) as r:
+                return r.status
+
+        for _ in range(5):
+            assert await attempt("198.51.100.7", "desk-1", "guess") == 401
+        assert await attempt("198.51.100.7", "desk-1", PASSWORD) == 429, "that screen is locked for this station"
+        assert await attempt("198.51.100.8", "desk-1", PASSWORD) == 303, "the rest of the ward is not"
+        for _ in range(5):
+            assert await attempt("198.51.100.9", "desk-9", "guess") == 401
+        assert await attempt("198.51.100.9", "desk-1", PASSWORD) == 303, "a typo'd station name locks only itself"
+        for bad in ("not-an-ip", "198.51.100.7, x", "", ",,,"):
+            assert await attempt(bad, "desk-1", "guess") == 401  # a malformed chain: the peer's address counts
+        assert await attempt("127.0.0.1", "desk-1", PASSWORD) == 303, "four failures so far from the peer itself"
+
+
+def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> None:
+    import subprocess
+
+    from rpm_core.errors import ConfigError
+    from rpm_core.roster import load_roster
+    from stream.nurse_station import refuse_weak_passwords
+    from tests.support.procs import rpm_argv
+
+    example = load_roster(Path(__file__).resolve().parents[2] / "roster.yaml")
+    with pytest.raises(ConfigError, match="example or common password"):
+        refuse_weak_passwords(example, "north")
+    refuse_weak_passwords(default_roster({"desk-1": hash_password(PASSWORD)}), "all")
+    for weak, why in (("change-me", "published or common"), ("short", "at least 8")):
+        done = subprocess.run(rpm_argv("nurse-station", "hash-password", "--stdin"), input=weak + "\n",
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 1 and why in done.stderr and "scrypt$" not in done.stdout
+
+
+async def test_with_nurses_in_the_roster_only_a_signed_in_nurse_acts_and_in_their_own_name(stack: Stack) -> None:
+    from rpm_core.roster import parse_roster
+
+    fast = {"n": 16, "r": 1, "p": 1}
+    roster = parse_roster(f"""version: 1
+wards:
+  north: {{patients: [p0050]}}
+  south: {{patients: [p0051]}}
+stations:
+  desk-1: {{ward: north, password_hash: "{hash_password(PASSWORD, **fast)}"}}
+nurses:
+  "4711": {{name: Ana Lima, pin_hash: "{hash_password('482913', **fast)}", wards: [north]}}
+  "4712": {{name: Ben Okoro, pin_hash: "{hash_password('739120', **fast)}", wards: [south]}}
+""")
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    raised = event("p0050", "tachycardia", value=130.0)
+    await produce_events(bootstrap, [raised])
+    board_ward = "north"
+
+    async with station(stack, roster, ward=board_ward) as (url, board), client() as http:
+        await login(http, url)
+        async with http.get(f"{url}/api/session") as resp:
+            info = await resp.json()
+        assert info["nurses"] is True and info["nurse"] is None
+        headers = {"X-CSRF-Token": info["csrf"]}
+        ack = {"alert_id": raised["alert_id"], "by": "Someone Else", "note": "Called patient"}
+
+        async def post(path: str, body: object) -> tuple[int, dict[str, object]]:
+            async with http.post(f"{url}{path}", json=body, headers=headers) as r:
+                return r.status, await r.json()
+
+        status, body = await post("/api/ack", ack)
+        assert status == 403 and body["need_nurse"], "the station login alone cannot acknowledge"
+        assert (await post("/api/silence", {**ack, "minutes": 5}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4711", "pin": "000000"}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4712", "pin": "739120"}))[0] == 403, "not a nurse of this ward"
+        assert (await post("/api/nurse", {"nurse": "9999", "pin": "739120"}))[0] == 403
+        for bad in ({"nurse": 4711, "pin": "482913"}, {"nurse": "4711"}, {"nurse": "47 11", "pin": "1"},
+                    {"nurse": "4711", "pin": "9" * 65}, [], "x"):
+            assert (await post("/api/nurse", bad))[0] == 400, bad
+        status, body = await post("/api/nurse", {"nurse": "4711", "pin": "482913"})
+        assert status == 200 and body["nurse"] == {"id": "4711", "name": "Ana Lima"}
+        assert (await post("/api/ack", ack))[0] == 202
+        records = await read_topic(bootstrap, "rpm.alert-acks", want=1)
+        [mine] = [a for a in (decode_ack(v, key=k) for k, v in records) if a.patient == "p0050"]
+        assert mine.by == "Ana Lima", "the signed-in nurse, not the name in the request"
+        assert board.alerts[raised["alert_id"]].ack_note == "Called patient"
+        assert (await post("/api/nurse", {}))[0] == 200
+        assert (await post("/api/silence", {**ack, "minutes": 5}))[0] == 403, "signed out: no more acting"
+        for _ in range(4):
+            assert (await post("/api/nurse", {"nurse": "4711", "pin": "111111"}))[0] == 403
+        assert (await post("/api/nurse", {"nurse": "4711", "pin": "482913"}))[0] == 429, "five wrong PINs: locked"
+
+
+async def _produce_altered(bootstrap: str, keys: Any, original: dict[str, Any], altered: bytes) -> None:
+    """A record carrying the signature of ``original`` but the value ``altered``."""
+    from aiokafka import AIOKafkaProducer
+
+    headers = keys.sign("rpm.alerts", b"p0080", orjson.dumps(original))
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("rpm.alerts", value=altered, key=b"p0080", headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def test_with_signing_keys_a_forged_record_neither_raises_nor_hides_an_alarm(stack: Stack,
+                                                                                   roster: Roster) -> None:
+    """Anyone who reaches Kafka could write a ``cleared`` that hides a real alarm: the station refuses
+    records that do not verify (no signature, another key, altered), counting them."""
+    from rpm_core.signing import KeyRing
+
+    bootstrap = stack.settings.kafka_bootstrap()
+    await ensure_topics(bootstrap, partitions=2)
+    keys, other = KeyRing.generate("k1"), KeyRing.generate("k1")
+    real = event("p0080", "glucose_low", severity="critical", metric="glucose", value=45.0)
+    cleared = event("p0080", "glucose_low", severity="critical", metric="glucose", state="cleared",
+                    time=real["time"] + 900, value=90.0)
+    fake = event("p0081", "bradycardia", severity="critical", value=30.0)
+    await produce_events(bootstrap, [real], keys=keys)
+    await produce_events(bootstrap, [cleared], keys=None)                      # unsigned
+    await produce_events(bootstrap, [cleared, fake], keys=other)              # signed with another key
+    await _produce_altered(bootstrap, keys, cleared, orjson.dumps({**cleared, "message": "all fine"}))  # altered
+    board = AlertBoard(ward="all", roster=roster)
+    feed = AlertFeed(board, bootstrap=bootstrap, keys=keys)
+    task = asyncio.create_task(feed.run())
+    try:
+        await until(lambda: board.caught_up)
+        assert real["alert_id"] in board.alerts and board.alerts[real["alert_id"]].open, "the forged cleared did not"
+        assert fake["alert_id"] not in board.alerts, "a forged alarm is not shown"
+        assert feed.forged == 4
+        await produce_events(bootstrap, [cleared], keys=keys)
+        await until(lambda: not board.alerts[real["alert_id"]].open)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

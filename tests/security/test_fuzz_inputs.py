@@ -35,11 +35,13 @@ from notify.service import influx_rows
 from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.report import InfluxReader
 from rpm_core.roster import default_roster
+from rpm_core.technical import TechnicalAlert
 from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, is_valid_id
 from stream import topics
 from stream.acks import AckDecodeError, decode_ack
 from stream.nurse_station import AlertBoard, AlertFeed, sparkline_points
 from stream.records import RecordError, decode_record, decode_records
+from stream.station_overview import parse_overview
 from tests.detectors.helpers import all_rulesets, device_streams, json_roundtrip, run6
 
 T = TypeVar("T")
@@ -219,6 +221,32 @@ def test_fuzz_the_nurse_station_feed_applies_or_ignores_alert_records(docs: list
     orjson.dumps(board.snapshot())
 
 
+VALID_TECHNICAL = TechnicalAlert(rule="tech.workers_missing", scope="", severity="critical", state="raised",
+                                 time=NOW, since=NOW - 60, message="No worker is processing readings",
+                                 remedy="Restart the worker service", component="worker", wards=("*",)).to_dict()
+
+
+@FUZZ
+@given(docs=st.lists(any_field(VALID_TECHNICAL), min_size=1, max_size=3))
+@example(docs=[{**VALID_TECHNICAL, "wards": [[]]}, {**VALID_TECHNICAL, "kind": {}}, {**VALID_TECHNICAL, "state": []}])
+@example(docs=[{**VALID_TECHNICAL, "patient": "p0001", "state": "acknowledged"}])
+def test_fuzz_technical_alert_records_are_applied_or_ignored_and_never_pass_as_clinical(docs: list[dict[str, Any]]
+                                                                                        ) -> None:
+    board = AlertBoard(ward="all", roster=default_roster({}), clock=lambda: NOW)
+    feed = AlertFeed(board, bootstrap="127.0.0.1:9")
+    for doc in [*docs, VALID_TECHNICAL, *docs]:
+        feed._apply(topics.ALERTS, None, dumps(doc), int(NOW * 1000))
+    assert VALID_TECHNICAL["alert_id"] in board.alerts, "a good record after bad ones is applied"
+    for view in board.alerts.values():
+        client = view.to_client()
+        if client["kind"] == "technical":
+            assert client["metric"] == "technical" and client["state"] in ("raised", "cleared") and not client["ack"]
+            assert client["rule"].startswith("tech.") and client["wards"]
+        else:
+            assert client["metric"] in ("heart_rate", "glucose", "rr_interval") and client["patient"]
+    orjson.dumps(board.snapshot())
+
+
 @FUZZ
 @given(tail=st.text(max_size=30) | st.from_regex(r"\d{1,30}", fullmatch=True) | st.just("9" * 5000))
 @example(tail="²")  # str.isdigit, but int() refuses it: ValueError ended the SSE stream
@@ -243,6 +271,27 @@ influx_like = st.recursive(
         }), max_size=2) | children, "error": children}) | children, max_size=2) | children}),
     max_leaves=12,
 )
+
+
+@FUZZ
+@given(doc=influx_like | st.lists(influx_like, min_size=3, max_size=3).map(
+    lambda docs: {"results": [d["results"][0] if isinstance(d, dict) and isinstance(d.get("results"), list)
+                              and d["results"] else {} for d in docs]}))
+@example(doc={"results": [{"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, None]]}]},
+                          {}, {"error": "measurement not found"}]})
+@example(doc={"results": [{"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, 2]]}]},
+                          {"series": [{"tags": {"patient": "p1", "metric": "glucose"}, "values": [[1, 2], "x"]}]},
+                          {"series": [{"tags": {"patient": "p1"}, "values": [[1, True, []]]}]}]})
+def test_fuzz_ward_overview_from_any_influx_answer(doc: Any) -> None:
+    tiles = refused(parse_overview, doc, NOW)
+    if tiles is None:
+        return
+    for patient, tile in tiles.items():
+        assert is_valid_id(patient)
+        for metric in ("heart_rate", "glucose"):
+            if metric in tile:
+                assert math.isfinite(tile[metric]["value"]) and tile[metric]["age_s"] >= 0
+    orjson.dumps(tiles)
 
 
 @FUZZ

@@ -1,0 +1,126 @@
+"""The nurse station's audit trail in InfluxDB: measurement ``station_audit``.
+
+One point per thing a station did or saw happen to an alert: ``ack`` (a nurse acknowledged),
+``silence`` / ``unsilence`` / ``silence_ended``, ``realarm`` (an acknowledged alert still open
+after its interval alarmed again), ``kiosk_issued`` / ``kiosk_revoked``. The worker itself
+records raised / escalated / acknowledged / cleared in ``alerts``.
+
+Schema::
+
+    station_audit,action=ack,kind=clinical,patient=p0001,station=north-desk,ward=north
+        alert_id="3f2a…",rule="glucose_low",severity="critical",by="Ana Lima",note="15 g carbohydrate given",
+        minutes=0 <time ms>
+
+Tags are validated ids (``patient`` and ``station`` are left out when there is none); ``by`` and
+``note`` are string fields; ``user`` (a tag) is the nurse's badge number when the roster lists
+nurses who sign in with a PIN. Writes are queued and sent by one task, so a slow or absent InfluxDB
+never delays a nurse; a write that fails is logged as an error and counted (``/healthz``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+
+from rpm_core.wire import is_valid_id
+from stream.lineprotocol import escape_string_field
+
+_LOGGER = logging.getLogger(__name__)
+
+MEASUREMENT: Final = "station_audit"
+QUEUE_MAX: Final = 10_000
+WRITE_TIMEOUT_S: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One audited action."""
+
+    action: str
+    ward: str
+    alert_id: str = ""
+    patient: str | None = None
+    station: str | None = None
+    kind: str = "clinical"
+    rule: str = ""
+    severity: str = ""
+    by: str = ""
+    note: str = ""
+    minutes: float = 0.0
+    at: float = 0.0
+    user: str | None = None
+
+    def line(self) -> str:
+        """The InfluxDB line protocol of this entry (tags sorted, string fields escaped)."""
+        tags = {"action": self.action, "kind": self.kind, "ward": self.ward}
+        if self.patient and is_valid_id(self.patient):
+            tags["patient"] = self.patient
+        if self.station and is_valid_id(self.station):
+            tags["station"] = self.station
+        if self.user and is_valid_id(self.user):
+            tags["user"] = self.user
+        tag_text = ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+        fields = {"alert_id": self.alert_id, "rule": self.rule, "severity": self.severity, "by": self.by,
+                  "note": self.note}
+        field_text = ",".join(f'{k}="{escape_string_field(v)}"' for k, v in fields.items())
+        at_ms = int((self.at or time.time()) * 1000)
+        return f"{MEASUREMENT},{tag_text} {field_text},minutes={float(self.minutes)!r} {at_ms}"
+
+
+class AuditLog:
+    """Queues :class:`AuditEntry` points and writes them to InfluxDB (``/write``, ms precision)."""
+
+    def __init__(self, *, url: str | None, db: str, token: str = "") -> None:
+        self.url = url.rstrip("/") if url else None
+        self.db = db
+        self.token = token
+        self.failed = 0
+        self.written = 0
+        self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=QUEUE_MAX)
+
+    def record(self, entry: AuditEntry) -> None:
+        """Queue ``entry`` (never blocks); a full queue is an error in the log, not a stall."""
+        if self.url is None:
+            return
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.failed += 1
+            _LOGGER.error("station audit queue full: %s of alert %s not recorded", entry.action, entry.alert_id)
+
+    async def run(self) -> None:
+        """Write queued entries until cancelled (batches of what is waiting)."""
+        if self.url is None:
+            return
+        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT_S)) as http:
+            while True:
+                batch = [await self._queue.get()]
+                while not self._queue.empty() and len(batch) < 500:
+                    batch.append(self._queue.get_nowait())
+                await self._write(http, batch, headers)
+
+    async def _write(self, http: aiohttp.ClientSession, batch: list[AuditEntry], headers: dict[str, str]) -> None:
+        body = "\n".join(e.line() for e in batch).encode()
+        try:
+            async with http.post(f"{self.url}/write", params={"db": self.db, "precision": "ms"}, data=body,
+                                 headers=headers) as resp:
+                if resp.status != 204:
+                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
+            self.written += len(batch)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self.failed += len(batch)
+            _LOGGER.error("station audit: %d entries not written to InfluxDB (%s)", len(batch), type(exc).__name__)
+
+    async def drain(self, within_s: float = 5.0) -> None:
+        """Give queued entries up to ``within_s`` to be written (at shutdown)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while not self._queue.empty():  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
