@@ -1,14 +1,16 @@
 """Never silent: when rpm cannot monitor someone, a person is told within a minute (issue 13).
 
-Real processes throughout (bridge, worker, watchdog, notifier, on real Mosquitto, Tansu and
-InfluxDB); the failures are real (SIGKILL of every worker, SIGSTOP of the bridge). The technical
-alert must appear on ``rpm.alerts`` (what every nurse station shows) and at the on-call webhook
-within 60 s of the failure, and clear once the failed part is back.
+Real processes throughout (bridge, worker, watchdog, notifier, nurse station, on real Mosquitto,
+Tansu and InfluxDB; the station's page in Debian's Chromium through Playwright); the failures are
+real (SIGKILL of every worker, SIGSTOP of the bridge). The technical alert must appear on
+``rpm.alerts``, on the nurse station's screen and at the on-call webhook within 60 s of the
+failure, and clear everywhere once the failed part is back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +23,8 @@ from typing import Any
 import orjson
 import pytest
 
-from rpm_core.services import NOTIFIER_USER, WATCHDOG_USER, ServiceProcess, Stack, free_port
+from rpm_core.roster import hash_password
+from rpm_core.services import NOTIFIER_USER, WATCHDOG_USER, ServiceProcess, Stack, free_port, http_ok
 from stream import topics
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver
 from tests.support.kafka import read_all
@@ -30,6 +33,10 @@ from tests.support.procs import rpm_env, spawn, spawn_bridge
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 DEADLINE_S = 60.0  # the requirement: a person is told within a minute
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-quic", "--autoplay-policy=no-user-gesture-required"]
+STATION, PASSWORD = "north-desk", "night-shift-north-7"
 
 
 def spawn_worker(stack: Stack, tmp_path: Path, name: str) -> ServiceProcess:
@@ -107,54 +114,105 @@ route:
 async def test_every_worker_killed_and_the_bridge_frozen_reach_a_person_within_a_minute_and_clear(
         stack: Stack, tmp_path: Path, hooks: WebhookReceiver) -> None:
     logs = tmp_path / "logs"
-    bridge = spawn_bridge(stack, logs)
-    worker = spawn_worker(stack, tmp_path, "worker-1")
-    wport = free_port()
-    watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
-                     rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
-    routes_file = tmp_path / "routes.yaml"
-    routes_file.write_text(routes(hooks.url))
-    notifier = spawn("notifier", ["notifier"], rpm_env(stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET,
-                                                       RPM_ROUTES=str(routes_file)), logs)
-    procs = (bridge, worker, watchdog, notifier)
+    started: list[ServiceProcess] = []
     try:
-        # everything up and judged healthy: the watchdog has nothing active
-        await until(lambda: (h := watchdog_health(wport)) is not None and h["active"] == [] and h["kafka"],
-                    within=180, what="the watchdog to see a healthy pipeline", procs=procs)
-        await until(lambda: "notifier live" in notifier.log_path.read_text(errors="replace"), within=60,
-                    what="the notifier to go live", procs=procs)
-
-        killed_at = time.time()
-        worker.kill()
-        raised = await until(lambda: event("tech.workers_missing", "raised", killed_at)(stack),
-                             within=DEADLINE_S, what="tech.workers_missing on rpm.alerts",
-                             procs=(bridge, watchdog, notifier))
-        assert raised["severity"] == "critical" and raised["wards"] == ["*"] and raised["remedy"]
-
-        def paged() -> bool:
-            return any(a["rule"] == "tech.workers_missing" for h in hooks.on("/on-call") for a in h.doc["alerts"])
-        await until(paged, within=max(1.0, killed_at + DEADLINE_S - time.time()),
-                    what="the on-call webhook to be called", procs=(bridge, watchdog, notifier))
-        page = next(h for h in hooks.on("/on-call") if h.doc["alerts"][0]["rule"] == "tech.workers_missing")
-        assert page.doc["summary"].startswith("[rpm] TECHNICAL ALERT")
-        assert page.received - killed_at <= DEADLINE_S
-
-        worker = spawn_worker(stack, tmp_path, "worker-2")
-        procs = (bridge, worker, watchdog, notifier)
-        cleared = await until(lambda: event("tech.workers_missing", "cleared", killed_at)(stack), within=180,
-                              what="tech.workers_missing cleared once a worker is back", procs=procs)
-        assert cleared["alert_id"] == raised["alert_id"]
-
-        frozen_at = time.time()
-        os.kill(bridge.pid, signal.SIGSTOP)
-        try:
-            silent = await until(lambda: event("tech.bridge_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
-                                 what="tech.bridge_silent on rpm.alerts", procs=(worker, watchdog, notifier))
-        finally:
-            os.kill(bridge.pid, signal.SIGCONT)
-        assert silent["scope"] and "has not reported" in silent["message"]
-        await until(lambda: event("tech.bridge_silent", "cleared", frozen_at)(stack), within=120,
-                    what="tech.bridge_silent cleared once the bridge runs again", procs=procs)
+        bridge = spawn_bridge(stack, logs)
+        started.append(bridge)
+        started.append(spawn_worker(stack, tmp_path, "worker-1"))
+        wport = free_port()
+        started.append(spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
+                             rpm_env(stack, mqtt_user=WATCHDOG_USER), logs))
+        routes_file = tmp_path / "routes.yaml"
+        routes_file.write_text(routes(hooks.url))
+        started.append(spawn("notifier", ["notifier"], rpm_env(
+            stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs))
+        sport = free_port()
+        started.append(spawn("nurse-station", ["nurse-station", "--port", str(sport), "--state-dir",
+                                               str(tmp_path / "station")],
+                             rpm_env(stack, mqtt_user=None,
+                                     RPM_NURSE_CREDENTIALS=f"{STATION}={hash_password(PASSWORD)}"), logs))
+        async with screen(f"http://127.0.0.1:{sport}", started[-1]) as page:
+            await scenario(stack, tmp_path, hooks, page, started, wport)
     finally:
-        for p in (notifier, watchdog, worker, bridge):
+        for p in reversed(started):
+            if p.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGCONT)
             p.stop()
+
+
+@contextlib.asynccontextmanager
+async def screen(url: str, station: ServiceProcess) -> AsyncIterator[Any]:
+    """The ward screen: the station's page logged in, in real Chromium."""
+    from playwright.async_api import async_playwright, expect
+
+    await until(lambda: http_ok(f"{url}/healthz"), within=120, what="the nurse station", procs=(station,))
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            await page.goto(url)
+            await page.fill("#station", STATION)
+            await page.fill("#password", PASSWORD)
+            await page.click("button[type=submit]")
+            await expect(page.locator("#conn")).to_have_text("Live", timeout=60_000)
+            yield page
+        finally:
+            await browser.close()
+
+
+def left_ms(since: float) -> float:
+    """What is left of the minute after ``since``, in ms (at least 1 s: the check itself takes time)."""
+    return max(1_000.0, (since + DEADLINE_S - time.time()) * 1000)
+
+
+async def scenario(stack: Stack, tmp_path: Path, hooks: WebhookReceiver, page: Any,
+                   started: list[ServiceProcess], wport: int) -> None:
+    from playwright.async_api import expect
+
+    bridge, worker, watchdog, notifier, station = started
+    others = (bridge, watchdog, notifier, station)
+    tech = page.locator("#tech-band li.tech-item")
+    # everything up and judged healthy: the watchdog has nothing active, the screen no technical alarm
+    await until(lambda: (h := watchdog_health(wport)) is not None and h["active"] == [] and h["kafka"],
+                within=180, what="the watchdog to see a healthy pipeline", procs=tuple(started))
+    await until(lambda: "notifier live" in notifier.log_path.read_text(errors="replace"), within=60,
+                what="the notifier to go live", procs=tuple(started))
+    await expect(tech).to_have_count(0, timeout=60_000)
+
+    killed_at = time.time()
+    worker.kill()
+    raised = await until(lambda: event("tech.workers_missing", "raised", killed_at)(stack), within=DEADLINE_S,
+                         what="tech.workers_missing on rpm.alerts", procs=others)
+    assert raised["severity"] == "critical" and raised["wards"] == ["*"] and raised["remedy"]
+    # the ward screen: in the technical band, with its cause and remedy, within the minute
+    item = tech.filter(has_text="No stream worker is running")
+    await expect(item).to_have_count(1, timeout=left_ms(killed_at))
+    await expect(item.locator(".tech-remedy")).to_contain_text("rpm worker")
+
+    def paged() -> bool:
+        return any(a["rule"] == "tech.workers_missing" for h in hooks.on("/on-call") for a in h.doc["alerts"])
+    await until(paged, within=left_ms(killed_at) / 1000, what="the on-call webhook to be called", procs=others)
+    page_hook = next(h for h in hooks.on("/on-call") if h.doc["alerts"][0]["rule"] == "tech.workers_missing")
+    assert page_hook.doc["summary"].startswith("[rpm] TECHNICAL ALERT")
+    assert page_hook.received - killed_at <= DEADLINE_S
+
+    worker = spawn_worker(stack, tmp_path, "worker-2")
+    started[1] = worker
+    cleared = await until(lambda: event("tech.workers_missing", "cleared", killed_at)(stack), within=180,
+                          what="tech.workers_missing cleared once a worker is back", procs=tuple(started))
+    assert cleared["alert_id"] == raised["alert_id"]
+    await expect(item).to_have_count(0, timeout=60_000)
+
+    frozen_at = time.time()
+    os.kill(bridge.pid, signal.SIGSTOP)
+    try:
+        silent = await until(lambda: event("tech.bridge_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
+                             what="tech.bridge_silent on rpm.alerts", procs=(worker, watchdog, notifier, station))
+        await expect(tech.filter(has_text="has not reported")).to_have_count(1, timeout=left_ms(frozen_at))
+    finally:
+        os.kill(bridge.pid, signal.SIGCONT)
+    assert silent["scope"] and "has not reported" in silent["message"]
+    await until(lambda: event("tech.bridge_silent", "cleared", frozen_at)(stack), within=120,
+                what="tech.bridge_silent cleared once the bridge runs again", procs=tuple(started))
+    await expect(tech).to_have_count(0, timeout=60_000)
