@@ -90,7 +90,8 @@ def cmd_nurse_station(args: argparse.Namespace) -> int:
     options = StationOptions(ward=args.ward, host=args.host, port=args.port, roster=args.roster,
                              state_dir=args.state_dir or os.environ.get("RPM_STATION_STATE_DIR") or None,
                              trusted_proxies=tuple(args.trusted_proxy or ())
-                             + tuple(filter(None, [os.environ.get("RPM_STATION_TRUSTED_PROXIES")])))
+                             + tuple(filter(None, [os.environ.get("RPM_STATION_TRUSTED_PROXIES")])),
+                             supervision_timeout_s=args.supervision_timeout)
     return run_station(settings, options, on_ready=ready)
 
 
@@ -162,6 +163,9 @@ def _add_nurse_station(sub: SubParsers) -> None:
     p.add_argument("--state-dir", default=None,
                    help="directory for kiosk tokens (key + list); kiosks stay logged in across restarts "
                         "(env RPM_STATION_STATE_DIR; without it no kiosk mode)")
+    p.add_argument("--supervision-timeout", type=float, default=45.0, metavar="S",
+                   help="no heartbeat from rpm watchdog for S seconds turns into a technical alarm on the screen "
+                        "(default 45; 0: no watchdog is run, nothing supervises the pipeline)")
     p.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDR",
                    help="address or network of a TLS reverse proxy whose X-Forwarded-Proto/For/Host are believed "
                         "(repeatable; env RPM_STATION_TRUSTED_PROXIES, comma-separated)")

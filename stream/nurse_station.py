@@ -627,6 +627,101 @@ async def _at_least(consumer: Any, end: dict[Any, int]) -> list[bool]:
     return [await consumer.position(tp) >= offset for tp, offset in end.items()]
 
 
+class Supervision:
+    """The watchdog watched: its heartbeats' absence is a technical alarm on this screen.
+
+    ``rpm watchdog`` raises technical alerts when a bridge or worker dies; nobody would notice if the
+    watchdog itself died, or if Kafka stopped delivering to it and to us. So the station reads the
+    watchdog's heartbeats (``rpm.heartbeats``) and, when none has arrived for ``timeout_s``, puts a
+    technical alert of its own on the board (``tech.supervision_lost``, this screen only: nothing to
+    sign or send); it clears when heartbeats come back. ``timeout_s`` 0: no supervision (a
+    deployment without a watchdog, or tests of the station alone).
+    """
+
+    RULE: Final = "tech.supervision_lost"
+
+    def __init__(self, board: AlertBoard, *, bootstrap: str, timeout_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.board = board
+        self.bootstrap = bootstrap
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self.last_beat: float | None = None
+        self._since = clock()
+        self._raised: Any = None  # the TechnicalAlert on the board, if any
+
+    def note_beat(self, value: bytes | None) -> None:
+        """Take one ``rpm.heartbeats`` record."""
+        from rpm_core.technical import TechnicalAlertError, decode_heartbeat
+
+        try:
+            beat = decode_heartbeat(value)
+        except TechnicalAlertError:
+            return
+        if beat.component == "watchdog" and beat.state == "running":
+            self.last_beat = self._clock()
+
+    def judge(self) -> None:
+        """Raise or clear the alarm on the board as the heartbeats say."""
+        from rpm_core.technical import EVERY_WARD, TechnicalAlert
+
+        now = self._clock()
+        silent_s = now - (self.last_beat if self.last_beat is not None else self._since)
+        if silent_s > self.timeout_s and self._raised is None:
+            seen = (f"for {silent_s:.0f} s" if self.last_beat is not None else
+                    f"since this station started {silent_s:.0f} s ago")
+            self._raised = TechnicalAlert(
+                rule=self.RULE, scope="", severity="critical", state="raised", time=now, since=now,
+                message=f"No word from rpm watchdog {seen}: if a worker or bridge stopped now, nobody would be "
+                        "told. Kafka may be down, or the watchdog stopped.",
+                remedy="Call technical support: check rpm watchdog (systemctl status rpm-watchdog) and Kafka.",
+                component="watchdog", wards=(EVERY_WARD,))
+            self.board.apply_alert(self._raised.to_dict(), wall=now)
+            _LOGGER.error("no heartbeat from rpm watchdog %s: supervision lost", seen)
+        elif silent_s <= self.timeout_s and self._raised is not None:
+            self.board.apply_alert(self._raised.cleared(now).to_dict(), wall=now)
+            self._raised = None
+            _LOGGER.info("rpm watchdog reports again: supervision restored")
+
+    async def run(self) -> None:
+        """Judge every second, whatever Kafka does, while following the heartbeats."""
+        follow = asyncio.ensure_future(self._follow())
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                self.judge()
+        finally:
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        """Read the heartbeats from now on; retry Kafka (or a topic not created yet) forever."""
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.errors import KafkaError
+        from aiokafka.structs import TopicPartition
+
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                        fetch_max_wait_ms=500)
+            try:
+                await consumer.start()
+                tp = TopicPartition(topics.HEARTBEATS, 0)
+                consumer.assign([tp])
+                async with asyncio.timeout(30):
+                    await consumer.seek_to_end(tp)
+                while True:
+                    batches = await consumer.getmany(timeout_ms=1000)
+                    for records in batches.values():
+                        for record in records:
+                            self.note_beat(record.value)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                _LOGGER.warning("supervision cannot read %s (%s); retrying", topics.HEARTBEATS, type(exc).__name__)
+                await asyncio.sleep(FEED_RETRY_MAX_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+
+
 class AckSender:
     """Produces acknowledgements to ``rpm.alert-acks`` (key: patient id), signed with ``keys``
     (the worker refuses an acknowledgement that does not verify, see :mod:`rpm_core.signing`)."""
@@ -1432,6 +1527,8 @@ class StationOptions:
     roster: str | None = None
     state_dir: str | None = None
     trusted_proxies: tuple[str, ...] = ()
+    # no heartbeat of rpm watchdog for this long: a technical alarm on the screen (0: not watched)
+    supervision_timeout_s: float = 45.0
 
 
 def resolve_ward(roster: Roster, ward: str | None) -> str:
@@ -1513,9 +1610,14 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")
+            tasks = [feed, pruner, ticker, writer]
+            if options.supervision_timeout_s > 0:
+                tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap,
+                                                        timeout_s=options.supervision_timeout_s).run(),
+                                            name="supervision"))
             await stop.wait()
             await audit.drain()
-            for task in (feed, pruner, ticker, writer):
+            for task in tasks:
                 task.cancel()
     finally:
         await runner.cleanup()

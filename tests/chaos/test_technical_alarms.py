@@ -216,3 +216,12 @@ async def scenario(stack: Stack, tmp_path: Path, hooks: WebhookReceiver, page: A
     await until(lambda: event("tech.bridge_silent", "cleared", frozen_at)(stack), within=120,
                 what="tech.bridge_silent cleared once the bridge runs again", procs=tuple(started))
     await expect(tech).to_have_count(0, timeout=60_000)
+
+    # the watchdog itself dies: the screen, which watches its heartbeats, says so within the minute
+    watchdog_killed = time.time()
+    watchdog.kill()
+    lost = tech.filter(has_text="No word from rpm watchdog")
+    await expect(lost).to_have_count(1, timeout=left_ms(watchdog_killed))
+    started[2] = spawn("watchdog-2", ["watchdog", "--startup-grace", "5"], rpm_env(stack, mqtt_user=WATCHDOG_USER),
+                       tmp_path / "logs")
+    await expect(lost).to_have_count(0, timeout=120_000)

@@ -37,7 +37,7 @@ WAIT_MS = 30_000
 def station_url(sim: Sim, tmp_path: Path) -> str:
     port = free_port()
     env = rpm_env(sim.stack, mqtt_user=None, RPM_NURSE_CREDENTIALS=f"north-desk={hash_password(PASSWORD)}")
-    proc = spawn("nurse-station", ["nurse-station", "--port", str(port)], env, tmp_path)
+    proc = spawn("nurse-station", ["nurse-station", "--supervision-timeout", "0", "--port", str(port)], env, tmp_path)
     with running(proc):
         eventually(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), bool, timeout=60,
                    what="the nurse station caught up with rpm.alerts", watch=(proc,), interval=0.2)

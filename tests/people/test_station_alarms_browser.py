@@ -76,8 +76,10 @@ class Station:
 
     def start(self) -> None:
         self.runs += 1
-        self.proc = spawn(f"nurse-station-{self.runs}", ["nurse-station", "--port", str(self.port), "--state-dir",
-                                                         str(self.state_dir), *self.extra], self.env, self.tmp)
+        # no watchdog runs beside this station: its supervision is tested in tests/chaos/test_technical_alarms.py
+        argv = ["nurse-station", "--supervision-timeout", "0", "--port", str(self.port), "--state-dir",
+                str(self.state_dir), *self.extra]
+        self.proc = spawn(f"nurse-station-{self.runs}", argv, self.env, self.tmp)
         eventually(lambda: http_ok(f"{self.url}/healthz"), bool, timeout=60,
                    what="the nurse station caught up with rpm.alerts", watch=(self.proc,), interval=0.2)
 

@@ -70,7 +70,7 @@ nurses:
   "{BADGE}": {{name: {NURSE}, pin_hash: "{hash_password(PIN)}", wards: [north]}}
 """)
     port = free_port()
-    proc = spawn("nurse-station", ["nurse-station", "--port", str(port)],
+    proc = spawn("nurse-station", ["nurse-station", "--supervision-timeout", "0", "--port", str(port)],
                  rpm_env(sim.stack, mqtt_user=None, RPM_ROSTER=str(roster)), tmp_path)
     with running(proc):
         eventually(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), bool, timeout=60,
