@@ -185,6 +185,16 @@ GLUCOSE_CONTEXT_WAIT_S: Final = 2.0
 GLUCOSE_RESYNC_INTERVAL_S: Final = 300.0
 # §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight).
 CGM_RACP_TIMEOUT_S: Final = 120.0
+# §2 status bits 5/6 with +INF/-INF: a result beyond what the meter can measure ("HI"/"LO").
+# The wire carries it flagged ABOVE_RANGE/BELOW_RANGE with the meter's limit (issue 14); GLS
+# does not tell the limit, so this is the measuring interval of most home meters (20-600 mg/dL:
+# Ascensia Contour Next One, Roche Accu-Chek Guide, LifeScan OneTouch Verio user manuals).
+GLUCOSE_METER_HIGH_LIMIT_MG_DL: Final = 600.0
+GLUCOSE_METER_LOW_LIMIT_MG_DL: Final = 20.0
+# §3 warning bits 22/23 ("below/above what the device can process") or ±INF on a CGM: the
+# reporting range of current sensors is 40-400 mg/dL (Dexcom G6/G7, FreeStyle Libre 2/3 manuals).
+CGM_HIGH_LIMIT_MG_DL: Final = 400.0
+CGM_LOW_LIMIT_MG_DL: Final = 40.0
 # §3 Quality is a device-defined percentage; below half we mark the sample LOW_QUALITY.
 CGM_LOW_QUALITY_PCT: Final = 50.0
 # §3: Time Offset is u16 minutes; a jump back by more than half the range is a wrap, not disorder.
