@@ -111,7 +111,8 @@ class Agent:
             f"{details} readings to keep the newest and the glucose; is the broker reachable?"
         )
         _LOGGER.error("%s", message)
-        self.board.alarm(OUTBOX_FULL_ALARM, active=True, message=message, evicted=dict(evicted))
+        self.board.alarm(OUTBOX_FULL_ALARM, active=True, message=message, evicted=dict(evicted), severity="critical",
+                         remedy="check the patient's internet connection and that the MQTT broker is reachable")
 
     async def _housekeeping(self) -> None:
         assert self._outbox is not None
@@ -120,7 +121,7 @@ class Agent:
             stats = await self._outbox.stats()
             _LOGGER.info("outbox: %d reading(s) waiting %s", stats.total, dict(stats.pending))
             cleared = stats.total < stats.capacity * const.OUTBOX_FULL_CLEARED_FRACTION
-            if OUTBOX_FULL_ALARM in self.board.alarms and cleared:
+            if self.board.alarm_active(OUTBOX_FULL_ALARM) and cleared:
                 self.board.alarm(OUTBOX_FULL_ALARM, active=False, message="outbox back under its budget")
 
 

@@ -195,6 +195,13 @@ GLUCOSE_METER_LOW_LIMIT_MG_DL: Final = 20.0
 # reporting range of current sensors is 40-400 mg/dL (Dexcom G6/G7, FreeStyle Libre 2/3 manuals).
 CGM_HIGH_LIMIT_MG_DL: Final = 400.0
 CGM_LOW_LIMIT_MG_DL: Final = 40.0
+# A CGM record that failed its E2E-CRC is asked for again at once, up to this many times per hole,
+# before the hole is reported as a gap (issue 14, item 1).
+CGM_REFETCH_ATTEMPTS: Final = 3
+# The step between CGM records when too few were seen to tell (§3 examples: 5 min).
+CGM_DEFAULT_INTERVAL_MIN: Final = 5
+# Offsets of stored CGM records kept in memory to find unfillable holes: days of 1-min records.
+CGM_OFFSETS_REMEMBERED: Final = 5_000
 # §3 Quality is a device-defined percentage; below half we mark the sample LOW_QUALITY.
 CGM_LOW_QUALITY_PCT: Final = 50.0
 # §3: Time Offset is u16 minutes; a jump back by more than half the range is a wrap, not disorder.

@@ -20,6 +20,8 @@ an unexpected exception is logged with its traceback and treated like a failed c
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import json
 import logging
 import time
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 GLUCOSE_WATERMARK: Final = "glucose_last_seq"
+CGM_GAP_ALARM: Final = "cgm_gap"
 CGM_WATERMARK: Final = "cgm"
 _LINK_LOST: Final = object()  # queued by the disconnect callback: the link is gone
 
@@ -378,12 +381,28 @@ class _CgmSession:
 
 
 class CgmSession(DeviceSession):
-    """A continuous glucose monitor: live notifications, and a RACP backfill after every (re)connection."""
+    """A continuous glucose monitor: live notifications, and a RACP backfill after every (re)connection.
+
+    No record the sensor still holds is lost (issue 14, item 1). A record that fails its E2E-CRC
+    opens a *hole*: :attr:`resume_from` (persisted with the watermark) stays at the offset after
+    the last record stored before it, and the records from there are asked for again at once
+    through RACP (and on every reconnection while the hole is open); records already stored come
+    back as duplicates and are dropped by their de-duplication key. A hole the sensor cannot fill
+    (the record fails again :data:`~edge_agent.const.CGM_REFETCH_ATTEMPTS` times, or the sensor no
+    longer holds it) is reported as a ``cgm_gap`` alarm naming the missing span.
+    """
 
     def __init__(self, device: PairedDevice, ctx: SessionContext) -> None:
         super().__init__(device, ctx)
         self.last_offset: int | None = None  # unwrapped minutes since session start
+        self.resume_from: int | None = None  # first offset of an open hole (a record failed its CRC)
         self.crc_failures = 0
+        self.refetches = 0
+        self.gaps: list[tuple[int, int]] = []  # unfillable holes reported: (last before, first after)
+        self._refetch_attempts = 0
+        self._refetch_due = False
+        # Offsets stored lately, to find what a refetch could not fill.
+        self._stored: collections.deque[int] = collections.deque(maxlen=const.CGM_OFFSETS_REMEMBERED)
         self._session: _CgmSession | None = None
 
     async def serve(self, client: BleakClient) -> None:
@@ -393,8 +412,13 @@ class CgmSession(DeviceSession):
         await self._load_watermark(session)
         await link.subscribe(client, const.CGM_MEASUREMENT_UUID, self._on_measurement)
         await link.subscribe(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, self._on_racp)
-        await self._backfill(client, session)
+        if self.resume_from is not None:
+            await self._refetch(client, session)  # a hole is open (persisted): fill it first
+        else:
+            await self._backfill(client, session, self._backfill_start())
         while True:
+            if self._refetch_due:
+                await self._refetch(client, session)
             self._accept(await self._next(), session)
 
     async def _read_session(self, client: BleakClient) -> _CgmSession:
@@ -418,7 +442,16 @@ class CgmSession(DeviceSession):
     async def _load_watermark(self, session: _CgmSession) -> None:
         stored = await self.ctx.outbox.watermark(self.device_id, CGM_WATERMARK)
         doc = json.loads(stored) if stored else {}
-        self.last_offset = doc.get("offset") if doc.get("session") == session.key else None
+        same = doc.get("session") == session.key
+        self.last_offset = doc.get("offset") if same else None
+        self.resume_from = doc.get("resume") if same else None
+        self._refetch_due = False
+
+    def _backfill_start(self) -> int | None:
+        """The first offset to ask for: the open hole, else after the last stored (None: everything)."""
+        if self.resume_from is not None:
+            return self.resume_from
+        return None if self.last_offset is None else self.last_offset + 1
 
     def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         session = self._session
@@ -447,33 +480,88 @@ class CgmSession(DeviceSession):
                 pass
         self.problems.add("malformed RACP response", error)
 
-    async def _backfill(self, client: BleakClient, session: _CgmSession) -> None:
-        """Ask for every record after the last stored one; live records arriving meanwhile wait, so
-        that everything is stored in time-offset order."""
-        if self.last_offset is None:
+    async def _backfill(self, client: BleakClient, session: _CgmSession, start: int | None) -> bool:
+        """Ask for every record from ``start`` (None: all); live records arriving meanwhile wait, so
+        that everything is stored in time-offset order. True if the sensor said it sent them all."""
+        if start is None:
             request = racp_report_all(e2e_crc=session.e2e_crc)
         else:
-            next_raw = (self.last_offset + 1) % const.CGM_TIME_OFFSET_WRAP_MIN
-            request = racp_report_time_offset_at_least(next_raw, e2e_crc=session.e2e_crc)
+            raw = start % const.CGM_TIME_OFFSET_WRAP_MIN
+            request = racp_report_time_offset_at_least(raw, e2e_crc=session.e2e_crc)
         await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, request)
         held: list[CgmMeasurement] = []
+        complete = False
         try:
             async with asyncio.timeout(const.CGM_RACP_TIMEOUT_S):
                 while not self._backfill_done(item := await self._next()):
                     if isinstance(item, CgmMeasurement):
                         held.append(item)
+            complete = True
         except TimeoutError:
             self.problems.add("CGM backfill timed out (aborted)")
             await self._abort(client, session)
         except RacpError as exc:
             self.problems.add("CGM backfill refused", exc.response)
-        base = self.last_offset
+        base = self.last_offset if start is None else start - 1
         for record in sorted(held, key=lambda r: unwrap_offset(r.time_offset_min, base)):
             self._accept(record, session)
         if held:
             _LOGGER.info(
                 "%s: backfill delivered %d record(s), last offset %s", self.device_id, len(held), self.last_offset
             )
+        return complete
+
+    async def _refetch(self, client: BleakClient, session: _CgmSession) -> None:
+        """Ask again for the records of the open hole; report it as a gap once it cannot be filled."""
+        self._refetch_due = False
+        if self.resume_from is None:
+            return
+        self._refetch_attempts += 1
+        self.refetches += 1
+        failures = self.crc_failures
+        _LOGGER.info("%s: asking the sensor again for the records from offset %d (attempt %d)",
+                     self.device_id, self.resume_from, self._refetch_attempts)
+        complete = await self._backfill(client, session, self.resume_from)
+        if complete and self.crc_failures == failures:
+            self._close_hole(session)  # all it holds from there arrived intact; what is missing is gone
+        elif self._refetch_attempts >= const.CGM_REFETCH_ATTEMPTS:
+            self._close_hole(session)  # it keeps failing: give up, report the gap
+        else:
+            self._refetch_due = True
+
+    def _close_hole(self, session: _CgmSession) -> None:
+        assert self.resume_from is not None
+        for before, after in self._missing_since(self.resume_from):
+            self._report_gap(session, before, after)
+        self.resume_from = None
+        self._refetch_attempts = 0
+        self._submit([], watermark=(CGM_WATERMARK, self._watermark(session)))
+
+    def _missing_since(self, start: int) -> list[tuple[int, int]]:
+        """Spans (last stored before, first stored after) from ``start - 1`` on with records missing.
+
+        The sensor's measurement interval is the smallest step between stored records; a step of
+        more than 1.5 intervals skipped at least one record.
+        """
+        stored = sorted(set(self._stored))
+        steps = [b - a for a, b in itertools.pairwise(stored) if b > a]
+        interval = min(steps) if steps else const.CGM_DEFAULT_INTERVAL_MIN
+        window = [o for o in stored if o >= start - interval]
+        return [(a, b) for a, b in itertools.pairwise(window) if b - a > 1.5 * interval and b >= start]
+
+    def _report_gap(self, session: _CgmSession, before: int, after: int) -> None:
+        self.gaps.append((before, after))
+        first = cgm_reading_time(session.start_utc, before)
+        last = cgm_reading_time(session.start_utc, after)
+        message = (f"CGM readings between {first:%Y-%m-%d %H:%M} and {last:%H:%M} UTC are missing: the sensor "
+                   "sent them damaged and can no longer resend them")
+        _LOGGER.warning("%s: %s", self.device_id, message)
+        self.ctx.board.alarm(
+            CGM_GAP_ALARM, active=True, device=self.device_id, severity="warning", message=message,
+            remedy="no action needed for the sensor; check the patient with a fingerstick if a reading in that "
+                   "span matters",
+            gap={"from": first.timestamp(), "to": last.timestamp()},
+        )
 
     def _backfill_done(self, item: object) -> bool:
         if not isinstance(item, RacpResponse):
@@ -492,16 +580,32 @@ class CgmSession(DeviceSession):
         if not isinstance(item, CgmMeasurement):
             return  # a late RACP indication
         if not item.crc_ok:
-            self.crc_failures += 1
-            self.problems.add("CGM record failed its E2E-CRC (rejected)", item.time_offset_min)
+            self._crc_failed(session, item)
             return
         offset = unwrap_offset(item.time_offset_min, self.last_offset)
-        if self.last_offset is not None and offset <= self.last_offset:
+        in_hole = self.resume_from is not None and offset >= self.resume_from
+        if self.last_offset is not None and offset <= self.last_offset and not in_hole:
             return  # already stored (live and backfilled copies of the same record)
         sample = cgm_sample(item, cgm_reading_time(session.start_utc, offset), self.problems)
-        watermark = json.dumps({"session": session.key, "offset": offset})
-        self._submit([sample] if sample else [], watermark=(CGM_WATERMARK, watermark))
-        self.last_offset = offset
+        self.last_offset = offset if self.last_offset is None else max(offset, self.last_offset)
+        self._stored.append(offset)
+        self._submit(
+            [sample] if sample else [],
+            watermark=(CGM_WATERMARK, self._watermark(session)),
+            dedupe_key=f"cgm|{self.device.identity}|{session.key}|{offset}",
+        )
+
+    def _crc_failed(self, session: _CgmSession, item: CgmMeasurement) -> None:
+        """A damaged record: its offset cannot be trusted, so the hole starts after the last stored one."""
+        self.crc_failures += 1
+        self.problems.add("CGM record failed its E2E-CRC (asked for again)", item.time_offset_min)
+        if self.resume_from is None:
+            self.resume_from = 0 if self.last_offset is None else self.last_offset + 1
+            self._submit([], watermark=(CGM_WATERMARK, self._watermark(session)))
+        self._refetch_due = True
+
+    def _watermark(self, session: _CgmSession) -> str:
+        return json.dumps({"session": session.key, "offset": self.last_offset, "resume": self.resume_from})
 
 
 SESSION_CLASSES: Final = {

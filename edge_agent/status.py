@@ -28,6 +28,7 @@ import orjson
 from rpm_core.wire import SCHEMA_VERSION
 
 DeviceState = Literal["connecting", "connected", "disconnected", "unreachable", "error"]
+AlarmSeverity = Literal["warning", "critical"]
 AgentState = Literal["online", "offline"]
 OUTBOX_FULL_ALARM: Final = "outbox_full"
 
@@ -45,6 +46,11 @@ class DeviceStatus:
     t: float = 0.0
 
 
+def alarm_key(name: str, device: str | None) -> str:
+    """The key of an alarm in :attr:`StatusBoard.alarms`: its name, and the device it is about."""
+    return name if device is None else f"{name}|{device}"
+
+
 def _doc(patient: str, kind: str, **fields: Any) -> bytes:
     return orjson.dumps({"v": SCHEMA_VERSION, "patient": patient, "kind": kind, "t": round(time.time(), 3), **fields})
 
@@ -60,7 +66,7 @@ class StatusBoard:
     def __init__(self, patient: str) -> None:
         self.patient = patient
         self.devices: dict[str, DeviceStatus] = {}
-        self.alarms: dict[str, bytes] = {}
+        self.alarms: dict[str, bytes] = {}  # alarm_key(name, device) -> the active alarm's message
         self.listener: Callable[[bytes], None] = lambda _payload: None
 
     def device_payload(self, status: DeviceStatus) -> bytes:
@@ -78,14 +84,39 @@ class StatusBoard:
         self.devices[device] = status
         self.listener(self.device_payload(status))
 
-    def alarm(self, name: str, *, active: bool, message: str, **fields: Any) -> None:
-        """Raise (``active``) or clear an alarm and announce it."""
-        payload = _doc(self.patient, "alarm", alarm=name, active=active, message=message, **fields)
+    def alarm(
+        self,
+        name: str,
+        *,
+        active: bool,
+        message: str,
+        device: str | None = None,
+        severity: AlarmSeverity = "warning",
+        remedy: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Raise (``active``) or clear an alarm and announce it.
+
+        An alarm about one device names it (``device``) and is kept per device; ``message`` is for
+        a nurse, ``remedy`` says what to do (the watchdog turns active alarms into technical alerts,
+        COMMON.md "Technical alerts: the contract"). Raising an active alarm again with the same
+        content is announced again (so a reconnecting watchdog hears it) but changes nothing.
+        """
+        extra = {"device": device, "severity": severity, "remedy": remedy}
+        payload = _doc(self.patient, "alarm", alarm=name, active=active, message=message,
+                       **{k: v for k, v in extra.items() if v is not None}, **fields)
+        key = alarm_key(name, device)
         if active:
-            self.alarms[name] = payload
+            self.alarms[key] = payload
+        elif key in self.alarms:
+            del self.alarms[key]
         else:
-            self.alarms.pop(name, None)
+            return  # nothing to clear: say nothing
         self.listener(payload)
+
+    def alarm_active(self, name: str, device: str | None = None) -> bool:
+        """Whether the alarm ``name`` (of ``device``) is active."""
+        return alarm_key(name, device) in self.alarms
 
     def snapshot(self) -> list[bytes]:
         """Every device's state and every active alarm (published after each (re)connection)."""
