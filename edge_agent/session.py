@@ -25,9 +25,10 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from edge_agent import const, link
 from edge_agent.errors import (
@@ -40,6 +41,7 @@ from edge_agent.errors import (
     RacpTimeoutError,
 )
 from edge_agent.gatt import (
+    BytesLike,
     CgmMeasurement,
     GlucoseMeasurement,
     GlucoseMeasurementContext,
@@ -48,6 +50,7 @@ from edge_agent.gatt import (
     RacpOpCode,
     RacpResponse,
     RacpResponseCode,
+    decode_padded,
     parse_battery_level,
     parse_cgm_feature,
     parse_cgm_measurements,
@@ -84,6 +87,7 @@ _LOGGER = logging.getLogger(__name__)
 GLUCOSE_WATERMARK: Final = "glucose_last_seq"
 CGM_GAP_ALARM: Final = "cgm_gap"
 CGM_WATERMARK: Final = "cgm"
+_T = TypeVar("_T")
 _LINK_LOST: Final = object()  # queued by the disconnect callback: the link is gone
 
 
@@ -200,12 +204,19 @@ class DeviceSession:
 
     def _on_battery(self, _char: BleakGATTCharacteristic | None, data: bytearray) -> None:
         try:
-            percent = parse_battery_level(data)
+            percent = self._padded(parse_battery_level, data)
         except GattDecodeError as exc:
             self.problems.add("malformed battery level", exc)
             return
         if self.ctx.board.devices[self.device_id].battery_pct != percent:
             self.ctx.board.update(self.device_id, battery_pct=percent)
+
+    def _padded(self, decode: Callable[[BytesLike], _T], data: bytearray) -> _T:
+        """``decode(data)``, ignoring and counting trailing bytes the flags do not announce (issue 14)."""
+        value, trailing = decode_padded(decode, data)
+        if trailing:
+            self.problems.add("padded notification (trailing bytes ignored)", f"{trailing} byte(s)")
+        return value
 
     def _submit(self, samples: list[Any], **entry: Any) -> None:
         self.ctx.writer.submit_nowait(Entry(self.device_id, valid_samples(samples, self.problems), **entry))
@@ -222,7 +233,7 @@ class HeartRateSession(DeviceSession):
     def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         received = time.time()
         try:
-            measurement = HeartRateMeasurement.from_bytes(data)
+            measurement = self._padded(HeartRateMeasurement.from_bytes, data)
         except GattDecodeError as exc:
             self.problems.add("malformed heart rate measurement", exc)
             return
@@ -273,13 +284,13 @@ class GlucoseMeterSession(DeviceSession):
 
     def _on_measurement(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         try:
-            self._put(parse_glucose_measurement(data))
+            self._put(self._padded(parse_glucose_measurement, data))
         except GattDecodeError as exc:
             self.problems.add("malformed glucose measurement", exc)
 
     def _on_context(self, _char: BleakGATTCharacteristic, data: bytearray) -> None:
         try:
-            self._put(parse_glucose_context(data))
+            self._put(self._padded(parse_glucose_context, data))
         except GattDecodeError as exc:
             self.problems.add("malformed glucose context", exc)
 
