@@ -177,14 +177,17 @@ BLE_SCAN_TIMEOUT_S: Final = 10.0
 BLE_CONNECT_ATTEMPTS: Final = 3
 # A GATT error such as "not paired" will not fix itself quickly: retry slowly.
 BLE_PROTOCOL_ERROR_BACKOFF_S: Final = 30.0
-# §2: a meter sends its records back to back; 30 s without the final indication is a hang.
-GLUCOSE_RACP_TIMEOUT_S: Final = 30.0
+# §2: a meter sends its records back to back; 30 s without any record or the final indication
+# is a hang. Silence, not the whole transfer: a meter with 1,000 records at 10 per second takes
+# minutes and is still working (issue 14, item 3).
+GLUCOSE_RACP_IDLE_TIMEOUT_S: Final = 30.0
 # A context record (§2 b4) follows its measurement at once; don't hold a record longer than this.
 GLUCOSE_CONTEXT_WAIT_S: Final = 2.0
 # While a meter stays connected, ask for new records this often (GLS sends records only on RACP).
 GLUCOSE_RESYNC_INTERVAL_S: Final = 300.0
-# §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight).
-CGM_RACP_TIMEOUT_S: Final = 120.0
+# §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight); like the meter's,
+# it is aborted after this long without a record, however long it runs.
+CGM_RACP_IDLE_TIMEOUT_S: Final = 60.0
 # §2 status bits 5/6 with +INF/-INF: a result beyond what the meter can measure ("HI"/"LO").
 # The wire carries it flagged ABOVE_RANGE/BELOW_RANGE with the meter's limit (issue 14); GLS
 # does not tell the limit, so this is the measuring interval of most home meters (20-600 mg/dL:

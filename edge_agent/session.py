@@ -303,12 +303,13 @@ class GlucoseMeterSession(DeviceSession):
     async def sync(self, client: BleakClient) -> int:
         """One RACP transfer of the records after :attr:`last_seq`; the number of records received."""
         await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, racp_report_after(self.last_seq))
+        idle_s = const.GLUCOSE_RACP_IDLE_TIMEOUT_S
         try:
-            async with asyncio.timeout(const.GLUCOSE_RACP_TIMEOUT_S):
-                futures = await self._receive_records()
+            async with asyncio.timeout(idle_s) as silence:
+                futures = await self._receive_records(silence, idle_s)
         except TimeoutError:
             await self._abort(client)
-            raise RacpTimeoutError(self.device.address, const.GLUCOSE_RACP_TIMEOUT_S) from None
+            raise RacpTimeoutError(self.device.address, idle_s) from None
         if futures:
             await asyncio.gather(*futures)  # committed, watermark included, before we call it synced
             _LOGGER.info(
@@ -322,11 +323,14 @@ class GlucoseMeterSession(DeviceSession):
         except EdgeAgentError as exc:
             _LOGGER.debug("%s: abort: %s", self.device_id, exc)
 
-    async def _receive_records(self) -> list[asyncio.Future[Any]]:
+    async def _receive_records(self, silence: asyncio.Timeout, idle_s: float) -> list[asyncio.Future[Any]]:
+        """Records until the final indication; ``silence`` expires only after ``idle_s`` without any."""
         futures: list[asyncio.Future[Any]] = []
         pending: GlucoseMeasurement | None = None
+        loop = asyncio.get_running_loop()
         while True:
             item = await self._next()
+            silence.reschedule(loop.time() + idle_s)  # a meter still sending is not hung (issue 14)
             if pending is not None and not _is_context_of(item, pending):
                 futures.append(await self._store(pending, None))
                 pending = None
@@ -502,9 +506,12 @@ class CgmSession(DeviceSession):
         await link.write(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, request)
         held: list[CgmMeasurement] = []
         complete = False
+        idle_s = const.CGM_RACP_IDLE_TIMEOUT_S
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(const.CGM_RACP_TIMEOUT_S):
+            async with asyncio.timeout(idle_s) as silence:
                 while not self._backfill_done(item := await self._next()):
+                    silence.reschedule(loop.time() + idle_s)  # times out on silence, not on length
                     if isinstance(item, CgmMeasurement):
                         held.append(item)
             complete = True
