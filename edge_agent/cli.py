@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,7 @@ from edge_agent.pairing import PairedDevice, Registry, RegistryStore, normalize_
 if TYPE_CHECKING:
     from edge_agent.provision import Candidate
 
+_LOGGER = logging.getLogger(__name__)
 _SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
@@ -47,7 +50,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--patient", required=True, help="patient id, e.g. p0001")
     p.add_argument("--address", help="Bluetooth address to pair (scriptable); without it: scan and choose")
     p.add_argument("--timeout", type=float, default=const.DEFAULT_PAIR_SCAN_TIMEOUT_S, help="scan seconds")
-    p.add_argument("--passkey", type=int, help="passkey shown by the device (default: ask when needed)")
+    p.add_argument("--passkey", type=_passkey_arg, help="passkey shown by the device (default: ask when needed)")
     p.add_argument("--provision-credentials", metavar="DIR",
                    help="also create the patient's agent MQTT user in this rpm mqtt-auth directory")
     p.add_argument("--credentials-out", metavar="FILE",
@@ -113,14 +116,45 @@ def _mqtt_url(args: argparse.Namespace) -> str | None:
     return url_with_password_file(url, password_file)  # refuses a file other users can read
 
 
-def _fail(args: argparse.Namespace, exc: Exception) -> int:
-    print(f"rpm edge {args.edge_command}: {exc}", file=sys.stderr)
+def _passkey_arg(text: str) -> int:
+    from edge_agent.advice import parse_passkey
+
+    passkey = parse_passkey(text)
+    if passkey is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a passkey: the 6 digits the device shows, e.g. 123456")
+    return passkey
+
+
+def _fail(args: argparse.Namespace, exc: BaseException) -> int:
+    """Say what went wrong in plain language, with the next step (the details go to the debug log)."""
+    from edge_agent.advice import plain_error
+
+    _LOGGER.debug("rpm edge %s failed", args.edge_command, exc_info=exc)
+    print(f"rpm edge {args.edge_command}: {plain_error(exc, timeout_s=getattr(args, 'timeout', None))}",
+          file=sys.stderr)
     return 2
+
+
+def _patient_facing(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """No traceback anywhere a patient can reach: every failure becomes a plain message and exit 2."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            print("cancelled; nothing was changed", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            return _fail(args, exc)
+
+    return run
 
 
 # --- pair ------------------------------------------------------------------------------------------
 
 
+@_patient_facing
 def cmd_pair(args: argparse.Namespace) -> int:
     """Pair a device with the patient (interactive without ``--address``)."""
     try:
@@ -193,13 +227,29 @@ def _agent(passkey: int | None) -> Any:
     """The BlueZ passkey agent: answers with ``passkey``, or asks on the terminal."""
     from edge_agent.bluez_agent import passkey_agent
 
-    async def prompt(device_path: str) -> int:
+    async def prompt(device_path: str) -> int | None:
         if passkey is not None:
             return passkey
-        text = await asyncio.to_thread(input, "passkey shown on the device: ")
-        return int(text.strip())
+        return await asyncio.to_thread(ask_passkey)
 
     return passkey_agent(prompt)
+
+
+def ask_passkey(read: Callable[[str], str] = input) -> int | None:
+    """Ask for the passkey until one is typed (None: the user quit, or input ended)."""
+    from edge_agent.advice import parse_passkey
+
+    while True:
+        try:
+            text = read("passkey shown on the device (6 digits, q to cancel): ")
+        except EOFError:
+            return None
+        if text.strip().lower() in ("q", "quit"):
+            return None
+        passkey = parse_passkey(text)
+        if passkey is not None:
+            return passkey
+        print("that is not a passkey: type the 6 digits the device shows, e.g. 123456 (or q to cancel)", flush=True)
 
 
 async def _choose(candidates: Sequence[Candidate]) -> str | None:
@@ -226,6 +276,7 @@ async def _choose(candidates: Sequence[Candidate]) -> str | None:
 # --- run, devices, forget --------------------------------------------------------------------------
 
 
+@_patient_facing
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM / Ctrl-C."""
     from edge_agent.agent import Agent, run_until_signalled
@@ -240,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@_patient_facing
 def cmd_devices(args: argparse.Namespace) -> int:
     """List the patient, the paired devices and the outbox."""
     try:
@@ -277,6 +329,7 @@ def _print_outbox(settings: AgentSettings) -> None:
         print(f"  dropped when full so far: {dict(stats.evicted_total)}")
 
 
+@_patient_facing
 def cmd_forget(args: argparse.Namespace) -> int:
     """Forget a paired device."""
     try:
@@ -304,6 +357,7 @@ def _remove_bond(address: str) -> None:
     print("  BlueZ bond removed" if removed else "  (BlueZ did not know the device)")
 
 
+@_patient_facing
 def cmd_ack(args: argparse.Namespace) -> int:
     """Publish the patient's acknowledgement of the given alerts on the agent's ack topic."""
     import time
