@@ -10,6 +10,7 @@ here; bleak, paho and dbus-fast are imported inside the handlers that need them.
   the patient's agent MQTT user and writes its password to a 0600 file (``RPM_MQTT_PASSWORD_FILE``);
 - ``rpm edge run``: run the agent until SIGTERM;
 - ``rpm edge devices``: the patient, the paired devices, what waits in the outbox;
+- ``rpm edge status``: is the agent running, per device: connected, last reading, battery, outbox;
 - ``rpm edge forget ADDRESS``: remove a pairing (and, unless ``--keep-bond``, the BlueZ bond);
 - ``rpm edge ack ALERT_ID…``: the patient acknowledges a message from the care team (see
   :mod:`edge_agent.commands`): its alerts stop escalating.
@@ -70,6 +71,10 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("devices", help="list the paired devices and the outbox")
     _state_flag(p)
     p.set_defaults(func=cmd_devices)
+
+    p = commands.add_parser("status", help="is the agent running; per device: connected, last reading, battery")
+    _state_flag(p)
+    p.set_defaults(func=cmd_status)
 
     p = commands.add_parser("forget", help="remove a paired device")
     p.add_argument("address")
@@ -313,6 +318,73 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+@_patient_facing
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the running agent last reported (its status file), and what waits in the outbox."""
+    import json
+    import time
+
+    settings = _settings(args)
+    registry = RegistryStore(settings.registry_path).load()
+    if not registry.devices:
+        print(f"no devices paired (state: {settings.state_dir}); pair one with: rpm edge pair --patient ID")
+        return 1
+    try:
+        doc = json.loads(settings.status_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        doc = {}
+    age = time.time() - float(doc.get("t", 0))
+    running = age <= const.STATUS_FILE_STALE_S
+    pending = _pending_by_device(settings)
+    print(f"patient {registry.patient}")
+    if running:
+        broker = "connected to the server" if doc.get("broker_connected") else "NOT connected to the server"
+        print(f"agent: running, {broker} (status {age:.0f} s old)")
+    else:
+        print("agent: NOT running (no recent status); start it with:  sudo systemctl start rpm-edge")
+    now = time.time()
+    for device in registry.devices:
+        info = doc.get("devices", {}).get(device.device_id, {}) if running else {}
+        print(_device_line(device, info, pending.get(device.device_id, 0), now))
+    for alarm in doc.get("alarms", []) if running else []:
+        remedy = f" -> {alarm['remedy']}" if alarm.get("remedy") else ""
+        print(f"  ! {alarm.get('message', alarm.get('alarm'))}{remedy}")
+    return 0
+
+
+def _device_line(device: PairedDevice, info: dict[str, Any], waiting: int, now: float) -> str:
+    state = info.get("state", "unknown")
+    if info.get("error") and state in ("error", "unreachable"):
+        state = f"{state} ({info['error']})"
+    last = info.get("last_reading_t")
+    last_text = "never" if last is None else f"{_ago(now - float(last))} ago"
+    battery = info.get("battery_pct", device.battery_pct)
+    return (f"  {device.kind.value:<13} {device.address}  {state:<13} last reading {last_text:<12} "
+            f"battery {f'{battery}%' if battery is not None else '?':>4}  outbox {waiting} waiting")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _pending_by_device(settings: AgentSettings) -> dict[str, int]:
+    from edge_agent.outbox import Outbox
+
+    if not settings.outbox_path.exists():
+        return {}
+    outbox = Outbox(settings.outbox_path, budget_bytes=settings.outbox_budget_bytes)
+    try:
+        return outbox.pending_by_device()
+    finally:
+        outbox.close()
+
+
 def _print_outbox(settings: AgentSettings) -> None:
     from edge_agent.outbox import Outbox
 
@@ -340,7 +412,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     except EdgeAgentError as exc:
         return _fail(args, exc)
     address = normalize_address(args.address)
-    print(f"forgot {address}; restart the agent (systemctl restart rpm-edge) to stop reading it")
+    print(f"forgot {address}; the running agent stops reading it within seconds")
     if not args.keep_bond:
         _remove_bond(address)
     return 0

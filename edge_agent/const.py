@@ -209,6 +209,27 @@ CGM_OFFSETS_REMEMBERED: Final = 5_000
 CGM_LOW_QUALITY_PCT: Final = 50.0
 # §3: Time Offset is u16 minutes; a jump back by more than half the range is a wrap, not disorder.
 CGM_TIME_OFFSET_HALF_RANGE_MIN: Final = 32_768
+# Device trouble (issue 14, item 6). Battery: a "battery_low" alarm at or below this level
+# (RPM_EDGE_BATTERY_LOW_PCT), critical at or below the second; cleared 5 % above the first.
+DEFAULT_BATTERY_LOW_PCT: Final = 20
+BATTERY_CRITICAL_PCT: Final = 5
+BATTERY_LOW_HYSTERESIS_PCT: Final = 5
+# A paired device that gave no reading for this long is "silent" (strap off, out of range, meter
+# not used): a strap is worn all day, a CGM sends every 1-5 min (Dexcom's signal loss alert: 20 min),
+# a meter is used a few times a day (two days without a sync is worth a call).
+DEVICE_SILENT_AFTER_S: Final = {"heart_rate": 3600.0, "cgm": 1800.0, "glucose_meter": 48 * 3600.0}
+# `rpm edge status`: a status file older than this means the agent is not running.
+STATUS_FILE_STALE_S: Final = 60.0
+# How often the agent looks for silent devices, newly paired ones, and rewrites its status file.
+DEVICE_CHECK_INTERVAL_S: Final = 10.0
+# A CGM sensor session is about to end within this (the patient needs a new sensor at hand).
+CGM_SESSION_ENDING_WARN_S: Final = 24 * 3600.0
+# A meter clock further than this from ours is "far off" (its times are corrected, but a clock
+# that far off was likely never set, or reset by a battery change).
+METER_CLOCK_TOLERANCE_S: Final = 300.0
+# Between the start and the end of one sync a meter's clock moves by the sync's length; more than
+# this beyond it means the clock was changed during the sync (times of that sync are uncertain).
+METER_CLOCK_JUMP_S: Final = 60.0
 # Pairing: how long `rpm edge pair` scans by default.
 DEFAULT_PAIR_SCAN_TIMEOUT_S: Final = 10.0
 # Disconnecting on the way out: BlueZ answers at once; a hung D-Bus must not block the stop.

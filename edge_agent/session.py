@@ -26,13 +26,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from edge_agent import const, link
 from edge_agent.errors import (
     DeviceConnectionError,
+    DeviceNotFoundError,
     DeviceProtocolError,
     EdgeAgentError,
     GattDecodeError,
@@ -41,8 +42,12 @@ from edge_agent.errors import (
     RacpTimeoutError,
 )
 from edge_agent.gatt import (
+    AdjustReason,
     BytesLike,
     CgmMeasurement,
+    CgmSensorStatus,
+    CurrentTime,
+    DayOfWeek,
     GlucoseMeasurement,
     GlucoseMeasurementContext,
     HeartRateMeasurement,
@@ -54,10 +59,12 @@ from edge_agent.gatt import (
     parse_battery_level,
     parse_cgm_feature,
     parse_cgm_measurements,
+    parse_cgm_status,
     parse_current_time,
     parse_glucose_context,
     parse_glucose_measurement,
     parse_racp_response,
+    parse_session_run_time,
     parse_session_start_time,
     racp_abort,
     racp_report_after,
@@ -76,7 +83,7 @@ from edge_agent.samples import (
     unwrap_offset,
     valid_samples,
 )
-from edge_agent.status import StatusBoard
+from edge_agent.status import AlarmSeverity, StatusBoard
 
 if TYPE_CHECKING:
     from bleak import BleakClient
@@ -85,7 +92,29 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 GLUCOSE_WATERMARK: Final = "glucose_last_seq"
+# Alarm codes on the status topic (the watchdog makes them technical alerts "tech.device.<code>").
 CGM_GAP_ALARM: Final = "cgm_gap"
+BATTERY_LOW_ALARM: Final = "battery_low"
+BOND_LOST_ALARM: Final = "bond_lost"
+DEVICE_SILENT_ALARM: Final = "device_silent"
+CGM_SESSION_ENDING_ALARM: Final = "cgm_session_ending"
+METER_CLOCK_ALARM: Final = "meter_clock_off"
+_DEVICE_WORDS: Final = {
+    DeviceKind.HEART_RATE: "heart-rate strap",
+    DeviceKind.GLUCOSE_METER: "glucose meter",
+    DeviceKind.CGM: "glucose sensor (CGM)",
+}
+# ATT "insufficient authentication/encryption" and BlueZ's "Not paired": the bond is gone.
+_BOND_ATT_CODES: Final = frozenset(
+    {const.ATT_ERROR_INSUFFICIENT_AUTHENTICATION, const.ATT_ERROR_INSUFFICIENT_ENCRYPTION}
+)
+
+
+def is_bond_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device refuses us for want of a bond (pair again to fix it)."""
+    if not isinstance(exc, DeviceProtocolError):
+        return False
+    return exc.att_code in _BOND_ATT_CODES or "Not paired" in exc.reason or "NotPaired" in exc.reason
 CGM_WATERMARK: Final = "cgm"
 _T = TypeVar("_T")
 _LINK_LOST: Final = object()  # queued by the disconnect callback: the link is gone
@@ -100,6 +129,12 @@ class SessionContext:
     board: StatusBoard
     backoff_max_s: float = const.DEFAULT_BLE_BACKOFF_MAX_S
     scan_timeout_s: float = const.BLE_SCAN_TIMEOUT_S
+    # One scan at a time: BlueZ answers a second StartDiscovery of the same client "InProgress",
+    # which every session starting at once used to report as an error (issue 14, item 7).
+    scan_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    battery_low_pct: int = const.DEFAULT_BATTERY_LOW_PCT
+    # Whether the patient agreed that the agent sets their devices' clocks (Current Time Service).
+    set_device_clock: bool = False
 
 
 class DeviceSession:
@@ -112,6 +147,10 @@ class DeviceSession:
         self.problems = Problems(self.device_id)
         self.problems.on_first = self._publish_problems
         self.connections = 0
+        self.started_t = time.time()
+        self.last_connected_t: float | None = None
+        self.last_reading_t: float | None = None  # device time of the newest reading stored
+        self.last_contact_t: float | None = None  # when the newest reading arrived, our clock
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(const.SESSION_QUEUE_MAX_ITEMS)
         ctx.board.register(self.device_id, device.kind.value)
 
@@ -129,7 +168,7 @@ class DeviceSession:
                 pass  # reconnect promptly
             except EdgeAgentError as exc:
                 error = exc
-                self._status("unreachable" if isinstance(exc, DeviceConnectionError) else "error", error=str(exc))
+                self._failed(exc)
             except Exception as exc:  # a bug: never let it take the other devices down
                 _LOGGER.exception("%s: session failed", self.device_id)
                 error = exc
@@ -141,14 +180,33 @@ class DeviceSession:
             _LOGGER.info("%s: reconnecting in %.1f s (%s)", self.device_id, delay, error or "link lost")
             await asyncio.sleep(delay)
 
+    def _failed(self, exc: EdgeAgentError) -> None:
+        """Publish why the session stopped; a lost bond is an alarm (only pairing again fixes it)."""
+        unreachable = isinstance(exc, DeviceConnectionError | DeviceNotFoundError)
+        self._status("unreachable" if unreachable else "error", error=str(exc))
+        if is_bond_lost(exc):
+            self.ctx.board.alarm(
+                BOND_LOST_ALARM, active=True, device=self.device_id, severity="critical",
+                message=f"the {self._what} no longer accepts this home hub: its pairing was lost (the device was "
+                        "reset or paired elsewhere), so no readings arrive from it",
+                remedy=f"pair it again at home: rpm edge pair --patient {self.ctx.board.patient} "
+                       f"--address {self.device.address}",
+            )
+
+    @property
+    def _what(self) -> str:
+        return _DEVICE_WORDS[self.device.kind]
+
     async def _connect_and_serve(self) -> None:
-        self._status("connecting")
-        ble_device = await link.find_device(self.device.address, scan_timeout_s=self.ctx.scan_timeout_s)
+        self._status("connecting", error=None)
+        async with self.ctx.scan_lock:
+            ble_device = await link.find_device(self.device.address, scan_timeout_s=self.ctx.scan_timeout_s)
         self._drain_inbox()
         client = await link.connect(
             ble_device, name=self.device.name or self.device_id, on_disconnect=self._on_link_lost
         )
         self.connections += 1
+        self.last_connected_t = time.time()
         _LOGGER.info("%s: connected", self.device_id)
         try:
             self._status("connected", error=None)
@@ -210,6 +268,35 @@ class DeviceSession:
             return
         if self.ctx.board.devices[self.device_id].battery_pct != percent:
             self.ctx.board.update(self.device_id, battery_pct=percent)
+        self._check_battery(percent)
+
+    def _check_battery(self, percent: int) -> None:
+        """``battery_low`` alarm at or below the configured level; cleared a few % above it (hysteresis)."""
+        board, low = self.ctx.board, self.ctx.battery_low_pct
+        if percent <= low:
+            critical = percent <= const.BATTERY_CRITICAL_PCT
+            board.alarm(
+                BATTERY_LOW_ALARM, active=True, device=self.device_id, severity="critical" if critical else "warning",
+                message=f"the {self._what}'s battery is at {percent} %", battery_pct=percent,
+                remedy=f"replace or charge the {self._what}'s battery soon"
+                       + (" (it may stop any moment)" if critical else ""),
+            )
+        elif percent >= low + const.BATTERY_LOW_HYSTERESIS_PCT and board.alarm_active(
+            BATTERY_LOW_ALARM, self.device_id
+        ):
+            board.alarm(BATTERY_LOW_ALARM, active=False, device=self.device_id, battery_pct=percent,
+                        message=f"the {self._what}'s battery is at {percent} % again")
+
+    def _note_readings(self, samples: tuple[Any, ...]) -> None:
+        """Remember when the device last gave a reading; a reading proves the bond works."""
+        if not samples:
+            return
+        self.last_contact_t = time.time()
+        newest = max(s[1] for s in samples)
+        self.last_reading_t = newest if self.last_reading_t is None else max(newest, self.last_reading_t)
+        if self.ctx.board.alarm_active(BOND_LOST_ALARM, self.device_id):
+            self.ctx.board.alarm(BOND_LOST_ALARM, active=False, device=self.device_id,
+                                 message=f"the {self._what} is paired again and sends readings")
 
     def _padded(self, decode: Callable[[BytesLike], _T], data: bytearray) -> _T:
         """``decode(data)``, ignoring and counting trailing bytes the flags do not announce (issue 14)."""
@@ -219,7 +306,9 @@ class DeviceSession:
         return value
 
     def _submit(self, samples: list[Any], **entry: Any) -> None:
-        self.ctx.writer.submit_nowait(Entry(self.device_id, valid_samples(samples, self.problems), **entry))
+        valid = valid_samples(samples, self.problems)
+        self.ctx.writer.submit_nowait(Entry(self.device_id, valid, **entry))
+        self._note_readings(valid)
 
 
 class HeartRateSession(DeviceSession):
@@ -240,6 +329,7 @@ class HeartRateSession(DeviceSession):
         samples = valid_samples(heart_rate_samples(measurement, received), self.problems, received)
         if samples:
             self.ctx.writer.submit_nowait(Entry(self.device_id, samples))
+            self._note_readings(samples)
 
 
 class GlucoseMeterSession(DeviceSession):
@@ -248,24 +338,94 @@ class GlucoseMeterSession(DeviceSession):
     def __init__(self, device: PairedDevice, ctx: SessionContext) -> None:
         super().__init__(device, ctx)
         self.last_seq: int | None = None
+        self.clock_set = False
         self._clock_skew = timedelta(0)
 
     async def serve(self, client: BleakClient) -> None:
         """Sync on connection, and again every few minutes while the meter stays connected."""
         stored = await self.ctx.outbox.watermark(self.device_id, GLUCOSE_WATERMARK)
         self.last_seq = None if stored is None else int(stored)
-        self._clock_skew = await self._read_clock_skew(client)
+        self._clock_skew = await self._meter_clock(client)
         await link.subscribe(client, const.GLUCOSE_MEASUREMENT_UUID, self._on_measurement)
         if link.has_characteristic(client, const.GLUCOSE_MEASUREMENT_CONTEXT_UUID, "notify"):
             await link.subscribe(client, const.GLUCOSE_MEASUREMENT_CONTEXT_UUID, self._on_context)
         await link.subscribe(client, const.RECORD_ACCESS_CONTROL_POINT_UUID, self._on_racp)
         while True:
-            await self.sync(client)
+            if await self.sync(client):
+                await self._check_clock_after_sync(client)
+            await self._maybe_set_clock(client)
             try:
                 async with asyncio.timeout(const.GLUCOSE_RESYNC_INTERVAL_S):
                     await self._wait_for_link_loss()
             except TimeoutError:
                 continue
+
+    async def _meter_clock(self, client: BleakClient) -> timedelta:
+        """The meter's clock skew (issue 14, item 8); an alarm when it is far off.
+
+        Base times come from the meter's own clock, so the records it stored are corrected by the
+        skew measured here, before anything changes its clock.
+        """
+        skew = await self._read_clock_skew(client)
+        self._check_clock(skew)
+        return skew
+
+    async def _maybe_set_clock(self, client: BleakClient) -> None:
+        """With the patient's consent (``RPM_EDGE_SET_DEVICE_CLOCK``), set a wrong meter clock through
+        Current Time once the records stamped by it are stored (their correction needs the old skew)."""
+        if not self.ctx.set_device_clock or abs(self._clock_skew.total_seconds()) <= 1:
+            return
+        if await self._set_clock(client):
+            self._clock_skew = await self._read_clock_skew(client)
+            self._check_clock(self._clock_skew)
+
+    async def _set_clock(self, client: BleakClient) -> bool:
+        if not link.has_characteristic(client, const.CURRENT_TIME_UUID, "write"):
+            return False
+        now = datetime.now(UTC).astimezone().replace(tzinfo=None)
+        value = CurrentTime(now.replace(microsecond=0), DayOfWeek(now.isoweekday()), now.microsecond * 256 // 10**6,
+                            AdjustReason.EXTERNAL_REFERENCE_TIME_UPDATE)
+        try:
+            await link.write(client, const.CURRENT_TIME_UUID, bytes(value))
+        except EdgeAgentError as exc:
+            self.problems.add("the meter refused to have its clock set", exc)
+            return False
+        _LOGGER.info("%s: meter clock set (it was %.0f s off)", self.device_id, self._clock_skew.total_seconds())
+        self.clock_set = True
+        return True
+
+    def _check_clock(self, skew: timedelta) -> None:
+        off_s = skew.total_seconds()
+        board = self.ctx.board
+        if abs(off_s) > const.METER_CLOCK_TOLERANCE_S:
+            direction = "ahead" if off_s > 0 else "behind"
+            board.alarm(
+                METER_CLOCK_ALARM, active=True, device=self.device_id, severity="warning", clock_offset_s=off_s,
+                message=f"the glucose meter's clock is {_span(abs(off_s))} {direction}; reading times are corrected "
+                        "for it, but a clock that far off was probably reset (battery change?)",
+                remedy="set the meter's date and time (its manual says how), or allow the home hub to set it "
+                       "(RPM_EDGE_SET_DEVICE_CLOCK=1)",
+            )
+        elif board.alarm_active(METER_CLOCK_ALARM, self.device_id):
+            board.alarm(METER_CLOCK_ALARM, active=False, device=self.device_id, clock_offset_s=off_s,
+                        message="the glucose meter's clock is right again")
+
+    async def _check_clock_after_sync(self, client: BleakClient) -> None:
+        """A clock that moved during the sync makes that sync's times uncertain: say so."""
+        skew = await self._read_clock_skew(client)
+        jump = abs((skew - self._clock_skew).total_seconds())
+        if jump > const.METER_CLOCK_JUMP_S:
+            self.problems.add("meter clock changed during a sync", f"{jump:.0f} s")
+            self.ctx.board.alarm(
+                METER_CLOCK_ALARM, active=True, device=self.device_id, severity="warning",
+                clock_offset_s=skew.total_seconds(),
+                message=f"the glucose meter's clock changed by {_span(jump)} during a transfer: the times of the "
+                        "readings just sent may be off by that much",
+                remedy="check the meter's date and time",
+            )
+        else:
+            self._check_clock(skew)
+        self._clock_skew = skew
 
     async def _read_clock_skew(self, client: BleakClient) -> timedelta:
         """The meter's clock minus ours (Current Time 0x2A2B), to put its local times on UTC."""
@@ -379,7 +539,18 @@ class GlucoseMeterSession(DeviceSession):
             watermark=(GLUCOSE_WATERMARK, str(seq)),
         )
         self.last_seq = seq
+        self._note_readings(samples)
         return await self.ctx.writer.enqueue(entry)
+
+
+def _span(seconds: float) -> str:
+    """``3 h 5 min``, ``12 min``, ``40 s``: a duration for a nurse."""
+    if seconds >= 3600:
+        hours, rest = divmod(round(seconds / 60), 60)
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds:.0f} s"
 
 
 def _is_context_of(item: object, measurement: GlucoseMeasurement) -> bool:
@@ -414,6 +585,9 @@ class CgmSession(DeviceSession):
         self.crc_failures = 0
         self.refetches = 0
         self.gaps: list[tuple[int, int]] = []  # unfillable holes reported: (last before, first after)
+        self.session_end: datetime | None = None
+        self.session_stopped = False
+        self._session_alarm: tuple[str, str] | None = None
         self._refetch_attempts = 0
         self._refetch_due = False
         # Offsets stored lately, to find what a refetch could not fill.
@@ -452,7 +626,46 @@ class CgmSession(DeviceSession):
             start = sst.local_time.astimezone(UTC)
         if start is None:
             raise DeviceProtocolError(client.address, "the sensor has no session start time")
+        await self._read_session_end(client, start, e2e)
         return _CgmSession(key=start.isoformat(), start_utc=start, e2e_crc=e2e)
+
+    async def _read_session_end(self, client: BleakClient, start: datetime, e2e: bool) -> None:
+        """When the sensor session ends (start + Session Run Time), and whether it stopped already."""
+        run_time = await link.read_optional(client, const.CGM_SESSION_RUN_TIME_UUID)
+        status = await link.read_optional(client, const.CGM_STATUS_UUID)
+        try:
+            if run_time is not None:
+                hours = parse_session_run_time(run_time).run_time_hours
+                self.session_end = start + timedelta(hours=hours) if hours else None
+            if status is not None:
+                flags = parse_cgm_status(status).status_flags
+                self.session_stopped = CgmSensorStatus.SESSION_STOPPED in flags
+        except GattDecodeError as exc:
+            self.problems.add("malformed CGM session run time or status", exc)
+        self._check_session_end(time.time())
+
+    def _check_session_end(self, now: float) -> None:
+        """``cgm_session_ending`` a day before the session ends (critical once it has ended)."""
+        board = self.ctx.board
+        end = self.session_end
+        remaining = None if end is None else end.timestamp() - now
+        ended = self.session_stopped or (remaining is not None and remaining <= 0)
+        if ended:
+            severity: AlarmSeverity = "critical"
+            message = "the CGM sensor session has ended: no new glucose readings will come from this sensor"
+        elif remaining is not None and remaining < const.CGM_SESSION_ENDING_WARN_S:
+            severity, message = "warning", f"the CGM sensor session ends in {_span(remaining)}"
+        else:
+            if board.alarm_active(CGM_SESSION_ENDING_ALARM, self.device_id):
+                board.alarm(CGM_SESSION_ENDING_ALARM, active=False, device=self.device_id,
+                            message="a new CGM sensor session is running")
+            return
+        if board.alarm_active(CGM_SESSION_ENDING_ALARM, self.device_id) and self._session_alarm == (severity, message):
+            return
+        self._session_alarm = (severity, message)
+        board.alarm(CGM_SESSION_ENDING_ALARM, active=True, device=self.device_id, severity=severity, message=message,
+                    session_end=None if end is None else end.timestamp(),
+                    remedy="have the patient insert a new sensor and start a new session (its app or manual)")
 
     async def _load_watermark(self, session: _CgmSession) -> None:
         stored = await self.ctx.outbox.watermark(self.device_id, CGM_WATERMARK)
@@ -600,6 +813,9 @@ class CgmSession(DeviceSession):
         if not item.crc_ok:
             self._crc_failed(session, item)
             return
+        if CgmSensorStatus.SESSION_STOPPED in item.status_flags and not self.session_stopped:
+            self.session_stopped = True
+            self._check_session_end(time.time())
         offset = unwrap_offset(item.time_offset_min, self.last_offset)
         in_hole = self.resume_from is not None and offset >= self.resume_from
         if self.last_offset is not None and offset <= self.last_offset and not in_hole:

@@ -78,6 +78,14 @@ class StatusBoard:
         """Know ``device`` (state ``disconnected``) without announcing it."""
         self.devices.setdefault(device, DeviceStatus(device, device_kind, t=time.time()))
 
+    def forget(self, device: str) -> None:
+        """A device no longer paired: drop its state and its alarms (cleared, so nobody waits on them)."""
+        self.devices.pop(device, None)
+        for payload in list(self.alarms.values()):
+            doc = orjson.loads(payload)
+            if doc.get("device") == device:
+                self.alarm(doc["alarm"], active=False, device=device, message="the device is no longer paired")
+
     def update(self, device: str, **changes: Any) -> None:
         """Change a device's status and announce it."""
         status = replace(self.devices[device], t=time.time(), **changes)
@@ -100,13 +108,15 @@ class StatusBoard:
         An alarm about one device names it (``device``) and is kept per device; ``message`` is for
         a nurse, ``remedy`` says what to do (the watchdog turns active alarms into technical alerts,
         COMMON.md "Technical alerts: the contract"). Raising an active alarm again with the same
-        content is announced again (so a reconnecting watchdog hears it) but changes nothing.
+        content says nothing; every active alarm is re-sent after each reconnection (:meth:`snapshot`).
         """
         extra = {"device": device, "severity": severity, "remedy": remedy}
         payload = _doc(self.patient, "alarm", alarm=name, active=active, message=message,
                        **{k: v for k, v in extra.items() if v is not None}, **fields)
         key = alarm_key(name, device)
         if active:
+            if key in self.alarms and _same_alarm(self.alarms[key], payload):
+                return  # nothing new (the snapshot re-sends it on every reconnection)
             self.alarms[key] = payload
         elif key in self.alarms:
             del self.alarms[key]
@@ -121,6 +131,14 @@ class StatusBoard:
     def snapshot(self) -> list[bytes]:
         """Every device's state and every active alarm (published after each (re)connection)."""
         return [self.device_payload(s) for s in self.devices.values()] + list(self.alarms.values())
+
+
+def _same_alarm(a: bytes, b: bytes) -> bool:
+    """Whether two alarm messages say the same (their times aside)."""
+    first, second = orjson.loads(a), orjson.loads(b)
+    first.pop("t", None)
+    second.pop("t", None)
+    return bool(first == second)
 
 
 def _status_fields(status: DeviceStatus) -> dict[str, Any]:
