@@ -266,7 +266,8 @@ class DeviceSession:
         except GattDecodeError as exc:
             self.problems.add("malformed battery level", exc)
             return
-        if self.ctx.board.devices[self.device_id].battery_pct != percent:
+        known = self.ctx.board.devices.get(self.device_id)
+        if known is not None and known.battery_pct != percent:
             self.ctx.board.update(self.device_id, battery_pct=percent)
         self._check_battery(percent)
 

@@ -3,13 +3,20 @@
 Three kinds of JSON message (schema version 1), all with ``v``, ``patient``, ``kind`` and ``t``
 (UTC epoch seconds)::
 
-    {"kind": "agent", "state": "online" | "offline"}                          retained; "offline" is
-                                                                               also the last will
+    {"kind": "agent", "state": "online" | "offline"}                          retained; the last will
+                                                                               is "offline" with
+                                                                               "t": null, "last_will": true
     {"kind": "device", "device": "hr-C0:FF:…", "device_kind": "heart_rate",
      "state": "connecting" | "connected" | "disconnected" | "unreachable" | "error",
      "battery_pct": 87, "error": "…", "problems": {"reason": count}}            not retained
-    {"kind": "alarm", "alarm": "outbox_full", "active": true, "message": "…",
-     "evicted": {"rr_interval": 1200}}                                          not retained
+    {"kind": "alarm", "alarm": "battery_low", "active": true, "device": "hr-C0:FF:…",
+     "severity": "warning" | "critical", "message": "…", "remedy": "…", …}  not retained
+
+Alarms (the lead's watchdog makes each active one a technical alert ``tech.device.<alarm>``):
+``outbox_full`` (no device), ``battery_low``, ``cgm_session_ending``, ``cgm_gap``,
+``device_silent``, ``bond_lost``, ``meter_clock_off``; ``"active": false`` ends one. An alarm
+about one device names it and is kept per device; extra fields give the details (``battery_pct``,
+``gap``, ``session_end``, ``clock_offset_s``, ``evicted``…).
 
 Status is the *current* state, not history: it is not stored in the outbox. While the broker is
 away the latest state per device and active alarms are kept in memory and published on the
@@ -56,8 +63,16 @@ def _doc(patient: str, kind: str, **fields: Any) -> bytes:
 
 
 def agent_payload(patient: str, state: AgentState) -> bytes:
-    """The retained agent presence message (and, with ``offline``, the last will)."""
+    """The retained agent presence message, stamped now (a graceful ``offline`` too)."""
     return _doc(patient, "agent", state=state)
+
+
+def last_will_payload(patient: str) -> bytes:
+    """The ``offline`` last will: the broker publishes it when it finds the agent gone, at a time the
+    agent cannot know when it connects, so ``t`` is null (a stamp from the connection would lie by
+    hours) and ``last_will`` says the receiver's clock tells when it took effect (issue 14, item 7)."""
+    return orjson.dumps({"v": SCHEMA_VERSION, "patient": patient, "kind": "agent", "t": None, "state": "offline",
+                         "last_will": True})
 
 
 class StatusBoard:
@@ -87,7 +102,9 @@ class StatusBoard:
                 self.alarm(doc["alarm"], active=False, device=device, message="the device is no longer paired")
 
     def update(self, device: str, **changes: Any) -> None:
-        """Change a device's status and announce it."""
+        """Change a device's status and announce it (a device forgotten meanwhile: nothing)."""
+        if device not in self.devices:
+            return
         status = replace(self.devices[device], t=time.time(), **changes)
         self.devices[device] = status
         self.listener(self.device_payload(status))
