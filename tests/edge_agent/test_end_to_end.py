@@ -78,8 +78,9 @@ async def test_a_meter_hi_result_becomes_a_critical_alert_in_influxdb_and_on_the
     assert url
     now = datetime.now().replace(microsecond=0)  # the meter's clock is local time
     meter = GlucoseMeter(records=[
-        GlucoseRecord(1, now - timedelta(minutes=30), 180.0),
-        GlucoseRecord(2, now - timedelta(minutes=10), math.inf, status=GlucoseSensorStatus.RESULT_TOO_HIGH),
+        GlucoseRecord(1, now - timedelta(minutes=40), 45.0),  # the meter rule (device prefix bgm-) fires too
+        GlucoseRecord(2, now - timedelta(minutes=30), 180.0),
+        GlucoseRecord(3, now - timedelta(minutes=10), math.inf, status=GlucoseSensorStatus.RESULT_TOO_HIGH),
     ])
     device = f"bgm-{meter.address}"
     registry = Registry(patient=PATIENT, devices=(
@@ -95,13 +96,13 @@ async def test_a_meter_hi_result_becomes_a_critical_alert_in_influxdb_and_on_the
         task = asyncio.create_task(agent.run(stop))
         try:
             vitals = await poll(lambda: rows(url, db, f"SELECT * FROM vitals WHERE device = '{device}'"),
-                                lambda r: len(r) == 2, deadline_s=180, what="both meter readings in InfluxDB",
+                                lambda r: len(r) == 3, deadline_s=180, what="the meter readings in InfluxDB",
                                 watch=watch)
         finally:
             stop.set()
             async with asyncio.timeout(30):
                 await task
-    assert [(r["value"], r.get("beyond")) for r in vitals] == [(180.0, None), (600.0, "above")]
+    assert [(r["value"], r.get("beyond")) for r in vitals] == [(45.0, None), (180.0, None), (600.0, "above")]
 
     def hi_alerts() -> list[dict[str, Any]]:
         return rows(url, db, "SELECT * FROM alerts WHERE rule = 'glucose_above_measuring_range'")
@@ -109,6 +110,9 @@ async def test_a_meter_hi_result_becomes_a_critical_alert_in_influxdb_and_on_the
     alerts = await poll(hi_alerts, bool, deadline_s=120, what="the HI alert in InfluxDB", watch=watch)
     assert [(a["patient"], a["severity"], a["state"]) for a in alerts] == [(PATIENT, "critical", "raised")]
     assert "HI, above the device's measuring range" in alerts[0]["message"]
+    meter_low = await poll(lambda: rows(url, db, "SELECT * FROM alerts WHERE rule = 'glucose_meter_low'"),
+                           lambda r: len(r) == 2, deadline_s=60, what="the meter low raised and cleared", watch=watch)
+    assert [(a["severity"], a["state"]) for a in meter_low] == [("critical", "raised"), ("critical", "cleared")]
 
     def on_station() -> list[dict[str, Any]]:
         return [a for a in asyncio.run(station_alerts(pipeline["station"]))
