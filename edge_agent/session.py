@@ -546,11 +546,12 @@ class GlucoseMeterSession(DeviceSession):
 
 def _span(seconds: float) -> str:
     """``3 h 5 min``, ``12 min``, ``40 s``: a duration for a nurse."""
-    if seconds >= 3600:
-        hours, rest = divmod(round(seconds / 60), 60)
+    minutes = round(seconds / 60)
+    if minutes >= 60:
+        hours, rest = divmod(minutes, 60)
         return f"{hours} h {rest} min" if rest else f"{hours} h"
-    if seconds >= 60:
-        return f"{round(seconds / 60)} min"
+    if minutes >= 1 and seconds >= 60:
+        return f"{minutes} min"
     return f"{seconds:.0f} s"
 
 
