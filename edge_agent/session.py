@@ -571,9 +571,10 @@ class _CgmSession:
 class CgmSession(DeviceSession):
     """A continuous glucose monitor: live notifications, and a RACP backfill after every (re)connection.
 
-    No record the sensor still holds is lost (issue 14, item 1). A record that fails its E2E-CRC
-    opens a *hole*: :attr:`resume_from` (persisted with the watermark) stays at the offset after
-    the last record stored before it, and the records from there are asked for again at once
+    No record the sensor still holds is lost (issue 14, item 1). A record that fails its E2E-CRC,
+    or a record newer than the next one expected (the ones between never arrived), opens a
+    *hole*: :attr:`resume_from` (persisted with the watermark) stays at the offset after the last
+    record stored before it, and the records from there are asked for again at once
     through RACP (and on every reconnection while the hole is open); records already stored come
     back as duplicates and are dropped by their de-duplication key. A hole the sensor cannot fill
     (the record fails again :data:`~edge_agent.const.CGM_REFETCH_ATTEMPTS` times, or the sensor no
@@ -590,6 +591,7 @@ class CgmSession(DeviceSession):
         self.session_end: datetime | None = None
         self.session_stopped = False
         self._session_alarm: tuple[str, str] | None = None
+        self._min_step: int | None = None  # the sensor's measurement interval, as seen so far
         self._refetch_attempts = 0
         self._refetch_due = False
         # Offsets stored lately, to find what a refetch could not fill.
@@ -676,6 +678,8 @@ class CgmSession(DeviceSession):
         self.last_offset = doc.get("offset") if same else None
         self.resume_from = doc.get("resume") if same else None
         self._refetch_due = False
+        if self.last_offset is not None and self.last_offset not in self._stored:
+            self._stored.append(self.last_offset)  # stored before a restart: where a gap would start
 
     def _backfill_start(self) -> int | None:
         """The first offset to ask for: the open hole, else after the last stored (None: everything)."""
@@ -786,8 +790,8 @@ class CgmSession(DeviceSession):
         self.gaps.append((before, after))
         first = cgm_reading_time(session.start_utc, before)
         last = cgm_reading_time(session.start_utc, after)
-        message = (f"CGM readings between {first:%Y-%m-%d %H:%M} and {last:%H:%M} UTC are missing: the sensor "
-                   "sent them damaged and can no longer resend them")
+        message = (f"CGM readings between {first:%Y-%m-%d %H:%M} and {last:%H:%M} UTC are missing: they were lost "
+                   "or damaged on the way and the sensor can no longer send them again")
         _LOGGER.warning("%s: %s", self.device_id, message)
         self.ctx.board.alarm(
             CGM_GAP_ALARM, active=True, device=self.device_id, severity="warning", message=message,
@@ -822,7 +826,11 @@ class CgmSession(DeviceSession):
         in_hole = self.resume_from is not None and offset >= self.resume_from
         if self.last_offset is not None and offset <= self.last_offset and not in_hole:
             return  # already stored (live and backfilled copies of the same record)
+        self._note_skip(offset)
         sample = cgm_sample(item, cgm_reading_time(session.start_utc, offset), self.problems)
+        if self.last_offset is not None and offset > self.last_offset:
+            step = offset - self.last_offset
+            self._min_step = step if self._min_step is None else min(step, self._min_step)
         self.last_offset = offset if self.last_offset is None else max(offset, self.last_offset)
         self._stored.append(offset)
         self._submit(
@@ -830,6 +838,18 @@ class CgmSession(DeviceSession):
             watermark=(CGM_WATERMARK, self._watermark(session)),
             dedupe_key=f"cgm|{self.device.identity}|{session.key}|{offset}",
         )
+
+    def _note_skip(self, offset: int) -> None:
+        """A record newer than the next expected one: the ones between never arrived (lost on the air,
+        or taken while we were away and not in the backfill). Ask the sensor for them again."""
+        if self.resume_from is not None or self.last_offset is None:
+            return
+        interval = self._min_step or const.CGM_DEFAULT_INTERVAL_MIN
+        if offset - self.last_offset > 1.5 * interval:
+            _LOGGER.info("%s: records between offsets %d and %d missing; asking for them again",
+                         self.device_id, self.last_offset, offset)
+            self.resume_from = self.last_offset + 1
+            self._refetch_due = True
 
     def _crc_failed(self, session: _CgmSession, item: CgmMeasurement) -> None:
         """A damaged record: its offset cannot be trusted, so the hole starts after the last stored one."""

@@ -103,3 +103,44 @@ async def test_a_hole_the_sensor_cannot_fill_is_reported_as_a_gap(agent_in_proce
     assert alarm["gap"] == {"from": (START + timedelta(minutes=before)).timestamp(),
                             "to": (START + timedelta(minutes=after)).timestamp()}
     assert offsets(watcher.samples(device)) == [0, 5, 10, 15, 20, 25, 35]
+
+
+async def test_a_record_lost_on_the_air_is_fetched_again(agent_in_process, watcher, wait_until) -> None:
+    """No damaged copy at all: the next record shows the one before it never arrived."""
+    cgm = ContinuousGlucoseMonitor(history=[CgmRecord(o, 100 + o) for o in range(0, 30, 5)], e2e_crc=True,
+                                   interval_s=3600)
+    device = f"cgm-{cgm.address}"
+    async with EmulatedBluez() as bz:
+        await bz.add_device(cgm)
+        async with agent_in_process(registry(cgm)) as agent:
+            await wait_until(lambda: len(watcher.samples(device)) == 6, what="the history")
+            cgm.measure()  # stored by the sensor, its notification lost
+            after = cgm.measure()
+            assert await bz.notify(cgm, const.CGM_MEASUREMENT_UUID, bytes(after.measurement(e2e_crc=True)))
+            await wait_until(lambda: len(watcher.samples(device)) == 8, what="the lost record fetched again")
+            session = agent.sessions[0]
+            assert isinstance(session, CgmSession)
+            assert session.refetches == 1 and session.gaps == []
+    assert sorted(offsets(watcher.samples(device))) == [r.time_offset_min for r in cgm.records]
+    assert watcher.duplicates() == 0
+
+
+async def test_records_the_sensor_lost_while_we_were_away_are_reported(agent_in_process, watcher,
+                                                                      wait_until) -> None:
+    cgm = ContinuousGlucoseMonitor(history=[CgmRecord(o, 100 + o) for o in range(0, 30, 5)], interval_s=3600)
+    device = f"cgm-{cgm.address}"
+    async with EmulatedBluez() as bz:
+        await bz.add_device(cgm)
+        async with agent_in_process(registry(cgm)):
+            await wait_until(lambda: len(watcher.samples(device)) == 6, what="the history")
+            await bz.set_in_range(cgm, False)
+            await bz.disconnect(cgm)
+            away = [cgm.measure() for _ in range(3)]
+            cgm.records.remove(away[1])  # the sensor's memory lost one (e.g. it overflowed)
+            await bz.set_in_range(cgm, True)
+            await wait_until(lambda: bool([a for a in watcher.statuses("alarm") if a["alarm"] == "cgm_gap"]),
+                             what="the gap reported")
+            await wait_until(lambda: len(watcher.samples(device)) == 8, what="what the sensor still had")
+    (alarm,) = [a for a in watcher.statuses("alarm") if a["alarm"] == "cgm_gap"]
+    assert alarm["gap"] == {"from": (START + timedelta(minutes=30)).timestamp(),
+                            "to": (START + timedelta(minutes=40)).timestamp()}
