@@ -205,7 +205,8 @@ class Engine:
         views: dict[tuple[int, str | None, bool], MetricView] = {}
         out: list[tuple[tuple[float, str, int], AlertEvent]] = []
         for index, det in enumerate(self._detectors):
-            key = (det.metric_code, det.device_prefix, det.beyond_range)
+            # Without a range flag in the batch both kinds of rule see the same samples: one view.
+            key = (det.metric_code, det.device_prefix, det.beyond_range and beyond is not None)
             view = views.get(key)
             if view is None:
                 view = views[key] = self._view(fresh, usable, beyond, key)
