@@ -117,7 +117,8 @@ class System(Protocol):
 def _env(stack: Stack, *, mqtt_user: str | None, rules: Path) -> dict[str, str]:
     s = stack.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-    env.update({"RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
+    env.update({"RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
+                "RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
                 "RPM_INFLUX_DB": s.influx_db, "RPM_RULES": str(rules), "PYTHONUNBUFFERED": "1"})
     if mqtt_user:
         env["RPM_MQTT_URL"] = stack.mqtt_url(mqtt_user)
@@ -269,7 +270,7 @@ def _remove_mqtt_session(stack: Stack, client_id: str) -> None:
     from paho.mqtt.properties import Properties
 
     m = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id(client_id), protocol=mqtt.MQTTv5)
     client.username_pw_set(m.username, m.password.get() or None)
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 0

@@ -336,7 +336,7 @@ class _Generator:
 def connect(mqtt_url: str, client_id: str, *, inflight: int = 1000) -> mqtt.Client:
     """A connected paho MQTT v5 client with its network loop running."""
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.password.get() or None)
     ctx = settings.ssl_context()

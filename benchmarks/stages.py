@@ -74,7 +74,7 @@ def messages(n: int, patients: int) -> list[tuple[str, bytes]]:
 def publish_all(url: str, batch: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait for every PUBACK; fail on any reason code but success."""
     s = MqttSettings.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("stages"))
     client.username_pw_set(s.username, s.password.get())
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)
@@ -103,7 +103,8 @@ def publish_all(url: str, batch: list[tuple[str, bytes]]) -> None:
 def rpm_env(stack: Stack, **extra: str) -> dict[str, str]:
     s = stack.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
-    env.update({"RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
+    env.update({"RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
+                "RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
                 "RPM_INFLUX_DB": s.influx_db, "RPM_RULES": s.rules_path, "PYTHONUNBUFFERED": "1",
                 "RPM_MQTT_URL": stack.mqtt_url(BRIDGE_USER)})
     env.update(extra)

@@ -70,7 +70,14 @@ class Agent:
         self._registry_mtime: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then stop gracefully."""
+        """Run until ``stop`` is set, then stop gracefully; refuse to if another agent runs on this
+        state directory (:class:`edge_agent.lock.AgentAlreadyRunningError`)."""
+        from edge_agent.lock import AgentLock
+
+        with AgentLock(self.settings.ensure_state_dir()):
+            await self._run(stop)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         mqtt = self.settings.mqtt()
         outbox = await AsyncOutbox.open(
             self.settings.ensure_state_dir() / self.settings.outbox_path.name,

@@ -37,7 +37,7 @@ import orjson
 
 from edge_agent.errors import BrokerUnavailableError, EdgeAgentError, PublishError
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import TOPIC_ROOT, command_topic, is_valid_id
+from rpm_core.wire import TOPIC_ROOT, command_topic, is_valid_id, loads_unique
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ def _load(raw: bytes, keys: frozenset[str]) -> dict[str, Any]:
     if len(raw) > MAX_COMMAND_BYTES:
         raise CommandDecodeError(f"message larger than {MAX_COMMAND_BYTES} bytes")
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        doc = loads_unique(raw)
+    except ValueError as exc:  # not JSON, or a key named twice
         raise CommandDecodeError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise CommandDecodeError("not a JSON object")
@@ -174,7 +174,7 @@ def _mqtt_client(mqtt: MqttSettings, client_id: str) -> Any:
     import paho.mqtt.client as paho  # lazily: `rpm edge pair` never needs it
     from paho.mqtt.enums import CallbackAPIVersion
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(client_id), protocol=paho.MQTTv5)
     if mqtt.username:
         client.username_pw_set(mqtt.username, mqtt.password.get() or None)
     context = mqtt.ssl_context()
@@ -221,7 +221,7 @@ class CommandSubscriber:
         self._auto_ack = auto_ack
         self._client: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.client_id = f"rpm-edge-{patient}-cmd"
+        self.client_id = mqtt.client_id(f"edge-{patient}-cmd")
         self.subscribed = asyncio.Event()
         self.received: list[PatientMessage] = []
         self.rejected = 0

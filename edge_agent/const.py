@@ -227,6 +227,10 @@ CGM_SESSION_ENDING_WARN_S: Final = 24 * 3600.0
 # A meter clock further than this from ours is "far off" (its times are corrected, but a clock
 # that far off was likely never set, or reset by a battery change).
 METER_CLOCK_TOLERANCE_S: Final = 300.0
+# With consent, a meter clock is set when it is further off than this (the skew is measured to the
+# second over BLE, so a smaller one is noise, and setting it on every connection would wear nothing
+# but also correct nothing).
+METER_CLOCK_SET_THRESHOLD_S: Final = 30.0
 # Between the start and the end of one sync a meter's clock moves by the sync's length; more than
 # this beyond it means the clock was changed during the sync (times of that sync are uncertain).
 METER_CLOCK_JUMP_S: Final = 60.0

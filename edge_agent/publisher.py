@@ -43,6 +43,8 @@ _LOGGER = logging.getLogger(__name__)
 
 # Status messages waiting for a connection; the newest count, so older ones are dropped first.
 _STATUS_BACKLOG_MAX: Final = 200
+# MQTT v5 DISCONNECT reason "Session taken over": a client with our client id connected.
+_SESSION_TAKEN_OVER: Final = 0x8E
 # paho reconnects by itself inside loop_forever(); we replace the client instead, so its own
 # reconnect must never fire before we stop its thread.
 _PAHO_RECONNECT_NEVER_S: Final = 3600
@@ -91,7 +93,7 @@ class _Connection:
         self.lost = asyncio.Event()
         self.acks: list[tuple[int, Any]] = []
         self.on_event: Callable[[], None] = _nothing
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(client_id), protocol=paho.MQTTv5)
         if mqtt.username:
             client.username_pw_set(mqtt.username, mqtt.password.get() or None)
         context = mqtt.ssl_context()
@@ -125,6 +127,9 @@ class _Connection:
         self._call(self._acked, mid, reason)
 
     def _lost(self, reason: Any) -> None:
+        if getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
+            _LOGGER.error("the broker gave this agent's MQTT session to another client with the same id: another "
+                          "rpm edge run for this patient is running elsewhere; stop one of them")
         if not self.connack.done():
             self.connack.set_exception(BrokerUnavailableError(f"connection closed before CONNACK: {reason}"))
         self.lost.set()
@@ -196,7 +201,7 @@ class Publisher:
         self._status: deque[bytes] = deque(maxlen=_STATUS_BACKLOG_MAX)
         self.connected = asyncio.Event()
         self.connected_once = False
-        self.client_id = f"rpm-edge-{patient}"
+        self.client_id = mqtt.client_id(f"edge-{patient}")  # agent-<patient>:edge-<patient>
         self.published = 0
         self.acknowledged = 0
         self.connections = 0

@@ -374,7 +374,7 @@ class GlucoseMeterSession(DeviceSession):
     async def _maybe_set_clock(self, client: BleakClient) -> None:
         """With the patient's consent (``RPM_EDGE_SET_DEVICE_CLOCK``), set a wrong meter clock through
         Current Time once the records stamped by it are stored (their correction needs the old skew)."""
-        if not self.ctx.set_device_clock or abs(self._clock_skew.total_seconds()) <= 1:
+        if not self.ctx.set_device_clock or abs(self._clock_skew.total_seconds()) <= const.METER_CLOCK_SET_THRESHOLD_S:
             return
         if await self._set_clock(client):
             self._clock_skew = await self._read_clock_skew(client)

@@ -40,7 +40,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("notifier", help="route alerts to people: escalation chains, channels, receipts")
     p.add_argument("--routes", default=default_routes, help=f"routes file (env {ROUTES_ENV}, default routes.yaml)")
     p.add_argument("--roster", help="wards and patients (env RPM_ROSTER)")
-    p.add_argument("--client-id", help="Kafka/MQTT client id (default rpm-notifier-<host>)")
+    p.add_argument("--client-id", help="Kafka/MQTT client id, bound to the MQTT user as <user>:<id> (default <host>)")
     p.add_argument("--replay-window", type=float, default=DEFAULT_REPLAY_WINDOW_S,
                    help="seconds of rpm.alerts replayed on start to rebuild pending chains (default 7 days)")
     p.add_argument("--mqtt-url", help="mqtt://rpm-notifier:pass@host:port (env RPM_MQTT_URL)")
@@ -75,7 +75,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     roster = load_roster(args.roster)
     secrets = {name: Secret(os.environ.get(name, "")) for name in routes.secret_envs()}
     notifier = Notifier(routes=routes, settings=settings, secrets=secrets, ward_of=roster.ward_of,
-                        client_id=args.client_id or f"rpm-notifier-{socket.gethostname()}"[:64],
+                        client_id=args.client_id or socket.gethostname()[:64],
                         replay_window_s=args.replay_window)
     asyncio.run(_until_signalled(notifier))
     return 0

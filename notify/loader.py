@@ -56,6 +56,7 @@ from notify.model import (
 )
 from rpm_core.errors import RulesError
 from rpm_core.rules import _compose, _join, _Leaf, _Parser
+from rpm_core.technical import TECHNICAL_METRIC
 from rpm_core.wire import is_valid_id
 
 _ROOT_KEYS: Final = {"version", "timezone", "defaults", "delivery", "smtp", "time_windows", "patient_groups",
@@ -521,7 +522,7 @@ class _RoutesParser(_Parser):
             patients=patients,
             rules=self.ident_set(f["rule"], "rule name") if "rule" in f else None,
             severities=self.choices(f["severity"], SEVERITY_NAMES, "severity") if "severity" in f else None,
-            metrics=self.choices(f["metric"], METRIC_NAMES, "metric") if "metric" in f else None,
+            metrics=self.choices(f["metric"], (*METRIC_NAMES, TECHNICAL_METRIC), "metric") if "metric" in f else None,
             min_severity=self.choice(f["min_severity"], SEVERITY_NAMES, "severity") if "min_severity" in f else None,
         )
 

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any, Final
 
 from notify.router import AlertInfo, Notification
+from rpm_core.technical import SYSTEM_SUBJECT, TECHNICAL_METRIC
 
 PAYLOAD_VERSION: Final = 1
 _KIND_TITLE: Final = {"step": "", "update": "UPDATE ", "repeat": "REMINDER ", "digest": "", "caregiver": ""}
@@ -59,6 +60,9 @@ def subject(note: Notification) -> str:
         return f"[rpm] Critical alert for patient {note.patient}: {lead.rule.replace('_', ' ')}"
     more = f" (+{len(note.alerts) - 1} more)" if len(note.alerts) > 1 else ""
     escalated = f"ESCALATION step {note.step}: " if note.step > 0 and note.kind == "step" else ""
+    if lead.metric == TECHNICAL_METRIC:  # rpm cannot monitor someone: say what, not whom
+        who = "" if note.patient == SYSTEM_SUBJECT else f" patient {note.patient}:"
+        return f"[rpm] {_KIND_TITLE[note.kind]}{escalated}TECHNICAL ALERT{who} {lead.message[:160]}{more}"
     return f"[rpm] {_KIND_TITLE[note.kind]}{escalated}{lead.severity.upper()} {note.patient} {lead.rule}{more}"
 
 

@@ -60,8 +60,8 @@ class NotifierMqtt:
         from paho.mqtt.properties import Properties
 
         self._loop = asyncio.get_running_loop()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=paho.MQTTv5,
-                             manual_ack=True)
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._mqtt.client_id(self._client_id),
+                             protocol=paho.MQTTv5, manual_ack=True)
         if self._mqtt.username:
             client.username_pw_set(self._mqtt.username, self._mqtt.password.get() or None)
         context = self._mqtt.ssl_context()

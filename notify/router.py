@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 
 from notify.const import ACK_CLOCK_SLACK_S, DIGEST_WINDOW_S, PENDING_ACKS_MAX
 from notify.model import SEVERITY_RANK, ChannelSpec, Digest, Matcher, Route, Routes
+from rpm_core.technical import SYSTEM_SUBJECT, decode_technical, is_technical
 from rpm_core.wire import is_valid_id
 
 NotificationKind = Literal["step", "update", "repeat", "digest", "caregiver"]
@@ -85,6 +86,12 @@ class AlertUpdate:
         """Validate an event document (``AlertEvent.to_dict()``); ``ValueError`` with the reason."""
         if not isinstance(doc, dict):
             raise ValueError("alert event is not a JSON object")
+        if is_technical(doc):
+            # a technical alert (rpm_core.technical) is routed like any other; one about the
+            # pipeline rather than a patient is grouped under SYSTEM_SUBJECT
+            decode_technical(doc)  # ValueError with the reason if it is not a valid one
+            if doc.get("patient") is None:
+                doc = {**doc, "patient": SYSTEM_SUBJECT}
         ids = {k: doc.get(k) for k in ("alert_id", "patient", "rule", "metric")}
         bad = sorted(k for k, v in ids.items() if not is_valid_id(v))
         if bad:

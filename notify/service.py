@@ -56,8 +56,11 @@ from notify.mqtt import Inbound, NotifierMqtt
 from notify.router import Action, AlertUpdate, Dispatch, Escalated, Record, Router
 from rpm_core.errors import ConfigError
 from rpm_core.settings import Secret, Settings
+from rpm_core.signing import SignatureError
+from rpm_core.wire import loads_unique
 from stream import topics
 from stream.acks import AckDecodeError, decode_ack, encode_ack
+from stream.deadletter import deadletter_record
 from stream.sink import backoff_s, make_sink
 
 _LOGGER = logging.getLogger(__name__)
@@ -122,6 +125,10 @@ class Notifier:
         self._reasons: set[str] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._assigned = False
+        self._keys = settings.key_ring()
+        if self._keys is None:
+            _LOGGER.warning("RPM_SIGNING_KEYS_FILE is not set: alerts and acknowledgements are not checked; a forged "
+                            "alert would be routed (docs/security.md)")
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -274,6 +281,12 @@ class Notifier:
         at = record.timestamp / 1000.0 if record.timestamp and record.timestamp > 0 else now
         if at < now - self._replay_window_s:
             return
+        if self._keys is not None:
+            try:
+                self._keys.verify(topic, record.key, record.value, record.headers)
+            except SignatureError as exc:
+                self._refuse_forged(topic, record, exc)
+                return
         try:
             actions = self._apply_alert(record.value, at) if topic == topics.ALERTS else \
                 self._apply_ack(record.value, record.key, at)
@@ -286,11 +299,26 @@ class Notifier:
             return
         self._act(actions)
 
+    def _refuse_forged(self, topic: str, record: Any, exc: SignatureError) -> None:
+        """Never route it; dead-letter a forged alert (a forged ack is the worker's to dead-letter)."""
+        self.stats.rejected += 1
+        reason = f"{topic}: {exc}"
+        if reason not in self._reasons:
+            self._reasons.add(reason)
+            _LOGGER.error("refused a record of %s", reason)
+        if topic != topics.ALERTS or self._producer is None:
+            return
+        dead = deadletter_record(stage="notifier", reason=f"alert refused: {exc}", source=topic,
+                                 payload=record.value, received_at=self._clock())
+        task = asyncio.ensure_future(self._producer.send_and_wait(topics.DEADLETTER, dead))
+        self._inflight.add(task)  # type: ignore[arg-type]
+        task.add_done_callback(self._inflight.discard)  # type: ignore[arg-type]
+
     def _apply_alert(self, value: bytes, at: float) -> list[Action]:
         try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError("not JSON") from exc
+            doc = loads_unique(value)
+        except ValueError as exc:  # not JSON, or a key named twice
+            raise ValueError(f"not JSON: {exc}") from exc
         self.stats.alerts_in += 1
         return self.router.observe(AlertUpdate.from_doc(doc), at)
 
@@ -389,7 +417,8 @@ class Notifier:
         attempt = 0
         while True:
             try:
-                await self._producer.send_and_wait(topics.ALERT_ACKS, key=key, value=value)
+                headers = self._keys.sign(topics.ALERT_ACKS, key, value) if self._keys is not None else None
+                await self._producer.send_and_wait(topics.ALERT_ACKS, key=key, value=value, headers=headers)
                 return
             except KafkaError as exc:
                 attempt += 1

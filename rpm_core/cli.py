@@ -1,33 +1,54 @@
 """The ``rpm`` command: one entry point for every part of the product.
 
 Configuration comes from the environment (see ``rpm_core.settings``) and matching flags; flags win.
+
+Installs come by role (``rpm[edge]`` on a patient's gateway, ``rpm[server]`` for the rest), so
+the command groups are registered by the modules that implement them, imported only for the
+command being run (:data:`COMMAND_GROUPS`): ``rpm edge …`` imports nothing of the server side,
+and a command whose packages this install lacks says which extra brings them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Final, NamedTuple
 
 import orjson
 
-from edge_agent.cli import add_commands as add_edge_commands
-from notify.cli import add_commands as add_notify_commands
-from rpm_core.backtest import add_commands as add_backtest_commands
-from rpm_core.cli_people import add_commands as add_people_commands
 from rpm_core.errors import RpmError
-from rpm_core.mqtt_auth import add_commands as add_mqtt_auth_commands
 from rpm_core.settings import Settings
-from stream.deadletter_cli import add_commands as add_deadletter_commands
 
 _LOGGER = logging.getLogger(__name__)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+OUR_PACKAGES: Final = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify"})
+
+
+class CommandGroup(NamedTuple):
+    """Commands registered by ``module``'s ``add_commands``; ``extra`` is the install that brings them."""
+
+    module: str
+    extra: str
+    commands: tuple[str, ...]
+
+
+COMMAND_GROUPS: Final = (
+    CommandGroup("edge_agent.cli", "edge", ("edge",)),
+    CommandGroup("rpm_core.mqtt_auth", "server", ("mqtt-auth",)),
+    CommandGroup("rpm_core.backtest", "server", ("backtest",)),
+    CommandGroup("rpm_core.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
+    CommandGroup("notify.cli", "server", ("notifier", "routes")),
+    CommandGroup("stream.deadletter_cli", "server", ("deadletter",)),
+)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -100,6 +121,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    """Run the watchdog that raises technical alerts until interrupted."""
+    import socket
+
+    from stream.watchdog import WatchdogConfig, WatchdogOptions, run_watchdog
+
+    settings = _settings(args)
+    config = WatchdogConfig(stale_after_s=args.stale_after, confirm_s=args.confirm, startup_grace_s=args.startup_grace,
+                            ward_silent_after_s=args.ward_silent_after, deadletter_per_min=args.deadletter_per_min)
+    asyncio.run(run_watchdog(settings, WatchdogOptions(
+        instance=args.instance or f"rpm-watchdog-{socket.gethostname()}"[:64], health_port=args.health_port,
+        roster=args.roster, config=config)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline with simulated patients."""
     from rpm_core.demo import DemoOptions, run_demo
@@ -107,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
     return run_demo(settings, DemoOptions(
         patients=args.patients, duration_s=args.duration, workdir=args.workdir, partitions=args.partitions,
-        simulate=not args.no_simulator, history_s=args.history,
+        simulate=not args.no_simulator, history_s=args.history, station_port=args.station_port,
     ))
 
 
@@ -145,12 +181,14 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: st
     p.add_argument("--workdir", default=None, help="where services keep data and logs (default ./var/demo)")
     p.add_argument("--partitions", type=_positive_int, default=8)
     p.add_argument("--no-simulator", action="store_true", help="run the pipeline only")
+    p.add_argument("--station-port", type=int, default=None,
+                   help="the nurse station's port (default 8080 when free, else any; 0: any free port)")
     _add_service_flags(p, rules=True)
     p.set_defaults(func=cmd_demo)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``rpm``."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``rpm``; for a ``command`` of a group, only that group is imported."""
     parser = argparse.ArgumentParser(prog="rpm", description="Remote patient monitoring pipeline.")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default=os.environ.get("RPM_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -171,11 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-json", help="write the summary of what was sent to this file")
     _add_service_flags(p, kafka=False, influx=False)
     p.set_defaults(func=cmd_simulate)
-    add_edge_commands(sub)
-    add_mqtt_auth_commands(sub)
 
     p = sub.add_parser("bridge", help="run one MQTT→Kafka bridge")
-    p.add_argument("--client-id", default=None, help="MQTT client id (default: rpm-bridge-<host>-<pid>)")
+    p.add_argument("--client-id", default=None,
+                   help="MQTT client id, bound to the MQTT user as <user>:<id> (default: <host>-<slot>, the lowest "
+                        "slot free on this host)")
     p.add_argument("--partitions", type=_positive_int, default=8, help="partitions of rpm.readings if created")
     p.add_argument("--health-port", type=int, default=None,
                    help="serve GET /healthz on 127.0.0.1:PORT (0: any free port; default: off)")
@@ -193,15 +231,75 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_flags(p, mqtt=False, rules=True)
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("watchdog", help="raise technical alerts when rpm cannot monitor someone",
+                       description="Watches the heartbeats of bridges and workers (and, with RPM_MQTT_URL, the "
+                                   "edge agents' device alarms) and raises technical alerts on rpm.alerts: no "
+                                   "worker for a partition, a bridge stuck or silent, InfluxDB failing, a ward "
+                                   "gone silent, a surge of dead letters. See docs/security.md.")
+    p.add_argument("--instance", default=None, help="this watchdog's name in its heartbeats")
+    p.add_argument("--health-port", type=int, default=None, help="serve GET /healthz on 127.0.0.1:PORT (0: any)")
+    p.add_argument("--roster", default=None, help="roster file: which wards an alert concerns (env RPM_ROSTER)")
+    p.add_argument("--stale-after", type=_positive_float, default=15.0,
+                   help="seconds without a heartbeat before a component is presumed gone (default 15)")
+    p.add_argument("--confirm", type=float, default=10.0, help="seconds a condition must last (default 10)")
+    p.add_argument("--startup-grace", type=float, default=30.0,
+                   help="seconds after start in which components may still be coming up (default 30)")
+    p.add_argument("--ward-silent-after", type=_positive_float, default=300.0,
+                   help="seconds without any reading of a ward before it is alerted (default 300)")
+    p.add_argument("--deadletter-per-min", type=_positive_int, default=100,
+                   help="dead-lettered inputs per minute that raise an alert (default 100)")
+    _add_service_flags(p, influx=False)
+    p.set_defaults(func=cmd_watchdog)
+
     rules = sub.add_parser("rules", help="alert rules").add_subparsers(dest="rules_command", required=True)
     p = rules.add_parser("check", help="validate and explain a rules file")
     p.add_argument("file", nargs="?", default=os.environ.get("RPM_RULES", "alert_rules.yaml"))
     p.set_defaults(func=cmd_rules_check)
-    add_backtest_commands(sub)
-    add_people_commands(sub)
-    add_notify_commands(sub)
-    add_deadletter_commands(sub)
+    _add_groups(sub, command)
     return parser
+
+
+def _add_groups(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str | None) -> None:
+    """Register the command groups: only ``command``'s when it names one, none for our own, else all."""
+    groups = [g for g in COMMAND_GROUPS if command in g.commands]
+    if not groups and command in sub.choices:
+        return
+    for group in groups or COMMAND_GROUPS:
+        try:
+            module = importlib.import_module(group.module)
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] in OUR_PACKAGES:
+                raise
+            _add_missing(sub, group, exc.name)
+        else:
+            module.add_commands(sub)
+
+
+def _add_missing(sub: argparse._SubParsersAction[argparse.ArgumentParser], group: CommandGroup, missing: str) -> None:
+    """Stand-ins for a group this install cannot run: they say which extra to install."""
+    for name in group.commands:
+        p = sub.add_parser(name, help=f"(not installed: pip install 'rpm[{group.extra}]')")
+        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        p.set_defaults(func=functools.partial(_not_installed, missing, group.extra))
+
+
+def _not_installed(missing: str, extra: str, args: argparse.Namespace) -> int:
+    print(f"rpm {args.command}: needs the Python package {missing!r}, which this install does not have; "
+          f"install it with: pip install 'rpm[{extra}]'", file=sys.stderr)
+    return 2
+
+
+def _command_word(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (None when it asks for the top-level help or names none)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--log-level")
+    _, rest = pre.parse_known_args(argv)
+    for arg in rest:
+        if arg in {"-h", "--help"}:
+            return None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 class _JsonFormatter(logging.Formatter):
@@ -226,7 +324,8 @@ def _configure_logging(level: str, fmt: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rpm`` console script."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     _configure_logging(args.log_level, os.environ.get("RPM_LOG_FORMAT", "text"))
     if args.log_level != "debug":
@@ -238,6 +337,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RpmError as exc:
         print(f"rpm {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if not exc.name or exc.name.split(".")[0] in OUR_PACKAGES:
+            raise
+        extra = next((g.extra for g in COMMAND_GROUPS if args.command in g.commands), "server")
+        return _not_installed(exc.name, extra, args)
     except KeyboardInterrupt:
         return 130
 

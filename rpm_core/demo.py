@@ -15,10 +15,12 @@ import logging
 import math
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -30,6 +32,7 @@ from rpm_core.rules import load_rules
 from rpm_core.services import (
     BRIDGE_USER,
     SIMULATOR_USER,
+    WATCHDOG_USER,
     ServiceProcess,
     Stack,
     free_port,
@@ -37,13 +40,14 @@ from rpm_core.services import (
     influx_query,
     port_open,
     start_stack,
-    wait_until,
+    stop_all,
 )
 from rpm_core.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT_S = 120.0
+READY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class DemoOptions:
     partitions: int = 8
     simulate: bool = True
     history_s: float = 1200.0
+    station_port: int | None = None  # None: 8080 when free, else any; 0: any free port
 
 
 def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
@@ -63,6 +68,7 @@ def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "RPM_KAFKA_URL": s.kafka_url or "",
+        "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
         "RPM_INFLUX_URL": s.influx_url or "",
         "RPM_INFLUX_DB": s.influx_db,
         "RPM_RULES": str(Path(s.rules_path).resolve()),
@@ -116,8 +122,19 @@ def _print_alert(value: bytes | None, since_s: float) -> None:
         return
     mark = {"critical": "!!!", "warning": " ! ", "info": " i "}.get(alert.severity, "   ")
     when = time.strftime("%H:%M:%S", time.gmtime(t))
+    if event.get("kind") == "technical":
+        remedy = event.get("remedy") or ""
+        print(f"  [nurse station] {mark} {when}Z TECHNICAL {alert.state:<8} {console_text(alert.message)}"
+              + (f" -> {console_text(str(remedy))}" if remedy and alert.state == "raised" else ""), flush=True)
+        return
     print(f"  [nurse station] {mark} {when}Z {alert.patient:>8} {alert.state:<12} "
-          f"{alert.severity:<8} {alert.rule}: {alert.message}", flush=True)
+          f"{alert.severity:<8} {alert.rule}: {console_text(alert.message)}", flush=True)
+
+
+def console_text(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences, carriage returns, which
+    could rewrite what the console shows) are printed as escapes, never sent raw."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:
@@ -146,50 +163,61 @@ def _grouped_counts(doc: dict[str, Any]) -> list[tuple[dict[str, str], int]]:
 DEMO_STATION: Final = "demo"
 
 
-def _station_port() -> int:
-    """8080 when it is free (what the docs say), else any free port."""
-    return 8080 if not port_open("127.0.0.1", 8080) else free_port()
+def _station_port(wanted: int | None) -> int:
+    """``wanted``; by default 8080 when it is free (what the docs say), else (or for 0) any free port."""
+    if wanted:
+        return wanted
+    return 8080 if wanted is None and not port_open("127.0.0.1", 8080) else free_port()
 
 
-def _spawn_station(stack: Stack, logs: Path) -> tuple[ServiceProcess, str]:
+def _spawn_station(stack: Stack, logs: Path, wanted_port: int | None) -> tuple[ServiceProcess, str]:
     from rpm_core.roster import hash_password
 
     password = secrets.token_urlsafe(9)
     env = _env_for(stack, mqtt_user=None)
     env.pop("RPM_ROSTER", None)
     env["RPM_NURSE_CREDENTIALS"] = f"{DEMO_STATION}={hash_password(password)}"
-    port = _station_port()
+    port = _station_port(wanted_port)
     kid = spawn_rpm(["nurse-station", "--port", str(port)], env=env, log_path=logs / "nurse-station.log",
                     name="nurse-station")
     kid.port = port
     return kid, password
 
 
-@contextlib.contextmanager
-def _children(stack: Stack, workdir: Path, partitions: int) -> Iterator[list[ServiceProcess]]:
+@contextlib.asynccontextmanager
+async def _children(stack: Stack, workdir: Path, options: DemoOptions) -> AsyncIterator[list[ServiceProcess]]:
     logs = workdir / "logs"
     health_port = free_port()
     kids = [
-        spawn_rpm(["bridge", "--partitions", str(partitions), "--health-port", str(health_port)],
+        spawn_rpm(["bridge", "--partitions", str(options.partitions), "--health-port", str(health_port)],
                   env=_env_for(stack, mqtt_user=BRIDGE_USER), log_path=logs / "bridge.log", name="bridge"),
-        spawn_rpm(["worker", "--partitions", str(partitions), "--data-dir", str(workdir / "worker")],
+        spawn_rpm(["worker", "--partitions", str(options.partitions), "--data-dir", str(workdir / "worker")],
                   env=_env_for(stack, mqtt_user=None), log_path=logs / "worker.log", name="worker"),
     ]
-    station, password = _spawn_station(stack, logs)
-    kids.append(station)
     try:
+        station, password = _spawn_station(stack, logs, options.station_port)
+        kids.append(station)
+        # technical alerts (a worker or the bridge gone, InfluxDB failing): on the console and the station
+        kids.append(spawn_rpm(["watchdog", "--startup-grace", "60"], env=_env_for(stack, mqtt_user=WATCHDOG_USER),
+                              log_path=logs / "watchdog.log", name="watchdog"))
         # Mosquitto drops what is published before anyone subscribed: send nothing until the bridge
         # is connected to both brokers and subscribed (its persistent session covers restarts).
-        wait_until(lambda: _alive_and(kids[0], lambda: http_ok(f"http://127.0.0.1:{health_port}/healthz")),
-                   timeout=60, what="the bridge (connected and subscribed)")
-        wait_until(lambda: _alive_and(station, lambda: http_ok(f"http://127.0.0.1:{station.port}/login")),
-                   timeout=60, what="the nurse station")
+        await _ready(kids[0], f"http://127.0.0.1:{health_port}/healthz", "the bridge (connected and subscribed)")
+        await _ready(station, f"http://127.0.0.1:{station.port}/login", "the nurse station")
         print(f"  nurse station  http://127.0.0.1:{station.port}/   station {DEMO_STATION!r}, "
               f"password {password!r} (this run only)", flush=True)
         yield kids
     finally:
-        for kid in kids:
-            kid.stop()
+        stop_all(kids)
+
+
+async def _ready(kid: ServiceProcess, url: str, what: str) -> None:
+    """Wait (without blocking the loop, so a signal stops the demo at once) until ``url`` answers 2xx."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not await asyncio.to_thread(_alive_and, kid, lambda: http_ok(url)):
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} did not become ready within {READY_TIMEOUT_S:.0f} s")
+        await asyncio.sleep(0.05)
 
 
 def _alive_and(kid: ServiceProcess, check: Any) -> bool:
@@ -198,23 +226,65 @@ def _alive_and(kid: ServiceProcess, check: Any) -> bool:
     return bool(check())
 
 
+class _Terminate:
+    """SIGTERM handler: it stops the demo as Ctrl-C does, by cancelling the running demo (or raising).
+
+    asyncio's own Ctrl-C handling cancels the main task so every ``finally`` runs; SIGTERM (kill,
+    systemd) gets the same here. A second SIGTERM while stopping is ignored: stopping is bounded.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.stopping = False  # the demo is already stopping everything: nothing more to do
+        self.task: asyncio.Task[Any] | None = None
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        if self.received or self.stopping:
+            return
+        self.received = True
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            task.get_loop().call_soon_threadsafe(lambda: None)  # wake the loop from its select()
+            return
+        raise KeyboardInterrupt
+
+
 def run_demo(settings: Settings, options: DemoOptions) -> int:
-    """Run the demo; 0 when vitals and alerts reached InfluxDB."""
+    """Run the demo; 0 when vitals and alerts reached InfluxDB, 130 after Ctrl-C, 143 after SIGTERM.
+
+    However it ends, every process it started is stopped before it returns.
+    """
     load_rules(settings.rules_path)  # a bad rules file stops here, with file, line and fix
     workdir = Path(options.workdir or "var/demo").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"rpm demo: starting services in {workdir}", flush=True)
-    stack = start_stack(settings, workdir / "services")
+    terminate = _Terminate()
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        return asyncio.run(_run(stack, workdir, options))
-    except KeyboardInterrupt:
-        print("\nrpm demo: interrupted; stopping", flush=True)
-        return 130
+        print(f"rpm demo: starting services in {workdir}", flush=True)
+        stack = start_stack(settings, workdir / "services")  # stops what it started if interrupted
+        try:
+            return asyncio.run(_run(stack, workdir, options, terminate))
+        finally:
+            terminate.stopping = True
+            stack.stop()
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"\nrpm demo: {'terminated' if terminate.received else 'interrupted'}; stopped", flush=True)
+        return 143 if terminate.received else 130
     finally:
-        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
 
 
-async def _run(stack: Stack, workdir: Path, options: DemoOptions) -> int:
+async def _run(stack: Stack, workdir: Path, options: DemoOptions, terminate: _Terminate) -> int:
+    terminate.task = asyncio.current_task()
+    try:
+        return await _run_pipeline(stack, workdir, options)
+    except asyncio.CancelledError:
+        print("\nrpm demo: stopping", flush=True)
+        raise
+
+
+async def _run_pipeline(stack: Stack, workdir: Path, options: DemoOptions) -> int:
     from stream.topics import ensure_topics
 
     s = stack.settings
@@ -223,7 +293,7 @@ async def _run(stack: Stack, workdir: Path, options: DemoOptions) -> int:
         print(f"  {name:<10} pid {svc.pid:<7} 127.0.0.1:{svc.port}  (log {svc.log_path})")
     started = time.time()
     since = math.floor(started - options.history_s - 5)
-    with _children(stack, workdir, options.partitions) as kids:
+    async with _children(stack, workdir, options) as kids:
         print(f"  bridge     pid {kids[0].pid:<7} (log {kids[0].log_path})\n"
               f"  worker     pid {kids[1].pid:<7} (log {kids[1].log_path})", flush=True)
         stop = asyncio.Event()
@@ -253,11 +323,20 @@ async def _drive(stack: Stack, options: DemoOptions, kids: list[ServiceProcess])
           f"each device first uploads {options.history_s:.0f} s of backlog", flush=True)
     cfg = SimConfig(patients=options.patients, duration_s=duration, history_s=options.history_s,
                     mqtt_url=stack.mqtt_url(SIMULATOR_USER))
-    sim = asyncio.ensure_future(asyncio.to_thread(simulate, cfg))
+    halt = threading.Event()
+    sim = asyncio.ensure_future(asyncio.to_thread(simulate, cfg, stop=halt))
     watcher = asyncio.ensure_future(_watch(kids))
-    await asyncio.wait({sim, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    watcher.cancel()
-    summary: dict[str, Any] = sim.result()  # raises if a child died first
+    try:
+        await asyncio.wait({sim, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not sim.done():
+            watcher.result()  # a child died: raises, naming it
+        summary: dict[str, Any] = sim.result()
+    finally:
+        # Cancelled (Ctrl-C, SIGTERM) or failed: the simulator's thread and processes end too, or
+        # asyncio.run would wait for that thread for ever.
+        watcher.cancel()
+        halt.set()
+        await asyncio.wait({sim, watcher})
     print(f"rpm demo: simulator sent {summary['readings_sent']} readings {summary['by_metric']}", flush=True)
     return summary
 

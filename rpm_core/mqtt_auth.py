@@ -44,6 +44,7 @@ from rpm_core.services import (
     BRIDGE_USER,
     NURSE_USER,
     SIMULATOR_USER,
+    WATCHDOG_USER,
     Role,
     build_acl,
     check_mqtt_user,
@@ -61,7 +62,7 @@ AGENT_PREFIX: Final = "agent-"
 # 24 random bytes (192 bits), URL-safe so the password can sit in an mqtt:// URL unquoted.
 PASSWORD_BYTES: Final = 24
 SERVICE_USERS: Final = {BRIDGE_USER: Role.BRIDGE, ALERTS_USER: Role.ALERTS, NURSE_USER: Role.NURSE,
-                        ADMIN_USER: Role.ADMIN}
+                        ADMIN_USER: Role.ADMIN, WATCHDOG_USER: Role.WATCHDOG}
 RELOAD_HINT: Final = ("Mosquitto re-reads the password and ACL files on SIGHUP: kill -HUP <mosquitto pid> "
                       "(or systemctl reload mosquitto), or pass --reload-pid PID")
 

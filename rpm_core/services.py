@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,8 @@ from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.settings import Secret, Settings, check_private_file
 from rpm_core.wire import (
     ALERTS_TOPIC_ROOT,
+    MAX_MESSAGE_BYTES,
+    MQTT_MESSAGE_SIZE_LIMIT_BYTES,
     READINGS_TOPIC_FILTER,
     TOPIC_ROOT,
     command_topic,
@@ -49,6 +52,7 @@ ALERTS_USER: Final = "rpm-alerts"
 NURSE_USER: Final = "rpm-nurse"
 ADMIN_USER: Final = "rpm-admin"
 NOTIFIER_USER: Final = "rpm-notifier"  # rpm notifier: patients' messages out, their acks in
+WATCHDOG_USER: Final = "rpm-watchdog"  # rpm watchdog: reads agents' status (device alarms)
 
 
 def free_port() -> int:
@@ -105,12 +109,19 @@ class ServiceProcess:
 
     def stop(self, *, sig: int = signal.SIGTERM) -> None:
         """Stop the process (SIGTERM, then SIGKILL after a grace period)."""
-        if not self.alive():
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(sig)
+        self.terminate(sig)
+        self.wait_stopped(time.monotonic() + STOP_TIMEOUT_S)
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        """Send ``sig`` if the process still runs."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait_stopped(self, deadline: float) -> None:
+        """Wait for the process to exit until ``deadline`` (``time.monotonic()``), then SIGKILL it."""
         try:
-            self.proc.wait(timeout=STOP_TIMEOUT_S)
+            self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             _LOGGER.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
             self.proc.kill()
@@ -124,6 +135,16 @@ class ServiceProcess:
         """SIGHUP: Mosquitto re-reads its password and ACL files (and re-checks connected clients)."""
         if self.alive():
             self.proc.send_signal(signal.SIGHUP)
+
+
+def stop_all(processes: Iterable[ServiceProcess]) -> None:
+    """Stop ``processes`` together: SIGTERM to all, then wait for each (SIGKILL after the grace period)."""
+    procs = list(processes)
+    for svc in procs:
+        svc.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for svc in procs:
+        svc.wait_stopped(deadline)
 
 
 def _spawn(name: str, argv: list[str], workdir: Path, *, port: int) -> ServiceProcess:
@@ -191,6 +212,7 @@ class Role(enum.StrEnum):
     ADMIN = "admin"  # everything (operators' tools)
     NOTIFIER = "notifier"  # sends patients' agents messages (cmd) and reads their acknowledgements (ack)
     AGENT = "agent"  # one edge agent: its own patient's topics only
+    WATCHDOG = "watchdog"  # rpm watchdog: reads every agent's status (device alarms), nothing else
 
 
 def _ack_topic(patient: str) -> str:
@@ -206,6 +228,7 @@ _ROLE_GRANTS: Final[dict[Role, tuple[tuple[str, str], ...]]] = {
     Role.NURSE: (("read", f"{ALERTS_TOPIC_ROOT}/#"),),
     Role.ADMIN: (("readwrite", "#"),),
     Role.NOTIFIER: (("write", command_topic("+")), ("read", _ack_topic("+"))),
+    Role.WATCHDOG: (("read", status_topic("+")),),
     Role.AGENT: (
         ("write", readings_topic("{patient}")), ("write", status_topic("{patient}")),
         ("write", _ack_topic("{patient}")), ("read", command_topic("{patient}")),
@@ -245,7 +268,7 @@ def build_acl(users: Iterable[tuple[str, Role, str | None]]) -> str:
 
 PIPELINE_ROLES: Final[dict[str, Role]] = {
     BRIDGE_USER: Role.BRIDGE, SIMULATOR_USER: Role.SIMULATOR, ALERTS_USER: Role.ALERTS,
-    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER,
+    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER, WATCHDOG_USER: Role.WATCHDOG,
 }
 PIPELINE_ACL: Final = build_acl((user, role, None) for user, role in PIPELINE_ROLES.items())
 
@@ -267,6 +290,34 @@ def write_password_file(path: Path, creds: MqttCredentials) -> None:
         subprocess.run([passwd, "-b", str(path), user, pw.get()], check=True, capture_output=True)
 
 
+CLIENTID_PLUGIN_SOURCE: Final = Path(__file__).with_name("mosquitto") / "rpm_clientid.c"
+PLUGIN_BUILD_PACKAGES: Final = "gcc libc6-dev libmosquitto-dev mosquitto-dev"
+
+
+def clientid_plugin(cache_dir: Path | None = None) -> Path:
+    """The ``rpm_clientid`` Mosquitto plugin (client ids bound to users, see its source), built from
+    the source shipped in this package into a cache the first time (``cc``, Mosquitto's headers)."""
+    code = CLIENTID_PLUGIN_SOURCE.read_bytes()
+    digest = hashlib.sha256(code).hexdigest()[:16]
+    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rpm"
+    target = cache / f"rpm_clientid-{digest}.so"
+    if target.is_file():
+        return target
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise ServiceError(f"no C compiler to build Mosquitto's rpm_clientid plugin; install: "
+                           f"sudo apt-get install -y {PLUGIN_BUILD_PACKAGES}")
+    cache.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    done = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(partial), str(CLIENTID_PLUGIN_SOURCE)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ServiceError(f"building Mosquitto's rpm_clientid plugin failed ({done.stderr.strip()[:300]}); "
+                           f"install: sudo apt-get install -y {PLUGIN_BUILD_PACKAGES}")
+    os.replace(partial, target)  # atomic: a concurrent build of the same source is as good
+    return target
+
+
 def _tls_listener(tls: TlsFiles, tls_port: int) -> str:
     ca = f"cafile {tls.cafile}\n" if tls.cafile else ""
     return f"""\
@@ -281,8 +332,12 @@ keyfile {tls.keyfile}
 def mosquitto_config(
     *, port: int, workdir: Path, acl_text: str = PIPELINE_ACL, password_file: Path | None = None,
     acl_file: Path | None = None, tls: TlsFiles | None = None, tls_port: int | None = None,
+    bind_client_ids: bool = True,
 ) -> str:
     """A Mosquitto configuration that authenticates every client and never drops queued QoS 1 messages.
+
+    With ``bind_client_ids`` (the default) a client id must be the user name or start with it and
+    ``:`` (:func:`clientid_plugin`): no user can take over another's session.
 
     Without ``acl_file`` the ACL is ``acl_text``, written to ``workdir/acl``; ``password_file`` and
     ``acl_file`` name files maintained elsewhere (``rpm mqtt-auth``), re-read on SIGHUP.
@@ -294,9 +349,11 @@ def mosquitto_config(
     # Run as root (CI), Mosquitto would switch to user "mosquitto", who cannot read our 0700 workdir.
     user = "user root\n" if os.geteuid() == 0 else ""
     tls_text = _tls_listener(tls, tls_port) if tls is not None and tls_port is not None else ""
+    plugin = f"# client ids bound to users (rpm_clientid): no session takeover\nplugin {clientid_plugin()}\n" if (
+        bind_client_ids) else ""
     return f"""\
 {user}per_listener_settings false
-allow_anonymous false
+{plugin}allow_anonymous false
 password_file {password_file or workdir / "passwd"}
 acl_file {acl_file}
 listener {port} 127.0.0.1
@@ -304,7 +361,10 @@ listener {port} 127.0.0.1
 max_queued_messages 0
 max_queued_bytes 0
 max_inflight_messages 1000
-# Big enough that an oversized payload reaches the bridge and is dead-lettered with a reason.
+# Messages up to message_size_limit reach the bridge, which dead-letters what the wire schema
+# refuses (over {MAX_MESSAGE_BYTES} bytes, say) with a reason; a larger one Mosquitto drops, closing
+# its sender's connection (our publishers split far below it).
+message_size_limit {MQTT_MESSAGE_SIZE_LIMIT_BYTES}
 max_packet_size 4194304
 persistence true
 persistence_location {workdir / "data"}/
@@ -326,6 +386,7 @@ def start_mosquitto(
     password_file: Path | None = None,
     acl_file: Path | None = None,
     tls: TlsFiles | None = None,
+    bind_client_ids: bool = True,
 ) -> ServiceProcess:
     """Start Mosquitto with authentication, ACLs and persistence on a free port.
 
@@ -345,7 +406,7 @@ def start_mosquitto(
         raise ConfigError("start_mosquitto needs creds or a password_file")
     conf = workdir / "mosquitto.conf"
     conf.write_text(mosquitto_config(port=port, workdir=workdir, acl_text=acl_text, password_file=password_file,
-                                     acl_file=acl_file, tls=tls, tls_port=tls_port))
+                                     acl_file=acl_file, tls=tls, tls_port=tls_port, bind_client_ids=bind_client_ids))
     svc = _spawn("mosquitto", [binary, "-c", str(conf)], workdir, port=port)
     svc.log_path = workdir / "mosquitto.log"
     svc.tls_port = tls_port
@@ -465,9 +526,8 @@ class Stack:
         return self.mqtt_creds.url(user, svc.host, svc.port)
 
     def stop(self) -> None:
-        """Stop what this stack started, newest first."""
-        for svc in reversed(list(self.processes.values())):
-            svc.stop()
+        """Stop what this stack started, all together (signalled newest first)."""
+        stop_all(reversed(list(self.processes.values())))
 
 
 def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None) -> Stack:
@@ -485,7 +545,8 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
     s = stack.settings
     updates: dict[str, Any] = {}
     if not s.mqtt_url:
-        users = [BRIDGE_USER, SIMULATOR_USER, ALERTS_USER, NURSE_USER, ADMIN_USER, NOTIFIER_USER, *extra_users]
+        users = [BRIDGE_USER, SIMULATOR_USER, ALERTS_USER, NURSE_USER, ADMIN_USER, NOTIFIER_USER, WATCHDOG_USER,
+                 *extra_users]
         stack.mqtt_creds = MqttCredentials.generate(users)
         svc = start_mosquitto(workdir / "mosquitto", creds=stack.mqtt_creds)
         stack.processes["mosquitto"] = svc
@@ -498,6 +559,11 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
         svc = start_influxdb(workdir / "influxdb", db=s.influx_db)
         stack.processes["influxdb"] = svc
         updates["influx_url"] = f"http://{svc.host}:{svc.port}"
+    if not s.signing_keys_file:  # alerts and acknowledgements are signed, as in production
+        from rpm_core.signing import KeyRing
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        updates["signing_keys_file"] = str(KeyRing.generate().write(workdir / "signing-keys"))
     if updates:
         stack.settings = replace(s, **updates)
 

@@ -20,10 +20,13 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from rpm_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rpm_core.signing import KeyRing
 
 DEFAULT_INFLUX_DB: Final = "rpm"
 DEFAULT_RULES_PATH: Final = "alert_rules.yaml"
@@ -162,6 +165,10 @@ class MqttSettings:
         """The same broker under other credentials."""
         return replace(self, username=username, password=Secret(password))
 
+    def client_id(self, name: str) -> str:
+        """The MQTT client id ``name`` bound to this user: ``<user>:<name>`` (see :func:`bound_client_id`)."""
+        return bound_client_id(self.username, name)
+
     def url(self, *, redact: bool = True) -> str:
         """The URL, with the password hidden unless ``redact`` is False."""
         scheme = "mqtts" if self.tls else "mqtt"
@@ -170,6 +177,15 @@ class MqttSettings:
             pw = "***" if redact else self.password.get()
             auth = f"{self.username}:{pw}@" if self.password.get() else f"{self.username}@"
         return f"{scheme}://{auth}{self.host}:{self.port}"
+
+
+def bound_client_id(username: str | None, name: str) -> str:
+    """``name`` as a client id the broker accepts for ``username``: the user name itself, or the
+    user name, ``:`` and ``name``. Our Mosquitto refuses any other id (``rpm_clientid`` plugin), so no
+    user can take over another's session; ``name`` already bound is returned as it is."""
+    if not username or name == username or name.startswith(f"{username}:"):
+        return name
+    return f"{username}:{name}"
 
 
 def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:
@@ -226,6 +242,7 @@ class Settings:
     influx_token: Secret = field(default_factory=lambda: Secret(""))
     influx_org: str | None = None
     rules_path: str = DEFAULT_RULES_PATH
+    signing_keys_file: str | None = None  # RPM_SIGNING_KEYS_FILE: alerts and acks signed (rpm_core.signing)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -242,6 +259,7 @@ class Settings:
             influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
             influx_org=env.get("RPM_INFLUX_ORG") or None,
             rules_path=env.get("RPM_RULES") or DEFAULT_RULES_PATH,
+            signing_keys_file=env.get("RPM_SIGNING_KEYS_FILE") or None,
         )
         settings.validate()
         return settings
@@ -257,6 +275,17 @@ class Settings:
         check_kafka_compression(self.kafka_compression)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
             raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {self.influx_url!r}")
+        self.key_ring()
+
+    def key_ring(self) -> KeyRing | None:
+        """The signing keys (``RPM_SIGNING_KEYS_FILE``), or None: alerts and acks then go unsigned and
+        unchecked. A file that is not private or not a valid keys file is a :class:`ConfigError`."""
+        from rpm_core.signing import KeyFileError, load_key_ring
+
+        try:
+            return load_key_ring(self.signing_keys_file)
+        except KeyFileError as exc:
+            raise ConfigError(f"RPM_SIGNING_KEYS_FILE: {exc}") from exc
 
     def mqtt(self) -> MqttSettings:
         """The MQTT broker settings; requires ``mqtt_url``."""

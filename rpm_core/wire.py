@@ -35,6 +35,7 @@ topic levels without escaping.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -47,8 +48,14 @@ TOPIC_ROOT: Final = "rpm/v1"
 READINGS_TOPIC_FILTER: Final = "rpm/v1/p/+/readings"
 ALERTS_TOPIC_ROOT: Final = "rpm/v1/alerts"
 
-# Big enough for ~1,000 samples; anything larger is a bug or an attack, not a device.
+# Big enough for ~1,000 samples; anything larger is a bug or an attack, not a device. Our publishers
+# split below it (edge agent, simulators); the bridge dead-letters a larger message with a reason.
 MAX_MESSAGE_BYTES: Final = 256 * 1024
+# Mosquitto's ``message_size_limit`` in the configurations we write: a message above it never reaches
+# the bridge (Debian's Mosquitto 2.0.11 drops it and closes the sender's connection). Above
+# MAX_MESSAGE_BYTES, so every message the wire could refuse reaches the bridge and is dead-lettered
+# with its reason.
+MQTT_MESSAGE_SIZE_LIMIT_BYTES: Final = 1024 * 1024
 MAX_SAMPLES_PER_MESSAGE: Final = 2_000
 # A device clock may run a little fast; further ahead than this is a broken clock.
 MAX_FUTURE_SKEW_S: Final = 300.0
@@ -87,6 +94,35 @@ class SampleFlag(enum.IntFlag):
 QUALITY_FLAGS: Final = int(SampleFlag.CONTACT_LOST | SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
 RANGE_FLAGS: Final = int(SampleFlag.ABOVE_RANGE | SampleFlag.BELOW_RANGE)
 ALL_FLAGS: Final = QUALITY_FLAGS | RANGE_FLAGS
+
+
+# A top-level key of a readings message; identifiers, metric names and sources cannot hold a quote,
+# so in a valid message this only ever matches keys.
+_TOP_KEY_RE: Final = re.compile(rb'"(v|patient|device|source|samples|id)"\s*:')
+
+
+class DuplicateKeyError(ValueError):
+    """JSON that names a key twice in one object (parsers disagree on which one wins)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _v in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise DuplicateKeyError(f"duplicate key {dup[:40]!r}")
+    return doc
+
+
+def loads_unique(data: bytes | str) -> Any:
+    """``orjson.loads`` that refuses duplicate keys in any object (``{"patient": "pB", "patient": "pA"}``
+    reads as ``pA`` in one parser and ``pB`` in another: an impersonation). Raises
+    ``orjson.JSONDecodeError`` or :class:`DuplicateKeyError` (both ``ValueError``). For the small
+    documents of alerts, acknowledgements, commands and status; readings use a cheaper check."""
+    doc = orjson.loads(data)
+    if isinstance(doc, dict | list):  # scalars have no keys
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    return doc
 
 
 class WireError(ValueError):
@@ -156,6 +192,28 @@ def encode_readings(
     return orjson.dumps(doc)
 
 
+# What our publishers put in one message: well below both wire limits whatever the numbers look like
+# (a sample encodes to at most ~80 bytes: 500 of them are ~40 kB of the 256 kB allowed).
+PUBLISH_MAX_SAMPLES: Final = 500
+
+
+def encode_readings_messages(*, patient: str, device: str, source: str, samples: list[list[Any]],
+                             max_samples: int = PUBLISH_MAX_SAMPLES) -> list[tuple[bytes, int]]:
+    """``samples`` as readings messages ``(payload, samples in it)`` of at most ``max_samples`` samples
+    and ``MAX_MESSAGE_BYTES`` each (halved until they fit), in order: a publisher never sends what the
+    bridge or Mosquitto would refuse."""
+    out: list[tuple[bytes, int]] = []
+    for start in range(0, len(samples), max_samples):
+        chunk = samples[start : start + max_samples]
+        payload = encode_readings(patient=patient, device=device, source=source, samples=chunk)
+        if len(payload) > MAX_MESSAGE_BYTES and len(chunk) > 1:
+            out += encode_readings_messages(patient=patient, device=device, source=source, samples=chunk,
+                                            max_samples=max(1, len(chunk) // 2))
+        else:
+            out.append((payload, len(chunk)))
+    return out
+
+
 def _check_sample(raw: object, index: int, now: float) -> Sample:
     where = f"samples[{index}]"
     if not isinstance(raw, list) or len(raw) not in (3, 4):
@@ -196,6 +254,9 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         raise WireError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise WireError("message must be a JSON object")
+    keys = _TOP_KEY_RE.findall(payload)
+    if len(keys) != len(set(keys)):
+        raise WireError("duplicate keys: a key may appear only once")
     version = doc.get("v")
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise WireError(f"unsupported schema version {version!r}; this bridge speaks v{SCHEMA_VERSION}")

@@ -850,7 +850,8 @@ class GlucoseMeter(VirtualPeripheral):
             raise AttError(ATT_OUT_OF_RANGE, str(exc)) from exc
         if written.time is None:
             raise AttError(ATT_OUT_OF_RANGE, "the time must be known")
-        self.clock_skew = written.time - datetime.now()  # noqa: DTZ005 - the meter's clock is local time
+        exact = written.time + timedelta(seconds=written.sub_s)
+        self.clock_skew = exact - datetime.now()  # noqa: DTZ005 - the meter's clock is local time
         self.clock_writes.append(written)
 
     async def _racp(self, data: bytes, with_response: bool) -> None:

@@ -9,11 +9,13 @@ broker accepted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import multiprocessing as mp
 import os
+import queue
 import threading
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from rpm_core.errors import ServiceError
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import encode_readings, readings_topic
+from rpm_core.wire import encode_readings_messages, readings_topic
 from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ PATIENTS_PER_PROCESS = 2_000
 # PUBACK reason code 0x10: accepted but no subscription matched, so the broker dropped the message.
 NO_MATCHING_SUBSCRIBERS = 0x10
 UNROUTED_RETRY_S = 1.0
+COLLECT_POLL_S = 0.2  # how often the parent looks for a stop request or a process that died
+STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class SimConfig:
 
 def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Event]:
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
     if settings.username:
         client.username_pw_set(settings.username, settings.password.get() or None)
     ctx = settings.ssl_context()
@@ -129,8 +133,11 @@ class _Publisher:
             self.acked.update(message.counts)
 
     def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None:
-        payload = encode_readings(patient=patient, device=device, source="sim", samples=samples)
-        self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples)))
+        payloads = encode_readings_messages(patient=patient, device=device, source="sim", samples=samples)
+        start = 0
+        for payload, n in payloads:  # split below the wire's limits; counts follow each message's samples
+            self._send(_Message(readings_topic(patient), payload, Counter(s[0] for s in samples[start : start + n])))
+            start += n
 
     def _send(self, message: _Message) -> None:
         # Not under self._cond: paho calls on_publish holding its own lock (lock-order deadlock).
@@ -200,11 +207,13 @@ def _ticks(last_t: float, t: float, every_s: float, origin: float) -> list[float
 
 
 def _run_process(cfg: SimConfig, lo: int, hi: int, out: Any) -> None:
-    """One simulator process: patients ``lo`` … ``hi - 1``."""
+    """One simulator process: patients ``lo`` … ``hi - 1``; reports ``(lo, status, value)`` on ``out``."""
     try:
-        out.put(("ok", dict(_simulate_range(cfg, lo, hi))))
+        out.put((lo, "ok", dict(_simulate_range(cfg, lo, hi))))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group
+        out.put((lo, "error", "interrupted"))
     except Exception as exc:  # reported to the parent, which exits non-zero
-        out.put(("error", f"{type(exc).__name__}: {exc}"))
+        out.put((lo, "error", f"{type(exc).__name__}: {exc}"))
 
 
 def _simulate_range(cfg: SimConfig, lo: int, hi: int) -> Counter[str]:
@@ -240,31 +249,85 @@ def _simulate_with(cfg: SimConfig, lo: int, hi: int, pub: _Publisher) -> Counter
     return pub.wait_all(PUBACK_TIMEOUT_S)
 
 
-def simulate(cfg: SimConfig) -> dict[str, Any]:
-    """Run the simulation to its end and return the summary (``readings_sent``, ``by_metric``)."""
+def simulate(cfg: SimConfig, *, stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run the simulation to its end and return the summary (``readings_sent``, ``by_metric``).
+
+    Setting ``stop`` (from another thread) ends it early: the simulator processes are terminated
+    and the summary says ``"stopped": True`` and counts only what finished processes reported.
+    However it ends, no simulator process outlives this call.
+    """
     if math.isinf(cfg.duration_s) and cfg.speed != 1.0:
         raise ValueError("an endless simulation must run at speed 1")
     nproc = cfg.processes or max(1, min(os.cpu_count() or 1, math.ceil(cfg.patients / PATIENTS_PER_PROCESS)))
     edges = np.linspace(cfg.first_index, cfg.first_index + cfg.patients, nproc + 1).round().astype(int)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_run_process, args=(cfg, int(lo), int(hi), out), name=f"rpm-sim-{k}")
+    procs = {
+        int(lo): ctx.Process(target=_run_process, args=(cfg, int(lo), int(hi), out), name=f"rpm-sim-{k}")
         for k, (lo, hi) in enumerate(itertools.pairwise(edges)) if hi > lo
-    ]
-    for p in procs:
-        p.start()
-    totals: Counter[str] = Counter()
-    errors = []
-    for _ in procs:
-        status, value = out.get()
-        if status == "ok":
-            totals.update(value)
-        else:
-            errors.append(value)
-    for p in procs:
-        p.join()
-    if errors:
+    }
+    finished = False
+    try:
+        for p in procs.values():
+            p.start()
+        totals, errors, stopped = _collect(procs, out, stop)
+        finished = not stopped
+    finally:  # also on Ctrl-C in this process, which leaves the processes to us
+        _end_processes(list(procs.values()), grace_s=STOP_TIMEOUT_S if finished else 0.0)
+    if errors and not stopped:
         raise ServiceError("simulator failed: " + "; ".join(sorted(set(errors))))
     by_metric = {m: int(totals.get(m, 0)) for m in ("heart_rate", "rr_interval", "glucose")}
-    return {"readings_sent": sum(by_metric.values()), "by_metric": by_metric, "patients": cfg.patients}
+    summary = {"readings_sent": sum(by_metric.values()), "by_metric": by_metric, "patients": cfg.patients}
+    return summary | ({"stopped": True} if stopped else {})
+
+
+def _collect(
+    procs: dict[int, Any], out: Any, stop: threading.Event | None
+) -> tuple[Counter[str], list[str], bool]:
+    """Every process's report (counts, errors), until all reported, died or ``stop`` was set."""
+    totals: Counter[str] = Counter()
+    errors: list[str] = []
+    waiting = set(procs)
+    while waiting:
+        if stop is not None and stop.is_set():
+            return totals, errors, True
+        # Looked at before reading: a process that exited has flushed its report into the queue.
+        exited = {lo for lo in waiting if procs[lo].exitcode is not None}
+        for lo, status, value in _reports(out, wait_s=0.0 if exited else COLLECT_POLL_S):
+            waiting.discard(lo)
+            if status == "ok":
+                totals.update(value)
+            else:
+                errors.append(value)
+        for lo in exited & waiting:  # killed, or interrupted before it could report
+            errors.append(f"simulator process {procs[lo].name} exited with code {procs[lo].exitcode}")
+            waiting.discard(lo)
+    return totals, errors, False
+
+
+def _reports(out: Any, *, wait_s: float) -> list[tuple[int, str, Any]]:
+    """The reports waiting in ``out`` (waiting up to ``wait_s`` for the first)."""
+    found = []
+    with contextlib.suppress(queue.Empty):
+        found.append(out.get(timeout=wait_s))
+        while True:
+            found.append(out.get_nowait())
+    return found
+
+
+def _end_processes(procs: list[Any], *, grace_s: float) -> None:
+    """Join the simulator processes, terminating (then killing) those still running after ``grace_s``."""
+    for p in procs:
+        if p.pid is not None:
+            p.join(timeout=grace_s)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        if p.pid is None:  # never started
+            continue
+        p.join(timeout=STOP_TIMEOUT_S)
+        if p.is_alive():
+            _LOGGER.warning("simulator process %s (pid %d) ignored SIGTERM; killing it", p.name, p.pid)
+            p.kill()
+            p.join(timeout=STOP_TIMEOUT_S)

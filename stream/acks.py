@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import orjson
 
-from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id
+from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, loads_unique
 from stream.errors import StreamError
 
 ACK_SCHEMA_VERSION: Final = 1
@@ -119,8 +119,8 @@ def decode_ack(value: bytes | None, *, key: bytes | None = None, now: float | No
     if len(value) > MAX_ACK_BYTES:
         raise AckDecodeError(f"acknowledgement larger than {MAX_ACK_BYTES} bytes")
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
+        doc = loads_unique(value)
+    except ValueError as exc:  # not JSON, or a key named twice
         raise AckDecodeError(f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise AckDecodeError("acknowledgement must be a JSON object")

@@ -18,7 +18,7 @@ code cannot process) is processed record by record after ``ISOLATE_AFTER`` attem
 error, so one poison record cannot blind the monitoring of every patient on its partition.
 
 Rebalances are the other way Faust loses records (of partitions a worker keeps); the consumer
-patch in :mod:`stream.faust_rebalance`, installed by :func:`stream.app.create_app`, fixes that.
+patch in :mod:`stream.faust_adapter`, installed by :func:`stream.app.create_app`, fixes that.
 
 Detector state lives in the Faust table ``rpm-detector-state`` (key: patient id, value: the
 engine's JSON export; changelog topic ``rpm-worker-rpm-detector-state-changelog``). Faust refuses
@@ -58,12 +58,13 @@ import math
 import time
 import types
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import faust
 
+from rpm_core.signing import KeyRing, SignatureError
 from stream import topics
 from stream.errors import SinkUnavailableError
 from stream.pipeline import Pipeline
@@ -268,6 +269,14 @@ async def ack_all(stream: Any, events: Sequence[Any]) -> None:
 partition_for = topics.partition_for  # re-exported: ownership is computed with the bridge's function
 
 
+def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
+    """Faust hands a record's headers over as a list of pairs or as a mapping."""
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(str(k), bytes(v)) for k, v in items]
+
+
 def owned_patients(patients: Iterable[str], assigned: Collection[int], partitions: int) -> list[str]:
     """The ``patients`` whose partition (out of ``partitions``) is among the ``assigned`` ones, in order."""
     if not assigned or partitions < 1:
@@ -291,6 +300,12 @@ class WorkerStatus:
     # time.monotonic() of the first failed attempt of the batch under way; None while batches succeed.
     failing_since: float | None = None
     batch_failures: int = 0  # failed attempts of batches (each retried), since the start
+    # time.monotonic() when the batch under way started; None between batches.
+    batch_since: float | None = None
+
+    def busy_for(self, now: float) -> float:
+        """How long the batch under way has been unfinished (0 between batches)."""
+        return max(0.0, now - self.batch_since) if self.batch_since is not None else 0.0
 
     def failing_for(self, now: float, *also: float | None) -> float:
         """How long the oldest failure still unresolved (a batch's, or one of ``also``) has lasted; 0 if none."""
@@ -352,11 +367,14 @@ class TableStore:
 
 def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
                     status: WorkerStatus | None = None,
-                    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S) -> WorkerStatus:
+                    checkpoint_interval_s: float = CHECKPOINT_INTERVAL_S,
+                    key_ring: KeyRing | None = None) -> WorkerStatus:
     """Declare the topics and the state table, and attach the agents that drive ``pipeline``.
 
     ``status`` (its ``roster``: patients to enroll for staleness) is kept up to date with the
-    assigned partitions; ``pipeline`` must have been built with ``enrolled=status.enrolled``.
+    assigned partitions; ``pipeline`` must have been built with ``enrolled=status.enrolled``. With
+    ``key_ring`` every alert is signed and an acknowledgement that does not verify is dead-lettered
+    (:mod:`rpm_core.signing`).
     """
     status = status if status is not None else WorkerStatus()
     status.configured_partitions = partitions
@@ -371,7 +389,8 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
         (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None)))
 
     async def send_alert(key: bytes | None, value: bytes) -> None:
-        await alerts.send(key=key, value=value)
+        headers = key_ring.sign(topics.ALERTS, key, value) if key_ring is not None else None
+        await alerts.send(key=key, value=value, headers=headers)
 
     async def send_deadletter(key: bytes | None, value: bytes) -> None:
         await deadletter.send(key=key, value=value)
@@ -418,6 +437,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             return False
         task = asyncio.ensure_future(until_done(what, step, before_retry=rebuild, isolate=isolate, status=status))
         stop_wait = asyncio.ensure_future(stopping.wait())
+        status.batch_since = time.monotonic()
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
@@ -429,6 +449,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
             raise
         finally:
             stop_wait.cancel()
+            status.batch_since = None
         if task.done():
             task.result()
             return True
@@ -505,12 +526,18 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
                                           checkpoint=False):
                 pipeline.checkpoint_patients([ack.patient])  # acknowledgements are few and matter
 
-        async def apply_all(values: list[bytes]) -> None:
-            for value in values:
+        async def apply_all(records: list[tuple[bytes | None, bytes, Any]]) -> None:
+            for key, value, headers in records:
+                if key_ring is not None:
+                    try:
+                        key_ring.verify(topics.ALERT_ACKS, key, value, _header_pairs(headers))
+                    except SignatureError as exc:
+                        await pipeline.deadletter("worker", f"acknowledgement refused: {exc}", topics.ALERT_ACKS, value)
+                        continue
                 await apply(value)
 
         async for events in stream.noack_take(MAX_BATCH_ACKS, within=TAKE_WITHIN_S):
-            values = [event.value for event in events]
+            values = [(event.key, event.value, event.headers) for event in events]
             async with committer.lock:
                 done = await guarded(f"a batch of {len(values)} acknowledgements", functools.partial(apply_all, values))
             if done:

@@ -6,9 +6,8 @@ from typing import Final
 
 import faust
 
-from stream.faust_rebalance import install_seek_fence
-from stream.faust_recovery import install_recovery_watchdog
-from stream.faust_tuning import faust_settings, install_fetch_wait
+from stream.faust_adapter import adapt
+from stream.faust_tuning import faust_settings
 
 APP_ID: Final = "rpm-worker"  # also the Kafka consumer group every worker joins
 
@@ -21,10 +20,8 @@ def create_app(*, broker: str, partitions: int, datadir: str, web_port: int, app
     changelog at every start) or ``rocksdb`` (on disk in the data directory, so a restart with
     the same data directory reads only the changelog's tail; needs the ``rocksdict`` package).
     """
-    install_fetch_wait()
-    install_seek_fence()  # a rebalance must not lose records of the partitions a worker keeps
     app = faust.App(app_id, autodiscover=False, **faust_settings(
         broker=broker, partitions=partitions, datadir=datadir, web_port=web_port, store=store,
     ))
-    install_recovery_watchdog(app)  # a table recovery that stops receiving records is restarted
+    adapt(app)  # our patches of Faust's internals: fetch wait, seek fence, recovery watchdog
     return app

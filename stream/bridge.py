@@ -40,10 +40,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from rpm_core.settings import MqttSettings
+from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
 from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
 from stream import topics
-from stream.deadletter import ReasonLog, deadletter_record
+from stream.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
 from stream.errors import BridgeError
+from stream.kafka_errors import ErrorKind, describe, error_kind
 from stream.sink import backoff_s
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,8 +56,16 @@ SESSION_EXPIRY_S: Final = 7 * 24 * 3600
 # Unacknowledged messages in flight towards us; beyond this Mosquitto queues (backpressure).
 RECEIVE_MAXIMUM: Final = 4000
 MAX_BATCH_MESSAGES: Final = 2000
-# Keep coalesced records well below Kafka's 1 MiB default.
+# Coalesce messages into a record until their payloads add up to this...
 MAX_RECORD_BYTES: Final = 512 * 1024
+# ...and never produce an encoded record above this (Kafka's default max.message.bytes is 1 MiB):
+# normalising can grow a message (``1e9`` becomes ``1000000000.0``), so the encoding is measured.
+MAX_ENCODED_RECORD_BYTES: Final = 1_000_000
+MAX_REQUEST_BYTES: Final = 2 * 1024 * 1024
+# A message received this long ago and still not acknowledged means the bridge is not progressing.
+STUCK_AFTER_S: Final = 60.0
+# While Kafka refuses this client (authorization), retry at most this often.
+FORBIDDEN_RETRY_S: Final = 30.0
 # MQTT packets handled per wake-up of paho's network thread (then it looks at writes: PUBACKs).
 MAX_PACKETS_PER_READ: Final = 500
 
@@ -162,14 +172,30 @@ class BridgeStats:
     records_out: int = 0
     deadlettered: int = 0
     produce_retries: int = 0
+    records_refused: int = 0  # records Kafka refused for good (then split, shrunk or dead-lettered)
     reasons: ReasonLog = field(default_factory=ReasonLog)
 
 
 @dataclass
-class _Batch:
-    records: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, value)
-    deadletters: list[tuple[str | None, bytes]] = field(default_factory=list)
+class _Out:
+    """One record to produce: readings of one partition (``groups``, each with the message it came
+    from) or a dead-letter record."""
+
+    topic: str
+    partition: int | None
+    value: bytes
+    groups: list[tuple[dict[str, Any], Inbound]] = field(default_factory=list)
     readings: int = 0
+
+
+@dataclass
+class _Batch:
+    records: list[_Out] = field(default_factory=list)
+    deadletters: int = 0
+
+    def deadletter_values(self) -> list[bytes]:
+        """The dead-letter records of the batch, in order."""
+        return [r.value for r in self.records if r.topic == topics.DEADLETTER]
 
 
 class Bridge:
@@ -184,10 +210,12 @@ class Bridge:
         shared_group: str = SHARED_GROUP,
         clock: Callable[[], float] = time.time,
         compression: str | None = None,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self._mqtt_settings = mqtt_settings
+        self._max_request_bytes = max_request_bytes
         self._bootstrap = bootstrap
-        self._client_id = client_id
+        self._client_id = mqtt_settings.client_id(client_id)  # <user>:<name>: only our user may take it
         self._subscription = f"$share/{shared_group}/{READINGS_TOPIC_FILTER}"
         self._clock = clock
         self._compression = compression
@@ -202,13 +230,38 @@ class Bridge:
         self._stopping = False
         self._kafka_started = False
         self._connect_failures = 0
+        # received_at of the oldest message being forwarded (None: none is); and why it waits
+        self._forwarding_since: float | None = None
+        self.problem: str | None = None
 
-    def health(self) -> dict[str, Any]:
-        """Health for ``/healthz``: booleans must all be true for a 200."""
+    def oldest_unacknowledged_s(self, now: float | None = None) -> float:
+        """How long the oldest message received and not yet acknowledged has waited (0: none)."""
+        now = self._clock() if now is None else now
+        oldest = [t for t in (self._forwarding_since, self._queued_since()) if t is not None]
+        return max(0.0, now - min(oldest)) if oldest else 0.0
+
+    def _queued_since(self) -> float | None:
+        queued = getattr(self._queue, "_queue", None)  # asyncio.Queue's deque: peek, never take
+        return queued[0][0].received_at if queued else None
+
+    def health(self, now: float | None = None) -> dict[str, Any]:
+        """Health for ``/healthz``: booleans must all be true for a 200.
+
+        ``progressing`` is false once a message has waited ``STUCK_AFTER_S`` unacknowledged,
+        whatever the connections say: a bridge that cannot forward is not healthy.
+        """
+        waited = self.oldest_unacknowledged_s(now)
+        progressing = waited < STUCK_AFTER_S
+        problem = self.problem
+        if not progressing and problem is None:
+            problem = f"a message has waited {waited:.0f} s unacknowledged (Kafka not taking records?)"
         return {
             "mqtt_connected": self.connected.is_set(),
             "subscribed": self.subscribed.is_set(),
             "kafka_started": self._kafka_started,
+            "progressing": progressing,
+            "oldest_unacked_s": round(waited, 1),
+            "problem": problem,
             "client_id": self._client_id,
             "messages_in": self.stats.messages_in,
             "readings_out": self.stats.readings_out,
@@ -301,13 +354,14 @@ class Bridge:
             acks="all",
             linger_ms=20,  # fewer, bigger produce requests; a batch is one record per partition anyway
             max_batch_size=1024 * 1024,
-            max_request_size=2 * 1024 * 1024,
+            max_request_size=self._max_request_bytes,
             enable_idempotence=False,  # Tansu rejects idempotent producers; the sink is idempotent
             compression_type=self._compression,  # RPM_KAFKA_COMPRESSION; off by default (costs CPU)
         )
         await self._start_producer(producer, stop)
         client = self._make_client()
         self._client = client
+        beats = asyncio.ensure_future(self._heartbeats(producer, stop))
         try:
             client.connect_async(
                 self._mqtt_settings.host, self._mqtt_settings.port, keepalive=30,
@@ -317,9 +371,38 @@ class Bridge:
             await self._pump(producer, client, stop)
         finally:
             self._stopping = True
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            await self._heartbeat(producer, state="stopping")
             client.disconnect()
             client.loop_stop()
             await producer.stop()
+
+    def heartbeat(self, state: str = "running") -> Heartbeat:
+        """What this bridge tells ``rpm watchdog`` (see :mod:`rpm_core.technical`)."""
+        health = self.health()
+        healthy = all(v for v in health.values() if isinstance(v, bool))
+        problem = health["problem"]
+        if not healthy and problem is None:
+            down = [k for k, v in health.items() if isinstance(v, bool) and not v]
+            problem = f"not {', '.join(down)} (MQTT {self._mqtt_settings.url()}, Kafka {self._bootstrap})"
+        return Heartbeat(component="bridge", instance=self._client_id, time=self._clock(), state=state,  # type: ignore[arg-type]
+                         healthy=healthy, problem=problem, messages=self.stats.messages_in,
+                         deadlettered=self.stats.deadlettered)
+
+    async def _heartbeats(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._heartbeat(producer)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                    await stop.wait()
+
+    async def _heartbeat(self, producer: AIOKafkaProducer, state: str = "running") -> None:
+        try:
+            async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                await producer.send_and_wait(topics.HEARTBEATS, self.heartbeat(state).encode())
+        except (KafkaError, TimeoutError) as exc:  # the watchdog will miss this one: that is the point
+            _LOGGER.debug("heartbeat not sent: %s", exc)
 
     async def _start_producer(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         attempt = 0
@@ -361,7 +444,7 @@ class Bridge:
 
     def _build(self, items: list[Inbound], partitions: int) -> _Batch:
         batch = _Batch()
-        groups: dict[int, list[dict[str, Any]]] = {}
+        groups: dict[int, list[tuple[dict[str, Any], Inbound]]] = {}
         sizes: dict[int, int] = {}
         partition_of: dict[str, int] = {}
         for item in items:
@@ -377,52 +460,149 @@ class Bridge:
                     reason = f"validation failed: {type(exc).__name__}"
                     _LOGGER.error("validating a readings message raised %s (a defect); it goes to %s",
                                   type(exc).__name__, topics.DEADLETTER)
-                self.stats.reasons.note("bridge", reason, item.topic)
-                record = deadletter_record(
-                    stage="bridge", reason=reason, source=item.topic,
-                    payload=item.payload, received_at=item.received_at,
-                )
-                batch.deadletters.append((None, record))
+                batch.records.append(self._deadletter(item, reason))
+                batch.deadletters += 1
                 continue
             part = partition_of.get(msg.patient)
             if part is None:
                 part = partition_of[msg.patient] = topics.partition_for(msg.patient, partitions)
             if sizes.get(part, 0) + len(item.payload) > MAX_RECORD_BYTES:
-                batch.records.append((part, encode_readings_record(None, groups.pop(part))))
+                batch.records += _readings_records(part, groups.pop(part))
                 sizes[part] = 0
             group = msg.to_group()
             group["patient"] = msg.patient
-            groups.setdefault(part, []).append(group)
+            groups.setdefault(part, []).append((group, item))
             sizes[part] = sizes.get(part, 0) + len(item.payload)
-            batch.readings += len(msg.samples)
-        batch.records += [(part, encode_readings_record(None, g)) for part, g in groups.items()]
+        for part, g in groups.items():
+            batch.records += _readings_records(part, g)
         return batch
 
+    def _deadletter(self, item: Inbound, reason: str) -> _Out:
+        self.stats.reasons.note("bridge", reason, item.topic)
+        record = deadletter_record(stage="bridge", reason=reason, source=item.topic, payload=item.payload,
+                                   received_at=item.received_at)
+        return _Out(topics.DEADLETTER, None, record)
+
     async def _forward(self, producer: AIOKafkaProducer, items: list[Inbound], stop: asyncio.Event) -> bool:
-        """Produce ``items``; False if told to stop before Kafka took them."""
-        attempt = 0
-        batch: _Batch | None = None
-        while True:
-            try:
-                if batch is None:  # the partition count comes from Kafka's metadata (cached)
-                    batch = self._build(items, len(await producer.partitions_for(topics.READINGS)))
-                futures = [await producer.send(topics.READINGS, value=v, partition=p) for p, v in batch.records]
-                futures += [await producer.send(topics.DEADLETTER, value=v) for _k, v in batch.deadletters]
-                await asyncio.gather(*futures)
-                break
-            except KafkaError as exc:
-                # Not acknowledged to MQTT yet, so nothing is lost; redelivering is safe downstream.
+        """Produce ``items``; False if told to stop before Kafka took them all.
+
+        Each record is sent and judged on its own (:func:`stream.kafka_errors.error_kind`): one
+        Kafka refuses for good is split, shrunk or dead-lettered (:meth:`_refused`), never retried
+        as it is, so it cannot hold up the messages behind it; the others are retried with backoff.
+        """
+        self._forwarding_since = min(item.received_at for item in items) if items else None
+        try:
+            pending: list[_Out] | None = None
+            attempt = 0
+            while pending is None or pending:
+                if pending is None:  # the partition count comes from Kafka's metadata (cached)
+                    try:
+                        pending = self._build(items, len(await producer.partitions_for(topics.READINGS))).records
+                    except KafkaError as exc:
+                        attempt += 1
+                        if not await self._wait_retry(exc, attempt, stop):
+                            return False
+                        continue
+                pending, failure = await self._send(producer, pending)
+                if failure is None:
+                    attempt = 0
+                    continue
                 attempt += 1
-                self.stats.produce_retries += 1
-                _LOGGER.warning("Kafka produce failed (attempt %d): %s; retrying", attempt, exc)
-                if stop.is_set():
+                if not await self._wait_retry(failure, attempt, stop):
                     return False
-                await asyncio.sleep(backoff_s(attempt))
-        self.stats.messages_in += len(items)
-        self.stats.records_out += len(batch.records)
-        self.stats.readings_out += batch.readings
-        self.stats.deadlettered += len(batch.deadletters)
-        return True
+            self.problem = None
+            self.stats.messages_in += len(items)
+            return True
+        finally:
+            self._forwarding_since = None
+
+    async def _send(self, producer: AIOKafkaProducer, records: list[_Out]) -> tuple[list[_Out], BaseException | None]:
+        """Send ``records``; return those to send again and the first error to wait on (None: none)."""
+        sent: list[tuple[_Out, Any]] = []
+        for out in records:
+            try:
+                sent.append((out, await producer.send(out.topic, value=out.value, partition=out.partition)))
+            except KafkaError as exc:  # the client's own checks (size) and metadata timeouts
+                sent.append((out, exc))
+        results = await asyncio.gather(*(f for _o, f in sent if not isinstance(f, BaseException)),
+                                       return_exceptions=True)
+        outcomes = iter(results)
+        again: list[_Out] = []
+        failure: BaseException | None = None
+        for out, future in sent:
+            result = future if isinstance(future, BaseException) else next(outcomes)
+            if not isinstance(result, BaseException):
+                self._count(out)
+                continue
+            if not isinstance(result, KafkaError):
+                raise result
+            if error_kind(result) is ErrorKind.REFUSED:
+                again += self._refused(out, result)
+            else:
+                again.append(out)
+                failure = failure or result
+        return again, failure
+
+    def _count(self, out: _Out) -> None:
+        if out.topic == topics.DEADLETTER:
+            self.stats.deadlettered += 1
+        else:
+            self.stats.records_out += 1
+            self.stats.readings_out += out.readings
+
+    def _refused(self, out: _Out, exc: KafkaError) -> list[_Out]:
+        """What to send instead of ``out``, which Kafka will never take (``exc``)."""
+        self.stats.records_refused += 1
+        why = describe(exc)
+        if out.topic == topics.DEADLETTER:
+            smaller = minimal_deadletter_record(out.value)
+            if len(smaller) < len(out.value):
+                _LOGGER.warning("Kafka refused a dead-letter record (%s); sending it without its payload", why)
+                return [_Out(topics.DEADLETTER, None, smaller)]
+            _LOGGER.error("Kafka refused a dead-letter record even without its payload (%s); it is dropped, "
+                          "the message acknowledged: %s", why, out.value[:300])
+            return []
+        assert out.partition is not None
+        if len(out.groups) > 1:
+            _LOGGER.warning("Kafka refused a readings record of %d messages (%s); sending them one by one",
+                            len(out.groups), why)
+            return [r for group in out.groups for r in _readings_records(out.partition, [group])]
+        [(_group, item)] = out.groups
+        return [self._deadletter(item, f"Kafka refused the record carrying this message: {why}")]
+
+    async def _wait_retry(self, exc: BaseException, attempt: int, stop: asyncio.Event) -> bool:
+        """Note ``exc`` and wait before the next attempt; False if told to stop meanwhile.
+
+        Not acknowledged to MQTT yet, so nothing is lost; redelivering is safe downstream.
+        """
+        self.stats.produce_retries += 1
+        kind = error_kind(exc)
+        if kind is ErrorKind.FORBIDDEN:
+            self.problem = (f"Kafka refuses this bridge ({describe(exc)}): check its credentials and ACLs "
+                            f"for {topics.READINGS} and {topics.DEADLETTER}")
+            delay = FORBIDDEN_RETRY_S
+            _LOGGER.error("%s; messages stay with Mosquitto, retrying in %.0f s", self.problem, delay)
+        else:
+            self.problem = f"Kafka produce failing: {describe(exc)}"
+            delay = backoff_s(attempt)
+            _LOGGER.warning("Kafka produce failed (attempt %d): %s; retrying", attempt, describe(exc))
+        if stop.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        return not stop.is_set()
+
+
+def _readings_records(partition: int, groups: list[tuple[dict[str, Any], Inbound]]) -> list[_Out]:
+    """``groups`` as records of at most ``MAX_ENCODED_RECORD_BYTES`` each (halved until they fit; a
+    single message's group always fits, see :data:`rpm_core.wire.MAX_MESSAGE_BYTES`)."""
+    value = encode_readings_record(None, [g for g, _item in groups])
+    if len(value) > MAX_ENCODED_RECORD_BYTES and len(groups) > 1:
+        mid = len(groups) // 2
+        return _readings_records(partition, groups[:mid]) + _readings_records(partition, groups[mid:])
+    readings = sum(len(g["t"]) for g, _item in groups)
+    return [_Out(topics.READINGS, partition, value, groups, readings)]
 
 
 def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
@@ -431,7 +611,8 @@ def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
     A persistent MQTT session only protects the messages in flight if the restarted bridge comes
     back under the same client id, and two live bridges with one id would keep kicking each other
     off. So each bridge takes the lowest free slot ``n`` with an ``flock`` that dies with its
-    process (kill -9 included) and uses ``<prefix>-<host>-<n>``.
+    process (kill -9 included) and uses ``<host>-<n>`` (bound to the bridge's MQTT user as
+    ``<user>:<host>-<n>``, see :meth:`rpm_core.settings.MqttSettings.client_id`).
     """
     import fcntl
     import os
@@ -449,7 +630,7 @@ def claim_client_id(prefix: str = "rpm-bridge") -> tuple[str, Any]:
         except BlockingIOError:
             handle.close()
             continue
-        return f"{prefix}-{host}-{n}", handle
+        return f"{host}-{n}", handle
     raise BridgeError("no free bridge slot (1024 bridges on one host?)")
 
 

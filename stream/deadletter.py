@@ -6,8 +6,11 @@ A record is JSON::
      "size": 123, "sha256": "...", "payload": "<text>" | null, "payload_b64": "<base64>" | null,
      "truncated": false}
 
-Payloads up to :data:`MAX_KEPT_BYTES` are kept whole (as text when they are UTF-8, else base64) so
-an operator can replay them after a fix; larger ones keep their head, size and hash.
+Payloads up to :data:`MAX_KEPT_BYTES` are kept whole (as text when they are UTF-8 and their JSON
+escaping fits, else base64) so an operator can replay them after a fix; larger ones keep their
+head, size and hash. The *encoded* record never exceeds :data:`MAX_RECORD_BYTES`, whatever the
+payload: JSON escapes a control character as six bytes (``\u0001``), so a payload kept as text can
+grow sixfold, and a record above Kafka's maximum would be refused (and, retried, stop the bridge).
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ import orjson
 
 _LOGGER = logging.getLogger(__name__)
 
-# Below Kafka's default 1 MiB record limit, with room for the envelope.
-MAX_KEPT_BYTES: Final = 768 * 1024
+# Kept whole up to this; even as base64 (4/3) it fits MAX_RECORD_BYTES with the envelope, so a
+# payload of up to this size is always kept whole, in one form or the other.
+MAX_KEPT_BYTES: Final = 640 * 1024
+# The whole encoded record, payload, reason and envelope included: below Kafka's default
+# max.message.bytes (1,048,588) and the producers' max request size.
+MAX_RECORD_BYTES: Final = 1_000_000
+# A reason or a source may quote the input (unknown keys, a topic the sender chose): bounded.
+MAX_REASON_CHARS: Final = 2_000
+MAX_SOURCE_CHARS: Final = 1_000
 # A reason may quote the input (a metric name, a schema version, unknown keys, a time, InfluxDB's
 # echo of a line): the dead-letter record keeps all of it beside the payload, the log none of it.
 _ECHOES: Final = (
@@ -54,28 +64,55 @@ def safe_source(source: str) -> str:
 def deadletter_record(
     *, stage: str, reason: str, source: str, payload: bytes | None, received_at: float
 ) -> bytes:
-    """Encode one dead-letter record (a Kafka tombstone's missing value counts as an empty payload)."""
+    """Encode one dead-letter record of at most :data:`MAX_RECORD_BYTES` (a Kafka tombstone's missing
+    value counts as an empty payload).
+
+    The payload is kept whole as text when it is UTF-8 of at most :data:`MAX_KEPT_BYTES` and its
+    JSON encoding fits; otherwise as base64 of as many leading bytes as fit (all of them when they
+    do), with ``truncated`` saying whether any were left out. ``size`` and ``sha256`` always
+    describe the whole payload.
+    """
     payload = payload or b""
-    kept = payload[:MAX_KEPT_BYTES]
-    text: str | None
-    try:
-        text = kept.decode("utf-8")
-        b64 = None
-    except UnicodeDecodeError:
-        text, b64 = None, base64.b64encode(kept).decode()
-    return orjson.dumps(
-        {
-            "stage": stage,
-            "reason": reason,
-            "source": source,
-            "received_at": received_at,
-            "size": len(payload),
-            "sha256": hashlib.sha256(payload).hexdigest(),
-            "payload": text,
-            "payload_b64": b64,
-            "truncated": len(payload) > MAX_KEPT_BYTES,
-        }
-    )
+    doc: dict[str, object] = {
+        "stage": stage,
+        "reason": bounded_text(reason, MAX_REASON_CHARS),
+        "source": bounded_text(source, MAX_SOURCE_CHARS),
+        "received_at": received_at,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "payload": None,
+        "payload_b64": None,
+        "truncated": False,
+    }
+    if len(payload) <= MAX_KEPT_BYTES:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            record = orjson.dumps({**doc, "payload": text})
+            if len(record) <= MAX_RECORD_BYTES:
+                return record
+    # base64 grows by exactly 4/3: keep the head that fits beside the envelope
+    envelope = len(orjson.dumps({**doc, "payload_b64": "", "truncated": True}))
+    keep = min(len(payload), MAX_KEPT_BYTES, (MAX_RECORD_BYTES - envelope) // 4 * 3)
+    record = orjson.dumps({**doc, "payload_b64": base64.b64encode(payload[:keep]).decode(),
+                           "truncated": keep < len(payload)})
+    assert len(record) <= MAX_RECORD_BYTES
+    return record
+
+
+def minimal_deadletter_record(record: bytes) -> bytes:
+    """``record`` (a :func:`deadletter_record`) without its payload: what is left to send when Kafka
+    refused the record itself (a broker whose maximum is below ours). Size and hash stay."""
+    doc = orjson.loads(record)
+    doc.update(payload=None, payload_b64=None, truncated=bool(doc.get("size")))
+    return orjson.dumps(doc)
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with an ellipsis when cut)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass

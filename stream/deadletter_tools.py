@@ -49,8 +49,9 @@ from stream.deadletter import redact_reason
 from stream.errors import StreamError
 from stream.records import RecordError, decode_record
 
-# deadletter_record keeps 768 KiB of payload; escaped as JSON text that is at most ~4.6 MB. Anything
-# larger was not written by us: refuse to parse it rather than hold it.
+# deadletter_record never writes more than 1,000,000 bytes (stream.deadletter.MAX_RECORD_BYTES);
+# records of earlier versions kept up to 768 KiB escaped (~4.6 MB). Anything larger was not
+# written by us: refuse to parse it rather than hold it.
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 # The newest epoch second datetime can show (9999-12-31T23:59:59Z).
 MAX_EPOCH_S: Final = 253_402_300_799.0

@@ -5,6 +5,7 @@
     StreamError
     ├── SinkError                    InfluxDB could not take a write
     │   ├── SinkUnavailableError     connection refused / 5xx: retried with backoff
+    │   │   └── SinkConfigError      missing database/bucket, rejected credentials: waited out, and said
     │   └── SinkRejectedError        4xx: the points themselves are bad; isolated and dead-lettered
     └── BridgeError                  the MQTT→Kafka bridge cannot run (config, auth)
 """
@@ -22,6 +23,17 @@ class SinkError(StreamError):
 
 class SinkUnavailableError(SinkError):
     """InfluxDB is down or overloaded (connection error, 5xx); the write can be retried."""
+
+
+class SinkConfigError(SinkUnavailableError):
+    """InfluxDB cannot take any write until someone fixes its configuration (no such database or
+    bucket, credentials refused): not the points' fault, so nothing is dead-lettered; ``fix`` says
+    what to do, for the log, ``/healthz`` and the technical alert."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
+        self.fix = fix
 
 
 class SinkRejectedError(SinkError):

@@ -50,7 +50,8 @@ from aiohttp import web
 from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, load_roster
 from rpm_core.settings import Settings
-from rpm_core.wire import METRICS, is_valid_id
+from rpm_core.signing import KeyRing
+from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from stream import topics
 from stream.acks import Ack, AckDecodeError, decode_ack
 
@@ -395,8 +396,8 @@ class AlertFeed:
         wall = timestamp_ms / 1000.0 if timestamp_ms and timestamp_ms > 0 else None
         if topic == topics.ALERTS:
             try:
-                doc = orjson.loads(value)
-            except orjson.JSONDecodeError:
+                doc = loads_unique(value)
+            except ValueError:  # not JSON, or a key named twice
                 doc = None
             if not self.board.apply_alert(doc, wall=wall) and doc is None:
                 _LOGGER.warning("ignored a record of %s that is not JSON", topic)
@@ -412,10 +413,12 @@ async def _at_least(consumer: Any, end: dict[Any, int]) -> list[bool]:
 
 
 class AckSender:
-    """Produces acknowledgements to ``rpm.alert-acks`` (key: patient id)."""
+    """Produces acknowledgements to ``rpm.alert-acks`` (key: patient id), signed with ``keys``
+    (the worker refuses an acknowledgement that does not verify, see :mod:`rpm_core.signing`)."""
 
-    def __init__(self, *, bootstrap: str) -> None:
+    def __init__(self, *, bootstrap: str, keys: KeyRing | None = None) -> None:
         self.bootstrap = bootstrap
+        self._keys = keys
         self._producer: Any = None
 
     async def start(self) -> None:
@@ -429,7 +432,9 @@ class AckSender:
     async def send(self, ack: Ack) -> None:
         """Send one ack and wait until Kafka has it."""
         assert self._producer is not None, "start() first"
-        await self._producer.send_and_wait(topics.ALERT_ACKS, value=bytes(ack), key=ack.key)
+        value = bytes(ack)
+        headers = self._keys.sign(topics.ALERT_ACKS, ack.key, value) if self._keys is not None else None
+        await self._producer.send_and_wait(topics.ALERT_ACKS, value=value, key=ack.key, headers=headers)
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -882,7 +887,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     ward = resolve_ward(roster, options.ward)
     bootstrap = settings.kafka_bootstrap()
     board = AlertBoard(ward=ward, roster=roster)
-    sender = AckSender(bootstrap=bootstrap)
+    sender = AckSender(bootstrap=bootstrap, keys=settings.key_ring())
     sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward)

@@ -171,6 +171,8 @@ class Pipeline:
         self._send_deadletter: SendFn | None = None
         self._clock = clock
         self.stats = PipelineStats()
+        # patient -> the pipeline's clock when a reading of theirs last arrived (heartbeats: ward silence)
+        self.last_seen: dict[str, float] = {}
 
     def bind(self, *, send_alert: SendFn, send_deadletter: SendFn) -> None:
         """Connect the outputs (Kafka topics in the worker)."""
@@ -289,10 +291,12 @@ class Pipeline:
         decoded = decode_records(values)
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
-        self._load(list(dict.fromkeys(decoded.patient)))
+        patients = list(dict.fromkeys(decoded.patient))
+        self._load(patients)
         lines = self._vitals_lines(decoded)
         started = time.perf_counter()
         now = self._clock()  # processing time: escalation deadlines run from here for late data
+        self.last_seen.update(dict.fromkeys(patients, now))
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.samples else []
         self.stats.detector_s += time.perf_counter() - started
         await self._write(lines + [alert_line(alert_point(e)) for e in events])

@@ -8,8 +8,13 @@ Failure policy (what a worker does when InfluxDB misbehaves):
 - down, refusing connections or answering 5xx/429: retry the same batch with jittered backoff,
   forever. The caller awaits, so the Faust agent stops taking records and the backlog stays in
   Kafka, not in memory (bounded memory; nothing lost).
-- 4xx: the points themselves are bad. Bisect the batch until the bad lines are isolated, write the
-  good ones, and hand the bad ones back to the caller to dead-letter.
+- a configuration fault (no such database or bucket, credentials refused: 401, 403, 404 naming a
+  database, bucket or organisation): not the points' fault, so nothing is dead-lettered. On 1.x a
+  missing database is created (``CREATE DATABASE``, logged) when the credentials allow it;
+  otherwise the write waits, like an outage, and ``SinkStats.problem`` says exactly what to fix
+  (the worker's log, ``/healthz`` and its heartbeat, hence the technical alert).
+- any other 4xx: the points themselves are bad. Bisect the batch until the bad lines are isolated,
+  write the good ones, and hand the bad ones back to the caller to dead-letter.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from stream.errors import SinkRejectedError, SinkUnavailableError
+from stream.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
 from stream.lineprotocol import PRECISION, join_lines
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +38,8 @@ _LOGGER = logging.getLogger(__name__)
 MAX_LINES_PER_WRITE: Final = 5_000
 WRITE_TIMEOUT_S: Final = 30.0
 MAX_BACKOFF_S: Final = 10.0
+# A missing database that could not be created: try again this often (someone may grant the right).
+CREATE_RETRY_S: Final = 60.0
 
 
 def backoff_s(attempt: int) -> float:
@@ -50,13 +57,38 @@ class LineWriter(Protocol):
         """Release connections."""
 
 
+def config_fault(status: int, body: str, *, db: str, api: str) -> SinkConfigError | None:
+    """The configuration fault an InfluxDB answer reports (``api``: ``v1`` or ``v2``), if it is one."""
+    text = body.lower()
+    if status == 401:
+        fix = ("check RPM_INFLUX_TOKEN (an API token with write access to the bucket)" if api == "v2" else
+               "check the user and password in RPM_INFLUX_URL")
+        return SinkConfigError("InfluxDB refused this worker's credentials (401)", fix)
+    if status == 403:
+        return SinkConfigError(f"InfluxDB does not let this worker write to {db!r} (403)",
+                               f"grant it WRITE on {db!r} (1.x: GRANT WRITE ON \"{db}\" TO <user>) or "
+                               "use a token with write access")
+    if status == 404 and "database not found" in text:
+        return SinkConfigError(f"InfluxDB has no database {db!r}",
+                               f"create it (influx -execute 'CREATE DATABASE \"{db}\"') or set RPM_INFLUX_DB")
+    if status == 404 and "bucket" in text:
+        return SinkConfigError(f"InfluxDB has no bucket {db!r}",
+                               f"create it (influx bucket create -n {db}) or set RPM_INFLUX_DB")
+    if status == 404 and "organization" in text:
+        return SinkConfigError("InfluxDB does not know the organisation in RPM_INFLUX_ORG", "set RPM_INFLUX_ORG")
+    return None
+
+
 class V1Writer:
     """``POST /write?db=…&precision=ms`` (InfluxDB 1.x API)."""
 
     def __init__(self, *, url: str, db: str, retention_policy: str | None = None) -> None:
-        self._url = f"{url.rstrip('/')}/write"
+        self._base = url.rstrip("/")
+        self._url = f"{self._base}/write"
+        self._db = db
         self._params = {"db": db, "precision": PRECISION, **({"rp": retention_policy} if retention_policy else {})}
         self._session: aiohttp.ClientSession | None = None
+        self._create_after = 0.0  # time.monotonic() before which not to try CREATE DATABASE again
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -64,17 +96,37 @@ class V1Writer:
         return self._session
 
     async def write(self, body: bytes) -> None:
-        """Write one batch."""
+        """Write one batch (creating a missing database once, if allowed)."""
+        status, text = await self._post(self._url, params=self._params, data=body)
+        if status == 204:
+            return
+        if status >= 500 or status == 429:
+            raise SinkUnavailableError(f"InfluxDB answered {status}: {text[:200]}")
+        fault = config_fault(status, text, db=self._db, api="v1")
+        if fault is not None and status == 404 and time.monotonic() >= self._create_after:
+            self._create_after = time.monotonic() + CREATE_RETRY_S
+            if await self._create_database():
+                return await self.write(body)
+        if fault is not None:
+            raise fault
+        raise SinkRejectedError(status, text)
+
+    async def _post(self, url: str, **kw: Any) -> tuple[int, str]:
         try:
-            async with self._client().post(self._url, params=self._params, data=body) as resp:
-                if resp.status == 204:
-                    return
-                text = await resp.text()
+            async with self._client().post(url, **kw) as resp:
+                return resp.status, await resp.text()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SinkUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
-        if resp.status >= 500 or resp.status == 429:
-            raise SinkUnavailableError(f"InfluxDB answered {resp.status}: {text[:200]}")
-        raise SinkRejectedError(resp.status, text)
+
+    async def _create_database(self) -> bool:
+        """``CREATE DATABASE`` (idempotent in InfluxDB 1.x); True if it worked."""
+        name = self._db.replace("\\", "\\\\").replace('"', '\\"')
+        status, text = await self._post(f"{self._base}/query", data={"q": f'CREATE DATABASE "{name}"'})
+        if status == 200 and '"error"' not in text:
+            _LOGGER.warning("InfluxDB had no database %r: created it", self._db)
+            return True
+        _LOGGER.error("InfluxDB has no database %r and creating it failed (%d): %s", self._db, status, text[:200])
+        return False
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -105,6 +157,9 @@ class V2Writer:
             status = int(exc.status or 0)
             if status >= 500 or status == 429 or status == 0:
                 raise SinkUnavailableError(f"InfluxDB answered {status}: {exc.body!r:.200}") from exc
+            fault = config_fault(status, str(exc.body), db=self._bucket, api="v2")
+            if fault is not None:
+                raise fault from exc
             raise SinkRejectedError(status, str(exc.body)) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SinkUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
@@ -124,6 +179,8 @@ class SinkStats:
     rejected_lines: int = 0
     # time.monotonic() of the first failed attempt of the write under way; None while writes succeed.
     failing_since: float | None = None
+    # A configuration fault under way (what is wrong and how to fix it); None when there is none.
+    problem: str | None = None
 
 
 @dataclass
@@ -163,6 +220,7 @@ class InfluxSink:
                 await self.writer.write(body)
                 self.stats.writes += 1
                 self.stats.failing_since = None
+                self.stats.problem = None
                 return
             except SinkUnavailableError as exc:
                 attempt += 1
@@ -170,7 +228,12 @@ class InfluxSink:
                     self.stats.failing_since = time.monotonic()
                 self.stats.retries += 1
                 delay = backoff_s(attempt)
-                if attempt == 1 or attempt % 10 == 0:
+                if isinstance(exc, SinkConfigError):
+                    self.stats.problem = str(exc)
+                    if attempt == 1 or attempt % 10 == 0:
+                        _LOGGER.error("InfluxDB cannot take writes: %s (nothing is dead-lettered; waiting, attempt "
+                                      "%d)", exc, attempt)
+                elif attempt == 1 or attempt % 10 == 0:
                     _LOGGER.warning("InfluxDB write failed (attempt %d), retrying in %.1f s: %s", attempt, delay, exc)
                 await asyncio.sleep(delay)
 

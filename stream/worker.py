@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -48,14 +49,58 @@ def roster_patients(path: str | None, env: Mapping[str, str] | None = None) -> t
 
     A roster that is set but invalid stops the worker at start-up (the error names file and line).
     """
+    return tuple(sorted(roster_wards(path, env)))
+
+
+def roster_wards(path: str | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Patient → ward of the roster at ``path`` (or ``RPM_ROSTER``); ``{}`` without a roster."""
     from rpm_core.roster import ROSTER_ENV, load_roster
 
     env = os.environ if env is None else env
     path = path or env.get(ROSTER_ENV) or None
     if path is None:
-        return ()
+        return {}
     roster = load_roster(path, env=env)
-    return tuple(sorted({p for ward in roster.wards.values() for p in ward.patients}))
+    return {p: ward.id for ward in roster.wards.values() for p in ward.patients}
+
+
+def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str],
+              state: str = "running") -> Any:
+    """What this worker tells ``rpm watchdog``: its health, the partitions it owns and has recovered,
+    and per ward when a reading of one of its patients last arrived (every patient counts for the
+    ward ``all`` without a roster)."""
+    from rpm_core.roster import ALL_WARD
+    from rpm_core.technical import Heartbeat
+
+    body = health(app, pipeline, status)
+    healthy = body["running"] and body["progressing"] and body["configured"]
+    wards: dict[str, float] = {}
+    for patient, t in pipeline.last_seen.items():
+        ward = ward_of.get(patient, ALL_WARD if not ward_of else None)
+        if ward is not None and t > wards.get(ward, 0.0):
+            wards[ward] = t
+    return Heartbeat(component="worker", instance=instance, time=time.time(), state=state,  # type: ignore[arg-type]
+                     healthy=healthy, problem=body["problem"],
+                     partitions=tuple(sorted(status.partitions)) if status.recovered else (),
+                     partition_count=status.total_partitions(), ward_last_reading=wards,
+                     messages=pipeline.stats.records, deadlettered=pipeline.stats.deadlettered)
+
+
+def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:
+    """Send :func:`heartbeat` to ``rpm.heartbeats`` every ``HEARTBEAT_INTERVAL_S`` (a Faust timer:
+    a worker whose event loop is stuck stops sending, and the watchdog notices)."""
+    from rpm_core.technical import HEARTBEAT_INTERVAL_S
+    from stream import topics
+
+    beats = app.topic(topics.HEARTBEATS, key_type=bytes, value_type=bytes, partitions=1)
+
+    async def beat() -> None:
+        stopping = bool(app.should_stop)
+        body = heartbeat(app, pipeline, status, instance=instance, ward_of=ward_of,
+                         state="stopping" if stopping else "running")
+        await beats.send(value=body.encode())
+
+    app.timer(HEARTBEAT_INTERVAL_S)(beat)
 
 
 def build_pipeline(settings: Settings, status: Any = None) -> object:
@@ -119,7 +164,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     from stream.pipeline import Pipeline
 
     store = state_store()  # checked before anything starts
-    status = WorkerStatus(roster=roster_patients(options.roster), configured_partitions=options.partitions)
+    ward_of = roster_wards(options.roster)
+    status = WorkerStatus(roster=tuple(sorted(ward_of)), configured_partitions=options.partitions)
     pipeline = build_pipeline(settings, status)
     assert isinstance(pipeline, Pipeline)
     ensure_topics(settings, options.partitions)
@@ -130,9 +176,14 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
         broker=settings.kafka_url or DEFAULT_KAFKA_URL,
         partitions=options.partitions, datadir=datadir, web_port=web_port, store=store,
     )
+    key_ring = settings.key_ring()
+    if key_ring is None:
+        _LOGGER.warning("RPM_SIGNING_KEYS_FILE is not set: alerts go out unsigned and acknowledgements are not "
+                        "checked; anyone who can reach Kafka could forge them (docs/security.md)")
     register_agents(app, pipeline, partitions=options.partitions, status=status,
-                    checkpoint_interval_s=checkpoint_interval_s())
+                    checkpoint_interval_s=checkpoint_interval_s(), key_ring=key_ring)
     register_pages(app, pipeline, status)
+    register_heartbeat(app, pipeline, status, instance=f"{socket.gethostname()}:{web_port}", ward_of=ward_of)
     _LOGGER.info("worker starting: data dir %s, web port %d, %d roster patients", datadir, web_port,
                  len(status.roster))
     worker = Worker(app, sink_closer(pipeline), loglevel=options.loglevel, quiet=True, redirect_stdouts=False)
@@ -168,12 +219,23 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     """
     from stream.agents import STUCK_AFTER_S
 
-    failing_s = status.failing_for(time.monotonic() if now is None else now, pipeline.sink.stats.failing_since)
+    now = time.monotonic() if now is None else now
+    failing_s = status.failing_for(now, pipeline.sink.stats.failing_since)
+    busy_s = status.busy_for(now)
+    problem = pipeline.sink.stats.problem
+    if problem is None and busy_s >= STUCK_AFTER_S:
+        problem = f"a batch has been unfinished for {busy_s:.0f} s"
+    elif problem is None and failing_s >= STUCK_AFTER_S:
+        problem = f"a batch or an InfluxDB write has been failing for {failing_s:.0f} s"
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,
-        "progressing": failing_s < STUCK_AFTER_S,
+        "progressing": failing_s < STUCK_AFTER_S and busy_s < STUCK_AFTER_S,
+        # a configuration fault (InfluxDB database missing, credentials refused) fails at once
+        "configured": pipeline.sink.stats.problem is None,
+        "problem": problem,
         "failing_s": round(failing_s, 1),
+        "batch_s": round(busy_s, 1),
         "partitions": sorted(status.partitions),
         "enrolled": pipeline.stats.enrolled,
         "records": pipeline.stats.records,

@@ -153,7 +153,7 @@ class _BirthWatch:
         self.topic = topic
         self.subscribed = threading.Event()
         self.born = threading.Event()
-        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"nr-birth-{secrets.token_hex(4)}",
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}:nr-birth-{secrets.token_hex(4)}",
                                    protocol=paho.MQTTv5)
         self._client.username_pw_set(user, password)
         self.refused: str | None = None
@@ -225,6 +225,7 @@ def start(
     env = {
         **os.environ,
         "RPM_NR_MQTT_HOST": mqtt_host, "RPM_NR_MQTT_PORT": str(mqtt_port), "RPM_NR_BIRTH_TOPIC": birth_topic,
+        "RPM_NR_MQTT_CLIENTID": f"{mqtt_user}:nodered",  # client ids are bound to users (rpm_clientid)
         "RPM_NR_INFLUX_HOST": influx.hostname, "RPM_NR_INFLUX_PORT": str(influx.port or 8086),
         "RPM_NR_INFLUX_DB": database,
     }

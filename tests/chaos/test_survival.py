@@ -379,7 +379,8 @@ def test_an_acknowledged_alert_does_not_escalate_and_an_unacknowledged_one_does(
             acked = next(r for r in raised if r["patient"] == "p0201")
             ack = encode_ack(alert_id=str(acked["alert_id"]), patient="p0201", by="Nurse Ann", at=time.time(),
                              station="ward-a")
-            run(produce(stack.settings.kafka_bootstrap(), topics.ALERT_ACKS, [(b"p0201", ack)]))
+            run(produce(stack.settings.kafka_bootstrap(), topics.ALERT_ACKS, [(b"p0201", ack)],
+                        keys=stack.settings.key_ring()))
             escalated = eventually(
                 lambda: rows(url, db, "SELECT * FROM alerts WHERE state = 'escalated'"), lambda r: len(r) >= 1,
                 timeout=120, what="the unacknowledged alert to escalate", watch=(w, bridge))

@@ -119,7 +119,7 @@ class MqttWatcher:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"watcher-{uuid.uuid4().hex[:8]}",
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{ADMIN_USER}:watcher-{uuid.uuid4().hex[:8]}",
                              protocol=paho.MQTTv5)
         client.username_pw_set(ADMIN_USER, self.broker.creds.passwords[ADMIN_USER].get())
         client.reconnect_delay_set(0.1, 0.5)

@@ -163,7 +163,7 @@ async def test_an_agent_may_not_acknowledge_for_another_patient(broker: Broker) 
     try:
         await asyncio.wait_for(mqtt.subscribed.wait(), 10)
         settings = MqttSettings.from_url(broker.url("agent-p0002"))
-        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=settings.client_id("t"))
         client.username_pw_set(settings.username, settings.password.get())
         connected = threading.Event()
         client.on_connect = lambda *_a: connected.set()

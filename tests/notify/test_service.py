@@ -112,7 +112,7 @@ async def raise_alerts(stack: Stack, docs: list[dict[str, Any]]) -> float:
     """Produce alert events as the worker does (key: patient); returns the time just before."""
     before = time.time()
     await produce(stack.settings.kafka_bootstrap(), topics.ALERTS,
-                  [(d["patient"].encode(), orjson.dumps(d)) for d in docs])
+                  [(d["patient"].encode(), orjson.dumps(d)) for d in docs], keys=stack.settings.key_ring())
     return before
 
 
@@ -333,8 +333,9 @@ async def test_malformed_alerts_and_commands_are_rejected_and_nothing_stops(
                     assert info.is_published()
             await wait_for(lambda: agent.rejected == len(hostile_commands), within=20,
                            what="the agent to reject every malformed command")
-            await produce(notify_stack.settings.kafka_bootstrap(), topics.ALERTS,
-                          [(PATIENT.encode(), orjson.dumps(d)) for d in hostile_alerts] + [(PATIENT.encode(), b"{")])
+            await produce(notify_stack.settings.kafka_bootstrap(), topics.ALERTS,  # hostile content, signed
+                          [(PATIENT.encode(), orjson.dumps(d)) for d in hostile_alerts] + [(PATIENT.encode(), b"{")],
+                          keys=notify_stack.settings.key_ring())
             await raise_alerts(notify_stack, [good])
             await wait_for(lambda: len(agent.received) == 1, within=30, what="the good alert's message")
             assert n.stats.rejected == len(hostile_alerts) + 1

@@ -25,7 +25,7 @@ DEPLOY = ROOT / "deploy"
 UNITS = sorted(DEPLOY.glob("*.service"))
 # The units we ship; a missing one fails here rather than silently dropping out of the checks.
 SHIPPED = {"rpm-edge.service", "rpm-bridge@.service", "rpm-worker@.service", "rpm-nurse-station@.service",
-           "rpm-notifier.service"}
+           "rpm-notifier.service", "rpm-watchdog.service"}
 INSTALLED_RPM = "/opt/rpm/.venv/bin/rpm"
 # The instance each template is verified as (default "0").
 INSTANCES = {"rpm-nurse-station@.service": "north"}

@@ -18,7 +18,7 @@ from rpm_core.settings import MqttSettings
 def publish_all(stack: Stack, messages: list[tuple[str, bytes]]) -> None:
     """QoS 1 through a window of 1,000 in flight; every PUBACK must be a success."""
     s = MqttSettings.from_url(stack.mqtt_url(SIMULATOR_USER))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id="hostile-publisher")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("hostile-publisher"))
     client.username_pw_set(s.username, s.password.get())
     client.max_inflight_messages_set(1000)
     client.max_queued_messages_set(0)

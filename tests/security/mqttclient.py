@@ -41,8 +41,9 @@ class Client:
 
     def __init__(self, settings: MqttSettings, *, client_id: str | None = None) -> None:
         self.settings = settings
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        # a client id of our choosing is used as it is (takeover attempts); the default is bound to the user
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=client_id or settings.client_id(f"t-{uuid.uuid4().hex[:8]}"))
         if settings.username:
             self.client.username_pw_set(settings.username, settings.password.get() or None)
         context = settings.ssl_context()

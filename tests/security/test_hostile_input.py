@@ -108,7 +108,8 @@ async def test_ten_thousand_malformed_messages_interleaved_with_good_traffic(sta
             messages, bad = traffic(now, t0=now - 3600)
             await asyncio.to_thread(publish_all, stack, messages)
             await produce(bootstrap, topics.READINGS, hostile_records())  # type: ignore[arg-type]  # tombstones
-            await produce(bootstrap, topics.ALERT_ACKS, hostile_acks())  # type: ignore[arg-type]
+            # hostile content from a producer holding the key (a buggy station): each kind's own reason
+            await produce(bootstrap, topics.ALERT_ACKS, hostile_acks(), keys=stack.settings.key_ring())  # type: ignore[arg-type]
             # ...and good traffic after all of it: still flowing
             tail = [good_message(MALFORMED // GOOD_EVERY + n, now - 3600) for n in range(TAIL_MESSAGES)]
             await asyncio.to_thread(publish_all, stack, tail)

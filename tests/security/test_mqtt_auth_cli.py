@@ -35,7 +35,7 @@ def test_init_add_revoke_list(tmp_path: Path) -> None:
     result = rpm("init", "--dir", str(d))
     assert result.returncode == 0, result.stderr
     assert "SIGHUP" in result.stdout
-    assert sorted(passwd_users(d)) == ["rpm-admin", "rpm-alerts", "rpm-bridge", "rpm-nurse"]
+    assert sorted(passwd_users(d)) == ["rpm-admin", "rpm-alerts", "rpm-bridge", "rpm-nurse", "rpm-watchdog"]
     for f in (d / "passwd", d / "acl", d / "mqtt-auth.json", *sorted((d / "credentials").iterdir())):
         assert mode(f) == 0o600, f
     assert mode(d) == 0o700
@@ -55,7 +55,7 @@ def test_init_add_revoke_list(tmp_path: Path) -> None:
     acl = (d / "acl").read_text()
     assert "user agent-p0001\ntopic write rpm/v1/p/p0001/readings\ntopic write rpm/v1/p/p0001/status\n" \
            "topic write rpm/v1/p/p0001/ack\ntopic read rpm/v1/p/p0001/cmd" in acl
-    assert acl.count("topic ") == 2 + 1 + 1 + 1 + 4  # bridge, alerts, nurse, admin, the agent
+    assert acl.count("topic ") == 2 + 1 + 1 + 1 + 1 + 4  # bridge, alerts, nurse, admin, watchdog, the agent
     revoked = rpm("revoke", "--dir", str(d), "--user", "agent-p0001")
     assert revoked.returncode == 0, revoked.stderr
     assert "agent-p0001" not in passwd_users(d) and "agent-p0001" not in (d / "acl").read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -16,16 +17,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from rpm_core.services import ADMIN_USER, BRIDGE_USER, Stack
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import encode_readings, readings_topic
+from rpm_core.wire import MQTT_MESSAGE_SIZE_LIMIT_BYTES, encode_readings, readings_topic
 from stream import topics
 from stream.bridge import Bridge
+from stream.deadletter import MAX_KEPT_BYTES
 
 pytestmark = pytest.mark.services
 
 
 def publisher(stack: Stack, user: str = ADMIN_USER) -> mqtt.Client:
     s = MqttSettings.from_url(stack.mqtt_url(user))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("publisher"))
     client.username_pw_set(s.username, s.password.get())
     client.max_inflight_messages_set(1000)
     connected = threading.Event()
@@ -95,7 +97,8 @@ BAD = [
                                          "samples": [["heart_rate", NOW, 70]]}), "device must be"),
     (readings_topic("p1"), orjson.dumps({"v": 9, "patient": "p1", "device": "d", "source": "sim",
                                          "samples": [["heart_rate", NOW, 70]]}), "unsupported schema version 9"),
-    (readings_topic("p1"), b"[" + b"1," * 524_288 + b"1]", "the limit is"),
+    # exactly Mosquitto's message_size_limit (1 MiB): the largest message the bridge can receive
+    (readings_topic("p1"), b"[" + b"1," * 524_286 + b"11]", "the limit is"),
     (readings_topic("p1"), encode_readings(patient="p1", device="d", source="sim",
                                            samples=[["heart_rate", NOW + 86_400, 70]]), "in the future"),
     (readings_topic("p1"), encode_readings(patient="p2", device="d", source="sim",
@@ -125,8 +128,10 @@ async def test_bad_messages_reach_the_deadletter_topic_while_good_ones_flow(stac
     for (_topic, payload, reason), record in zip(BAD, dead, strict=True):
         assert reason in record["reason"]
         assert record["stage"] == "bridge" and record["size"] == len(payload)
-    huge = dead[5]  # 1 MiB: its head is kept, with its size and hash
-    assert huge["truncated"] is True and 500_000 < len(huge["payload"]) < len(BAD[5][1])
+    huge = dead[5]  # 1 MiB: its head is kept (base64), with its size and hash
+    assert len(BAD[5][1]) == MQTT_MESSAGE_SIZE_LIMIT_BYTES
+    assert huge["truncated"] is True and huge["payload"] is None
+    assert base64.b64decode(huge["payload_b64"]) == BAD[5][1][:MAX_KEPT_BYTES]
 
     records = [orjson.loads(v) for v in await consume(bootstrap, topics.READINGS, 1)]
     samples = sum(len(g["t"]) for r in records for g in r["groups"])
@@ -137,7 +142,7 @@ async def test_bad_messages_reach_the_deadletter_topic_while_good_ones_flow(stac
 async def test_anonymous_and_wrong_password_clients_are_refused(stack: Stack) -> None:
     s = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
     for username, password in ((None, None), (BRIDGE_USER, "wrong")):
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=f"{username}:t")
         if username:
             client.username_pw_set(username, password)
         result: list[object] = []
@@ -197,6 +202,7 @@ def test_a_defect_in_validation_dead_letters_the_message_instead_of_stopping_the
     b = Bridge(mqtt_settings=MqttSettings(host="127.0.0.1", port=1), bootstrap="127.0.0.1:1", client_id="t")
     batch = b._build([Inbound(mid=1, qos=1, topic=readings_topic("p2"), payload=poison, received_at=now),
                       Inbound(mid=2, qos=1, topic=readings_topic("p1"), payload=good, received_at=now)], 8)
-    assert batch.readings == 1 and len(batch.records) == 1
-    ((_key, value),) = batch.deadletters
-    assert orjson.loads(value)["reason"] == "validation failed: TypeError"
+    dead = [r for r in batch.records if r.topic == topics.DEADLETTER]
+    readings = [r for r in batch.records if r.topic == topics.READINGS]
+    assert batch.deadletters == 1 and len(readings) == 1 and readings[0].readings == 1
+    assert orjson.loads(dead[0].value)["reason"] == "validation failed: TypeError"

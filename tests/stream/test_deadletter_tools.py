@@ -345,12 +345,13 @@ def test_a_bridge_replay_builds_the_record_the_bridge_would_have(patient: str, d
     payload, topic = encode_readings(patient=patient, device=device, source=source, samples=samples,
                                      msg_id="m1"), readings_topic(patient)
     batch = bridge_builds(payload, topic, NOW)
-    ((bridge_partition, bridge_value),) = batch.records
+    (out,) = batch.records
+    bridge_partition, bridge_value = out.partition, out.value
     outcome = replay_record(parsed(bridge_deadletter(payload, topic=topic)), partitions=PARTITIONS)
     assert isinstance(outcome, ReplayRecord), outcome
     assert outcome.partition == bridge_partition == topics.partition_for(patient, PARTITIONS)
     assert same_groups(decode_record(outcome.value), decode_record(bridge_value))
-    assert outcome.readings == len(samples) == batch.readings
+    assert outcome.readings == len(samples) == out.readings
 
 
 @pytest.mark.parametrize(("payload", "topic"), [
@@ -363,7 +364,7 @@ def test_a_bridge_replay_builds_the_record_the_bridge_would_have(patient: str, d
                      samples=[["heart_rate", NOW + MAX_FUTURE_SKEW_S + 60, 70]]), readings_topic("p1")),
 ])
 def test_a_message_still_invalid_is_reported_with_the_bridges_reason(payload: bytes, topic: str) -> None:
-    ((_key, bridge_deadletter_value),) = bridge_builds(payload, topic, NOW).deadletters
+    (bridge_deadletter_value,) = bridge_builds(payload, topic, NOW).deadletter_values()
     bridge_reason = orjson.loads(bridge_deadletter_value)["reason"]
     outcome = replay_record(parsed(bridge_deadletter(payload, topic=topic)), partitions=PARTITIONS)
     assert outcome == NotReplayable(f"still rejected by the bridge: {bridge_reason}")
@@ -372,7 +373,7 @@ def test_a_message_still_invalid_is_reported_with_the_bridges_reason(payload: by
 def test_an_unhashable_source_is_rejected_by_the_bridge_and_reported_as_still_rejected() -> None:
     """It once made the bridge's validation raise TypeError (and ``rpm bridge`` exit)."""
     payload = orjson.dumps({"v": 1, "patient": "p1", "device": "d1", "source": [], "samples": []})
-    ((_key, value),) = bridge_builds(payload, readings_topic("p1"), NOW).deadletters
+    (value,) = bridge_builds(payload, readings_topic("p1"), NOW).deadletter_values()
     assert orjson.loads(value)["reason"].startswith("source must be one of")
     outcome = replay_record(parsed(bridge_deadletter(payload, topic=readings_topic("p1"))), partitions=PARTITIONS)
     assert isinstance(outcome, NotReplayable) and outcome.why.startswith("still rejected by the bridge: source")

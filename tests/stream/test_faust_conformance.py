@@ -1,38 +1,47 @@
-"""Conformance: the faust-streaming and aiokafka internals we rely on are still where we expect.
+"""Conformance: the Faust and aiokafka internals we patch still give the effect we patch them for.
 
-If an upgrade moves any of them, this fails loudly instead of the worker silently going back to
-Faust's hard-coded 1.5 s fetch wait (stream/faust_tuning.py), to losing records of the partitions
-it keeps across a rebalance (stream/faust_rebalance.py), or to acknowledging batches it did not
-process (stream/agents.py).
+Every patch lives in ``stream/faust_adapter.py`` (faust-streaming and aiokafka are pinned to the
+versions these tests passed on). Each is checked by what it does, not by the library's source:
 
-The seek fence is also exercised end to end against Faust's real ``Consumer._drain_messages``,
-``getmany`` and ``perform_seek``, with the broker (fetch, seek) and the agent's queue scripted: the
-rebalance that lost readings in ``tests/chaos`` is replayed, with and without the fence.
+* the fetch wait: a consumer our app builds, polling an empty partition of a real Tansu, makes at
+  least 10 times as many fetch round trips as the one Faust's own code builds (1.5 s per fetch);
+* the seek fence: in Faust's real ``getmany`` over a real consumer and Tansu, a batch fetched
+  across a seek keeps its changelog records and drops its stream records, which come again from
+  the committed offset; in Faust's real drain loop (broker scripted, so the rebalance's timing is
+  exact), every offset is processed across a rebalance, and without the fence offsets are lost;
+* the recovery watchdog: it finds a stalled partition, says where aiokafka stands (read from a
+  real consumer) and moves that consumer back to where recovery stands.
+
+The agents' own hook (``stream.agents``: acknowledgements, ``wait_empty``) is checked here too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import types
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import faust
 import faust.streams
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from faust.tables.recovery import Recovery
-from faust.transport.consumer import Consumer, ThreadDelegateConsumer
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode import Service
-from mode.utils.queues import FlowControlEvent
 
+from rpm_core.services import free_port, start_tansu
 from stream.agents import until_done
-from stream.faust_rebalance import fence_getmany, fence_perform_seek, install_seek_fence
-from stream.faust_tuning import FETCH_MAX_WAIT_MS, install_fetch_wait
+from stream.app import create_app
+from stream.faust_adapter import fence_getmany, fence_perform_seek, install_seek_fence
+from tests.support.kafka import produce
 
 
 def source(fun: Any) -> str:
@@ -48,31 +57,6 @@ def in_order(text: str, *parts: str) -> bool:
             return False
         at += len(part)
     return True
-
-
-# -- fetch wait (stream/faust_tuning.py) ---------------------------------------------------------
-
-
-def test_faust_still_builds_its_consumer_in_create_worker_consumer() -> None:
-    assert "fetch_max_wait_ms" in source(AIOKafkaConsumerThread._create_worker_consumer)
-
-
-async def test_aiokafka_still_keeps_the_fetch_wait_on_the_consumer() -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9", fetch_max_wait_ms=1234)
-    try:
-        assert consumer._fetch_max_wait_ms == 1234
-        assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
-    finally:
-        await consumer.stop()
-
-
-def test_installed_wrapper_overrides_the_hard_coded_wait() -> None:
-    install_fetch_wait()
-    wrapped = AIOKafkaConsumerThread._create_worker_consumer
-    assert wrapped.__wrapped__ is not None  # functools.wraps kept the original
-    source = inspect.getsource(wrapped.__wrapped__)
-    assert "fetch_max_wait_ms=1500" in source or "fetch_max_wait_ms" in source
-    assert FETCH_MAX_WAIT_MS <= 100
 
 
 # -- acknowledgements (stream/agents.py) ---------------------------------------------------------
@@ -121,43 +105,7 @@ async def test_cancellation_is_not_retried() -> None:
         await task
 
 
-# -- the seek fence (stream/faust_rebalance.py): Faust internals it relies on --------------------
-
-
-def test_drain_loop_still_gets_records_from_getmany_and_writes_the_read_offset_after_delivery() -> None:
-    text = source(Consumer._drain_messages)
-    assert "getmany = self.getmany" in text
-    # the overwrite the fence guards against: the read offset is written after the delivery returns
-    assert in_order(text, "async for tp, message in ait", "callback(message)", "set_read_offset(tp, offset)")
-    assert "offset >= r_offset" in text  # records below the read offset are dropped
-
-
-def test_getmany_still_yields_nothing_while_flow_is_stopped() -> None:
-    assert inspect.isasyncgenfunction(inspect.unwrap(Consumer.getmany))
-    text = source(Consumer.getmany)
-    assert in_order(text, "for tp, record in records_it:", "if not self.flow_active:", "break", "yield tp")
-    assert in_order(text, "else:", "await self.perform_seek()")
-    assert in_order(source(Consumer._wait_next_records), "if not self.flow_active:", "self.can_resume_flow")
-
-
-def test_flow_is_stopped_and_resumed_by_these_methods() -> None:
-    assert in_order(source(Consumer.stop_flow), "self.flow_active = False", "self.suspend_flow.set()")
-    assert in_order(source(Consumer.resume_flow), "self.flow_active = True", "self.can_resume_flow.set()")
-
-
-def test_perform_seek_still_resets_read_offsets_to_the_committed_ones() -> None:
-    text = source(Consumer.perform_seek)
-    assert in_order(text, "await self.seek_to_committed()", "read_offset.update(")
-    assert inspect.iscoroutinefunction(ThreadDelegateConsumer.seek_wait)
-    # aiokafka leaves partitions without a committed offset (or 0) where they are: the fence rewinds them
-    assert "if offset and offset > 0:" in inspect.getsource(AIOKafkaConsumer.seek_to_committed)
-
-
-@pytest.mark.parametrize("method", [Recovery.on_recovery_completed, Recovery._resume_streams])
-def test_callers_of_perform_seek_clear_the_queues_and_resume_flow_after_it(method: Callable[..., Any]) -> None:
-    """The fence leaves the flow stopped: the caller resumes it once the agents' queues are cleared."""
-    assert in_order(source(method), "perform_seek()", "flow_control.resume()", "consumer.resume_flow()")
-    assert "self.clear()" in source(FlowControlEvent.resume)  # resuming flow control clears the queues
+# -- the seek fence (stream/faust_adapter.py) --------------------------------------------------
 
 
 def test_the_fence_is_installed_once() -> None:
@@ -426,45 +374,14 @@ async def test_a_batch_finishing_during_the_wait_is_acknowledged_without_waiting
     assert in_flight.acked and draining == [False], "draining ends with the wait"
 
 
-# -- the recovery watchdog (stream/faust_recovery.py) --------------------------------------------
+# -- the recovery watchdog (stream/faust_adapter.py) ---------------------------------------------
 
 def recovery_app() -> Any:
     return faust.App("recovery-watchdog", broker="kafka://127.0.0.1:9", autodiscover=False)
 
 
-def test_recovery_still_keeps_what_the_watchdog_reads() -> None:
-    app = recovery_app()
-    try:
-        recovery = app.tables.recovery
-        assert isinstance(recovery, Recovery)
-        for name in ("in_recovery", "_recovery_started_at", "_active_events_received_at", "active_offsets",
-                     "active_highwaters", "active_tps"):
-            assert hasattr(recovery, name), name
-        assert callable(recovery.active_remaining)
-        consumer = app.consumer
-        for name in ("_active_partitions", "_paused_partitions", "_read_offset", "flow_active", "can_resume_flow",
-                     "suspend_flow"):
-            assert hasattr(consumer, name), name
-        # aiokafka's view, logged for each stalled partition
-        from aiokafka.consumer.fetcher import Fetcher
-        from aiokafka.consumer.subscription_state import SubscriptionState, TopicPartitionState
-
-        assert callable(SubscriptionState._assigned_state)
-        assert {"paused", "awaiting_reset"} <= set(dir(TopicPartitionState))
-        assert "self._position = " in source(TopicPartitionState.__init__)
-        assert "self._records = " in source(Fetcher.__init__)
-        # what recovery itself does to start reading, and so what the watchdog repeats
-        assert in_order(source(Recovery._restart_recovery.fun), "consumer.resume_partitions)(active_tps)",
-                        "flow_control.resume", "consumer.resume_flow", "_fetcher.maybe_start")
-        assert "seek_wait" in source(Recovery._seek_offsets)
-        # the events the watchdog measures silence by are noted per active partition
-        assert "active_events_received_at[tp] = now" in source(Recovery._slurp_changelogs.fun)
-    finally:
-        app.consumer._thread.thread_loop.close()
-
-
 def test_a_partition_silent_since_the_recovery_started_is_stalled_and_one_still_reading_is_not() -> None:
-    from stream.faust_recovery import STALL_S, stalled_partitions
+    from stream.faust_adapter import STALL_S, stalled_partitions
 
     app = recovery_app()
     try:
@@ -489,7 +406,7 @@ def test_a_partition_silent_since_the_recovery_started_is_stalled_and_one_still_
 async def test_the_watchdog_restarts_the_reading_of_a_stalled_partition_and_says_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from stream.faust_recovery import STALL_S, install_recovery_watchdog
+    from stream.faust_adapter import STALL_S, install_recovery_watchdog
 
     app = recovery_app()
     consumer: Any = app.consumer
@@ -531,3 +448,203 @@ async def test_the_watchdog_restarts_the_reading_of_a_stalled_partition_and_says
         assert len(seeks) == 2
     finally:
         consumer._thread.thread_loop.close()
+
+
+# -- against a real broker: a consumer built by our app, driven by Faust's own code ---------------
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One Tansu for this module's tests (each uses topics of its own); its bootstrap address."""
+    svc = start_tansu(tmp_path_factory.mktemp("tansu"))
+    try:
+        yield f"127.0.0.1:{svc.port}"
+    finally:
+        svc.stop()
+
+
+async def new_topics(bootstrap: str, *names: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1) for name in names])
+    finally:
+        await admin.close()
+
+
+def count_fetches(kafka: AIOKafkaConsumer) -> list[int]:
+    """A one-element counter of the fetch requests ``kafka`` sends (wraps its client's ``send``)."""
+    sent = [0]
+    original = kafka._client.send
+
+    async def send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if type(request).__name__.startswith("FetchRequest"):
+            sent[0] += 1
+        return await original(node_id, request, *args, **kwargs)
+
+    kafka._client.send = send
+    return sent
+
+
+@contextlib.asynccontextmanager
+async def our_app(bootstrap: str, tmp_path: Path) -> AsyncIterator[faust.App]:
+    """The worker's Faust app as ``stream.app.create_app`` builds it (every patch installed)."""
+    app = create_app(broker=f"kafka://{bootstrap}", partitions=1, datadir=str(tmp_path / "faust"), web_port=free_port(),
+                     app_id=f"conformance-{uuid.uuid4().hex[:8]}")
+    try:
+        yield app
+    finally:
+        app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, never started here
+
+
+async def test_a_consumer_built_by_our_app_waits_a_fraction_of_fausts_fetch_wait(tansu: str, tmp_path: Path) -> None:
+    """faust-streaming builds its consumer with a 1.5 s fetch wait; ours must wait at most ~100 ms.
+
+    Both consumers, ours and the one Faust's own (unpatched) method builds, poll the same empty
+    partition over the same stretch of time; Tansu holds each fetch for the consumer's wait. The
+    count of fetch round trips is the measure: at most 100 ms against 1.5 s is at least 15 times
+    as many; 10 is asserted (round trips add to both, proportionally more to the shorter wait).
+    """
+    topic = f"quiet-{uuid.uuid4().hex[:8]}"
+    await new_topics(tansu, topic)
+    async with our_app(tansu, tmp_path) as app:
+        thread = app.consumer._thread
+        ours = thread._create_worker_consumer(app.transport)
+        fausts = inspect.unwrap(AIOKafkaConsumerThread._create_worker_consumer)(thread, app.transport)
+        polls = []
+        try:
+            counts = []
+            for kafka in (ours, fausts):
+                await kafka.start()
+                counts.append(count_fetches(kafka))
+                kafka.assign([TopicPartition(topic, 0)])
+                polls.append(asyncio.create_task(poll_forever(kafka)))
+            async with asyncio.timeout(120):  # a deadline for the condition, not a measurement
+                while counts[1][0] < 4:  # noqa: ASYNC110 (a counter in aiokafka's client, no event)
+                    await asyncio.sleep(0.1)
+            assert counts[0][0] >= 10 * counts[1][0], f"fetches: ours {counts[0][0]}, Faust's {counts[1][0]}"
+        finally:
+            for task in polls:
+                task.cancel()
+            await asyncio.gather(*polls, return_exceptions=True)
+            await asyncio.gather(ours.stop(), fausts.stop())
+
+
+async def poll_forever(kafka: AIOKafkaConsumer) -> None:
+    while True:
+        await kafka.getmany(timeout_ms=200)
+
+
+@contextlib.asynccontextmanager
+async def wired_consumer(app: faust.App, tps: list[TopicPartition]) -> AsyncIterator[Any]:
+    """``app``'s Faust consumer over a real aiokafka consumer that our app built, assigned ``tps``.
+
+    Everything is Faust's and aiokafka's own code (fetch, seek to committed, seek, assignment)
+    except the consumer thread: its calls run in this event loop instead of a thread of their own.
+    """
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    kafka = thread._create_worker_consumer(app.transport)
+    await kafka.start()
+
+    async def here(fun: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        return await fun(*args, **kwargs)
+
+    thread._consumer = kafka
+    thread.call_thread = here
+    kafka.assign(tps)
+    try:
+        yield consumer
+    finally:
+        await kafka.stop()
+
+
+async def test_a_batch_fetched_across_a_seek_keeps_its_changelog_records(tansu: str, tmp_path: Path) -> None:
+    """The drain loop waits in ``getmany`` for the flow while a rebalance seeks to the committed
+    offsets; the batch it then gets was fetched across that seek. The fence drops its stream
+    records (fetched again from the committed offset) but delivers its changelog records: the seek
+    does not move changelog partitions back (they have no committed offset), so a changelog record
+    dropped there would never come again and a recovery waiting for it would wait forever."""
+    readings, changelog = f"readings-{uuid.uuid4().hex[:8]}", f"state-{uuid.uuid4().hex[:8]}-changelog"
+    await new_topics(tansu, readings, changelog)
+    for topic in (readings, changelog):
+        await produce(tansu, topic, [(None, b"%d" % i) for i in range(30)])
+    tp_readings, tp_changelog = TopicPartition(readings, 0), TopicPartition(changelog, 0)
+    async with our_app(tansu, tmp_path) as app, wired_consumer(app, [tp_readings, tp_changelog]) as consumer:
+        kafka = consumer._thread._consumer
+        await kafka.commit({tp_readings: 10})  # processed up to 9 before the rebalance
+        app.topics._acking_topics.add(readings)  # as the worker's agents subscribe it (acks enabled)
+        fetched: list[tuple[str, int]] = []
+        fetch = consumer._getmany
+
+        async def noting_fetch(*args: Any, **kwargs: Any) -> Any:
+            records = await fetch(*args, **kwargs)
+            fetched.extend((tp.topic, r.offset) for tp, rs in records.items() for r in rs)
+            return records
+
+        consumer._getmany = noting_fetch
+        consumer.resume_partitions({TP(readings, 0), TP(changelog, 0)})
+        consumer.stop_flow()  # a rebalance is under way: the drain loop's next getmany waits for the flow
+        delivered: list[tuple[str, int]] = []
+
+        async def drain_one_batch() -> None:
+            async for tp, message in consumer.getmany(timeout=5.0):
+                delivered.append((tp.topic, message.offset))
+
+        batch = asyncio.create_task(drain_one_batch())
+        await asyncio.sleep(0)  # the batch began (it waits for the flow) ...
+        await consumer.perform_seek()  # ... recovery seeks every partition to its committed offset ...
+        async with asyncio.timeout(60):  # records of both partitions fetched, so the batch holds both
+            while not {tp_readings, tp_changelog} <= set(kafka._fetcher._records):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        consumer.resume_flow()  # ... and resumes the flow
+        async with asyncio.timeout(60):
+            await batch
+        assert fetched, "the batch fetched nothing"
+        changelog_fetched = [r for r in fetched if r[0] == changelog]
+        assert changelog_fetched and len(changelog_fetched) < len(fetched), "the batch must hold both kinds"
+        assert [r for r in delivered if r[0] == changelog] == changelog_fetched
+        assert [r for r in delivered if r[0] == readings] == [], "stream records of a stale batch were delivered"
+        assert await kafka.position(tp_readings) == 10, "the stream partition was not sought back to its commit"
+        # The next batch starts where it should: the committed offset, nothing skipped.
+        delivered.clear()
+        async with asyncio.timeout(60):
+            while not any(t == readings for t, _ in delivered):
+                await drain_one_batch()
+        assert min(o for t, o in delivered if t == readings) == 10
+
+
+async def test_the_watchdog_reads_a_real_consumer_and_moves_it_back_to_where_recovery_stands(
+    tansu: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a consumer our app built, reading a real changelog partition: the watchdog finds the
+    stalled partition from recovery's own bookkeeping, logs aiokafka's position (its internals were
+    readable), and seeks the partition back to the last offset recovery applied."""
+    from stream.faust_adapter import STALL_S, install_recovery_watchdog
+
+    changelog = f"state-{uuid.uuid4().hex[:8]}-changelog"
+    await new_topics(tansu, changelog)
+    await produce(tansu, changelog, [(None, b"%d" % i) for i in range(30)])
+    tp = TopicPartition(changelog, 0)
+    async with our_app(tansu, tmp_path) as app, wired_consumer(app, [tp]) as consumer:
+        kafka = consumer._thread._consumer
+        async with asyncio.timeout(60):  # the consumer read the whole partition: its position is 30
+            while await kafka.position(tp) < 30:
+                await kafka.getmany(timeout_ms=200)
+        started: list[bool] = []
+
+        async def maybe_start() -> None:  # the app's fetcher service is not running here
+            started.append(True)
+
+        app._fetcher.maybe_start = maybe_start
+        now = [1000.0]
+        watch = install_recovery_watchdog(app, clock=lambda: now[0])
+        recovery = app.tables.recovery
+        recovery._set_recovery_started()  # a recovery that applied offsets 0..9 and then heard nothing
+        recovery._recovery_started_at = now[0] - STALL_S - 1
+        recovery.active_highwaters[TP(changelog, 0)] = 29
+        recovery.active_offsets[TP(changelog, 0)] = 9
+        await watch()
+        assert "aiokafka: position 30" in caplog.text, caplog.text
+        assert await kafka.position(tp) == 9 and started == [True]
+        assert consumer.flow_active

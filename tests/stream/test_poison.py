@@ -134,3 +134,22 @@ def test_metrics_show_failures_and_how_long_the_current_one_lasts() -> None:
     text = render(worker_metrics(PipelineStats(), SinkStats(failing_since=90.0), status=status, now=130.0))
     assert "rpm_worker_batch_failures_total 4" in text
     assert "rpm_worker_failing_seconds 40" in text, "the oldest failure still under way: the sink's"
+
+
+def test_healthz_reports_a_batch_that_hangs_without_failing() -> None:
+    """A batch that neither fails nor finishes (a write that never returns) is not progress either."""
+    status = WorkerStatus(partitions=frozenset({0}), recovered=True)
+    now = 10_000.0
+    status.batch_since = now - 5
+    assert health(fake_app(), fake_pipeline(), status, now=now)["progressing"] is True
+    status.batch_since = now - STUCK_AFTER_S - 1
+    body = health(fake_app(), fake_pipeline(), status, now=now)
+    assert body["progressing"] is False and "unfinished" in body["problem"]
+
+
+def test_healthz_names_a_configuration_fault_at_once() -> None:
+    status = WorkerStatus(partitions=frozenset({0}), recovered=True)
+    pipe = fake_pipeline(sink_failing_since=9_999.0)
+    pipe.sink.stats.problem = "InfluxDB has no database 'rpm'; create it (…)"
+    body = health(fake_app(), pipe, status, now=10_000.0)
+    assert body["configured"] is False and body["problem"].startswith("InfluxDB has no database 'rpm'")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from unittest.mock import patch
+
 import numpy as np
 import pytest
 
@@ -138,3 +141,70 @@ async def test_unreachable_influx_is_retried_not_dropped() -> None:
             await writer.write(b"vitals value=1 1")
     finally:
         await writer.close()
+
+
+async def test_a_fresh_influxdb_without_the_database_gets_it_created_and_nothing_dead_lettered(
+        influx_url: str) -> None:
+    """Issue 13: a fresh InfluxDB 1.x without the database dead-lettered every point (404 split down
+    to single lines). The sink creates the database (1.x allows it here) and writes everything."""
+    db = f"fresh_{time.time_ns()}"
+    sink = make_sink(url=influx_url, db=db)
+    try:
+        assert await sink.write(sample_lines(300)) == []
+    finally:
+        await sink.close()
+    assert sink.stats.rejected_lines == 0 and sink.stats.problem is None
+    assert count_by(influx_url, db, "vitals", "value", "patient") == {"p0001": 300}
+
+
+@pytest.mark.parametrize(("status", "body", "expect"), [
+    (401, '{"error":"authorization failed"}', "check the user and password"),
+    (403, '{"error":"user is not authorized to write to database rpm"}', "GRANT WRITE"),
+    (404, '{"error":"database not found: \\"rpm\\""}', "CREATE DATABASE"),
+])
+async def test_configuration_faults_wait_and_say_what_to_fix_without_dead_lettering(
+        status: int, body: str, expect: str) -> None:
+    """Credentials refused, or a database that cannot be created: waited out like an outage, with
+    the fix in ``SinkStats.problem``; the points are not the problem, so none is dead-lettered. The
+    server stands for an InfluxDB we may not administer; it answers the fault ``faults`` times."""
+    from aiohttp import web
+
+    faults = 3
+    calls: list[str] = []
+
+    async def write(request: web.Request) -> web.Response:
+        calls.append("write")
+        if len(calls) <= faults:
+            return web.Response(status=status, text=body, content_type="application/json")
+        return web.Response(status=204)
+
+    async def query(request: web.Request) -> web.Response:
+        calls.append("query")
+        return web.Response(status=403, text='{"error":"requires admin privilege"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/write", write)
+    app.router.add_post("/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    seen: list[str | None] = []
+    sink = make_sink(url=url, db="rpm")
+    original = sink.writer.write
+
+    async def observed(b: bytes) -> None:
+        seen.append(sink.stats.problem)
+        await original(b)
+
+    sink.writer.write = observed  # type: ignore[method-assign]
+    try:
+        with patch("stream.sink.backoff_s", return_value=0.01):
+            assert await sink.write(sample_lines(20)) == []
+    finally:
+        await sink.close()
+        await runner.cleanup()
+    assert sink.stats.rejected_lines == 0 and sink.stats.lines_written == 20
+    assert any(p is not None and expect in p for p in seen), seen
+    assert sink.stats.problem is None, "cleared once writes succeed"
+    assert ("query" in calls) is (status == 404), "only a missing database is created"

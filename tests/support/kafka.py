@@ -7,14 +7,19 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from rpm_core.signing import KeyRing
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    """Produce records and wait until Kafka acknowledged them."""
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]],
+                  keys: KeyRing | None = None) -> None:
+    """Produce records and wait until Kafka acknowledged them; signed with ``keys`` when given (a
+    test standing in for a legitimate producer signs; one standing in for a forger does not)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
     await producer.start()
     try:
         for key, value in records:
-            await producer.send_and_wait(topic, value=value, key=key)
+            headers = keys.sign(topic, key, value) if keys is not None else None
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
     finally:
         await producer.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -18,7 +19,8 @@ class Publisher:
 
     def __init__(self, stack: Stack, user: str = ADMIN_USER, *, ca_file: str | None = None) -> None:
         self._settings = MqttSettings.from_url(stack.mqtt_url(user), ca_file=ca_file)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                                  client_id=self._settings.client_id(f"publisher-{uuid.uuid4().hex[:8]}"))
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
 

@@ -22,6 +22,7 @@ def rpm_env(stack: Stack, *, mqtt_user: str | None = BRIDGE_USER, **extra: str) 
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update({
         "RPM_KAFKA_URL": s.kafka_url or "",
+        "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
         "RPM_INFLUX_URL": s.influx_url or "",
         "RPM_INFLUX_DB": s.influx_db,
         "RPM_RULES": s.rules_path,

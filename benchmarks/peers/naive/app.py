@@ -9,8 +9,8 @@ line protocol (``Point.to_line_protocol()``) every :data:`BATCH_POINTS` points o
 which InfluxDB only serves from 1.8 on; the serializer is the same.)
 
 Faust settings follow the project's Tansu notes (:mod:`stream.faust_tuning`: session timeout 6 s,
-heartbeat 1 s, a 50 ms fetch wait) — without them a Tansu group join stalls for minutes — but none
-of the pipeline's batching: no ``take()``, no vectorized detectors, no coalesced records.
+heartbeat 1 s; :mod:`stream.faust_adapter`: a 50 ms fetch wait) — without them a Tansu group join
+stalls for minutes — but none of the pipeline's batching: no ``take()``, no vectorized detectors, no coalesced records.
 
 Faust acknowledges a record when the agent asks for the next one, so records whose points still
 sit in the buffer are already acknowledged: a crash loses up to one buffer. That is the naive
@@ -41,7 +41,8 @@ import aiohttp
 import faust
 from influxdb_client import Point
 
-from stream.faust_tuning import faust_settings, install_fetch_wait
+from stream.faust_adapter import install_fetch_wait
+from stream.faust_tuning import faust_settings
 
 _LOGGER = logging.getLogger("naive.app")
 

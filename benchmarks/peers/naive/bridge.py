@@ -103,7 +103,7 @@ class NaiveBridge:
         self._loop = asyncio.get_running_loop()
         self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, acks="all", linger_ms=LINGER_MS)
         await self._producer.start()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._mqtt.client_id(self._client_id),
                              protocol=mqtt.MQTTv5, manual_ack=True)
         self._client = client
         if self._mqtt.username:

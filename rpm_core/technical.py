@@ -1,0 +1,247 @@
+"""Technical alerts and heartbeats: the contracts by which rpm says that it cannot monitor someone.
+
+A *technical alert* (IEC 60601-1-8's "technical alarm condition", a bedside monitor's INOP) is
+raised when the pipeline, or a patient's device, cannot do its job: no worker analyses a
+partition, a bridge is stuck or silent, InfluxDB takes no writes, a ward's readings stopped, a
+device's battery is low. It travels on ``rpm.alerts`` beside the clinical alerts, so the nurse
+stations and the notifier that people already watch show and route it, as JSON with the fields of
+:meth:`detectors.events.AlertEvent.to_dict` plus ``kind``, ``wards``, ``remedy``, ``component``
+and ``scope``::
+
+    {"kind": "technical", "alert_id": "…", "rule": "tech.workers_missing", "severity": "critical",
+     "state": "raised" | "cleared", "time": 1.7e9, "since": 1.7e9, "metric": "technical",
+     "value": null, "by": null, "patient": null | "p0001", "wards": ["icu"] | ["*"],
+     "component": "worker", "scope": "", "message": "what is wrong", "remedy": "what to do"}
+
+``rule`` is ``tech.<code>``; ``patient`` names the patient for a patient's own device trouble and
+is null otherwise; ``wards`` lists the wards concerned (``"*"``: every ward); ``scope`` tells
+apart alerts of one rule (a bridge's client id, a ward, ``patient/device``). A technical alert is
+``raised`` and later ``cleared`` when its cause is gone: it can be silenced at a station, never
+acknowledged away.
+
+*Heartbeats* (topic ``rpm.heartbeats``) are how components that may die are watched by one that
+survives them (``rpm watchdog``): every bridge and worker says every few seconds that it runs,
+whether it progresses, and what it owns. A component that stops reporting is presumed dead or
+frozen; a dead one cannot report itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from rpm_core.wire import is_valid_id, loads_unique
+
+TECHNICAL_KIND: Final = "technical"
+TECHNICAL_METRIC: Final = "technical"
+RULE_PREFIX: Final = "tech."
+EVERY_WARD: Final = "*"
+# Where a label needs a patient (a notification group, an InfluxDB tag) and the alert has none.
+SYSTEM_SUBJECT: Final = "rpm-system"
+HEARTBEATS_TOPIC: Final = "rpm.heartbeats"
+HEARTBEAT_INTERVAL_S: Final = 5.0
+
+Severity = Literal["warning", "critical"]
+TechState = Literal["raised", "cleared"]
+Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent", "watchdog"]
+COMPONENTS: Final = frozenset({"worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent",
+                               "watchdog"})
+MAX_TEXT_CHARS: Final = 1_000
+
+
+class TechnicalAlertError(ValueError):
+    """A document that is not a valid technical alert or heartbeat; the message says why."""
+
+
+def technical_alert_id(rule: str, scope: str, since: float) -> str:
+    """Deterministic id of one episode of technical alert ``rule`` for ``scope``."""
+    key = f"{rule}|{scope}|{float(since)!r}".encode()
+    return hashlib.sha1(key, usedforsecurity=False).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TechnicalAlert:
+    """One state change of one technical alert (see the module docstring)."""
+
+    rule: str
+    scope: str
+    severity: Severity
+    state: TechState
+    time: float
+    since: float
+    message: str
+    remedy: str
+    component: str
+    wards: tuple[str, ...]
+    patient: str | None = None
+
+    @property
+    def alert_id(self) -> str:
+        """The episode's id (the same for its ``raised`` and ``cleared``)."""
+        return technical_alert_id(self.rule, self.scope, self.since)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What tells one condition from another: (rule, scope)."""
+        return self.rule, self.scope
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document on ``rpm.alerts``."""
+        return {
+            "kind": TECHNICAL_KIND, "alert_id": self.alert_id, "rule": self.rule, "severity": self.severity,
+            "state": self.state, "time": self.time, "since": self.since, "metric": TECHNICAL_METRIC,
+            "value": None, "by": None, "patient": self.patient, "wards": list(self.wards),
+            "component": self.component, "scope": self.scope, "message": self.message, "remedy": self.remedy,
+        }
+
+    def encode(self) -> bytes:
+        """The record value."""
+        return orjson.dumps(self.to_dict())
+
+    def cleared(self, at: float) -> TechnicalAlert:
+        """The ``cleared`` event of this episode."""
+        return TechnicalAlert(rule=self.rule, scope=self.scope, severity=self.severity, state="cleared", time=at,
+                              since=self.since, message=self.message, remedy=self.remedy,
+                              component=self.component, wards=self.wards, patient=self.patient)
+
+
+def is_technical(doc: object) -> bool:
+    """Whether a decoded ``rpm.alerts`` document claims to be a technical alert."""
+    return isinstance(doc, dict) and doc.get("kind") == TECHNICAL_KIND
+
+
+def _text(doc: Mapping[str, Any], key: str, *, allow_empty: bool = True) -> str:
+    value = doc.get(key, "")
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise TechnicalAlertError(f"technical alert field {key!r} must be text")
+    return value[:MAX_TEXT_CHARS]
+
+
+def _finite(doc: Mapping[str, Any], key: str) -> float:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TechnicalAlertError(f"technical alert field {key!r} must be a finite number")
+    return float(value)
+
+
+def decode_technical(doc: object) -> TechnicalAlert:
+    """Validate a decoded technical-alert document; :class:`TechnicalAlertError` with the reason."""
+    if not is_technical(doc):
+        raise TechnicalAlertError("not a technical alert")
+    assert isinstance(doc, dict)
+    rule, severity, state = doc.get("rule"), doc.get("severity"), doc.get("state")
+    if not (is_valid_id(rule) and isinstance(rule, str) and rule.startswith(RULE_PREFIX)):
+        raise TechnicalAlertError(f"technical alert rule must be an identifier starting with {RULE_PREFIX!r}")
+    if severity not in ("warning", "critical") if isinstance(severity, str) else True:
+        raise TechnicalAlertError("technical alert severity must be warning or critical")
+    if state not in ("raised", "cleared") if isinstance(state, str) else True:
+        raise TechnicalAlertError("technical alert state must be raised or cleared")
+    wards = doc.get("wards")
+    if not (isinstance(wards, list) and wards and len(wards) <= 1000
+            and all(w == EVERY_WARD or is_valid_id(w) for w in wards)):
+        raise TechnicalAlertError("technical alert wards must be a non-empty list of ward ids or '*'")
+    patient = doc.get("patient")
+    if patient is not None and not is_valid_id(patient):
+        raise TechnicalAlertError("technical alert patient must be null or an identifier")
+    component = doc.get("component")
+    if not (isinstance(component, str) and component in COMPONENTS):
+        raise TechnicalAlertError("technical alert component unknown")
+    alert = TechnicalAlert(rule=str(rule), scope=_text(doc, "scope"), severity=severity,  # type: ignore[arg-type]
+                           state=state, time=_finite(doc, "time"), since=_finite(doc, "since"),  # type: ignore[arg-type]
+                           message=_text(doc, "message", allow_empty=False), remedy=_text(doc, "remedy"),
+                           component=component, wards=tuple(str(w) for w in wards), patient=patient)
+    if doc.get("alert_id") != alert.alert_id:
+        raise TechnicalAlertError("technical alert id does not match its rule, scope and since")
+    return alert
+
+
+# -- heartbeats ------------------------------------------------------------------------------------
+
+HeartbeatComponent = Literal["bridge", "worker", "watchdog"]
+HeartbeatState = Literal["running", "stopping"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """"I am alive, and this is how I am": one component instance, every ``interval_s``.
+
+    - ``healthy``/``problem``: what its ``/healthz`` says (``problem``: why not, or a warning);
+    - ``partitions`` (workers): the ``rpm.readings`` partitions it owns and has recovered;
+      ``partition_count``: of the topic, as it knows it;
+    - ``ward_last_reading`` (workers): per ward, when it last received a reading of one of its patients;
+    - ``messages``/``deadlettered``: counters since its start (records or MQTT messages in; inputs
+      dead-lettered), for rates.
+    """
+
+    component: HeartbeatComponent
+    instance: str
+    time: float
+    state: HeartbeatState = "running"
+    healthy: bool = True
+    problem: str | None = None
+    interval_s: float = HEARTBEAT_INTERVAL_S
+    partitions: tuple[int, ...] = ()
+    partition_count: int = 0
+    ward_last_reading: Mapping[str, float] = field(default_factory=dict)
+    messages: int = 0
+    deadlettered: int = 0
+
+    def encode(self) -> bytes:
+        """The record value on ``rpm.heartbeats``."""
+        return orjson.dumps({
+            "v": 1, "component": self.component, "instance": self.instance, "time": self.time,
+            "state": self.state, "healthy": self.healthy, "problem": self.problem, "interval_s": self.interval_s,
+            "partitions": list(self.partitions), "partition_count": self.partition_count,
+            "ward_last_reading": dict(self.ward_last_reading), "messages": self.messages,
+            "deadlettered": self.deadlettered,
+        })
+
+
+def _count(doc: Mapping[str, Any], key: str) -> int:
+    value = doc.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TechnicalAlertError(f"heartbeat {key!r} must be a non-negative integer")
+    return int(value)
+
+
+def decode_heartbeat(value: bytes | None) -> Heartbeat:
+    """Validate one ``rpm.heartbeats`` record value; :class:`TechnicalAlertError` with the reason."""
+    try:
+        doc = loads_unique(value or b"")
+    except ValueError as exc:
+        raise TechnicalAlertError("heartbeat is not JSON") from exc
+    if not isinstance(doc, dict) or doc.get("v") != 1:
+        raise TechnicalAlertError("heartbeat must be a JSON object of version 1")
+    component, instance, state = doc.get("component"), doc.get("instance"), doc.get("state", "running")
+    if component not in ("bridge", "worker", "watchdog") if isinstance(component, str) else True:
+        raise TechnicalAlertError("heartbeat component unknown")
+    if not isinstance(instance, str) or not 0 < len(instance) <= 200 or not instance.isprintable():
+        raise TechnicalAlertError("heartbeat instance must be printable text")
+    if state not in ("running", "stopping") if isinstance(state, str) else True:
+        raise TechnicalAlertError("heartbeat state must be running or stopping")
+    healthy, problem = doc.get("healthy", True), doc.get("problem")
+    if not isinstance(healthy, bool) or not (problem is None or isinstance(problem, str)):
+        raise TechnicalAlertError("heartbeat healthy/problem have the wrong types")
+    parts = doc.get("partitions", [])
+    if not (isinstance(parts, list) and len(parts) <= 100_000
+            and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in parts)):
+        raise TechnicalAlertError("heartbeat partitions must be a list of partition numbers")
+    wards = doc.get("ward_last_reading", {})
+    if not (isinstance(wards, dict) and len(wards) <= 10_000 and all(
+            is_valid_id(w) and isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+            for w, t in wards.items())):
+        raise TechnicalAlertError("heartbeat ward_last_reading must map ward ids to times")
+    interval = doc.get("interval_s", HEARTBEAT_INTERVAL_S)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
+        raise TechnicalAlertError("heartbeat interval_s must be a number of seconds")
+    return Heartbeat(component=component, instance=instance, time=_finite(doc, "time"), state=state,  # type: ignore[arg-type]
+                     healthy=healthy, problem=problem[:MAX_TEXT_CHARS] if problem else None,
+                     interval_s=float(interval), partitions=tuple(parts),
+                     partition_count=_count(doc, "partition_count"),
+                     ward_last_reading={str(w): float(t) for w, t in wards.items()},
+                     messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"))

@@ -1,0 +1,561 @@
+"""``rpm watchdog``: raises a technical alert whenever rpm cannot monitor someone, and clears it after.
+
+The pipeline's components die, freeze and stall; a dead one cannot report itself. So each bridge
+and worker sends a heartbeat to ``rpm.heartbeats`` every few seconds (:mod:`rpm_core.technical`),
+and the watchdog, a separate process, judges them. It raises a technical alert on ``rpm.alerts``
+(where the nurse stations and the notifier already listen) when, for longer than ``confirm_s``:
+
+======================== ======== ============================================================
+rule                     severity condition
+======================== ======== ============================================================
+``tech.workers_missing`` critical partitions of ``rpm.readings`` that no live worker owns
+``tech.worker_stuck``    critical a worker alive but not progressing (InfluxDB failing, a batch stuck)
+``tech.bridge_stuck``    critical a bridge alive but not progressing (Kafka refusing, disconnected)
+``tech.bridge_silent``   critical a bridge that stopped reporting without saying it stops
+``tech.bridges_missing`` critical no bridge running (none reported, or the last one said it stops)
+``tech.ward_silent``     critical a ward whose readings stopped arriving altogether
+``tech.deadletter_surge`` warning more inputs dead-lettered per minute than ``deadletter_per_min``
+``tech.device.<alarm>``  per alarm a patient's edge agent reports device trouble (battery, session…)
+======================== ======== ============================================================
+
+and clears it when the condition has been gone for one evaluation. :class:`Watchdog` is the
+decision, pure (no I/O, a clock passed in); :func:`run_watchdog` is the driver.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from rpm_core.technical import (
+    EVERY_WARD,
+    Heartbeat,
+    TechnicalAlert,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S: Final = 2.0
+DEADLETTER_WINDOW_S: Final = 60.0
+RUN_REMEDY: Final = "Run it again (systemctl restart rpm-worker@… / rpm-bridge@…) and read its log."
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogConfig:
+    """How quickly and on what the watchdog raises technical alerts (defaults: within a minute)."""
+
+    stale_after_s: float = 15.0  # a heartbeat older than this: the component is presumed gone
+    confirm_s: float = 10.0  # a condition must last this long before it is raised
+    startup_grace_s: float = 30.0  # after the watchdog starts, components get this long to report
+    ward_silent_after_s: float = 300.0  # no reading of a ward's patients for this long
+    deadletter_per_min: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A technical alert that would be raised now."""
+
+    severity: str
+    message: str
+    remedy: str
+    component: str
+    wards: tuple[str, ...]
+    patient: str | None = None
+    confirm: bool = True  # wait confirm_s first (device alarms were confirmed by their agent)
+
+
+@dataclass
+class _Seen:
+    beat: Heartbeat
+    at: float  # the watchdog's clock when received
+
+
+@dataclass
+class Watchdog:
+    """The decisions of the watchdog (see the module docstring); feed it, then :meth:`evaluate`.
+
+    ``ward_of`` maps roster patients to wards (empty: no roster, every alert concerns every ward);
+    ``partition_of`` gives a patient's ``rpm.readings`` partition for a partition count.
+    """
+
+    config: WatchdogConfig
+    partition_of: Callable[[str, int], int]
+    ward_of: Mapping[str, str] = field(default_factory=dict)
+    partitions: int = 0  # rpm.readings partitions, as Kafka's metadata says (0: unknown yet)
+    started_at: float = 0.0
+    active: dict[tuple[str, str], TechnicalAlert] = field(default_factory=dict)
+    _seen: dict[tuple[str, str], _Seen] = field(default_factory=dict)
+    _pending: dict[tuple[str, str], float] = field(default_factory=dict)
+    _dead: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    _devices: dict[tuple[str, str, str], Condition] = field(default_factory=dict)
+    _ward_last: dict[str, float] = field(default_factory=dict)
+
+    # -- input --------------------------------------------------------------------------------------
+
+    def observe(self, beat: Heartbeat, at: float) -> None:
+        """Take one heartbeat, received at ``at`` (the watchdog's clock)."""
+        key = (beat.component, beat.instance)
+        before = self._seen.get(key)
+        if beat.component != "watchdog":
+            grew = beat.deadlettered - (before.beat.deadlettered if before else 0)
+            if before is not None and grew > 0:
+                self._dead.append((at, grew))
+        if beat.state == "stopping":
+            self._seen.pop(key, None)  # a component that says it stops is not missed
+            return
+        self._seen[key] = _Seen(beat, at)
+        skew = at - beat.time  # the sender's clock may differ from ours: ages are taken on its clock
+        for ward, t in beat.ward_last_reading.items():
+            self._ward_last[ward] = max(self._ward_last.get(ward, 0.0), t + skew)
+        if beat.partition_count:
+            self.partitions = max(self.partitions, beat.partition_count)
+
+    def observe_device_alarm(self, patient: str, doc: Mapping[str, Any]) -> None:
+        """Take one ``{"kind": "alarm", …}`` status message of ``patient``'s edge agent."""
+        alarm, device, active = doc.get("alarm"), doc.get("device") or "agent", doc.get("active")
+        if not isinstance(alarm, str) or not isinstance(device, str) or not isinstance(active, bool):
+            return
+        key = (patient, device[:64], alarm[:40])
+        if not active:
+            self._devices.pop(key, None)
+            return
+        severity = doc.get("severity") if doc.get("severity") in ("warning", "critical") else "warning"
+        message, remedy = doc.get("message"), doc.get("remedy")
+        ward = self.ward_of.get(patient)
+        self._devices[key] = Condition(
+            severity=str(severity), component="device" if device != "agent" else "agent",
+            message=(message if isinstance(message, str) and message else f"device {device}: {alarm}")[:500],
+            remedy=(remedy if isinstance(remedy, str) else "")[:500],
+            wards=(ward,) if ward else (EVERY_WARD,), patient=patient, confirm=False)
+
+    def adopt(self, alert: TechnicalAlert) -> None:
+        """An alert raised by an earlier run (read back from ``rpm.alerts``): clear it if its cause is gone."""
+        if alert.state == "raised":
+            self.active[alert.key] = alert
+        else:
+            self.active.pop(alert.key, None)
+
+    # -- decision -----------------------------------------------------------------------------------
+
+    def evaluate(self, now: float) -> list[TechnicalAlert]:
+        """The technical alerts raised or cleared now, in that order."""
+        conditions = self.conditions(now)
+        out: list[TechnicalAlert] = []
+        in_grace = now - self.started_at < self.config.startup_grace_s
+        for key, cond in conditions.items():
+            if key in self.active:
+                continue
+            first = self._pending.setdefault(key, now)
+            if cond.confirm and (in_grace or now - first < self.config.confirm_s):
+                continue
+            rule, scope = key
+            alert = TechnicalAlert(rule=rule, scope=scope, severity=cond.severity,  # type: ignore[arg-type]
+                                   state="raised", time=now, since=first, message=cond.message,
+                                   remedy=cond.remedy, component=cond.component, wards=cond.wards,
+                                   patient=cond.patient)
+            self.active[key] = alert
+            out.append(alert)
+        for key in [k for k in self._pending if k not in conditions]:
+            del self._pending[key]
+        if not in_grace:  # an adopted alert waits until the components had a chance to report
+            gone = [k for k in self.active if k not in conditions]
+            out.extend(self.active.pop(key).cleared(now) for key in gone)
+        return out
+
+    def conditions(self, now: float) -> dict[tuple[str, str], Condition]:
+        """Every condition that holds now, by (rule, scope)."""
+        fresh = {k: s for k, s in self._seen.items() if now - s.at <= self.config.stale_after_s}
+        found: dict[tuple[str, str], Condition] = {}
+        found.update(self._workers(fresh))
+        found.update(self._bridges(now, fresh))
+        found.update(self._deadletters(now))
+        if ("tech.workers_missing", "") not in found:
+            found.update(self._wards(now))
+        for (patient, device, alarm), cond in self._devices.items():
+            found[(f"tech.device.{alarm}", f"{patient}/{device}")] = cond
+        return found
+
+    def _workers(self, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
+        found: dict[tuple[str, str], Condition] = {}
+        workers = [s.beat for (component, _i), s in fresh.items() if component == "worker"]
+        covered = {p for w in workers for p in w.partitions}
+        missing = sorted(set(range(self.partitions)) - covered)
+        if missing or (not workers and not self.partitions):
+            if workers:
+                what = (f"No worker is analysing partition(s) {_ranges(missing)} of {self.partitions} of rpm.readings: "
+                        f"{self._patients_in(missing)} are not monitored; no clinical alert can be raised for them.")
+            else:
+                what = ("No stream worker is running: no patient's readings are analysed and no clinical alert "
+                        "can be raised.")
+            found[("tech.workers_missing", "")] = Condition(
+                severity="critical", message=what, component="worker", wards=self._wards_of(missing),
+                remedy="Start rpm worker (systemctl start rpm-worker@1), or restart the one that stopped; "
+                       "its /healthz and log say why it is not assigned.")
+        for w in workers:
+            if not w.healthy:
+                influx = "InfluxDB" in (w.problem or "")
+                found[("tech.worker_stuck", w.instance)] = Condition(
+                    severity="critical", component="influxdb" if influx else "worker",
+                    message=f"Worker {w.instance} runs but cannot deliver: {w.problem or 'not progressing'}. "
+                            f"{self._patients_in(list(w.partitions))} are not monitored until it can.",
+                    remedy=("Fix InfluxDB as the message says; nothing is lost meanwhile (readings wait in Kafka)."
+                            if influx else RUN_REMEDY), wards=self._wards_of(list(w.partitions)))
+        return found
+
+    def _bridges(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
+        found: dict[tuple[str, str], Condition] = {}
+        for (component, instance), seen in self._seen.items():
+            if component != "bridge":
+                continue
+            if (component, instance) not in fresh:
+                found[("tech.bridge_silent", instance)] = Condition(
+                    severity="critical", component="bridge", wards=(EVERY_WARD,),
+                    message=f"Bridge {instance} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut "
+                            "off): the readings it holds reach nobody.",
+                    remedy=f"Restart it under the same client id ({instance}) so its messages are delivered; "
+                           "check its host.")
+            elif not seen.beat.healthy:
+                found[("tech.bridge_stuck", instance)] = Condition(
+                    severity="critical", component="bridge", wards=(EVERY_WARD,),
+                    message=f"Bridge {instance} runs but does not forward readings: "
+                            f"{seen.beat.problem or 'not progressing'}.",
+                    remedy="See the bridge's log and /healthz; fix what the message names (Kafka, MQTT).")
+        if not any(c == "bridge" for c, _i in self._seen):  # (one that stopped reporting: bridge_silent)
+            found[("tech.bridges_missing", "")] = Condition(
+                severity="critical", component="bridge", wards=(EVERY_WARD,),
+                message="No MQTT→Kafka bridge is reporting: readings from patients' devices wait in Mosquitto "
+                        "and reach no worker, no nurse station, no alert.",
+                remedy="Start rpm bridge (systemctl start rpm-bridge@1).")
+        return found
+
+    def _deadletters(self, now: float) -> dict[tuple[str, str], Condition]:
+        while self._dead and self._dead[0][0] < now - DEADLETTER_WINDOW_S:
+            self._dead.popleft()
+        count = sum(n for _t, n in self._dead)
+        if count < self.config.deadletter_per_min:
+            return {}
+        return {("tech.deadletter_surge", ""): Condition(
+            severity="warning", component="deadletter", wards=(EVERY_WARD,),
+            message=f"{count} inputs were dead-lettered in the last minute: readings are being refused.",
+            remedy="rpm deadletter list --since <a few minutes ago> shows which and why; fix the sender, then "
+                   "rpm deadletter replay.")}
+
+    def _wards(self, now: float) -> dict[tuple[str, str], Condition]:
+        found: dict[tuple[str, str], Condition] = {}
+        for ward, last in self._ward_last.items():
+            silent = now - last
+            if silent > self.config.ward_silent_after_s:
+                found[("tech.ward_silent", ward)] = Condition(
+                    severity="critical", component="ward", wards=(ward,),
+                    message=f"No reading from any patient of ward {ward} for {silent / 60:.0f} min: the ward's "
+                            "devices, their agents or their network may be down.",
+                    remedy="Check the ward's network and one patient's edge agent (rpm edge status).")
+        return found
+
+    def _patients_in(self, partitions: Iterable[int]) -> str:
+        if not self.ward_of or not self.partitions:
+            return "the patients of these partitions"
+        parts = set(partitions)
+        n = sum(1 for p in self.ward_of if self.partition_of(p, self.partitions) in parts)
+        return f"{n} roster patient(s)"
+
+    def _wards_of(self, partitions: Iterable[int]) -> tuple[str, ...]:
+        parts = set(partitions)
+        if not self.ward_of or not self.partitions or not parts:
+            return (EVERY_WARD,)
+        wards = sorted({w for p, w in self.ward_of.items() if self.partition_of(p, self.partitions) in parts})
+        return tuple(wards) or (EVERY_WARD,)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``0-2, 5``."""
+    out: list[str] = []
+    for n in numbers:
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def now_s() -> float:
+    """The watchdog's clock."""
+    return time.time()
+
+
+# -- the driver -------------------------------------------------------------------------------------
+
+
+@dataclass
+class WatchdogOptions:
+    """``rpm watchdog``'s options."""
+
+    instance: str = "rpm-watchdog"
+    health_port: int | None = None
+    roster: str | None = None
+    config: WatchdogConfig = field(default_factory=WatchdogConfig)
+
+
+class WatchdogService:
+    """Reads heartbeats (Kafka) and device alarms (MQTT, optional), publishes technical alerts."""
+
+    def __init__(self, *, bootstrap: str, watchdog: Watchdog, instance: str, mqtt: Any = None,
+                 clock: Callable[[], float] = now_s, keys: Any = None) -> None:
+        self.bootstrap = bootstrap
+        self._keys = keys  # rpm_core.signing.KeyRing: technical alerts are signed like every alert
+        self.watchdog = watchdog
+        self.instance = instance
+        self.mqtt = mqtt
+        self._clock = clock
+        self._outbox: list[TechnicalAlert] = []
+        self.last_evaluation = 0.0
+        self.kafka_ok = False
+        self.published = 0
+        self._status: collections.deque[tuple[str, bytes]] = collections.deque()
+
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: Kafka reachable and evaluating; the active technical alerts by rule."""
+        return {
+            "kafka": self.kafka_ok,
+            "evaluating": self._clock() - self.last_evaluation < 30.0,
+            "active": sorted(f"{rule}:{scope}" if scope else rule for rule, scope in self.watchdog.active),
+            "unpublished": len(self._outbox),
+        }
+
+    async def run(self, stop: Any) -> None:
+        """Watch until ``stop`` (an asyncio.Event) is set."""
+        import asyncio
+
+        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+        from aiokafka.structs import TopicPartition
+
+        from rpm_core.technical import HEARTBEATS_TOPIC
+        from stream import topics
+
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False)
+        beats = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                 fetch_max_wait_ms=200)
+        await producer.start()
+        await beats.start()
+        try:
+            await self._adopt()
+            tp = TopicPartition(HEARTBEATS_TOPIC, 0)
+            beats.assign([tp])
+            await beats.seek_to_end(tp)
+            self.watchdog.started_at = self._clock()
+            await beats.topics()
+            self.watchdog.partitions = max(self.watchdog.partitions,
+                                           len(beats.partitions_for_topic(topics.READINGS) or ()))
+            self.kafka_ok = True
+            next_beat = 0.0
+            while not stop.is_set():
+                await self._read(beats)
+                self._take_status()
+                now = self._clock()
+                self._outbox += self.watchdog.evaluate(now)
+                self.last_evaluation = now
+                await self._publish(producer)
+                if now >= next_beat:
+                    next_beat = now + 5.0
+                    await self._heartbeat(producer, now)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(EVALUATE_EVERY_S):
+                        await stop.wait()
+        finally:
+            await self._heartbeat(producer, self._clock(), state="stopping")
+            await beats.stop()
+            await producer.stop()
+
+    async def _read(self, consumer: Any) -> None:
+        from aiokafka.errors import KafkaError
+
+        from rpm_core.technical import TechnicalAlertError, decode_heartbeat
+
+        try:
+            batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            self.kafka_ok = True
+        except KafkaError as exc:
+            self.kafka_ok = False
+            _LOGGER.warning("watchdog cannot read heartbeats: %s", exc)
+            return
+        at = self._clock()
+        for records in batches.values():
+            for record in records:
+                try:
+                    self.watchdog.observe(decode_heartbeat(record.value), at)
+                except TechnicalAlertError as exc:
+                    _LOGGER.warning("ignored a heartbeat: %s", exc)
+
+    async def _publish(self, producer: Any) -> None:
+        """Send what is due, in order; what fails stays for the next round (nothing is dropped)."""
+        from aiokafka.errors import KafkaError
+
+        from rpm_core.technical import SYSTEM_SUBJECT
+        from stream import topics
+
+        while self._outbox:
+            alert = self._outbox[0]
+            key, value = (alert.patient or SYSTEM_SUBJECT).encode(), alert.encode()
+            headers = self._keys.sign(topics.ALERTS, key, value) if self._keys is not None else None
+            try:
+                await producer.send_and_wait(topics.ALERTS, value, key=key, headers=headers)
+            except KafkaError as exc:
+                self.kafka_ok = False
+                _LOGGER.error("watchdog cannot publish technical alerts (%s); %d waiting", exc, len(self._outbox))
+                return
+            self._outbox.pop(0)
+            self.published += 1
+            log = _LOGGER.warning if alert.state == "raised" else _LOGGER.info
+            log("technical alert %s %s %s (wards %s): %s", alert.state, alert.rule, alert.scope or "-",
+                ",".join(alert.wards), alert.message)
+
+    async def _heartbeat(self, producer: Any, now: float, state: str = "running") -> None:
+        from aiokafka.errors import KafkaError
+
+        from rpm_core.technical import HEARTBEATS_TOPIC
+
+        beat = Heartbeat(component="watchdog", instance=self.instance, time=now, state=state,  # type: ignore[arg-type]
+                         healthy=self.kafka_ok)
+        with contextlib.suppress(KafkaError):
+            await producer.send_and_wait(HEARTBEATS_TOPIC, beat.encode())
+
+    async def _adopt(self) -> None:
+        """Read back the technical alerts of ``rpm.alerts`` so a restart clears what an earlier run raised."""
+        import asyncio
+
+        from aiokafka import AIOKafkaConsumer
+
+        from rpm_core.technical import TechnicalAlertError, decode_technical, is_technical
+        from stream import topics
+
+        consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200)
+        await consumer.start()
+        latest: dict[str, TechnicalAlert] = {}
+        try:
+            idle = 0
+            async with asyncio.timeout(60):
+                while idle < 3:  # read until nothing came for three polls in a row
+                    batches = await consumer.getmany(timeout_ms=300, max_records=5_000)
+                    idle = 0 if batches else idle + 1
+                    for records in batches.values():
+                        for record in records:
+                            doc = _json(record.value)
+                            if not is_technical(doc):
+                                continue
+                            with contextlib.suppress(TechnicalAlertError):
+                                alert = decode_technical(doc)
+                                latest[alert.alert_id] = alert
+        except TimeoutError:
+            _LOGGER.warning("watchdog: reading back rpm.alerts took over 60 s; going on with what was read")
+        finally:
+            await consumer.stop()
+        for alert in latest.values():
+            self.watchdog.adopt(alert)
+        if self.watchdog.active:
+            _LOGGER.info("watchdog: %d technical alert(s) still raised by an earlier run", len(self.watchdog.active))
+
+    # -- device alarms from the edge agents' status (paho's thread hands them over) -----------------
+
+    def on_status(self, topic: str, payload: bytes) -> None:
+        """A status message (any thread): queued for the next evaluation."""
+        self._status.append((topic, payload))
+
+    def _take_status(self) -> None:
+        while self._status:
+            topic, payload = self._status.popleft()
+            parts = topic.split("/")
+            doc = _json(payload)
+            alarm = isinstance(doc, dict) and doc.get("kind") == "alarm"
+            if len(parts) == 5 and alarm and doc.get("patient") == parts[3]:
+                self.watchdog.observe_device_alarm(parts[3], doc)
+
+
+def _json(value: bytes | None) -> Any:
+    from rpm_core.wire import loads_unique
+
+    try:
+        return loads_unique(value or b"")
+    except ValueError:
+        return None
+
+
+def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
+    """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
+    watchdog was away are delivered when it is back); returns the running paho client."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from rpm_core.wire import status_topic
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id(client_id),
+                         protocol=paho.MQTTv5)
+    if mqtt_settings.username:
+        client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get() or None)
+    context = mqtt_settings.ssl_context()
+    if context is not None:
+        client.tls_set_context(context)
+    client.reconnect_delay_set(min_delay=1, max_delay=15)
+
+    def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            _LOGGER.error("MQTT refused the watchdog: %s (device alarms are not watched)", reason)
+            return
+        c.subscribe(status_topic("+"), qos=1)
+
+    client.on_connect = on_connect
+    client.on_message = lambda _c, _u, msg: on_status(msg.topic, bytes(msg.payload))
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 7 * 24 * 3600
+    client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False, properties=props)
+    client.loop_start()
+    return client
+
+
+async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
+    """``rpm watchdog``: run until SIGTERM/SIGINT."""
+    import asyncio
+    import signal
+
+    from rpm_core.roster import ROSTER_ENV, load_roster
+    from stream import topics
+    from stream.health import HealthServer
+
+    roster_path = options.roster
+    ward_of: dict[str, str] = {}
+    if roster_path is not None or ROSTER_ENV in os.environ:
+        roster = load_roster(roster_path)
+        ward_of = {p: w.id for w in roster.wards.values() for p in w.patients}
+    bootstrap = settings.kafka_bootstrap()
+    await topics.ensure_topics(bootstrap)
+    watchdog = Watchdog(config=options.config, partition_of=topics.partition_for, ward_of=ward_of)
+    service = WatchdogService(bootstrap=bootstrap, watchdog=watchdog, instance=options.instance,
+                              keys=settings.key_ring())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = None
+    if settings.mqtt_url:
+        client = start_status_listener(settings.mqtt(), options.instance, service.on_status)
+    health = HealthServer(service.health, port=options.health_port) if options.health_port is not None else None
+    try:
+        if health is not None:
+            await health.start()
+            _LOGGER.info("watchdog health on http://127.0.0.1:%d/healthz", health.port)
+        _LOGGER.info("watchdog %s watching %s (%d roster patients)", options.instance, bootstrap, len(ward_of))
+        await service.run(stop)
+    finally:
+        if health is not None:
+            await health.stop()
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()

@@ -1,0 +1,217 @@
+"""The watchdog's decisions, without I/O: heartbeats in, technical alerts out, on a clock of our own.
+
+Each test is a way rpm can stop monitoring someone; each checks that a technical alert is raised
+in time (within a minute with the defaults), names the wards concerned, and clears when the cause
+is gone, and that normal life (a rebalance, a graceful stop) raises nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from rpm_core.technical import (
+    EVERY_WARD,
+    Heartbeat,
+    TechnicalAlert,
+    TechnicalAlertError,
+    decode_heartbeat,
+    decode_technical,
+)
+from stream.topics import partition_for
+from stream.watchdog import Watchdog, WatchdogConfig
+
+PARTS = 4
+WARDS = {f"p{k}": ("north" if k % 2 else "south") for k in range(40)}
+T0 = 1_780_000_000.0
+
+
+def make(**config: Any) -> Watchdog:
+    return Watchdog(config=WatchdogConfig(**config), partition_of=partition_for, ward_of=WARDS, partitions=PARTS,
+                    started_at=T0)
+
+
+def worker(name: str, parts: tuple[int, ...], t: float, **kw: Any) -> Heartbeat:
+    return Heartbeat(component="worker", instance=name, time=t, partitions=parts, partition_count=PARTS, **kw)
+
+
+def bridge(name: str, t: float, **kw: Any) -> Heartbeat:
+    return Heartbeat(component="bridge", instance=name, time=t, **kw)
+
+
+def run(w: Watchdog, start: float, end: float, beats: Any = None, step: float = 1.0) -> list[TechnicalAlert]:
+    """Advance the clock from ``start`` to ``end``, feeding ``beats(t)`` every 5 s and evaluating each step."""
+    out: list[TechnicalAlert] = []
+    t = start
+    while t <= end:
+        if beats is not None and round(t - start) % 5 == 0:
+            for beat in beats(t):
+                w.observe(beat, t)
+        out += w.evaluate(t)
+        t += step
+    return out
+
+
+def healthy(t: float) -> list[Heartbeat]:
+    return [worker("w1", (0, 1), t), worker("w2", (2, 3), t), bridge("b1", t)]
+
+
+def test_a_healthy_pipeline_raises_nothing() -> None:
+    w = make()
+    assert run(w, T0, T0 + 300, healthy) == []
+
+
+def test_killing_every_worker_raises_workers_missing_within_a_minute_and_it_clears_after_recovery() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    kill = T0 + 61
+    out = run(w, kill, kill + 60, lambda t: [bridge("b1", t)])
+    [raised] = [a for a in out if a.state == "raised"]
+    assert raised.rule == "tech.workers_missing" and raised.severity == "critical"
+    assert raised.time - kill <= 60
+    assert "No stream worker is running" in raised.message and raised.remedy
+    assert set(raised.wards) == {"north", "south"}
+    back = kill + 61
+    out = run(w, back, back + 20, healthy)
+    assert [(a.rule, a.state) for a in out] == [("tech.workers_missing", "cleared")]
+    assert out[0].alert_id == raised.alert_id
+
+
+def test_a_partition_nobody_owns_names_only_its_wards() -> None:
+    w = make()
+    out = run(w, T0 + 31, T0 + 120, lambda t: [worker("w1", (0, 1, 2), t), bridge("b1", t)])
+    [raised] = out
+    patients_3 = {p for p in WARDS if partition_for(p, PARTS) == 3}
+    assert set(raised.wards) == {WARDS[p] for p in patients_3}
+    assert "partition(s) 3 of 4" in raised.message
+
+
+def test_a_rebalance_shorter_than_the_confirmation_raises_nothing() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    # w2 leaves: for 6 s nobody owns 2 and 3, then w1 takes everything
+    out = run(w, T0 + 61, T0 + 66, lambda t: [worker("w1", (0, 1), t), bridge("b1", t)])
+    w.observe(Heartbeat(component="worker", instance="w2", time=T0 + 61, state="stopping"), T0 + 61)
+    out += run(w, T0 + 67, T0 + 200, lambda t: [worker("w1", (0, 1, 2, 3), t), bridge("b1", t)])
+    assert out == []
+
+
+def test_a_frozen_bridge_is_silent_and_a_stuck_one_says_why() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    freeze = T0 + 61
+    out = run(w, freeze, freeze + 60, lambda t: healthy(t)[:2])
+    [silent] = out
+    assert silent.rule == "tech.bridge_silent" and silent.scope == "b1" and silent.time - freeze <= 60
+    assert silent.wards == (EVERY_WARD,)
+    out = run(w, freeze + 61, freeze + 70, healthy)
+    assert [(a.rule, a.state) for a in out] == [("tech.bridge_silent", "cleared")]
+    stuck = run(w, freeze + 71, freeze + 120, lambda t: [*healthy(t)[:2], bridge(
+        "b1", t, healthy=False, problem="a message has waited 61 s unacknowledged")])
+    assert [(a.rule, a.state) for a in stuck] == [("tech.bridge_stuck", "raised")]
+    assert "61 s unacknowledged" in stuck[0].message
+
+
+def test_a_bridge_that_says_it_stops_is_not_missed_but_no_bridge_at_all_is() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    w.observe(Heartbeat(component="bridge", instance="b1", time=T0 + 61, state="stopping"), T0 + 61)
+    out = run(w, T0 + 61, T0 + 120, lambda t: healthy(t)[:2])
+    assert [(a.rule, a.scope) for a in out] == [("tech.bridges_missing", "")]
+
+
+def test_a_worker_that_cannot_write_to_influxdb_is_named_with_the_fix() -> None:
+    w = make()
+    problem = "InfluxDB has no database 'rpm'; create it (influx -execute 'CREATE DATABASE \"rpm\"')"
+    out = run(w, T0 + 31, T0 + 90, lambda t: [worker("w1", (0, 1), t), bridge("b1", t),
+                                             worker("w2", (2, 3), t, healthy=False, problem=problem)])
+    [raised] = out
+    assert raised.rule == "tech.worker_stuck" and raised.component == "influxdb" and "CREATE DATABASE" in raised.message
+
+
+def test_a_ward_whose_readings_stop_is_alerted_for_that_ward_only() -> None:
+    w = make(ward_silent_after_s=120)
+    last = {"north": T0, "south": T0}
+
+    def beats(t: float) -> list[Heartbeat]:
+        last["south"] = t  # south keeps sending, north went quiet at T0
+        return [worker("w1", (0, 1, 2, 3), t, ward_last_reading=dict(last)), bridge("b1", t)]
+
+    out = run(w, T0, T0 + 200, beats)
+    [raised] = out
+    assert raised.rule == "tech.ward_silent" and raised.wards == ("north",) and raised.time - T0 <= 120 + 60
+
+
+def test_a_surge_of_dead_letters_is_a_warning() -> None:
+    w = make(deadletter_per_min=50)
+    count = 0
+
+    def beats(t: float) -> list[Heartbeat]:
+        nonlocal count
+        count += 20
+        return [worker("w1", (0, 1, 2, 3), t), bridge("b1", t, deadlettered=count)]
+
+    [raised] = run(w, T0 + 31, T0 + 90, beats)
+    assert raised.rule == "tech.deadletter_surge" and raised.severity == "warning"
+
+
+def test_device_alarms_of_a_patient_are_raised_at_once_for_the_patients_ward_and_cleared() -> None:
+    w = make()
+    run(w, T0, T0 + 40, healthy)
+    doc = {"kind": "alarm", "alarm": "battery_low", "device": "cgm-1", "active": True, "severity": "warning",
+           "message": "CGM battery at 8 %", "remedy": "Charge or replace the sensor's transmitter"}
+    w.observe_device_alarm("p3", doc)
+    [raised] = w.evaluate(T0 + 41)
+    assert (raised.rule, raised.scope, raised.patient, raised.wards) == ("tech.device.battery_low", "p3/cgm-1", "p3",
+                                                                          ("north",))
+    w.observe_device_alarm("p3", {**doc, "active": False})
+    assert [(a.rule, a.state) for a in w.evaluate(T0 + 42)] == [("tech.device.battery_low", "cleared")]
+
+
+def test_an_alert_of_an_earlier_run_is_cleared_once_its_cause_is_gone() -> None:
+    w = make()
+    old = TechnicalAlert(rule="tech.workers_missing", scope="", severity="critical", state="raised", time=T0 - 100,
+                         since=T0 - 110, message="m", remedy="r", component="worker", wards=(EVERY_WARD,))
+    w.adopt(old)
+    assert run(w, T0, T0 + 20, healthy) == [], "not before the components had their grace period to report"
+    out = run(w, T0 + 21, T0 + 40, healthy)
+    assert [(a.alert_id, a.state) for a in out] == [(old.alert_id, "cleared")]
+
+
+# -- the codecs ---------------------------------------------------------------------------------------
+
+
+def test_technical_alerts_round_trip_and_refuse_what_is_not_one() -> None:
+    alert = TechnicalAlert(rule="tech.bridge_silent", scope="rpm-bridge:h-0", severity="critical", state="raised",
+                           time=T0, since=T0 - 5, message="m", remedy="r", component="bridge", wards=("*",))
+    assert decode_technical(orjson.loads(alert.encode())) == alert
+    good = orjson.loads(alert.encode())
+    for bad in ({**good, "alert_id": "0" * 16}, {**good, "rule": "bridge_silent"}, {**good, "wards": []},
+                {**good, "wards": ["a b"]}, {**good, "severity": ["critical"]}, {**good, "state": "acknowledged"},
+                {**good, "time": float("nan")}, {**good, "message": ""}, {**good, "component": {}},
+                {**good, "patient": 5}, {**good, "kind": "clinical"}):
+        with pytest.raises(TechnicalAlertError):
+            decode_technical(bad)
+
+
+@pytest.mark.parametrize("value", [
+    None, b"", b"[]", b'{"v": 2}', b'{"v": 1, "component": "worker"}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "partitions": [-1]}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "partitions": {"a": 1}}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "ward_last_reading": {"a b": 1}}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "healthy": "yes"}',
+    b'{"v": 1, "component": ["worker"], "instance": "w", "time": 1}',
+    b'{"v": 1, "component": "worker", "instance": "w\\u0000", "time": 1}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "deadlettered": true}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "interval_s": 0}',
+])
+def test_malformed_heartbeats_are_refused_with_a_reason(value: bytes | None) -> None:
+    with pytest.raises(TechnicalAlertError):
+        decode_heartbeat(value)
+
+
+def test_heartbeats_round_trip() -> None:
+    beat = worker("w1", (0, 3), T0, ward_last_reading={"north": T0 - 1}, deadlettered=3, messages=10)
+    assert decode_heartbeat(beat.encode()) == beat
