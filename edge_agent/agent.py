@@ -137,11 +137,17 @@ class Agent:
                          remedy="check the patient's internet connection and that the MQTT broker is reachable")
 
     async def _watch(self) -> None:
-        """Every few seconds: pairings added or removed while running, silent devices, the status file."""
+        """Every few seconds: pairings added or removed while running, silent devices, the status file;
+        now and then, the active alarms again (a watchdog that subscribed after they were raised
+        would otherwise hear of them only when this agent reconnects)."""
+        refreshed = time.monotonic()
         while True:
             try:
                 self._reload_registry()
                 self._check_silence(time.time())
+                if time.monotonic() - refreshed >= const.ALARM_REFRESH_INTERVAL_S:
+                    refreshed = time.monotonic()
+                    self.board.resend_alarms()
                 await asyncio.to_thread(write_status_file, self.settings.status_path, self.status_snapshot())
             except (EdgeAgentError, OSError) as exc:  # a half-written registry, a full disk: next round
                 _LOGGER.warning("housekeeping: %s", exc)

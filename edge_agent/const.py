@@ -218,6 +218,9 @@ BATTERY_LOW_HYSTERESIS_PCT: Final = 5
 # not used): a strap is worn all day, a CGM sends every 1-5 min (Dexcom's signal loss alert: 20 min),
 # a meter is used a few times a day (two days without a sync is worth a call).
 DEVICE_SILENT_AFTER_S: Final = {"heart_rate": 3600.0, "cgm": 1800.0, "glucose_meter": 48 * 3600.0}
+# Active alarms are published again this often (besides after every reconnection), so a watchdog
+# that started or subscribed after an alarm was raised hears of it within this time.
+ALARM_REFRESH_INTERVAL_S: Final = 300.0
 # `rpm edge status`: a status file older than this means the agent is not running.
 STATUS_FILE_STALE_S: Final = 60.0
 # How often the agent looks for silent devices, newly paired ones, and rewrites its status file.

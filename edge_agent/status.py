@@ -141,6 +141,11 @@ class StatusBoard:
             return  # nothing to clear: say nothing
         self.listener(payload)
 
+    def resend_alarms(self) -> None:
+        """Announce every active alarm again (unchanged, with its original time)."""
+        for payload in list(self.alarms.values()):
+            self.listener(payload)
+
     def alarm_active(self, name: str, device: str | None = None) -> bool:
         """Whether the alarm ``name`` (of ``device``) is active."""
         return alarm_key(name, device) in self.alarms

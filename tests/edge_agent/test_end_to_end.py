@@ -1,4 +1,5 @@
-"""A meter's "HI" from the emulated BlueZ to InfluxDB and the nurse station (issue 14, item 2).
+"""From the emulated BlueZ to the people (issue 14): a meter's "HI" to InfluxDB and the nurse station
+(item 2); a low battery and an ending CGM session to technical alerts on ``rpm.alerts`` (item 6).
 
 Real everything but the radio: a virtual glucose meter on BlueZ emulated on a private D-Bus (bleak's
 real code), the real agent, Mosquitto, ``rpm bridge``, Tansu, ``rpm worker`` with the default
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ import aiohttp
 import orjson
 import pytest
 
+from edge_agent import const
 from edge_agent.agent import Agent
 from edge_agent.config import AgentSettings
 from edge_agent.gatt import GlucoseSensorStatus
 from edge_agent.pairing import DeviceInfo, DeviceKind, PairedDevice, Registry
 from rpm_core.roster import hash_password
-from rpm_core.services import ADMIN_USER, ServiceProcess, Stack, free_port, http_ok
-from simulators.ble_devices import GlucoseMeter, GlucoseRecord
+from rpm_core.services import ADMIN_USER, WATCHDOG_USER, ServiceProcess, Stack, free_port, http_ok
+from simulators.ble_devices import ContinuousGlucoseMonitor, GlucoseMeter, GlucoseRecord, HeartRateStrap
 from simulators.bluez import EmulatedBluez
 from tests.support.influx import rows
 from tests.support.procs import eventually, rpm_env, running, spawn, spawn_bridge
@@ -120,3 +122,63 @@ async def test_a_meter_hi_result_becomes_a_critical_alert_in_influxdb_and_on_the
 
     shown = await poll(on_station, bool, deadline_s=60, what="the HI alert on the nurse station", watch=watch)
     assert shown[0]["patient"] == PATIENT and shown[0]["severity"] == "critical"
+
+
+async def read_alerts(bootstrap: str) -> list[dict[str, Any]]:
+    """Every record of ``rpm.alerts`` so far."""
+    from tests.support.kafka import read_all
+
+    return [orjson.loads(v) for v in await read_all(bootstrap, "rpm.alerts", idle_ms=500, deadline_s=60)]
+
+
+async def test_battery_low_and_session_end_become_technical_alerts_end_to_end(
+    stack: Stack, pipeline: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 14, item 6: the agent's alarm status messages → ``rpm watchdog`` → ``rpm.alerts``
+    (technical alerts with the device's remedy, what nurse stations and the notifier consume).
+
+    The agent may raise its alarms before the watchdog has subscribed; the agent's periodic
+    re-announcement (shortened here) is what makes them reach it anyway."""
+    monkeypatch.setattr(const, "DEVICE_CHECK_INTERVAL_S", 0.5)
+    monkeypatch.setattr(const, "ALARM_REFRESH_INTERVAL_S", 3.0)
+    watchdog = spawn("watchdog", ["watchdog", "--startup-grace", "5", "--confirm", "1"],
+                     rpm_env(stack, mqtt_user=WATCHDOG_USER), tmp_path)
+    now_utc = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+    strap = HeartRateStrap(battery_level=12, interval_s=1.0)
+    cgm = ContinuousGlucoseMonitor(session_start=now_utc + timedelta(hours=1) - timedelta(hours=336 - 6),
+                                   run_time_hours=336, interval_s=3600)
+    registry = Registry(patient=PATIENT, devices=tuple(
+        PairedDevice(address=d.address, kind=k, info=DeviceInfo(serial=d.info.serial), bonded=True)
+        for d, k in ((strap, DeviceKind.HEART_RATE), (cgm, DeviceKind.CGM))))
+    settings = AgentSettings(state_dir=tmp_path / "edge", mqtt_url=stack.mqtt_url(ADMIN_USER),
+                             mqtt_backoff_max_s=1.0, ble_backoff_max_s=1.0)
+    bootstrap = (stack.settings.kafka_url or "").removeprefix("kafka://")
+    watch = (*pipeline["watch"], watchdog)
+
+    def device_alerts(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {r["rule"]: r for r in records if str(r.get("rule", "")).startswith("tech.device.")}
+
+    with running(watchdog):
+        async with EmulatedBluez() as bz:
+            await bz.add_devices([strap, cgm])
+            agent = Agent(settings, registry)
+            stop = asyncio.Event()
+            task = asyncio.create_task(agent.run(stop))
+            try:
+                deadline = asyncio.get_running_loop().time() + 180
+                found: dict[str, dict[str, Any]] = {}
+                while {"tech.device.battery_low", "tech.device.cgm_session_ending"} - set(found):
+                    assert asyncio.get_running_loop().time() < deadline, f"technical alerts, got {sorted(found)}"
+                    for p in watch:
+                        assert p.alive(), f"{p.name} died:\n{p.log_tail(40)}"
+                    found = device_alerts(await read_alerts(bootstrap))
+            finally:
+                stop.set()
+                async with asyncio.timeout(30):
+                    await task
+    battery, session = found["tech.device.battery_low"], found["tech.device.cgm_session_ending"]
+    for alert in (battery, session):
+        assert alert["kind"] == "technical" and alert["state"] == "raised" and alert["patient"] == PATIENT
+        assert alert["metric"] == "technical" and alert["value"] is None and alert["remedy"]
+    assert battery["severity"] == "warning" and "12 %" in battery["message"]
+    assert session["severity"] == "warning" and "ends in" in session["message"]
