@@ -108,6 +108,16 @@ def _explain_one(exc: BaseException, *, timeout_s: float | None) -> str | None:
         return None
 
 
+def bluetooth_unavailable(exc: BaseException) -> str | None:
+    """Advice if ``exc`` (or a cause) means this computer's Bluetooth cannot be used at all (switched
+    off, no adapter, BlueZ or D-Bus not running), else None: then no device can be reached."""
+    for link in _chain(exc):
+        advice = _explain_one(link, timeout_s=None)
+        if advice in (BLUETOOTH_OFF, NO_ADAPTER, BLUEZ_NOT_RUNNING, NO_SYSTEM_BUS, NOT_ALLOWED):
+            return advice
+    return None
+
+
 def plain_error(exc: BaseException, *, timeout_s: float | None = None) -> str:
     """What went wrong, in plain language, with the next step; never a traceback."""
     for link in _chain(exc):

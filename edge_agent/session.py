@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from edge_agent import const, link
+from edge_agent.advice import bluetooth_unavailable
 from edge_agent.errors import (
     DeviceConnectionError,
     DeviceNotFoundError,
@@ -99,6 +100,7 @@ BOND_LOST_ALARM: Final = "bond_lost"
 DEVICE_SILENT_ALARM: Final = "device_silent"
 CGM_SESSION_ENDING_ALARM: Final = "cgm_session_ending"
 METER_CLOCK_ALARM: Final = "meter_clock_off"
+BLUETOOTH_ALARM: Final = "bluetooth_unavailable"  # about the hub itself: no device
 _DEVICE_WORDS: Final = {
     DeviceKind.HEART_RATE: "heart-rate strap",
     DeviceKind.GLUCOSE_METER: "glucose meter",
@@ -181,9 +183,18 @@ class DeviceSession:
             await asyncio.sleep(delay)
 
     def _failed(self, exc: EdgeAgentError) -> None:
-        """Publish why the session stopped; a lost bond is an alarm (only pairing again fixes it)."""
+        """Publish why the session stopped; a lost bond is an alarm (only pairing again fixes it), and
+        so is Bluetooth being unusable on this computer (no device can be reached then)."""
         unreachable = isinstance(exc, DeviceConnectionError | DeviceNotFoundError)
         self._status("unreachable" if unreachable else "error", error=str(exc))
+        advice = bluetooth_unavailable(exc)
+        if advice is not None:
+            self.ctx.board.alarm(
+                BLUETOOTH_ALARM, active=True, severity="critical", remedy=advice,
+                message="the home hub's Bluetooth cannot be used, so none of the patient's devices can be read",
+            )
+        elif isinstance(exc, DeviceNotFoundError):
+            self._bluetooth_works()  # the scan ran: Bluetooth is fine, the device is away
         if is_bond_lost(exc):
             self.ctx.board.alarm(
                 BOND_LOST_ALARM, active=True, device=self.device_id, severity="critical",
@@ -193,6 +204,10 @@ class DeviceSession:
                        f"--address {self.device.address}",
             )
 
+    def _bluetooth_works(self) -> None:
+        if self.ctx.board.alarm_active(BLUETOOTH_ALARM):
+            self.ctx.board.alarm(BLUETOOTH_ALARM, active=False, message="the home hub's Bluetooth works again")
+
     @property
     def _what(self) -> str:
         return _DEVICE_WORDS[self.device.kind]
@@ -201,6 +216,7 @@ class DeviceSession:
         self._status("connecting", error=None)
         async with self.ctx.scan_lock:
             ble_device = await link.find_device(self.device.address, scan_timeout_s=self.ctx.scan_timeout_s)
+        self._bluetooth_works()
         self._drain_inbox()
         client = await link.connect(
             ble_device, name=self.device.name or self.device_id, on_disconnect=self._on_link_lost

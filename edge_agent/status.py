@@ -12,11 +12,12 @@ Three kinds of JSON message (schema version 1), all with ``v``, ``patient``, ``k
     {"kind": "alarm", "alarm": "battery_low", "active": true, "device": "hr-C0:FF:…",
      "severity": "warning" | "critical", "message": "…", "remedy": "…", …}  not retained
 
-Alarms (the lead's watchdog makes each active one a technical alert ``tech.device.<alarm>``):
-``outbox_full`` (no device), ``battery_low``, ``cgm_session_ending``, ``cgm_gap``,
-``device_silent``, ``bond_lost``, ``meter_clock_off``; ``"active": false`` ends one. An alarm
-about one device names it and is kept per device; extra fields give the details (``battery_pct``,
-``gap``, ``session_end``, ``clock_offset_s``, ``evicted``…).
+Alarms (``rpm watchdog`` makes each active one a technical alert ``tech.device.<alarm>``):
+``outbox_full`` and ``bluetooth_unavailable`` (about the hub, no device), ``battery_low``,
+``cgm_session_ending``, ``cgm_gap``, ``device_silent``, ``bond_lost``, ``meter_clock_off``;
+``"active": false`` ends one. An alarm about one device names it and is kept per device;
+extra fields give the details (``battery_pct``, ``gap``, ``session_end``, ``clock_offset_s``,
+``evicted``…). Active alarms are announced again every few minutes.
 
 Status is the *current* state, not history: it is not stored in the outbox. While the broker is
 away the latest state per device and active alarms are kept in memory and published on the

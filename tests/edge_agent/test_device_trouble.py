@@ -183,3 +183,36 @@ async def test_a_meter_clock_changed_during_a_sync_is_reported(agent_in_process,
     alarm = alarms(watcher, "meter_clock_off")[0]
     check_contract(alarm, device)
     assert "changed by 1 h during a transfer" in alarm["message"]
+
+
+async def test_bluetooth_switched_off_on_the_hub_is_one_alarm_for_the_patient(agent_in_process, watcher,
+                                                                             wait_until) -> None:
+    """With the hub's Bluetooth off no device can be read: one critical alarm saying how to turn it on."""
+    from dbus_fast import BusType, Message, MessageType, Variant
+    from dbus_fast.aio import MessageBus
+
+    async def set_powered(bz: EmulatedBluez, on: bool) -> None:
+        bus = await MessageBus(bus_address=bz.bus_address, bus_type=BusType.SYSTEM).connect()
+        try:
+            reply = await bus.call(Message(
+                destination="org.bluez", path=bz.adapter_path, interface="org.freedesktop.DBus.Properties",
+                member="Set", signature="ssv", body=["org.bluez.Adapter1", "Powered", Variant("b", on)]))
+            assert reply is not None and reply.message_type != MessageType.ERROR, reply
+        finally:
+            bus.disconnect()
+
+    strap = HeartRateStrap(interval_s=0.5)
+    async with EmulatedBluez() as bz:
+        await bz.add_device(strap)
+        await set_powered(bz, False)
+        async with agent_in_process(registry(strap, DeviceKind.HEART_RATE), ble_backoff_max_s=0.5):
+            await wait_until(lambda: bool(alarms(watcher, "bluetooth_unavailable")), timeout=60,
+                             what="the Bluetooth alarm")
+            await set_powered(bz, True)
+            await wait_until(lambda: len(alarms(watcher, "bluetooth_unavailable")) == 2, timeout=60,
+                             what="the Bluetooth alarm cleared")
+            await wait_until(lambda: bool(watcher.samples(f"hr-{strap.address}")), what="readings again")
+    raised, cleared = alarms(watcher, "bluetooth_unavailable")
+    assert raised["active"] is True and raised["severity"] == "critical" and "device" not in raised
+    assert "bluetoothctl power on" in raised["remedy"]
+    assert cleared["active"] is False
