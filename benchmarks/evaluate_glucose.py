@@ -4,6 +4,7 @@ Reproduce (see benchmarks/RESULTS.md)::
 
     pip install -e '.[eval]'                      # simglucose, the UVA/Padova simulator
     python benchmarks/evaluate_glucose.py --days 2 --cache var/glucose_traces.npz
+    python benchmarks/evaluate_glucose.py --days 2 --seeds 101 202 303   # pooled, bootstrap CIs
 
 Both predictors run through the very same :class:`detectors.Engine` and alert rule ("urgent low
 soon": predicted <= 55 mg/dL within 20 min, cleared once the forecast stays >= 70 mg/dL for 15
@@ -133,6 +134,32 @@ def score(traces: list[Trace], alerts: dict[str, list[float]], days: float) -> d
     }
 
 
+def pooled(seeds: list[int], days: float, patients: list[str]) -> int:
+    """Both predictors over several seeds' traces, with 95 % bootstrap intervals over traces."""
+    root = Path(__file__).resolve().parents[1]
+    traces = []
+    for seed in seeds:
+        for tr in load_traces(days, root / "var" / f"glucose_{seed}.npz", patients, seed):
+            traces.append(Trace(f"{seed}:{tr.patient}", tr.t, tr.cgm, tr.bg))
+    print(f"seeds {seeds}: {len(traces)} traces x {days:g} days\n")
+    print("| predictor | events | sensitivity (95 % CI) | median lead, min (CI) | false alerts / patient-day (CI) |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    picks = [rng.integers(0, len(traces), len(traces)) for _ in range(1000)]
+    for name, model in (("damped_trend (ours)", "damped_trend"), ("ar2 (Nightscout)", "ar2")):
+        alerts = alert_times(forecast_rule(model), traces)
+        r = score(traces, alerts, days)
+        keys = ("sensitivity", "median_lead_min", "false_per_patient_day")
+        draws = np.array([[score([traces[i] for i in pick], alerts, days)[k] for k in keys] for pick in picks])
+        lo, hi = np.nanpercentile(draws, [2.5, 97.5], axis=0)
+        print(
+            f"| {name} | {r['events']} | {r['sensitivity']:.1%} ({lo[0]:.1%}-{hi[0]:.1%}) "
+            f"| {r['median_lead_min']:.1f} ({lo[1]:.1f}-{hi[1]:.1f}) "
+            f"| {r['false_per_patient_day']:.2f} ({lo[2]:.2f}-{hi[2]:.2f}) |"
+        )
+    return 0
+
+
 def main() -> int:
     """Run the comparison and print a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,7 +168,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=None, help="npz file to keep the simulated traces in")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--seeds", type=int, nargs="+", help="pool these seeds (cached as var/glucose_<seed>.npz)")
     args = parser.parse_args()
+    if args.seeds:
+        return pooled(args.seeds, args.days, PATIENTS[: args.patients])
     traces = load_traces(args.days, args.cache, PATIENTS[: args.patients], args.seed)
     rows = {
         "damped_trend (ours)": score(traces, alert_times(forecast_rule("damped_trend"), traces), args.days),

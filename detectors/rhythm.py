@@ -13,6 +13,10 @@ windows of a batch at once, as rows of a matrix built with ``sliding_window_view
    ``[tpr_low, tpr_high]`` (a random sequence has 2/3), and Shannon entropy of a 16-bin histogram
    of the retained intervals, normalized to [0, 1], >= ``entropy_min``.
 
+That is ``method: dash``. With ``method: model`` (the default rule set's choice) steps 2-3 are
+replaced by :mod:`detectors.af_model`: its own beat-error filter, eight RR features and a small
+learned (quadratic logistic) classifier; windows with fewer than half their beats kept are NaN.
+
 Each judged window's verdict is 1 (irregular), 0 (regular) or NaN (the window spans a gap longer
 than ``max_gap_s``, or under half its beats were kept). With 64 beats the turning-point ratio of
 true AF falls outside Dash's bounds in ~5 % of windows, so the signal is the share of irregular
@@ -28,6 +32,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
 from detectors.columns import grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
@@ -205,6 +210,7 @@ def _params(rule: RhythmRule) -> dict[str, float]:
         "tpr_low": rule.tpr_low,
         "tpr_high": rule.tpr_high,
         "entropy": rule.entropy_min,
+        "model": float(rule.method == "model"),
     }
 
 
@@ -214,12 +220,36 @@ def irregular(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArr
         return np.zeros(0)
     complete = complete & np.isfinite(rr).all(axis=1)
     rr = np.where(complete[:, None], rr, 1.0)  # placeholders keep the arithmetic quiet; rows stay NaN
+    out = np.full(len(rr), np.nan)
+    learned = params["model"] > 0
+    dash = np.flatnonzero(~learned)
+    if len(dash):
+        sub = {name: column[dash] for name, column in params.items()}
+        out[dash] = _dash(rr[dash], complete[dash], sub)
+    chosen = np.flatnonzero(learned)
+    if len(chosen):
+        out[chosen] = _learned(rr[chosen], complete[chosen])
+    return out
+
+
+def _dash(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArray]) -> FloatArray:
+    """Dash et al. 2009 criteria on the cleaned and trimmed intervals."""
     keep = _cleaned(rr, params["trim"])
     enough = keep.sum(axis=1) * 2 >= rr.shape[1]
     nrmssd, tpr, entropy = features(rr, keep)
     verdict = (nrmssd > params["nrmssd"]) & (tpr >= params["tpr_low"]) & (tpr <= params["tpr_high"])
     verdict &= entropy >= params["entropy"]
     return np.where(complete & enough, verdict.astype(np.float64), np.nan)
+
+
+def _learned(rr: FloatArray, complete: BoolArray) -> FloatArray:
+    """The learned classifier of :mod:`detectors.af_model` (probability of AF >= 0.5)."""
+    keep = af_model.cleaned(np.maximum(rr, 1e-9))
+    enough = keep.sum(axis=1) * 2 >= rr.shape[1]
+    columns = af_model.features(rr, keep)
+    usable = complete & enough & (rr > 0).all(axis=1) & np.isfinite(columns).all(axis=1)
+    p = af_model.probability(np.where(usable[:, None], columns, 0.0))
+    return np.where(usable, (p >= af_model.THRESHOLD).astype(np.float64), np.nan)
 
 
 def _cleaned(rr: FloatArray, trim: FloatArray) -> BoolArray:

@@ -430,11 +430,15 @@ class RhythmRule(ThresholdRule):
     ectopy: the ``trim_beats`` largest and smallest remaining are dropped) and the window is
     irregular when normalized RMSSD > ``nrmssd_min``, the turning-point ratio lies in
     ``[tpr_low, tpr_high]`` and the normalized Shannon entropy (16 bins) >= ``entropy_min``.
+    That is ``method: dash``; with ``method: model`` (see :mod:`detectors.af_model`) a window is
+    irregular when a small learned classifier over eight RR features gives AF a probability >= 0.5
+    (``trim_beats``, ``nrmssd_min``, ``tpr_*`` and ``entropy_min`` are then unused).
     The signal is the share of irregular verdicts among the last ``votes`` judged windows
     (carried between judgements); levels have threshold 0.5, so a majority must be irregular.
     """
 
     TYPE: ClassVar[str] = "rhythm"
+    METHODS: ClassVar[tuple[str, ...]] = ("dash", "model")
 
     window_beats: int = 128
     every_beats: int = 8
@@ -444,9 +448,12 @@ class RhythmRule(ThresholdRule):
     tpr_low: float = 0.54
     tpr_high: float = 0.77
     entropy_min: float = 0.7
+    method: str = "dash"
 
     def __post_init__(self) -> None:
         ThresholdRule.__post_init__(self)
+        if self.method not in self.METHODS:
+            raise RuleValidationError("method", f"unknown method {self.method!r}", "Write dash or model.")
         _check_int("window", self.window_beats, 16, RHYTHM_MAX_BEATS)
         _check_int("every", self.every_beats, 1, self.window_beats)
         _check_int("votes", self.votes, 1, RHYTHM_MAX_VOTES)

@@ -30,7 +30,7 @@ from rpm_core.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-OUR_PACKAGES: Final = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify"})
+OUR_PACKAGES: Final = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify", "hl7out"})
 
 
 class CommandGroup(NamedTuple):
@@ -48,6 +48,7 @@ COMMAND_GROUPS: Final = (
     CommandGroup("rpm_core.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
     CommandGroup("notify.cli", "server", ("notifier", "routes")),
     CommandGroup("stream.deadletter_cli", "server", ("deadletter",)),
+    CommandGroup("hl7out.cli", "server", ("hl7",)),
 )
 
 

@@ -179,7 +179,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     png = Path(args.png) if args.png not in (None, "") else (out.with_suffix(".png") if args.png == "" else None)
     result = write_report(settings, ReportOptions(
         patient=args.patient, start=end - timedelta(days=args.days), end=end, out=out, png=png, tz=args.tz,
-        progress=not args.quiet,
+        progress=not args.quiet, unit=args.units,
     ))
     for path in result:
         _say(str(path))
@@ -195,6 +195,7 @@ def _add_report(sub: SubParsers) -> None:
     p.add_argument("--png", nargs="?", const="", default=None,
                    help="also write the figures as one PNG (default name: OUT with .png)")
     p.add_argument("--tz", default="UTC", help="time zone for time of day in the AGP (e.g. Europe/Berlin)")
+    p.add_argument("--units", choices=("mg/dL", "mmol/L"), default="mg/dL", help="glucose unit (default mg/dL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _service_flags(p, kafka=False)
     p.set_defaults(func=cmd_report)
@@ -206,16 +207,24 @@ def _add_report(sub: SubParsers) -> None:
 def cmd_export_fhir(args: argparse.Namespace) -> int:
     """Write a FHIR R4 Bundle of one patient's vitals and alerts."""
     from rpm_core.fhir import ExportOptions, export_bundle
+    from rpm_core.interpretation import limits
+    from rpm_core.rules import load_rules
 
     settings = _settings(args)
     data = export_bundle(settings, ExportOptions(
         patient=args.patient, since=args.since, until=args.until or datetime.now(UTC),
         heart_rate_every=args.heart_rate_every, patient_reference=args.patient_reference,
-    ))
+        limits=limits(load_rules(settings.rules_path), args.patient),
+    ), transaction=bool(args.post))
+    if args.post:
+        from rpm_core.fhir_post import post_transaction
+
+        answer = post_transaction(args.post, data, retries=args.retries, token=os.environ.get("RPM_FHIR_TOKEN", ""))
+        _say(f"posted {len(answer.get('entry') or [])} resources to {args.post}", err=True)
     if args.out:
         Path(args.out).write_bytes(data)
         _say(f"wrote {args.out}", err=True)
-    else:
+    elif not args.post:
         sys.stdout.buffer.write(data + b"\n")
     return 0
 
@@ -232,6 +241,10 @@ def _add_export(sub: SubParsers) -> None:
                    help="one heart-rate Observation (mean) per interval; 0 = every reading (default 5m)")
     p.add_argument("--patient-reference", default=None,
                    help="the EMR's reference for the patient, e.g. Patient/123 (default: Patient/<patient id>)")
+    p.add_argument("--post", default=None, metavar="URL",
+                   help="send the Bundle as a FHIR transaction (PUT per resource) to this server base URL, with "
+                        "retries; a bearer token from env RPM_FHIR_TOKEN if set")
+    p.add_argument("--retries", type=int, default=5, help="--post: retries after 408/429/5xx/no answer (default 5)")
     _service_flags(p, kafka=False)
     p.set_defaults(func=cmd_export_fhir)
 

@@ -5,7 +5,8 @@
     RpmError
     ├── ConfigError (ValueError)      bad environment / flags; names the variable
     ├── RulesError (ValueError)       bad alert_rules.yaml; names file, line and field
-    └── ServiceError (RuntimeError)   a local service would not start or answer
+    ├── ServiceError (RuntimeError)   a local service would not start or answer
+    └── NoDataError (LookupError)     unknown patient, or nothing in the period asked for
 """
 
 from __future__ import annotations
@@ -52,3 +53,7 @@ class RulesError(RpmError, ValueError):
 
 class ServiceError(RpmError, RuntimeError):
     """A service (Mosquitto, Tansu, InfluxDB) did not start or did not become healthy."""
+
+
+class NoDataError(RpmError, LookupError):
+    """A report or export was asked for a patient or a period that holds no data; the message says which."""

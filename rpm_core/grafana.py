@@ -18,6 +18,7 @@ can substitute the template variables and run every query against a real InfluxD
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class Panel:
     field_config: dict[str, Any] = field(default_factory=dict)
     expression: str | None = None  # a Grafana math expression over the queries ($A, $B)
     transformations: tuple[dict[str, Any], ...] = ()
+    overrides: tuple[dict[str, Any], ...] = ()  # Grafana fieldConfig overrides (e.g. data links)
 
 
 def _vitals(metric: str, select: str = 'mean("value")', extra: str = "") -> str:
@@ -183,6 +185,21 @@ PATIENT_ANNOTATION: Final = Query(
     f"{PATIENT} AND $timeFilter")
 
 WARD: Final = '"patient" =~ /^$patient$/'
+PATIENT_VARIABLE_QUERY: Final = 'SHOW TAG VALUES FROM "vitals" WITH KEY = "patient"'
+# On a ward dashboard the patient picker lists the patients of the ward chosen in ``$ward``, whose
+# value is the regex of the ward's patients (from the roster).
+WARD_PATIENTS_QUERY: Final = PATIENT_VARIABLE_QUERY + ' WHERE "patient" =~ /^(${ward:raw})$/'
+WARD_ANNOTATION: Final = Query(
+    "annotations", 'SELECT "message", "state", "rule", "severity", "patient" FROM "alerts" WHERE '
+    f"{WARD} AND \"state\" =~ /^(raised|escalated)$/ AND $timeFilter")
+PATIENT_DASHBOARD_UID: Final = "rpm-patient"
+# A data link from a row (or series) of a ward panel to that patient's dashboard, keeping the time range.
+PATIENT_LINK: Final = f"/d/{PATIENT_DASHBOARD_UID}/rpm-patient?var-patient=${{__value.raw}}&${{__url_time_range}}"
+SERIES_PATIENT_LINK: Final = (f"/d/{PATIENT_DASHBOARD_UID}/rpm-patient?var-patient=${{__field.labels.patient}}"
+                              "&${__url_time_range}")
+
+_PATIENT_COLUMN_LINK: Final = ({"matcher": {"id": "byName", "options": "patient"}, "properties": [
+    {"id": "links", "value": [{"title": "Open ${__value.raw}'s dashboard", "url": PATIENT_LINK}]}]},)
 
 WARD_PANELS: Final[tuple[Panel, ...]] = (
     Panel(
@@ -191,7 +208,7 @@ WARD_PANELS: Final[tuple[Panel, ...]] = (
         queries=(Query("A", 'SELECT * FROM (SELECT last("state") AS "state", "severity", "value", "message", '
                        f'"alert_id" FROM "alerts" WHERE {WARD} AND $timeFilter GROUP BY "patient", "rule") '
                        "WHERE \"state\" <> 'cleared'", fmt="table"),),
-        options={"sortBy": [{"displayName": "severity", "desc": False}]},
+        options={"sortBy": [{"displayName": "severity", "desc": False}]}, overrides=_PATIENT_COLUMN_LINK,
     ),
     Panel(
         title="Last readings", kind="table", grid=(0, 8, 12, 9),
@@ -199,6 +216,7 @@ WARD_PANELS: Final[tuple[Panel, ...]] = (
         queries=(Query("A", 'SELECT last("value") AS "value" FROM "vitals" WHERE '
                        f"{WARD} AND \"metric\" =~ /^(heart_rate|glucose)$/ AND $timeFilter "
                        'GROUP BY "patient", "metric"', fmt="table"),),
+        overrides=_PATIENT_COLUMN_LINK,
     ),
     Panel(
         title=f"Stale devices (nothing for {STALE_AFTER})", kind="table", grid=(12, 8, 12, 9),
@@ -216,16 +234,17 @@ WARD_PANELS: Final[tuple[Panel, ...]] = (
                 {"fieldName": "recent", "config": {"id": "isNull", "options": {}}}]}},
             {"id": "organize", "options": {"excludeByName": {"recent": True, "Time 2": True, "patient 2": True}}},
         ),
+        overrides=_PATIENT_COLUMN_LINK,
     ),
     Panel(
         title="Heart rate of the ward", kind="timeseries", grid=(0, 17, 24, 8),
         queries=(Query("A", f'SELECT mean("value") FROM "vitals" WHERE {WARD} AND "metric" = \'heart_rate\' '
                        'AND $timeFilter GROUP BY time($__interval), "patient" fill(none)'),),
-        field_config={"unit": "suffix: bpm"},
+        field_config={"unit": "suffix: bpm", "links": [{"title": "Open ${__field.labels.patient}'s dashboard",
+                                                         "url": SERIES_PATIENT_LINK}]},
     ),
 )
 
-PATIENT_VARIABLE_QUERY: Final = 'SHOW TAG VALUES FROM "vitals" WITH KEY = "patient"'
 
 
 # -- JSON --------------------------------------------------------------------------------------------
@@ -250,7 +269,8 @@ def panel_json(panel: Panel, pid: int, uid: str) -> dict[str, Any]:
     return {
         "id": pid, "type": panel.kind, "title": panel.title, "description": panel.description,
         "gridPos": {"x": x, "y": y, "w": w, "h": h}, "datasource": _ds(uid), "targets": targets,
-        "fieldConfig": {"defaults": dict(panel.field_config), "overrides": []}, "options": dict(panel.options),
+        "fieldConfig": {"defaults": dict(panel.field_config), "overrides": [dict(o) for o in panel.overrides]},
+        "options": dict(panel.options),
         "transformations": [dict(t) for t in panel.transformations],
     }
 
@@ -265,14 +285,40 @@ def _patient_variable(uid: str, patients: Sequence[str] | None) -> dict[str, Any
             "sort": 1, "definition": PATIENT_VARIABLE_QUERY}
 
 
-def _dashboard(*, uid: str, title: str, panels: Iterable[Panel], variable: dict[str, Any], ds_uid: str,
-               annotations: list[dict[str, Any]], time_from: str, tags: list[str]) -> dict[str, Any]:
+def _ward_variable(current: str, wards: Sequence[tuple[str, str, Sequence[str]]]) -> dict[str, Any]:
+    """``$ward``: one option per roster ward, text its name, value the regex of its patients."""
+    def value(patients: Sequence[str]) -> str:
+        return "|".join(re.escape(p) for p in sorted(patients))
+
+    def text(name: str) -> str:
+        return name.replace(",", "\\,")
+
+    options = [{"text": name, "value": value(patients), "selected": wid == current} for wid, name, patients in wards]
+    chosen = next(o for o, (wid, *_rest) in zip(options, wards, strict=True) if wid == current)
+    return {"name": "ward", "label": "Ward", "type": "custom", "hide": 0, "multi": False, "includeAll": False,
+            "query": ",".join(f"{text(name)} : {value(patients)}" for _wid, name, patients in wards),
+            "options": options, "current": {"text": chosen["text"], "value": chosen["value"]}}
+
+
+def _ward_annotation(uid: str) -> dict[str, Any]:
+    return {"name": "Alerts", "datasource": _ds(uid), "enable": True, "iconColor": "red",
+            "query": WARD_ANNOTATION.text, "textColumn": "message", "tagsColumn": "patient,rule,severity,state",
+            "target": {"query": WARD_ANNOTATION.text, "rawQuery": True, "resultFormat": "table",
+                       "refId": "annotations"}}
+
+
+_DASHBOARD_LINKS: Final = ({"title": "rpm dashboards", "type": "dashboards", "tags": ["rpm"], "asDropdown": True,
+                            "keepTime": True, "includeVars": False, "targetBlank": False},)
+
+
+def _dashboard(*, uid: str, title: str, panels: Iterable[Panel], variable: dict[str, Any] | list[dict[str, Any]],
+               ds_uid: str, annotations: list[dict[str, Any]], time_from: str, tags: list[str]) -> dict[str, Any]:
     return {
         "uid": uid, "title": title, "tags": tags, "timezone": "browser", "editable": True,
         "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "1m", "graphTooltip": 1,
         "time": {"from": time_from, "to": "now"},
-        "templating": {"list": [variable]},
-        "annotations": {"list": annotations},
+        "templating": {"list": variable if isinstance(variable, list) else [variable]},
+        "annotations": {"list": annotations}, "links": [dict(link) for link in _DASHBOARD_LINKS],
         "panels": [panel_json(p, i + 1, ds_uid) for i, p in enumerate(panels)],
     }
 
@@ -285,19 +331,32 @@ def patient_dashboard(ds_uid: str = DATASOURCE_UID) -> dict[str, Any]:
                   "query": PATIENT_ANNOTATION.text, "textColumn": "message", "tagsColumn": "rule,severity,state",
                   "target": {"query": PATIENT_ANNOTATION.text, "rawQuery": True, "resultFormat": "table",
                              "refId": "annotations"}}
-    return _dashboard(uid="rpm-patient", title="rpm · Patient", panels=PATIENT_PANELS, variable=variable,
+    return _dashboard(uid=PATIENT_DASHBOARD_UID, title="rpm · Patient", panels=PATIENT_PANELS, variable=variable,
                       ds_uid=ds_uid, annotations=[annotation], time_from="now-24h", tags=["rpm", "patient"])
 
 
-def ward_dashboard(ward: str, name: str, patients: Sequence[str] | None, ds_uid: str = DATASOURCE_UID
-                   ) -> dict[str, Any]:
-    """The ward overview; ``patients`` from the roster, or every patient in InfluxDB (ward ``all``)."""
-    variable = _patient_variable(ds_uid, sorted(patients) if patients else None)
-    if not patients:
-        variable.update({"multi": True, "includeAll": True, "allValue": ".*",
-                         "current": {"text": "All", "value": "$__all"}})
+def ward_dashboard(ward: str, name: str, patients: Sequence[str] | None, ds_uid: str = DATASOURCE_UID, *,
+                   wards: Sequence[tuple[str, str, Sequence[str]]] = ()) -> dict[str, Any]:
+    """The ward overview; ``patients`` from the roster, or every patient in InfluxDB (ward ``all``).
+
+    With the roster's ``wards`` (id, name, patients), a ``$ward`` picker (this ward chosen) comes
+    first and the patient picker lists the chosen ward's patients (all of them selected).
+    """
+    variables: list[dict[str, Any]]
+    if wards:
+        patient = {"name": "patient", "label": "Patient", "hide": 0, "type": "query", "datasource": _ds(ds_uid),
+                   "query": WARD_PATIENTS_QUERY, "definition": WARD_PATIENTS_QUERY, "refresh": 1, "sort": 1,
+                   "multi": True, "includeAll": True, "current": {"text": "All", "value": "$__all"}}
+        variables = [_ward_variable(ward, wards), patient]
+    else:
+        variable = _patient_variable(ds_uid, sorted(patients) if patients else None)
+        if not patients:
+            variable.update({"multi": True, "includeAll": True, "allValue": ".*",
+                             "current": {"text": "All", "value": "$__all"}})
+        variables = [variable]
     return _dashboard(uid=f"rpm-ward-{ward}"[:40], title=f"rpm · Ward {name}", panels=WARD_PANELS,
-                      variable=variable, ds_uid=ds_uid, annotations=[], time_from="now-6h", tags=["rpm", "ward"])
+                      variable=variables, ds_uid=ds_uid, annotations=[_ward_annotation(ds_uid)], time_from="now-6h",
+                      tags=["rpm", "ward"])
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -346,8 +405,10 @@ def dashboards(options: ProvisionOptions) -> dict[str, dict[str, Any]]:
     out = {"rpm-patient.json": patient_dashboard(uid)}
     roster = options.roster
     if roster is not None and roster.configured:
+        wards = [(w.id, w.name, sorted(w.patients)) for w in roster.wards.values() if w.patients]
         for ward in roster.wards.values():
-            out[f"rpm-ward-{ward.id}.json"] = ward_dashboard(ward.id, ward.name, sorted(ward.patients), uid)
+            out[f"rpm-ward-{ward.id}.json"] = ward_dashboard(ward.id, ward.name, sorted(ward.patients), uid,
+                                                             wards=wards if ward.patients else ())
     else:
         out[f"rpm-ward-{ALL_WARD}.json"] = ward_dashboard(ALL_WARD, "all patients", None, uid)
     return out

@@ -26,8 +26,8 @@ Schema (version 1; see the commented default file for the meaning of each field)
         # rate:      consecutive: N, gate: {below: N, above: N}
         # forecast:  model: damped_trend | ar2, horizon: D, window: D, damping: D, min_points: N, confirm: N
         # baseline:  block: D, window: D, min_blocks: N, min_scale: N
-        # rhythm:    window: beats, every: beats, votes: N, trim: beats, nrmssd: N, tpr: [lo, hi],
-        #            entropy: N; levels: {<severity>: {for: D, escalate_after: D}}; clear: {for: D}
+        # rhythm:    method: dash | model, window: beats, every: beats, votes: N, trim: beats, nrmssd: N,
+        #            tpr: [lo, hi], entropy: N; levels: {<severity>: {for: D, escalate_after: D}}; clear: {for: D}
         # staleness: levels: {<severity>: {after: D, escalate_after: D|null}}
     patients:
       <patient id>: {rules: {<name>: <any subset of the rule's fields but type, metric,
@@ -101,6 +101,7 @@ _TYPE_KEYS: Final[dict[str, set[str]]] = {
         "nrmssd",
         "tpr",
         "entropy",
+        "method",
     },
     "staleness": {"levels"},
 }
@@ -881,6 +882,7 @@ class _Build:
                 "entropy_min": self.pick("entropy", p.number, 0.7),
                 "tpr_low": low,
                 "tpr_high": high,
+                "method": self.pick("method", lambda leaf: p.choice(leaf, RhythmRule.METHODS, "method"), "dash"),
             }
         return {}
 

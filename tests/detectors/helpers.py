@@ -217,6 +217,7 @@ def _extras(draw: st.DrawFn, kind: str) -> dict[str, Any]:
             "votes": draw(st.integers(1, 3)),
             "trim_beats": draw(st.integers(0, 2)),
             "nrmssd_min": draw(st.sampled_from((0.05, 0.1))),
+            "method": draw(st.sampled_from(RhythmRule.METHODS)),
         }
     return {}
 

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from detectors import af_model
 from detectors.batch import PatientRegistry
 from detectors.const import (
     FLAG_ABOVE_RANGE,
@@ -511,6 +512,8 @@ def af_verdict(rule: RhythmRule, window: list[tuple[float, float]]) -> float:
     if max(b - a for a, b in itertools.pairwise(times)) > rule.max_gap_s:
         return math.nan
     rr = [v for _, v in window]
+    if rule.method == "model":
+        return model_verdict(rr) if min(rr) > 0 else math.nan
     median = statistics.median(rr)
     ok = [0.6 * median <= x <= 1.6 * median for x in rr]
     good = sorted(x for x, k in zip(rr, ok, strict=True) if k)
@@ -533,3 +536,63 @@ def af_verdict(rule: RhythmRule, window: list[tuple[float, float]]) -> float:
     entropy = -sum(c / len(kept) * math.log(c / len(kept)) for c in counts if c) / math.log(16)
     irregular = nrmssd > rule.nrmssd_min and rule.tpr_low <= tpr <= rule.tpr_high and entropy >= rule.entropy_min
     return 1.0 if irregular else 0.0
+
+
+def model_verdict(rr: list[float]) -> float:
+    """The learned classifier of detectors/af_model.py, one window, plain Python."""
+    median = statistics.median(rr)
+    short = [x < af_model.EXTRA_BEAT_RATIO * median for x in rr]
+    n = len(rr)
+    keep = [
+        not short[i]
+        and rr[i] <= af_model.MISSED_BEAT_RATIO * median
+        and not (i > 0 and short[i - 1])
+        and not (i + 1 < n and short[i + 1])
+        for i in range(n)
+    ]
+    if sum(keep) * 2 < n:
+        return math.nan
+    x = [v / median for v in rr]
+
+    def lag(k: int) -> list[float]:
+        return [abs(x[i + k] - x[i]) for i in range(n - k) if keep[i] and keep[i + k]]
+
+    d1 = lag(1)
+    triples = [i for i in range(n - 2) if keep[i] and keep[i + 1] and keep[i + 2]]
+    lags = [lag(k) for k in range(2, af_model.MAX_LAG + 1)]
+    if not d1 or not triples or not all(lags):
+        return math.nan
+    med1 = statistics.median(d1)
+    rms1 = math.sqrt(sum(d * d for d in d1) / len(d1))
+    min_ratio = min(statistics.median(d) for d in lags) / max(med1, 1e-6)
+    tpr = sum(1 for i in triples if (x[i + 1] - x[i]) * (x[i + 1] - x[i + 2]) > 0) / len(triples)
+    kept = [v for v, k in zip(x, keep, strict=True) if k]
+    mean = sum(kept) / len(kept)
+    c = [v - mean for v in x]
+    s11 = sum(c[i + 1] * c[i + 1] for i in triples)
+    s22 = sum(c[i] * c[i] for i in triples)
+    s12 = sum(c[i + 1] * c[i] for i in triples)
+    b1 = sum(c[i + 1] * c[i + 2] for i in triples)
+    b2 = sum(c[i] * c[i + 2] for i in triples)
+    det = s11 * s22 - s12 * s12 + 1e-12
+    a1, a2 = (b1 * s22 - b2 * s12) / det, (s11 * b2 - s12 * b1) / det
+    residual = statistics.median(abs(c[i + 2] - a1 * c[i + 1] - a2 * c[i]) for i in triples)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept))
+    big = sum(1 for d in d1 if d > af_model.BIG_STEP) / len(d1)
+    columns = [
+        math.log(med1 + 1e-4),
+        math.log(rms1 + 1e-4),
+        math.log(min_ratio + 1e-3),
+        tpr,
+        math.log(residual + 1e-4),
+        math.log(sd + 1e-4),
+        big,
+        len(kept) / n,
+    ]
+    if not all(math.isfinite(v) for v in columns):
+        return math.nan
+    z = [(v - m) / s for v, m, s in zip(columns, af_model.MEAN, af_model.SCALE, strict=True)]
+    inputs = z + [z[i] * z[j] for i in range(len(z)) for j in range(i, len(z))]
+    logit = af_model.BIAS + sum(w * v for w, v in zip(af_model.WEIGHTS, inputs, strict=True))
+    probability = 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
+    return 1.0 if probability >= af_model.THRESHOLD else 0.0

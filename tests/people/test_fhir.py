@@ -54,7 +54,8 @@ def test_observations_and_detected_issues_from_known_points(influx_url: str, inf
     doc = bundle(every)
     validate(doc)
     parsed = Bundle.model_validate(doc)
-    assert parsed.type == "collection" and len(parsed.entry) == 10 + 6 + 2
+    # 16 Observations, 2 DetectedIssues, 4 Devices (hrs, cgm, bgm, manual), 1 AuditEvent (the acknowledgement)
+    assert parsed.type == "collection" and len(parsed.entry) == 10 + 6 + 2 + 4 + 1
     obs = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"]
     hr = [o for o in obs if codes(o) == ["8867-4"]]
     assert len(hr) == 10 and {o["valueQuantity"]["code"] for o in hr} == {"/min"}

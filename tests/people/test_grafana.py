@@ -86,15 +86,16 @@ def test_provision_writes_datasource_provider_and_dashboards(tmp_path: Path) -> 
     assert names == ["rpm-patient.json", "rpm-ward-north.json", "rpm-ward-south.json"]
     for name in names:
         doc = json.loads((out / "dashboards" / "rpm" / name).read_text())
-        assert doc["uid"] and doc["templating"]["list"][0]["name"] == "patient"
+        assert doc["uid"] and doc["templating"]["list"][-1]["name"] == "patient"
         ids = [p["id"] for p in doc["panels"]]
         assert len(ids) == len(set(ids))
         for panel in doc["panels"]:
             for target in panel["targets"]:
                 assert target["datasource"]["uid"] in (DATASOURCE_UID, "__expr__")
     north = json.loads((out / "dashboards" / "rpm" / "rpm-ward-north.json").read_text())
-    assert north["templating"]["list"][0]["query"].split(",") == sorted(load_roster(REPO / "roster.yaml")
-                                                                        .wards["north"].patients)
+    ward = north["templating"]["list"][0]
+    assert ward["name"] == "ward" and ward["current"]["value"].split("|") == sorted(
+        load_roster(REPO / "roster.yaml").wards["north"].patients), "tests/people/test_grafana_ward.py: the rest"
     patient = json.loads((out / "dashboards" / "rpm" / "rpm-patient.json").read_text())
     glucose = next(p for p in patient["panels"] if p["title"].startswith("Glucose"))
     steps = glucose["fieldConfig"]["defaults"]["thresholds"]["steps"]

@@ -107,7 +107,8 @@ def test_fourteen_days_report_html_and_png(influx_url: str, influx_db: str, tmp_
     assert "Ambulatory Glucose Profile" in page and "Heart-rate trend" in page
     assert "Ana Lima" in page and "Glucose below 54 mg/dL" in page
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(images) == 3 and all(base64.b64decode(i).startswith(PNG_MAGIC) for i in images)
+    assert 'class="warning"' not in page, "14 full days of CGM: sufficient"
+    assert len(images) == 4 and all(base64.b64decode(i).startswith(PNG_MAGIC) for i in images)
     png = out.with_suffix(".png")
     assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 20_000
 

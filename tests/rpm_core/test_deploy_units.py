@@ -25,10 +25,10 @@ DEPLOY = ROOT / "deploy"
 UNITS = sorted(DEPLOY.glob("*.service"))
 # The units we ship; a missing one fails here rather than silently dropping out of the checks.
 SHIPPED = {"rpm-edge.service", "rpm-bridge@.service", "rpm-worker@.service", "rpm-nurse-station@.service",
-           "rpm-notifier.service", "rpm-watchdog.service"}
+           "rpm-notifier.service", "rpm-watchdog.service", "rpm-hl7@.service"}
 INSTALLED_RPM = "/opt/rpm/.venv/bin/rpm"
 # The instance each template is verified as (default "0").
-INSTANCES = {"rpm-nurse-station@.service": "north"}
+INSTANCES = {"rpm-nurse-station@.service": "north", "rpm-hl7@.service": "nursecall"}
 SERVER_HARDENING = {
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
     "PrivateDevices": "yes", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6", "MemoryDenyWriteExecute": "yes",

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-OURS = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify"})
+OURS = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify", "hl7out"})
 # simulators/bluez/fake_bluez.py runs under Debian's own Python (python3-dbus, python3-gi, dbusmock
 # from apt), never in our virtualenv: those are Debian packages, not ours to declare.
 SYSTEM_PYTHON_ONLY = frozenset({"simulators/bluez/fake_bluez.py"})

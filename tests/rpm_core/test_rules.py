@@ -526,6 +526,7 @@ def test_every_rule_type_parses() -> None:
     assert isinstance(stale, StalenessRule) and [lv.after_s for lv in stale.levels] == [1800, 7200]
     af = rules["af"]
     assert isinstance(af, RhythmRule) and (af.window_beats, af.tpr_low, af.tpr_high) == (64, 0.5, 0.8)
+    assert af.method == "dash"  # the default when a rule does not say
     assert af.levels[0].threshold == 0.5 and af.clear_for_s == 600
     assert isinstance(rules["base"], BaselineRule) and rules["base"].n_blocks == 24
     text = explain(parse_rules(TYPES))
@@ -610,3 +611,22 @@ def test_per_patient_night_and_staleness_overrides() -> None:
     assert (night.start_min, night.end_min) == (1410, 420)
     assert night.levels is not None and night.levels[0].threshold == 95
     assert rules.rule_for("p0001", "stale").enabled is False
+
+
+def test_rhythm_method_is_parsed_and_checked() -> None:
+    from detectors.rules import RhythmRule
+
+    model = parse_rules(_types_case("    window: 64\n", "    window: 64\n    method: model\n")).by_name()["af"]
+    assert isinstance(model, RhythmRule) and model.method == "model"
+    doc = _types_case("    window: 64\n", "    window: 64\n    method: neural\n")
+    err = error_of(doc)
+    assert err.field == "rules.af.method" and err.line == line_of(doc, "method: neural"), str(err)
+    assert "neural" in str(err) and "dash, model" in str(err)
+
+
+def test_default_af_screening_uses_the_learned_model() -> None:
+    from detectors.rules import RhythmRule
+
+    af = load_rules(ROOT / "alert_rules.yaml").by_name()["af_screening"]
+    assert isinstance(af, RhythmRule)
+    assert (af.method, af.window_beats, af.every_beats, af.votes, af.levels[0].for_s) == ("model", 64, 16, 4, 90)

@@ -1,0 +1,450 @@
+"""Synthetic RR-interval generators for evaluating AF screening, in two independent families.
+
+Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
+training seeds) and family ``B`` (written afterwards by different models and never used to choose
+anything; held out). Each family turns a *background* rhythm and an optional AF *paroxysm* into a
+recording; every rhythm may carry a wearable's beat errors.
+
+Family A:
+
+- sinus: respiratory sinus arrhythmia (RSA, a sinusoid in beats, 2.5-8 beats per breath,
+  +-0-6 %, amplitude-modulated), random-walk drift and 0.3-2 % beat-to-beat noise; ``young``:
+  RSA +-5-16 % at 45-75 bpm, 2.5-6 beats per breath (sinus arrhythmia of the young);
+- ectopy: premature beats at random (6 % or 15 %), each a short interval (x0.6-0.85) and a
+  long one (fully or partly compensatory); bigeminy and trigeminy (every 2nd / 3rd beat premature), throughout or
+  in runs;
+- AF: independent intervals (normal, log-normal, or a floor plus an exponential wait),
+  coefficient of variation 0.15-0.3 at 60-140 bpm, or 0.055-0.12 (rate-controlled);
+- beat errors: 0.5-3 % missed beats (two intervals merged), 0.5-2 % extra beats (an interval
+  split at 20-50 %).
+
+Family B (different generators, parameters and error models):
+
+- sinus: a sum of a respiratory oscillation *in time* (0.15-0.4 Hz, +-1-6 %), a Mayer wave
+  (~0.1 Hz, +-1-3 %) and AR(1) pink-ish noise, through an integral pulse-frequency model;
+  ``young``: respiration 0.12-0.3 Hz at +-8-20 % with amplitude modulation, 45-75 bpm;
+- ectopy: ventricular premature beats with a full compensatory pause (the pair sums to two
+  cycles), atrial ones with a non-compensatory pause, couplets, and bigeminy / trigeminy in runs
+  of minutes alternating with sinus;
+- AF: an atrioventricular-node model, RR = refractory period + a gamma-distributed wait (shape
+  1.5-4), which is skewed rather than normal; rate-controlled AF has a long refractory period
+  and a short wait (coefficient of variation ~0.07-0.13);
+- beat errors: missed and extra beats in bursts (a two-state Markov chain: motion), extra beats
+  split at a uniform fraction.
+
+Family C (written after family B had been looked at once, before any change was judged on it;
+the final held-out family):
+
+- sinus: 1/f^beta background (spectral synthesis, beta 0.8-1.4) plus a resonant (AR(2)
+  narrow-band) respiratory component in beats, 50-100 bpm; ``young``: a strong resonant
+  component (+-5-14 %) of random amplitude, 45-70 bpm;
+- ectopy: clustered premature beats (a Poisson rate that switches on and off), interpolated
+  ventricular beats (a cycle split in two, no pause), coupling 0.5-0.9; bigeminy and trigeminy
+  with a coupling interval that drifts, interrupted by quadrigeminy;
+- AF: dual atrioventricular-pathway AF (a mixture of two normal modes), or slightly correlated
+  intervals (AR(1), 0.1-0.25), coefficient of variation 0.14-0.3; rate-controlled 0.06-0.12 at
+  55-85 bpm;
+- beat errors: missed beats 0.5-4 %, extra beats split at a Beta(2, 2) fraction, spurious
+  triggers (a short interval inserted without shortening its neighbours).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.signal import lfilter
+
+Rng = np.random.Generator
+FloatArray = np.ndarray
+
+BACKGROUNDS = (
+    "sinus",
+    "sinus young",
+    "ectopy 6%",
+    "ectopy 15%",
+    "bigeminy",
+    "trigeminy",
+)
+AF_KINDS = ("AF", "AF low variability")
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One synthetic patient: RR intervals, their end times (s from 0) and the AF episodes (s)."""
+
+    background: str
+    af_kind: str | None
+    beat_errors: bool
+    rr: FloatArray
+    t: FloatArray
+    episodes: tuple[tuple[float, float], ...]
+
+
+# ---- family A ------------------------------------------------------------------------------------
+
+
+def a_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Sinus rhythm: RSA in beats (amplitude-modulated), drift, beat-to-beat noise."""
+    mean = rng.uniform(0.8, 1.3) if young else rng.uniform(0.5, 1.1)
+    amp = rng.uniform(0.05, 0.16) if young else rng.uniform(0.0, 0.06)
+    beats = np.arange(n)
+    amp = amp * (1 + rng.uniform(0, 0.4) * np.sin(2 * np.pi * beats / rng.uniform(20, 80)))
+    breath = rng.uniform(2.5, 6.0) if young else rng.uniform(2.5, 8.0)
+    period = breath * (1 + 0.1 * np.cumsum(rng.normal(0, 0.05, n)).clip(-3, 3) / 3)
+    phase = 2 * np.pi * np.cumsum(1 / period) + rng.uniform(0, 6.3)
+    drift = np.cumsum(rng.normal(0, 0.002, n))
+    noise = rng.normal(0, rng.uniform(0.003, 0.02), n)
+    return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
+
+
+def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Random premature beats: a short interval then a compensatory long one."""
+    rr = rr.copy()
+    coupling = rng.uniform(0.6, 0.85)
+    for i in np.flatnonzero(rng.random(len(rr) - 1) < rate):
+        c = coupling * rng.normal(1, 0.03)
+        rr[i], rr[i + 1] = rr[i] * c, rr[i + 1] * (2 - c if rng.random() < 0.5 else rng.uniform(1.05, 1.3))
+    return rr
+
+
+def a_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy (every 2) or trigeminy (every 3), throughout or in runs of 20-300 beats."""
+    rr = rr.copy()
+    n = len(rr)
+    coupling = rng.uniform(0.6, 0.85)
+    active = np.ones(n, np.bool_)
+    if rng.random() < 0.5:  # runs alternating with sinus rhythm
+        edges = np.cumsum(rng.integers(20, 300, n // 20 + 2))
+        active = (np.searchsorted(edges, np.arange(n), side="right") % 2) == 0
+    pre = np.flatnonzero(active & (np.arange(n) % every == 0))
+    rr[pre] *= coupling * rng.normal(1, 0.02, len(pre))
+    post = pre[pre + 1 < n] + 1
+    rr[post] *= (2 - coupling) * rng.normal(1, 0.02, len(post))
+    return rr
+
+
+def a_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Independent normal intervals at 70-130 bpm."""
+    mean = 60.0 / rng.uniform(60, 140)
+    cv = rng.uniform(0.055, 0.12) if low else rng.uniform(0.15, 0.3)
+    shape = rng.random()
+    if shape < 0.4:
+        return np.clip(rng.normal(mean, cv * mean, n), 0.25, 2.0)
+    if shape < 0.7:  # skewed: a floor (refractory) plus an exponential wait
+        wait = cv * mean
+        return np.clip(mean - wait + rng.exponential(wait, n), 0.25, 2.0)
+    sigma = np.sqrt(np.log(1 + cv * cv))  # log-normal of the same mean and variation
+    return np.clip(mean * rng.lognormal(-sigma * sigma / 2, sigma, n), 0.25, 2.0)
+
+
+def a_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """0.5-3 % missed beats (merged intervals), 0.5-2 % extra beats (split 20-50 / 80-50)."""
+    out: list[float] = []
+    p_miss, p_extra = rng.uniform(0.005, 0.03), rng.uniform(0.005, 0.02)
+    i = 0
+    while i < len(rr):
+        draw = rng.random()
+        if draw < p_miss and i + 1 < len(rr):
+            out.append(rr[i] + rr[i + 1])
+            i += 2
+            continue
+        if draw < p_miss + p_extra:
+            f = rng.uniform(0.2, 0.5)
+            out += [rr[i] * f, rr[i] * (1 - f)]
+        else:
+            out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family A's non-AF rhythm of ``kind``."""
+    sinus = a_sinus(n, rng, young=kind == "sinus young")
+    if kind == "ectopy 6%":
+        return a_ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return a_ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return a_geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return a_geminy(sinus, rng, 3)
+    return sinus
+
+
+# ---- family B ------------------------------------------------------------------------------------
+
+
+def b_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Sinus rhythm from an integral pulse-frequency model of a modulated heart period."""
+    mean = rng.uniform(0.8, 1.33) if young else rng.uniform(0.55, 1.05)
+    dt = 0.05
+    steps = int(n * mean * 1.5 / dt) + 10
+    time = np.arange(steps) * dt
+    f_resp = rng.uniform(0.12, 0.3) if young else rng.uniform(0.15, 0.4)
+    a_resp = rng.uniform(0.06, 0.16) if young else rng.uniform(0.01, 0.06)
+    resp_freq = f_resp * (1 + 0.15 * np.sin(2 * np.pi * time / rng.uniform(40, 120)))
+    resp = a_resp * (1 + 0.3 * np.sin(2 * np.pi * time / rng.uniform(20, 60))) * np.sin(
+        2 * np.pi * np.cumsum(resp_freq) * dt + rng.uniform(0, 6.3)
+    )
+    mayer = rng.uniform(0.01, 0.03) * np.sin(2 * np.pi * rng.uniform(0.08, 0.12) * time + rng.uniform(0, 6.3))
+    noise = lfilter([1.0], [1.0, -0.995], rng.normal(0, 0.004, steps))  # AR(1) at 20 Hz: slow wander
+    period = mean * (1 + resp + mayer + noise)
+    phase = np.cumsum(dt / period)  # beats elapsed; a beat fires at each integer crossing
+    t_beat = np.interp(np.arange(1, int(phase[-1])), phase, time + dt)
+    rr = np.diff(t_beat)[:n]
+    jitter = rng.normal(0, rng.uniform(0.003, 0.008), len(rr))  # fiducial-point jitter (s)
+    return np.asarray(np.clip(rr + jitter, 0.3, 2.5))
+
+
+def b_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Premature beats: ventricular (full compensatory pause) or atrial (non-compensatory), couplets."""
+    rr = rr.copy()
+    i = 1
+    while i < len(rr) - 3:
+        if rng.random() < rate:
+            coupling = rng.uniform(0.55, 0.8)
+            if rng.random() < 0.5:  # ventricular: the pair sums to two cycles
+                rr[i], rr[i + 1] = rr[i] * coupling, rr[i + 1] * (2 - coupling)
+            else:  # atrial: resets the sinus node, pause a little longer than a cycle
+                rr[i], rr[i + 1] = rr[i] * coupling, rr[i + 1] * rng.uniform(1.0, 1.2)
+            if rng.random() < 0.1:  # couplet
+                rr[i + 1] = rr[i + 1] * coupling
+            i += 3
+        else:
+            i += 1
+    return rr
+
+
+def b_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Runs of bigeminy / trigeminy (30 s to 5 min) alternating with sinus rhythm."""
+    rr = rr.copy()
+    i = 0
+    on = True
+    while i < len(rr):
+        length = int(rng.uniform(30, 300) / max(np.mean(rr[i : i + 10]), 0.3))
+        if on:
+            coupling = rng.uniform(0.6, 0.8)
+            seg = np.arange(i, min(i + length, len(rr)))
+            pre = seg[(seg - i) % every == 0]
+            rr[pre] *= coupling * rng.normal(1, 0.02, len(pre))
+            post = pre[pre + 1 < len(rr)] + 1
+            rr[post] *= (2 - coupling) * rng.normal(1, 0.02, len(post))
+        on = not on if rng.random() < 0.3 else on
+        i += length
+    return rr
+
+
+def b_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Atrioventricular-node model: refractory period plus a gamma-distributed wait."""
+    if low:
+        refractory = rng.uniform(0.45, 0.75)
+        shape = rng.uniform(2.5, 4.0)
+        mean_wait = refractory * rng.uniform(0.1, 0.3)
+    else:
+        refractory = rng.uniform(0.25, 0.4)
+        shape = rng.uniform(1.5, 3.0)
+        mean_wait = rng.uniform(0.15, 0.45)
+    return np.asarray(refractory + rng.gamma(shape, mean_wait / shape, n))
+
+
+def b_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """Missed and extra beats in bursts: a two-state (still / moving) Markov chain."""
+    out: list[float] = []
+    moving = False
+    i = 0
+    while i < len(rr):
+        moving = rng.random() < (0.9 if moving else 0.01)
+        p_miss, p_extra = (0.08, 0.04) if moving else (0.005, 0.003)
+        draw = rng.random()
+        if draw < p_miss and i + 1 < len(rr):
+            out.append(rr[i] + rr[i + 1])
+            i += 2
+            continue
+        if draw < p_miss + p_extra:
+            f = rng.uniform(0.15, 0.85)
+            out += [rr[i] * f, rr[i] * (1 - f)]
+        else:
+            out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def b_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family B's non-AF rhythm of ``kind``."""
+    sinus = b_sinus(n, rng, young=kind == "sinus young")
+    if kind == "ectopy 6%":
+        return b_ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return b_ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return b_geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return b_geminy(sinus, rng, 3)
+    return sinus
+
+
+Family = tuple[
+    Callable[[str, int, Rng], FloatArray],
+    Callable[[int, Rng, bool], FloatArray],
+    Callable[[FloatArray, Rng], FloatArray],
+]
+# ---- family C ------------------------------------------------------------------------------------
+
+
+def c_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """1/f^beta variability plus a resonant respiratory component (in beats)."""
+    mean = rng.uniform(0.85, 1.33) if young else rng.uniform(0.6, 1.2)
+    beta = rng.uniform(0.8, 1.4)
+    freq = np.fft.rfftfreq(n)
+    amp = np.where(freq > 0, np.maximum(freq, 1.0 / n) ** (-beta / 2), 0.0)
+    spectrum = amp * np.exp(2j * np.pi * rng.random(len(freq)))
+    pink = np.fft.irfft(spectrum, n)
+    pink *= rng.uniform(0.01, 0.04) / (pink.std() + 1e-12)
+    beats_per_breath = rng.uniform(3.0, 7.0)
+    radius = rng.uniform(0.9, 0.98)
+    a1, a2 = 2 * radius * np.cos(2 * np.pi / beats_per_breath), -radius * radius
+    resp = lfilter([1.0], [1.0, -a1, -a2], rng.normal(0, 1, n))
+    resp *= (rng.uniform(0.05, 0.14) if young else rng.uniform(0.01, 0.05)) / (resp.std() * np.sqrt(2) + 1e-12)
+    return np.asarray(mean * (1 + pink + resp + rng.normal(0, rng.uniform(0.004, 0.012), n)))
+
+
+def c_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Clustered premature beats, some interpolated (a cycle split in two without a pause)."""
+    out: list[float] = []
+    on = True
+    i = 0
+    while i < len(rr):
+        if rng.random() < 0.01:
+            on = not on
+        if rng.random() < (2 * rate if on else 0.2 * rate) and i + 1 < len(rr):
+            coupling = rng.uniform(0.5, 0.9)
+            if rng.random() < 0.2:  # interpolated ventricular beat
+                out += [rr[i] * coupling, rr[i] * (1 - coupling) + rr[i + 1]]
+            else:
+                out += [rr[i] * coupling, rr[i + 1] * rng.uniform(2 - coupling - 0.15, 2 - coupling)]
+            i += 2
+            continue
+        out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def c_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy with a drifting coupling interval, interrupted by quadrigeminy."""
+    rr = rr.copy()
+    n = len(rr)
+    coupling = np.clip(rng.uniform(0.6, 0.8) + np.cumsum(rng.normal(0, 0.003, n)), 0.5, 0.9)
+    period = np.where((np.arange(n) // 200) % 4 == 3, 4, every)  # every 4th block of 200 beats
+    cycle_start = np.zeros(n, np.bool_)
+    k = 0
+    while k < n:
+        cycle_start[k] = True
+        k += int(period[k])
+    pre = np.flatnonzero(cycle_start)
+    rr[pre] *= coupling[pre]
+    post = pre[pre + 1 < n] + 1
+    rr[post] *= 2 - coupling[post - 1]
+    return rr
+
+
+def c_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Dual-pathway (bimodal) or slightly correlated AF intervals."""
+    mean = 60.0 / (rng.uniform(55, 85) if low else rng.uniform(75, 150))
+    cv = rng.uniform(0.06, 0.12) if low else rng.uniform(0.14, 0.3)
+    if rng.random() < 0.5:
+        z = lfilter([1.0], [1.0, -rng.uniform(0.1, 0.25)], rng.normal(0, 1, n))
+        z /= z.std() + 1e-12
+    else:  # two modes +-d with spread s: total variance d^2 + s^2 = 1
+        d = rng.uniform(0.5, 0.9)
+        z = np.where(rng.random(n) < 0.5, -d, d) + rng.normal(0, np.sqrt(1 - d * d), n)
+    return np.asarray(np.clip(mean * (1 + cv * z), 0.25, 2.5))
+
+
+def c_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """Missed beats, extra beats (Beta(2, 2) split) and spurious triggers."""
+    p_miss, p_extra, p_spur = rng.uniform(0.005, 0.04), rng.uniform(0.003, 0.02), rng.uniform(0.0, 0.01)
+    out: list[float] = []
+    i = 0
+    while i < len(rr):
+        draw = rng.random()
+        if draw < p_miss and i + 1 < len(rr):
+            out.append(rr[i] + rr[i + 1])
+            i += 2
+            continue
+        if draw < p_miss + p_extra:
+            f = rng.beta(2, 2)
+            out += [rr[i] * f, rr[i] * (1 - f)]
+        elif draw < p_miss + p_extra + p_spur:
+            out += [rr[i], rng.uniform(0.1, 0.3)]
+        else:
+            out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def c_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family C's non-AF rhythm of ``kind``."""
+    sinus = c_sinus(n, rng, young=kind == "sinus young")
+    if kind == "ectopy 6%":
+        return c_ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return c_ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return c_geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return c_geminy(sinus, rng, 3)
+    return sinus
+
+
+FAMILIES: dict[str, Family] = {
+    "A": (a_background, a_af, a_errors),
+    "B": (b_background, b_af, b_errors),
+    "C": (c_background, c_af, c_errors),
+}
+
+
+def _seconds(rr: FloatArray, seconds: float) -> FloatArray:
+    return rr[: int(np.searchsorted(np.cumsum(rr), seconds))]
+
+
+def recording(
+    family: str,
+    background: str,
+    af_kind: str | None,
+    errors: bool,
+    minutes: float,
+    episode_min: tuple[float, float],
+    rng: Rng,
+) -> Recording:
+    """``minutes`` of ``background`` rhythm; with ``af_kind``, one AF paroxysm in its middle part."""
+    make_bg, make_af, make_err = FAMILIES[family]
+    total = minutes * 60
+    n = int(total / 0.3) + 10
+    if af_kind is None:
+        rr = _seconds(make_bg(background, n, rng), total)
+        episodes: tuple[tuple[float, float], ...] = ()
+    else:
+        length = rng.uniform(*episode_min) * 60
+        start = rng.uniform(0.25, 0.75) * (total - length)
+        before = _seconds(make_bg(background, n, rng), start)
+        during = _seconds(make_af(n, rng, af_kind == "AF low variability"), length)
+        after = _seconds(make_bg(background, n, rng), total - before.sum() - during.sum())
+        rr = np.concatenate([before, during, after])
+        episodes = ((float(before.sum()), float(before.sum() + during.sum())),)
+    if errors:
+        rr = make_err(rr, rng)
+    return Recording(background, af_kind, errors, rr, np.cumsum(rr), episodes)
+
+
+def cohort(family: str, per_cell: int, minutes: float, episode_min: tuple[float, float], seed: int) -> list[Recording]:
+    """Every background x (no AF, AF, low-variability AF) x (clean, beat errors), ``per_cell`` each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(per_cell):
+        for background in BACKGROUNDS:
+            for af_kind in (None, *AF_KINDS):
+                for errors in (False, True):
+                    out.append(recording(family, background, af_kind, errors, minutes, episode_min, rng))
+    return out

@@ -1,0 +1,106 @@
+"""Fit the AF window classifier of ``detectors/af_model.py`` on family-A training seeds only.
+
+Reproduce (prints the constants pasted into detectors/af_model.py; ~10 s)::
+
+    .venv/bin/python benchmarks/train_af.py --write
+
+Training data: ``benchmarks/rr_models.py`` family A, seeds 1000-1002 (never used for evaluation),
+2 recordings per cell (6 backgrounds x no AF / AF / low-variability AF x clean / beat errors) of
+40 min with one 5-15 min paroxysm; 64-beat windows every 16 beats, labelled 1 when wholly inside
+an AF episode, 0 when wholly outside, dropped when straddling an onset or an end. The model is an
+L2-regularized (1e-2) logistic regression (Newton's method) on the standardized features and
+their pairwise products.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.rr_models import Recording, cohort  # noqa: E402
+from detectors import af_model  # noqa: E402
+from detectors.af_model import FEATURES, cleaned, features  # noqa: E402
+
+TRAIN_SEEDS = (1000, 1001, 1002)
+BEGIN = "# BEGIN fitted constants (benchmarks/train_af.py --write)\n"
+END = "# END fitted constants"
+WINDOW, STEP = 64, 16
+
+
+def windows(recordings: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
+    """64-beat windows every 16 beats and their labels (1 AF, 0 not, NaN straddling)."""
+    rows, labels = [], []
+    for rec in recordings:
+        if len(rec.rr) < WINDOW:
+            continue
+        win = sliding_window_view(rec.rr, WINDOW)[::STEP]
+        end = rec.t[WINDOW - 1 :][::STEP]
+        start = end - win.sum(axis=1)
+        label = np.zeros(len(win))
+        for a, b in rec.episodes:
+            inside = (start >= a) & (end <= b)
+            label[(end > a) & (start < b) & ~inside] = np.nan
+            label[inside] = 1.0
+        rows.append(win)
+        labels.append(label)
+    return np.concatenate(rows), np.concatenate(labels)
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> tuple[np.ndarray, ...]:
+    """Standardization of the features and logistic-regression weights (Newton's method)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+    af_model.MEAN, af_model.SCALE = mean, scale  # type: ignore[misc]  # expanded() standardizes with them
+    z = np.hstack([af_model.expanded(x), np.ones((len(x), 1))])
+    w = np.zeros(z.shape[1])
+    penalty = np.r_[np.full(len(w) - 1, l2), 0.0]
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-z @ w))
+        grad = z.T @ (p - y) / len(y) + penalty * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z / len(y) + np.diag(penalty + 1e-9)
+        w -= np.linalg.solve(hess, grad)
+    return mean, scale, w[:-1], w[-1:]
+
+
+def constants(mean: np.ndarray, scale: np.ndarray, weights: np.ndarray, bias: float) -> str:
+    """The constants block of detectors/af_model.py."""
+    lines = []
+    for name, values in (("MEAN", mean), ("SCALE", scale), ("WEIGHTS", weights)):
+        numbers = [f"{v:.6g}" for v in values]
+        rows = [", ".join(numbers[i : i + 8]) for i in range(0, len(numbers), 8)]
+        body = "".join(f"        {row},\n" for row in rows)
+        lines.append(f"{name}: Final = np.array(\n    [\n{body}    ]\n)")
+    lines.append(f"BIAS: Final = {bias:.6g}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    """Fit; print the constants, or write them into detectors/af_model.py with ``--write``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-cell", type=int, default=2)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    recordings = [r for seed in TRAIN_SEEDS for r in cohort("A", args.per_cell, 40, (5, 15), seed)]
+    rr, label = windows(recordings)
+    x = features(rr, cleaned(rr))
+    ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
+    mean, scale, weights, bias = fit(x[ok], label[ok])
+    print(f"# {ok.sum()} training windows ({int(label[ok].sum())} AF), features {', '.join(FEATURES)}")
+    block = constants(mean, scale, weights, float(bias[0]))
+    print(block)
+    if args.write:
+        path = ROOT / "detectors" / "af_model.py"
+        text = path.read_text()
+        start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+        path.write_text(text[:start] + block + text[end:])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""A small learned AF classifier over RR-interval windows (the ``method: model`` of rhythm rules).
+
+Per window row (vectorized over rows, numpy only):
+
+1. beat errors: an interval above 1.6 x the window median is a missed beat and dropped; one below
+   0.6 x is an extra beat that split an interval, dropped with both neighbours (the other part of
+   the split is one of them);
+2. eight features of the kept intervals, normalized by the window median, from pairs and triples
+   that were adjacent in the recording (a dropped beat breaks the pair, no false jump is made):
+
+   - ``log_med_d1``: log median |successive difference| (robust irregularity; ectopic beats move
+     only a few differences, so the median ignores them);
+   - ``log_rms_d1``: log RMS of successive differences (normalized RMSSD, Dash et al. 2009); its
+     excess over the median says "a few large jumps" (ectopy), not "all jumps" (AF);
+   - ``log_min_lag_ratio``: log of the smallest median |RR(i) - RR(i+k)|, k = 2..6, over the
+     lag-1 median: bigeminy (k = 2), trigeminy (k = 3) and respiratory sinus arrhythmia (k ~ the
+     beats per breath) repeat, AF does not (a Markov / pattern view of the intervals);
+   - ``tpr``: turning-point ratio (2/3 for a random sequence);
+   - ``log_ar2_residual``: log median |residual| of a least-squares AR(2) fit: sinus arrhythmia
+     is a smooth oscillation an AR(2) predicts, AF is not predictable;
+   - ``log_sd``: log standard deviation (coefficient of variation);
+   - ``share_big``: share of successive differences above 4 % of the median;
+   - ``kept``: share of intervals kept by the beat-error filter;
+
+3. a logistic regression on the standardized features and their pairwise products (44 inputs:
+   a quadratic decision boundary); the window is irregular when the probability of AF is at
+   least :data:`THRESHOLD`.
+
+The weights below were fitted by ``benchmarks/train_af.py`` on the *training* seeds of the
+design generator family only (``benchmarks/rr_models.py``, family A); the evaluation on other seeds
+and on the independent family B is in benchmarks/RESULTS.md. Features follow the ideas of
+Dash S et al. Ann Biomed Eng 2009;37:1701 (RMSSD, turning points), Lake DE, Moorman JR. Am J
+Physiol Heart Circ Physiol 2011;300:H319 (entropy of short RR series: irregularity net of
+variability) and Sarkar S et al. IEEE TBME 2008;55:1219 (successive-difference patterns of AF).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+
+from detectors.batch import BoolArray, FloatArray
+
+MISSED_BEAT_RATIO: Final = 1.6
+EXTRA_BEAT_RATIO: Final = 0.6
+BIG_STEP: Final = 0.04  # share_big: successive differences above 4 % of the median
+MAX_LAG: Final = 6
+THRESHOLD: Final = 0.5  # probability of AF from which a window is irregular
+FEATURES: Final = (
+    "log_med_d1",
+    "log_rms_d1",
+    "log_min_lag_ratio",
+    "tpr",
+    "log_ar2_residual",
+    "log_sd",
+    "share_big",
+    "kept",
+)
+# Fitted by benchmarks/train_af.py (family A, training seeds); see the module docstring.
+# BEGIN fitted constants (benchmarks/train_af.py --write)
+MEAN: Final = np.array(
+    [
+        -2.62429, -1.94143, -0.890347, 0.626239, -3.49636, -2.35497, 0.615584, 0.947864,
+    ]
+)
+SCALE: Final = np.array(
+    [
+        1.17972, 0.982232, 1.12182, 0.172874, 0.868065, 0.832542, 0.310133, 0.0858581,
+    ]
+)
+WEIGHTS: Final = np.array(
+    [
+        0.415459, -0.852246, 0.860756, 0.617035, 1.30942, -0.408231, 0.535498, -0.00262864,
+        -0.319785, 0.0589596, 0.499965, -0.090837, 0.391418, 0.102105, -0.161146, -0.0290909,
+        -0.354454, -0.55272, -0.269735, -0.631799, -0.288427, -0.0667103, -0.117071, 0.0587116,
+        0.301309, 0.666128, -0.334058, 0.731832, 0.0369452, -0.42844, 0.239689, -0.194529,
+        0.0819712, 0.0397709, 0.49022, -0.376811, 0.743975, -0.181331, -0.226538, 0.0434109,
+        -0.140971, -0.298407, 0.0279867, -0.132669,
+    ]
+)
+BIAS: Final = -1.70454
+# END fitted constants
+
+
+def cleaned(rr: FloatArray) -> BoolArray:
+    """Which intervals survive the beat-error filter (missed beats; extra beats and neighbours)."""
+    median = np.median(rr, axis=1, keepdims=True)
+    short = rr < EXTRA_BEAT_RATIO * median
+    keep: BoolArray = ~short & (rr <= MISSED_BEAT_RATIO * median)
+    keep[:, 1:] &= ~short[:, :-1]
+    keep[:, :-1] &= ~short[:, 1:]
+    return keep
+
+
+def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
+    """Per row, the median of ``values`` where ``mask`` (NaN for a row with none).
+
+    Rows with every value kept (most of them) take a partition at the two middle positions;
+    the others a sort with the dropped values pushed to the end.
+    """
+    n = mask.sum(axis=1)
+    width = values.shape[1]
+    low, high = np.full(len(values), np.nan), np.full(len(values), np.nan)
+    full = n == width
+    if full.any() and width:
+        middle = [(width - 1) // 2, width // 2]
+        parted = np.partition(values[full], middle, axis=1)
+        low[full], high[full] = parted[:, middle[0]], parted[:, middle[1]]
+    partial = np.flatnonzero(~full & (n > 0))
+    if len(partial):
+        ordered = np.sort(np.where(mask[partial], values[partial], np.inf), axis=1)
+        rows = np.arange(len(partial))
+        low[partial] = ordered[rows, (n[partial] - 1) // 2]
+        high[partial] = ordered[rows, n[partial] // 2]
+    median: FloatArray = (low + high) / 2
+    return median
+
+
+def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
+    """The eight features (columns, in :data:`FEATURES` order) of each window row."""
+    x = rr / np.median(rr, axis=1, keepdims=True)
+    d1 = np.abs(np.diff(x, axis=1))
+    pair = keep[:, 1:] & keep[:, :-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        med1 = masked_median(d1, pair)
+        rms1 = np.sqrt(np.where(pair, d1 * d1, 0.0).sum(axis=1) / pair.sum(axis=1))
+        lags = np.stack([_lag_median(x, keep, k) for k in range(2, MAX_LAG + 1)], axis=1)
+        min_ratio = lags.min(axis=1) / np.maximum(med1, 1e-6)  # a paced, constant rhythm: 0
+        triple = pair[:, 1:] & pair[:, :-1]
+        turning = (x[:, 1:-1] - x[:, :-2]) * (x[:, 1:-1] - x[:, 2:]) > 0
+        tpr = (turning & triple).sum(axis=1) / triple.sum(axis=1)
+        residual = _ar2_residual(x, keep, triple)
+        n = keep.sum(axis=1)
+        mean = np.where(keep, x, 0.0).sum(axis=1) / n
+        sd = np.sqrt(np.where(keep, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)
+        big = (pair & (d1 > BIG_STEP)).sum(axis=1) / pair.sum(axis=1)
+        columns = (
+            np.log(med1 + 1e-4),
+            np.log(rms1 + 1e-4),
+            np.log(min_ratio + 1e-3),
+            tpr,
+            np.log(residual + 1e-4),
+            np.log(sd + 1e-4),
+            big,
+            n / rr.shape[1],
+        )
+    return np.stack(columns, axis=1)
+
+
+def _lag_median(x: FloatArray, keep: BoolArray, k: int) -> FloatArray:
+    return masked_median(np.abs(x[:, k:] - x[:, :-k]), keep[:, k:] & keep[:, :-k])
+
+
+def _ar2_residual(x: FloatArray, keep: BoolArray, triple: BoolArray) -> FloatArray:
+    """Median |residual| of a least-squares AR(2) fit over each row's valid triples (closed form)."""
+    n = keep.sum(axis=1, keepdims=True)
+    c = x - np.where(keep, x, 0.0).sum(axis=1, keepdims=True) / n
+    lag1, lag2, now = c[:, 1:-1], c[:, :-2], c[:, 2:]
+
+    def total(v: FloatArray) -> FloatArray:
+        summed: FloatArray = np.where(triple, v, 0.0).sum(axis=1)
+        return summed
+
+    s11, s22, s12 = total(lag1 * lag1), total(lag2 * lag2), total(lag1 * lag2)
+    b1, b2 = total(lag1 * now), total(lag2 * now)
+    det = s11 * s22 - s12 * s12 + 1e-12
+    a1 = (b1 * s22 - b2 * s12) / det
+    a2 = (s11 * b2 - s12 * b1) / det
+    residual = np.abs(now - a1[:, None] * lag1 - a2[:, None] * lag2)
+    return masked_median(residual, triple)
+
+
+def expanded(columns: FloatArray) -> FloatArray:
+    """The model's inputs: standardized features and all their pairwise products (and squares)."""
+    z = (columns - MEAN) / SCALE
+    i, j = np.triu_indices(z.shape[1])
+    out: FloatArray = np.hstack([z, z[:, i] * z[:, j]])
+    return out
+
+
+def probability(columns: FloatArray) -> FloatArray:
+    """The logistic model's probability of AF per feature row."""
+    logit = expanded(columns) @ WEIGHTS + BIAS
+    p: FloatArray = 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
+    return p

@@ -1,0 +1,113 @@
+"""``rpm hl7 follow``: every alert state change on ``rpm.alerts``, live, as an ORU^R40 Report Alert.
+
+The way a nurse-call gateway or an alarm manager gets rpm's alerts as they happen. A consumer in
+group ``rpm-hl7`` (several followers share the partitions) reads ``rpm.alerts`` in order and hands
+each event to the :class:`~hl7out.sender.Sender`; the record's offset is committed only once the
+message was delivered or dead-lettered, so a follower that stops and starts again goes on where it
+left off and never skips an alert (at least once: a message may be sent again after a crash
+between the ACK and the commit; the receiver drops it by MSH-10). A new group starts at the end of
+the topic (``--from-beginning`` to send the history). Events that are not alert state changes of
+a patient (ward-wide technical alerts have no patient for PID) are skipped, and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from hl7out.errors import Hl7EncodeError
+from hl7out.messages import AlertChange, Header, encode_alert
+from hl7out.sender import Outgoing, Receipt, Sender
+
+_LOGGER = logging.getLogger(__name__)
+
+CONSUMER_GROUP: Final = "rpm-hl7"
+POLL_MS: Final = 1000
+
+
+def change_from_event(value: bytes | None) -> AlertChange | None:
+    """The alert change of an ``rpm.alerts`` record, None if it is not one we can send."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    try:
+        raw = doc.get("value")
+        number = float(raw) if isinstance(raw, int | float) and math.isfinite(raw) else None
+        return AlertChange(
+            alert_id=_text(doc, "alert_id"), patient=_text(doc, "patient"), rule=_text(doc, "rule"),
+            severity=str(doc.get("severity") or "info"), metric=str(doc.get("metric") or "-"), state=doc["state"],
+            time_s=float(doc["time"]), message=str(doc.get("message") or ""), value=number,
+            by=str(doc["by"]) if doc.get("by") else None,
+            kind="technical" if doc.get("kind") == "technical" else "clinical")
+    except (KeyError, TypeError, ValueError, Hl7EncodeError):
+        return None
+
+
+def _text(doc: dict[str, Any], key: str) -> str:
+    value = doc[key]
+    if not isinstance(value, str):  # str(None) would be the valid id "None"
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
+@dataclass
+class FollowStats:
+    """Counters of one follower."""
+
+    sent: int = 0
+    delivered: int = 0
+    deadlettered: int = 0
+    skipped: int = 0
+
+
+async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asyncio.Event,
+                 after_send: Callable[[Receipt], Awaitable[None]], from_beginning: bool = False,
+                 group: str = CONSUMER_GROUP) -> FollowStats:
+    """Forward ``rpm.alerts`` until ``stop`` is set; the counters."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from stream import topics
+
+    stats = FollowStats()
+    consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=bootstrap, group_id=group, client_id=group,
+                                enable_auto_commit=False,
+                                auto_offset_reset="earliest" if from_beginning else "latest")
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=POLL_MS)
+            for tp, records in batch.items():
+                for record in records:
+                    await _forward(record.value, sender, header, stats, after_send)
+                    await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
+    finally:
+        await consumer.stop()
+    return stats
+
+
+async def _forward(value: bytes | None, sender: Sender, header: Header, stats: FollowStats,
+                   after_send: Callable[[Receipt], Awaitable[None]]) -> None:
+    change = change_from_event(value)
+    if change is None:
+        stats.skipped += 1
+        _LOGGER.debug("rpm.alerts record skipped: not a patient's alert state change")
+        return
+    cid, text = encode_alert(change, header=header, now_s=time.time())
+    receipt = await sender.send(Outgoing(cid, text, change.patient, "alert", change.rule, change.severity,
+                                         change.alert_id))
+    stats.sent += 1
+    if receipt.outcome == "delivered":
+        stats.delivered += 1
+    else:
+        stats.deadlettered += 1
+    await after_send(receipt)

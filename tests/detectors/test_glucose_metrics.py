@@ -1,0 +1,75 @@
+"""Glucose rules of the default set, metrics pinned on a small fixed set of simulated CGM traces.
+
+``data/glucose_seed1_small.npz``: 8 of the 30 simglucose virtual patients of the forecast's tuning
+seed (benchmarks/glucose_traces.py, seed 1, 2 days each, CGM and the simulator's blood glucose),
+stored so that the test needs no simulator. Pinned at the values measured when the file was
+made (benchmarks/RESULTS.md, "Glucose lows and highs"): a change that alerts fewer level-2 lows,
+detects fewer of them with the forecast, alerts them later or raises more non-actionable low
+alerts fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.evaluate_glucose import alert_times, forecast_rule, score
+from benchmarks.evaluate_glucose_rules import outcome, raised_events, summary
+from benchmarks.glucose_traces import Trace
+from detectors import RuleSet
+from detectors.rules import ForecastRule
+from rpm_core.rules import load_rules
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).with_name("data") / "glucose_seed1_small.npz"
+
+
+@pytest.fixture(scope="module")
+def traces() -> list[Trace]:
+    data = np.load(DATA, allow_pickle=False)
+    return [Trace(str(p), data[f"{p}/t"], data[f"{p}/cgm"], data[f"{p}/bg"]) for p in data["patients"]]
+
+
+def test_default_glucose_rules(traces: list[Trace]) -> None:
+    full = load_rules(ROOT / "alert_rules.yaml")
+    rules = RuleSet(rules=tuple(r for r in full.rules if r.metric == "glucose" and r.device_prefix is None))
+    raised = raised_events(rules, traces)
+    s = summary([outcome(tr, raised[tr.patient]) for tr in traces], 2.0)
+    assert (s["lows"], s["highs"]) == (PINNED["lows"], PINNED["highs"])
+    assert s["lows_alerted"] >= PINNED["lows_alerted"]
+    assert s["highs_alerted"] >= PINNED["highs_alerted"]
+    assert s["low_lead"] >= PINNED["low_lead"]
+    assert s["non_actionable_54_pd"] <= PINNED["non_actionable_54_pd"] + 1e-9
+    assert s["alerts_pd"] <= PINNED["alerts_pd"] + 1e-9
+
+
+def test_default_forecast_against_ar2(traces: list[Trace]) -> None:
+    default = load_rules(ROOT / "alert_rules.yaml").by_name()["glucose_urgent_low_soon"]
+    assert isinstance(default, ForecastRule)
+    ours = score(traces, alert_times(default, traces), 2.0)
+    ar2 = score(traces, alert_times(forecast_rule("ar2"), traces), 2.0)
+    assert ours["events"] == ar2["events"] == PINNED["events"]
+    assert ours["sensitivity"] >= PINNED["ours_sensitivity"] - 1e-9
+    assert ours["median_lead_min"] >= PINNED["ours_lead"]
+    assert ours["false_per_patient_day"] <= PINNED["ours_false"] + 1e-9
+    # The anchor itself is pinned too, so that a change of the AR2 code is seen.
+    assert (ar2["sensitivity"], ar2["median_lead_min"]) == (PINNED["ar2_sensitivity"], PINNED["ar2_lead"])
+
+
+PINNED = {
+    "lows": 27,  # level-2 lows (BG < 54 for >= 15 min) in the 8 traces
+    "lows_alerted": 27,
+    "low_lead": 55.0,  # minutes, median, capped at 60
+    "highs": 4,
+    "highs_alerted": 4,
+    "non_actionable_54_pd": 1.875,  # low alerts with no BG < 54 within 60 min, per patient-day
+    "alerts_pd": 5.5625,  # every glucose alert, per patient-day
+    "events": 27,  # runs of BG < 54 (any length), as evaluate_glucose.py counts them
+    "ours_sensitivity": 15 / 27,
+    "ours_lead": 25.0,
+    "ours_false": 0.5,
+    "ar2_sensitivity": 18 / 27,
+    "ar2_lead": 10.0,
+}
