@@ -23,6 +23,9 @@ class Detector(Protocol):
     metric_code: int
     device_prefix: str | None
     episodes: EpisodeTable
+    # Whether samples beyond the device's measuring range ("HI"/"LO") reach the detector, as
+    # +inf / -inf: True for rules that compare values, False for rules that compute from them.
+    beyond_range: bool
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients; new ones follow the default rule."""

@@ -28,12 +28,20 @@ METRIC_LABELS: Final[dict[str, str]] = {
 # Decimals worth showing: whole bpm and mg/dL are what devices report; RR intervals are ~ms.
 METRIC_DECIMALS: Final[dict[str, int]] = {"heart_rate": 0, "rr_interval": 3, "glucose": 0}
 
-# Signal-quality bits of ``rpm_core.wire.SampleFlag``. A sample with any bit set is ignored by
-# every detector (issue 4, "signal-quality gating"), so unknown future bits gate too.
+# Signal-quality bits of ``rpm_core.wire.SampleFlag``. A sample with any bit set other than the
+# range bits is ignored by every detector (issue 4, "signal-quality gating"), so unknown future
+# bits gate too.
 FLAG_CONTACT_LOST: Final = 1
 FLAG_DEVICE_WARNING: Final = 2
 FLAG_LOW_QUALITY: Final = 4
 ALL_QUALITY_FLAGS: Final = FLAG_CONTACT_LOST | FLAG_DEVICE_WARNING | FLAG_LOW_QUALITY
+# Range bits (issue 14): the device's "HI" / "LO", a value beyond what it can measure (the sample
+# carries the device's limit). Rules comparing values (threshold, staleness) see +inf / -inf, i.e.
+# beyond any threshold on that side; rules computing from values (rate, forecast, baseline,
+# rhythm) skip such samples, since the true value is unknown. Both bits at once: unusable.
+FLAG_ABOVE_RANGE: Final = 8
+FLAG_BELOW_RANGE: Final = 16
+RANGE_FLAGS: Final = FLAG_ABOVE_RANGE | FLAG_BELOW_RANGE
 
 # Severity codes double as level slots: code 1..3, slot code-1. 0 means "no open alert".
 NO_SEVERITY: Final = 0

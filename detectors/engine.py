@@ -35,9 +35,12 @@ from detectors.const import (
     ACKNOWLEDGED,
     CLEARED,
     ESCALATED,
+    FLAG_ABOVE_RANGE,
+    FLAG_BELOW_RANGE,
     METRIC_NAMES,
     N_METRICS,
     RAISED,
+    RANGE_FLAGS,
     SEVERITY_NAMES,
     STATE_VERSION,
 )
@@ -198,32 +201,45 @@ class Engine:
         if len(fresh) == 0:
             return []
         self._dirty[fresh.patient] = True
-        usable = (fresh.flags == 0) & np.isfinite(fresh.value)
-        views: dict[tuple[int, str | None], MetricView] = {}
+        usable, beyond = _usable(fresh)
+        views: dict[tuple[int, str | None, bool], MetricView] = {}
         out: list[tuple[tuple[float, str, int], AlertEvent]] = []
         for index, det in enumerate(self._detectors):
-            key = (det.metric_code, det.device_prefix)
+            # Without a range flag in the batch both kinds of rule see the same samples: one view.
+            key = (det.metric_code, det.device_prefix, det.beyond_range and beyond is not None)
             view = views.get(key)
             if view is None:
-                view = views[key] = self._view(fresh, usable, *key)
+                view = views[key] = self._view(fresh, usable, beyond, key)
             self._touched[index, view.group_patient] = True
             out.extend(self._transition_events(index, det.process(view, now)))
         return _in_order(out)
 
-    def _view(self, fresh: SampleBatch, usable: BoolArray, code: int, prefix: str | None) -> MetricView:
+    def _view(
+        self, fresh: SampleBatch, usable: BoolArray, beyond: FloatArray | None, key: tuple[int, str | None, bool]
+    ) -> MetricView:
         """Usable samples of one metric (from devices matching ``prefix``), by patient then time.
 
         Samples of several devices of one patient are merged in time order; at equal times the
         device whose id sorts first wins (not registration order, which a restore can change), so
-        each rule sees strictly increasing times.
+        each rule sees strictly increasing times. Samples beyond the device's measuring range
+        (``beyond``: +1 above, -1 below, 0 in range) are +inf / -inf for rules that compare values
+        (``beyond_range``) and left out for the others.
         """
+        code, prefix, beyond_range = key
         # The batch is sorted metric-major: the metric's samples are one contiguous slice.
         lo, hi = np.searchsorted(fresh.metric, (code, code + 1))
         rows = slice(int(lo), int(hi))
         take = usable[rows]
+        v = fresh.value[rows]
+        if beyond is not None:
+            side = beyond[rows]
+            if beyond_range:
+                v = np.where(side != 0, np.copysign(np.inf, side), v)
+            else:
+                take = take & (side == 0)
         if prefix is not None:
             take = take & self._matching(prefix)[fresh.devices[rows]]
-        p, t, v, d = fresh.patient[rows], fresh.t[rows], fresh.value[rows], fresh.devices[rows]
+        p, t, d = fresh.patient[rows], fresh.t[rows], fresh.devices[rows]
         if not take.all():
             p, t, v, d = p[take], t[take], v[take], d[take]
         if self._multi_device and len(p) > 1:
@@ -614,6 +630,22 @@ def _several_devices(key: npt.NDArray[np.int64]) -> bool:
         return False
     pm = key >> _DEVICE_BITS
     return bool(((pm[1:] == pm[:-1]) & (key[1:] != key[:-1])).any())
+
+
+def _usable(batch: SampleBatch) -> tuple[BoolArray, FloatArray | None]:
+    """Per sample: whether detectors may use it, and (None when no sample has one) its range side.
+
+    Quality-flagged and non-finite samples are unusable; a range flag (the device's "HI" / "LO",
+    carrying its finite limit) is not a quality problem. Both range bits at once is contradictory.
+    """
+    flags = batch.flags
+    usable = ((flags & ~np.int16(RANGE_FLAGS)) == 0) & np.isfinite(batch.value)
+    if not (flags & np.int16(RANGE_FLAGS)).any():
+        return usable, None
+    above = (flags & np.int16(FLAG_ABOVE_RANGE)) != 0
+    below = (flags & np.int16(FLAG_BELOW_RANGE)) != 0
+    usable &= ~(above & below)
+    return usable, above.astype(np.float64) - below.astype(np.float64)
 
 
 def _in_order(keyed: list[tuple[tuple[float, str, int], AlertEvent]]) -> list[AlertEvent]:

@@ -53,7 +53,8 @@ class AlertEvent:
     by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The event as a JSON-able dict (NaN ``value`` becomes ``None``)."""
+        """The event as a JSON-able dict (NaN or ±inf ``value``, i.e. none or beyond the device's
+        range, becomes ``None``; the message says which)."""
         return {
             "alert_id": self.alert_id,
             "patient": self.patient,
@@ -62,7 +63,7 @@ class AlertEvent:
             "metric": self.metric,
             "state": self.state,
             "time": self.time,
-            "value": None if math.isnan(self.value) else self.value,
+            "value": self.value if math.isfinite(self.value) else None,
             "message": self.message,
             "since": self.since,
             "by": self.by,
@@ -70,7 +71,10 @@ class AlertEvent:
 
 
 def format_value(metric: str, value: float) -> str:
-    """``value`` with the metric's unit, as a nurse reads it (``134 bpm``, ``52 mg/dL``)."""
+    """``value`` with the metric's unit, as a nurse reads it (``134 bpm``, ``52 mg/dL``); ±inf is a
+    reading beyond the device's measuring range (a meter's "HI" / "LO")."""
+    if math.isinf(value):
+        return "HI, above the device's measuring range" if value > 0 else "LO, below the device's measuring range"
     return f"{value:.{METRIC_DECIMALS[metric]}f} {METRIC_UNITS[metric]}"
 
 

@@ -50,6 +50,10 @@ _NO_HOLD = 0.0
 class SignalDetector:
     """One signal rule (a :class:`~detectors.rules.ThresholdRule` or subclass) over every patient."""
 
+    # A rate, forecast, baseline or rhythm cannot be computed from a value known only to lie
+    # beyond the device's range: such samples are left out (threshold rules take them).
+    beyond_range = False
+
     def __init__(self, rule: ThresholdRule) -> None:
         self.rule = rule
         self.name = rule.name

@@ -26,6 +26,9 @@ from detectors.rules import Severity, StalenessRule
 class StalenessDetector:
     """One :class:`~detectors.rules.StalenessRule` over every patient."""
 
+    # A "HI"/"LO" reading is a reading: the patient is not silent.
+    beyond_range = True
+
     def __init__(self, rule: StalenessRule) -> None:
         self.rule = rule
         self.name = rule.name

@@ -17,6 +17,9 @@ from detectors.signal import SignalDetector
 class ThresholdDetector(SignalDetector):
     """One :class:`~detectors.rules.ThresholdRule`, applied to every patient (with overrides)."""
 
+    # A "HI" reading is above any threshold, a "LO" one below any (issue 14).
+    beyond_range = True
+
     def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
         """What a nurse reads, e.g. "Heart rate above 120 bpm for 10 min (now 134 bpm)"."""
         return threshold_message(rule, state, level, value, period)

@@ -20,18 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import time
 from collections.abc import Mapping
-from typing import Final
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
 
 from edge_agent import const
 from edge_agent.commands import CommandSubscriber
 from edge_agent.config import AgentSettings
-from edge_agent.errors import AgentConfigError
+from edge_agent.errors import AgentConfigError, EdgeAgentError
 from edge_agent.outbox import AsyncOutbox, OutboxWriter
-from edge_agent.pairing import Registry
+from edge_agent.pairing import PairedDevice, Registry, RegistryStore
 from edge_agent.publisher import Publisher
-from edge_agent.session import DeviceSession, SessionContext, make_session
+from edge_agent.session import DEVICE_SILENT_ALARM, DeviceSession, SessionContext, make_session
 from edge_agent.status import OUTBOX_FULL_ALARM, StatusBoard
 
 _LOGGER = logging.getLogger(__name__)
@@ -58,6 +64,10 @@ class Agent:
         self.writer: OutboxWriter | None = None
         self._outbox: AsyncOutbox | None = None
         self._evicted_total = 0
+        self._ctx: SessionContext | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # session task per device address
+        self._registry_mtime: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then stop gracefully; refuse to if another agent runs on this
@@ -86,8 +96,10 @@ class Agent:
             self.publisher, self.writer = publisher, writer
             self.commands = CommandSubscriber(mqtt=mqtt, patient=self.patient)
             ctx = SessionContext(
-                writer=writer, outbox=outbox, board=self.board, backoff_max_s=self.settings.ble_backoff_max_s
+                writer=writer, outbox=outbox, board=self.board, backoff_max_s=self.settings.ble_backoff_max_s,
+                battery_low_pct=self.settings.battery_low_pct, set_device_clock=self.settings.set_device_clock,
             )
+            self._ctx = ctx
             self.sessions = [make_session(device, ctx) for device in self.registry.devices]
             await self._supervise(stop, publisher, writer)
         finally:
@@ -100,11 +112,14 @@ class Agent:
             housekeeping = tg.create_task(self._housekeeping(), name="housekeeping")
             assert self.commands is not None
             commands = tg.create_task(self.commands.run(), name="commands")
-            devices = [tg.create_task(s.run(), name=f"session {s.device_id}") for s in self.sessions]
-            _LOGGER.info("edge agent for patient %s: %d device(s)", self.patient, len(devices))
+            watching = tg.create_task(self._watch(), name="registry and device checks")
+            for session in self.sessions:
+                self._tasks[session.device.address] = tg.create_task(session.run(), name=f"session {session.device_id}")
+            self._tg = tg
+            _LOGGER.info("edge agent for patient %s: %d device(s)", self.patient, len(self.sessions))
             await stop.wait()
             _LOGGER.info("stopping: disconnecting devices")
-            await _cancel(*devices, housekeeping, commands)
+            await _cancel(*self._tasks.values(), housekeeping, commands, watching)
             await _cancel(writing)
             await writer.flush()
             await _cancel(publishing)
@@ -118,7 +133,103 @@ class Agent:
             f"{details} readings to keep the newest and the glucose; is the broker reachable?"
         )
         _LOGGER.error("%s", message)
-        self.board.alarm(OUTBOX_FULL_ALARM, active=True, message=message, evicted=dict(evicted))
+        self.board.alarm(OUTBOX_FULL_ALARM, active=True, message=message, evicted=dict(evicted), severity="critical",
+                         remedy="check the patient's internet connection and that the MQTT broker is reachable")
+
+    async def _watch(self) -> None:
+        """Every few seconds: pairings added or removed while running, silent devices, the status file;
+        now and then, the active alarms again (a watchdog that subscribed after they were raised
+        would otherwise hear of them only when this agent reconnects)."""
+        refreshed = time.monotonic()
+        while True:
+            try:
+                self._reload_registry()
+                self._check_silence(time.time())
+                if time.monotonic() - refreshed >= const.ALARM_REFRESH_INTERVAL_S:
+                    refreshed = time.monotonic()
+                    self.board.resend_alarms()
+                await asyncio.to_thread(write_status_file, self.settings.status_path, self.status_snapshot())
+            except (EdgeAgentError, OSError) as exc:  # a half-written registry, a full disk: next round
+                _LOGGER.warning("housekeeping: %s", exc)
+            await asyncio.sleep(const.DEVICE_CHECK_INTERVAL_S)
+
+    def _reload_registry(self) -> None:
+        """A device paired (or forgotten) while the agent runs is read (or dropped) without a restart."""
+        path = self.settings.registry_path
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return
+        if mtime == self._registry_mtime:
+            return
+        first = self._registry_mtime is None
+        self._registry_mtime = mtime
+        if first:
+            return  # the registry the agent started with
+        registry = RegistryStore(path).load()
+        if registry.patient not in (None, self.patient):
+            _LOGGER.error("%s now names patient %s; this agent serves %s: restart it", path, registry.patient,
+                          self.patient)
+            return
+        wanted = {d.address: d for d in registry.devices}
+        for address in [a for a in self._tasks if a not in wanted]:
+            self._drop_session(address)
+        for address, device in wanted.items():
+            if address not in self._tasks:
+                self._add_session(device)
+
+    def _add_session(self, device: PairedDevice) -> None:
+        assert self._tg is not None
+        assert self._ctx is not None
+        session = make_session(device, self._ctx)
+        self.sessions.append(session)
+        self._tasks[device.address] = self._tg.create_task(session.run(), name=f"session {session.device_id}")
+        _LOGGER.info("%s: newly paired, reading it", session.device_id)
+
+    def _drop_session(self, address: str) -> None:
+        task = self._tasks.pop(address)
+        task.cancel()
+        session = next(s for s in self.sessions if s.device.address == address)
+        self.sessions.remove(session)
+        self.board.forget(session.device_id)
+        _LOGGER.info("%s: forgotten, no longer read", session.device_id)
+
+    def _check_silence(self, now: float) -> None:
+        """``device_silent`` for a paired device that gave no reading for too long; cleared by the next."""
+        for session in self.sessions:
+            limit = self.settings.silent_after_s or const.DEVICE_SILENT_AFTER_S[session.device.kind.value]
+            last = session.last_contact_t or session.started_t
+            silent = now - last > limit
+            active = self.board.alarm_active(DEVICE_SILENT_ALARM, session.device_id)
+            what = session.device.kind.value.replace("_", " ")
+            if silent and not active:
+                since = datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%d %H:%M UTC")
+                self.board.alarm(
+                    DEVICE_SILENT_ALARM, active=True, device=session.device_id, severity="warning",
+                    message=f"no reading from the patient's {what} since {since}", last_contact=last,
+                    remedy=f"ask the patient whether the {what} is worn/used, switched on and near the home hub",
+                )
+            elif active and not silent:
+                self.board.alarm(DEVICE_SILENT_ALARM, active=False, device=session.device_id,
+                                 message=f"the {what} sends readings again")
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``rpm edge status`` shows: per device link state, last reading, battery; alarms; broker."""
+        devices = {}
+        for session in self.sessions:
+            status = self.board.devices.get(session.device_id)
+            devices[session.device_id] = {
+                "kind": session.device.kind.value, "address": session.device.address, "name": session.device.name,
+                "state": status.state if status else "disconnected", "error": status.error if status else None,
+                "battery_pct": status.battery_pct if status else None, "last_reading_t": session.last_reading_t,
+                "last_contact_t": session.last_contact_t,
+            }
+        publisher = self.publisher
+        return {
+            "v": 1, "t": time.time(), "pid": os.getpid(), "patient": self.patient,
+            "broker_connected": bool(publisher and publisher.connected.is_set()),
+            "devices": devices, "alarms": [orjson.loads(a) for a in self.board.alarms.values()],
+        }
 
     async def _housekeeping(self) -> None:
         assert self._outbox is not None
@@ -127,8 +238,17 @@ class Agent:
             stats = await self._outbox.stats()
             _LOGGER.info("outbox: %d reading(s) waiting %s", stats.total, dict(stats.pending))
             cleared = stats.total < stats.capacity * const.OUTBOX_FULL_CLEARED_FRACTION
-            if OUTBOX_FULL_ALARM in self.board.alarms and cleared:
+            if self.board.alarm_active(OUTBOX_FULL_ALARM) and cleared:
                 self.board.alarm(OUTBOX_FULL_ALARM, active=False, message="outbox back under its budget")
+
+
+def write_status_file(path: Path, snapshot: Mapping[str, Any]) -> None:
+    """Replace the agent's status file atomically (mode 0600: it names the patient's devices)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps(snapshot))
+    os.replace(tmp, path)
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:

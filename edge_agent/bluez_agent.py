@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from dbus_fast import BusType, Message, MessageType
+from dbus_fast import BusType, DBusError, Message, MessageType
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusObjectPath, DBusStr, DBusUInt16, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
@@ -26,7 +26,8 @@ _LOGGER = logging.getLogger(__name__)
 AGENT_PATH: Final = "/org/rpm/edge/agent"
 # KeyboardDisplay: we can type a passkey the device shows, and show one the device wants typed.
 AGENT_CAPABILITY: Final = "KeyboardDisplay"
-PasskeyPrompt = Callable[[str], Awaitable[int]]
+# The passkey the user typed, or None if they cancelled.
+PasskeyPrompt = Callable[[str], Awaitable[int | None]]
 
 
 class PasskeyAgent(ServiceInterface):
@@ -38,8 +39,11 @@ class PasskeyAgent(ServiceInterface):
 
     @dbus_method()
     async def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
-        """The device shows a passkey: ask the user for it."""
-        return await self._prompt(device)
+        """The device shows a passkey: ask the user for it (cancelled: BlueZ's own "Canceled" error)."""
+        passkey = await self._prompt(device)
+        if passkey is None:
+            raise DBusError("org.bluez.Error.Canceled", "passkey entry cancelled")
+        return passkey
 
     @dbus_method()
     def DisplayPasskey(self, device: DBusObjectPath, passkey: DBusUInt32, entered: DBusUInt16) -> None:

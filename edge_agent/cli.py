@@ -10,6 +10,7 @@ here; bleak, paho and dbus-fast are imported inside the handlers that need them.
   the patient's agent MQTT user and writes its password to a 0600 file (``RPM_MQTT_PASSWORD_FILE``);
 - ``rpm edge run``: run the agent until SIGTERM;
 - ``rpm edge devices``: the patient, the paired devices, what waits in the outbox;
+- ``rpm edge status``: is the agent running, per device: connected, last reading, battery, outbox;
 - ``rpm edge forget ADDRESS``: remove a pairing (and, unless ``--keep-bond``, the BlueZ bond);
 - ``rpm edge ack ALERT_ID…``: the patient acknowledges a message from the care team (see
   :mod:`edge_agent.commands`): its alerts stop escalating.
@@ -21,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +38,7 @@ from edge_agent.pairing import PairedDevice, Registry, RegistryStore, normalize_
 if TYPE_CHECKING:
     from edge_agent.provision import Candidate
 
+_LOGGER = logging.getLogger(__name__)
 _SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
 
@@ -47,7 +51,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p.add_argument("--patient", required=True, help="patient id, e.g. p0001")
     p.add_argument("--address", help="Bluetooth address to pair (scriptable); without it: scan and choose")
     p.add_argument("--timeout", type=float, default=const.DEFAULT_PAIR_SCAN_TIMEOUT_S, help="scan seconds")
-    p.add_argument("--passkey", type=int, help="passkey shown by the device (default: ask when needed)")
+    p.add_argument("--passkey", type=_passkey_arg, help="passkey shown by the device (default: ask when needed)")
     p.add_argument("--provision-credentials", metavar="DIR",
                    help="also create the patient's agent MQTT user in this rpm mqtt-auth directory")
     p.add_argument("--credentials-out", metavar="FILE",
@@ -67,6 +71,10 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     p = commands.add_parser("devices", help="list the paired devices and the outbox")
     _state_flag(p)
     p.set_defaults(func=cmd_devices)
+
+    p = commands.add_parser("status", help="is the agent running; per device: connected, last reading, battery")
+    _state_flag(p)
+    p.set_defaults(func=cmd_status)
 
     p = commands.add_parser("forget", help="remove a paired device")
     p.add_argument("address")
@@ -113,14 +121,45 @@ def _mqtt_url(args: argparse.Namespace) -> str | None:
     return url_with_password_file(url, password_file)  # refuses a file other users can read
 
 
-def _fail(args: argparse.Namespace, exc: Exception) -> int:
-    print(f"rpm edge {args.edge_command}: {exc}", file=sys.stderr)
+def _passkey_arg(text: str) -> int:
+    from edge_agent.advice import parse_passkey
+
+    passkey = parse_passkey(text)
+    if passkey is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a passkey: the 6 digits the device shows, e.g. 123456")
+    return passkey
+
+
+def _fail(args: argparse.Namespace, exc: BaseException) -> int:
+    """Say what went wrong in plain language, with the next step (the details go to the debug log)."""
+    from edge_agent.advice import plain_error
+
+    _LOGGER.debug("rpm edge %s failed", args.edge_command, exc_info=exc)
+    print(f"rpm edge {args.edge_command}: {plain_error(exc, timeout_s=getattr(args, 'timeout', None))}",
+          file=sys.stderr)
     return 2
+
+
+def _patient_facing(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """No traceback anywhere a patient can reach: every failure becomes a plain message and exit 2."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            print("cancelled; nothing was changed", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            return _fail(args, exc)
+
+    return run
 
 
 # --- pair ------------------------------------------------------------------------------------------
 
 
+@_patient_facing
 def cmd_pair(args: argparse.Namespace) -> int:
     """Pair a device with the patient (interactive without ``--address``)."""
     try:
@@ -193,13 +232,29 @@ def _agent(passkey: int | None) -> Any:
     """The BlueZ passkey agent: answers with ``passkey``, or asks on the terminal."""
     from edge_agent.bluez_agent import passkey_agent
 
-    async def prompt(device_path: str) -> int:
+    async def prompt(device_path: str) -> int | None:
         if passkey is not None:
             return passkey
-        text = await asyncio.to_thread(input, "passkey shown on the device: ")
-        return int(text.strip())
+        return await asyncio.to_thread(ask_passkey)
 
     return passkey_agent(prompt)
+
+
+def ask_passkey(read: Callable[[str], str] = input) -> int | None:
+    """Ask for the passkey until one is typed (None: the user quit, or input ended)."""
+    from edge_agent.advice import parse_passkey
+
+    while True:
+        try:
+            text = read("passkey shown on the device (6 digits, q to cancel): ")
+        except EOFError:
+            return None
+        if text.strip().lower() in ("q", "quit"):
+            return None
+        passkey = parse_passkey(text)
+        if passkey is not None:
+            return passkey
+        print("that is not a passkey: type the 6 digits the device shows, e.g. 123456 (or q to cancel)", flush=True)
 
 
 async def _choose(candidates: Sequence[Candidate]) -> str | None:
@@ -226,6 +281,7 @@ async def _choose(candidates: Sequence[Candidate]) -> str | None:
 # --- run, devices, forget --------------------------------------------------------------------------
 
 
+@_patient_facing
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM / Ctrl-C."""
     from edge_agent.agent import Agent, run_until_signalled
@@ -240,6 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@_patient_facing
 def cmd_devices(args: argparse.Namespace) -> int:
     """List the patient, the paired devices and the outbox."""
     try:
@@ -261,6 +318,73 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+@_patient_facing
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the running agent last reported (its status file), and what waits in the outbox."""
+    import json
+    import time
+
+    settings = _settings(args)
+    registry = RegistryStore(settings.registry_path).load()
+    if not registry.devices:
+        print(f"no devices paired (state: {settings.state_dir}); pair one with: rpm edge pair --patient ID")
+        return 1
+    try:
+        doc = json.loads(settings.status_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        doc = {}
+    age = time.time() - float(doc.get("t", 0))
+    running = age <= const.STATUS_FILE_STALE_S
+    pending = _pending_by_device(settings)
+    print(f"patient {registry.patient}")
+    if running:
+        broker = "connected to the server" if doc.get("broker_connected") else "NOT connected to the server"
+        print(f"agent: running, {broker} (status {age:.0f} s old)")
+    else:
+        print("agent: NOT running (no recent status); start it with:  sudo systemctl start rpm-edge")
+    now = time.time()
+    for device in registry.devices:
+        info = doc.get("devices", {}).get(device.device_id, {}) if running else {}
+        print(_device_line(device, info, pending.get(device.device_id, 0), now))
+    for alarm in doc.get("alarms", []) if running else []:
+        remedy = f" -> {alarm['remedy']}" if alarm.get("remedy") else ""
+        print(f"  ! {alarm.get('message', alarm.get('alarm'))}{remedy}")
+    return 0
+
+
+def _device_line(device: PairedDevice, info: dict[str, Any], waiting: int, now: float) -> str:
+    state = info.get("state", "unknown")
+    if info.get("error") and state in ("error", "unreachable"):
+        state = f"{state} ({info['error']})"
+    last = info.get("last_reading_t")
+    last_text = "never" if last is None else f"{_ago(now - float(last))} ago"
+    battery = info.get("battery_pct", device.battery_pct)
+    return (f"  {device.kind.value:<13} {device.address}  {state:<13} last reading {last_text:<12} "
+            f"battery {f'{battery}%' if battery is not None else '?':>4}  outbox {waiting} waiting")
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0):.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def _pending_by_device(settings: AgentSettings) -> dict[str, int]:
+    from edge_agent.outbox import Outbox
+
+    if not settings.outbox_path.exists():
+        return {}
+    outbox = Outbox(settings.outbox_path, budget_bytes=settings.outbox_budget_bytes)
+    try:
+        return outbox.pending_by_device()
+    finally:
+        outbox.close()
+
+
 def _print_outbox(settings: AgentSettings) -> None:
     from edge_agent.outbox import Outbox
 
@@ -277,6 +401,7 @@ def _print_outbox(settings: AgentSettings) -> None:
         print(f"  dropped when full so far: {dict(stats.evicted_total)}")
 
 
+@_patient_facing
 def cmd_forget(args: argparse.Namespace) -> int:
     """Forget a paired device."""
     try:
@@ -287,7 +412,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     except EdgeAgentError as exc:
         return _fail(args, exc)
     address = normalize_address(args.address)
-    print(f"forgot {address}; restart the agent (systemctl restart rpm-edge) to stop reading it")
+    print(f"forgot {address}; the running agent stops reading it within seconds")
     if not args.keep_bond:
         _remove_bond(address)
     return 0
@@ -304,6 +429,7 @@ def _remove_bond(address: str) -> None:
     print("  BlueZ bond removed" if removed else "  (BlueZ did not know the device)")
 
 
+@_patient_facing
 def cmd_ack(args: argparse.Namespace) -> int:
     """Publish the patient's acknowledgement of the given alerts on the agent's ack topic."""
     import time

@@ -12,6 +12,11 @@
 - ``RPM_EDGE_OUTBOX_MAX_MB`` / ``--outbox-max-mb``: disk budget of the outbox (default 256).
 - ``RPM_EDGE_MQTT_BACKOFF_MAX_S``, ``RPM_EDGE_BLE_BACKOFF_MAX_S``: caps of the reconnect backoff
   to the broker and to devices (default 60 s each).
+- ``RPM_EDGE_BATTERY_LOW_PCT``: a device battery at or below this raises ``battery_low`` (default 20).
+- ``RPM_EDGE_SILENT_AFTER_S``: a paired device without a reading for this long raises
+  ``device_silent`` (default per kind: strap 1 h, CGM 30 min, meter 48 h).
+- ``RPM_EDGE_SET_DEVICE_CLOCK``: the patient agreed that the agent sets their devices' clocks
+  through the Current Time Service where a device allows it (default off: clocks are only read).
 
 Plaintext MQTT carries the agent's password and the patient's readings in clear, so it is refused
 unless the broker is on this host (loopback) or the operator opted in.
@@ -35,6 +40,7 @@ _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
 REGISTRY_FILE: Final = "pairings.json"
 OUTBOX_FILE: Final = "outbox.sqlite3"
+STATUS_FILE: Final = "status.json"
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -68,6 +74,15 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _percent(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= 99:
+        raise AgentConfigError(f"{name}={text!r} must be a whole percentage from 1 to 99")
+    return int(text)
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is this machine (``localhost`` or a loopback address)."""
     if host.lower() in ("localhost", "localhost.localdomain"):
@@ -89,6 +104,9 @@ class AgentSettings:
     outbox_budget_bytes: int = const.DEFAULT_OUTBOX_BUDGET_BYTES
     mqtt_backoff_max_s: float = const.DEFAULT_MQTT_BACKOFF_MAX_S
     ble_backoff_max_s: float = const.DEFAULT_BLE_BACKOFF_MAX_S
+    battery_low_pct: int = const.DEFAULT_BATTERY_LOW_PCT
+    silent_after_s: float | None = None  # None: per device kind (const.DEVICE_SILENT_AFTER_S)
+    set_device_clock: bool = False
 
     def __repr__(self) -> str:  # the URL may carry the agent's password
         return f"AgentSettings(state_dir={str(self.state_dir)!r}, mqtt={self.mqtt_url is not None})"
@@ -115,6 +133,9 @@ class AgentSettings:
             outbox_budget_bytes=int(budget_mb * 2**20),
             mqtt_backoff_max_s=_positive(env, "RPM_EDGE_MQTT_BACKOFF_MAX_S", const.DEFAULT_MQTT_BACKOFF_MAX_S),
             ble_backoff_max_s=_positive(env, "RPM_EDGE_BLE_BACKOFF_MAX_S", const.DEFAULT_BLE_BACKOFF_MAX_S),
+            battery_low_pct=_percent(env, "RPM_EDGE_BATTERY_LOW_PCT", const.DEFAULT_BATTERY_LOW_PCT),
+            silent_after_s=_positive(env, "RPM_EDGE_SILENT_AFTER_S", 0.0) or None,
+            set_device_clock=_flag(env, "RPM_EDGE_SET_DEVICE_CLOCK"),
         )
         if settings.mqtt_url:
             settings.mqtt()  # fail at start-up, naming the variable
@@ -124,6 +145,11 @@ class AgentSettings:
     def registry_path(self) -> Path:
         """The pairing registry (JSON)."""
         return self.state_dir / REGISTRY_FILE
+
+    @property
+    def status_path(self) -> Path:
+        """What the running agent last knew (``rpm edge status`` reads it)."""
+        return self.state_dir / STATUS_FILE
 
     @property
     def outbox_path(self) -> Path:

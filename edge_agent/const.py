@@ -177,18 +177,66 @@ BLE_SCAN_TIMEOUT_S: Final = 10.0
 BLE_CONNECT_ATTEMPTS: Final = 3
 # A GATT error such as "not paired" will not fix itself quickly: retry slowly.
 BLE_PROTOCOL_ERROR_BACKOFF_S: Final = 30.0
-# §2: a meter sends its records back to back; 30 s without the final indication is a hang.
-GLUCOSE_RACP_TIMEOUT_S: Final = 30.0
+# §2: a meter sends its records back to back; 30 s without any record or the final indication
+# is a hang. Silence, not the whole transfer: a meter with 1,000 records at 10 per second takes
+# minutes and is still working (issue 14, item 3).
+GLUCOSE_RACP_IDLE_TIMEOUT_S: Final = 30.0
 # A context record (§2 b4) follows its measurement at once; don't hold a record longer than this.
 GLUCOSE_CONTEXT_WAIT_S: Final = 2.0
 # While a meter stays connected, ask for new records this often (GLS sends records only on RACP).
 GLUCOSE_RESYNC_INTERVAL_S: Final = 300.0
-# §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight).
-CGM_RACP_TIMEOUT_S: Final = 120.0
+# §3: a CGM backfill may span days of 5-minute records (~4,000 a fortnight); like the meter's,
+# it is aborted after this long without a record, however long it runs.
+CGM_RACP_IDLE_TIMEOUT_S: Final = 60.0
+# §2 status bits 5/6 with +INF/-INF: a result beyond what the meter can measure ("HI"/"LO").
+# The wire carries it flagged ABOVE_RANGE/BELOW_RANGE with the meter's limit (issue 14); GLS
+# does not tell the limit, so this is the measuring interval of most home meters (20-600 mg/dL:
+# Ascensia Contour Next One, Roche Accu-Chek Guide, LifeScan OneTouch Verio user manuals).
+GLUCOSE_METER_HIGH_LIMIT_MG_DL: Final = 600.0
+GLUCOSE_METER_LOW_LIMIT_MG_DL: Final = 20.0
+# §3 warning bits 22/23 ("below/above what the device can process") or ±INF on a CGM: the
+# reporting range of current sensors is 40-400 mg/dL (Dexcom G6/G7, FreeStyle Libre 2/3 manuals).
+CGM_HIGH_LIMIT_MG_DL: Final = 400.0
+CGM_LOW_LIMIT_MG_DL: Final = 40.0
+# A CGM record that failed its E2E-CRC is asked for again at once, up to this many times per hole,
+# before the hole is reported as a gap (issue 14, item 1).
+CGM_REFETCH_ATTEMPTS: Final = 3
+# The step between CGM records when too few were seen to tell (§3 examples: 5 min).
+CGM_DEFAULT_INTERVAL_MIN: Final = 5
+# Offsets of stored CGM records kept in memory to find unfillable holes: days of 1-min records.
+CGM_OFFSETS_REMEMBERED: Final = 5_000
 # §3 Quality is a device-defined percentage; below half we mark the sample LOW_QUALITY.
 CGM_LOW_QUALITY_PCT: Final = 50.0
 # §3: Time Offset is u16 minutes; a jump back by more than half the range is a wrap, not disorder.
 CGM_TIME_OFFSET_HALF_RANGE_MIN: Final = 32_768
+# Device trouble (issue 14, item 6). Battery: a "battery_low" alarm at or below this level
+# (RPM_EDGE_BATTERY_LOW_PCT), critical at or below the second; cleared 5 % above the first.
+DEFAULT_BATTERY_LOW_PCT: Final = 20
+BATTERY_CRITICAL_PCT: Final = 5
+BATTERY_LOW_HYSTERESIS_PCT: Final = 5
+# A paired device that gave no reading for this long is "silent" (strap off, out of range, meter
+# not used): a strap is worn all day, a CGM sends every 1-5 min (Dexcom's signal loss alert: 20 min),
+# a meter is used a few times a day (two days without a sync is worth a call).
+DEVICE_SILENT_AFTER_S: Final = {"heart_rate": 3600.0, "cgm": 1800.0, "glucose_meter": 48 * 3600.0}
+# Active alarms are published again this often (besides after every reconnection), so a watchdog
+# that started or subscribed after an alarm was raised hears of it within this time.
+ALARM_REFRESH_INTERVAL_S: Final = 300.0
+# `rpm edge status`: a status file older than this means the agent is not running.
+STATUS_FILE_STALE_S: Final = 60.0
+# How often the agent looks for silent devices, newly paired ones, and rewrites its status file.
+DEVICE_CHECK_INTERVAL_S: Final = 10.0
+# A CGM sensor session is about to end within this (the patient needs a new sensor at hand).
+CGM_SESSION_ENDING_WARN_S: Final = 24 * 3600.0
+# A meter clock further than this from ours is "far off" (its times are corrected, but a clock
+# that far off was likely never set, or reset by a battery change).
+METER_CLOCK_TOLERANCE_S: Final = 300.0
+# With consent, a meter clock is set when it is further off than this (the skew is measured to the
+# second over BLE, so a smaller one is noise, and setting it on every connection would wear nothing
+# but also correct nothing).
+METER_CLOCK_SET_THRESHOLD_S: Final = 30.0
+# Between the start and the end of one sync a meter's clock moves by the sync's length; more than
+# this beyond it means the clock was changed during the sync (times of that sync are uncertain).
+METER_CLOCK_JUMP_S: Final = 60.0
 # Pairing: how long `rpm edge pair` scans by default.
 DEFAULT_PAIR_SCAN_TIMEOUT_S: Final = 10.0
 # Disconnecting on the way out: BlueZ answers at once; a hung D-Bus must not block the stop.

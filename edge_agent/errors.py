@@ -8,6 +8,7 @@ builtin a caller would otherwise catch (``except ValueError`` still sees a bad p
     ├── AgentConfigError (+ ValueError)  settings that cannot work; names the variable/flag and the fix
     ├── RegistryError                    the pairing registry is unreadable or does not allow the change
     ├── GattDecodeError (+ ValueError)   bytes (or field values) that are not a valid GATT payload
+    │   └── OverlongPayloadError         ... a valid payload followed by bytes its flags do not announce
     ├── DeviceError                      something went wrong with one BLE device
     │   ├── DeviceNotFoundError          no advertisement from the address within the scan
     │   ├── DeviceConnectionError        connecting failed (after bleak-retry-connector's retries)
@@ -62,6 +63,21 @@ class GattDecodeError(EdgeAgentError, ValueError):
     def __str__(self) -> str:
         where = f"{self.payload}.{self.field}" if self.payload else self.field
         return f"{where}: {self.reason}"
+
+
+class OverlongPayloadError(GattDecodeError):
+    """A payload whose first ``consumed`` bytes decode completely and which has more bytes after them.
+
+    Strict decoding refuses it; :func:`edge_agent.gatt.decode_padded` decodes the first ``consumed``
+    bytes and reports the rest as padding (real devices pad notifications, issue 14 item 4).
+    """
+
+    def __init__(self, field: str, reason: str, payload: str, consumed: int) -> None:
+        super().__init__(field, reason, payload)
+        self.consumed = consumed
+
+    def __reduce__(self) -> tuple[type[OverlongPayloadError], tuple[str, str, str, int]]:
+        return (type(self), (self.field, self.reason, self.payload, self.consumed))
 
 
 class DeviceError(EdgeAgentError):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -32,7 +32,7 @@ from fractions import Fraction
 from typing import Final, Self, TypeAlias, TypeVar
 
 from edge_agent import const
-from edge_agent.errors import GattDecodeError
+from edge_agent.errors import GattDecodeError, OverlongPayloadError
 
 _E = TypeVar("_E", bound=enum.IntEnum)
 # What bleak hands a notify callback (bytearray) and what tests / simulators use (bytes).
@@ -55,6 +55,11 @@ class _Reader:
         self._data = bytes(data)
         self._pos = 0
         self.payload = payload
+
+    @property
+    def position(self) -> int:
+        """Bytes read so far."""
+        return self._pos
 
     @property
     def remaining(self) -> int:
@@ -97,9 +102,10 @@ class _Reader:
         return self.to_enum(cls, self.uint(1, field), field)
 
     def end(self) -> None:
-        """Fail if bytes are left over where the format fixes the length."""
+        """Fail (:class:`OverlongPayloadError`) if bytes are left over where the format fixes the length."""
         if self.remaining:
-            raise self.error("length", f"over-long: {self.remaining} unexpected byte(s) at offset {self._pos}")
+            reason = f"over-long: {self.remaining} unexpected byte(s) at offset {self._pos}"
+            raise OverlongPayloadError("length", reason, self.payload, self._pos)
 
 
 def _require(ok: bool, payload: str, field: str, reason: str) -> None:
@@ -581,10 +587,14 @@ class HeartRateMeasurement:
 
 
 def _read_rr_intervals(reader: _Reader) -> tuple[int, ...]:
-    # §1: n = remaining bytes / 2, and n may be 0; an odd remainder is a broken notification.
-    if reader.remaining % 2:
-        raise reader.error("rr_intervals", f"odd number of bytes ({reader.remaining}) for u16 intervals")
-    return tuple(reader.uint(2, "rr_intervals") for _ in range(reader.remaining // 2))
+    # §1: n = remaining bytes / 2, and n may be 0; an odd remainder is not an interval (strict
+    # decoding refuses it; decode_padded takes it as one byte of padding).
+    intervals = tuple(reader.uint(2, "rr_intervals") for _ in range(reader.remaining // 2))
+    if reader.remaining:
+        raise OverlongPayloadError(
+            "rr_intervals", "odd number of bytes for u16 intervals", reader.payload, reader.position
+        )
+    return intervals
 
 
 class BodySensorLocation(enum.IntEnum):
@@ -2370,6 +2380,23 @@ class LocalTimeInformation:
 def parse_heart_rate_measurement(data: BytesLike) -> HeartRateMeasurement:
     """Decode Heart Rate Measurement 0x2A37."""
     return HeartRateMeasurement.from_bytes(data)
+
+
+_T = TypeVar("_T")
+
+
+def decode_padded(decode: Callable[[BytesLike], _T], data: BytesLike) -> tuple[_T, int]:
+    """``decode(data)``, tolerating padding: bytes after the fields the flags announce are ignored.
+
+    Returns the payload and how many trailing bytes were ignored (0 for an exact payload), so the
+    caller can count them. Real devices pad notifications (a heart rate ``00 48 00``); tolerant
+    collectors (Home Assistant's parsers, Tidepool) decode the announced fields and drop the rest.
+    Anything else that is wrong still raises :class:`GattDecodeError`.
+    """
+    try:
+        return decode(data), 0
+    except OverlongPayloadError as exc:
+        return decode(bytes(data[: exc.consumed])), len(data) - exc.consumed
 
 
 def parse_glucose_measurement(data: BytesLike) -> GlucoseMeasurement:

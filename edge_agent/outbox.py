@@ -311,6 +311,10 @@ class Outbox:
         evicted = {m: int(self._meta(f"evicted.{m}") or 0) for m in METRICS}
         return OutboxStats(pending, in_flight, self.capacity, evicted)
 
+    def pending_by_device(self) -> dict[str, int]:
+        """Readings waiting (unsent or unacknowledged) per device."""
+        return dict(self._db.execute("SELECT device, COUNT(*) FROM readings GROUP BY device").fetchall())
+
     @property
     def count(self) -> int:
         """Readings stored (sent or not, until acknowledged)."""

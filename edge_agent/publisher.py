@@ -35,7 +35,7 @@ from typing import Any, Final
 from edge_agent import const
 from edge_agent.errors import BrokerRefusedError, BrokerUnavailableError, PublishError, PublishRejectedError
 from edge_agent.outbox import AsyncOutbox, OutMessage
-from edge_agent.status import StatusBoard, agent_payload
+from edge_agent.status import StatusBoard, agent_payload, last_will_payload
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import encode_readings, readings_topic, status_topic
 
@@ -237,7 +237,7 @@ class Publisher:
 
     async def _session(self) -> None:
         topic = status_topic(self._patient)
-        will = (topic, agent_payload(self._patient, "offline"))
+        will = (topic, last_will_payload(self._patient))
         conn = _Connection(mqtt=self._mqtt, client_id=self.client_id, will=will)
         conn.on_event = self._wake.set
         try:

@@ -14,11 +14,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from edge_agent import const
 from edge_agent.gatt import (
     CgmMeasurement,
+    CgmSensorStatus,
     GlucoseMeasurement,
+    GlucoseSensorStatus,
     HeartRateMeasurement,
     SampleLocation,
     SampleType,
@@ -99,8 +102,51 @@ def meter_time_to_utc(local: datetime, clock_skew: timedelta) -> datetime:
     return (local - clock_skew).astimezone(UTC)
 
 
+# §2 status bits that say nothing against the value: a low battery (reported as device trouble on
+# its own) and the HI/LO bits (carried as range flags). Every other bit casts doubt on the result.
+_GLS_NOT_QUALITY: Final = (
+    GlucoseSensorStatus.DEVICE_BATTERY_LOW | GlucoseSensorStatus.RESULT_TOO_HIGH | GlucoseSensorStatus.RESULT_TOO_LOW
+)
+# §3 annunciations that cast doubt on a CGM value: the session, the sensor or the device is at
+# fault, or it needs calibrating or a time sync. The warning octet's patient low/high, hypo/hyper
+# and rate bits are clinical findings *about* a good value (flagging them would hide exactly the
+# low readings); a low battery is device trouble; bits 22/23 are the range flags.
+_CGM_QUALITY: Final = (
+    CgmSensorStatus.SESSION_STOPPED
+    | CgmSensorStatus.SENSOR_TYPE_INCORRECT
+    | CgmSensorStatus.SENSOR_MALFUNCTION
+    | CgmSensorStatus.DEVICE_SPECIFIC_ALERT
+    | CgmSensorStatus.GENERAL_DEVICE_FAULT
+    | CgmSensorStatus.TIME_SYNCHRONIZATION_REQUIRED
+    | CgmSensorStatus.CALIBRATION_REQUIRED
+    | CgmSensorStatus.TEMPERATURE_TOO_HIGH
+    | CgmSensorStatus.TEMPERATURE_TOO_LOW
+)
+
+
+def _range_side(value: float, too_high: bool, too_low: bool) -> int:
+    """``SampleFlag.ABOVE_RANGE`` / ``BELOW_RANGE`` for a result beyond the device's range, else 0."""
+    high = too_high or value == math.inf
+    low = too_low or value == -math.inf
+    if high == low:
+        return 0  # neither, or contradictory (then the caller's finite check decides)
+    return int(SampleFlag.ABOVE_RANGE if high else SampleFlag.BELOW_RANGE)
+
+
+def _beyond_range_sample(value: float, side: int, limits: tuple[float, float], measured_at: datetime) -> Sample:
+    """A "HI"/"LO" sample: the device's own finite value if it sent a plausible one, else its limit."""
+    low, high = METRIC_RANGES["glucose"]
+    limit = limits[1] if side == SampleFlag.ABOVE_RANGE else limits[0]
+    mg_dl = value if math.isfinite(value) and low <= value <= high else limit
+    return ("glucose", _epoch(measured_at), round(mg_dl, _GLUCOSE_DIGITS), side)
+
+
 def glucose_sample(measurement: GlucoseMeasurement, measured_at: datetime, problems: Problems) -> Sample | None:
-    """The glucose sample of a meter record, or None (counted in ``problems``) if it has none."""
+    """The glucose sample of a meter record, or None (counted in ``problems``) if it has none.
+
+    "HI"/"LO" (status bit 5/6, usually with +INF/-INF) becomes a sample flagged ``ABOVE_RANGE`` /
+    ``BELOW_RANGE`` carrying the meter's limit (issue 14): the results that need action most.
+    """
     mg_dl = measurement.glucose_mg_dl
     if mg_dl is None:
         problems.add("glucose record without a concentration", measurement.sequence_number)
@@ -108,24 +154,43 @@ def glucose_sample(measurement: GlucoseMeasurement, measured_at: datetime, probl
     if is_control_solution(measurement):
         problems.add("control-solution test skipped", measurement.sequence_number)
         return None
+    status = GlucoseSensorStatus(measurement.status_flags or 0)
+    flags = int(SampleFlag.DEVICE_WARNING) if status & ~_GLS_NOT_QUALITY else 0
+    side = _range_side(
+        mg_dl, GlucoseSensorStatus.RESULT_TOO_HIGH in status, GlucoseSensorStatus.RESULT_TOO_LOW in status
+    )
+    if side:
+        limits = (const.GLUCOSE_METER_LOW_LIMIT_MG_DL, const.GLUCOSE_METER_HIGH_LIMIT_MG_DL)
+        metric, t, value, range_flag = _beyond_range_sample(mg_dl, side, limits, measured_at)
+        return (metric, t, value, range_flag | flags)
     if not math.isfinite(mg_dl):
-        # HI/LO (±INF) or NaN: clinically relevant, but the wire carries finite values only.
-        problems.add("glucose outside what the meter can measure (HI/LO)", measurement.sequence_number)
+        problems.add("glucose record without a usable value (NaN)", measurement.sequence_number)
         return None
-    flags = int(SampleFlag.DEVICE_WARNING) if measurement.status_flags else 0
     return ("glucose", _epoch(measured_at), round(mg_dl, _GLUCOSE_DIGITS), flags)
 
 
 def cgm_sample(record: CgmMeasurement, measured_at: datetime, problems: Problems) -> Sample | None:
-    """The glucose sample of a CGM record, or None (counted) when the sensor sent NaN/±INF."""
+    """The glucose sample of a CGM record, or None (counted) when the sensor sent NaN.
+
+    Beyond the sensor's range (warning bit 22/23, or ±INF) it is flagged ``BELOW_RANGE`` /
+    ``ABOVE_RANGE`` with the sensor's limit, like a meter's "HI"/"LO".
+    """
     mg_dl = record.glucose_mg_dl
-    if not math.isfinite(mg_dl):
-        problems.add("CGM record without a usable value", record.time_offset_min)
-        return None
-    flags = int(SampleFlag.DEVICE_WARNING) if record.status_flags else 0
+    status = CgmSensorStatus(record.status_flags)
+    flags = int(SampleFlag.DEVICE_WARNING) if status & _CGM_QUALITY else 0
     quality = record.quality_pct
     if quality is not None and math.isfinite(quality) and quality < const.CGM_LOW_QUALITY_PCT:
         flags |= SampleFlag.LOW_QUALITY
+    side = _range_side(
+        mg_dl, CgmSensorStatus.ABOVE_DEVICE_RANGE in status, CgmSensorStatus.BELOW_DEVICE_RANGE in status
+    )
+    if side:
+        limits = (const.CGM_LOW_LIMIT_MG_DL, const.CGM_HIGH_LIMIT_MG_DL)
+        metric, t, value, range_flag = _beyond_range_sample(mg_dl, side, limits, measured_at)
+        return (metric, t, value, range_flag | flags)
+    if not math.isfinite(mg_dl):
+        problems.add("CGM record without a usable value", record.time_offset_min)
+        return None
     return ("glucose", _epoch(measured_at), round(mg_dl, _GLUCOSE_DIGITS), flags)
 
 

@@ -8,7 +8,10 @@ MQTT readings (topic ``rpm/v1/p/{patient}/readings``), schema version 1::
 - ``metric``: ``heart_rate`` (bpm) | ``rr_interval`` (seconds) | ``glucose`` (mg/dL);
 - ``t``: when the device measured it, UTC epoch seconds (int or float);
 - ``value``: a finite number in the metric's plausible physiological range;
-- ``flags`` (optional, default 0): a :class:`SampleFlag` bit mask of signal-quality problems;
+- ``flags`` (optional, default 0): a :class:`SampleFlag` bit mask of signal-quality problems, and of
+  a result beyond what the device can measure (``ABOVE_RANGE`` / ``BELOW_RANGE``: a meter's "HI" /
+  "LO"; ``value`` is then the device's measuring limit, the true value lies beyond it). Messages
+  of earlier agents (bits 0-2 only) stay valid;
 - ``id`` (optional, top level): the sender's message id (e.g. the edge agent's outbox row), so a
   message redelivered after a crash can be recognised as the same message.
 
@@ -72,15 +75,25 @@ SOURCES: Final = frozenset({"ble", "sim", "manual", "import"})
 
 
 class SampleFlag(enum.IntFlag):
-    """Signal-quality problems attached to a sample; detectors do not alert on flagged samples."""
+    """Bits attached to a sample.
+
+    Signal-quality problems (``QUALITY_FLAGS``): detectors do not alert on such samples. Range bits
+    (``RANGE_FLAGS``, issue 14): the device could not measure the value because it lies beyond
+    its measuring range ("HI" / "LO" on a meter); the sample's value is the device's limit, and
+    rules comparing values treat the sample as beyond any threshold on its side.
+    """
 
     NONE = 0
     CONTACT_LOST = 1  # HRS: contact supported and not detected
     DEVICE_WARNING = 2  # GLS/CGM status annunciation set
     LOW_QUALITY = 4  # CGM quality below threshold
+    ABOVE_RANGE = 8  # "HI": higher than the device can measure; value = its upper limit
+    BELOW_RANGE = 16  # "LO": lower than the device can measure; value = its lower limit
 
 
-ALL_FLAGS: Final = int(SampleFlag.CONTACT_LOST | SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
+QUALITY_FLAGS: Final = int(SampleFlag.CONTACT_LOST | SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
+RANGE_FLAGS: Final = int(SampleFlag.ABOVE_RANGE | SampleFlag.BELOW_RANGE)
+ALL_FLAGS: Final = QUALITY_FLAGS | RANGE_FLAGS
 
 
 # A top-level key of a readings message; identifiers, metric names and sources cannot hold a quote,
@@ -222,6 +235,8 @@ def _check_sample(raw: object, index: int, now: float) -> Sample:
         raise WireError(f"{where}: {metric} value outside plausible range [{lo:g}, {hi:g}]")
     if isinstance(flags, bool) or not isinstance(flags, int) or flags & ~ALL_FLAGS or flags < 0:
         raise WireError(f"{where}: flags must be an integer mask of {ALL_FLAGS:#x}")
+    if flags & RANGE_FLAGS == RANGE_FLAGS:
+        raise WireError(f"{where}: a value cannot be both above and below the measuring range")
     return (metric, float(t), float(value), flags)
 
 

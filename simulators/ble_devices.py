@@ -8,7 +8,7 @@ an :class:`Advertisement`, and behaviour written as ordinary asyncio code:
 - :class:`GlucoseMeter`: GLS 0x1808 with stored :class:`GlucoseRecord` s; the Record Access
   Control Point 0x2A52 answers ``01 01``, ``01 03 01 <seq>``, ``04 01``, ``03 00`` … by notifying
   0x2A18 (and 0x2A34) and indicating ``06 00 01 01`` / ``06 00 01 06`` (§2 "Collection flow");
-  Current Time 0x2A2B tells the meter's clock;
+  Current Time 0x2A2B tells the meter's clock (and, with ``clock_writable``, can be set);
 - :class:`ContinuousGlucoseMonitor`: CGMS 0x181F, notifies 0x2AA7 periodically while a session
   runs, serves Feature/Status/Session Start Time/Run Time, backfills by time offset through RACP
   and answers the Specific Ops Control Point; E2E-CRC optional (§3, §6).
@@ -787,12 +787,15 @@ class GlucoseMeter(VirtualPeripheral):
         ),
         record_interval_s: float = 0.0,
         clock_skew: timedelta = timedelta(0),
+        clock_writable: bool = False,
         rssi: int = -66,
         **kwargs: Any,
     ) -> None:
         self.records: list[GlucoseRecord] = sorted(records, key=lambda r: r.sequence_number)
         self.features = features
         self.clock_skew = clock_skew
+        self.clock_writable = clock_writable
+        self.clock_writes: list[CurrentTime] = []
         self.racp = RacpServer(
             self,
             records=lambda: self.records,
@@ -815,7 +818,9 @@ class GlucoseMeter(VirtualPeripheral):
             char(const.GLUCOSE_FEATURE_UUID, ("read",), on_read=self._read_features),
             char(const.RECORD_ACCESS_CONTROL_POINT_UUID, ("write", "indicate"), on_write=self._racp),
         )
-        clock = Characteristic(const.CURRENT_TIME_UUID, ("read",), on_read=self._read_current_time)
+        flags: tuple[Flag, ...] = ("read", "write") if self.clock_writable else ("read",)
+        clock = Characteristic(const.CURRENT_TIME_UUID, flags, on_read=self._read_current_time,
+                               on_write=self._write_current_time if self.clock_writable else None)
         return (Service(const.GLUCOSE_SERVICE_UUID, glucose), Service(const.CURRENT_TIME_SERVICE_UUID, (clock,)))
 
     def add_record(self, mg_dl: float, base_time: datetime, **fields: Any) -> GlucoseRecord:
@@ -836,6 +841,18 @@ class GlucoseMeter(VirtualPeripheral):
         now = self.clock()
         fractions = now.microsecond * 256 // 1_000_000
         return bytes(CurrentTime(now.replace(microsecond=0), DayOfWeek(now.isoweekday()), fractions))
+
+    async def _write_current_time(self, data: bytes, with_response: bool) -> None:
+        """CTS write (§5): the collector sets the meter's clock; it keeps running from there."""
+        try:
+            written = CurrentTime.from_bytes(data)
+        except GattDecodeError as exc:
+            raise AttError(ATT_OUT_OF_RANGE, str(exc)) from exc
+        if written.time is None:
+            raise AttError(ATT_OUT_OF_RANGE, "the time must be known")
+        exact = written.time + timedelta(seconds=written.sub_s)
+        self.clock_skew = exact - datetime.now()  # noqa: DTZ005 - the meter's clock is local time
+        self.clock_writes.append(written)
 
     async def _racp(self, data: bytes, with_response: bool) -> None:
         racp = const.RECORD_ACCESS_CONTROL_POINT_UUID

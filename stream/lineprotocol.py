@@ -18,6 +18,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from rpm_core.wire import RANGE_FLAGS, SampleFlag
+
 PRECISION: Final = "ms"
 
 
@@ -41,12 +43,15 @@ def vitals_lines(
     metric_names: Sequence[str],
     t_ms: npt.NDArray[np.int64],
     value: npt.NDArray[np.float64],
+    flags: npt.NDArray[np.int16] | None = None,
 ) -> list[str]:
     """Lines for a whole micro-batch in columns: tags per group (``patient``, ``device``,
     ``source``; group ``g`` holds ``size[g]`` samples), metric code, time and value per sample.
 
     Each distinct (group, metric) prefix is formatted once; what is left per sample is one
-    f-string, the least line protocol can cost in Python.
+    f-string, the least line protocol can cost in Python. A sample beyond its device's measuring
+    range (``flags``: ``rpm_core.wire.SampleFlag.ABOVE_RANGE`` / ``BELOW_RANGE``, a meter's "HI" /
+    "LO") gets a string field ``beyond="above"`` / ``"below"`` beside its value (the device's limit).
     """
     n_metrics = len(metric_names)
     key = (np.repeat(np.arange(len(size), dtype=np.int64) * n_metrics, size) + metric_code).tolist()
@@ -54,7 +59,20 @@ def vitals_lines(
     for k in set(key):
         g, m = divmod(k, n_metrics)
         prefix[k] = f"vitals,device={device[g]},metric={metric_names[m]},patient={patient[g]},source={source[g]} value="
-    return [f"{prefix[k]}{v!r} {t}" for k, v, t in zip(key, value.tolist(), t_ms.tolist(), strict=True)]
+    lines = [f"{prefix[k]}{v!r} {t}" for k, v, t in zip(key, value.tolist(), t_ms.tolist(), strict=True)]
+    if flags is not None:
+        _mark_beyond_range(lines, flags)
+    return lines
+
+
+def _mark_beyond_range(lines: list[str], flags: npt.NDArray[np.int16]) -> None:
+    """Add ``beyond="above"|"below"`` to the lines of range-flagged samples (rare: a loop over them only)."""
+    for i in np.flatnonzero(flags & RANGE_FLAGS).tolist():
+        side = flags[i] & RANGE_FLAGS
+        if side == RANGE_FLAGS:
+            continue  # contradictory: the wire refuses it; written as a plain value
+        fields, _, t = lines[i].rpartition(" ")
+        lines[i] = f'{fields},beyond="{"above" if side == SampleFlag.ABOVE_RANGE else "below"}" {t}'
 
 
 @dataclass(frozen=True, slots=True)

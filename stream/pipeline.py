@@ -336,7 +336,7 @@ class Pipeline:
         return vitals_lines(
             patient=decoded.patient, device=decoded.device, source=decoded.source, size=decoded.size,
             metric_code=decoded.metric_code, metric_names=METRIC_NAMES,
-            t_ms=np.rint(decoded.t * 1000.0).astype(np.int64), value=decoded.value,
+            t_ms=np.rint(decoded.t * 1000.0).astype(np.int64), value=decoded.value, flags=decoded.flags,
         )
 
     def _sample_batch(self, decoded: Decoded) -> SampleBatch:

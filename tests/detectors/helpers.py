@@ -141,7 +141,7 @@ def streams(draw: st.DrawFn, max_per_series: int = 40) -> list[Sample]:
             for _ in range(n):
                 t += draw(st.sampled_from((0.0, 1.0, 2.5, 5.0, 5.0, 5.0, 10.0, 20.0)))
                 value = draw(st.integers(95, 175)) + draw(st.sampled_from((0.0, 0.0, 0.5)))
-                flags = draw(st.sampled_from((0, 0, 0, 0, 0, 0, 0, 1, 2, 4)))
+                flags = draw(st.sampled_from((0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 24, 10)))
                 out.append((patient, metric, t, float(value), flags))
     order = draw(st.permutations(range(len(out))))
     shuffled = [out[i] for i in order]
@@ -350,7 +350,7 @@ def device_streams(draw: st.DrawFn, max_per_series: int = 24) -> list[tuple[Any,
                         value = draw(st.sampled_from((0.5, 0.7, 0.8, 0.8, 0.8, 0.85, 0.9, 1.2, 1.6)))
                     else:
                         value = draw(st.integers(95, 175)) + draw(st.sampled_from((0.0, 0.0, 0.5)))
-                    flags = draw(st.sampled_from((0, 0, 0, 0, 0, 0, 0, 1, 2, 4)))
+                    flags = draw(st.sampled_from((0, 0, 0, 0, 0, 0, 0, 1, 2, 4, 8, 16, 24, 10)))
                     out.append((patient, metric, t, float(value), flags, device))
     order = draw(st.permutations(range(len(out))))
     shuffled = [out[i] for i in order]

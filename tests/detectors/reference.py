@@ -6,8 +6,9 @@ Semantics (documented in ``detectors/rules.py``, ``detectors/signal.py`` and ``d
 
 - per batch, samples sorted by (patient, metric, device, t), stably; a sample whose (patient,
   metric, device, t) equals the previous one, or whose t is not after the last seen t of that
-  patient, metric and device, is dropped; a flagged or non-finite sample advances that watermark
-  but is otherwise ignored;
+  patient, metric and device, is dropped; a quality-flagged or non-finite sample advances that
+  watermark but is otherwise ignored; a range-flagged one ("HI"/"LO") is +inf/-inf for threshold
+  and staleness rules and skipped by the others;
 - each rule takes its metric's usable samples (of devices matching its ``device_prefix``) in
   (t, device id) order and skips any not after the last sample it processed for the patient;
 - per signal-rule sample: the type's signal (the value, a rate, a forecast, a robust z-score or
@@ -36,7 +37,15 @@ from zoneinfo import ZoneInfo
 
 from detectors import af_model
 from detectors.batch import PatientRegistry
-from detectors.const import FLAP_SLOTS, FORECAST_MAX_POINTS, METRIC_CODES, RATE_MAX_READINGS, SEVERITY_NAMES
+from detectors.const import (
+    FLAG_ABOVE_RANGE,
+    FLAP_SLOTS,
+    FORECAST_MAX_POINTS,
+    METRIC_CODES,
+    RANGE_FLAGS,
+    RATE_MAX_READINGS,
+    SEVERITY_NAMES,
+)
 from detectors.engine import build_detector
 from detectors.events import AlertEvent, alert_id
 from detectors.rules import (
@@ -54,6 +63,11 @@ from detectors.rules import (
 from detectors.staleness import staleness_message
 
 Sample = tuple  # (patient, metric, t, value, flags[, device])
+
+
+def _compares_values(rule: Any) -> bool:
+    """Threshold and staleness rules take "HI"/"LO" samples (as +inf/-inf); computed signals skip them."""
+    return isinstance(rule, StalenessRule) or type(rule) is ThresholdRule
 
 
 @dataclass
@@ -114,7 +128,7 @@ class ReferenceEngine:
             if mark is not None and t <= mark:
                 continue
             self.watermark[(patient, metric, code)] = t
-            if flags != 0 or not math.isfinite(value):
+            if flags & ~RANGE_FLAGS or flags & RANGE_FLAGS == RANGE_FLAGS or not math.isfinite(value):
                 continue
             streams.setdefault((patient, metric), []).append(row)
         events: list = []
@@ -128,9 +142,13 @@ class ReferenceEngine:
     def _rule_stream(self, patient: str, name: str, stream: list[tuple], now: float | None) -> list:
         rule = self.rules.rule_for(patient, name)
         out: list = []
-        for _, _, t, value, _, dev, _ in stream:
+        for _, _, t, value, flags, dev, _ in stream:
             if rule.device_prefix is not None and not dev.startswith(rule.device_prefix):
                 continue
+            if flags & RANGE_FLAGS:  # a "HI"/"LO": beyond any threshold, or unusable for computed signals
+                if not _compares_values(rule):
+                    continue
+                value = math.inf if flags & FLAG_ABOVE_RANGE else -math.inf
             if isinstance(rule, StalenessRule):
                 out.extend(self._stale_sample(patient, rule, t, value, now))
             elif rule.enabled:

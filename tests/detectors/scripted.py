@@ -73,7 +73,7 @@ def scripted(rng_seed: int = 7) -> list[Row]:
     rows += cgm("p-falling", 0, falling)
     # p-meter: CGM in range, one fingerstick meter reading of 45 mg/dL: confirmed severe hypo.
     rows += cgm("p-meter", 0, [110.0] * 12)
-    rows += [("p-meter", "glucose", T0 + 1000.0, 45.0, 0, "gls-1")]
+    rows += [("p-meter", "glucose", T0 + 1000.0, 45.0, 0, "bgm-1")]
     # p-af: 10 min of sinus rhythm, 12 min of AF with ectopy and beat errors, then sinus again.
     af = af_rr(1000, rng)
     af[::37] *= 2.0  # missed beats

@@ -74,8 +74,9 @@ def test_meter_low_alert_and_worker_pages(stack: Stack, tmp_path: Path) -> None:
         with running(bridge):
             t0 = time.time() - 120
             with Publisher(stack) as pub:
-                # Fingerstick meter (device id with the rule's prefix gls-) and a CGM, both at 45 mg/dL.
-                pub.readings("pmeter", "gls-00:11:22:33:44:55", [["glucose", t0, 45.0]])
+                # Fingerstick meter (device id with the rule's prefix bgm-, as the edge agent names meters)
+                # and a CGM, both at 45 mg/dL.
+                pub.readings("pmeter", "bgm-00:11:22:33:44:55", [["glucose", t0, 45.0]])
                 pub.readings("pcgm", "cgm-pcgm", [["glucose", t0, 45.0]])
                 pub.readings("pcgm", "hr-pcgm", [["heart_rate", t0 + k, 70.0] for k in range(30)])
 

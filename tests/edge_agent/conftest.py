@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -252,11 +253,12 @@ def agent_settings(state_dir: Path, broker: Broker) -> AgentSettings:
 def agent_in_process(
     broker: Broker, tmp_path: Path
 ) -> Callable[[Registry], contextlib.AbstractAsyncContextManager[Agent]]:
-    """``async with agent_in_process(registry) as agent:`` — the real agent on this event loop."""
+    """``async with agent_in_process(registry[, **settings]) as agent:`` — the real agent on this event loop
+    (``settings``: :class:`AgentSettings` fields to change, e.g. ``battery_low_pct=30``)."""
 
     @contextlib.asynccontextmanager
-    async def run(registry: Registry) -> AsyncIterator[Agent]:
-        agent = Agent(agent_settings(tmp_path / "state", broker), registry)
+    async def run(registry: Registry, **settings: Any) -> AsyncIterator[Agent]:
+        agent = Agent(dataclasses.replace(agent_settings(tmp_path / "state", broker), **settings), registry)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop), name="agent")
         try:

@@ -176,3 +176,24 @@ async def test_readings_nobody_subscribed_to_stay_in_the_outbox_until_someone_is
                 assert late.duplicates() == 0
             finally:
                 late.stop()
+
+
+async def test_a_1000_record_meter_syncs_in_one_connection(agent_in_process, watcher, wait_until, monkeypatch) -> None:
+    """Issue 14, item 3: the sync times out on silence, not on its total length.
+
+    The meter paces its records (10 ms each, so the transfer lasts well over the shortened 4 s
+    limit); a timeout on the whole transfer would abort it and start again on a new connection.
+    """
+    monkeypatch.setattr(const, "GLUCOSE_RACP_IDLE_TIMEOUT_S", 4.0)
+    records = [GlucoseRecord(seq, T0 + timedelta(minutes=seq), 80 + seq % 100) for seq in range(1, 1001)]
+    meter = GlucoseMeter(records=records, record_interval_s=0.01)
+    device = f"bgm-{meter.address}"
+    async with EmulatedBluez() as bz:
+        await bz.add_device(meter)
+        async with agent_in_process(registry_of((meter, DeviceKind.GLUCOSE_METER))) as agent:
+            await wait_until(lambda: len(watcher.samples(device)) == 1000, timeout=300, what="1,000 records in MQTT")
+            session = agent.sessions[0]
+            assert session.connections == 1
+            assert not session.problems.counts
+    assert [s[2] for s in watcher.samples(device)] == [float(r.mg_dl or 0) for r in records]
+    assert watcher.duplicates() == 0

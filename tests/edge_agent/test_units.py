@@ -22,6 +22,7 @@ from edge_agent.gatt import (
     CgmMeasurement,
     CgmSensorStatus,
     GlucoseMeasurement,
+    GlucoseSensorStatus,
     HeartRateMeasurement,
     SampleLocation,
     SampleType,
@@ -87,12 +88,47 @@ def test_glucose_sample_units_flags_and_skips() -> None:
     at = datetime(2024, 3, 15, 7, 30, tzinfo=UTC)
     problems = Problems("bgm-X")
     assert glucose_sample(glucose(), at, problems) == ("glucose", at.timestamp(), 100.0, 0)
-    warned = glucose_sample(glucose(status_flags=1), at, problems)
+    warned = glucose_sample(glucose(status_flags=GlucoseSensorStatus.SENSOR_MALFUNCTION), at, problems)
     assert warned is not None and warned[3] == int(SampleFlag.DEVICE_WARNING)
     assert glucose_sample(glucose(sample_type=SampleType.CONTROL_SOLUTION), at, problems) is None
-    assert glucose_sample(glucose(concentration=SFloat(0x07FE)), at, problems) is None  # +INF: "HI"
+    assert glucose_sample(glucose(concentration=SFloat(0x07FF)), at, problems) is None  # NaN
     assert glucose_sample(glucose(concentration=None, sample_type=None, sample_location=None), at, problems) is None
     assert len(problems.counts) == 3
+    # a low battery says nothing against the value (it is device trouble of its own)
+    assert glucose_sample(glucose(status_flags=GlucoseSensorStatus.DEVICE_BATTERY_LOW), at, problems) == (
+        "glucose", at.timestamp(), 100.0, 0)
+
+
+HI, LO = int(SampleFlag.ABOVE_RANGE), int(SampleFlag.BELOW_RANGE)
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    # the spec's vector: +INF with status bit 5 -> the meter's limit, flagged above range
+    ({"concentration": SFloat(0x07FE), "status_flags": GlucoseSensorStatus.RESULT_TOO_HIGH}, (600.0, HI)),
+    ({"concentration": SFloat(0x07FE)}, (600.0, HI)),  # +INF without the status bit
+    ({"concentration": SFloat(0x0802), "status_flags": GlucoseSensorStatus.RESULT_TOO_LOW}, (20.0, LO)),
+    # a meter that sends its own limit with the status bit: its value is kept
+    ({"concentration": SFloat.from_value(550e-5, exponent=-5), "status_flags": GlucoseSensorStatus.RESULT_TOO_HIGH},
+     (550.0, HI)),
+    # ... unless it is not a plausible glucose (0 with "LO"): the default limit
+    ({"concentration": SFloat.from_value(0), "status_flags": GlucoseSensorStatus.RESULT_TOO_LOW}, (20.0, LO)),
+    # a doubtful HI (strip error) keeps its quality flag, so detectors ignore it
+    ({"concentration": SFloat(0x07FE),
+      "status_flags": GlucoseSensorStatus.RESULT_TOO_HIGH | GlucoseSensorStatus.STRIP_INSERTION_ERROR},
+     (600.0, HI | int(SampleFlag.DEVICE_WARNING))),
+])
+def test_a_hi_or_lo_meter_result_is_a_flagged_reading(fields: dict[str, object], expected: tuple[float, int]) -> None:
+    at = datetime(2024, 3, 15, 7, 30, tzinfo=UTC)
+    problems = Problems("bgm-X")
+    assert glucose_sample(glucose(**fields), at, problems) == ("glucose", at.timestamp(), *expected)
+    assert not problems.counts
+
+
+def test_contradictory_hi_and_lo_is_counted_not_sent() -> None:
+    problems = Problems("bgm-X")
+    both = GlucoseSensorStatus.RESULT_TOO_HIGH | GlucoseSensorStatus.RESULT_TOO_LOW
+    assert glucose_sample(glucose(concentration=SFloat(0x07FE), status_flags=both), datetime.now(UTC), problems) is None
+    assert sum(problems.counts.values()) == 1
 
 
 def test_cgm_sample_flags_annunciations_and_low_quality() -> None:
@@ -100,10 +136,31 @@ def test_cgm_sample_flags_annunciations_and_low_quality() -> None:
     problems = Problems("cgm-X")
     plain = CgmMeasurement(SFloat.from_value(120), 5)
     assert cgm_sample(plain, at, problems) == ("glucose", at.timestamp(), 120.0, 0)
-    warned = CgmMeasurement(SFloat.from_value(60), 5, warning=CgmSensorStatus.BELOW_HYPO, quality=SFloat.from_value(20))
-    sample = cgm_sample(warned, at, problems)
-    assert sample is not None and sample[3] == int(SampleFlag.DEVICE_WARNING | SampleFlag.LOW_QUALITY)
+    poor = CgmMeasurement(SFloat.from_value(60), 5, warning=CgmSensorStatus.BELOW_HYPO, quality=SFloat.from_value(20))
+    sample = cgm_sample(poor, at, problems)
+    assert sample is not None and sample[3] == int(SampleFlag.LOW_QUALITY)
+    faulty = CgmMeasurement(SFloat.from_value(60), 5, status=CgmSensorStatus.SENSOR_MALFUNCTION)
+    assert cgm_sample(faulty, at, problems) == ("glucose", at.timestamp(), 60.0, int(SampleFlag.DEVICE_WARNING))
     assert cgm_sample(CgmMeasurement(SFloat(0x07FF), 5), at, problems) is None  # NaN
+
+
+def test_a_cgm_hypo_warning_does_not_hide_the_low_reading_it_warns_about() -> None:
+    """The warning octet's clinical bits describe a good value: flagging them gated every low."""
+    at = datetime(2024, 3, 15, 7, 5, tzinfo=UTC)
+    clinical = (CgmSensorStatus.BELOW_PATIENT_LOW | CgmSensorStatus.BELOW_HYPO
+                | CgmSensorStatus.RATE_OF_DECREASE_EXCEEDED)
+    low = CgmMeasurement(SFloat.from_value(48), 5, warning=clinical)
+    assert cgm_sample(low, at, Problems("cgm-X")) == ("glucose", at.timestamp(), 48.0, 0)
+    battery = CgmMeasurement(SFloat.from_value(120), 5, status=CgmSensorStatus.DEVICE_BATTERY_LOW)
+    assert cgm_sample(battery, at, Problems("cgm-X")) == ("glucose", at.timestamp(), 120.0, 0)
+
+
+def test_a_cgm_result_beyond_its_range_is_a_flagged_reading() -> None:
+    at = datetime(2024, 3, 15, 7, 5, tzinfo=UTC)
+    high = CgmMeasurement(SFloat(0x07FE), 5, warning=CgmSensorStatus.ABOVE_DEVICE_RANGE)
+    assert cgm_sample(high, at, Problems("cgm-X")) == ("glucose", at.timestamp(), 400.0, int(SampleFlag.ABOVE_RANGE))
+    low = CgmMeasurement(SFloat.from_value(40), 5, warning=CgmSensorStatus.BELOW_DEVICE_RANGE)
+    assert cgm_sample(low, at, Problems("cgm-X")) == ("glucose", at.timestamp(), 40.0, int(SampleFlag.BELOW_RANGE))
 
 
 def test_cgm_time_offset_unwraps_at_65536_minutes() -> None:

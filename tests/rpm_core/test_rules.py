@@ -65,6 +65,8 @@ def test_default_file_loads_with_the_documented_values() -> None:
         "tachycardia",
         "bradycardia",
         "glucose_meter_low",
+        "glucose_above_measuring_range",
+        "glucose_below_measuring_range",
         "glucose_urgent_low_soon",
         "glucose_falling_fast",
         "cgm_stale",
@@ -85,6 +87,12 @@ def test_default_file_loads_with_the_documented_values() -> None:
     assert [(lv.threshold, lv.for_s) for lv in tachy.levels] == [(120, 600), (150, 120)]
     brady = rules.by_name()["bradycardia"]
     assert [(lv.threshold, lv.for_s) for lv in brady.levels] == [(50, 600), (40, 120)]
+    # a meter's "HI"/"LO" (issue 14): critical at once, whatever its limit
+    for name, direction, threshold in (("glucose_above_measuring_range", Direction.ABOVE, 600),
+                                       ("glucose_below_measuring_range", Direction.BELOW, 20)):
+        rule = rules.by_name()[name]
+        assert rule.direction is direction
+        assert [(lv.severity, lv.threshold, lv.for_s) for lv in rule.levels] == [(Severity.CRITICAL, threshold, 0)]
 
 
 def test_packaged_default_is_a_byte_identical_copy_of_the_root_file() -> None:
@@ -118,7 +126,7 @@ def test_explain_describes_every_rule_and_override() -> None:
 def test_check_main_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_main(str(ROOT / "alert_rules.yaml")) == 0
     out = capsys.readouterr().out
-    assert "valid (version 1, 11 rules)" in out and "glucose_low" in out
+    assert "valid (version 1, 13 rules)" in out and "glucose_low" in out
 
 
 def test_check_main_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from rpm_core.wire import (
     MAX_MESSAGE_BYTES,
     ReadingsMessage,
+    SampleFlag,
     WireError,
     encode_readings,
     parse_readings_message,
@@ -49,6 +50,15 @@ def test_encode_is_the_inverse_of_parse() -> None:
     samples = [["heart_rate", NOW, 60.0, 0]]
     payload = encode_readings(patient="p0001", device="d", source="ble", samples=samples)
     assert parse_readings_message(payload, topic=TOPIC, now=NOW).samples == (("heart_rate", NOW, 60.0, 0),)
+
+
+def test_a_hi_or_lo_result_travels_as_a_flagged_sample_and_old_flags_stay_valid() -> None:
+    """Issue 14: a meter's "HI" is the meter's limit flagged ABOVE_RANGE ("LO": BELOW_RANGE)."""
+    samples = [["glucose", NOW - 2, 600, int(SampleFlag.ABOVE_RANGE)], ["glucose", NOW - 1, 20, 16],
+               ["glucose", NOW, 104.0, 2 | 4 | 1]]  # an earlier agent's flags (bits 0-2) parse as before
+    msg = parse(good(samples=samples))
+    assert [s[3] for s in msg.samples] == [8, 16, 7]
+    assert msg.to_group()["flags"] == (8, 16, 7)
 
 
 def test_message_id_is_optional_and_checked() -> None:
@@ -107,6 +117,7 @@ BAD_DOCS = [
     (good(samples=[["heart_rate", 12345.0, 72]]), "before 2000-01-01"),
     (good(samples=[["heart_rate", NOW, 72, -1]]), "flags must be"),
     (good(samples=[["heart_rate", NOW, 72, 64]]), "flags must be"),
+    (good(samples=[["glucose", NOW, 600, 8 | 16]]), "both above and below the measuring range"),
     (good(samples=[["heart_rate", NOW, 72, 1.5]]), "flags must be"),
     (good(samples=[["heart_rate", NOW, 72]] * 2001), "limit is 2000"),
 ]

@@ -36,6 +36,33 @@ def test_vitals_lines_carry_each_groups_tags_and_each_samples_metric() -> None:
     ]
 
 
+def hi_lo_lines() -> list[str]:
+    return vitals_lines(patient=["p1"], device=["bgm-1"], source=["ble"], size=np.array([4]),
+                        metric_code=np.full(4, 2, dtype=np.int8), metric_names=["heart_rate", "rr_interval", "glucose"],
+                        t_ms=np.array([1, 2, 3, 4], dtype=np.int64), value=np.array([600.0, 20.0, 99.0, 98.0]),
+                        flags=np.array([8, 16, 2, 0], dtype=np.int16))
+
+
+def test_a_reading_beyond_the_measuring_range_is_marked_on_its_point() -> None:
+    """Issue 14: a meter's "HI" keeps its limit as value and says which side it lies beyond."""
+    assert hi_lo_lines() == [
+        'vitals,device=bgm-1,metric=glucose,patient=p1,source=ble value=600.0,beyond="above" 1',
+        'vitals,device=bgm-1,metric=glucose,patient=p1,source=ble value=20.0,beyond="below" 2',
+        "vitals,device=bgm-1,metric=glucose,patient=p1,source=ble value=99.0 3",
+        "vitals,device=bgm-1,metric=glucose,patient=p1,source=ble value=98.0 4",
+    ]
+
+
+async def test_influxdb_keeps_the_beyond_field(influx_url: str, influx_db: str) -> None:
+    sink = InfluxSink(writer=V1Writer(url=influx_url, db=influx_db))
+    try:
+        assert await sink.write(hi_lo_lines()) == []
+    finally:
+        await sink.close()
+    got = rows(influx_url, influx_db, 'SELECT "value", "beyond" FROM vitals')
+    assert [(r["value"], r["beyond"]) for r in got] == [(600.0, "above"), (20.0, "below"), (99.0, None), (98.0, None)]
+
+
 async def test_v1_writes_every_line_in_batches(influx_url: str, influx_db: str) -> None:
     sink = InfluxSink(writer=V1Writer(url=influx_url, db=influx_db), max_lines=700)
     try:

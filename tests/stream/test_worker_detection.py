@@ -72,7 +72,7 @@ class TestDeviceCodes:
         pipe = pipeline()
         decoded = decode_records([
             encode_readings_record("p1", [group("cgm-1", "glucose", [48.0])]),
-            encode_readings_record("p2", [group("gls-2", "glucose", [48.0])]),
+            encode_readings_record("p2", [group("bgm-2", "glucose", [48.0])]),  # the agent's meter prefix
         ])
         events = pipe.engine.process(pipe._sample_batch(decoded), now=T0 + 30)
         meter = [(e.patient, e.state) for e in events if e.rule == "glucose_meter_low"]
