@@ -96,6 +96,7 @@ class Engine:
         *,
         registry: PatientRegistry | None = None,
         enrolled: Iterable[str] = (),
+        realarm_after: Mapping[str, Sequence[float | None]] | None = None,
     ) -> None:
         self._rules = rules
         self._registry = registry if registry is not None else PatientRegistry()
@@ -103,6 +104,11 @@ class Engine:
         self._devices = PatientRegistry([UNNAMED_DEVICE])
         self._detectors: list[Detector] = [build_detector(rule) for rule in rules.rules]
         self._by_name = {det.name: i for i, det in enumerate(self._detectors)}
+        # Per rule, seconds after an acknowledgement at which a still-open alert alarms again, by
+        # severity (info, warning, critical; inf: never): acknowledged is not resolved.
+        self._realarm = [np.array([np.inf if s is None else float(s) for s in
+                                   (realarm_after or {}).get(det.name, (None, None, None))], dtype=np.float64)
+                         for det in self._detectors]
         # "Already seen" watermarks per (patient, metric, device): sorted packed keys and times.
         self._seen_key: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._seen_t: FloatArray = np.zeros(0)
@@ -340,7 +346,9 @@ class Engine:
     # -- time and people -------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[AlertEvent]:
-        """Time-driven transitions at ``now`` (epoch s): staleness, and escalation of unacknowledged alerts.
+        """Time-driven transitions at ``now`` (epoch s): staleness, escalation of unacknowledged alerts,
+        and a new ``raised`` (same alert id; its escalation starts again) for an acknowledged alert
+        still open past its rule's re-alarm interval (``realarm_after``).
 
         Escalation deadlines are the raise's event time (or its processing time, if later and given
         to :meth:`process`) + the level's ``escalate_after``; staleness compares ``now`` with sample
@@ -358,6 +366,11 @@ class Engine:
                 self._dirty[p] = True
                 self._touched[index, p] = True
                 out.append(self._keyed(index, p, ESCALATED, now, np.nan))
+            if np.isfinite(self._realarm[index]).any():
+                for p in det.episodes.realarm(now, self._realarm[index]).tolist():
+                    self._dirty[p] = True
+                    self._touched[index, p] = True
+                    out.append(self._keyed(index, p, RAISED, now, np.nan))  # same alert id: raised again
         return _in_order(out)
 
     def acknowledge(self, alert_id: str, by: str, at: float) -> list[AlertEvent]:
@@ -370,7 +383,7 @@ class Engine:
         if where is None:
             return []
         index, p = where
-        if not self._detectors[index].episodes.acknowledge(p):
+        if not self._detectors[index].episodes.acknowledge(p, at):
             return []
         self._dirty[p] = True
         self._touched[index, p] = True

@@ -90,6 +90,7 @@ class EpisodeTable:
         self.since: FloatArray = np.zeros(0)
         self.raised_at: FloatArray = np.zeros(0)
         self.acked: BoolArray = np.zeros(0, dtype=np.bool_)
+        self.acked_at: FloatArray = np.zeros(0)  # when the open alert was acknowledged (NaN: it was not)
         self.escalated: BoolArray = np.zeros(0, dtype=np.bool_)
         self.cooldown_until: FloatArray = np.zeros(0)
         self.cooldown_s: FloatArray = np.zeros(0)
@@ -112,6 +113,7 @@ class EpisodeTable:
         self.since = grown(self.since, n, np.nan)
         self.raised_at = grown(self.raised_at, n, np.nan)
         self.acked = grown(self.acked, n, False)
+        self.acked_at = grown(self.acked_at, n, np.nan)
         self.escalated = grown(self.escalated, n, False)
         self.cooldown_until = grown(self.cooldown_until, n, np.nan)
         self.cooldown_s = grown(self.cooldown_s, n, cooldown_s)
@@ -290,6 +292,7 @@ class EpisodeTable:
         self.escalate_from[p] = np.where(raised, clock, np.nan)
         # A raise or an upgrade needs a nurse's attention again; a clear closes the alert.
         self.acked[p] = False
+        self.acked_at[p] = np.nan
         self.escalated[p] = False
 
     def raise_at(self, patient: IntArray, level: Int8Array, time: float, since: FloatArray) -> Transitions:
@@ -318,12 +321,28 @@ class EpisodeTable:
 
     # -- acknowledgement and escalation ----------------------------------------------------------
 
-    def acknowledge(self, patient: int) -> bool:
-        """Mark the patient's open alert acknowledged; ``False`` if there is none or it already was."""
+    def acknowledge(self, patient: int, at: float = math.nan) -> bool:
+        """Mark the patient's open alert acknowledged (at ``at``); ``False`` if there is none or it already was."""
         if self.level[patient] == 0 or self.acked[patient]:
             return False
         self.acked[patient] = True
+        self.acked_at[patient] = at
         return True
+
+    def realarm(self, now: float, after_s: FloatArray) -> IntArray:
+        """Patients whose acknowledged alert is still open ``after_s`` (per severity, shape ``(3,)``;
+        inf = never) after the acknowledgement: acknowledged is not resolved. They need a nurse's
+        attention again: no longer acknowledged, the escalation clock restarts at ``now``."""
+        if len(self.level) == 0:
+            return np.zeros(0, np.int64)
+        limit = after_s[np.maximum(self.level, 1).astype(np.int64) - 1]
+        due = (self.level > 0) & self.acked & (now >= self.acked_at + limit)
+        patients = np.flatnonzero(due)
+        self.acked[patients] = False
+        self.acked_at[patients] = np.nan
+        self.escalated[patients] = False
+        self.escalate_from[patients] = now
+        return patients
 
     def escalate(self, now: float) -> IntArray:
         """Patients whose open alert has gone unacknowledged past its severity's limit; marks them.
@@ -351,6 +370,7 @@ class EpisodeTable:
             "since": opt(self.since[patient]),
             "raised_at": opt(self.raised_at[patient]),
             "acked": bool(self.acked[patient]),
+            "acked_at": opt(self.acked_at[patient]),
             "escalated": bool(self.escalated[patient]),
             "cooldown_until": opt(self.cooldown_until[patient]),
             "escalate_from": opt(self.escalate_from[patient]),
@@ -371,6 +391,7 @@ class EpisodeTable:
         self.since[patient] = since if code else np.nan
         self.raised_at[patient] = raised_at if code else np.nan
         self.acked[patient] = bool(record.get("acked", False)) and code > 0
+        self.acked_at[patient] = opt_float(record, "acked_at") if self.acked[patient] else np.nan
         self.escalated[patient] = bool(record.get("escalated", False)) and code > 0
         self.cooldown_until[patient] = opt_float(record, "cooldown_until")
         escalate_from = opt_float(record, "escalate_from")

@@ -264,8 +264,11 @@ class Router:
         if update.state == "acknowledged":
             return self.acknowledge(update.alert_id, by=update.by or "unknown", at=at, source="rpm.alerts")
         known = self._alerts.get(update.alert_id)
-        if known is not None and SEVERITY_RANK[update.severity] <= known.info.rank:
-            return []  # a redelivery, or the worker's own ``escalated`` marker: nothing new
+        if known is not None and SEVERITY_RANK[update.severity] <= known.info.rank and not (
+                update.state == "raised" and known.acked and known.acked_at is not None and at > known.acked_at):
+            # a redelivery, or the worker's own ``escalated`` marker: nothing new. (A ``raised`` after
+            # the acknowledgement is the worker's re-alarm: still open, so the chain starts again.)
+            return []
         info = AlertInfo(alert_id=update.alert_id, patient=update.patient, rule=update.rule,
                          severity=update.severity, metric=update.metric, message=update.message,
                          since=update.since, raised_at=at, ward=self._ward_of(update.patient))

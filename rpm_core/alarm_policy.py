@@ -19,7 +19,7 @@ seconds, or ``90s`` / ``10m`` / ``1.5h``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -70,6 +70,12 @@ class AlarmPolicy:
         if own is not None and severity in own[1]:
             return own[1][severity]
         return self.silence_max.get(severity, 0.0)
+
+
+def realarm_table(policy: AlarmPolicy, rules: Iterable[str]) -> dict[str, tuple[float | None, ...]]:
+    """Per rule, the re-alarm seconds for info, warning and critical: what the worker's engine takes
+    (``detectors.Engine(realarm_after=…)``), so the worker, every station and the notifier agree."""
+    return {rule: tuple(policy.realarm_s(rule, sev) for sev in ("info", "warning", "critical")) for rule in rules}
 
 
 def load_alarm_policy(path: str | Path | None) -> AlarmPolicy:

@@ -109,16 +109,19 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
     ``status`` (a :class:`stream.agents.WorkerStatus`) says which patients to enroll for staleness.
     """
     from detectors.engine import Engine
+    from rpm_core.alarm_policy import load_alarm_policy, realarm_table
     from rpm_core.rules import load_rules
     from stream.pipeline import Pipeline
     from stream.sink import make_sink
 
     ruleset = load_rules(settings.rules_path)
+    # acknowledged is not resolved: still open after the rule's interval, an alert is raised again
+    realarm = realarm_table(load_alarm_policy(settings.rules_path), [rule.name for rule in ruleset.rules])
     sink = make_sink(
         url=settings.require_influx(), db=settings.influx_db,
         token=settings.influx_token.get(), org=settings.influx_org,
     )
-    return Pipeline(engine_factory=lambda: Engine(ruleset), sink=sink,
+    return Pipeline(engine_factory=lambda: Engine(ruleset, realarm_after=realarm), sink=sink,
                     enrolled=status.enrolled if status is not None else None)
 
 

@@ -166,3 +166,37 @@ class TestState:
         assert engine.dirty_patients() == []
         engine.tick(T0 + 100_000)  # escalates a's alert
         assert engine.dirty_patients() == ["a"]
+
+
+class TestRealarm:
+    """Acknowledged is not resolved (issue 15): an acknowledged alert still open after its rule's
+    re-alarm interval is raised again, with the same id, and can be acknowledged again."""
+
+    def test_an_acknowledged_alert_still_open_alarms_again_and_can_be_acknowledged_again(self) -> None:
+        rules = RuleSet(rules=(tachycardia_rule(),))
+        engine = Engine(rules, realarm_after={"tachycardia": (None, 900.0, 300.0)})
+        (raised,) = run(engine, series("p", "heart_rate", 0, [130] * 11))  # warning after 10 min
+        (ack,) = engine.acknowledge(raised.alert_id, by="nurse", at=raised.time + 60)
+        assert engine.tick(ack.time + 899) == []
+        # the state survives a checkpoint: the re-alarm clock runs from the acknowledgement
+        fresh = Engine(rules, realarm_after={"tachycardia": (None, 900.0, 300.0)})
+        fresh.import_all(json_roundtrip(engine.export_all()))
+        (again,) = fresh.tick(ack.time + 900)
+        assert (again.alert_id, again.state, again.severity, again.since) == (raised.alert_id, "raised", "warning",
+                                                                               raised.since)
+        assert fresh.open_alerts()[0].state == "raised"
+        (ack2,) = fresh.acknowledge(raised.alert_id, by="nurse 2", at=again.time + 5)
+        assert ack2.by == "nurse 2"
+        assert fresh.tick(ack2.time + 899) == []
+
+    def test_without_an_interval_an_acknowledged_alert_stays_acknowledged(self, engine: Engine) -> None:
+        (raised,) = run(engine, series("p", "heart_rate", 0, [130] * 11))
+        engine.acknowledge(raised.alert_id, by="nurse", at=raised.time + 60)
+        assert engine.tick(raised.time + 86_400) == []
+
+    def test_a_cleared_alert_does_not_alarm_again(self) -> None:
+        engine = Engine(RuleSet(rules=(tachycardia_rule(),)), realarm_after={"tachycardia": (None, 60.0, 60.0)})
+        (raised,) = run(engine, series("p", "heart_rate", 0, [130] * 11))
+        engine.acknowledge(raised.alert_id, by="nurse", at=raised.time + 1)
+        (cleared,) = run(engine, series("p", "heart_rate", 660, [100] * 6))
+        assert cleared.state == "cleared" and engine.tick(cleared.time + 3600) == []

@@ -266,3 +266,18 @@ def test_time_windows_in_their_own_zone(start: str, end: str, local: str, inside
     assert window.contains(t) is inside
     if inside and start == "22:00":
         assert dt.datetime.fromtimestamp(window.end_after(t), tz).strftime("%H:%M") == "07:00"
+
+
+def test_a_re_alarm_after_an_acknowledgement_starts_the_chain_again_and_a_replayed_raise_does_not() -> None:
+    """The worker raises an acknowledged alert again when it is still open after its re-alarm
+    interval (acknowledged is not resolved): the chain starts again from step 0."""
+    d = driver()
+    d.observe(event())
+    d.run_until(T0 + 60)
+    d.ack(A1)
+    d.observe(event(), at=T0 + 30)  # the original raise, redelivered: older than the ack, nothing new
+    d.run_until(T0 + 900)
+    assert [s[2] for s in d.steps()] == [0]
+    d.observe(event(), at=T0 + 960)  # the re-alarm
+    d.run_until(T0 + 960 + 6 * 60)
+    assert [(s[0], s[2]) for s in d.steps()] == [(10, 0), (970, 0), (1270, 1)]
