@@ -88,6 +88,10 @@ class Population:
         self.hr_base = self.rng.uniform(62.0, 82.0, n)
         self.glucose_base = self.rng.uniform(100.0, 140.0, n)
         self.next_beat_s = self.start_s + self.rng.uniform(0.0, 0.8, n)
+        # The RR level follows the heart rate smoothly (sinus rhythm does not jump with every reading's
+        # noise); each patient breathes at their own rate, which modulates RR (respiratory sinus arrhythmia).
+        self.rr_level = np.full(n, np.nan)
+        self.breath_s = self.rng.uniform(3.5, 5.5, n)
 
     def heart_rate(self, t: float) -> npt.NDArray[np.float64]:
         """Heart rate (bpm) of every patient at time ``t``."""
@@ -118,12 +122,16 @@ class Population:
         beat number, not over patients or samples).
         """
         pos_parts, t_parts, rr_parts = [], [], []
-        mean_rr = 60.0 / np.clip(hr, 30.0, 250.0)
+        target = 60.0 / np.clip(hr, 30.0, 250.0)
+        self.rr_level = np.where(np.isnan(self.rr_level), target, 0.8 * self.rr_level + 0.2 * target)
+        mean_rr = self.rr_level
         while True:
             due = np.flatnonzero(self.next_beat_s <= t)
             if due.size == 0:
                 break
-            rr = np.round(mean_rr[due] * self.rng.normal(1.0, 0.03, due.size) * 1024.0) / 1024.0
+            breath = np.sin(2 * np.pi * self.next_beat_s[due] / self.breath_s[due])
+            jitter = 1.0 + 0.03 * breath + self.rng.normal(0.0, 0.008, due.size)
+            rr = np.round(mean_rr[due] * jitter * 1024.0) / 1024.0
             pos_parts.append(due)
             t_parts.append(self.next_beat_s[due].copy())
             rr_parts.append(rr)
