@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Final
 
 from edge_agent.errors import DeviceNotFoundError, EdgeAgentError, PairingError, RegistryError
+from rpm_core.errors import RpmError
 
 BLUETOOTH_OFF: Final = (
     "Bluetooth is switched off. Turn it on with:  bluetoothctl power on\n"
@@ -124,8 +125,8 @@ def plain_error(exc: BaseException, *, timeout_s: float | None = None) -> str:
         advice = _explain_one(link, timeout_s=timeout_s)
         if advice is not None:
             return advice
-    if isinstance(exc, EdgeAgentError | RegistryError):
-        return str(exc)
+    if isinstance(exc, EdgeAgentError | RegistryError | RpmError):
+        return str(exc)  # our own errors already say what is wrong and what to do (file, fix)
     return (
         f"Something unexpected went wrong ({type(exc).__name__}). Nothing was changed. Try again; if it keeps "
         "happening, run the same command with RPM_LOG_LEVEL=debug and send the output to the clinic."
