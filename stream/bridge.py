@@ -233,6 +233,7 @@ class Bridge:
         # received_at of the oldest message being forwarded (None: none is); and why it waits
         self._forwarding_since: float | None = None
         self.problem: str | None = None
+        self._beats_missed = 0  # heartbeats in a row that could not be sent
 
     def oldest_unacknowledged_s(self, now: float | None = None) -> float:
         """How long the oldest message received and not yet acknowledged has waited (0: none)."""
@@ -401,8 +402,14 @@ class Bridge:
         try:
             async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
                 await producer.send_and_wait(topics.HEARTBEATS, self.heartbeat(state).encode())
-        except (KafkaError, TimeoutError) as exc:  # the watchdog will miss this one: that is the point
-            _LOGGER.debug("heartbeat not sent: %s", exc)
+            self._beats_missed = 0
+        except (KafkaError, TimeoutError) as exc:
+            # The watchdog misses it and raises tech.bridge_silent after 15 s: that is the alarm. Said
+            # here too, once per streak, so the bridge's own log explains it.
+            self._beats_missed += 1
+            if self._beats_missed == 1:
+                _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this bridge as silent",
+                                topics.HEARTBEATS, describe(exc))
 
     async def _start_producer(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         attempt = 0

@@ -718,7 +718,7 @@ class Supervision:
                 _LOGGER.warning("supervision cannot read %s (%s); retrying", topics.HEARTBEATS, type(exc).__name__)
                 await asyncio.sleep(FEED_RETRY_MAX_S)
             finally:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(KafkaError, OSError):  # a consumer that never started stops quietly
                     await consumer.stop()
 
 
