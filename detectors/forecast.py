@@ -216,8 +216,10 @@ def ar2_path(age: FloatArray, v: FloatArray, horizon_s: FloatArray, max_gap_s: F
         curr = np.log(current / AR2_REFERENCE_MG_DL)
     columns = [current]
     for step in range(1, steps + 1):  # a loop over forecast steps, not readings
-        prev, curr = curr, AR2_COEFFICIENTS[0] * prev + AR2_COEFFICIENTS[1] * curr
+        # Rows without a forecast (not ``ok``: no previous reading, log of 0) carry inf and NaN
+        # here (inf - inf is NaN); they are masked below, so their warnings mean nothing.
         with np.errstate(over="ignore", invalid="ignore"):
+            prev, curr = curr, AR2_COEFFICIENTS[0] * prev + AR2_COEFFICIENTS[1] * curr
             raw = np.floor(AR2_REFERENCE_MG_DL * np.exp(curr) + 0.5)
         predicted = np.clip(raw, AR2_MIN_MG_DL, AR2_MAX_MG_DL)
         columns.append(np.where(step * AR2_STEP_S <= horizon_s, predicted, current))

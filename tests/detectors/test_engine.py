@@ -200,3 +200,15 @@ class TestRealarm:
         engine.acknowledge(raised.alert_id, by="nurse", at=raised.time + 1)
         (cleared,) = run(engine, series("p", "heart_rate", 660, [100] * 6))
         assert cleared.state == "cleared" and engine.tick(cleared.time + 3600) == []
+
+
+def test_ar2_rows_without_a_forecast_raise_no_warning_and_stay_empty() -> None:
+    """A row whose readings give no forecast (a zero or a missing value) is NaN, and computing it
+    beside good rows warns of nothing (warnings are errors: hypothesis found one in CI)."""
+    from detectors.forecast import ar2_path
+
+    age = np.array([[300.0, 0.0], [300.0, 0.0], [np.nan, 0.0], [300.0, 0.0]])
+    v = np.array([[100.0, 0.0], [0.0, 100.0], [np.nan, 95.0], [100.0, 95.0]])
+    path = ar2_path(age, v, np.full(4, 1200.0), np.full(4, 600.0))
+    assert np.isnan(path[:3]).all()
+    assert path[3, 0] == 95.0 and (path[3, 1:] < 95.0).all()
