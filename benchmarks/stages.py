@@ -37,16 +37,9 @@ import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.e2e import machine_info
-from rpm_core.services import (
-    BRIDGE_USER,
-    SIMULATOR_USER,
-    Stack,
-    free_port,
-    http_ok,
-    influx_query,
-    start_stack,
-    wait_until,
-)
+from rpm_app.services import Stack, http_ok, influx_query, start_stack, wait_until
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER
 from rpm_core.settings import MqttSettings, Settings
 from rpm_core.wire import encode_readings, readings_topic
 
@@ -112,7 +105,7 @@ def rpm_env(stack: Stack, **extra: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "rpm_core.cli", *args]
+    argv = [sys.executable, "-m", "rpm_app.cli", *args]
     return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

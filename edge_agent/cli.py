@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm edge …``: pair devices, run the agent, list and forget pairings.
 
 Registered into the one ``rpm`` command by :func:`add_commands`. Only light modules are imported
@@ -186,14 +186,14 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 
 def _check_auth_dir(path: Path) -> None:
-    from rpm_core.mqtt_auth import AuthDir
+    from rpm_core.mqtt_users import AuthDir
 
     AuthDir(path).load()
 
 
 def _provision(args: argparse.Namespace, settings: AgentSettings) -> None:
     """Create the patient's agent MQTT user (``rpm mqtt-auth add-agent``) and keep its password here."""
-    from rpm_core.mqtt_auth import RELOAD_HINT, add_agent, agent_user, write_credential_file
+    from rpm_core.mqtt_users import RELOAD_HINT, add_agent, agent_user, write_credential_file
 
     out = Path(args.credentials_out) if args.credentials_out else settings.state_dir / "mqtt-password"
     creds = add_agent(Path(args.provision_credentials), args.patient)
@@ -434,7 +434,8 @@ def cmd_ack(args: argparse.Namespace) -> int:
     """Publish the patient's acknowledgement of the given alerts on the agent's ack topic."""
     import time
 
-    from edge_agent.commands import PatientAck, publish_ack_blocking
+    from edge_agent.commands import publish_ack_blocking
+    from rpm_core.commands import PatientAck
 
     try:
         settings = _settings(args)

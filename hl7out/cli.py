@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm hl7 send``: a patient's vitals and alerts to an MLLP endpoint (an EMR, an integration
 engine, a nurse-call gateway); registered by :func:`add_commands`.
 
@@ -43,7 +43,7 @@ See docs/integration.md for the messages and codes.
 
 def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     """Register ``rpm hl7 send``."""
-    from rpm_core.cli_people import parse_duration, parse_time
+    from rpm_app.cli_people import parse_duration, parse_time
 
     hl7 = sub.add_parser("hl7", help="HL7 v2 over MLLP to the hospital's systems (ORU^R01 vitals, PCD-04 alerts)")
     commands = hl7.add_subparsers(dest="hl7_command", required=True, metavar="COMMAND")
@@ -117,8 +117,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send, then print one line per message not delivered and a summary."""
     from hl7out.receipts import write_receipts
     from hl7out.source import Selection, outgoing
+    from rpm_app.report import InfluxReader, require_data
     from rpm_core.interpretation import limits
-    from rpm_core.report import InfluxReader, require_data
     from rpm_core.rules import load_rules
 
     endpoint, policy = _endpoint_and_policy(args)

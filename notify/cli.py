@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm notifier``, ``rpm routes check`` and ``rpm routes test``; registered by :func:`add_commands`.
 
 - ``rpm notifier [--routes F] [--roster F] [--client-id ID] [--replay-window D]``: run the notifier

@@ -64,9 +64,9 @@ from typing import Any, Final
 
 import faust
 
+from rpm_core import topics
+from rpm_core.errors import SinkUnavailableError
 from rpm_core.signing import KeyRing, SignatureError
-from stream import topics
-from stream.errors import SinkUnavailableError
 from stream.pipeline import Pipeline
 
 _LOGGER = logging.getLogger(__name__)
@@ -514,7 +514,7 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
                     await committer.flush()
 
     async def acknowledge(stream: Any) -> None:
-        from stream.acks import decode_ack
+        from rpm_core.acks import decode_ack
 
         async def apply(value: bytes) -> None:
             try:

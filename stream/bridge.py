@@ -39,14 +39,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from rpm_core import topics
+from rpm_core.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
 from rpm_core.settings import MqttSettings
+from rpm_core.sink import backoff_s
 from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
 from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
-from stream import topics
-from stream.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
 from stream.errors import BridgeError
 from stream.kafka_errors import ErrorKind, describe, error_kind
-from stream.sink import backoff_s
 
 _LOGGER = logging.getLogger(__name__)
 

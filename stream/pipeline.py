@@ -33,10 +33,10 @@ from detectors.batch import PatientRegistry, SampleBatch
 from detectors.const import METRIC_NAMES
 from detectors.errors import StateError
 from detectors.events import AlertEvent
-from stream.deadletter import ReasonLog, deadletter_record
-from stream.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.deadletter import ReasonLog, deadletter_record
+from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.sink import InfluxSink
 from stream.records import Decoded, decode_records
-from stream.sink import InfluxSink
 
 _LOGGER = logging.getLogger(__name__)
 

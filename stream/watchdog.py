@@ -335,8 +335,8 @@ class WatchdogService:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.structs import TopicPartition
 
+        from rpm_core import topics
         from rpm_core.technical import HEARTBEATS_TOPIC
-        from stream import topics
 
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False)
         beats = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
@@ -396,8 +396,8 @@ class WatchdogService:
         """Send what is due, in order; what fails stays for the next round (nothing is dropped)."""
         from aiokafka.errors import KafkaError
 
+        from rpm_core import topics
         from rpm_core.technical import SYSTEM_SUBJECT
-        from stream import topics
 
         while self._outbox:
             alert = self._outbox[0]
@@ -431,8 +431,8 @@ class WatchdogService:
 
         from aiokafka import AIOKafkaConsumer
 
+        from rpm_core import topics
         from rpm_core.technical import TechnicalAlertError, decode_technical, is_technical
-        from stream import topics
 
         consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200)
@@ -525,8 +525,8 @@ async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
     import asyncio
     import signal
 
+    from rpm_core import topics
     from rpm_core.roster import ROSTER_ENV, load_roster
-    from stream import topics
     from stream.health import HealthServer
 
     roster_path = options.roster

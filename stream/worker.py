@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from rpm_core.services import free_port
+from rpm_core.host import free_port
 from rpm_core.settings import Settings
-from stream.topics import DEFAULT_READINGS_PARTITIONS
+from rpm_core.topics import DEFAULT_READINGS_PARTITIONS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
 def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:
     """Send :func:`heartbeat` to ``rpm.heartbeats`` every ``HEARTBEAT_INTERVAL_S`` (a Faust timer:
     a worker whose event loop is stuck stops sending, and the watchdog notices)."""
+    from rpm_core import topics
     from rpm_core.technical import HEARTBEAT_INTERVAL_S
-    from stream import topics
 
     beats = app.topic(topics.HEARTBEATS, key_type=bytes, value_type=bytes, partitions=1)
 
@@ -111,8 +111,8 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
     from detectors.engine import Engine
     from rpm_core.alarm_policy import load_alarm_policy, realarm_table
     from rpm_core.rules import load_rules
+    from rpm_core.sink import make_sink
     from stream.pipeline import Pipeline
-    from stream.sink import make_sink
 
     ruleset = load_rules(settings.rules_path)
     # acknowledged is not resolved: still open after the rule's interval, an alert is raised again
@@ -203,8 +203,8 @@ def ensure_topics(settings: Settings, partitions: int) -> None:
     """
     import asyncio
 
+    from rpm_core import topics
     from rpm_core.settings import kafka_bootstrap
-    from stream import topics
 
     bootstrap = kafka_bootstrap(settings.kafka_url or DEFAULT_KAFKA_URL)
     loop = asyncio.new_event_loop()

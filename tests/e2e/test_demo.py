@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import ADMIN_USER, Stack
+from rpm_app.services import Stack
+from rpm_core.mqtt_users import ADMIN_USER
 from tests.support.influx import count_by, series
 from tests.support.procs import rpm_argv, rpm_env
 
@@ -42,6 +43,6 @@ def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: S
     ("\u202eevil\x00", "\\u202eevil\\x00"),
 ])
 def test_the_console_escapes_control_characters_in_alert_text(text: str, shown: str) -> None:
-    from rpm_core.demo import console_text
+    from rpm_app.demo import console_text
 
     assert console_text(text) == shown

@@ -15,8 +15,9 @@ import pytest
 
 from hl7out.messages import AlertChange, Header, Observation, VitalsReport, encode_alert, encode_vitals
 from hl7out.sender import AttemptRecord, Endpoint, Outgoing, Policy, Sender
-from rpm_core.services import Stack, free_port
-from stream import topics
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.host import free_port
 from tests.hl7out.listener import Script, listening
 from tests.people.support import alert_row, write_lines
 from tests.support.influx import rows

@@ -17,14 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from edge_agent.commands import CommandSubscriber, PatientMessage
+from edge_agent.commands import CommandSubscriber
 from notify.loader import parse_routes
 from notify.service import Notifier
-from rpm_core.services import NOTIFIER_USER, Stack, free_port
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.acks import decode_ack
+from rpm_core.commands import PatientMessage
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import NOTIFIER_USER
 from rpm_core.settings import MqttSettings, Secret
 from rpm_core.wire import command_topic
-from stream import topics
-from stream.acks import decode_ack
 from tests.notify.conftest import AGENT_USER, PATIENT, Inbox
 from tests.notify.helpers import event
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver, wait_for

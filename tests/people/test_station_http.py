@@ -17,10 +17,12 @@ import orjson
 import pytest
 from aiohttp import web
 
+from rpm_app.services import Stack
+from rpm_core.acks import decode_ack
 from rpm_core.roster import Roster, default_roster, hash_password
-from rpm_core.services import Stack
-from stream.acks import decode_ack
-from stream.nurse_station import (
+from rpm_core.topics import ensure_topics
+from station.kiosk import KioskRegistry
+from station.nurse_station import (
     AckSender,
     AlertBoard,
     AlertFeed,
@@ -29,8 +31,6 @@ from stream.nurse_station import (
     create_app,
     parse_trusted_proxies,
 )
-from stream.station_kiosk import KioskRegistry
-from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
 from tests.support.influx import fake_influx
 
@@ -443,7 +443,7 @@ def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> Non
 
     from rpm_core.errors import ConfigError
     from rpm_core.roster import load_roster
-    from stream.nurse_station import refuse_weak_passwords
+    from station.nurse_station import refuse_weak_passwords
     from tests.support.procs import rpm_argv
 
     example = load_roster(Path(__file__).resolve().parents[2] / "roster.yaml")

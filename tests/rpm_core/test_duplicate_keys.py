@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from edge_agent.commands import CommandDecodeError, PatientMessage
+from rpm_core.acks import AckDecodeError, decode_ack, encode_ack
+from rpm_core.commands import CommandDecodeError, PatientMessage
 from rpm_core.technical import TechnicalAlertError, decode_heartbeat
 from rpm_core.wire import DuplicateKeyError, WireError, encode_readings, loads_unique, parse_readings_message
-from stream.acks import AckDecodeError, decode_ack, encode_ack
 
 NOW = time.time()
 

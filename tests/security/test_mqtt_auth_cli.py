@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core import mqtt_auth
+from rpm_core import mqtt_users
 from rpm_core.errors import ConfigError
-from rpm_core.services import PIPELINE_ACL, Role, build_acl
+from rpm_core.mqtt_users import PIPELINE_ACL, Role, build_acl
 from tests.support.procs import rpm_argv
 
 
@@ -71,7 +71,7 @@ def test_init_add_revoke_list(tmp_path: Path) -> None:
 @pytest.mark.parametrize("patient", ["p 1", "p1\nuser rpm-admin", "p#", "p+", "a/b", "x" * 65, "", "p:1"])
 def test_patient_ids_that_could_inject_into_the_acl_are_refused(tmp_path: Path, patient: str) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     before = (d / "acl").read_text()
     result = rpm("add-agent", "--dir", str(d), "--patient", patient)
     assert result.returncode == 2 and "[A-Za-z0-9" in result.stderr
@@ -101,7 +101,7 @@ def test_pipeline_acl_grants_exactly_the_roles() -> None:
 
 def test_a_broken_state_file_is_named(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     (d / "mqtt-auth.json").write_text('{"version": 1, "users": {"x": {"role": "root"}}}')
     result = rpm("list", "--dir", str(d))
     assert result.returncode == 2 and f"{d / 'mqtt-auth.json'}" in result.stderr and "unknown role" in result.stderr
@@ -110,7 +110,7 @@ def test_a_broken_state_file_is_named(tmp_path: Path) -> None:
 
 def test_add_service_user(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     out = tmp_path / "bridge-2.pw"
     result = rpm("add-service", "--dir", str(d), "--user", "rpm-bridge-2", "--role", "bridge", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -123,7 +123,7 @@ def test_add_service_user(tmp_path: Path) -> None:
 
 def test_reload_pid_of_a_process_that_is_gone_is_an_error(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     proc = subprocess.Popen(["true"])
     proc.wait()
     result = rpm("add-agent", "--dir", str(d), "--patient", "p1", "--reload-pid", str(proc.pid))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core import mqtt_auth
-from rpm_core.services import start_mosquitto
+from rpm_app.services import start_mosquitto
+from rpm_core import mqtt_users
 from rpm_core.settings import MqttSettings, read_secret_file
 from rpm_core.wire import encode_readings, readings_topic
 from simulators.ble_devices import HeartRateStrap
@@ -38,7 +38,7 @@ async def rpm_edge(bz: EmulatedBluez, state: Path, *args: str) -> tuple[int, str
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update(DBUS_SYSTEM_BUS_ADDRESS=bz.bus_address, RPM_EDGE_STATE=str(state), PYTHONUNBUFFERED="1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rpm_core.cli", "edge", *args, env=env,
+        sys.executable, "-m", "rpm_app.cli", "edge", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):
@@ -49,7 +49,7 @@ async def rpm_edge(bz: EmulatedBluez, state: Path, *args: str) -> tuple[int, str
 
 async def test_pairing_provisions_the_agents_mqtt_user(tmp_path: Path) -> None:
     auth_dir, state = tmp_path / "broker-auth", tmp_path / "edge-state"
-    mqtt_auth.init_auth(auth_dir)
+    mqtt_users.init_auth(auth_dir)
     strap, second = HeartRateStrap(), HeartRateStrap(address="C0:FF:EE:00:00:77")
     async with EmulatedBluez() as bz:
         await bz.add_device(strap)
@@ -69,7 +69,7 @@ async def test_pairing_provisions_the_agents_mqtt_user(tmp_path: Path) -> None:
 
 
 def check_agent_can_publish_only_its_own(tmp_path: Path, auth_dir: Path, password: str) -> None:
-    auth = mqtt_auth.AuthDir(auth_dir)
+    auth = mqtt_users.AuthDir(auth_dir)
     svc = start_mosquitto(tmp_path / "mosquitto", password_file=auth.passwd_path, acl_file=auth.acl_path)
     try:
         settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{svc.port}").with_user("agent-p0001", password)

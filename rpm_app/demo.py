@@ -27,21 +27,11 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_app.services import ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
+from rpm_core.host import free_port, port_open
+from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
-from rpm_core.services import (
-    BRIDGE_USER,
-    SIMULATOR_USER,
-    WATCHDOG_USER,
-    ServiceProcess,
-    Stack,
-    free_port,
-    http_ok,
-    influx_query,
-    port_open,
-    start_stack,
-    stop_all,
-)
 from rpm_core.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,7 +73,7 @@ def spawn_rpm(args: list[str], *, env: dict[str, str], log_path: Path, name: str
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rpm_core.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "rpm_app.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return ServiceProcess(name=name, proc=proc, workdir=log_path.parent, log_path=log_path, host="", port=0)
@@ -285,7 +275,7 @@ async def _run(stack: Stack, workdir: Path, options: DemoOptions, terminate: _Te
 
 
 async def _run_pipeline(stack: Stack, workdir: Path, options: DemoOptions) -> int:
-    from stream.topics import ensure_topics
+    from rpm_core.topics import ensure_topics
 
     s = stack.settings
     await ensure_topics(s.kafka_bootstrap(), partitions=options.partitions)

@@ -29,8 +29,8 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from stream.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
-from stream.lineprotocol import PRECISION, join_lines
+from rpm_core.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
+from rpm_core.lineprotocol import PRECISION, join_lines
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The ``rpm`` commands for the people at the other end: nurse station, Grafana, report, FHIR export.
 
-Registered into ``rpm_core.cli.build_parser`` by :func:`add_commands`. Heavy modules (aiohttp,
+Registered into ``rpm_app.cli.build_parser`` by :func:`add_commands`. Heavy modules (aiohttp,
 aiokafka, matplotlib, fhir.resources) are imported inside the handlers, so ``rpm --help`` and
 the other commands stay fast.
 """
@@ -78,7 +78,7 @@ def parse_duration(text: str) -> timedelta:
 
 def cmd_nurse_station(args: argparse.Namespace) -> int:
     """Serve the nurse station of one ward."""
-    from stream.nurse_station import StationOptions, run_station
+    from station.nurse_station import StationOptions, run_station
 
     settings = _settings(args)
     if not settings.kafka_url:
@@ -107,7 +107,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
-    from stream.nurse_station import WEAK_PASSWORDS
+    from station.nurse_station import WEAK_PASSWORDS
 
     if args.pin:
         runs = ("01234567890", "98765432109")
@@ -133,7 +133,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_kiosk(args: argparse.Namespace) -> int:
     """List or revoke the kiosk tokens of a station's state directory."""
-    from stream.station_kiosk import KioskRegistry, describe
+    from station.kiosk import KioskRegistry, describe
 
     state_dir = args.state_dir or os.environ.get("RPM_STATION_STATE_DIR")
     if not state_dir:
@@ -191,7 +191,7 @@ def _add_nurse_station(sub: SubParsers) -> None:
 
 def cmd_grafana_provision(args: argparse.Namespace) -> int:
     """Write Grafana provisioning files."""
-    from rpm_core.grafana import ProvisionOptions, provision
+    from rpm_app.grafana import ProvisionOptions, provision
     from rpm_core.roster import load_roster
 
     roster = load_roster(args.roster) if (args.roster or os.environ.get("RPM_ROSTER")) else None
@@ -228,7 +228,7 @@ def _add_grafana(sub: SubParsers) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the clinician report of one patient."""
-    from rpm_core.report import ReportOptions, write_report
+    from rpm_app.report import ReportOptions, write_report
 
     settings = _settings(args)
     end = args.end or datetime.now(UTC)
@@ -263,7 +263,7 @@ def _add_report(sub: SubParsers) -> None:
 
 def cmd_export_fhir(args: argparse.Namespace) -> int:
     """Write a FHIR R4 Bundle of one patient's vitals and alerts."""
-    from rpm_core.fhir import ExportOptions, export_bundle
+    from rpm_app.fhir import ExportOptions, export_bundle
     from rpm_core.interpretation import limits
     from rpm_core.rules import load_rules
 
@@ -274,7 +274,7 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
         limits=limits(load_rules(settings.rules_path), args.patient),
     ), transaction=bool(args.post))
     if args.post:
-        from rpm_core.fhir_post import post_transaction
+        from rpm_app.fhir_post import post_transaction
 
         answer = post_transaction(args.post, data, retries=args.retries, token=os.environ.get("RPM_FHIR_TOKEN", ""))
         _say(f"posted {len(answer.get('entry') or [])} resources to {args.post}", err=True)

@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_core.errors import RpmError
 from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, loads_unique
-from stream.errors import StreamError
 
 ACK_SCHEMA_VERSION: Final = 1
 MAX_NAME_CHARS: Final = 64
@@ -40,7 +40,7 @@ MAX_ACK_BYTES: Final = 4096
 _KEYS: Final = frozenset({"v", "alert_id", "patient", "by", "at", "station"})
 
 
-class AckDecodeError(StreamError, ValueError):
+class AckDecodeError(RpmError, ValueError):
     """A record on ``rpm.alert-acks`` that is not a valid acknowledgement; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:

@@ -18,7 +18,7 @@ How it fits together::
   earlier run of the server) gets a full snapshot first. A ``ping`` event every 2 s lets the page
   turn the whole screen into a technical alarm when it hears nothing for 5 s.
 - **Acknowledged is not resolved.** An acknowledgement is produced to ``rpm.alert-acks`` (see
-  :mod:`stream.acks`); the alert stays on the list, marked acknowledged ("pending" until the
+  :mod:`rpm_core.acks`); the alert stays on the list, marked acknowledged ("pending" until the
   worker's ``acknowledged`` event comes back), until the worker's ``cleared``. Still open after the
   policy's re-alarm interval (``station:`` in the rules file, :mod:`rpm_core.alarm_policy`) or the
   nurse's recheck timer, it alarms again. Silences are limited by the same policy.
@@ -26,7 +26,7 @@ How it fits together::
   their own contract, shown apart, never acknowledged, cleared by their producer.
 - **Login per station** (roster, scrypt hashes), optional nurses with badge + PIN, server-side
   sessions in an HttpOnly, SameSite=Strict cookie, kiosk tokens that survive restarts
-  (:mod:`stream.station_kiosk`), a per-session CSRF token on every POST, an Origin check on the
+  (:mod:`station.kiosk`), a per-session CSRF token on every POST, an Origin check on the
   login form, a strict Content-Security-Policy, a lockout per station and client, and
   ``X-Forwarded-*`` believed only from ``--trusted-proxy`` peers.
 
@@ -57,6 +57,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rpm_core import topics
+from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
@@ -65,11 +67,9 @@ from rpm_core.settings import Settings
 from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
-from stream import topics
-from stream.acks import Ack, AckDecodeError, decode_ack
-from stream.station_audit import AuditEntry, AuditLog
-from stream.station_kiosk import KioskRegistry
-from stream.station_overview import Overview
+from station.audit import AuditEntry, AuditLog
+from station.kiosk import KioskRegistry
+from station.overview import Overview
 
 _LOGGER = logging.getLogger(__name__)
 

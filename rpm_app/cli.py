@@ -43,9 +43,9 @@ class CommandGroup(NamedTuple):
 
 COMMAND_GROUPS: Final = (
     CommandGroup("edge_agent.cli", "edge", ("edge",)),
-    CommandGroup("rpm_core.mqtt_auth", "server", ("mqtt-auth",)),
-    CommandGroup("rpm_core.backtest", "server", ("backtest",)),
-    CommandGroup("rpm_core.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
+    CommandGroup("rpm_app.mqtt_auth", "server", ("mqtt-auth",)),
+    CommandGroup("rpm_app.backtest", "server", ("backtest",)),
+    CommandGroup("rpm_app.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
     CommandGroup("notify.cli", "server", ("notifier", "routes")),
     CommandGroup("stream.deadletter_cli", "server", ("deadletter",)),
     CommandGroup("hl7out.cli", "server", ("hl7",)),
@@ -139,7 +139,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline with simulated patients."""
-    from rpm_core.demo import DemoOptions, run_demo
+    from rpm_app.demo import DemoOptions, run_demo
 
     settings = _settings(args)
     return run_demo(settings, DemoOptions(
