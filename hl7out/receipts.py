@@ -54,9 +54,8 @@ def write_receipts(settings: Settings, lines: Sequence[str]) -> None:
     url = settings.require_influx().rstrip("/")
     query = urllib.parse.urlencode({"db": settings.influx_db, "precision": "ms"})
     req = urllib.request.Request(f"{url}/write?{query}", data="\n".join(lines).encode(), method="POST")  # noqa: S310
-    token = settings.influx_token.get()
-    if token:
-        req.add_header("Authorization", f"Token {token}")
+    for name, value in settings.influx_auth().headers().items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=WRITE_TIMEOUT_S) as resp:  # noqa: S310 (http(s) only)
             if resp.status != 204:

@@ -140,7 +140,7 @@ class Notifier:
         bootstrap = self.settings.kafka_bootstrap()
         await topics.ensure_topics(bootstrap)
         sink = make_sink(url=self.settings.require_influx(), db=self.settings.influx_db,
-                         token=self.settings.influx_token.get(), org=self.settings.influx_org)
+                         org=self.settings.influx_org, auth=self.settings.influx_auth())
         self._audit = AuditWriter(sink)
         self._mqtt = self._make_mqtt()
         self._channels = build_channels(self.routes, ChannelContext(
@@ -255,7 +255,7 @@ class Notifier:
 
     async def _query(self, q: str) -> list[dict[str, Any]]:
         s = self.settings
-        headers = {"Authorization": f"Token {s.influx_token.get()}"} if s.influx_token.get() else {}
+        headers = s.influx_auth().headers()
         params = {"db": s.influx_db, "q": q, "epoch": "ms"}
         async with self._http_session().get(f"{s.require_influx()}/query", params=params, headers=headers) as resp:
             if resp.status != 200:

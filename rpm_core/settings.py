@@ -6,14 +6,19 @@
 | ``RPM_MQTT_CA`` | CA bundle for ``mqtts://`` | system store |
 | ``RPM_MQTT_PASSWORD_FILE`` | file holding the MQTT password (mode 0600); wins over a password in the URL | unset |
 | ``RPM_KAFKA_URL`` | ``kafka://host:port[,host:port…]`` | started by ``rpm demo`` |
-| ``RPM_INFLUX_URL`` | ``http://host:8086`` | started by ``rpm demo`` |
+| ``RPM_INFLUX_URL`` | ``http://host:8086`` (a ``user:pass@`` in it works; the settings below win) | ``rpm demo`` |
 | ``RPM_INFLUX_DB`` | database (1.x) / bucket (2.x+) | ``rpm`` |
-| ``RPM_INFLUX_TOKEN`` / ``RPM_INFLUX_ORG`` | InfluxDB 2.x+ credentials; setting a token selects the v2 API | unset |
+| ``RPM_INFLUX_USER`` | InfluxDB 1.x user (HTTP Basic authentication) | unset |
+| ``RPM_INFLUX_PASSWORD_FILE`` | file holding that user's password (mode 0600) | unset |
+| ``RPM_INFLUX_TOKEN_FILE`` | InfluxDB 2.x+ API token in a file (mode 0600); selects the v2 API | unset |
+| ``RPM_INFLUX_TOKEN`` | the same token as a value (``RPM_INFLUX_TOKEN_FILE`` wins) | unset |
+| ``RPM_INFLUX_ORG`` | InfluxDB 2.x+ organisation | unset |
 | ``RPM_RULES`` | alert rules file | ``alert_rules.yaml`` |
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import stat
@@ -201,6 +206,56 @@ def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+@dataclass(frozen=True, slots=True)
+class InfluxAuth:
+    """How a client proves who it is to InfluxDB: a 1.x user and password (HTTP Basic), an API
+    token (2.x+), or nothing. ``describe()`` says which, without the secret."""
+
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    token: Secret = field(default_factory=lambda: Secret(""))
+
+    def authorization(self) -> str:
+        """The ``Authorization`` header value, or ``""`` when there are no credentials."""
+        if self.token.get():
+            return f"Token {self.token.get()}"
+        if self.username:
+            pair = f"{self.username}:{self.password.get()}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return ""
+
+    def headers(self) -> dict[str, str]:
+        """``{"Authorization": …}``, or ``{}`` without credentials."""
+        value = self.authorization()
+        return {"Authorization": value} if value else {}
+
+    def describe(self) -> str:
+        """Who this is, for messages: ``user 'rpm_writer'``, ``an API token`` or ``no credentials``."""
+        if self.token.get():
+            return "an API token"
+        return f"user {self.username!r}" if self.username else "no credentials"
+
+
+def split_influx_url(url: str) -> tuple[str, InfluxAuth]:
+    """``http://user:pass@host:8086/`` → (``http://host:8086``, the user and password)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url.rstrip("/"), InfluxAuth()
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
+    return bare, InfluxAuth(username=unquote(parts.username), password=Secret(unquote(parts.password or "")))
+
+
+def influx_endpoint(url: str | None, auth: InfluxAuth | None = None) -> tuple[str | None, InfluxAuth]:
+    """The bare URL (None without one) and the credentials to use: ``auth`` when it holds any, else a
+    user and password in ``url``, else none. Every InfluxDB client of rpm goes through here."""
+    if not url:
+        return None, auth or InfluxAuth()
+    bare, from_url = split_influx_url(url)
+    return bare, auth if auth is not None and auth.authorization() else from_url
+
+
 # Codecs aiokafka supports, and the package each needs beyond the standard library.
 KAFKA_CODECS = {"none": None, "gzip": None, "lz4": "lz4", "zstd": "zstandard", "snappy": "cramjam"}
 
@@ -241,6 +296,9 @@ class Settings:
     influx_db: str = DEFAULT_INFLUX_DB
     influx_token: Secret = field(default_factory=lambda: Secret(""))
     influx_org: str | None = None
+    influx_user: str | None = None  # RPM_INFLUX_USER (1.x); its password in influx_password_file
+    influx_password_file: str | None = None
+    influx_token_file: str | None = None  # RPM_INFLUX_TOKEN_FILE (2.x+); wins over influx_token
     rules_path: str = DEFAULT_RULES_PATH
     signing_keys_file: str | None = None  # RPM_SIGNING_KEYS_FILE: alerts and acks signed (rpm_core.signing)
 
@@ -258,6 +316,9 @@ class Settings:
             influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
             influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
             influx_org=env.get("RPM_INFLUX_ORG") or None,
+            influx_user=env.get("RPM_INFLUX_USER") or None,
+            influx_password_file=env.get("RPM_INFLUX_PASSWORD_FILE") or None,
+            influx_token_file=env.get("RPM_INFLUX_TOKEN_FILE") or None,
             rules_path=env.get("RPM_RULES") or DEFAULT_RULES_PATH,
             signing_keys_file=env.get("RPM_SIGNING_KEYS_FILE") or None,
         )
@@ -274,7 +335,9 @@ class Settings:
             kafka_bootstrap(self.kafka_url)
         check_kafka_compression(self.kafka_compression)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
-            raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {self.influx_url!r}")
+            bare = split_influx_url(self.influx_url)[0]
+            raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {bare!r}")
+        self.influx_auth()
         self.key_ring()
 
     def key_ring(self) -> KeyRing | None:
@@ -308,4 +371,26 @@ class Settings:
         """The InfluxDB URL; requires ``influx_url``."""
         if not self.influx_url:
             raise ConfigError("RPM_INFLUX_URL is not set")
-        return self.influx_url.rstrip("/")
+        return split_influx_url(self.influx_url)[0]
+
+    def influx_auth(self) -> InfluxAuth:
+        """The InfluxDB credentials: ``RPM_INFLUX_TOKEN_FILE`` / ``RPM_INFLUX_TOKEN`` (2.x+), else
+        ``RPM_INFLUX_USER`` with ``RPM_INFLUX_PASSWORD_FILE``, else a user in ``RPM_INFLUX_URL``."""
+        from_url = split_influx_url(self.influx_url)[1] if self.influx_url else InfluxAuth()
+        token = (read_secret_file(self.influx_token_file, what="RPM_INFLUX_TOKEN_FILE") if self.influx_token_file
+                 else self.influx_token)
+        if token.get():
+            if self.influx_user or self.influx_password_file:
+                raise ConfigError("set either RPM_INFLUX_TOKEN(_FILE) (InfluxDB 2.x+) or RPM_INFLUX_USER and "
+                                  "RPM_INFLUX_PASSWORD_FILE (1.x), not both")
+            return InfluxAuth(token=token)
+        if self.influx_password_file:
+            user = self.influx_user or from_url.username
+            if not user:
+                raise ConfigError("RPM_INFLUX_PASSWORD_FILE is set but no user: set RPM_INFLUX_USER")
+            return InfluxAuth(username=user,
+                              password=read_secret_file(self.influx_password_file, what="RPM_INFLUX_PASSWORD_FILE"))
+        if self.influx_user and self.influx_user != from_url.username:
+            raise ConfigError("RPM_INFLUX_USER is set but its password is not: set RPM_INFLUX_PASSWORD_FILE "
+                              "(a file of mode 0600 holding it)")
+        return from_url

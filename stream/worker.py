@@ -119,7 +119,7 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
     realarm = realarm_table(load_alarm_policy(settings.rules_path), [rule.name for rule in ruleset.rules])
     sink = make_sink(
         url=settings.require_influx(), db=settings.influx_db,
-        token=settings.influx_token.get(), org=settings.influx_org,
+        org=settings.influx_org, auth=settings.influx_auth(),
     )
     return Pipeline(engine_factory=lambda: Engine(ruleset, realarm_after=realarm), sink=sink,
                     enrolled=status.enrolled if status is not None else None)
