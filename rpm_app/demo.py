@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import orjson
 
-from rpm_app.services import ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
+from rpm_app.services import INFLUX_READER, ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
 from rpm_core.host import free_port, port_open
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
@@ -59,8 +59,7 @@ def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
     env.update({
         "RPM_KAFKA_URL": s.kafka_url or "",
         "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
-        "RPM_INFLUX_URL": s.influx_url or "",
-        "RPM_INFLUX_DB": s.influx_db,
+        **stack.influx_env(),  # the writer (worker, notifier, station), its password in a file
         "RPM_RULES": str(Path(s.rules_path).resolve()),
     })
     if mqtt_user:
@@ -342,24 +341,27 @@ async def _watch(kids: list[ServiceProcess]) -> None:
 async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: list[ServiceProcess]) -> bool:
     s = stack.settings
     assert s.influx_url
+    reader = stack.influx_url(INFLUX_READER)  # the counts, like Grafana, need only read access
     expected: dict[str, int] = summary["by_metric"]
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     vitals: dict[str, int] = {}
     while time.monotonic() < deadline:
-        vitals = await asyncio.to_thread(count_vitals, s.influx_url, s.influx_db, since)
+        vitals = await asyncio.to_thread(count_vitals, reader, s.influx_db, since)
         if all(vitals.get(m, 0) >= n for m, n in expected.items()):
             break
         if not all(k.alive() for k in kids):
             await _watch(kids)
         await asyncio.sleep(1.0)
     await asyncio.sleep(1.5)  # let the feed print the last alerts
-    alerts = await asyncio.to_thread(count_alerts, s.influx_url, s.influx_db, since)
-    _report(s, expected, vitals, alerts)
+    alerts = await asyncio.to_thread(count_alerts, reader, s.influx_db, since)
+    _report(stack, expected, vitals, alerts)
     return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts)
 
 
-def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alerts: dict[tuple[str, str], int]) -> None:
-    print(f"\nInfluxDB {s.influx_url}, database {s.influx_db!r}:")
+def _report(stack: Stack, expected: dict[str, int], vitals: dict[str, int],
+            alerts: dict[tuple[str, str], int]) -> None:
+    s = stack.settings
+    print(f"\nInfluxDB {s.require_influx()}, database {s.influx_db!r}:")
     print("  vitals written (measurement 'vitals'):")
     for metric, n in sorted(expected.items()):
         got = vitals.get(metric, 0)
@@ -369,5 +371,7 @@ def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alert
         print(f"    {rule:<24} {severity:<8} {n:>5}")
     if not alerts:
         print("    none (EXPECTED SOME)")
-    print(f"  try: curl -G {s.influx_url}/query --data-urlencode db={s.influx_db} "  # noqa: S608
+    env = stack.influx_env(INFLUX_READER)
+    user = f"-u {env['RPM_INFLUX_USER']}:$(cat {env['RPM_INFLUX_PASSWORD_FILE']}) " if "RPM_INFLUX_USER" in env else ""
+    print(f"  try: curl -G {user}{s.require_influx()}/query --data-urlencode db={s.influx_db} "  # noqa: S608
           "--data-urlencode \"q=SELECT * FROM alerts WHERE state='raised'\"")
