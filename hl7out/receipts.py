@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from hl7out.sender import AttemptRecord, Outgoing
 from rpm_core.errors import ServiceError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Settings
 
 MEASUREMENT: Final = "notifications"
@@ -81,7 +82,7 @@ class KafkaDeadLetters:
         from rpm_core.deadletter import deadletter_record
 
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap)
+            producer = AIOKafkaProducer(**kafka_client_kwargs(self._bootstrap))
             await producer.start()
             self._producer = producer
         record = deadletter_record(stage=STAGE, reason=reason, source=self._source, payload=message.text.encode(),

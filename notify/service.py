@@ -58,6 +58,7 @@ from rpm_core.acks import AckDecodeError, decode_ack, encode_ack
 from rpm_core.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
 from rpm_core.deadletter import deadletter_record
 from rpm_core.errors import ConfigError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
 from rpm_core.sink import backoff_s, make_sink
@@ -146,11 +147,11 @@ class Notifier:
         self._channels = build_channels(self.routes, ChannelContext(
             secrets=self._secrets, http=self._http_session, publish=self._publish_mqtt))
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=CONSUMER_GROUP, client_id=self._client_id,
+            **kafka_client_kwargs(bootstrap), group_id=CONSUMER_GROUP, client_id=self._client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(bootstrap), acks="all", enable_idempotence=False)
         try:
             await self._run(stop)
         finally:

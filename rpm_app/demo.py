@@ -30,6 +30,7 @@ import orjson
 from rpm_app.services import INFLUX_READER, ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
 from rpm_core.host import free_port, port_open
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
 from rpm_core.settings import Settings
@@ -83,7 +84,7 @@ async def _alert_feed(bootstrap: str, since_s: float, stop: asyncio.Event) -> No
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        "rpm.alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        "rpm.alerts", **kafka_client_kwargs(bootstrap), auto_offset_reset="earliest",
         group_id=f"rpm-demo-feed-{os.getpid()}", enable_auto_commit=False, fetch_max_wait_ms=100,
     )
     await consumer.start()

@@ -5,7 +5,9 @@
 | ``RPM_MQTT_URL`` | ``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS) | started by ``rpm demo`` |
 | ``RPM_MQTT_CA`` | CA bundle for ``mqtts://`` | system store |
 | ``RPM_MQTT_PASSWORD_FILE`` | file holding the MQTT password (mode 0600); wins over a password in the URL | unset |
-| ``RPM_KAFKA_URL`` | ``kafka://host:port[,host:port…]`` | started by ``rpm demo`` |
+| ``RPM_KAFKA_URL`` | ``kafka://host:port[,…]``, ``kafka+ssl://…`` (TLS), ``kafka+sasl_ssl://…`` | ``rpm demo`` |
+| ``RPM_KAFKA_CA`` / ``_CERT`` / ``_KEY`` | CA bundle; client certificate and key (mTLS) | system store / unset |
+| ``RPM_KAFKA_USER`` / ``_PASSWORD_FILE`` | SASL principal; its password (file, mode 0600) | unset |
 | ``RPM_INFLUX_URL`` | ``http://host:8086`` (a ``user:pass@`` in it works; the settings below win) | ``rpm demo`` |
 | ``RPM_INFLUX_DB`` | database (1.x) / bucket (2.x+) | ``rpm`` |
 | ``RPM_INFLUX_USER`` | InfluxDB 1.x user (HTTP Basic authentication) | unset |
@@ -31,6 +33,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from rpm_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rpm_core.kafka_security import KafkaSecurity
     from rpm_core.signing import KeyRing
 
 DEFAULT_INFLUX_DB: Final = "rpm"
@@ -275,10 +278,14 @@ def check_kafka_compression(codec: str | None) -> None:
 
 
 def kafka_bootstrap(url: str) -> str:
-    """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes)."""
+    """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes); also for
+    ``kafka+ssl://`` and ``kafka+sasl_ssl://`` (whose TLS settings only ``Settings.kafka_bootstrap`` adds)."""
+    from rpm_core.kafka_security import SCHEMES
+
     parts = urlsplit(url)
-    if parts.scheme != "kafka" or not parts.netloc:
-        raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port, got {url!r}")
+    if parts.scheme not in SCHEMES or not parts.netloc:
+        raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port (or kafka+ssl://, kafka+sasl_ssl://), "
+                          f"got {url!r}")
     return parts.netloc
 
 
@@ -292,6 +299,12 @@ class Settings:
     mqtt_password_file: str | None = None
     kafka_url: str | None = None
     kafka_compression: str | None = None  # the bridge's producer: None, "gzip", "lz4", "zstd", "snappy"
+    kafka_ca: str | None = None  # RPM_KAFKA_CA .. RPM_KAFKA_SASL_MECHANISM: see rpm_core.kafka_security
+    kafka_cert: str | None = None
+    kafka_key: str | None = None
+    kafka_user: str | None = None
+    kafka_password_file: str | None = None
+    kafka_sasl_mechanism: str | None = None
     influx_url: str | None = field(default=None, repr=False)
     influx_db: str = DEFAULT_INFLUX_DB
     influx_token: Secret = field(default_factory=lambda: Secret(""))
@@ -312,6 +325,12 @@ class Settings:
             mqtt_password_file=env.get("RPM_MQTT_PASSWORD_FILE") or None,
             kafka_url=env.get("RPM_KAFKA_URL") or None,
             kafka_compression=(env.get("RPM_KAFKA_COMPRESSION") or "none").strip().lower(),
+            kafka_ca=env.get("RPM_KAFKA_CA") or None,
+            kafka_cert=env.get("RPM_KAFKA_CERT") or None,
+            kafka_key=env.get("RPM_KAFKA_KEY") or None,
+            kafka_user=env.get("RPM_KAFKA_USER") or None,
+            kafka_password_file=env.get("RPM_KAFKA_PASSWORD_FILE") or None,
+            kafka_sasl_mechanism=env.get("RPM_KAFKA_SASL_MECHANISM") or None,
             influx_url=env.get("RPM_INFLUX_URL") or None,
             influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
             influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
@@ -332,7 +351,7 @@ class Settings:
         if self.mqtt_password_file:
             check_private_file(self.mqtt_password_file, what="RPM_MQTT_PASSWORD_FILE")
         if self.kafka_url:
-            kafka_bootstrap(self.kafka_url)
+            self.kafka_security()
         check_kafka_compression(self.kafka_compression)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
             bare = split_influx_url(self.influx_url)[0]
@@ -362,10 +381,45 @@ class Settings:
         return None if self.kafka_compression in (None, "", "none") else self.kafka_compression
 
     def kafka_bootstrap(self) -> str:
-        """aiokafka bootstrap servers; requires ``kafka_url``."""
+        """aiokafka bootstrap servers, carrying the TLS/SASL settings (a
+        :class:`~rpm_core.kafka_security.KafkaBootstrap`); requires ``kafka_url``."""
+        from rpm_core.kafka_security import KafkaBootstrap
+
         if not self.kafka_url:
             raise ConfigError("RPM_KAFKA_URL is not set")
-        return kafka_bootstrap(self.kafka_url)
+        return KafkaBootstrap(kafka_bootstrap(self.kafka_url), self.kafka_security())
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How Kafka clients connect (``RPM_KAFKA_URL``'s scheme and the ``RPM_KAFKA_*`` files), checked."""
+        from rpm_core.kafka_security import DEFAULT_SASL_MECHANISM, SASL_MECHANISMS, SCHEMES, KafkaSecurity
+
+        protocol = SCHEMES.get(urlsplit(self.kafka_url or "").scheme, "PLAINTEXT")
+        kafka_bootstrap(self.kafka_url or "kafka://localhost:9092")
+        tls_files = {"RPM_KAFKA_CA": self.kafka_ca, "RPM_KAFKA_CERT": self.kafka_cert, "RPM_KAFKA_KEY": self.kafka_key}
+        if protocol == "PLAINTEXT" and any(tls_files.values()):
+            raise ConfigError("RPM_KAFKA_CA/_CERT/_KEY are set but RPM_KAFKA_URL is kafka:// (plain text): use "
+                              "kafka+ssl:// or kafka+sasl_ssl://")
+        for name, path in tls_files.items():
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} {path} does not exist")
+        if bool(self.kafka_cert) != bool(self.kafka_key):
+            raise ConfigError("RPM_KAFKA_CERT and RPM_KAFKA_KEY go together (a client certificate and its key)")
+        if self.kafka_key:
+            check_private_file(self.kafka_key, what="RPM_KAFKA_KEY")
+        mechanism = (self.kafka_sasl_mechanism or DEFAULT_SASL_MECHANISM).upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"RPM_KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}")
+        password = Secret("")
+        if protocol == "SASL_SSL":
+            if not (self.kafka_user and self.kafka_password_file):
+                raise ConfigError("kafka+sasl_ssl:// needs RPM_KAFKA_USER and RPM_KAFKA_PASSWORD_FILE (mode 0600)")
+            password = read_secret_file(self.kafka_password_file, what="RPM_KAFKA_PASSWORD_FILE")
+        elif self.kafka_user or self.kafka_password_file:
+            raise ConfigError("RPM_KAFKA_USER/RPM_KAFKA_PASSWORD_FILE are set but RPM_KAFKA_URL is not "
+                              "kafka+sasl_ssl://: SASL is used over TLS only, never sends a password in the clear")
+        return KafkaSecurity(protocol=protocol, ca_file=self.kafka_ca, cert_file=self.kafka_cert,
+                             key_file=self.kafka_key, sasl_mechanism=mechanism, username=self.kafka_user,
+                             password=password)
 
     def require_influx(self) -> str:
         """The InfluxDB URL; requires ``influx_url``."""

@@ -61,6 +61,7 @@ from rpm_core import topics
 from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.errors import ConfigError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
@@ -556,7 +557,7 @@ class AlertFeed:
     async def _consume(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=200)
         await consumer.start()
         try:
@@ -701,7 +702,7 @@ class Supervision:
         from aiokafka.structs import TopicPartition
 
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                         fetch_max_wait_ms=500)
             try:
                 await consumer.start()
@@ -735,7 +736,7 @@ class AckSender:
         """Connect the producer."""
         from aiokafka import AIOKafkaProducer
 
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), acks="all", linger_ms=0,
                                           request_timeout_ms=10_000)
         await self._producer.start()
 
