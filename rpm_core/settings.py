@@ -389,6 +389,14 @@ class Settings:
             raise ConfigError("RPM_KAFKA_URL is not set")
         return KafkaBootstrap(kafka_bootstrap(self.kafka_url), self.kafka_security())
 
+    def kafka_env(self) -> dict[str, str]:
+        """``RPM_KAFKA_URL`` and the ``RPM_KAFKA_*`` TLS/SASL settings, for a child process (file paths only)."""
+        names = {"RPM_KAFKA_URL": self.kafka_url, "RPM_KAFKA_CA": self.kafka_ca, "RPM_KAFKA_CERT": self.kafka_cert,
+                 "RPM_KAFKA_KEY": self.kafka_key, "RPM_KAFKA_USER": self.kafka_user,
+                 "RPM_KAFKA_PASSWORD_FILE": self.kafka_password_file,
+                 "RPM_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism}
+        return {name: value for name, value in names.items() if value}
+
     def kafka_security(self) -> KafkaSecurity:
         """How Kafka clients connect (``RPM_KAFKA_URL``'s scheme and the ``RPM_KAFKA_*`` files), checked."""
         from rpm_core.kafka_security import DEFAULT_SASL_MECHANISM, SASL_MECHANISMS, SCHEMES, KafkaSecurity
