@@ -390,8 +390,9 @@ class InfluxUsers:
         return {"RPM_INFLUX_USER": role, "RPM_INFLUX_PASSWORD_FILE": str(self.password_file(role))}
 
 
-def influx_config(*, http_port: int, rpc_port: int, workdir: Path) -> str:
-    """An InfluxDB 1.x configuration with everything under ``workdir``, authentication on and no telemetry."""
+def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True) -> str:
+    """An InfluxDB 1.x configuration with everything under ``workdir``, authentication on (unless
+    ``auth`` is False) and no telemetry."""
     return f"""\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -403,7 +404,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   query-log-enabled = false
 [http]
   bind-address = "127.0.0.1:{http_port}"
-  auth-enabled = true
+  auth-enabled = {"true" if auth else "false"}
   log-enabled = false
   max-body-size = 0
 [monitor]
@@ -472,14 +473,18 @@ def setup_influx_users(url: str, users: InfluxUsers, db: str) -> None:
         influx_query(url, f"GRANT {privilege} ON {_q(db)} TO {_q(role)}", auth=admin)
 
 
-def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm") -> ServiceProcess:
+def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", auth: bool = True) -> ServiceProcess:
     """Start InfluxDB 1.x with authentication on, on free ports with its data under ``workdir``;
-    create ``db`` and the users of :class:`InfluxUsers` (kept in ``workdir/users``, see :func:`influx_users`)."""
+    create ``db`` and the users of :class:`InfluxUsers` (kept in ``workdir/users``, see :func:`influx_users`).
+
+    ``auth=False`` only for the benchmarks, whose peer systems (Node-RED, the naive app) write
+    without credentials: the users exist, but InfluxDB does not ask for them.
+    """
     binary = require_binary("influxd", "influxdb")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, rpc_port = port or free_port(), free_port()
     conf = workdir / "influxdb.conf"
-    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir))
+    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth))
     svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port)
     url = f"http://127.0.0.1:{http_port}"
     _await_ready(svc, lambda: influx_ping(url))
@@ -538,18 +543,22 @@ class Stack:
         stop_all(reversed(list(self.processes.values())))
 
 
-def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None) -> Stack:
-    """Start every service that ``settings`` does not point at, and return settings that point at all."""
+def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None,
+                influx_auth: bool = True) -> Stack:
+    """Start every service that ``settings`` does not point at, and return settings that point at all.
+
+    ``influx_auth=False``: InfluxDB without authentication (the benchmarks' peers only, see :func:`start_influxdb`).
+    """
     stack = Stack(settings=settings)
     try:
-        _fill_stack(stack, workdir, extra_mqtt_users or [])
+        _fill_stack(stack, workdir, extra_mqtt_users or [], influx_auth=influx_auth)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
+def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str], *, influx_auth: bool) -> None:
     s = stack.settings
     updates: dict[str, Any] = {}
     if not s.mqtt_url:
@@ -564,7 +573,7 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
         stack.processes["tansu"] = svc
         updates["kafka_url"] = f"kafka://{svc.host}:{svc.port}"
     if not s.influx_url:
-        svc = start_influxdb(workdir / "influxdb", db=s.influx_db)
+        svc = start_influxdb(workdir / "influxdb", db=s.influx_db, auth=influx_auth)
         stack.processes["influxdb"] = svc
         stack.influx = influx_users(svc)
         # the pipeline writes as the writer; a URL with the writer's credentials in it, so every
