@@ -70,6 +70,8 @@ def config_fault(status: int, body: str, *, db: str, api: str, who: str = "") ->
                if api == "v2" else
                "check RPM_INFLUX_USER and RPM_INFLUX_PASSWORD_FILE (the user and password of an InfluxDB user "
                f"with WRITE on {db!r})")
+        if who == "no credentials":
+            return SinkConfigError("InfluxDB requires credentials and this worker has none (401)", fix)
         return SinkConfigError(f"InfluxDB refused this worker's credentials{as_who} (401)", fix)
     if status == 403:
         return SinkConfigError(f"InfluxDB does not let this worker{as_who} write to {db!r} (403)",

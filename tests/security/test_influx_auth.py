@@ -7,11 +7,14 @@ start through :func:`rpm_app.services.start_influxdb`.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -23,13 +26,17 @@ from rpm_app.services import (
     INFLUX_READER,
     INFLUX_WRITER,
     ServiceProcess,
+    Stack,
     influx_query,
     influx_users,
 )
 from rpm_core.errors import ConfigError, ServiceError
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import SIMULATOR_USER
 from rpm_core.settings import InfluxAuth, Secret, Settings
 from rpm_core.sink import make_sink
 from tests.support.influx import rows
+from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge
 
 pytestmark = pytest.mark.services
 
@@ -155,3 +162,38 @@ def test_grafana_is_provisioned_with_the_read_only_user_and_no_secret_in_its_fil
     grafana = InfluxAuth(username=ds["user"], password=Secret(Path(password_ref[8:-1]).read_text().strip())).headers()
     assert status_of(base(influx), "/query", data=query_body("SHOW MEASUREMENTS"), headers=grafana) == 200
     assert status_of(base(influx), f"/write?db={DB}", data=line("pGrafana"), headers=grafana) == 403
+
+
+def test_a_worker_with_a_wrong_password_says_so_on_healthz_naming_the_setting(stack: Stack, tmp_path: Path) -> None:
+    """The real worker, given the writer's name but a wrong password file, takes readings and
+    cannot write them: /healthz says ``configured: false`` and names the settings to check (the
+    watchdog turns that into a technical alert); nothing is dead-lettered, the readings wait in Kafka."""
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    env = rpm_env(stack, RPM_INFLUX_PASSWORD_FILE=str(wrong))
+    assert env["RPM_INFLUX_USER"] == INFLUX_WRITER
+    port = free_port()
+    worker = spawn("worker", ["worker", "--data-dir", str(tmp_path / "worker"), "--web-port", str(port)], env,
+                   tmp_path)
+    with running(worker):
+        bridge = spawn_bridge(stack, tmp_path)
+        with running(bridge):
+            subprocess.run(rpm_argv("simulate", "--patients", "1", "--duration", "1", "--history", "60"),
+                           env=rpm_env(stack, mqtt_user=SIMULATOR_USER), check=True, timeout=300,
+                           capture_output=True)
+
+            def healthz() -> dict[str, Any]:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as resp:
+                        return dict(json.loads(resp.read()))
+                except urllib.error.HTTPError as exc:
+                    return dict(json.loads(exc.read() or b"{}"))
+                except OSError:
+                    return {}
+
+            body = eventually(healthz, lambda b: b.get("configured") is False, timeout=180,
+                              what="the worker's /healthz reporting the refused credentials", watch=(worker, bridge))
+    assert "401" in body["problem"] and "RPM_INFLUX_PASSWORD_FILE" in body["problem"], body["problem"]
+    assert "rpm_writer" in body["problem"] and "not-the-password" not in body["problem"]
+    assert "not-the-password" not in worker.log_path.read_text()
