@@ -282,11 +282,13 @@ def kafka_bootstrap(url: str) -> str:
     ``kafka+ssl://`` and ``kafka+sasl_ssl://`` (whose TLS settings only ``Settings.kafka_bootstrap`` adds)."""
     from rpm_core.kafka_security import SCHEMES
 
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES or not parts.netloc:
+    # not urlsplit: "_" is not allowed in a URL scheme, so it would not see kafka+sasl_ssl:// as one
+    scheme, _, rest = url.partition("://")
+    servers = rest.split("/", 1)[0]
+    if scheme not in SCHEMES or not servers:
         raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port (or kafka+ssl://, kafka+sasl_ssl://), "
                           f"got {url!r}")
-    return parts.netloc
+    return servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +403,7 @@ class Settings:
         """How Kafka clients connect (``RPM_KAFKA_URL``'s scheme and the ``RPM_KAFKA_*`` files), checked."""
         from rpm_core.kafka_security import DEFAULT_SASL_MECHANISM, SASL_MECHANISMS, SCHEMES, KafkaSecurity
 
-        protocol = SCHEMES.get(urlsplit(self.kafka_url or "").scheme, "PLAINTEXT")
+        protocol = SCHEMES.get((self.kafka_url or "").partition("://")[0], "PLAINTEXT")
         kafka_bootstrap(self.kafka_url or "kafka://localhost:9092")
         tls_files = {"RPM_KAFKA_CA": self.kafka_ca, "RPM_KAFKA_CERT": self.kafka_cert, "RPM_KAFKA_KEY": self.kafka_key}
         if protocol == "PLAINTEXT" and any(tls_files.values()):
