@@ -33,7 +33,7 @@ from rpm_core.host import free_port, port_open
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
-from rpm_core.settings import Settings
+from rpm_core.settings import InfluxAuth, Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -127,17 +127,19 @@ def console_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
-def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:
+def count_vitals(influx_url: str, db: str, since_s: float, auth: InfluxAuth | None = None) -> dict[str, int]:
     """Vitals points per metric written since ``since_s``."""
     q = f"SELECT count(value) FROM vitals WHERE time >= {int(since_s * 1e9)} GROUP BY metric"  # noqa: S608 (ints only)
-    return {tags["metric"]: n for tags, n in _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))}
+    return {tags["metric"]: n for tags, n in _grouped_counts(influx_query(influx_url, q, db=db, method="POST",
+                                                                                auth=auth))}
 
 
-def count_alerts(influx_url: str, db: str, since_s: float) -> dict[tuple[str, str], int]:
+def count_alerts(influx_url: str, db: str, since_s: float,
+                 auth: InfluxAuth | None = None) -> dict[tuple[str, str], int]:
     """Raised alerts per (rule, severity) since ``since_s``."""
     q = (f"SELECT count(alert_id) FROM alerts WHERE state = 'raised' AND time >= {int(since_s * 1e9)} "  # noqa: S608
          "GROUP BY rule, severity")
-    result = _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))
+    result = _grouped_counts(influx_query(influx_url, q, db=db, method="POST", auth=auth))
     return {(tags["rule"], tags["severity"]): n for tags, n in result}
 
 
@@ -342,19 +344,20 @@ async def _watch(kids: list[ServiceProcess]) -> None:
 async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: list[ServiceProcess]) -> bool:
     s = stack.settings
     assert s.influx_url
-    reader = stack.influx_url(INFLUX_READER)  # the counts, like Grafana, need only read access
+    # the counts, like Grafana, need only read access (an InfluxDB of the operator's: its settings)
+    reader, auth = s.require_influx(), stack.influx_auth(INFLUX_READER)
     expected: dict[str, int] = summary["by_metric"]
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     vitals: dict[str, int] = {}
     while time.monotonic() < deadline:
-        vitals = await asyncio.to_thread(count_vitals, reader, s.influx_db, since)
+        vitals = await asyncio.to_thread(count_vitals, reader, s.influx_db, since, auth)
         if all(vitals.get(m, 0) >= n for m, n in expected.items()):
             break
         if not all(k.alive() for k in kids):
             await _watch(kids)
         await asyncio.sleep(1.0)
     await asyncio.sleep(1.5)  # let the feed print the last alerts
-    alerts = await asyncio.to_thread(count_alerts, reader, s.influx_db, since)
+    alerts = await asyncio.to_thread(count_alerts, reader, s.influx_db, since, auth)
     _report(stack, expected, vitals, alerts)
     return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts)
 

@@ -521,6 +521,12 @@ class Stack:
             return self.settings.influx_url
         return self.influx.url(role, f"http://{svc.host}:{svc.port}")
 
+    def influx_auth(self, role: str = INFLUX_WRITER) -> InfluxAuth:
+        """``role``'s credentials for an InfluxDB started here; else the configured ones (settings)."""
+        if self.influx is not None and "influxdb" in self.processes:
+            return self.influx.auth(role)
+        return self.settings.influx_auth()
+
     def influx_env(self, role: str = INFLUX_WRITER) -> dict[str, str]:
         """``RPM_INFLUX_*`` for a child process that runs as ``role``: the bare URL, the user, and the
         password as a file (mode 0600), as production hands them over."""
