@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,11 +128,22 @@ def console_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+def _counts(influx_url: str, q: str, db: str, auth: InfluxAuth | None) -> dict[str, object]:
+    """One counting query; credentials InfluxDB refuses are a :class:`ServiceError` that says which."""
+    try:
+        return influx_query(influx_url, q, db=db, method="POST", auth=auth)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = auth.describe() if auth is not None else "no credentials"
+            raise ServiceError(f"InfluxDB refused the demo's count as {who} ({exc.code}): check RPM_INFLUX_USER "
+                               f"and RPM_INFLUX_PASSWORD_FILE (a user that may read {db!r})") from exc
+        raise
+
+
 def count_vitals(influx_url: str, db: str, since_s: float, auth: InfluxAuth | None = None) -> dict[str, int]:
     """Vitals points per metric written since ``since_s``."""
     q = f"SELECT count(value) FROM vitals WHERE time >= {int(since_s * 1e9)} GROUP BY metric"  # noqa: S608 (ints only)
-    return {tags["metric"]: n for tags, n in _grouped_counts(influx_query(influx_url, q, db=db, method="POST",
-                                                                                auth=auth))}
+    return {tags["metric"]: n for tags, n in _grouped_counts(_counts(influx_url, q, db, auth))}
 
 
 def count_alerts(influx_url: str, db: str, since_s: float,
@@ -139,7 +151,7 @@ def count_alerts(influx_url: str, db: str, since_s: float,
     """Raised alerts per (rule, severity) since ``since_s``."""
     q = (f"SELECT count(alert_id) FROM alerts WHERE state = 'raised' AND time >= {int(since_s * 1e9)} "  # noqa: S608
          "GROUP BY rule, severity")
-    result = _grouped_counts(influx_query(influx_url, q, db=db, method="POST", auth=auth))
+    result = _grouped_counts(_counts(influx_url, q, db, auth))
     return {(tags["rule"], tags["severity"]): n for tags, n in result}
 
 
