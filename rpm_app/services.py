@@ -346,8 +346,8 @@ def start_tansu(workdir: Path, *, port: int | None = None, advertised: str | Non
 
 # The InfluxDB users of a stack started here. The admin is the launcher's own (creates the database
 # and the users, and what tests use to look); the writer is every service that writes (the worker,
-# the notifier, the nurse station's audit, hl7out's receipts; ALL on the database, not admin, since
-# the notifier and station also read back what they wrote); the reader is Grafana, reports, exports.
+# the notifier, the nurse station's audit, hl7's receipts; ALL on the database, not admin, since
+# the notifier, station and hl7 also read); the reader is Grafana, reports, exports.
 INFLUX_ADMIN: Final = "rpm_admin"
 INFLUX_WRITER: Final = "rpm_writer"
 INFLUX_READER: Final = "rpm_reader"
