@@ -44,6 +44,7 @@ class CommandGroup(NamedTuple):
 COMMAND_GROUPS: Final = (
     CommandGroup("edge_agent.cli", "edge", ("edge",)),
     CommandGroup("rpm_app.mqtt_auth", "server", ("mqtt-auth",)),
+    CommandGroup("rpm_app.audit_cli", "server", ("audit",)),
     CommandGroup("rpm_app.backtest", "server", ("backtest",)),
     CommandGroup("rpm_app.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
     CommandGroup("notify.cli", "server", ("notifier", "routes")),
