@@ -18,7 +18,18 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from rpm_core.audit import TOPIC, AuditDecodeError, StoredRecord, Verdict, decode_entry, read_log, verify_log
+from rpm_core.audit import (
+    TOPIC,
+    AuditDecodeError,
+    AuditError,
+    AuditEvent,
+    StoredRecord,
+    Verdict,
+    decode_entry,
+    read_log,
+    record_now,
+    verify_log,
+)
 from rpm_core.errors import ConfigError
 from rpm_core.files import write_atomic
 from rpm_core.settings import Settings
@@ -54,6 +65,22 @@ def _keys(args: argparse.Namespace) -> KeyRing | None:
     if getattr(args, "keys", None):
         return KeyRing.load(args.keys)
     return Settings.from_env().key_ring()
+
+
+def record_command(via: str, *events: AuditEvent) -> None:
+    """Record what a command did in ``rpm.audit`` (RPM_KAFKA_URL, signed with RPM_SIGNING_KEYS_FILE).
+
+    Without RPM_KAFKA_URL it says on stderr that nothing was audited; when Kafka does not take the
+    entries, :class:`AuditError` (the command exits 2: done, but not audited).
+    """
+    settings = Settings.from_env()
+    if not settings.kafka_url:
+        sys.stderr.write(f"{via}: not audited: RPM_KAFKA_URL is not set, so rpm.audit cannot be written\n")
+        return
+    try:
+        record_now(settings.kafka_bootstrap(), settings.key_ring(), via, *events)
+    except AuditError as exc:
+        raise AuditError(f"done, but NOT audited: {exc}") from exc
 
 
 # --- export format -----------------------------------------------------------------------------------

@@ -144,6 +144,11 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
             _say(f"no live kiosk {args.id!r} in {state_dir}", err=True)
             return 1
         _say(f"kiosk {args.id} revoked: that screen shows 'logged out' within seconds")
+        from rpm_app.audit_cli import record_command
+        from rpm_core.audit import AuditEvent, os_user
+
+        record_command("rpm nurse-station kiosk", AuditEvent(action="kiosk_revoked", actor=os_user(), target=args.id,
+                                                             detail={"state_dir": str(state_dir)}))
         return 0
     for k in registry.kiosks():
         d = describe(k)
@@ -240,7 +245,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     ))
     for path in result:
         _say(str(path))
+    _audit_export("rpm report", "export.report", args.patient, str(out),
+                  since=(end - timedelta(days=args.days)).isoformat(), until=end.isoformat())
     return 0
+
+
+def _audit_export(via: str, action: str, patient: str, to: str, **detail: str | int) -> None:
+    """Record in rpm.audit who exported which patient's data, for when, and where to."""
+    from rpm_app.audit_cli import record_command
+    from rpm_core.audit import AuditEvent, os_user
+
+    record_command(via, AuditEvent(action=action, actor=os_user(), target=to, patient=patient,
+                                   detail={"to": to, **detail}))
 
 
 def _add_report(sub: SubParsers) -> None:
@@ -283,6 +299,11 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
         _say(f"wrote {args.out}", err=True)
     elif not args.post:
         sys.stdout.buffer.write(data + b"\n")
+    period = {"since": args.since.isoformat(), "until": (args.until or datetime.now(UTC)).isoformat()}
+    if args.post:
+        _audit_export("rpm export fhir", "export.fhir.post", args.patient, args.post, **period)
+    if args.out or not args.post:
+        _audit_export("rpm export fhir", "export.fhir", args.patient, args.out or "-", **period)
     return 0
 
 

@@ -338,7 +338,7 @@ async def _partitions(consumer: Any, topic: str) -> set[int]:
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return set(parts)
-        await consumer._client.force_metadata_update()  # noqa: SLF001 (aiokafka has no public refresh)
+        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
         await asyncio.sleep(0.1)
     raise AuditError(f"topic {topic} does not exist (nothing was audited yet?)")
 
@@ -356,7 +356,7 @@ async def _newest_hash(bootstrap: str, topic: str) -> str | None:
     await consumer.start()
     try:
         if not consumer.partitions_for_topic(topic):
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
         if not consumer.partitions_for_topic(topic):
             return None
         tp = TopicPartition(topic, 0)
@@ -388,6 +388,45 @@ async def ensure_topic(bootstrap: str, topic: str = TOPIC) -> None:
                 await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
+
+
+# --- configuration loads ----------------------------------------------------------------------------
+
+
+def config_event(kind: str, path: str, digest: str, previous: str | None, actor: str) -> AuditEvent:
+    """``<kind>.loaded`` (first time, or the same content as last recorded) or ``<kind>.changed``."""
+    changed = previous is not None and previous != digest
+    return AuditEvent(action=f"{kind}.{'changed' if changed else 'loaded'}", actor=actor, target=path,
+                      detail={"sha256": digest, "previous_sha256": previous or ""})
+
+
+def last_config_digest(records: Iterable[StoredRecord], kind: str, keys: KeyRing | None) -> str | None:
+    """The SHA-256 of the ``kind`` file recorded last (only entries that verify, when there are keys)."""
+    found = None
+    for rec in records:
+        try:
+            body = decode_entry(rec.value)
+            if keys is not None:
+                keys.verify(TOPIC, body["chain"].encode(), rec.value, [(SIGNATURE_HEADER, rec.sig)] if rec.sig else [])
+        except (AuditDecodeError, SignatureError):
+            continue
+        if body["action"] in (f"{kind}.loaded", f"{kind}.changed") and isinstance(body["detail"].get("sha256"), str):
+            found = body["detail"]["sha256"]
+    return found
+
+
+async def record_config_load(bootstrap: str, keys: KeyRing | None, via: str, kind: str, path: str, *,
+                             actor: str, topic: str = TOPIC, timeout_s: float = 15.0) -> AuditEvent:
+    """Record that ``via`` loaded the ``kind`` file at ``path`` (its SHA-256, and whether it changed)."""
+    with open(path, "rb") as fh:  # noqa: ASYNC230 (a config file of a few kB, once at start)
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    try:
+        records = await read_log(bootstrap, topic, timeout_s=timeout_s)
+    except AuditError:
+        records = []  # nothing audited yet: the topic does not exist
+    event = config_event(kind, path, digest, last_config_digest(records, kind, keys), actor)
+    await record_async(bootstrap, keys, via, [event], topic=topic, timeout_s=timeout_s)
+    return event
 
 
 # --- writing -----------------------------------------------------------------------------------------
@@ -450,6 +489,10 @@ class AuditTrail:
             self.written += 1
             self._queue.task_done()
 
+    async def flush(self) -> None:
+        """Wait until everything queued so far is stored."""
+        await self._queue.join()
+
     async def drain(self, within_s: float = 5.0) -> bool:
         """Wait up to ``within_s`` for everything queued to be stored; whether it was."""
         try:
@@ -480,7 +523,7 @@ async def record_async(bootstrap: str, keys: KeyRing | None, via: str, events: S
                 trail.record(event)
             writer = asyncio.create_task(trail.run())
             try:
-                await trail._queue.join()  # noqa: SLF001 (our own class)
+                await trail.flush()
             finally:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
