@@ -1,0 +1,179 @@
+"""The audit trail on a real run: the real ``rpm nurse-station`` over HTTP, ``rpm mqtt-auth``, Tansu.
+
+People act (a wrong password, a login, an acknowledgement, a silence; an operator adds, re-keys and
+revokes an MQTT user); ``rpm audit verify`` passes on what was stored and names who did each thing.
+Then the log is rewritten as someone with Kafka access but without the signing key could: one
+entry altered, one removed, two swapped (each written to a topic of its own, the only way to
+"change" a Kafka log), the newest entries cut off, an exported file edited. Each time verify exits
+1 naming the first bad entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from rpm_app.services import Stack, http_ok
+from rpm_core.audit import StoredRecord, decode_entry, ensure_topic, read_log
+from rpm_core.host import free_port
+from rpm_core.roster import hash_password
+from rpm_core.topics import ensure_topics
+from tests.people.support import event, produce_events
+from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn
+
+pytestmark = pytest.mark.services
+
+PASSWORD = "night-shift-7"
+
+
+def rpm(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(rpm_argv(*args), env=rpm_env(stack, mqtt_user=None, **env), capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def stored(stack: Stack, topic: str = "rpm.audit") -> list[StoredRecord]:
+    return asyncio.run(read_log(stack.settings.kafka_bootstrap(), topic))
+
+
+def actions(stack: Stack) -> list[tuple[str, str]]:
+    try:
+        return [(b["action"], b["outcome"]) for b in (decode_entry(r.value) for r in stored(stack))]
+    except Exception:  # noqa: BLE001 (the topic may not exist yet)
+        return []
+
+
+async def _copy(bootstrap: str, topic: str, records: list[StoredRecord]) -> None:
+    """Write ``records`` (key, value, signature header as stored) to a new one-partition topic."""
+    await ensure_topic(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        for r in records:
+            await producer.send_and_wait(topic, value=r.value, key=r.key, partition=0,
+                                         headers=[("rpm-sig", r.sig)] if r.sig else None)
+    finally:
+        await producer.stop()
+
+
+def rewrite(stack: Stack, topic: str, records: list[StoredRecord]) -> None:
+    asyncio.run(_copy(stack.settings.kafka_bootstrap(), topic, records))
+
+
+async def _act_at_the_station(url: str, alert_id: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                     timeout=aiohttp.ClientTimeout(total=30)) as http:
+        form = {"station": "desk-1", "password": "wrong-password"}
+        async with http.post(f"{url}/login", data=form, headers={"Origin": url}, allow_redirects=False) as resp:
+            assert resp.status == 401
+        form["password"] = PASSWORD
+        async with http.post(f"{url}/login", data=form, headers={"Origin": url}, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with http.get(f"{url}/api/session") as resp:
+            csrf = (await resp.json())["csrf"]
+        headers = {"X-CSRF-Token": csrf, "Origin": url}
+        async with http.post(f"{url}/api/ack", json={"alert_id": alert_id, "by": "Ana Lima", "note": "checked"},
+                             headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+        async with http.post(f"{url}/api/silence", json={"alert_id": alert_id, "by": "Ana Lima", "minutes": 2},
+                             headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+
+
+def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tmp_path: Path) -> None:
+    bootstrap = stack.settings.kafka_bootstrap()
+    asyncio.run(ensure_topics(bootstrap, partitions=2))
+    alert = event("p0001", "tachycardia")
+    asyncio.run(produce_events(bootstrap, [alert], keys=stack.settings.key_ring()))
+
+    port = free_port()
+    env = rpm_env(stack, mqtt_user=None, RPM_NURSE_CREDENTIALS=f"desk-1={hash_password(PASSWORD)}")
+    proc = spawn("nurse-station", ["nurse-station", "--supervision-timeout", "0", "--port", str(port)], env, tmp_path)
+    with running(proc):
+        eventually(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), bool, timeout=60,
+                   what="the nurse station caught up", watch=(proc,), interval=0.2)
+        asyncio.run(_act_at_the_station(f"http://127.0.0.1:{port}", alert["alert_id"]))
+        want = [("login", "failure"), ("login", "success"), ("ack", "success"), ("silence", "success")]
+        eventually(lambda: actions(stack), lambda got: all(w in got for w in want), timeout=60,
+                   what="the station's entries in rpm.audit", watch=(proc,))
+
+    auth = str(tmp_path / "mqtt-auth")
+    for args in (["init"], ["add-agent", "--patient", "p0001"], ["add-agent", "--patient", "p0001", "--rotate"],
+                 ["revoke", "--user", "agent-p0001"]):
+        done = rpm(stack, "mqtt-auth", *args, "--dir", auth)
+        assert done.returncode == 0, done.stderr
+    review = rpm(stack, "mqtt-auth", "list", "--dir", auth).stdout
+    row = next(line.split() for line in review.splitlines() if line.startswith("agent-p0001"))
+    assert row[3] == "revoked" and row[4] != "-" and row[5] != "-" and row[6] != "-", review
+
+    ok = rpm(stack, "audit", "verify")
+    assert ok.returncode == 0, ok.stderr
+    assert "OK" in ok.stdout and "signed" in ok.stdout
+    entries = [json.loads(line) for line in rpm(stack, "audit", "list", "--json").stdout.splitlines()]
+    by_action: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        by_action.setdefault(e["action"], []).append(e)
+    failed = next(e for e in by_action["login"] if e["outcome"] == "failure")
+    assert failed["actor"] == "desk-1" and failed["detail"]["client"] == "127.0.0.1"
+    assert PASSWORD not in json.dumps(entries) and "wrong-password" not in json.dumps(entries)
+    ack = by_action["ack"][0]
+    assert (ack["actor"], ack["patient"], ack["target"], ack["detail"]["by"]) == \
+        ("desk-1", "p0001", alert["alert_id"], "Ana Lima")
+    me = getpass.getuser()
+    assert [(e["actor"], e["target"]) for e in by_action["credential.rotate"]] == [(me, "agent-p0001")]
+    assert [(e["actor"], e["target"]) for e in by_action["credential.revoke"]] == [(me, "agent-p0001")]
+    assert {e["target"] for e in by_action["credential.add"]} >= {"rpm-bridge", "rpm-admin", "agent-p0001"}
+
+    records = stored(stack)
+    station = [r for r in records if decode_entry(r.value)["via"] == "nurse-station"]
+    assert len(station) >= 4
+    ack_rec = next(r for r in records if decode_entry(r.value)["action"] == "ack")
+    assert ack_rec.value is not None
+
+    # one entry altered (re-encoded canonically, as a careful forger would; the signature kept)
+    body = decode_entry(ack_rec.value)
+    body["detail"]["by"] = "Someone Else"
+    from rpm_core.audit import canonical
+
+    altered = [StoredRecord(r.partition, r.offset, r.key, canonical(body) if r is ack_rec else r.value, r.sig)
+               for r in records]
+    # one entry removed (the station's second), two entries of one chain swapped
+    removed = [r for r in records if r is not station[1]]
+    i = records.index(station[1])
+    j = records.index(station[2])
+    swapped = list(records)
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    for name, recs, offset in (("altered", altered, records.index(ack_rec)), ("removed", removed, i),
+                               ("swapped", swapped, i)):
+        rewrite(stack, f"rpm.audit-{name}", recs)
+        bad = rpm(stack, "audit", "verify", "--topic", f"rpm.audit-{name}")
+        assert bad.returncode == 1, (name, bad.stdout, bad.stderr)
+        assert f"first bad entry at offset {offset}:" in bad.stderr, (name, bad.stderr)
+    # without the key the alteration is still found, at the entry that links to it
+    unkeyed = rpm(stack, "audit", "verify", "--topic", "rpm.audit-altered", RPM_SIGNING_KEYS_FILE="")
+    assert unkeyed.returncode == 1 and "hash of seq" in unkeyed.stderr, unkeyed.stderr
+
+    # the newest entries cut off: found against the heads an earlier verify recorded
+    heads = tmp_path / "heads.json"
+    assert rpm(stack, "audit", "verify", "--heads", str(heads)).returncode == 0
+    rewrite(stack, "rpm.audit-cut", records[:-1])
+    cut = rpm(stack, "audit", "verify", "--topic", "rpm.audit-cut", "--heads", str(heads))
+    assert cut.returncode == 1 and "gone" in cut.stderr, cut.stderr
+
+    # an export verifies offline, and an edited export does not
+    export = tmp_path / "audit.jsonl"
+    assert rpm(stack, "audit", "export", "--out", str(export)).returncode == 0
+    assert rpm(stack, "audit", "verify", "--file", str(export)).returncode == 0
+    lines = export.read_text().splitlines()
+    k = records.index(ack_rec)
+    lines[k] = lines[k].replace("Ana Lima", "Ana Lime")
+    export.write_text("\n".join(lines) + "\n")
+    edited = rpm(stack, "audit", "verify", "--file", str(export))
+    assert edited.returncode == 1 and f"offset {ack_rec.offset}" in edited.stderr, edited.stderr
