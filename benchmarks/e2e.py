@@ -255,16 +255,11 @@ def _wait_ready(stack: Stack, system: System, timeout: float = 90.0) -> None:
 
 def _remove_mqtt_session(stack: Stack, client_id: str) -> None:
     """Remove a stopped client's persistent session, so Mosquitto stops queueing for it."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    from rpm_core.mqtt_client import mqtt_client, session_properties
 
     m = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id(client_id), protocol=mqtt.MQTTv5)
-    client.username_pw_set(m.username, m.password.get() or None)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
+    client = mqtt_client(m, client_id, reconnect=False)
+    props = session_properties(0)
     done = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: done.set()
     with contextlib.suppress(Exception):

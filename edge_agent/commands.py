@@ -50,16 +50,9 @@ def log_message(message: PatientMessage) -> None:
 
 
 def _mqtt_client(mqtt: MqttSettings, client_id: str) -> Any:
-    import paho.mqtt.client as paho  # lazily: `rpm edge pair` never needs it
-    from paho.mqtt.enums import CallbackAPIVersion
+    from rpm_core.mqtt_client import mqtt_client  # lazily: `rpm edge pair` never needs paho
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(client_id), protocol=paho.MQTTv5)
-    if mqtt.username:
-        client.username_pw_set(mqtt.username, mqtt.password.get() or None)
-    context = mqtt.ssl_context()
-    if context is not None:
-        client.tls_set_context(context)
-    return client
+    return mqtt_client(mqtt, client_id, reconnect=False)
 
 
 def publish_ack_blocking(mqtt: MqttSettings, patient: str, ack: PatientAck, *,
@@ -108,8 +101,7 @@ class CommandSubscriber:
 
     async def run(self) -> None:
         """Stay connected and subscribed (paho reconnects with backoff) until cancelled."""
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
+        from rpm_core.mqtt_client import session_properties
 
         self._loop = asyncio.get_running_loop()
         client = _mqtt_client(self._mqtt, self.client_id)
@@ -118,8 +110,7 @@ class CommandSubscriber:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_mqtt_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = COMMAND_SESSION_EXPIRY_S
+        props = session_properties(COMMAND_SESSION_EXPIRY_S)
         self._client = client
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=30, clean_start=False, properties=props)
         client.loop_start()

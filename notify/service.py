@@ -55,12 +55,13 @@ from notify.mqtt import Inbound, NotifierMqtt
 from notify.router import Action, AlertUpdate, Dispatch, Escalated, Record, Router
 from rpm_core import topics
 from rpm_core.acks import AckDecodeError, decode_ack, encode_ack
+from rpm_core.backoff import backoff_s
 from rpm_core.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
 from rpm_core.deadletter import deadletter_record
 from rpm_core.errors import ConfigError
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
-from rpm_core.sink import backoff_s, make_sink
+from rpm_core.sink import make_sink
 from rpm_core.wire import loads_unique
 
 _LOGGER = logging.getLogger(__name__)

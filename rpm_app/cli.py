@@ -30,7 +30,8 @@ from rpm_core.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-OUR_PACKAGES: Final = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify", "hl7out"})
+OUR_PACKAGES: Final = frozenset({"rpm_core", "rpm_app", "station", "edge_agent", "stream", "detectors", "simulators",
+                                 "notify", "hl7out"})
 
 
 class CommandGroup(NamedTuple):

@@ -120,7 +120,7 @@ MG_DL_PER_MMOL_L: Final = 18.016
 # At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
 # without an acknowledgement or silence (the next person must not act in their name).
 NURSE_IDLE_S: Final = 600.0
-STATIC_PACKAGE: Final = "stream"
+STATIC_PACKAGE: Final = "station"
 FEED_RETRY_MAX_S: Final = 10.0
 
 

@@ -489,21 +489,10 @@ def _json(value: bytes | None) -> Any:
 def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
     """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
     watchdog was away are delivered when it is back); returns the running paho client."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
+    from rpm_core.mqtt_client import mqtt_client, session_properties
     from rpm_core.wire import status_topic
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id(client_id),
-                         protocol=paho.MQTTv5)
-    if mqtt_settings.username:
-        client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get() or None)
-    context = mqtt_settings.ssl_context()
-    if context is not None:
-        client.tls_set_context(context)
-    client.reconnect_delay_set(min_delay=1, max_delay=15)
+    client = mqtt_client(mqtt_settings, client_id)
 
     def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -513,9 +502,8 @@ def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callabl
 
     client.on_connect = on_connect
     client.on_message = lambda _c, _u, msg: on_status(msg.topic, bytes(msg.payload))
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 7 * 24 * 3600
-    client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False, properties=props)
+    client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False,
+                         properties=session_properties(7 * 24 * 3600))
     client.loop_start()
     return client
 

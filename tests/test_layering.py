@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_STREAM_FUNCTION_LINES = 60
 PACKAGES = ("detectors", "rpm_core", "edge_agent", "stream", "notify", "station", "simulators", "hl7out", "rpm_app")
 # What each package may import of ours besides itself.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -72,3 +73,14 @@ def test_every_cross_process_contract_is_in_the_core() -> None:
                  "topics.py": "Kafka topics"}
     assert {name for name in contracts if (REPO / "rpm_core" / name).is_file()} == set(contracts)
 
+
+
+def test_no_function_in_stream_exceeds_sixty_lines() -> None:
+    long: dict[str, int] = {}
+    for path in sorted((REPO / "stream").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_STREAM_FUNCTION_LINES:
+                    long[f"{path.relative_to(REPO)}:{node.lineno} {node.name}"] = lines
+    assert long == {}

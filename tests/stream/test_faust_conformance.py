@@ -39,9 +39,9 @@ from mode import Service
 
 from rpm_app.services import start_tansu
 from rpm_core.host import free_port
-from stream.agents import until_done
 from stream.app import create_app
 from stream.faust_adapter import fence_getmany, fence_perform_seek, install_seek_fence
+from stream.protocol import until_done
 from tests.support.kafka import produce
 
 
