@@ -176,3 +176,47 @@ def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tm
     export.write_text("\n".join(lines) + "\n")
     edited = rpm(stack, "audit", "verify", "--file", str(export))
     assert edited.returncode == 1 and f"offset {ack_rec.offset}" in edited.stderr, edited.stderr
+
+
+ROUTES = """
+version: 1
+receivers:
+  nurses: {channels: [{type: nurse_station}]}
+route: {receiver: nurses}
+"""
+
+
+def test_a_changed_routes_or_rules_file_is_recorded_as_changed(stack: Stack, tmp_path: Path) -> None:
+    """``rpm notifier`` (a real process) and the worker's start-up hook record each file they load."""
+    import hashlib
+
+    from rpm_app.cli import audit_config_load
+    from rpm_core.mqtt_users import NOTIFIER_USER
+
+    routes = tmp_path / "routes.yaml"
+    digests = []
+    for n, text in enumerate((ROUTES, ROUTES.replace("nurses", "ward"))):
+        routes.write_text(text)
+        digests.append(hashlib.sha256(text.encode()).hexdigest())
+        env = rpm_env(stack, mqtt_user=NOTIFIER_USER, RPM_ROUTES=str(routes))
+        proc = spawn(f"notifier-{n}", ["notifier"], env, tmp_path / f"logs-{n}")
+        with running(proc):
+            eventually(lambda: actions(stack), lambda got, n=n: len([a for a in got if a[0].startswith("routes.")]) > n,
+                       timeout=60, what="the notifier's routes entry", watch=(proc,))
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(Path(stack.settings.rules_path).read_text())
+    from dataclasses import replace
+
+    settings = replace(stack.settings, rules_path=str(rules))
+    audit_config_load(settings, "rpm worker", "rules", str(rules))
+    audit_config_load(settings, "rpm worker", "rules", str(rules))
+    rules.write_text(rules.read_text() + "\n# a clinician's edit\n")
+    audit_config_load(settings, "rpm worker", "rules", str(rules))
+
+    entries = [json.loads(line) for line in rpm(stack, "audit", "list", "--json").stdout.splitlines()]
+    loads = [(e["action"], e["detail"]["sha256"], e["detail"]["previous_sha256"]) for e in entries]
+    assert loads[:2] == [("routes.loaded", digests[0], ""), ("routes.changed", digests[1], digests[0])]
+    assert [a for a, _d, _p in loads[2:]] == ["rules.loaded", "rules.loaded", "rules.changed"]
+    assert loads[4][2] == loads[3][1] != loads[4][1]
+    assert all(e["actor"] == getpass.getuser() for e in entries)
+    assert rpm(stack, "audit", "verify").returncode == 0
