@@ -77,11 +77,22 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     _audit_routes(settings, args.routes)
     roster = load_roster(args.roster)
     secrets = {name: Secret(os.environ.get(name, "")) for name in routes.secret_envs()}
+    check_webhook_secrets(routes, secrets)
     notifier = Notifier(routes=routes, settings=settings, secrets=secrets, ward_of=roster.ward_of,
                         client_id=args.client_id or socket.gethostname()[:64],
                         replay_window_s=args.replay_window)
     asyncio.run(_until_signalled(notifier))
     return 0
+
+
+def check_webhook_secrets(routes: Routes, secrets: dict[str, Secret]) -> None:
+    """:class:`ConfigError` naming the variable when a webhook's HMAC key is unset, short or common."""
+    from rpm_core.passwords import secret_weakness
+
+    for name in sorted(routes.webhook_secret_envs()):
+        problem = secret_weakness(secrets.get(name, Secret("")).get())
+        if problem:
+            raise ConfigError(f"{name}, the HMAC key of a webhook in {routes.source}, is refused: {problem}")
 
 
 def _audit_routes(settings: Settings, path: str) -> None:

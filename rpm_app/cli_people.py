@@ -107,21 +107,18 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
-    from station.nurse_station import WEAK_PASSWORDS
+    from rpm_core.passwords import pin_weakness, weakness
 
     if args.pin:
-        runs = ("01234567890", "98765432109")
-        if not (password.isascii() and password.isdigit() and len(password) >= 6) or len(set(password)) < 3 \
-                or any(password in run for run in runs):
-            _say("a PIN is at least 6 digits, not a run like 123456 and of at least 3 different digits", err=True)
+        problem = pin_weakness(password)
+        if problem:
+            _say(problem, err=True)
             return 1
         _say(hash_password(password))
         return 0
-    if len(password) < 8:
-        _say("use at least 8 characters", err=True)
-        return 1
-    if password.lower() in WEAK_PASSWORDS:
-        _say("that password is published or common; choose another", err=True)
+    problem = weakness(password, names=tuple(args.station or ()))
+    if problem:
+        _say(problem, err=True)
         return 1
     encoded = hash_password(password)
     _say(encoded)
@@ -179,6 +176,8 @@ def _add_nurse_station(sub: SubParsers) -> None:
     inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    h.add_argument("--station", action="append", default=None, metavar="ID",
+                   help="the station (or badge) it is for: a password containing its name is refused")
     h.add_argument("--pin", action="store_true",
                    help="hash a nurse's PIN (roster nurses: pin_hash; at least 6 digits) instead of a password")
     h.set_defaults(func=cmd_hash_password)

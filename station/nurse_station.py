@@ -63,6 +63,7 @@ from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.audit import AuditEvent, AuditTrail
 from rpm_core.errors import ConfigError
+from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
@@ -98,9 +99,9 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_MAX_FAILURES_PER_CLIENT: Final = 30
 LOGIN_WINDOW_S: Final = 300.0
 FAILURE_KEYS_MAX: Final = 10_000
-# Published or common passwords a station may not use (the example roster's among them).
-WEAK_PASSWORDS: Final = ("change-me-north", "change-me-south", "change-me", "changeme", "password", "password1",
-                         "12345678", "123456789", "nurse123", "station1", "admin123", "letmein1")
+# Published or common passwords a station may not use (the example roster's among them): tried
+# against each station's hash at start (rpm_core.passwords; hash-password checks a longer list).
+WEAK_PASSWORDS: Final = KNOWN_WEAK
 # An ack stashed before its alert was read (topics replay in any order) waits at most this long.
 PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.

@@ -450,7 +450,7 @@ def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="example or common password"):
         refuse_weak_passwords(example, "north")
     refuse_weak_passwords(default_roster({"desk-1": hash_password(PASSWORD)}), "all")
-    for weak, why in (("change-me", "published or common"), ("short", "at least 8")):
+    for weak, why in (("change-me-north", "published or common"), ("short", "at least 10")):
         done = subprocess.run(rpm_argv("nurse-station", "hash-password", "--stdin"), input=weak + "\n",
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1 and why in done.stderr and "scrypt$" not in done.stdout
