@@ -415,16 +415,24 @@ def last_config_digest(records: Iterable[StoredRecord], kind: str, keys: KeyRing
     return found
 
 
-async def record_config_load(bootstrap: str, keys: KeyRing | None, via: str, kind: str, path: str, *,
-                             actor: str, topic: str = TOPIC, timeout_s: float = 15.0) -> AuditEvent:
-    """Record that ``via`` loaded the ``kind`` file at ``path`` (its SHA-256, and whether it changed)."""
-    with open(path, "rb") as fh:  # noqa: ASYNC230 (a config file of a few kB, once at start)
-        digest = hashlib.sha256(fh.read()).hexdigest()
+async def config_load_event(bootstrap: str, keys: KeyRing | None, kind: str, target: str, content: bytes, *,
+                            actor: str, topic: str = TOPIC, timeout_s: float = 15.0) -> AuditEvent:
+    """The entry for loading ``content`` as the ``kind`` configuration: changed since the last one recorded?"""
     try:
         records = await read_log(bootstrap, topic, timeout_s=timeout_s)
     except AuditError:
         records = []  # nothing audited yet: the topic does not exist
-    event = config_event(kind, path, digest, last_config_digest(records, kind, keys), actor)
+    digest = hashlib.sha256(content).hexdigest()
+    return config_event(kind, target, digest, last_config_digest(records, kind, keys), actor)
+
+
+async def record_config_load(bootstrap: str, keys: KeyRing | None, via: str, kind: str, path: str, *,
+                             actor: str, topic: str = TOPIC, timeout_s: float = 15.0) -> AuditEvent:
+    """Record that ``via`` loaded the ``kind`` file at ``path`` (its SHA-256, and whether it changed)."""
+    with open(path, "rb") as fh:  # noqa: ASYNC230 (a config file of a few kB, once at start)
+        content = fh.read()
+    event = await config_load_event(bootstrap, keys, kind, path, content, actor=actor, topic=topic,
+                                    timeout_s=timeout_s)
     await record_async(bootstrap, keys, via, [event], topic=topic, timeout_s=timeout_s)
     return event
 

@@ -42,6 +42,7 @@ import html
 import ipaddress
 import logging
 import math
+import os
 import re
 import secrets
 import signal
@@ -61,7 +62,7 @@ from aiohttp import web
 from rpm_core import topics
 from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
-from rpm_core.audit import AuditEvent, AuditTrail
+from rpm_core.audit import AuditEvent, AuditTrail, config_load_event, os_user
 from rpm_core.errors import ConfigError
 from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
@@ -1636,6 +1637,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     try:
         await sender.start()
         await trail.start()
+        await _audit_logins(trail, roster, bootstrap=bootstrap, keys=keys)
         await web.TCPSite(runner, options.host, options.port).start()
         url = f"http://{options.host}:{runner.addresses[0][1]}/"
         _LOGGER.info("nurse station for ward %s at %s", ward, url)
@@ -1663,6 +1665,20 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         await trail.stop()
         await sparklines.close()
         await tiles.close()
+
+
+async def _audit_logins(trail: AuditTrail, roster: Roster, *, bootstrap: str, keys: KeyRing | None) -> None:
+    """Record which station logins and nurse PINs this station starts with (``roster.loaded`` /
+    ``roster.changed``: a station's password or a nurse's PIN added, replaced or removed)."""
+    from rpm_core.roster import CREDENTIALS_ENV
+
+    def read() -> tuple[str, bytes]:
+        if roster.source is not None and Path(roster.source).is_file():
+            return roster.source, Path(roster.source).read_bytes()
+        return CREDENTIALS_ENV, os.environ.get(CREDENTIALS_ENV, "").encode()
+
+    target, content = await asyncio.to_thread(read)
+    trail.record(await config_load_event(bootstrap, keys, "roster", target, content, actor=os_user()))
 
 
 async def tick_forever(state: StationState) -> None:

@@ -104,6 +104,15 @@ def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tm
         eventually(lambda: actions(stack), lambda got: all(w in got for w in want), timeout=60,
                    what="the station's entries in rpm.audit", watch=(proc,))
 
+    # a station restarted with another station password: the login credentials changed
+    env["RPM_NURSE_CREDENTIALS"] = f"desk-1={hash_password(PASSWORD + '-new')}"
+    again = spawn("nurse-station-2", ["nurse-station", "--supervision-timeout", "0", "--port", str(port)], env,
+                  tmp_path)
+    with running(again):
+        eventually(lambda: actions(stack), lambda got: ("roster.changed", "success") in got, timeout=60,
+                   what="the second station's roster entry", watch=(again,))
+    assert [a for a, _o in actions(stack) if a.startswith("roster.")] == ["roster.loaded", "roster.changed"]
+
     auth = str(tmp_path / "mqtt-auth")
     for args in (["init"], ["add-agent", "--patient", "p0001"], ["add-agent", "--patient", "p0001", "--rotate"],
                  ["revoke", "--user", "agent-p0001"]):
