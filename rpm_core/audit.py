@@ -311,6 +311,7 @@ async def read_log(bootstrap: str, topic: str = TOPIC, *, timeout_s: float = 60.
     try:
         await consumer.start()
     except KafkaError as exc:
+        await consumer.stop()
         raise AuditError(f"cannot reach Kafka at {bootstrap}: {type(exc).__name__}") from exc
     try:
         async with asyncio.timeout(timeout_s):
@@ -334,7 +335,7 @@ async def read_log(bootstrap: str, topic: str = TOPIC, *, timeout_s: float = 60.
 
 
 async def _partitions(consumer: Any, topic: str) -> set[int]:
-    for _ in range(20):
+    for _ in range(5):  # a topic just created may take a moment to show in the metadata
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return set(parts)
@@ -353,8 +354,8 @@ async def _newest_hash(bootstrap: str, topic: str) -> str | None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
     try:
+        await consumer.start()
         if not consumer.partitions_for_topic(topic):
             await consumer._client.force_metadata_update()
         if not consumer.partitions_for_topic(topic):
@@ -381,8 +382,8 @@ async def ensure_topic(bootstrap: str, topic: str = TOPIC) -> None:
     from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         if topic not in set(await admin.list_topics()):
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics([NewTopic(topic, 1, 1)])
