@@ -229,3 +229,38 @@ def test_a_changed_routes_or_rules_file_is_recorded_as_changed(stack: Stack, tmp
     assert loads[4][2] == loads[3][1] != loads[4][1]
     assert all(e["actor"] == getpass.getuser() for e in entries)
     assert rpm(stack, "audit", "verify").returncode == 0
+
+
+def test_exports_of_patient_data_and_kiosk_revocations_name_who(stack: Stack, tmp_path: Path) -> None:
+    """``rpm export fhir``, ``rpm report`` and ``rpm nurse-station kiosk revoke``, as real commands."""
+    import time
+    from datetime import UTC, datetime
+
+    from rpm_app.services import influx_query
+    from station.kiosk import KioskRegistry
+    from tests.people.support import write_lines
+
+    url, db = stack.settings.influx_url or "", stack.settings.influx_db
+    influx_query(url, f'CREATE DATABASE "{db}"')
+    t0 = (int(time.time()) // 3600 - 2) * 3600 * 1000
+    write_lines(url, db, [f"vitals,device=hrs-1,metric=heart_rate,patient=pf,source=ble value={70.0 + i} "
+                          f"{t0 + i * 60_000}" for i in range(60)])
+    since = datetime.fromtimestamp(t0 / 1000 - 60, UTC).isoformat()
+    bundle, report = tmp_path / "pf.json", tmp_path / "pf.html"
+    done = rpm(stack, "export", "fhir", "--patient", "pf", "--since", since, "--out", str(bundle))
+    assert done.returncode == 0, done.stderr
+    done = rpm(stack, "report", "--patient", "pf", "--days", "1", "--out", str(report), "--quiet")
+    assert done.returncode == 0, done.stderr
+    registry = KioskRegistry(tmp_path / "station")
+    kiosk, _token = registry.issue("desk-1", label="bay 3")
+    done = rpm(stack, "nurse-station", "kiosk", "--state-dir", str(tmp_path / "station"), "revoke", kiosk.id)
+    assert done.returncode == 0, done.stderr
+
+    entries = {e["action"]: e for e in map(json.loads, rpm(stack, "audit", "list", "--json").stdout.splitlines())}
+    me = getpass.getuser()
+    assert (entries["export.fhir"]["actor"], entries["export.fhir"]["patient"], entries["export.fhir"]["target"]) \
+        == (me, "pf", str(bundle))
+    assert entries["export.fhir"]["detail"]["since"].startswith(since[:16])
+    assert (entries["export.report"]["actor"], entries["export.report"]["patient"]) == (me, "pf")
+    assert (entries["kiosk_revoked"]["actor"], entries["kiosk_revoked"]["target"]) == (me, kiosk.id)
+    assert rpm(stack, "audit", "verify").returncode == 0
