@@ -961,14 +961,13 @@ class StationState:
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
-        """Queue one audit entry (nothing without InfluxDB)."""
-        if self.audit is None:
-            return
-        self.audit.record(AuditEntry(
-            action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
-            patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
-            rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
-            minutes=minutes, at=time.time(), user=user))
+        """Queue one audit entry: InfluxDB ``station_audit`` (if any) and, for people's actions, ``rpm.audit``."""
+        if self.audit is not None:
+            self.audit.record(AuditEntry(
+                action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
+                patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
+                rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
+                minutes=minutes, at=time.time(), user=user))
         if action in TRAIL_ACTIONS:
             detail: dict[str, str | int | bool] = {"ward": self.board.ward, "station": station or ""}
             if by:
