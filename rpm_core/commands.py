@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import RpmError
-from rpm_core.wire import TOPIC_ROOT, is_valid_id, loads_unique
+from rpm_core.wire import TOPIC_ROOT, is_valid_id, load_envelope
 
 COMMAND_SCHEMA_VERSION: Final = 1
 MAX_COMMAND_BYTES: Final = 8192
@@ -111,19 +111,8 @@ class PatientAck:
 
 
 def _load(raw: bytes, keys: frozenset[str]) -> dict[str, Any]:
-    if len(raw) > MAX_COMMAND_BYTES:
-        raise CommandDecodeError(f"message larger than {MAX_COMMAND_BYTES} bytes")
-    try:
-        doc = loads_unique(raw)
-    except ValueError as exc:  # not JSON, or a key named twice
-        raise CommandDecodeError(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CommandDecodeError("not a JSON object")
-    if isinstance(doc.get("v"), bool) or doc.get("v") != COMMAND_SCHEMA_VERSION:
-        raise CommandDecodeError(f"unsupported version {doc.get('v')!r}")
-    if set(doc) != keys:
-        raise CommandDecodeError(f"expected exactly the keys {', '.join(sorted(keys))}")
-    return doc
+    return load_envelope(raw, what="message", version=COMMAND_SCHEMA_VERSION, error=CommandDecodeError,
+                         max_bytes=MAX_COMMAND_BYTES, required=keys - {"v"})
 
 
 def _tuple(value: object) -> tuple[str, ...]:

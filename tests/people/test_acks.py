@@ -37,7 +37,7 @@ def test_value_is_the_documented_json() -> None:
 @pytest.mark.parametrize(("change", "reason"), [
     ({"v": 2}, "version"),
     ({"v": True}, "version"),
-    ({"extra": 1}, "unknown key"),
+    ({"extra": 1}, "unknown fields: extra"),
     ({"alert_id": "has space"}, "alert_id"),
     ({"alert_id": 7}, "alert_id"),
     ({"patient": "p/1"}, "patient"),
