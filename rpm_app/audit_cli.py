@@ -184,11 +184,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     keys = _keys(args)
     heads_path = Path(args.heads) if args.heads else None
     expected = _load_heads(heads_path) if heads_path else None
-    verdict = verify_log(_records(args), keys, expected)
+    verdict = verify_log(_records(args), keys, expected, every=args.all)
     signed = "signed entries (HMAC)" if keys else "hashes only: no RPM_SIGNING_KEYS_FILE, so a rewriter is not excluded"
     if not verdict.ok:
         where = f"first bad entry at {verdict.bad.where}: " if verdict.bad else ""
         sys.stderr.write(f"rpm audit verify: FAILED after {verdict.entries} good entries; {where}{verdict.problem}\n")
+        for rec, problem in verdict.problems[1:] if args.all else ():
+            sys.stderr.write(f"  also {'at ' + rec.where if rec else 'at the end'}: {problem}\n")
         return 1
     _say(f"rpm audit verify: OK: {verdict.entries} entries in {verdict.chains} chains"
          f"{f', {verdict.duplicates} retried duplicates' if verdict.duplicates else ''}; {signed}")
@@ -234,6 +236,8 @@ def add_commands(sub: SubParsers) -> None:
     c.add_argument("--file", default=None, help="verify an `rpm audit export` file instead of the topic")
     c.add_argument("--keys", default=None, help="keys file to verify with (default RPM_SIGNING_KEYS_FILE; keep "
                                                 "retired keys in it to verify old entries)")
+    c.add_argument("--all", action="store_true",
+                   help="list every problem, not only the first (one forged record cannot hide later ones)")
     c.add_argument("--heads", default=None, metavar="FILE",
                    help="fail if a chain head recorded in FILE is gone (tail removed); then record the current heads")
     _common(c)

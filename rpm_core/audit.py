@@ -234,6 +234,7 @@ class Verdict:
     bad: StoredRecord | None = None
     problem: str = ""
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # chain -> (seq, hash) of its newest entry
+    problems: list[tuple[StoredRecord | None, str]] = field(default_factory=list)  # all of them, with every=True
 
     @property
     def ok(self) -> bool:
@@ -242,50 +243,79 @@ class Verdict:
 
 
 def verify_log(records: Iterable[StoredRecord], keys: KeyRing | None,
-               expected_heads: Mapping[str, tuple[int, str]] | None = None) -> Verdict:
-    """Check every record in stored order; stop at the first that does not verify.
+               expected_heads: Mapping[str, tuple[int, str]] | None = None, *, every: bool = False) -> Verdict:
+    """Check every record in stored order; stop at the first that does not verify (``every``: go on).
 
     Per chain: seq 0, 1, 2… in order, each ``prev`` the hash of the one before; a chain's first
     entry's ``anchor`` (when set) the hash of an entry stored before it; with ``keys``, every
     record signed by one of them. An exact repeat of a chain's newest entry (a write retried after
     a lost answer) is counted as a duplicate, not an error. With ``expected_heads`` (an earlier
-    verdict's ``heads``), every head recorded there must still be in the log.
+    verdict's ``heads``), every head recorded there must still be in the log. With ``every``, all
+    problems are listed (``problems``): a record that is not authentic is skipped, an authentic one
+    out of line is reported and then taken as its chain's head, so one forged or removed entry
+    cannot hide the next.
     """
     verdict = Verdict(signed=keys is not None)
     seen: set[str] = set()
     by_digest: dict[tuple[str, int], str] = {}
     for rec in records:
-        problem = _judge(rec, keys, verdict, seen, by_digest)
-        if problem:
-            verdict.bad, verdict.problem = rec, problem
+        found = _authentic(rec, keys)
+        if isinstance(found, str):
+            if _fail(verdict, rec, found, every):
+                return verdict
+            continue
+        chain, seq, digest = found[0]["chain"], found[0]["seq"], found[1]
+        problem = _out_of_line(found[0], digest, verdict, seen)
+        if problem and _fail(verdict, rec, problem, every):
             return verdict
+        if verdict.heads.get(chain) == (seq, digest) and not problem:
+            verdict.duplicates += 1
+            continue
+        seen.add(digest)
+        by_digest[(chain, seq)] = digest
+        verdict.heads[chain] = (seq, digest)
+        verdict.entries += 1
+        verdict.chains = len(verdict.heads)
     for chain, (seq, digest) in (expected_heads or {}).items():
-        if by_digest.get((chain, seq)) != digest:
-            verdict.problem = (f"chain {chain}: entry seq {seq} recorded as a head earlier is gone or different "
-                               "(entries removed from the end?)")
+        if by_digest.get((chain, seq)) != digest and _fail(
+                verdict, None, f"chain {chain}: entry seq {seq} recorded as a head earlier is gone or different "
+                               "(entries removed from the end?)", every):
             return verdict
     return verdict
 
 
-def _judge(rec: StoredRecord, keys: KeyRing | None, verdict: Verdict, seen: set[str],
-           by_digest: dict[tuple[str, int], str]) -> str:
+def _fail(verdict: Verdict, rec: StoredRecord | None, problem: str, every: bool) -> bool:
+    """Note a problem (the first is ``bad``/``problem``); whether to stop."""
+    if not verdict.problem:
+        verdict.bad, verdict.problem = rec, problem
+    verdict.problems.append((rec, problem))
+    return not every
+
+
+def _authentic(rec: StoredRecord, keys: KeyRing | None) -> tuple[dict[str, Any], str] | str:
+    """(entry, hash) of a record that is an entry of ours, signed when there are keys; else why not."""
     try:
         body = decode_entry(rec.value)
     except AuditDecodeError as exc:
         return exc.reason
     assert rec.value is not None  # decode_entry refused None
-    chain, seq, digest = body["chain"], body["seq"], entry_hash(rec.value)
+    chain = body["chain"]
     if rec.key is not None and rec.key != chain.encode():
         return f"record key does not name its chain {chain}"
     if keys is not None:
         try:
             keys.verify(TOPIC, chain.encode(), rec.value, [(SIGNATURE_HEADER, rec.sig)] if rec.sig else [])
         except SignatureError as exc:
-            return f"chain {chain} seq {seq}: {exc}"
+            return f"chain {chain} seq {body['seq']}: {exc}"
+    return body, entry_hash(rec.value)
+
+
+def _out_of_line(body: dict[str, Any], digest: str, verdict: Verdict, seen: set[str]) -> str:
+    """Why an authentic entry does not follow its chain's head (or its anchor), or ""."""
+    chain, seq = body["chain"], body["seq"]
     head = verdict.heads.get(chain)
-    if head is not None and head == (seq, digest):
-        verdict.duplicates += 1
-        return ""
+    if head == (seq, digest):
+        return ""  # a retried write
     expected_seq, expected_prev = (head[0] + 1, head[1]) if head else (0, GENESIS)
     if seq != expected_seq:
         what = "missing (removed?)" if seq > expected_seq else "already seen (reordered or replayed?)"
@@ -294,11 +324,6 @@ def _judge(rec: StoredRecord, keys: KeyRing | None, verdict: Verdict, seen: set[
         return f"chain {chain} seq {seq}: prev does not match the hash of seq {seq - 1} (that entry was altered)"
     if seq == 0 and body["anchor"] is not None and body["anchor"] not in seen:
         return f"chain {chain}: its anchor names an entry not stored before it (removed or moved?)"
-    seen.add(digest)
-    by_digest[(chain, seq)] = digest
-    verdict.heads[chain] = (seq, digest)
-    verdict.entries += 1
-    verdict.chains = len(verdict.heads)
     return ""
 
 

@@ -159,3 +159,16 @@ def test_any_single_rewrite_of_a_signed_log_fails(data: st.DataObject, chains: i
         value[pos] ^= data.draw(st.integers(1, 255))
         bad = [*log[:i], StoredRecord(0, i, log[i].key, bytes(value), log[i].sig), *log[i + 1:]]
     assert not verify_log(bad, KEYS, heads).ok
+
+
+def test_every_problem_is_listed_so_one_forgery_cannot_hide_the_next() -> None:
+    log = log_of()
+    junk = StoredRecord(0, 99, b"x", b'{"forged": true}', None)
+    bad = [log[0], junk, *log[1:5], *log[6:]]  # junk appended early, entry 5 removed later
+    first = verify_log(bad, KEYS)
+    assert first.bad is junk and len(first.problems) == 1
+    every = verify_log(bad, KEYS, every=True)
+    assert [rec.offset if rec else None for rec, _p in every.problems] == [99, 7]
+    assert "missing" in every.problems[1][1]
+    assert every.entries == len(log) - 1, "authentic entries after a gap are still counted"
+    assert verify_log(log, KEYS, every=True).ok

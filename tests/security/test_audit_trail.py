@@ -164,6 +164,8 @@ def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tm
         bad = rpm(stack, "audit", "verify", "--topic", f"rpm.audit-{name}")
         assert bad.returncode == 1, (name, bad.stdout, bad.stderr)
         assert f"first bad entry at offset {offset}:" in bad.stderr, (name, bad.stderr)
+    listed = rpm(stack, "audit", "verify", "--all", "--topic", "rpm.audit-swapped")
+    assert listed.returncode == 1 and "\n  also at offset" in listed.stderr, listed.stderr
     # without the key the alteration is still found, at the entry that links to it
     unkeyed = rpm(stack, "audit", "verify", "--topic", "rpm.audit-altered", RPM_SIGNING_KEYS_FILE="")
     assert unkeyed.returncode == 1 and "hash of seq" in unkeyed.stderr, unkeyed.stderr
