@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import ipaddress
 import logging
@@ -952,6 +953,7 @@ class StationState:
     ward_name: str
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, list[float]] = field(default_factory=dict)
+    refusals_noted: dict[str, float] = field(default_factory=dict)  # lockouts already in rpm.audit
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AuditLog | None = None
     kiosks: KioskRegistry | None = None
@@ -1181,6 +1183,29 @@ def _locked_out(st: StationState, station: str, client: str, now: float) -> bool
             or _recent(st, f"*|{client}", now) >= LOGIN_MAX_FAILURES_PER_CLIENT)
 
 
+def _known_or_hashed(name: str, known: Mapping[str, object]) -> str:
+    """``name`` when it is a known station or badge, else ``unknown:<hash>``: a password typed into
+    the name field by mistake must not land in the audit trail, yet repeated attempts still match."""
+    if name in known:
+        return name
+    return f"unknown:{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def _audit_failure(st: StationState, action: str, who: str, detail: dict[str, str | int | bool]) -> None:
+    st.trail_event(action, actor=who, outcome="failure", target=who, detail=detail)
+
+
+def _first_refusal(st: StationState, key: str, now: float) -> bool:
+    """Whether a locked-out attempt for ``key`` is the first of its lockout window (then it is recorded)."""
+    last = st.refusals_noted.get(key)
+    if last is not None and now - last < LOGIN_WINDOW_S:
+        return False
+    st.refusals_noted[key] = now
+    while len(st.refusals_noted) > FAILURE_KEYS_MAX:
+        st.refusals_noted.pop(next(iter(st.refusals_noted)))
+    return True
+
+
 def _count_failure(st: StationState, station: str, client: str, now: float) -> None:
     for key in (f"{station[:64]}|{client}", f"*|{client}"):
         st.failures.setdefault(key, []).append(now)
@@ -1197,15 +1222,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
     if _locked_out(st, station, addr, now):
-        st.trail_event("login", actor=station[:64], outcome="failure", target=station[:64],
-                       detail={"ward": st.board.ward, "client": addr, "locked_out": True})
+        if _first_refusal(st, f"{station[:64]}|{addr}", now):  # a flood is recorded once per window
+            _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                           {"ward": st.board.ward, "client": addr, "locked_out": True})
         return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
         _count_failure(st, station, addr, now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
-        st.trail_event("login", actor=station[:64], outcome="failure", target=station[:64],
-                       detail={"ward": st.board.ward, "client": addr})
+        _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                       {"ward": st.board.ward, "client": addr})
         return _login_page("Wrong station or password.", status=401)
     kiosk_token, kiosk_id = None, None
     if form.get("kiosk"):
@@ -1355,8 +1381,8 @@ async def nurse_sign_in(request: web.Request) -> web.Response:
     nurse = await asyncio.to_thread(st.roster.check_nurse, nurse_id, pin, st.board.ward)
     if nurse is None:
         _count_failure(st, f"nurse:{nurse_id}", client, now)
-        st.trail_event("nurse_sign_in", actor=nurse_id, outcome="failure", target=nurse_id,
-                       detail={"ward": st.board.ward, "station": sess.station, "client": client})
+        _audit_failure(st, "nurse_sign_in", _known_or_hashed(nurse_id, st.roster.nurses),
+                       {"ward": st.board.ward, "station": sess.station, "client": client})
         _LOGGER.warning("failed nurse sign-in for badge %r at station %s", nurse_id[:64], sess.station)
         # 403, not 401: the station's session is fine (a 401 means "log in again" to the page)
         raise _json_error(web.HTTPForbidden, "wrong badge number or PIN")

@@ -73,6 +73,11 @@ async def _act_at_the_station(url: str, alert_id: str) -> None:
         form = {"station": "desk-1", "password": "wrong-password"}
         async with http.post(f"{url}/login", data=form, headers={"Origin": url}, allow_redirects=False) as resp:
             assert resp.status == 401
+        # a password typed into the station field, seven times: five refusals, then locked out
+        for n in range(7):
+            typo = {"station": "hunter2-typed-here", "password": "x"}
+            async with http.post(f"{url}/login", data=typo, headers={"Origin": url}, allow_redirects=False) as resp:
+                assert resp.status == (401 if n < 5 else 429)
         form["password"] = PASSWORD
         async with http.post(f"{url}/login", data=form, headers={"Origin": url}, allow_redirects=False) as resp:
             assert resp.status == 303
@@ -129,9 +134,13 @@ def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tm
     by_action: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
         by_action.setdefault(e["action"], []).append(e)
-    failed = next(e for e in by_action["login"] if e["outcome"] == "failure")
-    assert failed["actor"] == "desk-1" and failed["detail"]["client"] == "127.0.0.1"
-    assert PASSWORD not in json.dumps(entries) and "wrong-password" not in json.dumps(entries)
+    failed = [e for e in by_action["login"] if e["outcome"] == "failure"]
+    assert failed[0]["actor"] == "desk-1" and failed[0]["detail"]["client"] == "127.0.0.1"
+    typos = failed[1:]
+    assert len({e["actor"] for e in typos}) == 1 and typos[0]["actor"].startswith("unknown:")
+    assert [e["detail"].get("locked_out", False) for e in typos] == [False] * 5 + [True], "a flood: noted once"
+    said = json.dumps(entries)
+    assert PASSWORD not in said and "wrong-password" not in said and "hunter2" not in said
     ack = by_action["ack"][0]
     assert (ack["actor"], ack["patient"], ack["target"], ack["detail"]["by"]) == \
         ("desk-1", "p0001", alert["alert_id"], "Ana Lima")
