@@ -25,6 +25,7 @@ from rpm_core.audit import (
     AuditEvent,
     StoredRecord,
     Verdict,
+    clean_text,
     decode_entry,
     read_log,
     record_now,
@@ -131,9 +132,11 @@ def _when(at_ms: int) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """``rpm audit list``."""
+    """``rpm audit list``: entries oldest first; ``!`` marks one that does not verify (``rpm audit verify --all``)."""
     shown = 0
-    for rec in _records(args):
+    records = _records(args)
+    suspect = {(r.partition, r.offset) for r, _p in verify_log(records, _keys(args), every=True).problems if r}
+    for rec in records:
         try:
             body = decode_entry(rec.value)
         except AuditDecodeError as exc:
@@ -142,15 +145,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         if not _wanted(body, args):
             continue
         shown += 1
+        bad = (rec.partition, rec.offset) in suspect
         if args.json:
-            _say(orjson.dumps({"offset": rec.offset, **body}).decode())
+            _say(orjson.dumps({"offset": rec.offset, "verified": not bad, **body}).decode())
             continue
-        detail = " ".join(f"{k}={v}" for k, v in sorted(body["detail"].items()))
-        _say(f"{rec.offset:>8}  {_when(body['at_ms'])}  {body['via']:<16} {body['actor']:<20} {body['action']:<20} "
-             f"{body['outcome']:<7} {body['target'] or '-'}{'  patient=' + body['patient'] if body['patient'] else ''}"
-             f"{'  ' + detail if detail else ''}")
+        t = {k: clean_text(v) for k, v in body.items() if isinstance(v, str)}  # a forged entry may hold escapes
+        detail = " ".join(f"{clean_text(k)}={clean_text(v)}" for k, v in sorted(body["detail"].items()))
+        patient = f"  patient={t['patient']}" if t["patient"] else ""
+        _say(f"{'!' if bad else ' '}{rec.offset:>7}  {_when(body['at_ms'])}  {t['via']:<16} {t['actor']:<20} "
+             f"{t['action']:<20} {t['outcome']:<7} {t['target'] or '-'}{patient}{'  ' + detail if detail else ''}")
     if not args.json:
-        _say(f"{shown} entries")
+        marked = f"; {len(suspect)} marked ! do not verify (rpm audit verify --all)" if suspect else ""
+        _say(f"{shown} entries{marked}")
     return 0
 
 

@@ -173,6 +173,10 @@ def test_a_real_run_verifies_and_every_kind_of_rewrite_is_named(stack: Stack, tm
         bad = rpm(stack, "audit", "verify", "--topic", f"rpm.audit-{name}")
         assert bad.returncode == 1, (name, bad.stdout, bad.stderr)
         assert f"first bad entry at offset {offset}:" in bad.stderr, (name, bad.stderr)
+    shown = [json.loads(line) for line in
+             rpm(stack, "audit", "list", "--json", "--topic", "rpm.audit-altered").stdout.splitlines()]
+    assert next(e["offset"] for e in shown if not e["verified"]) == records.index(ack_rec), "list marks it too"
+    assert all(e["verified"] for e in shown[:records.index(ack_rec)])
     listed = rpm(stack, "audit", "verify", "--all", "--topic", "rpm.audit-swapped")
     assert listed.returncode == 1 and "\n  also at offset" in listed.stderr, listed.stderr
     # without the key the alteration is still found, at the entry that links to it
