@@ -18,7 +18,7 @@ from rpm_core.errors import ConfigError
 
 # Published in this repository: the example roster's station passwords.
 EXAMPLE_PASSWORDS: Final = ("change-me-north", "change-me-south")
-# Tried against stored hashes when a station starts (each try costs one scrypt, ~50 ms).
+# Tried against stored hashes when a station starts (each try costs one scrypt: keep it short).
 KNOWN_WEAK: Final = (*EXAMPLE_PASSWORDS, "change-me", "changeme", "password", "password1", "12345678", "123456789",
                      "nurse123", "station1", "admin123", "letmein1")
 # Checked in clear where a password is typed (lower-cased, without spaces at the ends).
