@@ -371,7 +371,22 @@ async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: lis
     await asyncio.sleep(1.5)  # let the feed print the last alerts
     alerts = await asyncio.to_thread(count_alerts, reader, s.influx_db, since, auth)
     _report(stack, expected, vitals, alerts)
-    return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts)
+    audited = await _report_audit(s)
+    return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts) and audited
+
+
+async def _report_audit(s: Settings) -> bool:
+    """Verify the audit trail this run wrote (the worker's rules, the station's logins); say so."""
+    from rpm_core.audit import TOPIC, AuditError, read_log, verify_log
+
+    try:
+        verdict = verify_log(await read_log(s.kafka_bootstrap(), TOPIC), s.key_ring())
+    except AuditError as exc:
+        print(f"  audit trail {TOPIC}: cannot be read ({exc})")
+        return False
+    print(f"  audit trail {TOPIC}: {verdict.entries} entries in {verdict.chains} chains, verify "
+          f"{'OK' if verdict.ok else 'FAILED: ' + verdict.problem}  (try: rpm audit list)")
+    return verdict.ok
 
 
 def _report(stack: Stack, expected: dict[str, int], vitals: dict[str, int],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -35,6 +36,8 @@ def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: S
     assert len(per_patient) == 20 and all(n > 1000 for n in per_patient.values())
     assert series(url, db, "SELECT count(alert_id) FROM alerts WHERE state = 'raised'")
     assert "[nurse station]" in done.stdout and "MISSING" not in done.stdout
+    assert re.search(r"audit trail rpm\.audit: [1-9]\d* entries in \d+ chains, verify OK", done.stdout), \
+        done.stdout[-2000:]
     assert "database not found" not in done.stdout + done.stderr
 
 
