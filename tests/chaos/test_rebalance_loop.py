@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import ServiceProcess, Stack, free_port
+from rpm_app.services import ServiceProcess, Stack
+from rpm_core import topics
+from rpm_core.host import free_port
+from rpm_core.topics import DEFAULT_READINGS_PARTITIONS, partition_for
 from simulators.patients import patient_id
-from stream import topics
-from stream.topics import DEFAULT_READINGS_PARTITIONS, partition_for
 from tests.chaos.test_survival import Simulation, simulate  # noqa: F401 (the fixture)
 from tests.support.procs import eventually, rpm_env, running, spawn, spawn_bridge
 
