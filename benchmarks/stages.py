@@ -147,13 +147,13 @@ def metric(url: str, name: str) -> float:
 
 
 def vitals_count(stack: Stack) -> int:
-    import urllib.error
+    from rpm_core.influx import InfluxQueryError
 
     assert stack.settings.influx_url
     try:
         res: Any = influx_query(stack.settings.influx_url, "SELECT count(value) FROM vitals",
                                 db=stack.settings.influx_db)
-    except urllib.error.HTTPError:  # the database does not exist yet
+    except InfluxQueryError:  # the database does not exist yet
         return 0
     try:
         return int(res["results"][0]["series"][0]["values"][0][1])

@@ -29,7 +29,7 @@ from typing import Any, Final
 from notify.channels.base import Attempt
 from notify.const import AUDIT_QUEUE_MAX_LINES
 from notify.router import Escalated, Notification, Record, SentRecord
-from rpm_core.lineprotocol import escape_string_field
+from rpm_core.lineprotocol import FieldValue, point_line
 from rpm_core.sink import InfluxSink
 
 _LOGGER = logging.getLogger(__name__)
@@ -39,19 +39,8 @@ _RECENT_KEYS: Final = 50_000
 _BATCH_LINES: Final = 5_000
 
 
-def _tag(value: str) -> str:
-    """A tag value escaped for line protocol (commas, spaces and equals signs)."""
-    return (value or "-").replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
-
-
-def _str(value: str) -> str:
-    return f'"{escape_string_field(value)}"'
-
-
-def _line(measurement: str, tags: dict[str, str], fields: dict[str, str], at: float) -> str:
-    tag_text = ",".join(f"{k}={_tag(v)}" for k, v in sorted(tags.items()))
-    field_text = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
-    return f"{measurement},{tag_text} {field_text} {round(at * 1000)}"
+def _line(measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], at: float) -> str:
+    return point_line(measurement, tags, dict(sorted(fields.items())), round(at * 1000))
 
 
 def attempt_line(a: Attempt) -> str:
@@ -60,28 +49,26 @@ def attempt_line(a: Attempt) -> str:
     lead = note.lead
     tags = {"patient": note.patient, "channel": a.channel.tag, "outcome": a.outcome,
             "rule": lead.rule if lead else "-", "severity": lead.severity if lead else "-"}
-    fields = _note_fields(note) | {"attempt": f"{a.attempt}i", "detail": _str(a.detail),
-                                   "recipient": _str(a.recipient)}
+    fields = _note_fields(note) | {"attempt": a.attempt, "detail": a.detail, "recipient": a.recipient}
     return _line(MEASUREMENT, tags, fields, a.at)
 
 
-def _note_fields(note: Notification) -> dict[str, str]:
+def _note_fields(note: Notification) -> dict[str, FieldValue]:
     lead = note.lead
     return {
-        "alert_id": _str(lead.alert_id if lead else ""),
-        "alert_ids": _str(",".join(x.alert_id for x in note.alerts)),
-        "step": f"{note.step}i", "kind": _str(note.kind), "route": _str(note.route), "group": _str(note.group),
-        "run": repr(float(note.run)), "fired_at": repr(float(note.at)),
+        "alert_id": lead.alert_id if lead else "", "alert_ids": ",".join(x.alert_id for x in note.alerts),
+        "step": int(note.step), "kind": note.kind, "route": note.route, "group": note.group,
+        "run": float(note.run), "fired_at": float(note.at),
     }
 
 
 def record_line(r: Record) -> str:
     """The ``notifications`` point of a decision (acknowledged, resolved, skipped, deferred)."""
     tags = {"patient": r.patient, "channel": r.channel, "outcome": r.outcome, "rule": r.rule, "severity": r.severity}
-    fields = {
-        "alert_id": _str(r.alert_id), "alert_ids": _str(r.alert_id), "step": f"{r.step}i", "attempt": "0i",
-        "detail": _str(r.detail), "recipient": _str(r.recipient), "kind": _str(r.kind), "route": _str(r.route),
-        "group": _str(r.group), "run": repr(float(r.run)), "fired_at": repr(float(r.at)),
+    fields: dict[str, FieldValue] = {
+        "alert_id": r.alert_id, "alert_ids": r.alert_id, "step": int(r.step), "attempt": 0, "detail": r.detail,
+        "recipient": r.recipient, "kind": r.kind, "route": r.route, "group": r.group, "run": float(r.run),
+        "fired_at": float(r.at),
     }
     return _line(MEASUREMENT, tags, fields, r.at)
 
@@ -90,8 +77,8 @@ def escalated_line(e: Escalated) -> str:
     """The ``alerts`` point of one escalation step of one alert (state ``escalated``)."""
     a = e.alert
     tags = {"metric": a.metric, "patient": a.patient, "rule": a.rule, "severity": a.severity}
-    fields = {"alert_id": _str(a.alert_id), "message": _str(a.message), "state": _str("escalated"),
-              "step": f"{e.step}i", "channel": _str(e.channel)}
+    fields: dict[str, FieldValue] = {"alert_id": a.alert_id, "message": a.message, "state": "escalated",
+                                     "step": int(e.step), "channel": e.channel}
     return _line("alerts", tags, fields, e.at)
 
 

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-import orjson
 from aiokafka import ConsumerRebalanceListener
 
 from notify.audit import AuditWriter, attempt_line, escalated_line, record_line, restore_query, sent_records
@@ -59,6 +58,7 @@ from rpm_core.backoff import backoff_s
 from rpm_core.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
 from rpm_core.deadletter import deadletter_record
 from rpm_core.errors import ConfigError
+from rpm_core.influx import query_async, result_series, series_rows
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
@@ -257,12 +257,8 @@ class Notifier:
 
     async def _query(self, q: str) -> list[dict[str, Any]]:
         s = self.settings
-        headers = s.influx_auth().headers()
-        params = {"db": s.influx_db, "q": q, "epoch": "ms"}
-        async with self._http_session().get(f"{s.require_influx()}/query", params=params, headers=headers) as resp:
-            if resp.status != 200:
-                raise ValueError(f"InfluxDB answered {resp.status}")
-            doc = await resp.json(loads=orjson.loads, content_type=None)
+        doc = await query_async(self._http_session(), s.require_influx(), q, db=s.influx_db, auth=s.influx_auth(),
+                                epoch="ms")
         return influx_rows(doc)
 
     # -- consuming --------------------------------------------------------------------------------
@@ -431,28 +427,7 @@ class Notifier:
 def influx_rows(doc: Any) -> list[dict[str, Any]]:
     """The rows of an InfluxDB ``/query`` answer (one statement) as dicts; ``ValueError`` for an error
     (other than a database that does not exist yet) or an answer without that shape."""
-    if not isinstance(doc, dict):
-        raise ValueError("InfluxDB answer is not a JSON object")
-    results = doc.get("results") or [{}]
-    if not isinstance(results, list) or not isinstance(results[0], dict):
-        raise ValueError("InfluxDB answer has no list of result objects")
-    result = results[0]
-    if "error" in result:
-        if "database not found" in str(result["error"]):
-            return []
-        raise ValueError(f"InfluxDB query error: {result['error']}")
-    series_list = result.get("series") or []
-    if not isinstance(series_list, list):
-        raise ValueError("InfluxDB series is not a list")
-    rows = []
-    for series in series_list:
-        columns = series.get("columns") if isinstance(series, dict) else None
-        values = series.get("values") if isinstance(series, dict) else None
-        if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(values, list)
-                and all(isinstance(v, list) for v in values)):
-            raise ValueError("InfluxDB series needs a list of column names and a list of rows")
-        rows += [dict(zip(columns, row, strict=True)) for row in values]  # ValueError if a row's length differs
-    return rows
+    return series_rows(result_series(doc, missing_ok=True))
 
 
 async def run_notifier(notifier: Notifier, stop: asyncio.Event) -> None:

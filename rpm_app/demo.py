@@ -20,7 +20,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import orjson
 from rpm_app.services import INFLUX_READER, ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
 from rpm_core.host import free_port, port_open
+from rpm_core.influx import InfluxQueryError
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
@@ -132,10 +132,10 @@ def _counts(influx_url: str, q: str, db: str, auth: InfluxAuth | None) -> dict[s
     """One counting query; credentials InfluxDB refuses are a :class:`ServiceError` that says which."""
     try:
         return influx_query(influx_url, q, db=db, method="POST", auth=auth)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
+    except InfluxQueryError as exc:
+        if exc.status in (401, 403):
             who = auth.describe() if auth is not None else "no credentials"
-            raise ServiceError(f"InfluxDB refused the demo's count as {who} ({exc.code}): check RPM_INFLUX_USER "
+            raise ServiceError(f"InfluxDB refused the demo's count as {who} ({exc.status}): check RPM_INFLUX_USER "
                                f"and RPM_INFLUX_PASSWORD_FILE (a user that may read {db!r})") from exc
         raise
 

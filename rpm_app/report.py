@@ -28,9 +28,6 @@ import html
 import io
 import logging
 import math
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,7 +37,6 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
 from rpm_core.errors import ConfigError, NoDataError, ServiceError
 from rpm_core.glycaemia import (
@@ -55,6 +51,7 @@ from rpm_core.glycaemia import (
     hours_minutes_per_day,
     to_unit,
 )
+from rpm_core.influx import InfluxQueryError, query, result_series, series_rows
 from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.wire import is_valid_id
 
@@ -105,39 +102,14 @@ class InfluxReader:
 
     def series(self, q: str) -> list[dict[str, Any]]:
         """The series of one statement; :class:`ServiceError` on failure."""
-        body = urllib.parse.urlencode({"q": q, "db": self.db, "epoch": "ms"}).encode()
-        req = urllib.request.Request(f"{self.url}/query", data=body, method="POST")  # noqa: S310 (http(s) only)
-        for name, value in self._auth.headers().items():
-            req.add_header(name, value)
         try:
-            with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_S) as resp:  # noqa: S310
-                doc = orjson.loads(resp.read())
-        except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as exc:
-            raise ServiceError(f"InfluxDB query failed at {self.url}: {exc}") from exc
-        results = (doc.get("results") or [{}]) if isinstance(doc, dict) else None
-        if not isinstance(results, list) or not isinstance(results[0], dict):
-            raise ServiceError(f"{self.url} did not answer like InfluxDB's /query (no list of results)")
-        result = results[0]
-        if "error" in result:
-            raise ServiceError(f"InfluxDB query failed: {result['error']}")
-        out = result.get("series") or []
-        if not isinstance(out, list) or not all(_is_series(s) for s in out):
-            raise ServiceError(f"{self.url} did not answer like InfluxDB's /query (malformed series)")
-        return out
+            return result_series(query(self.url, q, db=self.db, auth=self._auth, epoch="ms"))
+        except InfluxQueryError as exc:
+            raise ServiceError(str(exc)) from exc
 
     def rows(self, q: str) -> list[dict[str, Any]]:
         """Every row of every series, as dicts with the series' tags merged in."""
-        return [{**s.get("tags", {}), **dict(zip(s["columns"], v, strict=True))}
-                for s in self.series(q) for v in s["values"]]
-
-
-def _is_series(s: object) -> bool:
-    """Whether ``s`` is a series of an InfluxDB answer: column names, rows as long, optional tags."""
-    if not isinstance(s, dict):
-        return False
-    columns, values, tags = s.get("columns"), s.get("values"), s.get("tags", {})
-    return (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(values, list)
-            and all(isinstance(v, list) and len(v) == len(columns) for v in values) and isinstance(tags, dict))
+        return series_rows(self.series(q))
 
 
 def time_clause(start: datetime, end: datetime) -> str:

@@ -28,6 +28,7 @@ from typing import Any, Final, NamedTuple
 from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.files import write_atomic
 from rpm_core.host import free_port, port_open, require_binary
+from rpm_core.influx import InfluxQueryError, query
 from rpm_core.mqtt_users import (
     ADMIN_USER,
     ALERTS_USER,
@@ -38,7 +39,7 @@ from rpm_core.mqtt_users import (
     SIMULATOR_USER,
     WATCHDOG_USER,
 )
-from rpm_core.settings import InfluxAuth, Secret, Settings, check_private_file, influx_endpoint, read_secret_file
+from rpm_core.settings import InfluxAuth, Secret, Settings, check_private_file, read_secret_file
 from rpm_core.wire import (
     MAX_MESSAGE_BYTES,
     MQTT_MESSAGE_SIZE_LIMIT_BYTES,
@@ -433,20 +434,13 @@ def http_ok(url: str) -> bool:
 
 
 def influx_query(url: str, q: str, *, db: str | None = None, method: str = "POST",
-                 auth: InfluxAuth | None = None) -> dict[str, object]:
-    """Run one InfluxQL statement through ``/query`` and return the decoded JSON.
+                 auth: InfluxAuth | None = None) -> dict[str, Any]:
+    """Run one InfluxQL statement through ``/query`` and return the decoded JSON
+    (:func:`rpm_core.influx.query`; :class:`~rpm_core.influx.InfluxQueryError` if it fails).
 
     Credentials: ``auth``, else a ``user:password@`` in ``url`` (see :meth:`InfluxUsers.url`).
     """
-    import orjson
-
-    base, who = influx_endpoint(url, auth)
-    params = {"q": q, **({"db": db} if db else {})}
-    body = urllib.parse.urlencode(params).encode()
-    req = urllib.request.Request(f"{base}/query", data=body, method=method, headers=who.headers())  # noqa: S310
-    with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
-        doc: dict[str, object] = orjson.loads(resp.read())
-        return doc
+    return query(url, q, db=db, auth=auth, method=method)
 
 
 def _q(name: str) -> str:
@@ -461,8 +455,8 @@ def setup_influx_users(url: str, users: InfluxUsers, db: str) -> None:
     admin = users.auth(INFLUX_ADMIN)
     try:
         influx_query(url, "SHOW USERS", auth=admin)
-    except urllib.error.HTTPError as exc:
-        if exc.code not in (401, 403):  # 403 "create admin user first" on a fresh one
+    except InfluxQueryError as exc:
+        if exc.status not in (401, 403):  # 403 "create admin user first" on a fresh one
             raise
         pw = admin.password.get().replace("'", "\\'")
         influx_query(url, f"CREATE USER {_q(INFLUX_ADMIN)} WITH PASSWORD '{pw}' WITH ALL PRIVILEGES")

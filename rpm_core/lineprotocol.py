@@ -11,7 +11,7 @@ time), so a redelivered sample overwrites itself instead of adding a second poin
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +26,34 @@ PRECISION: Final = "ms"
 def escape_string_field(text: str) -> str:
     """Escape a string field value (backslash and double quote)."""
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def escape_tag(value: str) -> str:
+    """A tag value (or key) escaped for line protocol: backslashes, commas, spaces and equals signs;
+    an empty value, which InfluxDB refuses, is ``-``."""
+    return (value or "-").replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
+
+
+FieldValue = str | int | float | bool
+
+
+def _field(value: FieldValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)
+    return f'"{escape_string_field(value)}"'
+
+
+def point_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], at_ms: int) -> str:
+    """One point: ``measurement,tag=v,… field=v,… at_ms`` with tags sorted and escaped, string fields
+    quoted, integers ``i``-suffixed, floats exact (``repr``). The one builder of the records-of-events
+    points (audits, notifications, escalations); readings and alerts have vectorized builders below."""
+    tag_text = "".join(f",{k}={escape_tag(v)}" for k, v in sorted(tags.items()))
+    field_text = ",".join(f"{k}={_field(v)}" for k, v in fields.items())
+    return f"{measurement}{tag_text} {field_text} {int(at_ms)}"
 
 
 def _format_value(v: float) -> str:

@@ -26,17 +26,15 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
-
-from rpm_core.lineprotocol import escape_string_field
+from rpm_core.lineprotocol import FieldValue, point_line
 from rpm_core.settings import InfluxAuth, influx_endpoint
+from rpm_core.sink import InfluxSink, make_sink
 from rpm_core.wire import is_valid_id
 
 _LOGGER = logging.getLogger(__name__)
 
 MEASUREMENT: Final = "station_audit"
 QUEUE_MAX: Final = 10_000
-WRITE_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +64,9 @@ class AuditEntry:
             tags["station"] = self.station
         if self.user and is_valid_id(self.user):
             tags["user"] = self.user
-        tag_text = ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
-        fields = {"alert_id": self.alert_id, "rule": self.rule, "severity": self.severity, "by": self.by,
-                  "note": self.note}
-        field_text = ",".join(f'{k}="{escape_string_field(v)}"' for k, v in fields.items())
-        at_ms = int((self.at or time.time()) * 1000)
-        return f"{MEASUREMENT},{tag_text} {field_text},minutes={float(self.minutes)!r} {at_ms}"
+        fields: dict[str, FieldValue] = {"alert_id": self.alert_id, "rule": self.rule, "severity": self.severity,
+                                         "by": self.by, "note": self.note, "minutes": float(self.minutes)}
+        return point_line(MEASUREMENT, tags, fields, int((self.at or time.time()) * 1000))
 
 
 class AuditLog:
@@ -95,28 +90,26 @@ class AuditLog:
             _LOGGER.error("station audit queue full: %s of alert %s not recorded", entry.action, entry.alert_id)
 
     async def run(self) -> None:
-        """Write queued entries until cancelled (batches of what is waiting)."""
+        """Write queued entries until cancelled (batches of what is waiting), through the one
+        InfluxDB writer (:mod:`rpm_core.sink`): an outage is waited out while the queue holds."""
         if self.url is None:
             return
-        headers = self._auth.headers()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT_S)) as http:
+        sink = make_sink(url=self.url, db=self.db, auth=self._auth)
+        try:
             while True:
                 batch = [await self._queue.get()]
                 while not self._queue.empty() and len(batch) < 500:
                     batch.append(self._queue.get_nowait())
-                await self._write(http, batch, headers)
+                await self._write(sink, batch)
+        finally:
+            await sink.close()
 
-    async def _write(self, http: aiohttp.ClientSession, batch: list[AuditEntry], headers: dict[str, str]) -> None:
-        body = "\n".join(e.line() for e in batch).encode()
-        try:
-            async with http.post(f"{self.url}/write", params={"db": self.db, "precision": "ms"}, data=body,
-                                 headers=headers) as resp:
-                if resp.status != 204:
-                    raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status)
-            self.written += len(batch)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            self.failed += len(batch)
-            _LOGGER.error("station audit: %d entries not written to InfluxDB (%s)", len(batch), type(exc).__name__)
+    async def _write(self, sink: InfluxSink, batch: list[AuditEntry]) -> None:
+        rejected = await sink.write([e.line() for e in batch])
+        self.written += len(batch) - len(rejected)
+        if rejected:
+            self.failed += len(rejected)
+            _LOGGER.error("station audit: InfluxDB refused %d entries: %s", len(rejected), rejected[0][1][:200])
 
     async def drain(self, within_s: float = 5.0) -> None:
         """Give queued entries up to ``within_s`` to be written (at shutdown)."""

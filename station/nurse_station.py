@@ -65,6 +65,7 @@ from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.audit import AuditEvent, AuditTrail, config_load_event, os_user
 from rpm_core.errors import ConfigError
+from rpm_core.influx import query_async, result_series
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
@@ -803,13 +804,10 @@ class Sparklines:
         q = (f"SELECT mean(\"value\") FROM \"vitals\" WHERE \"patient\" = '{patient}' AND \"metric\" = '{metric}' "  # noqa: S608 (ids validated)
              f"AND time > now() - {f'{DETAIL_WINDOW_S}s' if large else SPARKLINE_WINDOW} "
              f"GROUP BY time({'3m' if large else '1m'}) fill(none)")
-        headers = self._auth.headers()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
-            async with self._session.get(f"{self.url}/query", params={"db": self.db, "q": q, "epoch": "s"},
-                                         headers=headers) as resp:
-                doc = await resp.json(loads=orjson.loads, content_type=None)
+            doc = await query_async(self._session, self.url, q, db=self.db, auth=self._auth, epoch="s")
             return sparkline_points(doc)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             _LOGGER.warning("sparkline query failed: %s", type(exc).__name__)
@@ -824,15 +822,10 @@ class Sparklines:
 def sparkline_points(doc: Any) -> list[tuple[float, float]]:
     """The (time, value) points of an InfluxDB ``/query`` answer of one series; ``ValueError`` if it
     does not have that shape (null values, as ``fill(none)`` never writes, are skipped)."""
-    results = (doc.get("results") or [{}]) if isinstance(doc, dict) else None
-    if not isinstance(results, list) or not isinstance(results[0], dict):
-        raise ValueError("InfluxDB answer without a list of result objects")
-    series = results[0].get("series") or []
+    series = result_series(doc)
     if not series:
         return []
-    rows = series[0].get("values") if isinstance(series, list) and isinstance(series[0], dict) else None
-    if not isinstance(rows, list):
-        raise ValueError("InfluxDB answer without a series of values")
+    rows = series[0]["values"]
     points = []
     for row in rows:
         if not isinstance(row, list) or len(row) != 2:

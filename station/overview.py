@@ -24,8 +24,8 @@ from typing import Any, Final
 
 import aiohttp
 import numpy as np
-import orjson
 
+from rpm_core.influx import InfluxQueryError, query_async, result_series
 from rpm_core.settings import InfluxAuth, influx_endpoint
 from rpm_core.wire import is_valid_id
 
@@ -69,20 +69,20 @@ def parse_overview(doc: Any, now: float) -> dict[str, dict[str, Any]]:
     if not isinstance(results, list) or len(results) != 3 or not all(isinstance(r, dict) for r in results):
         raise ValueError("InfluxDB answer without three results")
     tiles: dict[str, dict[str, Any]] = defaultdict(dict)
-    for patient, metric, rows in _series(results[0]):
+    for patient, metric, rows in _series(doc, 0):
         t, v = _last_row(rows)
         if metric in OVERVIEW_METRICS and t is not None and v is not None:
             age = max(0.0, now - t)
             tiles[patient][metric] = {"value": v, "time": t, "age_s": age, "stale": age > STALE_AFTER_S[metric],
                                       "slope": None, "trend": "unknown"}
     trends: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
-    for patient, metric, rows in _series(results[1]):
+    for patient, metric, rows in _series(doc, 1):
         trends[(patient, metric)] += [(float(r[0]), float(r[1])) for r in rows if _finite_row(r)]
     for (patient, metric), points in trends.items():
         cell = tiles.get(patient, {}).get(metric)
         if cell is not None and not cell["stale"]:
             cell["slope"], cell["trend"] = trend(sorted(points))
-    for patient, _metric, rows in _series(results[2], need_metric=False):
+    for patient, _metric, rows in _series(doc, 2, need_metric=False):
         row = rows[-1] if rows else None
         if isinstance(row, list) and len(row) >= 3:
             battery = row[1] if isinstance(row[1], int | float) and not isinstance(row[1], bool) else None
@@ -91,25 +91,23 @@ def parse_overview(doc: Any, now: float) -> dict[str, dict[str, Any]]:
     return dict(tiles)
 
 
-def _series(result: dict[str, Any], *, need_metric: bool = True) -> list[tuple[str, str, list[Any]]]:
-    if "error" in result:
+def _series(doc: Any, statement: int, *, need_metric: bool = True) -> list[tuple[str, str, list[Any]]]:
+    try:
+        series = result_series(doc, statement)
+    except InfluxQueryError:
         # device_status may not exist yet; vitals errors are real errors
         if not need_metric:
             return []
-        raise ValueError(f"InfluxDB error: {str(result['error'])[:200]}")
+        raise
     out = []
-    series = result.get("series") or []
-    if not isinstance(series, list):
-        raise ValueError("InfluxDB series is not a list")
     for s in series:
-        tags = s.get("tags") if isinstance(s, dict) else None
-        rows = s.get("values") if isinstance(s, dict) else None
-        if not isinstance(tags, dict) or not isinstance(rows, list):
-            raise ValueError("InfluxDB series without tags and values")
+        tags = s.get("tags")
+        if not isinstance(tags, dict):
+            raise ValueError("InfluxDB series without tags")
         patient, metric = tags.get("patient"), tags.get("metric", "")
         if not is_valid_id(patient) or (need_metric and metric not in OVERVIEW_METRICS):
             continue
-        out.append((str(patient), str(metric), rows))
+        out.append((str(patient), str(metric), s["values"]))
     return out
 
 
@@ -149,13 +147,10 @@ class Overview:
         if self.url is None:
             self.error = "no InfluxDB configured (RPM_INFLUX_URL)"
             return {}
-        headers = self._auth.headers()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
-            async with self._session.get(f"{self.url}/query", params={"db": self.db, "q": QUERY, "epoch": "s"},
-                                         headers=headers) as resp:
-                doc = await resp.json(loads=orjson.loads, content_type=None)
+            doc = await query_async(self._session, self.url, QUERY, db=self.db, auth=self._auth, epoch="s")
             tiles = parse_overview(doc, time.time())
             self.error = None
             return tiles
