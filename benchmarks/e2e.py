@@ -85,7 +85,7 @@ SWEEP_PATIENTS: Final = (10_000, 30_000, 100_000, 300_000)
 SWEEP_RATE: Final = 40_000.0
 # Before each sweep point every patient sends one 1-reading message, at this many readings/s (at least
 # twice their CGM rate), so the measured run starts with every patient's state in the worker.
-PRIME_RATE: Final = 15_000.0
+PRIME_RATE: Final = 5_000.0
 
 
 # --- what runs: ours or a peer ---------------------------------------------------------------------
@@ -519,6 +519,7 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     box_before = psutil.cpu_times()
     t0 = time.time()  # every sample of this run is measured after t0 (loadgen stamps with the wall clock)
     started: list[float] = []
+    sampler.gen = (time.time(), 0, 0, 0)  # this run's generator counters start at 0
     spy = _profile(bench, system, kind, rate)
     try:
         result = loadgen.run_load(spec, on_progress=sampler.on_progress, on_start=started.append)

@@ -67,6 +67,7 @@ from detectors.threshold import ThresholdDetector
 _DEVICE_BITS: Final = 20
 _MAX_DEVICES: Final = 1 << _DEVICE_BITS
 _PATIENT_BITS: Final = 40  # 2 bits of metric + 40 of patient + 20 of device fit an int64
+_MIN_CAPACITY: Final = 64  # per-patient arrays grow to at least this many slots
 UNNAMED_DEVICE: Final = ""
 
 
@@ -116,6 +117,7 @@ class Engine:
         self._multi_device = False
         self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
         self._dirty: BoolArray = np.zeros(0, np.bool_)
+        self._synced = 0  # registered patients whose slots (and overrides) are in place
         # Per rule, the patients it has state for (anything but fresh): export_state leaves the
         # others out, which import_state reads as fresh. A heart-rate-only patient's checkpoint
         # then carries no glucose rules; checkpoints are on the worker's hot path.
@@ -511,14 +513,24 @@ class Engine:
     # -- internals -------------------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Grow every per-patient array to the registry's size and apply overrides to new patients."""
-        n, old = len(self._registry), len(self._dirty)
+        """Make room in every per-patient array for the registry's patients and apply overrides to new patients.
+
+        The arrays grow geometrically (by half their size at least): patients arriving a few per
+        batch would otherwise copy every array of every detector on every batch. Slots beyond the
+        registry are fresh patients nobody has: they never see a sample, so never change.
+        """
+        n, old = len(self._registry), self._synced
         if n <= old:
             return
-        self._dirty = np.concatenate((self._dirty, np.zeros(n - old, np.bool_)))
-        self._touched = np.concatenate((self._touched, np.zeros((len(self._detectors), n - old), np.bool_)), axis=1)
-        for det in self._detectors:
-            det.resize(n)
+        self._synced = n
+        capacity = len(self._dirty)
+        if n > capacity:
+            size = max(n, capacity + capacity // 2, _MIN_CAPACITY)
+            self._dirty = np.concatenate((self._dirty, np.zeros(size - capacity, np.bool_)))
+            self._touched = np.concatenate(
+                (self._touched, np.zeros((len(self._detectors), size - capacity), np.bool_)), axis=1)
+            for det in self._detectors:
+                det.resize(size)
         # A loop over the (few) patients with overrides, not over samples.
         for pid, overrides in self._rules.patient_rules.items():
             p = self._registry.get(pid)
