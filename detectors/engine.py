@@ -272,9 +272,10 @@ class Engine:
     def _matching(self, prefix: str) -> BoolArray:
         """Per device code: whether its id starts with ``prefix`` (grown as devices register)."""
         match = self._prefix_match.get(prefix, np.zeros(0, np.bool_))
-        ids = self._devices.ids()
-        if len(match) < len(ids):
-            extra = np.fromiter((i.startswith(prefix) for i in ids[len(match) :]), np.bool_, len(ids) - len(match))
+        n = len(self._devices)
+        if len(match) < n:  # only the devices registered since (copying every id per batch is O(patients))
+            ids = self._devices.ids_since(len(match))
+            extra = np.fromiter((i.startswith(prefix) for i in ids), np.bool_, len(ids))
             match = self._prefix_match[prefix] = np.concatenate((match, extra))
         return match
 
