@@ -83,9 +83,11 @@ RSS_OF: Final = ("worker", "bridge")  # processes whose resident memory is sampl
 # The patient-count sweep of --max (and --sweep-patients): a fixed offered rate spread over more and more patients.
 SWEEP_PATIENTS: Final = (10_000, 30_000, 100_000, 300_000)
 SWEEP_RATE: Final = 40_000.0
-# Before each sweep point every patient sends one 1-reading message, at this many readings/s (at least
-# twice their CGM rate), so the measured run starts with every patient's state in the worker.
-PRIME_RATE: Final = 5_000.0
+# Before each sweep point every patient sends one message (a heart rate and an RR interval), at this many
+# readings/s (at least twice their CGM rate), so the measured run starts with every patient's state in the
+# worker and their series in InfluxDB.
+PRIME_RATE: Final = 10_000.0
+SWEEP_SETTLE_S: Final = 35.0  # see sweep_patients
 
 
 # --- what runs: ours or a peer ---------------------------------------------------------------------
@@ -384,6 +386,7 @@ class Sampler(threading.Thread):
                 cpu[p.pid] = (label, times.user + times.system)
                 if label in RSS_OF:
                     row[f"rss:{label}"] = cached.memory_info().rss
+                    row[f"cpu:{label}"] = row.get(f"cpu:{label}", 0.0) + times.user + times.system
         with self._lock:
             self._cpu.update(cpu)
             self.samples.append(row)
@@ -498,16 +501,18 @@ def count_written(influx_url: str, db: str, since_s: float) -> dict[str, int]:
 
 
 def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", patients: int | None = None,
-             samples_per_message: int = 10, duration_s: float | None = None, probes: bool = True) -> dict[str, Any]:
+             samples_per_message: int = 10, duration_s: float | None = None, probes: bool = True,
+             settle_s: float = 0.0) -> dict[str, Any]:
     """Offer ``rate`` readings/s to ``system`` for the bench's duration (or ``duration_s``), spread over
-    the bench's patients (or ``patients``), and measure what lands."""
+    the bench's patients (or ``patients``), and measure what lands. ``settle_s``: the load runs that
+    much longer first, and the ``window`` measures (steady state) leave it out."""
     s = bench.stack.settings
     assert s.influx_url
     influx = s.influx_url
     sampler = bench.sampler
     sampler.known.update(system.labels())
     sampler.metrics = system.metrics_urls()
-    duration = duration_s if duration_s is not None else bench.duration_s
+    duration = (duration_s if duration_s is not None else bench.duration_s) + settle_s
     spec = loadgen.LoadSpec(mqtt_url=bench.stack.mqtt_url(SIMULATOR_USER), rate=rate, duration_s=duration,
                             patients=bench.patients if patients is None else patients,
                             samples_per_message=samples_per_message,
@@ -561,6 +566,9 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)
     run["box"] = _box(box_before, box_after, run["cpu"], time.time() - t0)
     run["latency"] = _latency(bench, system, influx, t0, result) if system.alerts else None
+    if settle_s:
+        run["window"] = _window(bench, [r for r in rows if first + settle_s <= r["t"] <= t_load_end], first + settle_s,
+                                result)
     ok_rate = (run["steady_rate"] or 0) >= 0.95 * rate
     run["sustained"] = bool(run["loss"] == 0 and ok_rate and result.kept_up
                             and run["drain_s"] <= max(3.0, 0.2 * duration))
@@ -580,6 +588,25 @@ def _profile(bench: Bench, system: System, kind: str, rate: float) -> subprocess
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw",
                              "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _window(bench: Bench, rows: list[dict[str, Any]], since: float, result: loadgen.LoadResult) -> dict[str, Any]:
+    """Steady-state measures over ``rows`` (the load after its settling time): landed rate, the worker's
+    CPU per reading it processed and its checkpoints/s, and the latency of probes sent in it."""
+    have = [r for r in rows if "cpu:worker" in r and "worker:rpm_worker_readings_total" in r]
+    out: dict[str, Any] = {"seconds": round(rows[-1]["t"] - rows[0]["t"], 1) if len(rows) > 1 else 0.0,
+                           "landed_rate": _rate(rows, "influx_points"),
+                           "worker_readings_rate": _rate(rows, "worker:rpm_worker_readings_total"),
+                           "worker_checkpoints_per_s": _rate(rows, "worker:rpm_worker_state_checkpoints_total")}
+    if len(have) > 1:
+        readings = have[-1]["worker:rpm_worker_readings_total"] - have[0]["worker:rpm_worker_readings_total"]
+        cpu = have[-1]["cpu:worker"] - have[0]["cpu:worker"]
+        out["worker_us_per_reading"] = round(1e6 * cpu / readings, 2) if readings > 0 else None
+        out["worker_cpu_pct"] = round(100 * cpu / (have[-1]["t"] - have[0]["t"]), 1)
+    if bench.alerts is not None:
+        during = [a - t for a, _p, t in list(bench.alerts.events) if since <= t <= result.last_publish]
+        out["latency"] = _percentiles(during)
+    return out
 
 
 def _drain(bench: Bench, system: System, influx: str, t0: float, expected: int
@@ -902,24 +929,29 @@ def overload_plateau(bench: Bench, system: System, run: dict[str, Any], best: fl
 def sweep_patients(bench: Bench, system: System, counts: tuple[int, ...], rate: float) -> list[dict[str, Any]]:
     """The same offered ``rate`` spread over each patient count of ``counts`` (ascending; the ids of a
     smaller count are the first of a larger one). Each point is primed first (every patient sends one
-    1-reading message, not measured), so the measured run starts with every patient known to the worker.
+    2-reading message, not measured), so the measured run starts with every patient known to the worker.
+    The measured run lasts ``SWEEP_SETTLE_S`` longer than the duration and is measured after it: by
+    then the primed patients' checkpoints are written and the run's own are (the worker writes a
+    changed state once it is ``RPM_CHECKPOINT_INTERVAL_S``, 30 s, old), i.e. the steady state.
     Per point: landed rate, worker CPU µs/reading, worker resident memory per patient it holds, p99."""
     points = []
     base = bench.rss_at_start.get(system.name, {}).get("worker")
     for n in sorted(counts):
         prime = max(PRIME_RATE, 2 * n / loadgen.CGM_INTERVAL_S)
         hr_rate = prime - n / loadgen.CGM_INTERVAL_S
-        run_load(bench, system, prime, kind=f"prime {n}", patients=n, samples_per_message=1,
-                 duration_s=n / hr_rate + 1.0, probes=False)
-        run = run_load(bench, system, rate, kind=f"sweep {n}", patients=n)
+        run_load(bench, system, prime, kind=f"prime {n}", patients=n, samples_per_message=2,
+                 duration_s=n / (hr_rate / 2) + 1.0, probes=False)
+        run = run_load(bench, system, rate, kind=f"sweep {n}", patients=n, settle_s=SWEEP_SETTLE_S)
         mem = run["memory"]
         rss = mem.get("worker_rss_mb")
         held = mem.get("worker_patients")
-        worker = run["cpu"].get("worker", {})
-        lat = run.get("latency") or {}
+        window = run["window"]
+        lat = window.get("latency") or {}
         point = {
-            "patients": n, "offered_rate": rate, "steady_rate": run["steady_rate"], "loss": run["loss"],
-            "sustained": run["sustained"], "worker_us_per_reading": worker.get("us_per_reading"),
+            "patients": n, "offered_rate": rate, "steady_rate": window["landed_rate"], "loss": run["loss"],
+            "sustained": run["sustained"], "worker_us_per_reading": window.get("worker_us_per_reading"),
+            "worker_checkpoints_per_s": window.get("worker_checkpoints_per_s"),
+            "window_s": window["seconds"],
             "all_us_per_reading": round(sum(v["us_per_reading"] for k, v in run["cpu"].items()
                                             if k not in ("loadgen", "harness")), 2),
             "worker_rss_mb": rss, "worker_patients": held,
@@ -1050,12 +1082,15 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{plateau['loss']:+,}, drain {plateau['drain_s']} s.", ""]
         sweep = summary.get("patient_sweep")
         if sweep:
-            lines += [f"Patient sweep ({name}, {sweep[0]['offered_rate']:,.0f} readings/s offered, each point primed):",
-                      "", "| patients | landed/s | loss | worker µs/reading | vs first | all µs/reading "
-                      "| worker RSS MB | patients held | kB/patient (above start) | p50 / p99 ms |",
-                      "|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [f"Patient sweep ({name}, {sweep[0]['offered_rate']:,.0f} readings/s offered, each point primed, "
+                      f"measured over the last {sweep[0]['window_s']:.0f} s after {SWEEP_SETTLE_S:.0f} s of settling; "
+                      "all µs/reading: every process over the whole run):",
+                      "", "| patients | landed/s | loss | worker µs/reading | vs first | checkpoints/s "
+                      "| all µs/reading | worker RSS MB | patients held | kB/patient (above start) | p50 / p99 ms |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [f"| {p['patients']:,} | {_fmt(p['steady_rate'])} | {p['loss']:+,} | {p['worker_us_per_reading']} "
-                      f"| {p['worker_cost_vs_first']} | {p['all_us_per_reading']} | {p['worker_rss_mb']} "
+                      f"| {p['worker_cost_vs_first']} | {_fmt(p['worker_checkpoints_per_s'])} "
+                      f"| {p['all_us_per_reading']} | {p['worker_rss_mb']} "
                       f"| {p['worker_patients']} | {p['worker_kb_per_patient_above_start']} "
                       f"| {p['p50_ms']} / {p['p99_ms']} |" for p in sweep]
             lines.append("")

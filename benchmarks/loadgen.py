@@ -237,7 +237,7 @@ class _Generator:
         self.last_ms[k] = t_ms
         n = self.count[k]
         self.count[k] = n + 1
-        n_hr = min(spm, 5 if n % 2 == 0 else 4)
+        n_hr = min(spm - (spm > 1), 5 if n % 2 == 0 else 4)  # at least one RR interval when there is room
         n_rr = spm - n_hr
         span = t_ms - last
         rnd = self.rng.random

@@ -338,8 +338,14 @@ def start_tansu(workdir: Path, *, port: int | None = None) -> ServiceProcess:
 # --- InfluxDB 1.x ----------------------------------------------------------------------------------
 
 
-def influx_config(*, http_port: int, rpc_port: int, workdir: Path) -> str:
-    """An InfluxDB 1.x configuration with everything under ``workdir`` and no telemetry."""
+def influx_config(*, http_port: int, rpc_port: int, workdir: Path, index: str | None = None) -> str:
+    """An InfluxDB 1.x configuration with everything under ``workdir`` and no telemetry.
+
+    ``index``: the series index, ``inmem`` (InfluxDB's default) or ``tsi1``; default
+    ``RPM_INFLUX_INDEX`` or ``inmem`` (benchmarks/RESULTS.md, issue 20: measured with both)."""
+    index = index or os.environ.get("RPM_INFLUX_INDEX") or "inmem"
+    if index not in ("inmem", "tsi1"):
+        raise ValueError(f"InfluxDB index {index!r}: expected inmem or tsi1")
     return f"""\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -349,6 +355,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   dir = "{workdir / "data"}"
   wal-dir = "{workdir / "wal"}"
   query-log-enabled = false
+  index-version = "{index}"
 [http]
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
