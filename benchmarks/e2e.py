@@ -965,6 +965,11 @@ def sweep_patients(bench: Bench, system: System, counts: tuple[int, ...], rate: 
               f"(above start; {held} held), p99 {point['p99_ms']} ms", flush=True)
         points.append(point)
     first = points[0]["worker_us_per_reading"] if points else None
+    for prev, p in itertools.pairwise(points):  # what each further patient adds (fixed overheads cancel)
+        if p["worker_rss_mb"] and prev["worker_rss_mb"] and p["worker_patients"] and prev["worker_patients"] \
+                and p["worker_patients"] > prev["worker_patients"]:
+            p["worker_kb_per_patient_marginal"] = round((p["worker_rss_mb"] - prev["worker_rss_mb"]) * 1024
+                                                        / (p["worker_patients"] - prev["worker_patients"]), 2)
     for p in points:
         p["worker_cost_vs_first"] = (round(p["worker_us_per_reading"] / first, 2)
                                      if first and p["worker_us_per_reading"] else None)
@@ -1086,12 +1091,14 @@ def markdown(report: dict[str, Any]) -> str:
                       f"measured over the last {sweep[0]['window_s']:.0f} s after {SWEEP_SETTLE_S:.0f} s of settling; "
                       "all µs/reading: every process over the whole run):",
                       "", "| patients | landed/s | loss | worker µs/reading | vs first | checkpoints/s "
-                      "| all µs/reading | worker RSS MB | patients held | kB/patient (above start) | p50 / p99 ms |",
+                      "| all µs/reading | worker RSS MB | patients held | kB/patient (above start; marginal) "
+                      "| p50 / p99 ms |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             lines += [f"| {p['patients']:,} | {_fmt(p['steady_rate'])} | {p['loss']:+,} | {p['worker_us_per_reading']} "
                       f"| {p['worker_cost_vs_first']} | {_fmt(p['worker_checkpoints_per_s'])} "
                       f"| {p['all_us_per_reading']} | {p['worker_rss_mb']} "
-                      f"| {p['worker_patients']} | {p['worker_kb_per_patient_above_start']} "
+                      f"| {p['worker_patients']} | {p['worker_kb_per_patient_above_start']}; "
+                      f"{p.get('worker_kb_per_patient_marginal', '-')} "
                       f"| {p['p50_ms']} / {p['p99_ms']} |" for p in sweep]
             lines.append("")
     for name, summary in (report.get("systems") or {}).items():
