@@ -4,6 +4,7 @@ Reproduce (from the repository root; results and machine in benchmarks/RESULTS.m
 
     .venv/bin/python -m benchmarks.e2e --quick                       # < 2 min: ours at 2 loads + the limit
     .venv/bin/python -m benchmarks.e2e --loads 10000,30000,50000 --max --peers naive,nodered-stock,nodered-tuned
+    .venv/bin/python -m benchmarks.e2e --sweep-patients 10000,30000,100000,300000 --sweep-rate 40000  # sweep alone
 
 One run starts Mosquitto, Tansu and InfluxDB (``rpm_app.services``; or uses ``RPM_*_URL``), then:
 
@@ -26,6 +27,10 @@ per-stage rates (generator, bridge ``/metrics``, worker ``/metrics`` when it ser
 the latency from a probe sample's device timestamp to its alert arriving on Kafka ``rpm.alerts``
 (the worker publishes an alert only after writing it to InfluxDB; the alerts are also counted in
 InfluxDB); and every process's CPU time per reading written (the stage profile).
+
+With ``--max`` (or ``--sweep-patients`` alone), a patient-count sweep follows: one offered rate spread over
+more and more patients, each point primed and measured in its steady state (:func:`sweep_patients`);
+the ``--max`` report also gives the overload plateau (:func:`overload_plateau`).
 
 A run *sustains* its load when nothing is lost, the steady rate is ≥ 95 % of the offered rate, the
 generator kept to its schedule and the backlog drained within max(3 s, 20 % of the duration).
