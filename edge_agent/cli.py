@@ -205,6 +205,24 @@ def _provision(args: argparse.Namespace, settings: AgentSettings) -> None:
     print(f"MQTT user {creds.user} created; its password is in {out} (mode 0600). Run the agent with "
           f"RPM_MQTT_URL=mqtts://{creds.user}@BROKER:8883 RPM_MQTT_PASSWORD_FILE={out}")
     print(RELOAD_HINT)
+    _audit_provision(creds.user, args.patient, Path(args.provision_credentials))
+
+
+def _audit_provision(user: str, patient: str, auth_dir: Path) -> None:
+    """Record the new credential in rpm.audit like ``rpm mqtt-auth add-agent`` (RPM_KAFKA_URL set)."""
+    from rpm_core.audit import AuditError, AuditEvent, os_user, record_now
+    from rpm_core.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.kafka_url:
+        print("rpm edge pair: not audited: RPM_KAFKA_URL is not set, so rpm.audit cannot be written", file=sys.stderr)
+        return
+    event = AuditEvent(action="credential.add", actor=os_user(), target=user, patient=patient,
+                       detail={"kind": "mqtt", "role": "agent", "dir": str(auth_dir)})
+    try:
+        record_now(settings.kafka_bootstrap(), settings.key_ring(), "rpm edge pair", event)
+    except (AuditError, ModuleNotFoundError) as exc:  # an edge-only install has no Kafka client
+        print(f"rpm edge pair: MQTT user created, but NOT audited: {exc}", file=sys.stderr)
 
 
 def _placeholder() -> PairedDevice:

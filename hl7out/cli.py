@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from rpm_core.errors import ConfigError, RpmError
-from rpm_core.settings import Settings, kafka_bootstrap
+from rpm_core.settings import Settings
 
 if TYPE_CHECKING:  # the modules themselves load when a command runs: `rpm --help` stays light
     from hl7out.follow import FollowStats
@@ -143,7 +143,18 @@ def cmd_send(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"{len(receipts) - len(failed)} of {len(receipts)} messages delivered to {endpoint}"
           + (f", {len(failed)} dead-lettered" if failed else ""))
+    _audit_export(settings, sel.patients, str(endpoint), since=sel.since.isoformat(), until=sel.until.isoformat(),
+                  delivered=len(receipts) - len(failed))
     return 1 if failed else 0
+
+
+def _audit_export(settings: Settings, patients: tuple[str, ...], to: str, **detail: str | int) -> None:
+    """Record in rpm.audit who sent which patients' data where."""
+    from rpm_app.audit_cli import record_command
+    from rpm_core.audit import AuditEvent, os_user
+
+    record_command("rpm hl7", *(AuditEvent(action="export.hl7", actor=os_user(), target=to, patient=p,
+                                           detail={"to": to, **detail}) for p in patients))
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
@@ -153,6 +164,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if not settings.kafka_url:
         raise ConfigError("rpm hl7 follow reads rpm.alerts: set --kafka-url or RPM_KAFKA_URL")
     settings.require_influx()
+    _audit_export(settings, ("",), str(endpoint), mode="follow")  # every patient's alerts, from now on
     stats = asyncio.run(_follow(settings, endpoint, policy, args))
     print(f"{stats.sent} alert messages sent to {endpoint}: {stats.delivered} delivered, "
           f"{stats.deadlettered} dead-lettered; {stats.skipped} records skipped")
@@ -172,7 +184,7 @@ async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     lines: list[str] = []
-    bootstrap = kafka_bootstrap(settings.kafka_url or "")
+    bootstrap = settings.kafka_bootstrap()
     kafka = KafkaDeadLetters(bootstrap, source=str(endpoint))
 
     async def after_send(_receipt: Receipt) -> None:
@@ -204,7 +216,7 @@ async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messa
     def on_attempt(a: AttemptRecord) -> None:
         lines.append(attempt_line(a, recipient=str(endpoint)))
 
-    kafka = KafkaDeadLetters(kafka_bootstrap(settings.kafka_url), source=str(endpoint)) if settings.kafka_url else None
+    kafka = KafkaDeadLetters(settings.kafka_bootstrap(), source=str(endpoint)) if settings.kafka_url else None
 
     async def deadletter(message: Outgoing, reason: str) -> None:
         if kafka is None:

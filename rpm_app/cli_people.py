@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from rpm_core.errors import ConfigError
-from rpm_core.settings import Settings
+from rpm_core.settings import Settings, check_private_file
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # a string: not subscriptable at run time
 
@@ -107,21 +107,18 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
-    from station.nurse_station import WEAK_PASSWORDS
+    from rpm_core.passwords import pin_weakness, weakness
 
     if args.pin:
-        runs = ("01234567890", "98765432109")
-        if not (password.isascii() and password.isdigit() and len(password) >= 6) or len(set(password)) < 3 \
-                or any(password in run for run in runs):
-            _say("a PIN is at least 6 digits, not a run like 123456 and of at least 3 different digits", err=True)
+        problem = pin_weakness(password)
+        if problem:
+            _say(problem, err=True)
             return 1
         _say(hash_password(password))
         return 0
-    if len(password) < 8:
-        _say("use at least 8 characters", err=True)
-        return 1
-    if password.lower() in WEAK_PASSWORDS:
-        _say("that password is published or common; choose another", err=True)
+    problem = weakness(password, names=tuple(args.station or ()))
+    if problem:
+        _say(problem, err=True)
         return 1
     encoded = hash_password(password)
     _say(encoded)
@@ -144,6 +141,11 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
             _say(f"no live kiosk {args.id!r} in {state_dir}", err=True)
             return 1
         _say(f"kiosk {args.id} revoked: that screen shows 'logged out' within seconds")
+        from rpm_app.audit_cli import record_command
+        from rpm_core.audit import AuditEvent, os_user
+
+        record_command("rpm nurse-station kiosk", AuditEvent(action="kiosk_revoked", actor=os_user(), target=args.id,
+                                                             detail={"state_dir": str(state_dir)}))
         return 0
     for k in registry.kiosks():
         d = describe(k)
@@ -174,6 +176,8 @@ def _add_nurse_station(sub: SubParsers) -> None:
     inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    h.add_argument("--station", action="append", default=None, metavar="ID",
+                   help="the station (or badge) it is for: a password containing its name is refused")
     h.add_argument("--pin", action="store_true",
                    help="hash a nurse's PIN (roster nurses: pin_hash; at least 6 digits) instead of a password")
     h.set_defaults(func=cmd_hash_password)
@@ -195,10 +199,17 @@ def cmd_grafana_provision(args: argparse.Namespace) -> int:
     from rpm_core.roster import load_roster
 
     roster = load_roster(args.roster) if (args.roster or os.environ.get("RPM_ROSTER")) else None
+    user = args.influx_user or os.environ.get("RPM_INFLUX_USER") or None
+    password_file = args.influx_password_file or os.environ.get("RPM_INFLUX_PASSWORD_FILE") or None
+    if password_file:  # Grafana will read it: it must exist and be private (chmod 600; readable by Grafana's user)
+        check_private_file(password_file, what="--influx-password-file")
+    if password_file and not user:
+        raise ConfigError("--influx-password-file needs --influx-user (Grafana's read-only InfluxDB user)")
     written = provision(Path(args.out), ProvisionOptions(
         influx_url=args.influx_url or os.environ.get("RPM_INFLUX_URL") or "http://localhost:8086",
         influx_db=args.influx_db or os.environ.get("RPM_INFLUX_DB") or "rpm",
         dashboards_path=args.dashboards_path, token=args.token, roster=roster, datasource_uid=args.datasource_uid,
+        influx_user=user, influx_password_file=password_file,
     ))
     for path in written:
         _say(str(path))
@@ -213,6 +224,11 @@ def _add_grafana(sub: SubParsers) -> None:
     p.add_argument("--out", required=True, help="directory to write (datasources/, dashboards/)")
     p.add_argument("--influx-url", help="InfluxDB URL as Grafana reaches it (default: RPM_INFLUX_URL)")
     p.add_argument("--influx-db", help="database (1.x) / DBRP-mapped bucket (2.x) / database (3.x)")
+    p.add_argument("--influx-user", help="InfluxDB 1.x user Grafana queries as: a read-only one "
+                   "(default: RPM_INFLUX_USER)")
+    p.add_argument("--influx-password-file", help="file holding that user's password (mode 0600), read by "
+                   "Grafana at start ($__file{...}); never copied into the provisioning files "
+                   "(default: RPM_INFLUX_PASSWORD_FILE)")
     p.add_argument("--token", action="store_true",
                    help="InfluxDB 2.x/3.x: send 'Authorization: Token $RPM_INFLUX_TOKEN' (Grafana expands it)")
     p.add_argument("--dashboards-path", default=None,
@@ -240,7 +256,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     ))
     for path in result:
         _say(str(path))
+    _audit_export("rpm report", "export.report", args.patient, str(out),
+                  since=(end - timedelta(days=args.days)).isoformat(), until=end.isoformat())
     return 0
+
+
+def _audit_export(via: str, action: str, patient: str, to: str, **detail: str | int) -> None:
+    """Record in rpm.audit who exported which patient's data, for when, and where to."""
+    from rpm_app.audit_cli import record_command
+    from rpm_core.audit import AuditEvent, os_user
+
+    record_command(via, AuditEvent(action=action, actor=os_user(), target=to, patient=patient,
+                                   detail={"to": to, **detail}))
 
 
 def _add_report(sub: SubParsers) -> None:
@@ -283,6 +310,11 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
         _say(f"wrote {args.out}", err=True)
     elif not args.post:
         sys.stdout.buffer.write(data + b"\n")
+    period = {"since": args.since.isoformat(), "until": (args.until or datetime.now(UTC)).isoformat()}
+    if args.post:
+        _audit_export("rpm export fhir", "export.fhir.post", args.patient, args.post, **period)
+    if args.out or not args.post:
+        _audit_export("rpm export fhir", "export.fhir", args.patient, args.out or "-", **period)
     return 0
 
 

@@ -27,11 +27,14 @@ import signal
 import sys
 from pathlib import Path
 
+from rpm_app.audit_cli import record_command
+from rpm_core.audit import AuditEvent, os_user
 from rpm_core.errors import ConfigError, ServiceError
 from rpm_core.mqtt_users import (
     RELOAD_HINT,
     AuthDir,
     Credentials,
+    MqttUser,
     Role,
     add_agent,
     add_service,
@@ -84,7 +87,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     out += [f"  {user:<14} {file}" for user, file in files.items()]
     _after_change(args, out)
     _say(out)
+    _audit(args, *(AuditEvent(action="credential.add", actor=os_user(), target=user,
+                              detail={"kind": "mqtt", "role": "service", "dir": str(path)}) for user in files))
     return 0
+
+
+def _audit(args: argparse.Namespace, *events: AuditEvent) -> None:
+    """Record credential changes in rpm.audit (after they took effect: the password was shown once)."""
+    record_command("rpm mqtt-auth", *events)
 
 
 def cmd_add_agent(args: argparse.Namespace) -> int:
@@ -93,16 +103,17 @@ def cmd_add_agent(args: argparse.Namespace) -> int:
     name = args.user or agent_user(args.patient)
     grants = (f"may publish only under rpm/v1/p/{args.patient}/ (readings, status, ack) "
               f"and read only rpm/v1/p/{args.patient}/cmd")
-    return _issued(args, name, creds, grants)
+    return _issued(args, name, creds, grants, role="agent", patient=args.patient)
 
 
 def cmd_add_service(args: argparse.Namespace) -> int:
     """``rpm mqtt-auth add-service``."""
     creds = add_service(_dir(args), args.user, Role(args.role), rotate=args.rotate)
-    return _issued(args, args.user, creds, f"has role {args.role}")
+    return _issued(args, args.user, creds, f"has role {args.role}", role=args.role)
 
 
-def _issued(args: argparse.Namespace, name: str, creds: Credentials | None, grants: str) -> int:
+def _issued(args: argparse.Namespace, name: str, creds: Credentials | None, grants: str, *, role: str,
+            patient: str = "") -> int:
     if creds is None:
         _say([f"user {name} exists already; nothing changed (--rotate issues a new password)"])
         return 1
@@ -115,7 +126,16 @@ def _issued(args: argparse.Namespace, name: str, creds: Credentials | None, gran
         out.append(f"password (shown once): {creds.password.get()}")
     _after_change(args, out)
     _say(out)
+    _audit(args, AuditEvent(action="credential.rotate" if args.rotate and _existed(args, creds.user)
+                            else "credential.add", actor=os_user(), target=creds.user, patient=patient,
+                            detail={"kind": "mqtt", "role": role, "dir": str(_dir(args))}))
     return 0
+
+
+def _existed(args: argparse.Namespace, user: str) -> bool:
+    """Whether ``user`` was re-keyed (it has a last-change time) rather than created."""
+    found = AuthDir(_dir(args)).load().find(user)
+    return found is not None and bool(found.changed)
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
@@ -124,17 +144,28 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     out = [f"revoked {user.name} ({user.role.value}{', patient ' + user.patient if user.patient else ''})"]
     _after_change(args, out)
     _say(out)
+    _audit(args, AuditEvent(action="credential.revoke", actor=os_user(), target=user.name, patient=user.patient or "",
+                            detail={"kind": "mqtt", "role": user.role.value, "dir": str(_dir(args))}))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """``rpm mqtt-auth list``."""
     state = AuthDir(_dir(args)).load()
-    out = [f"{'user':<24} {'role':<10} {'patient':<16} {'status':<8} since"]
-    out += [f"{u.name:<24} {u.role.value:<10} {u.patient or '-':<16} {'active':<8} {u.created}" for u in state.users]
-    out += [f"{name:<24} {'-':<10} {'-':<16} {'revoked':<8} {when}" for name, when in state.revoked.items()]
+    out = [f"{'user':<24} {'role':<10} {'patient':<16} {'status':<8} {'created':<25} {'changed':<25} revoked"]
+    out += [_row(u, "active") for u in state.users]
+    for name, when in state.revoked.items():
+        was = state.retired.get(name)
+        out.append(_row(was, "revoked", when) if was else
+                   f"{name:<24} {'-':<10} {'-':<16} {'revoked':<8} {'-':<25} {'-':<25} {when}")
     _say(out)
     return 0
+
+
+def _row(u: MqttUser, status: str, revoked: str = "-") -> str:
+    """One line of the access review: who, what role, created, last re-keyed, revoked."""
+    return (f"{u.name:<24} {u.role.value:<10} {u.patient or '-':<16} {status:<8} {u.created or '-':<25} "
+            f"{u.changed or '-':<25} {revoked}")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -168,7 +199,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _common(c, reload=True)
     c.set_defaults(func=cmd_revoke)
 
-    c = commands.add_parser("list", help="list users, roles and revoked users")
+    c = commands.add_parser("list", help="access review: users, roles, created, last re-keyed, revoked")
     _common(c, reload=False)
     c.set_defaults(func=cmd_list)
 

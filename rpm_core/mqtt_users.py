@@ -2,7 +2,8 @@
 
 A store is one directory (``--dir D`` or ``RPM_MQTT_AUTH_DIR``, mode 0700)::
 
-    D/mqtt-auth.json        users, their roles and patients, revoked users (no secrets), 0600
+    D/mqtt-auth.json        users, their roles and patients, when each was created, last re-keyed and
+                            revoked (no secrets), 0600
     D/passwd                Mosquitto password file, hashed by ``mosquitto_passwd -b``, 0600
     D/acl                   Mosquitto ACL file, generated from the state, 0600
     D/credentials/<user>    passwords of the service users made by ``init`` (RPM_MQTT_PASSWORD_FILE), 0600
@@ -19,6 +20,7 @@ a 0600 file), and only their hashes stay in ``passwd``. Lives in the core becaus
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import fcntl
 import json
@@ -148,31 +150,35 @@ class MqttUser:
     role: Role
     patient: str | None = None
     created: str = ""
+    changed: str = ""  # last password rotation ("" = never); absent from state files of before rotations were dated
 
     def to_json(self) -> dict[str, Any]:
         """The state-file form."""
-        return {"role": self.role.value, "patient": self.patient, "created": self.created}
+        doc = {"role": self.role.value, "patient": self.patient, "created": self.created}
+        return doc | {"changed": self.changed} if self.changed else doc
 
     @classmethod
     def from_json(cls, name: str, doc: object) -> MqttUser:
         """Parse the state-file form; :class:`ConfigError` on anything unexpected."""
-        if not isinstance(doc, dict) or set(doc) - {"role", "patient", "created"}:
-            raise ConfigError(f"user {name!r}: expected an object with role, patient, created")
+        if not isinstance(doc, dict) or set(doc) - {"role", "patient", "created", "changed"}:
+            raise ConfigError(f"user {name!r}: expected an object with role, patient, created (and changed)")
         try:
             role = Role(str(doc.get("role")))
         except ValueError:
             raise ConfigError(f"user {name!r}: unknown role {doc.get('role')!r}") from None
-        user = cls(name=check_mqtt_user(name), role=role, patient=doc.get("patient"), created=str(doc.get("created")))
+        user = cls(name=check_mqtt_user(name), role=role, patient=doc.get("patient"),
+                   created=str(doc.get("created") or ""), changed=str(doc.get("changed") or ""))
         build_acl([(user.name, user.role, user.patient)])  # validates the role/patient combination
         return user
 
 
 @dataclass(frozen=True, slots=True)
 class AuthState:
-    """Every user the broker knows, and the users revoked (name → when)."""
+    """Every user the broker knows, the users revoked (name → when) and what they were (``retired``)."""
 
     users: tuple[MqttUser, ...] = ()
     revoked: dict[str, str] = field(default_factory=dict)
+    retired: dict[str, MqttUser] = field(default_factory=dict)  # revoked users' role, creation, last change
 
     def find(self, name: str) -> MqttUser | None:
         """The active user called ``name``."""
@@ -181,11 +187,14 @@ class AuthState:
     def with_user(self, user: MqttUser) -> AuthState:
         """``user`` added (or replaced) and no longer revoked."""
         users = (*(u for u in self.users if u.name != user.name), user)
-        return AuthState(users, {k: v for k, v in self.revoked.items() if k != user.name})
+        return AuthState(users, {k: v for k, v in self.revoked.items() if k != user.name},
+                         {k: v for k, v in self.retired.items() if k != user.name})
 
     def without(self, name: str, when: str) -> AuthState:
-        """``name`` removed and recorded as revoked at ``when``."""
-        return AuthState(tuple(u for u in self.users if u.name != name), {**self.revoked, name: when})
+        """``name`` removed and recorded as revoked at ``when`` (what it was kept in ``retired``)."""
+        gone = self.find(name)
+        retired = {**self.retired, name: gone} if gone is not None else dict(self.retired)
+        return AuthState(tuple(u for u in self.users if u.name != name), {**self.revoked, name: when}, retired)
 
     def acl_text(self) -> str:
         """The Mosquitto ACL: service users first, then agents by name."""
@@ -194,19 +203,23 @@ class AuthState:
 
     def to_json(self) -> dict[str, Any]:
         """The state file's document."""
-        return {"version": STATE_VERSION, "users": {u.name: u.to_json() for u in self.users},
-                "revoked": dict(sorted(self.revoked.items()))}
+        doc = {"version": STATE_VERSION, "users": {u.name: u.to_json() for u in self.users},
+               "revoked": dict(sorted(self.revoked.items()))}
+        if self.retired:
+            doc["retired"] = {n: u.to_json() for n, u in sorted(self.retired.items())}
+        return doc
 
     @classmethod
     def from_json(cls, doc: object) -> AuthState:
         """Parse the state file's document."""
         if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
             raise ConfigError(f"unsupported state document (expected version {STATE_VERSION})")
-        users, revoked = doc.get("users"), doc.get("revoked", {})
-        if not isinstance(users, dict) or not isinstance(revoked, dict):
-            raise ConfigError("'users' and 'revoked' must be objects")
+        users, revoked, retired = doc.get("users"), doc.get("revoked", {}), doc.get("retired", {})
+        if not isinstance(users, dict) or not isinstance(revoked, dict) or not isinstance(retired, dict):
+            raise ConfigError("'users', 'revoked' and 'retired' must be objects")
         parsed = tuple(MqttUser.from_json(n, d) for n, d in users.items())
-        return cls(parsed, {str(k): str(v) for k, v in revoked.items()})
+        return cls(parsed, {str(k): str(v) for k, v in revoked.items()},
+                   {str(n): MqttUser.from_json(n, d) for n, d in retired.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +376,8 @@ def _add_user(path: Path, user: MqttUser, *, rotate: bool) -> Credentials | None
                               f"{', patient ' + existing.patient if existing.patient else ''}; pick another name")
         if existing is not None and not rotate:
             return None
+        if existing is not None:  # a rotation: same user since its creation, re-keyed now
+            user = dataclasses.replace(user, created=existing.created, changed=_now_iso())
         creds = Credentials(user.name, generate_password())
         auth.set_password(creds)
         auth.save(state.with_user(user))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Final
 
 from aiokafka.partitioner import murmur2
 
+from rpm_core.audit import TOPIC as AUDIT_TOPIC
+from rpm_core.kafka_security import check_tls, kafka_client_kwargs
 from rpm_core.technical import HEARTBEATS_TOPIC
 
 _LOGGER = logging.getLogger(__name__)
@@ -17,6 +20,7 @@ ALERTS: Final = "rpm.alerts"
 ALERT_ACKS: Final = "rpm.alert-acks"
 DEADLETTER: Final = "rpm.deadletter"
 HEARTBEATS: Final = HEARTBEATS_TOPIC  # components' heartbeats for rpm watchdog (rpm_core.technical)
+AUDIT: Final = AUDIT_TOPIC  # the audit trail (rpm_core.audit): one partition, one total order
 
 # Patients are spread over partitions by key; each partition lives on one worker, so the
 # partition count is the ceiling on how many workers can share the load.
@@ -24,14 +28,20 @@ DEFAULT_READINGS_PARTITIONS: Final = 8
 
 
 async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PARTITIONS) -> None:
-    """Create the pipeline's topics if they do not exist (idempotent)."""
+    """Create the pipeline's topics if they do not exist (idempotent).
+
+    The first Kafka call of every service: over TLS it first checks the brokers' certificate
+    (:func:`~rpm_core.kafka_security.check_tls`), so a wrong CA is a clear error at start-up.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await asyncio.to_thread(check_tls, bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = {READINGS: partitions, ALERTS: partitions, ALERT_ACKS: partitions, DEADLETTER: 1, HEARTBEATS: 1}
+        wanted = {READINGS: partitions, ALERTS: partitions, ALERT_ACKS: partitions, DEADLETTER: 1, HEARTBEATS: 1,
+                  AUDIT: 1}
         new = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
         if new:
             await admin.create_topics(new)

@@ -9,6 +9,7 @@ How it fits together::
                                   re-alarm tick)  └─▶ GET /api/overview (InfluxDB last values, trends)
     POST /api/ack ─▶ AIOKafkaProducer ─▶ rpm.alert-acks (key: patient) ─▶ worker ─▶ rpm.alerts
     POST /api/silence, /api/nurse; actions ─▶ AuditLog ─▶ InfluxDB station_audit
+    logins, sign-ins, acks, silences, kiosks ─▶ AuditTrail ─▶ rpm.audit (hash-chained, signed)
 
 - **Never misses an alert.** The board is rebuilt at start from both topics read from the
   beginning, so it holds the state of every alert of the ward, not just what arrived while a
@@ -37,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import ipaddress
 import logging
 import math
+import os
 import re
 import secrets
 import signal
@@ -60,10 +63,13 @@ from aiohttp import web
 from rpm_core import topics
 from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
+from rpm_core.audit import AuditEvent, AuditTrail, config_load_event, os_user
 from rpm_core.errors import ConfigError
+from rpm_core.kafka_security import kafka_client_kwargs
+from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
-from rpm_core.settings import Settings
+from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
@@ -96,9 +102,9 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_MAX_FAILURES_PER_CLIENT: Final = 30
 LOGIN_WINDOW_S: Final = 300.0
 FAILURE_KEYS_MAX: Final = 10_000
-# Published or common passwords a station may not use (the example roster's among them).
-WEAK_PASSWORDS: Final = ("change-me-north", "change-me-south", "change-me", "changeme", "password", "password1",
-                         "12345678", "123456789", "nurse123", "station1", "admin123", "letmein1")
+# Published or common passwords a station may not use (the example roster's among them): tried
+# against each station's hash at start (rpm_core.passwords; hash-password checks a longer list).
+WEAK_PASSWORDS: Final = KNOWN_WEAK
 # An ack stashed before its alert was read (topics replay in any order) waits at most this long.
 PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.
@@ -556,7 +562,7 @@ class AlertFeed:
     async def _consume(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=200)
         await consumer.start()
         try:
@@ -701,7 +707,7 @@ class Supervision:
         from aiokafka.structs import TopicPartition
 
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                         fetch_max_wait_ms=500)
             try:
                 await consumer.start()
@@ -735,7 +741,7 @@ class AckSender:
         """Connect the producer."""
         from aiokafka import AIOKafkaProducer
 
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), acks="all", linger_ms=0,
                                           request_timeout_ms=10_000)
         await self._producer.start()
 
@@ -761,12 +767,11 @@ class Sparklines:
     ``thresholds`` are drawn as dashed lines (from the rules: see :func:`rule_thresholds`).
     """
 
-    def __init__(self, *, url: str | None, db: str, token: str = "",
+    def __init__(self, *, url: str | None, db: str, auth: InfluxAuth | None = None,
                  thresholds: Mapping[str, Sequence[Threshold]] | None = None, glucose_unit: str = "mg/dL") -> None:
         self.glucose_unit = glucose_unit
-        self.url = url.rstrip("/") if url else None
+        self.url, self._auth = influx_endpoint(url, auth)
         self.db = db
-        self.token = token
         self.thresholds: Mapping[str, Sequence[Threshold]] = thresholds or {}
         self._cache: dict[tuple[str, str, str | None, bool], tuple[float, str]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -798,7 +803,7 @@ class Sparklines:
         q = (f"SELECT mean(\"value\") FROM \"vitals\" WHERE \"patient\" = '{patient}' AND \"metric\" = '{metric}' "  # noqa: S608 (ids validated)
              f"AND time > now() - {f'{DETAIL_WINDOW_S}s' if large else SPARKLINE_WINDOW} "
              f"GROUP BY time({'3m' if large else '1m'}) fill(none)")
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        headers = self._auth.headers()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
@@ -948,25 +953,45 @@ class StationState:
     ward_name: str
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, list[float]] = field(default_factory=dict)
+    refusals_noted: dict[str, float] = field(default_factory=dict)  # lockouts already in rpm.audit
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AuditLog | None = None
     kiosks: KioskRegistry | None = None
     overview: Overview | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    trail: AuditTrail | None = None  # rpm.audit: the tamper-evident record of people's actions
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
-        """Queue one audit entry (nothing without InfluxDB)."""
-        if self.audit is None:
-            return
-        self.audit.record(AuditEntry(
-            action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
-            patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
-            rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
-            minutes=minutes, at=time.time(), user=user))
+        """Queue one audit entry: InfluxDB ``station_audit`` (if any) and, for people's actions, ``rpm.audit``."""
+        if self.audit is not None:
+            self.audit.record(AuditEntry(
+                action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
+                patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
+                rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
+                minutes=minutes, at=time.time(), user=user))
+        if action in TRAIL_ACTIONS:
+            detail: dict[str, str | int | bool] = {"ward": self.board.ward, "station": station or ""}
+            if by:
+                detail["by"] = by
+            if note:
+                detail["note"] = note
+            if minutes:
+                detail["minutes"] = str(minutes)
+            self.trail_event(action, actor=user or station or "?", target=view.alert_id if view else "",
+                             patient=(view.patient or "") if view else "", detail=detail)
+
+    def trail_event(self, action: str, *, actor: str, outcome: str = "success", target: str = "",
+                    patient: str = "", detail: Mapping[str, str | int | bool] | None = None) -> None:
+        """Record a person's action in ``rpm.audit`` (nothing without Kafka)."""
+        if self.trail is not None:
+            self.trail.record(AuditEvent(action=action, actor=actor, outcome=outcome, target=target,
+                                         patient=patient, detail=dict(detail or {})))
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
+# What people did (rpm.audit); the station's own re-alarms and ended silences stay in station_audit.
+TRAIL_ACTIONS: Final = frozenset({"ack", "silence", "unsilence", "kiosk_issued", "kiosk_revoked", "nurse_sign_in"})
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -1158,6 +1183,29 @@ def _locked_out(st: StationState, station: str, client: str, now: float) -> bool
             or _recent(st, f"*|{client}", now) >= LOGIN_MAX_FAILURES_PER_CLIENT)
 
 
+def _known_or_hashed(name: str, known: Mapping[str, object]) -> str:
+    """``name`` when it is a known station or badge, else ``unknown:<hash>``: a password typed into
+    the name field by mistake must not land in the audit trail, yet repeated attempts still match."""
+    if name in known:
+        return name
+    return f"unknown:{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def _audit_failure(st: StationState, action: str, who: str, detail: dict[str, str | int | bool]) -> None:
+    st.trail_event(action, actor=who, outcome="failure", target=who, detail=detail)
+
+
+def _first_refusal(st: StationState, key: str, now: float) -> bool:
+    """Whether a locked-out attempt for ``key`` is the first of its lockout window (then it is recorded)."""
+    last = st.refusals_noted.get(key)
+    if last is not None and now - last < LOGIN_WINDOW_S:
+        return False
+    st.refusals_noted[key] = now
+    while len(st.refusals_noted) > FAILURE_KEYS_MAX:
+        st.refusals_noted.pop(next(iter(st.refusals_noted)))
+    return True
+
+
 def _count_failure(st: StationState, station: str, client: str, now: float) -> None:
     for key in (f"{station[:64]}|{client}", f"*|{client}"):
         st.failures.setdefault(key, []).append(now)
@@ -1174,11 +1222,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
     if _locked_out(st, station, addr, now):
+        if _first_refusal(st, f"{station[:64]}|{addr}", now):  # a flood is recorded once per window
+            _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                           {"ward": st.board.ward, "client": addr, "locked_out": True})
         return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
         _count_failure(st, station, addr, now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
+        _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                       {"ward": st.board.ward, "client": addr})
         return _login_page("Wrong station or password.", status=401)
     kiosk_token, kiosk_id = None, None
     if form.get("kiosk"):
@@ -1190,6 +1243,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         st.record("kiosk_issued", station=entry.id, note=kiosk.id)
     token = secrets.token_urlsafe(32)
     st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now, kiosk=kiosk_id)
+    st.trail_event("login", actor=entry.id, target=entry.id,
+                   detail={"ward": st.board.ward, "client": addr, "kiosk": kiosk_id or ""})
     _LOGGER.info("station %s logged in from %s%s", entry.id, addr, " as a kiosk" if kiosk_token else "")
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
@@ -1209,6 +1264,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not _csrf_ok(token, sess):
             raise web.HTTPForbidden(text="missing or wrong CSRF token")
         st.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        st.trail_event("logout", actor=sess.station, target=sess.station, detail={"ward": st.board.ward})
         if st.kiosks is not None:  # a kiosk cookie of this station, whichever session it came with
             kiosk = st.kiosks.verify(request.cookies.get(KIOSK_COOKIE))
             if kiosk is not None and kiosk.station == sess.station and st.kiosks.revoke(kiosk.id):
@@ -1325,6 +1381,8 @@ async def nurse_sign_in(request: web.Request) -> web.Response:
     nurse = await asyncio.to_thread(st.roster.check_nurse, nurse_id, pin, st.board.ward)
     if nurse is None:
         _count_failure(st, f"nurse:{nurse_id}", client, now)
+        _audit_failure(st, "nurse_sign_in", _known_or_hashed(nurse_id, st.roster.nurses),
+                       {"ward": st.board.ward, "station": sess.station, "client": client})
         _LOGGER.warning("failed nurse sign-in for badge %r at station %s", nurse_id[:64], sess.station)
         # 403, not 401: the station's session is fine (a 401 means "log in again" to the page)
         raise _json_error(web.HTTPForbidden, "wrong badge number or PIN")
@@ -1438,7 +1496,9 @@ async def healthz(request: web.Request) -> web.Response:
     st = request.app[STATE_KEY]
     board = st.board
     audit = {"written": st.audit.written, "failed": st.audit.failed} if st.audit else None
-    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit},
+    trail = {"written": st.trail.written, "failed": st.trail.failed, "lost": st.trail.lost} if st.trail else None
+    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit,
+                              "audit_trail": trail},
                              status=200 if board.caught_up else 503)
 
 
@@ -1583,15 +1643,17 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     if keys is None:
         _LOGGER.warning("no RPM_SIGNING_KEYS_FILE: alerts are shown and acknowledgements sent without signatures")
     sender = AckSender(bootstrap=bootstrap, keys=keys)
-    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
+    influx_url, influx_auth = influx_endpoint(settings.influx_url, settings.influx_auth())
+    sparklines = Sparklines(url=influx_url, db=settings.influx_db, auth=influx_auth,
                             thresholds=rule_thresholds(load_rules(rules_path)),
                             glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
-    audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
-    tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    audit = AuditLog(url=influx_url, db=settings.influx_db, auth=influx_auth)
+    trail = AuditTrail(bootstrap=bootstrap, keys=keys, via="nurse-station")
+    tiles = Overview(url=influx_url, db=settings.influx_db, auth=influx_auth)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
                          kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles,
-                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies))
+                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies), trail=trail)
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -1600,6 +1662,8 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         loop.add_signal_handler(sig, stop.set)
     try:
         await sender.start()
+        await trail.start()
+        await _audit_logins(trail, roster, bootstrap=bootstrap, keys=keys)
         await web.TCPSite(runner, options.host, options.port).start()
         url = f"http://{options.host}:{runner.addresses[0][1]}/"
         _LOGGER.info("nurse station for ward %s at %s", ward, url)
@@ -1610,20 +1674,37 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")
-            tasks = [feed, pruner, ticker, writer]
+            trail_writer = tg.create_task(trail.run(), name="audit-trail")
+            tasks = [feed, pruner, ticker, writer, trail_writer]
             if options.supervision_timeout_s > 0:
                 tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap,
                                                         timeout_s=options.supervision_timeout_s).run(),
                                             name="supervision"))
             await stop.wait()
             await audit.drain()
+            await trail.drain()
             for task in tasks:
                 task.cancel()
     finally:
         await runner.cleanup()
         await sender.stop()
+        await trail.stop()
         await sparklines.close()
         await tiles.close()
+
+
+async def _audit_logins(trail: AuditTrail, roster: Roster, *, bootstrap: str, keys: KeyRing | None) -> None:
+    """Record which station logins and nurse PINs this station starts with (``roster.loaded`` /
+    ``roster.changed``: a station's password or a nurse's PIN added, replaced or removed)."""
+    from rpm_core.roster import CREDENTIALS_ENV
+
+    def read() -> tuple[str, bytes]:
+        if roster.source is not None and Path(roster.source).is_file():
+            return roster.source, Path(roster.source).read_bytes()
+        return CREDENTIALS_ENV, os.environ.get(CREDENTIALS_ENV, "").encode()
+
+    target, content = await asyncio.to_thread(read)
+    trail.record(await config_load_event(bootstrap, keys, "roster", target, content, actor=os_user()))
 
 
 async def tick_forever(state: StationState) -> None:

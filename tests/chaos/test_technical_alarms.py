@@ -103,7 +103,7 @@ defaults: {{group_wait: 0s}}
 delivery: {{retries: 1, timeout: 3s, backoff_max: 0.2s}}
 receivers:
   ward: {{channels: [{{type: nurse_station}}]}}
-  on-call: {{channels: [{{type: webhook, url: "{url}/on-call", secret_env: HOOK_SECRET}}]}}
+  on-call: {{channels: [{{type: webhook, url: "{url}/on-call", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]}}
 route:
   receiver: ward
   routes:

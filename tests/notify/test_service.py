@@ -51,11 +51,11 @@ receivers:
     channels:
       - {{type: nurse_station}}
       - {{type: edge_agent, messages: {{glucose_low: "Your glucose is low: take 15 g of fast carbohydrate."}}}}{nurses}
-  oncall: {{channels: [{{type: webhook, url: "{hooks}/oncall", secret_env: HOOK_SECRET}}]}}
+  oncall: {{channels: [{{type: webhook, url: "{hooks}/oncall", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]}}
   physician: {{channels: [{{type: email, to: [dr@hospital.example]}}]}}
   both:
     channels:
-      - {{type: webhook, url: "{hooks}/both", secret_env: HOOK_SECRET}}
+      - {{type: webhook, url: "{hooks}/both", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}
       - {{type: email, to: [team@hospital.example]}}
 escalations:
   critical:
@@ -239,8 +239,10 @@ version: 1
 defaults: {{group_wait: 0s}}
 delivery: {{retries: 1, timeout: 3s, backoff_max: 0.2s}}
 receivers:
-  first: {{channels: [{{type: webhook, url: "{hooks.url}/first", secret_env: HOOK_SECRET}}]}}
-  second: {{channels: [{{type: webhook, url: "{hooks.url}/second", secret_env: HOOK_SECRET}}]}}
+  first:
+    channels: [{{type: webhook, url: "{hooks.url}/first", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]
+  second:
+    channels: [{{type: webhook, url: "{hooks.url}/second", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]
 escalations: {{chain: {{steps: [{steps.strip().replace(chr(10), ',').replace('- ', '')}]}}}}
 route: {{escalation: chain}}
 """)

@@ -128,3 +128,44 @@ def test_reload_pid_of_a_process_that_is_gone_is_an_error(tmp_path: Path) -> Non
     proc.wait()
     result = rpm("add-agent", "--dir", str(d), "--patient", "p1", "--reload-pid", str(proc.pid))
     assert result.returncode == 2 and "no process" in result.stderr
+
+
+def test_list_is_an_access_review_created_changed_revoked(tmp_path: Path) -> None:
+    d = tmp_path / "auth"
+    assert rpm("init", "--dir", str(d)).returncode == 0
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0001").returncode == 0
+    created = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0001"]["created"]
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0001", "--rotate").returncode == 0
+    user = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0001"]
+    assert user["created"] == created and user["changed"] >= created, "a rotation keeps the creation time"
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0002").returncode == 0
+    assert rpm("revoke", "--dir", str(d), "--user", "agent-p0001").returncode == 0
+    listing = rpm("list", "--dir", str(d))
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["user", "role", "patient", "status", "created", "changed", "revoked"]
+    lines = {r.split()[0]: r.split() for r in rows}
+    assert lines["agent-p0001"] == ["agent-p0001", "agent", "p0001", "revoked", created, user["changed"],
+                                    lines["agent-p0001"][6]]
+    assert lines["agent-p0001"][6] != "-"
+    assert lines["agent-p0002"][3:] == ["active", lines["agent-p0002"][4], "-", "-"]
+    assert lines["rpm-bridge"][1:4] == ["bridge", "-", "active"]
+
+
+def test_a_state_file_written_before_change_times_is_read(tmp_path: Path) -> None:
+    """Backward compatible: users without ``changed``, revoked users as bare times, no ``retired``."""
+    d = tmp_path / "auth"
+    mqtt_users.init_auth(d)
+    state = json.loads((d / "mqtt-auth.json").read_text())
+    state["users"]["agent-p0009"] = {"role": "agent", "patient": "p0009", "created": "2025-01-02T03:04:05+00:00"}
+    state["revoked"] = {"agent-old": "2025-02-03T04:05:06+00:00"}
+    state.pop("retired", None)
+    (d / "mqtt-auth.json").write_text(json.dumps(state))
+    listing = rpm("list", "--dir", str(d))
+    assert listing.returncode == 0, listing.stderr
+    lines = {r.split()[0]: r.split() for r in listing.stdout.splitlines()[1:]}
+    assert lines["agent-p0009"][3:] == ["active", "2025-01-02T03:04:05+00:00", "-", "-"]
+    assert lines["agent-old"][3:] == ["revoked", "-", "-", "2025-02-03T04:05:06+00:00"]
+    rotated = rpm("add-agent", "--dir", str(d), "--patient", "p0009", "--user", "agent-p0009", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    user = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0009"]
+    assert user["created"] == "2025-01-02T03:04:05+00:00" and user["changed"] > user["created"]
