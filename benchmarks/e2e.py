@@ -4,6 +4,7 @@ Reproduce (from the repository root; results and machine in benchmarks/RESULTS.m
 
     .venv/bin/python -m benchmarks.e2e --quick                       # < 2 min: ours at 2 loads + the limit
     .venv/bin/python -m benchmarks.e2e --loads 10000,30000,50000 --max --peers naive,nodered-stock,nodered-tuned
+    .venv/bin/python -m benchmarks.e2e --sweep-patients 10000,30000,100000,300000 --sweep-rate 40000  # sweep alone
 
 One run starts Mosquitto, Tansu and InfluxDB (``rpm_app.services``; or uses ``RPM_*_URL``), then:
 
@@ -27,6 +28,10 @@ the latency from a probe sample's device timestamp to its alert arriving on Kafk
 (the worker publishes an alert only after writing it to InfluxDB; the alerts are also counted in
 InfluxDB); and every process's CPU time per reading written (the stage profile).
 
+With ``--max`` (or ``--sweep-patients`` alone), a patient-count sweep follows: one offered rate spread over
+more and more patients, each point primed and measured in its steady state (:func:`sweep_patients`);
+the ``--max`` report also gives the overload plateau (:func:`overload_plateau`).
+
 A run *sustains* its load when nothing is lost, the steady rate is ≥ 95 % of the offered rate, the
 generator kept to its schedule and the backlog drained within max(3 s, 20 % of the duration).
 Output: a table on the console, ``--out`` (JSON) and the same path with ``.md`` (tables).
@@ -39,9 +44,11 @@ import asyncio
 import contextlib
 import importlib
 import importlib.metadata
+import itertools
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,6 +84,15 @@ PARTITIONS: Final = 8
 QUICK_LOADS: Final = (10_000, 20_000)
 DEFAULT_LOADS: Final = (10_000, 30_000, 50_000)
 PEERS: Final = ("naive", "nodered-stock", "nodered-tuned")
+RSS_OF: Final = ("worker", "bridge")  # processes whose resident memory is sampled
+# The patient-count sweep of --max (and --sweep-patients): a fixed offered rate spread over more and more patients.
+SWEEP_PATIENTS: Final = (10_000, 30_000, 100_000, 300_000)
+SWEEP_RATE: Final = 40_000.0
+# Before each sweep point every patient sends one message (a heart rate and an RR interval), at this many
+# readings/s (at least twice their CGM rate), so the measured run starts with every patient's state in the
+# worker and their series in InfluxDB.
+PRIME_RATE: Final = 10_000.0
+SWEEP_SETTLE_S: Final = 35.0  # see sweep_patients
 
 
 # --- what runs: ours or a peer ---------------------------------------------------------------------
@@ -373,6 +389,9 @@ class Sampler(threading.Thread):
             with contextlib.suppress(psutil.Error):
                 times = cached.cpu_times()
                 cpu[p.pid] = (label, times.user + times.system)
+                if label in RSS_OF:
+                    row[f"rss:{label}"] = cached.memory_info().rss
+                    row[f"cpu:{label}"] = row.get(f"cpu:{label}", 0.0) + times.user + times.system
         with self._lock:
             self._cpu.update(cpu)
             self.samples.append(row)
@@ -471,6 +490,8 @@ class Bench:
     patients: int
     drain_timeout_s: float
     runs: list[dict[str, Any]] = field(default_factory=list)
+    rss_at_start: dict[str, dict[str, float]] = field(default_factory=dict)  # system → process → bytes
+    profile_dir: Path | None = None  # py-spy profiles of the worker during each measured run
 
 
 def count_written(influx_url: str, db: str, since_s: float) -> dict[str, int]:
@@ -484,23 +505,38 @@ def count_written(influx_url: str, db: str, since_s: float) -> dict[str, int]:
     return out
 
 
-def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed") -> dict[str, Any]:
-    """Offer ``rate`` readings/s to ``system`` for the bench's duration and measure what lands."""
+def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", patients: int | None = None,
+             samples_per_message: int = 10, duration_s: float | None = None, probes: bool = True,
+             settle_s: float = 0.0) -> dict[str, Any]:
+    """Offer ``rate`` readings/s to ``system`` for the bench's duration (or ``duration_s``), spread over
+    the bench's patients (or ``patients``), and measure what lands. ``settle_s``: the load runs that
+    much longer first, and the ``window`` measures (steady state) leave it out."""
     s = bench.stack.settings
     assert s.influx_url
     influx = s.influx_url
     sampler = bench.sampler
     sampler.known.update(system.labels())
     sampler.metrics = system.metrics_urls()
-    spec = loadgen.LoadSpec(mqtt_url=bench.stack.mqtt_url(SIMULATOR_USER), rate=rate, duration_s=bench.duration_s,
-                            patients=bench.patients, probe_every=50 if system.alerts else 0, prefix="e")
-    print(f"  {system.name:<14} offering {rate:>9,.0f} readings/s for {bench.duration_s:.0f} s "
+    duration = (duration_s if duration_s is not None else bench.duration_s) + settle_s
+    spec = loadgen.LoadSpec(mqtt_url=bench.stack.mqtt_url(SIMULATOR_USER), rate=rate, duration_s=duration,
+                            patients=bench.patients if patients is None else patients,
+                            samples_per_message=samples_per_message,
+                            probe_every=50 if system.alerts and probes else 0,
+                            prefix="e")
+    print(f"  {system.name:<14} [{kind}] offering {rate:>9,.0f} readings/s for {duration:.0f} s "
           f"({spec.patient_count():,} patients, {spec.process_count()} generator processes) ...", flush=True)
     cpu_before = sampler.cpu()
     box_before = psutil.cpu_times()
     t0 = time.time()  # every sample of this run is measured after t0 (loadgen stamps with the wall clock)
     started: list[float] = []
-    result = loadgen.run_load(spec, on_progress=sampler.on_progress, on_start=started.append)
+    sampler.gen = (time.time(), 0, 0, 0)  # this run's generator counters start at 0
+    spy = _profile(bench, system, kind, rate)
+    try:
+        result = loadgen.run_load(spec, on_progress=sampler.on_progress, on_start=started.append)
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     t_load_end = result.last_publish
     # Drain: until InfluxDB holds every acknowledged reading, or nothing has been written for a while.
     drained_at, written, drain_status = _drain(bench, system, influx, t0, result.acked_total)
@@ -511,11 +547,11 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed") 
     final = rows[-1].get("influx_points", 0.0) if rows else 0.0
     t_last_write = next((r["t"] for r in rows if r.get("influx_points", -1) >= final), drained_at)
     first = result.first_publish or (started[0] if started else t0)
-    steady = [r for r in rows if first + WARMUP_S <= r["t"] <= t_load_end] if bench.duration_s > 2 * WARMUP_S else \
+    steady = [r for r in rows if first + WARMUP_S <= r["t"] <= t_load_end] if duration > 2 * WARMUP_S else \
         [r for r in rows if first <= r["t"] <= t_load_end]
     written_total = sum(written.values())
     run: dict[str, Any] = {
-        "system": system.name, "kind": kind, "offered_rate": rate, "duration_s": bench.duration_s,
+        "system": system.name, "kind": kind, "offered_rate": rate, "duration_s": duration,
         "patients": result.patients, "load": asdict(result),
         "acked": result.acked, "acked_total": result.acked_total,
         "written": written, "written_total": written_total,
@@ -527,17 +563,55 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed") 
         "drain_s": max(0.0, t_last_write - t_load_end),
         "drain_status": drain_status,
         "stage_rates": _stage_rates(steady),
+        # landed points/s per second of the run, from the first publish to the end of the drain
+        "landed_series": _series(rows, "influx_points", first),
+        "load_window_s": round(t_load_end - first, 1),
+        "memory": _memory(rows),
     }
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)
     run["box"] = _box(box_before, box_after, run["cpu"], time.time() - t0)
     run["latency"] = _latency(bench, system, influx, t0, result) if system.alerts else None
+    if settle_s:
+        run["window"] = _window(bench, [r for r in rows if first + settle_s <= r["t"] <= t_load_end], first + settle_s,
+                                result)
     ok_rate = (run["steady_rate"] or 0) >= 0.95 * rate
     run["sustained"] = bool(run["loss"] == 0 and ok_rate and result.kept_up
-                            and run["drain_s"] <= max(3.0, 0.2 * bench.duration_s))
+                            and run["drain_s"] <= max(3.0, 0.2 * duration))
     run["verdict"] = _verdict(run, result, ok_rate)
     bench.runs.append(run)
     _print_run(run)
     return run
+
+
+def _profile(bench: Bench, system: System, kind: str, rate: float) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling our worker while the load runs (``--profile DIR``; primes are not profiled)."""
+    pid = next((p for p, label in system.labels().items() if label == "worker"), None)
+    if bench.profile_dir is None or pid is None or kind.startswith("prime"):
+        return None
+    bench.profile_dir.mkdir(parents=True, exist_ok=True)
+    out = bench.profile_dir / f"worker-{len(bench.runs):02d}-{kind.replace(' ', '-')}-{rate:.0f}.txt"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw",
+                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _window(bench: Bench, rows: list[dict[str, Any]], since: float, result: loadgen.LoadResult) -> dict[str, Any]:
+    """Steady-state measures over ``rows`` (the load after its settling time): landed rate, the worker's
+    CPU per reading it processed and its checkpoints/s, and the latency of probes sent in it."""
+    have = [r for r in rows if "cpu:worker" in r and "worker:rpm_worker_readings_total" in r]
+    out: dict[str, Any] = {"seconds": round(rows[-1]["t"] - rows[0]["t"], 1) if len(rows) > 1 else 0.0,
+                           "landed_rate": _rate(rows, "influx_points"),
+                           "worker_readings_rate": _rate(rows, "worker:rpm_worker_readings_total"),
+                           "worker_checkpoints_per_s": _rate(rows, "worker:rpm_worker_state_checkpoints_total")}
+    if len(have) > 1:
+        readings = have[-1]["worker:rpm_worker_readings_total"] - have[0]["worker:rpm_worker_readings_total"]
+        cpu = have[-1]["cpu:worker"] - have[0]["cpu:worker"]
+        out["worker_us_per_reading"] = round(1e6 * cpu / readings, 2) if readings > 0 else None
+        out["worker_cpu_pct"] = round(100 * cpu / (have[-1]["t"] - have[0]["t"]), 1)
+    if bench.alerts is not None:
+        during = [a - t for a, _p, t in list(bench.alerts.events) if since <= t <= result.last_publish]
+        out["latency"] = _percentiles(during)
+    return out
 
 
 def _drain(bench: Bench, system: System, influx: str, t0: float, expected: int
@@ -573,6 +647,26 @@ def _stage_rates(rows: list[dict[str, Any]]) -> dict[str, float | None]:
         "influx_points_written": _rate(rows, "influx_points"),
     }
     return {k: (round(v) if v is not None else None) for k, v in rates.items()}
+
+
+def _series(rows: list[dict[str, Any]], key: str, t0: float, step: float = 1.0) -> list[tuple[float, float]]:
+    """``key``'s rate per ``step`` seconds from ``t0`` on: (seconds since ``t0`` at the bin's end, rate)."""
+    last: dict[int, tuple[float, float]] = {}
+    for r in rows:
+        if key in r and r["t"] >= t0:
+            last[int((r["t"] - t0) // step)] = (r["t"], float(r[key]))
+    bins = sorted(last.items())
+    return [(round(b[1][0] - t0, 2), round((b[1][1] - a[1][1]) / (b[1][0] - a[1][0])))
+            for a, b in itertools.pairwise(bins) if b[1][0] > a[1][0]]
+
+
+def _memory(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Resident memory of our processes at the end of a run, and the patients the worker holds."""
+    end = rows[-1] if rows else {}
+    out: dict[str, float | None] = {f"{label}_rss_mb": round(end[f"rss:{label}"] / 2**20, 1)
+                                     for label in RSS_OF if f"rss:{label}" in end}
+    out["worker_patients"] = end.get("worker:rpm_worker_patients")
+    return out
 
 
 def _cpu_profile(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], readings: int,
@@ -758,6 +852,10 @@ class Options:
     workdir: Path | None
     quick: bool
     drain_timeout_s: float
+    sweep_patients: tuple[int, ...] = ()
+    sweep_rate: float = SWEEP_RATE
+    limit: bool = True  # measure InfluxDB's direct ingest
+    profile_dir: Path | None = None
 
 
 def search_max(bench: Bench, system: System, step: float = 1.3, limit: float = 400_000,
@@ -791,6 +889,10 @@ def bench_system(bench: Bench, system: System, opts: Options) -> dict[str, Any]:
     system.start()
     summary["start_s"] = round(time.time() - t, 1)
     print(f"   ready in {summary['start_s']} s", flush=True)
+    bench.sampler.known.update(system.labels())
+    start_row = bench.sampler.sample()
+    bench.rss_at_start[system.name] = {label: start_row[f"rss:{label}"] for label in RSS_OF
+                                       if f"rss:{label}" in start_row}
     try:
         for rate in opts.loads:
             run_load(bench, system, rate)
@@ -800,13 +902,83 @@ def bench_system(bench: Bench, system: System, opts: Options) -> dict[str, Any]:
             if best:
                 run = run_load(bench, system, 2 * best, kind="overload 2x")
                 summary["overload_loss"] = run["loss"]
+                summary["overload_plateau"] = overload_plateau(bench, system, run, best)
+        if opts.sweep_patients and isinstance(system, Ours):
+            summary["patient_sweep"] = sweep_patients(bench, system, opts.sweep_patients, opts.sweep_rate)
     finally:
         system.stop()
-    mine = [r for r in bench.runs if r["system"] == system.name]
+    mine = [r for r in bench.runs if r["system"] == system.name and r["kind"] in ("fixed", "ramp", "overload 2x")]
     zero = [r for r in mine if r["loss"] == 0 and r["sustained"]]
     summary["best_zero_loss_sustained_rate"] = max((r["sustained_rate"] or 0 for r in zero), default=None)
     summary["best_zero_loss_offered"] = max((r["offered_rate"] for r in zero), default=None)
     return summary
+
+
+def overload_plateau(bench: Bench, system: System, run: dict[str, Any], best: float) -> dict[str, Any]:
+    """Landed throughput during the 2× overload run, second by second over its load window (after
+    the warm-up), against the highest sustained load's landed rate: min and median as fractions."""
+    top = max((r["steady_rate"] or 0.0 for r in bench.runs
+               if r["system"] == system.name and r["sustained"] and r["offered_rate"] == best), default=0.0)
+    series = [v for t, v in run["landed_series"] if WARMUP_S < t <= run["load_window_s"]]
+    if not series or not top:
+        return {"max_sustained_landed": top or None, "seconds": len(series)}
+    lo, med = min(series), statistics.median(series)
+    out = {"max_sustained_offered": best, "max_sustained_landed": round(top), "seconds": len(series),
+           "min": lo, "median": round(med), "min_vs_max": round(lo / top, 2), "median_vs_max": round(med / top, 2),
+           "drain_s": round(run["drain_s"], 1), "loss": run["loss"]}
+    print(f"    overload plateau: landed min {lo:,.0f}/s ({out['min_vs_max']:.2f}x), median {med:,.0f}/s "
+          f"({out['median_vs_max']:.2f}x) of the max sustained {top:,.0f}/s over {len(series)} s", flush=True)
+    return out
+
+
+def sweep_patients(bench: Bench, system: System, counts: tuple[int, ...], rate: float) -> list[dict[str, Any]]:
+    """The same offered ``rate`` spread over each patient count of ``counts`` (ascending; the ids of a
+    smaller count are the first of a larger one). Each point is primed first (every patient sends one
+    2-reading message, not measured), so the measured run starts with every patient known to the worker.
+    The measured run lasts ``SWEEP_SETTLE_S`` longer than the duration and is measured after it: by
+    then the primed patients' checkpoints are written and the run's own are (the worker writes a
+    changed state once it is ``RPM_CHECKPOINT_INTERVAL_S``, 30 s, old), i.e. the steady state.
+    Per point: landed rate, worker CPU µs/reading, worker resident memory per patient it holds, p99."""
+    points = []
+    base = bench.rss_at_start.get(system.name, {}).get("worker")
+    for n in sorted(counts):
+        prime = max(PRIME_RATE, 2 * n / loadgen.CGM_INTERVAL_S)
+        hr_rate = prime - n / loadgen.CGM_INTERVAL_S
+        run_load(bench, system, prime, kind=f"prime {n}", patients=n, samples_per_message=2,
+                 duration_s=n / (hr_rate / 2) + 1.0, probes=False)
+        run = run_load(bench, system, rate, kind=f"sweep {n}", patients=n, settle_s=SWEEP_SETTLE_S)
+        mem = run["memory"]
+        rss = mem.get("worker_rss_mb")
+        held = mem.get("worker_patients")
+        window = run["window"]
+        lat = window.get("latency") or {}
+        point = {
+            "patients": n, "offered_rate": rate, "steady_rate": window["landed_rate"], "loss": run["loss"],
+            "sustained": run["sustained"], "worker_us_per_reading": window.get("worker_us_per_reading"),
+            "worker_checkpoints_per_s": window.get("worker_checkpoints_per_s"),
+            "window_s": window["seconds"],
+            "all_us_per_reading": round(sum(v["us_per_reading"] for k, v in run["cpu"].items()
+                                            if k not in ("loadgen", "harness")), 2),
+            "worker_rss_mb": rss, "worker_patients": held,
+            "worker_kb_per_patient": round(rss * 1024 / held, 2) if rss and held else None,
+            "worker_kb_per_patient_above_start": (round((rss * 2**20 - base) / 1024 / held, 2)
+                                                  if rss and held and base else None),
+            "p99_ms": lat.get("p99_ms"), "p50_ms": lat.get("p50_ms"), "latency_n": lat.get("n"),
+        }
+        print(f"    sweep {n:,} patients: landed {_fmt(point['steady_rate'])}/s, worker "
+              f"{point['worker_us_per_reading']} µs/reading, {point['worker_kb_per_patient_above_start']} kB/patient "
+              f"(above start; {held} held), p99 {point['p99_ms']} ms", flush=True)
+        points.append(point)
+    first = points[0]["worker_us_per_reading"] if points else None
+    for prev, p in itertools.pairwise(points):  # what each further patient adds (fixed overheads cancel)
+        if p["worker_rss_mb"] and prev["worker_rss_mb"] and p["worker_patients"] and prev["worker_patients"] \
+                and p["worker_patients"] > prev["worker_patients"]:
+            p["worker_kb_per_patient_marginal"] = round((p["worker_rss_mb"] - prev["worker_rss_mb"]) * 1024
+                                                        / (p["worker_patients"] - prev["worker_patients"]), 2)
+    for p in points:
+        p["worker_cost_vs_first"] = (round(p["worker_us_per_reading"] / first, 2)
+                                     if first and p["worker_us_per_reading"] else None)
+    return points
 
 
 def run(opts: Options) -> dict[str, Any]:
@@ -839,16 +1011,19 @@ def run(opts: Options) -> dict[str, Any]:
         watch.start()
         watch.ready.wait(30)
         bench = Bench(stack=stack, sampler=sampler, alerts=watch, duration_s=opts.duration_s, patients=opts.patients,
-                      drain_timeout_s=opts.drain_timeout_s)
+                      drain_timeout_s=opts.drain_timeout_s, profile_dir=opts.profile_dir)
         systems: dict[str, Any] = {}
         systems["ours"] = bench_system(bench, Ours(stack, workdir, rules), opts)
-        patients = max((r["patients"] for r in bench.runs), default=opts.patients or 20_000)
-        print(f"\n== InfluxDB direct ingest: {opts.limit_points:,} points, {patients:,} patients, one client, "
-              f"{influx_limit.BATCH_LINES:,}-line batches", flush=True)
-        limit = influx_limit.measure(s.influx_url, points=opts.limit_points, patients=patients)
-        report["influx_limit"] = limit.to_dict()
-        print(f"   {limit.points_per_s:,.0f} points/s ({limit.points_per_s_after_first_10pct:,.0f}/s after the "
-              f"first 10 %); counted {limit.counted:,} of {limit.points:,}", flush=True)
+        limit: influx_limit.LimitResult | None = None
+        if opts.limit:
+            patients = max((r["patients"] for r in bench.runs if r["kind"] in ("fixed", "ramp", "overload 2x")),
+                           default=opts.patients or 20_000)
+            print(f"\n== InfluxDB direct ingest: {opts.limit_points:,} points, {patients:,} patients, one client, "
+                  f"{influx_limit.BATCH_LINES:,}-line batches", flush=True)
+            limit = influx_limit.measure(s.influx_url, points=opts.limit_points, patients=patients)
+            report["influx_limit"] = limit.to_dict()
+            print(f"   {limit.points_per_s:,.0f} points/s ({limit.points_per_s_after_first_10pct:,.0f}/s after the "
+                  f"first 10 %); counted {limit.counted:,} of {limit.points:,}", flush=True)
         for kind in opts.peers:
             why = peer_available(kind)
             if why:
@@ -876,13 +1051,13 @@ def run(opts: Options) -> dict[str, Any]:
     return report
 
 
-def _ratios(systems: dict[str, Any], limit: influx_limit.LimitResult) -> dict[str, Any]:
+def _ratios(systems: dict[str, Any], limit: influx_limit.LimitResult | None) -> dict[str, Any]:
     """Ours against the limit and the peers: the highest zero-loss sustained rates (meaningful with --max;
     at fixed loads only, a system that sustained every load scores about the highest load)."""
     ours = systems["ours"].get("best_zero_loss_sustained_rate")
     out: dict[str, Any] = {
         "basis": "max search" if "max_sustained_rate" in systems["ours"] else "fixed loads only (not a max)",
-        "ours_best_zero_loss_vs_influx_limit": round(ours / limit.points_per_s, 3) if ours else None}
+        "ours_best_zero_loss_vs_influx_limit": round(ours / limit.points_per_s, 3) if ours and limit else None}
     for name, summary in systems.items():
         theirs = summary.get("best_zero_loss_sustained_rate")
         if name != "ours":
@@ -908,6 +1083,30 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"Ratios: {report.get('ratios')}", "",
               "CPU per reading written, per process (and its CPU share of one core over the run):", "",
               profile_table(report.get("runs", [])), ""]
+    for name, summary in (report.get("systems") or {}).items():
+        plateau = summary.get("overload_plateau")
+        if plateau and "min" in plateau:
+            lines += [f"Overload plateau ({name}, 2x {plateau['max_sustained_offered']:,.0f}/s offered): landed "
+                      f"min {plateau['min']:,.0f}/s (**{plateau['min_vs_max']:.2f}x**), median "
+                      f"{plateau['median']:,.0f}/s ({plateau['median_vs_max']:.2f}x) of the max sustained "
+                      f"{plateau['max_sustained_landed']:,.0f}/s landed, over {plateau['seconds']} s; loss "
+                      f"{plateau['loss']:+,}, drain {plateau['drain_s']} s.", ""]
+        sweep = summary.get("patient_sweep")
+        if sweep:
+            lines += [f"Patient sweep ({name}, {sweep[0]['offered_rate']:,.0f} readings/s offered, each point primed, "
+                      f"measured over the last {sweep[0]['window_s']:.0f} s after {SWEEP_SETTLE_S:.0f} s of settling; "
+                      "all µs/reading: every process over the whole run):",
+                      "", "| patients | landed/s | loss | worker µs/reading | vs first | checkpoints/s "
+                      "| all µs/reading | worker RSS MB | patients held | kB/patient (above start; marginal) "
+                      "| p50 / p99 ms |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {p['patients']:,} | {_fmt(p['steady_rate'])} | {p['loss']:+,} | {p['worker_us_per_reading']} "
+                      f"| {p['worker_cost_vs_first']} | {_fmt(p['worker_checkpoints_per_s'])} "
+                      f"| {p['all_us_per_reading']} | {p['worker_rss_mb']} "
+                      f"| {p['worker_patients']} | {p['worker_kb_per_patient_above_start']}; "
+                      f"{p.get('worker_kb_per_patient_marginal', '-')} "
+                      f"| {p['p50_ms']} / {p['p99_ms']} |" for p in sweep]
+            lines.append("")
     for name, summary in (report.get("systems") or {}).items():
         if "skipped" in summary or "failed" in summary:
             lines.append(f"- {name}: {summary.get('skipped') or summary.get('failed')}")
@@ -941,9 +1140,21 @@ def parse_args(argv: list[str] | None = None) -> Options:
                    help="seconds to wait for the backlog after a load (default 3x duration + 30, quick 20)")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/e2e-<date>.json)")
     p.add_argument("--workdir", type=Path, default=None, help="services' data and logs (default: a temp dir)")
+    p.add_argument("--sweep-patients", default=None,
+                   help="patient counts of the sweep at a fixed rate (default with --max: "
+                        + ",".join(map(str, SWEEP_PATIENTS)) + "; none: no sweep); without --loads or --max, "
+                        "the sweep alone (ours, no limit, no peers unless --peers)")
+    p.add_argument("--sweep-rate", type=float, default=SWEEP_RATE, help="offered readings/s of the sweep")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="directory: py-spy profiles (raw collapsed stacks) of our worker during each measured run")
     a = p.parse_args(argv)
-    loads = tuple(float(x) for x in a.loads.split(",")) if a.loads else (QUICK_LOADS if a.quick else DEFAULT_LOADS)
-    peers_arg = a.peers if a.peers is not None else ("none" if a.quick else ",".join(PEERS))
+    sweep_alone = a.sweep_patients not in (None, "none") and not a.loads and not a.max and not a.quick
+    sweep = (() if a.sweep_patients == "none" or (a.sweep_patients is None and not a.max)
+             else SWEEP_PATIENTS if a.sweep_patients is None
+             else tuple(int(x) for x in a.sweep_patients.split(",") if x.strip()))
+    loads = (() if sweep_alone else tuple(float(x) for x in a.loads.split(",")) if a.loads
+             else (QUICK_LOADS if a.quick else DEFAULT_LOADS))
+    peers_arg = a.peers if a.peers is not None else ("none" if a.quick or sweep_alone else ",".join(PEERS))
     peers = () if peers_arg == "none" else tuple(x.strip() for x in peers_arg.split(",") if x.strip())
     bad = [x for x in peers if x not in PEERS]
     if bad:
@@ -955,6 +1166,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         out=a.out or ROOT / "benchmarks" / "results" / f"e2e-{'quick-' if a.quick else ''}{stamp}.json",
         workdir=a.workdir, quick=a.quick,
         drain_timeout_s=a.drain_timeout or (20.0 if a.quick else max(60.0, 3 * (a.duration or 30.0) + 30)),
+        sweep_patients=sweep, sweep_rate=a.sweep_rate, limit=not sweep_alone, profile_dir=a.profile,
     )
 
 

@@ -14,9 +14,13 @@ evenly over the time since the patient's previous message, and its last heart-ra
 stamped with the publish time, so ``alert arrival − device time`` measures the pipeline, not the
 edge batching.
 
-One patient in :attr:`LoadSpec.probe_every` is a latency probe: the last heart rate of every other
-message of theirs is 170 bpm (above the ``bench_latency_probe`` rule of ``benchmarks/e2e_rules.yaml``)
-and the next message brings it back to ~80 bpm, so each crossing raises one alert.
+One patient in :attr:`LoadSpec.probe_every` (at most :attr:`LoadSpec.max_probes`) is a latency probe:
+the last heart rate of every other message of theirs is 170 bpm (above the ``bench_latency_probe``
+rule of ``benchmarks/e2e_rules.yaml``) and the next message brings it back to ~80 bpm, so each
+crossing raises one alert. Probes send at least as often as a real patient does (a message every
+``samples_per_message / 2.2`` s), however many patients share the offered rate: when a fixed rate
+is spread over many patients (a patient-count sweep), the others send less often, and the probes
+still measure the latency.
 
 PUBACKs are tracked by message id in ``on_publish`` (the pattern of ``simulators.runner``). A
 PUBACK with reason code 16 ("no matching subscribers") means Mosquitto dropped the message: it is
@@ -70,6 +74,7 @@ class LoadSpec:
     prefix: str = "e"  # patient ids are f"{prefix}{index:05d}"; one prefix per run keeps runs apart
     patients: int = 0  # 0: rate / READINGS_PER_PATIENT_S
     probe_every: int = 50  # 1 in N patients is a latency probe; 0: none
+    max_probes: int = 1000  # at most this many probes (the first ones)
     samples_per_message: int = 10
     processes: int = 0  # 0: one per READINGS_PER_PROCESS, at most MAX_PROCESSES
     max_backlog: int = 20_000  # messages awaiting PUBACK before the generator holds back
@@ -154,7 +159,8 @@ class _Generator:
         self.topics = [readings_topic(p) for p in self.ids]
         self.hr_device = [f"hrs-{p}" for p in self.ids]
         self.cgm_device = [f"cgm-{p}" for p in self.ids]
-        self.probe = [spec.probe_every > 0 and i % spec.probe_every == 0 for i in range(lo, hi)]
+        self.probe = [spec.probe_every > 0 and i % spec.probe_every == 0 and i // spec.probe_every < spec.max_probes
+                      for i in range(lo, hi)]
         rng = random.Random(spec.seed * 7919 + lo)
         self.rng = rng
         self.base_hr = [rng.uniform(62.0, 88.0) for _ in self.ids]
@@ -162,6 +168,12 @@ class _Generator:
         n = len(self.ids)
         self.cgm_rate = n / CGM_INTERVAL_S
         self.msg_rate = max(rate - self.cgm_rate, 0.0) / spec.samples_per_message
+        # Probes send their share of the messages, or as often as a real patient if that is more.
+        probes = sum(self.probe)
+        natural = probes * (HR_PER_S + BEATS_PER_S) / spec.samples_per_message
+        fair = self.msg_rate * probes / n if n else 0.0
+        self.probe_rate = self.msg_rate if probes == n else min(self.msg_rate, max(fair, natural))
+        self.other_rate = self.msg_rate - self.probe_rate
         self.last_ms = [0] * n
         self.start_ms = int(time.time() * 1000)
         self.count = [0] * n
@@ -225,7 +237,7 @@ class _Generator:
         self.last_ms[k] = t_ms
         n = self.count[k]
         self.count[k] = n + 1
-        n_hr = min(spm, 5 if n % 2 == 0 else 4)
+        n_hr = min(spm - (spm > 1), 5 if n % 2 == 0 else 4)  # at least one RR interval when there is room
         n_rr = spm - n_hr
         span = t_ms - last
         rnd = self.rng.random
@@ -259,9 +271,12 @@ class _Generator:
         # CGM readings are due spread over their 5-minute period: start at a random phase.
         cgm_order = list(range(n))
         self.rng.shuffle(cgm_order)
-        hr_rr, cgm_rr = itertools.cycle(range(n)), itertools.cycle(cgm_order)
+        probes = [k for k in range(n) if self.probe[k]]
+        others = [k for k in range(n) if not self.probe[k]]
+        probe_rr = itertools.cycle(probes or [0])
+        hr_rr, cgm_rr = itertools.cycle(others or [0]), itertools.cycle(cgm_order)
         cgm_phase = self.rng.random()
-        sent_hr = sent_cgm = 0
+        sent_hr = sent_probe = sent_cgm = 0
         start = time.time()
         self.start_ms = int(start * 1000)
         end = start + spec.duration_s
@@ -272,9 +287,10 @@ class _Generator:
             if now >= end:
                 break
             elapsed = now - start
-            due_hr = int(elapsed * self.msg_rate) - sent_hr
+            due_hr = int(elapsed * self.other_rate) - sent_hr
+            due_probe = int(elapsed * self.probe_rate) - sent_probe
             due_cgm = int(elapsed * self.cgm_rate + cgm_phase) - sent_cgm
-            lag_msgs = due_hr + due_cgm
+            lag_msgs = due_hr + due_probe + due_cgm
             if lag_msgs > 0 and self.msg_rate > 0:
                 r.max_lag_s = max(r.max_lag_s, lag_msgs / (self.msg_rate + self.cgm_rate))
             while self.retry:
@@ -290,6 +306,9 @@ class _Generator:
                 for _ in range(min(due_cgm, room)):
                     self._offer(client, self.cgm_message(next(cgm_rr), now))
                     sent_cgm += 1
+                for _ in range(min(due_probe, room)):
+                    self._offer(client, self.hr_message(next(probe_rr), now))
+                    sent_probe += 1
                 for _ in range(min(due_hr, room)):
                     self._offer(client, self.hr_message(next(hr_rr), now))
                     sent_hr += 1
@@ -300,7 +319,8 @@ class _Generator:
             if pause > 0:
                 time.sleep(pause)
         # What the schedule called for over the whole window (held-back messages never offered count too).
-        r.offered = (int(spec.duration_s * self.msg_rate) * spec.samples_per_message
+        r.offered = ((int(spec.duration_s * self.other_rate) + int(spec.duration_s * self.probe_rate))
+                     * spec.samples_per_message
                      + int(spec.duration_s * self.cgm_rate + cgm_phase))
         r.last_publish = time.time()
 

@@ -60,6 +60,10 @@ class PatientRegistry:
         """All registered ids, in index order."""
         return list(self._ids)
 
+    def ids_since(self, start: int) -> list[str]:
+        """The ids registered from index ``start`` on, in index order."""
+        return self._ids[start:]
+
     def indices(self, patients: Sequence[str] | npt.NDArray[Any]) -> IntArray:
         """Indices of ``patients`` (registering new ones); one dict lookup per *distinct* id."""
         if len(patients) == 0:

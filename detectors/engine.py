@@ -67,6 +67,7 @@ from detectors.threshold import ThresholdDetector
 _DEVICE_BITS: Final = 20
 _MAX_DEVICES: Final = 1 << _DEVICE_BITS
 _PATIENT_BITS: Final = 40  # 2 bits of metric + 40 of patient + 20 of device fit an int64
+_MIN_CAPACITY: Final = 64  # per-patient arrays grow to at least this many slots
 UNNAMED_DEVICE: Final = ""
 
 
@@ -112,10 +113,14 @@ class Engine:
         # "Already seen" watermarks per (patient, metric, device): sorted packed keys and times.
         self._seen_key: npt.NDArray[np.int64] = np.zeros(0, np.int64)
         self._seen_t: FloatArray = np.zeros(0)
+        # Watermarks of patients imported since the arrays above were last sorted (new patients only:
+        # a reload imports every patient, and inserting each into the sorted arrays is O(patients)).
+        self._unsorted_marks: list[tuple[list[int], list[float]]] = []
         self._prefix_match: dict[str, BoolArray] = {}
         self._multi_device = False
         self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
         self._dirty: BoolArray = np.zeros(0, np.bool_)
+        self._synced = 0  # registered patients whose slots (and overrides) are in place
         # Per rule, the patients it has state for (anything but fresh): export_state leaves the
         # others out, which import_state reads as fresh. A heart-rate-only patient's checkpoint
         # then carries no glucose rules; checkpoints are on the worker's hot path.
@@ -267,9 +272,10 @@ class Engine:
     def _matching(self, prefix: str) -> BoolArray:
         """Per device code: whether its id starts with ``prefix`` (grown as devices register)."""
         match = self._prefix_match.get(prefix, np.zeros(0, np.bool_))
-        ids = self._devices.ids()
-        if len(match) < len(ids):
-            extra = np.fromiter((i.startswith(prefix) for i in ids[len(match) :]), np.bool_, len(ids) - len(match))
+        n = len(self._devices)
+        if len(match) < n:  # only the devices registered since (copying every id per batch is O(patients))
+            ids = self._devices.ids_since(len(match))
+            extra = np.fromiter((i.startswith(prefix) for i in ids), np.bool_, len(ids))
             match = self._prefix_match[prefix] = np.concatenate((match, extra))
         return match
 
@@ -312,8 +318,19 @@ class Engine:
         self._multi_device = _several_devices(key)
         return batch
 
+    def _sort_marks(self) -> None:
+        """Merge the watermarks imported for new patients into the sorted arrays (one sort for all)."""
+        if not self._unsorted_marks:
+            return
+        keys = np.concatenate([self._seen_key, *(np.asarray(k, np.int64) for k, _ in self._unsorted_marks)])
+        times = np.concatenate([self._seen_t, *(np.asarray(t, np.float64) for _, t in self._unsorted_marks)])
+        self._unsorted_marks = []
+        order = np.argsort(keys, kind="stable")
+        self._seen_key, self._seen_t = keys[order], times[order]
+
     def _watermarks(self, keys: npt.NDArray[np.int64]) -> FloatArray:
         """The last seen time of each packed key (NaN: never seen)."""
+        self._sort_marks()
         if len(self._seen_key) == 0:
             return np.full(len(keys), np.nan)
         at = np.minimum(np.searchsorted(self._seen_key, keys), len(self._seen_key) - 1)
@@ -323,6 +340,7 @@ class Engine:
         """Advance the watermarks of ``keys`` (sorted, unique) to ``times``."""
         if len(keys) == 0:
             return
+        self._sort_marks()
         at = np.searchsorted(self._seen_key, keys)
         found = at < len(self._seen_key)
         found[found] = self._seen_key[at[found]] == keys[found]
@@ -334,6 +352,7 @@ class Engine:
     def _patient_marks(self, p: int) -> tuple[npt.NDArray[np.int64], FloatArray, IntArray]:
         """The watermark keys and times of patient ``p`` (and their positions in the sorted arrays)."""
         # Keys are metric-major: one range per metric, all bounds found in one searchsorted.
+        self._sort_marks()
         bounds = np.searchsorted(self._seen_key, self._mark_bounds(p)).tolist()
         where = np.concatenate([np.arange(bounds[2 * m], bounds[2 * m + 1]) for m in range(N_METRICS)]).astype(np.int64)
         return self._seen_key[where], self._seen_t[where], where
@@ -459,10 +478,11 @@ class Engine:
             raise
 
     def _import(self, patient_id: str, rules: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> None:
+        new = patient_id not in self._registry
         p = self._registry.index_of(patient_id)
         self._sync()
         self._forget_open(p)
-        self._import_marks(p, seen)
+        self._import_marks(p, seen, new=new)
         for index, det in enumerate(self._detectors):
             record = rules.get(det.name)
             if isinstance(record, Mapping):
@@ -473,8 +493,9 @@ class Engine:
             if det.episodes.level[p] > 0:
                 self._remember_open(index, p)
 
-    def _import_marks(self, p: int, seen: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace patient ``p``'s watermarks with ``seen`` (device id → metric → time)."""
+    def _import_marks(self, p: int, seen: Mapping[str, Mapping[str, Any]], *, new: bool = False) -> None:
+        """Replace patient ``p``'s watermarks with ``seen`` (device id → metric → time); ``new``: ``p``
+        was registered just now, so has none yet (they are sorted in later, with other new patients')."""
         keys, times = [], []
         for device, marks in sorted(seen.items()):
             d = int(self.device_codes([device])[0])
@@ -483,6 +504,10 @@ class Engine:
                 if not np.isnan(t):
                     keys.append(int(_pack_one(p, code, d)))
                     times.append(t)
+        if new:
+            if keys:
+                self._unsorted_marks.append((keys, times))
+            return
         _, _, where = self._patient_marks(p)
         self._seen_key = np.delete(self._seen_key, where)
         self._seen_t = np.delete(self._seen_t, where)
@@ -511,14 +536,24 @@ class Engine:
     # -- internals -------------------------------------------------------------------------------
 
     def _sync(self) -> None:
-        """Grow every per-patient array to the registry's size and apply overrides to new patients."""
-        n, old = len(self._registry), len(self._dirty)
+        """Make room in every per-patient array for the registry's patients and apply overrides to new patients.
+
+        The arrays grow geometrically (by half their size at least): patients arriving a few per
+        batch would otherwise copy every array of every detector on every batch. Slots beyond the
+        registry are fresh patients nobody has: they never see a sample, so never change.
+        """
+        n, old = len(self._registry), self._synced
         if n <= old:
             return
-        self._dirty = np.concatenate((self._dirty, np.zeros(n - old, np.bool_)))
-        self._touched = np.concatenate((self._touched, np.zeros((len(self._detectors), n - old), np.bool_)), axis=1)
-        for det in self._detectors:
-            det.resize(n)
+        self._synced = n
+        capacity = len(self._dirty)
+        if n > capacity:
+            size = max(n, capacity + capacity // 2, _MIN_CAPACITY)
+            self._dirty = np.concatenate((self._dirty, np.zeros(size - capacity, np.bool_)))
+            self._touched = np.concatenate(
+                (self._touched, np.zeros((len(self._detectors), size - capacity), np.bool_)), axis=1)
+            for det in self._detectors:
+                det.resize(size)
         # A loop over the (few) patients with overrides, not over samples.
         for pid, overrides in self._rules.patient_rules.items():
             p = self._registry.get(pid)

@@ -363,8 +363,13 @@ class EpisodeTable:
     # -- per-patient records ---------------------------------------------------------------------
 
     def export_patient(self, patient: int) -> dict[str, Any]:
-        """The patient's alert state as a JSON-able dict."""
+        """The patient's alert state as a JSON-able dict; ``{}`` when there is none (no alert open, no
+        cooldown, no recent raise), which :meth:`import_patient` reads back as exactly that: state
+        is checkpointed per patient, and most patients have no alert."""
         level = int(self.level[patient])
+        if not level and math.isnan(self.cooldown_until[patient]) \
+                and all(x != x for x in self.recent[:, patient].tolist()):  # x != x: NaN
+            return {}
         return {
             "level": SEVERITY_NAMES[level - 1] if level else None,
             "since": opt(self.since[patient]),

@@ -358,14 +358,19 @@ class SignalDetector:
 
     def export_patient(self, patient: int) -> dict[str, Any]:
         """The patient's state for this rule as a JSON-able dict."""
+        # Empty parts are left out (import reads an absent part as empty): most patients have no run,
+        # no clear run and no alert, and a checkpoint is written per patient.
+        record: dict[str, Any] = {"last_t": opt(self.last_t[patient])}
         starts = self.run_start[:, patient].tolist()
         runs = {SEVERITY_NAMES[slot]: t for slot, t in enumerate(starts) if t == t}  # t == t: not NaN
-        record = {
-            "last_t": opt(self.last_t[patient]),
-            "runs": runs,
-            "clear_run": opt(self.clear_start[patient]),
-            "alert": self.episodes.export_patient(patient),
-        }
+        if runs:
+            record["runs"] = runs
+        clear_run = opt(self.clear_start[patient])
+        if clear_run is not None:
+            record["clear_run"] = clear_run
+        alert = self.episodes.export_patient(patient)
+        if alert:
+            record["alert"] = alert
         record.update(self.export_extra(patient))
         return record
 

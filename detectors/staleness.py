@@ -121,13 +121,16 @@ class StalenessDetector:
 
     def export_patient(self, patient: int) -> dict[str, Any]:
         """The patient's state for this rule as a JSON-able dict."""
-        return {
+        record: dict[str, Any] = {
             "last_t": opt(self.last_t[patient]),
             "anchor": opt(self.anchor[patient]),
             "pending": bool(self.pending[patient]),
             "watched": bool(self.watched[patient]),
-            "alert": self.episodes.export_patient(patient),
         }
+        alert = self.episodes.export_patient(patient)
+        if alert:  # absent: no alert (see EpisodeTable.export_patient)
+            record["alert"] = alert
+        return record
 
     def import_patient(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore what :meth:`export_patient` produced."""

@@ -391,9 +391,15 @@ class InfluxUsers:
         return {"RPM_INFLUX_USER": role, "RPM_INFLUX_PASSWORD_FILE": str(self.password_file(role))}
 
 
-def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True) -> str:
+def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True, index: str | None = None) -> str:
     """An InfluxDB 1.x configuration with everything under ``workdir``, authentication on (unless
-    ``auth`` is False) and no telemetry."""
+    ``auth`` is False) and no telemetry.
+
+    ``index``: the series index, ``inmem`` (InfluxDB's default) or ``tsi1``; default
+    ``RPM_INFLUX_INDEX`` or ``inmem`` (benchmarks/RESULTS.md, issue 20: measured with both)."""
+    index = index or os.environ.get("RPM_INFLUX_INDEX") or "inmem"
+    if index not in ("inmem", "tsi1"):
+        raise ValueError(f"InfluxDB index {index!r}: expected inmem or tsi1")
     return f"""\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -403,6 +409,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   dir = "{workdir / "data"}"
   wal-dir = "{workdir / "wal"}"
   query-log-enabled = false
+  index-version = "{index}"
 [http]
   bind-address = "127.0.0.1:{http_port}"
   auth-enabled = {"true" if auth else "false"}

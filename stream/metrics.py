@@ -114,6 +114,7 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
         counter("rpm_worker_reloads_total", "Detector engine rebuilds from the state table", stats.reloads),
         counter("rpm_worker_ticks_total", "Time-driven detector runs (escalation, staleness)", stats.ticks),
         counter("rpm_worker_acks_total", "Acknowledgements applied", stats.acks),
+        gauge("rpm_worker_patients", "Patients whose detector state this worker holds", stats.patients),
         gauge("rpm_worker_enrolled_patients", "Roster patients enrolled for staleness on this worker", stats.enrolled),
         counter("rpm_sink_lines_written_total", "Line-protocol lines written to InfluxDB", sink_stats.lines_written),
         counter("rpm_sink_writes_total", "InfluxDB write requests that succeeded", sink_stats.writes),

@@ -127,6 +127,7 @@ class PipelineStats:
     ticks: int = 0
     reloads: int = 0
     enrolled: int = 0  # roster patients enrolled at the last reload (gauge)
+    patients: int = 0  # patients the engine holds state for (gauge, updated per batch)
     # Alert events published, by (rule, state).
     alerts_by: dict[tuple[str, str], int] = field(default_factory=dict)
     # Records per micro-batch: counts per upper bound of BATCH_BUCKETS (last: +Inf), and their sum.
@@ -304,6 +305,7 @@ class Pipeline:
         self.stats.records += len(values)
         self.stats.samples += decoded.samples
         self.stats.batches += 1
+        self.stats.patients = len(self.engine.registry)
         self.stats.observe_batch(len(values))
         if checkpoint:
             self.checkpoint()

@@ -152,6 +152,22 @@ class TestState:
         run(other, series("p", "glucose", 10, [50] * 20, step=60))
         assert set(other.export_state("p")["rules"]) == {"tachycardia", "hypoglycemia"}
 
+    def test_a_reload_of_many_patients_keeps_their_watermarks(self, engine: Engine) -> None:
+        # A reload imports every patient one by one (their watermarks sorted in together afterwards):
+        # samples each had already seen are dropped, newer ones count, and a second import replaces.
+        patients = [f"p{i}" for i in range(40)]
+        for p in patients:
+            run(engine, series(p, "heart_rate", 0, [130] * 8))
+        fresh = Engine(engine.rules)
+        for p in reversed(patients):
+            fresh.import_state(p, json_roundtrip(engine.export_state(p)))
+        fresh.import_state("p7", json_roundtrip(engine.export_state("p7")))
+        assert [fresh.export_state(p) for p in patients] == [engine.export_state(p) for p in patients]
+        assert run(fresh, [s for p in patients for s in series(p, "heart_rate", 0, [130] * 8)]) == []
+        raised = run(fresh, [s for p in patients for s in series(p, "heart_rate", 480, [130] * 3)])
+        assert sorted(e.patient for e in raised) == sorted(patients)
+        assert all(e.time == T0 + 600 and e.since == T0 for e in raised)
+
     def test_reset_patient_forgets_everything(self, engine: Engine) -> None:
         run(engine, series("p", "heart_rate", 0, [130] * 11))
         engine.reset_patient("p")
