@@ -6,7 +6,7 @@ Reproduce (see benchmarks/RESULTS.md)::
     python benchmarks/evaluate_glucose.py --days 2 --cache var/glucose_traces.npz
     python benchmarks/evaluate_glucose.py --days 2 --seeds 101 202 303   # pooled, bootstrap CIs
 
-Both predictors run through the very same :class:`detectors.Engine` and alert rule ("urgent low
+The predictors run through the very same :class:`detectors.Engine` and alert rule ("urgent low
 soon": predicted <= 55 mg/dL within 20 min, cleared once the forecast stays >= 70 mg/dL for 15
 min); only ``model:`` differs, so the comparison isolates the predictor. Ground truth is the
 simulator's blood glucose (not the noisy CGM):
@@ -58,6 +58,15 @@ def forecast_rule(model: str, **changes: object) -> ForecastRule:
         confirm=1.0 if model == "damped_trend" else 0.0,
     )
     return replace(rule, **changes)  # type: ignore[arg-type]
+
+
+def default_rule() -> ForecastRule:
+    """The default ``glucose_urgent_low_soon`` of ``alert_rules.yaml``."""
+    from rpm_core.rules import load_rules  # the rules file parser; detectors alone cannot read YAML
+
+    rule = load_rules(Path(__file__).resolve().parents[1] / "alert_rules.yaml").by_name()["glucose_urgent_low_soon"]
+    assert isinstance(rule, ForecastRule)
+    return rule
 
 
 def load_traces(days: float, cache: Path | None, patients: list[str], seed: int) -> list[Trace]:
@@ -146,8 +155,13 @@ def pooled(seeds: list[int], days: float, patients: list[str]) -> int:
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     picks = [rng.integers(0, len(traces), len(traces)) for _ in range(1000)]
-    for name, model in (("damped_trend (ours)", "damped_trend"), ("ar2 (Nightscout)", "ar2")):
-        alerts = alert_times(forecast_rule(model), traces)
+    predictors = (
+        ("default (kalman, ours)", default_rule()),
+        ("damped_trend (previous default)", forecast_rule("damped_trend")),
+        ("ar2 (Nightscout)", forecast_rule("ar2")),
+    )
+    for name, rule in predictors:
+        alerts = alert_times(rule, traces)
         r = score(traces, alerts, days)
         keys = ("sensitivity", "median_lead_min", "false_per_patient_day")
         draws = np.array([[score([traces[i] for i in pick], alerts, days)[k] for k in keys] for pick in picks])
@@ -174,7 +188,8 @@ def main() -> int:
         return pooled(args.seeds, args.days, PATIENTS[: args.patients])
     traces = load_traces(args.days, args.cache, PATIENTS[: args.patients], args.seed)
     rows = {
-        "damped_trend (ours)": score(traces, alert_times(forecast_rule("damped_trend"), traces), args.days),
+        "default (kalman, ours)": score(traces, alert_times(default_rule(), traces), args.days),
+        "damped_trend (previous default)": score(traces, alert_times(forecast_rule("damped_trend"), traces), args.days),
         "ar2 (Nightscout)": score(traces, alert_times(forecast_rule("ar2"), traces), args.days),
     }
     print(
