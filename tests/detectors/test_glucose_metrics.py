@@ -42,6 +42,8 @@ def test_default_glucose_rules(traces: list[Trace]) -> None:
     assert s["highs_alerted"] >= PINNED["highs_alerted"]
     assert s["low_lead"] >= PINNED["low_lead"]
     assert s["non_actionable_54_pd"] <= PINNED["non_actionable_54_pd"] + 1e-9
+    assert s["high_lead"] >= PINNED["high_lead"]
+    assert s["non_actionable_high_pd"] <= PINNED["non_actionable_high_pd"] + 1e-9
     assert s["alerts_pd"] <= PINNED["alerts_pd"] + 1e-9
 
 
@@ -68,7 +70,9 @@ PINNED = {
     "highs": 4,
     "highs_alerted": 4,
     "non_actionable_54_pd": 1.75,  # low alerts with no BG < 54 within 60 min, per patient-day
-    "alerts_pd": 5.6875,  # every glucose alert, per patient-day
+    "high_lead": 12.5,  # minutes before BG > 250, median (glucose_high_soon; -2.5 without it)
+    "non_actionable_high_pd": 0.5625,  # high alerts with no BG > 250 within 60 min, per patient-day
+    "alerts_pd": 6.625,  # every glucose alert, per patient-day
     "events": 27,  # runs of BG < 54 (any length), as evaluate_glucose.py counts them
     # The Kalman forecast (issue 17); the damped trend before it: 15/27, 25 min, 0.5.
     "ours_sensitivity": 19 / 27,
