@@ -5,7 +5,7 @@ Reproduce (from the repository root; results and machine in benchmarks/RESULTS.m
     .venv/bin/python -m benchmarks.e2e --quick                       # < 2 min: ours at 2 loads + the limit
     .venv/bin/python -m benchmarks.e2e --loads 10000,30000,50000 --max --peers naive,nodered-stock,nodered-tuned
 
-One run starts Mosquitto, Tansu and InfluxDB (``rpm_core.services``; or uses ``RPM_*_URL``), then:
+One run starts Mosquitto, Tansu and InfluxDB (``rpm_app.services``; or uses ``RPM_*_URL``), then:
 
 1. **ours**: ``rpm bridge`` and ``rpm worker`` as child processes (as ``rpm demo`` runs them), with
    the rules of ``alert_rules.yaml`` plus the latency probe of ``benchmarks/e2e_rules.yaml``;
@@ -63,18 +63,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import influx_limit, loadgen  # noqa: E402
-from rpm_core.services import (  # noqa: E402
-    ADMIN_USER,
-    BRIDGE_USER,
-    SIMULATOR_USER,
-    ServiceProcess,
-    Stack,
-    free_port,
-    http_ok,
-    influx_query,
-    start_stack,
-    wait_until,
-)
+from rpm_app.services import ServiceProcess, Stack, http_ok, influx_query, start_stack, wait_until  # noqa: E402
+from rpm_core.host import free_port  # noqa: E402
+from rpm_core.mqtt_users import ADMIN_USER, BRIDGE_USER, SIMULATOR_USER  # noqa: E402
 from rpm_core.settings import MqttSettings, Settings  # noqa: E402
 
 PROBE_RULE: Final = "bench_latency_probe"
@@ -129,7 +120,7 @@ def _spawn_rpm(name: str, args: list[str], env: dict[str, str], logs: Path) -> S
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "rpm_core.cli", *args], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "rpm_app.cli", *args], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                                 cwd=ROOT)
     return ServiceProcess(name=name, proc=proc, workdir=logs, log_path=log_path, host="", port=0)
@@ -264,16 +255,11 @@ def _wait_ready(stack: Stack, system: System, timeout: float = 90.0) -> None:
 
 def _remove_mqtt_session(stack: Stack, client_id: str) -> None:
     """Remove a stopped client's persistent session, so Mosquitto stops queueing for it."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    from rpm_core.mqtt_client import mqtt_client, session_properties
 
     m = MqttSettings.from_url(stack.mqtt_url(BRIDGE_USER))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id(client_id), protocol=mqtt.MQTTv5)
-    client.username_pw_set(m.username, m.password.get() or None)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
+    client = mqtt_client(m, client_id, reconnect=False)
+    props = session_properties(0)
     done = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: done.set()
     with contextlib.suppress(Exception):
@@ -436,7 +422,7 @@ class AlertWatch(threading.Thread):
     async def _main(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from stream.topics import ALERTS
+        from rpm_core.topics import ALERTS
 
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                     fetch_max_wait_ms=20, group_id=None)
@@ -725,7 +711,7 @@ def machine_info() -> dict[str, Any]:
             libs[dist] = importlib.metadata.version(dist)
     tansu = "?"
     with contextlib.suppress(Exception):
-        from rpm_core.services import tansu_binary
+        from rpm_app.services import tansu_binary
 
         tansu = Path(tansu_binary()).name
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -839,7 +825,7 @@ def run(opts: Options) -> dict[str, Any]:
     sampler: Sampler | None = None
     watch: AlertWatch | None = None
     try:
-        from stream.topics import ensure_topics
+        from rpm_core.topics import ensure_topics
 
         asyncio.run(ensure_topics(stack.settings.kafka_bootstrap(), partitions=PARTITIONS))
         s = stack.settings

@@ -2,7 +2,7 @@
 
 The same points the end-to-end load produces (measurement ``vitals``, tags ``device``, ``metric``,
 ``patient``, ``source`` in sorted order, field ``value``, millisecond times: the format of
-``stream.lineprotocol.vitals_lines``; per patient, messages of 4-5 heart rates and 5-6 RR
+``rpm_core.lineprotocol.vitals_lines``; per patient, messages of 4-5 heart rates and 5-6 RR
 intervals, and a CGM glucose every 5 minutes), built by hand into line protocol *before* the
 clock starts, then posted by one client over one keep-alive connection in
 :data:`BATCH_LINES`-line batches to ``/write?db=…&precision=ms``, one request at a time. The
@@ -22,7 +22,7 @@ import urllib.parse
 from dataclasses import asdict, dataclass
 from typing import Final
 
-from rpm_core.services import influx_query
+from rpm_app.services import influx_query
 
 BATCH_LINES: Final = 5_000
 CGM_INTERVAL_MS: Final = 300_000

@@ -43,8 +43,8 @@ from typing import Any, Final
 
 import orjson
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
+from rpm_core.mqtt_client import mqtt_client
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import readings_topic
 
@@ -336,13 +336,7 @@ class _Generator:
 def connect(mqtt_url: str, client_id: str, *, inflight: int = 1000) -> mqtt.Client:
     """A connected paho MQTT v5 client with its network loop running."""
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password.get() or None)
-    ctx = settings.ssl_context()
-    if ctx is not None:
-        client.tls_set_context(ctx)
-    client.max_inflight_messages_set(inflight)
+    client = mqtt_client(settings, client_id, reconnect=False, max_inflight=inflight)
     client.max_queued_messages_set(0)
     connected = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None

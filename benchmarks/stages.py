@@ -32,21 +32,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psutil
-from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.e2e import machine_info
-from rpm_core.services import (
-    BRIDGE_USER,
-    SIMULATOR_USER,
-    Stack,
-    free_port,
-    http_ok,
-    influx_query,
-    start_stack,
-    wait_until,
-)
+from rpm_app.services import Stack, http_ok, influx_query, start_stack, wait_until
+from rpm_core.host import free_port
+from rpm_core.mqtt_client import mqtt_client
+from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER
 from rpm_core.settings import MqttSettings, Settings
 from rpm_core.wire import encode_readings, readings_topic
 
@@ -74,9 +66,7 @@ def messages(n: int, patients: int) -> list[tuple[str, bytes]]:
 def publish_all(url: str, batch: list[tuple[str, bytes]]) -> None:
     """Publish at QoS 1 and wait for every PUBACK; fail on any reason code but success."""
     s = MqttSettings.from_url(url)
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5, client_id=s.client_id("stages"))
-    client.username_pw_set(s.username, s.password.get())
-    client.max_inflight_messages_set(1000)
+    client = mqtt_client(s, "stages", reconnect=False, max_inflight=1000)
     client.max_queued_messages_set(0)
     done = threading.Semaphore(0)
     bad: list[int] = []
@@ -112,7 +102,7 @@ def rpm_env(stack: Stack, **extra: str) -> dict[str, str]:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "rpm_core.cli", *args]
+    argv = [sys.executable, "-m", "rpm_app.cli", *args]
     return subprocess.Popen(argv, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 

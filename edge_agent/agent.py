@@ -39,6 +39,7 @@ from edge_agent.pairing import PairedDevice, Registry, RegistryStore
 from edge_agent.publisher import Publisher
 from edge_agent.session import DEVICE_SILENT_ALARM, DeviceSession, SessionContext, make_session
 from edge_agent.status import OUTBOX_FULL_ALARM, StatusBoard
+from rpm_core.files import write_atomic
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -244,11 +245,8 @@ class Agent:
 
 def write_status_file(path: Path, snapshot: Mapping[str, Any]) -> None:
     """Replace the agent's status file atomically (mode 0600: it names the patient's devices)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(orjson.dumps(snapshot))
-    os.replace(tmp, path)
+    # Rewritten every few seconds and rebuilt at start: atomic, but not worth two fsyncs each time.
+    write_atomic(path, orjson.dumps(snapshot), mode=0o600, durable=False)
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:

@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm edge …``: pair devices, run the agent, list and forget pairings.
 
 Registered into the one ``rpm`` command by :func:`add_commands`. Only light modules are imported
@@ -186,14 +186,14 @@ def cmd_pair(args: argparse.Namespace) -> int:
 
 
 def _check_auth_dir(path: Path) -> None:
-    from rpm_core.mqtt_auth import AuthDir
+    from rpm_core.mqtt_users import AuthDir
 
     AuthDir(path).load()
 
 
 def _provision(args: argparse.Namespace, settings: AgentSettings) -> None:
     """Create the patient's agent MQTT user (``rpm mqtt-auth add-agent``) and keep its password here."""
-    from rpm_core.mqtt_auth import RELOAD_HINT, add_agent, agent_user, write_credential_file
+    from rpm_core.mqtt_users import RELOAD_HINT, add_agent, agent_user, write_credential_file
 
     out = Path(args.credentials_out) if args.credentials_out else settings.state_dir / "mqtt-password"
     creds = add_agent(Path(args.provision_credentials), args.patient)
@@ -205,6 +205,24 @@ def _provision(args: argparse.Namespace, settings: AgentSettings) -> None:
     print(f"MQTT user {creds.user} created; its password is in {out} (mode 0600). Run the agent with "
           f"RPM_MQTT_URL=mqtts://{creds.user}@BROKER:8883 RPM_MQTT_PASSWORD_FILE={out}")
     print(RELOAD_HINT)
+    _audit_provision(creds.user, args.patient, Path(args.provision_credentials))
+
+
+def _audit_provision(user: str, patient: str, auth_dir: Path) -> None:
+    """Record the new credential in rpm.audit like ``rpm mqtt-auth add-agent`` (RPM_KAFKA_URL set)."""
+    from rpm_core.audit import AuditError, AuditEvent, os_user, record_now
+    from rpm_core.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.kafka_url:
+        print("rpm edge pair: not audited: RPM_KAFKA_URL is not set, so rpm.audit cannot be written", file=sys.stderr)
+        return
+    event = AuditEvent(action="credential.add", actor=os_user(), target=user, patient=patient,
+                       detail={"kind": "mqtt", "role": "agent", "dir": str(auth_dir)})
+    try:
+        record_now(settings.kafka_bootstrap(), settings.key_ring(), "rpm edge pair", event)
+    except (AuditError, ModuleNotFoundError) as exc:  # an edge-only install has no Kafka client
+        print(f"rpm edge pair: MQTT user created, but NOT audited: {exc}", file=sys.stderr)
 
 
 def _placeholder() -> PairedDevice:
@@ -434,7 +452,8 @@ def cmd_ack(args: argparse.Namespace) -> int:
     """Publish the patient's acknowledgement of the given alerts on the agent's ack topic."""
     import time
 
-    from edge_agent.commands import PatientAck, publish_ack_blocking
+    from edge_agent.commands import publish_ack_blocking
+    from rpm_core.commands import PatientAck
 
     try:
         settings = _settings(args)

@@ -25,143 +25,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
-
-from edge_agent.errors import BrokerUnavailableError, EdgeAgentError, PublishError
+from edge_agent.errors import BrokerUnavailableError, PublishError
+from rpm_core.commands import CommandDecodeError, PatientAck, PatientMessage, ack_topic
 from rpm_core.settings import MqttSettings
-from rpm_core.wire import TOPIC_ROOT, command_topic, is_valid_id, loads_unique
+from rpm_core.wire import command_topic
 
 _LOGGER = logging.getLogger(__name__)
 
-COMMAND_SCHEMA_VERSION: Final = 1
-MAX_COMMAND_BYTES: Final = 8192
-MAX_TEXT_CHARS: Final = 1000
-MAX_ALERTS_PER_MESSAGE: Final = 100
 # Mosquitto keeps the agent's subscription and queued messages this long while it is offline.
 COMMAND_SESSION_EXPIRY_S: Final = 7 * 24 * 3600
 ACK_PUBLISH_TIMEOUT_S: Final = 10.0
-_SEVERITIES: Final = frozenset({"info", "warning", "critical"})
-_MESSAGE_KEYS: Final = frozenset({"v", "type", "id", "alert_ids", "severity", "text", "at"})
-_ACK_KEYS: Final = frozenset({"v", "id", "alert_ids", "at"})
-
-
-class CommandDecodeError(EdgeAgentError, ValueError):
-    """A message on the command or ack topic that is not valid; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-def ack_topic(patient: str) -> str:
-    """MQTT topic on which the agent of ``patient`` publishes the patient's acknowledgements."""
-    return f"{TOPIC_ROOT}/p/{patient}/ack"
-
-
-def patient_from_ack_topic(topic: str) -> str:
-    """The patient of an ``rpm/v1/p/<patient>/ack`` topic, or :class:`CommandDecodeError`."""
-    parts = topic.split("/")
-    if len(parts) != 5 or "/".join(parts[:3]) != f"{TOPIC_ROOT}/p" or parts[4] != "ack" or not is_valid_id(parts[3]):
-        raise CommandDecodeError(f"topic {topic!r} is not {TOPIC_ROOT}/p/<patient>/ack")
-    return parts[3]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PatientMessage:
-    """A message for the patient about one or more alerts."""
-
-    id: str
-    alert_ids: tuple[str, ...]
-    severity: str
-    text: str
-    at: float
-
-    def __post_init__(self) -> None:
-        _check_ids(self.id, self.alert_ids, allow_empty_id=False)
-        if not isinstance(self.severity, str) or self.severity not in _SEVERITIES:  # a list is unhashable
-            raise CommandDecodeError("'severity' must be info, warning or critical")
-        if not isinstance(self.text, str) or not self.text.strip() or len(self.text) > MAX_TEXT_CHARS:
-            raise CommandDecodeError(f"'text' must be 1-{MAX_TEXT_CHARS} characters")
-        _check_time(self.at)
-
-    def __bytes__(self) -> bytes:
-        return orjson.dumps({"v": COMMAND_SCHEMA_VERSION, "type": "message", "id": self.id,
-                             "alert_ids": list(self.alert_ids), "severity": self.severity, "text": self.text,
-                             "at": float(self.at)})
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> PatientMessage:
-        """Decode and validate; :class:`CommandDecodeError` otherwise."""
-        doc = _load(raw, _MESSAGE_KEYS)
-        if doc["type"] != "message":
-            raise CommandDecodeError(f"unknown command type {doc['type']!r}")
-        return cls(id=doc["id"], alert_ids=_tuple(doc["alert_ids"]), severity=doc["severity"], text=doc["text"],
-                   at=doc["at"])
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PatientAck:
-    """The patient acknowledged the alerts ``alert_ids`` (of message ``id``, empty when typed by hand)."""
-
-    id: str
-    alert_ids: tuple[str, ...]
-    at: float
-
-    def __post_init__(self) -> None:
-        _check_ids(self.id, self.alert_ids, allow_empty_id=True)
-        _check_time(self.at)
-
-    def __bytes__(self) -> bytes:
-        return orjson.dumps({"v": COMMAND_SCHEMA_VERSION, "id": self.id, "alert_ids": list(self.alert_ids),
-                             "at": float(self.at)})
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> PatientAck:
-        """Decode and validate; :class:`CommandDecodeError` otherwise."""
-        doc = _load(raw, _ACK_KEYS)
-        return cls(id=doc["id"], alert_ids=_tuple(doc["alert_ids"]), at=doc["at"])
-
-
-def _load(raw: bytes, keys: frozenset[str]) -> dict[str, Any]:
-    if len(raw) > MAX_COMMAND_BYTES:
-        raise CommandDecodeError(f"message larger than {MAX_COMMAND_BYTES} bytes")
-    try:
-        doc = loads_unique(raw)
-    except ValueError as exc:  # not JSON, or a key named twice
-        raise CommandDecodeError(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise CommandDecodeError("not a JSON object")
-    if isinstance(doc.get("v"), bool) or doc.get("v") != COMMAND_SCHEMA_VERSION:
-        raise CommandDecodeError(f"unsupported version {doc.get('v')!r}")
-    if set(doc) != keys:
-        raise CommandDecodeError(f"expected exactly the keys {', '.join(sorted(keys))}")
-    return doc
-
-
-def _tuple(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise CommandDecodeError("'alert_ids' must be a list")
-    return tuple(value)
-
-
-def _check_ids(message_id: object, alert_ids: tuple[str, ...], *, allow_empty_id: bool) -> None:
-    if not (is_valid_id(message_id) or (allow_empty_id and message_id == "")):
-        raise CommandDecodeError("'id' must be 1-64 characters of [A-Za-z0-9_.:-]")
-    if not 1 <= len(alert_ids) <= MAX_ALERTS_PER_MESSAGE or not all(is_valid_id(a) for a in alert_ids):
-        raise CommandDecodeError(f"'alert_ids' must be 1-{MAX_ALERTS_PER_MESSAGE} alert ids")
-
-
-def _check_time(at: object) -> None:
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at <= 0:
-        raise CommandDecodeError("'at' must be a finite number of epoch seconds")
 
 
 def log_message(message: PatientMessage) -> None:
@@ -171,16 +50,9 @@ def log_message(message: PatientMessage) -> None:
 
 
 def _mqtt_client(mqtt: MqttSettings, client_id: str) -> Any:
-    import paho.mqtt.client as paho  # lazily: `rpm edge pair` never needs it
-    from paho.mqtt.enums import CallbackAPIVersion
+    from rpm_core.mqtt_client import mqtt_client  # lazily: `rpm edge pair` never needs paho
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(client_id), protocol=paho.MQTTv5)
-    if mqtt.username:
-        client.username_pw_set(mqtt.username, mqtt.password.get() or None)
-    context = mqtt.ssl_context()
-    if context is not None:
-        client.tls_set_context(context)
-    return client
+    return mqtt_client(mqtt, client_id, reconnect=False)
 
 
 def publish_ack_blocking(mqtt: MqttSettings, patient: str, ack: PatientAck, *,
@@ -229,8 +101,7 @@ class CommandSubscriber:
 
     async def run(self) -> None:
         """Stay connected and subscribed (paho reconnects with backoff) until cancelled."""
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
+        from rpm_core.mqtt_client import session_properties
 
         self._loop = asyncio.get_running_loop()
         client = _mqtt_client(self._mqtt, self.client_id)
@@ -239,8 +110,7 @@ class CommandSubscriber:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_mqtt_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = COMMAND_SESSION_EXPIRY_S
+        props = session_properties(COMMAND_SESSION_EXPIRY_S)
         self._client = client
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=30, clean_start=False, properties=props)
         client.loop_start()

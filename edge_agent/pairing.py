@@ -18,7 +18,6 @@ import enum
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from typing import Any, Final
 
 from edge_agent import const
 from edge_agent.errors import RegistryError
+from rpm_core.files import write_atomic
 from rpm_core.wire import is_valid_id
 
 REGISTRY_VERSION: Final = 1
@@ -212,21 +212,8 @@ class RegistryStore:
 
     def save(self, registry: Registry) -> None:
         """Replace the file atomically (temp file + fsync + rename + directory fsync), mode 0600."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = json.dumps(registry.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(prefix=".pairings-", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path.parent)
+        write_atomic(self.path, data, mode=0o600)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Registry]:
@@ -239,11 +226,3 @@ class RegistryStore:
             yield self.load()
         finally:
             os.close(fd)  # closing releases the lock
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -36,6 +36,7 @@ from edge_agent import const
 from edge_agent.errors import BrokerRefusedError, BrokerUnavailableError, PublishError, PublishRejectedError
 from edge_agent.outbox import AsyncOutbox, OutMessage
 from edge_agent.status import StatusBoard, agent_payload, last_will_payload
+from rpm_core.backoff import equal_jitter_backoff_s
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import encode_readings, readings_topic, status_topic
 
@@ -60,9 +61,7 @@ def mqtt_backoff_s(attempt: int, *, cap_s: float, rng: random.Random | None = No
     Half the ceiling is fixed (so a fleet of agents never hammers a recovering broker in step),
     half is random (so they spread out).
     """
-    ceiling = min(cap_s, const.MQTT_BACKOFF_MIN_S * 2 ** min(attempt, 30))
-    uniform = rng.uniform if rng is not None else random.uniform
-    return float(ceiling / 2 + uniform(0, ceiling / 2))
+    return equal_jitter_backoff_s(attempt, first_s=const.MQTT_BACKOFF_MIN_S, cap_s=cap_s, rng=rng)
 
 
 def message_payload(patient: str, install_id: str, message: OutMessage) -> bytes:
@@ -84,8 +83,7 @@ class _Connection:
     """One paho client for one MQTT connection; paho's thread hands every event to the event loop."""
 
     def __init__(self, *, mqtt: MqttSettings, client_id: str, will: tuple[str, bytes]) -> None:
-        import paho.mqtt.client as paho  # lazily: `rpm edge pair` never needs it
-        from paho.mqtt.enums import CallbackAPIVersion
+        from rpm_core.mqtt_client import mqtt_client  # lazily: `rpm edge pair` never needs paho
 
         self._loop = asyncio.get_running_loop()
         self._mqtt = mqtt
@@ -93,12 +91,7 @@ class _Connection:
         self.lost = asyncio.Event()
         self.acks: list[tuple[int, Any]] = []
         self.on_event: Callable[[], None] = _nothing
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt.client_id(client_id), protocol=paho.MQTTv5)
-        if mqtt.username:
-            client.username_pw_set(mqtt.username, mqtt.password.get() or None)
-        context = mqtt.ssl_context()
-        if context is not None:
-            client.tls_set_context(context)
+        client = mqtt_client(mqtt, client_id, reconnect=False)  # the publisher reconnects itself
         client.will_set(will[0], will[1], qos=1, retain=True)
         client.reconnect_delay_set(_PAHO_RECONNECT_NEVER_S, _PAHO_RECONNECT_NEVER_S)
         client.max_inflight_messages_set(const.PUBLISH_MAX_INFLIGHT + 10)  # our window + status messages

@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm hl7 send``: a patient's vitals and alerts to an MLLP endpoint (an EMR, an integration
 engine, a nurse-call gateway); registered by :func:`add_commands`.
 
@@ -43,7 +43,7 @@ See docs/integration.md for the messages and codes.
 
 def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     """Register ``rpm hl7 send``."""
-    from rpm_core.cli_people import parse_duration, parse_time
+    from rpm_app.cli_people import parse_duration, parse_time
 
     hl7 = sub.add_parser("hl7", help="HL7 v2 over MLLP to the hospital's systems (ORU^R01 vitals, PCD-04 alerts)")
     commands = hl7.add_subparsers(dest="hl7_command", required=True, metavar="COMMAND")
@@ -117,8 +117,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     """Send, then print one line per message not delivered and a summary."""
     from hl7out.receipts import write_receipts
     from hl7out.source import Selection, outgoing
+    from rpm_app.report import InfluxReader, require_data
     from rpm_core.interpretation import limits
-    from rpm_core.report import InfluxReader, require_data
     from rpm_core.rules import load_rules
 
     endpoint, policy = _endpoint_and_policy(args)
@@ -143,7 +143,18 @@ def cmd_send(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"{len(receipts) - len(failed)} of {len(receipts)} messages delivered to {endpoint}"
           + (f", {len(failed)} dead-lettered" if failed else ""))
+    _audit_export(settings, sel.patients, str(endpoint), since=sel.since.isoformat(), until=sel.until.isoformat(),
+                  delivered=len(receipts) - len(failed))
     return 1 if failed else 0
+
+
+def _audit_export(settings: Settings, patients: tuple[str, ...], to: str, **detail: str | int) -> None:
+    """Record in rpm.audit who sent which patients' data where."""
+    from rpm_app.audit_cli import record_command
+    from rpm_core.audit import AuditEvent, os_user
+
+    record_command("rpm hl7", *(AuditEvent(action="export.hl7", actor=os_user(), target=to, patient=p,
+                                           detail={"to": to, **detail}) for p in patients))
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
@@ -153,6 +164,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
     if not settings.kafka_url:
         raise ConfigError("rpm hl7 follow reads rpm.alerts: set --kafka-url or RPM_KAFKA_URL")
     settings.require_influx()
+    _audit_export(settings, ("",), str(endpoint), mode="follow")  # every patient's alerts, from now on
     stats = asyncio.run(_follow(settings, endpoint, policy, args))
     print(f"{stats.sent} alert messages sent to {endpoint}: {stats.delivered} delivered, "
           f"{stats.deadlettered} dead-lettered; {stats.skipped} records skipped")

@@ -1,6 +1,6 @@
 """Codes of the HL7 v2 messages.
 
-Observations are coded in LOINC (``LN``), as in the FHIR export (:mod:`rpm_core.fhir`), with
+Observations are coded in LOINC (``LN``), as in the FHIR export (:mod:`rpm_app.fhir`), with
 UCUM units (``UCUM``): receivers map LOINC far more often than they map MDC. The alert
 messages follow IHE PCD Technical Framework Vol. 2, PCD-04 Report Alert: the event identification
 OBX carries ``196616^MDC_EVT_ALARM^MDC`` and the ACM facets travel as OBX with the MDC attribute
@@ -18,7 +18,7 @@ MDC: Final = "MDC"
 LOCAL_RULES: Final = "99RPM"
 HL7_VERSION: Final = "2.6"
 
-# (code, text) and UCUM unit per metric and device kind (see rpm_core.fhir for why CGM ≠ blood)
+# (code, text) and UCUM unit per metric and device kind (see rpm_app.fhir for why CGM ≠ blood)
 HEART_RATE: Final = ("8867-4", "Heart rate", "/min")
 CGM_GLUCOSE: Final = ("99504-3", "Glucose [Mass/volume] in Interstitial fluid", "mg/dL")
 METER_GLUCOSE: Final = ("41653-7", "Glucose [Mass/volume] in Capillary blood by Glucometer", "mg/dL")

@@ -76,7 +76,7 @@ async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asynci
     """Forward ``rpm.alerts`` until ``stop`` is set; the counters."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from stream import topics
+    from rpm_core import topics
 
     stats = FollowStats()
     consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=bootstrap, group_id=group, client_id=group,

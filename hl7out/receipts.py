@@ -5,7 +5,7 @@ Receipts: one point per attempt in the notifier's ``notifications`` measurement 
 fields ``detail`` (the ACK code and the receiver's text, or the error), ``attempt``, ``recipient``
 (the endpoint), ``alert_id``, ``kind`` (``hl7-vitals`` | ``hl7-alert``) and ``message_id`` (MSH-10).
 
-Dead letters: a record of :func:`stream.deadletter.deadletter_record` on ``rpm.deadletter``, stage
+Dead letters: a record of :func:`rpm_core.deadletter.deadletter_record` on ``rpm.deadletter``, stage
 ``hl7``, source the endpoint, the reason, and the ER7 message as payload (``rpm deadletter list
 --stage hl7`` shows them).
 """
@@ -78,8 +78,8 @@ class KafkaDeadLetters:
         """Produce the dead-letter record of ``message`` and wait until Kafka has it."""
         from aiokafka import AIOKafkaProducer
 
-        from stream import topics
-        from stream.deadletter import deadletter_record
+        from rpm_core import topics
+        from rpm_core.deadletter import deadletter_record
 
         if self._producer is None:
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Literal
 from hl7out.errors import AckError, MllpError
 from hl7out.messages import parse_ack
 from hl7out.mllp import MllpConnection
+from rpm_core.backoff import backoff_s
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -95,12 +95,6 @@ class Receipt:
     outcome: Outcome
     attempts: int
     detail: str
-
-
-def backoff_s(attempt: int, *, cap_s: float, rng: random.Random | None = None) -> float:
-    """Delay after failed ``attempt`` (1-based): uniform jitter over ``1.5 ** attempt`` s, capped."""
-    uniform = rng.uniform if rng is not None else random.uniform
-    return float(min(cap_s, uniform(0, 1.5 ** min(10, attempt))))
 
 
 DeadLetter = Callable[[Outgoing, str], Awaitable[None]]

@@ -15,8 +15,8 @@ from datetime import datetime
 
 from hl7out.messages import AlertChange, Header, Observation, VitalsReport, encode_alert, encode_vitals
 from hl7out.sender import Outgoing
+from rpm_app.report import InfluxReader, day_chunks, time_clause
 from rpm_core.interpretation import Limit, interpret
-from rpm_core.report import InfluxReader, day_chunks, time_clause
 
 _STATES = ("raised", "escalated", "acknowledged", "cleared")
 

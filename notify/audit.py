@@ -15,7 +15,7 @@ Points are keyed by their tags and their millisecond time; when two different po
 series would share a millisecond (two alerts of the same rule in one message), the later one moves
 on by a millisecond instead of overwriting the first. Writing the same point again (a replay)
 overwrites itself. The writer is a bounded queue drained by one task through the stream's retrying
-:class:`~stream.sink.InfluxSink`, so a slow or absent InfluxDB never blocks a notification.
+:class:`~rpm_core.sink.InfluxSink`, so a slow or absent InfluxDB never blocks a notification.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from typing import Any, Final
 from notify.channels.base import Attempt
 from notify.const import AUDIT_QUEUE_MAX_LINES
 from notify.router import Escalated, Notification, Record, SentRecord
-from stream.lineprotocol import escape_string_field
-from stream.sink import InfluxSink
+from rpm_core.lineprotocol import escape_string_field
+from rpm_core.sink import InfluxSink
 
 _LOGGER = logging.getLogger(__name__)
 

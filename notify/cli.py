@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm notifier``, ``rpm routes check`` and ``rpm routes test``; registered by :func:`add_commands`.
 
 - ``rpm notifier [--routes F] [--roster F] [--client-id ID] [--replay-window D]``: run the notifier
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import logging
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ from notify.router import Action, AlertUpdate, Dispatch, Record, Router, match_r
 from rpm_core.errors import ConfigError
 from rpm_core.settings import Secret, Settings
 
+_LOGGER = logging.getLogger(__name__)
 _SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 # `routes test` follows the chain this far, or until the last step's first repeat.
 TEST_HORIZON_S: Final = 24 * 3600.0
@@ -72,13 +74,38 @@ def cmd_notifier(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     routes = load_routes(args.routes)
+    _audit_routes(settings, args.routes)
     roster = load_roster(args.roster)
     secrets = {name: Secret(os.environ.get(name, "")) for name in routes.secret_envs()}
+    check_webhook_secrets(routes, secrets)
     notifier = Notifier(routes=routes, settings=settings, secrets=secrets, ward_of=roster.ward_of,
                         client_id=args.client_id or socket.gethostname()[:64],
                         replay_window_s=args.replay_window)
     asyncio.run(_until_signalled(notifier))
     return 0
+
+
+def check_webhook_secrets(routes: Routes, secrets: dict[str, Secret]) -> None:
+    """:class:`ConfigError` naming the variable when a webhook's HMAC key is unset, short or common."""
+    from rpm_core.passwords import secret_weakness
+
+    for name in sorted(routes.webhook_secret_envs()):
+        problem = secret_weakness(secrets.get(name, Secret("")).get())
+        if problem:
+            raise ConfigError(f"{name}, the HMAC key of a webhook in {routes.source}, is refused: {problem}")
+
+
+def _audit_routes(settings: Settings, path: str) -> None:
+    """Record in rpm.audit which routes file the notifier starts with (SHA-256; changed or not)."""
+    from rpm_core.audit import AuditError, os_user, record_config_load
+
+    try:
+        event = asyncio.run(record_config_load(settings.kafka_bootstrap(), settings.key_ring(), "rpm notifier",
+                                               "routes", path, actor=os_user()))
+    except (AuditError, OSError) as exc:
+        _LOGGER.error("the routes file %s was loaded but could not be audited: %s", path, exc)
+        return
+    _LOGGER.info("audit: %s %s (sha256 %s)", event.action, path, event.detail["sha256"])
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -53,6 +53,8 @@ from notify.model import (
     Step,
     TimeWindow,
     Timing,
+    http_host_problem,
+    webhook_url_problem,
 )
 from rpm_core.errors import RulesError
 from rpm_core.rules import _compose, _join, _Leaf, _Parser
@@ -67,7 +69,7 @@ _SMTP_KEYS: Final = {"host", "port", "starttls", "from", "username_env", "passwo
 _WINDOW_KEYS: Final = {"start", "end", "days", "timezone"}
 _CHANNEL_KEYS: Final[dict[str, set[str]]] = {
     "nurse_station": {"type", "name"},
-    "webhook": {"type", "name", "url", "secret_env", "recipient"},
+    "webhook": {"type", "name", "url", "secret_env", "recipient", "allow_http_host"},
     "email": {"type", "name", "to", "recipient"},
     "edge_agent": {"type", "name", "messages", "default_message"},
 }
@@ -374,7 +376,9 @@ class _RoutesParser(_Parser):
                 if key not in f:
                     raise self.fail(leaf.node, _join(leaf.path, key), f"missing required field {key!r}",
                                     "a webhook needs `url:` and `secret_env:` (the variable holding its HMAC key)")
-            return replace(spec, url=self.url(f["url"]), secret_env=self.env_name(f["secret_env"]))
+            allow = self.http_host(f["allow_http_host"]) if "allow_http_host" in f else None
+            return replace(spec, url=self.url(f["url"], allow), secret_env=self.env_name(f["secret_env"]),
+                           allow_http_host=allow)
         if kind == "email":
             if "to" not in f:
                 raise self.fail(leaf.node, _join(leaf.path, "to"), "missing required field 'to'",
@@ -403,10 +407,18 @@ class _RoutesParser(_Parser):
                             "add `messages: {glucose_low: \"…\"}` and/or `default_message: \"…\"`")
         return replace(spec, messages=messages, default_message=default)
 
-    def url(self, leaf: _Leaf) -> str:
-        value = self.text(leaf).strip()
-        if not re.fullmatch(r"https?://[^\s/?#@]+[^\s]*", value):
-            raise self.fail(leaf.node, leaf.path, f"{value!r} is not an http(s) URL", "write https://host/path")
+    def url(self, leaf: _Leaf, allow_http_host: str | None) -> str:
+        value = self.text(leaf)
+        problem = webhook_url_problem(value, allow_http_host)
+        if problem:
+            raise self.fail(leaf.node, leaf.path, f"{value[:200]!r} is not an acceptable webhook URL", problem)
+        return value
+
+    def http_host(self, leaf: _Leaf) -> str:
+        value = self.text(leaf)
+        problem = http_host_problem(value)
+        if problem:
+            raise self.fail(leaf.node, leaf.path, f"{value[:200]!r} is not a host", problem)
         return value
 
     def escalations_of(self, leaf: _Leaf) -> dict[str, Escalation]:

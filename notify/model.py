@@ -8,9 +8,12 @@ own time zone, so "22:00-07:00 Europe/Berlin" follows daylight saving.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 SEVERITY_RANK: Final = {"info": 1, "warning": 2, "critical": 3}
@@ -91,12 +94,62 @@ def _member(allowed: frozenset[str] | None, value: str | None) -> bool:
     return allowed is None or (value is not None and value in allowed)
 
 
+# A host name (RFC 1123 labels) or an IP address; nothing else may follow `allow_http_host:`.
+_HOST_RE: Final = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def http_host_problem(host: str) -> str | None:
+    """Why ``host`` cannot be an ``allow_http_host`` (a plain host name or IP address), or None."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != host.lower() or not _HOST_RE.fullmatch(host):
+            return "write one host name (lower case) or IP address, without scheme, port, path or wildcards"
+    return None
+
+
+def webhook_url_problem(url: str, allow_http_host: str | None = None) -> str | None:
+    """Why ``url`` may not be a webhook's, or None.
+
+    ``https://`` (lower case) with a host and no user information, fragment, white space or
+    backslash; ``http://`` only when ``allow_http_host`` names exactly its host (a pager gateway on
+    the same host, a test receiver on 127.0.0.1). Health data must not cross a network in clear,
+    and ``https://pager@evil.example`` or ``http://127.0.0.1.evil.example`` are not what they seem.
+    """
+    if any(ch.isspace() or not ch.isprintable() for ch in url) or "\\" in url:
+        return "white space, control characters or backslashes in the URL"
+    scheme, sep, _rest = url.partition("://")
+    if not sep or scheme not in ("https", "http"):
+        what = "write the scheme in lower case" if scheme.lower() in ("https", "http") else "not an http(s) URL"
+        return f"{what}: https://host/path"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "not a valid URL (host or port)"
+    if "@" in parts.netloc:
+        return "no user information (user:password@) in a webhook URL: the HMAC secret authenticates us"
+    if parts.fragment or "#" in url:
+        return "no fragment (#…) in a webhook URL"
+    host = parts.hostname or ""
+    if not host or (port is not None and not 0 < port < 65536):
+        return "the URL needs a host (and a port of 1-65535 if any)"
+    if scheme == "http":
+        if allow_http_host is None:
+            return ("plain http:// sends health data unencrypted: use https://, or allow it for exactly this host "
+                    f"with `allow_http_host: {host}`")
+        if host != allow_http_host.lower():
+            return f"plain http:// is allowed only to {allow_http_host!r}, not to {host!r}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelSpec:
     """One way of reaching a receiver. Fields beyond ``type`` and ``name`` belong to some types only.
 
     - ``nurse_station``: nothing (the station shows ``rpm.alerts`` live; the receipt says so);
-    - ``webhook``: ``url``, ``secret_env`` (the variable holding the HMAC key);
+    - ``webhook``: ``url`` (``https://``; ``http://`` only to ``allow_http_host``), ``secret_env`` (the
+      variable holding the HMAC key);
     - ``email``: ``to`` (addresses; the server is the file's ``smtp:``);
     - ``edge_agent``: ``messages`` (rule → the text the patient reads), ``default_message``.
     """
@@ -110,6 +163,7 @@ class ChannelSpec:
     messages: Mapping[str, str] = field(default_factory=dict)
     default_message: str | None = None
     recipient: str | None = None  # a label for the audit ("on-call nurse phone"); default: derived
+    allow_http_host: str | None = None  # webhook: plain http:// allowed to exactly this host
 
     @property
     def tag(self) -> str:
@@ -228,6 +282,11 @@ class Routes:
         if self.smtp is not None:
             names |= {n for n in (self.smtp.username_env, self.smtp.password_env) if n}
         return frozenset(names)
+
+    def webhook_secret_envs(self) -> frozenset[str]:
+        """The variables holding webhook HMAC keys (checked for strength at start)."""
+        return frozenset(c.secret_env for r in self.receivers.values() for c in r.channels
+                         if c.type == "webhook" and c.secret_env)
 
     def find_route(self, route_id: str) -> Route | None:
         """The route with this id, anywhere in the tree."""

@@ -54,29 +54,16 @@ class NotifierMqtt:
 
     async def start(self) -> None:
         """Connect in the background (paho reconnects by itself with backoff)."""
-        import paho.mqtt.client as paho
-        from paho.mqtt.enums import CallbackAPIVersion
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
+        from rpm_core.mqtt_client import mqtt_client, session_properties
 
         self._loop = asyncio.get_running_loop()
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._mqtt.client_id(self._client_id),
-                             protocol=paho.MQTTv5, manual_ack=True)
-        if self._mqtt.username:
-            client.username_pw_set(self._mqtt.username, self._mqtt.password.get() or None)
-        context = self._mqtt.ssl_context()
-        if context is not None:
-            client.tls_set_context(context)
-        client.reconnect_delay_set(min_delay=1, max_delay=15)
-        client.max_inflight_messages_set(100)
+        client = mqtt_client(self._mqtt, self._client_id, manual_ack=True, max_inflight=100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = MQTT_SESSION_EXPIRY_S
-        props.ReceiveMaximum = _RECEIVE_MAXIMUM
+        props = session_properties(MQTT_SESSION_EXPIRY_S, receive_maximum=_RECEIVE_MAXIMUM)
         self._client = client
         client.connect_async(self._mqtt.host, self._mqtt.port, keepalive=30, clean_start=False, properties=props)
         client.loop_start()

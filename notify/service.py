@@ -38,7 +38,6 @@ import aiohttp
 import orjson
 from aiokafka import ConsumerRebalanceListener
 
-from edge_agent.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
 from notify.audit import AuditWriter, attempt_line, escalated_line, record_line, restore_query, sent_records
 from notify.channels import ChannelContext, build_channels
 from notify.channels.base import Attempt, Channel, Receipt, deliver
@@ -54,14 +53,16 @@ from notify.errors import TransientDeliveryError
 from notify.model import Routes
 from notify.mqtt import Inbound, NotifierMqtt
 from notify.router import Action, AlertUpdate, Dispatch, Escalated, Record, Router
+from rpm_core import topics
+from rpm_core.acks import AckDecodeError, decode_ack, encode_ack
+from rpm_core.backoff import backoff_s
+from rpm_core.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
+from rpm_core.deadletter import deadletter_record
 from rpm_core.errors import ConfigError
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
+from rpm_core.sink import make_sink
 from rpm_core.wire import loads_unique
-from stream import topics
-from stream.acks import AckDecodeError, decode_ack, encode_ack
-from stream.deadletter import deadletter_record
-from stream.sink import backoff_s, make_sink
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -6,7 +6,11 @@
     ├── ConfigError (ValueError)      bad environment / flags; names the variable
     ├── RulesError (ValueError)       bad alert_rules.yaml; names file, line and field
     ├── ServiceError (RuntimeError)   a local service would not start or answer
-    └── NoDataError (LookupError)     unknown patient, or nothing in the period asked for
+    ├── NoDataError (LookupError)     unknown patient, or nothing in the period asked for
+    └── SinkError                     InfluxDB could not take a write
+        ├── SinkUnavailableError      connection refused / 5xx: retried with backoff
+        │   └── SinkConfigError       missing database/bucket, rejected credentials: waited out, and said
+        └── SinkRejectedError         4xx: the points themselves are bad; isolated and dead-lettered
 """
 
 from __future__ import annotations
@@ -57,3 +61,31 @@ class ServiceError(RpmError, RuntimeError):
 
 class NoDataError(RpmError, LookupError):
     """A report or export was asked for a patient or a period that holds no data; the message says which."""
+
+
+class SinkError(RpmError):
+    """InfluxDB could not take a write."""
+
+
+class SinkUnavailableError(SinkError):
+    """InfluxDB is down or overloaded (connection error, 5xx); the write can be retried."""
+
+
+class SinkConfigError(SinkUnavailableError):
+    """InfluxDB cannot take any write until someone fixes its configuration (no such database or
+    bucket, credentials refused): not the points' fault, so nothing is dead-lettered; ``fix`` says
+    what to do, for the log, ``/healthz`` and the technical alert."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem = problem
+        self.fix = fix
+
+
+class SinkRejectedError(SinkError):
+    """InfluxDB refused the points (4xx); retrying the same lines cannot succeed."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"InfluxDB rejected the write ({status}): {body[:300]}")
+        self.status = status
+        self.body = body

@@ -35,7 +35,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
-from rpm_core.wire import is_valid_id, loads_unique
+from rpm_core.wire import is_valid_id, load_envelope
 
 TECHNICAL_KIND: Final = "technical"
 TECHNICAL_METRIC: Final = "technical"
@@ -45,6 +45,10 @@ EVERY_WARD: Final = "*"
 SYSTEM_SUBJECT: Final = "rpm-system"
 HEARTBEATS_TOPIC: Final = "rpm.heartbeats"
 HEARTBEAT_INTERVAL_S: Final = 5.0
+# A heartbeat is a record like any other: at most Kafka's record size (a worker of a huge ward list).
+MAX_HEARTBEAT_BYTES: Final = 1_000_000
+_HEARTBEAT_OPTIONAL: Final = ("state", "healthy", "problem", "interval_s", "partitions", "partition_count",
+                              "ward_last_reading", "messages", "deadlettered")
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
@@ -211,12 +215,8 @@ def _count(doc: Mapping[str, Any], key: str) -> int:
 
 def decode_heartbeat(value: bytes | None) -> Heartbeat:
     """Validate one ``rpm.heartbeats`` record value; :class:`TechnicalAlertError` with the reason."""
-    try:
-        doc = loads_unique(value or b"")
-    except ValueError as exc:
-        raise TechnicalAlertError("heartbeat is not JSON") from exc
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        raise TechnicalAlertError("heartbeat must be a JSON object of version 1")
+    doc = load_envelope(value, what="heartbeat", version=1, error=TechnicalAlertError, max_bytes=MAX_HEARTBEAT_BYTES,
+                        required=("component", "instance", "time"), optional=_HEARTBEAT_OPTIONAL)
     component, instance, state = doc.get("component"), doc.get("instance"), doc.get("state", "running")
     if component not in ("bridge", "worker", "watchdog") if isinstance(component, str) else True:
         raise TechnicalAlertError("heartbeat component unknown")

@@ -38,6 +38,7 @@ import enum
 import json
 import math
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -123,6 +124,41 @@ def loads_unique(data: bytes | str) -> Any:
     if isinstance(doc, dict | list):  # scalars have no keys
         json.loads(data, object_pairs_hook=_no_duplicates)
     return doc
+
+
+def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str], Exception],
+                   required: Collection[str] = (), optional: Collection[str] = ()) -> dict[str, Any]:
+    """``doc`` if it is the JSON object of a versioned message: its ``"v"`` is ``version`` (an int,
+    not ``true``), it names every ``required`` key and no key beyond ``required`` and ``optional``.
+    Otherwise ``error(reason)``. The one envelope check of every cross-process message (readings,
+    readings records, acknowledgements, patient commands, heartbeats)."""
+    if not isinstance(doc, dict):
+        raise error(f"{what} must be a JSON object")
+    v = doc.get("v")
+    if v != version or isinstance(v, bool):
+        raise error(f"unsupported schema version {repr(v)[:20]}; expected v{version}")
+    unknown = set(doc) - {"v"} - set(required) - set(optional)
+    if unknown:
+        raise error(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    missing = set(required) - set(doc)
+    if missing:
+        raise error(f"missing fields: {', '.join(sorted(missing))}")
+    return doc
+
+
+def load_envelope(raw: bytes | None, *, what: str, version: int, error: Callable[[str], Exception],
+                  max_bytes: int, required: Collection[str] = (), optional: Collection[str] = ()) -> dict[str, Any]:
+    """Decode a small versioned message (size, JSON, no key named twice) and check its envelope
+    (:func:`check_envelope`); ``error(reason)`` on anything wrong, never another exception."""
+    if not isinstance(raw, bytes | bytearray):
+        raise error(f"{what} has no value (a tombstone) or is not bytes")
+    if len(raw) > max_bytes:
+        raise error(f"{what} larger than {max_bytes} bytes")
+    try:
+        doc = loads_unique(raw)
+    except ValueError as exc:  # not JSON, or a key named twice
+        raise error(f"not JSON: {exc}") from exc
+    return check_envelope(doc, what=what, version=version, error=error, required=required, optional=optional)
 
 
 class WireError(ValueError):
@@ -252,17 +288,11 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise WireError("message must be a JSON object")
+    doc = check_envelope(doc, what="message", version=SCHEMA_VERSION, error=WireError,
+                         optional=("patient", "device", "source", "samples", "id"))
     keys = _TOP_KEY_RE.findall(payload)
     if len(keys) != len(set(keys)):
         raise WireError("duplicate keys: a key may appear only once")
-    version = doc.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise WireError(f"unsupported schema version {version!r}; this bridge speaks v{SCHEMA_VERSION}")
-    unknown = set(doc) - {"v", "patient", "device", "source", "samples", "id"}
-    if unknown:
-        raise WireError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
     patient, device, source = doc.get("patient"), doc.get("device"), doc.get("source")
     if not is_valid_id(patient):
         raise WireError("patient must be an identifier of [A-Za-z0-9_.:-]{1,64}")

@@ -3,7 +3,7 @@
 Usage: .venv/bin/python scripts/report_screenshot.py [OUT.png]
 
 The data are made here (a CGM with a daily pattern, two nocturnal lows, meter readings, 15-minute
-heart-rate means, one acknowledged alert), the report is built by rpm_core.report exactly as
+heart-rate means, one acknowledged alert), the report is built by rpm_app.report exactly as
 ``rpm report`` builds it, and Debian's chromium (via Playwright, as the nurse-station tests drive
 it) renders the HTML.
 """
@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from rpm_core.report import PatientData, View, build
+from rpm_app.report import PatientData, View, build
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from rpm_core.errors import ServiceError
+from rpm_core.mqtt_client import mqtt_client
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import encode_readings_messages, readings_topic
 from simulators.patients import CGM_INTERVAL_S, HR_INTERVAL_S, Population, patient_id
@@ -67,13 +67,7 @@ class SimConfig:
 
 def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Event]:
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id(client_id), protocol=mqtt.MQTTv5)
-    if settings.username:
-        client.username_pw_set(settings.username, settings.password.get() or None)
-    ctx = settings.ssl_context()
-    if ctx is not None:
-        client.tls_set_context(ctx)
-    client.max_inflight_messages_set(1000)
+    client = mqtt_client(settings, client_id, reconnect=False, max_inflight=1000)
     client.max_queued_messages_set(0)
     connected = threading.Event()
     client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None

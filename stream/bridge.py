@@ -35,18 +35,17 @@ from typing import Any, Final
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.enums import MQTTErrorCode
 
+from rpm_core import topics
+from rpm_core.backoff import backoff_s
+from rpm_core.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
+from rpm_core.mqtt_client import mqtt_client, session_properties
 from rpm_core.settings import MqttSettings
 from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
 from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
-from stream import topics
-from stream.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
 from stream.errors import BridgeError
 from stream.kafka_errors import ErrorKind, describe, error_kind
-from stream.sink import backoff_s
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -280,16 +279,7 @@ class Bridge:
 
     def _make_client(self) -> _BridgeClient:
         s = self._mqtt_settings
-        client = _BridgeClient(
-            CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
-        if s.username:
-            client.username_pw_set(s.username, s.password.get() or None)
-        context = s.ssl_context()
-        if context is not None:
-            client.tls_set_context(context)
-        client.max_inflight_messages_set(100)
-        client.reconnect_delay_set(min_delay=1, max_delay=15)
+        client = mqtt_client(s, self._client_id, cls=_BridgeClient, manual_ack=True, max_inflight=100)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -298,11 +288,8 @@ class Bridge:
         client.on_burst_end = self._on_burst_end
         return client
 
-    def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = RECEIVE_MAXIMUM
-        return props
+    def _connect_properties(self) -> Any:
+        return session_properties(SESSION_EXPIRY_S, receive_maximum=RECEIVE_MAXIMUM)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:

@@ -1,4 +1,4 @@
-# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_core/cli.py does)
+# ruff: noqa: T201 - a CLI talks to its user with print (as rpm_app/cli.py does)
 """``rpm deadletter list`` and ``rpm deadletter replay``; registered by :func:`add_commands`.
 
 The work is :mod:`stream.deadletter_tools`'s (imported when a command runs, so ``rpm --help`` does
@@ -141,7 +141,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 async def _list(bootstrap: str, args: argparse.Namespace) -> int:
-    from stream import topics
+    from rpm_core import topics
     from stream.deadletter_tools import HEADER, DeadLetter, DeadLetterReader, ListReport, entry_line, payload_line
     from stream.deadletter_tools import selected_entries as select
 
@@ -190,7 +190,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _print_outcome(entry: Entry, outcome: Outcome, *, dry_run: bool) -> None:
-    from stream import topics
+    from rpm_core import topics
     from stream.deadletter_tools import ReplayRecord, readings, shown
 
     offset = f"{entry.partition}:{entry.offset}" if entry.partition else str(entry.offset)

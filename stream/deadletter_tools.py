@@ -9,7 +9,7 @@ why it cannot (:class:`NotReplayable`):
 
 - stage ``worker``, source ``rpm.readings``: the payload is a readings record; it must decode as the
   worker decodes it (:func:`stream.records.decode_record`) and all its groups must belong to one
-  partition (:func:`stream.topics.partition_for`); it is produced again unchanged, to that partition.
+  partition (:func:`rpm_core.topics.partition_for`); it is produced again unchanged, to that partition.
 - stage ``bridge``: the payload is an MQTT readings message and the source its topic; it is
   validated again exactly as the bridge does (:func:`rpm_core.wire.parse_readings_message`, with
   ``now`` = when the bridge received it) and becomes the record the bridge would have built
@@ -43,13 +43,13 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_core import topics
+from rpm_core.deadletter import redact_reason
 from rpm_core.wire import ReadingsMessage, WireError, encode_readings_record, parse_readings_message
-from stream import topics
-from stream.deadletter import redact_reason
 from stream.errors import StreamError
 from stream.records import RecordError, decode_record
 
-# deadletter_record never writes more than 1,000,000 bytes (stream.deadletter.MAX_RECORD_BYTES);
+# deadletter_record never writes more than 1,000,000 bytes (rpm_core.deadletter.MAX_RECORD_BYTES);
 # records of earlier versions kept up to 768 KiB escaped (~4.6 MB). Anything larger was not
 # written by us: refuse to parse it rather than hold it.
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
@@ -73,7 +73,7 @@ class DeadLetterToolError(StreamError):
 
 
 class DeadLetterFormatError(StreamError, ValueError):
-    """A dead-letter record that does not have the shape of :func:`stream.deadletter.deadletter_record`.
+    """A dead-letter record that does not have the shape of :func:`rpm_core.deadletter.deadletter_record`.
 
     ``stage`` and ``reason`` are what could still be read of it (``None``: nothing usable).
     """

@@ -92,8 +92,8 @@ def histogram(name: str, help_text: str, bounds: Sequence[float], counts: Sequen
 
 def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalancing: bool = False,
                    now: float = 0.0) -> list[Metric]:
-    """Metrics of one worker (``stream.pipeline.PipelineStats``, ``stream.sink.SinkStats`` and
-    ``stream.agents.WorkerStatus``; ``now``: ``time.monotonic()``, for how long a failure lasts)."""
+    """Metrics of one worker (``stream.pipeline.PipelineStats``, ``rpm_core.sink.SinkStats`` and
+    ``stream.protocol.WorkerStatus``; ``now``: ``time.monotonic()``, for how long a failure lasts)."""
     from stream.pipeline import BATCH_BUCKETS
 
     alerts = Metric("rpm_worker_alert_events_total", "counter", "Alert state changes published, by rule and state",

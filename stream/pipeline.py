@@ -33,14 +33,14 @@ from detectors.batch import PatientRegistry, SampleBatch
 from detectors.const import METRIC_NAMES
 from detectors.errors import StateError
 from detectors.events import AlertEvent
-from stream.deadletter import ReasonLog, deadletter_record
-from stream.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.deadletter import ReasonLog, deadletter_record
+from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.sink import InfluxSink
 from stream.records import Decoded, decode_records
-from stream.sink import InfluxSink
 
 _LOGGER = logging.getLogger(__name__)
 
-# Upper bounds of the batch-size histogram (records per micro-batch; agents.MAX_BATCH_RECORDS is 2000).
+# Upper bounds of the batch-size histogram (records per micro-batch; protocol.MAX_BATCH_RECORDS is 2000).
 BATCH_BUCKETS: Final = (1, 10, 50, 100, 250, 500, 1000, 2000)
 
 SendFn = Callable[[bytes | None, bytes], Awaitable[None]]
@@ -151,7 +151,7 @@ class Pipeline:
 
     ``enrolled`` names the patients to watch for staleness even if they never send anything: the
     worker passes the roster patients whose partitions it owns now (see
-    :func:`stream.agents.owned_patients`); it is asked again on every :meth:`reload`. Default: nobody.
+    :func:`stream.protocol.owned_patients`); it is asked again on every :meth:`reload`. Default: nobody.
     """
 
     def __init__(
@@ -236,7 +236,7 @@ class Pipeline:
         self.store.put(patient, orjson.dumps(self.engine.export_state(patient)))
         self.stats.checkpoints += 1
 
-    # Rolling checkpoints (the worker's group commit, see stream.agents.Committer): a patient whose
+    # Rolling checkpoints (the worker's group commit, see stream.protocol.Committer): a patient whose
     # state changed is written once it has been pending for a while, oldest first, so a patient
     # sending every few seconds is written once per interval rather than once per message, and the
     # work is spread evenly instead of arriving all at once.
@@ -285,7 +285,7 @@ class Pipeline:
     async def handle(self, values: list[bytes], *, checkpoint: bool = True) -> None:
         """Process one micro-batch of ``rpm.readings`` record values: decode, detect, write, publish,
         then checkpoint (``checkpoint=False``: the caller checkpoints later, see
-        :class:`stream.agents.Committer`). The outputs always go out before the state that reflects
+        :class:`stream.protocol.Committer`). The outputs always go out before the state that reflects
         them is checkpointed: a checkpoint never holds an effect whose output could still be lost.
         """
         decoded = decode_records(values)

@@ -16,7 +16,7 @@ import orjson
 
 from detectors.batch import metric_codes
 from detectors.const import METRIC_NAMES
-from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, is_valid_id
+from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, check_envelope, is_valid_id
 
 _GROUP_KEYS = frozenset({"device", "source", "metric", "t", "value", "flags"})
 _PATIENT_GROUP_KEYS = _GROUP_KEYS | {"patient"}
@@ -259,13 +259,10 @@ def _load(value: bytes) -> dict[str, Any]:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"record is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != SCHEMA_VERSION or isinstance(doc.get("v"), bool):
-        raise RecordError(f"record is not a v{SCHEMA_VERSION} readings record")
+    doc = check_envelope(doc, what="record", version=SCHEMA_VERSION, error=RecordError, optional=("patient", "groups"))
     groups = doc.get("groups")
     if not isinstance(groups, list) or not groups:
         raise RecordError("record needs a non-empty list of groups")
-    if set(doc) - {"v", "patient", "groups"}:
-        raise RecordError("record has unknown keys")
     if "patient" in doc and not is_valid_id(doc["patient"]):
         raise RecordError("record needs a valid patient")
     return doc

@@ -335,8 +335,8 @@ class WatchdogService:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
         from aiokafka.structs import TopicPartition
 
+        from rpm_core import topics
         from rpm_core.technical import HEARTBEATS_TOPIC
-        from stream import topics
 
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False)
         beats = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
@@ -396,8 +396,8 @@ class WatchdogService:
         """Send what is due, in order; what fails stays for the next round (nothing is dropped)."""
         from aiokafka.errors import KafkaError
 
+        from rpm_core import topics
         from rpm_core.technical import SYSTEM_SUBJECT
-        from stream import topics
 
         while self._outbox:
             alert = self._outbox[0]
@@ -431,8 +431,8 @@ class WatchdogService:
 
         from aiokafka import AIOKafkaConsumer
 
+        from rpm_core import topics
         from rpm_core.technical import TechnicalAlertError, decode_technical, is_technical
-        from stream import topics
 
         consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=self.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200)
@@ -489,21 +489,10 @@ def _json(value: bytes | None) -> Any:
 def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
     """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
     watchdog was away are delivered when it is back); returns the running paho client."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
+    from rpm_core.mqtt_client import mqtt_client, session_properties
     from rpm_core.wire import status_topic
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=mqtt_settings.client_id(client_id),
-                         protocol=paho.MQTTv5)
-    if mqtt_settings.username:
-        client.username_pw_set(mqtt_settings.username, mqtt_settings.password.get() or None)
-    context = mqtt_settings.ssl_context()
-    if context is not None:
-        client.tls_set_context(context)
-    client.reconnect_delay_set(min_delay=1, max_delay=15)
+    client = mqtt_client(mqtt_settings, client_id)
 
     def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -513,9 +502,8 @@ def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callabl
 
     client.on_connect = on_connect
     client.on_message = lambda _c, _u, msg: on_status(msg.topic, bytes(msg.payload))
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 7 * 24 * 3600
-    client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False, properties=props)
+    client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False,
+                         properties=session_properties(7 * 24 * 3600))
     client.loop_start()
     return client
 
@@ -525,8 +513,8 @@ async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
     import asyncio
     import signal
 
+    from rpm_core import topics
     from rpm_core.roster import ROSTER_ENV, load_roster
-    from stream import topics
     from stream.health import HealthServer
 
     roster_path = options.roster

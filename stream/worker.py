@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from rpm_core.services import free_port
+from rpm_core.host import free_port
 from rpm_core.settings import Settings
-from stream.topics import DEFAULT_READINGS_PARTITIONS
+from rpm_core.topics import DEFAULT_READINGS_PARTITIONS
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
 def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:
     """Send :func:`heartbeat` to ``rpm.heartbeats`` every ``HEARTBEAT_INTERVAL_S`` (a Faust timer:
     a worker whose event loop is stuck stops sending, and the watchdog notices)."""
+    from rpm_core import topics
     from rpm_core.technical import HEARTBEAT_INTERVAL_S
-    from stream import topics
 
     beats = app.topic(topics.HEARTBEATS, key_type=bytes, value_type=bytes, partitions=1)
 
@@ -106,13 +106,13 @@ def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, w
 def build_pipeline(settings: Settings, status: Any = None) -> object:
     """The detection pipeline for ``settings`` (rules loaded and validated before Kafka is touched).
 
-    ``status`` (a :class:`stream.agents.WorkerStatus`) says which patients to enroll for staleness.
+    ``status`` (a :class:`stream.protocol.WorkerStatus`) says which patients to enroll for staleness.
     """
     from detectors.engine import Engine
     from rpm_core.alarm_policy import load_alarm_policy, realarm_table
     from rpm_core.rules import load_rules
+    from rpm_core.sink import make_sink
     from stream.pipeline import Pipeline
-    from stream.sink import make_sink
 
     ruleset = load_rules(settings.rules_path)
     # acknowledged is not resolved: still open after the rule's interval, an alert is raised again
@@ -127,7 +127,7 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
 
 def checkpoint_interval_s(env: Mapping[str, str] | None = None) -> float:
     """``RPM_CHECKPOINT_INTERVAL_S`` (seconds between group commits of state and offsets), or the default."""
-    from stream.agents import CHECKPOINT_INTERVAL_S
+    from stream.protocol import CHECKPOINT_INTERVAL_S
 
     env = os.environ if env is None else env
     raw = env.get("RPM_CHECKPOINT_INTERVAL_S", "").strip()
@@ -162,9 +162,10 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     """Run a worker until SIGTERM/SIGINT (Faust handles both and shuts down gracefully)."""
     from faust.worker import Worker
 
-    from stream.agents import WorkerStatus, register_agents
+    from stream.agents import register_agents
     from stream.app import create_app
     from stream.pipeline import Pipeline
+    from stream.protocol import WorkerStatus
 
     store = state_store()  # checked before anything starts
     ward_of = roster_wards(options.roster)
@@ -203,8 +204,8 @@ def ensure_topics(settings: Settings, partitions: int) -> None:
     """
     import asyncio
 
+    from rpm_core import topics
     from rpm_core.settings import kafka_bootstrap
-    from stream import topics
 
     bootstrap = kafka_bootstrap(settings.kafka_url or DEFAULT_KAFKA_URL)
     loop = asyncio.new_event_loop()
@@ -220,7 +221,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     ``progressing`` is false once a batch, or an InfluxDB write, has been failing for
     ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
     """
-    from stream.agents import STUCK_AFTER_S
+    from stream.protocol import STUCK_AFTER_S
 
     now = time.monotonic() if now is None else now
     failing_s = status.failing_for(now, pipeline.sink.stats.failing_since)
@@ -240,6 +241,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
         "failing_s": round(failing_s, 1),
         "batch_s": round(busy_s, 1),
         "partitions": sorted(status.partitions),
+        "phase": status.phase,
         "enrolled": pipeline.stats.enrolled,
         "records": pipeline.stats.records,
     }

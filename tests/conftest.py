@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import (
+from rpm_app.services import (
     ServiceProcess,
     Stack,
     influx_query,

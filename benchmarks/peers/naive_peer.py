@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from rpm_app.services import influx_query, wait_until
 from rpm_core.errors import ServiceError
-from rpm_core.services import free_port, influx_query, wait_until
+from rpm_core.host import free_port
 from rpm_core.settings import kafka_bootstrap as parse_kafka_url
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]

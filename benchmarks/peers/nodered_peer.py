@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from rpm_app.services import influx_query, wait_until
 from rpm_core.errors import ServiceError
-from rpm_core.services import free_port, influx_query, wait_until
+from rpm_core.host import free_port
 
 NODERED_DIR: Final = Path(__file__).resolve().parent / "nodered"
 VARIANTS: Final[dict[str, str]] = {"stock": "flow_stock.json", "tuned": "flow_tuned.json"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Literal, Protocol
 from notify.errors import ChannelError, PermanentDeliveryError, TransientDeliveryError
 from notify.model import ChannelSpec, Delivery
 from notify.router import Notification
+from rpm_core.backoff import backoff_s
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,12 +69,6 @@ class Receipt:
     def delivered(self) -> bool:
         """Whether the channel accepted the notification."""
         return self.outcome == "delivered"
-
-
-def backoff_s(attempt: int, *, cap_s: float, rng: random.Random | None = None) -> float:
-    """Delay after failed ``attempt`` (1-based): uniform jitter over ``1.5 ** attempt`` s (aiomqtt's shape), capped."""
-    uniform = rng.uniform if rng is not None else random.uniform
-    return float(min(cap_s, uniform(0, 1.5 ** min(10, attempt))))
 
 
 async def deliver(

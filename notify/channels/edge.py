@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from edge_agent.commands import PatientMessage
 from notify.channels.base import NothingToSend
 from notify.model import ChannelSpec
 from notify.router import Notification
+from rpm_core.commands import PatientMessage
 from rpm_core.wire import command_topic
 
 PublishFn = Callable[[str, bytes], Awaitable[None]]

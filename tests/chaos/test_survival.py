@@ -22,11 +22,13 @@ import orjson
 import psutil
 import pytest
 
-from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, free_port, start_influxdb, start_mosquitto
+from rpm_app.services import ServiceProcess, Stack, start_influxdb, start_mosquitto
+from rpm_core import topics
+from rpm_core.acks import encode_ack
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import SIMULATOR_USER
+from rpm_core.topics import DEFAULT_READINGS_PARTITIONS
 from simulators.patients import Scenario, patient_id, scenario_for
-from stream import topics
-from stream.acks import encode_ack
-from stream.topics import DEFAULT_READINGS_PARTITIONS
 from tests.support.aio import run
 from tests.support.influx import count_by, rows
 from tests.support.kafka import produce

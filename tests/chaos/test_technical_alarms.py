@@ -23,9 +23,11 @@ from typing import Any
 import orjson
 import pytest
 
+from rpm_app.services import ServiceProcess, Stack, http_ok
+from rpm_core import topics
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import NOTIFIER_USER, WATCHDOG_USER
 from rpm_core.roster import hash_password
-from rpm_core.services import NOTIFIER_USER, WATCHDOG_USER, ServiceProcess, Stack, free_port, http_ok
-from stream import topics
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver
 from tests.support.kafka import read_all
 from tests.support.procs import rpm_env, spawn, spawn_bridge
@@ -101,7 +103,7 @@ defaults: {{group_wait: 0s}}
 delivery: {{retries: 1, timeout: 3s, backoff_max: 0.2s}}
 receivers:
   ward: {{channels: [{{type: nurse_station}}]}}
-  on-call: {{channels: [{{type: webhook, url: "{url}/on-call", secret_env: HOOK_SECRET}}]}}
+  on-call: {{channels: [{{type: webhook, url: "{url}/on-call", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]}}
 route:
   receiver: ward
   routes:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from rpm_core.services import ADMIN_USER, Stack
+from rpm_app.services import Stack
+from rpm_core.mqtt_users import ADMIN_USER
 from tests.support.influx import count_by, series
 from tests.support.procs import rpm_argv, rpm_env
 
@@ -33,6 +35,8 @@ def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: S
     assert len(per_patient) == 20 and all(n > 1000 for n in per_patient.values())
     assert series(url, db, "SELECT count(alert_id) FROM alerts WHERE state = 'raised'")
     assert "[nurse station]" in done.stdout and "MISSING" not in done.stdout
+    assert re.search(r"audit trail rpm\.audit: [1-9]\d* entries in \d+ chains, verify OK", done.stdout), \
+        done.stdout[-2000:]
     assert "database not found" not in done.stdout + done.stderr
 
 
@@ -42,6 +46,6 @@ def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: S
     ("\u202eevil\x00", "\\u202eevil\\x00"),
 ])
 def test_the_console_escapes_control_characters_in_alert_text(text: str, shown: str) -> None:
-    from rpm_core.demo import console_text
+    from rpm_app.demo import console_text
 
     assert console_text(text) == shown

@@ -43,7 +43,7 @@ def _role(proc: psutil.Process) -> str | None:
         return name
     if "--listener-url" in argv:
         return "tansu"
-    if "rpm_core.cli" in argv:
+    if "rpm_app.cli" in argv:
         return next((a for a in argv if a in {"bridge", "worker", "nurse-station", "watchdog"}), None)
     if "spawn_main" in text and "resource_tracker" not in text:
         return "simulator"

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import SIMULATOR_USER, Stack
+from rpm_app.services import Stack
+from rpm_core.mqtt_users import SIMULATOR_USER
 from simulators.patients import Scenario, patient_id, scenario_for
 from tests.support.influx import count_by, rows
 from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, spawn_bridge

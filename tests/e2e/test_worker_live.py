@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from rpm_app.services import ServiceProcess, Stack
+from rpm_core.host import free_port
 from rpm_core.roster import hash_password
-from rpm_core.services import ServiceProcess, Stack, free_port
 from tests.support.influx import rows
 from tests.support.mqtt import Publisher
 from tests.support.procs import eventually, rpm_env, running, spawn, spawn_bridge

@@ -27,7 +27,8 @@ import pytest
 from edge_agent.agent import Agent
 from edge_agent.config import AgentSettings
 from edge_agent.pairing import Registry
-from rpm_core.services import ADMIN_USER, MqttCredentials, ServiceProcess, start_mosquitto
+from rpm_app.services import MqttCredentials, ServiceProcess, start_mosquitto
+from rpm_core.mqtt_users import ADMIN_USER
 from simulators.bluez import DEBIAN_PYTHON
 
 PATIENT = "p0001"

@@ -36,7 +36,7 @@ async def rpm_edge(bz: EmulatedBluez, state: Path, *args: str) -> tuple[int, str
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update(DBUS_SYSTEM_BUS_ADDRESS=bz.bus_address, RPM_EDGE_STATE=str(state), PYTHONUNBUFFERED="1")
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rpm_core.cli", "edge", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
+        sys.executable, "-m", "rpm_app.cli", "edge", *args, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(60):
         out, err = await proc.communicate()
@@ -149,7 +149,7 @@ async def test_the_last_will_carries_no_stale_time(broker, watcher, wait_until, 
                    PYTHONUNBUFFERED="1")
         with (tmp_path / "agent.log").open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "rpm_core.cli", "edge", "run", env=env, stdin=asyncio.subprocess.DEVNULL,
+                sys.executable, "-m", "rpm_app.cli", "edge", "run", env=env, stdin=asyncio.subprocess.DEVNULL,
                 stdout=log, stderr=asyncio.subprocess.STDOUT)
         try:
             await wait_until(lambda: any(s["state"] == "online" for s in watcher.statuses("agent")), timeout=60,

@@ -62,7 +62,7 @@ class AgentProcess:
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "rpm_core.cli", "edge", "run", env=self.env,
+                sys.executable, "-m", "rpm_app.cli", "edge", "run", env=self.env,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
             )
 

@@ -24,8 +24,10 @@ from edge_agent.agent import Agent
 from edge_agent.config import AgentSettings
 from edge_agent.gatt import GlucoseSensorStatus
 from edge_agent.pairing import DeviceInfo, DeviceKind, PairedDevice, Registry
+from rpm_app.services import ServiceProcess, Stack, http_ok
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import ADMIN_USER, WATCHDOG_USER
 from rpm_core.roster import hash_password
-from rpm_core.services import ADMIN_USER, WATCHDOG_USER, ServiceProcess, Stack, free_port, http_ok
 from simulators.ble_devices import ContinuousGlucoseMonitor, GlucoseMeter, GlucoseRecord, HeartRateStrap
 from simulators.bluez import EmulatedBluez
 from tests.support.influx import rows

@@ -39,7 +39,7 @@ def test_the_refusal_reaches_the_person_running_rpm_edge_run(tmp_path: Path) -> 
                              text=True)
     try:
         assert first.stdout is not None and first.stdout.readline().strip() == "held"
-        done = subprocess.run([sys.executable, "-m", "rpm_core.cli", "edge", "run", "--state-dir", str(tmp_path)],
+        done = subprocess.run([sys.executable, "-m", "rpm_app.cli", "edge", "run", "--state-dir", str(tmp_path)],
                               env={"PATH": "/usr/bin:/bin", "RPM_MQTT_URL": "mqtt://agent-p1:pw@127.0.0.1:1",
                                    "HOME": str(tmp_path)},
                               capture_output=True, text=True, timeout=120, check=False)

@@ -36,7 +36,7 @@ def child_env(bz: EmulatedBluez, state: Path) -> dict[str, str]:
 
 async def rpm(bz: EmulatedBluez, state: Path, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "rpm_core.cli", "edge", *args,
+        sys.executable, "-m", "rpm_app.cli", "edge", *args,
         env=child_env(bz, state), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -88,7 +88,7 @@ async def test_interactive_pair_lists_health_devices_and_pairs_the_chosen_one(tm
         for device in (strap, meter, cgm):
             await bz.add_device(device)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rpm_core.cli", "edge", "pair", "--patient", "p0001", "--timeout", "2",
+            sys.executable, "-m", "rpm_app.cli", "edge", "pair", "--patient", "p0001", "--timeout", "2",
             env=child_env(bz, state), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
@@ -248,7 +248,7 @@ async def test_bluez_not_running_names_the_service_to_start(tmp_path: Path) -> N
         env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
         env.update(DBUS_SYSTEM_BUS_ADDRESS=bus.address, RPM_EDGE_STATE=str(tmp_path / "state"))
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "rpm_core.cli", "edge", "pair", "--patient", "p0001", "--address",
+            sys.executable, "-m", "rpm_app.cli", "edge", "pair", "--patient", "p0001", "--address",
             "C0:FF:EE:00:00:01", "--timeout", "1", env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         async with asyncio.timeout(RUN_TIMEOUT_S):

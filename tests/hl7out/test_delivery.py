@@ -15,8 +15,9 @@ import pytest
 
 from hl7out.messages import AlertChange, Header, Observation, VitalsReport, encode_alert, encode_vitals
 from hl7out.sender import AttemptRecord, Endpoint, Outgoing, Policy, Sender
-from rpm_core.services import Stack, free_port
-from stream import topics
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.host import free_port
 from tests.hl7out.listener import Script, listening
 from tests.people.support import alert_row, write_lines
 from tests.support.influx import rows
@@ -162,6 +163,11 @@ def test_rpm_hl7_send_from_influxdb_with_receipts_and_dead_letters(stack: Stack,
     assert all("alerts go to the nurse-call gateway" in d["reason"] for d in dead)
     assert "ORU^R40" in dead[0]["payload"] and "MDC_ATTR_EVENT_PHASE" in dead[0]["payload"]
     assert dead[0]["source"] == f"mllp://{host}:{port}"
+    from rpm_core.audit import decode_entry, read_log
+
+    (sent,) = [b for b in (decode_entry(r.value) for r in asyncio.run(read_log(s.kafka_bootstrap())))
+               if b["action"] == "export.hl7"]
+    assert (sent["patient"], sent["target"], sent["detail"]["delivered"]) == ("ph", f"mllp://{host}:{port}", 3)
 
     receipts = rows(url, db, 'SELECT * FROM "notifications" WHERE "channel" = \'hl7\'')
     by_outcome: dict[str, int] = {}

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from hl7out.follow import change_from_event
-from rpm_core.services import Stack
+from rpm_app.services import Stack
 from tests.hl7out.listener import Script, listening
 from tests.people.support import event, produce
 from tests.support.influx import rows

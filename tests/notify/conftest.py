@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from rpm_core.services import (
+from rpm_app.services import MqttCredentials, ServiceProcess, Stack, start_mosquitto, start_stack
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import (
     ADMIN_USER,
     ALERTS_USER,
     BRIDGE_USER,
@@ -24,12 +26,6 @@ from rpm_core.services import (
     NURSE_USER,
     PIPELINE_ACL,
     SIMULATOR_USER,
-    MqttCredentials,
-    ServiceProcess,
-    Stack,
-    free_port,
-    start_mosquitto,
-    start_stack,
 )
 from rpm_core.settings import Settings
 

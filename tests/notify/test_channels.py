@@ -12,7 +12,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from edge_agent.commands import CommandSubscriber, PatientAck, PatientMessage, patient_from_ack_topic
+from edge_agent.commands import CommandSubscriber
 from notify.channels.base import Attempt, deliver
 from notify.channels.edge import EdgeAgentChannel
 from notify.channels.email import EmailChannel
@@ -20,7 +20,9 @@ from notify.channels.webhook import WebhookChannel, sign, verify_signature
 from notify.model import ChannelSpec, Delivery, SmtpServer
 from notify.mqtt import NotifierMqtt
 from notify.router import AlertInfo, Notification
-from rpm_core.services import NOTIFIER_USER, free_port
+from rpm_core.commands import PatientAck, PatientMessage, patient_from_ack_topic
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import NOTIFIER_USER
 from rpm_core.settings import MqttSettings, Secret
 from tests.notify.conftest import AGENT_USER, PATIENT, Broker, Inbox
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver, wait_for

@@ -10,10 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from edge_agent.commands import PatientAck, patient_from_ack_topic
 from notify.mqtt import NotifierMqtt
-from rpm_core.cli import main
-from rpm_core.services import NOTIFIER_USER
+from rpm_app.cli import main
+from rpm_core.commands import PatientAck, patient_from_ack_topic
+from rpm_core.mqtt_users import NOTIFIER_USER
 from rpm_core.settings import MqttSettings
 from tests.notify.conftest import AGENT_USER, PATIENT, Broker
 from tests.support.procs import rpm_argv

@@ -17,14 +17,17 @@ from typing import Any
 import orjson
 import pytest
 
-from edge_agent.commands import CommandSubscriber, PatientMessage
+from edge_agent.commands import CommandSubscriber
 from notify.loader import parse_routes
 from notify.service import Notifier
-from rpm_core.services import NOTIFIER_USER, Stack, free_port
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.acks import decode_ack
+from rpm_core.commands import PatientMessage
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import NOTIFIER_USER
 from rpm_core.settings import MqttSettings, Secret
 from rpm_core.wire import command_topic
-from stream import topics
-from stream.acks import decode_ack
 from tests.notify.conftest import AGENT_USER, PATIENT, Inbox
 from tests.notify.helpers import event
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver, wait_for
@@ -48,11 +51,11 @@ receivers:
     channels:
       - {{type: nurse_station}}
       - {{type: edge_agent, messages: {{glucose_low: "Your glucose is low: take 15 g of fast carbohydrate."}}}}{nurses}
-  oncall: {{channels: [{{type: webhook, url: "{hooks}/oncall", secret_env: HOOK_SECRET}}]}}
+  oncall: {{channels: [{{type: webhook, url: "{hooks}/oncall", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]}}
   physician: {{channels: [{{type: email, to: [dr@hospital.example]}}]}}
   both:
     channels:
-      - {{type: webhook, url: "{hooks}/both", secret_env: HOOK_SECRET}}
+      - {{type: webhook, url: "{hooks}/both", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}
       - {{type: email, to: [team@hospital.example]}}
 escalations:
   critical:
@@ -236,8 +239,10 @@ version: 1
 defaults: {{group_wait: 0s}}
 delivery: {{retries: 1, timeout: 3s, backoff_max: 0.2s}}
 receivers:
-  first: {{channels: [{{type: webhook, url: "{hooks.url}/first", secret_env: HOOK_SECRET}}]}}
-  second: {{channels: [{{type: webhook, url: "{hooks.url}/second", secret_env: HOOK_SECRET}}]}}
+  first:
+    channels: [{{type: webhook, url: "{hooks.url}/first", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]
+  second:
+    channels: [{{type: webhook, url: "{hooks.url}/second", secret_env: HOOK_SECRET, allow_http_host: 127.0.0.1}}]
 escalations: {{chain: {{steps: [{steps.strip().replace(chr(10), ',').replace('- ', '')}]}}}}
 route: {{escalation: chain}}
 """)

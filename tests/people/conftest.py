@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import SIMULATOR_USER, ServiceProcess, Stack, start_stack
+from rpm_app.services import ServiceProcess, Stack, start_stack
+from rpm_core.mqtt_users import SIMULATOR_USER
 from rpm_core.settings import Settings
 from rpm_core.signing import KeyRing
 from tests.support.influx import count_by, rows

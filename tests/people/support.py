@@ -87,8 +87,8 @@ def write_lines(url: str, db: str, lines: list[str], *, precision: str = "ms") -
 def alert_row(patient: str, rule: str, severity: str, state: str, t_s: float, *, alert: str = "a1",
               metric: str = "heart_rate", value: float | None = None, by: str | None = None,
               message: str = "message") -> str:
-    """An ``alerts`` line exactly as the worker writes it (``stream.lineprotocol.alert_line``)."""
-    from stream.lineprotocol import AlertPoint, alert_line
+    """An ``alerts`` line exactly as the worker writes it (``rpm_core.lineprotocol.alert_line``)."""
+    from rpm_core.lineprotocol import AlertPoint, alert_line
 
     return alert_line(AlertPoint(alert_id=alert, patient=patient, rule=rule, severity=severity, metric=metric,
                                  state=state, time_s=t_s, value=float("nan") if value is None else value,

@@ -1,4 +1,4 @@
-"""The acknowledgement wire format (``stream.acks``): round trips and every rejection reason."""
+"""The acknowledgement wire format (``rpm_core.acks``): round trips and every rejection reason."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import orjson
 import pytest
 
-from stream.acks import MAX_ACK_BYTES, Ack, AckDecodeError, decode_ack, encode_ack
+from rpm_core.acks import MAX_ACK_BYTES, Ack, AckDecodeError, decode_ack, encode_ack
 
 GOOD = {"v": 1, "alert_id": "3f2a9c0d1e2b4a5c", "patient": "p0001", "by": "Nurse Ana", "at": 1764100000.25,
         "station": "north-desk"}
@@ -37,7 +37,7 @@ def test_value_is_the_documented_json() -> None:
 @pytest.mark.parametrize(("change", "reason"), [
     ({"v": 2}, "version"),
     ({"v": True}, "version"),
-    ({"extra": 1}, "unknown key"),
+    ({"extra": 1}, "unknown fields: extra"),
     ({"alert_id": "has space"}, "alert_id"),
     ({"alert_id": 7}, "alert_id"),
     ({"patient": "p/1"}, "patient"),

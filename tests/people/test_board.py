@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from rpm_core.acks import Ack
 from rpm_core.roster import default_roster, parse_roster
-from stream.acks import Ack
-from stream.nurse_station import AlertBoard, render_sparkline
+from station.nurse_station import AlertBoard, render_sparkline
 from tests.people.support import event
 
 OPEN = default_roster({})
@@ -204,7 +204,7 @@ def test_an_info_alert_never_realarms_and_a_technical_alert_cannot_be_acknowledg
 
 
 def test_silence_is_refused_beyond_the_floor_and_ends_by_itself() -> None:
-    from stream.nurse_station import SilenceRefused
+    from station.nurse_station import SilenceRefused
 
     b = AlertBoard(ward="all", roster=OPEN, clock=lambda: 5000.0, policy=policy())
     low = event("p1", "glucose_low", severity="critical", metric="glucose", value=46.0)

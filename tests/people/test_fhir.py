@@ -14,8 +14,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.observation import Observation
 
-from rpm_core.fhir import ExportOptions, bundle, collect, validate
-from rpm_core.report import InfluxReader
+from rpm_app.fhir import ExportOptions, bundle, collect, validate
+from rpm_app.report import InfluxReader
 from tests.people.conftest import Sim
 from tests.people.support import alert_row, write_lines
 from tests.support.procs import rpm_argv, rpm_env

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
-from rpm_core.fhir import ExportOptions, bundle, collect, validate
+from rpm_app.fhir import ExportOptions, bundle, collect, validate
+from rpm_app.report import InfluxReader
 from rpm_core.interpretation import limits
-from rpm_core.report import InfluxReader
 from rpm_core.rules import load_rules
 from tests.people.support import alert_row, write_lines
 from tests.support.procs import rpm_argv

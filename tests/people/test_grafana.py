@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rpm_core.grafana import (
+from rpm_app.grafana import (
     DATASOURCE_UID,
     PATIENT_ANNOTATION,
     PATIENT_PANELS,
@@ -29,8 +29,8 @@ from rpm_core.grafana import (
     ProvisionOptions,
     provision,
 )
+from rpm_app.services import influx_query
 from rpm_core.roster import load_roster
-from rpm_core.services import influx_query
 from tests.people.conftest import REPO, Sim
 from tests.people.support import alert_row, write_lines
 from tests.support.procs import rpm_argv

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from rpm_core.grafana import WARD_ANNOTATION, WARD_PATIENTS_QUERY, ProvisionOptions, provision
+from rpm_app.grafana import WARD_ANNOTATION, WARD_PATIENTS_QUERY, ProvisionOptions, provision
 from rpm_core.roster import load_roster
 from tests.people.conftest import REPO
 from tests.people.support import alert_row, write_lines

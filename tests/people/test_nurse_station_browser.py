@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from rpm_app.services import http_ok
+from rpm_core.acks import decode_ack
+from rpm_core.host import free_port
 from rpm_core.roster import hash_password
-from rpm_core.services import free_port, http_ok
-from stream.acks import decode_ack
 from tests.people.conftest import Sim
 from tests.people.support import event, produce_events, read_topic, run_sync
 from tests.support.influx import rows

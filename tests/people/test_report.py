@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from rpm_core.report import InfluxReader, agp, alert_episodes, fetch, glucose_stats, gmi, time_in_ranges
+from rpm_app.report import InfluxReader, agp, alert_episodes, fetch, glucose_stats, gmi, time_in_ranges
 from tests.people.conftest import Sim
 from tests.people.support import alert_row, write_lines
 from tests.support.procs import rpm_argv, rpm_env

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from rpm_app.report import PatientData, View, daily_figure, glucose_stats, header_figure, hr_figure
 from rpm_core.glycaemia import Sufficiency, episodes, fmt_duration, hours_minutes_per_day
-from rpm_core.report import PatientData, View, daily_figure, glucose_stats, header_figure, hr_figure
 from tests.people.support import write_lines
 from tests.support.procs import rpm_argv
 
@@ -183,7 +183,7 @@ CHROMIUM = "/usr/bin/chromium"
 def test_every_printed_page_names_patient_period_and_generation_time(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from rpm_core.report import build
+    from rpm_app.report import build
 
     start = datetime(2026, 11, 16, tzinfo=UTC)
     t = np.arange(start.timestamp(), start.timestamp() + 14 * 86400, 300.0)

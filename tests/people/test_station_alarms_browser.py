@@ -29,8 +29,9 @@ from typing import Any
 import orjson
 import pytest
 
+from rpm_app.services import ServiceProcess, http_ok
+from rpm_core.host import free_port
 from rpm_core.roster import hash_password
-from rpm_core.services import ServiceProcess, free_port, http_ok
 from tests.people.conftest import REPO, Sim
 from tests.people.support import event, produce, produce_events, run_sync
 from tests.support.influx import rows
@@ -381,7 +382,7 @@ def test_a_device_alarm_from_an_edge_agent_reaches_the_station_through_the_real_
 
     from playwright.sync_api import expect, sync_playwright
 
-    from rpm_core.services import WATCHDOG_USER
+    from rpm_core.mqtt_users import WATCHDOG_USER
     from rpm_core.wire import status_topic
     from tests.support.mqtt import Publisher
 

@@ -17,10 +17,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from rpm_app.services import Stack
+from rpm_core.acks import decode_ack
+from rpm_core.audit import AuditTrail, decode_entry, read_log
 from rpm_core.roster import Roster, default_roster, hash_password
-from rpm_core.services import Stack
-from stream.acks import decode_ack
-from stream.nurse_station import (
+from rpm_core.topics import ensure_topics
+from station.kiosk import KioskRegistry
+from station.nurse_station import (
     AckSender,
     AlertBoard,
     AlertFeed,
@@ -29,8 +32,6 @@ from stream.nurse_station import (
     create_app,
     parse_trusted_proxies,
 )
-from stream.station_kiosk import KioskRegistry
-from stream.topics import ensure_topics
 from tests.people.support import event, produce, produce_events, read_topic, until
 from tests.support.influx import fake_influx
 
@@ -46,15 +47,19 @@ def roster() -> Roster:
 
 @contextlib.asynccontextmanager
 async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None,
-                  trusted: tuple[str, ...] = (), ward: str = "all") -> AsyncIterator[tuple[str, AlertBoard]]:
-    """Run a station in this event loop; yields its base URL and board."""
+                  trusted: tuple[str, ...] = (), ward: str = "all", trail: AuditTrail | None = None
+                  ) -> AsyncIterator[tuple[str, AlertBoard]]:
+    """Run a station in this event loop (with ``trail``: writing rpm.audit); yields its base URL and board."""
     bootstrap = stack.settings.kafka_bootstrap()
     board = AlertBoard(ward=ward, roster=roster)
     sender = AckSender(bootstrap=bootstrap)
     await sender.start()
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients",
-                         kiosks=kiosks, trusted_proxies=parse_trusted_proxies(trusted))
+                         kiosks=kiosks, trusted_proxies=parse_trusted_proxies(trusted), trail=trail)
+    if trail is not None:
+        await trail.start()
+        trail_writer = asyncio.create_task(trail.run())
     runner = web.AppRunner(create_app(state), shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -66,6 +71,12 @@ async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
         feed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feed
+        if trail is not None:
+            assert await trail.drain(within_s=30)
+            trail_writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trail_writer
+            await trail.stop()
         await runner.cleanup()
         await sender.stop()
         await sparks.close()
@@ -443,14 +454,14 @@ def test_example_and_common_station_passwords_are_refused(tmp_path: Path) -> Non
 
     from rpm_core.errors import ConfigError
     from rpm_core.roster import load_roster
-    from stream.nurse_station import refuse_weak_passwords
+    from station.nurse_station import refuse_weak_passwords
     from tests.support.procs import rpm_argv
 
     example = load_roster(Path(__file__).resolve().parents[2] / "roster.yaml")
     with pytest.raises(ConfigError, match="example or common password"):
         refuse_weak_passwords(example, "north")
     refuse_weak_passwords(default_roster({"desk-1": hash_password(PASSWORD)}), "all")
-    for weak, why in (("change-me", "published or common"), ("short", "at least 8")):
+    for weak, why in (("change-me-north", "published or common"), ("short", "at least 10")):
         done = subprocess.run(rpm_argv("nurse-station", "hash-password", "--stdin"), input=weak + "\n",
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 1 and why in done.stderr and "scrypt$" not in done.stdout
@@ -475,8 +486,9 @@ nurses:
     raised = event("p0050", "tachycardia", value=130.0)
     await produce_events(bootstrap, [raised])
     board_ward = "north"
+    trail = AuditTrail(bootstrap=bootstrap, keys=None, via="nurse-station")
 
-    async with station(stack, roster, ward=board_ward) as (url, board), client() as http:
+    async with station(stack, roster, ward=board_ward, trail=trail) as (url, board), client() as http:
         await login(http, url)
         async with http.get(f"{url}/api/session") as resp:
             info = await resp.json()
@@ -509,6 +521,18 @@ nurses:
         for _ in range(4):
             assert (await post("/api/nurse", {"nurse": "4711", "pin": "111111"}))[0] == 403
         assert (await post("/api/nurse", {"nurse": "4711", "pin": "482913"}))[0] == 429, "five wrong PINs: locked"
+    # the audit trail names the nurse who signed in and acted, and every failed sign-in
+    entries = [decode_entry(r.value) for r in await read_log(bootstrap)]
+    sign_ins = [(e["actor"], e["outcome"]) for e in entries if e["action"] == "nurse_sign_in"]
+    unknown = sign_ins[2][0]  # badge 9999 is nobody's: recorded by a hash, in case a PIN was typed there
+    assert sign_ins[:4] == [("4711", "failure"), ("4712", "failure"), (unknown, "failure"), ("4711", "success")]
+    assert unknown.startswith("unknown:") and "9999" not in unknown
+    assert sign_ins[4:] == [("4711", "failure")] * 4, "the locked-out attempt is refused before the PIN is tried"
+    (acked,) = [e for e in entries if e["action"] == "ack"]
+    assert (acked["actor"], acked["patient"], acked["target"]) == ("4711", "p0050", raised["alert_id"])
+    assert acked["detail"]["by"] == "Ana Lima" and acked["detail"]["station"] == "desk-1"
+    said = str([(e["actor"], e["target"], e["detail"]) for e in entries])
+    assert "482913" not in said and "000000" not in said and "111111" not in said, "PINs are never recorded"
 
 
 async def _produce_altered(bootstrap: str, keys: Any, original: dict[str, Any], altered: bytes) -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from rpm_app.services import http_ok
+from rpm_core.host import free_port
 from rpm_core.roster import hash_password
-from rpm_core.services import free_port, http_ok
 from rpm_core.technical import TechnicalAlert
 from tests.people.conftest import Sim
 from tests.people.support import event, produce, produce_events, run_sync, write_lines

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rpm_core.backtest import BacktestInputError, iso, parse_time, read_readings
-from rpm_core.cli import main
+from rpm_app.backtest import BacktestInputError, iso, parse_time, read_readings
+from rpm_app.cli import main
 from tests.detectors.helpers import T0
 from tests.detectors.scripted import scripted
 

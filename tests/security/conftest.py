@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core import mqtt_auth
-from rpm_core.services import Role, ServiceProcess, TlsFiles, start_mosquitto
+from rpm_app.services import ServiceProcess, TlsFiles, start_mosquitto
+from rpm_core import mqtt_users
+from rpm_core.mqtt_users import Role
 from rpm_core.settings import MqttSettings, Secret, read_secret_file
 from tests.security.pki import TestCA, write_server_files
 
@@ -47,7 +48,7 @@ class Auth:
 
     def add_agent(self, patient: str) -> str:
         """Create an agent user through the API; its name."""
-        creds = mqtt_auth.add_agent(self.path, patient)
+        creds = mqtt_users.add_agent(self.path, patient)
         assert creds is not None
         self.passwords[creds.user] = creds.password
         return creds.user
@@ -57,11 +58,11 @@ class Auth:
 def auth(tmp_path: Path) -> Auth:
     """``rpm mqtt-auth init --simulator``, agents of patients A and B, and a notifier."""
     path = tmp_path / "mqtt-auth"
-    files = mqtt_auth.init_auth(path, simulator=True)
+    files = mqtt_users.init_auth(path, simulator=True)
     result = Auth(path, {u: read_secret_file(f, what="test") for u, f in files.items()})
     result.add_agent(PATIENT_A)
     result.add_agent(PATIENT_B)
-    notifier = mqtt_auth.add_service(path, "rpm-notifier", Role.NOTIFIER)
+    notifier = mqtt_users.add_service(path, "rpm-notifier", Role.NOTIFIER)
     assert notifier is not None
     result.passwords[notifier.user] = notifier.password
     return result
@@ -96,7 +97,7 @@ class SecureBroker:
 @pytest.fixture
 def broker(tmp_path: Path, auth: Auth, pki: Pki) -> Iterator[SecureBroker]:
     """A fresh Mosquitto for this test, using ``auth``'s password and ACL files (SIGHUP reloads them)."""
-    a = mqtt_auth.AuthDir(auth.path)
+    a = mqtt_users.AuthDir(auth.path)
     svc = start_mosquitto(tmp_path / "mosquitto", password_file=a.passwd_path, acl_file=a.acl_path,
                           tls=TlsFiles(pki.certfile, pki.keyfile, pki.ca_file))
     try:

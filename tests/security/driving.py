@@ -11,7 +11,8 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from rpm_core.services import SIMULATOR_USER, Stack
+from rpm_app.services import Stack
+from rpm_core.mqtt_users import SIMULATOR_USER
 from rpm_core.settings import MqttSettings
 
 

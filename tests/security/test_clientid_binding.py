@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from rpm_core.services import ADMIN_USER, BRIDGE_USER
+from rpm_core.mqtt_users import ADMIN_USER, BRIDGE_USER
 from rpm_core.wire import command_topic
 from tests.security.conftest import PATIENT_A, PATIENT_B, SecureBroker
 from tests.security.mqttclient import NOT_AUTHORIZED, Client

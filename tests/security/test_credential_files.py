@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core import mqtt_auth
+from rpm_app.services import start_mosquitto
+from rpm_core import mqtt_users
 from rpm_core.errors import ConfigError
-from rpm_core.services import start_mosquitto
 from rpm_core.settings import MqttSettings, Settings, read_secret_file, url_with_password_file
 from tests.support.procs import rpm_argv
 
@@ -80,8 +80,8 @@ def test_rpm_commands_refuse_a_world_readable_password_file(tmp_path: Path, comm
 
 def test_mqtt_auth_refuses_a_readable_password_or_state_file(tmp_path: Path) -> None:
     path = tmp_path / "auth"
-    mqtt_auth.init_auth(path)
-    for name in (mqtt_auth.PASSWD_FILE, mqtt_auth.STATE_FILE):
+    mqtt_users.init_auth(path)
+    for name in (mqtt_users.PASSWD_FILE, mqtt_users.STATE_FILE):
         (path / name).chmod(0o644)
         result = subprocess.run(rpm_argv("mqtt-auth", "list", "--dir", str(path)), env=clean_env(),
                                 capture_output=True, text=True, timeout=60, check=False)
@@ -92,8 +92,8 @@ def test_mqtt_auth_refuses_a_readable_password_or_state_file(tmp_path: Path) -> 
 
 def test_mosquitto_refuses_to_start_on_a_readable_password_file(tmp_path: Path) -> None:
     path = tmp_path / "auth"
-    mqtt_auth.init_auth(path)
-    auth = mqtt_auth.AuthDir(path)
+    mqtt_users.init_auth(path)
+    auth = mqtt_users.AuthDir(path)
     auth.passwd_path.chmod(0o640)
     with pytest.raises(ConfigError, match="chmod 600"):
         start_mosquitto(tmp_path / "m", password_file=auth.passwd_path, acl_file=auth.acl_path)
@@ -101,7 +101,7 @@ def test_mosquitto_refuses_to_start_on_a_readable_password_file(tmp_path: Path) 
 
 def test_edge_run_takes_its_password_from_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edge_agent.cli import _settings
-    from rpm_core.cli import build_parser
+    from rpm_app.cli import build_parser
 
     path = secret_file(tmp_path, 0o600)
     for name in [k for k in os.environ if k.startswith("RPM_")]:

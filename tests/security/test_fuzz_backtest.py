@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rpm_core.backtest import MAX_FLAGS, BacktestInputError, Readings, load_readings, read_readings
+from rpm_app.backtest import MAX_FLAGS, BacktestInputError, Readings, load_readings, read_readings
 from rpm_core.wire import METRICS, is_valid_id
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,

@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rpm_core.acks import decode_ack, encode_ack
+from rpm_core.deadletter import deadletter_record, redact_reason
 from rpm_core.wire import WireError, is_valid_id, parse_readings_message
-from stream.acks import decode_ack, encode_ack
-from stream.deadletter import deadletter_record, redact_reason
 from stream.records import decode_records
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,20 +28,20 @@ from hypothesis import strategies as st
 
 from detectors import Engine, StateError
 from detectors.history import History
-from edge_agent.commands import CommandDecodeError, PatientAck, PatientMessage
 from notify.cli import _alert_from_arg, explain
 from notify.router import AlertUpdate
 from notify.service import influx_rows
+from rpm_app.report import InfluxReader
+from rpm_core import topics
+from rpm_core.acks import AckDecodeError, decode_ack
+from rpm_core.commands import CommandDecodeError, PatientAck, PatientMessage
 from rpm_core.errors import ConfigError, ServiceError
-from rpm_core.report import InfluxReader
 from rpm_core.roster import default_roster
 from rpm_core.technical import TechnicalAlert
 from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, is_valid_id
-from stream import topics
-from stream.acks import AckDecodeError, decode_ack
-from stream.nurse_station import AlertBoard, AlertFeed, sparkline_points
+from station.nurse_station import AlertBoard, AlertFeed, sparkline_points
+from station.overview import parse_overview
 from stream.records import RecordError, decode_record, decode_records
-from stream.station_overview import parse_overview
 from tests.detectors.helpers import all_rulesets, device_streams, json_roundtrip, run6
 
 T = TypeVar("T")
@@ -80,7 +80,7 @@ def any_field(valid: dict[str, Any], values: st.SearchStrategy[Any] = json_value
             | values.map(lambda v: {**valid, "extra": v}))
 
 
-# --- rpm.alert-acks (stream/acks.py) -------------------------------------------------------------------
+# --- rpm.alert-acks (rpm_core/acks.py) -------------------------------------------------------------------
 
 VALID_ACK = {"v": 1, "alert_id": "3f2a00aa", "patient": "p0001", "by": "Nurse Ana", "at": NOW - 5,
              "station": "north-desk"}

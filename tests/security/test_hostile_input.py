@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 import pytest
 
-from rpm_core.services import Stack, http_ok
+from rpm_app.services import Stack, http_ok
+from rpm_core import topics
 from rpm_core.wire import encode_readings, readings_topic
-from stream import topics
 from tests.security.driving import bridge_health, publish_all, until
 from tests.security.hostile import Hostile, malformed
 from tests.support.influx import series

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core.services import ADMIN_USER, ALERTS_USER, BRIDGE_USER, NURSE_USER, SIMULATOR_USER
+from rpm_core.mqtt_users import ADMIN_USER, ALERTS_USER, BRIDGE_USER, NURSE_USER, SIMULATOR_USER
 from rpm_core.wire import command_topic, encode_readings, readings_topic, status_topic
 from tests.security.conftest import PATIENT_A, PATIENT_B, SecureBroker
 from tests.security.mqttclient import BAD_USER_OR_PASSWORD, NOT_AUTHORIZED, Client

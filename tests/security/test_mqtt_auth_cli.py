@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rpm_core import mqtt_auth
+from rpm_core import mqtt_users
 from rpm_core.errors import ConfigError
-from rpm_core.services import PIPELINE_ACL, Role, build_acl
+from rpm_core.mqtt_users import PIPELINE_ACL, Role, build_acl
 from tests.support.procs import rpm_argv
 
 
@@ -71,7 +71,7 @@ def test_init_add_revoke_list(tmp_path: Path) -> None:
 @pytest.mark.parametrize("patient", ["p 1", "p1\nuser rpm-admin", "p#", "p+", "a/b", "x" * 65, "", "p:1"])
 def test_patient_ids_that_could_inject_into_the_acl_are_refused(tmp_path: Path, patient: str) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     before = (d / "acl").read_text()
     result = rpm("add-agent", "--dir", str(d), "--patient", patient)
     assert result.returncode == 2 and "[A-Za-z0-9" in result.stderr
@@ -101,7 +101,7 @@ def test_pipeline_acl_grants_exactly_the_roles() -> None:
 
 def test_a_broken_state_file_is_named(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     (d / "mqtt-auth.json").write_text('{"version": 1, "users": {"x": {"role": "root"}}}')
     result = rpm("list", "--dir", str(d))
     assert result.returncode == 2 and f"{d / 'mqtt-auth.json'}" in result.stderr and "unknown role" in result.stderr
@@ -110,7 +110,7 @@ def test_a_broken_state_file_is_named(tmp_path: Path) -> None:
 
 def test_add_service_user(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     out = tmp_path / "bridge-2.pw"
     result = rpm("add-service", "--dir", str(d), "--user", "rpm-bridge-2", "--role", "bridge", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -123,8 +123,49 @@ def test_add_service_user(tmp_path: Path) -> None:
 
 def test_reload_pid_of_a_process_that_is_gone_is_an_error(tmp_path: Path) -> None:
     d = tmp_path / "auth"
-    mqtt_auth.init_auth(d)
+    mqtt_users.init_auth(d)
     proc = subprocess.Popen(["true"])
     proc.wait()
     result = rpm("add-agent", "--dir", str(d), "--patient", "p1", "--reload-pid", str(proc.pid))
     assert result.returncode == 2 and "no process" in result.stderr
+
+
+def test_list_is_an_access_review_created_changed_revoked(tmp_path: Path) -> None:
+    d = tmp_path / "auth"
+    assert rpm("init", "--dir", str(d)).returncode == 0
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0001").returncode == 0
+    created = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0001"]["created"]
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0001", "--rotate").returncode == 0
+    user = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0001"]
+    assert user["created"] == created and user["changed"] >= created, "a rotation keeps the creation time"
+    assert rpm("add-agent", "--dir", str(d), "--patient", "p0002").returncode == 0
+    assert rpm("revoke", "--dir", str(d), "--user", "agent-p0001").returncode == 0
+    listing = rpm("list", "--dir", str(d))
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["user", "role", "patient", "status", "created", "changed", "revoked"]
+    lines = {r.split()[0]: r.split() for r in rows}
+    assert lines["agent-p0001"] == ["agent-p0001", "agent", "p0001", "revoked", created, user["changed"],
+                                    lines["agent-p0001"][6]]
+    assert lines["agent-p0001"][6] != "-"
+    assert lines["agent-p0002"][3:] == ["active", lines["agent-p0002"][4], "-", "-"]
+    assert lines["rpm-bridge"][1:4] == ["bridge", "-", "active"]
+
+
+def test_a_state_file_written_before_change_times_is_read(tmp_path: Path) -> None:
+    """Backward compatible: users without ``changed``, revoked users as bare times, no ``retired``."""
+    d = tmp_path / "auth"
+    mqtt_users.init_auth(d)
+    state = json.loads((d / "mqtt-auth.json").read_text())
+    state["users"]["agent-p0009"] = {"role": "agent", "patient": "p0009", "created": "2025-01-02T03:04:05+00:00"}
+    state["revoked"] = {"agent-old": "2025-02-03T04:05:06+00:00"}
+    state.pop("retired", None)
+    (d / "mqtt-auth.json").write_text(json.dumps(state))
+    listing = rpm("list", "--dir", str(d))
+    assert listing.returncode == 0, listing.stderr
+    lines = {r.split()[0]: r.split() for r in listing.stdout.splitlines()[1:]}
+    assert lines["agent-p0009"][3:] == ["active", "2025-01-02T03:04:05+00:00", "-", "-"]
+    assert lines["agent-old"][3:] == ["revoked", "-", "-", "2025-02-03T04:05:06+00:00"]
+    rotated = rpm("add-agent", "--dir", str(d), "--patient", "p0009", "--user", "agent-p0009", "--rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    user = json.loads((d / "mqtt-auth.json").read_text())["users"]["agent-p0009"]
+    assert user["created"] == "2025-01-02T03:04:05+00:00" and user["changed"] > user["created"]

@@ -19,9 +19,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from rpm_core.services import SIMULATOR_USER, Stack
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.mqtt_users import SIMULATOR_USER
 from rpm_core.wire import encode_readings, readings_topic
-from stream import topics
 from tests.security.driving import publish_all, until
 from tests.security.hostile import malformed
 from tests.support.influx import series

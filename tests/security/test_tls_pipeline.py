@@ -13,8 +13,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from rpm_core import mqtt_auth
-from rpm_core.services import BRIDGE_USER, SIMULATOR_USER, ServiceProcess, Stack, free_port, http_ok, start_tansu
+from rpm_app.services import ServiceProcess, Stack, http_ok, start_tansu
+from rpm_core import mqtt_users
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER
 from rpm_core.settings import Settings
 from tests.security.conftest import SecureBroker
 from tests.support.kafka import read_all
@@ -36,7 +38,7 @@ def tls_env(broker: SecureBroker, user: str, *, ca: Path | None = None) -> dict[
     """Environment for a child: a URL without password, the password file, the CA."""
     return {
         "RPM_MQTT_URL": broker.url(user),
-        "RPM_MQTT_PASSWORD_FILE": str(mqtt_auth.AuthDir(broker.auth.path).credential_path(user)),
+        "RPM_MQTT_PASSWORD_FILE": str(mqtt_users.AuthDir(broker.auth.path).credential_path(user)),
         "RPM_MQTT_CA": str(ca or broker.pki.ca_file),
     }
 

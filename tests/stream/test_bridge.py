@@ -15,12 +15,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from paho.mqtt.enums import CallbackAPIVersion
 
-from rpm_core.services import ADMIN_USER, BRIDGE_USER, Stack
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.deadletter import MAX_KEPT_BYTES
+from rpm_core.mqtt_users import ADMIN_USER, BRIDGE_USER
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import MQTT_MESSAGE_SIZE_LIMIT_BYTES, encode_readings, readings_topic
-from stream import topics
 from stream.bridge import Bridge
-from stream.deadletter import MAX_KEPT_BYTES
 
 pytestmark = pytest.mark.services
 

@@ -21,12 +21,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from rpm_core.services import ADMIN_USER, BRIDGE_USER, Stack
+from rpm_app.services import Stack
+from rpm_core import topics
+from rpm_core.deadletter import MAX_KEPT_BYTES, MAX_RECORD_BYTES
+from rpm_core.mqtt_users import ADMIN_USER, BRIDGE_USER
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import MAX_MESSAGE_BYTES, MQTT_MESSAGE_SIZE_LIMIT_BYTES, encode_readings, readings_topic
-from stream import topics
 from stream.bridge import Bridge
-from stream.deadletter import MAX_KEPT_BYTES, MAX_RECORD_BYTES
 from tests.stream.test_bridge import publish_all, publisher
 
 pytestmark = pytest.mark.services
@@ -150,7 +151,7 @@ async def test_inflating_payloads_at_each_limit_are_deadlettered_and_others_keep
 
 
 def test_every_deadletter_record_fits_kafka_whatever_its_shape() -> None:
-    from stream.deadletter import deadletter_record
+    from rpm_core.deadletter import deadletter_record
 
     for size in [*LIMITS, 2 * MQTT_MESSAGE_SIZE_LIMIT_BYTES]:
         for name, payload in shapes(size).items():

@@ -6,9 +6,9 @@ from typing import Any
 
 from detectors import Engine
 from rpm_core.rules import load_rules
-from stream.agents import Committer
+from rpm_core.sink import InfluxSink, V1Writer
 from stream.pipeline import DictStore, Pipeline
-from stream.sink import InfluxSink, V1Writer
+from stream.protocol import Committer
 
 RULES = "alert_rules.yaml"
 

@@ -23,14 +23,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rpm_core.cli import build_parser
+from rpm_app.cli import build_parser
+from rpm_app.services import ServiceProcess, Stack
+from rpm_core import topics
+from rpm_core.deadletter import MAX_KEPT_BYTES, deadletter_record
 from rpm_core.errors import ConfigError
-from rpm_core.services import ServiceProcess, Stack, free_port
+from rpm_core.host import free_port
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import MAX_FUTURE_SKEW_S, encode_readings, encode_readings_record, readings_topic
-from stream import topics
 from stream.bridge import Bridge, Inbound
-from stream.deadletter import MAX_KEPT_BYTES, deadletter_record
 from stream.deadletter_tools import (
     MAX_RECORD_BYTES,
     DeadLetter,

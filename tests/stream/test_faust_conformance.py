@@ -37,10 +37,11 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode import Service
 
-from rpm_core.services import free_port, start_tansu
-from stream.agents import until_done
+from rpm_app.services import start_tansu
+from rpm_core.host import free_port
 from stream.app import create_app
 from stream.faust_adapter import fence_getmany, fence_perform_seek, install_seek_fence
+from stream.protocol import until_done
 from tests.support.kafka import produce
 
 

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from rpm_core.services import Stack
+from rpm_app.services import Stack
 from stream.bridge import BridgeStats
 from stream.metrics import Metric, bridge_metrics, render
 from tests.support.procs import running, spawn_bridge

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from stream.agents import ISOLATE_AFTER, STUCK_AFTER_S, WorkerStatus, isolate_poison, until_done
-from stream.errors import SinkUnavailableError
+from rpm_core.errors import SinkUnavailableError
+from rpm_core.sink import SinkStats
 from stream.metrics import render, worker_metrics
 from stream.pipeline import PipelineStats
-from stream.sink import SinkStats
+from stream.protocol import ISOLATE_AFTER, STUCK_AFTER_S, WorkerStatus, isolate_poison, until_done
 from stream.worker import health
 
 

@@ -8,9 +8,9 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
-from stream.errors import SinkUnavailableError
-from stream.lineprotocol import AlertPoint, alert_line, vitals_lines
-from stream.sink import InfluxSink, V1Writer, make_sink
+from rpm_core.errors import SinkUnavailableError
+from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.sink import InfluxSink, V1Writer, make_sink
 from tests.support.influx import count_by, rows
 from tests.support.v2proxy import V2Proxy
 
@@ -199,7 +199,7 @@ async def test_configuration_faults_wait_and_say_what_to_fix_without_dead_letter
 
     sink.writer.write = observed  # type: ignore[method-assign]
     try:
-        with patch("stream.sink.backoff_s", return_value=0.01):
+        with patch("rpm_core.sink.backoff_s", return_value=0.01):
             assert await sink.write(sample_lines(20)) == []
     finally:
         await sink.close()

@@ -20,7 +20,7 @@ from rpm_core.technical import (
     decode_heartbeat,
     decode_technical,
 )
-from stream.topics import partition_for
+from rpm_core.topics import partition_for
 from stream.watchdog import Watchdog, WatchdogConfig
 
 PARTS = 4

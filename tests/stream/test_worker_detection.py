@@ -12,12 +12,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from detectors.engine import Engine
 from rpm_core.roster import hash_password
 from rpm_core.rules import load_rules, parse_rules
+from rpm_core.sink import make_sink
 from rpm_core.wire import encode_readings_record
-from stream.agents import WorkerStatus, owned_patients, partition_for
 from stream.metrics import render, worker_metrics
 from stream.pipeline import DictStore, Pipeline
+from stream.protocol import WorkerStatus, owned_patients, partition_for
 from stream.records import decode_records
-from stream.sink import make_sink
 from stream.worker import roster_patients
 from tests.conftest import REPO
 

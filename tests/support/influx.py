@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rpm_core.services import influx_query
+from rpm_app.services import influx_query
 
 
 def series(url: str, db: str, q: str) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from rpm_core.services import ADMIN_USER, Stack
+from rpm_app.services import Stack
+from rpm_core.mqtt_users import ADMIN_USER
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import encode_readings, readings_topic
 

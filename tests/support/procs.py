@@ -11,7 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from rpm_core.services import BRIDGE_USER, ServiceProcess, Stack, free_port, http_ok
+from rpm_app.services import ServiceProcess, Stack, http_ok
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import BRIDGE_USER
 
 T = TypeVar("T")
 
@@ -36,7 +38,7 @@ def rpm_env(stack: Stack, *, mqtt_user: str | None = BRIDGE_USER, **extra: str) 
 
 def rpm_argv(*args: str) -> list[str]:
     """argv that runs ``rpm`` with this interpreter."""
-    return [sys.executable, "-m", "rpm_core.cli", *args]
+    return [sys.executable, "-m", "rpm_app.cli", *args]
 
 
 def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> ServiceProcess:

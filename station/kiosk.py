@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from rpm_core.errors import ConfigError
+from rpm_core.files import write_atomic
 from rpm_core.wire import is_valid_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -103,13 +104,9 @@ class KioskRegistry:
 
     def _save(self) -> None:
         path = self.dir / LIST_FILE
-        tmp = path.with_suffix(".tmp")
         doc = {"kiosks": [{"id": k.id, "station": k.station, "issued": k.issued, "label": k.label,
                            "revoked": k.revoked} for k in self._kiosks.values()]}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(doc, indent=1), mode=0o600)
         self._list_mtime = path.stat().st_mtime_ns
 
     def kiosks(self) -> list[Kiosk]:

@@ -27,21 +27,11 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_app.services import ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
+from rpm_core.host import free_port, port_open
+from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
-from rpm_core.services import (
-    BRIDGE_USER,
-    SIMULATOR_USER,
-    WATCHDOG_USER,
-    ServiceProcess,
-    Stack,
-    free_port,
-    http_ok,
-    influx_query,
-    port_open,
-    start_stack,
-    stop_all,
-)
 from rpm_core.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,7 +73,7 @@ def spawn_rpm(args: list[str], *, env: dict[str, str], log_path: Path, name: str
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rpm_core.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "rpm_app.cli", *args], env=env, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )
     return ServiceProcess(name=name, proc=proc, workdir=log_path.parent, log_path=log_path, host="", port=0)
@@ -285,7 +275,7 @@ async def _run(stack: Stack, workdir: Path, options: DemoOptions, terminate: _Te
 
 
 async def _run_pipeline(stack: Stack, workdir: Path, options: DemoOptions) -> int:
-    from stream.topics import ensure_topics
+    from rpm_core.topics import ensure_topics
 
     s = stack.settings
     await ensure_topics(s.kafka_bootstrap(), partitions=options.partitions)
@@ -365,7 +355,22 @@ async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: lis
     await asyncio.sleep(1.5)  # let the feed print the last alerts
     alerts = await asyncio.to_thread(count_alerts, s.influx_url, s.influx_db, since)
     _report(s, expected, vitals, alerts)
-    return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts)
+    audited = await _report_audit(s)
+    return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts) and audited
+
+
+async def _report_audit(s: Settings) -> bool:
+    """Verify the audit trail this run wrote (the worker's rules, the station's logins); say so."""
+    from rpm_core.audit import TOPIC, AuditError, read_log, verify_log
+
+    try:
+        verdict = verify_log(await read_log(s.kafka_bootstrap(), TOPIC), s.key_ring())
+    except AuditError as exc:
+        print(f"  audit trail {TOPIC}: cannot be read ({exc})")
+        return False
+    print(f"  audit trail {TOPIC}: {verdict.entries} entries in {verdict.chains} chains, verify "
+          f"{'OK' if verdict.ok else 'FAILED: ' + verdict.problem}  (try: rpm audit list)")
+    return verdict.ok
 
 
 def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alerts: dict[tuple[str, str], int]) -> None:

@@ -9,15 +9,12 @@ of starting one (see :func:`start_stack`).
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import logging
 import os
-import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,38 +26,27 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from rpm_core.errors import ConfigError, ServiceError
+from rpm_core.host import free_port, port_open, require_binary
+from rpm_core.mqtt_users import (
+    ADMIN_USER,
+    ALERTS_USER,
+    BRIDGE_USER,
+    NOTIFIER_USER,
+    NURSE_USER,
+    PIPELINE_ACL,
+    SIMULATOR_USER,
+    WATCHDOG_USER,
+)
 from rpm_core.settings import Secret, Settings, check_private_file
 from rpm_core.wire import (
-    ALERTS_TOPIC_ROOT,
     MAX_MESSAGE_BYTES,
     MQTT_MESSAGE_SIZE_LIMIT_BYTES,
-    READINGS_TOPIC_FILTER,
-    TOPIC_ROOT,
-    command_topic,
-    readings_topic,
-    status_topic,
 )
 
 _LOGGER = logging.getLogger(__name__)
 
 START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0
-# MQTT users of the pipeline itself; edge agents get their own per-patient users (rpm mqtt-auth).
-BRIDGE_USER: Final = "rpm-bridge"
-SIMULATOR_USER: Final = "rpm-simulator"
-ALERTS_USER: Final = "rpm-alerts"
-NURSE_USER: Final = "rpm-nurse"
-ADMIN_USER: Final = "rpm-admin"
-NOTIFIER_USER: Final = "rpm-notifier"  # rpm notifier: patients' messages out, their acks in
-WATCHDOG_USER: Final = "rpm-watchdog"  # rpm watchdog: reads agents' status (device alarms)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -71,13 +57,6 @@ def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval
             return
         time.sleep(interval)
     raise ServiceError(f"{what} did not become ready within {timeout:.0f} s")
-
-
-def port_open(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections at ``host:port``."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-        return True
-    return False
 
 
 @dataclass
@@ -172,16 +151,6 @@ def _await_ready(svc: ServiceProcess, check: Callable[[], bool]) -> ServiceProce
     return svc
 
 
-def require_binary(name: str, package: str) -> str:
-    """The path of ``name``, or a :class:`ServiceError` that says which Debian package to install."""
-    path = shutil.which(name) or next(
-        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
-    )
-    if path is None:
-        raise ServiceError(f"{name} not found; install it with: sudo apt-get install -y {package}")
-    return path
-
-
 # --- Mosquitto -------------------------------------------------------------------------------------
 
 
@@ -200,77 +169,6 @@ class MqttCredentials:
         """``mqtt://user:pass@host:port`` for one of the users."""
         pw = urllib.parse.quote(self.passwords[user].get(), safe="")
         return f"mqtt://{user}:{pw}@{host}:{port}"
-
-
-class Role(enum.StrEnum):
-    """What an MQTT user may do; each role is a fixed set of ACL grants (:func:`acl_grants`)."""
-
-    BRIDGE = "bridge"  # reads every patient's readings and status, nothing else
-    SIMULATOR = "simulator"  # writes any patient's readings and status (demo and tests only)
-    ALERTS = "alerts"  # publishes alerts for nurse stations
-    NURSE = "nurse"  # a nurse-station feed: reads alerts only
-    ADMIN = "admin"  # everything (operators' tools)
-    NOTIFIER = "notifier"  # sends patients' agents messages (cmd) and reads their acknowledgements (ack)
-    AGENT = "agent"  # one edge agent: its own patient's topics only
-    WATCHDOG = "watchdog"  # rpm watchdog: reads every agent's status (device alarms), nothing else
-
-
-def _ack_topic(patient: str) -> str:
-    # edge_agent.commands.ack_topic: the patient's acknowledgements of care-team messages
-    return f"{TOPIC_ROOT}/p/{patient}/ack"
-
-
-# "{patient}" is filled in for agents. Anything not granted here is denied (Mosquitto's ACL default).
-_ROLE_GRANTS: Final[dict[Role, tuple[tuple[str, str], ...]]] = {
-    Role.BRIDGE: (("read", READINGS_TOPIC_FILTER), ("read", status_topic("+"))),
-    Role.SIMULATOR: (("write", READINGS_TOPIC_FILTER), ("write", status_topic("+"))),
-    Role.ALERTS: (("write", f"{ALERTS_TOPIC_ROOT}/#"),),
-    Role.NURSE: (("read", f"{ALERTS_TOPIC_ROOT}/#"),),
-    Role.ADMIN: (("readwrite", "#"),),
-    Role.NOTIFIER: (("write", command_topic("+")), ("read", _ack_topic("+"))),
-    Role.WATCHDOG: (("read", status_topic("+")),),
-    Role.AGENT: (
-        ("write", readings_topic("{patient}")), ("write", status_topic("{patient}")),
-        ("write", _ack_topic("{patient}")), ("read", command_topic("{patient}")),
-    ),
-}
-# Mosquitto's password file is "user:hash" and its ACL file is line-based: a user name must hold
-# neither ':' nor white space, and a patient id (a topic level) no MQTT wildcard.
-_MQTT_USER_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_TOPIC_LEVEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-
-
-def check_mqtt_user(name: str) -> str:
-    """``name`` if it can be an MQTT user in our password and ACL files, else :class:`ConfigError`."""
-    if not _MQTT_USER_RE.fullmatch(name):
-        raise ConfigError(f"MQTT user name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
-    return name
-
-
-def acl_grants(role: Role, patient: str | None = None) -> list[tuple[str, str]]:
-    """``[(access, topic), …]`` of ``role``; agents need their ``patient``."""
-    if (role is Role.AGENT) != (patient is not None):
-        raise ConfigError(f"role {role.value} {'needs' if role is Role.AGENT else 'takes no'} patient id")
-    if patient is not None and not _TOPIC_LEVEL_RE.fullmatch(patient):
-        raise ConfigError(f"patient id {patient!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
-    return [(access, topic.replace("{patient}", patient or "")) for access, topic in _ROLE_GRANTS[role]]
-
-
-def build_acl(users: Iterable[tuple[str, Role, str | None]]) -> str:
-    """Mosquitto ACL text for ``(user, role, patient)`` entries, in the given order."""
-    blocks = ["# Generated by rpm (rpm mqtt-auth). Anonymous clients are refused (allow_anonymous false)."]
-    for user, role, patient in users:
-        lines = [f"# role {role.value}" + (f", patient {patient}" if patient else ""), f"user {check_mqtt_user(user)}"]
-        lines += [f"topic {access} {topic}" for access, topic in acl_grants(role, patient)]
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
-
-
-PIPELINE_ROLES: Final[dict[str, Role]] = {
-    BRIDGE_USER: Role.BRIDGE, SIMULATOR_USER: Role.SIMULATOR, ALERTS_USER: Role.ALERTS,
-    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER, WATCHDOG_USER: Role.WATCHDOG,
-}
-PIPELINE_ACL: Final = build_acl((user, role, None) for user, role in PIPELINE_ROLES.items())
 
 
 class TlsFiles(NamedTuple):

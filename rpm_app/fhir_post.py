@@ -9,7 +9,6 @@ idempotent); any other answer is final and its OperationOutcome's diagnostics ar
 from __future__ import annotations
 
 import logging
-import random
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_core.backoff import backoff_s
 from rpm_core.errors import ServiceError
 
 _LOGGER = logging.getLogger(__name__)
@@ -25,11 +25,6 @@ _LOGGER = logging.getLogger(__name__)
 FHIR_JSON: Final = "application/fhir+json"
 RETRYABLE_STATUS: Final = frozenset({408, 429, 500, 502, 503, 504})
 TIMEOUT_S: Final = 60.0
-
-
-def backoff_s(attempt: int, *, cap_s: float) -> float:
-    """Delay after failed ``attempt`` (1-based): uniform jitter over ``1.5 ** attempt`` s, capped."""
-    return float(min(cap_s, random.uniform(0, 1.5 ** min(10, attempt))))  # noqa: S311 (jitter, not secrets)
 
 
 def _outcome_text(body: bytes) -> str:

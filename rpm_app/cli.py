@@ -30,7 +30,8 @@ from rpm_core.settings import Settings
 _LOGGER = logging.getLogger(__name__)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
-OUR_PACKAGES: Final = frozenset({"rpm_core", "edge_agent", "stream", "detectors", "simulators", "notify", "hl7out"})
+OUR_PACKAGES: Final = frozenset({"rpm_core", "rpm_app", "station", "edge_agent", "stream", "detectors", "simulators",
+                                 "notify", "hl7out"})
 
 
 class CommandGroup(NamedTuple):
@@ -43,9 +44,10 @@ class CommandGroup(NamedTuple):
 
 COMMAND_GROUPS: Final = (
     CommandGroup("edge_agent.cli", "edge", ("edge",)),
-    CommandGroup("rpm_core.mqtt_auth", "server", ("mqtt-auth",)),
-    CommandGroup("rpm_core.backtest", "server", ("backtest",)),
-    CommandGroup("rpm_core.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
+    CommandGroup("rpm_app.mqtt_auth", "server", ("mqtt-auth",)),
+    CommandGroup("rpm_app.audit_cli", "server", ("audit",)),
+    CommandGroup("rpm_app.backtest", "server", ("backtest",)),
+    CommandGroup("rpm_app.cli_people", "server", ("nurse-station", "grafana", "report", "export")),
     CommandGroup("notify.cli", "server", ("notifier", "routes")),
     CommandGroup("stream.deadletter_cli", "server", ("deadletter",)),
     CommandGroup("hl7out.cli", "server", ("hl7",)),
@@ -115,11 +117,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.worker import WorkerOptions, run_worker
 
     settings = _settings(args)
+    audit_config_load(settings, "rpm worker", "rules", settings.rules_path)
     run_worker(settings, WorkerOptions(
         partitions=args.partitions, datadir=args.data_dir, web_port=args.web_port, loglevel=args.log_level,
         roster=args.roster,
     ))
     return 0
+
+
+def audit_config_load(settings: Settings, via: str, kind: str, path: str) -> None:
+    """Record in rpm.audit which ``kind`` file (rules, routes) a service starts with, and whether it
+    changed since the last one recorded. A service still starts when this fails (monitoring first):
+    the error is logged."""
+    from rpm_core.audit import AuditError, os_user, record_config_load
+
+    if not settings.kafka_url or not Path(path).is_file():
+        return
+    try:
+        event = asyncio.run(record_config_load(settings.kafka_bootstrap(), settings.key_ring(), via, kind, path,
+                                               actor=os_user()))
+    except (AuditError, OSError) as exc:
+        _LOGGER.error("the %s file %s was loaded but could not be audited: %s", kind, path, exc)
+        return
+    _LOGGER.info("audit: %s %s (sha256 %s)", event.action, path, event.detail["sha256"])
 
 
 def cmd_watchdog(args: argparse.Namespace) -> int:
@@ -139,7 +159,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the whole pipeline with simulated patients."""
-    from rpm_core.demo import DemoOptions, run_demo
+    from rpm_app.demo import DemoOptions, run_demo
 
     settings = _settings(args)
     return run_demo(settings, DemoOptions(

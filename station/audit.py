@@ -28,8 +28,8 @@ from typing import Final
 
 import aiohttp
 
+from rpm_core.lineprotocol import escape_string_field
 from rpm_core.wire import is_valid_id
-from stream.lineprotocol import escape_string_field
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The ``rpm`` commands for the people at the other end: nurse station, Grafana, report, FHIR export.
 
-Registered into ``rpm_core.cli.build_parser`` by :func:`add_commands`. Heavy modules (aiohttp,
+Registered into ``rpm_app.cli.build_parser`` by :func:`add_commands`. Heavy modules (aiohttp,
 aiokafka, matplotlib, fhir.resources) are imported inside the handlers, so ``rpm --help`` and
 the other commands stay fast.
 """
@@ -78,7 +78,7 @@ def parse_duration(text: str) -> timedelta:
 
 def cmd_nurse_station(args: argparse.Namespace) -> int:
     """Serve the nurse station of one ward."""
-    from stream.nurse_station import StationOptions, run_station
+    from station.nurse_station import StationOptions, run_station
 
     settings = _settings(args)
     if not settings.kafka_url:
@@ -107,21 +107,18 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
         if getpass.getpass("Repeat it: ") != password:
             _say("the passwords differ; nothing printed", err=True)
             return 1
-    from stream.nurse_station import WEAK_PASSWORDS
+    from rpm_core.passwords import pin_weakness, weakness
 
     if args.pin:
-        runs = ("01234567890", "98765432109")
-        if not (password.isascii() and password.isdigit() and len(password) >= 6) or len(set(password)) < 3 \
-                or any(password in run for run in runs):
-            _say("a PIN is at least 6 digits, not a run like 123456 and of at least 3 different digits", err=True)
+        problem = pin_weakness(password)
+        if problem:
+            _say(problem, err=True)
             return 1
         _say(hash_password(password))
         return 0
-    if len(password) < 8:
-        _say("use at least 8 characters", err=True)
-        return 1
-    if password.lower() in WEAK_PASSWORDS:
-        _say("that password is published or common; choose another", err=True)
+    problem = weakness(password, names=tuple(args.station or ()))
+    if problem:
+        _say(problem, err=True)
         return 1
     encoded = hash_password(password)
     _say(encoded)
@@ -133,7 +130,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_kiosk(args: argparse.Namespace) -> int:
     """List or revoke the kiosk tokens of a station's state directory."""
-    from stream.station_kiosk import KioskRegistry, describe
+    from station.kiosk import KioskRegistry, describe
 
     state_dir = args.state_dir or os.environ.get("RPM_STATION_STATE_DIR")
     if not state_dir:
@@ -144,6 +141,11 @@ def cmd_kiosk(args: argparse.Namespace) -> int:
             _say(f"no live kiosk {args.id!r} in {state_dir}", err=True)
             return 1
         _say(f"kiosk {args.id} revoked: that screen shows 'logged out' within seconds")
+        from rpm_app.audit_cli import record_command
+        from rpm_core.audit import AuditEvent, os_user
+
+        record_command("rpm nurse-station kiosk", AuditEvent(action="kiosk_revoked", actor=os_user(), target=args.id,
+                                                             detail={"state_dir": str(state_dir)}))
         return 0
     for k in registry.kiosks():
         d = describe(k)
@@ -174,6 +176,8 @@ def _add_nurse_station(sub: SubParsers) -> None:
     inner = p.add_subparsers(dest="station_command", metavar="[hash-password | kiosk]")
     h = inner.add_parser("hash-password", help="print the scrypt hash of a station password")
     h.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
+    h.add_argument("--station", action="append", default=None, metavar="ID",
+                   help="the station (or badge) it is for: a password containing its name is refused")
     h.add_argument("--pin", action="store_true",
                    help="hash a nurse's PIN (roster nurses: pin_hash; at least 6 digits) instead of a password")
     h.set_defaults(func=cmd_hash_password)
@@ -191,7 +195,7 @@ def _add_nurse_station(sub: SubParsers) -> None:
 
 def cmd_grafana_provision(args: argparse.Namespace) -> int:
     """Write Grafana provisioning files."""
-    from rpm_core.grafana import ProvisionOptions, provision
+    from rpm_app.grafana import ProvisionOptions, provision
     from rpm_core.roster import load_roster
 
     roster = load_roster(args.roster) if (args.roster or os.environ.get("RPM_ROSTER")) else None
@@ -228,7 +232,7 @@ def _add_grafana(sub: SubParsers) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write the clinician report of one patient."""
-    from rpm_core.report import ReportOptions, write_report
+    from rpm_app.report import ReportOptions, write_report
 
     settings = _settings(args)
     end = args.end or datetime.now(UTC)
@@ -240,7 +244,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     ))
     for path in result:
         _say(str(path))
+    _audit_export("rpm report", "export.report", args.patient, str(out),
+                  since=(end - timedelta(days=args.days)).isoformat(), until=end.isoformat())
     return 0
+
+
+def _audit_export(via: str, action: str, patient: str, to: str, **detail: str | int) -> None:
+    """Record in rpm.audit who exported which patient's data, for when, and where to."""
+    from rpm_app.audit_cli import record_command
+    from rpm_core.audit import AuditEvent, os_user
+
+    record_command(via, AuditEvent(action=action, actor=os_user(), target=to, patient=patient,
+                                   detail={"to": to, **detail}))
 
 
 def _add_report(sub: SubParsers) -> None:
@@ -263,7 +278,7 @@ def _add_report(sub: SubParsers) -> None:
 
 def cmd_export_fhir(args: argparse.Namespace) -> int:
     """Write a FHIR R4 Bundle of one patient's vitals and alerts."""
-    from rpm_core.fhir import ExportOptions, export_bundle
+    from rpm_app.fhir import ExportOptions, export_bundle
     from rpm_core.interpretation import limits
     from rpm_core.rules import load_rules
 
@@ -274,7 +289,7 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
         limits=limits(load_rules(settings.rules_path), args.patient),
     ), transaction=bool(args.post))
     if args.post:
-        from rpm_core.fhir_post import post_transaction
+        from rpm_app.fhir_post import post_transaction
 
         answer = post_transaction(args.post, data, retries=args.retries, token=os.environ.get("RPM_FHIR_TOKEN", ""))
         _say(f"posted {len(answer.get('entry') or [])} resources to {args.post}", err=True)
@@ -283,6 +298,11 @@ def cmd_export_fhir(args: argparse.Namespace) -> int:
         _say(f"wrote {args.out}", err=True)
     elif not args.post:
         sys.stdout.buffer.write(data + b"\n")
+    period = {"since": args.since.isoformat(), "until": (args.until or datetime.now(UTC)).isoformat()}
+    if args.post:
+        _audit_export("rpm export fhir", "export.fhir.post", args.patient, args.post, **period)
+    if args.out or not args.post:
+        _audit_export("rpm export fhir", "export.fhir", args.patient, args.out or "-", **period)
     return 0
 
 

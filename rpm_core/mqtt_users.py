@@ -1,57 +1,128 @@
-"""``rpm mqtt-auth``: Mosquitto's password file and ACL file, maintained from a small state file.
+"""MQTT users of rpm: roles and their ACL grants, and the store behind ``rpm mqtt-auth``.
 
-One directory (``--dir D`` or ``RPM_MQTT_AUTH_DIR``, mode 0700) holds::
+A store is one directory (``--dir D`` or ``RPM_MQTT_AUTH_DIR``, mode 0700)::
 
-    D/mqtt-auth.json        users, their roles and patients, revoked users (no secrets), 0600
+    D/mqtt-auth.json        users, their roles and patients, when each was created, last re-keyed and
+                            revoked (no secrets), 0600
     D/passwd                Mosquitto password file, hashed by ``mosquitto_passwd -b``, 0600
     D/acl                   Mosquitto ACL file, generated from the state, 0600
     D/credentials/<user>    passwords of the service users made by ``init`` (RPM_MQTT_PASSWORD_FILE), 0600
 
-Point Mosquitto at them (``password_file D/passwd``, ``acl_file D/acl``, ``allow_anonymous false``).
-Mosquitto reads both at start and again on SIGHUP, when it also disconnects clients whose
-credentials are gone: ``--reload-pid PID`` sends that signal after a change.
-
-Roles (ACL grants in :mod:`rpm_core.services`): ``bridge`` reads readings and status; ``alerts``
-writes alerts; ``nurse`` reads alerts; ``admin`` everything; ``simulator`` (opt-in) writes any
-patient's readings; ``notifier`` writes patients' ``cmd`` and reads their ``ack``; ``agent`` writes
-only ``rpm/v1/p/<patient>/readings``, ``…/status`` and ``…/ack`` and reads only ``…/cmd``.
-Passwords are never stored here in clear: they are printed once or written to a 0600 file, and
-only their hashes stay in ``passwd``.
+Roles: ``bridge`` reads readings and status; ``alerts`` writes alerts; ``nurse`` reads alerts;
+``admin`` everything; ``simulator`` (opt-in) writes any patient's readings; ``notifier`` writes
+patients' ``cmd`` and reads their ``ack``; ``watchdog`` reads agents' status; ``agent`` writes only
+``rpm/v1/p/<patient>/readings``, ``…/status`` and ``…/ack`` and reads only ``…/cmd``.
+Passwords are never stored here in clear: they are returned once (the caller prints them or writes
+a 0600 file), and only their hashes stay in ``passwd``. Lives in the core because the edge's
+``rpm edge pair --provision-credentials`` and the application's ``rpm mqtt-auth`` both use it.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
+import enum
 import fcntl
 import json
 import os
+import re
 import secrets
-import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from rpm_core.commands import ack_topic
 from rpm_core.errors import ConfigError, ServiceError
-from rpm_core.services import (
-    ADMIN_USER,
-    ALERTS_USER,
-    BRIDGE_USER,
-    NURSE_USER,
-    SIMULATOR_USER,
-    WATCHDOG_USER,
-    Role,
-    build_acl,
-    check_mqtt_user,
-    require_binary,
-)
+from rpm_core.files import write_atomic
+from rpm_core.host import require_binary
 from rpm_core.settings import Secret, check_private_file
-from rpm_core.wire import is_valid_id
+from rpm_core.wire import (
+    ALERTS_TOPIC_ROOT,
+    READINGS_TOPIC_FILTER,
+    command_topic,
+    is_valid_id,
+    readings_topic,
+    status_topic,
+)
+
+# MQTT users of the pipeline itself; edge agents get their own per-patient users (rpm mqtt-auth).
+BRIDGE_USER: Final = "rpm-bridge"
+SIMULATOR_USER: Final = "rpm-simulator"
+ALERTS_USER: Final = "rpm-alerts"
+NURSE_USER: Final = "rpm-nurse"
+ADMIN_USER: Final = "rpm-admin"
+NOTIFIER_USER: Final = "rpm-notifier"  # rpm notifier: patients' messages out, their acks in
+WATCHDOG_USER: Final = "rpm-watchdog"  # rpm watchdog: reads agents' status (device alarms)
+
+
+class Role(enum.StrEnum):
+    """What an MQTT user may do; each role is a fixed set of ACL grants (:func:`acl_grants`)."""
+
+    BRIDGE = "bridge"  # reads every patient's readings and status, nothing else
+    SIMULATOR = "simulator"  # writes any patient's readings and status (demo and tests only)
+    ALERTS = "alerts"  # publishes alerts for nurse stations
+    NURSE = "nurse"  # a nurse-station feed: reads alerts only
+    ADMIN = "admin"  # everything (operators' tools)
+    NOTIFIER = "notifier"  # sends patients' agents messages (cmd) and reads their acknowledgements (ack)
+    AGENT = "agent"  # one edge agent: its own patient's topics only
+    WATCHDOG = "watchdog"  # rpm watchdog: reads every agent's status (device alarms), nothing else
+
+
+# "{patient}" is filled in for agents. Anything not granted here is denied (Mosquitto's ACL default).
+_ROLE_GRANTS: Final[dict[Role, tuple[tuple[str, str], ...]]] = {
+    Role.BRIDGE: (("read", READINGS_TOPIC_FILTER), ("read", status_topic("+"))),
+    Role.SIMULATOR: (("write", READINGS_TOPIC_FILTER), ("write", status_topic("+"))),
+    Role.ALERTS: (("write", f"{ALERTS_TOPIC_ROOT}/#"),),
+    Role.NURSE: (("read", f"{ALERTS_TOPIC_ROOT}/#"),),
+    Role.ADMIN: (("readwrite", "#"),),
+    Role.NOTIFIER: (("write", command_topic("+")), ("read", ack_topic("+"))),
+    Role.WATCHDOG: (("read", status_topic("+")),),
+    Role.AGENT: (
+        ("write", readings_topic("{patient}")), ("write", status_topic("{patient}")),
+        ("write", ack_topic("{patient}")), ("read", command_topic("{patient}")),
+    ),
+}
+# Mosquitto's password file is "user:hash" and its ACL file is line-based: a user name must hold
+# neither ':' nor white space, and a patient id (a topic level) no MQTT wildcard.
+_MQTT_USER_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_TOPIC_LEVEL_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def check_mqtt_user(name: str) -> str:
+    """``name`` if it can be an MQTT user in our password and ACL files, else :class:`ConfigError`."""
+    if not _MQTT_USER_RE.fullmatch(name):
+        raise ConfigError(f"MQTT user name {name!r} must be 1-64 characters of [A-Za-z0-9_.-]")
+    return name
+
+
+def acl_grants(role: Role, patient: str | None = None) -> list[tuple[str, str]]:
+    """``[(access, topic), …]`` of ``role``; agents need their ``patient``."""
+    if (role is Role.AGENT) != (patient is not None):
+        raise ConfigError(f"role {role.value} {'needs' if role is Role.AGENT else 'takes no'} patient id")
+    if patient is not None and not _TOPIC_LEVEL_RE.fullmatch(patient):
+        raise ConfigError(f"patient id {patient!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
+    return [(access, topic.replace("{patient}", patient or "")) for access, topic in _ROLE_GRANTS[role]]
+
+
+def build_acl(users: Iterable[tuple[str, Role, str | None]]) -> str:
+    """Mosquitto ACL text for ``(user, role, patient)`` entries, in the given order."""
+    blocks = ["# Generated by rpm (rpm mqtt-auth). Anonymous clients are refused (allow_anonymous false)."]
+    for user, role, patient in users:
+        lines = [f"# role {role.value}" + (f", patient {patient}" if patient else ""), f"user {check_mqtt_user(user)}"]
+        lines += [f"topic {access} {topic}" for access, topic in acl_grants(role, patient)]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+PIPELINE_ROLES: Final[dict[str, Role]] = {
+    BRIDGE_USER: Role.BRIDGE, SIMULATOR_USER: Role.SIMULATOR, ALERTS_USER: Role.ALERTS,
+    NURSE_USER: Role.NURSE, ADMIN_USER: Role.ADMIN, NOTIFIER_USER: Role.NOTIFIER, WATCHDOG_USER: Role.WATCHDOG,
+}
+PIPELINE_ACL: Final = build_acl((user, role, None) for user, role in PIPELINE_ROLES.items())
+
 
 STATE_FILE: Final = "mqtt-auth.json"
 PASSWD_FILE: Final = "passwd"  # noqa: S105 (a file name)
@@ -79,31 +150,35 @@ class MqttUser:
     role: Role
     patient: str | None = None
     created: str = ""
+    changed: str = ""  # last password rotation ("" = never); absent from state files of before rotations were dated
 
     def to_json(self) -> dict[str, Any]:
         """The state-file form."""
-        return {"role": self.role.value, "patient": self.patient, "created": self.created}
+        doc = {"role": self.role.value, "patient": self.patient, "created": self.created}
+        return doc | {"changed": self.changed} if self.changed else doc
 
     @classmethod
     def from_json(cls, name: str, doc: object) -> MqttUser:
         """Parse the state-file form; :class:`ConfigError` on anything unexpected."""
-        if not isinstance(doc, dict) or set(doc) - {"role", "patient", "created"}:
-            raise ConfigError(f"user {name!r}: expected an object with role, patient, created")
+        if not isinstance(doc, dict) or set(doc) - {"role", "patient", "created", "changed"}:
+            raise ConfigError(f"user {name!r}: expected an object with role, patient, created (and changed)")
         try:
             role = Role(str(doc.get("role")))
         except ValueError:
             raise ConfigError(f"user {name!r}: unknown role {doc.get('role')!r}") from None
-        user = cls(name=check_mqtt_user(name), role=role, patient=doc.get("patient"), created=str(doc.get("created")))
+        user = cls(name=check_mqtt_user(name), role=role, patient=doc.get("patient"),
+                   created=str(doc.get("created") or ""), changed=str(doc.get("changed") or ""))
         build_acl([(user.name, user.role, user.patient)])  # validates the role/patient combination
         return user
 
 
 @dataclass(frozen=True, slots=True)
 class AuthState:
-    """Every user the broker knows, and the users revoked (name → when)."""
+    """Every user the broker knows, the users revoked (name → when) and what they were (``retired``)."""
 
     users: tuple[MqttUser, ...] = ()
     revoked: dict[str, str] = field(default_factory=dict)
+    retired: dict[str, MqttUser] = field(default_factory=dict)  # revoked users' role, creation, last change
 
     def find(self, name: str) -> MqttUser | None:
         """The active user called ``name``."""
@@ -112,11 +187,14 @@ class AuthState:
     def with_user(self, user: MqttUser) -> AuthState:
         """``user`` added (or replaced) and no longer revoked."""
         users = (*(u for u in self.users if u.name != user.name), user)
-        return AuthState(users, {k: v for k, v in self.revoked.items() if k != user.name})
+        return AuthState(users, {k: v for k, v in self.revoked.items() if k != user.name},
+                         {k: v for k, v in self.retired.items() if k != user.name})
 
     def without(self, name: str, when: str) -> AuthState:
-        """``name`` removed and recorded as revoked at ``when``."""
-        return AuthState(tuple(u for u in self.users if u.name != name), {**self.revoked, name: when})
+        """``name`` removed and recorded as revoked at ``when`` (what it was kept in ``retired``)."""
+        gone = self.find(name)
+        retired = {**self.retired, name: gone} if gone is not None else dict(self.retired)
+        return AuthState(tuple(u for u in self.users if u.name != name), {**self.revoked, name: when}, retired)
 
     def acl_text(self) -> str:
         """The Mosquitto ACL: service users first, then agents by name."""
@@ -125,19 +203,23 @@ class AuthState:
 
     def to_json(self) -> dict[str, Any]:
         """The state file's document."""
-        return {"version": STATE_VERSION, "users": {u.name: u.to_json() for u in self.users},
-                "revoked": dict(sorted(self.revoked.items()))}
+        doc = {"version": STATE_VERSION, "users": {u.name: u.to_json() for u in self.users},
+               "revoked": dict(sorted(self.revoked.items()))}
+        if self.retired:
+            doc["retired"] = {n: u.to_json() for n, u in sorted(self.retired.items())}
+        return doc
 
     @classmethod
     def from_json(cls, doc: object) -> AuthState:
         """Parse the state file's document."""
         if not isinstance(doc, dict) or doc.get("version") != STATE_VERSION:
             raise ConfigError(f"unsupported state document (expected version {STATE_VERSION})")
-        users, revoked = doc.get("users"), doc.get("revoked", {})
-        if not isinstance(users, dict) or not isinstance(revoked, dict):
-            raise ConfigError("'users' and 'revoked' must be objects")
+        users, revoked, retired = doc.get("users"), doc.get("revoked", {}), doc.get("retired", {})
+        if not isinstance(users, dict) or not isinstance(revoked, dict) or not isinstance(retired, dict):
+            raise ConfigError("'users', 'revoked' and 'retired' must be objects")
         parsed = tuple(MqttUser.from_json(n, d) for n, d in users.items())
-        return cls(parsed, {str(k): str(v) for k, v in revoked.items()})
+        return cls(parsed, {str(k): str(v) for k, v in revoked.items()},
+                   {str(n): MqttUser.from_json(n, d) for n, d in retired.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,19 +237,7 @@ def generate_password() -> Secret:
 
 def write_private_file(path: Path, text: str) -> None:
     """Replace ``path`` atomically with ``text``, mode 0600 from the first byte."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, text, mode=0o600)
 
 
 def write_credential_file(path: Path, creds: Credentials) -> None:
@@ -306,6 +376,8 @@ def _add_user(path: Path, user: MqttUser, *, rotate: bool) -> Credentials | None
                               f"{', patient ' + existing.patient if existing.patient else ''}; pick another name")
         if existing is not None and not rotate:
             return None
+        if existing is not None:  # a rotation: same user since its creation, re-keyed now
+            user = dataclasses.replace(user, created=existing.created, changed=_now_iso())
         creds = Credentials(user.name, generate_password())
         auth.set_password(creds)
         auth.save(state.with_user(user))
@@ -324,141 +396,3 @@ def revoke(path: Path, user: str) -> MqttUser:
         auth.delete_user(user)
         auth.save(state.without(user, _now_iso()))
     return existing
-
-
-def reload_broker(pid: int) -> None:
-    """Send SIGHUP to Mosquitto (pid ``pid``): it re-reads the password and ACL files."""
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except ProcessLookupError:
-        raise ServiceError(f"no process {pid}: is Mosquitto running? {RELOAD_HINT}") from None
-    except PermissionError:
-        raise ServiceError(f"not allowed to signal process {pid}; run as Mosquitto's user or root") from None
-
-
-# --- CLI ---------------------------------------------------------------------------------------------
-
-
-def _dir(args: argparse.Namespace) -> Path:
-    path = args.dir or os.environ.get("RPM_MQTT_AUTH_DIR")
-    if not path:
-        raise ConfigError("no directory: pass --dir D or set RPM_MQTT_AUTH_DIR")
-    return Path(path)
-
-
-def _after_change(args: argparse.Namespace, out: list[str]) -> None:
-    if args.reload_pid:
-        reload_broker(args.reload_pid)
-        out.append(f"sent SIGHUP to Mosquitto (pid {args.reload_pid}): it re-reads the password and ACL files")
-    else:
-        out.append(RELOAD_HINT)
-
-
-def _say(lines: list[str]) -> None:
-    sys.stdout.write("".join(f"{line}\n" for line in lines))
-
-
-def cmd_init(args: argparse.Namespace) -> int:
-    """``rpm mqtt-auth init``."""
-    path = _dir(args)
-    files = init_auth(path, simulator=args.simulator)
-    auth = AuthDir(path)
-    out = [f"created {auth.state_path}, {auth.passwd_path} and {auth.acl_path}",
-           "service users (password files for RPM_MQTT_PASSWORD_FILE, mode 0600):"]
-    out += [f"  {user:<14} {file}" for user, file in files.items()]
-    _after_change(args, out)
-    _say(out)
-    return 0
-
-
-def cmd_add_agent(args: argparse.Namespace) -> int:
-    """``rpm mqtt-auth add-agent``."""
-    creds = add_agent(_dir(args), args.patient, user=args.user, rotate=args.rotate)
-    name = args.user or agent_user(args.patient)
-    grants = (f"may publish only under rpm/v1/p/{args.patient}/ (readings, status, ack) "
-              f"and read only rpm/v1/p/{args.patient}/cmd")
-    return _issued(args, name, creds, grants)
-
-
-def cmd_add_service(args: argparse.Namespace) -> int:
-    """``rpm mqtt-auth add-service``."""
-    creds = add_service(_dir(args), args.user, Role(args.role), rotate=args.rotate)
-    return _issued(args, args.user, creds, f"has role {args.role}")
-
-
-def _issued(args: argparse.Namespace, name: str, creds: Credentials | None, grants: str) -> int:
-    if creds is None:
-        _say([f"user {name} exists already; nothing changed (--rotate issues a new password)"])
-        return 1
-    out = [f"user {creds.user} {grants}"]
-    if args.out:
-        write_credential_file(Path(args.out), creds)
-        out.append(f"password written to {args.out} (mode 0600); give it to the client as "
-                   f"RPM_MQTT_URL=mqtts://{creds.user}@BROKER:8883 RPM_MQTT_PASSWORD_FILE={args.out}")
-    else:
-        out.append(f"password (shown once): {creds.password.get()}")
-    _after_change(args, out)
-    _say(out)
-    return 0
-
-
-def cmd_revoke(args: argparse.Namespace) -> int:
-    """``rpm mqtt-auth revoke``."""
-    user = revoke(_dir(args), args.user)
-    out = [f"revoked {user.name} ({user.role.value}{', patient ' + user.patient if user.patient else ''})"]
-    _after_change(args, out)
-    _say(out)
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    """``rpm mqtt-auth list``."""
-    state = AuthDir(_dir(args)).load()
-    out = [f"{'user':<24} {'role':<10} {'patient':<16} {'status':<8} since"]
-    out += [f"{u.name:<24} {u.role.value:<10} {u.patient or '-':<16} {'active':<8} {u.created}" for u in state.users]
-    out += [f"{name:<24} {'-':<10} {'-':<16} {'revoked':<8} {when}" for name, when in state.revoked.items()]
-    _say(out)
-    return 0
-
-
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``rpm mqtt-auth`` and its subcommands."""
-    p = sub.add_parser("mqtt-auth", help="MQTT users, passwords and ACLs of the broker (Mosquitto)")
-    commands = p.add_subparsers(dest="mqtt_auth_command", required=True, metavar="MQTT_AUTH_COMMAND")
-
-    c = commands.add_parser("init", help="create the state, password and ACL files with the service users")
-    c.add_argument("--simulator", action="store_true", help="also a simulator user (demo/test brokers only)")
-    _common(c, reload=True)
-    c.set_defaults(func=cmd_init)
-
-    c = commands.add_parser("add-agent", help="create the MQTT user of a patient's edge agent")
-    c.add_argument("--patient", required=True, help="patient id, e.g. p0001")
-    c.add_argument("--user", help="user name (default agent-<patient>)")
-    c.add_argument("--out", help="write the password to this file (0600) instead of printing it")
-    c.add_argument("--rotate", action="store_true", help="issue a new password if the user exists")
-    _common(c, reload=True)
-    c.set_defaults(func=cmd_add_agent)
-
-    c = commands.add_parser("add-service", help="create a service user (a second bridge, the notifier, …)")
-    c.add_argument("--user", required=True, help="user name, e.g. rpm-bridge-2")
-    c.add_argument("--role", required=True, choices=[r.value for r in Role if r is not Role.AGENT])
-    c.add_argument("--out", help="write the password to this file (0600) instead of printing it")
-    c.add_argument("--rotate", action="store_true", help="issue a new password if the user exists")
-    _common(c, reload=True)
-    c.set_defaults(func=cmd_add_service)
-
-    c = commands.add_parser("revoke", help="remove a user (then reload Mosquitto)")
-    c.add_argument("--user", required=True)
-    _common(c, reload=True)
-    c.set_defaults(func=cmd_revoke)
-
-    c = commands.add_parser("list", help="list users, roles and revoked users")
-    _common(c, reload=False)
-    c.set_defaults(func=cmd_list)
-
-
-def _common(p: argparse.ArgumentParser, *, reload: bool) -> None:
-    p.add_argument("--dir", help="the broker's auth directory (env RPM_MQTT_AUTH_DIR)")
-    if reload:
-        p.add_argument("--reload-pid", type=int, help="send SIGHUP to this Mosquitto process afterwards")
-

@@ -9,6 +9,7 @@ How it fits together::
                                   re-alarm tick)  └─▶ GET /api/overview (InfluxDB last values, trends)
     POST /api/ack ─▶ AIOKafkaProducer ─▶ rpm.alert-acks (key: patient) ─▶ worker ─▶ rpm.alerts
     POST /api/silence, /api/nurse; actions ─▶ AuditLog ─▶ InfluxDB station_audit
+    logins, sign-ins, acks, silences, kiosks ─▶ AuditTrail ─▶ rpm.audit (hash-chained, signed)
 
 - **Never misses an alert.** The board is rebuilt at start from both topics read from the
   beginning, so it holds the state of every alert of the ward, not just what arrived while a
@@ -18,7 +19,7 @@ How it fits together::
   earlier run of the server) gets a full snapshot first. A ``ping`` event every 2 s lets the page
   turn the whole screen into a technical alarm when it hears nothing for 5 s.
 - **Acknowledged is not resolved.** An acknowledgement is produced to ``rpm.alert-acks`` (see
-  :mod:`stream.acks`); the alert stays on the list, marked acknowledged ("pending" until the
+  :mod:`rpm_core.acks`); the alert stays on the list, marked acknowledged ("pending" until the
   worker's ``acknowledged`` event comes back), until the worker's ``cleared``. Still open after the
   policy's re-alarm interval (``station:`` in the rules file, :mod:`rpm_core.alarm_policy`) or the
   nurse's recheck timer, it alarms again. Silences are limited by the same policy.
@@ -26,7 +27,7 @@ How it fits together::
   their own contract, shown apart, never acknowledged, cleared by their producer.
 - **Login per station** (roster, scrypt hashes), optional nurses with badge + PIN, server-side
   sessions in an HttpOnly, SameSite=Strict cookie, kiosk tokens that survive restarts
-  (:mod:`stream.station_kiosk`), a per-session CSRF token on every POST, an Origin check on the
+  (:mod:`station.kiosk`), a per-session CSRF token on every POST, an Origin check on the
   login form, a strict Content-Security-Policy, a lockout per station and client, and
   ``X-Forwarded-*`` believed only from ``--trusted-proxy`` peers.
 
@@ -37,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import html
 import ipaddress
 import logging
 import math
+import os
 import re
 import secrets
 import signal
@@ -57,19 +60,21 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from rpm_core import topics
+from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
+from rpm_core.audit import AuditEvent, AuditTrail, config_load_event, os_user
 from rpm_core.errors import ConfigError
+from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import Settings
 from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
-from stream import topics
-from stream.acks import Ack, AckDecodeError, decode_ack
-from stream.station_audit import AuditEntry, AuditLog
-from stream.station_kiosk import KioskRegistry
-from stream.station_overview import Overview
+from station.audit import AuditEntry, AuditLog
+from station.kiosk import KioskRegistry
+from station.overview import Overview
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -96,9 +101,9 @@ LOGIN_MAX_FAILURES: Final = 5
 LOGIN_MAX_FAILURES_PER_CLIENT: Final = 30
 LOGIN_WINDOW_S: Final = 300.0
 FAILURE_KEYS_MAX: Final = 10_000
-# Published or common passwords a station may not use (the example roster's among them).
-WEAK_PASSWORDS: Final = ("change-me-north", "change-me-south", "change-me", "changeme", "password", "password1",
-                         "12345678", "123456789", "nurse123", "station1", "admin123", "letmein1")
+# Published or common passwords a station may not use (the example roster's among them): tried
+# against each station's hash at start (rpm_core.passwords; hash-password checks a longer list).
+WEAK_PASSWORDS: Final = KNOWN_WEAK
 # An ack stashed before its alert was read (topics replay in any order) waits at most this long.
 PENDING_ACKS_MAX: Final = 10_000
 # Clocks of station and worker hosts differ a little; an ack this much "before" a raise still counts.
@@ -118,7 +123,7 @@ MG_DL_PER_MMOL_L: Final = 18.016
 # At a shared station a nurse who signed in with badge and PIN is signed out after 10 minutes
 # without an acknowledgement or silence (the next person must not act in their name).
 NURSE_IDLE_S: Final = 600.0
-STATIC_PACKAGE: Final = "stream"
+STATIC_PACKAGE: Final = "station"
 FEED_RETRY_MAX_S: Final = 10.0
 
 
@@ -948,25 +953,45 @@ class StationState:
     ward_name: str
     sessions: dict[str, Session] = field(default_factory=dict)
     failures: dict[str, list[float]] = field(default_factory=dict)
+    refusals_noted: dict[str, float] = field(default_factory=dict)  # lockouts already in rpm.audit
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     audit: AuditLog | None = None
     kiosks: KioskRegistry | None = None
     overview: Overview | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    trail: AuditTrail | None = None  # rpm.audit: the tamper-evident record of people's actions
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
-        """Queue one audit entry (nothing without InfluxDB)."""
-        if self.audit is None:
-            return
-        self.audit.record(AuditEntry(
-            action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
-            patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
-            rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
-            minutes=minutes, at=time.time(), user=user))
+        """Queue one audit entry: InfluxDB ``station_audit`` (if any) and, for people's actions, ``rpm.audit``."""
+        if self.audit is not None:
+            self.audit.record(AuditEntry(
+                action=action, ward=self.board.ward, alert_id=view.alert_id if view else "",
+                patient=view.patient if view else None, station=station, kind=view.kind if view else "clinical",
+                rule=view.rule if view else "", severity=view.severity if view else "", by=by, note=note,
+                minutes=minutes, at=time.time(), user=user))
+        if action in TRAIL_ACTIONS:
+            detail: dict[str, str | int | bool] = {"ward": self.board.ward, "station": station or ""}
+            if by:
+                detail["by"] = by
+            if note:
+                detail["note"] = note
+            if minutes:
+                detail["minutes"] = str(minutes)
+            self.trail_event(action, actor=user or station or "?", target=view.alert_id if view else "",
+                             patient=(view.patient or "") if view else "", detail=detail)
+
+    def trail_event(self, action: str, *, actor: str, outcome: str = "success", target: str = "",
+                    patient: str = "", detail: Mapping[str, str | int | bool] | None = None) -> None:
+        """Record a person's action in ``rpm.audit`` (nothing without Kafka)."""
+        if self.trail is not None:
+            self.trail.record(AuditEvent(action=action, actor=actor, outcome=outcome, target=target,
+                                         patient=patient, detail=dict(detail or {})))
 
 
 STATE_KEY: Final = web.AppKey("station", StationState)
+# What people did (rpm.audit); the station's own re-alarms and ended silences stay in station_audit.
+TRAIL_ACTIONS: Final = frozenset({"ack", "silence", "unsilence", "kiosk_issued", "kiosk_revoked", "nurse_sign_in"})
 
 
 def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
@@ -1158,6 +1183,29 @@ def _locked_out(st: StationState, station: str, client: str, now: float) -> bool
             or _recent(st, f"*|{client}", now) >= LOGIN_MAX_FAILURES_PER_CLIENT)
 
 
+def _known_or_hashed(name: str, known: Mapping[str, object]) -> str:
+    """``name`` when it is a known station or badge, else ``unknown:<hash>``: a password typed into
+    the name field by mistake must not land in the audit trail, yet repeated attempts still match."""
+    if name in known:
+        return name
+    return f"unknown:{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+
+
+def _audit_failure(st: StationState, action: str, who: str, detail: dict[str, str | int | bool]) -> None:
+    st.trail_event(action, actor=who, outcome="failure", target=who, detail=detail)
+
+
+def _first_refusal(st: StationState, key: str, now: float) -> bool:
+    """Whether a locked-out attempt for ``key`` is the first of its lockout window (then it is recorded)."""
+    last = st.refusals_noted.get(key)
+    if last is not None and now - last < LOGIN_WINDOW_S:
+        return False
+    st.refusals_noted[key] = now
+    while len(st.refusals_noted) > FAILURE_KEYS_MAX:
+        st.refusals_noted.pop(next(iter(st.refusals_noted)))
+    return True
+
+
 def _count_failure(st: StationState, station: str, client: str, now: float) -> None:
     for key in (f"{station[:64]}|{client}", f"*|{client}"):
         st.failures.setdefault(key, []).append(now)
@@ -1174,11 +1222,16 @@ async def login(request: web.Request) -> web.StreamResponse:
     form = await _form(request)
     station, password = str(form.get("station", "")).strip(), str(form.get("password", ""))
     if _locked_out(st, station, addr, now):
+        if _first_refusal(st, f"{station[:64]}|{addr}", now):  # a flood is recorded once per window
+            _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                           {"ward": st.board.ward, "client": addr, "locked_out": True})
         return _login_page("Too many wrong passwords. Wait 5 minutes, then try again.", status=429)
     entry = await asyncio.to_thread(st.roster.check_login, station, password)
     if entry is None or entry.ward != st.board.ward:
         _count_failure(st, station, addr, now)
         _LOGGER.warning("failed nurse-station login for station %r from %s", station[:64], addr)
+        _audit_failure(st, "login", _known_or_hashed(station, st.roster.stations),
+                       {"ward": st.board.ward, "client": addr})
         return _login_page("Wrong station or password.", status=401)
     kiosk_token, kiosk_id = None, None
     if form.get("kiosk"):
@@ -1190,6 +1243,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         st.record("kiosk_issued", station=entry.id, note=kiosk.id)
     token = secrets.token_urlsafe(32)
     st.sessions[token] = Session(station=entry.id, csrf=secrets.token_urlsafe(32), last_seen=now, kiosk=kiosk_id)
+    st.trail_event("login", actor=entry.id, target=entry.id,
+                   detail={"ward": st.board.ward, "client": addr, "kiosk": kiosk_id or ""})
     _LOGGER.info("station %s logged in from %s%s", entry.id, addr, " as a kiosk" if kiosk_token else "")
     resp = web.Response(status=303, headers={"Location": "/"})
     resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
@@ -1209,6 +1264,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not _csrf_ok(token, sess):
             raise web.HTTPForbidden(text="missing or wrong CSRF token")
         st.sessions.pop(request.cookies.get(COOKIE, ""), None)
+        st.trail_event("logout", actor=sess.station, target=sess.station, detail={"ward": st.board.ward})
         if st.kiosks is not None:  # a kiosk cookie of this station, whichever session it came with
             kiosk = st.kiosks.verify(request.cookies.get(KIOSK_COOKIE))
             if kiosk is not None and kiosk.station == sess.station and st.kiosks.revoke(kiosk.id):
@@ -1325,6 +1381,8 @@ async def nurse_sign_in(request: web.Request) -> web.Response:
     nurse = await asyncio.to_thread(st.roster.check_nurse, nurse_id, pin, st.board.ward)
     if nurse is None:
         _count_failure(st, f"nurse:{nurse_id}", client, now)
+        _audit_failure(st, "nurse_sign_in", _known_or_hashed(nurse_id, st.roster.nurses),
+                       {"ward": st.board.ward, "station": sess.station, "client": client})
         _LOGGER.warning("failed nurse sign-in for badge %r at station %s", nurse_id[:64], sess.station)
         # 403, not 401: the station's session is fine (a 401 means "log in again" to the page)
         raise _json_error(web.HTTPForbidden, "wrong badge number or PIN")
@@ -1438,7 +1496,9 @@ async def healthz(request: web.Request) -> web.Response:
     st = request.app[STATE_KEY]
     board = st.board
     audit = {"written": st.audit.written, "failed": st.audit.failed} if st.audit else None
-    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit},
+    trail = {"written": st.trail.written, "failed": st.trail.failed, "lost": st.trail.lost} if st.trail else None
+    return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit,
+                              "audit_trail": trail},
                              status=200 if board.caught_up else 503)
 
 
@@ -1587,11 +1647,12 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
                             thresholds=rule_thresholds(load_rules(rules_path)),
                             glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
     audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    trail = AuditTrail(bootstrap=bootstrap, keys=keys, via="nurse-station")
     tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
                          kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles,
-                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies))
+                         trusted_proxies=parse_trusted_proxies(options.trusted_proxies), trail=trail)
     runner = web.AppRunner(create_app(state), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -1600,6 +1661,8 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         loop.add_signal_handler(sig, stop.set)
     try:
         await sender.start()
+        await trail.start()
+        await _audit_logins(trail, roster, bootstrap=bootstrap, keys=keys)
         await web.TCPSite(runner, options.host, options.port).start()
         url = f"http://{options.host}:{runner.addresses[0][1]}/"
         _LOGGER.info("nurse station for ward %s at %s", ward, url)
@@ -1610,20 +1673,37 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")
-            tasks = [feed, pruner, ticker, writer]
+            trail_writer = tg.create_task(trail.run(), name="audit-trail")
+            tasks = [feed, pruner, ticker, writer, trail_writer]
             if options.supervision_timeout_s > 0:
                 tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap,
                                                         timeout_s=options.supervision_timeout_s).run(),
                                             name="supervision"))
             await stop.wait()
             await audit.drain()
+            await trail.drain()
             for task in tasks:
                 task.cancel()
     finally:
         await runner.cleanup()
         await sender.stop()
+        await trail.stop()
         await sparklines.close()
         await tiles.close()
+
+
+async def _audit_logins(trail: AuditTrail, roster: Roster, *, bootstrap: str, keys: KeyRing | None) -> None:
+    """Record which station logins and nurse PINs this station starts with (``roster.loaded`` /
+    ``roster.changed``: a station's password or a nurse's PIN added, replaced or removed)."""
+    from rpm_core.roster import CREDENTIALS_ENV
+
+    def read() -> tuple[str, bytes]:
+        if roster.source is not None and Path(roster.source).is_file():
+            return roster.source, Path(roster.source).read_bytes()
+        return CREDENTIALS_ENV, os.environ.get(CREDENTIALS_ENV, "").encode()
+
+    target, content = await asyncio.to_thread(read)
+    trail.record(await config_load_event(bootstrap, keys, "roster", target, content, actor=os_user()))
 
 
 async def tick_forever(state: StationState) -> None:

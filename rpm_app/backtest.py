@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, TextIO, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from detectors import AlertEvent, Engine
 from rpm_core.errors import RpmError
+from rpm_core.files import atomic_writer
 from rpm_core.rules import load_rules
 from rpm_core.wire import METRICS, is_valid_id
 
@@ -282,7 +283,7 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_alerts(events: list[AlertEvent], out: TextIO) -> None:
+def write_alerts(events: list[AlertEvent], out: IO[str]) -> None:
     """The alerts CSV (DESIGN.md columns)."""
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(OUTPUT_COLUMNS)
@@ -330,10 +331,8 @@ def backtest(rules_path: str, readings_path: str, out_path: str, *, tick_s: floa
     bar = Progress(len(readings)) if show else None
     summary = run(Engine(ruleset), readings, tick_s=tick_s, progress=bar)
     target = Path(out_path)
-    partial = target.with_name(target.name + ".partial")
-    with open(partial, "w", encoding="utf-8", newline="") as handle:
+    with atomic_writer(target, mode=0o600) as handle:  # health data; never a half-written alerts file
         write_alerts(summary.events, handle)
-    os.replace(partial, target)  # never leave a half-written alerts file behind
     return summary
 
 

@@ -30,8 +30,8 @@ from typing import Any, Final
 
 import orjson
 
-from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, loads_unique
-from stream.errors import StreamError
+from rpm_core.errors import RpmError
+from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, load_envelope
 
 ACK_SCHEMA_VERSION: Final = 1
 MAX_NAME_CHARS: Final = 64
@@ -40,7 +40,7 @@ MAX_ACK_BYTES: Final = 4096
 _KEYS: Final = frozenset({"v", "alert_id", "patient", "by", "at", "station"})
 
 
-class AckDecodeError(StreamError, ValueError):
+class AckDecodeError(RpmError, ValueError):
     """A record on ``rpm.alert-acks`` that is not a valid acknowledgement; ``reason`` says why."""
 
     def __init__(self, reason: str) -> None:
@@ -114,17 +114,8 @@ def decode_ack(value: bytes | None, *, key: bytes | None = None, now: float | No
     A record without a value (a Kafka tombstone) is an error like any other, never a crash: the
     ack agent must keep going.
     """
-    if not isinstance(value, bytes | bytearray):
-        raise AckDecodeError("acknowledgement record has no value (tombstone) or is not bytes")
-    if len(value) > MAX_ACK_BYTES:
-        raise AckDecodeError(f"acknowledgement larger than {MAX_ACK_BYTES} bytes")
-    try:
-        doc = loads_unique(value)
-    except ValueError as exc:  # not JSON, or a key named twice
-        raise AckDecodeError(f"not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise AckDecodeError("acknowledgement must be a JSON object")
-    _check_shape(doc)
+    doc = load_envelope(value, what="acknowledgement", version=ACK_SCHEMA_VERSION, error=AckDecodeError,
+                        max_bytes=MAX_ACK_BYTES, required=_KEYS - {"v"})
     ack = Ack(alert_id=doc["alert_id"], patient=doc["patient"], by=doc["by"], at=doc["at"], station=doc["station"])
     if key is not None and key != ack.key:
         raise AckDecodeError("record key is not the acknowledgement's patient")
@@ -132,13 +123,3 @@ def decode_ack(value: bytes | None, *, key: bytes | None = None, now: float | No
         raise AckDecodeError("'at' is more than 5 minutes in the future")
     return ack
 
-
-def _check_shape(doc: dict[str, Any]) -> None:
-    if isinstance(doc.get("v"), bool) or doc.get("v") != ACK_SCHEMA_VERSION:
-        raise AckDecodeError(f"unsupported acknowledgement version {doc.get('v')!r} (expected {ACK_SCHEMA_VERSION})")
-    unknown = sorted(set(doc) - _KEYS)
-    if unknown:
-        raise AckDecodeError(f"unknown key(s) {', '.join(map(repr, unknown))}")
-    missing = sorted(_KEYS - set(doc))
-    if missing:
-        raise AckDecodeError(f"missing key(s) {', '.join(map(repr, missing))}")

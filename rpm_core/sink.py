@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,22 +28,17 @@ from typing import Any, Final, Protocol
 
 import aiohttp
 
-from stream.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
-from stream.lineprotocol import PRECISION, join_lines
+from rpm_core.backoff import backoff_s
+from rpm_core.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
+from rpm_core.lineprotocol import PRECISION, join_lines
 
 _LOGGER = logging.getLogger(__name__)
 
 # InfluxDB's own guidance: 5,000-10,000 lines per request; 5,000 measured best here (~240k pts/s).
 MAX_LINES_PER_WRITE: Final = 5_000
 WRITE_TIMEOUT_S: Final = 30.0
-MAX_BACKOFF_S: Final = 10.0
 # A missing database that could not be created: try again this often (someone may grant the right).
 CREATE_RETRY_S: Final = 60.0
-
-
-def backoff_s(attempt: int) -> float:
-    """Jittered exponential backoff (aiomqtt's shape), capped at ``MAX_BACKOFF_S``."""
-    return min(MAX_BACKOFF_S, random.uniform(0, 1.5 ** min(10, attempt)))  # noqa: S311 (jitter)
 
 
 class LineWriter(Protocol):

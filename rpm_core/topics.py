@@ -8,6 +8,7 @@ from typing import Final
 
 from aiokafka.partitioner import murmur2
 
+from rpm_core.audit import TOPIC as AUDIT_TOPIC
 from rpm_core.technical import HEARTBEATS_TOPIC
 
 _LOGGER = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ ALERTS: Final = "rpm.alerts"
 ALERT_ACKS: Final = "rpm.alert-acks"
 DEADLETTER: Final = "rpm.deadletter"
 HEARTBEATS: Final = HEARTBEATS_TOPIC  # components' heartbeats for rpm watchdog (rpm_core.technical)
+AUDIT: Final = AUDIT_TOPIC  # the audit trail (rpm_core.audit): one partition, one total order
 
 # Patients are spread over partitions by key; each partition lives on one worker, so the
 # partition count is the ceiling on how many workers can share the load.
@@ -31,7 +33,8 @@ async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PA
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = {READINGS: partitions, ALERTS: partitions, ALERT_ACKS: partitions, DEADLETTER: 1, HEARTBEATS: 1}
+        wanted = {READINGS: partitions, ALERTS: partitions, ALERT_ACKS: partitions, DEADLETTER: 1, HEARTBEATS: 1,
+                  AUDIT: 1}
         new = [NewTopic(n, p, 1) for n, p in wanted.items() if n not in existing]
         if new:
             await admin.create_topics(new)

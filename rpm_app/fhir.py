@@ -42,11 +42,11 @@ from typing import Any, Final
 
 import orjson
 
+from rpm_app.report import InfluxReader, alert_episodes, day_chunks, require_data, time_clause
 from rpm_core.errors import ConfigError
 from rpm_core.interpretation import DISPLAY as FLAG_DISPLAY
 from rpm_core.interpretation import SYSTEM as FLAG_SYSTEM
 from rpm_core.interpretation import Limit, interpret
-from rpm_core.report import InfluxReader, alert_episodes, day_chunks, require_data, time_clause
 from rpm_core.settings import Settings
 from rpm_core.wire import is_valid_id
 
@@ -214,7 +214,7 @@ def _seconds(iso: str) -> float:
 
 
 def detected_issue(episode: dict[str, Any], *, patient_ref: str) -> dict[str, Any]:
-    """A DetectedIssue for one alert episode (see :func:`rpm_core.report.alert_episodes`)."""
+    """A DetectedIssue for one alert episode (see :func:`rpm_app.report.alert_episodes`)."""
     start = episode["raised"] or episode["cleared"] or episode["acknowledged"]
     period: dict[str, str] = {"start": _iso(start)} if start else {}
     if episode["cleared"]:

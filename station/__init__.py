@@ -1,0 +1,1 @@
+"""station: the nurse station (a people-facing web application over rpm.alerts)."""

@@ -1,0 +1,297 @@
+"""The worker's protocol, transition by transition (stream.protocol.WorkerMachine).
+
+A real pipeline (detectors, engine state, checkpoints into a dict store) drives each test; the only
+stand-ins are the two things outside the process: the Kafka consumer (:class:`Consumer` records
+which events were acknowledged, the interface the machine needs of Faust) and InfluxDB's HTTP API
+(:class:`Influx`, which can fail, hang or accept). The worker on real Faust, Tansu and InfluxDB is
+covered by tests/e2e and tests/chaos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from detectors import Engine
+from rpm_core import topics
+from rpm_core.acks import encode_ack
+from rpm_core.errors import SinkUnavailableError
+from rpm_core.rules import load_rules
+from rpm_core.signing import KeyRing
+from rpm_core.sink import InfluxSink
+from rpm_core.wire import encode_readings_record
+from stream.pipeline import DictStore, Pipeline
+from stream.protocol import ISOLATE_AFTER, Phase, WorkerMachine, WorkerStatus
+
+T0 = 1_700_000_000.0
+P, A, C, K = Phase.PROCESSING, Phase.ASSIGNED, Phase.CHECKPOINTING, Phase.ACKNOWLEDGING
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Ev:
+    """A taken record, as Faust hands it over."""
+
+    value: bytes
+    key: bytes | None = None
+    headers: Any = None
+
+
+@dataclass
+class Consumer:
+    """The Kafka side: which events were acknowledged (made committable), in order."""
+
+    acked: list[Ev] = field(default_factory=list)
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append(event)
+
+
+class Influx:
+    """InfluxDB's write API as the sink sees it: fails ``fail`` times with ``error``, hangs while
+    ``hang`` is set, else accepts."""
+
+    def __init__(self) -> None:
+        self.fail = 0
+        self.error: Exception = RuntimeError("a defect of ours")
+        self.hang = False
+        self.hanging = asyncio.Event()  # set once a write hangs
+        self.bodies: list[bytes] = []
+        self.poison: bytes | None = None
+
+    async def write(self, body: bytes) -> None:
+        if self.hang:
+            self.hanging.set()
+            await asyncio.Event().wait()  # until cancelled
+        if self.poison is not None and self.poison in body:
+            raise RuntimeError("cannot write this one")
+        if self.fail:
+            self.fail -= 1
+            raise self.error
+        self.bodies.append(body)
+
+    async def close(self) -> None:
+        return None
+
+
+class Outputs:
+    """Kafka's alert and dead-letter topics; ``alerts_down`` makes sending an alert fail."""
+
+    def __init__(self) -> None:
+        self.alerts: list[bytes] = []
+        self.deadletters: list[bytes] = []
+        self.alerts_down = False
+
+    async def alert(self, _key: bytes | None, value: bytes) -> None:
+        if self.alerts_down:
+            raise RuntimeError("the alert could not be sent")
+        self.alerts.append(value)
+
+    async def deadletter(self, _key: bytes | None, value: bytes) -> None:
+        self.deadletters.append(value)
+
+
+@dataclass
+class Rig:
+    machine: WorkerMachine
+    pipeline: Pipeline
+    influx: Influx
+    out: Outputs
+    clock: Clock
+    consumer: Consumer = field(default_factory=Consumer)
+
+    @property
+    def status(self) -> WorkerStatus:
+        return self.machine.status
+
+    def since(self, mark: int) -> list[Phase]:
+        return list(self.machine.history)[mark:]
+
+
+def rig(*, interval_s: float = 0.0, key_ring: KeyRing | None = None, stop_grace_s: float = 0.2) -> Rig:
+    ruleset = load_rules("alert_rules.yaml")
+    clock, influx, out = Clock(), Influx(), Outputs()
+    pipeline = Pipeline(engine_factory=lambda: Engine(ruleset), sink=InfluxSink(writer=influx), store=DictStore(),
+                        clock=clock)
+    pipeline.bind(send_alert=out.alert, send_deadletter=out.deadletter)
+    machine = WorkerMachine(pipeline, WorkerStatus(configured_partitions=4), checkpoint_interval_s=interval_s,
+                            key_ring=key_ring, retry_first_s=0.01, stop_grace_s=stop_grace_s)
+    return Rig(machine, pipeline, influx, out, clock)
+
+
+def reading(patient: str, t: float, hr: float = 70.0) -> Ev:
+    group = {"device": f"hr-{patient}", "source": "sim", "metric": ["heart_rate"], "t": [t], "value": [hr],
+             "flags": [0]}
+    return Ev(encode_readings_record(patient, [group]))
+
+
+def assigned(r: Rig) -> None:
+    r.machine.recovered(frozenset({0, 1}), 4)
+
+
+async def test_a_worker_waits_in_recovering_until_its_table_is_recovered() -> None:
+    r = rig()
+    assert r.machine.phase is Phase.RECOVERING and r.status.phase == "recovering"
+    assigned(r)
+    assert r.machine.phase is A and r.status.recovered and r.status.partitions == {0, 1}
+
+
+async def test_a_batch_goes_processing_checkpointing_acknowledging_and_back() -> None:
+    r = rig()
+    assigned(r)
+    mark = len(r.machine.history)
+    batch = [reading("p1", T0), reading("p2", T0)]
+    await r.machine.readings(r.consumer, batch)
+    assert r.since(mark) == [P, C, K, A]
+    assert r.consumer.acked == batch
+    assert r.pipeline.store.get("p1") is not None and r.pipeline.store.get("p2") is not None
+    assert r.influx.bodies, "the readings reached InfluxDB before anything was acknowledged"
+
+
+async def test_records_are_acknowledged_only_once_the_states_they_changed_are_checkpointed() -> None:
+    r = rig(interval_s=10)
+    assigned(r)
+    first = [reading("p1", T0)]
+    await r.machine.readings(r.consumer, first)
+    assert r.consumer.acked == [] and r.pipeline.store.get("p1") is None, "pending for less than the interval"
+    r.clock.now += 11
+    second = [reading("p2", r.clock.now)]
+    await r.machine.readings(r.consumer, second)
+    assert r.pipeline.store.get("p1") is not None and r.consumer.acked == first
+    assert r.pipeline.store.get("p2") is None, "p2 is not due yet, so its batch waits"
+
+
+async def test_a_failing_batch_is_retried_in_place_and_acknowledged_only_after_it_succeeds() -> None:
+    r = rig()
+    assigned(r)
+    r.influx.fail = 2
+    batch = [reading("p1", T0)]
+    mark = len(r.machine.history)
+    await r.machine.readings(r.consumer, batch)
+    assert r.status.batch_failures == 2 and r.status.failing_since is None
+    assert r.consumer.acked == batch and len(r.influx.bodies) == 1
+    assert r.since(mark) == [P, C, K, A], "retries stay in PROCESSING"
+
+
+async def test_a_poison_record_is_dead_lettered_and_the_rest_of_its_batch_processed() -> None:
+    r = rig()
+    assigned(r)
+    r.influx.poison = b"patient=poison"
+    batch = [reading("p1", T0), reading("poison", T0), reading("p2", T0)]
+    await r.machine.readings(r.consumer, batch)
+    assert r.status.batch_failures >= ISOLATE_AFTER
+    assert len(r.out.deadletters) == 1 and b"processing failed: RuntimeError" in r.out.deadletters[0]
+    assert r.consumer.acked == batch, "the whole batch is done: good records processed, the poison set aside"
+    written = b"".join(r.influx.bodies)
+    assert b"patient=p1" in written and b"patient=p2" in written
+
+
+async def test_an_outage_is_waited_out_not_isolated() -> None:
+    r = rig()
+    assigned(r)
+    r.influx.error = SinkUnavailableError("InfluxDB down")  # the sink's own retry waits it out
+    r.influx.fail = ISOLATE_AFTER + 2
+    r.pipeline.sink = InfluxSink(writer=r.influx)
+    batch = [reading("p1", T0)]
+    await asyncio.wait_for(r.machine.readings(r.consumer, batch), timeout=60)
+    assert r.out.deadletters == [] and r.consumer.acked == batch
+
+
+async def test_a_rebalance_drains_everything_then_recovers_forgetting_nothing_acknowledged() -> None:
+    r = rig(interval_s=30)
+    assigned(r)
+    batch = [reading("p1", T0)]
+    await r.machine.readings(r.consumer, batch)
+    assert r.consumer.acked == []
+    assert await r.machine.drain() is True
+    assert r.consumer.acked == batch and r.pipeline.store.get("p1") is not None, "drain writes and acks it all"
+    during = [reading("p2", T0 + 1)]
+    await r.machine.readings(r.consumer, during)
+    assert r.consumer.acked == batch + during, "while Faust waits, every batch is flushed at once"
+    r.machine.drained()
+    r.machine.revoked()
+    assert r.machine.phase is Phase.RECOVERING and r.status.partitions == frozenset()
+    assigned(r)
+    assert r.machine.phase is A
+
+
+async def test_what_was_not_checkpointed_before_a_rebuild_is_never_acknowledged() -> None:
+    r = rig(interval_s=30)
+    assigned(r)
+    await r.machine.readings(r.consumer, [reading("p1", T0)])
+    r.machine.revoked()
+    assigned(r)  # the engine is rebuilt from the table: p1's change is gone, Kafka delivers it again
+    r.clock.now += 60
+    await r.machine.readings(r.consumer, later := [reading("p2", r.clock.now)])
+    r.clock.now += 60
+    await r.machine.readings(r.consumer, last := [reading("p3", r.clock.now)])
+    assert later[0] in r.consumer.acked and last[0] not in r.consumer.acked
+    assert all(e.value != reading("p1", T0).value for e in r.consumer.acked)
+
+
+async def test_a_graceful_stop_writes_every_pending_state_and_acknowledges() -> None:
+    r = rig(interval_s=30)
+    assigned(r)
+    batch = [reading("p1", T0)]
+    await r.machine.readings(r.consumer, batch)
+    await r.machine.stop()
+    assert r.consumer.acked == batch and r.pipeline.store.get("p1") is not None
+    assert r.machine.phase is Phase.STOPPED and not r.machine.committer.abandoned
+    await r.machine.tick()  # timers after a stop change nothing
+    assert r.machine.phase is Phase.STOPPED
+
+
+async def test_a_stop_during_an_outage_abandons_the_batch_unacknowledged() -> None:
+    r = rig(interval_s=30, stop_grace_s=0.2)
+    assigned(r)
+    await r.machine.readings(r.consumer, [reading("p0", T0)])  # pending, not yet acknowledged
+    r.influx.hang = True
+    stuck = asyncio.ensure_future(r.machine.readings(r.consumer, [reading("p1", T0 + 1)]))
+    await asyncio.wait_for(r.influx.hanging.wait(), timeout=30)
+    assert r.machine.phase is P
+    await r.machine.stop()
+    await asyncio.wait_for(stuck, timeout=30)
+    assert r.machine.committer.abandoned and r.machine.phase is Phase.STOPPED
+    assert r.consumer.acked == [], "nothing after the abandoned batch's engine state may be acknowledged"
+    assert r.pipeline.store.get("p0") is None and r.pipeline.store.get("p1") is None
+    assert await r.machine.drain() is False, "Faust must not wait for acknowledgements that will never come"
+
+
+async def test_acknowledgements_are_applied_when_signed_and_dead_lettered_when_forged() -> None:
+    ring = KeyRing.generate()
+    r = rig(key_ring=ring)
+    assigned(r)
+    value = encode_ack(alert_id="a" * 16, patient="p1", by="Nurse Joy", at=T0, station="ward-a")
+    good = Ev(value, b"p1", ring.sign(topics.ALERT_ACKS, b"p1", value))
+    forged = Ev(value, b"p1", KeyRing.generate().sign(topics.ALERT_ACKS, b"p1", value))
+    unsigned = Ev(value, b"p1", None)
+    await r.machine.acknowledgements(r.consumer, [good, forged, unsigned])
+    assert r.consumer.acked == [good, forged, unsigned], "every record is dealt with, none is retried forever"
+    assert len(r.out.deadletters) == 2
+    assert all(b"acknowledgement refused" in d for d in r.out.deadletters)
+    assert r.machine.phase is A
+
+
+async def test_a_tick_whose_alert_cannot_be_sent_forgets_its_transitions_and_raises_it_again() -> None:
+    r = rig(interval_s=3600)
+    assigned(r)
+    await r.machine.readings(r.consumer, [reading("p1", T0)])
+    r.machine.committer.checkpoint(everything=True)  # p1 checkpointed as a sender of heart rate
+    r.clock.now += 2 * 3600  # silent for two hours: the staleness rule fires on the next tick
+    r.out.alerts_down = True
+    with pytest.raises(RuntimeError):
+        await r.machine.tick()
+    assert r.machine.phase is A and r.pipeline.pending == 0, "rebuilt from the checkpoints, nothing half done"
+    r.out.alerts_down = False
+    await r.machine.tick()
+    assert any(b"heart_rate_stale" in a for a in r.out.alerts), "the transition happens again and is told"
