@@ -69,9 +69,13 @@ def default_rule() -> ForecastRule:
     return rule
 
 
-def load_traces(days: float, cache: Path | None, patients: list[str], seed: int) -> list[Trace]:
+def load_traces(
+    days: float, cache: Path | None, patients: list[str], seed: int, sensor: str = "GuardianRT"
+) -> list[Trace]:
     """Simulated traces, from ``cache`` when it holds the same set-up."""
-    key = {"days": days, "patients": patients, "seed": seed}
+    key: dict[str, object] = {"days": days, "patients": patients, "seed": seed}
+    if sensor != "GuardianRT":  # the first caches had no sensor key
+        key["sensor"] = sensor
     if cache is not None and cache.exists():
         data = np.load(cache, allow_pickle=False)
         if json.loads(str(data["key"])) == key:
@@ -79,7 +83,7 @@ def load_traces(days: float, cache: Path | None, patients: list[str], seed: int)
     traces = []
     for i, patient in enumerate(patients):
         started = time.perf_counter()
-        traces.append(simulate(patient, days, seed + i))
+        traces.append(simulate(patient, days, seed + i, sensor))
         print(f"simulated {patient} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -143,14 +147,19 @@ def score(traces: list[Trace], alerts: dict[str, list[float]], days: float) -> d
     }
 
 
-def pooled(seeds: list[int], days: float, patients: list[str]) -> int:
-    """Both predictors over several seeds' traces, with 95 % bootstrap intervals over traces."""
-    root = Path(__file__).resolve().parents[1]
+def cache_path(seed: int, sensor: str = "GuardianRT") -> Path:
+    """Where a seed's 30 traces are cached: ``var/glucose_<seed>.npz`` (``glucose_<sensor>_<seed>``)."""
+    name = f"glucose_{seed}.npz" if sensor == "GuardianRT" else f"glucose_{sensor}_{seed}.npz"
+    return Path(__file__).resolve().parents[1] / "var" / name
+
+
+def pooled(seeds: list[int], days: float, patients: list[str], sensor: str = "GuardianRT") -> int:
+    """The predictors over several seeds' traces, with 95 % bootstrap intervals over traces."""
     traces = []
     for seed in seeds:
-        for tr in load_traces(days, root / "var" / f"glucose_{seed}.npz", patients, seed):
+        for tr in load_traces(days, cache_path(seed, sensor), patients, seed, sensor):
             traces.append(Trace(f"{seed}:{tr.patient}", tr.t, tr.cgm, tr.bg))
-    print(f"seeds {seeds}: {len(traces)} traces x {days:g} days\n")
+    print(f"seeds {seeds}, sensor {sensor}: {len(traces)} traces x {days:g} days\n")
     print("| predictor | events | sensitivity (95 % CI) | median lead, min (CI) | false alerts / patient-day (CI) |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -183,9 +192,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="npz file to keep the simulated traces in")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--seeds", type=int, nargs="+", help="pool these seeds (cached as var/glucose_<seed>.npz)")
+    parser.add_argument("--sensor", default="GuardianRT", help="simglucose CGM model: GuardianRT, Dexcom, Navigator")
     args = parser.parse_args()
     if args.seeds:
-        return pooled(args.seeds, args.days, PATIENTS[: args.patients])
+        return pooled(args.seeds, args.days, PATIENTS[: args.patients], args.sensor)
     traces = load_traces(args.days, args.cache, PATIENTS[: args.patients], args.seed)
     rows = {
         "default (kalman, ours)": score(traces, alert_times(default_rule(), traces), args.days),

@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.evaluate_glucose import forecast_rule, load_traces  # noqa: E402
+from benchmarks.evaluate_glucose import cache_path, forecast_rule, load_traces  # noqa: E402
 from benchmarks.glucose_traces import PATIENTS, Trace  # noqa: E402
 from detectors import Engine, RuleSet  # noqa: E402
 from detectors.rules import Direction, ForecastRule, Severity, StalenessRule, ThresholdRule  # noqa: E402
@@ -214,6 +214,7 @@ def main() -> int:
     """Print the table for the default glucose rules over the given seeds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[101])
+    parser.add_argument("--sensor", default="GuardianRT", help="simglucose CGM model: GuardianRT, Dexcom, Navigator")
     parser.add_argument("--days", type=float, default=2.0)
     parser.add_argument("--rules", default="alert_rules.yaml")
     parser.add_argument("--anchor", action="store_true", help="Nightscout: AR2 forecast + low alarms instead")
@@ -224,7 +225,7 @@ def main() -> int:
         rules = nightscout(rules)
     rows: list[PerTrace] = []
     for seed in args.seeds:
-        traces = load_traces(args.days, ROOT / "var" / f"glucose_{seed}.npz", PATIENTS, seed)
+        traces = load_traces(args.days, cache_path(seed, args.sensor), PATIENTS, seed, args.sensor)
         raised = raised_events(rules, traces)
         rows += [outcome(tr, raised[tr.patient]) for tr in traces]
     s = summary(rows, args.days)
