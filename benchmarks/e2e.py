@@ -819,7 +819,8 @@ def run(opts: Options) -> dict[str, Any]:
     print(f"rpm e2e benchmark: {info['cpu']}, {info['cores']} cores, load average {info['load_average_at_start']}; "
           f"work dir {workdir}", flush=True)
     settings = replace(Settings.from_env(), rules_path=str(rules))
-    stack = start_stack(settings, workdir / "services")
+    # the peers (Node-RED, the naive app) write without InfluxDB credentials: no authentication here
+    stack = start_stack(settings, workdir / "services", influx_auth=False)
     report: dict[str, Any] = {"command": " ".join([Path(sys.executable).name, "-m", "benchmarks.e2e", *sys.argv[1:]]),
                               "machine": info, "options": {k: str(v) for k, v in asdict(opts).items()}}
     sampler: Sampler | None = None

@@ -25,7 +25,9 @@ unless the broker is on this host (loopback) or the operator opted in.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from edge_agent import const
 from edge_agent.errors import AgentConfigError
 from rpm_core.errors import ConfigError
 from rpm_core.settings import MqttSettings
+
+_LOGGER = logging.getLogger(__name__)
 
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"", "0", "false", "no", "off"})
@@ -174,6 +178,15 @@ class AgentSettings:
         return mqtt
 
     def ensure_state_dir(self) -> Path:
-        """Create the state directory (0700: it holds health data) and return it."""
+        """Create the state directory (0700: it holds health data) and return it.
+
+        One that exists with access for others (made by hand or an installer with the default
+        umask) is narrowed to 0700 and logged: the outbox and pairings in it are the patient's.
+        """
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(self.state_dir.stat().st_mode)
+        if mode & 0o077:
+            self.state_dir.chmod(0o700)
+            _LOGGER.warning("state directory %s was accessible to others (mode %04o): narrowed to 0700",
+                            self.state_dir, mode)
         return self.state_dir

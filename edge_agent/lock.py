@@ -31,7 +31,8 @@ class AgentLock:
         self._handle: IO[str] | None = None
 
     def __enter__(self) -> AgentLock:
-        handle = self.path.open("a+")
+        # 0600 like everything in the state directory, whatever the umask (issue 18: at rest)
+        handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
 from rpm_core.errors import ConfigError, RpmError
-from rpm_core.settings import Settings, kafka_bootstrap
+from rpm_core.settings import Settings
 
 if TYPE_CHECKING:  # the modules themselves load when a command runs: `rpm --help` stays light
     from hl7out.follow import FollowStats
@@ -184,7 +184,7 @@ async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     lines: list[str] = []
-    bootstrap = kafka_bootstrap(settings.kafka_url or "")
+    bootstrap = settings.kafka_bootstrap()
     kafka = KafkaDeadLetters(bootstrap, source=str(endpoint))
 
     async def after_send(_receipt: Receipt) -> None:
@@ -216,7 +216,7 @@ async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messa
     def on_attempt(a: AttemptRecord) -> None:
         lines.append(attempt_line(a, recipient=str(endpoint)))
 
-    kafka = KafkaDeadLetters(kafka_bootstrap(settings.kafka_url), source=str(endpoint)) if settings.kafka_url else None
+    kafka = KafkaDeadLetters(settings.kafka_bootstrap(), source=str(endpoint)) if settings.kafka_url else None
 
     async def deadletter(message: Outgoing, reason: str) -> None:
         if kafka is None:

@@ -25,6 +25,7 @@ import orjson
 from hl7out.errors import Hl7EncodeError
 from hl7out.messages import AlertChange, Header, encode_alert
 from hl7out.sender import Outgoing, Receipt, Sender
+from rpm_core.kafka_security import kafka_client_kwargs
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asynci
     from rpm_core import topics
 
     stats = FollowStats()
-    consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=bootstrap, group_id=group, client_id=group,
+    consumer = AIOKafkaConsumer(topics.ALERTS, **kafka_client_kwargs(bootstrap), group_id=group, client_id=group,
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()

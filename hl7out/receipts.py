@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from hl7out.sender import AttemptRecord, Outgoing
 from rpm_core.errors import ServiceError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Settings
 
 MEASUREMENT: Final = "notifications"
@@ -54,9 +55,8 @@ def write_receipts(settings: Settings, lines: Sequence[str]) -> None:
     url = settings.require_influx().rstrip("/")
     query = urllib.parse.urlencode({"db": settings.influx_db, "precision": "ms"})
     req = urllib.request.Request(f"{url}/write?{query}", data="\n".join(lines).encode(), method="POST")  # noqa: S310
-    token = settings.influx_token.get()
-    if token:
-        req.add_header("Authorization", f"Token {token}")
+    for name, value in settings.influx_auth().headers().items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=WRITE_TIMEOUT_S) as resp:  # noqa: S310 (http(s) only)
             if resp.status != 204:
@@ -82,7 +82,7 @@ class KafkaDeadLetters:
         from rpm_core.deadletter import deadletter_record
 
         if self._producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap)
+            producer = AIOKafkaProducer(**kafka_client_kwargs(self._bootstrap))
             await producer.start()
             self._producer = producer
         record = deadletter_record(stage=STAGE, reason=reason, source=self._source, payload=message.text.encode(),

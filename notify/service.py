@@ -59,6 +59,7 @@ from rpm_core.backoff import backoff_s
 from rpm_core.commands import CommandDecodeError, PatientAck, patient_from_ack_topic
 from rpm_core.deadletter import deadletter_record
 from rpm_core.errors import ConfigError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
 from rpm_core.sink import make_sink
@@ -141,17 +142,17 @@ class Notifier:
         bootstrap = self.settings.kafka_bootstrap()
         await topics.ensure_topics(bootstrap)
         sink = make_sink(url=self.settings.require_influx(), db=self.settings.influx_db,
-                         token=self.settings.influx_token.get(), org=self.settings.influx_org)
+                         org=self.settings.influx_org, auth=self.settings.influx_auth())
         self._audit = AuditWriter(sink)
         self._mqtt = self._make_mqtt()
         self._channels = build_channels(self.routes, ChannelContext(
             secrets=self._secrets, http=self._http_session, publish=self._publish_mqtt))
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=CONSUMER_GROUP, client_id=self._client_id,
+            **kafka_client_kwargs(bootstrap), group_id=CONSUMER_GROUP, client_id=self._client_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(bootstrap), acks="all", enable_idempotence=False)
         try:
             await self._run(stop)
         finally:
@@ -256,7 +257,7 @@ class Notifier:
 
     async def _query(self, q: str) -> list[dict[str, Any]]:
         s = self.settings
-        headers = {"Authorization": f"Token {s.influx_token.get()}"} if s.influx_token.get() else {}
+        headers = s.influx_auth().headers()
         params = {"db": s.influx_db, "q": q, "epoch": "ms"}
         async with self._http_session().get(f"{s.require_influx()}/query", params=params, headers=headers) as resp:
             if resp.status != 200:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeAlias
 
 from rpm_core.errors import ConfigError
-from rpm_core.settings import Settings
+from rpm_core.settings import Settings, check_private_file
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"  # a string: not subscriptable at run time
 
@@ -199,10 +199,17 @@ def cmd_grafana_provision(args: argparse.Namespace) -> int:
     from rpm_core.roster import load_roster
 
     roster = load_roster(args.roster) if (args.roster or os.environ.get("RPM_ROSTER")) else None
+    user = args.influx_user or os.environ.get("RPM_INFLUX_USER") or None
+    password_file = args.influx_password_file or os.environ.get("RPM_INFLUX_PASSWORD_FILE") or None
+    if password_file:  # Grafana will read it: it must exist and be private (chmod 600; readable by Grafana's user)
+        check_private_file(password_file, what="--influx-password-file")
+    if password_file and not user:
+        raise ConfigError("--influx-password-file needs --influx-user (Grafana's read-only InfluxDB user)")
     written = provision(Path(args.out), ProvisionOptions(
         influx_url=args.influx_url or os.environ.get("RPM_INFLUX_URL") or "http://localhost:8086",
         influx_db=args.influx_db or os.environ.get("RPM_INFLUX_DB") or "rpm",
         dashboards_path=args.dashboards_path, token=args.token, roster=roster, datasource_uid=args.datasource_uid,
+        influx_user=user, influx_password_file=password_file,
     ))
     for path in written:
         _say(str(path))
@@ -217,6 +224,11 @@ def _add_grafana(sub: SubParsers) -> None:
     p.add_argument("--out", required=True, help="directory to write (datasources/, dashboards/)")
     p.add_argument("--influx-url", help="InfluxDB URL as Grafana reaches it (default: RPM_INFLUX_URL)")
     p.add_argument("--influx-db", help="database (1.x) / DBRP-mapped bucket (2.x) / database (3.x)")
+    p.add_argument("--influx-user", help="InfluxDB 1.x user Grafana queries as: a read-only one "
+                   "(default: RPM_INFLUX_USER)")
+    p.add_argument("--influx-password-file", help="file holding that user's password (mode 0600), read by "
+                   "Grafana at start ($__file{...}); never copied into the provisioning files "
+                   "(default: RPM_INFLUX_PASSWORD_FILE)")
     p.add_argument("--token", action="store_true",
                    help="InfluxDB 2.x/3.x: send 'Authorization: Token $RPM_INFLUX_TOKEN' (Grafana expands it)")
     p.add_argument("--dashboards-path", default=None,

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,13 @@ from typing import Any, Final
 
 import orjson
 
-from rpm_app.services import ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
+from rpm_app.services import INFLUX_READER, ServiceProcess, Stack, http_ok, influx_query, start_stack, stop_all
 from rpm_core.errors import ServiceError
 from rpm_core.host import free_port, port_open
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER, WATCHDOG_USER
 from rpm_core.rules import load_rules
-from rpm_core.settings import Settings
+from rpm_core.settings import InfluxAuth, Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,10 +59,9 @@ def _env_for(stack: Stack, *, mqtt_user: str | None) -> dict[str, str]:
     s = stack.settings
     env = dict(os.environ)
     env.update({
-        "RPM_KAFKA_URL": s.kafka_url or "",
+        **s.kafka_env(),
         "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
-        "RPM_INFLUX_URL": s.influx_url or "",
-        "RPM_INFLUX_DB": s.influx_db,
+        **stack.influx_env(),  # the writer (worker, notifier, station), its password in a file
         "RPM_RULES": str(Path(s.rules_path).resolve()),
     })
     if mqtt_user:
@@ -84,7 +85,7 @@ async def _alert_feed(bootstrap: str, since_s: float, stop: asyncio.Event) -> No
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        "rpm.alerts", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        "rpm.alerts", **kafka_client_kwargs(bootstrap), auto_offset_reset="earliest",
         group_id=f"rpm-demo-feed-{os.getpid()}", enable_auto_commit=False, fetch_max_wait_ms=100,
     )
     await consumer.start()
@@ -127,17 +128,30 @@ def console_text(text: str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
-def count_vitals(influx_url: str, db: str, since_s: float) -> dict[str, int]:
+def _counts(influx_url: str, q: str, db: str, auth: InfluxAuth | None) -> dict[str, object]:
+    """One counting query; credentials InfluxDB refuses are a :class:`ServiceError` that says which."""
+    try:
+        return influx_query(influx_url, q, db=db, method="POST", auth=auth)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            who = auth.describe() if auth is not None else "no credentials"
+            raise ServiceError(f"InfluxDB refused the demo's count as {who} ({exc.code}): check RPM_INFLUX_USER "
+                               f"and RPM_INFLUX_PASSWORD_FILE (a user that may read {db!r})") from exc
+        raise
+
+
+def count_vitals(influx_url: str, db: str, since_s: float, auth: InfluxAuth | None = None) -> dict[str, int]:
     """Vitals points per metric written since ``since_s``."""
     q = f"SELECT count(value) FROM vitals WHERE time >= {int(since_s * 1e9)} GROUP BY metric"  # noqa: S608 (ints only)
-    return {tags["metric"]: n for tags, n in _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))}
+    return {tags["metric"]: n for tags, n in _grouped_counts(_counts(influx_url, q, db, auth))}
 
 
-def count_alerts(influx_url: str, db: str, since_s: float) -> dict[tuple[str, str], int]:
+def count_alerts(influx_url: str, db: str, since_s: float,
+                 auth: InfluxAuth | None = None) -> dict[tuple[str, str], int]:
     """Raised alerts per (rule, severity) since ``since_s``."""
     q = (f"SELECT count(alert_id) FROM alerts WHERE state = 'raised' AND time >= {int(since_s * 1e9)} "  # noqa: S608
          "GROUP BY rule, severity")
-    result = _grouped_counts(influx_query(influx_url, q, db=db, method="POST"))
+    result = _grouped_counts(_counts(influx_url, q, db, auth))
     return {(tags["rule"], tags["severity"]): n for tags, n in result}
 
 
@@ -342,19 +356,21 @@ async def _watch(kids: list[ServiceProcess]) -> None:
 async def _settle(stack: Stack, summary: dict[str, Any], since: float, kids: list[ServiceProcess]) -> bool:
     s = stack.settings
     assert s.influx_url
+    # the counts, like Grafana, need only read access (an InfluxDB of the operator's: its settings)
+    reader, auth = s.require_influx(), stack.influx_auth(INFLUX_READER)
     expected: dict[str, int] = summary["by_metric"]
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     vitals: dict[str, int] = {}
     while time.monotonic() < deadline:
-        vitals = await asyncio.to_thread(count_vitals, s.influx_url, s.influx_db, since)
+        vitals = await asyncio.to_thread(count_vitals, reader, s.influx_db, since, auth)
         if all(vitals.get(m, 0) >= n for m, n in expected.items()):
             break
         if not all(k.alive() for k in kids):
             await _watch(kids)
         await asyncio.sleep(1.0)
     await asyncio.sleep(1.5)  # let the feed print the last alerts
-    alerts = await asyncio.to_thread(count_alerts, s.influx_url, s.influx_db, since)
-    _report(s, expected, vitals, alerts)
+    alerts = await asyncio.to_thread(count_alerts, reader, s.influx_db, since, auth)
+    _report(stack, expected, vitals, alerts)
     audited = await _report_audit(s)
     return all(vitals.get(m, 0) >= n for m, n in expected.items()) and bool(alerts) and audited
 
@@ -373,8 +389,10 @@ async def _report_audit(s: Settings) -> bool:
     return verdict.ok
 
 
-def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alerts: dict[tuple[str, str], int]) -> None:
-    print(f"\nInfluxDB {s.influx_url}, database {s.influx_db!r}:")
+def _report(stack: Stack, expected: dict[str, int], vitals: dict[str, int],
+            alerts: dict[tuple[str, str], int]) -> None:
+    s = stack.settings
+    print(f"\nInfluxDB {s.require_influx()}, database {s.influx_db!r}:")
     print("  vitals written (measurement 'vitals'):")
     for metric, n in sorted(expected.items()):
         got = vitals.get(metric, 0)
@@ -384,5 +402,7 @@ def _report(s: Settings, expected: dict[str, int], vitals: dict[str, int], alert
         print(f"    {rule:<24} {severity:<8} {n:>5}")
     if not alerts:
         print("    none (EXPECTED SOME)")
-    print(f"  try: curl -G {s.influx_url}/query --data-urlencode db={s.influx_db} "  # noqa: S608
+    env = stack.influx_env(INFLUX_READER)
+    user = f"-u {env['RPM_INFLUX_USER']}:$(cat {env['RPM_INFLUX_PASSWORD_FILE']}) " if "RPM_INFLUX_USER" in env else ""
+    print(f"  try: curl -G {user}{s.require_influx()}/query --data-urlencode db={s.influx_db} "  # noqa: S608
           "--data-urlencode \"q=SELECT * FROM alerts WHERE state='raised'\"")

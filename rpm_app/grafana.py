@@ -27,6 +27,7 @@ from typing import Any, Final
 import yaml
 
 from rpm_core.roster import ALL_WARD, Roster
+from rpm_core.settings import split_influx_url
 
 DATASOURCE_UID: Final = "rpm-influxdb"
 DATASOURCE_NAME: Final = "rpm InfluxDB"
@@ -370,17 +371,26 @@ class ProvisionOptions:
     influx_db: str = "rpm"
     dashboards_path: str | None = None
     token: bool = False
+    influx_user: str | None = None  # InfluxDB 1.x: a read-only user (rpm demo's rpm_reader)
+    influx_password_file: str | None = None  # its password, which Grafana reads ($__file{…}) when it starts
     roster: Roster | None = None
     datasource_uid: str = DATASOURCE_UID
 
 
 def datasource_yaml(options: ProvisionOptions) -> str:
-    """The data source provisioning file (InfluxQL; a token header for 2.x/3.x when asked)."""
+    """The data source provisioning file (InfluxQL; a read-only user for 1.x, or a token header for
+    2.x/3.x when asked). No secret is written into it: Grafana reads the password from its file
+    (``$__file{…}``) or the token from its environment when it loads the file."""
     json_data: dict[str, Any] = {"version": "InfluxQL", "dbName": options.influx_db, "httpMode": "POST",
                                  "timeInterval": "1s"}
     ds: dict[str, Any] = {"name": DATASOURCE_NAME, "uid": options.datasource_uid, "type": "influxdb",
-                          "access": "proxy", "url": options.influx_url, "database": options.influx_db,
-                          "jsonData": json_data, "editable": False}
+                          "access": "proxy", "url": split_influx_url(options.influx_url)[0],
+                          "database": options.influx_db, "jsonData": json_data, "editable": False}
+    if options.influx_user and not options.token:
+        ds["user"] = options.influx_user
+        if options.influx_password_file:
+            path = Path(options.influx_password_file).resolve()
+            ds["secureJsonData"] = {"password": f"$__file{{{path}}}"}
     if options.token:
         json_data["httpHeaderName1"] = "Authorization"
         # Grafana expands $RPM_INFLUX_TOKEN from its own environment when it reads this file.

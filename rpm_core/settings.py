@@ -5,15 +5,22 @@
 | ``RPM_MQTT_URL`` | ``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS) | started by ``rpm demo`` |
 | ``RPM_MQTT_CA`` | CA bundle for ``mqtts://`` | system store |
 | ``RPM_MQTT_PASSWORD_FILE`` | file holding the MQTT password (mode 0600); wins over a password in the URL | unset |
-| ``RPM_KAFKA_URL`` | ``kafka://host:port[,host:port…]`` | started by ``rpm demo`` |
-| ``RPM_INFLUX_URL`` | ``http://host:8086`` | started by ``rpm demo`` |
+| ``RPM_KAFKA_URL`` | ``kafka://host:port[,…]``, ``kafka+ssl://…`` (TLS), ``kafka+sasl_ssl://…`` | ``rpm demo`` |
+| ``RPM_KAFKA_CA`` / ``_CERT`` / ``_KEY`` | CA bundle; client certificate and key (mTLS) | system store / unset |
+| ``RPM_KAFKA_USER`` / ``_PASSWORD_FILE`` | SASL principal; its password (file, mode 0600) | unset |
+| ``RPM_INFLUX_URL`` | ``http://host:8086`` (a ``user:pass@`` in it works; the settings below win) | ``rpm demo`` |
 | ``RPM_INFLUX_DB`` | database (1.x) / bucket (2.x+) | ``rpm`` |
-| ``RPM_INFLUX_TOKEN`` / ``RPM_INFLUX_ORG`` | InfluxDB 2.x+ credentials; setting a token selects the v2 API | unset |
+| ``RPM_INFLUX_USER`` | InfluxDB 1.x user (HTTP Basic authentication) | unset |
+| ``RPM_INFLUX_PASSWORD_FILE`` | file holding that user's password (mode 0600) | unset |
+| ``RPM_INFLUX_TOKEN_FILE`` | InfluxDB 2.x+ API token in a file (mode 0600); selects the v2 API | unset |
+| ``RPM_INFLUX_TOKEN`` | the same token as a value (``RPM_INFLUX_TOKEN_FILE`` wins) | unset |
+| ``RPM_INFLUX_ORG`` | InfluxDB 2.x+ organisation | unset |
 | ``RPM_RULES`` | alert rules file | ``alert_rules.yaml`` |
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import stat
@@ -26,6 +33,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from rpm_core.errors import ConfigError
 
 if TYPE_CHECKING:
+    from rpm_core.kafka_security import KafkaSecurity
     from rpm_core.signing import KeyRing
 
 DEFAULT_INFLUX_DB: Final = "rpm"
@@ -201,6 +209,56 @@ def url_with_password_file(url: str, path: str | os.PathLike[str]) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+@dataclass(frozen=True, slots=True)
+class InfluxAuth:
+    """How a client proves who it is to InfluxDB: a 1.x user and password (HTTP Basic), an API
+    token (2.x+), or nothing. ``describe()`` says which, without the secret."""
+
+    username: str | None = None
+    password: Secret = field(default_factory=lambda: Secret(""))
+    token: Secret = field(default_factory=lambda: Secret(""))
+
+    def authorization(self) -> str:
+        """The ``Authorization`` header value, or ``""`` when there are no credentials."""
+        if self.token.get():
+            return f"Token {self.token.get()}"
+        if self.username:
+            pair = f"{self.username}:{self.password.get()}".encode()
+            return "Basic " + base64.b64encode(pair).decode("ascii")
+        return ""
+
+    def headers(self) -> dict[str, str]:
+        """``{"Authorization": …}``, or ``{}`` without credentials."""
+        value = self.authorization()
+        return {"Authorization": value} if value else {}
+
+    def describe(self) -> str:
+        """Who this is, for messages: ``user 'rpm_writer'``, ``an API token`` or ``no credentials``."""
+        if self.token.get():
+            return "an API token"
+        return f"user {self.username!r}" if self.username else "no credentials"
+
+
+def split_influx_url(url: str) -> tuple[str, InfluxAuth]:
+    """``http://user:pass@host:8086/`` → (``http://host:8086``, the user and password)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url.rstrip("/"), InfluxAuth()
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
+    return bare, InfluxAuth(username=unquote(parts.username), password=Secret(unquote(parts.password or "")))
+
+
+def influx_endpoint(url: str | None, auth: InfluxAuth | None = None) -> tuple[str | None, InfluxAuth]:
+    """The bare URL (None without one) and the credentials to use: ``auth`` when it holds any, else a
+    user and password in ``url``, else none. Every InfluxDB client of rpm goes through here."""
+    if not url:
+        return None, auth or InfluxAuth()
+    bare, from_url = split_influx_url(url)
+    return bare, auth if auth is not None and auth.authorization() else from_url
+
+
 # Codecs aiokafka supports, and the package each needs beyond the standard library.
 KAFKA_CODECS = {"none": None, "gzip": None, "lz4": "lz4", "zstd": "zstandard", "snappy": "cramjam"}
 
@@ -220,11 +278,17 @@ def check_kafka_compression(codec: str | None) -> None:
 
 
 def kafka_bootstrap(url: str) -> str:
-    """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes)."""
-    parts = urlsplit(url)
-    if parts.scheme != "kafka" or not parts.netloc:
-        raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port, got {url!r}")
-    return parts.netloc
+    """``kafka://h1:9092,h2:9092`` → ``h1:9092,h2:9092`` (the form aiokafka takes); also for
+    ``kafka+ssl://`` and ``kafka+sasl_ssl://`` (whose TLS settings only ``Settings.kafka_bootstrap`` adds)."""
+    from rpm_core.kafka_security import SCHEMES
+
+    # not urlsplit: "_" is not allowed in a URL scheme, so it would not see kafka+sasl_ssl:// as one
+    scheme, _, rest = url.partition("://")
+    servers = rest.split("/", 1)[0]
+    if scheme not in SCHEMES or not servers:
+        raise ConfigError(f"RPM_KAFKA_URL must look like kafka://host:port (or kafka+ssl://, kafka+sasl_ssl://), "
+                          f"got {url!r}")
+    return servers
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,10 +301,19 @@ class Settings:
     mqtt_password_file: str | None = None
     kafka_url: str | None = None
     kafka_compression: str | None = None  # the bridge's producer: None, "gzip", "lz4", "zstd", "snappy"
+    kafka_ca: str | None = None  # RPM_KAFKA_CA .. RPM_KAFKA_SASL_MECHANISM: see rpm_core.kafka_security
+    kafka_cert: str | None = None
+    kafka_key: str | None = None
+    kafka_user: str | None = None
+    kafka_password_file: str | None = None
+    kafka_sasl_mechanism: str | None = None
     influx_url: str | None = field(default=None, repr=False)
     influx_db: str = DEFAULT_INFLUX_DB
     influx_token: Secret = field(default_factory=lambda: Secret(""))
     influx_org: str | None = None
+    influx_user: str | None = None  # RPM_INFLUX_USER (1.x); its password in influx_password_file
+    influx_password_file: str | None = None
+    influx_token_file: str | None = None  # RPM_INFLUX_TOKEN_FILE (2.x+); wins over influx_token
     rules_path: str = DEFAULT_RULES_PATH
     signing_keys_file: str | None = None  # RPM_SIGNING_KEYS_FILE: alerts and acks signed (rpm_core.signing)
 
@@ -254,10 +327,19 @@ class Settings:
             mqtt_password_file=env.get("RPM_MQTT_PASSWORD_FILE") or None,
             kafka_url=env.get("RPM_KAFKA_URL") or None,
             kafka_compression=(env.get("RPM_KAFKA_COMPRESSION") or "none").strip().lower(),
+            kafka_ca=env.get("RPM_KAFKA_CA") or None,
+            kafka_cert=env.get("RPM_KAFKA_CERT") or None,
+            kafka_key=env.get("RPM_KAFKA_KEY") or None,
+            kafka_user=env.get("RPM_KAFKA_USER") or None,
+            kafka_password_file=env.get("RPM_KAFKA_PASSWORD_FILE") or None,
+            kafka_sasl_mechanism=env.get("RPM_KAFKA_SASL_MECHANISM") or None,
             influx_url=env.get("RPM_INFLUX_URL") or None,
             influx_db=env.get("RPM_INFLUX_DB") or DEFAULT_INFLUX_DB,
             influx_token=Secret(env.get("RPM_INFLUX_TOKEN", "")),
             influx_org=env.get("RPM_INFLUX_ORG") or None,
+            influx_user=env.get("RPM_INFLUX_USER") or None,
+            influx_password_file=env.get("RPM_INFLUX_PASSWORD_FILE") or None,
+            influx_token_file=env.get("RPM_INFLUX_TOKEN_FILE") or None,
             rules_path=env.get("RPM_RULES") or DEFAULT_RULES_PATH,
             signing_keys_file=env.get("RPM_SIGNING_KEYS_FILE") or None,
         )
@@ -271,10 +353,12 @@ class Settings:
         if self.mqtt_password_file:
             check_private_file(self.mqtt_password_file, what="RPM_MQTT_PASSWORD_FILE")
         if self.kafka_url:
-            kafka_bootstrap(self.kafka_url)
+            self.kafka_security()
         check_kafka_compression(self.kafka_compression)
         if self.influx_url and urlsplit(self.influx_url).scheme not in ("http", "https"):
-            raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {self.influx_url!r}")
+            bare = split_influx_url(self.influx_url)[0]
+            raise ConfigError(f"RPM_INFLUX_URL must be http:// or https://, got {bare!r}")
+        self.influx_auth()
         self.key_ring()
 
     def key_ring(self) -> KeyRing | None:
@@ -299,13 +383,78 @@ class Settings:
         return None if self.kafka_compression in (None, "", "none") else self.kafka_compression
 
     def kafka_bootstrap(self) -> str:
-        """aiokafka bootstrap servers; requires ``kafka_url``."""
+        """aiokafka bootstrap servers, carrying the TLS/SASL settings (a
+        :class:`~rpm_core.kafka_security.KafkaBootstrap`); requires ``kafka_url``."""
+        from rpm_core.kafka_security import KafkaBootstrap
+
         if not self.kafka_url:
             raise ConfigError("RPM_KAFKA_URL is not set")
-        return kafka_bootstrap(self.kafka_url)
+        return KafkaBootstrap(kafka_bootstrap(self.kafka_url), self.kafka_security())
+
+    def kafka_env(self) -> dict[str, str]:
+        """``RPM_KAFKA_URL`` and the ``RPM_KAFKA_*`` TLS/SASL settings, for a child process (file paths only)."""
+        names = {"RPM_KAFKA_URL": self.kafka_url, "RPM_KAFKA_CA": self.kafka_ca, "RPM_KAFKA_CERT": self.kafka_cert,
+                 "RPM_KAFKA_KEY": self.kafka_key, "RPM_KAFKA_USER": self.kafka_user,
+                 "RPM_KAFKA_PASSWORD_FILE": self.kafka_password_file,
+                 "RPM_KAFKA_SASL_MECHANISM": self.kafka_sasl_mechanism}
+        return {name: value for name, value in names.items() if value}
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How Kafka clients connect (``RPM_KAFKA_URL``'s scheme and the ``RPM_KAFKA_*`` files), checked."""
+        from rpm_core.kafka_security import DEFAULT_SASL_MECHANISM, SASL_MECHANISMS, SCHEMES, KafkaSecurity
+
+        protocol = SCHEMES.get((self.kafka_url or "").partition("://")[0], "PLAINTEXT")
+        kafka_bootstrap(self.kafka_url or "kafka://localhost:9092")
+        tls_files = {"RPM_KAFKA_CA": self.kafka_ca, "RPM_KAFKA_CERT": self.kafka_cert, "RPM_KAFKA_KEY": self.kafka_key}
+        if protocol == "PLAINTEXT" and any(tls_files.values()):
+            raise ConfigError("RPM_KAFKA_CA/_CERT/_KEY are set but RPM_KAFKA_URL is kafka:// (plain text): use "
+                              "kafka+ssl:// or kafka+sasl_ssl://")
+        for name, path in tls_files.items():
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} {path} does not exist")
+        if bool(self.kafka_cert) != bool(self.kafka_key):
+            raise ConfigError("RPM_KAFKA_CERT and RPM_KAFKA_KEY go together (a client certificate and its key)")
+        if self.kafka_key:
+            check_private_file(self.kafka_key, what="RPM_KAFKA_KEY")
+        mechanism = (self.kafka_sasl_mechanism or DEFAULT_SASL_MECHANISM).upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"RPM_KAFKA_SASL_MECHANISM={mechanism!r}: expected one of {', '.join(SASL_MECHANISMS)}")
+        password = Secret("")
+        if protocol == "SASL_SSL":
+            if not (self.kafka_user and self.kafka_password_file):
+                raise ConfigError("kafka+sasl_ssl:// needs RPM_KAFKA_USER and RPM_KAFKA_PASSWORD_FILE (mode 0600)")
+            password = read_secret_file(self.kafka_password_file, what="RPM_KAFKA_PASSWORD_FILE")
+        elif self.kafka_user or self.kafka_password_file:
+            raise ConfigError("RPM_KAFKA_USER/RPM_KAFKA_PASSWORD_FILE are set but RPM_KAFKA_URL is not "
+                              "kafka+sasl_ssl://: SASL is used over TLS only, never sends a password in the clear")
+        return KafkaSecurity(protocol=protocol, ca_file=self.kafka_ca, cert_file=self.kafka_cert,
+                             key_file=self.kafka_key, sasl_mechanism=mechanism, username=self.kafka_user,
+                             password=password)
 
     def require_influx(self) -> str:
         """The InfluxDB URL; requires ``influx_url``."""
         if not self.influx_url:
             raise ConfigError("RPM_INFLUX_URL is not set")
-        return self.influx_url.rstrip("/")
+        return split_influx_url(self.influx_url)[0]
+
+    def influx_auth(self) -> InfluxAuth:
+        """The InfluxDB credentials: ``RPM_INFLUX_TOKEN_FILE`` / ``RPM_INFLUX_TOKEN`` (2.x+), else
+        ``RPM_INFLUX_USER`` with ``RPM_INFLUX_PASSWORD_FILE``, else a user in ``RPM_INFLUX_URL``."""
+        from_url = split_influx_url(self.influx_url)[1] if self.influx_url else InfluxAuth()
+        token = (read_secret_file(self.influx_token_file, what="RPM_INFLUX_TOKEN_FILE") if self.influx_token_file
+                 else self.influx_token)
+        if token.get():
+            if self.influx_user or self.influx_password_file:
+                raise ConfigError("set either RPM_INFLUX_TOKEN(_FILE) (InfluxDB 2.x+) or RPM_INFLUX_USER and "
+                                  "RPM_INFLUX_PASSWORD_FILE (1.x), not both")
+            return InfluxAuth(token=token)
+        if self.influx_password_file:
+            user = self.influx_user or from_url.username
+            if not user:
+                raise ConfigError("RPM_INFLUX_PASSWORD_FILE is set but no user: set RPM_INFLUX_USER")
+            return InfluxAuth(username=user,
+                              password=read_secret_file(self.influx_password_file, what="RPM_INFLUX_PASSWORD_FILE"))
+        if self.influx_user and self.influx_user != from_url.username:
+            raise ConfigError("RPM_INFLUX_USER is set but its password is not: set RPM_INFLUX_PASSWORD_FILE "
+                              "(a file of mode 0600 holding it)")
+        return from_url

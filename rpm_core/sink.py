@@ -31,6 +31,7 @@ import aiohttp
 from rpm_core.backoff import backoff_s
 from rpm_core.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
 from rpm_core.lineprotocol import PRECISION, join_lines
+from rpm_core.settings import InfluxAuth, split_influx_url
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,17 +52,25 @@ class LineWriter(Protocol):
         """Release connections."""
 
 
-def config_fault(status: int, body: str, *, db: str, api: str) -> SinkConfigError | None:
-    """The configuration fault an InfluxDB answer reports (``api``: ``v1`` or ``v2``), if it is one."""
+def config_fault(status: int, body: str, *, db: str, api: str, who: str = "") -> SinkConfigError | None:
+    """The configuration fault an InfluxDB answer reports (``api``: ``v1`` or ``v2``), if it is one.
+
+    ``who`` (:meth:`InfluxAuth.describe`) names the credentials used, so the message says whose they were.
+    """
     text = body.lower()
+    as_who = f" ({who})" if who else ""
     if status == 401:
-        fix = ("check RPM_INFLUX_TOKEN (an API token with write access to the bucket)" if api == "v2" else
-               "check the user and password in RPM_INFLUX_URL")
-        return SinkConfigError("InfluxDB refused this worker's credentials (401)", fix)
+        fix = ("check RPM_INFLUX_TOKEN_FILE / RPM_INFLUX_TOKEN (an API token with write access to the bucket)"
+               if api == "v2" else
+               "check RPM_INFLUX_USER and RPM_INFLUX_PASSWORD_FILE (the user and password of an InfluxDB user "
+               f"with WRITE on {db!r})")
+        if who == "no credentials":
+            return SinkConfigError("InfluxDB requires credentials and this worker has none (401)", fix)
+        return SinkConfigError(f"InfluxDB refused this worker's credentials{as_who} (401)", fix)
     if status == 403:
-        return SinkConfigError(f"InfluxDB does not let this worker write to {db!r} (403)",
-                               f"grant it WRITE on {db!r} (1.x: GRANT WRITE ON \"{db}\" TO <user>) or "
-                               "use a token with write access")
+        return SinkConfigError(f"InfluxDB does not let this worker{as_who} write to {db!r} (403)",
+                               f"grant RPM_INFLUX_USER WRITE on {db!r} (1.x: GRANT WRITE ON \"{db}\" TO <user>) "
+                               "or use a token with write access (RPM_INFLUX_TOKEN_FILE)")
     if status == 404 and "database not found" in text:
         return SinkConfigError(f"InfluxDB has no database {db!r}",
                                f"create it (influx -execute 'CREATE DATABASE \"{db}\"') or set RPM_INFLUX_DB")
@@ -76,8 +85,10 @@ def config_fault(status: int, body: str, *, db: str, api: str) -> SinkConfigErro
 class V1Writer:
     """``POST /write?db=…&precision=ms`` (InfluxDB 1.x API)."""
 
-    def __init__(self, *, url: str, db: str, retention_policy: str | None = None) -> None:
-        self._base = url.rstrip("/")
+    def __init__(self, *, url: str, db: str, retention_policy: str | None = None,
+                 auth: InfluxAuth | None = None) -> None:
+        self._base, from_url = split_influx_url(url)
+        self._auth = auth if auth is not None and auth.authorization() else from_url
         self._url = f"{self._base}/write"
         self._db = db
         self._params = {"db": db, "precision": PRECISION, **({"rp": retention_policy} if retention_policy else {})}
@@ -86,7 +97,8 @@ class V1Writer:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT_S))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT_S),
+                                                  headers=self._auth.headers())
         return self._session
 
     async def write(self, body: bytes) -> None:
@@ -96,7 +108,7 @@ class V1Writer:
             return
         if status >= 500 or status == 429:
             raise SinkUnavailableError(f"InfluxDB answered {status}: {text[:200]}")
-        fault = config_fault(status, text, db=self._db, api="v1")
+        fault = config_fault(status, text, db=self._db, api="v1", who=self._auth.describe())
         if fault is not None and status == 404 and time.monotonic() >= self._create_after:
             self._create_after = time.monotonic() + CREATE_RETRY_S
             if await self._create_database():
@@ -236,11 +248,14 @@ class InfluxSink:
         await self.writer.close()
 
 
-def make_sink(*, url: str, db: str, token: str = "", org: str | None = None, **kwargs: Any) -> InfluxSink:
-    """A sink for the v2 API when a token is given, else the v1 API."""
+def make_sink(*, url: str, db: str, token: str = "", org: str | None = None, auth: InfluxAuth | None = None,
+              **kwargs: Any) -> InfluxSink:
+    """A sink for the v2 API when a token is given (``token`` or in ``auth``), else the v1 API
+    (authenticated as ``auth``'s user, or a user in ``url``)."""
     writer: LineWriter
+    token = token or (auth.token.get() if auth is not None else "")
     if token:
-        writer = V2Writer(url=url, bucket=db, org=org, token=token)
+        writer = V2Writer(url=split_influx_url(url)[0], bucket=db, org=org, token=token)
     else:
-        writer = V1Writer(url=url, db=db)
+        writer = V1Writer(url=url, db=db, auth=auth)
     return InfluxSink(writer=writer, **kwargs)

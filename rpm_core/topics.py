@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Final
@@ -9,6 +10,7 @@ from typing import Final
 from aiokafka.partitioner import murmur2
 
 from rpm_core.audit import TOPIC as AUDIT_TOPIC
+from rpm_core.kafka_security import check_tls, kafka_client_kwargs
 from rpm_core.technical import HEARTBEATS_TOPIC
 
 _LOGGER = logging.getLogger(__name__)
@@ -26,10 +28,15 @@ DEFAULT_READINGS_PARTITIONS: Final = 8
 
 
 async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PARTITIONS) -> None:
-    """Create the pipeline's topics if they do not exist (idempotent)."""
+    """Create the pipeline's topics if they do not exist (idempotent).
+
+    The first Kafka call of every service: over TLS it first checks the brokers' certificate
+    (:func:`~rpm_core.kafka_security.check_tls`), so a wrong CA is a clear error at start-up.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await asyncio.to_thread(check_tls, bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_client_kwargs(bootstrap))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

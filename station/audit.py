@@ -29,6 +29,7 @@ from typing import Final
 import aiohttp
 
 from rpm_core.lineprotocol import escape_string_field
+from rpm_core.settings import InfluxAuth, influx_endpoint
 from rpm_core.wire import is_valid_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,10 +77,9 @@ class AuditEntry:
 class AuditLog:
     """Queues :class:`AuditEntry` points and writes them to InfluxDB (``/write``, ms precision)."""
 
-    def __init__(self, *, url: str | None, db: str, token: str = "") -> None:
-        self.url = url.rstrip("/") if url else None
+    def __init__(self, *, url: str | None, db: str, auth: InfluxAuth | None = None) -> None:
+        self.url, self._auth = influx_endpoint(url, auth)
         self.db = db
-        self.token = token
         self.failed = 0
         self.written = 0
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=QUEUE_MAX)
@@ -98,7 +98,7 @@ class AuditLog:
         """Write queued entries until cancelled (batches of what is waiting)."""
         if self.url is None:
             return
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        headers = self._auth.headers()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WRITE_TIMEOUT_S)) as http:
             while True:
                 batch = [await self._queue.get()]

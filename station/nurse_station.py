@@ -65,10 +65,11 @@ from rpm_core.acks import Ack, AckDecodeError, decode_ack
 from rpm_core.alarm_policy import AlarmPolicy, load_alarm_policy
 from rpm_core.audit import AuditEvent, AuditTrail, config_load_event, os_user
 from rpm_core.errors import ConfigError
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.passwords import KNOWN_WEAK
 from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
-from rpm_core.settings import Settings
+from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
@@ -561,7 +562,7 @@ class AlertFeed:
     async def _consume(self) -> None:
         from aiokafka import AIOKafkaConsumer
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=200)
         await consumer.start()
         try:
@@ -706,7 +707,7 @@ class Supervision:
         from aiokafka.structs import TopicPartition
 
         while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                         fetch_max_wait_ms=500)
             try:
                 await consumer.start()
@@ -740,7 +741,7 @@ class AckSender:
         """Connect the producer."""
         from aiokafka import AIOKafkaProducer
 
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+        self._producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), acks="all", linger_ms=0,
                                           request_timeout_ms=10_000)
         await self._producer.start()
 
@@ -766,12 +767,11 @@ class Sparklines:
     ``thresholds`` are drawn as dashed lines (from the rules: see :func:`rule_thresholds`).
     """
 
-    def __init__(self, *, url: str | None, db: str, token: str = "",
+    def __init__(self, *, url: str | None, db: str, auth: InfluxAuth | None = None,
                  thresholds: Mapping[str, Sequence[Threshold]] | None = None, glucose_unit: str = "mg/dL") -> None:
         self.glucose_unit = glucose_unit
-        self.url = url.rstrip("/") if url else None
+        self.url, self._auth = influx_endpoint(url, auth)
         self.db = db
-        self.token = token
         self.thresholds: Mapping[str, Sequence[Threshold]] = thresholds or {}
         self._cache: dict[tuple[str, str, str | None, bool], tuple[float, str]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -803,7 +803,7 @@ class Sparklines:
         q = (f"SELECT mean(\"value\") FROM \"vitals\" WHERE \"patient\" = '{patient}' AND \"metric\" = '{metric}' "  # noqa: S608 (ids validated)
              f"AND time > now() - {f'{DETAIL_WINDOW_S}s' if large else SPARKLINE_WINDOW} "
              f"GROUP BY time({'3m' if large else '1m'}) fill(none)")
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        headers = self._auth.headers()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
@@ -1643,12 +1643,13 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
     if keys is None:
         _LOGGER.warning("no RPM_SIGNING_KEYS_FILE: alerts are shown and acknowledgements sent without signatures")
     sender = AckSender(bootstrap=bootstrap, keys=keys)
-    sparklines = Sparklines(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get(),
+    influx_url, influx_auth = influx_endpoint(settings.influx_url, settings.influx_auth())
+    sparklines = Sparklines(url=influx_url, db=settings.influx_db, auth=influx_auth,
                             thresholds=rule_thresholds(load_rules(rules_path)),
                             glucose_unit=roster.wards[ward].glucose_unit if roster.configured else "mg/dL")
-    audit = AuditLog(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    audit = AuditLog(url=influx_url, db=settings.influx_db, auth=influx_auth)
     trail = AuditTrail(bootstrap=bootstrap, keys=keys, via="nurse-station")
-    tiles = Overview(url=settings.influx_url, db=settings.influx_db, token=settings.influx_token.get())
+    tiles = Overview(url=influx_url, db=settings.influx_db, auth=influx_auth)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparklines,
                          ward_name=roster.wards[ward].name if ward in roster.wards else ward, audit=audit,
                          kiosks=KioskRegistry(options.state_dir) if options.state_dir else None, overview=tiles,

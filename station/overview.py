@@ -26,6 +26,7 @@ import aiohttp
 import numpy as np
 import orjson
 
+from rpm_core.settings import InfluxAuth, influx_endpoint
 from rpm_core.wire import is_valid_id
 
 _LOGGER = logging.getLogger(__name__)
@@ -128,10 +129,9 @@ def _last_row(rows: list[Any]) -> tuple[float | None, float | None]:
 class Overview:
     """The ward's tiles from InfluxDB (cached); empty tiles without InfluxDB, a warning when it fails."""
 
-    def __init__(self, *, url: str | None, db: str, token: str = "") -> None:
-        self.url = url.rstrip("/") if url else None
+    def __init__(self, *, url: str | None, db: str, auth: InfluxAuth | None = None) -> None:
+        self.url, self._auth = influx_endpoint(url, auth)
         self.db = db
-        self.token = token
         self.error: str | None = None
         self._cache: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -149,7 +149,7 @@ class Overview:
         if self.url is None:
             self.error = "no InfluxDB configured (RPM_INFLUX_URL)"
             return {}
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
+        headers = self._auth.headers()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:

@@ -40,6 +40,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from rpm_core import topics
 from rpm_core.backoff import backoff_s
 from rpm_core.deadletter import ReasonLog, deadletter_record, minimal_deadletter_record
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_client import mqtt_client, session_properties
 from rpm_core.settings import MqttSettings
 from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
@@ -337,7 +338,7 @@ class Bridge:
         """Bridge until ``stop`` is set; unacknowledged messages stay with Mosquitto."""
         self._loop = asyncio.get_running_loop()
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **kafka_client_kwargs(self._bootstrap),
             client_id=self._client_id,
             acks="all",
             linger_ms=20,  # fewer, bigger produce requests; a batch is one record per partition anyway

@@ -45,6 +45,7 @@ import orjson
 
 from rpm_core import topics
 from rpm_core.deadletter import redact_reason
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.wire import ReadingsMessage, WireError, encode_readings_record, parse_readings_message
 from stream.errors import StreamError
 from stream.records import RecordError, decode_record
@@ -463,7 +464,7 @@ class DeadLetterReader:
         from aiokafka.errors import KafkaError
         from aiokafka.structs import TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**kafka_client_kwargs(self._bootstrap), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_WAIT_MS)
         self._consumer = consumer
         try:
@@ -531,7 +532,7 @@ async def produce_readings(bootstrap: str, records: Sequence[ReplayRecord]) -> l
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaError
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False,
+    producer = AIOKafkaProducer(**kafka_client_kwargs(bootstrap), acks="all", enable_idempotence=False,
                                 max_request_size=2 * 1024 * 1024)  # Tansu rejects idempotent producers
     try:
         await producer.start()

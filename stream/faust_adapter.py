@@ -1,10 +1,12 @@
 """Every patch of faust-streaming's and aiokafka's private internals, in one place.
 
-The worker relies on three changes to how Faust drives its aiokafka consumer. Each touches private
+The worker relies on four changes to how Faust drives its aiokafka consumer. Each touches private
 attributes of the exact versions pinned in ``pyproject.toml`` (faust-streaming 0.15.3, aiokafka
 0.14.0), and each has a conformance test in ``tests/stream/test_faust_conformance.py`` that checks
 the *effect* it gives against a real broker (Tansu), so an upgrade that moves an internal fails
-there instead of silently undoing the patch. :func:`adapt` installs all three for an app.
+there instead of silently undoing the patch. :func:`adapt` installs all four for an app, and a
+fifth piece that patches nothing: a Faust sensor that logs how long each assigned partition waited
+for its first record (:func:`install_partition_timing`).
 Two more touches of Faust's internals still live with the agents, in ``stream.agents``, until
 the worker is restructured (issue 16, item 1): ``install_flush_before_wait_empty`` (Faust's
 ``Consumer.wait_empty`` flushes the group commit first) and ``TableStore``'s stand-in for
@@ -75,23 +77,40 @@ the worker is restructured (issue 16, item 1): ``install_flush_before_wait_empty
    real drain loop over a real consumer and Tansu: every offset is processed across a rebalance,
    and a batch fetched across a seek keeps its changelog records.
 
-3. **Recovery watchdog** (:func:`install_recovery_watchdog`): a table recovery that stops
-   receiving changelog records is restarted where it stands, and the state it was stuck in is
-   logged.
+3. **Fetch give-back** (:func:`install_fetch_give_back`): the changelog recovery stall after a
+   rebalance (issue 16; write-up in ``benchmarks/RESULTS.md``, "Changelog recovery stall").
 
-   Seen in ``tests/chaos`` (4 of about 70 runs, only with other integration tests running beside them):
-   after a rebalance a worker that kept some of its partitions waited for records of their changelog
-   partitions that never arrived ("No event received for active tp … since recovery start", for
-   minutes), so those partitions' readings were not processed at all. Faust only logs that warning;
-   nothing ends the wait. When it fired live, Faust's side looked right (flow active, partitions
-   assigned, resumed and active, no read offset, nothing applied yet, records left) and a seek to
-   where recovery stands ended the stall at once, so the suspect is aiokafka's fetch position; the
-   cause is not pinned down yet. When an active changelog partition with records left to read has
-   delivered nothing for ``stall_s``, the watchdog does two things:
+   Faust's drain loop asks aiokafka for records with ``AIOKafkaConsumerThread._fetch_records``,
+   which checks that the consumer's flow is active *before* it waits (up to 1 s) in aiokafka's
+   ``Fetcher.fetched_records``, but not after. That wait spans a rebalance: ``fetched_records``
+   first waits for the reassignment to finish, then for records, and returns whatever aiokafka
+   fetched from the positions table recovery has just set (it seeks every active changelog
+   partition to the last offset it applied) before recovery resumes the flow. ``Consumer.getmany``
+   then finds the flow stopped, delivers nothing and seeks to the committed offsets, which moves
+   stream partitions back but not changelog partitions (they have no committed offset), while
+   aiokafka has already moved its position past the records it handed out. Recovery then waits
+   for records that will not come again: its highwater is behind aiokafka's position, nothing is
+   left to fetch, and Faust only logs "No event received for active tp". Traced in a rebalance
+   loop: recovery sought changelog partition 2 to offset 9 (highwater 19), the fetch begun before
+   the rebalance returned 9..19 while the flow was stopped, none were delivered, aiokafka's
+   position was 20, and the recovery waited until the watchdog (4.) sought it back 30 s later.
+
+   The give-back does the check Faust does before the fetch also after it: records handed out
+   while the flow is stopped are put back (each partition sought to the first record it got) and
+   the fetch returns nothing, as if it had not happened. There is no await between aiokafka
+   handing the records out and the check, so nothing can have moved those partitions meanwhile.
+
+4. **Recovery watchdog** (:func:`install_recovery_watchdog`): a last resort, which the rebalance
+   loop of ``tests/chaos/test_rebalance_loop.py`` asserts never fires. A table recovery that
+   stops receiving changelog records is restarted where it stands, and the state it was stuck in
+   is logged. Before the give-back (3.) it fired after rebalances (4 of about 70 chaos runs, once
+   in a 12-round rebalance loop): a worker waited for changelog records that never arrived.
+   When an active changelog partition with records left to read has delivered nothing for
+   ``stall_s``, the watchdog does two things:
 
    * it logs, at WARNING, what fetching depends on: the consumer's flow, the paused and active
      partitions, the fetch positions Faust holds (read offsets), the seek fence's epoch, recovery's
-     own offsets and highwaters, and aiokafka's position of each partition, so the next occurrence
+     own offsets and highwaters, and aiokafka's position of each partition, so an occurrence
      says where it stuck;
    * it does again what recovery did to start reading (resume those partitions and the flow, seek them
      to the last offset recovery applied, make sure the fetcher runs). Reading the changelog again from
@@ -129,7 +148,7 @@ _EPOCH: Final = "_rpm_seek_epoch"
 _DELIVERING: Final = "_rpm_delivering"
 _MARK: Final = "__rpm_seek_fence__"
 
-# -- 3. recovery watchdog -----------------------------------------------------------------------
+# -- 4. recovery watchdog -----------------------------------------------------------------------
 
 # An active changelog partition with records left that delivered nothing for this long is stalled.
 STALL_S: Final = 30.0
@@ -138,10 +157,12 @@ CHECK_EVERY_S: Final = 5.0
 
 
 def adapt(app: Any) -> None:
-    """Install every patch for ``app``: the process-wide ones once, the recovery watchdog on ``app``."""
+    """Install every patch for ``app``: the process-wide ones once, the watchdog and timing on ``app``."""
     install_fetch_wait()
     install_seek_fence()  # a rebalance must not lose records of the partitions a worker keeps
+    install_fetch_give_back()  # a fetch that ends while the flow is stopped gives its records back
     install_recovery_watchdog(app)  # a table recovery that stops receiving records is restarted
+    install_partition_timing(app)  # logs how long each assigned partition waited for its first record
 
 
 # -- 1. fetch wait ------------------------------------------------------------------------------
@@ -277,8 +298,47 @@ def install_seek_fence() -> None:
     setattr(Consumer, "perform_seek", fence_perform_seek(original_perform_seek))  # noqa: B010
 
 
-# -- 3. recovery watchdog -----------------------------------------------------------------------
+# -- 3. fetch give-back --------------------------------------------------------------------------
 
+_GIVE_BACK_MARK: Final = "__rpm_fetch_give_back__"
+
+
+def give_back_fetch(original: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """``AIOKafkaConsumerThread._fetch_records`` that hands out nothing while the consumer's flow is
+    stopped: records it got from aiokafka then are put back (each partition sought to its first
+    record) and ``{}`` is returned, so the fetch is as if it never happened."""
+
+    @functools.wraps(original)
+    async def _fetch_records(self: Any, consumer: Any, active_partitions: Any, timeout: float | None = None,  # noqa: ASYNC109
+                             max_records: int | None = None) -> Any:
+        records = await original(self, consumer, active_partitions, timeout=timeout, max_records=max_records)
+        # No await between aiokafka handing the records out (and moving its positions past them) and
+        # this check: nothing can have sought these partitions since, so their first records are
+        # exactly where aiokafka stood before this fetch.
+        if records and not self.consumer.flow_active:
+            for tp, batch in records.items():
+                if batch:
+                    consumer.seek(tp, batch[0].offset)
+            _LOGGER.info("a fetch ended while the flow was stopped; its records were put back: %s",
+                          {f"{tp.topic}[{tp.partition}]": batch[0].offset for tp, batch in records.items() if batch})
+            return {}
+        return records
+
+    setattr(_fetch_records, _GIVE_BACK_MARK, True)
+    return _fetch_records
+
+
+def install_fetch_give_back() -> None:
+    """Patch Faust's aiokafka consumer thread (once per process): see :func:`give_back_fetch`."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if getattr(AIOKafkaConsumerThread._fetch_records, _GIVE_BACK_MARK, False):
+        return
+    AIOKafkaConsumerThread._fetch_records = give_back_fetch(  # type: ignore[method-assign,assignment]
+        AIOKafkaConsumerThread._fetch_records)
+
+
+# -- 4. recovery watchdog -----------------------------------------------------------------------
 
 
 def stalled_partitions(recovery: Any, now: float, stall_s: float = STALL_S) -> set[Any]:
@@ -356,3 +416,49 @@ def install_recovery_watchdog(app: Any, *, stall_s: float = STALL_S,
 
     app.timer(CHECK_EVERY_S, name="rpm.recovery_watchdog")(watch)
     return watch
+
+
+# -- 5. partition timing (a Faust sensor: public API, no patch) ---------------------------------
+
+ASSIGNED_LOG: Final = "stream partitions assigned: %s"
+FIRST_RECORD_LOG: Final = "partition %s[%d]: first record %.3f s after its assignment"
+NO_RECORD_LOG: Final = "partition %s[%d]: revoked %.3f s after its assignment, before any record"
+
+
+def install_partition_timing(app: Any, *, clock: Callable[[], float] = time.monotonic) -> Any:
+    """Log, for every stream partition assigned to ``app``, how long it waited for its first record.
+
+    Measured from the assignment (Faust's ``on_partitions_assigned``, sent once the group handed out
+    the partitions) to the moment a stream takes the partition's first record (the sensor hook
+    ``on_stream_event_in``); the table recovery in between is what this measures. Changelog
+    partitions are not streams and are left out."""
+    from faust.sensors import Sensor
+
+    class PartitionTiming(Sensor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.pending: dict[Any, float] = {}
+
+        def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+            since = self.pending.pop(tp, None)
+            if since is not None:
+                _LOGGER.info(FIRST_RECORD_LOG, tp.topic, tp.partition, clock() - since)
+
+    timing = PartitionTiming()
+    app.sensors.add(timing)
+
+    async def on_assigned(_sender: Any, assigned: Any = (), **_kwargs: Any) -> None:
+        changelogs = app.tables.changelog_topics
+        now = clock()
+        timing.pending = {tp: now for tp in assigned if tp.topic not in changelogs}
+        _LOGGER.info(ASSIGNED_LOG, ", ".join(f"{topic}{sorted(p for t, p in timing.pending if t == topic)}"
+                                             for topic in sorted({tp.topic for tp in timing.pending})))
+
+    async def on_revoked(_sender: Any, revoked: Any = (), **_kwargs: Any) -> None:
+        now = clock()
+        for tp in sorted(tp for tp in revoked if tp in timing.pending):
+            _LOGGER.info(NO_RECORD_LOG, tp.topic, tp.partition, now - timing.pending.pop(tp))
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
+    return timing

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.technical import (
     EVERY_WARD,
     Heartbeat,
@@ -338,8 +339,8 @@ class WatchdogService:
         from rpm_core import topics
         from rpm_core.technical import HEARTBEATS_TOPIC
 
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False)
-        beats = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+        producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), acks="all", enable_idempotence=False)
+        beats = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                  fetch_max_wait_ms=200)
         await producer.start()
         await beats.start()
@@ -434,7 +435,7 @@ class WatchdogService:
         from rpm_core import topics
         from rpm_core.technical import TechnicalAlertError, decode_technical, is_technical
 
-        consumer = AIOKafkaConsumer(topics.ALERTS, bootstrap_servers=self.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(topics.ALERTS, **kafka_client_kwargs(self.bootstrap), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest", fetch_max_wait_ms=200)
         await consumer.start()
         latest: dict[str, TechnicalAlert] = {}

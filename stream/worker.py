@@ -20,7 +20,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -119,7 +119,7 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
     realarm = realarm_table(load_alarm_policy(settings.rules_path), [rule.name for rule in ruleset.rules])
     sink = make_sink(
         url=settings.require_influx(), db=settings.influx_db,
-        token=settings.influx_token.get(), org=settings.influx_org,
+        org=settings.influx_org, auth=settings.influx_auth(),
     )
     return Pipeline(engine_factory=lambda: Engine(ruleset, realarm_after=realarm), sink=sink,
                     enrolled=status.enrolled if status is not None else None)
@@ -176,8 +176,9 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     datadir = options.datadir or tempfile.mkdtemp(prefix="rpm-worker-")
     Path(datadir).mkdir(parents=True, exist_ok=True)
     web_port = options.web_port or free_port()
+    kafka = replace(settings, kafka_url=settings.kafka_url or DEFAULT_KAFKA_URL)
     app = create_app(
-        broker=settings.kafka_url or DEFAULT_KAFKA_URL,
+        broker=f"kafka://{kafka.kafka_bootstrap()}", security=kafka.kafka_security(),
         partitions=options.partitions, datadir=datadir, web_port=web_port, store=store,
     )
     key_ring = settings.key_ring()
@@ -205,9 +206,8 @@ def ensure_topics(settings: Settings, partitions: int) -> None:
     import asyncio
 
     from rpm_core import topics
-    from rpm_core.settings import kafka_bootstrap
 
-    bootstrap = kafka_bootstrap(settings.kafka_url or DEFAULT_KAFKA_URL)
+    bootstrap = replace(settings, kafka_url=settings.kafka_url or DEFAULT_KAFKA_URL).kafka_bootstrap()
     loop = asyncio.new_event_loop()
     try:
         loop.run_until_complete(topics.ensure_topics(bootstrap, partitions=partitions))

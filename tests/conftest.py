@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from rpm_app.services import (
+    INFLUX_ADMIN,
     ServiceProcess,
     Stack,
     influx_query,
+    influx_users,
     start_influxdb,
     start_stack,
 )
@@ -70,8 +72,9 @@ def influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]
 
 @pytest.fixture
 def influx_url(influx: ServiceProcess) -> str:
-    """URL of the session InfluxDB."""
-    return f"http://{influx.host}:{influx.port}"
+    """URL of the session InfluxDB, with its admin's credentials in it (authentication is on; tests
+    make a database each, which takes an admin)."""
+    return influx_users(influx).url(INFLUX_ADMIN, f"http://{influx.host}:{influx.port}")
 
 
 @pytest.fixture

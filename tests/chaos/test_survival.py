@@ -7,6 +7,7 @@ condition, never assertions about speed. Outages are bounded: ``RPM_CHAOS_OUTAGE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -79,11 +80,14 @@ class Simulation:
                      "--history", str(history), "--first-patient", str(first),
                      "--summary-json", str(self.summary)),
             env=rpm_env(stack, mqtt_user=SIMULATOR_USER), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,  # its publisher processes too, so that reap() can stop them all
         )
 
     def reap(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        # The publisher processes hold the stderr pipe too: stop the whole group, or communicate()
+        # waits for them to finish their simulation.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.communicate()  # reaps it and closes the pipe
 
     def finish(self) -> dict[str, int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rpm_app.services import Stack
+from rpm_app.services import INFLUX_ADMIN, Stack
 from rpm_core.mqtt_users import ADMIN_USER
 from tests.support.influx import count_by, series
 from tests.support.procs import rpm_argv, rpm_env
@@ -19,9 +19,11 @@ pytestmark = pytest.mark.services
 
 def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: Stack, tmp_path: Path) -> None:
     """Also against an InfluxDB that has no database of that name yet (issue 13: the demo ended with
-    "database not found" and every point dead-lettered): the worker creates it."""
+    "database not found" and every point dead-lettered): the worker creates it, given credentials
+    that may (the admin's here; a writer that may not is told to create it: tests/stream/test_sink.py)."""
     db = f"fresh_{uuid.uuid4().hex[:8]}"
-    env = rpm_env(stack, mqtt_user=ADMIN_USER, RPM_INFLUX_DB=db)
+    assert stack.influx is not None
+    env = rpm_env(stack, mqtt_user=ADMIN_USER, RPM_INFLUX_DB=db, **stack.influx.env(INFLUX_ADMIN))
     done = subprocess.run(
         rpm_argv("demo", "--patients", "20", "--duration", "8", "--workdir", str(tmp_path / "demo")),
         env=env, capture_output=True, text=True, timeout=300,
@@ -29,8 +31,7 @@ def test_demo_uses_the_configured_services_and_writes_vitals_and_alerts(stack: S
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # It started nothing of its own: the only services are the ones we gave it.
     assert not (tmp_path / "demo" / "services").exists() or not any((tmp_path / "demo" / "services").iterdir())
-    url = stack.settings.influx_url
-    assert url
+    url = stack.influx_url(INFLUX_ADMIN)
     per_patient = count_by(url, db, "vitals", "value", "patient")
     assert len(per_patient) == 20 and all(n > 1000 for n in per_patient.values())
     assert series(url, db, "SELECT count(alert_id) FROM alerts WHERE state = 'raised'")

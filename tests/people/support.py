@@ -76,10 +76,13 @@ def write_lines(url: str, db: str, lines: list[str], *, precision: str = "ms") -
     """Write line protocol to InfluxDB (``/write``), in chunks."""
     import urllib.request
 
+    from rpm_core.settings import split_influx_url
+
+    url, auth = split_influx_url(url)  # credentials in the URL (tests' admin or writer) as a header
     for start in range(0, len(lines), 5000):
         body = "\n".join(lines[start:start + 5000]).encode()
         req = urllib.request.Request(f"{url}/write?db={db}&precision={precision}", data=body,  # noqa: S310 (http)
-                                     method="POST")
+                                     method="POST", headers=auth.headers())
         with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
             assert resp.status == 204
 

@@ -53,8 +53,9 @@ class TestCA:
         )
         return cls(name, key, cert)
 
-    def issue(self, *, dns: list[str], ips: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
-        """A server certificate for ``dns`` names and ``ips``; (cert PEM, key PEM)."""
+    def issue(self, *, dns: list[str], ips: tuple[str, ...] = (), client: bool = False) -> tuple[bytes, bytes]:
+        """A server certificate for ``dns`` names and ``ips`` (``client``: a client certificate for
+        mutual TLS, named by ``dns[0]``); (cert PEM, key PEM)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -65,7 +66,8 @@ class TestCA:
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + _VALID)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client
+                                                  else ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())

@@ -649,3 +649,72 @@ async def test_the_watchdog_reads_a_real_consumer_and_moves_it_back_to_where_rec
         assert "aiokafka: position 30" in caplog.text, caplog.text
         assert await kafka.position(tp) == 9 and started == [True]
         assert consumer.flow_active
+
+
+# -- the fetch give-back (stream/faust_adapter.py) -----------------------------------------------
+
+
+async def straddle_a_rebalance(consumer: Any, kafka: AIOKafkaConsumer, tp: TopicPartition) -> list[int]:
+    """One batch of Faust's ``getmany`` whose fetch waits through a rebalance: it starts while the
+    flow runs, at the end of the changelog partition ``tp`` (nothing to read), then the flow stops
+    and recovery seeks ``tp`` to its start, which is what the fetch then returns. The offsets the
+    batch delivered."""
+    kafka.seek(tp, 30)
+    consumer.resume_partitions({TP(tp.topic, tp.partition)})
+    consumer.resume_flow()
+    delivered: list[int] = []
+
+    async def drain_one_batch() -> None:
+        async for _tp, message in consumer.getmany(timeout=10.0):
+            delivered.append(message.offset)
+
+    batch = asyncio.create_task(drain_one_batch())
+    async with asyncio.timeout(60):  # the fetch is waiting in aiokafka for records
+        while not kafka._fetcher._fetch_waiters:  # noqa: ASYNC110 (aiokafka's waiter set, no event)
+            await asyncio.sleep(0.01)
+    consumer.stop_flow()  # a rebalance: the flow stops while the fetch waits ...
+    await consumer.seek_wait({TP(tp.topic, tp.partition): 0})  # ... and recovery seeks the changelog to its start
+    async with asyncio.timeout(60):
+        await batch
+    return delivered
+
+
+async def test_a_fetch_that_ends_while_the_flow_is_stopped_gives_its_changelog_records_back(
+    tansu: str, tmp_path: Path,
+) -> None:
+    """The recovery stall of issue 16: Faust's ``getmany`` discards a batch that arrives while the
+    flow is stopped (and seeks to the committed offsets, which changelog partitions do not have),
+    but aiokafka already counted those records consumed. With the give-back, the batch delivers
+    nothing, the changelog partition is back at its start, and once recovery resumes the flow every
+    record comes."""
+    changelog = f"state-{uuid.uuid4().hex[:8]}-changelog"
+    await new_topics(tansu, changelog)
+    await produce(tansu, changelog, [(None, b"%d" % i) for i in range(30)])
+    tp = TopicPartition(changelog, 0)
+    async with our_app(tansu, tmp_path) as app, wired_consumer(app, [tp]) as consumer:
+        kafka = consumer._thread._consumer
+        assert await straddle_a_rebalance(consumer, kafka, tp) == []
+        assert await kafka.position(tp) == 0, "the records the fetch got were not put back"
+        consumer.resume_flow()  # recovery resumes the flow: everything from 0 comes
+        delivered: list[int] = []
+        async with asyncio.timeout(60):
+            while len(delivered) < 30:
+                delivered += [m.offset async for _tp, m in consumer.getmany(timeout=1.0)]
+        assert delivered == list(range(30))
+
+
+async def test_without_the_give_back_faust_loses_the_changelog_records_of_that_fetch(
+    tansu: str, tmp_path: Path,
+) -> None:
+    """The same batch with Faust's own fetch: nothing delivered, yet aiokafka stands past every
+    record, so a recovery waiting for them would wait until something seeks the partition back."""
+    changelog = f"state-{uuid.uuid4().hex[:8]}-changelog"
+    await new_topics(tansu, changelog)
+    await produce(tansu, changelog, [(None, b"%d" % i) for i in range(30)])
+    tp = TopicPartition(changelog, 0)
+    async with our_app(tansu, tmp_path) as app, wired_consumer(app, [tp]) as consumer:
+        kafka = consumer._thread._consumer
+        thread = consumer._thread
+        thread._fetch_records = types.MethodType(inspect.unwrap(AIOKafkaConsumerThread._fetch_records), thread)
+        assert await straddle_a_rebalance(consumer, kafka, tp) == []
+        assert await kafka.position(tp) == 30, "Faust's own fetch no longer loses the batch: is the patch still needed?"

@@ -158,7 +158,7 @@ async def test_a_fresh_influxdb_without_the_database_gets_it_created_and_nothing
 
 
 @pytest.mark.parametrize(("status", "body", "expect"), [
-    (401, '{"error":"authorization failed"}', "check the user and password"),
+    (401, '{"error":"authorization failed"}', "check RPM_INFLUX_USER and RPM_INFLUX_PASSWORD_FILE"),
     (403, '{"error":"user is not authorized to write to database rpm"}', "GRANT WRITE"),
     (404, '{"error":"database not found: \\"rpm\\""}', "CREATE DATABASE"),
 ])

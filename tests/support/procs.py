@@ -23,10 +23,9 @@ def rpm_env(stack: Stack, *, mqtt_user: str | None = BRIDGE_USER, **extra: str) 
     s = stack.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update({
-        "RPM_KAFKA_URL": s.kafka_url or "",
+        **s.kafka_env(),  # the URL, and the CA and client certificate over TLS
         "RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
-        "RPM_INFLUX_URL": s.influx_url or "",
-        "RPM_INFLUX_DB": s.influx_db,
+        **stack.influx_env(),  # the writer, its password in a file
         "RPM_RULES": s.rules_path,
         "PYTHONUNBUFFERED": "1",
     })
