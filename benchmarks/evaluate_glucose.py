@@ -6,7 +6,7 @@ Reproduce (see benchmarks/RESULTS.md)::
     python benchmarks/evaluate_glucose.py --days 2 --cache var/glucose_traces.npz
     python benchmarks/evaluate_glucose.py --days 2 --seeds 101 202 303   # pooled, bootstrap CIs
 
-Both predictors run through the very same :class:`detectors.Engine` and alert rule ("urgent low
+The predictors run through the very same :class:`detectors.Engine` and alert rule ("urgent low
 soon": predicted <= 55 mg/dL within 20 min, cleared once the forecast stays >= 70 mg/dL for 15
 min); only ``model:`` differs, so the comparison isolates the predictor. Ground truth is the
 simulator's blood glucose (not the noisy CGM):
@@ -60,9 +60,22 @@ def forecast_rule(model: str, **changes: object) -> ForecastRule:
     return replace(rule, **changes)  # type: ignore[arg-type]
 
 
-def load_traces(days: float, cache: Path | None, patients: list[str], seed: int) -> list[Trace]:
+def default_rule() -> ForecastRule:
+    """The default ``glucose_urgent_low_soon`` of ``alert_rules.yaml``."""
+    from rpm_core.rules import load_rules  # the rules file parser; detectors alone cannot read YAML
+
+    rule = load_rules(Path(__file__).resolve().parents[1] / "alert_rules.yaml").by_name()["glucose_urgent_low_soon"]
+    assert isinstance(rule, ForecastRule)
+    return rule
+
+
+def load_traces(
+    days: float, cache: Path | None, patients: list[str], seed: int, sensor: str = "GuardianRT"
+) -> list[Trace]:
     """Simulated traces, from ``cache`` when it holds the same set-up."""
-    key = {"days": days, "patients": patients, "seed": seed}
+    key: dict[str, object] = {"days": days, "patients": patients, "seed": seed}
+    if sensor != "GuardianRT":  # the first caches had no sensor key
+        key["sensor"] = sensor
     if cache is not None and cache.exists():
         data = np.load(cache, allow_pickle=False)
         if json.loads(str(data["key"])) == key:
@@ -70,7 +83,7 @@ def load_traces(days: float, cache: Path | None, patients: list[str], seed: int)
     traces = []
     for i, patient in enumerate(patients):
         started = time.perf_counter()
-        traces.append(simulate(patient, days, seed + i))
+        traces.append(simulate(patient, days, seed + i, sensor))
         print(f"simulated {patient} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -134,20 +147,30 @@ def score(traces: list[Trace], alerts: dict[str, list[float]], days: float) -> d
     }
 
 
-def pooled(seeds: list[int], days: float, patients: list[str]) -> int:
-    """Both predictors over several seeds' traces, with 95 % bootstrap intervals over traces."""
-    root = Path(__file__).resolve().parents[1]
+def cache_path(seed: int, sensor: str = "GuardianRT") -> Path:
+    """Where a seed's 30 traces are cached: ``var/glucose_<seed>.npz`` (``glucose_<sensor>_<seed>``)."""
+    name = f"glucose_{seed}.npz" if sensor == "GuardianRT" else f"glucose_{sensor}_{seed}.npz"
+    return Path(__file__).resolve().parents[1] / "var" / name
+
+
+def pooled(seeds: list[int], days: float, patients: list[str], sensor: str = "GuardianRT") -> int:
+    """The predictors over several seeds' traces, with 95 % bootstrap intervals over traces."""
     traces = []
     for seed in seeds:
-        for tr in load_traces(days, root / "var" / f"glucose_{seed}.npz", patients, seed):
+        for tr in load_traces(days, cache_path(seed, sensor), patients, seed, sensor):
             traces.append(Trace(f"{seed}:{tr.patient}", tr.t, tr.cgm, tr.bg))
-    print(f"seeds {seeds}: {len(traces)} traces x {days:g} days\n")
+    print(f"seeds {seeds}, sensor {sensor}: {len(traces)} traces x {days:g} days\n")
     print("| predictor | events | sensitivity (95 % CI) | median lead, min (CI) | false alerts / patient-day (CI) |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     picks = [rng.integers(0, len(traces), len(traces)) for _ in range(1000)]
-    for name, model in (("damped_trend (ours)", "damped_trend"), ("ar2 (Nightscout)", "ar2")):
-        alerts = alert_times(forecast_rule(model), traces)
+    predictors = (
+        ("default (kalman, ours)", default_rule()),
+        ("damped_trend (previous default)", forecast_rule("damped_trend")),
+        ("ar2 (Nightscout)", forecast_rule("ar2")),
+    )
+    for name, rule in predictors:
+        alerts = alert_times(rule, traces)
         r = score(traces, alerts, days)
         keys = ("sensitivity", "median_lead_min", "false_per_patient_day")
         draws = np.array([[score([traces[i] for i in pick], alerts, days)[k] for k in keys] for pick in picks])
@@ -169,12 +192,14 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=None, help="npz file to keep the simulated traces in")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--seeds", type=int, nargs="+", help="pool these seeds (cached as var/glucose_<seed>.npz)")
+    parser.add_argument("--sensor", default="GuardianRT", help="simglucose CGM model: GuardianRT, Dexcom, Navigator")
     args = parser.parse_args()
     if args.seeds:
-        return pooled(args.seeds, args.days, PATIENTS[: args.patients])
+        return pooled(args.seeds, args.days, PATIENTS[: args.patients], args.sensor)
     traces = load_traces(args.days, args.cache, PATIENTS[: args.patients], args.seed)
     rows = {
-        "damped_trend (ours)": score(traces, alert_times(forecast_rule("damped_trend"), traces), args.days),
+        "default (kalman, ours)": score(traces, alert_times(default_rule(), traces), args.days),
+        "damped_trend (previous default)": score(traces, alert_times(forecast_rule("damped_trend"), traces), args.days),
         "ar2 (Nightscout)": score(traces, alert_times(forecast_rule("ar2"), traces), args.days),
     }
     print(

@@ -33,13 +33,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.evaluate_glucose import load_traces  # noqa: E402
+from benchmarks.evaluate_glucose import cache_path, forecast_rule, load_traces  # noqa: E402
 from benchmarks.glucose_traces import PATIENTS, Trace  # noqa: E402
 from detectors import Engine, RuleSet  # noqa: E402
-from detectors.rules import ForecastRule, StalenessRule, ThresholdRule  # noqa: E402
+from detectors.rules import Direction, ForecastRule, Severity, StalenessRule, ThresholdRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
 LOW_RULES = ("glucose_low", "glucose_urgent_low_soon", "glucose_falling_fast")
+HIGH_FORECASTS = ("glucose_high_soon",)  # counted at any severity; glucose_high from level warning
 LOOKAHEAD_S = 3600.0
 MERGE_S = 1800.0
 MIN_S = 900.0
@@ -54,6 +55,8 @@ class PerTrace:
     low_alerts: int
     non_actionable_54: int
     non_actionable_70: int
+    high_alerts: int
+    non_actionable_high: int
     alerts: int
     by_rule: dict[str, int]
 
@@ -113,21 +116,35 @@ def outcome(trace: Trace, alerts: list[tuple[str, str, float, float]]) -> PerTra
     lows = runs(trace.t, trace.bg < 54)
     highs = runs(trace.t, trace.bg > 250)
     low_spans = [(a, b) for r, _, a, b in alerts if r in LOW_RULES]
-    high_spans = [(a, b) for r, s, a, b in alerts if r == "glucose_high" and s == "warning"]
+    high_spans = [(a, b) for r, s, a, b in alerts if (r == "glucose_high" and s == "warning") or r in HIGH_FORECASTS]
     na54 = na70 = 0
     for when, _ in low_spans:
         ahead = (trace.t >= when) & (trace.t <= when + LOOKAHEAD_S)
         na54 += int(not (trace.bg[ahead] < 54).any())
         na70 += int(not (trace.bg[ahead] < 70).any())
+    na_high = 0
+    for when, _ in high_spans:
+        ahead = (trace.t >= when) & (trace.t <= when + LOOKAHEAD_S)
+        na_high += int(not (trace.bg[ahead] > 250).any())
     by_rule: dict[str, int] = {}
     for r, _, _, _ in alerts:
         by_rule[r] = by_rule.get(r, 0) + 1
-    return PerTrace(leads(lows, low_spans), leads(highs, high_spans), len(low_spans), na54, na70, len(alerts), by_rule)
+    return PerTrace(
+        leads(lows, low_spans),
+        leads(highs, high_spans),
+        len(low_spans),
+        na54,
+        na70,
+        len(high_spans),
+        na_high,
+        len(alerts),
+        by_rule,
+    )
 
 
 def nightscout(rules: RuleSet) -> RuleSet:
     """The anchor: Nightscout's AR2 forecast alarm (no confirmation) and its low / urgent-low alarms
-    (70 and 55 mg/dL on a single reading), with the default high rule for the highs."""
+    (70 and 55 mg/dL on a single reading); for the highs the default high rule and AR2's predicted high."""
     by = rules.by_name()
     low = by["glucose_low"]
     assert isinstance(low, ThresholdRule)
@@ -136,14 +153,25 @@ def nightscout(rules: RuleSet) -> RuleSet:
         replace(low.levels[0], threshold=70.0, for_s=0.0),
         replace(low.levels[1], threshold=55.0, for_s=0.0),
     )
-    forecast = by["glucose_urgent_low_soon"]
-    assert isinstance(forecast, ForecastRule)
     return RuleSet(
         rules=(
             replace(low, levels=levels, clear_for_s=0.0),
             by["glucose_high"],
-            replace(forecast, model="ar2", confirm=0.0),
+            forecast_rule("ar2"),  # predicted < 55 within 20 min, as before issue 17's changes
+            ar2_high(),
         )
+    )
+
+
+def ar2_high() -> ForecastRule:
+    """Nightscout's AR2 alarm on the high side: predicted > 250 mg/dL within 20 min (no confirmation)."""
+    low = forecast_rule("ar2")
+    return replace(
+        low,
+        name="glucose_high_soon",
+        direction=Direction.ABOVE,
+        levels=(replace(low.levels[0], severity=Severity.WARNING, threshold=250.0),),
+        clear_threshold=180.0,
     )
 
 
@@ -162,6 +190,8 @@ def summary(rows: list[PerTrace], days: float) -> dict[str, float]:
         "low_alerts_pd": sum(r.low_alerts for r in rows) / pd,
         "non_actionable_54_pd": sum(r.non_actionable_54 for r in rows) / pd,
         "non_actionable_70_pd": sum(r.non_actionable_70 for r in rows) / pd,
+        "high_alerts_pd": sum(r.high_alerts for r in rows) / pd,
+        "non_actionable_high_pd": sum(r.non_actionable_high for r in rows) / pd,
         "alerts_pd": sum(r.alerts for r in rows) / pd,
     }
 
@@ -184,6 +214,7 @@ def main() -> int:
     """Print the table for the default glucose rules over the given seeds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[101])
+    parser.add_argument("--sensor", default="GuardianRT", help="simglucose CGM model: GuardianRT, Dexcom, Navigator")
     parser.add_argument("--days", type=float, default=2.0)
     parser.add_argument("--rules", default="alert_rules.yaml")
     parser.add_argument("--anchor", action="store_true", help="Nightscout: AR2 forecast + low alarms instead")
@@ -194,11 +225,19 @@ def main() -> int:
         rules = nightscout(rules)
     rows: list[PerTrace] = []
     for seed in args.seeds:
-        traces = load_traces(args.days, ROOT / "var" / f"glucose_{seed}.npz", PATIENTS, seed)
+        traces = load_traces(args.days, cache_path(seed, args.sensor), PATIENTS, seed, args.sensor)
         raised = raised_events(rules, traces)
         rows += [outcome(tr, raised[tr.patient]) for tr in traces]
     s = summary(rows, args.days)
-    ci = bootstrap(rows, args.days, ("low_lead", "non_actionable_54_pd", "alerts_pd"))
+    keys = (
+        "low_lead",
+        "non_actionable_54_pd",
+        "non_actionable_70_pd",
+        "high_lead",
+        "non_actionable_high_pd",
+        "alerts_pd",
+    )
+    ci = bootstrap(rows, args.days, keys)
     by_rule: dict[str, int] = {}
     for r in rows:
         for k, v in r.by_rule.items():
@@ -207,10 +246,15 @@ def main() -> int:
     print(f"seeds {args.seeds}: {len(rows)} traces x {args.days:g} days = {pd:g} patient-days; rules {rules.names()}")
     lead = f"median lead {s['low_lead']:.1f} min {ci['low_lead']}"
     print(f"level-2 lows alerted {s['lows_alerted']:.0f}/{s['lows']}, {lead}")
-    print(f"level-2 highs alerted {s['highs_alerted']:.0f}/{s['highs']}, median lead {s['high_lead']:.1f} min")
+    print(
+        f"level-2 highs alerted {s['highs_alerted']:.0f}/{s['highs']}, median lead {s['high_lead']:.1f} min "
+        f"{ci['high_lead']}; high alerts/patient-day {s['high_alerts_pd']:.2f}, non-actionable (no BG > 250 "
+        f"within 60 min) {s['non_actionable_high_pd']:.2f} {ci['non_actionable_high_pd']}"
+    )
     print(
         f"low alerts/patient-day {s['low_alerts_pd']:.2f}; non-actionable (no BG < 54 within 60 min) "
-        f"{s['non_actionable_54_pd']:.2f} {ci['non_actionable_54_pd']}; (no BG < 70) {s['non_actionable_70_pd']:.2f}"
+        f"{s['non_actionable_54_pd']:.2f} {ci['non_actionable_54_pd']}; (no BG < 70) {s['non_actionable_70_pd']:.2f} "
+        f"{ci['non_actionable_70_pd']}"
     )
     print(f"all glucose alerts/patient-day {s['alerts_pd']:.2f} {ci['alerts_pd']}")
     print("per rule / patient-day: " + ", ".join(f"{k} {v / pd:.2f}" for k, v in sorted(by_rule.items())))

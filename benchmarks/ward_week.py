@@ -172,7 +172,7 @@ MATCH = {
     "af": (("af_screening",), 0.0),
     "fever": (("tachycardia", "heart_rate_above_baseline"), 0.0),
     "low": (("glucose_low", "glucose_urgent_low_soon", "glucose_falling_fast"), 3600.0),
-    "high": (("glucose_high",), 3600.0),
+    "high": (("glucose_high", "glucose_high_soon"), 3600.0),
 }
 
 

@@ -67,3 +67,27 @@ FORECAST_MAX_POINTS: Final = 36  # 30 min of 1-minute CGM readings, with room to
 RHYTHM_MAX_BEATS: Final = 256  # twice the 128-beat windows of Dash et al. 2009
 FLAP_SLOTS: Final = 8  # raise times remembered for flapping suppression
 RHYTHM_MAX_VOTES: Final = 8  # judged windows a rhythm rule may vote over
+
+# The glucose and CGM model of the ``kalman`` forecast (detectors/forecast.py, issue 17). A CGM
+# measures interstitial glucose, which follows blood glucose with a first-order lag: 5-6 min
+# tracer delay in healthy adults (Basu A et al. Diabetes 2013;62(12):4083-4087), 5-15 min in
+# type 1 diabetes; the UVA/Padova model's plasma-to-interstitium constant k_sc gives 7-20 min
+# (median ~11 min) over its 30 virtual patients (simglucose vpatient_params.csv). 12 min was
+# chosen on the training seed (benchmarks/RESULTS.md, "Glucose forecast ... Kalman").
+INTERSTITIAL_LAG_MIN: Final = 12.0
+# CGM error: Breton M, Kovatchev B. Analysis, modeling, and simulation of the accuracy of
+# continuous glucose sensors. J Diabetes Sci Technol 2008;2(5):853-862: an AR(1) process with
+# coefficient 0.7 per 15 min (time constant 15 / ln(1/0.7) = 42 min) through a Johnson SU
+# transform, ~10 mg/dL standard deviation; simglucose implements exactly this sensor model.
+CGM_ERROR_SD_MG_DL: Final = 10.0
+CGM_ERROR_TAU_MIN: Final = 42.0
+# Fast (white) reading noise on top of the slow error: a few mg/dL (quantization, electronics).
+CGM_WHITE_SD_MG_DL: Final = 3.0
+# How fast the rate of blood glucose may change: a random walk of the rate with this intensity,
+# (mg/dL/min)^2 per minute, i.e. ~0.3 mg/dL/min of rate change per 20 min (meal and insulin
+# action). Tuned on the training seed, as are the two below.
+KALMAN_RATE_WALK: Final = 0.004
+KALMAN_RATE_PRIOR_SD: Final = 1.0  # mg/dL/min: the rate before any reading, a typical CGM trend
+# A predicted crossing counts when the forecast plus this many standard deviations of its own
+# uncertainty (toward the normal side) crosses: a small margin that keeps uncertain forecasts quiet.
+KALMAN_CONFIDENCE_Z: Final = 0.35

@@ -1,9 +1,9 @@
 """Forecast detector: predicted glucose crossing a level within a horizon ("urgent low soon").
 
-Two predictors, both vectorized over every reading of a batch (one row per reading of a
+Three predictors, each vectorized over every reading of a batch (one row per reading of a
 ``(readings, FORECAST_MAX_POINTS)`` window matrix, see :mod:`detectors.history`):
 
-``damped_trend`` (default, ours)
+``damped_trend`` (ours, before issue 17)
     A robust linear trend of ln(glucose / 140): least squares over the readings of the last
     ``window_s``; points whose residual exceeds 3 robust standard deviations (1.4826 x MAD,
     floored at :data:`LOG_NOISE_FLOOR`) are dropped and the line refitted once, so one spurious
@@ -13,6 +13,14 @@ Two predictors, both vectorized over every reading of a batch (one row per readi
     spanning at least half the window. A predicted crossing counts only while the latest step
     itself still moves toward the level at ``confirm`` per minute or faster: most predicted lows
     that do not happen are falls already levelling off (benchmarks/evaluate_glucose.py).
+``kalman`` (default since issue 17)
+    A Kalman filter over the readings of the last ``window_s``, one vectorized step per window
+    column: the state is blood glucose, its rate, the interstitial glucose the CGM measures (a
+    first-order lag behind blood glucose) and the sensor's slow, correlated error (see
+    :func:`kalman_path` and the sources in :mod:`detectors.const`). The path is *blood* glucose now
+    and at the horizon (the rate damped with ``damping_s``), the latter moved by ``z`` standard
+    deviations of its uncertainty toward the normal side; ``confirm`` applies to the filtered rate.
+    It needs no state beyond the recent readings every forecast already keeps.
 ``ar2``
     Nightscout's ``ar2`` plugin: ``y = ln(bg / 140)``, ``y[k+1] = -0.723 y[k-1] + 1.716 y[k]`` at
     5-minute steps, started from the latest reading and the value 5 minutes earlier (linearly
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -37,7 +46,19 @@ import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, MetricView
 from detectors.columns import grown
-from detectors.const import CLEARED, ESCALATED, FORECAST_MAX_POINTS, METRIC_LABELS
+from detectors.const import (
+    CGM_ERROR_SD_MG_DL,
+    CGM_ERROR_TAU_MIN,
+    CGM_WHITE_SD_MG_DL,
+    CLEARED,
+    ESCALATED,
+    FORECAST_MAX_POINTS,
+    INTERSTITIAL_LAG_MIN,
+    KALMAN_CONFIDENCE_Z,
+    KALMAN_RATE_PRIOR_SD,
+    KALMAN_RATE_WALK,
+    METRIC_LABELS,
+)
 from detectors.events import format_duration, format_value
 from detectors.history import History
 from detectors.rules import Direction, ForecastRule, Period, ThresholdRule
@@ -54,6 +75,23 @@ AR2_STEP_S: Final = 300.0
 # 3-sigma rejection at 15 % still catches the gross errors (a 110 -> 60 mg/dL jump is ln 0.6).
 LOG_NOISE_FLOOR: Final = 0.05
 OUTLIER_SIGMAS: Final = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class KalmanParams:
+    """The glucose and CGM model of :func:`kalman_path` (sources in :mod:`detectors.const`)."""
+
+    rate_walk: float = KALMAN_RATE_WALK
+    rate_sd: float = KALMAN_RATE_PRIOR_SD
+    error_sd: float = CGM_ERROR_SD_MG_DL
+    error_tau_min: float = CGM_ERROR_TAU_MIN
+    lag_min: float = INTERSTITIAL_LAG_MIN
+    white_sd: float = CGM_WHITE_SD_MG_DL
+    z: float = KALMAN_CONFIDENCE_Z
+
+
+# The model every ``kalman`` forecast rule uses (a module attribute so that benchmarks can vary it).
+KALMAN: KalmanParams = KalmanParams()
 
 
 class ForecastDetector(SignalDetector):
@@ -100,15 +138,22 @@ class ForecastDetector(SignalDetector):
         t, v = self.history.windows(view, FORECAST_MAX_POINTS)
         p = view.patient
         age = view.t[:, None] - t
+        rate: FloatArray | None = None
         if self.model == "ar2":
             path = ar2_path(age, v, self.horizon_s[p], self.max_gap_s[p])
+        elif self.model == "kalman":
+            windows = (self.window_s[p], self.damping_s[p], self.horizon_s[p], self.min_points[p])
+            path, rate = kalman_path(age, v, *windows, self.sign, KALMAN)
         else:
             path = damped_trend_path(age, v, self.window_s[p], self.damping_s[p], self.horizon_s[p], self.min_points[p])
         extreme = self.sign * np.max(self.sign * path, axis=1)  # NaN (no forecast) propagates
         extreme = np.where(self.sign * view.value > self.crossed[p], np.nan, extreme)
         # An unconfirmed predicted crossing is unknown: it neither raises nor clears.
-        step = (v[:, -1] - v[:, -2]) / (t[:, -1] - t[:, -2]) * 60.0
-        confirmed = (self.sign * step >= self.confirm[p]) & (t[:, -1] - t[:, -2] <= self.max_gap_s[p])
+        if rate is None:
+            step = (v[:, -1] - v[:, -2]) / (t[:, -1] - t[:, -2]) * 60.0
+            confirmed = (self.sign * step >= self.confirm[p]) & (t[:, -1] - t[:, -2] <= self.max_gap_s[p])
+        else:  # the filtered rate of blood glucose, not the last (noisy) step
+            confirmed = self.sign * rate >= self.confirm[p]
         confirmed |= self.confirm[p] == 0
         extreme = np.where(~confirmed & (self.sign * extreme > self.crossed[p]), np.nan, extreme)
         # Quantized to 1e-6 mg/dL, far below clinical meaning, so that the last bits of a sum's
@@ -225,3 +270,104 @@ def ar2_path(age: FloatArray, v: FloatArray, horizon_s: FloatArray, max_gap_s: F
         columns.append(np.where(step * AR2_STEP_S <= horizon_s, predicted, current))
     path: npt.NDArray[np.float64] = np.stack(columns, axis=1)
     return np.where(ok[:, None], path, np.nan)
+
+
+def kalman_path(
+    age: FloatArray,
+    v: FloatArray,
+    window_s: FloatArray,
+    damping_s: FloatArray,
+    horizon_s: FloatArray,
+    min_points: FloatArray,
+    sign: float,
+    params: KalmanParams,
+) -> tuple[FloatArray, FloatArray]:
+    """Blood glucose now and at the horizon, and the filtered rate (mg/dL/min), from a Kalman filter.
+
+    The state is (blood glucose, its rate, interstitial glucose, sensor error): blood glucose
+    moves with a rate that wanders (random walk), the interstitial glucose the CGM measures follows
+    it with first-order lag ``params.lag_min`` (the plasma-to-interstitium exchange), and the CGM
+    adds a slow, correlated error (first-order, ``params.error_sd`` mg/dL, correlation time
+    ``params.error_tau_min``) plus white noise. Run over each row's readings of the last
+    ``window_s`` (oldest first, one vectorized step per column); rows without a usable reading in
+    the window (fewer than ``min_points``) are NaN. The forecast damps the rate with time constant ``damping_s``.
+    """
+    rows, width = v.shape
+    use = (age <= window_s[:, None]) & np.isfinite(v) & (v > 0)
+    x = np.zeros((rows, 4))
+    p = np.zeros((rows, 4, 4))
+    started = np.zeros(rows, dtype=bool)
+    last_t = np.full(rows, np.nan)
+    h = np.array([0.0, 0.0, 1.0, 1.0])
+    q_rate, sd_e, tau_e, tau_g, r_white = (
+        params.rate_walk,
+        params.error_sd,
+        params.error_tau_min,
+        params.lag_min,
+        params.white_sd**2,
+    )
+    for k in range(width):  # a loop over window columns, vectorized over readings
+        ok = use[:, k]
+        y = v[:, k]
+        tk = -age[:, k] / 60.0
+        # Start: blood = interstitial = reading, rate 0, the first reading's error unknown.
+        new = ok & ~started
+        if new.any():
+            x[new] = np.stack([y[new], np.zeros(new.sum()), y[new], np.zeros(new.sum())], axis=1)
+            p0 = np.zeros((4, 4))
+            p0[0, 0] = p0[2, 2] = p0[0, 2] = p0[2, 0] = sd_e**2
+            p0[1, 1] = params.rate_sd**2
+            p0[3, 3] = sd_e**2
+            p0[0, 3] = p0[3, 0] = p0[2, 3] = p0[3, 2] = -(sd_e**2)
+            p[new] = p0
+            last_t[new] = tk[new]
+        step = ok & started
+        if step.any():
+            dt = np.clip(tk[step] - last_t[step], 0.0, None)
+            f, q = _transition(dt, q_rate, sd_e, tau_e, tau_g)
+            xs = (f @ x[step][:, :, None])[:, :, 0]
+            ps = f @ p[step] @ f.transpose(0, 2, 1) + q
+            # Measurement update: y = interstitial + error + white noise.
+            s = ps[:, 2, 2] + ps[:, 3, 3] + 2 * ps[:, 2, 3] + r_white
+            ph = ps @ h
+            gain = ph / s[:, None]
+            innov = y[step] - xs @ h
+            x[step] = xs + gain * innov[:, None]
+            p[step] = ps - gain[:, :, None] * ph[:, None, :]
+            last_t[step] = tk[step]
+        started |= ok
+    # Predict from the last used reading to now (0 when it is the latest).
+    now_dt = np.clip(-last_t, 0.0, None)
+    blood, rate = x[:, 0] + x[:, 1] * now_dt, x[:, 1]
+    gain_h = damping_s * -np.expm1(-horizon_s / damping_s) / 60.0
+    var_h = p[:, 0, 0] + 2 * gain_h * p[:, 0, 1] + gain_h**2 * p[:, 1, 1]
+    # ``z`` > 0 asks for a confident crossing: the bound on the normal side of the forecast.
+    ahead = blood + rate * gain_h - sign * params.z * np.sqrt(np.maximum(var_h, 0.0))
+    path = np.stack((blood, ahead), axis=1)
+    ok_rows = started & (use.sum(axis=1) >= min_points)
+    return np.where(ok_rows[:, None], path, np.nan), np.where(ok_rows, rate, np.nan)
+
+
+def _transition(
+    dt: FloatArray, q_rate: float, sd_e: float, tau_e: float, tau_g: float
+) -> tuple[FloatArray, FloatArray]:
+    """Per row, the state transition over ``dt`` minutes and its process noise."""
+    n = len(dt)
+    f = np.zeros((n, 4, 4))
+    f[:, 0, 0] = 1.0
+    f[:, 0, 1] = dt
+    f[:, 1, 1] = 1.0
+    a = np.exp(-dt / tau_g) if tau_g > 0 else np.zeros(n)
+    # Interstitial glucose relaxes towards blood glucose, which moves linearly over the step.
+    f[:, 2, 2] = a
+    f[:, 2, 0] = 1.0 - a
+    f[:, 2, 1] = dt - tau_g * (1.0 - a)
+    phi = np.exp(-dt / tau_e)
+    f[:, 3, 3] = phi
+    q = np.zeros((n, 4, 4))
+    # Integrated random walk of the rate (continuous white noise of intensity q_rate on the rate).
+    q[:, 0, 0] = q_rate * dt**3 / 3
+    q[:, 0, 1] = q[:, 1, 0] = q_rate * dt**2 / 2
+    q[:, 1, 1] = q_rate * dt
+    q[:, 3, 3] = sd_e**2 * (1 - phi**2)
+    return f, q

@@ -341,7 +341,7 @@ class RateRule(ThresholdRule):
                 _check_finite(name, gate)
 
 
-FORECAST_MODELS: Final = ("damped_trend", "ar2")
+FORECAST_MODELS: Final = ("damped_trend", "ar2", "kalman")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,10 +351,12 @@ class ForecastRule(ThresholdRule):
     The signal is the most extreme predicted value over ``[now, now + horizon]`` (the minimum for
     ``direction: below``). ``model``: ``damped_trend`` (robust linear trend of ln(glucose) over the
     last ``window_s``, one outlier-rejection pass, anchored at the latest reading, damped with time
-    constant ``damping_s``) or ``ar2`` (Nightscout's AR(2) on ln(bg/140) at 5-min steps, the
-    baseline it must beat). ``confirm`` (units per minute, 0: off): a predicted crossing counts only
-    while the latest step itself moves toward the level at least that fast, so a fall that is
-    already levelling off does not alert (see benchmarks/RESULTS.md).
+    constant ``damping_s``), ``kalman`` (blood glucose from a Kalman filter that models the CGM's
+    interstitial lag and slow sensor error, the default since issue 17) or ``ar2`` (Nightscout's
+    AR(2) on ln(bg/140) at 5-min steps, the baseline it must beat). ``confirm`` (units per
+    minute, 0: off): a predicted crossing counts only while the latest step (for ``kalman``: the
+    filtered rate) moves toward the level at least that fast, so a fall that is already levelling
+    off does not alert (see benchmarks/RESULTS.md).
     """
 
     TYPE: ClassVar[str] = "forecast"

@@ -24,7 +24,7 @@ Schema (version 1; see the commented default file for the meaning of each field)
         schedule: {<period>: {from: "HH:MM", to: "HH:MM", tz: Zone, levels: {...}, clear: {...}}}
         flapping: {raises: K, within: D, hold: D}
         # rate:      consecutive: N, gate: {below: N, above: N}
-        # forecast:  model: damped_trend | ar2, horizon: D, window: D, damping: D, min_points: N, confirm: N
+        # forecast:  model: kalman | damped_trend | ar2, horizon: D, window: D, damping: D, min_points: N, confirm: N
         # baseline:  block: D, window: D, min_blocks: N, min_scale: N
         # rhythm:    method: dash | model, window: beats, every: beats, votes: N, trim: beats, nrmssd: N,
         #            tpr: [lo, hi], entropy: N; levels: {<severity>: {for: D, escalate_after: D}}; clear: {for: D}

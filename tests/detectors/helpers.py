@@ -197,7 +197,7 @@ def _extras(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         }
     if kind == "forecast":
         return {
-            "model": draw(st.sampled_from(("damped_trend", "ar2"))),
+            "model": draw(st.sampled_from(("damped_trend", "ar2", "kalman"))),
             "horizon_s": draw(st.sampled_from((20.0, 600.0, 1200.0))),
             "window_s": draw(st.sampled_from((20.0, 60.0))),
             "damping_s": draw(st.sampled_from((30.0, 1800.0))),

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from detectors import af_model
+from detectors import af_model, forecast
 from detectors.batch import PatientRegistry
 from detectors.const import (
     FLAG_ABOVE_RANGE,
@@ -407,7 +407,13 @@ def rate_signal(rule: RateRule, st: RuleState, t: float, value: float) -> float:
 
 def forecast_signal(rule: ForecastRule, st: RuleState, t: float, value: float) -> float:
     st.history = [*st.history, (t, value)][-FORECAST_MAX_POINTS:]
-    path = ar2(rule, st.history) if rule.model == "ar2" else damped_trend(rule, st.history)
+    rate: float | None = None
+    if rule.model == "ar2":
+        path = ar2(rule, st.history)
+    elif rule.model == "kalman":
+        path, rate = kalman(rule, st.history)
+    else:
+        path = damped_trend(rule, st.history)
     sign = rule.direction.sign
     if path is None or sign * value > sign * rule.levels[0].threshold:
         return math.nan
@@ -415,7 +421,9 @@ def forecast_signal(rule: ForecastRule, st: RuleState, t: float, value: float) -
     extreme = math.floor(extreme * 1e6 + 0.5) / 1e6
     if rule.confirm > 0 and sign * extreme > sign * rule.levels[0].threshold:
         confirmed = False
-        if len(st.history) >= 2:
+        if rate is not None:
+            confirmed = sign * rate >= rule.confirm
+        elif len(st.history) >= 2:
             (t0, v0), (t1, v1) = st.history[-2], st.history[-1]
             confirmed = sign * ((v1 - v0) / (t1 - t0) * 60.0) >= rule.confirm and t1 - t0 <= rule.max_gap_s
         if not confirmed:
@@ -455,6 +463,49 @@ def damped_trend(rule: ForecastRule, history: list[tuple[float, float]]) -> list
     anchor = math.log(history[-1][1] / 140.0) if latest_kept else level
     gain = rule.damping_s * -math.expm1(-rule.horizon_s / rule.damping_s)
     return [140.0 * math.exp(anchor), 140.0 * math.exp(anchor + slope * gain)]
+
+
+def kalman(rule: ForecastRule, history: list[tuple[float, float]]) -> tuple[list[float] | None, float | None]:
+    """Blood glucose now and at the horizon, and its rate, one reading at a time (4 x 4 matrices as lists)."""
+    kp = forecast.KALMAN
+    now = history[-1][0]
+    points = [(tt, v) for tt, v in history if now - tt <= rule.window_s and math.isfinite(v) and v > 0]
+    if len(points) < rule.min_points:
+        return None, None
+    e2 = kp.error_sd**2
+    t0, y0 = points[0]
+    x = [y0, 0.0, y0, 0.0]
+    p = [[e2, 0.0, e2, -e2], [0.0, kp.rate_sd**2, 0.0, 0.0], [e2, 0.0, e2, -e2], [-e2, 0.0, -e2, e2]]
+    last = t0
+    for tt, y in points[1:]:
+        dt = max((tt - now) / 60.0 - (last - now) / 60.0, 0.0)
+        a = math.exp(-dt / kp.lag_min) if kp.lag_min > 0 else 0.0
+        phi = math.exp(-dt / kp.error_tau_min)
+        f = [
+            [1.0, dt, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [1.0 - a, dt - kp.lag_min * (1.0 - a), a, 0.0],
+            [0.0, 0.0, 0.0, phi],
+        ]
+        q = [[0.0] * 4 for _ in range(4)]
+        q[0][0] = kp.rate_walk * dt**3 / 3
+        q[0][1] = q[1][0] = kp.rate_walk * dt**2 / 2
+        q[1][1] = kp.rate_walk * dt
+        q[3][3] = e2 * (1 - phi**2)
+        x = [sum(f[i][j] * x[j] for j in range(4)) for i in range(4)]
+        fp = [[sum(f[i][j] * p[j][k] for j in range(4)) for k in range(4)] for i in range(4)]
+        p = [[sum(fp[i][k] * f[m][k] for k in range(4)) + q[i][m] for m in range(4)] for i in range(4)]
+        s = p[2][2] + p[3][3] + 2 * p[2][3] + kp.white_sd**2
+        ph = [p[i][2] + p[i][3] for i in range(4)]
+        gain = [c / s for c in ph]
+        innov = y - (x[2] + x[3])
+        x = [x[i] + gain[i] * innov for i in range(4)]
+        p = [[p[i][m] - gain[i] * ph[m] for m in range(4)] for i in range(4)]
+        last = tt
+    blood = x[0] + x[1] * max((now - last) / 60.0, 0.0)
+    g = rule.damping_s * -math.expm1(-rule.horizon_s / rule.damping_s) / 60.0
+    var = p[0][0] + 2 * g * p[0][1] + g * g * p[1][1]
+    return [blood, blood + x[1] * g - rule.direction.sign * kp.z * math.sqrt(max(var, 0.0))], x[1]
 
 
 def ar2(rule: ForecastRule, history: list[tuple[float, float]]) -> list[float] | None:

@@ -78,7 +78,7 @@ def test_predicted_low_comes_before_the_low(events: list[AlertEvent]) -> None:
     falling = {e.rule: e for e in events if e.patient == "p-falling" and e.state == "raised"}
     assert falling["glucose_urgent_low_soon"].time - T0 < 1800  # the reading of 50 mg/dL
     assert falling["glucose_falling_fast"].time - T0 <= 900
-    assert falling["glucose_urgent_low_soon"].message.startswith("Glucose predicted below 55 mg/dL within 20 min")
+    assert falling["glucose_urgent_low_soon"].message.startswith("Glucose predicted below 47 mg/dL within 25 min")
 
 
 def test_a_single_meter_reading_raises_at_once(events: list[AlertEvent]) -> None:

@@ -68,6 +68,7 @@ def test_default_file_loads_with_the_documented_values() -> None:
         "glucose_above_measuring_range",
         "glucose_below_measuring_range",
         "glucose_urgent_low_soon",
+        "glucose_high_soon",
         "glucose_falling_fast",
         "cgm_stale",
         "heart_rate_stale",
@@ -126,7 +127,7 @@ def test_explain_describes_every_rule_and_override() -> None:
 def test_check_main_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -> None:
     assert check_main(str(ROOT / "alert_rules.yaml")) == 0
     out = capsys.readouterr().out
-    assert "valid (version 1, 13 rules)" in out and "glucose_low" in out
+    assert "valid (version 1, 14 rules)" in out and "glucose_low" in out
 
 
 def test_check_main_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
