@@ -99,4 +99,6 @@ def test_export_of_a_simulated_patient_validates(sim: Sim, tmp_path: Path) -> No
     assert len(glucose) == sim.sent["glucose"] // 4, "every CGM reading of p0001"
     assert any(r.get_resource_type() == "Observation" and r.code.coding[0].code == "8867-4" for r in resources)
     issues = [r for r in resources if r.get_resource_type() == "DetectedIssue"]
-    assert [(i.code.coding[0].code, i.severity) for i in issues] == [("glucose_low", "high")]
+    # The scripted hypoglycaemia: the forecast's warning first, then the low itself.
+    assert sorted((i.code.coding[0].code, i.severity) for i in issues) == [("glucose_low", "high"),
+                                                                           ("glucose_urgent_low_soon", "high")]
