@@ -73,11 +73,15 @@ def test_a_nurse_sees_acknowledges_and_reloads(sim: Sim, station_url: str, tmp_p
             # The scripted episodes of the real simulation, critical first.
             tachy = page.locator("li.alert", has_text="p0000")
             expect(tachy).to_contain_text("Tachycardia")
-            expect(page.locator("li.alert", has_text="p0001")).to_contain_text("Glucose low")
+            # The scripted hypoglycaemia: the forecast's warning, then the low itself, both critical.
+            lows = page.locator("li.alert", has_text="p0001")
+            expect(lows).to_have_count(2)
+            titles = sorted(text.split("\n")[2] for text in lows.all_inner_texts())  # severity, patient, rule
+            assert titles == ["Glucose low", "Glucose urgent low soon"]
             whos = page.locator("li.alert .who").all_inner_texts()  # other tests of the session add alerts
             assert whos.index("p0001") < whos.index("p0000"), "critical before warning"
             assert "sev-critical" in (page.locator("li.alert").first.get_attribute("class") or "")
-            expect(page.locator("li.alert.sev-critical", has_text="p0001")).to_have_count(1)
+            expect(page.locator("li.alert.sev-critical", has_text="p0001")).to_have_count(2)
             expect(tachy.locator("svg polyline")).to_have_count(1)  # last-hour sparkline from InfluxDB
 
             # Sound on, then a new critical alert arrives live: a tone and a visual cue.
@@ -118,7 +122,7 @@ def test_a_nurse_sees_acknowledges_and_reloads(sim: Sim, station_url: str, tmp_p
             acked = page.locator("li.alert.acked", has_text="p0000")
             expect(acked.locator(".ack-line")).to_contain_text(f"by {NURSE} at")
             expect(acked.locator(".ack-line")).to_contain_text("(confirmed)")
-            expect(page.locator("li.alert", has_text="p0001")).to_have_count(1)
+            expect(page.locator("li.alert", has_text="p0001")).to_have_count(2)  # the low and its forecast
             # Sound was on: after the reload a browser that blocks autoplay says so, and any click restores it.
             expect(page.locator("#sound-blocked")).to_be_visible()
             page.click("h1")
