@@ -115,7 +115,7 @@ def decode_ack(value: bytes | None, *, key: bytes | None = None, now: float | No
     ack agent must keep going.
     """
     doc = load_envelope(value, what="acknowledgement", version=ACK_SCHEMA_VERSION, error=AckDecodeError,
-                        max_bytes=MAX_ACK_BYTES, required=_KEYS - {"v"})
+                        max_bytes=MAX_ACK_BYTES, keys=_KEYS, required=_KEYS)
     ack = Ack(alert_id=doc["alert_id"], patient=doc["patient"], by=doc["by"], at=doc["at"], station=doc["station"])
     if key is not None and key != ack.key:
         raise AckDecodeError("record key is not the acknowledgement's patient")

@@ -112,7 +112,7 @@ class PatientAck:
 
 def _load(raw: bytes, keys: frozenset[str]) -> dict[str, Any]:
     return load_envelope(raw, what="message", version=COMMAND_SCHEMA_VERSION, error=CommandDecodeError,
-                         max_bytes=MAX_COMMAND_BYTES, required=keys - {"v"})
+                         max_bytes=MAX_COMMAND_BYTES, keys=keys, required=keys)
 
 
 def _tuple(value: object) -> tuple[str, ...]:

@@ -47,8 +47,9 @@ HEARTBEATS_TOPIC: Final = "rpm.heartbeats"
 HEARTBEAT_INTERVAL_S: Final = 5.0
 # A heartbeat is a record like any other: at most Kafka's record size (a worker of a huge ward list).
 MAX_HEARTBEAT_BYTES: Final = 1_000_000
-_HEARTBEAT_OPTIONAL: Final = ("state", "healthy", "problem", "interval_s", "partitions", "partition_count",
-                              "ward_last_reading", "messages", "deadlettered")
+_HEARTBEAT_REQUIRED: Final = frozenset({"v", "component", "instance", "time"})
+_HEARTBEAT_KEYS: Final = _HEARTBEAT_REQUIRED | {"state", "healthy", "problem", "interval_s", "partitions",
+                                                "partition_count", "ward_last_reading", "messages", "deadlettered"}
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
@@ -216,7 +217,7 @@ def _count(doc: Mapping[str, Any], key: str) -> int:
 def decode_heartbeat(value: bytes | None) -> Heartbeat:
     """Validate one ``rpm.heartbeats`` record value; :class:`TechnicalAlertError` with the reason."""
     doc = load_envelope(value, what="heartbeat", version=1, error=TechnicalAlertError, max_bytes=MAX_HEARTBEAT_BYTES,
-                        required=("component", "instance", "time"), optional=_HEARTBEAT_OPTIONAL)
+                        keys=_HEARTBEAT_KEYS, required=_HEARTBEAT_REQUIRED)
     component, instance, state = doc.get("component"), doc.get("instance"), doc.get("state", "running")
     if component not in ("bridge", "worker", "watchdog") if isinstance(component, str) else True:
         raise TechnicalAlertError("heartbeat component unknown")

@@ -38,7 +38,7 @@ import enum
 import json
 import math
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -99,6 +99,8 @@ ALL_FLAGS: Final = QUALITY_FLAGS | RANGE_FLAGS
 
 # A top-level key of a readings message; identifiers, metric names and sources cannot hold a quote,
 # so in a valid message this only ever matches keys.
+# Every key a readings message may carry; the regex finds them at the top level to spot a key named twice.
+_MESSAGE_KEYS: Final = frozenset({"v", "patient", "device", "source", "samples", "id"})
 _TOP_KEY_RE: Final = re.compile(rb'"(v|patient|device|source|samples|id)"\s*:')
 
 
@@ -127,27 +129,28 @@ def loads_unique(data: bytes | str) -> Any:
 
 
 def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str], Exception],
-                   required: Collection[str] = (), optional: Collection[str] = ()) -> dict[str, Any]:
+                   keys: frozenset[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``doc`` if it is the JSON object of a versioned message: its ``"v"`` is ``version`` (an int,
-    not ``true``), it names every ``required`` key and no key beyond ``required`` and ``optional``.
+    not ``true``), it names no key outside ``keys`` (``"v"`` included) and every key of ``required``.
     Otherwise ``error(reason)``. The one envelope check of every cross-process message (readings,
-    readings records, acknowledgements, patient commands, heartbeats)."""
+    readings records, acknowledgements, patient commands, heartbeats); the key sets are the
+    callers' constants, so the check costs two set differences on the bridge's hot path."""
     if not isinstance(doc, dict):
         raise error(f"{what} must be a JSON object")
     v = doc.get("v")
     if v != version or isinstance(v, bool):
         raise error(f"unsupported schema version {repr(v)[:20]}; expected v{version}")
-    unknown = set(doc) - {"v"} - set(required) - set(optional)
+    unknown = doc.keys() - keys
     if unknown:
         raise error(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
-    missing = set(required) - set(doc)
+    missing = required - doc.keys()
     if missing:
         raise error(f"missing fields: {', '.join(sorted(missing))}")
     return doc
 
 
 def load_envelope(raw: bytes | None, *, what: str, version: int, error: Callable[[str], Exception],
-                  max_bytes: int, required: Collection[str] = (), optional: Collection[str] = ()) -> dict[str, Any]:
+                  max_bytes: int, keys: frozenset[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Decode a small versioned message (size, JSON, no key named twice) and check its envelope
     (:func:`check_envelope`); ``error(reason)`` on anything wrong, never another exception."""
     if not isinstance(raw, bytes | bytearray):
@@ -158,7 +161,7 @@ def load_envelope(raw: bytes | None, *, what: str, version: int, error: Callable
         doc = loads_unique(raw)
     except ValueError as exc:  # not JSON, or a key named twice
         raise error(f"not JSON: {exc}") from exc
-    return check_envelope(doc, what=what, version=version, error=error, required=required, optional=optional)
+    return check_envelope(doc, what=what, version=version, error=error, keys=keys, required=required)
 
 
 class WireError(ValueError):
@@ -288,8 +291,7 @@ def parse_readings_message(payload: bytes, *, topic: str, now: float) -> Reading
         doc = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise WireError(f"not JSON: {exc}") from exc
-    doc = check_envelope(doc, what="message", version=SCHEMA_VERSION, error=WireError,
-                         optional=("patient", "device", "source", "samples", "id"))
+    doc = check_envelope(doc, what="message", version=SCHEMA_VERSION, error=WireError, keys=_MESSAGE_KEYS)
     keys = _TOP_KEY_RE.findall(payload)
     if len(keys) != len(set(keys)):
         raise WireError("duplicate keys: a key may appear only once")

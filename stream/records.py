@@ -253,13 +253,16 @@ class _Columns:
         )
 
 
+_RECORD_KEYS: Final = frozenset({"v", "patient", "groups"})
+
+
 def _load(value: bytes) -> dict[str, Any]:
     """A record's JSON with its top-level shape checked (the groups are the caller's)."""
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise RecordError(f"record is not JSON: {exc}") from exc
-    doc = check_envelope(doc, what="record", version=SCHEMA_VERSION, error=RecordError, optional=("patient", "groups"))
+    doc = check_envelope(doc, what="record", version=SCHEMA_VERSION, error=RecordError, keys=_RECORD_KEYS)
     groups = doc.get("groups")
     if not isinstance(groups, list) or not groups:
         raise RecordError("record needs a non-empty list of groups")
