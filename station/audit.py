@@ -78,6 +78,17 @@ class AuditLog:
         self.failed = 0
         self.written = 0
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=QUEUE_MAX)
+        self._sink: InfluxSink | None = None
+
+    @property
+    def problem(self) -> str | None:
+        """Why entries are waiting (InfluxDB refusing the credentials, unreachable), for ``/healthz``."""
+        if self._sink is None:
+            return None
+        stats = self._sink.stats
+        if stats.problem is not None:
+            return stats.problem
+        return "InfluxDB writes failing; entries are queued" if stats.failing_since is not None else None
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry`` (never blocks); a full queue is an error in the log, not a stall."""
@@ -94,7 +105,7 @@ class AuditLog:
         InfluxDB writer (:mod:`rpm_core.sink`): an outage is waited out while the queue holds."""
         if self.url is None:
             return
-        sink = make_sink(url=self.url, db=self.db, auth=self._auth)
+        sink = self._sink = make_sink(url=self.url, db=self.db, auth=self._auth)
         try:
             while True:
                 batch = [await self._queue.get()]

@@ -1488,7 +1488,8 @@ async def healthz(request: web.Request) -> web.Response:
     """GET /healthz: 200 once the board has caught up with Kafka."""
     st = request.app[STATE_KEY]
     board = st.board
-    audit = {"written": st.audit.written, "failed": st.audit.failed} if st.audit else None
+    audit = ({"written": st.audit.written, "failed": st.audit.failed, "problem": st.audit.problem}
+             if st.audit else None)
     trail = {"written": st.trail.written, "failed": st.trail.failed, "lost": st.trail.lost} if st.trail else None
     return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit,
                               "audit_trail": trail},

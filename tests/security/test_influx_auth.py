@@ -197,3 +197,26 @@ def test_a_worker_with_a_wrong_password_says_so_on_healthz_naming_the_setting(st
     assert "401" in body["problem"] and "RPM_INFLUX_PASSWORD_FILE" in body["problem"], body["problem"]
     assert "rpm_writer" in body["problem"] and "not-the-password" not in body["problem"]
     assert "not-the-password" not in worker.log_path.read_text()
+
+
+async def test_a_station_audit_refused_by_influxdb_says_why_and_keeps_its_entries(influx: ServiceProcess) -> None:
+    """The station's audit writes through the shared sink: credentials InfluxDB refuses are waited out
+    (entries stay queued, none counted as written) and named for the station's /healthz."""
+    import asyncio
+
+    from station.audit import AuditEntry, AuditLog
+
+    audit = AuditLog(url=f"http://{INFLUX_WRITER}:wrong@{influx.host}:{influx.port}", db=DB)
+    audit.record(AuditEntry(action="login", ward="north", station="north-desk", at=time.time()))
+    task = asyncio.ensure_future(audit.run())
+    try:
+        deadline = time.monotonic() + 60
+        while audit.problem is None and time.monotonic() < deadline and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        problem = audit.problem
+        assert problem is not None and "401" in problem and "RPM_INFLUX_PASSWORD_FILE" in problem, problem
+        assert "wrong" not in problem
+        assert audit.written == 0 and audit.failed == 0, "refused credentials drop nothing"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
