@@ -355,15 +355,19 @@ class WorkerMachine:
         self.key_ring = key_ring
         self.committer = Committer(pipeline, interval_s=checkpoint_interval_s)
         self.stopping = asyncio.Event()
-        self.phase = Phase.RECOVERING
+        status.phase = Phase.RECOVERING.value
         self.history: collections.deque[Phase] = collections.deque([Phase.RECOVERING], maxlen=256)
 
     # -- phases ----------------------------------------------------------------------------------
 
+    @property
+    def phase(self) -> Phase:
+        """Where the protocol is (kept in :attr:`status` for ``/healthz``)."""
+        return Phase(self.status.phase)
+
     def _enter(self, phase: Phase) -> None:
         if phase is not self.phase:
             _LOGGER.debug("worker: %s -> %s", self.phase.value, phase.value)
-            self.phase = phase
             self.status.phase = phase.value
             self.history.append(phase)
 

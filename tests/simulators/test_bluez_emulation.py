@@ -313,9 +313,10 @@ async def test_peripheral_can_drop_the_link_itself() -> None:
     meter = GlucoseMeter()
     async with emulation(meter):
         disconnected = asyncio.Event()
-        async with BleakClient(await discover(meter), disconnected_callback=lambda _c: disconnected.set()):
+        async with BleakClient(await discover(meter), disconnected_callback=lambda _c: disconnected.set()) as client:
             await meter.disconnect()  # meters hang up after a transfer
-            await disconnected.wait()
+            await asyncio.wait_for(disconnected.wait(), timeout=30)
+            assert not client.is_connected, "bleak saw the peripheral hang up"
 
 
 async def test_protected_characteristic_needs_pairing() -> None:
