@@ -7,7 +7,7 @@ timeline and lasts ``EPISODE_S``:
 | scenario | what happens | alert it must raise with the default rules |
 | --- | --- | --- |
 | tachycardia | heart rate ~135 bpm | heart-rate high (warning), once |
-| bradycardia | heart rate ~44 bpm | heart-rate low (warning), once |
+| bradycardia | heart rate ~42 bpm | heart-rate low (warning), once |
 | hypoglycemia | glucose ~48 mg/dL | glucose urgent low (critical), once |
 
 Values are generated for all patients of a process at once with numpy (one call per tick), so a
@@ -96,9 +96,13 @@ class Population:
     def heart_rate(self, t: float) -> npt.NDArray[np.float64]:
         """Heart rate (bpm) of every patient at time ``t``."""
         w = _episode_weight(np.full(self.indices.size, t - self.start_s))
+        # Each target sits at least 5 noise SDs (1.5 bpm) inside its rule's threshold (tachycardia
+        # > 120, bradycardia < 50): one reading back across restarts the rule's 10-minute run, and
+        # at 44 bpm that happened often enough to make failover tests miss an alert
+        # (tests/simulators/test_scenarios.py).
         target = np.select(
             [self.scenario == Scenario.TACHYCARDIA, self.scenario == Scenario.BRADYCARDIA],
-            [np.full_like(self.hr_base, 135.0), np.full_like(self.hr_base, 44.0)],
+            [np.full_like(self.hr_base, 135.0), np.full_like(self.hr_base, 42.0)],
             self.hr_base,
         )
         noise = self.rng.normal(0.0, 1.5, self.indices.size)
@@ -129,7 +133,8 @@ class Population:
             due = np.flatnonzero(self.next_beat_s <= t)
             if due.size == 0:
                 break
-            breath = np.sin(2 * np.pi * self.next_beat_s[due] / self.breath_s[due])
+            # The phase runs from the timeline's start, so a seed gives the same beats at any wall-clock time.
+            breath = np.sin(2 * np.pi * (self.next_beat_s[due] - self.start_s) / self.breath_s[due])
             jitter = 1.0 + 0.03 * breath + self.rng.normal(0.0, 0.008, due.size)
             rr = np.round(mean_rr[due] * jitter * 1024.0) / 1024.0
             pos_parts.append(due)

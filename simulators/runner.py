@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -77,6 +77,16 @@ def _connect(mqtt_url: str, client_id: str) -> tuple[mqtt.Client, threading.Even
         client.loop_stop()
         raise ConnectionError(f"could not connect to MQTT at {settings.url()}")
     return client, connected
+
+
+class Outlet(Protocol):
+    """Where a simulator process's messages go (MQTT here; a recorder in tests)."""
+
+    def publish(self, patient: str, device: str, samples: list[list[Any]]) -> None: ...
+
+    def retry_due(self) -> None: ...
+
+    def wait_all(self, timeout: float) -> Counter[str]: ...
 
 
 class _Publisher:
@@ -174,7 +184,7 @@ class _Publisher:
                 self._cond.wait(min(left, 0.2))
 
 
-def _emit_tick(pop: Population, pub: _Publisher, ids: list[str], last_t: float, t: float) -> None:
+def _emit_tick(pop: Population, pub: Outlet, ids: list[str], last_t: float, t: float) -> None:
     """Publish everything measured in (last_t, t]: one HR message and at most one CGM message per patient."""
     hr = pop.heart_rate(t)
     pos, beat_t, rr = pop.beats_until(t, hr)
@@ -219,7 +229,7 @@ def _simulate_range(cfg: SimConfig, lo: int, hi: int) -> Counter[str]:
         client.loop_stop()
 
 
-def _simulate_with(cfg: SimConfig, lo: int, hi: int, pub: _Publisher) -> Counter[str]:
+def _simulate_with(cfg: SimConfig, lo: int, hi: int, pub: Outlet) -> Counter[str]:
     wall0 = time.time()
     # The simulated timeline starts early enough that, running `speed` times faster than the wall
     # clock after the backlog, it ends exactly at the wall clock's end: no sample from the future.
