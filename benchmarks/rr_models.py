@@ -364,24 +364,39 @@ def c_af(n: int, rng: Rng, low: bool) -> FloatArray:
 
 def c_errors(rr: FloatArray, rng: Rng) -> FloatArray:
     """Missed beats, extra beats (Beta(2, 2) split) and spurious triggers."""
+    return c_errors_traced(rr, rng)[0]
+
+
+def c_errors_traced(rr: FloatArray, rng: Rng) -> tuple[FloatArray, np.ndarray]:
+    """:func:`c_errors` (the same draws) and, per output interval, the input interval it ends in.
+
+    A spurious trigger inserts a short interval without shortening its neighbours, so it adds
+    time: beat times after it are later than in ``rr``; a caller that labels episodes by time
+    (benchmarks/ward_week.py) maps its labels through the returned indices.
+    """
     p_miss, p_extra, p_spur = rng.uniform(0.005, 0.04), rng.uniform(0.003, 0.02), rng.uniform(0.0, 0.01)
     out: list[float] = []
+    source: list[int] = []
     i = 0
     while i < len(rr):
         draw = rng.random()
         if draw < p_miss and i + 1 < len(rr):
             out.append(rr[i] + rr[i + 1])
+            source.append(i + 1)
             i += 2
             continue
         if draw < p_miss + p_extra:
             f = rng.beta(2, 2)
             out += [rr[i] * f, rr[i] * (1 - f)]
+            source += [i, i]
         elif draw < p_miss + p_extra + p_spur:
             out += [rr[i], rng.uniform(0.1, 0.3)]
+            source += [i, i]
         else:
             out.append(rr[i])
+            source.append(i)
         i += 1
-    return np.array(out)
+    return np.array(out), np.array(source, dtype=np.int64)
 
 
 def c_background(kind: str, n: int, rng: Rng) -> FloatArray:
