@@ -5,7 +5,7 @@ Per window row (vectorized over rows, numpy only):
 1. beat errors: an interval above 1.6 x the window median is a missed beat and dropped; one below
    0.6 x is an extra beat that split an interval, dropped with both neighbours (the other part of
    the split is one of them);
-2. eight features of the kept intervals, normalized by the window median, from pairs and triples
+2. nine features of the kept intervals, normalized by the window median, from pairs and triples
    that were adjacent in the recording (a dropped beat breaks the pair, no false jump is made):
 
    - ``log_med_d1``: log median |successive difference| (robust irregularity; ectopic beats move
@@ -21,8 +21,13 @@ Per window row (vectorized over rows, numpy only):
    - ``log_sd``: log standard deviation (coefficient of variation);
    - ``share_big``: share of successive differences above 4 % of the median;
    - ``kept``: share of intervals kept by the beat-error filter;
+   - ``compensated``: share of the short -> long steps (above 8 % of the median) whose two
+     intervals sum to two median cycles within a quarter of the step: a premature beat and its
+     compensatory pause do (so does an interpolated beat), AF's independent intervals rarely do
+     (for normal intervals sum and difference are independent). Clustered premature beats of
+     varying coupling (up to ~30 % of beats) otherwise look irregular to the other features;
 
-3. a logistic regression on the standardized features and their pairwise products (44 inputs:
+3. a logistic regression on the standardized features and their pairwise products (54 inputs:
    a quadratic decision boundary); the window is irregular when the probability of AF is at
    least :data:`THRESHOLD`.
 
@@ -46,6 +51,8 @@ MISSED_BEAT_RATIO: Final = 1.6
 EXTRA_BEAT_RATIO: Final = 0.6
 BIG_STEP: Final = 0.04  # share_big: successive differences above 4 % of the median
 MAX_LAG: Final = 6
+COMPENSATED_STEP: Final = 0.08  # compensated: short -> long steps above 8 % of the median
+COMPENSATED_TOLERANCE: Final = 0.25  # ... whose sum is within a quarter of the step of 2 cycles
 THRESHOLD: Final = 0.5  # probability of AF from which a window is irregular
 FEATURES: Final = (
     "log_med_d1",
@@ -56,30 +63,34 @@ FEATURES: Final = (
     "log_sd",
     "share_big",
     "kept",
+    "compensated",
 )
 # Fitted by benchmarks/train_af.py (family A, training seeds); see the module docstring.
 # BEGIN fitted constants (benchmarks/train_af.py --write)
 MEAN: Final = np.array(
     [
         -2.62429, -1.94143, -0.890347, 0.626239, -3.49636, -2.35497, 0.615584, 0.947864,
+        0.462065,
     ]
 )
 SCALE: Final = np.array(
     [
         1.17972, 0.982232, 1.12182, 0.172874, 0.868065, 0.832542, 0.310133, 0.0858581,
+        0.372182,
     ]
 )
 WEIGHTS: Final = np.array(
     [
-        0.415459, -0.852246, 0.860756, 0.617035, 1.30942, -0.408231, 0.535498, -0.00262864,
-        -0.319785, 0.0589596, 0.499965, -0.090837, 0.391418, 0.102105, -0.161146, -0.0290909,
-        -0.354454, -0.55272, -0.269735, -0.631799, -0.288427, -0.0667103, -0.117071, 0.0587116,
-        0.301309, 0.666128, -0.334058, 0.731832, 0.0369452, -0.42844, 0.239689, -0.194529,
-        0.0819712, 0.0397709, 0.49022, -0.376811, 0.743975, -0.181331, -0.226538, 0.0434109,
-        -0.140971, -0.298407, 0.0279867, -0.132669,
+        0.337623, -0.5224, 0.686234, 0.570427, 1.03306, -0.2701, 0.399015, -0.0189893,
+        -1.05878, -0.256548, 0.0458031, 0.371554, -0.0844272, 0.263234, 0.0640326, -0.18715,
+        -0.0754103, -0.100832, -0.225985, -0.382414, -0.224266, -0.459223, -0.199459, -0.0628378,
+        -0.0757875, -0.048759, 0.0470109, 0.282558, 0.477617, -0.273305, 0.546557, 0.047222,
+        -0.661072, -0.397896, 0.194785, -0.163308, 0.0688714, 0.0661219, -0.340495, 0.303496,
+        -0.329372, 0.513317, -0.0828964, -0.851428, -0.185644, -0.00251607, -0.118298, -0.102247,
+        -0.284262, -0.0101938, -0.268506, -0.0997958, -0.111458, 0.0760233,
     ]
 )
-BIAS: Final = -1.70454
+BIAS: Final = -1.93089
 # END fitted constants
 
 
@@ -118,7 +129,7 @@ def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
 
 
 def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
-    """The eight features (columns, in :data:`FEATURES` order) of each window row."""
+    """The nine features (columns, in :data:`FEATURES` order) of each window row."""
     x = rr / np.median(rr, axis=1, keepdims=True)
     d1 = np.abs(np.diff(x, axis=1))
     pair = keep[:, 1:] & keep[:, :-1]
@@ -135,6 +146,7 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
         mean = np.where(keep, x, 0.0).sum(axis=1) / n
         sd = np.sqrt(np.where(keep, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)
         big = (pair & (d1 > BIG_STEP)).sum(axis=1) / pair.sum(axis=1)
+        compensated = _compensated(x, pair)
         columns = (
             np.log(med1 + 1e-4),
             np.log(rms1 + 1e-4),
@@ -144,8 +156,24 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
             np.log(sd + 1e-4),
             big,
             n / rr.shape[1],
+            compensated,
         )
     return np.stack(columns, axis=1)
+
+
+def _compensated(x: FloatArray, pair: BoolArray) -> FloatArray:
+    """Share of the short -> long steps whose two intervals sum to about two cycles (0 if none).
+
+    A premature beat's short interval and its compensatory pause sum to ~2 median cycles, also an
+    interpolated beat's; AF's successive intervals are independent, so their sum does not track
+    their step (for normal intervals the sum and the difference are independent).
+    """
+    short, long = x[:, :-1], x[:, 1:]
+    step = long - short
+    candidate = pair & (step > COMPENSATED_STEP)
+    close = candidate & (np.abs(short + long - 2.0) < COMPENSATED_TOLERANCE * step)
+    share: FloatArray = close.sum(axis=1) / np.maximum(candidate.sum(axis=1), 1)
+    return share
 
 
 def _lag_median(x: FloatArray, keep: BoolArray, k: int) -> FloatArray:

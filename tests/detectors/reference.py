@@ -630,6 +630,10 @@ def model_verdict(rr: list[float]) -> float:
     residual = statistics.median(abs(c[i + 2] - a1 * c[i + 1] - a2 * c[i]) for i in triples)
     sd = math.sqrt(sum((v - mean) ** 2 for v in kept) / len(kept))
     big = sum(1 for d in d1 if d > af_model.BIG_STEP) / len(d1)
+    steps = [(x[i], x[i + 1]) for i in range(n - 1) if keep[i] and keep[i + 1]]
+    candidates = [(a, b) for a, b in steps if b - a > af_model.COMPENSATED_STEP]
+    close = [1 for a, b in candidates if abs(a + b - 2.0) < af_model.COMPENSATED_TOLERANCE * (b - a)]
+    compensated = len(close) / max(len(candidates), 1)
     columns = [
         math.log(med1 + 1e-4),
         math.log(rms1 + 1e-4),
@@ -639,6 +643,7 @@ def model_verdict(rr: list[float]) -> float:
         math.log(sd + 1e-4),
         big,
         len(kept) / n,
+        compensated,
     ]
     if not all(math.isfinite(v) for v in columns):
         return math.nan
