@@ -433,7 +433,7 @@ class RhythmRule(ThresholdRule):
     irregular when normalized RMSSD > ``nrmssd_min``, the turning-point ratio lies in
     ``[tpr_low, tpr_high]`` and the normalized Shannon entropy (16 bins) >= ``entropy_min``.
     That is ``method: dash``; with ``method: model`` (see :mod:`detectors.af_model`) a window is
-    irregular when a small learned classifier over eight RR features gives AF a probability >= 0.5
+    irregular when a small learned classifier over nine RR features gives AF a probability >= 0.5
     (``trim_beats``, ``nrmssd_min``, ``tpr_*`` and ``entropy_min`` are then unused).
     The signal is the share of irregular verdicts among the last ``votes`` judged windows
     (carried between judgements); levels have threshold 0.5, so a majority must be irregular.
