@@ -12,7 +12,7 @@ consumes it and calls the detector engine's ``acknowledge(alert_id, by, at)``. C
 - ``alert_id``: the alert's id as published on ``rpm.alerts`` (identifier characters, ≤ 64);
 - ``patient``: the alert's patient (identifier; must equal the record key);
 - ``by``: the nurse's name as typed, 1-64 printable characters, surrounding space stripped;
-- ``at``: when the nurse clicked, UTC epoch seconds (finite, not before 2000, not more than
+- ``at``: when the nurse clicked, UTC epoch seconds (finite, from 2000 to 2100, not more than
   5 minutes ahead of the decoder's clock when one is given);
 - ``station``: the nurse station that sent it (identifier).
 
@@ -31,7 +31,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import RpmError
-from rpm_core.wire import MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, load_envelope
+from rpm_core.wire import MAX_EPOCH_S, MAX_FUTURE_SKEW_S, MIN_SAMPLE_EPOCH_S, is_valid_id, load_envelope
 
 ACK_SCHEMA_VERSION: Final = 1
 MAX_NAME_CHARS: Final = 64
@@ -67,6 +67,9 @@ class Ack:
             raise AckDecodeError("'at' must be a finite number of epoch seconds")
         if self.at < MIN_SAMPLE_EPOCH_S:
             raise AckDecodeError("'at' is before 2000-01-01")
+        if self.at >= MAX_EPOCH_S:
+            raise AckDecodeError("'at' is after 2100-01-01")
+        object.__setattr__(self, "at", float(self.at))  # an integer reads back as the float it is sent as
 
     @property
     def key(self) -> bytes:

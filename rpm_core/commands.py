@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import RpmError
-from rpm_core.wire import TOPIC_ROOT, is_valid_id, load_envelope
+from rpm_core.wire import MAX_EPOCH_S, MIN_SAMPLE_EPOCH_S, TOPIC_ROOT, is_valid_id, load_envelope
 
 COMMAND_SCHEMA_VERSION: Final = 1
 MAX_COMMAND_BYTES: Final = 8192
@@ -70,7 +70,7 @@ class PatientMessage:
             raise CommandDecodeError("'severity' must be info, warning or critical")
         if not isinstance(self.text, str) or not self.text.strip() or len(self.text) > MAX_TEXT_CHARS:
             raise CommandDecodeError(f"'text' must be 1-{MAX_TEXT_CHARS} characters")
-        _check_time(self.at)
+        object.__setattr__(self, "at", _checked_time(self.at))
 
     def __bytes__(self) -> bytes:
         return orjson.dumps({"v": COMMAND_SCHEMA_VERSION, "type": "message", "id": self.id,
@@ -97,7 +97,7 @@ class PatientAck:
 
     def __post_init__(self) -> None:
         _check_ids(self.id, self.alert_ids, allow_empty_id=True)
-        _check_time(self.at)
+        object.__setattr__(self, "at", _checked_time(self.at))
 
     def __bytes__(self) -> bytes:
         return orjson.dumps({"v": COMMAND_SCHEMA_VERSION, "id": self.id, "alert_ids": list(self.alert_ids),
@@ -128,6 +128,10 @@ def _check_ids(message_id: object, alert_ids: tuple[str, ...], *, allow_empty_id
         raise CommandDecodeError(f"'alert_ids' must be 1-{MAX_ALERTS_PER_MESSAGE} alert ids")
 
 
-def _check_time(at: object) -> None:
-    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at) or at <= 0:
+def _checked_time(at: object) -> float:
+    """``at`` as float epoch seconds, from 2000 to 2100; :class:`CommandDecodeError` otherwise."""
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
         raise CommandDecodeError("'at' must be a finite number of epoch seconds")
+    if not MIN_SAMPLE_EPOCH_S <= at < MAX_EPOCH_S:
+        raise CommandDecodeError("'at' must be between 2000-01-01 and 2100-01-01 (epoch seconds)")
+    return float(at)

@@ -62,6 +62,9 @@ MAX_SAMPLES_PER_MESSAGE: Final = 2_000
 MAX_FUTURE_SKEW_S: Final = 300.0
 # Nothing we could have measured predates this (2000-01-01T00:00:00Z).
 MIN_SAMPLE_EPOCH_S: Final = 946_684_800.0
+# 2100-01-01: no clock reads beyond it. Below 2**53, so every accepted integer is exactly a float and
+# a message reads back as it was sent (2**53 + 1 came back as 2**53 from a command's 'at').
+MAX_EPOCH_S: Final = 4_102_444_800.0
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 

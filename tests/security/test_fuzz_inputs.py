@@ -99,6 +99,18 @@ def test_fuzz_ack_fields_decode_or_raise_ack_decode_error(doc: dict[str, Any]) -
     assert ack.by.strip() and math.isfinite(ack.at) and ack.at <= NOW + 300
 
 
+@FUZZ
+@given(doc=any_field(VALID_ACK))
+@example(doc={**VALID_ACK, "at": 2**53 + 1})  # accepted without a clock, read back as 2**53
+@example(doc={**VALID_ACK, "at": 1e300})
+def test_fuzz_ack_without_a_clock_reads_back_as_it_was_sent(doc: dict[str, Any]) -> None:
+    """The worker decodes without a clock: whatever it accepts must encode back to the same ack."""
+    ack = refused(decode_ack, dumps(doc), error=AckDecodeError)
+    if ack is None:
+        return
+    assert decode_ack(bytes(ack)) == ack
+
+
 # --- rpm.readings (stream/records.py: the fast column-wise path and the per-record fallback) ----------
 
 VALID_GROUP = {"device": "hr-1", "source": "sim", "metric": ["heart_rate", "glucose"], "t": [NOW - 2, NOW - 1],
@@ -162,6 +174,8 @@ VALID_PATIENT_ACK = {"v": 1, "id": "n-1", "alert_ids": ["3f2a00aa"], "at": NOW}
 @example(doc={**VALID_MESSAGE, "severity": []})  # TypeError: unhashable type: 'list' before the fix
 @example(doc={**VALID_MESSAGE, "severity": {"critical": 1}})
 @example(doc={**VALID_MESSAGE, "alert_ids": [["3f2a00aa"]]})
+@example(doc={**VALID_MESSAGE, "at": 2**53 + 1})  # read back as 2**53 before the range check
+@example(doc={**VALID_MESSAGE, "at": 4_102_444_800})  # 2100-01-01: the first time refused
 def test_fuzz_patient_message_fields_decode_or_raise_command_decode_error(doc: dict[str, Any]) -> None:
     message = refused(PatientMessage.from_bytes, dumps(doc), error=CommandDecodeError)
     if message is None:
@@ -174,11 +188,13 @@ def test_fuzz_patient_message_fields_decode_or_raise_command_decode_error(doc: d
 @given(doc=any_field(VALID_PATIENT_ACK))
 @example(doc={**VALID_PATIENT_ACK, "alert_ids": [{}]})
 @example(doc={**VALID_PATIENT_ACK, "at": 2**64 - 1})
+@example(doc={**VALID_PATIENT_ACK, "at": 2**53 + 1})
 def test_fuzz_patient_ack_fields_decode_or_raise_command_decode_error(doc: dict[str, Any]) -> None:
     ack = refused(PatientAck.from_bytes, dumps(doc), error=CommandDecodeError)
     if ack is None:
         return
     assert all(is_valid_id(a) for a in ack.alert_ids) and math.isfinite(ack.at)
+    assert PatientAck.from_bytes(bytes(ack)) == ack
 
 
 # --- rpm.alerts: the notifier's decoder (notify/router.py) and the nurse station's feed ------------------
