@@ -51,6 +51,8 @@ def test_default_rules_fire_once_per_scripted_episode(events: list[AlertEvent]) 
     assert raised == [
         ("p-af", "af_screening", "warning"),
         ("p-falling", "glucose_falling_fast", "warning"),
+        # Two readings < 70 (65, 50, 60 mg/dL over 10 min): level 1 after 5 min (issue 17, third round).
+        ("p-falling", "glucose_low", "warning"),
         ("p-falling", "glucose_urgent_low_soon", "critical"),
         ("p-hypo", "glucose_low", "critical"),
         ("p-meter", "glucose_meter_low", "critical"),
@@ -93,7 +95,7 @@ def test_the_reference_agrees_on_the_default_rules(rules: RuleSet) -> None:
 
 def test_unacknowledged_critical_hypo_escalates_after_5_minutes(rules: RuleSet) -> None:
     engine = Engine(rules)
-    hypo = next(e for e in replay(engine, scripted(), T0 + 900) if e.rule == "glucose_low")
+    hypo = next(e for e in replay(engine, scripted(), T0 + 300) if e.rule == "glucose_low")  # raised at 5 min
     escalated = [e for e in engine.tick(hypo.time + 300) if e.alert_id == hypo.alert_id]
     assert [(e.state, e.severity) for e in escalated] == [("escalated", "critical")]
     assert [e for e in engine.tick(hypo.time + 400) if e.alert_id == hypo.alert_id] == []

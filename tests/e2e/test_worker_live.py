@@ -87,7 +87,7 @@ def test_meter_low_alert_and_worker_pages(stack: Stack, tmp_path: Path) -> None:
             got = eventually(meter_alerts, bool, timeout=120, what="glucose_meter_low alert in InfluxDB",
                              watch=(worker, bridge))
             assert [(r["patient"], r["severity"], r["state"]) for r in got] == [("pmeter", "critical", "raised")]
-            # The CGM's 45 mg/dL reached InfluxDB too, and raised no meter alert (glucose_low needs 15 min).
+            # The CGM's 45 mg/dL reached InfluxDB too, and raised no meter alert (glucose_low needs 5 min of readings).
             eventually(lambda: rows(url, db, "SELECT * FROM vitals WHERE patient = 'pcgm'"), lambda r: len(r) == 31,
                        timeout=120, what="the CGM patient's vitals", watch=(worker, bridge))
             assert [r["patient"] for r in meter_alerts()] == ["pmeter"]

@@ -43,6 +43,7 @@ def test_default_rules_fire_once_per_scripted_episode(tmp_path: Path, capsys: py
     assert sorted(raised) == [
         ("p-af", "af_screening", "warning"),
         ("p-falling", "glucose_falling_fast", "warning"),
+        ("p-falling", "glucose_low", "warning"),
         ("p-falling", "glucose_urgent_low_soon", "critical"),
         ("p-hypo", "glucose_low", "critical"),
         ("p-meter", "glucose_meter_low", "critical"),

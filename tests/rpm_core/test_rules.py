@@ -78,10 +78,10 @@ def test_default_file_loads_with_the_documented_values() -> None:
     low = rules.by_name()["glucose_low"]
     assert low.direction is Direction.BELOW
     assert [(lv.severity, lv.threshold, lv.for_s) for lv in low.levels] == [
-        (Severity.WARNING, 70, 900),
-        (Severity.CRITICAL, 54, 900),
+        (Severity.WARNING, 70, 300),
+        (Severity.CRITICAL, 54, 300),
     ]
-    assert (low.clear_threshold, low.clear_for_s) == (70, 900)
+    assert (low.clear_threshold, low.clear_for_s) == (70, 2700)
     high = rules.by_name()["glucose_high"]
     assert [(lv.severity, lv.threshold) for lv in high.levels] == [(Severity.INFO, 180), (Severity.WARNING, 250)]
     tachy = rules.by_name()["tachycardia"]
