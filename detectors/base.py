@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from detectors.batch import MetricView
+from detectors.columns import StateColumn
 from detectors.episodes import EpisodeTable, Transitions
 
 
@@ -54,3 +55,8 @@ class Detector(Protocol):
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's state for this rule."""
+
+    def state_columns(self) -> list[StateColumn]:
+        """Every per-patient state array (not parameters, not caches), for packed checkpoints:
+        :meth:`export_patient` must read nothing else of the patient's."""
+        ...

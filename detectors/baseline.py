@@ -23,7 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.batch import FloatArray, IntArray, MetricView
-from detectors.columns import grown, opt_float
+from detectors.columns import StateColumn, grown, opt_float
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
@@ -175,6 +175,10 @@ class BaselineDetector(SignalDetector):
         if self.cur_count[patient] > 0:
             current = [int(self.cur_id[patient]), float(self.cur_sum[patient]), int(self.cur_count[patient])]
         return {"blocks": blocks, "current": current}
+
+    def extra_columns(self) -> list[StateColumn]:
+        """The block ring and the current block (not the cached baseline: it is derived)."""
+        return [(self.ring_id, 0), (self.ring_mean, 0), (self.cur_id, 0), (self.cur_sum, 0), (self.cur_count, 0)]
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the block ring and the current block."""

@@ -11,6 +11,11 @@ import numpy.typing as npt
 
 from detectors.errors import StateError
 
+# A per-patient state array and the axis that is the patient's: 1-D arrays (axis 0), per-slot
+# arrays such as ``run_start`` (shape ``(slots, n)``: axis 1) and per-patient rings or histories
+# (shape ``(n, size)``: axis 0). Packed checkpoints (:mod:`detectors.packed`) copy these as they are.
+StateColumn = tuple[npt.NDArray[Any], int]
+
 
 def grown(array: npt.NDArray[Any], n: int, fill: Any) -> npt.NDArray[Any]:
     """``array`` extended along its last axis to ``n`` entries, new entries set to ``fill``."""

@@ -27,6 +27,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from detectors import packed
 from detectors.base import Detector
 from detectors.baseline import BaselineDetector
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView, PatientRegistry, SampleBatch, metric_codes
@@ -105,6 +106,13 @@ class Engine:
         self._devices = PatientRegistry([UNNAMED_DEVICE])
         self._detectors: list[Detector] = [build_detector(rule) for rule in rules.rules]
         self._by_name = {det.name: i for i, det in enumerate(self._detectors)}
+        self._rule_ids = [packed.rule_id(det.name) for det in self._detectors]
+        self._by_id = {rid: i for i, rid in enumerate(self._rule_ids)}
+        if len(self._by_id) != len(self._detectors):
+            raise ValueError("two rules of the rule set have the same packed-state id (a hash collision)")
+        self._device_bytes: list[bytes] = []  # UTF-8 device ids by code, for packed records
+        self._fresh_rows: list[FloatArray] = []  # per rule, the entries of a patient it has no state for
+        self._layouts: list[packed.Layout] = []  # per rule, which of its entries must be whole numbers
         # Per rule, seconds after an acknowledgement at which a still-open alert alarms again, by
         # severity (info, warning, critical; inf: never): acknowledged is not resolved.
         self._realarm = [np.array([np.inf if s is None else float(s) for s in
@@ -129,6 +137,9 @@ class Engine:
         self._open: dict[str, tuple[int, int]] = {}
         self._open_id: dict[tuple[int, int], str] = {}
         self._sync()
+        spare = np.array([self._spare_slot()])  # nobody's: each rule's fresh state, read once
+        self._fresh_rows = [packed.gather(det.state_columns(), spare)[0] for det in self._detectors]
+        self._layouts = [packed.Layout.of(det.state_columns()) for det in self._detectors]
         self.enroll(enrolled)
 
     @property
@@ -475,6 +486,8 @@ class Engine:
         except StateError:
             if backup is not None:
                 self._import(patient_id, backup["rules"], _checked_record(backup)[1])
+            else:  # a patient new to this engine: fresh, not half imported
+                self._import(patient_id, {}, {UNNAMED_DEVICE: {}})
             raise
 
     def _import(self, patient_id: str, rules: Mapping[str, Any], seen: Mapping[str, Mapping[str, Any]]) -> None:
@@ -518,6 +531,105 @@ class Engine:
             self._seen_key = np.insert(self._seen_key, at, new_keys)
             self._seen_t = np.insert(self._seen_t, at, new_t)
 
+    def export_packed(self, patient_ids: Sequence[str]) -> list[bytes]:
+        """:meth:`export_state` of each of ``patient_ids`` as a packed record (:mod:`detectors.packed`),
+        built for all of them at once: the worker's checkpoints. The same content as :meth:`export_state`
+        (rules the patient never touched are left out), given back to :meth:`import_packed`."""
+        self._sync()
+        known = [(i, p) for i, p in enumerate(self._registry.get(pid) for pid in patient_ids) if p is not None]
+        out = [packed.EMPTY] * len(patient_ids)
+        if not known:
+            return out
+        rows = np.array([p for _, p in known], dtype=np.int64)
+        marks = self._packed_marks(rows)
+        touched = self._touched[:, rows]
+        # Patients with state in the same rules (usually: the same devices) share one encoding.
+        for members, rules in _same_columns(touched):
+            sub = rows[members]
+            table, masks, m, values, offsets = packed.encode_rules(
+                len(sub), [self._rule_ids[k] for k in rules], [packed.gather(self._detectors[k].state_columns(), sub)
+                                                     for k in rules])
+            for j, at in enumerate(members.tolist()):
+                body = b"".join((packed.head(len(marks[at])), *marks[at], table, masks[j * m: (j + 1) * m],
+                                 values[offsets[j]: offsets[j + 1]]))
+                out[known[at][0]] = packed.sealed(body)
+        return out
+
+    def _packed_marks(self, rows: IntArray) -> list[list[bytes]]:
+        """Each patient's watermarks (``rows``: patient indices), encoded for a packed record."""
+        self._sort_marks()
+        metric = np.arange(N_METRICS, dtype=np.int64)[None, :] << _PATIENT_BITS
+        lo = np.searchsorted(self._seen_key, (metric | rows[:, None]) << _DEVICE_BITS)
+        hi = np.searchsorted(self._seen_key, (metric | (rows[:, None] + 1)) << _DEVICE_BITS)
+        counts = (hi - lo).ravel()
+        where = np.repeat(lo.ravel() - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+        keys, times = self._seen_key[where].tolist(), self._seen_t[where].tolist()
+        if len(self._device_bytes) < len(self._devices):
+            self._device_bytes += [d.encode() for d in self._devices.ids_since(len(self._device_bytes))]
+        names = self._device_bytes
+        per_patient = counts.reshape(len(rows), N_METRICS).sum(axis=1).tolist()
+        out, at = [], 0
+        for n in per_patient:
+            out.append([packed.mark(key >> (_DEVICE_BITS + _PATIENT_BITS), t, names[key & (_MAX_DEVICES - 1)])
+                        for key, t in zip(keys[at: at + n], times[at: at + n], strict=True)])
+            at += n
+        return out
+
+    def import_packed(self, patient_id: str, raw: bytes) -> None:
+        """Restore a patient's state from a packed record of :meth:`export_packed`.
+
+        Raises :class:`~detectors.errors.StateError` (and changes nothing) for a record that is not
+        intact (:func:`detectors.packed.decode`), has an unknown metric, a repeated watermark or rule,
+        a rule whose state has another size than this rule set's, an entry that does not fit its
+        array, or values a version 1 record could not hold either (:meth:`import_state` checks them).
+        """
+        record = packed.decode(raw)
+        seen: dict[str, dict[str, float]] = {}
+        for metric, device, t in record.marks:
+            if metric >= N_METRICS:
+                raise StateError(f"packed state record has unknown metric code {metric}")
+            marks = seen.setdefault(device, {})
+            if METRIC_NAMES[metric] in marks:
+                raise StateError("packed state record repeats a watermark")
+            marks[METRIC_NAMES[metric]] = t
+        rules: dict[str, dict[str, Any]] = {}
+        for rid, row in record.rules:
+            index = self._by_id.get(rid)
+            if index is None:
+                continue  # a rule no longer in the rule set (as with version 1 records)
+            name = self._detectors[index].name
+            if name in rules:
+                raise StateError(f"packed state record repeats rule {name}")
+            rules[name] = self._row_record(index, row)
+        last_t = seen.pop(UNNAMED_DEVICE, {})
+        self.import_state(patient_id, {"v": STATE_VERSION, "last_t": last_t, "devices": seen, "rules": rules})
+
+    def _row_record(self, index: int, row: FloatArray) -> dict[str, Any]:
+        """The version 1 record of one rule's packed entries: they are written into a spare slot (one
+        past the registered patients, which nobody has), exported from it, and the slot restored."""
+        det = self._detectors[index]
+        try:
+            self._layouts[index].check(row)
+        except StateError as exc:
+            raise StateError(f"rule {det.name}: {exc}") from None
+        slot = self._spare_slot()
+        columns = det.state_columns()
+        packed.put(columns, slot, row)
+        try:
+            return det.export_patient(slot)
+        except (ValueError, TypeError, IndexError, OverflowError) as exc:  # entries no export can describe
+            raise StateError(f"rule {det.name}: packed state is not a state of this rule ({exc})") from exc
+        finally:
+            packed.put(columns, slot, self._fresh_rows[index])
+
+    def _spare_slot(self) -> int:
+        """A slot of the per-patient arrays beyond the registered patients (growing them if need be)."""
+        self._sync()
+        n = len(self._registry)
+        if n >= len(self._dirty):
+            self._grow(n + 1)
+        return n
+
     def reset_patient(self, patient_id: str) -> None:
         """Forget a patient's state (e.g. when its partition moved to another worker)."""
         p = self._registry.get(patient_id)
@@ -546,20 +658,24 @@ class Engine:
         if n <= old:
             return
         self._synced = n
-        capacity = len(self._dirty)
-        if n > capacity:
-            size = max(n, capacity + capacity // 2, _MIN_CAPACITY)
-            self._dirty = np.concatenate((self._dirty, np.zeros(size - capacity, np.bool_)))
-            self._touched = np.concatenate(
-                (self._touched, np.zeros((len(self._detectors), size - capacity), np.bool_)), axis=1)
-            for det in self._detectors:
-                det.resize(size)
+        if n > len(self._dirty):
+            self._grow(n)
         # A loop over the (few) patients with overrides, not over samples.
         for pid, overrides in self._rules.patient_rules.items():
             p = self._registry.get(pid)
             if p is not None and p >= old:
                 for name, rule in overrides.items():
                     self._detectors[self._by_name[name]].configure(p, rule)  # type: ignore[arg-type]
+
+    def _grow(self, n: int) -> None:
+        """Grow every per-patient array to at least ``n`` slots (by half its size at least)."""
+        capacity = len(self._dirty)
+        size = max(n, capacity + capacity // 2, _MIN_CAPACITY)
+        self._dirty = np.concatenate((self._dirty, np.zeros(size - capacity, np.bool_)))
+        self._touched = np.concatenate(
+            (self._touched, np.zeros((len(self._detectors), size - capacity), np.bool_)), axis=1)
+        for det in self._detectors:
+            det.resize(size)
 
     def _transition_events(self, index: int, tr: Transitions) -> list[tuple[tuple[float, str, int], AlertEvent]]:
         """Events of one detector's transitions (a loop over alert transitions, which are rare)."""
@@ -632,6 +748,20 @@ class Engine:
             aid = self._open_id.pop((i, p), None)
             if aid is not None:
                 del self._open[aid]
+
+
+def _same_columns(touched: BoolArray) -> list[tuple[IntArray, list[int]]]:
+    """Groups of the columns of ``touched`` (rules × patients) that are equal: (columns, rows set)."""
+    n_rules, n = touched.shape
+    if n_rules <= 62:
+        key = (1 << np.arange(n_rules, dtype=np.int64)) @ touched.astype(np.int64)
+        _, first, group = np.unique(key, return_index=True, return_inverse=True)
+    else:
+        _, first, group = np.unique(touched.T, axis=0, return_index=True, return_inverse=True)
+    group = group.ravel()
+    if len(first) == 1:
+        return [(np.arange(n), np.flatnonzero(touched[:, 0]).tolist())]
+    return [(np.flatnonzero(group == g), np.flatnonzero(touched[:, f]).tolist()) for g, f in enumerate(first.tolist())]
 
 
 def _pack(patient: IntArray, metric: npt.NDArray[np.int8], device: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import grown, opt, opt_float
+from detectors.columns import StateColumn, grown, opt, opt_float
 from detectors.const import FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
 from detectors.errors import StateError
 from detectors.rules import Flapping
@@ -403,6 +403,14 @@ class EpisodeTable:
         self.escalate_from[patient] = (raised_at if math.isnan(escalate_from) else escalate_from) if code else np.nan
         self.held[patient] = bool(record.get("held", False)) and code > 0
         self.recent[:, patient] = _recent(record.get("recent", []))
+
+    def state_columns(self) -> list[StateColumn]:
+        """The per-patient alert state arrays (see :class:`~detectors.columns.StateColumn`)."""
+        return [
+            (self.level, 0), (self.since, 0), (self.raised_at, 0), (self.acked, 0), (self.acked_at, 0),
+            (self.escalated, 0), (self.cooldown_until, 0), (self.escalate_from, 0), (self.held, 0),
+            (self.recent, 1),
+        ]
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's alert state (parameters stay)."""

@@ -45,7 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, MetricView
-from detectors.columns import grown
+from detectors.columns import StateColumn, grown
 from detectors.const import (
     CGM_ERROR_SD_MG_DL,
     CGM_ERROR_TAU_MIN,
@@ -163,6 +163,10 @@ class ForecastDetector(SignalDetector):
     def export_extra(self, patient: int) -> dict[str, Any]:
         """The recent readings the next forecasts need."""
         return {"history": self.history.export_patient(patient)}
+
+    def extra_columns(self) -> list[StateColumn]:
+        """The recent readings."""
+        return self.history.state_columns()
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent readings."""

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.batch import FloatArray, IntArray, MetricView
-from detectors.columns import grown
+from detectors.columns import StateColumn, grown
 from detectors.errors import StateError
 
 
@@ -76,6 +76,10 @@ class History:
         keep = ~np.isnan(self.t[patient])
         values = [None if x != x else x for x in self.v[patient, keep].tolist()]  # x != x: NaN
         return {"t": self.t[patient, keep].tolist(), "v": values}
+
+    def state_columns(self) -> list[StateColumn]:
+        """The history arrays (patient on axis 0)."""
+        return [(self.t, 0), (self.v, 0)]
 
     def import_patient(self, patient: int, record: Mapping[str, Any] | None) -> None:
         """Restore :meth:`export_patient`'s output (``None``: no history)."""

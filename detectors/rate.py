@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from detectors.batch import FloatArray, MetricView
-from detectors.columns import grown
+from detectors.columns import StateColumn, grown
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS, METRIC_UNITS, RATE_MAX_READINGS
 from detectors.events import format_value
 from detectors.history import History
@@ -67,6 +67,10 @@ class RateDetector(SignalDetector):
     def export_extra(self, patient: int) -> dict[str, Any]:
         """The recent readings the next rates need."""
         return {"history": self.history.export_patient(patient)}
+
+    def extra_columns(self) -> list[StateColumn]:
+        """The recent readings."""
+        return self.history.state_columns()
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent readings."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import grown, opt, opt_float
+from detectors.columns import StateColumn, grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
 from detectors.errors import StateError
 from detectors.events import format_duration
@@ -165,6 +165,11 @@ class RhythmDetector(SignalDetector):
             "beats": int(self.beats[patient]),
             "verdict": opt(self.carried[patient]),
         }
+
+    def extra_columns(self) -> list[StateColumn]:
+        """The beat ring, the counters, the verdict history and the latest verdict."""
+        return [(self.ring, 0), (self.total, 0), (self.run, 0), *self.verdicts.state_columns(),
+                (self.beats, 0), (self.carried, 0)]
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent beats, the beat counter and the latest verdict."""

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import grown, opt, opt_float
+from detectors.columns import StateColumn, grown, opt, opt_float
 from detectors.const import METRIC_CODES, N_LEVELS, SEVERITY_NAMES
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -97,6 +97,10 @@ class SignalDetector:
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore :meth:`export_extra`'s output (an empty record means: fresh)."""
+
+    def extra_columns(self) -> list[StateColumn]:
+        """The type's own per-patient state arrays, the ones :meth:`export_extra` reads."""
+        return []
 
     def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
         """Human text of an event of ``rule`` (as it applies to the patient) during ``period``."""
@@ -388,6 +392,11 @@ class SignalDetector:
         self.last_t[patient] = opt_float(record, "last_t")
         self.episodes.import_patient(patient, alert)
         self.import_extra(patient, record)
+
+    def state_columns(self) -> list[StateColumn]:
+        """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""
+        return [(self.last_t, 0), (self.run_start, 1), (self.clear_start, 0),
+                *self.episodes.state_columns(), *self.extra_columns()]
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's state for this rule."""

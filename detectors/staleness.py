@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import grown, opt, opt_float
+from detectors.columns import StateColumn, grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, METRIC_CODES, METRIC_LABELS, N_LEVELS
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -142,6 +142,11 @@ class StalenessDetector:
         self.pending[patient] = bool(record.get("pending", False))
         self.watched[patient] = bool(record.get("watched", False))
         self.episodes.import_patient(patient, alert)
+
+    def state_columns(self) -> list[StateColumn]:
+        """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""
+        return [(self.last_t, 0), (self.anchor, 0), (self.pending, 0), (self.watched, 0),
+                *self.episodes.state_columns()]
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's state for this rule."""

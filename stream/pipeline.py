@@ -33,6 +33,7 @@ from detectors.batch import PatientRegistry, SampleBatch
 from detectors.const import METRIC_NAMES
 from detectors.errors import StateError
 from detectors.events import AlertEvent
+from detectors.packed import is_packed
 from rpm_core.deadletter import ReasonLog, deadletter_record
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
 from rpm_core.sink import InfluxSink
@@ -42,6 +43,11 @@ _LOGGER = logging.getLogger(__name__)
 
 # Upper bounds of the batch-size histogram (records per micro-batch; protocol.MAX_BATCH_RECORDS is 2000).
 BATCH_BUCKETS: Final = (1, 10, 50, 100, 250, 500, 1000, 2000)
+
+# How checkpoints are written (both are read): "packed" (state record version 2, detectors.packed) or
+# "json" (version 1, what workers before packed checkpoints write and read: for a rolling upgrade,
+# until no worker of the previous version is left). RPM_STATE_FORMAT in the worker.
+STATE_FORMATS: Final = ("packed", "json")
 
 SendFn = Callable[[bytes | None, bytes], Awaitable[None]]
 
@@ -76,6 +82,12 @@ class AlertEngine(Protocol):
 
     def import_state(self, patient_id: str, state: dict[str, object]) -> None:
         """Restore a patient's state."""
+
+    def export_packed(self, patient_ids: Sequence[str]) -> list[bytes]:
+        """These patients' states as packed records (built together)."""
+
+    def import_packed(self, patient_id: str, raw: bytes) -> None:
+        """Restore a patient's state from a packed record."""
 
 
 class StateStore(Protocol):
@@ -150,6 +162,8 @@ def alert_point(event: AlertEvent) -> AlertPoint:
 class Pipeline:
     """Decode → detect → write, for one worker.
 
+    ``state_format``: how checkpoints are written (:data:`STATE_FORMATS`); both formats are read.
+
     ``enrolled`` names the patients to watch for staleness even if they never send anything: the
     worker passes the roster patients whose partitions it owns now (see
     :func:`stream.protocol.owned_patients`); it is asked again on every :meth:`reload`. Default: nobody.
@@ -158,7 +172,11 @@ class Pipeline:
     def __init__(
         self, *, engine_factory: Callable[[], AlertEngine], sink: InfluxSink, store: StateStore | None = None,
         clock: Callable[[], float] = time.time, enrolled: Callable[[], Sequence[str]] | None = None,
+        state_format: str = STATE_FORMATS[0],
     ) -> None:
+        if state_format not in STATE_FORMATS:
+            raise ValueError(f"state format {state_format!r}: expected one of {', '.join(STATE_FORMATS)}")
+        self._packed = state_format == "packed"
         self._engine_factory = engine_factory
         self._enrolled = enrolled
         self.engine = engine_factory()
@@ -217,7 +235,10 @@ class Pipeline:
             if raw is None:
                 continue
             try:
-                self.engine.import_state(patient, orjson.loads(raw))
+                if is_packed(raw):
+                    self.engine.import_packed(patient, raw)
+                else:  # version 1 (JSON): written by a worker before packed checkpoints
+                    self.engine.import_state(patient, orjson.loads(raw))
                 self.stats.state_loads += 1
             except (StateError, orjson.JSONDecodeError) as exc:
                 # A record this version cannot read: start the patient fresh rather than stop the stream.
@@ -229,13 +250,18 @@ class Pipeline:
 
     def _checkpoint(self) -> None:
         self.note_dirty()
-        pending, self._pending = self._pending, collections.OrderedDict()
-        for patient in pending:
-            self._store_state(patient)
+        self._store_states(list(self._pending))
+        self._pending = collections.OrderedDict()
 
-    def _store_state(self, patient: str) -> None:
-        self.store.put(patient, orjson.dumps(self.engine.export_state(patient)))
-        self.stats.checkpoints += 1
+    def _store_states(self, patients: list[str]) -> None:
+        """Write these patients' states (packed records, built together: :mod:`detectors.packed`)."""
+        if self._packed:
+            records = self.engine.export_packed(patients)
+        else:
+            records = [orjson.dumps(self.engine.export_state(patient)) for patient in patients]
+        for patient, record in zip(patients, records, strict=True):
+            self.store.put(patient, record)
+        self.stats.checkpoints += len(patients)
 
     # Rolling checkpoints (the worker's group commit, see stream.protocol.Committer): a patient whose
     # state changed is written once it has been pending for a while, oldest first, so a patient
@@ -265,23 +291,25 @@ class Pipeline:
         """Write the states pending for ``age_s`` or more, oldest first, at most ``limit`` of them;
         return the first batch seq some pending state still depends on (``None``: nothing is pending)."""
         cutoff = self._clock() - age_s
-        pending = self._pending
-        written = 0
-        while pending:
-            patient, (since, seq) = next(iter(pending.items()))  # O(1): an OrderedDict
-            if since > cutoff or (limit is not None and written >= limit):
-                return seq
-            pending.popitem(last=False)
-            self._store_state(patient)
-            written += 1
-        return None
+        due: list[str] = []
+        frontier = None
+        for patient, (since, seq) in self._pending.items():  # oldest first: stops at the first not due
+            if since > cutoff or (limit is not None and len(due) >= limit):
+                frontier = seq
+                break
+            due.append(patient)
+        self._store_states(due)
+        for patient in due:  # only once written: a failed write leaves them pending
+            del self._pending[patient]
+        return frontier
 
     def checkpoint_patients(self, patients: Iterable[str]) -> None:
         """Write these patients' states now (and take them off the pending set)."""
         self.note_dirty()
-        for patient in patients:
-            if self._pending.pop(patient, None) is not None:
-                self._store_state(patient)
+        due = [patient for patient in dict.fromkeys(patients) if patient in self._pending]
+        self._store_states(due)
+        for patient in due:
+            del self._pending[patient]
 
     async def handle(self, values: list[bytes], *, checkpoint: bool = True) -> None:
         """Process one micro-batch of ``rpm.readings`` record values: decode, detect, write, publish,

@@ -122,7 +122,21 @@ def build_pipeline(settings: Settings, status: Any = None) -> object:
         org=settings.influx_org, auth=settings.influx_auth(),
     )
     return Pipeline(engine_factory=lambda: Engine(ruleset, realarm_after=realarm), sink=sink,
-                    enrolled=status.enrolled if status is not None else None)
+                    enrolled=status.enrolled if status is not None else None, state_format=state_format())
+
+
+def state_format(env: Mapping[str, str] | None = None) -> str:
+    """``RPM_STATE_FORMAT``: how the worker writes checkpoints, ``packed`` (default) or ``json`` (the
+    format of workers before packed checkpoints: during a rolling upgrade, so that a worker of the
+    previous version taking over a partition can read its states). Both are read."""
+    from rpm_core.errors import ConfigError
+    from stream.pipeline import STATE_FORMATS
+
+    env = os.environ if env is None else env
+    value = (env.get("RPM_STATE_FORMAT") or STATE_FORMATS[0]).strip().lower()
+    if value not in STATE_FORMATS:
+        raise ConfigError(f"RPM_STATE_FORMAT={value!r}: expected one of {', '.join(STATE_FORMATS)}")
+    return value
 
 
 def checkpoint_interval_s(env: Mapping[str, str] | None = None) -> float:

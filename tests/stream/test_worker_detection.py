@@ -6,10 +6,12 @@ to here) points nowhere.
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from detectors.engine import Engine
+from detectors.packed import is_packed
 from rpm_core.roster import hash_password
 from rpm_core.rules import load_rules, parse_rules
 from rpm_core.sink import make_sink
@@ -103,6 +105,56 @@ class TestEnrolment:
         pipe = pipeline(STALE_RULES)
         pipe.reload()
         assert pipe.stats.enrolled == 0 and pipe.engine.tick(T0 + 3600) == []
+
+
+class TestCheckpointFormat:
+    def test_a_worker_reads_the_json_checkpoints_of_the_previous_version_then_writes_packed_ones(self) -> None:
+        clock, store = Clock(T0), DictStore()
+        old = pipeline(clock=clock)
+        old.engine.process(old._sample_batch(decode_records([
+            encode_readings_record("p1", [group("hr-1", "heart_rate", [150.0] * 12)]),
+            encode_readings_record("p2", [group("cgm-2", "glucose", [100, 90, 80, 70, 60, 50])]),
+        ])), now=T0)
+        states = {p: old.engine.export_state(p) for p in ("p1", "p2")}
+        store.data = {p: orjson.dumps(state) for p, state in states.items()}  # what the previous version wrote
+        new = pipeline(clock=clock, store=store)
+        new.reload()
+        assert new.stats.state_loads == 2
+        assert {p: new.engine.export_state(p) for p in states} == states
+        new.engine.dirty_patients()
+        new.checkpoint_patients(["p1"])  # nothing changed: nothing is written
+        assert store.data["p1"][:1] == b"{"
+        new.note_dirty()
+        new._pending.update(dict.fromkeys(states, (T0, 0)))
+        new.checkpoint()
+        assert all(is_packed(raw) for raw in store.data.values())
+        newer = pipeline(clock=clock, store=store)
+        newer.reload()
+        assert {p: newer.engine.export_state(p) for p in states} == states
+        assert len(newer.engine.open_alerts()) == len(old.engine.open_alerts()) > 0
+
+    def test_json_checkpoints_on_request_for_a_rolling_upgrade(self) -> None:
+        from rpm_core.errors import ConfigError
+        from stream.worker import state_format
+
+        assert state_format({}) == "packed" and state_format({"RPM_STATE_FORMAT": " JSON "}) == "json"
+        with pytest.raises(ConfigError):
+            state_format({"RPM_STATE_FORMAT": "msgpack"})
+        store = DictStore()
+        pipe = Pipeline(engine_factory=lambda: Engine(load_rules(REPO / "alert_rules.yaml")),
+                        sink=make_sink(url="http://127.0.0.1:9", db="unused"), store=store, state_format="json")
+        pipe.engine.process(pipe._sample_batch(decode_records([
+            encode_readings_record("p1", [group("hr-1", "heart_rate", [150.0] * 12)])])), now=T0)
+        pipe.checkpoint()
+        assert orjson.loads(store.data["p1"]) == pipe.engine.export_state("p1")
+
+    def test_an_unreadable_record_starts_the_patient_fresh(self) -> None:
+        store = DictStore()
+        store.data = {"p1": b"\xa7S\x02garbage", "p2": b"{not json"}
+        pipe = pipeline(store=store)
+        pipe.reload()
+        assert pipe.stats.state_loads == 0
+        assert pipe.engine.export_state("p1")["rules"] == {} and pipe.engine.export_state("p2")["rules"] == {}
 
 
 class TestOwnership:
