@@ -84,6 +84,9 @@ PARTITIONS: Final = 8
 QUICK_LOADS: Final = (10_000, 20_000)
 DEFAULT_LOADS: Final = (10_000, 30_000, 50_000)
 PEERS: Final = ("naive", "nodered-stock", "nodered-tuned")
+# Our settings a run may be given from the caller's environment (every other RPM_ variable is
+# dropped): RPM_STATE_FORMAT=json measures the checkpoints of the previous version (issue 20).
+PASSED_ENV: Final = ("RPM_STATE_FORMAT",)
 RSS_OF: Final = ("worker", "bridge")  # processes whose resident memory is sampled
 # The patient-count sweep of --max (and --sweep-patients): a fixed offered rate spread over more and more patients.
 SWEEP_PATIENTS: Final = (10_000, 30_000, 100_000, 300_000)
@@ -123,7 +126,7 @@ class System(Protocol):
 
 def _env(stack: Stack, *, mqtt_user: str | None, rules: Path) -> dict[str, str]:
     s = stack.settings
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_") or k in PASSED_ENV}
     env.update({"RPM_SIGNING_KEYS_FILE": s.signing_keys_file or "",
                 "RPM_KAFKA_URL": s.kafka_url or "", "RPM_INFLUX_URL": s.influx_url or "",
                 "RPM_INFLUX_DB": s.influx_db, "RPM_RULES": str(rules), "PYTHONUNBUFFERED": "1"})

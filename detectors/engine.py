@@ -543,12 +543,14 @@ class Engine:
         rows = np.array([p for _, p in known], dtype=np.int64)
         marks = self._packed_marks(rows)
         touched = self._touched[:, rows]
+        state = {k: packed.gather(self._detectors[k].state_columns(), rows)
+                 for k in np.flatnonzero(touched.any(axis=1)).tolist()}
         # Patients with state in the same rules (usually: the same devices) share one encoding.
-        for members, rules in _same_columns(touched):
-            sub = rows[members]
+        groups = _same_columns(touched)
+        for members, rules in groups:
+            blocks = [state[k] if len(groups) == 1 else state[k][members] for k in rules]
             table, masks, m, values, offsets = packed.encode_rules(
-                len(sub), [self._rule_ids[k] for k in rules], [packed.gather(self._detectors[k].state_columns(), sub)
-                                                     for k in rules])
+                len(members), [self._rule_ids[k] for k in rules], blocks)
             for j, at in enumerate(members.tolist()):
                 body = b"".join((packed.head(len(marks[at])), *marks[at], table, masks[j * m: (j + 1) * m],
                                  values[offsets[j]: offsets[j + 1]]))
