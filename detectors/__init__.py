@@ -3,7 +3,8 @@
 The same code serves the live Faust worker and ``rpm backtest`` (DESIGN.md). Public API:
 
 - :class:`Engine` — runs a :class:`RuleSet` over :class:`SampleBatch` micro-batches, returns
-  :class:`AlertEvent` s; ``tick``, ``acknowledge``, per-patient ``export_state``/``import_state``;
+  :class:`AlertEvent` s; ``tick``, ``acknowledge``, per-patient ``export_state``/``import_state``
+  (and packed, many patients at once: ``export_packed``/``import_packed``);
 - rule models :class:`RuleSet`, :class:`ThresholdRule` (and its signal-rule subclasses
   :class:`RateRule`, :class:`ForecastRule`, :class:`BaselineRule`, :class:`RhythmRule`),
   :class:`StalenessRule`, :class:`ThresholdLevel`, :class:`StaleLevel`, :class:`Period`,

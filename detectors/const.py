@@ -58,6 +58,7 @@ ACKNOWLEDGED: Final = "acknowledged"
 ESCALATED: Final = "escalated"
 
 # Version of the per-patient state records of ``Engine.export_state``; bump on incompatible change.
+# (Packed records, detectors.packed, are version 2 of the same content.)
 STATE_VERSION: Final = 1
 
 # Bounds of per-patient history kept by the windowed detectors: their state must stay compact

@@ -9,6 +9,8 @@ patients. It is the single entry point shared by the Faust worker and ``rpm back
     events += engine.acknowledge(alert_id, by="nurse-3", at=now)
     for patient in engine.dirty_patients():          # checkpoint what changed
         table[patient] = engine.export_state(patient)
+    changed = engine.dirty_patients()                # or packed, all at once (the worker)
+    table.update(zip(changed, engine.export_packed(changed)))
 
 The stream is at-least-once, so :meth:`Engine.process` drops duplicates and anything not newer
 than the last sample it processed for that patient, metric and *device*: redelivered input

@@ -24,16 +24,18 @@ Rebalances are the other way Faust loses records (of partitions a worker keeps);
 patch in :mod:`stream.faust_adapter`, installed by :func:`stream.app.create_app`, fixes that.
 
 Detector state lives in the Faust table ``rpm-detector-state`` (key: patient id, value: the
-engine's JSON export; changelog topic ``rpm-worker-rpm-detector-state-changelog``). Faust refuses
-ordinary table writes inside ``take()`` batches: a write asks the *current event* for its
-partition, and a batch has no single current event ("Cannot modify table key from outside of
-stream iteration"). The table is therefore declared with ``use_partitioner=True``: the changelog
-partition is chosen by the producer's partitioner from the key, the same murmur2 partitioner
-that put the patient's readings on their partition, and the changelog has as many partitions as
-``rpm.readings``. So a patient's state lands on the changelog partition that mirrors its readings
-partition, Faust's assignor gives both to the same worker, and after a rebalance the table holds
-exactly the states of the patients this worker now owns. ``Pipeline.reload`` then rebuilds the
-engine from the table once Faust finished recovering it, before any new record is processed.
+engine's packed record, :mod:`detectors.packed`, or with ``RPM_STATE_FORMAT=json`` and from
+workers of earlier versions its JSON export, both read; changelog topic
+``rpm-worker-rpm-detector-state-changelog``). Faust refuses ordinary table writes inside
+``take()`` batches: a write asks the *current event* for its partition, and a batch has no single
+current event ("Cannot modify table key from outside of stream iteration"). The table is therefore
+declared with ``use_partitioner=True``: the changelog partition is chosen by the producer's
+partitioner from the key, the same murmur2 partitioner that put the patient's readings on their
+partition, and the changelog has as many partitions as ``rpm.readings``. So a patient's state
+lands on the changelog partition that mirrors its readings partition, Faust's assignor gives both
+to the same worker, and after a rebalance the table holds exactly the states of the patients this
+worker now owns. ``Pipeline.reload`` then rebuilds the engine from the table once Faust finished
+recovering it, before any new record is processed.
 
 The table lives in memory and is recovered from its changelog at start (``RPM_STATE_STORE=memory``,
 the default), or in RocksDB in the data directory (``rocksdb``, with the ``rocksdict`` package),
