@@ -1,14 +1,14 @@
 """Cost of a detector-state checkpoint per patient, JSON records (v1) against packed records (v2), in one run.
 
-    nice -n 10 .venv/bin/python -m benchmarks.checkpoint_cost --patients 10000,100000 \\
+    nice -n 10 .venv/bin/python -m benchmarks.checkpoint_cost --patients 10000,100000 --chunks 1,5,20,50,200 \\
         --out benchmarks/results/issue20/checkpoint-cost.json
 
 Per patient count, one engine with the default rules (``alert_rules.yaml``) holds that many patients
 in a worker-like mix: every patient sent a minute of heart rate with RR intervals from a named
 device, one in five also glucose from a CGM, one in fifty a heart rate high enough to hold a
 tachycardia alert open. Then rounds alternate the two ways of writing a checkpoint, each on the
-same random chunk of ``--chunk`` patients (a worker's flush writes the states that fell due since
-the last batch: tens at a time in the sweeps of RESULTS.md):
+same random chunk of patients, for each chunk size of ``--chunks`` (a worker's flush writes the
+states that fell due since the last batch, oldest first: from a few to hundreds at a time):
 
 - ``json``: ``orjson.dumps(engine.export_state(p))`` per patient (the worker before packed records);
 - ``packed``: ``engine.export_packed(chunk)`` (one call for the chunk);
@@ -70,7 +70,7 @@ def populated(n: int, seed: int) -> Engine:
     return engine
 
 
-def cost(engine: Engine, *, rounds: int, chunk: int, seed: int) -> dict[str, Any]:
+def cost(engine: Engine, *, rounds: int, chunk: int, seed: int, reload: bool = True) -> dict[str, Any]:
     """Alternating rounds of both ways of checkpointing a random chunk; µs per patient (CPU)."""
     rng = random.Random(seed)
     ids = engine.registry.ids()
@@ -95,8 +95,8 @@ def cost(engine: Engine, *, rounds: int, chunk: int, seed: int) -> dict[str, Any
     sample = rng.sample(ids, min(2000, len(ids)))
     json_records = [orjson.dumps(engine.export_state(p)) for p in sample]
     packed_records = engine.export_packed(sample)
-    reload: dict[str, float] = {}
-    for name in ("json", "packed"):
+    reloaded: dict[str, float] = {}
+    for name in ("json", "packed") if reload else ():
         fresh = Engine(engine.rules)
         start = time.process_time()
         if name == "json":
@@ -105,7 +105,7 @@ def cost(engine: Engine, *, rounds: int, chunk: int, seed: int) -> dict[str, Any
         else:
             for p, raw in zip(sample, packed_records, strict=True):
                 fresh.import_packed(p, raw)
-        reload[name] = (time.process_time() - start) / len(sample) * 1e6
+        reloaded[name] = (time.process_time() - start) / len(sample) * 1e6
     json_us, packed_us = statistics.median(per["json"]), statistics.median(per["packed"])
     return {
         "patients": len(ids),
@@ -114,8 +114,8 @@ def cost(engine: Engine, *, rounds: int, chunk: int, seed: int) -> dict[str, Any
         "json_over_packed": round(json_us / packed_us, 2),
         "json_record_bytes": round(statistics.mean(map(len, json_records))),
         "packed_record_bytes": round(statistics.mean(map(len, packed_records))),
-        "reload_json_us_per_patient": round(reload["json"], 1),
-        "reload_packed_us_per_patient": round(reload["packed"], 1),
+        "reload_json_us_per_patient": round(reloaded["json"], 1) if reload else None,
+        "reload_packed_us_per_patient": round(reloaded["packed"], 1) if reload else None,
         "rounds": rounds,
         "chunk": chunk,
     }
@@ -135,16 +135,21 @@ def report(points: list[dict[str, Any]], before: dict[str, Any], after: dict[str
     """The Markdown table of a run."""
     lines = [f"checkpoint cost, commit {before['commit']}, {before['cores']} cores, {before['utc']} UTC, "
              f"load average {before['loadavg']} before, {after['loadavg']} after", "",
-             "| patients | json µs/patient | packed µs/patient | json/packed | bytes json / packed "
-             "| reload µs/patient json / packed |", "|---|---|---|---|---|---|"]
-    lines += [f"| {p['patients']:,} | {p['json_us_per_patient']} | {p['packed_us_per_patient']} | "
+             "| patients | chunk | json µs/patient | packed µs/patient | json/packed | bytes json / packed "
+             "| reload µs/patient json / packed |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['patients']:,} | {p['chunk']} | {p['json_us_per_patient']} | {p['packed_us_per_patient']} | "
               f"{p['json_over_packed']} | {p['json_record_bytes']} / {p['packed_record_bytes']} | "
-              f"{p['reload_json_us_per_patient']} / {p['reload_packed_us_per_patient']} |" for p in points]
-    if len(points) > 1:
-        first, last = points[0], points[-1]
-        lines += ["", f"growth {first['patients']:,} → {last['patients']:,} patients: json "
-                  f"{last['json_us_per_patient'] / first['json_us_per_patient']:.2f}×, packed "
-                  f"{last['packed_us_per_patient'] / first['packed_us_per_patient']:.2f}×"]
+              f"{p['reload_json_us_per_patient'] or '-'} / {p['reload_packed_us_per_patient'] or '-'} |"
+              for p in points]
+    counts = sorted({p["patients"] for p in points})
+    lines.append("")
+    for chunk in sorted({p["chunk"] for p in points}):
+        first, last = (next(p for p in points if p["patients"] == n and p["chunk"] == chunk)
+                       for n in (counts[0], counts[-1]))
+        if first is not last:
+            lines += [f"- chunk {chunk}, {counts[0]:,} → {counts[-1]:,} patients: json "
+                      f"{last['json_us_per_patient'] / first['json_us_per_patient']:.2f}×, packed "
+                      f"{last['packed_us_per_patient'] / first['packed_us_per_patient']:.2f}×"]
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +157,7 @@ def main() -> None:
     """Run the comparison and write the JSON report (and its Markdown table beside it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", default="10000,100000", help="patient counts, comma-separated")
-    parser.add_argument("--chunk", type=int, default=50, help="patients per checkpoint call")
+    parser.add_argument("--chunks", default="1,5,20,50,200", help="patients per checkpoint call, comma-separated")
     parser.add_argument("--rounds", type=int, default=40, help="alternating rounds per patient count")
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None, help="JSON report (and .md beside it)")
@@ -161,7 +166,8 @@ def main() -> None:
     points = []
     for n in (int(x) for x in args.patients.split(",")):
         engine = populated(n, args.seed)
-        points.append(cost(engine, rounds=args.rounds, chunk=args.chunk, seed=args.seed))
+        for i, chunk in enumerate(int(x) for x in args.chunks.split(",")):
+            points.append(cost(engine, rounds=args.rounds, chunk=chunk, seed=args.seed, reload=i == 0))
         del engine
     after = machine()
     text = report(points, before, after)
