@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from detectors.batch import MetricView
+from detectors.batch import BoolArray, FloatArray, MetricView
 from detectors.columns import StateColumn
 from detectors.episodes import EpisodeTable, Transitions
 
@@ -59,4 +59,11 @@ class Detector(Protocol):
     def state_columns(self) -> list[StateColumn]:
         """Every per-patient state array (not parameters, not caches), for packed checkpoints:
         :meth:`export_patient` must read nothing else of the patient's."""
+        ...
+
+    def settle(self, rows: FloatArray) -> BoolArray:
+        """Which rows of packed entries (patients × entries of :meth:`state_columns`, as float64) an
+        :meth:`export_patient` and :meth:`import_patient` round trip would leave exactly as they are,
+        without error; it may rewrite a row in place to what that round trip makes of it (and then
+        vouch for the result). Rows it does not vouch for take the round trip (packed checkpoints)."""
         ...

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from detectors.batch import FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown, opt_float
+from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
+from detectors.columns import StateColumn, finite_or_nan, grown, nan_first, opt_float, same_nan, whole
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
@@ -179,6 +179,21 @@ class BaselineDetector(SignalDetector):
     def extra_columns(self) -> list[StateColumn]:
         """The block ring and the current block (not the cached baseline: it is derived)."""
         return [(self.ring_id, 0), (self.ring_mean, 0), (self.cur_id, 0), (self.cur_sum, 0), (self.cur_count, 0)]
+
+    def settle_extra(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of block rings and current blocks an export and import would leave as they are:
+        ring padding (NaN id and mean) in front, whole finite ids with finite means; a current block
+        with a whole id, a finite sum and a whole count, or none (NaN id, sum and count 0)."""
+        ring_id, ring_mean, cur_id, cur_sum, cur_count = blocks
+        present = ~np.isnan(ring_id)
+        ring = (nan_first(ring_id) & same_nan(ring_id, ring_mean) & finite_or_nan(ring_mean)
+                & whole(np.where(present, ring_id, 1.0)))
+        block = np.concatenate((cur_id, cur_sum, cur_count), axis=1)
+        counting = cur_count[:, 0] > 0
+        none = np.isnan(cur_id[:, 0]) & (block[:, 1:] == 0).all(axis=1) & ~np.signbit(block[:, 1:]).any(axis=1)
+        current = np.where(counting, whole(block[:, [0, 2]]) & np.isfinite(cur_sum[:, 0]), none)
+        ok: BoolArray = ring & current
+        return ok
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the block ring and the current block."""

@@ -41,3 +41,36 @@ def opt_float(record: Mapping[str, Any], key: str) -> float:
     if not math.isfinite(value):
         raise StateError(f"{key} must be finite, not {value!r}")
     return float(value)
+
+
+# -- packed rows: which rows of entries a JSON round trip would leave exactly as they are ----------
+# A packed record's rules are read by writing their entries straight into the patient's slots when
+# :meth:`~detectors.base.Detector.settle` vouches for them: they hold nothing a version 1 record
+# could not hold, and importing them through one (export then import) would change nothing. Rows it
+# does not vouch for take that round trip, which then normalizes them or raises StateError.
+
+
+def finite_or_nan(block: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Per row of ``block`` (rows × entries): no entry is ±inf (JSON records hold finite numbers or null)."""
+    ok = np.asarray((~np.isinf(block)).all(axis=1), np.bool_)
+    return ok
+
+
+def nan_first(block: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Per row: the NaN entries (padding) all come before the others (a history's order)."""
+    nan = np.isnan(block)
+    ok = np.asarray((nan[:, :-1] | ~nan[:, 1:]).all(axis=1), np.bool_)
+    return ok
+
+
+def whole(block: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Per row: every entry is a finite whole number, and not -0.0 (``int()`` makes it 0)."""
+    negative_zero = (block == 0) & np.signbit(block)
+    ok: npt.NDArray[np.bool_] = (np.isfinite(block) & (block == np.floor(block)) & ~negative_zero).all(axis=1)
+    return ok
+
+
+def same_nan(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Per row: ``a`` and ``b`` are NaN at the same entries."""
+    ok: npt.NDArray[np.bool_] = (np.isnan(a) == np.isnan(b)).all(axis=1)
+    return ok

@@ -23,6 +23,8 @@ than the last one it processed for the patient. Alert ids are deterministic
 
 from __future__ import annotations
 
+import collections
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -607,6 +609,103 @@ class Engine:
             rules[name] = self._row_record(index, row)
         last_t = seen.pop(UNNAMED_DEVICE, {})
         self.import_state(patient_id, {"v": STATE_VERSION, "last_t": last_t, "devices": seen, "rules": rules})
+
+    def import_packed_many(self, records: Sequence[tuple[str, bytes]]) -> dict[str, StateError]:
+        """:meth:`import_packed` of many ``(patient id, record)`` pairs (a reload), checked and written
+        together: the same result, and the same error for the same record, as importing them one by one
+        in order (a record that fails changes nothing; a new patient's stays fresh). Returns the errors
+        by patient id.
+
+        The records of patients new to this engine (each once in ``records``) are decoded, their
+        watermarks checked, and each rule's entries of all of them checked at once: the layout (whole
+        numbers where the arrays hold them) and :meth:`~detectors.base.Detector.settle` (what an export
+        and import through a version 1 record would leave unchanged); those that pass are written
+        straight into their slots. Every other record takes :meth:`import_packed` (its checks raise
+        the StateError, or it normalizes what settle does not vouch for).
+        """
+        self._sync()
+        count = collections.Counter(pid for pid, _ in records)
+        slow: list[int] = []
+        fast: list[tuple[int, list[int], list[str], list[float]]] = []  # record, watermark metrics, devices, times
+        by_rule: list[list[tuple[int, FloatArray]]] = [[] for _ in self._detectors]  # (fast record, entries)
+        for i, (pid, raw) in enumerate(records):
+            parsed = None if count[pid] > 1 or pid in self._registry else self._parse_packed(raw)
+            if parsed is None:
+                slow.append(i)
+                continue
+            metrics, devices, times, rows = parsed
+            for index, row in rows:
+                by_rule[index].append((len(fast), row))
+            fast.append((i, metrics, devices, times))
+        good = np.ones(len(fast), np.bool_)
+        settled: list[tuple[IntArray, FloatArray]] = []
+        for index, entries in enumerate(by_rule):
+            at = np.array([j for j, _ in entries], np.int64)
+            block = np.array([row for _, row in entries], np.float64).reshape(len(entries), self._layouts[index].width)
+            ok = self._layouts[index].fits(block)
+            ok &= self._detectors[index].settle(block)  # may renumber rows in place (a copy of the records')
+            good[at[~ok]] = False
+            settled.append((at, block))
+        slots = np.full(len(fast), -1, np.int64)
+        for j, (i, metrics, devices, times) in enumerate(fast):
+            if not good[j]:
+                slow.append(i)
+                continue
+            p = self._registry.index_of(records[i][0])
+            slots[j] = p
+            if metrics:
+                codes = self.device_codes(devices).tolist()
+                self._unsorted_marks.append(
+                    ([int(_pack_one(p, m, d)) for m, d in zip(metrics, codes, strict=True)], times))
+        self._sync()
+        for index, (at, block) in enumerate(settled):
+            keep = good[at]
+            if not keep.any():
+                continue
+            det, patients = self._detectors[index], slots[at[keep]]
+            packed.put_many(det.state_columns(), patients, block[keep])
+            self._touched[index, patients] = True
+            for p in patients[det.episodes.level[patients] > 0].tolist():
+                self._remember_open(index, p)
+        errors: dict[str, StateError] = {}
+        for i in sorted(slow):
+            pid, raw = records[i]
+            try:
+                self.import_packed(pid, raw)
+            except StateError as exc:
+                errors[pid] = exc
+        return errors
+
+    def _parse_packed(
+        self, raw: bytes
+    ) -> tuple[list[int], list[str], list[float], list[tuple[int, FloatArray]]] | None:
+        """A packed record's watermarks (metric codes, device ids, times) and entries by rule index, if
+        it is intact, its watermarks valid and each rule of this rule set in it once with this rule
+        set's width; else ``None`` (:meth:`import_packed` then says what is wrong)."""
+        try:
+            record = packed.decode(raw)
+        except StateError:
+            return None
+        metrics, devices, times = [], [], []
+        seen = set()
+        for metric, device, t in record.marks:
+            if metric >= N_METRICS or (metric, device) in seen or not math.isfinite(t):
+                return None
+            seen.add((metric, device))
+            metrics.append(metric)
+            devices.append(device)
+            times.append(t)
+        rows = []
+        indices = set()
+        for rid, row in record.rules:
+            index = self._by_id.get(rid)
+            if index is None:
+                continue  # a rule no longer in the rule set
+            if index in indices or len(row) != self._layouts[index].width:
+                return None
+            indices.add(index)
+            rows.append((index, row))
+        return metrics, devices, times, rows
 
     def _row_record(self, index: int, row: FloatArray) -> dict[str, Any]:
         """The version 1 record of one rule's packed entries: they are written into a spare slot (one

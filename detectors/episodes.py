@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown, opt, opt_float
+from detectors.columns import StateColumn, finite_or_nan, grown, nan_first, opt, opt_float
 from detectors.const import FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
 from detectors.errors import StateError
 from detectors.rules import Flapping
@@ -411,6 +411,28 @@ class EpisodeTable:
             (self.escalated, 0), (self.cooldown_until, 0), (self.escalate_from, 0), (self.held, 0),
             (self.recent, 1),
         ]
+
+    def settle(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of packed entries (blocks of :meth:`state_columns`) an export and import would
+        leave as they are, without error (see :mod:`detectors.columns`): every float finite or NaN,
+        a known level; an open alert has since, raised_at and escalate_from; no alert has none of
+        them, nor an acknowledgement, escalation or hold; acked_at only when acknowledged; raise
+        times newest last, padding in front."""
+        level, since, raised_at, acked, acked_at, escalated, _, escalate_from, held, recent = blocks
+        code = level[:, 0]
+        is_open = code > 0
+        times = np.concatenate((since, raised_at, acked_at, escalate_from), axis=1)
+        nan = np.isnan(times)
+        floats = np.concatenate((times, blocks[6], recent), axis=1)
+        ok: BoolArray = (
+            (code <= len(SEVERITY_NAMES))
+            & finite_or_nan(floats)
+            & np.where(is_open, ~nan[:, 0] & ~nan[:, 1] & ~nan[:, 3], nan[:, 0] & nan[:, 1] & nan[:, 3])
+            & (is_open | ((acked[:, 0] == 0) & (escalated[:, 0] == 0) & (held[:, 0] == 0)))
+            & ((acked[:, 0] == 1) | nan[:, 2])
+            & nan_first(recent)
+        )
+        return ok
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's alert state (parameters stay)."""

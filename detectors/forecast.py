@@ -168,6 +168,10 @@ class ForecastDetector(SignalDetector):
         """The recent readings."""
         return self.history.state_columns()
 
+    def settle_extra(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of recent readings an export and import would leave as they are."""
+        return self.history.settle(blocks)
+
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent readings."""
         self.history.import_patient(patient, record.get("history"))

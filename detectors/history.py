@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from detectors.batch import FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown
+from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
+from detectors.columns import StateColumn, finite_or_nan, grown, nan_first
 from detectors.errors import StateError
 
 
@@ -80,6 +80,16 @@ class History:
     def state_columns(self) -> list[StateColumn]:
         """The history arrays (patient on axis 0)."""
         return [(self.t, 0), (self.v, 0)]
+
+    def settle(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of packed entries (:meth:`state_columns` blocks) an export and import would leave
+        as they are (see :mod:`detectors.columns`): padding (NaN times, NaN values) in front, finite
+        times that increase, values finite or NaN."""
+        t, v = blocks
+        nan = np.isnan(t)
+        increasing = (nan[:, :-1] | (np.diff(t, axis=1) > 0)).all(axis=1)
+        padded = ~(nan & ~np.isnan(v)).any(axis=1)
+        return nan_first(t) & increasing & padded & finite_or_nan(np.concatenate((t, v), axis=1))
 
     def import_patient(self, patient: int, record: Mapping[str, Any] | None) -> None:
         """Restore :meth:`export_patient`'s output (``None``: no history)."""

@@ -110,6 +110,14 @@ class Layout:
             at += n
         return cls(at, np.array(flags, np.int64), np.array(integers, np.int64), float(top))
 
+    def fits(self, rows: FloatArray) -> npt.NDArray[np.bool_]:
+        """Per row of ``rows`` (rows × this width): every entry fits its array (as :meth:`check`)."""
+        flags = rows[:, self.flags]
+        values = rows[:, self.integers]
+        whole = (values >= 0) & (values <= self.top) & (values == np.floor(values))
+        ok: npt.NDArray[np.bool_] = ((flags == 0) | (flags == 1)).all(axis=1) & whole.all(axis=1)
+        return ok
+
     def check(self, row: FloatArray) -> None:
         """:class:`StateError` unless ``row`` has this width and every entry fits its array."""
         if len(row) != self.width:
@@ -136,6 +144,28 @@ def put(columns: Sequence[StateColumn], slot: int, row: FloatArray) -> None:
         else:
             a[:, slot] = row[at: at + n]
         at += n
+
+
+def split(columns: Sequence[StateColumn], rows: FloatArray) -> list[FloatArray]:
+    """``rows`` (patients × entries of ``columns``) cut into one block per column, patients × the column's
+    entries (views: writing a block writes ``rows``)."""
+    blocks, at = [], 0
+    for a, axis in columns:
+        n = 1 if a.ndim == 1 else a.shape[1 - axis]
+        blocks.append(rows[:, at: at + n])
+        at += n
+    return blocks
+
+
+def put_many(columns: Sequence[StateColumn], slots: IntArray, rows: FloatArray) -> None:
+    """Write ``rows`` (one per slot of ``slots``) into ``columns`` unchecked (the caller knows they fit)."""
+    for (a, axis), block in zip(columns, split(columns, rows), strict=True):
+        if a.ndim == 1:
+            a[slots] = block[:, 0]
+        elif axis == 0:
+            a[slots] = block
+        else:
+            a[:, slots] = block.T
 
 
 def encode_rules(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from detectors.batch import FloatArray, MetricView
+from detectors.batch import BoolArray, FloatArray, MetricView
 from detectors.columns import StateColumn, grown
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS, METRIC_UNITS, RATE_MAX_READINGS
 from detectors.events import format_value
@@ -71,6 +71,10 @@ class RateDetector(SignalDetector):
     def extra_columns(self) -> list[StateColumn]:
         """The recent readings."""
         return self.history.state_columns()
+
+    def settle_extra(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of recent readings an export and import would leave as they are."""
+        return self.history.settle(blocks)
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent readings."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown, opt, opt_float
+from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float, whole
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
 from detectors.errors import StateError
 from detectors.events import format_duration
@@ -170,6 +170,26 @@ class RhythmDetector(SignalDetector):
         """The beat ring, the counters, the verdict history and the latest verdict."""
         return [(self.ring, 0), (self.total, 0), (self.run, 0), *self.verdicts.state_columns(),
                 (self.beats, 0), (self.carried, 0)]
+
+    def settle_extra(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of beat rings, counters and verdicts an export and import would leave as they are
+        once their beats are renumbered from 1 as import does (done here, in place: the kept beats
+        move to the front of the ring, the rest NaN, the beat counter their number): finite kept
+        beats, whole counters (a run of at most the window), the verdict history's own conditions."""
+        ring, total, run, verdict_t, verdict_v, beats, carried = blocks
+        counters = np.concatenate((total, run, beats), axis=1)
+        ok = whole(counters) & (total[:, 0] >= 0) & (total[:, 0] < 2.0**53) & (run[:, 0] >= 0) \
+            & (run[:, 0] <= self.window)
+        ok &= finite_or_nan(carried) & self.verdicts.settle([verdict_t, verdict_v])
+        kept = np.where(ok, np.minimum(np.minimum(run[:, 0], self.window - 1), total[:, 0]), 0).astype(np.int64)
+        first = np.where(ok, total[:, 0], 0).astype(np.int64) - kept  # the oldest kept beat's number - 1
+        i = np.arange(self.window)[None, :]
+        keep = i < kept[:, None]
+        moved = np.where(keep, np.take_along_axis(ring, np.mod(first[:, None] + i, self.window), axis=1), np.nan)
+        ok &= ~(keep & ~np.isfinite(moved)).any(axis=1)
+        ring[ok] = moved[ok]
+        total[ok, 0] = kept[ok]
+        return ok
 
     def import_extra(self, patient: int, record: Mapping[str, Any]) -> None:
         """Restore the recent beats, the beat counter and the latest verdict."""

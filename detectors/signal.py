@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from detectors import packed
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown, opt, opt_float
+from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float
 from detectors.const import METRIC_CODES, N_LEVELS, SEVERITY_NAMES
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -101,6 +102,12 @@ class SignalDetector:
     def extra_columns(self) -> list[StateColumn]:
         """The type's own per-patient state arrays, the ones :meth:`export_extra` reads."""
         return []
+
+    def settle_extra(self, blocks: list[FloatArray]) -> BoolArray:
+        """Which rows of :meth:`extra_columns` entries an export and import would leave as they are;
+        may also rewrite rows in place to what that round trip would make of them. Only called for
+        a type with own state."""
+        return np.ones(len(blocks[0]), np.bool_)
 
     def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
         """Human text of an event of ``rule`` (as it applies to the patient) during ``period``."""
@@ -397,6 +404,14 @@ class SignalDetector:
         """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""
         return [(self.last_t, 0), (self.run_start, 1), (self.clear_start, 0),
                 *self.episodes.state_columns(), *self.extra_columns()]
+
+    def settle(self, rows: FloatArray) -> BoolArray:
+        """Which rows of packed entries (patients × entries of :meth:`state_columns`) an export and
+        import would leave as they are, without error (see :mod:`detectors.columns`)."""
+        blocks = packed.split(self.state_columns(), rows)
+        ok = finite_or_nan(rows[:, : 2 + N_LEVELS]) & self.episodes.settle(blocks[3:13])
+        extra = blocks[13:]
+        return ok & self.settle_extra(extra) if extra else ok
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's state for this rule."""

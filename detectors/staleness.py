@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from detectors import packed
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, grown, opt, opt_float
+from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, METRIC_CODES, METRIC_LABELS, N_LEVELS
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -147,6 +148,12 @@ class StalenessDetector:
         """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""
         return [(self.last_t, 0), (self.anchor, 0), (self.pending, 0), (self.watched, 0),
                 *self.episodes.state_columns()]
+
+    def settle(self, rows: FloatArray) -> BoolArray:
+        """Which rows of packed entries (patients × entries of :meth:`state_columns`) an export and
+        import would leave as they are, without error (see :mod:`detectors.columns`)."""
+        blocks = packed.split(self.state_columns(), rows)
+        return finite_or_nan(rows[:, :2]) & self.episodes.settle(blocks[4:])
 
     def reset_patient(self, patient: int) -> None:
         """Forget the patient's state for this rule."""

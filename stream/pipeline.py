@@ -89,6 +89,9 @@ class AlertEngine(Protocol):
     def import_packed(self, patient_id: str, raw: bytes) -> None:
         """Restore a patient's state from a packed record."""
 
+    def import_packed_many(self, records: Sequence[tuple[str, bytes]]) -> dict[str, StateError]:
+        """Restore many patients' states from packed records (together); the errors by patient."""
+
 
 class StateStore(Protocol):
     """Durable per-patient detector state (a Faust table in the worker, a dict in tests)."""
@@ -227,6 +230,8 @@ class Pipeline:
         _LOGGER.info("detector state reloaded for %d patients; %d roster patients enrolled", stored, len(enrolled))
 
     def _load(self, patients: list[str]) -> None:
+        """Import the stored state of ``patients`` (not loaded yet); packed records all at once."""
+        records: list[tuple[str, bytes]] = []
         for patient in patients:
             if patient in self._loaded:
                 continue
@@ -234,15 +239,18 @@ class Pipeline:
             raw = self.store.get(patient)
             if raw is None:
                 continue
-            try:
-                if is_packed(raw):
-                    self.engine.import_packed(patient, raw)
-                else:  # version 1 (JSON): written by a worker before packed checkpoints
-                    self.engine.import_state(patient, orjson.loads(raw))
+            if is_packed(raw):
+                records.append((patient, raw))
+                continue
+            try:  # version 1 (JSON): written by a worker before packed checkpoints
+                self.engine.import_state(patient, orjson.loads(raw))
                 self.stats.state_loads += 1
             except (StateError, orjson.JSONDecodeError) as exc:
-                # A record this version cannot read: start the patient fresh rather than stop the stream.
-                _LOGGER.error("stored detector state of a patient is unreadable (%s); starting it fresh", exc)
+                _unreadable(exc)
+        errors = self.engine.import_packed_many(records) if records else {}
+        self.stats.state_loads += len(records) - len(errors)
+        for error in errors.values():
+            _unreadable(error)
 
     def checkpoint(self) -> None:
         """Store the state of every patient whose state changed (outputs delivered first!)."""
@@ -414,3 +422,8 @@ class Pipeline:
         )
         assert self._send_deadletter is not None, "Pipeline.bind() first"
         await self._send_deadletter(None, record)
+
+
+def _unreadable(exc: Exception) -> None:
+    # A record this version cannot read: start the patient fresh rather than stop the stream.
+    _LOGGER.error("stored detector state of a patient is unreadable (%s); starting it fresh", exc)
