@@ -16,7 +16,9 @@ states that fell due since the last batch, oldest first: from a few to hundreds 
 each followed by ``store.put`` into a :class:`~stream.pipeline.DictStore` (the Faust table write and
 its changelog record are the same for both and not included here: the e2e sweep has them). CPU time
 of this process (``time.process_time``), median over the rounds, as µs per patient, and the ratio;
-also the record sizes and the reload cost per patient (a fresh engine importing 2,000 records).
+also the record sizes and the reload cost per patient (a fresh engine importing 2,000 records, one
+by one). Then, per patient count, a whole reload (:func:`reload_cost`: JSON, packed one by one, packed
+all at once as ``stream.pipeline`` reloads now); ``--reload-only`` measures just that.
 The machine is shared: compare the ratios within a run, not absolute times across runs.
 """
 
@@ -121,6 +123,34 @@ def cost(engine: Engine, *, rounds: int, chunk: int, seed: int, reload: bool = T
     }
 
 
+def reload_cost(engine: Engine) -> dict[str, Any]:
+    """A whole reload after a rebalance: a fresh engine importing every patient's record (as
+    ``stream.pipeline`` does), CPU seconds: JSON one by one (``orjson.loads`` + ``import_state``),
+    packed one by one (``import_packed``, the previous reload) and packed all at once
+    (``import_packed_many``, the reload now)."""
+    ids = engine.registry.ids()
+    json_records = [orjson.dumps(engine.export_state(p)) for p in ids]
+    packed_records = engine.export_packed(ids)
+    out: dict[str, Any] = {"patients": len(ids)}
+    for name in ("json", "packed_one_by_one", "packed_many"):
+        fresh = Engine(engine.rules)
+        start = time.process_time()
+        if name == "json":
+            for p, raw in zip(ids, json_records, strict=True):
+                fresh.import_state(p, orjson.loads(raw))
+        elif name == "packed_one_by_one":
+            for p, raw in zip(ids, packed_records, strict=True):
+                fresh.import_packed(p, raw)
+        else:
+            errors = fresh.import_packed_many(list(zip(ids, packed_records, strict=True)))
+            assert not errors
+        seconds = time.process_time() - start
+        out[f"reload_{name}_s"] = round(seconds, 2)
+        out[f"reload_{name}_us_per_patient"] = round(seconds / len(ids) * 1e6, 1)
+        del fresh
+    return out
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on, and how loaded it was."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -153,6 +183,19 @@ def report(points: list[dict[str, Any]], before: dict[str, Any], after: dict[str
     return "\n".join(lines) + "\n"
 
 
+def reload_report(reloads: list[dict[str, Any]], before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The Markdown table of the whole-reload measurement."""
+    lines = ["", f"whole reload (fresh engine, every patient), commit {before['commit']}, load average "
+             f"{before['loadavg']} before, {after['loadavg']} after", "",
+             "| patients | json s (µs/patient) | packed one by one s (µs/patient) "
+             "| packed all at once s (µs/patient) |",
+             "|---|---|---|---|"]
+    ways = ("json", "packed_one_by_one", "packed_many")
+    lines += [f"| {r['patients']:,} | " + " | ".join(
+        f"{r[f'reload_{k}_s']} ({r[f'reload_{k}_us_per_patient']})" for k in ways) + " |" for r in reloads]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """Run the comparison and write the JSON report (and its Markdown table beside it)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,21 +203,26 @@ def main() -> None:
     parser.add_argument("--chunks", default="1,5,20,50,200", help="patients per checkpoint call, comma-separated")
     parser.add_argument("--rounds", type=int, default=40, help="alternating rounds per patient count")
     parser.add_argument("--seed", type=int, default=20)
+    parser.add_argument("--reload-only", action="store_true", help="only the whole-reload measurement")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (and .md beside it)")
     args = parser.parse_args()
     before = machine()
-    points = []
+    points, reloads = [], []
     for n in (int(x) for x in args.patients.split(",")):
         engine = populated(n, args.seed)
+        reloads.append(reload_cost(engine))
         for i, chunk in enumerate(int(x) for x in args.chunks.split(",")):
-            points.append(cost(engine, rounds=args.rounds, chunk=chunk, seed=args.seed, reload=i == 0))
+            if not args.reload_only:
+                points.append(cost(engine, rounds=args.rounds, chunk=chunk, seed=args.seed, reload=i == 0))
         del engine
     after = machine()
-    text = report(points, before, after)
+    text = report(points, before, after) if points else ""
+    text += reload_report(reloads, before, after)
     print(text, end="")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(orjson.dumps({"machine": before, "machine_after": after, "points": points},
+        args.out.write_text(orjson.dumps({"machine": before, "machine_after": after, "points": points,
+                                          "reloads": reloads},
                                          option=orjson.OPT_INDENT_2).decode())
         args.out.with_suffix(".md").write_text(text)
 
