@@ -27,7 +27,12 @@ with ``{`` and is still read (:func:`is_packed` tells them apart).
 Reading checks the record's structure here (:func:`decode`: checksum, version, lengths, masks: a
 :class:`~detectors.errors.StateError` for anything else) and the engine checks the values
 (:meth:`detectors.engine.Engine.import_packed`: integer and boolean entries must be exact, and each
-rule's entries then pass the same checks as a version 1 record).
+rule's entries then pass the same checks as a version 1 record). A reload reads all its records at
+once (:meth:`~detectors.engine.Engine.import_packed_many`): each rule's entries of all of them are
+checked together, vectorized (:meth:`Layout.fits`, :meth:`detectors.base.Detector.settle`: what a round
+trip through a version 1 record would leave unchanged) and written straight into the slots
+(:func:`put_many`); a record with anything else takes the per-record path, which normalizes it or
+raises the StateError.
 """
 
 from __future__ import annotations
