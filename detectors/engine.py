@@ -719,8 +719,11 @@ class Engine:
         columns = det.state_columns()
         packed.put(columns, slot, row)
         try:
-            return det.export_patient(slot)
-        except (ValueError, TypeError, IndexError, OverflowError) as exc:  # entries no export can describe
+            # Entries a state cannot hold (an infinite beat counter, say) may make the export's
+            # arithmetic invalid: an error here, not a warning and a garbage index.
+            with np.errstate(invalid="raise", divide="raise", over="raise"):
+                return det.export_patient(slot)
+        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # entries no export can describe
             raise StateError(f"rule {det.name}: packed state is not a state of this rule ({exc})") from exc
         finally:
             packed.put(columns, slot, self._fresh_rows[index])

@@ -308,3 +308,41 @@ def test_importing_many_packed_records_is_importing_them_one_by_one(
     run6(together, samples[-3:], now=T0 + 7200)
     run6(one_by_one, samples[-3:], now=T0 + 7200)
     assert _content(together, ids) == _content(one_by_one, ids)
+
+
+def test_any_entry_of_any_default_rule_set_to_an_odd_value_imports_or_is_refused() -> None:
+    """Every entry of every default rule's state, for patients in every scripted episode, set in turn
+    to each odd value: the one-record import and a reload's batched import both take it or raise
+    StateError, the same way (found by the fuzz test above: an infinite beat counter in the rhythm
+    rule's state made the one-record import fail with numpy's invalid-value error, not a StateError)."""
+    from rpm_core.rules import default_rules_path, load_rules
+    from tests.detectors.scripted import scripted
+
+    rules = load_rules(default_rules_path())
+    engine = Engine(rules)
+    rows = scripted()
+    rows.sort(key=lambda r: r[2])
+    patients, metrics, t, value, flags, devices = zip(*rows, strict=True)
+    engine.process(engine.batch(patients, metrics, t, value, flags, devices))
+    engine.tick(max(t) + 60)
+    alone_engine, together_engine, n = Engine(rules), Engine(rules), 0
+    for pid, raw in zip(engine.registry.ids(), engine.export_packed(engine.registry.ids()), strict=True):
+        decoded = packed.decode(raw)
+        marks = [(m, tm, d.encode()) for m, d, tm in decoded.marks]
+        for k, (rid, row) in enumerate(decoded.rules):
+            for entry in range(len(row)):
+                for odd in (np.nan, np.inf, -1.0, 1e300):
+                    changed = row.copy()
+                    changed[entry] = odd
+                    rules_ = [*decoded.rules[:k], (rid, changed), *decoded.rules[k + 1:]]
+                    record = _record(marks=marks, rules=rules_)
+                    n += 1
+                    new = f"{pid}-{n}"  # a patient new to both engines, as in a reload
+                    try:
+                        alone_engine.import_packed(new, record)
+                        alone = None
+                    except StateError as exc:
+                        alone = str(exc)
+                    together = together_engine.import_packed_many([(new, record)])
+                    assert (str(together[new]) if new in together else None) == alone, (pid, rid, entry, odd)
+    assert n > 1000  # every default rule's entries, for every scripted patient
