@@ -114,6 +114,36 @@ def a_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
     return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
 
 
+def a_sinus_breathing(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young driven by breathing *in time* (issue 17, fourth round).
+
+    The heart period follows a respiratory oscillation in seconds, not in beats: 8-30 breaths a
+    minute whose rate wanders (+-10-25 %, a random walk with a 20-90 s memory) and whose depth
+    changes breath to breath (+-20-50 %), with a second harmonic (0-40 %: a breath is not a
+    sinusoid), +-5-20 % at 40-80 bpm, sampled at the beat times; so the beats per breath are not
+    an integer and change within a window. Fiducial jitter 2-10 ms.
+    """
+    mean = rng.uniform(0.75, 1.5)
+    dt = 0.1
+    steps = int(n * mean * 1.5 / dt) + 10
+    time = np.arange(steps) * dt
+    memory = rng.uniform(20, 90) / dt
+    walk = lfilter([1.0], [1.0, -(1 - 1 / memory)], rng.normal(0, 1, steps))
+    walk *= rng.uniform(0.1, 0.25) / (walk.std() + 1e-12)
+    rate = rng.uniform(8, 30) / 60 * (1 + walk)
+    phase = 2 * np.pi * np.cumsum(rate) * dt + rng.uniform(0, 6.3)
+    breath = np.floor(phase / (2 * np.pi)).astype(np.int64)
+    depth = 1 + rng.uniform(0.2, 0.5) * rng.uniform(-1, 1, breath.max() + 1)
+    second = rng.uniform(0, 0.4)
+    wave = (np.sin(phase) + second * np.sin(2 * phase + rng.uniform(0, 6.3))) / (1 + second)
+    modulation = rng.uniform(0.05, 0.2) * depth[breath] * wave
+    rr = np.full(n, mean)
+    for _ in range(3):  # beat times and their intervals agree after a few passes
+        t = np.cumsum(rr)
+        rr = mean * (1 + np.interp(t - rr, time, modulation))
+    return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
+
+
 def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
     """Random premature beats: a short interval then a compensatory long one."""
     rr = rr.copy()
@@ -175,7 +205,9 @@ def a_errors(rr: FloatArray, rng: Rng) -> FloatArray:
 
 
 def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
-    """Family A's non-AF rhythm of ``kind``."""
+    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats or breathing in time, half each)."""
+    if kind == "sinus young" and rng.random() < 0.5:
+        return a_sinus_breathing(n, rng)
     sinus = a_sinus(n, rng, young=kind == "sinus young")
     if kind == "ectopy 6%":
         return a_ectopy(sinus, rng, 0.06)
