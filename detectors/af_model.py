@@ -197,15 +197,15 @@ def _ar_ratio(centred: FloatArray, keep: BoolArray, sd: FloatArray) -> FloatArra
     Only targets whose ``AR_ORDER`` predecessors were all kept count. Batched 4 x 4 normal equations.
     """
     p, width = AR_ORDER, centred.shape[1]
-    lagged = np.stack([centred[:, p - k : width - k] for k in range(1, p + 1)], axis=2)
     valid = keep[:, p:].copy()
     for k in range(1, p + 1):
         valid &= keep[:, p - k : width - k]
-    regressors = lagged * valid[:, :, None]
+    # (rows, lag, time), zero where a target is not valid; matmul (batched BLAS), not einsum: ~8x faster
+    regressors = np.stack([centred[:, p - k : width - k] for k in range(1, p + 1)], axis=1) * valid[:, None, :]
     target = centred[:, p:] * valid
-    gram = np.einsum("nti,ntj->nij", regressors, regressors) + 1e-9 * np.eye(p)
-    coef = np.linalg.solve(gram, np.einsum("nti,nt->ni", regressors, target)[:, :, None])[:, :, 0]
-    residual = target - np.einsum("nti,ni->nt", regressors, coef)
+    gram = regressors @ regressors.transpose(0, 2, 1) + 1e-9 * np.eye(p)
+    coef = np.linalg.solve(gram, regressors @ target[:, :, None])
+    residual = target - (coef.transpose(0, 2, 1) @ regressors)[:, 0, :]
     count = np.maximum(valid.sum(axis=1), 1)
     rms: FloatArray = np.sqrt((residual * residual).sum(axis=1) / count) / np.maximum(sd, 1e-9)
     return rms
