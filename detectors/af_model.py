@@ -5,7 +5,7 @@ Per window row (vectorized over rows, numpy only):
 1. beat errors: an interval above 1.6 x the window median is a missed beat and dropped; one below
    0.6 x is an extra beat that split an interval, dropped with both neighbours (the other part of
    the split is one of them);
-2. nine features of the kept intervals, normalized by the window median, from pairs and triples
+2. eleven features of the kept intervals, normalized by the window median, from pairs and triples
    that were adjacent in the recording (a dropped beat breaks the pair, no false jump is made):
 
    - ``log_med_d1``: log median |successive difference| (robust irregularity; ectopic beats move
@@ -26,8 +26,16 @@ Per window row (vectorized over rows, numpy only):
      compensatory pause do (so does an interpolated beat), AF's independent intervals rarely do
      (for normal intervals sum and difference are independent). Clustered premature beats of
      varying coupling (up to ~30 % of beats) otherwise look irregular to the other features;
+   - ``log_ar_ratio``: log RMS residual of a least-squares AR(4) predictor over the standard
+     deviation (scale-free predictability): breathing moves the heart period smoothly, so a few
+     past intervals predict the next even when the beats per breath are not an integer and drift
+     within the window (sinus arrhythmia of the young, breathing in time); AF's are unpredictable
+     at any variability (~0.9-1);
+   - ``spectral_peak``: share of a Hann-windowed periodogram's power in its strongest band of 5
+     of 32 bins: respiration concentrates it, AF spreads it (~0.3) (spectral view of RSA;
+     issue 17, fourth round);
 
-3. a logistic regression on the standardized features and their pairwise products (54 inputs:
+3. a logistic regression on the standardized features and their pairwise products (77 inputs:
    a quadratic decision boundary); the window is irregular when the probability of AF is at
    least :data:`THRESHOLD`.
 
@@ -136,7 +144,7 @@ def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
 
 
 def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
-    """The nine features (columns, in :data:`FEATURES` order) of each window row."""
+    """The eleven features (columns, in :data:`FEATURES` order) of each window row."""
     x = rr / np.median(rr, axis=1, keepdims=True)
     d1 = np.abs(np.diff(x, axis=1))
     pair = keep[:, 1:] & keep[:, :-1]
