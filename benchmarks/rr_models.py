@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in two independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in four independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -46,6 +46,20 @@ the final held-out family):
   55-85 bpm;
 - beat errors: missed beats 0.5-4 %, extra beats split at a Beta(2, 2) fraction, spurious
   triggers (a short interval inserted without shortening its neighbours).
+
+Family D (written for issue 17's fourth round before its features were designed, by other
+models again; evaluated once, at the end, as held out):
+
+- sinus: respiration breath by breath (gamma-distributed durations of mean 2.5-6 s, coefficient
+  of variation 0.1-0.3; 2 % sighs twice as long and deep; an asymmetric waveform, inspiration
+  35-45 % of a breath, expiration decaying exponentially; 0.5-1.5 s lag), sampled at the beat
+  times, a slow AR(1) wander and 2-10 ms fiducial jitter; ``young``: +-7-18 % at 41-80 bpm;
+- ectopy: atrial (sinus reset), junctional (late coupling) and ventricular premature beats, 5 %
+  of them salvos of three; bigeminy / trigeminy in runs of geometric length, a coupling per run;
+- AF: renewal intervals from an inverse-Gaussian (Wald) law, CV 0.15-0.35 at 60-150 bpm, or a
+  Weibull law when rate-controlled (CV 0.06-0.12 at 50-90 bpm), with a drifting mean rate;
+- beat errors: missed beats 1-5 %, T waves counted as beats (an interval split at 0.3-0.45),
+  dropouts of 3-4 beats (0.2 %).
 """
 
 from __future__ import annotations
@@ -55,6 +69,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.special import gamma as gamma_fn
 
 Rng = np.random.Generator
 FloatArray = np.ndarray
@@ -97,6 +112,36 @@ def a_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
     drift = np.cumsum(rng.normal(0, 0.002, n))
     noise = rng.normal(0, rng.uniform(0.003, 0.02), n)
     return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
+
+
+def a_sinus_breathing(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young driven by breathing *in time* (issue 17, fourth round).
+
+    The heart period follows a respiratory oscillation in seconds, not in beats: 8-30 breaths a
+    minute whose rate wanders (+-10-25 %, a random walk with a 20-90 s memory) and whose depth
+    changes breath to breath (+-20-50 %), with a second harmonic (0-40 %: a breath is not a
+    sinusoid), +-5-20 % at 40-80 bpm, sampled at the beat times; so the beats per breath are not
+    an integer and change within a window. Fiducial jitter 2-10 ms.
+    """
+    mean = rng.uniform(0.75, 1.5)
+    dt = 0.1
+    steps = int(n * mean * 1.5 / dt) + 10
+    time = np.arange(steps) * dt
+    memory = rng.uniform(20, 90) / dt
+    walk = lfilter([1.0], [1.0, -(1 - 1 / memory)], rng.normal(0, 1, steps))
+    walk *= rng.uniform(0.1, 0.25) / (walk.std() + 1e-12)
+    rate = rng.uniform(8, 30) / 60 * (1 + walk)
+    phase = 2 * np.pi * np.cumsum(rate) * dt + rng.uniform(0, 6.3)
+    breath = np.floor(phase / (2 * np.pi)).astype(np.int64)
+    depth = 1 + rng.uniform(0.2, 0.5) * rng.uniform(-1, 1, breath.max() + 1)
+    second = rng.uniform(0, 0.4)
+    wave = (np.sin(phase) + second * np.sin(2 * phase + rng.uniform(0, 6.3))) / (1 + second)
+    modulation = rng.uniform(0.05, 0.2) * depth[breath] * wave
+    rr = np.full(n, mean)
+    for _ in range(3):  # beat times and their intervals agree after a few passes
+        t = np.cumsum(rr)
+        rr = mean * (1 + np.interp(t - rr, time, modulation))
+    return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
 
 
 def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
@@ -160,7 +205,9 @@ def a_errors(rr: FloatArray, rng: Rng) -> FloatArray:
 
 
 def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
-    """Family A's non-AF rhythm of ``kind``."""
+    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats or breathing in time, half each)."""
+    if kind == "sinus young" and rng.random() < 0.5:
+        return a_sinus_breathing(n, rng)
     sinus = a_sinus(n, rng, young=kind == "sinus young")
     if kind == "ectopy 6%":
         return a_ectopy(sinus, rng, 0.06)
@@ -413,10 +460,152 @@ def c_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return sinus
 
 
+# ---- family D ------------------------------------------------------------------------------------
+# Written for issue 17's fourth round *before* its features were designed and never looked at while
+# designing them: evaluated once, at the end (benchmarks/RESULTS.md, "AF screening, fourth round").
+
+
+def d_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Breath-by-breath respiration (gamma durations, sighs, asymmetric waveform) sampled at beat times."""
+    mean = rng.uniform(0.75, 1.45) if young else rng.uniform(0.6, 1.1)
+    amp = rng.uniform(0.07, 0.18) if young else rng.uniform(0.005, 0.05)
+    breath_s, cv = rng.uniform(2.5, 6.0), rng.uniform(0.1, 0.3)
+    k = int(n * mean * 1.5 / breath_s) + 20
+    duration = rng.gamma(1 / cv**2, breath_s * cv**2, k)
+    depth = np.clip(rng.normal(1, 0.25, k), 0.3, None)
+    sigh = rng.random(k) < 0.02  # a sigh: a breath twice as long and deep
+    duration[sigh] *= 2.0
+    depth[sigh] *= 1.8
+    starts = np.r_[0.0, np.cumsum(duration)]
+    inspiration = rng.uniform(0.35, 0.45)  # share of a breath spent breathing in
+    lag = rng.uniform(0.5, 1.5)  # s from the respiration to the heart period
+
+    def modulation(t: FloatArray) -> FloatArray:
+        b = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, k - 1)
+        phase = np.clip((t - starts[b]) / duration[b], 0, 1)
+        rising = 0.5 - 0.5 * np.cos(np.pi * phase / inspiration)
+        falling = np.exp(-(phase - inspiration) / (0.25 * (1 - inspiration)))
+        w = np.where(phase < inspiration, rising, falling)
+        return np.asarray(amp * depth[b] * (1 - 2 * w))  # short at peak inspiration
+
+    slow = lfilter([1.0], [1.0, -0.98], rng.normal(0, rng.uniform(0.01, 0.03) * np.sqrt(1 - 0.98**2), n))
+    rr = np.full(n, mean)
+    for _ in range(3):  # beat times and their intervals agree after a few passes
+        t = np.cumsum(rr)
+        rr = mean * (1 + modulation(t - rr - lag) + slow)
+    jitter = rng.normal(0, rng.uniform(0.002, 0.01), n)  # fiducial-point jitter (s)
+    return np.asarray(np.clip(rr + jitter, 0.3, 2.5))
+
+
+def d_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Atrial (reset), junctional and ventricular premature beats, some in salvos of three."""
+    rr = rr.copy()
+    i = 1
+    while i < len(rr) - 5:
+        if rng.random() >= rate:
+            i += 1
+            continue
+        kind = rng.random()
+        if kind < 0.4:  # atrial: the sinus node is reset, the pause is about one cycle
+            rr[i], rr[i + 1] = rr[i] * rng.uniform(0.65, 0.9), rr[i + 1] * rng.uniform(1.0, 1.15)
+        elif kind < 0.55:  # junctional: late coupling, compensatory
+            c = rng.uniform(0.8, 0.92)
+            rr[i], rr[i + 1] = rr[i] * c, rr[i + 1] * (2 - c)
+        elif kind < 0.95:  # ventricular: full compensatory pause
+            c = rng.uniform(0.5, 0.8)
+            rr[i], rr[i + 1] = rr[i] * c, rr[i + 1] * (2 - c)
+        else:  # a salvo of three ventricular beats, then a pause
+            c = rng.uniform(0.5, 0.7)
+            rr[i : i + 3] *= c
+            rr[i + 3] *= rng.uniform(1.2, 1.5)
+        i += 5
+    return rr
+
+
+def d_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy in runs of geometric length (mean 100 cycles), a new coupling each run."""
+    rr = rr.copy()
+    i = 0
+    on = rng.random() < 0.7
+    while i < len(rr):
+        length = int(rng.geometric(1 / 100) * every)
+        if on:
+            coupling = rng.uniform(0.55, 0.85)
+            seg = np.arange(i, min(i + length, len(rr)))
+            pre = seg[(seg - i) % every == 0]
+            rr[pre] *= coupling * rng.normal(1, 0.015, len(pre))
+            post = pre[pre + 1 < len(rr)] + 1
+            rr[post] *= rng.uniform(2 - coupling - 0.1, 2 - coupling)
+        on = not on
+        i += length
+    return rr
+
+
+def _weibull_shape(cv: float) -> float:
+    """The Weibull shape whose coefficient of variation is ``cv``."""
+    shapes = np.linspace(1.0, 40.0, 4000)
+    g1, g2 = gamma_fn(1 + 1 / shapes), gamma_fn(1 + 2 / shapes)
+    cvs = np.sqrt(g2 / g1**2 - 1)  # decreasing in the shape
+    return float(np.interp(cv, cvs[::-1], shapes[::-1]))
+
+
+def d_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Renewal AF: inverse-Gaussian intervals, or Weibull when rate-controlled; the mean rate drifts."""
+    drift = np.exp(np.cumsum(rng.normal(0, 0.003, n)).clip(-0.05, 0.05))
+    if low:
+        mean, cv = 60.0 / rng.uniform(50, 90), rng.uniform(0.06, 0.12)
+        shape = _weibull_shape(cv)
+        rr = rng.weibull(shape, n) / gamma_fn(1 + 1 / shape)
+    else:
+        mean, cv = 60.0 / rng.uniform(60, 150), rng.uniform(0.15, 0.35)
+        rr = rng.wald(1.0, 1 / cv**2, n)  # variance mean^3 / scale = cv^2
+    return np.asarray(np.clip(mean * drift * rr, 0.25, 2.5))
+
+
+def d_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """Missed beats 1-5 %, T waves counted as beats (split at 0.3-0.45), dropouts of 2-3 beats."""
+    p_miss, p_extra, p_drop = rng.uniform(0.01, 0.05), rng.uniform(0.005, 0.03), 0.002
+    out: list[float] = []
+    i = 0
+    while i < len(rr):
+        draw = rng.random()
+        if draw < p_drop and i + 3 < len(rr):
+            m = int(rng.integers(3, 5))
+            out.append(float(rr[i : i + m].sum()))
+            i += m
+            continue
+        if draw < p_drop + p_miss and i + 1 < len(rr):
+            out.append(rr[i] + rr[i + 1])
+            i += 2
+            continue
+        if draw < p_drop + p_miss + p_extra:
+            f = rng.uniform(0.3, 0.45)
+            out += [rr[i] * f, rr[i] * (1 - f)]
+        else:
+            out.append(rr[i])
+        i += 1
+    return np.array(out)
+
+
+def d_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family D's non-AF rhythm of ``kind``."""
+    sinus = d_sinus(n, rng, young=kind == "sinus young")
+    if kind == "ectopy 6%":
+        return d_ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return d_ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return d_geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return d_geminy(sinus, rng, 3)
+    return sinus
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
     "C": (c_background, c_af, c_errors),
+    "D": (d_background, d_af, d_errors),
 }
 
 

@@ -5,7 +5,7 @@ Per window row (vectorized over rows, numpy only):
 1. beat errors: an interval above 1.6 x the window median is a missed beat and dropped; one below
    0.6 x is an extra beat that split an interval, dropped with both neighbours (the other part of
    the split is one of them);
-2. nine features of the kept intervals, normalized by the window median, from pairs and triples
+2. eleven features of the kept intervals, normalized by the window median, from pairs and triples
    that were adjacent in the recording (a dropped beat breaks the pair, no false jump is made):
 
    - ``log_med_d1``: log median |successive difference| (robust irregularity; ectopic beats move
@@ -26,8 +26,16 @@ Per window row (vectorized over rows, numpy only):
      compensatory pause do (so does an interpolated beat), AF's independent intervals rarely do
      (for normal intervals sum and difference are independent). Clustered premature beats of
      varying coupling (up to ~30 % of beats) otherwise look irregular to the other features;
+   - ``log_ar_ratio``: log RMS residual of a least-squares AR(4) predictor over the standard
+     deviation (scale-free predictability): breathing moves the heart period smoothly, so a few
+     past intervals predict the next even when the beats per breath are not an integer and drift
+     within the window (sinus arrhythmia of the young, breathing in time); AF's are unpredictable
+     at any variability (~0.9-1);
+   - ``spectral_peak``: share of a Hann-windowed periodogram's power in its strongest band of 5
+     of 32 bins: respiration concentrates it, AF spreads it (~0.3) (spectral view of RSA;
+     issue 17, fourth round);
 
-3. a logistic regression on the standardized features and their pairwise products (54 inputs:
+3. a logistic regression on the standardized features and their pairwise products (77 inputs:
    a quadratic decision boundary); the window is irregular when the probability of AF is at
    least :data:`THRESHOLD`.
 
@@ -53,6 +61,8 @@ BIG_STEP: Final = 0.04  # share_big: successive differences above 4 % of the med
 MAX_LAG: Final = 6
 COMPENSATED_STEP: Final = 0.08  # compensated: short -> long steps above 8 % of the median
 COMPENSATED_TOLERANCE: Final = 0.25  # ... whose sum is within a quarter of the step of 2 cycles
+AR_ORDER: Final = 4  # ar_ratio: a least-squares AR(4) predictor (two oscillations, or one that drifts)
+PEAK_BINS: Final = 5  # spectral_peak: the strongest band of 5 periodogram bins (of 32)
 THRESHOLD: Final = 0.5  # probability of AF from which a window is irregular
 FEATURES: Final = (
     "log_med_d1",
@@ -64,33 +74,38 @@ FEATURES: Final = (
     "share_big",
     "kept",
     "compensated",
+    "log_ar_ratio",
+    "spectral_peak",
 )
 # Fitted by benchmarks/train_af.py (family A, training seeds); see the module docstring.
 # BEGIN fitted constants (benchmarks/train_af.py --write)
 MEAN: Final = np.array(
     [
-        -2.62429, -1.94143, -0.890347, 0.626239, -3.49636, -2.35497, 0.615584, 0.947864,
-        0.462065,
+        -2.60118, -1.93526, -0.874223, 0.624731, -3.4512, -2.35688, 0.628258, 0.954967,
+        0.464447, -0.732522, 0.596922,
     ]
 )
 SCALE: Final = np.array(
     [
-        1.17972, 0.982232, 1.12182, 0.172874, 0.868065, 0.832542, 0.310133, 0.0858581,
-        0.372182,
+        1.10827, 0.920695, 1.08081, 0.16155, 0.812088, 0.787248, 0.29622, 0.0736613,
+        0.368268, 0.860709, 0.274995,
     ]
 )
 WEIGHTS: Final = np.array(
     [
-        0.337623, -0.5224, 0.686234, 0.570427, 1.03306, -0.2701, 0.399015, -0.0189893,
-        -1.05878, -0.256548, 0.0458031, 0.371554, -0.0844272, 0.263234, 0.0640326, -0.18715,
-        -0.0754103, -0.100832, -0.225985, -0.382414, -0.224266, -0.459223, -0.199459, -0.0628378,
-        -0.0757875, -0.048759, 0.0470109, 0.282558, 0.477617, -0.273305, 0.546557, 0.047222,
-        -0.661072, -0.397896, 0.194785, -0.163308, 0.0688714, 0.0661219, -0.340495, 0.303496,
-        -0.329372, 0.513317, -0.0828964, -0.851428, -0.185644, -0.00251607, -0.118298, -0.102247,
-        -0.284262, -0.0101938, -0.268506, -0.0997958, -0.111458, 0.0760233,
+        0.215723, -0.442367, 0.48464, 0.352846, 0.63971, -0.246464, 0.296069, -0.0288931,
+        -0.77318, 0.520236, -0.553716, -0.200495, 0.0401097, 0.281985, -0.109395, 0.163172,
+        0.0505247, -0.125258, -0.0761435, -0.089258, 0.233017, -0.255309, -0.205264, -0.254134,
+        -0.128377, -0.309097, -0.197481, -0.0442687, -0.105307, -0.0751797, -0.277644, 0.424631,
+        -0.0296752, 0.22477, 0.276132, -0.161467, 0.385077, 0.0282232, -0.369395, 0.208861,
+        -0.244502, -0.321071, 0.170051, -0.0899102, -0.014517, 0.027363, -0.224997, 0.230083,
+        -0.267773, 0.210081, -0.204594, 0.318423, -0.172345, -0.523616, 0.221849, -0.371041,
+        -0.187715, -0.00118256, -0.132816, -0.13219, -0.174318, 0.28473, -0.178065, -0.0529816,
+        -0.2057, 0.371485, -0.40185, -0.0554352, -0.0628412, -0.0806233, -0.106271, 0.0152625,
+        -0.412773, 0.532861, 0.0653752, -0.265268, 0.141223,
     ]
 )
-BIAS: Final = -1.93089
+BIAS: Final = -3.08725
 # END fitted constants
 
 
@@ -129,7 +144,7 @@ def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
 
 
 def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
-    """The nine features (columns, in :data:`FEATURES` order) of each window row."""
+    """The eleven features (columns, in :data:`FEATURES` order) of each window row."""
     x = rr / np.median(rr, axis=1, keepdims=True)
     d1 = np.abs(np.diff(x, axis=1))
     pair = keep[:, 1:] & keep[:, :-1]
@@ -147,6 +162,9 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
         sd = np.sqrt(np.where(keep, (x - mean[:, None]) ** 2, 0.0).sum(axis=1) / n)
         big = (pair & (d1 > BIG_STEP)).sum(axis=1) / pair.sum(axis=1)
         compensated = _compensated(x, pair)
+        centred = np.where(keep, x - mean[:, None], 0.0)
+        ar_ratio = _ar_ratio(centred, keep, sd)
+        peak = _spectral_peak(centred)
         columns = (
             np.log(med1 + 1e-4),
             np.log(rms1 + 1e-4),
@@ -157,6 +175,8 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
             big,
             n / rr.shape[1],
             compensated,
+            np.log(ar_ratio + 1e-3),
+            peak,
         )
     return np.stack(columns, axis=1)
 
@@ -173,6 +193,43 @@ def _compensated(x: FloatArray, pair: BoolArray) -> FloatArray:
     candidate = pair & (step > COMPENSATED_STEP)
     close = candidate & (np.abs(short + long - 2.0) < COMPENSATED_TOLERANCE * step)
     share: FloatArray = close.sum(axis=1) / np.maximum(candidate.sum(axis=1), 1)
+    return share
+
+
+def _ar_ratio(centred: FloatArray, keep: BoolArray, sd: FloatArray) -> FloatArray:
+    """RMS residual of a least-squares AR(:data:`AR_ORDER`) predictor over the row's SD (scale-free).
+
+    Breathing moves the heart period smoothly, so a few past intervals predict the next even when
+    the beats per breath are not an integer and drift (an AR(4) fits two close frequencies, or one
+    that changes within the window); AF's intervals are unpredictable (ratio ~1 at any variability).
+    Only targets whose ``AR_ORDER`` predecessors were all kept count. Batched 4 x 4 normal equations.
+    """
+    p, width = AR_ORDER, centred.shape[1]
+    valid = keep[:, p:].copy()
+    for k in range(1, p + 1):
+        valid &= keep[:, p - k : width - k]
+    # (rows, lag, time), zero where a target is not valid; matmul (batched BLAS), not einsum: ~8x faster
+    regressors = np.stack([centred[:, p - k : width - k] for k in range(1, p + 1)], axis=1) * valid[:, None, :]
+    target = centred[:, p:] * valid
+    gram = regressors @ regressors.transpose(0, 2, 1) + 1e-9 * np.eye(p)
+    coef = np.linalg.solve(gram, regressors @ target[:, :, None])
+    residual = target - (coef.transpose(0, 2, 1) @ regressors)[:, 0, :]
+    count = np.maximum(valid.sum(axis=1), 1)
+    rms: FloatArray = np.sqrt((residual * residual).sum(axis=1) / count) / np.maximum(sd, 1e-9)
+    return rms
+
+
+def _spectral_peak(centred: FloatArray) -> FloatArray:
+    """Share of the (Hann-windowed) periodogram's power in its strongest :data:`PEAK_BINS`-bin band.
+
+    Respiratory sinus arrhythmia puts the power of a window near one frequency (smeared a little by
+    a changing breathing rate); AF's independent intervals spread it over all 32 bins (~0.3 for 5
+    bins). Dropped intervals count as the row's mean (0 after centring).
+    """
+    power = np.abs(np.fft.rfft(centred * np.hanning(centred.shape[1]), axis=1)[:, 1:]) ** 2
+    summed = np.cumsum(np.pad(power, ((0, 0), (1, 0))), axis=1)
+    band = summed[:, PEAK_BINS:] - summed[:, :-PEAK_BINS]
+    share: FloatArray = band.max(axis=1) / np.maximum(power.sum(axis=1), 1e-18)
     return share
 
 

@@ -589,6 +589,49 @@ def af_verdict(rule: RhythmRule, window: list[tuple[float, float]]) -> float:
     return 1.0 if irregular else 0.0
 
 
+def _ar_ratio(c: list[float], keep: list[bool], sd: float) -> float:
+    """RMS residual of the least-squares AR(p) predictor over ``sd`` (af_model._ar_ratio), plainly."""
+    p = af_model.AR_ORDER
+    targets = [t for t in range(p, len(c)) if all(keep[t - k] for k in range(p + 1))]
+    gram = [
+        [sum(c[t - i] * c[t - j] for t in targets) + (1e-9 if i == j else 0.0) for j in range(1, p + 1)]
+        for i in range(1, p + 1)
+    ]
+    rhs = [sum(c[t - i] * c[t] for t in targets) for i in range(1, p + 1)]
+    coef = _solve(gram, rhs)
+    squares = sum((c[t] - sum(a * c[t - i] for i, a in enumerate(coef, 1))) ** 2 for t in targets)
+    return math.sqrt(squares / max(len(targets), 1)) / max(sd, 1e-9)
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting."""
+    n = len(b)
+    m = [[*row, rhs] for row, rhs in zip(a, b, strict=True)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
+        m[col], m[pivot] = m[pivot], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            m[r] = [v - f * w for v, w in zip(m[r], m[col], strict=True)]
+    out = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        out[r] = (m[r][n] - sum(m[r][k] * out[k] for k in range(r + 1, n))) / m[r][r]
+    return out
+
+
+def _spectral_peak(c: list[float]) -> float:
+    """Share of the Hann-windowed periodogram's power in its strongest band (af_model._spectral_peak)."""
+    n = len(c)
+    w = [v * (0.5 - 0.5 * math.cos(2 * math.pi * i / (n - 1))) for i, v in enumerate(c)]
+    power = []
+    for k in range(1, n // 2 + 1):
+        re = sum(v * math.cos(2 * math.pi * k * i / n) for i, v in enumerate(w))
+        im = sum(v * math.sin(2 * math.pi * k * i / n) for i, v in enumerate(w))
+        power.append(re * re + im * im)
+    bands = [sum(power[i : i + af_model.PEAK_BINS]) for i in range(len(power) - af_model.PEAK_BINS + 1)]
+    return max(bands) / max(sum(power), 1e-18)
+
+
 def model_verdict(rr: list[float]) -> float:
     """The learned classifier of detectors/af_model.py, one window, plain Python."""
     median = statistics.median(rr)
@@ -634,6 +677,9 @@ def model_verdict(rr: list[float]) -> float:
     candidates = [(a, b) for a, b in steps if b - a > af_model.COMPENSATED_STEP]
     close = [1 for a, b in candidates if abs(a + b - 2.0) < af_model.COMPENSATED_TOLERANCE * (b - a)]
     compensated = len(close) / max(len(candidates), 1)
+    centred = [v - mean if k else 0.0 for v, k in zip(x, keep, strict=True)]
+    ar_ratio = _ar_ratio(centred, keep, sd)
+    peak = _spectral_peak(centred)
     columns = [
         math.log(med1 + 1e-4),
         math.log(rms1 + 1e-4),
@@ -644,6 +690,8 @@ def model_verdict(rr: list[float]) -> float:
         big,
         len(kept) / n,
         compensated,
+        math.log(ar_ratio + 1e-3),
+        peak,
     ]
     if not all(math.isfinite(v) for v in columns):
         return math.nan
