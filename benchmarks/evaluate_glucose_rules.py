@@ -1,8 +1,9 @@
 """Every glucose rule of the default set together, on simulated CGM traces: misses, leads and burden.
 
-Reproduce (needs the ``eval`` extra, simglucose; traces are cached, ~6 min per seed to simulate)::
+Reproduce (needs the ``eval`` extra, simglucose; traces are cached, ~3-5 min per seed to simulate on one core)::
 
     .venv/bin/python benchmarks/evaluate_glucose_rules.py --seeds 101 202 303
+    .venv/bin/python benchmarks/evaluate_glucose_rules.py --seeds 101 202 303 --compare   # per seed, paired
 
 Data: ``benchmarks/glucose_traces.py`` (simglucose's 30 virtual patients, adolescents, adults and
 children, 2 days per seed, dosing errors to provoke hypoglycaemia), as in
@@ -18,7 +19,9 @@ children, 2 days per seed, dosing errors to provoke hypoglycaemia), as in
   column relaxes that to level 1;
 - burden: alerts (an upgrade of an open alert is not a new one) of every glucose rule, per
   patient-day;
-- 95 % CIs: percentile bootstrap over patient-traces (2000 resamples).
+- 95 % CIs: percentile bootstrap over patient-traces (2000 resamples); ``--compare`` adds each
+  seed's leads against the anchor's and a paired bootstrap (the same resampled traces for both)
+  of the difference of the median leads.
 """
 
 from __future__ import annotations
@@ -210,6 +213,54 @@ def bootstrap(
     return {k: (float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))) for k, v in draws.items()}
 
 
+def paired_difference(
+    ours: list[PerTrace], anchor: list[PerTrace], attr: str, n: int = 2000
+) -> tuple[float, float, float]:
+    """95 % interval of median(ours) - median(anchor) leads, resampling traces (paired), and P(>= 5 min)."""
+    rng = np.random.default_rng(0)
+    draws = []
+    for _ in range(n):
+        pick = rng.integers(0, len(ours), len(ours))
+        o = np.array([x for i in pick for x in getattr(ours[i], attr)])
+        a = np.array([x for i in pick for x in getattr(anchor[i], attr)])
+        if (~np.isnan(o)).any() and (~np.isnan(a)).any():
+            draws.append(float(np.nanmedian(o) - np.nanmedian(a)))
+    d = np.array(draws)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)), float(np.mean(d >= 5.0))
+
+
+def compare(rules: RuleSet, seeds: list[int], sensor: str, days: float) -> None:
+    """Per seed and paired: our leads against the Nightscout anchor's on the same traces."""
+    ours: list[PerTrace] = []
+    anchor: list[PerTrace] = []
+    for seed in seeds:
+        traces = load_traces(days, cache_path(seed, sensor), PATIENTS, seed, sensor)
+        rows = {}
+        for name, rs in (("ours", rules), ("anchor", nightscout(rules))):
+            raised = raised_events(rs, traces)
+            rows[name] = [outcome(tr, raised[tr.patient]) for tr in traces]
+        o, a = summary(rows["ours"], days), summary(rows["anchor"], days)
+        lows = f"low lead {o['low_lead']:.1f} vs {a['low_lead']:.1f} min"
+        highs = f"high lead {o['high_lead']:.1f} vs {a['high_lead']:.1f} min"
+        na = (
+            f"non-actionable lows {o['non_actionable_54_pd']:.2f} / {o['non_actionable_70_pd']:.2f} vs "
+            f"{a['non_actionable_54_pd']:.2f} / {a['non_actionable_70_pd']:.2f}, highs "
+            f"{o['non_actionable_high_pd']:.2f} vs {a['non_actionable_high_pd']:.2f} per patient-day"
+        )
+        print(f"seed {seed}: {lows}, {highs}; {na}")
+        ours += rows["ours"]
+        anchor += rows["anchor"]
+    for side, attr in (("low", "low_leads"), ("high", "high_leads")):
+        d = np.array([x for r in ours for x in getattr(r, attr)]) - np.array(
+            [x for r in anchor for x in getattr(r, attr)]
+        )
+        lo, hi, p5 = paired_difference(ours, anchor, attr)
+        print(
+            f"{side}s, per event: ours earlier {(d > 0).sum()}, later {(d < 0).sum()}, same {(d == 0).sum()}; "
+            f"median(ours) - median(anchor) 95 % CI ({lo:g}, {hi:g}) min, P(>= 5 min) {p5:.2f}"
+        )
+
+
 def main() -> int:
     """Print the table for the default glucose rules over the given seeds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -218,9 +269,13 @@ def main() -> int:
     parser.add_argument("--days", type=float, default=2.0)
     parser.add_argument("--rules", default="alert_rules.yaml")
     parser.add_argument("--anchor", action="store_true", help="Nightscout: AR2 forecast + low alarms instead")
+    parser.add_argument("--compare", action="store_true", help="per seed and paired against the Nightscout anchor")
     args = parser.parse_args()
     full = load_rules(ROOT / args.rules)
     rules = RuleSet(rules=tuple(r for r in full.rules if r.metric == "glucose" and r.device_prefix is None))
+    if args.compare:
+        compare(rules, args.seeds, args.sensor, args.days)
+        return 0
     if args.anchor:
         rules = nightscout(rules)
     rows: list[PerTrace] = []

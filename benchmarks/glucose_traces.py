@@ -18,6 +18,7 @@ import sys
 import types
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,25 @@ def _stub_gym() -> None:
         sys.modules.update({"gym": gym, "gym.envs": envs, "gym.envs.registration": registration})
 
 
+class _Params:
+    """A virtual patient's parameters with plain attribute access (the very same numpy scalars).
+
+    ``T1DPatient.model``, the ODE's right-hand side, reads ~40 parameters per call from a pandas
+    Series by attribute; pandas' attribute lookup was ~80 % of a simulation's time. This holds the
+    same ``numpy.float64`` values, so the arithmetic and therefore the traces are bit for bit those
+    of the Series (checked: benchmarks/RESULTS.md, "Glucose, fourth round"); ``iloc`` and
+    ``[...]`` still reach the Series for the package's few other uses.
+    """
+
+    def __init__(self, series: Any) -> None:
+        self.__dict__.update({str(k): series[k] for k in series.index})
+        self.iloc = series.iloc
+        self._series = series
+
+    def __getitem__(self, key: str) -> Any:
+        return self._series[key]
+
+
 def simulate(patient: str, days: float, seed: int, sensor: str = "GuardianRT") -> Trace:
     """Simulate ``days`` of ``patient`` with a seeded random meal scenario and dosing errors."""
     _stub_gym()
@@ -67,6 +87,7 @@ def simulate(patient: str, days: float, seed: int, sensor: str = "GuardianRT") -
         InsulinPump.withName("Insulet"),
         RandomScenario(start_time=EPOCH, seed=seed),
     )
+    env.patient._params = _Params(env.patient._params)
     controller = BBController()
     obs, reward, done, info = env.reset()
     end = EPOCH + timedelta(days=days)

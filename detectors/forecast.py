@@ -17,7 +17,8 @@ Three predictors, each vectorized over every reading of a batch (one row per rea
     A Kalman filter over the readings of the last ``window_s``, one vectorized step per window
     column: the state is blood glucose, its rate, the interstitial glucose the CGM measures (a
     first-order lag behind blood glucose) and the sensor's slow, correlated error (see
-    :func:`kalman_path` and the sources in :mod:`detectors.const`). The path is *blood* glucose now
+    :func:`kalman_path` and the sources in :mod:`detectors.const`; rises have their own, faster
+    rate model, :data:`KALMAN_HIGH`). The path is *blood* glucose now
     and at the horizon (the rate damped with ``damping_s``), the latter moved by ``z`` standard
     deviations of its uncertainty toward the normal side; ``confirm`` applies to the filtered rate.
     It needs no state beyond the recent readings every forecast already keeps.
@@ -90,8 +91,18 @@ class KalmanParams:
     z: float = KALMAN_CONFIDENCE_Z
 
 
-# The model every ``kalman`` forecast rule uses (a module attribute so that benchmarks can vary it).
+# The high side's rate walk, (mg/dL/min)^2 per minute: after a meal blood glucose climbs at 2-5
+# mg/dL/min within 20-30 min (the simulated level-2 highs rose 2.5-5.6 mg/dL/min), which the low
+# side's walk (0.3 mg/dL/min per 20 min) follows far too slowly; 0.08 lets the rate move ~1.3
+# mg/dL/min per 20 min. The wider forecast this gives must clear the level by 1 SD of its own
+# uncertainty. Both chosen on the training seed (benchmarks/RESULTS.md, "Glucose, fourth round").
+KALMAN_HIGH_RATE_WALK: Final = 0.08
+KALMAN_HIGH_CONFIDENCE_Z: Final = 1.0
+
+# The models the ``kalman`` forecast rules use (module attributes so that benchmarks can vary them):
+# ``KALMAN`` for falls (``direction: below``), ``KALMAN_HIGH`` for rises (``direction: above``).
 KALMAN: KalmanParams = KalmanParams()
+KALMAN_HIGH: KalmanParams = KalmanParams(rate_walk=KALMAN_HIGH_RATE_WALK, z=KALMAN_HIGH_CONFIDENCE_Z)
 
 
 class ForecastDetector(SignalDetector):
@@ -143,7 +154,8 @@ class ForecastDetector(SignalDetector):
             path = ar2_path(age, v, self.horizon_s[p], self.max_gap_s[p])
         elif self.model == "kalman":
             windows = (self.window_s[p], self.damping_s[p], self.horizon_s[p], self.min_points[p])
-            path, rate = kalman_path(age, v, *windows, self.sign, KALMAN)
+            params = KALMAN if self.sign < 0 else KALMAN_HIGH
+            path, rate = kalman_path(age, v, *windows, self.sign, params)
         else:
             path = damped_trend_path(age, v, self.window_s[p], self.damping_s[p], self.horizon_s[p], self.min_points[p])
         extreme = self.sign * np.max(self.sign * path, axis=1)  # NaN (no forecast) propagates

@@ -467,7 +467,7 @@ def damped_trend(rule: ForecastRule, history: list[tuple[float, float]]) -> list
 
 def kalman(rule: ForecastRule, history: list[tuple[float, float]]) -> tuple[list[float] | None, float | None]:
     """Blood glucose now and at the horizon, and its rate, one reading at a time (4 x 4 matrices as lists)."""
-    kp = forecast.KALMAN
+    kp = forecast.KALMAN if rule.direction is Direction.BELOW else forecast.KALMAN_HIGH  # issue 17, fourth round
     now = history[-1][0]
     points = [(tt, v) for tt, v in history if now - tt <= rule.window_s and math.isfinite(v) and v > 0]
     if len(points) < rule.min_points:
