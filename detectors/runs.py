@@ -119,33 +119,36 @@ def tolerant_runs(
 _FINITE_MAX = float(np.finfo(np.float64).max)
 
 
-def rolling_median(
-    x: FloatArray, fresh: BoolArray, first: BoolArray, group: IntArray, carried: FloatArray, k: int
-) -> tuple[FloatArray, FloatArray]:
-    """Per sample: the median of it and the (up to) ``k - 1`` usable samples before it, per patient.
+def recent_windows(
+    x: FloatArray, fresh: BoolArray, first: BoolArray, group: IntArray, carried: FloatArray, k: int, rows: IntArray
+) -> FloatArray:
+    """For the samples ``rows``: each one's value and the (up to) ``k - 1`` usable values before it, per
+    patient, most recent first (rows × ``k``, NaN where there are fewer).
 
     A window starts anew where ``fresh`` (a data gap, nothing carried); at each patient's other
     ``first`` sample it continues with ``carried`` (per patient group, ``group`` per sample: that
-    patient's last ``k - 1`` values, most recent first, NaN: none). With fewer than ``k`` values the
-    median is of those (of an even count, the mean of the middle two, as ``0.5 a + 0.5 b``). No
-    arithmetic otherwise, so how a stream is cut into batches cannot change a value.
-
-    Returns the medians and the windows (samples × ``k``, most recent first), whose rows at each
-    patient's last sample, without their last column, are the state to carry.
+    patient's last ``k - 1`` values, most recent first, NaN: none). "HI"/"LO" values (+-inf) enter as
+    the largest/smallest finite float. A window's row at a patient's last sample, without its last
+    column, is the state to carry.
     """
     n = len(x)
-    idx = np.arange(n)
-    start = np.maximum.accumulate(np.where(fresh | first, idx, 0))
-    offset = idx - start
-    from_carried = (first & ~fresh)[start]
-    windows = np.full((n, k), np.nan)
-    windows[:, 0] = np.clip(x, -_FINITE_MAX, _FINITE_MAX)
-    for lag in range(1, k):  # a loop over the window's width, not over samples
-        own = offset >= lag
-        windows[own, lag] = windows[idx[own] - lag, 0]
-        use = ~own & from_carried
-        windows[use, lag] = carried[group[use], lag - offset[use] - 1]
+    start = np.maximum.accumulate(np.where(fresh | first, np.arange(n), 0))[rows]
+    at = rows[:, None] - np.arange(k)[None, :]  # the sample at each lag, if it is the patient's since start
+    own = at >= start[:, None]
+    # Lags before the batch's first sample of the patient come from what it carried (if it continues).
+    back = np.maximum(at - start[:, None], -(k - 1)) * -1 - 1  # lag 1 into the carried window is column 0
+    from_carried = ((first & ~fresh)[start])[:, None] & ~own
+    windows = np.where(own, x[np.maximum(at, 0)], np.nan)
+    if from_carried.any():
+        windows = np.where(from_carried, carried[group[rows]][np.arange(len(rows))[:, None], np.maximum(back, 0)],
+                           windows)
+    return np.asarray(np.clip(windows, -_FINITE_MAX, _FINITE_MAX))
+
+
+def window_median(windows: FloatArray) -> FloatArray:
+    """The median of each row's values (NaN: none; of an even count, ``0.5 a + 0.5 b`` of the middle
+    two). No other arithmetic: how a stream is cut into batches cannot change a value."""
     ordered = np.sort(windows, axis=1)  # NaN last
-    count = k - np.isnan(windows).sum(axis=1)
-    median = 0.5 * ordered[idx, (count - 1) // 2] + 0.5 * ordered[idx, count // 2]
-    return median, windows
+    count = windows.shape[1] - np.isnan(windows).sum(axis=1)
+    rows = np.arange(len(windows))
+    return np.asarray(0.5 * ordered[rows, (count - 1) // 2] + 0.5 * ordered[rows, count // 2])

@@ -20,7 +20,7 @@ from detectors.const import CLEARED, ESCALATED, METRIC_LABELS, SEVERITY_NAMES
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
 from detectors.rules import Direction, Period, Severity, ThresholdLevel, ThresholdRule
-from detectors.runs import rolling_median
+from detectors.runs import recent_windows, window_median
 from detectors.signal import SignalDetector
 
 
@@ -36,6 +36,7 @@ class ThresholdDetector(SignalDetector):
         self.median_of = rule.median_of
         # State per patient: the last ``median_of - 1`` readings, most recent first (NaN: none).
         self.recent: FloatArray = np.zeros((0, max(self.median_of - 1, 0)))
+        self._loosest: FloatArray = np.zeros(0)  # per patient: its loosest level's signed threshold
         # The window and ``away`` came after packed records of version 2.
         self.added_entries = self.recent.shape[1] + SignalDetector.added_entries
 
@@ -44,24 +45,48 @@ class ThresholdDetector(SignalDetector):
         if n > len(self.recent):
             extra = np.full((n - len(self.recent), self.recent.shape[1]), np.nan)
             self.recent = np.concatenate((self.recent, extra))
+        if self.median_of > 1:
+            self._loosest = np.fmin.reduce(self.loose_threshold[0], axis=0)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
         """Apply a per-patient override (see :meth:`SignalDetector.configure`); it keeps ``median_of``."""
         if rule.median_of != self.median_of:
             raise ValueError(f"an override of {self.name!r} must keep the rule's median_of")
         super().configure(patient, rule)
+        if self.median_of > 1:
+            self._loosest[patient] = np.fmin.reduce(self.loose_threshold[0, :, patient])
 
     def signal(self, view: MetricView) -> FloatArray:
-        """The reading, or the median of the last ``median_of`` readings where the rule has one."""
+        """The reading, or the median of the last ``median_of`` readings where the rule has one.
+
+        A median of values none of which is beyond the loosest threshold is not beyond it either: the
+        medians are computed only for patients with a reading beyond it (in the batch or in their
+        window), an open alert or an open run; the others' readings are returned as they are (they
+        meet no level and, without an alert, no clearing matters). Every patient's window moves on.
+        """
         if self.median_of <= 1:
             return view.value
         restart, may_continue = self._breaks(view)
-        group = view.per_sample(np.arange(len(view.starts)))
-        carried = self.recent[view.group_patient]
-        median, windows = rolling_median(
-            view.value, restart & ~may_continue, view.first_mask(), group, carried, self.median_of)
-        self.recent[view.group_patient] = windows[view.ends - 1, :-1]
-        return median
+        gp = view.group_patient
+        group = view.per_sample(np.arange(len(gp)))
+        fresh, first = restart & ~may_continue, view.first_mask()
+        carried = self.recent[gp]
+        loosest = self._loosest[gp]  # per group, signed; NaN: no level
+        top = np.maximum.reduceat(self.sign * view.value, view.starts)  # per group, signed
+        with np.errstate(invalid="ignore"):
+            recent_beyond = (self.sign * carried > loosest[:, None]).any(axis=1)
+        candidates = (top > loosest) | recent_beyond | (self.episodes.level[gp] > 0)
+        if self._tolerant:
+            candidates |= ~np.isnan(self.run_start[:, gp]).all(axis=0)
+        k = self.median_of
+        ends = view.ends - 1
+        self.recent[gp] = recent_windows(view.value, fresh, first, group, carried, k, ends)[:, :-1]
+        if not candidates.any():
+            return view.value
+        rows = np.flatnonzero(view.per_sample(candidates))
+        y = view.value.copy()
+        y[rows] = window_median(recent_windows(view.value, fresh, first, group, carried, k, rows))
+        return y
 
     def export_extra(self, patient: int) -> dict[str, Any]:
         """The patient's recent readings, if the rule takes a median and there are any."""
