@@ -27,6 +27,9 @@ class Detector(Protocol):
     # Whether samples beyond the device's measuring range ("HI"/"LO") reach the detector, as
     # +inf / -inf: True for rules that compare values, False for rules that compute from them.
     beyond_range: bool
+    # How many entries at the end of :meth:`state_columns` packed records of earlier workers lack
+    # (state added since): such a row is read with those entries fresh, so an upgrade keeps the state.
+    added_entries: int
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients; new ones follow the default rule."""

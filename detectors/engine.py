@@ -606,7 +606,7 @@ class Engine:
             name = self._detectors[index].name
             if name in rules:
                 raise StateError(f"packed state record repeats rule {name}")
-            rules[name] = self._row_record(index, row)
+            rules[name] = self._row_record(index, self._widened(index, row))
         last_t = seen.pop(UNNAMED_DEVICE, {})
         self.import_state(patient_id, {"v": STATE_VERSION, "last_t": last_t, "devices": seen, "rules": rules})
 
@@ -701,11 +701,21 @@ class Engine:
             index = self._by_id.get(rid)
             if index is None:
                 continue  # a rule no longer in the rule set
+            row = self._widened(index, row)
             if index in indices or len(row) != self._layouts[index].width:
                 return None
             indices.add(index)
             rows.append((index, row))
         return metrics, devices, times, rows
+
+    def _widened(self, index: int, row: FloatArray) -> FloatArray:
+        """``row`` of a rule as an earlier worker packed it (without the entries added to the rule's
+        state since, :attr:`~detectors.base.Detector.added_entries`) completed with fresh ones; any
+        other row as it is (a wrong width is then the caller's error)."""
+        added = self._detectors[index].added_entries
+        if added and len(row) == self._layouts[index].width - added:
+            return np.concatenate((row, self._fresh_rows[index][-added:]))
+        return row
 
     def _row_record(self, index: int, row: FloatArray) -> dict[str, Any]:
         """The version 1 record of one rule's packed entries: they are written into a spare slot (one

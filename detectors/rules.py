@@ -43,6 +43,8 @@ from detectors.errors import RuleValidationError
 _NAME_RE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 DEFAULT_MAX_GAP_S: Final = 300.0
+# The longest running median a threshold rule may take (readings): its window is per-patient state.
+MAX_MEDIAN_OF: Final = 31
 BASELINE_MAX_BLOCKS: Final = 168  # a week of hourly blocks: bounded state per patient
 
 
@@ -249,6 +251,12 @@ class ThresholdRule:
     - a level is *met* by a sample beyond its threshold (strictly: ``>`` for ``above``, ``<`` for
       ``below``) and *due* once met continuously for ``for_s`` seconds of event time;
     - continuity breaks when two consecutive usable samples are more than ``max_gap_s`` apart;
+    - with ``median_of`` > 1 (threshold rules only), the signal is the median of the patient's
+      last ``median_of`` readings (:func:`detectors.runs.rolling_median`), not each reading;
+    - with ``tolerate_s``, a level's run survives samples back across its threshold (or of unknown
+      signal) that last less than ``tolerate_s``, from the first of them to the next sample beyond
+      (a 1 Hz heart rate's beat-to-beat noise around a sustained value near the threshold); 0: any
+      sample back across restarts the run;
     - with no open episode, the most severe due level raises an alert (unless within ``cooldown_s``
       of the previous episode's clearing); a more severe level becoming due later in the same episode
       re-raises the same alert at the higher severity; severities never drop within an episode;
@@ -265,6 +273,8 @@ class ThresholdRule:
     clear_threshold: float
     clear_for_s: float = 0.0
     max_gap_s: float = DEFAULT_MAX_GAP_S
+    tolerate_s: float = 0.0
+    median_of: int = 1
     cooldown_s: float = 0.0
     enabled: bool = True
     description: str = ""
@@ -284,6 +294,8 @@ class ThresholdRule:
         _check_finite("clear.threshold", self.clear_threshold)
         _check_duration("clear.for", self.clear_for_s)
         _check_duration("max_gap", self.max_gap_s, positive=True)
+        _check_duration("tolerate", self.tolerate_s)
+        _check_int("median_of", self.median_of, 1, MAX_MEDIAN_OF)
         _check_duration("cooldown", self.cooldown_s)
         _check_hysteresis(self.levels, self.clear_threshold, self.direction, "clear.threshold")
         _check_device_prefix(self.device_prefix)

@@ -41,7 +41,7 @@ from detectors.const import METRIC_CODES, N_LEVELS, SEVERITY_NAMES
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
 from detectors.rules import Period, Severity, ThresholdLevel, ThresholdRule
-from detectors.runs import run_starts
+from detectors.runs import run_starts, tolerant_runs
 from detectors.schedule import period_index
 
 # A flapping-free patient's "hold" never shortens the clearing duration.
@@ -77,11 +77,16 @@ class SignalDetector:
         self.period_tz: IntArray = np.zeros((periods, 0), np.int64)
         self.max_gap_s: FloatArray = np.zeros(0)
         self.hold_s: FloatArray = np.zeros(0)
+        self.tolerate_s: FloatArray = np.zeros(0)
+        self._tolerant = rule.tolerate_s > 0  # whether any patient's rule tolerates excursions
         self.enabled: BoolArray = np.zeros(0, np.bool_)
         # State per patient: run starts at the last usable sample, and that sample's time.
         self.run_start: FloatArray = np.zeros((N_LEVELS, 0))
         self.clear_start: FloatArray = np.zeros(0)
         self.last_t: FloatArray = np.zeros(0)
+        # Per level: when the excursion back across the threshold that the open run is in began
+        # (NaN: none; only rules with ``tolerate_s`` have them).
+        self.away: FloatArray = np.zeros((N_LEVELS, 0))
 
     # -- hooks for rule types ----------------------------------------------------------------------
 
@@ -131,10 +136,12 @@ class SignalDetector:
         self.period_tz = _grown_repeat(self.period_tz, n, cols["period_tz"])
         self.max_gap_s = grown(self.max_gap_s, n, self.rule.max_gap_s)
         self.hold_s = grown(self.hold_s, n, _hold(self.rule))
+        self.tolerate_s = grown(self.tolerate_s, n, self.rule.tolerate_s)
         self.enabled = grown(self.enabled, n, self.rule.enabled)
         self.run_start = grown(self.run_start, n, np.nan)
         self.clear_start = grown(self.clear_start, n, np.nan)
         self.last_t = grown(self.last_t, n, np.nan)
+        self.away = grown(self.away, n, np.nan)
         self.episodes.resize(
             n, cooldown_s=self.rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=self.rule.flapping
         )
@@ -163,6 +170,8 @@ class SignalDetector:
         self.period_tz[:, patient] = cols["period_tz"]
         self.max_gap_s[patient] = rule.max_gap_s
         self.hold_s[patient] = _hold(rule)
+        self.tolerate_s[patient] = rule.tolerate_s
+        self._tolerant = self._tolerant or rule.tolerate_s > 0
         self.enabled[patient] = rule.enabled
         self.episodes.configure(
             patient, cooldown_s=rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=rule.flapping
@@ -270,11 +279,14 @@ class SignalDetector:
         for met_slot in met.values():
             beyond |= met_slot
         hot = np.logical_or.reduceat(beyond, view.starts) | (self.episodes.level[gp] > 0)
+        if self._tolerant:  # an open run may outlive a batch with no sample beyond
+            hot |= ~np.isnan(self.run_start[:, gp]).all(axis=0)
         if hot.all():
             return view, x, met
         cold = ~hot
         cold_patients = gp[cold]
         self.run_start[:, cold_patients] = np.nan
+        self.away[:, cold_patients] = np.nan
         self.clear_start[cold_patients] = np.nan
         self.last_t[cold_patients] = view.t[view.ends[cold] - 1]
         view, mask = view.select_groups(hot)
@@ -294,11 +306,18 @@ class SignalDetector:
         onset = np.full(len(t), np.nan)
         for slot in range(N_LEVELS):  # ascending slots: the most severe due level wins
             met_slot = met.get(slot)
-            if met_slot is None or not met_slot.any():
+            if met_slot is None or not (met_slot.any() or self._tolerant):
                 self.run_start[slot, gp] = np.nan  # never met in the batch: no run open at its end
+                self.away[slot, gp] = np.nan
                 continue
             carried = np.where(may_continue, self.run_start[slot, p], np.nan)
-            start = run_starts(met_slot, t, restart, carried)
+            if self._tolerant:
+                tolerate = self.tolerate_s[p] if self._overrides else float(self.tolerate_s[0])
+                carried_away = np.where(may_continue, self.away[slot, p], np.nan)
+                start, away = tolerant_runs(met_slot, t, restart, may_continue, carried, carried_away, tolerate)
+                self.away[slot, gp] = away[last]
+            else:
+                start = run_starts(met_slot, t, restart, carried)
             now_due = met_slot & (t - start >= self._gather(self.for_s[:, slot], k, p))
             due[now_due] = slot + 1
             onset[now_due] = start[now_due]
@@ -376,6 +395,10 @@ class SignalDetector:
         runs = {SEVERITY_NAMES[slot]: t for slot, t in enumerate(starts) if t == t}  # t == t: not NaN
         if runs:
             record["runs"] = runs
+        aways = self.away[:, patient].tolist()
+        away = {SEVERITY_NAMES[slot]: t for slot, t in enumerate(aways) if t == t}
+        if away:
+            record["away"] = away
         clear_run = opt(self.clear_start[patient])
         if clear_run is not None:
             record["clear_run"] = clear_run
@@ -390,27 +413,36 @@ class SignalDetector:
         runs = record.get("runs", {})
         if not isinstance(runs, Mapping) or set(runs) - set(SEVERITY_NAMES):
             raise StateError(f"rule {self.name}: runs must map severities to times")
+        away = record.get("away", {})
+        if not isinstance(away, Mapping) or set(away) - set(SEVERITY_NAMES):
+            raise StateError(f"rule {self.name}: away must map severities to times")
         alert = record.get("alert", {})
         if not isinstance(alert, Mapping):
             raise StateError(f"rule {self.name}: alert must be a mapping")
         for slot, severity in enumerate(SEVERITY_NAMES):
             self.run_start[slot, patient] = opt_float(runs, severity)
+            self.away[slot, patient] = opt_float(away, severity)
         self.clear_start[patient] = opt_float(record, "clear_run")
         self.last_t[patient] = opt_float(record, "last_t")
         self.episodes.import_patient(patient, alert)
         self.import_extra(patient, record)
 
     def state_columns(self) -> list[StateColumn]:
-        """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""
+        """Every per-patient state array (see :class:`~detectors.columns.StateColumn`). ``away`` came
+        last, after packed records of version 2 existed: see :attr:`added_entries`."""
         return [(self.last_t, 0), (self.run_start, 1), (self.clear_start, 0),
-                *self.episodes.state_columns(), *self.extra_columns()]
+                *self.episodes.state_columns(), *self.extra_columns(), (self.away, 1)]
+
+    # Entries at the end of :meth:`state_columns` that earlier workers' packed records lack (``away``):
+    # such a record's row is read with them fresh (NaN: no excursion).
+    added_entries = N_LEVELS
 
     def settle(self, rows: FloatArray) -> BoolArray:
         """Which rows of packed entries (patients × entries of :meth:`state_columns`) an export and
         import would leave as they are, without error (see :mod:`detectors.columns`)."""
         blocks = packed.split(self.state_columns(), rows)
-        ok = finite_or_nan(rows[:, : 2 + N_LEVELS]) & self.episodes.settle(blocks[3:13])
-        extra = blocks[13:]
+        ok = finite_or_nan(rows[:, : 2 + N_LEVELS]) & self.episodes.settle(blocks[3:13]) & finite_or_nan(blocks[-1])
+        extra = blocks[13:-1]
         return ok & self.settle_extra(extra) if extra else ok
 
     def reset_patient(self, patient: int) -> None:

@@ -29,6 +29,7 @@ class StalenessDetector:
 
     # A "HI"/"LO" reading is a reading: the patient is not silent.
     beyond_range = True
+    added_entries = 0  # no state added since packed records of version 2
 
     def __init__(self, rule: StalenessRule) -> None:
         self.rule = rule

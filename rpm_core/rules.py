@@ -21,6 +21,8 @@ Schema (version 1; see the commented default file for the meaning of each field)
         levels: {info|warning|critical: {threshold: N, for: D, escalate_after: D|null}}
         clear: {threshold: N, for: D}
         max_gap: D
+        tolerate: D     # returns back across shorter than this do not restart a level's clock
+        # threshold:  median_of: N  (the median of the last N readings is the signal, not each reading)
         schedule: {<period>: {from: "HH:MM", to: "HH:MM", tz: Zone, levels: {...}, clear: {...}}}
         flapping: {raises: K, within: D, hold: D}
         # rate:      consecutive: N, gate: {below: N, above: N}
@@ -83,9 +85,9 @@ _ROOT_KEYS: Final = {"version", "defaults", "rules", "patients", "station"}
 _DEFAULT_KEYS: Final = {"max_gap", "cooldown", "escalate_after"}
 # Keys every rule type accepts, then each type's own (``levels``/``clear`` contents differ too).
 _COMMON_KEYS: Final = {"type", "metric", "description", "enabled", "escalate_after", "cooldown", "device_prefix"}
-_SIGNAL_KEYS: Final = {"direction", "levels", "clear", "max_gap", "schedule", "flapping"}
+_SIGNAL_KEYS: Final = {"direction", "levels", "clear", "max_gap", "tolerate", "schedule", "flapping"}
 _TYPE_KEYS: Final[dict[str, set[str]]] = {
-    "threshold": _SIGNAL_KEYS,
+    "threshold": _SIGNAL_KEYS | {"median_of"},
     "rate": _SIGNAL_KEYS | {"consecutive", "gate"},
     "forecast": _SIGNAL_KEYS | {"model", "horizon", "window", "damping", "min_points", "confirm"},
     "baseline": _SIGNAL_KEYS | {"block", "window", "min_blocks", "min_scale"},
@@ -110,7 +112,12 @@ _REQUIRED: Final[dict[str, tuple[str, ...]]] = {
     kind: ("type", "metric", "direction", "levels", "clear") for kind in ("threshold", "rate", "forecast", "baseline")
 } | {"rhythm": ("type", "metric", "levels"), "staleness": ("type", "metric", "levels")}
 # Not overridable per patient: they decide which samples a rule sees or size its per-patient state.
-_FIXED_KEYS: Final[dict[str, set[str]]] = {"forecast": {"model"}, "baseline": {"block", "window"}, "rhythm": {"window"}}
+_FIXED_KEYS: Final[dict[str, set[str]]] = {
+    "threshold": {"median_of"},
+    "forecast": {"model"},
+    "baseline": {"block", "window"},
+    "rhythm": {"window"},
+}
 _ALWAYS_FIXED: Final = {"type", "metric", "direction", "device_prefix"}
 _LEVEL_KEYS: Final[dict[str, set[str]]] = {
     "rhythm": {"for", "escalate_after"},
@@ -224,6 +231,11 @@ def _explain_rule(rule: Rule, *, header: bool = True) -> str:
         f"no new episode for {format_duration(rule.cooldown_s)} after clearing" if rule.cooldown_s else "no cooldown"
     )
     lines.append(f"  gaps over {format_duration(rule.max_gap_s)} restart the clocks; {cooldown}")
+    if rule.median_of > 1:
+        lines.append(f"  compares the median of the last {rule.median_of} readings, not each reading")
+    if rule.tolerate_s:
+        tolerate = format_duration(rule.tolerate_s)
+        lines.append(f"  readings back across for less than {tolerate} do not restart a level's clock")
     if rule.flapping is not None:
         flap = rule.flapping
         lines.append(
@@ -762,6 +774,8 @@ class _Build:
             "clear_threshold": clear_threshold,
             "clear_for_s": self.nested("clear", "for", p.duration, 0.0),
             "max_gap_s": self.pick("max_gap", p.duration, DEFAULT_MAX_GAP_S),
+            "tolerate_s": self.pick("tolerate", p.duration, 0.0),
+            **({"median_of": self.pick("median_of", p.integer, 1)} if kind == "threshold" else {}),
             "schedule": self.schedule(escalate),
             "flapping": self.flapping(),
         }

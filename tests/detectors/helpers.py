@@ -77,11 +77,18 @@ def json_roundtrip(state: Any) -> Any:
 
 PATIENTS = ("p0", "p1", "p2")
 DURATIONS = (0.0, 5.0, 10.0, 15.0, 30.0)
+# Excursions tolerated by a run: none (most rules), shorter than a sample step, a few steps, more than a gap.
+TOLERATES = st.sampled_from((0.0, 0.0, 1.0, 4.0, 9.0, 30.0))
+# Running medians of threshold rules: none (most rules), of two (an even count), three, five readings.
+MEDIANS = st.sampled_from((1, 1, 2, 3, 5))
 
 
 @st.composite
-def threshold_rules(draw: st.DrawFn, name: str, metric: str, direction: Direction | None = None) -> ThresholdRule:
-    """A random but valid threshold rule whose thresholds sit in 100-170, where the values are."""
+def threshold_rules(
+    draw: st.DrawFn, name: str, metric: str, direction: Direction | None = None, median_of: int | None = None
+) -> ThresholdRule:
+    """A random but valid threshold rule whose thresholds sit in 100-170, where the values are
+    (``median_of``: an override's, which must keep the rule's; drawn if None)."""
     direction = direction or draw(st.sampled_from(list(Direction)))
     severities = sorted(draw(st.sets(st.sampled_from(list(Severity)), min_size=1, max_size=3)))
     sign = direction.sign
@@ -105,6 +112,8 @@ def threshold_rules(draw: st.DrawFn, name: str, metric: str, direction: Directio
         clear_threshold=levels[0].threshold - sign * draw(st.integers(0, 12)),
         clear_for_s=draw(st.sampled_from(DURATIONS)),
         max_gap_s=draw(st.sampled_from((7.0, 12.0, 25.0, 1000.0))),
+        tolerate_s=draw(TOLERATES),
+        median_of=draw(MEDIANS) if median_of is None else median_of,
         cooldown_s=draw(st.sampled_from((0.0, 10.0, 30.0))),
         enabled=draw(st.booleans()) if draw(st.integers(0, 9)) == 0 else True,
     )
@@ -122,7 +131,8 @@ def rulesets(draw: st.DrawFn) -> RuleSet:
     patient_rules: dict[str, dict[str, ThresholdRule]] = {}
     for patient in draw(st.sets(st.sampled_from(PATIENTS), max_size=2)):
         base = draw(st.sampled_from(rules))
-        patient_rules[patient] = {base.name: draw(threshold_rules(base.name, base.metric, base.direction))}
+        override = draw(threshold_rules(base.name, base.metric, base.direction, base.median_of))
+        patient_rules[patient] = {base.name: override}
     return RuleSet(rules=rules, patient_rules=patient_rules)
 
 
@@ -245,8 +255,10 @@ def signal_rules(
         elif kind == "baseline":
             fields = _z_levels(draw, base.direction)
     extras = _extras(draw, kind)
+    if kind == "threshold":
+        extras["median_of"] = draw(MEDIANS)
     if like is not None:
-        for fixed in ("model", "block_s", "window_s", "window_beats"):
+        for fixed in ("model", "block_s", "window_s", "window_beats", "median_of"):
             if hasattr(like, fixed):
                 extras[fixed] = getattr(like, fixed)
     rule = cls(  # type: ignore[misc]
@@ -255,6 +267,7 @@ def signal_rules(
         **fields,
         clear_for_s=draw(st.sampled_from(DURATIONS)),
         max_gap_s=draw(st.sampled_from((7.0, 12.0, 25.0, 1000.0))),
+        tolerate_s=0.0 if kind == "rhythm" else draw(TOLERATES),
         cooldown_s=draw(st.sampled_from((0.0, 10.0, 30.0))),
         enabled=draw(st.booleans()) if draw(st.integers(0, 9)) == 0 else True,
         flapping=draw(st.sampled_from((None, None, Flapping(raises=2, within_s=60.0, hold_s=30.0)))),

@@ -15,7 +15,8 @@ Semantics (documented in ``detectors/rules.py``, ``detectors/signal.py`` and ``d
   an AF verdict, each computed here from scratch with plain Python); a gap of more than
   ``max_gap_s`` since the rule's previous sample (or none) restarts all runs; the period of the
   day picks the levels and clearing condition; runs of "beyond threshold" per level and of "on the
-  normal side of the clearing level"; a level is due after ``for_s``, clearing after
+  normal side of the clearing level" (a level's run survives samples back across, from the first
+  of them to the next beyond, lasting less than ``tolerate_s``); a level is due after ``for_s``, clearing after
   ``clear_for_s`` (``max(clear_for_s, hold)`` for an episode held by flapping suppression);
 - no open alert: raise at the most severe due level unless ``t < cooldown_until`` (flapping: held
   if it is the K-th raise within the window); open alert: clear if clearing is due (cooldown until
@@ -30,6 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -74,6 +76,8 @@ def _compares_values(rule: Any) -> bool:
 class RuleState:
     last_t: float | None = None
     runs: dict[int, float | None] = field(default_factory=lambda: {1: None, 2: None, 3: None})
+    away: dict[int, float | None] = field(default_factory=lambda: {1: None, 2: None, 3: None})
+    recent: list[float] = field(default_factory=list)  # threshold rules with median_of: last readings
     clear_run: float | None = None
     level: int = 0
     since: float = math.nan
@@ -164,24 +168,36 @@ class ReferenceEngine:
         st = self._state(patient, rule.name)
         if st.last_t is None or not t - st.last_t <= rule.max_gap_s:
             st.runs = {1: None, 2: None, 3: None}
+            st.away = {1: None, 2: None, 3: None}
             st.clear_run = None
+            st.recent = []
         st.last_t = t
         sign = rule.direction.sign
         x = sign * signal(rule, st, t, value)
+        if type(rule) is ThresholdRule and rule.median_of > 1:
+            x = sign * running_median(rule, st, value)
         period = period_of(rule, t)
         levels = {int(lv.severity): lv for lv in rule.period_levels(period)}
         due, onset = 0, math.nan
         for code in (1, 2, 3):
             lv = levels.get(code)
+            away = st.away[code]
             if lv is not None and x > sign * lv.threshold:
+                if away is not None and not t - away < rule.tolerate_s:
+                    st.runs[code] = None  # back across for too long: the run ended
+                st.away[code] = None
                 if st.runs[code] is None:
                     st.runs[code] = t
                 start = st.runs[code]
                 assert start is not None
                 if t - start >= lv.for_s:
                     due, onset = code, start
-            else:
-                st.runs[code] = None
+            elif st.runs[code] is not None:
+                # Back across (or unknown): the run survives while this excursion is shorter than tolerate_s.
+                away = t if away is None else away
+                st.away[code] = away
+                if not t - away < rule.tolerate_s:
+                    st.runs[code] = st.away[code] = None
         clear_threshold, clear_for = rule.period_clear(period)
         if x <= sign * clear_threshold:
             if st.clear_run is None:
@@ -386,6 +402,16 @@ def signal(rule: ThresholdRule, st: RuleState, t: float, value: float) -> float:
     if isinstance(rule, RhythmRule):
         return rhythm_signal(rule, st, t, value)
     return value
+
+
+def running_median(rule: ThresholdRule, st: RuleState, value: float) -> float:
+    """The median of the last ``median_of`` readings since the last gap ("HI"/"LO" as the largest or
+    smallest finite float; of an even count, ``0.5 a + 0.5 b`` of the middle two)."""
+    biggest = sys.float_info.max
+    st.recent = [min(max(value, -biggest), biggest), *st.recent][: rule.median_of]
+    ordered = sorted(st.recent)
+    n = len(ordered)
+    return 0.5 * ordered[(n - 1) // 2] + 0.5 * ordered[n // 2]
 
 
 def rate_signal(rule: RateRule, st: RuleState, t: float, value: float) -> float:
