@@ -100,7 +100,10 @@ class EpisodeTable:
         self.escalate_after_s: FloatArray = np.zeros((N_LEVELS, 0))
         self.escalate_from: FloatArray = np.zeros(0)
         self.held: BoolArray = np.zeros(0, dtype=np.bool_)
-        self.recent: FloatArray = np.zeros((FLAP_SLOTS, 0))
+        # Held only once a rule of the table has flapping suppression or a record brings raise
+        # times (:meth:`_materialize`); until then a read-only all-NaN view of no memory: the ring is
+        # 64 bytes per patient and rule, and most rules have no flapping (issue 20).
+        self.recent: FloatArray = _no_ring(0)
         self.flap_raises: IntArray = np.zeros(0, dtype=np.int64)
         self.flap_within_s: FloatArray = np.zeros(0)
         self.flap_hold_s: FloatArray = np.zeros(0)
@@ -119,13 +122,15 @@ class EpisodeTable:
         self.cooldown_until = grown(self.cooldown_until, n, np.nan)
         self.escalate_from = grown(self.escalate_from, n, np.nan)
         self.held = grown(self.held, n, False)
-        self.recent = grown(self.recent, n, np.nan)
+        self.recent = grown(self.recent, n, np.nan) if self.recent.flags.writeable else _no_ring(n)
 
     def add_row(self, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None) -> None:
         """Append the parameters of the owner's newest row (:meth:`ParamRows.add`)."""
         self.cooldown_s = appended(self.cooldown_s, cooldown_s)
         self.escalate_after_s = appended(self.escalate_after_s, escalate_after_s)
         raises, within, hold = _flap_params(flapping)
+        if flapping is not None:
+            self._materialize()
         self.flap_raises = appended(self.flap_raises, raises)
         self.flap_within_s = appended(self.flap_within_s, within)
         self.flap_hold_s = appended(self.flap_hold_s, hold)
@@ -392,7 +397,22 @@ class EpisodeTable:
         escalate_from = opt_float(record, "escalate_from")
         self.escalate_from[patient] = (raised_at if math.isnan(escalate_from) else escalate_from) if code else np.nan
         self.held[patient] = bool(record.get("held", False)) and code > 0
-        self.recent[:, patient] = _recent(record.get("recent", []))
+        recent = _recent(record.get("recent", []))
+        if not np.isnan(recent).all():
+            self._materialize()
+        if self.recent.flags.writeable:  # else all NaN already, as written
+            self.recent[:, patient] = recent
+
+    def _materialize(self) -> None:
+        """Hold the raise-time ring (all NaN so far) as a real array from now on."""
+        if not self.recent.flags.writeable:
+            self.recent = np.full(self.recent.shape, np.nan)
+
+    def writable_columns(self, recent: FloatArray) -> None:
+        """Make the state columns writable for raise-time blocks ``recent`` (rows × FLAP_SLOTS) about
+        to be written into them (packed import): a lazily held ring is materialized if they hold a time."""
+        if not np.isnan(recent).all():
+            self._materialize()
 
     def state_columns(self) -> list[StateColumn]:
         """The per-patient alert state arrays (see :class:`~detectors.columns.StateColumn`)."""
@@ -457,6 +477,12 @@ class _FlapRound:
         self.recent[:-1, groups] = self.recent[1:, groups]
         self.recent[-1, groups] = t
         return np.asarray(held, dtype=np.bool_)
+
+
+def _no_ring(n: int) -> FloatArray:
+    """A read-only all-NaN raise-time ring for ``n`` patients that takes no memory."""
+    ring: FloatArray = np.broadcast_to(np.float64(np.nan), (FLAP_SLOTS, n))
+    return ring
 
 
 def _flap_params(flapping: Flapping | None) -> tuple[int, float, float]:

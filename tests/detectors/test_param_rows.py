@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors import Engine, RuleSet, ThresholdLevel
-from detectors.rules import Severity, StalenessRule
+from detectors.rules import Flapping, Severity, StalenessRule
 from detectors.threshold import ThresholdDetector
 from tests.detectors.helpers import (
     PATIENTS,
@@ -107,3 +107,27 @@ def test_an_override_replaced_at_run_time_takes_effect_and_frees_the_fast_path()
     run(fresh, series("p", "heart_rate", 0, [80]))
     assert dicts(events) == dicts(run(fresh, series("p", "heart_rate", 10, [160] * 40)))
     assert events
+
+
+def test_a_rule_without_flapping_holds_no_raise_time_ring_until_a_record_brings_one() -> None:
+    flappy = tachycardia_rule(flapping=Flapping(raises=2, within_s=3600, hold_s=600))
+    source = Engine(RuleSet(rules=(flappy,)))
+    run(source, series("p", "heart_rate", 0, [160] * 5))
+    state = source.export_state("p")
+    assert state["rules"]["tachycardia"]["alert"]["recent"]  # a raise time to carry over
+    record = source.export_packed(["p"])[0]
+
+    def plain_engine() -> Engine:
+        engine = Engine(RuleSet(rules=(tachycardia_rule(),)))
+        run(engine, series("q", "heart_rate", 0, [160] * 5))  # raises, but keeps no raise times
+        assert not engine._detectors[0].episodes.recent.flags.writeable
+        return engine
+
+    by_json, by_packed, by_many = plain_engine(), plain_engine(), plain_engine()
+    by_json.import_state("p", state)
+    by_packed.import_packed("p", record)
+    assert by_many.import_packed_many([("p", record)]) == {}
+    for engine in (by_json, by_packed, by_many):
+        assert engine._detectors[0].episodes.recent.flags.writeable
+        assert engine.export_state("p") == state
+        assert engine.export_state("q")["rules"]["tachycardia"]["alert"]["recent"] == []
