@@ -17,7 +17,8 @@ Reported, per patient:
 - every per-patient numpy array of every detector, by detector and array (``nbytes`` per slot:
   arrays grow geometrically, so a slot is what a patient costs; arrays that do not grow with the
   patients, e.g. parameter tables, count as fixed bytes), labelled ``state`` (in the packed
-  checkpoint), ``param`` (rule parameters) or ``cache``;
+  checkpoint), ``param`` (rule parameters) or ``cache`` (``lazy``: a column held as a broadcast view
+  until it is needed, no memory, not counted);
 - the engine's own arrays (watermarks, dirty and touched flags) and registries (tracemalloc);
 - tracemalloc's and RSS's growth from an empty engine to the populated one, and then to the worker's
   structures, divided by the patients.
@@ -81,6 +82,8 @@ def detector_arrays(engine: Engine) -> list[dict[str, Any]]:
         for name, array in _arrays(det, "", set()):
             per_slot = capacity in array.shape
             kind = "state" if id(array) in state else "cache" if name.startswith(CACHES) else "param"
+            if 0 in array.strides and array.size > 1:  # a broadcast view (a lazily held column): no memory
+                kind = "lazy"
             rows.append(
                 {
                     "detector": det.name,
@@ -132,7 +135,8 @@ def measure(n: int, seed: int) -> dict[str, Any]:
     by_detector: dict[str, dict[str, float]] = {}
     for row in arrays:
         d = by_detector.setdefault(row["detector"], {"state": 0.0, "param": 0.0, "cache": 0.0, "fixed": 0.0})
-        d[row["kind"]] += row["bytes_per_patient"]
+        if row["kind"] != "lazy":
+            d[row["kind"]] += row["bytes_per_patient"]
         d["fixed"] += row["fixed_bytes"]
     return {
         "patients": n,
@@ -140,7 +144,7 @@ def measure(n: int, seed: int) -> dict[str, Any]:
         "devices": len(engine.devices),
         "arrays": arrays,
         "by_detector": by_detector,
-        "detector_arrays_per_patient": sum(r["bytes_per_patient"] for r in arrays),
+        "detector_arrays_per_patient": sum(r["bytes_per_patient"] for r in arrays if r["kind"] != "lazy"),
         "detector_arrays_fixed": sum(r["fixed_bytes"] for r in arrays),
         "engine_arrays_per_patient": engine_arrays,
         "registries_per_patient": registry_bytes / n,

@@ -65,6 +65,7 @@ class SignalDetector:
         self.device_prefix = rule.device_prefix
         self.sign = rule.direction.sign
         self.rows = ParamRows()  # each patient's parameter set (row 0: the rule)
+        self._memo: tuple[IntArray | None, npt.NDArray[np.int32]] = (None, np.zeros(0, np.int32))
         self.episodes = EpisodeTable(self.rows)
         self._zones: list[str] = []
         periods = len(rule.schedule)
@@ -146,6 +147,7 @@ class SignalDetector:
         if [p.name for p in rule.schedule] != [p.name for p in self.rule.schedule]:
             raise ValueError(f"an override of {self.name!r} must keep the rule's schedule periods")
         self.rows.assign(patient, self._row_of(rule))
+        self._memo = (None, self._memo[1])
 
     def _row_of(self, rule: ThresholdRule) -> int:
         """The parameter row of ``rule``: an existing one for an equal rule, else a new one."""
@@ -322,7 +324,7 @@ class SignalDetector:
         clear_due = normal & (t - start >= need)
         if not self.episodes.flapping_used:
             return clear_due, None
-        hold = float(self.hold_s[0]) if self.rows.uniform else self.hold_s[self.rows.of(p)]
+        hold = float(self.hold_s[0]) if self.rows.uniform else self.hold_s[self._rows_of(p)]
         return clear_due, normal & (t - start >= np.maximum(need, hold))
 
     def _breaks(self, view: MetricView) -> tuple[BoolArray, BoolArray]:
@@ -331,7 +333,7 @@ class SignalDetector:
         previous = np.empty_like(t)
         previous[1:] = t[:-1]
         previous[view.starts] = self.last_t[view.group_patient]
-        max_gap = float(self.max_gap_s[0]) if self.rows.uniform else self.max_gap_s[self.rows.of(p)]
+        max_gap = float(self.max_gap_s[0]) if self.rows.uniform else self.max_gap_s[self._rows_of(p)]
         # NaN (no earlier sample) compares false, so it counts as a break too.
         gap = ~(t - previous <= max_gap)
         first = view.first_mask()
@@ -345,9 +347,16 @@ class SignalDetector:
         """
         if self.rows.uniform:
             return float(column[0, 0]) if k is None else column[k, 0]
-        rows = self.rows.of(p)
+        rows = self._rows_of(p)
         values: FloatArray = column[0, rows] if k is None else column[k, rows]
         return values
+
+    def _rows_of(self, p: IntArray) -> npt.NDArray[np.int32]:
+        """The parameter row of each sample's patient; the same patient array again (every parameter
+        and level of a batch) costs no second gather."""
+        if p is not self._memo[0]:
+            self._memo = (p, self.rows.of(p))
+        return self._memo[1]
 
     def _slot_used(self, slot: int) -> bool:
         """Whether any patient's rule has the level in ``slot`` in any period (an unused level is skipped)."""
