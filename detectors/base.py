@@ -1,6 +1,7 @@
 """What the engine needs from a detector, so new rule types plug in without changing the engine.
 
-A detector owns one rule (with per-patient overrides), per-patient parameter and state arrays,
+A detector owns one rule (with per-patient overrides), parameter tables with a row per parameter
+set (:class:`~detectors.columns.ParamRows`) and per-patient state arrays,
 and an :class:`~detectors.episodes.EpisodeTable` for the shared alert lifecycle. It turns the
 usable samples of its metric into alert transitions (``process``) and may also change state with
 time alone (``tick``, e.g. staleness).
