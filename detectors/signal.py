@@ -251,7 +251,7 @@ class SignalDetector:
         """Per sample: the schedule period in force (0: none), or ``None`` when the rule has no schedule."""
         if not self.rule.schedule:
             return None
-        rows = self.rows.of(view.patient)
+        rows = self._rows_of(view.patient)
         return period_index(view.t, rows, self.period_start, self.period_end, self.period_tz, self._zones)
 
     def _met(self, view: MetricView, x: FloatArray, k: IntArray | None, threshold: FloatArray) -> dict[int, BoolArray]:
