@@ -243,7 +243,7 @@ def main() -> None:
         "points": points,
     }
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+        args.out.write_text(json.dumps(result, separators=(",", ":")) + "\n")
     sys.stdout.write(report(points) + "\n")
 
 
