@@ -15,11 +15,13 @@ against) runs on a slice of the same patients, so both rates are per sample of t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detectors import Engine, RuleSet, SampleBatch  # noqa: E402
-from detectors.rules import StalenessRule, ThresholdRule  # noqa: E402
+from detectors.rules import Rule, StalenessRule, ThresholdRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 from tests.detectors.reference import ReferenceEngine  # noqa: E402
 
 T0 = 1_700_000_000.0
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # --clock
 HR, RR, GLUCOSE = 0, 1, 2
 
 
@@ -101,6 +105,29 @@ def _glucose(rng: np.random.Generator, index: np.ndarray, sick: np.ndarray, star
     return _batch(p, GLUCOSE, t, np.round(v))
 
 
+def with_overrides(rules: RuleSet, patients: int, share: float) -> RuleSet:
+    """``rules`` with the first ``share`` of the patients on one override of every threshold rule
+    (every threshold × 1.01), as a ward's patients on a clinician's common adjustment."""
+    count = round(patients * share)
+    if count == 0:
+        return rules
+    changed = {}
+    for rule in rules.rules:
+        if type(rule) is ThresholdRule:
+            levels = tuple(dataclasses.replace(lv, threshold=lv.threshold * 1.01) for lv in rule.levels)
+            clear = None if rule.clear_threshold is None else rule.clear_threshold * 1.01
+            changed[rule.name] = dataclasses.replace(rule, levels=levels, clear_threshold=clear)
+    return RuleSet(rules=rules.rules, patient_rules={f"p{i:05d}": dict(changed) for i in range(count)})
+
+
+def _subset(rules: RuleSet, keep: Callable[[Rule], bool]) -> RuleSet:
+    """The rules ``keep`` selects, with their per-patient overrides."""
+    kept = tuple(r for r in rules.rules if keep(r))
+    names = {r.name for r in kept}
+    overrides = {p: {n: r for n, r in o.items() if n in names} for p, o in rules.patient_rules.items()}
+    return RuleSet(rules=kept, patient_rules={p: o for p, o in overrides.items() if o})
+
+
 def time_engine(rules: RuleSet, patients: int, seconds: float, batch_s: float, metrics: set[int]) -> tuple[float, int]:
     """Samples per second of the vectorized engine (process and a tick per batch)."""
     engine = Engine(rules)
@@ -108,11 +135,11 @@ def time_engine(rules: RuleSet, patients: int, seconds: float, batch_s: float, m
     # The first batch registers every patient and grows the arrays (and imports numpy's lazily
     # loaded modules): steady state is what a running worker sees, so it is not timed.
     engine.process(load.batches[0])
-    started = time.perf_counter()
+    started = clock()
     for k, batch in enumerate(load.batches[1:], start=1):
         engine.process(batch)
         engine.tick(T0 + (k + 1) * batch_s)
-    elapsed = time.perf_counter() - started
+    elapsed = clock() - started
     samples = load.samples - len(load.batches[0])
     return samples / elapsed, samples
 
@@ -155,10 +182,21 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="seconds of simulated data")
     parser.add_argument("--batch-s", type=float, default=10.0, help="seconds of data per micro-batch")
     parser.add_argument("--reference-patients", type=int, default=100)
+    parser.add_argument(
+        "--override-share",
+        type=float,
+        default=0.0,
+        help="share of patients with a per-patient override of every threshold rule (one shared override)",
+    )
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall", help="cpu: this process's CPU time (a shared machine)"
+    )
     args = parser.parse_args()
-    full = load_rules(ROOT / "alert_rules.yaml")
-    thresholds = RuleSet(rules=tuple(r for r in full.rules if type(r) is ThresholdRule))
-    signal_only = RuleSet(rules=tuple(r for r in full.rules if not isinstance(r, StalenessRule)))
+    global clock  # set once, from the command line
+    clock = CLOCKS[args.clock]
+    full = with_overrides(load_rules(ROOT / "alert_rules.yaml"), args.patients, args.override_share)
+    thresholds = _subset(full, lambda r: type(r) is ThresholdRule)
+    signal_only = _subset(full, lambda r: not isinstance(r, StalenessRule))
     cases = [
         ("threshold rules (HR + glucose)", thresholds, {HR, GLUCOSE}),
         ("full default rule set (HR + RR + glucose)", full, {HR, RR, GLUCOSE}),

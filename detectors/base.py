@@ -1,6 +1,7 @@
 """What the engine needs from a detector, so new rule types plug in without changing the engine.
 
-A detector owns one rule (with per-patient overrides), per-patient parameter and state arrays,
+A detector owns one rule (with per-patient overrides), parameter tables with a row per parameter
+set (:class:`~detectors.columns.ParamRows`) and per-patient state arrays,
 and an :class:`~detectors.episodes.EpisodeTable` for the shared alert lifecycle. It turns the
 usable samples of its metric into alert transitions (``process``) and may also change state with
 time alone (``tick``, e.g. staleness).
@@ -63,6 +64,10 @@ class Detector(Protocol):
         """Every per-patient state array (not parameters, not caches), for packed checkpoints:
         :meth:`export_patient` must read nothing else of the patient's."""
         ...
+
+    def materialize(self, column: FloatArray) -> None:
+        """Hold ``column``, one of :meth:`state_columns` held lazily as a read-only all-NaN view, as a
+        real array from now on (a packed import is about to write values into it)."""
 
     def settle(self, rows: FloatArray) -> BoolArray:
         """Which rows of packed entries (patients × entries of :meth:`state_columns`, as float64) an

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, nan_first, opt_float, same_nan, whole
+from detectors.columns import StateColumn, appended, finite_or_nan, grown, nan_first, opt_float, same_nan, whole
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
@@ -46,6 +46,7 @@ class BaselineDetector(SignalDetector):
         self.cur_id: FloatArray = np.zeros(0)
         self.cur_sum: FloatArray = np.zeros(0)
         self.cur_count: FloatArray = np.zeros(0)
+        # Parameters per parameter row (see SignalDetector.rows).
         self.min_blocks: FloatArray = np.zeros(0)
         self.min_scale: FloatArray = np.zeros(0)
         # Derived, not exported: the baseline of the current block (valid while cache_id == cur_id).
@@ -55,18 +56,20 @@ class BaselineDetector(SignalDetector):
 
     def resize_state(self, n: int) -> None:
         """Room for ``n`` patients' block rings."""
-        rule = self.rule
-        assert isinstance(rule, BaselineRule)
         self.ring_id = grown(self.ring_id.T, n, np.nan).T.copy()
         self.ring_mean = grown(self.ring_mean.T, n, np.nan).T.copy()
         self.cur_id = grown(self.cur_id, n, np.nan)
         self.cur_sum = grown(self.cur_sum, n, 0.0)
         self.cur_count = grown(self.cur_count, n, 0.0)
-        self.min_blocks = grown(self.min_blocks, n, float(rule.min_blocks))
-        self.min_scale = grown(self.min_scale, n, rule.min_scale)
         self.cache_id = grown(self.cache_id, n, np.nan)
         self.cache_median = grown(self.cache_median, n, np.nan)
         self.cache_scale = grown(self.cache_scale, n, np.nan)
+
+    def add_row_extra(self, rule: ThresholdRule) -> None:
+        """The baseline parameters of a new parameter row."""
+        assert isinstance(rule, BaselineRule)
+        self.min_blocks = appended(self.min_blocks, float(rule.min_blocks))
+        self.min_scale = appended(self.min_scale, rule.min_scale)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
         """Apply a per-patient override (block and window are fixed per rule: they size the state)."""
@@ -74,8 +77,6 @@ class BaselineDetector(SignalDetector):
         if (rule.block_s, rule.window_s) != (self.block_s, self.block_s * self.size):
             raise ValueError(f"an override of {self.name!r} must keep its block and window")
         super().configure(patient, rule)
-        self.min_blocks[patient] = rule.min_blocks
-        self.min_scale[patient] = rule.min_scale
         self.cache_id[patient] = np.nan
 
     def signal(self, view: MetricView) -> FloatArray:
@@ -142,10 +143,10 @@ class BaselineDetector(SignalDetector):
     def _scale(self, values: FloatArray, patient: IntArray) -> tuple[FloatArray, FloatArray]:
         """Median and robust scale of each segment's baseline window (NaN median: not enough blocks)."""
         count = (~np.isnan(values)).sum(axis=1)
-        enough = count >= self.min_blocks[patient]
+        enough = count >= self.min_blocks[self.rows.of(patient)]
         median = _row_median(values, count)
         mad = _row_median(np.abs(values - median[:, None]), count)
-        scale = np.maximum(MAD_TO_SIGMA * mad, self.min_scale[patient])
+        scale = np.maximum(MAD_TO_SIGMA * mad, self.min_scale[self.rows.of(patient)])
         return np.where(enough, median, np.nan), scale
 
     def _keep(

@@ -74,3 +74,79 @@ def same_nan(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDAr
     """Per row: ``a`` and ``b`` are NaN at the same entries."""
     ok: npt.NDArray[np.bool_] = (np.isnan(a) == np.isnan(b)).all(axis=1)
     return ok
+
+
+def appended(array: npt.NDArray[Any], column: Any) -> npt.NDArray[Any]:
+    """``array`` with one more entry along its last axis, set to ``column`` (broadcast over the others)."""
+    extra = np.asarray(column, dtype=array.dtype).reshape(*array.shape[:-1], 1)
+    return np.concatenate((array, extra), axis=-1)
+
+
+class ParamRows:
+    """Which parameter set applies to each patient: a row of the owner's parameter tables.
+
+    A rule's parameters (thresholds, durations, schedules, escalation, cooldown, flapping, ...) are
+    the same for almost every patient: they are stored once per distinct *parameter set*, not once
+    per patient (issue 20: per-patient copies were over a third of a worker's memory per patient).
+    Row 0 is the rule's default; the first patient configured with an override that no row holds yet
+    adds a row (:meth:`add`), which every patient with an equal override then shares. ``row`` is each
+    patient's row (int32, the only per-patient cost); ``users`` counts the slots per row, so that
+    whether every patient follows the default (:attr:`uniform`: one scalar per parameter serves the
+    whole batch) and which rows are in use stay exact when an override is replaced at run time.
+    """
+
+    def __init__(self) -> None:
+        self.row: npt.NDArray[np.int32] = np.zeros(0, np.int32)
+        self.keys: list[Any] = []  # per row, the parameter set it holds (e.g. the rule)
+        self.users: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._others = 0  # slots not on row 0
+        self._index: dict[Any, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every patient slot is on row 0 (the default)."""
+        return self._others == 0
+
+    def used(self) -> npt.NDArray[np.bool_]:
+        """Per row: whether some patient slot is on it."""
+        return self.users > 0
+
+    def find(self, key: Any) -> int | None:
+        """The row holding ``key`` (compared by equality), if any."""
+        try:
+            return self._index.get(key)
+        except TypeError:  # unhashable: a scan over the (few) rows
+            return next((row for row, other in enumerate(self.keys) if other == key), None)
+
+    def add(self, key: Any) -> int:
+        """A new row for ``key`` (the owner appends its parameters to every table)."""
+        try:
+            self._index[key] = len(self.keys)
+        except TypeError:
+            pass  # found by find's scan
+        self.keys.append(key)
+        self.users = np.append(self.users, 0)
+        return len(self.keys) - 1
+
+    def grow(self, n: int) -> None:
+        """Room for ``n`` patient slots; new ones are on row 0."""
+        old = len(self.row)
+        if n > old:
+            self.row = grown(self.row, n, 0)
+            self.users[0] += n - old
+
+    def assign(self, patient: int, row: int) -> None:
+        """Put ``patient`` on ``row``."""
+        old = int(self.row[patient])
+        self.users[old] -= 1
+        self.users[row] += 1
+        self._others += (row != 0) - (old != 0)
+        self.row[patient] = row
+
+    def of(self, patients: npt.NDArray[np.int64]) -> npt.NDArray[np.int32]:
+        """The rows of ``patients`` (indices)."""
+        rows: npt.NDArray[np.int32] = self.row[patients]
+        return rows

@@ -35,7 +35,7 @@ from detectors import packed
 from detectors.base import Detector
 from detectors.baseline import BaselineDetector
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView, PatientRegistry, SampleBatch, metric_codes
-from detectors.columns import opt_float
+from detectors.columns import StateColumn, opt_float
 from detectors.const import (
     ACKNOWLEDGED,
     CLEARED,
@@ -663,7 +663,7 @@ class Engine:
             if not keep.any():
                 continue
             det, patients = self._detectors[index], slots[at[keep]]
-            packed.put_many(det.state_columns(), patients, block[keep])
+            packed.put_many(_columns_for(det, block[keep]), patients, block[keep])
             self._touched[index, patients] = True
             for p in patients[det.episodes.level[patients] > 0].tolist():
                 self._remember_open(index, p)
@@ -726,7 +726,7 @@ class Engine:
         except StateError as exc:
             raise StateError(f"rule {det.name}: {exc}") from None
         slot = self._spare_slot()
-        columns = det.state_columns()
+        columns = _columns_for(det, row[None, :])
         packed.put(columns, slot, row)
         try:
             # Entries a state cannot hold (an infinite beat counter, say) may make the export's
@@ -864,6 +864,19 @@ class Engine:
             aid = self._open_id.pop((i, p), None)
             if aid is not None:
                 del self._open[aid]
+
+
+def _columns_for(det: Detector, rows: FloatArray) -> list[StateColumn]:
+    """``det``'s state columns, ready for ``rows`` (patients × entries) to be written into them: its
+    episode table's lazily held raise-time ring, a signal rule's ``away``: read-only all-NaN views) is
+    materialized first if a row holds a value for it."""
+    columns = det.state_columns()
+    if all(a.flags.writeable for a, _ in columns):
+        return columns
+    for (a, _), block in zip(columns, packed.split(columns, rows), strict=True):
+        if not a.flags.writeable and not np.isnan(block).all():
+            det.materialize(a)
+    return det.state_columns()
 
 
 def _same_columns(touched: BoolArray) -> list[tuple[IntArray, list[int]]]:

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, nan_first, opt, opt_float
+from detectors.columns import ParamRows, StateColumn, appended, finite_or_nan, grown, nan_first, opt, opt_float
 from detectors.const import FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
 from detectors.errors import StateError
 from detectors.rules import Flapping
@@ -81,11 +81,14 @@ class EpisodeTable:
     (latest raise or upgrade: the escalation clock), ``acked``, ``escalated``, ``cooldown_until``
     (no new episode before it; NaN = none), ``escalate_from`` (the escalation clock's start),
     ``held`` (the open episode is held open by flapping suppression) and ``recent`` (the latest raise
-    times, newest last, shape ``(FLAP_SLOTS, n)``). Parameters: ``cooldown_s``, ``escalate_after_s``
-    (shape ``(3, n)``: per severity; NaN = never) and the flapping limits (``flap_raises`` 0 = off).
+    times, newest last, shape ``(FLAP_SLOTS, n)``). Parameters, per row of the owner's
+    :class:`~detectors.columns.ParamRows` (``rows``: shared with the detector, which adds the rows
+    and grows them with the patients): ``cooldown_s``, ``escalate_after_s`` (shape ``(3, rows)``:
+    per severity; NaN = never) and the flapping limits (``flap_raises`` 0 = off).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rows: ParamRows | None = None) -> None:
+        self.rows = rows if rows is not None else ParamRows()
         self.level: Int8Array = np.zeros(0, dtype=np.int8)
         self.since: FloatArray = np.zeros(0)
         self.raised_at: FloatArray = np.zeros(0)
@@ -97,7 +100,10 @@ class EpisodeTable:
         self.escalate_after_s: FloatArray = np.zeros((N_LEVELS, 0))
         self.escalate_from: FloatArray = np.zeros(0)
         self.held: BoolArray = np.zeros(0, dtype=np.bool_)
-        self.recent: FloatArray = np.zeros((FLAP_SLOTS, 0))
+        # Held only once a rule of the table has flapping suppression or a record brings raise
+        # times (:meth:`materialize`); until then a read-only all-NaN view of no memory: the ring is
+        # 64 bytes per patient and rule, and most rules have no flapping (issue 20).
+        self.recent: FloatArray = _no_ring(0)
         self.flap_raises: IntArray = np.zeros(0, dtype=np.int64)
         self.flap_within_s: FloatArray = np.zeros(0)
         self.flap_hold_s: FloatArray = np.zeros(0)
@@ -105,10 +111,8 @@ class EpisodeTable:
     def __len__(self) -> int:
         return len(self.level)
 
-    def resize(
-        self, n: int, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None
-    ) -> None:
-        """Make room for ``n`` patients; new ones get no open alert and the given parameters."""
+    def resize(self, n: int) -> None:
+        """Make room for ``n`` patients; new ones get no open alert (their parameter row: the owner's)."""
         self.level = grown(self.level, n, 0)
         self.since = grown(self.since, n, np.nan)
         self.raised_at = grown(self.raised_at, n, np.nan)
@@ -116,34 +120,25 @@ class EpisodeTable:
         self.acked_at = grown(self.acked_at, n, np.nan)
         self.escalated = grown(self.escalated, n, False)
         self.cooldown_until = grown(self.cooldown_until, n, np.nan)
-        self.cooldown_s = grown(self.cooldown_s, n, cooldown_s)
         self.escalate_from = grown(self.escalate_from, n, np.nan)
         self.held = grown(self.held, n, False)
-        self.recent = grown(self.recent, n, np.nan)
-        raises, within, hold = _flap_params(flapping)
-        self.flap_raises = grown(self.flap_raises, n, raises)
-        self.flap_within_s = grown(self.flap_within_s, n, within)
-        self.flap_hold_s = grown(self.flap_hold_s, n, hold)
-        old = self.escalate_after_s.shape[1]
-        if n > old:
-            extra = np.repeat(escalate_after_s.reshape(N_LEVELS, 1), n - old, axis=1)
-            self.escalate_after_s = np.concatenate((self.escalate_after_s, extra), axis=1)
+        self.recent = grown(self.recent, n, np.nan) if self.recent.flags.writeable else _no_ring(n)
 
-    def configure(
-        self, patient: int, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None
-    ) -> None:
-        """Set one patient's parameters (a per-patient override)."""
-        self.cooldown_s[patient] = cooldown_s
-        self.escalate_after_s[:, patient] = escalate_after_s
+    def add_row(self, *, cooldown_s: float, escalate_after_s: FloatArray, flapping: Flapping | None = None) -> None:
+        """Append the parameters of the owner's newest row (:meth:`ParamRows.add`)."""
+        self.cooldown_s = appended(self.cooldown_s, cooldown_s)
+        self.escalate_after_s = appended(self.escalate_after_s, escalate_after_s)
         raises, within, hold = _flap_params(flapping)
-        self.flap_raises[patient] = raises
-        self.flap_within_s[patient] = within
-        self.flap_hold_s[patient] = hold
+        if flapping is not None:
+            self.materialize()
+        self.flap_raises = appended(self.flap_raises, raises)
+        self.flap_within_s = appended(self.flap_within_s, within)
+        self.flap_hold_s = appended(self.flap_hold_s, hold)
 
     @property
     def flapping_used(self) -> bool:
         """Whether any patient has flapping suppression (else its bookkeeping is skipped)."""
-        return bool(self.flap_raises.any())
+        return bool((self.flap_raises[self.rows.used()] > 0).any())
 
     # -- the latch ------------------------------------------------------------------------------
 
@@ -196,7 +191,7 @@ class EpisodeTable:
         active = level0 > 0
         until = self.cooldown_until[gp]
         until = np.where(np.isnan(until), -np.inf, until)
-        cooldown_s = self.cooldown_s[gp]
+        cooldown_s = self.cooldown_s[self.rows.of(gp)]
         cleared = np.zeros(len(pos), np.bool_)
         held = self.held[gp].copy()
         flap = _FlapRound(self, gp) if self.flapping_used else None
@@ -354,7 +349,7 @@ class EpisodeTable:
         if n == 0:
             return np.zeros(0, np.int64)
         slot = np.maximum(self.level, 1).astype(np.int64) - 1
-        limit = self.escalate_after_s[slot, np.arange(n)]
+        limit = self.escalate_after_s[slot, self.rows.row[:n]]
         due = (self.level > 0) & ~self.acked & ~self.escalated & (now >= self.escalate_from + limit)
         patients = np.flatnonzero(due)
         self.escalated[patients] = True
@@ -402,7 +397,16 @@ class EpisodeTable:
         escalate_from = opt_float(record, "escalate_from")
         self.escalate_from[patient] = (raised_at if math.isnan(escalate_from) else escalate_from) if code else np.nan
         self.held[patient] = bool(record.get("held", False)) and code > 0
-        self.recent[:, patient] = _recent(record.get("recent", []))
+        recent = _recent(record.get("recent", []))
+        if not np.isnan(recent).all():
+            self.materialize()
+        if self.recent.flags.writeable:  # else all NaN already, as written
+            self.recent[:, patient] = recent
+
+    def materialize(self) -> None:
+        """Hold the raise-time ring (all NaN so far) as a real array from now on."""
+        if not self.recent.flags.writeable:
+            self.recent = np.full(self.recent.shape, np.nan)
 
     def state_columns(self) -> list[StateColumn]:
         """The per-patient alert state arrays (see :class:`~detectors.columns.StateColumn`)."""
@@ -456,8 +460,9 @@ class _FlapRound:
 
     def __init__(self, table: EpisodeTable, gp: IntArray) -> None:
         self.recent = table.recent[:, gp].copy()
-        self.raises = table.flap_raises[gp]
-        self.within = table.flap_within_s[gp]
+        rows = table.rows.of(gp)
+        self.raises = table.flap_raises[rows]
+        self.within = table.flap_within_s[rows]
 
     def raised(self, groups: IntArray, t: FloatArray) -> BoolArray:
         """Record raises of ``groups`` at ``t``; whether each new episode is held (K-th raise in the window)."""
@@ -466,6 +471,12 @@ class _FlapRound:
         self.recent[:-1, groups] = self.recent[1:, groups]
         self.recent[-1, groups] = t
         return np.asarray(held, dtype=np.bool_)
+
+
+def _no_ring(n: int) -> FloatArray:
+    """A read-only all-NaN raise-time ring for ``n`` patients that takes no memory."""
+    ring: FloatArray = np.broadcast_to(np.float64(np.nan), (FLAP_SLOTS, n))
+    return ring
 
 
 def _flap_params(flapping: Flapping | None) -> tuple[int, float, float]:

@@ -46,7 +46,7 @@ import numpy as np
 import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, MetricView
-from detectors.columns import StateColumn, grown
+from detectors.columns import StateColumn, appended
 from detectors.const import (
     CGM_ERROR_SD_MG_DL,
     CGM_ERROR_TAU_MIN,
@@ -112,6 +112,7 @@ class ForecastDetector(SignalDetector):
         super().__init__(rule)
         self.model = rule.model
         self.history = History(FORECAST_MAX_POINTS - 1)
+        # Forecast parameters per parameter row (see SignalDetector.rows).
         self.horizon_s: FloatArray = np.zeros(0)
         self.window_s: FloatArray = np.zeros(0)
         self.damping_s: FloatArray = np.zeros(0)
@@ -120,16 +121,18 @@ class ForecastDetector(SignalDetector):
         self.confirm: FloatArray = np.zeros(0)
 
     def resize_state(self, n: int) -> None:
-        """Room for ``n`` patients' recent readings and forecast parameters."""
-        rule = self.rule
-        assert isinstance(rule, ForecastRule)
+        """Room for ``n`` patients' recent readings."""
         self.history.resize(n)
-        self.horizon_s = grown(self.horizon_s, n, rule.horizon_s)
-        self.window_s = grown(self.window_s, n, rule.window_s)
-        self.damping_s = grown(self.damping_s, n, rule.damping_s)
-        self.min_points = grown(self.min_points, n, float(rule.min_points))
-        self.crossed = grown(self.crossed, n, self.sign * rule.levels[0].threshold)
-        self.confirm = grown(self.confirm, n, rule.confirm)
+
+    def add_row_extra(self, rule: ThresholdRule) -> None:
+        """The forecast parameters of a new parameter row."""
+        assert isinstance(rule, ForecastRule)
+        self.horizon_s = appended(self.horizon_s, rule.horizon_s)
+        self.window_s = appended(self.window_s, rule.window_s)
+        self.damping_s = appended(self.damping_s, rule.damping_s)
+        self.min_points = appended(self.min_points, float(rule.min_points))
+        self.crossed = appended(self.crossed, self.sign * rule.levels[0].threshold)
+        self.confirm = appended(self.confirm, rule.confirm)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
         """Apply a per-patient override (the model itself is fixed per rule)."""
@@ -137,17 +140,11 @@ class ForecastDetector(SignalDetector):
         if rule.model != self.model:
             raise ValueError(f"an override of {self.name!r} must keep its forecast model")
         super().configure(patient, rule)
-        self.horizon_s[patient] = rule.horizon_s
-        self.window_s[patient] = rule.window_s
-        self.damping_s[patient] = rule.damping_s
-        self.min_points[patient] = rule.min_points
-        self.crossed[patient] = self.sign * rule.levels[0].threshold
-        self.confirm[patient] = rule.confirm
 
     def signal(self, view: MetricView) -> FloatArray:
         """Per reading: the most extreme predicted value within the horizon (NaN: cannot forecast)."""
         t, v = self.history.windows(view, FORECAST_MAX_POINTS)
-        p = view.patient
+        p = self.rows.of(view.patient)  # the parameter row of each reading's patient
         age = view.t[:, None] - t
         rate: FloatArray | None = None
         if self.model == "ar2":

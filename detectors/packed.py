@@ -136,9 +136,19 @@ class Layout:
 
 
 def put(columns: Sequence[StateColumn], slot: int, row: FloatArray) -> None:
-    """Write ``row`` into ``slot`` of ``columns`` unchecked (the caller knows the entries fit)."""
+    """Write ``row`` into ``slot`` of ``columns`` unchecked (the caller knows the entries fit).
+
+    A read-only column is an all-NaN one held lazily (an episode table's raise-time ring, a signal
+    rule's ``away``): entries for it must be NaN, which it holds already (see
+    :meth:`detectors.base.Detector.materialize`)."""
     at = 0
     for a, axis in columns:
+        if not a.flags.writeable:
+            n = 1 if a.ndim == 1 else a.shape[1 - axis]
+            if not np.isnan(row[at: at + n]).all():
+                raise ValueError("a value for a lazily held all-NaN state column")
+            at += n
+            continue
         if a.ndim == 1:
             a[slot] = row[at]
             at += 1
@@ -163,8 +173,13 @@ def split(columns: Sequence[StateColumn], rows: FloatArray) -> list[FloatArray]:
 
 
 def put_many(columns: Sequence[StateColumn], slots: IntArray, rows: FloatArray) -> None:
-    """Write ``rows`` (one per slot of ``slots``) into ``columns`` unchecked (the caller knows they fit)."""
+    """Write ``rows`` (one per slot of ``slots``) into ``columns`` unchecked (the caller knows they fit;
+    read-only columns as in :func:`put`)."""
     for (a, axis), block in zip(columns, split(columns, rows), strict=True):
+        if not a.flags.writeable:
+            if not np.isnan(block).all():
+                raise ValueError("a value for a lazily held all-NaN state column")
+            continue
         if a.ndim == 1:
             a[slots] = block[:, 0]
         elif axis == 0:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from detectors.batch import BoolArray, FloatArray, MetricView
-from detectors.columns import StateColumn, grown
+from detectors.columns import StateColumn, appended
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS, METRIC_UNITS, RATE_MAX_READINGS
 from detectors.events import format_value
 from detectors.history import History
@@ -28,39 +28,34 @@ class RateDetector(SignalDetector):
     def __init__(self, rule: RateRule) -> None:
         super().__init__(rule)
         self.history = History(RATE_MAX_READINGS)
+        # Noise guards per parameter row (see SignalDetector.rows).
         self.consecutive = np.zeros(0, np.int64)
         self.gate_below: FloatArray = np.zeros(0)
         self.gate_above: FloatArray = np.zeros(0)
 
     def resize_state(self, n: int) -> None:
-        """Room for ``n`` patients' recent readings and gate parameters."""
-        rule = self.rule
-        assert isinstance(rule, RateRule)
+        """Room for ``n`` patients' recent readings."""
         self.history.resize(n)
-        self.consecutive = grown(self.consecutive, n, rule.consecutive)
-        self.gate_below = grown(self.gate_below, n, _or_nan(rule.gate_below))
-        self.gate_above = grown(self.gate_above, n, _or_nan(rule.gate_above))
 
-    def configure(self, patient: int, rule: ThresholdRule) -> None:
-        """Apply a per-patient override, including its noise guards."""
-        super().configure(patient, rule)
+    def add_row_extra(self, rule: ThresholdRule) -> None:
+        """The noise guards of a new parameter row."""
         assert isinstance(rule, RateRule)
-        self.consecutive[patient] = rule.consecutive
-        self.gate_below[patient] = _or_nan(rule.gate_below)
-        self.gate_above[patient] = _or_nan(rule.gate_above)
+        self.consecutive = appended(self.consecutive, rule.consecutive)
+        self.gate_below = appended(self.gate_below, _or_nan(rule.gate_below))
+        self.gate_above = appended(self.gate_above, _or_nan(rule.gate_above))
 
     def signal(self, view: MetricView) -> FloatArray:
         """Per reading: the least extreme of its last N rates (per minute); NaN across a gap or too early."""
-        n_max = int(self.consecutive.max())
+        n_max = int(self.consecutive[self.rows.used()].max())
         t, v = self.history.windows(view, n_max + 1)
-        p = view.patient
+        r = self.rows.of(view.patient)
         dt = np.diff(t, axis=1)
         rate = np.diff(v, axis=1) / dt * 60.0
-        signed = np.where(dt <= self.max_gap_s[p, None], self.sign * rate, np.nan)
+        signed = np.where(dt <= self.max_gap_s[r, None], self.sign * rate, np.nan)
         # Columns older than the patient's own N do not count (+inf never wins a minimum).
-        too_old = np.arange(n_max)[None, :] < (n_max - self.consecutive[p])[:, None]
+        too_old = np.arange(n_max)[None, :] < (n_max - self.consecutive[r])[:, None]
         least = np.min(np.where(too_old, np.inf, signed), axis=1)
-        gated = (view.value >= self.gate_below[p]) | (view.value <= self.gate_above[p])
+        gated = (view.value >= self.gate_below[r]) | (view.value <= self.gate_above[r])
         # Outside the gate the reading counts as normal: -inf in signed space.
         return self.sign * np.where(gated, -np.inf, least)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float, whole
+from detectors.columns import StateColumn, appended, finite_or_nan, grown, opt, opt_float, whole
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
 from detectors.errors import StateError
 from detectors.events import format_duration
@@ -63,20 +63,22 @@ class RhythmDetector(SignalDetector):
         self.verdicts = History(RHYTHM_MAX_VOTES - 1)
         self.beats: FloatArray = np.zeros(0)
         self.carried: FloatArray = np.zeros(0)
-        self.params: dict[str, FloatArray] = {}
+        self.params: dict[str, FloatArray] = {}  # per parameter row (see SignalDetector.rows)
 
     def resize_state(self, n: int) -> None:
-        """Room for ``n`` patients' beats, beat counters and parameters."""
-        rule = self.rule
-        assert isinstance(rule, RhythmRule)
+        """Room for ``n`` patients' beats and beat counters."""
         self.ring = grown(self.ring.T, n, np.nan).T.copy()
         self.total = grown(self.total, n, 0.0)
         self.run = grown(self.run, n, 0.0)
         self.verdicts.resize(n)
         self.beats = grown(self.beats, n, 0.0)
         self.carried = grown(self.carried, n, np.nan)
+
+    def add_row_extra(self, rule: ThresholdRule) -> None:
+        """The rhythm parameters of a new parameter row."""
+        assert isinstance(rule, RhythmRule)
         for name, value in _params(rule).items():
-            self.params[name] = grown(self.params.get(name, np.zeros(0)), n, value)
+            self.params[name] = appended(self.params.get(name, np.zeros(0)), value)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
         """Apply a per-patient override (the window length is fixed per rule: it sizes the state)."""
@@ -84,25 +86,24 @@ class RhythmDetector(SignalDetector):
         if rule.window_beats != self.window:
             raise ValueError(f"an override of {self.name!r} must keep its window")
         super().configure(patient, rule)
-        for name, value in _params(rule).items():
-            self.params[name][patient] = value
 
     def signal(self, view: MetricView) -> FloatArray:
         """1 where the latest judged window is irregular, 0 where regular, NaN where unknown."""
         p = view.patient
+        r = self.rows.of(p)  # parameter rows
         rank = np.arange(len(view)) - view.per_sample(view.starts)
         count = self.beats[p] + rank + 1
-        judged = np.flatnonzero(np.mod(count, self.params["every"][p]) == 0)
+        judged = np.flatnonzero(np.mod(count, self.params["every"][r]) == 0)
         beat = view.per_sample(self.total[view.group_patient]) + rank + 1
         complete = self._run_length(view, beat) >= self.window
         rr = self._windows(view, beat, judged)
-        params = {name: column[p[judged]] for name, column in self.params.items()}
+        params = {name: column[r[judged]] for name, column in self.params.items()}
         verdict = irregular(rr, complete[judged], params)
         self._append(view, beat, rank)
         share = self._vote(view, judged, verdict)
         out = _carry(view, judged, share, self.carried)
         gp, last = view.group_patient, view.ends - 1
-        self.beats[gp] = np.mod(count[last], self.params["every"][gp])
+        self.beats[gp] = np.mod(count[last], self.params["every"][self.rows.of(gp)])
         self.carried[gp] = out[last]
         return out
 
@@ -112,7 +113,7 @@ class RhythmDetector(SignalDetector):
         previous = np.empty_like(t)
         previous[1:] = t[:-1]
         previous[view.starts] = self.last_t[gp]
-        gap = ~(t - previous <= self.max_gap_s[view.patient])  # NaN (first beat ever) is a gap too
+        gap = ~(t - previous <= self.max_gap_s[self.rows.of(view.patient)])  # NaN (first beat ever) is a gap too
         first = view.first_mask()
         run0 = self.run[gp]
         carried = np.where(run0 > 0, self.total[gp] - run0 + 1, np.nan)  # the carried run's first beat
@@ -146,7 +147,7 @@ class RhythmDetector(SignalDetector):
         """Per judged window: the share of irregular verdicts among its patient's last ``votes``."""
         verdicts = MetricView.from_sorted(view.patient[judged], view.t[judged], verdict)
         _, last = self.verdicts.windows(verdicts, RHYTHM_MAX_VOTES)
-        votes = self.params["votes"][view.patient[judged]].astype(np.int64)
+        votes = self.params["votes"][self.rows.of(view.patient[judged])].astype(np.int64)
         recent = np.arange(RHYTHM_MAX_VOTES)[None, :] >= (RHYTHM_MAX_VOTES - votes)[:, None]
         counted = recent & ~np.isnan(last)
         irregular_votes = np.where(counted, last, 0.0).sum(axis=1)

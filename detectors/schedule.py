@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray
 
@@ -63,7 +65,7 @@ def in_period(minutes: FloatArray, start: FloatArray | float, end: FloatArray | 
 
 def period_index(
     t: FloatArray,
-    patient: IntArray,
+    patient: npt.NDArray[np.integer[Any]],
     start: FloatArray,
     end: FloatArray,
     tz_code: IntArray,
@@ -71,7 +73,8 @@ def period_index(
 ) -> IntArray:
     """Per sample: 0 outside every period, else 1 + the first period (in rule order) containing it.
 
-    ``start``/``end`` (minutes) and ``tz_code`` (index into ``zones``) have shape (periods, patients).
+    ``start``/``end`` (minutes) and ``tz_code`` (index into ``zones``) have shape (periods, k), and
+    ``patient`` indexes their second axis per sample (a detector passes each patient's parameter row).
     """
     index = np.zeros(len(t), np.int64)
     for j in range(start.shape[0] - 1, -1, -1):  # a loop over periods; the first match wins

@@ -19,7 +19,9 @@ A level a patient's rule does not have has a NaN threshold, which no comparison 
 NaN signal (unknown: e.g. no rate across a gap), which is neither abnormal nor normal.
 
 Day/night schedules make every parameter depend on the sample's period: parameters are stored
-with a leading period axis (0 = outside every period) and gathered per sample.
+with a leading period axis (0 = outside every period) and gathered per sample. They are stored once
+per parameter set (row 0 the rule's default, one row per distinct per-patient override), and each
+patient holds only its row (:class:`~detectors.columns.ParamRows`).
 
 Most patients are in range most of the time: steps 1-4 run only for the patients that have a
 sample beyond a threshold or an open alert in the batch; for the others the result is known (no
@@ -36,7 +38,7 @@ import numpy.typing as npt
 
 from detectors import packed
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float
+from detectors.columns import ParamRows, StateColumn, appended, finite_or_nan, grown, opt, opt_float
 from detectors.const import METRIC_CODES, N_LEVELS, SEVERITY_NAMES
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -62,11 +64,12 @@ class SignalDetector:
         self.metric_code = METRIC_CODES[rule.metric]
         self.device_prefix = rule.device_prefix
         self.sign = rule.direction.sign
-        self.episodes = EpisodeTable()
-        self._overrides: dict[int, ThresholdRule] = {}
+        self.rows = ParamRows()  # each patient's parameter set (row 0: the rule)
+        self._memo: tuple[IntArray | None, npt.NDArray[np.int32]] = (None, np.zeros(0, np.int32))
+        self.episodes = EpisodeTable(self.rows)
         self._zones: list[str] = []
         periods = len(rule.schedule)
-        # Parameters per (period, [level,] patient), signed (see module docstring).
+        # Parameters per (period, [level,] row of self.rows), signed (see module docstring).
         self.threshold: FloatArray = np.zeros((periods + 1, N_LEVELS, 0))
         self.loose_threshold: FloatArray = np.zeros((1, N_LEVELS, 0))
         self.for_s: FloatArray = np.zeros((periods + 1, N_LEVELS, 0))
@@ -85,8 +88,9 @@ class SignalDetector:
         self.clear_start: FloatArray = np.zeros(0)
         self.last_t: FloatArray = np.zeros(0)
         # Per level: when the excursion back across the threshold that the open run is in began
-        # (NaN: none; only rules with ``tolerate_s`` have them).
-        self.away: FloatArray = np.zeros((N_LEVELS, 0))
+        # (NaN: none). Held only once a row of the rule tolerates excursions or a record brings
+        # one (:meth:`materialize`); until then a read-only all-NaN view of no memory (issue 20).
+        self.away: FloatArray = _no_away(0)
 
     # -- hooks for rule types ----------------------------------------------------------------------
 
@@ -96,6 +100,9 @@ class SignalDetector:
 
     def resize_state(self, n: int) -> None:
         """Make room for ``n`` patients in the type's own state."""
+
+    def add_row_extra(self, rule: ThresholdRule) -> None:
+        """Append the type's own parameters of ``rule`` as a new row (see :meth:`_row_of`)."""
 
     def export_extra(self, patient: int) -> dict[str, Any]:
         """The type's own state of ``patient``, JSON-able."""
@@ -122,29 +129,17 @@ class SignalDetector:
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients; new ones follow the default rule."""
-        old = len(self.enabled)
+        old = len(self.last_t)
         if n <= old:
             return
-        cols = self._columns(self.rule)
-        self.threshold = _grown_repeat(self.threshold, n, cols["threshold"])
-        self.loose_threshold = np.fmin.reduce(self.threshold, axis=0, keepdims=True)
-        self.for_s = _grown_repeat(self.for_s, n, cols["for_s"])
-        self.clear_threshold = _grown_repeat(self.clear_threshold, n, cols["clear_threshold"])
-        self.clear_for_s = _grown_repeat(self.clear_for_s, n, cols["clear_for_s"])
-        self.period_start = _grown_repeat(self.period_start, n, cols["period_start"])
-        self.period_end = _grown_repeat(self.period_end, n, cols["period_end"])
-        self.period_tz = _grown_repeat(self.period_tz, n, cols["period_tz"])
-        self.max_gap_s = grown(self.max_gap_s, n, self.rule.max_gap_s)
-        self.hold_s = grown(self.hold_s, n, _hold(self.rule))
-        self.tolerate_s = grown(self.tolerate_s, n, self.rule.tolerate_s)
-        self.enabled = grown(self.enabled, n, self.rule.enabled)
+        if not len(self.rows):
+            self._row_of(self.rule)  # row 0
+        self.rows.grow(n)
         self.run_start = grown(self.run_start, n, np.nan)
         self.clear_start = grown(self.clear_start, n, np.nan)
         self.last_t = grown(self.last_t, n, np.nan)
-        self.away = grown(self.away, n, np.nan)
-        self.episodes.resize(
-            n, cooldown_s=self.rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=self.rule.flapping
-        )
+        self.away = grown(self.away, n, np.nan) if self.away.flags.writeable else _no_away(n)
+        self.episodes.resize(n)
         self.resize_state(n)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
@@ -158,28 +153,39 @@ class SignalDetector:
             raise ValueError(f"an override of {self.name!r} must keep its name, type, metric and direction")
         if [p.name for p in rule.schedule] != [p.name for p in self.rule.schedule]:
             raise ValueError(f"an override of {self.name!r} must keep the rule's schedule periods")
-        self._overrides[patient] = rule
+        self.rows.assign(patient, self._row_of(rule))
+        self._memo = (None, self._memo[1])
+
+    def _row_of(self, rule: ThresholdRule) -> int:
+        """The parameter row of ``rule``: an existing one for an equal rule, else a new one."""
+        row = self.rows.find(rule)
+        if row is not None:
+            return row
+        row = self.rows.add(rule)
         cols = self._columns(rule)
-        self.threshold[:, :, patient] = cols["threshold"]
-        self.loose_threshold[0, :, patient] = np.fmin.reduce(cols["threshold"], axis=0)
-        self.for_s[:, :, patient] = cols["for_s"]
-        self.clear_threshold[:, patient] = cols["clear_threshold"]
-        self.clear_for_s[:, patient] = cols["clear_for_s"]
-        self.period_start[:, patient] = cols["period_start"]
-        self.period_end[:, patient] = cols["period_end"]
-        self.period_tz[:, patient] = cols["period_tz"]
-        self.max_gap_s[patient] = rule.max_gap_s
-        self.hold_s[patient] = _hold(rule)
-        self.tolerate_s[patient] = rule.tolerate_s
+        self.threshold = appended(self.threshold, cols["threshold"])
+        self.loose_threshold = appended(self.loose_threshold, np.fmin.reduce(cols["threshold"], axis=0))
+        self.for_s = appended(self.for_s, cols["for_s"])
+        self.clear_threshold = appended(self.clear_threshold, cols["clear_threshold"])
+        self.clear_for_s = appended(self.clear_for_s, cols["clear_for_s"])
+        self.period_start = appended(self.period_start, cols["period_start"])
+        self.period_end = appended(self.period_end, cols["period_end"])
+        self.period_tz = appended(self.period_tz, cols["period_tz"])
+        self.max_gap_s = appended(self.max_gap_s, rule.max_gap_s)
+        self.hold_s = appended(self.hold_s, _hold(rule))
+        self.tolerate_s = appended(self.tolerate_s, rule.tolerate_s)
         self._tolerant = self._tolerant or rule.tolerate_s > 0
-        self.enabled[patient] = rule.enabled
-        self.episodes.configure(
-            patient, cooldown_s=rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=rule.flapping
-        )
+        if self._tolerant:
+            self.materialize(self.away)
+        self.enabled = appended(self.enabled, rule.enabled)
+        self.episodes.add_row(cooldown_s=rule.cooldown_s, escalate_after_s=cols["escalate"], flapping=rule.flapping)
+        self.add_row_extra(rule)
+        return row
 
     def rule_for(self, patient: int) -> ThresholdRule:
         """The rule as it applies to ``patient``."""
-        return self._overrides.get(patient, self.rule)
+        rule: ThresholdRule = self.rows.keys[self.rows.row[patient]]
+        return rule
 
     def _columns(self, rule: ThresholdRule) -> dict[str, npt.NDArray[Any]]:
         """Every per-patient parameter of ``rule``, one column each (leading axis: period)."""
@@ -206,7 +212,7 @@ class SignalDetector:
 
     def process(self, view: MetricView, now: float | None = None) -> Transitions:
         """Run the rule over the usable samples of its metric; return alert transitions."""
-        if not self._overrides and not self.rule.enabled:
+        if not self.enabled[self.rows.used()].any():
             return Transitions.empty()
         view = self._in_order(self._enabled_only(view))
         if len(view) == 0:
@@ -236,8 +242,8 @@ class SignalDetector:
         return self.episodes.advance(view, due, clear_due, onset, clear_long=clear_long, now=now)
 
     def _enabled_only(self, view: MetricView) -> MetricView:
-        if self._overrides and len(view) and not self.enabled[view.group_patient].all():
-            return view.where(self.enabled[view.patient])
+        if not self.rows.uniform and len(view) and not self.enabled[self.rows.of(view.group_patient)].all():
+            return view.where(self.enabled[self.rows.of(view.patient)])
         return view
 
     def _in_order(self, view: MetricView) -> MetricView:
@@ -256,7 +262,8 @@ class SignalDetector:
         """Per sample: the schedule period in force (0: none), or ``None`` when the rule has no schedule."""
         if not self.rule.schedule:
             return None
-        return period_index(view.t, view.patient, self.period_start, self.period_end, self.period_tz, self._zones)
+        rows = self._rows_of(view.patient)
+        return period_index(view.t, rows, self.period_start, self.period_end, self.period_tz, self._zones)
 
     def _met(self, view: MetricView, x: FloatArray, k: IntArray | None, threshold: FloatArray) -> dict[int, BoolArray]:
         """Per used level slot: which samples are beyond its threshold."""
@@ -286,7 +293,8 @@ class SignalDetector:
         cold = ~hot
         cold_patients = gp[cold]
         self.run_start[:, cold_patients] = np.nan
-        self.away[:, cold_patients] = np.nan
+        if self._tolerant:
+            self.away[:, cold_patients] = np.nan
         self.clear_start[cold_patients] = np.nan
         self.last_t[cold_patients] = view.t[view.ends[cold] - 1]
         view, mask = view.select_groups(hot)
@@ -308,11 +316,12 @@ class SignalDetector:
             met_slot = met.get(slot)
             if met_slot is None or not (met_slot.any() or self._tolerant):
                 self.run_start[slot, gp] = np.nan  # never met in the batch: no run open at its end
-                self.away[slot, gp] = np.nan
+                if self._tolerant:
+                    self.away[slot, gp] = np.nan
                 continue
             carried = np.where(may_continue, self.run_start[slot, p], np.nan)
             if self._tolerant:
-                tolerate = self.tolerate_s[p] if self._overrides else float(self.tolerate_s[0])
+                tolerate = float(self.tolerate_s[0]) if self.rows.uniform else self.tolerate_s[self._rows_of(p)]
                 carried_away = np.where(may_continue, self.away[slot, p], np.nan)
                 start, away = tolerant_runs(met_slot, t, restart, may_continue, carried, carried_away, tolerate)
                 self.away[slot, gp] = away[last]
@@ -338,7 +347,7 @@ class SignalDetector:
         clear_due = normal & (t - start >= need)
         if not self.episodes.flapping_used:
             return clear_due, None
-        hold = self.hold_s[p] if self._overrides else float(self.hold_s[0])
+        hold = float(self.hold_s[0]) if self.rows.uniform else self.hold_s[self._rows_of(p)]
         return clear_due, normal & (t - start >= np.maximum(need, hold))
 
     def _breaks(self, view: MetricView) -> tuple[BoolArray, BoolArray]:
@@ -347,27 +356,36 @@ class SignalDetector:
         previous = np.empty_like(t)
         previous[1:] = t[:-1]
         previous[view.starts] = self.last_t[view.group_patient]
-        max_gap = self.max_gap_s[p] if self._overrides else float(self.max_gap_s[0])
+        max_gap = float(self.max_gap_s[0]) if self.rows.uniform else self.max_gap_s[self._rows_of(p)]
         # NaN (no earlier sample) compares false, so it counts as a break too.
         gap = ~(t - previous <= max_gap)
         first = view.first_mask()
         return first | gap, first & ~gap
 
     def _gather(self, column: FloatArray, k: IntArray | None, p: IntArray) -> FloatArray | float:
-        """Per-sample values of a ``(period, patient)`` parameter; a scalar while nothing varies.
+        """Per-sample values of a ``(period, row)`` parameter; a scalar while nothing varies.
 
         Most deployments override few or no patients and have no schedule: a scalar saves a
         gather per sample and level.
         """
-        if not self._overrides:
+        if self.rows.uniform:
             return float(column[0, 0]) if k is None else column[k, 0]
-        return column[0, p] if k is None else column[k, p]
+        rows = self._rows_of(p)
+        values: FloatArray = column[0, rows] if k is None else column[k, rows]
+        return values
+
+    def _rows_of(self, p: IntArray) -> npt.NDArray[np.int32]:
+        """The parameter row of each sample's patient; the same patient array again (every parameter
+        and level of a batch) costs no second gather."""
+        if p is not self._memo[0]:
+            self._memo = (p, self.rows.of(p))
+        return self._memo[1]
 
     def _slot_used(self, slot: int) -> bool:
         """Whether any patient's rule has the level in ``slot`` in any period (an unused level is skipped)."""
-        if not self._overrides and not self.rule.schedule:
+        if self.rows.uniform and not self.rule.schedule:
             return self.rule.level(Severity(slot + 1)) is not None
-        return not bool(np.isnan(self.threshold[:, slot]).all())
+        return not bool(np.isnan(self.threshold[:, slot, self.rows.used()]).all())
 
     def tick(self, now: float) -> Transitions:
         """Time-driven transitions: none for signal rules (they change only with samples)."""
@@ -419,13 +437,25 @@ class SignalDetector:
         alert = record.get("alert", {})
         if not isinstance(alert, Mapping):
             raise StateError(f"rule {self.name}: alert must be a mapping")
+        aways = [opt_float(away, severity) for severity in SEVERITY_NAMES]
+        if not np.isnan(aways).all():
+            self.materialize(self.away)
         for slot, severity in enumerate(SEVERITY_NAMES):
             self.run_start[slot, patient] = opt_float(runs, severity)
-            self.away[slot, patient] = opt_float(away, severity)
+            if self.away.flags.writeable:  # else all NaN already, as written
+                self.away[slot, patient] = aways[slot]
         self.clear_start[patient] = opt_float(record, "clear_run")
         self.last_t[patient] = opt_float(record, "last_t")
         self.episodes.import_patient(patient, alert)
         self.import_extra(patient, record)
+
+    def materialize(self, column: FloatArray) -> None:
+        """Hold ``column``, one of :meth:`state_columns` held lazily (a read-only all-NaN view), as a
+        real array from now on (values are about to be written into it)."""
+        if column is self.away and not self.away.flags.writeable:
+            self.away = np.full(self.away.shape, np.nan)
+        elif column is self.episodes.recent:
+            self.episodes.materialize()
 
     def state_columns(self) -> list[StateColumn]:
         """Every per-patient state array (see :class:`~detectors.columns.StateColumn`). ``away`` came
@@ -476,10 +506,7 @@ def _hold(rule: ThresholdRule) -> float:
     return rule.flapping.hold_s if rule.flapping is not None else _NO_HOLD
 
 
-def _grown_repeat(array: npt.NDArray[Any], n: int, column: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """``array`` extended along its last axis to ``n`` entries, each new one a copy of ``column``."""
-    old = array.shape[-1]
-    if n <= old:
-        return array
-    extra = np.repeat(np.asarray(column, dtype=array.dtype)[..., None], n - old, axis=-1)
-    return np.concatenate((array, extra), axis=-1)
+def _no_away(n: int) -> FloatArray:
+    """A read-only all-NaN ``away`` for ``n`` patients that takes no memory."""
+    away: FloatArray = np.broadcast_to(np.float64(np.nan), (N_LEVELS, n))
+    return away

@@ -16,7 +16,7 @@ import numpy as np
 
 from detectors import packed
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, opt, opt_float
+from detectors.columns import ParamRows, StateColumn, appended, finite_or_nan, grown, opt, opt_float
 from detectors.const import CLEARED, ESCALATED, METRIC_CODES, METRIC_LABELS, N_LEVELS
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
@@ -37,8 +37,9 @@ class StalenessDetector:
         self.metric = rule.metric
         self.metric_code = METRIC_CODES[rule.metric]
         self.device_prefix = rule.device_prefix
-        self.episodes = EpisodeTable()
-        self._overrides: dict[int, StalenessRule] = {}
+        self.rows = ParamRows()  # each patient's parameter set (row 0: the rule)
+        self.episodes = EpisodeTable(self.rows)
+        # Parameters per row of self.rows.
         self.after_s: FloatArray = np.zeros((N_LEVELS, 0))
         self.enabled: BoolArray = np.zeros(0, np.bool_)
         # State: the last usable reading, the enrolment clock, and who is watched.
@@ -49,31 +50,40 @@ class StalenessDetector:
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients; new ones follow the default rule and are not watched yet."""
-        old = len(self.enabled)
+        old = len(self.last_t)
         if n <= old:
             return
-        after, esc = _columns(self.rule)
-        self.after_s = np.concatenate((self.after_s, np.repeat(after[:, None], n - old, axis=1)), axis=1)
-        self.enabled = grown(self.enabled, n, self.rule.enabled)
+        if not len(self.rows):
+            self._row_of(self.rule)  # row 0
+        self.rows.grow(n)
         self.last_t = grown(self.last_t, n, np.nan)
         self.anchor = grown(self.anchor, n, np.nan)
         self.pending = grown(self.pending, n, False)
         self.watched = grown(self.watched, n, False)
-        self.episodes.resize(n, cooldown_s=self.rule.cooldown_s, escalate_after_s=esc)
+        self.episodes.resize(n)
 
     def configure(self, patient: int, rule: StalenessRule) -> None:
         """Apply a per-patient override."""
         if (rule.name, rule.metric) != (self.name, self.metric):
             raise ValueError(f"an override of {self.name!r} must keep its name and metric")
-        self._overrides[patient] = rule
+        self.rows.assign(patient, self._row_of(rule))
+
+    def _row_of(self, rule: StalenessRule) -> int:
+        """The parameter row of ``rule``: an existing one for an equal rule, else a new one."""
+        row = self.rows.find(rule)
+        if row is not None:
+            return row
+        row = self.rows.add(rule)
         after, esc = _columns(rule)
-        self.after_s[:, patient] = after
-        self.enabled[patient] = rule.enabled
-        self.episodes.configure(patient, cooldown_s=rule.cooldown_s, escalate_after_s=esc)
+        self.after_s = appended(self.after_s, after)
+        self.enabled = appended(self.enabled, rule.enabled)
+        self.episodes.add_row(cooldown_s=rule.cooldown_s, escalate_after_s=esc)
+        return row
 
     def rule_for(self, patient: int) -> StalenessRule:
         """The rule as it applies to ``patient``."""
-        return self._overrides.get(patient, self.rule)
+        rule: StalenessRule = self.rows.keys[self.rows.row[patient]]
+        return rule
 
     def enroll(self, patients: IntArray, at: float | None) -> None:
         """Watch ``patients`` even if they never send anything; their clock starts ``at`` (``None``: next tick)."""
@@ -109,9 +119,11 @@ class StalenessDetector:
         since = np.fmax(self.last_t, self.anchor)
         silent = now - since
         level = np.zeros(len(since), np.int8)
+        rows = None if self.rows.uniform else self.rows.row  # per-patient rows only when they differ
         for slot in range(N_LEVELS):  # a loop over levels, not patients
-            level[silent > self.after_s[slot]] = slot + 1
-        candidates = np.flatnonzero(self.watched & self.enabled & (level > self.episodes.level))
+            level[silent > (self.after_s[slot, 0] if rows is None else self.after_s[slot, rows])] = slot + 1
+        enabled = self.enabled[0] if rows is None else self.enabled[rows]
+        candidates = np.flatnonzero(self.watched & enabled & (level > self.episodes.level))
         if candidates.size == 0:
             return Transitions.empty()
         return self.episodes.raise_at(candidates, level[candidates], now, since[candidates])
@@ -144,6 +156,11 @@ class StalenessDetector:
         self.pending[patient] = bool(record.get("pending", False))
         self.watched[patient] = bool(record.get("watched", False))
         self.episodes.import_patient(patient, alert)
+
+    def materialize(self, column: FloatArray) -> None:
+        """Hold a lazily held state column (the episode table's raise-time ring) as a real array."""
+        if column is self.episodes.recent:
+            self.episodes.materialize()
 
     def state_columns(self) -> list[StateColumn]:
         """Every per-patient state array (see :class:`~detectors.columns.StateColumn`)."""

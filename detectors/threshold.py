@@ -36,7 +36,6 @@ class ThresholdDetector(SignalDetector):
         self.median_of = rule.median_of
         # State per patient: the last ``median_of - 1`` readings, most recent first (NaN: none).
         self.recent: FloatArray = np.zeros((0, max(self.median_of - 1, 0)))
-        self._loosest: FloatArray = np.zeros(0)  # per patient: its loosest level's signed threshold
         # The window and ``away`` came after packed records of version 2.
         self.added_entries = self.recent.shape[1] + SignalDetector.added_entries
 
@@ -45,16 +44,12 @@ class ThresholdDetector(SignalDetector):
         if n > len(self.recent):
             extra = np.full((n - len(self.recent), self.recent.shape[1]), np.nan)
             self.recent = np.concatenate((self.recent, extra))
-        if self.median_of > 1:
-            self._loosest = np.fmin.reduce(self.loose_threshold[0], axis=0)
 
     def configure(self, patient: int, rule: ThresholdRule) -> None:
         """Apply a per-patient override (see :meth:`SignalDetector.configure`); it keeps ``median_of``."""
         if rule.median_of != self.median_of:
             raise ValueError(f"an override of {self.name!r} must keep the rule's median_of")
         super().configure(patient, rule)
-        if self.median_of > 1:
-            self._loosest[patient] = np.fmin.reduce(self.loose_threshold[0, :, patient])
 
     def signal(self, view: MetricView) -> FloatArray:
         """The reading, or the median of the last ``median_of`` readings where the rule has one.
@@ -71,7 +66,8 @@ class ThresholdDetector(SignalDetector):
         group = view.per_sample(np.arange(len(gp)))
         fresh, first = restart & ~may_continue, view.first_mask()
         carried = self.recent[gp]
-        loosest = self._loosest[gp]  # per group, signed; NaN: no level
+        loosest_rows = np.fmin.reduce(self.loose_threshold[0], axis=0)  # per parameter row, signed; NaN: no level
+        loosest = np.full(len(gp), loosest_rows[0]) if self.rows.uniform else loosest_rows[self.rows.of(gp)]
         top = np.maximum.reduceat(self.sign * view.value, view.starts)  # per group, signed
         with np.errstate(invalid="ignore"):
             recent_beyond = (self.sign * carried > loosest[:, None]).any(axis=1)

@@ -77,7 +77,7 @@ class RuleState:
     last_t: float | None = None
     runs: dict[int, float | None] = field(default_factory=lambda: {1: None, 2: None, 3: None})
     away: dict[int, float | None] = field(default_factory=lambda: {1: None, 2: None, 3: None})
-    recent: list[float] = field(default_factory=list)  # threshold rules with median_of: last readings
+    window: list[float] = field(default_factory=list)  # threshold rules with median_of: last readings
     clear_run: float | None = None
     level: int = 0
     since: float = math.nan
@@ -170,7 +170,7 @@ class ReferenceEngine:
             st.runs = {1: None, 2: None, 3: None}
             st.away = {1: None, 2: None, 3: None}
             st.clear_run = None
-            st.recent = []
+            st.window = []
         st.last_t = t
         sign = rule.direction.sign
         x = sign * signal(rule, st, t, value)
@@ -408,8 +408,8 @@ def running_median(rule: ThresholdRule, st: RuleState, value: float) -> float:
     """The median of the last ``median_of`` readings since the last gap ("HI"/"LO" as the largest or
     smallest finite float; of an even count, ``0.5 a + 0.5 b`` of the middle two)."""
     biggest = sys.float_info.max
-    st.recent = [min(max(value, -biggest), biggest), *st.recent][: rule.median_of]
-    ordered = sorted(st.recent)
+    st.window = [min(max(value, -biggest), biggest), *st.window][: rule.median_of]
+    ordered = sorted(st.window)
     n = len(ordered)
     return 0.5 * ordered[(n - 1) // 2] + 0.5 * ordered[n // 2]
 
