@@ -204,20 +204,30 @@ def a_errors(rr: FloatArray, rng: Rng) -> FloatArray:
     return np.array(out)
 
 
+def with_ectopy(
+    kind: str,
+    sinus: FloatArray,
+    rng: Rng,
+    ectopy: Callable[[FloatArray, Rng, float], FloatArray],
+    geminy: Callable[[FloatArray, Rng, int], FloatArray],
+) -> FloatArray:
+    """A family's non-AF rhythm of ``kind`` from its sinus rhythm, with its own ectopy generators."""
+    if kind == "ectopy 6%":
+        return ectopy(sinus, rng, 0.06)
+    if kind == "ectopy 15%":
+        return ectopy(sinus, rng, 0.15)
+    if kind == "bigeminy":
+        return geminy(sinus, rng, 2)
+    if kind == "trigeminy":
+        return geminy(sinus, rng, 3)
+    return sinus
+
+
 def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
     """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats or breathing in time, half each)."""
     if kind == "sinus young" and rng.random() < 0.5:
         return a_sinus_breathing(n, rng)
-    sinus = a_sinus(n, rng, young=kind == "sinus young")
-    if kind == "ectopy 6%":
-        return a_ectopy(sinus, rng, 0.06)
-    if kind == "ectopy 15%":
-        return a_ectopy(sinus, rng, 0.15)
-    if kind == "bigeminy":
-        return a_geminy(sinus, rng, 2)
-    if kind == "trigeminy":
-        return a_geminy(sinus, rng, 3)
-    return sinus
+    return with_ectopy(kind, a_sinus(n, rng, young=kind == "sinus young"), rng, a_ectopy, a_geminy)
 
 
 # ---- family B ------------------------------------------------------------------------------------
@@ -320,16 +330,7 @@ def b_errors(rr: FloatArray, rng: Rng) -> FloatArray:
 
 def b_background(kind: str, n: int, rng: Rng) -> FloatArray:
     """Family B's non-AF rhythm of ``kind``."""
-    sinus = b_sinus(n, rng, young=kind == "sinus young")
-    if kind == "ectopy 6%":
-        return b_ectopy(sinus, rng, 0.06)
-    if kind == "ectopy 15%":
-        return b_ectopy(sinus, rng, 0.15)
-    if kind == "bigeminy":
-        return b_geminy(sinus, rng, 2)
-    if kind == "trigeminy":
-        return b_geminy(sinus, rng, 3)
-    return sinus
+    return with_ectopy(kind, b_sinus(n, rng, young=kind == "sinus young"), rng, b_ectopy, b_geminy)
 
 
 Family = tuple[
@@ -448,16 +449,7 @@ def c_errors_traced(rr: FloatArray, rng: Rng) -> tuple[FloatArray, np.ndarray]:
 
 def c_background(kind: str, n: int, rng: Rng) -> FloatArray:
     """Family C's non-AF rhythm of ``kind``."""
-    sinus = c_sinus(n, rng, young=kind == "sinus young")
-    if kind == "ectopy 6%":
-        return c_ectopy(sinus, rng, 0.06)
-    if kind == "ectopy 15%":
-        return c_ectopy(sinus, rng, 0.15)
-    if kind == "bigeminy":
-        return c_geminy(sinus, rng, 2)
-    if kind == "trigeminy":
-        return c_geminy(sinus, rng, 3)
-    return sinus
+    return with_ectopy(kind, c_sinus(n, rng, young=kind == "sinus young"), rng, c_ectopy, c_geminy)
 
 
 # ---- family D ------------------------------------------------------------------------------------
@@ -589,16 +581,7 @@ def d_errors(rr: FloatArray, rng: Rng) -> FloatArray:
 
 def d_background(kind: str, n: int, rng: Rng) -> FloatArray:
     """Family D's non-AF rhythm of ``kind``."""
-    sinus = d_sinus(n, rng, young=kind == "sinus young")
-    if kind == "ectopy 6%":
-        return d_ectopy(sinus, rng, 0.06)
-    if kind == "ectopy 15%":
-        return d_ectopy(sinus, rng, 0.15)
-    if kind == "bigeminy":
-        return d_geminy(sinus, rng, 2)
-    if kind == "trigeminy":
-        return d_geminy(sinus, rng, 3)
-    return sinus
+    return with_ectopy(kind, d_sinus(n, rng, young=kind == "sinus young"), rng, d_ectopy, d_geminy)
 
 
 FAMILIES: dict[str, Family] = {

@@ -113,21 +113,21 @@ def tolerant_runs(
     return start, np.where(alive, away, np.nan)
 
 
-
 # A "HI"/"LO" (+-inf) enters a median as the largest/smallest finite float: still beyond any
 # threshold, and a window stays something a JSON checkpoint can hold.
 _FINITE_MAX = float(np.finfo(np.float64).max)
 
 
 def recent_windows(
-    x: FloatArray, fresh: BoolArray, first: BoolArray, group: IntArray, carried: FloatArray, k: int, rows: IntArray
+    x: FloatArray, fresh: BoolArray, first: BoolArray, carried: FloatArray, k: int, rows: IntArray, groups: IntArray
 ) -> FloatArray:
-    """For the samples ``rows``: each one's value and the (up to) ``k - 1`` usable values before it, per
-    patient, most recent first (rows × ``k``, NaN where there are fewer).
+    """For the samples ``rows`` (of patient groups ``groups``): each one's value and the (up to)
+    ``k - 1`` usable values before it, per patient, most recent first (rows × ``k``, NaN where there
+    are fewer).
 
     A window starts anew where ``fresh`` (a data gap, nothing carried); at each patient's other
-    ``first`` sample it continues with ``carried`` (per patient group, ``group`` per sample: that
-    patient's last ``k - 1`` values, most recent first, NaN: none). "HI"/"LO" values (+-inf) enter as
+    ``first`` sample it continues with ``carried`` (per patient group: that patient's last ``k - 1``
+    values, most recent first, NaN: none). "HI"/"LO" values (+-inf) enter as
     the largest/smallest finite float. A window's row at a patient's last sample, without its last
     column, is the state to carry.
     """
@@ -135,13 +135,13 @@ def recent_windows(
     start = np.maximum.accumulate(np.where(fresh | first, np.arange(n), 0))[rows]
     at = rows[:, None] - np.arange(k)[None, :]  # the sample at each lag, if it is the patient's since start
     own = at >= start[:, None]
-    # Lags before the batch's first sample of the patient come from what it carried (if it continues).
-    back = np.maximum(at - start[:, None], -(k - 1)) * -1 - 1  # lag 1 into the carried window is column 0
+    # Lags before the batch's first sample of the patient come from what it carried (if it continues):
+    # the sample just before ``start`` is the carried window's column 0.
+    back = np.clip(start[:, None] - at - 1, 0, k - 2)
     from_carried = ((first & ~fresh)[start])[:, None] & ~own
     windows = np.where(own, x[np.maximum(at, 0)], np.nan)
     if from_carried.any():
-        windows = np.where(from_carried, carried[group[rows]][np.arange(len(rows))[:, None], np.maximum(back, 0)],
-                           windows)
+        windows = np.where(from_carried, carried[groups[:, None], back], windows)
     return np.asarray(np.clip(windows, -_FINITE_MAX, _FINITE_MAX))
 
 

@@ -63,7 +63,6 @@ class ThresholdDetector(SignalDetector):
             return view.value
         restart, may_continue = self._breaks(view)
         gp = view.group_patient
-        group = view.per_sample(np.arange(len(gp)))
         fresh, first = restart & ~may_continue, view.first_mask()
         carried = self.recent[gp]
         loosest_rows = np.fmin.reduce(self.loose_threshold[0], axis=0)  # per parameter row, signed; NaN: no level
@@ -76,12 +75,14 @@ class ThresholdDetector(SignalDetector):
             candidates |= ~np.isnan(self.run_start[:, gp]).all(axis=0)
         k = self.median_of
         ends = view.ends - 1
-        self.recent[gp] = recent_windows(view.value, fresh, first, group, carried, k, ends)[:, :-1]
+        every = np.arange(len(gp))
+        self.recent[gp] = recent_windows(view.value, fresh, first, carried, k, ends, every)[:, :-1]
         if not candidates.any():
             return view.value
         rows = np.flatnonzero(view.per_sample(candidates))
+        groups = np.repeat(every[candidates], (view.ends - view.starts)[candidates])
         y = view.value.copy()
-        y[rows] = window_median(recent_windows(view.value, fresh, first, group, carried, k, rows))
+        y[rows] = window_median(recent_windows(view.value, fresh, first, carried, k, rows, groups))
         return y
 
     def export_extra(self, patient: int) -> dict[str, Any]:

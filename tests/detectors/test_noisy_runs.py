@@ -8,6 +8,7 @@ The rule is ``tests.detectors.helpers.tachycardia_rule`` (warning > 120 bpm for 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from detectors import Engine, RuleSet, Severity, ThresholdLevel
 from detectors import packed as packing
 from detectors.errors import StateError
 from detectors.rules import ThresholdRule
+from detectors.runs import recent_windows, tolerant_runs, window_median
 from rpm_core.errors import RulesError
 from rpm_core.rules import default_rules_path, load_rules, parse_rules
 from tests.detectors.helpers import T0, run, series, tachycardia_rule
@@ -168,12 +170,16 @@ def test_rules_files_accept_tolerate_and_median_of_and_refuse_bad_ones() -> None
     assert (tachy.median_of, tachy.tolerate_s) == (9, 20.0)
     bad = {
         "median_of: 9\n    tolerate: 20s": ["median_of: 0\n    tolerate: 20s", "median_of: 32\n    tolerate: 20s",
-                                             "median_of: 2.5\n    tolerate: 20s", "median_of: 9\n    tolerate: -1s"],
+                                             "median_of: 2.5\n    tolerate: 20s", "median_of: 9\n    tolerate: -1s",
+                                             "median_of: true\n    tolerate: 20s", "median_of: 9\n    tolerate: 1e400s",
+                                             "median_of: 9\n    tolerate: 20s\n    tolerate: 30s"],
     }
     for good, variants in bad.items():
         for variant in variants:
             with pytest.raises(RulesError):
                 parse_rules(base.replace(good, variant, 1), source="alert_rules.yaml")
+    widest = parse_rules(base.replace("median_of: 9", "median_of: 31", 1), source="alert_rules.yaml")
+    assert widest.by_name()["tachycardia"].median_of == 31  # the limit itself is allowed
     override = base.replace("\npatients: {}\n", "\npatients:\n  p1:\n    rules:\n      tachycardia: {median_of: 3}\n")
     with pytest.raises(RulesError, match="median_of"):
         parse_rules(override, source="alert_rules.yaml")
@@ -181,3 +187,105 @@ def test_rules_files_accept_tolerate_and_median_of_and_refuse_bad_ones() -> None
     e = Engine(changed)
     with pytest.raises(ValueError, match="median_of"):
         e.process(e.batch(["p1"], ["heart_rate"], [T0], [80.0]))
+
+
+def _scalar_medians(x, fresh, first, groups, carried, k):
+    """The running medians one sample at a time (the definition ``recent_windows`` vectorizes)."""
+    out, window = [], []
+    for i, value in enumerate(x):
+        if fresh[i]:
+            window = []
+        elif first[i]:
+            window = [v for v in carried[groups[i]] if v == v]
+        window = [min(max(value, -sys.float_info.max), sys.float_info.max), *window][:k]
+        ordered = sorted(window)
+        out.append(0.5 * ordered[(len(ordered) - 1) // 2] + 0.5 * ordered[len(ordered) // 2])
+    return np.array(out)
+
+
+def _scalar_runs(met, t, restart, may, carried_start, carried_away, tolerate):
+    """Run starts and excursion starts one sample at a time (the definition ``tolerant_runs`` vectorizes)."""
+    starts, aways = np.full(len(met), np.nan), np.full(len(met), np.nan)
+    run = away = None
+    for i in range(len(met)):
+        if restart[i]:
+            carry = may[i] and carried_start[i] == carried_start[i]
+            run = carried_start[i] if carry else None
+            away = carried_away[i] if carry and carried_away[i] == carried_away[i] else None
+        if met[i]:
+            if run is not None and away is not None and not t[i] - away < tolerate:
+                run = None
+            run, away = (t[i] if run is None else run), None
+            starts[i] = run
+        elif run is not None:
+            away = t[i] if away is None else away
+            if not t[i] - away < tolerate:
+                run = away = None
+            else:
+                starts[i], aways[i] = run, away
+    return starts, aways
+
+
+def test_the_vectorized_windows_and_runs_equal_their_one_sample_definitions() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(1500):
+        n, k = int(rng.integers(1, 30)), int(rng.integers(2, 7))
+        x = rng.integers(0, 5, n).astype(float)
+        x[rng.random(n) < 0.05] = np.inf  # a "HI"
+        first = rng.random(n) < 0.15
+        first[0] = True
+        fresh = (first & (rng.random(n) < 0.4)) | (rng.random(n) < 0.1)
+        groups = np.cumsum(first) - 1
+        carried = rng.integers(0, 5, (groups[-1] + 1, k - 1)).astype(float)
+        for row, keep in zip(carried, rng.integers(0, k, len(carried)), strict=True):
+            row[keep:] = np.nan  # a window holds its most recent readings first, NaN after
+        rows = np.flatnonzero(rng.random(n) < 0.7)
+        medians = window_median(recent_windows(x, fresh, first, carried, k, rows, groups[rows]))
+        assert np.array_equal(medians, _scalar_medians(x, fresh, first, groups, carried, k)[rows])
+
+        t = np.cumsum(rng.integers(1, 4, n)).astype(float)
+        met = rng.random(n) < rng.random()
+        restart = first | fresh
+        may = first & ~fresh
+        carried_start = np.where(may & (rng.random(n) < 0.7), t - rng.integers(0, 10, n), np.nan)
+        carried_away = np.where(~np.isnan(carried_start) & (rng.random(n) < 0.5), t - rng.integers(0, 6, n), np.nan)
+        tolerate = float(rng.integers(0, 5))
+        got = tolerant_runs(met, t, restart, may, carried_start, carried_away, tolerate)
+        want = _scalar_runs(met, t, restart, may, carried_start, carried_away, tolerate)
+        assert all(np.array_equal(g, w, equal_nan=True) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"recent": [130.0] * 9},  # one more than the 8 a window of 9 carries
+        {"recent": "130"},
+        {"recent": [130.0, "131"]},
+        {"recent": [130.0, True]},
+        {"recent": [130.0, float("inf")]},
+        {"recent": [130.0, None]},
+        {"away": {"warning": float("inf")}},
+        {"away": {"urgent": 1.0}},  # no such severity
+        {"away": [1.0]},
+        {"away": {"warning": "soon"}},
+    ],
+)
+def test_records_with_malformed_windows_or_excursions_are_refused(bad: dict) -> None:
+    e = engine(median_of=9, tolerate_s=20)
+    run(e, per_second([130] * 30))
+    state = e.export_state("p")
+    state["rules"]["tachycardia"].update(bad)
+    fresh = engine(median_of=9, tolerate_s=20)
+    with pytest.raises(StateError):
+        fresh.import_state("p", state)
+    assert fresh.export_state("p")["rules"] == {}  # nothing of the refused record was kept
+
+
+def test_a_window_of_exactly_its_width_loads() -> None:
+    e = engine(median_of=9, tolerate_s=20)
+    run(e, per_second([130] * 30))
+    state = e.export_state("p")
+    assert state["rules"]["tachycardia"]["recent"] == [130.0] * 8
+    fresh = engine(median_of=9, tolerate_s=20)
+    fresh.import_state("p", state)
+    assert fresh.export_state("p") == state
