@@ -706,8 +706,10 @@ async def test_a_fetch_that_ends_while_the_flow_is_stopped_gives_its_changelog_r
 async def test_without_the_give_back_faust_loses_the_changelog_records_of_that_fetch(
     tansu: str, tmp_path: Path,
 ) -> None:
-    """The same batch with Faust's own fetch: nothing delivered, yet aiokafka stands past every
-    record, so a recovery waiting for them would wait until something seeks the partition back."""
+    """The same batch with Faust's own fetch: nothing delivered, yet aiokafka stands past the records
+    that fetch got, so a recovery waiting for them would wait until something seeks the partition back.
+    How many records one fetch gets is the broker's choice (Tansu returned 18 of the 30 once, in CI):
+    any position past the start, with nothing delivered, is the loss."""
     changelog = f"state-{uuid.uuid4().hex[:8]}-changelog"
     await new_topics(tansu, changelog)
     await produce(tansu, changelog, [(None, b"%d" % i) for i in range(30)])
@@ -717,4 +719,5 @@ async def test_without_the_give_back_faust_loses_the_changelog_records_of_that_f
         thread = consumer._thread
         thread._fetch_records = types.MethodType(inspect.unwrap(AIOKafkaConsumerThread._fetch_records), thread)
         assert await straddle_a_rebalance(consumer, kafka, tp) == []
-        assert await kafka.position(tp) == 30, "Faust's own fetch no longer loses the batch: is the patch still needed?"
+        lost = await kafka.position(tp)
+        assert 0 < lost <= 30, "Faust's own fetch no longer loses the batch: is the patch still needed?"
