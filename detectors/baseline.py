@@ -213,9 +213,10 @@ class BaselineDetector(SignalDetector):
             if not isinstance(current, list) or len(current) != 3:
                 raise StateError(f"rule {self.name}: current must be [block, sum, count]")
             values = {"b": current[0], "s": current[1], "c": current[2]}
-            self.cur_id[patient] = opt_float(values, "b")
-            self.cur_sum[patient] = opt_float(values, "s")
-            self.cur_count[patient] = opt_float(values, "c")
+            block, total, count = opt_float(values, "b"), opt_float(values, "s"), opt_float(values, "c")
+            if not (block.is_integer() and math.isfinite(total) and count.is_integer() and count >= 1):
+                raise StateError(f"rule {self.name}: current must be [whole block id, sum, count of at least 1]")
+            self.cur_id[patient], self.cur_sum[patient], self.cur_count[patient] = block, total, count
 
     def describe(self, rule: ThresholdRule, period: Period | None, state: str, level: int, value: float) -> str:
         """E.g. "Heart rate 4 robust SD above the patient's 24 h baseline for 30 min (now 118 bpm)"."""
@@ -283,6 +284,6 @@ def _pair(entry: Any) -> tuple[float, float]:
         raise StateError("a baseline block must be [id, mean]")
     values = {"b": entry[0], "m": entry[1]}
     block, mean = opt_float(values, "b"), opt_float(values, "m")
-    if math.isnan(block) or math.isnan(mean):
-        raise StateError("a baseline block needs an id and a mean")
+    if not block.is_integer() or math.isnan(mean):
+        raise StateError("a baseline block needs a whole id and a mean")
     return block, mean

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
-from detectors import Direction, Engine, RuleSet, Severity, ThresholdLevel
+from detectors import Direction, Engine, RuleSet, Severity, StateError, ThresholdLevel
 from detectors.rules import (
     BaselineRule,
     Flapping,
@@ -247,3 +248,23 @@ class TestBaseline:
         run(e, series("p", "heart_rate", 0, list(60 + np.arange(3 * 24 * 60) % 7), step=60))
         state = e.export_state("p")["rules"]["base"]
         assert len(state["blocks"]) == 24 and 0 < state["current"][2] <= 60  # never raw history
+
+    @pytest.mark.parametrize("current", [[None, 95.0, 1], [1.5, 95.0, 1], [3, 95.0, 0], [3, 95.0, 1e-300],
+                                         [3, None, 1], [3, 95.0, 2.5]])
+    def test_a_current_block_that_would_not_export_is_refused(self, current: list[object]) -> None:
+        """``[null, 95, 1]`` was imported as a NaN block id that later failed the export (CI's fuzz test);
+        a fractional count made the block mean infinite."""
+        e = engine(self.rule())
+        run(e, series("p", "heart_rate", 0, [60] * 90, step=60))
+        state = json_roundtrip(e.export_state("p"))
+        state["rules"]["base"]["current"] = current
+        with pytest.raises(StateError, match="current"):
+            engine(self.rule()).import_state("p", state)
+
+    def test_a_ring_block_with_a_fractional_id_is_refused(self) -> None:
+        e = engine(self.rule())
+        run(e, series("p", "heart_rate", 0, [60] * 90, step=60))
+        state = json_roundtrip(e.export_state("p"))
+        state["rules"]["base"]["blocks"][0][0] += 0.5
+        with pytest.raises(StateError, match="whole id"):
+            engine(self.rule()).import_state("p", state)
