@@ -49,7 +49,12 @@ HEARTBEAT_INTERVAL_S: Final = 5.0
 MAX_HEARTBEAT_BYTES: Final = 1_000_000
 _HEARTBEAT_REQUIRED: Final = frozenset({"v", "component", "instance", "time"})
 _HEARTBEAT_KEYS: Final = _HEARTBEAT_REQUIRED | {"state", "healthy", "problem", "interval_s", "partitions",
-                                                "partition_count", "ward_last_reading", "messages", "deadlettered"}
+                                                "partition_count", "ward_last_reading", "messages", "deadlettered",
+                                                "state_reset", "state_reset_count"}
+# How long a worker reports the patients whose stored state it could not read (``state_reset``),
+# and how many of them it names at most (the count says how many there were).
+STATE_RESET_HOLD_S: Final = 900.0
+MAX_STATE_RESET_IDS: Final = 50
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
@@ -180,7 +185,11 @@ class Heartbeat:
       ``partition_count``: of the topic, as it knows it;
     - ``ward_last_reading`` (workers): per ward, when it last received a reading of one of its patients;
     - ``messages``/``deadlettered``: counters since its start (records or MQTT messages in; inputs
-      dead-lettered), for rates.
+      dead-lettered), for rates;
+    - ``state_reset``/``state_reset_count`` (workers): the patients (at most
+      :data:`MAX_STATE_RESET_IDS`, most recent first) and how many, whose stored detector state it
+      could not read within the last :data:`STATE_RESET_HOLD_S` and so started afresh: open alerts
+      and time already counted toward one are lost for them.
     """
 
     component: HeartbeatComponent
@@ -195,6 +204,8 @@ class Heartbeat:
     ward_last_reading: Mapping[str, float] = field(default_factory=dict)
     messages: int = 0
     deadlettered: int = 0
+    state_reset: tuple[str, ...] = ()
+    state_reset_count: int = 0
 
     def encode(self) -> bytes:
         """The record value on ``rpm.heartbeats``."""
@@ -203,7 +214,8 @@ class Heartbeat:
             "state": self.state, "healthy": self.healthy, "problem": self.problem, "interval_s": self.interval_s,
             "partitions": list(self.partitions), "partition_count": self.partition_count,
             "ward_last_reading": dict(self.ward_last_reading), "messages": self.messages,
-            "deadlettered": self.deadlettered,
+            "deadlettered": self.deadlettered, "state_reset": list(self.state_reset),
+            "state_reset_count": self.state_reset_count,
         })
 
 
@@ -240,9 +252,15 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
     interval = doc.get("interval_s", HEARTBEAT_INTERVAL_S)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
         raise TechnicalAlertError("heartbeat interval_s must be a number of seconds")
+    reset, reset_count = doc.get("state_reset", []), _count(doc, "state_reset_count")
+    if not (isinstance(reset, list) and len(reset) <= MAX_STATE_RESET_IDS and all(is_valid_id(p) for p in reset)
+            and len(set(reset)) == len(reset) <= reset_count):
+        raise TechnicalAlertError(f"heartbeat state_reset must list at most {MAX_STATE_RESET_IDS} distinct patient "
+                                  "ids, no more than state_reset_count")
     return Heartbeat(component=component, instance=instance, time=_finite(doc, "time"), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=problem[:MAX_TEXT_CHARS] if problem else None,
                      interval_s=float(interval), partitions=tuple(parts),
                      partition_count=_count(doc, "partition_count"),
                      ward_last_reading={str(w): float(t) for w, t in wards.items()},
-                     messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"))
+                     messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"),
+                     state_reset=tuple(reset), state_reset_count=reset_count)

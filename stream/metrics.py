@@ -111,6 +111,8 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
                  "reason", stats.reasons.counts),
         counter("rpm_worker_state_checkpoints_total", "Patient states written to the state table", stats.checkpoints),
         counter("rpm_worker_state_loads_total", "Patient states restored from the state table", stats.state_loads),
+        counter("rpm_worker_state_resets_total", "Patients started afresh: their stored state was unreadable",
+                stats.state_resets),
         counter("rpm_worker_reloads_total", "Detector engine rebuilds from the state table", stats.reloads),
         counter("rpm_worker_ticks_total", "Time-driven detector runs (escalation, staleness)", stats.ticks),
         counter("rpm_worker_acks_total", "Acknowledgements applied", stats.acks),

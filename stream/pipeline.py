@@ -141,6 +141,7 @@ class PipelineStats:
     reasons: ReasonLog = field(default_factory=ReasonLog)
     ticks: int = 0
     reloads: int = 0
+    state_resets: int = 0  # patients whose stored state could not be read (started afresh)
     enrolled: int = 0  # roster patients enrolled at the last reload (gauge)
     patients: int = 0  # patients the engine holds state for (gauge, updated per batch)
     # Alert events published, by (rule, state).
@@ -195,6 +196,8 @@ class Pipeline:
         self.stats = PipelineStats()
         # patient -> the pipeline's clock when a reading of theirs last arrived (heartbeats: ward silence)
         self.last_seen: dict[str, float] = {}
+        # (when, patient) whose stored state was unreadable, oldest first (heartbeats: a technical alert)
+        self._resets: collections.deque[tuple[float, str]] = collections.deque(maxlen=10_000)
 
     def bind(self, *, send_alert: SendFn, send_deadletter: SendFn) -> None:
         """Connect the outputs (Kafka topics in the worker)."""
@@ -246,11 +249,26 @@ class Pipeline:
                 self.engine.import_state(patient, orjson.loads(raw))
                 self.stats.state_loads += 1
             except (StateError, orjson.JSONDecodeError) as exc:
-                _unreadable(exc)
+                self._unreadable(patient, exc)
         errors = self.engine.import_packed_many(records) if records else {}
         self.stats.state_loads += len(records) - len(errors)
-        for error in errors.values():
-            _unreadable(error)
+        for patient, error in errors.items():
+            self._unreadable(patient, error)
+
+    def _unreadable(self, patient: str, exc: Exception) -> None:
+        # A record this version cannot read: start the patient fresh rather than stop the stream,
+        # and say so (the heartbeat carries it to the watchdog: a technical alert names the patient).
+        _LOGGER.error("stored detector state of patient %s is unreadable (%s); starting it afresh", patient, exc)
+        self.stats.state_resets += 1
+        self._resets.append((self._clock(), patient))
+
+    def recent_resets(self, hold_s: float) -> tuple[list[str], int]:
+        """The patients whose stored state was unreadable within the last ``hold_s`` (most recent
+        first, each once) and how many such resets there were."""
+        cutoff = self._clock() - hold_s
+        while self._resets and self._resets[0][0] < cutoff:
+            self._resets.popleft()
+        return list(dict.fromkeys(p for _t, p in reversed(self._resets))), len(self._resets)
 
     def checkpoint(self) -> None:
         """Store the state of every patient whose state changed (outputs delivered first!)."""
@@ -422,8 +440,3 @@ class Pipeline:
         )
         assert self._send_deadletter is not None, "Pipeline.bind() first"
         await self._send_deadletter(None, record)
-
-
-def _unreadable(exc: Exception) -> None:
-    # A record this version cannot read: start the patient fresh rather than stop the stream.
-    _LOGGER.error("stored detector state of a patient is unreadable (%s); starting it fresh", exc)

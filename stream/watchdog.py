@@ -36,6 +36,7 @@ from typing import Any, Final
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.technical import (
     EVERY_WARD,
+    STATE_RESET_HOLD_S,
     Heartbeat,
     TechnicalAlert,
 )
@@ -207,7 +208,28 @@ class Watchdog:
                             f"{self._patients_in(list(w.partitions))} are not monitored until it can.",
                     remedy=("Fix InfluxDB as the message says; nothing is lost meanwhile (readings wait in Kafka)."
                             if influx else RUN_REMEDY), wards=self._wards_of(list(w.partitions)))
+            if w.state_reset_count:
+                found[("tech.state_unreadable", w.instance)] = self._state_reset(w)
         return found
+
+    def _state_reset(self, w: Heartbeat) -> Condition:
+        """Patients started afresh because their stored detector state could not be read: still
+        monitored from now on, but what was open or counting for them is gone."""
+        named = list(w.state_reset)
+        shown = ", ".join(named[:10]) + (", …" if w.state_reset_count > min(len(named), 10) else "")
+        wards = {self.ward_of.get(p) for p in named}
+        if None in wards or w.state_reset_count > len(named) or not wards:
+            wards = (wards - {None}) | {EVERY_WARD}
+        return Condition(
+            severity="warning", component="worker", wards=tuple(sorted(str(x) for x in wards)), confirm=False,
+            message=(f"Worker {w.instance} could not read the stored alert state of {w.state_reset_count} "
+                     f"patient(s) ({shown}) and started them afresh: they are monitored again, but an alert "
+                     "open for them will not be updated or cleared, and time already counted toward an "
+                     "alert (e.g. minutes of a high heart rate) starts again."),
+            remedy=("Review these patients' open alerts and latest readings at the station. The worker's log "
+                    "says why the state was unreadable (a damaged changelog record, or a worker older than the "
+                    "one that wrote it); this clears itself "
+                    f"{STATE_RESET_HOLD_S / 60:.0f} minutes after the last such patient."))
 
     def _bridges(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
         found: dict[tuple[str, str], Condition] = {}

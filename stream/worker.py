@@ -67,12 +67,13 @@ def roster_wards(path: str | None, env: Mapping[str, str] | None = None) -> dict
 def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str],
               state: str = "running") -> Any:
     """What this worker tells ``rpm watchdog``: its health, the partitions it owns and has recovered,
-    and per ward when a reading of one of its patients last arrived (every patient counts for the
-    ward ``all`` without a roster)."""
+    per ward when a reading of one of its patients last arrived (every patient counts for the
+    ward ``all`` without a roster), and the patients whose stored state it could not read lately."""
     from rpm_core.roster import ALL_WARD
-    from rpm_core.technical import Heartbeat
+    from rpm_core.technical import MAX_STATE_RESET_IDS, STATE_RESET_HOLD_S, Heartbeat
 
     body = health(app, pipeline, status)
+    reset, reset_count = pipeline.recent_resets(STATE_RESET_HOLD_S)
     healthy = body["running"] and body["progressing"] and body["configured"]
     wards: dict[str, float] = {}
     for patient, t in pipeline.last_seen.items():
@@ -83,7 +84,8 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
                      healthy=healthy, problem=body["problem"],
                      partitions=tuple(sorted(status.partitions)) if status.recovered else (),
                      partition_count=status.total_partitions(), ward_last_reading=wards,
-                     messages=pipeline.stats.records, deadlettered=pipeline.stats.deadlettered)
+                     messages=pipeline.stats.records, deadlettered=pipeline.stats.deadlettered,
+                     state_reset=tuple(reset[:MAX_STATE_RESET_IDS]), state_reset_count=reset_count)
 
 
 def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:

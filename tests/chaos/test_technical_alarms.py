@@ -29,7 +29,7 @@ from rpm_core.host import free_port
 from rpm_core.mqtt_users import NOTIFIER_USER, WATCHDOG_USER
 from rpm_core.roster import hash_password
 from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver
-from tests.support.kafka import read_all
+from tests.support.kafka import produce, read_all
 from tests.support.procs import rpm_env, spawn, spawn_bridge
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -199,12 +199,22 @@ async def scenario(stack: Stack, tmp_path: Path, hooks: WebhookReceiver, page: A
     assert page_hook.doc["summary"].startswith("[rpm] TECHNICAL ALERT")
     assert page_hook.received - killed_at <= DEADLINE_S
 
+    # while no worker runs, a patient's stored detector state is damaged: the worker that comes back
+    # starts that patient afresh (open alerts and counted minutes lost) and must say so, at once
+    damaged = "p0007"
+    await produce(stack.settings.kafka_bootstrap(), "rpm-worker-rpm-detector-state-changelog",
+                  [(damaged.encode(), b"\xa7S\x02damaged")])
     worker = spawn_worker(stack, tmp_path, "worker-2")
     started[1] = worker
     cleared = await until(lambda: event("tech.workers_missing", "cleared", killed_at)(stack), within=180,
                           what="tech.workers_missing cleared once a worker is back", procs=tuple(started))
     assert cleared["alert_id"] == raised["alert_id"]
     await expect(item).to_have_count(0, timeout=60_000)
+    afresh = await until(lambda: event("tech.state_unreadable", "raised", killed_at)(stack),
+                         within=DEADLINE_S, what="tech.state_unreadable on rpm.alerts", procs=tuple(started))
+    assert afresh["severity"] == "warning" and damaged in afresh["message"] and afresh["wards"] == ["*"]
+    await expect(tech.filter(has_text="started them afresh")).to_have_count(1, timeout=60_000)
+    tech = tech.filter(has_not_text="started them afresh")  # it holds for 15 min; the rest must clear
 
     frozen_at = time.time()
     os.kill(bridge.pid, signal.SIGSTOP)

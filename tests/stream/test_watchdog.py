@@ -206,6 +206,15 @@ def test_technical_alerts_round_trip_and_refuse_what_is_not_one() -> None:
     b'{"v": 1, "component": "worker", "instance": "w\\u0000", "time": 1}',
     b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "deadlettered": true}',
     b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "interval_s": 0}',
+    # the patients started afresh: ids only, distinct, at most 50, never more than the count says
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset": ["p1"]}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset": ["p1", "p1"], "state_reset_count": 2}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset": ["a b"], "state_reset_count": 1}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset": "p1", "state_reset_count": 1}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset": [], "state_reset_count": -1}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset_count": 1.5}',
+    b'{"v": 1, "component": "worker", "instance": "w", "time": 1, "state_reset_count": 51, "state_reset": ['
+    + b", ".join(b'"p%d"' % k for k in range(51)) + b"]}",
 ])
 def test_malformed_heartbeats_are_refused_with_a_reason(value: bytes | None) -> None:
     with pytest.raises(TechnicalAlertError):
@@ -215,3 +224,37 @@ def test_malformed_heartbeats_are_refused_with_a_reason(value: bytes | None) -> 
 def test_heartbeats_round_trip() -> None:
     beat = worker("w1", (0, 3), T0, ward_last_reading={"north": T0 - 1}, deadlettered=3, messages=10)
     assert decode_heartbeat(beat.encode()) == beat
+    reset = worker("w1", (0, 3), T0, state_reset=tuple(f"p{k}" for k in range(50)), state_reset_count=70)
+    assert decode_heartbeat(reset.encode()) == reset
+
+
+def test_patients_whose_stored_state_was_unreadable_are_named_to_their_wards_at_once_and_then_cleared() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    reset_at = T0 + 61
+
+    def beats(t: float) -> list[Heartbeat]:
+        return [worker("w1", (0, 1), t, state_reset=("p3",), state_reset_count=1), worker("w2", (2, 3), t),
+                bridge("b1", t)]
+
+    out = run(w, reset_at, reset_at + 10, beats)
+    [raised] = out
+    assert raised.time == reset_at  # a fact, not a condition to confirm
+    assert (raised.rule, raised.scope, raised.severity, raised.wards) == ("tech.state_unreadable", "w1", "warning",
+                                                                           ("north",))
+    assert "p3" in raised.message and "started them afresh" in raised.message and raised.remedy
+    assert run(w, reset_at + 11, reset_at + 100, beats) == []  # raised once while it holds
+    out = run(w, reset_at + 101, reset_at + 120, healthy)  # the worker's hold ended
+    assert [(a.rule, a.state, a.alert_id) for a in out] == [("tech.state_unreadable", "cleared", raised.alert_id)]
+
+
+def test_more_unreadable_patients_than_a_heartbeat_names_concern_every_ward() -> None:
+    w = make()
+    run(w, T0, T0 + 60, healthy)
+    named = tuple(f"p{k}" for k in range(0, 100, 2))  # south only, but 20 more are not named
+
+    def beats(t: float) -> list[Heartbeat]:
+        return [worker("w1", (0, 1, 2, 3), t, state_reset=named, state_reset_count=70), bridge("b1", t)]
+
+    [raised] = run(w, T0 + 61, T0 + 62, beats)
+    assert set(raised.wards) == {EVERY_WARD, "south"} and "70 patient(s)" in raised.message and "…" in raised.message

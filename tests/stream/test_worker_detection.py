@@ -156,6 +156,36 @@ class TestCheckpointFormat:
         assert pipe.stats.state_loads == 0
         assert pipe.engine.export_state("p1")["rules"] == {} and pipe.engine.export_state("p2")["rules"] == {}
 
+    def test_patients_started_afresh_are_reported_in_the_heartbeat_for_a_while(self) -> None:
+        """An unreadable state loses a patient's open alerts and counted minutes: the worker's heartbeat
+        names them (the watchdog turns that into a technical alert) for STATE_RESET_HOLD_S."""
+        from types import SimpleNamespace
+
+        from rpm_core.technical import STATE_RESET_HOLD_S, decode_heartbeat
+        from stream.worker import heartbeat
+
+        clock, store = Clock(T0), DictStore()
+        readable = pipeline(clock=clock)
+        readable.engine.process(readable._sample_batch(decode_records([
+            encode_readings_record("p3", [group("hr-3", "heart_rate", [150.0] * 3)])])), now=T0)
+        store.data = {"p1": b"\xa7S\x02garbage", "p2": b"{not json",
+                      "p3": orjson.dumps(readable.engine.export_state("p3"))}
+        pipe = pipeline(store=store, clock=clock)
+        pipe.reload()
+        app = SimpleNamespace(started=True, should_stop=False)  # only what health() reads of a Faust app
+        status = WorkerStatus(roster=(), configured_partitions=8)
+
+        def beat() -> tuple[set[str], int]:
+            doc = decode_heartbeat(heartbeat(app, pipe, status, instance="w1", ward_of={}).encode())
+            return set(doc.state_reset), doc.state_reset_count
+
+        assert beat() == ({"p1", "p2"}, 2)
+        assert "rpm_worker_state_resets_total 2" in render(worker_metrics(pipe.stats, pipe.sink.stats, status=status))
+        clock.now = T0 + STATE_RESET_HOLD_S - 1
+        assert beat() == ({"p1", "p2"}, 2)
+        clock.now = T0 + STATE_RESET_HOLD_S + 1
+        assert beat() == (set(), 0)
+
 
 class TestOwnership:
     @pytest.mark.parametrize(("key", "java"), [
