@@ -196,7 +196,8 @@ def _alert_from_arg(text: str, at: float) -> AlertUpdate:
         raise ConfigError(f"--alert is neither JSON nor a file with JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise ConfigError("--alert must be a JSON object")
-    doc.setdefault("metric", _metric_of(doc.get("rule")))
+    if "metric" not in doc:  # the rules file is read only when needed
+        doc["metric"] = _metric_of(doc.get("rule"))
     doc.setdefault("since", at)
     doc.setdefault("state", "raised")
     doc.setdefault("message", f"{doc.get('rule')} ({doc.get('severity')})")
