@@ -208,15 +208,18 @@ class Heartbeat:
     state_reset_count: int = 0
 
     def encode(self) -> bytes:
-        """The record value on ``rpm.heartbeats``."""
-        return orjson.dumps({
+        """The record value on ``rpm.heartbeats`` (``state_reset…`` only when there is one: a watchdog
+        of an earlier version, which refuses keys it does not know, reads every other heartbeat)."""
+        doc: dict[str, Any] = {
             "v": 1, "component": self.component, "instance": self.instance, "time": self.time,
             "state": self.state, "healthy": self.healthy, "problem": self.problem, "interval_s": self.interval_s,
             "partitions": list(self.partitions), "partition_count": self.partition_count,
             "ward_last_reading": dict(self.ward_last_reading), "messages": self.messages,
-            "deadlettered": self.deadlettered, "state_reset": list(self.state_reset),
-            "state_reset_count": self.state_reset_count,
-        })
+            "deadlettered": self.deadlettered,
+        }
+        if self.state_reset_count:
+            doc.update(state_reset=list(self.state_reset), state_reset_count=self.state_reset_count)
+        return orjson.dumps(doc)
 
 
 def _count(doc: Mapping[str, Any], key: str) -> int:

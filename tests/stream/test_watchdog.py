@@ -224,6 +224,7 @@ def test_malformed_heartbeats_are_refused_with_a_reason(value: bytes | None) -> 
 def test_heartbeats_round_trip() -> None:
     beat = worker("w1", (0, 3), T0, ward_last_reading={"north": T0 - 1}, deadlettered=3, messages=10)
     assert decode_heartbeat(beat.encode()) == beat
+    assert b"state_reset" not in beat.encode()  # what a watchdog of the version before reads
     reset = worker("w1", (0, 3), T0, state_reset=tuple(f"p{k}" for k in range(50)), state_reset_count=70)
     assert decode_heartbeat(reset.encode()) == reset
 
