@@ -167,6 +167,41 @@ def a_sinus_breathing(n: int, rng: Rng) -> FloatArray:
     return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
 
 
+def a_sinus_breaths(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young driven by irregular breathing, breath by breath (fifth round).
+
+    Every breath has its own length (log-normal around 2-7.5 s, CV 0.1-0.35, correlated over
+    breaths by an AR(1) of 0-0.6), depth (+-20-60 %; 3 % deep breaths x1.5-2) and share of
+    inspiration (0.3-0.5); a raised-cosine rise and fall within each breath, +-5-22 % at 40-85 bpm,
+    sampled at the beat times 0-1.5 s late; fiducial jitter 2-10 ms.
+    """
+    mean = rng.uniform(0.7, 1.5)
+    breath_s, cv, rho = rng.uniform(2.0, 7.5), rng.uniform(0.1, 0.35), rng.uniform(0.0, 0.6)
+    k = int(n * mean * 1.5 / (breath_s * (1 - cv))) + 20
+    z = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, 1, k))
+    sigma = np.sqrt(np.log(1 + cv * cv))
+    duration = breath_s * np.exp(sigma * z - sigma * sigma / 2)
+    depth = 1 + rng.uniform(0.2, 0.6) * rng.uniform(-1, 1, k)
+    deep = rng.random(k) < 0.03
+    depth[deep] *= rng.uniform(1.5, 2.0, deep.sum())
+    share = rng.uniform(0.3, 0.5, k)
+    starts = np.r_[0.0, np.cumsum(duration)]
+    amp, lag = rng.uniform(0.05, 0.22), rng.uniform(0.0, 1.5)
+
+    def modulation(t: FloatArray) -> FloatArray:
+        b = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, k - 1)
+        phase = np.clip((t - starts[b]) / duration[b], 0, 1)
+        up = phase < share[b]
+        w = np.where(up, phase / share[b], (1 - phase) / (1 - share[b]))
+        return np.asarray(amp * depth[b] * np.cos(np.pi * w))  # long at the turns, short mid-inspiration
+
+    rr = np.full(n, mean)
+    for _ in range(3):  # beat times and their intervals agree after a few passes
+        t = np.cumsum(rr)
+        rr = mean * (1 + modulation(t - rr - lag))
+    return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
+
+
 def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
     """Random premature beats: a short interval then a compensatory long one."""
     rr = rr.copy()
@@ -247,9 +282,14 @@ def with_ectopy(
 
 
 def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
-    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats or breathing in time, half each)."""
-    if kind == "sinus young" and rng.random() < 0.5:
-        return a_sinus_breathing(n, rng)
+    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats, breathing in time, or breath by
+    breath, a third each since the fifth round; half and half before)."""
+    if kind == "sinus young":
+        draw = rng.random()
+        if draw < 1 / 3:
+            return a_sinus_breathing(n, rng)
+        if draw < 2 / 3:
+            return a_sinus_breaths(n, rng)
     return with_ectopy(kind, a_sinus(n, rng, young=kind == "sinus young"), rng, a_ectopy, a_geminy)
 
 

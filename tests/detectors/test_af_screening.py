@@ -22,6 +22,7 @@ from benchmarks.rr_models import (
     a_geminy,
     a_sinus,
     a_sinus_breathing,
+    a_sinus_breaths,
     b_sinus,
     c_af,
     c_ectopy,
@@ -34,6 +35,7 @@ from detectors import Engine, af_model
 from detectors.rhythm import irregular
 from detectors.rules import RhythmRule
 from rpm_core.rules import load_rules, parse_rules
+from tests.detectors.reference import model_columns
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000.0
@@ -148,6 +150,44 @@ def test_the_features_ignore_an_extra_beat_split_interval() -> None:
     keep = af_model.cleaned(split)
     assert not keep[0, 29:33].any() or not keep[0, 30:32].any()
     assert af_model.probability(af_model.features(split, keep))[0] < af_model.THRESHOLD
+
+
+def test_the_vectorized_features_equal_the_plain_reference() -> None:
+    """Every feature of every window row equals the scalar reference's (1e-9), beat errors included."""
+    rng = np.random.default_rng(21)
+    rows = np.concatenate(
+        [
+            np.lib.stride_tricks.sliding_window_view(rr, 64)[::37]
+            for rr in (
+                a_errors(a_sinus_breaths(600, rng), rng),
+                a_errors(a_af(600, rng, low=True), rng),
+                c_errors(c_ectopy(c_sinus(600, rng), rng, 0.15), rng),
+                np.full(200, 0.8),  # a paced rhythm: ties everywhere
+            )
+        ]
+    )
+    got = af_model.features(rows, af_model.cleaned(rows))
+    for row, columns in zip(rows, got, strict=True):
+        want = model_columns(list(row))
+        assert want is not None
+        np.testing.assert_allclose(columns, want, rtol=0, atol=1e-9)
+
+
+def test_the_ordinal_and_analogue_features_tell_breathing_from_af() -> None:
+    """Irregular breathing (each breath its own length) keeps few orderings and repeats its shapes."""
+    names = list(af_model.FEATURES)
+    pattern, nn = names.index("perm_entropy"), names.index("log_nn_error")
+    rng = np.random.default_rng(22)
+
+    def columns(rr: np.ndarray) -> np.ndarray:
+        rows = np.lib.stride_tricks.sliding_window_view(rr, 64)[::16]
+        return af_model.features(rows, af_model.cleaned(rows))
+
+    young, af = columns(a_sinus_breaths(3000, rng)), columns(a_af(3000, rng, low=True))
+    assert np.median(young[:, pattern]) < np.median(af[:, pattern]) - 0.05
+    assert np.median(af[:, pattern]) > 0.9  # independent intervals: all 24 orderings about equally
+    assert np.median(np.exp(af[:, nn])) > 1.2  # ~sqrt(2) SD
+    assert np.median(np.exp(young[:, nn])) < 0.8 * np.median(np.exp(af[:, nn]))
 
 
 @pytest.mark.parametrize(
