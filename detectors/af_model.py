@@ -292,8 +292,8 @@ def _nn_error(x: FloatArray, keep: BoolArray, sd: FloatArray) -> FloatArray:
     :data:`NN_CHUNK` rows (62 x 62 per row); NaN for a row with fewer than two triples.
     """
     rows, width = x.shape
+    n = width - 2
     out = np.empty(rows)
-    self_pair = np.where(np.eye(width - 2, dtype=np.bool_), np.inf, 0.0)
     for s in range(0, rows, NN_CHUNK):
         xs, ks = x[s : s + NN_CHUNK], keep[s : s + NN_CHUNK]
         c = xs[:, 2:]
@@ -301,12 +301,13 @@ def _nn_error(x: FloatArray, keep: BoolArray, sd: FloatArray) -> FloatArray:
         square = xs[:, :, None] - xs[:, None, :]  # all pairwise differences once: (x(i) - x(j))^2
         square *= square
         dist = square[:, :-2, :-2] + square[:, 1:-1, 1:-1]  # (i, j): the pairs (i, i+1) and (j, j+1)
-        dist += self_pair
-        dist += np.where(valid, 0.0, np.inf)[:, None, :]
+        dist.reshape(len(xs), n * n)[:, :: n + 1] = np.inf  # not itself
+        partial = ~valid.all(axis=1)
+        if partial.any():  # rows with dropped beats: their broken triples are nobody's neighbour
+            dist[partial] += np.where(valid[partial], 0.0, np.inf)[:, None, :]
         nearest = dist.argmin(axis=2)
-        found = np.isfinite(np.take_along_axis(dist, nearest[:, :, None], axis=2)[:, :, 0])
         error = c - np.take_along_axis(c, nearest, axis=1)
-        used = valid & found
+        used = valid & (valid.sum(axis=1) >= 2)[:, None]  # with two valid triples, each has a neighbour
         with np.errstate(invalid="ignore", divide="ignore"):
             mse = np.where(used, error * error, 0.0).sum(axis=1) / used.sum(axis=1)
         out[s : s + NN_CHUNK] = np.sqrt(mse) / np.maximum(sd[s : s + NN_CHUNK], 1e-9)
