@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in four independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in five independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -60,6 +60,29 @@ models again; evaluated once, at the end, as held out):
   Weibull law when rate-controlled (CV 0.06-0.12 at 50-90 bpm), with a drifting mean rate;
 - beat errors: missed beats 1-5 %, T waves counted as beats (an interval split at 0.3-0.45),
   dropouts of 3-4 beats (0.2 %).
+
+Family E (written for issue 17's fifth round before its features were designed, committed on
+its own; evaluated once per model, at the end, as held out):
+
+- sinus: integral pulse-frequency modulation of the heart *rate* (not the period) by respiration
+  through a vagal low-pass (0.3-1.5 s), a narrow-band Mayer wave (0.07-0.12 Hz, +-1-4 %) and a
+  slow wander, with threshold noise; respiration is a noisy phase oscillator (each breath's
+  length varies ~10-30 %), AR(1) depths over breaths, a random three-harmonic waveform, 1-3 %
+  sighs followed by a 3-8 s apnoea. Age sets the respiratory amplitude: 40-90 y +-1-6 % at 55-100
+  bpm; ``young`` (8-30 y) +-8-25 %, half young athletes (45-65 bpm, 8-16 breaths a minute), half
+  children / adolescents (65-100 bpm, 16-30 breaths a minute);
+- ectopy: ventricular parasystole (an independent focus with its own clock: the coupling
+  interval varies; concealed or interpolated next sinus beat) or premature atrial beats with
+  sinus reset, 15 % of them blocked (a pause alone); bigeminy / trigeminy whose coupling follows
+  the preceding cycle (rule of bigeminy), in runs of log-normal length, some "concealed" (3 or
+  5 sinus beats between premature ones);
+- AF: an atrioventricular-node filter of a fibrillating atrium (gamma atrial cycles of 100-200
+  ms) with concealed conduction and restitution; rate-controlled AF by a longer refractory
+  period (CV ~0.05-0.10). Atrial flutter (variable block) is not generated: every labelled
+  episode is AF, as the scorer counts it;
+- beat errors: a wrist PPG's: motion bursts (a two-state chain) with 10-25 ms pulse-timing jitter
+  and 8-15 % missed beats, 0.3-1 % missed at rest, 0.3-1.5 % dicrotic double counts (split at
+  0.35-0.5).
 """
 
 from __future__ import annotations
@@ -144,6 +167,41 @@ def a_sinus_breathing(n: int, rng: Rng) -> FloatArray:
     return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
 
 
+def a_sinus_breaths(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young driven by irregular breathing, breath by breath (fifth round).
+
+    Every breath has its own length (log-normal around 2-7.5 s, CV 0.1-0.35, correlated over
+    breaths by an AR(1) of 0-0.6), depth (+-20-60 %; 3 % deep breaths x1.5-2) and share of
+    inspiration (0.3-0.5); a raised-cosine rise and fall within each breath, +-5-22 % at 40-85 bpm,
+    sampled at the beat times 0-1.5 s late; fiducial jitter 2-10 ms.
+    """
+    mean = rng.uniform(0.7, 1.5)
+    breath_s, cv, rho = rng.uniform(2.0, 7.5), rng.uniform(0.1, 0.35), rng.uniform(0.0, 0.6)
+    k = int(n * mean * 1.5 / (breath_s * (1 - cv))) + 20
+    z = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, 1, k))
+    sigma = np.sqrt(np.log(1 + cv * cv))
+    duration = breath_s * np.exp(sigma * z - sigma * sigma / 2)
+    depth = 1 + rng.uniform(0.2, 0.6) * rng.uniform(-1, 1, k)
+    deep = rng.random(k) < 0.03
+    depth[deep] *= rng.uniform(1.5, 2.0, deep.sum())
+    share = rng.uniform(0.3, 0.5, k)
+    starts = np.r_[0.0, np.cumsum(duration)]
+    amp, lag = rng.uniform(0.05, 0.22), rng.uniform(0.0, 1.5)
+
+    def modulation(t: FloatArray) -> FloatArray:
+        b = np.clip(np.searchsorted(starts, t, side="right") - 1, 0, k - 1)
+        phase = np.clip((t - starts[b]) / duration[b], 0, 1)
+        up = phase < share[b]
+        w = np.where(up, phase / share[b], (1 - phase) / (1 - share[b]))
+        return np.asarray(amp * depth[b] * np.cos(np.pi * w))  # long at the turns, short mid-inspiration
+
+    rr = np.full(n, mean)
+    for _ in range(3):  # beat times and their intervals agree after a few passes
+        t = np.cumsum(rr)
+        rr = mean * (1 + modulation(t - rr - lag))
+    return np.asarray(np.clip(rr + rng.normal(0, rng.uniform(0.002, 0.01), n), 0.3, 2.5))
+
+
 def a_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
     """Random premature beats: a short interval then a compensatory long one."""
     rr = rr.copy()
@@ -224,9 +282,14 @@ def with_ectopy(
 
 
 def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
-    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats or breathing in time, half each)."""
-    if kind == "sinus young" and rng.random() < 0.5:
-        return a_sinus_breathing(n, rng)
+    """Family A's non-AF rhythm of ``kind`` (the young: RSA in beats, breathing in time, or breath by
+    breath, a third each since the fifth round; half and half before)."""
+    if kind == "sinus young":
+        draw = rng.random()
+        if draw < 1 / 3:
+            return a_sinus_breathing(n, rng)
+        if draw < 2 / 3:
+            return a_sinus_breaths(n, rng)
     return with_ectopy(kind, a_sinus(n, rng, young=kind == "sinus young"), rng, a_ectopy, a_geminy)
 
 
@@ -584,11 +647,268 @@ def d_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return with_ectopy(kind, d_sinus(n, rng, young=kind == "sinus young"), rng, d_ectopy, d_geminy)
 
 
+# ---- family E ------------------------------------------------------------------------------------
+# Written for issue 17's fifth round *before* its features were designed (committed on its own) and
+# never looked at while designing them: evaluated once per model, at the end (benchmarks/RESULTS.md,
+# "AF screening, fifth round").
+
+
+def _narrowband(steps: int, dt: float, freq: float, bandwidth: float, rng: Rng) -> FloatArray:
+    """A unit-SD narrow-band process in time: white noise through a resonant AR(2) (``freq`` Hz)."""
+    radius = np.exp(-np.pi * bandwidth * dt)
+    a1, a2 = 2 * radius * np.cos(2 * np.pi * freq * dt), -radius * radius
+    burn = int(5 / (bandwidth * dt))
+    out = lfilter([1.0], [1.0, -a1, -a2], rng.normal(0, 1, steps + burn))[burn:]
+    return np.asarray(out / (out.std() + 1e-12))
+
+
+def e_respiration(steps: int, dt: float, rng: Rng, rate_bpm: float) -> FloatArray:
+    """Breathing as a noisy phase oscillator: phase diffusion, AR(1) depths, harmonics, sighs + apnoea.
+
+    The breathing rate wanders by phase diffusion (each breath's length varies by ~10-30 %);
+    depths follow an AR(1) over breaths (0.3-0.8); the waveform is a fixed random mix of the first
+    three harmonics; 1-3 % of breaths are sighs (x2 deep) followed by a 3-8 s apnoea (flat).
+    """
+    diffusion = rng.uniform(0.1, 0.3)  # per-breath relative SD of the breath length
+    rate = rate_bpm / 60.0
+    dphase = 2 * np.pi * rate * dt * np.clip(1 + diffusion * rng.normal(0, 1, steps) / np.sqrt(rate * dt), 0.2, None)
+    phase = np.cumsum(dphase) + rng.uniform(0, 6.3)
+    breath = (phase // (2 * np.pi)).astype(np.int64)
+    nb = int(breath.max()) + 2
+    rho = rng.uniform(0.3, 0.8)
+    depth = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, rng.uniform(0.15, 0.35), nb))
+    depth = np.clip(1 + depth, 0.2, None)
+    sigh = rng.random(nb) < rng.uniform(0.01, 0.03)
+    depth[sigh] *= 2.0
+    h2, h3 = rng.uniform(0, 0.35), rng.uniform(0, 0.15)
+    p2, p3 = rng.uniform(0, 6.3), rng.uniform(0, 6.3)
+    wave = (np.sin(phase) + h2 * np.sin(2 * phase + p2) + h3 * np.sin(3 * phase + p3)) / (1 + h2 + h3)
+    resp = depth[breath] * wave
+    # apnoea after a sigh: hold the signal flat for 3-8 s from the end of the sigh breath
+    for b in np.flatnonzero(sigh):
+        ends = np.flatnonzero(breath == b)
+        if len(ends):
+            stop = ends[-1] + 1
+            hold = int(rng.uniform(3, 8) / dt)
+            resp[stop : stop + hold] = resp[stop - 1]
+    return np.asarray(resp)
+
+
+def e_sinus_times(seconds: float, rng: Rng, young: bool) -> FloatArray:
+    """Beat times of sinus rhythm from an integral pulse-frequency-modulation (IPFM) model.
+
+    The *rate* is modulated (not the period): vagal respiratory modulation (respiration through a
+    first-order low-pass of 0.3-1.5 s), a Mayer wave (narrow-band around 0.07-0.12 Hz, +-1-4 %) and
+    a slow sympathetic wander; a beat fires when the integral of the rate crosses its threshold
+    (threshold noise 0.3-1 %). Age sets the respiratory amplitude: older adults (40-90 y) +-1-6 %,
+    the young (8-30 y) +-8-25 % (young athletes at 45-65 bpm breathing 8-16 a minute, children and
+    adolescents at 65-100 bpm breathing 16-30 a minute).
+    """
+    dt = 0.05
+    steps = int(seconds / dt) + 200
+    if young:
+        age = rng.uniform(8, 30)
+        athlete = rng.random() < 0.5
+        hr = rng.uniform(45, 65) if athlete else rng.uniform(65, 100)
+        breaths = rng.uniform(8, 16) if athlete else rng.uniform(16, 30)
+        amp = rng.uniform(0.08, 0.25) * (1.2 - 0.01 * age) / (1.2 - 0.08)
+    else:
+        age = rng.uniform(40, 90)
+        hr = rng.uniform(55, 100)
+        breaths = rng.uniform(10, 22)
+        amp = rng.uniform(0.01, 0.06) * (1.3 - 0.01 * age) / 0.9
+    resp = e_respiration(steps, dt, rng, breaths)
+    tau = rng.uniform(0.3, 1.5)
+    alpha = dt / (tau + dt)
+    vagal = lfilter([alpha], [1.0, -(1 - alpha)], resp)
+    vagal /= np.abs(vagal).max() / np.abs(resp).max() + 1e-12
+    mayer = rng.uniform(0.01, 0.04) * _narrowband(steps, dt, rng.uniform(0.07, 0.12), 0.03, rng)
+    slow = lfilter([1.0], [1.0, -0.9995], rng.normal(0, 1, steps))
+    slow *= rng.uniform(0.01, 0.04) / (slow.std() + 1e-12)
+    rate = hr / 60.0 * np.clip(1 + amp * vagal + mayer + slow, 0.4, None)
+    integral = np.cumsum(rate) * dt
+    thresholds = np.cumsum(1 + rng.normal(0, rng.uniform(0.003, 0.01), int(integral[-1]) + 2))
+    thresholds = thresholds[thresholds < integral[-1]]
+    return np.asarray(np.interp(thresholds, integral, np.arange(steps) * dt))
+
+
+def e_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """``n`` sinus RR intervals (s) of :func:`e_sinus_times`."""
+    seconds = n * 1.6
+    rr = np.diff(e_sinus_times(seconds, rng, young))
+    while len(rr) < n:
+        rr = np.concatenate([rr, np.diff(e_sinus_times(seconds, rng, young))])
+    return np.asarray(rr[:n])
+
+
+def e_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Ventricular parasystole (half the recordings) or premature atrial beats, some blocked.
+
+    Parasystole: an independent ventricular focus fires every 1.3-3.5 sinus cycles (its own clock,
+    protected); a firing captures the ventricles when it falls outside their refractory period
+    (0.3-0.4 s after a beat) with a probability that makes ~``rate`` of the beats ectopic, so the
+    coupling interval *varies*; the next sinus beat is concealed when it would come within 0.35 s
+    (a compensatory pause), else the ectopic beat is interpolated. Atrial: premature beats of
+    coupling 0.6-0.9 with a pause that resets the sinus node (x1.0-1.2), 15 % of them blocked (a
+    pause of 1.4-1.8 cycles, no short interval).
+    """
+    times = np.cumsum(rr)
+    if rng.random() < 0.5:
+        mean = float(np.mean(rr))
+        period = mean * rng.uniform(1.3, 3.5)
+        refractory = rng.uniform(0.3, 0.4)
+        capture = float(np.clip(rate * period / max(mean - refractory, 0.1), 0, 1))
+        fires = np.arange(rng.uniform(0, period), times[-1], period)
+        fires = fires[rng.random(len(fires)) < capture]
+        beats: list[float] = [0.0]
+        sinus = np.r_[0.0, times]
+        j = 1
+        for e in fires:
+            while j < len(sinus) and sinus[j] <= e:
+                beats.append(float(sinus[j]))
+                j += 1
+            if e - beats[-1] < refractory or j >= len(sinus):
+                continue
+            beats.append(float(e))
+            if sinus[j] - e < 0.35:  # concealed: the next sinus beat does not conduct
+                j += 1
+        beats += [float(s) for s in sinus[j:]]
+        return np.diff(np.array(beats))
+    out = rr.copy()
+    i = 1
+    while i < len(out) - 2:
+        if rng.random() < rate:
+            if rng.random() < 0.15:  # blocked premature atrial beat: a pause alone
+                out[i] *= rng.uniform(1.4, 1.8)
+            else:
+                out[i], out[i + 1] = out[i] * rng.uniform(0.6, 0.9), out[i + 1] * rng.uniform(1.0, 1.2)
+            i += 2
+        else:
+            i += 1
+    return out
+
+
+def e_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy whose coupling follows the preceding cycle, in runs of log-normal length.
+
+    The premature beat's coupling is ``c`` x the preceding sinus interval plus 0-40 ms x the change
+    in that interval (rule of bigeminy: longer cycles, later couplings), with a full compensatory
+    pause; runs last a log-normal number of cycles (median 40-200), separated by sinus rhythm
+    (median 10-100 cycles); some runs are 'concealed' (an odd number of sinus beats between
+    premature ones, 3 or 5, instead of ``every - 1``).
+    """
+    rr = rr.copy()
+    n = len(rr)
+    coupling = rng.uniform(0.55, 0.85)
+    slope = rng.uniform(0.0, 0.4)
+    i = int(rng.integers(1, 4))
+    on = rng.random() < 0.8
+    while i < n - 2:
+        if on:
+            cycles = int(np.exp(rng.normal(np.log(rng.uniform(40, 200)), 0.6)))
+            gap = every if rng.random() < 0.8 else int(rng.choice([4, 6]))
+            for _ in range(cycles):
+                if i >= n - 2:
+                    break
+                base = rr[i]
+                c = coupling + slope * (rr[i - 1] - base) / max(base, 0.3) + rng.normal(0, 0.015)
+                c = float(np.clip(c, 0.45, 0.92))
+                rr[i], rr[i + 1] = base * c, rr[i + 1] + base * (1 - c)
+                i += gap
+        else:
+            i += int(np.exp(rng.normal(np.log(rng.uniform(10, 100)), 0.6))) + 1
+        on = not on
+    return rr
+
+
+def e_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """AV-node-filtered fibrillation: atrial impulses through a node with concealed conduction.
+
+    Atrial impulses come as a renewal process of 100-200 ms cycles (gamma, CV 0.15-0.3). The node
+    conducts an impulse arriving after its refractory period has ended, and the period restarts
+    (its length follows the last RR, restitution +-10 %, and a slow autonomic tone). An impulse
+    arriving in the last ``1 - theta`` of the refractory period is concealed: it does not conduct
+    but extends the period by ``rho`` x how far into that relative part it came (capped below the
+    atrial cycle, so the node cannot lock). Rate-controlled AF (a beta-blocker or digoxin): a
+    longer period and a narrower relative part. The refractory period also varies beat to beat
+    (log-normal, SD 5-15 %; 0-6 % rate-controlled). Coefficients of variation ~0.12-0.25 at ~60-150
+    bpm (AF) and ~0.05-0.10 at ~55-100 bpm (rate-controlled), lag-1 autocorrelation ~0.1-0.3
+    (the rate drifts).
+    """
+    if low:
+        refractory = rng.uniform(0.55, 0.95)
+        theta, rho = rng.uniform(0.8, 0.9), rng.uniform(0.2, 0.5)
+    else:
+        refractory = rng.uniform(0.28, 0.5)
+        theta, rho = rng.uniform(0.2, 0.5), rng.uniform(0.5, 1.0)
+    cycle, cv = rng.uniform(0.1, 0.2), rng.uniform(0.15, 0.3)
+    m = int(n * 3 * (refractory + 0.6) / cycle) + 100
+    atrial = np.cumsum(rng.gamma(1 / cv**2, cycle * cv**2, m))
+    tone = np.exp(np.cumsum(rng.normal(0, 0.001, m)).clip(-0.08, 0.08))
+    wobble = rng.uniform(0.0, 0.06) if low else rng.uniform(0.05, 0.15)  # beat-to-beat refractoriness
+    out: list[float] = []
+    last = 0.0
+    end = refractory
+    period = refractory
+    for k in range(m):
+        a = atrial[k]
+        if a >= end:
+            if last > 0:
+                rr = a - last
+                out.append(rr)
+                if len(out) >= n:
+                    break
+                period = refractory * tone[k] * (1 + 0.05 * np.tanh((rr - refractory - 0.15) / 0.3))
+                period *= float(np.exp(wobble * rng.normal()))
+            last, end = a, a + period
+        elif a >= end - (1 - theta) * period:
+            end += min(rho * (a - end + (1 - theta) * period), 0.6 * cycle)
+    return np.asarray(np.clip(np.array(out[:n]), 0.25, 2.5))
+
+
+def e_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A wrist PPG's errors: motion bursts with pulse-timing jitter and misses; dicrotic double counts.
+
+    A two-state (rest / motion) chain over beats (motion entered with p 0.3-1 %, left with p 5-15 %):
+    in motion the pulse arrival jitters by 10-25 ms SD (intervals change, none is lost) and
+    8-15 % of beats are missed; at rest 0.3-1 % are missed. 0.3-1.5 % of beats are counted twice
+    at the dicrotic notch (an interval split at 0.35-0.5).
+    """
+    p_in, p_out = rng.uniform(0.003, 0.01), rng.uniform(0.05, 0.15)
+    jitter_sd, miss_motion = rng.uniform(0.01, 0.025), rng.uniform(0.08, 0.15)
+    miss_rest, p_double = rng.uniform(0.003, 0.01), rng.uniform(0.003, 0.015)
+    times = np.cumsum(rr)
+    motion = np.zeros(len(rr), np.bool_)
+    state = False
+    for i in range(len(rr)):
+        state = (rng.random() >= p_out) if state else (rng.random() < p_in)
+        motion[i] = state
+    times = times + np.where(motion, rng.normal(0, jitter_sd, len(rr)), 0.0)
+    keep = rng.random(len(rr)) >= np.where(motion, miss_motion, miss_rest)
+    keep[-1] = True
+    times = np.sort(times[keep])
+    out = np.diff(np.r_[0.0, times])
+    pieces: list[float] = []
+    for v in out:
+        if rng.random() < p_double:
+            f = rng.uniform(0.35, 0.5)
+            pieces += [v * f, v * (1 - f)]
+        else:
+            pieces.append(float(v))
+    return np.asarray(np.clip(np.array(pieces), 0.05, None))
+
+
+def e_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family E's non-AF rhythm of ``kind``."""
+    return with_ectopy(kind, e_sinus(n, rng, young=kind == "sinus young"), rng, e_ectopy, e_geminy)
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
     "C": (c_background, c_af, c_errors),
     "D": (d_background, d_af, d_errors),
+    "E": (e_background, e_af, e_errors),
 }
 
 

@@ -9,7 +9,9 @@ Training data: ``benchmarks/rr_models.py`` family A, seeds 1000-1002 (never used
 40 min with one 5-15 min paroxysm; 64-beat windows every 16 beats, labelled 1 when wholly inside
 an AF episode, 0 when wholly outside, dropped when straddling an onset or an end. Since the fourth
 round (issue 17) half of family A's young sinus recordings are breathing-driven sinus arrhythmia
-in time (``rr_models.a_sinus_breathing``), so the training seeds hold it too. The model is an
+in time (``rr_models.a_sinus_breathing``), so the training seeds hold it too; since the fifth
+round a third are breathing in time and a third irregular breathing, breath by breath
+(``rr_models.a_sinus_breaths``). The model is an
 L2-regularized (1e-2) logistic regression (Newton's method) on the standardized features and
 their pairwise products.
 """

@@ -5,7 +5,7 @@ Per window row (vectorized over rows, numpy only):
 1. beat errors: an interval above 1.6 x the window median is a missed beat and dropped; one below
    0.6 x is an extra beat that split an interval, dropped with both neighbours (the other part of
    the split is one of them);
-2. eleven features of the kept intervals, normalized by the window median, from pairs and triples
+2. thirteen features of the kept intervals, normalized by the window median, from pairs and triples
    that were adjacent in the recording (a dropped beat breaks the pair, no false jump is made):
 
    - ``log_med_d1``: log median |successive difference| (robust irregularity; ectopic beats move
@@ -34,8 +34,14 @@ Per window row (vectorized over rows, numpy only):
    - ``spectral_peak``: share of a Hann-windowed periodogram's power in its strongest band of 5
      of 32 bins: respiration concentrates it, AF spreads it (~0.3) (spectral view of RSA;
      issue 17, fourth round);
+   - ``perm_entropy``: normalized permutation (ordinal-pattern) entropy of order 4: breathing,
+     even irregular breath by breath, favours a few orderings of four successive intervals, AF
+     uses all 24 about equally (issue 17, fifth round);
+   - ``log_nn_error``: log RMS error of a nearest-neighbour (analogue) prediction of each interval
+     from the two before it, over the SD: breathing repeats short shapes, AF does not (~sqrt 2)
+     (issue 17, fifth round);
 
-3. a logistic regression on the standardized features and their pairwise products (77 inputs:
+3. a logistic regression on the standardized features and their pairwise products (104 inputs:
    a quadratic decision boundary); the window is irregular when the probability of AF is at
    least :data:`THRESHOLD`.
 
@@ -63,6 +69,8 @@ COMPENSATED_STEP: Final = 0.08  # compensated: short -> long steps above 8 % of 
 COMPENSATED_TOLERANCE: Final = 0.25  # ... whose sum is within a quarter of the step of 2 cycles
 AR_ORDER: Final = 4  # ar_ratio: a least-squares AR(4) predictor (two oscillations, or one that drifts)
 PEAK_BINS: Final = 5  # spectral_peak: the strongest band of 5 periodogram bins (of 32)
+PATTERN_ORDER: Final = 4  # perm_entropy: ordinal patterns of 4 successive intervals (24 of them)
+NN_CHUNK: Final = 16  # nn_error: rows per block of the pairwise distances (~0.5 MB at 64 beats: in cache)
 THRESHOLD: Final = 0.5  # probability of AF from which a window is irregular
 FEATURES: Final = (
     "log_med_d1",
@@ -76,36 +84,41 @@ FEATURES: Final = (
     "compensated",
     "log_ar_ratio",
     "spectral_peak",
+    "perm_entropy",
+    "log_nn_error",
 )
 # Fitted by benchmarks/train_af.py (family A, training seeds); see the module docstring.
 # BEGIN fitted constants (benchmarks/train_af.py --write)
 MEAN: Final = np.array(
     [
-        -2.60118, -1.93526, -0.874223, 0.624731, -3.4512, -2.35688, 0.628258, 0.954967,
-        0.464447, -0.732522, 0.596922,
+        -2.61815, -1.92324, -0.890506, 0.632125, -3.48294, -2.3486, 0.618092, 0.95504,
+        0.471156, -0.744373, 0.590951, 0.80794, -0.358578,
     ]
 )
 SCALE: Final = np.array(
     [
-        1.10827, 0.920695, 1.08081, 0.16155, 0.812088, 0.787248, 0.29622, 0.0736613,
-        0.368268, 0.860709, 0.274995,
+        1.19431, 0.97212, 1.13606, 0.167641, 0.836465, 0.835929, 0.31591, 0.0738734,
+        0.375127, 0.896364, 0.273968, 0.136646, 0.829833,
     ]
 )
 WEIGHTS: Final = np.array(
     [
-        0.215723, -0.442367, 0.48464, 0.352846, 0.63971, -0.246464, 0.296069, -0.0288931,
-        -0.77318, 0.520236, -0.553716, -0.200495, 0.0401097, 0.281985, -0.109395, 0.163172,
-        0.0505247, -0.125258, -0.0761435, -0.089258, 0.233017, -0.255309, -0.205264, -0.254134,
-        -0.128377, -0.309097, -0.197481, -0.0442687, -0.105307, -0.0751797, -0.277644, 0.424631,
-        -0.0296752, 0.22477, 0.276132, -0.161467, 0.385077, 0.0282232, -0.369395, 0.208861,
-        -0.244502, -0.321071, 0.170051, -0.0899102, -0.014517, 0.027363, -0.224997, 0.230083,
-        -0.267773, 0.210081, -0.204594, 0.318423, -0.172345, -0.523616, 0.221849, -0.371041,
-        -0.187715, -0.00118256, -0.132816, -0.13219, -0.174318, 0.28473, -0.178065, -0.0529816,
-        -0.2057, 0.371485, -0.40185, -0.0554352, -0.0628412, -0.0806233, -0.106271, 0.0152625,
-        -0.412773, 0.532861, 0.0653752, -0.265268, 0.141223,
+        0.0624122, -0.466348, 0.392186, 0.241385, 0.486385, -0.28747, 0.0683615, -0.090198,
+        -0.595, 0.460609, -0.43864, 0.460739, 0.537419, -0.201238, 0.000673745, 0.231975,
+        -0.0209159, 0.0974547, 0.0162229, -0.179944, -0.123811, -0.127252, 0.183782, -0.211606,
+        0.170656, 0.217297, -0.162819, -0.228924, -0.0717178, -0.286952, -0.158348, -0.118139,
+        -0.112493, -0.056405, -0.230017, 0.34572, -0.296024, -0.201903, -0.114571, 0.131126,
+        0.216318, -0.129892, 0.280683, 0.0211151, -0.225081, 0.119046, -0.142344, 0.138171,
+        0.134755, -0.215578, 0.15692, -0.0410737, 0.0372318, 0.0706239, -0.166531, 0.154095,
+        -0.154403, 0.145816, 0.159734, 0.198987, -0.163416, 0.159626, -0.212984, -0.467058,
+        0.171743, -0.345578, 0.220998, 0.292738, -0.146766, -0.0733175, -0.12418, -0.128162,
+        -0.117768, 0.200087, -0.169015, -0.0733056, -0.273148, -0.0962731, -0.214603, 0.269062,
+        -0.277573, 0.269249, 0.304672, -0.059742, -0.026703, -0.102928, -0.0422404, -0.0479867,
+        -0.0294582, 0.0225401, -0.293509, 0.370687, -0.358499, -0.297248, -0.0040537, -0.204237,
+        0.10044, 0.0784452, 0.141766, -0.261393, -0.222127, 0.121908, 0.175222, 0.0643806,
     ]
 )
-BIAS: Final = -3.08725
+BIAS: Final = -4.35201
 # END fitted constants
 
 
@@ -144,7 +157,7 @@ def masked_median(values: FloatArray, mask: BoolArray) -> FloatArray:
 
 
 def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
-    """The eleven features (columns, in :data:`FEATURES` order) of each window row."""
+    """The thirteen features (columns, in :data:`FEATURES` order) of each window row."""
     x = rr / np.median(rr, axis=1, keepdims=True)
     d1 = np.abs(np.diff(x, axis=1))
     pair = keep[:, 1:] & keep[:, :-1]
@@ -165,6 +178,8 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
         centred = np.where(keep, x - mean[:, None], 0.0)
         ar_ratio = _ar_ratio(centred, keep, sd)
         peak = _spectral_peak(centred)
+        pattern = _perm_entropy(x, keep)
+        nn = _nn_error(x, keep, sd)
         columns = (
             np.log(med1 + 1e-4),
             np.log(rms1 + 1e-4),
@@ -177,6 +192,8 @@ def features(rr: FloatArray, keep: BoolArray) -> FloatArray:
             compensated,
             np.log(ar_ratio + 1e-3),
             peak,
+            pattern,
+            np.log(nn + 1e-3),
         )
     return np.stack(columns, axis=1)
 
@@ -231,6 +248,70 @@ def _spectral_peak(centred: FloatArray) -> FloatArray:
     band = summed[:, PEAK_BINS:] - summed[:, :-PEAK_BINS]
     share: FloatArray = band.max(axis=1) / np.maximum(power.sum(axis=1), 1e-18)
     return share
+
+
+def _perm_entropy(x: FloatArray, keep: BoolArray) -> FloatArray:
+    """Normalized permutation (ordinal-pattern) entropy of order :data:`PATTERN_ORDER` (0 with none).
+
+    Each run of four kept, adjacent intervals has one of 24 orderings (ties broken by position:
+    the earlier one counts as smaller); the Shannon entropy of their frequencies over log(24).
+    Breathing makes a few orderings (rising, falling runs) frequent even when each breath has its
+    own length and depth; AF's independent intervals use all 24 about equally (Bandt C, Pompe B.
+    Phys Rev Lett 2002;88:174102). Each ordering is coded by its six pairwise comparisons (a
+    6-bit code) and counted per row with one ``bincount``.
+    """
+    rows, width = x.shape
+    m = width - PATTERN_ORDER + 1
+    valid = keep[:, :m].copy()
+    for k in range(1, PATTERN_ORDER):
+        valid &= keep[:, k : k + m]
+    code = np.zeros((rows, m), np.int64)
+    bit = 0
+    for a in range(PATTERN_ORDER):
+        for b in range(a + 1, PATTERN_ORDER):
+            code |= (x[:, a : a + m] > x[:, b : b + m]).astype(np.int64) << bit
+            bit += 1
+    codes = 1 << bit
+    flat = np.where(valid, code + codes * np.arange(rows)[:, None], codes * rows)
+    counts = np.bincount(flat.ravel(), minlength=codes * rows + 1)[: codes * rows].reshape(rows, codes)
+    p = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    logs = np.log(np.where(counts > 0, p, 1.0))
+    entropy: FloatArray = -(p * logs).sum(axis=1) / np.log(float(np.prod(np.arange(1, PATTERN_ORDER + 1))))
+    return entropy
+
+
+def _nn_error(x: FloatArray, keep: BoolArray, sd: FloatArray) -> FloatArray:
+    """RMS error of a nearest-neighbour prediction of x(n+1) from (x(n-1), x(n)), over the row's SD.
+
+    For each triple of kept, adjacent intervals, the other triple of the window whose first two
+    intervals are nearest (Euclidean, ties to the earliest) predicts the third (a method of
+    analogues, Lorenz 1969; Sugihara G, May RM. Nature 1990;344:734). Breathing revisits the
+    same short shapes, so an analogue predicts the next interval even when breaths differ in
+    length and depth (an AR model fits only one linear law per window); AF's intervals are
+    independent, so the error is about sqrt(2) SD. Pairwise distances in blocks of
+    :data:`NN_CHUNK` rows (62 x 62 per row); NaN for a row with fewer than two triples.
+    """
+    rows, width = x.shape
+    n = width - 2
+    out = np.empty(rows)
+    for s in range(0, rows, NN_CHUNK):
+        xs, ks = x[s : s + NN_CHUNK], keep[s : s + NN_CHUNK]
+        c = xs[:, 2:]
+        valid = ks[:, :-2] & ks[:, 1:-1] & ks[:, 2:]
+        square = xs[:, :, None] - xs[:, None, :]  # all pairwise differences once: (x(i) - x(j))^2
+        square *= square
+        dist = square[:, :-2, :-2] + square[:, 1:-1, 1:-1]  # (i, j): the pairs (i, i+1) and (j, j+1)
+        dist.reshape(len(xs), n * n)[:, :: n + 1] = np.inf  # not itself
+        partial = ~valid.all(axis=1)
+        if partial.any():  # rows with dropped beats: their broken triples are nobody's neighbour
+            dist[partial] += np.where(valid[partial], 0.0, np.inf)[:, None, :]
+        nearest = dist.argmin(axis=2)
+        error = c - np.take_along_axis(c, nearest, axis=1)
+        used = valid & (valid.sum(axis=1) >= 2)[:, None]  # with two valid triples, each has a neighbour
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mse = np.where(used, error * error, 0.0).sum(axis=1) / used.sum(axis=1)
+        out[s : s + NN_CHUNK] = np.sqrt(mse) / np.maximum(sd[s : s + NN_CHUNK], 1e-9)
+    return out
 
 
 def _lag_median(x: FloatArray, keep: BoolArray, k: int) -> FloatArray:

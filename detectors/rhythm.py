@@ -14,7 +14,7 @@ windows of a batch at once, as rows of a matrix built with ``sliding_window_view
    of the retained intervals, normalized to [0, 1], >= ``entropy_min``.
 
 That is ``method: dash``. With ``method: model`` (the default rule set's choice) steps 2-3 are
-replaced by :mod:`detectors.af_model`: its own beat-error filter, eleven RR features and a small
+replaced by :mod:`detectors.af_model`: its own beat-error filter, thirteen RR features and a small
 learned (quadratic logistic) classifier; windows with fewer than half their beats kept are NaN.
 
 Each judged window's verdict is 1 (irregular), 0 (regular) or NaN (the window spans a gap longer

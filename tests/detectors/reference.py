@@ -658,8 +658,41 @@ def _spectral_peak(c: list[float]) -> float:
     return max(bands) / max(sum(power), 1e-18)
 
 
-def model_verdict(rr: list[float]) -> float:
-    """The learned classifier of detectors/af_model.py, one window, plain Python."""
+def _perm_entropy(x: list[float], keep: list[bool]) -> float:
+    """Normalized permutation entropy of order 4 (af_model._perm_entropy), plainly."""
+    order = af_model.PATTERN_ORDER
+    counts: dict[tuple[int, ...], int] = {}
+    for i in range(len(x) - order + 1):
+        if all(keep[i : i + order]):
+            key = tuple(sorted(range(order), key=lambda k: (x[i + k], k)))  # ties: the earlier is smaller
+            counts[key] = counts.get(key, 0) + 1
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    return -sum(c / total * math.log(c / total) for c in counts.values()) / math.log(math.factorial(order))
+
+
+def _nn_error(x: list[float], keep: list[bool], sd: float) -> float:
+    """RMS error of the nearest-neighbour prediction of x(n+1) over ``sd`` (af_model._nn_error), plainly."""
+    triples = [i for i in range(len(x) - 2) if keep[i] and keep[i + 1] and keep[i + 2]]
+    squares = []
+    for i in triples:
+        best, nearest = math.inf, -1
+        for j in triples:
+            if j != i:
+                d0, d1 = x[i] - x[j], x[i + 1] - x[j + 1]
+                dist = d0 * d0 + d1 * d1
+                if dist < best:
+                    best, nearest = dist, j
+        if nearest >= 0:
+            squares.append((x[i + 2] - x[nearest + 2]) ** 2)
+    if not squares:
+        return math.nan
+    return math.sqrt(sum(squares) / len(squares)) / max(sd, 1e-9)
+
+
+def model_columns(rr: list[float]) -> list[float] | None:
+    """The features of detectors/af_model.py of one window (None: the window is unusable), plainly."""
     median = statistics.median(rr)
     short = [x < af_model.EXTRA_BEAT_RATIO * median for x in rr]
     n = len(rr)
@@ -671,7 +704,7 @@ def model_verdict(rr: list[float]) -> float:
         for i in range(n)
     ]
     if sum(keep) * 2 < n:
-        return math.nan
+        return None
     x = [v / median for v in rr]
 
     def lag(k: int) -> list[float]:
@@ -681,7 +714,7 @@ def model_verdict(rr: list[float]) -> float:
     triples = [i for i in range(n - 2) if keep[i] and keep[i + 1] and keep[i + 2]]
     lags = [lag(k) for k in range(2, af_model.MAX_LAG + 1)]
     if not d1 or not triples or not all(lags):
-        return math.nan
+        return None
     med1 = statistics.median(d1)
     rms1 = math.sqrt(sum(d * d for d in d1) / len(d1))
     min_ratio = min(statistics.median(d) for d in lags) / max(med1, 1e-6)
@@ -706,7 +739,9 @@ def model_verdict(rr: list[float]) -> float:
     centred = [v - mean if k else 0.0 for v, k in zip(x, keep, strict=True)]
     ar_ratio = _ar_ratio(centred, keep, sd)
     peak = _spectral_peak(centred)
-    columns = [
+    pattern = _perm_entropy(x, keep)
+    nn = _nn_error(x, keep, sd)
+    return [
         math.log(med1 + 1e-4),
         math.log(rms1 + 1e-4),
         math.log(min_ratio + 1e-3),
@@ -718,8 +753,15 @@ def model_verdict(rr: list[float]) -> float:
         compensated,
         math.log(ar_ratio + 1e-3),
         peak,
+        pattern,
+        math.log(nn + 1e-3) if nn == nn else math.nan,
     ]
-    if not all(math.isfinite(v) for v in columns):
+
+
+def model_verdict(rr: list[float]) -> float:
+    """The learned classifier of detectors/af_model.py, one window, plain Python."""
+    columns = model_columns(rr)
+    if columns is None or not all(math.isfinite(v) for v in columns):
         return math.nan
     z = [(v - m) / s for v, m, s in zip(columns, af_model.MEAN, af_model.SCALE, strict=True)]
     inputs = z + [z[i] * z[j] for i in range(len(z)) for j in range(i, len(z))]
