@@ -306,16 +306,19 @@ def _columns(samples: list[Any], now: float) -> Columns | None:
     no object per sample); None if any check fails, and then :func:`_check_sample` finds the first
     bad sample and says why. Accepts only what ``_check_sample`` accepts (and exact ``int``/``float``
     types, as JSON gives), and returns what it returns, column by column."""
-    if set(map(type, samples)) != {list}:
+    try:
+        # A sample that is not a list and still unpacks (a string, an object's keys) gives strings
+        # where the times must be numbers; samples of other lengths than 3 or 4 give other columns.
+        columns = tuple(zip(*samples, strict=True))
+    except (TypeError, ValueError):  # not iterable, or of unequal lengths
         return None
-    lengths = set(map(len, samples))
     flags: tuple[Any, ...]
-    if lengths == {3}:
-        metric, t, value = zip(*samples, strict=True)
+    if len(columns) == 3:
+        metric, t, value = columns
         flags = (0,) * len(samples)
-    elif lengths == {4}:
-        metric, t, value, flags = zip(*samples, strict=True)
-        if set(map(type, flags)) != {int} or not _VALID_FLAGS.issuperset(flags):
+    elif len(columns) == 4:
+        metric, t, value, flags = columns
+        if set(map(type, flags)) != {int} or not _VALID_FLAGS.issuperset(flags):  # bool, 1.0 are not int
             return None
     else:
         return None
@@ -328,8 +331,8 @@ def _columns(samples: list[Any], now: float) -> Columns | None:
     v_types = set(map(type, value))
     if not (t_types <= _NUMBER_TYPES and v_types <= _NUMBER_TYPES):  # bool is neither
         return None
-    # min/max skip a NaN: isfinite catches it (an infinity is beyond the bounds anyway)
-    if min(t) < MIN_SAMPLE_EPOCH_S or max(t) > now + MAX_FUTURE_SKEW_S or not all(map(math.isfinite, t)):
+    # min and max pass over a NaN, a sum does not (it is NaN); no ±inf passes the bounds
+    if min(t) < MIN_SAMPLE_EPOCH_S or max(t) > now + MAX_FUTURE_SKEW_S or not math.isfinite(sum(t)):
         return None
     # a NaN compares false: refused here too
     if not (all(map(operator.le, map(_METRIC_LO.__getitem__, metric), value))
