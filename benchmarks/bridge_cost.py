@@ -26,6 +26,7 @@ import cProfile
 import importlib.util
 import io
 import json
+import os
 import pstats
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def load_revision(rev: str, tmp: Path) -> tuple[ModuleType, ModuleType]:
             file = tmp / f"{rev}-{path.replace('/', '-')}"
             file.write_bytes(src)
             spec = importlib.util.spec_from_file_location(f"_baseline_{name.replace('.', '_')}", file)
-            assert spec is not None and spec.loader is not None
+            assert spec is not None
+            assert spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
             sys.modules[spec.name] = mod  # dataclasses look their module up
             if name == "stream.bridge":
@@ -169,7 +171,8 @@ class Subject:
                 readings += out.readings
                 records += 1
         spent = time.process_time() - start
-        assert not self.bridge.stats.deadlettered and all(r.topic == "rpm.readings" for r in batch.records)
+        assert not self.bridge.stats.deadlettered
+        assert all(r.topic == "rpm.readings" for r in batch.records)
         return spent, readings, records
 
     def outputs(self) -> list[tuple[int | None, bytes]]:
@@ -221,10 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 assert out == readings, (out, readings)
                 best[s.name]["build"] = min(best[s.name]["build"], spent)
         if args.profile:
-            args.profile.write_text("".join(
-                f"=== {s.name}: {what} ===\n{profile_text(s, what)}\n" for s in subjects for what in ("build", "receive")))
-    import os
-
+            args.profile.write_text("".join(f"=== {s.name}: {what} ===\n{profile_text(s, what)}\n"
+                                            for s in subjects for what in ("build", "receive")))
     res: dict[str, Any] = {"messages": len(messages), "readings": readings, "patients": PATIENTS,
                            "partitions": PARTITIONS, "rounds": args.rounds,
                            "records_per_round": records, "load_average": os.getloadavg(),

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import paho.mqtt.client as mqtt
 from aiokafka import AIOKafkaProducer
@@ -222,9 +222,9 @@ class _BridgeClient(mqtt.Client):
                 self.on_burst_end()
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One MQTT message as received."""
+class Inbound(NamedTuple):
+    """One MQTT message as received (a named tuple: built per message, at a third of a frozen
+    dataclass's cost)."""
 
     mid: int
     qos: int
