@@ -40,8 +40,7 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -179,10 +178,10 @@ class WireError(ValueError):
 Sample = tuple[str, float, float, int]
 
 
-@dataclass(frozen=True, slots=True)
-class ReadingsMessage:
+class ReadingsMessage(NamedTuple):
     """One validated MQTT readings message: samples of one device of one patient, held as columns
-    (the shape of a group in a Kafka readings record, so the bridge never builds a tuple per sample)."""
+    (the shape of a group in a Kafka readings record, so the bridge never builds a tuple per sample).
+    A named tuple: the bridge builds one per message, at a third of a frozen dataclass's cost."""
 
     patient: str
     device: str
