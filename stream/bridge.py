@@ -5,6 +5,12 @@ to an asyncio loop that validates it, produces it to Kafka and, once Kafka ackno
 record, acknowledges the MQTT message with ``client.ack(mid, qos)``. Until then Mosquitto keeps
 the message; if the bridge dies it is redelivered (at-least-once; the sink is idempotent).
 
+paho's per-packet handling of a PUBLISH (an MQTT v5 ``Properties`` object, an ``MQTTMessage``,
+locks and logging per message) was most of the bridge's CPU: the PUBLISH packets Mosquitto sends
+(QoS 0/1, no properties) that are whole in the read buffer are decoded by the bridge itself
+(:meth:`_BufferedSocket.take_publish`); every other packet goes through paho, and acknowledgements,
+keepalive and reconnects stay paho's.
+
 Backpressure: MQTT v5 Receive Maximum caps the unacknowledged messages Mosquitto sends us, so a
 slow Kafka stops the flow at the broker (which queues without limit, ``max_queued_messages 0``)
 instead of growing memory here.
