@@ -351,8 +351,10 @@ def _unique_top_keys(payload: bytes, doc: dict[str, Any]) -> bool:
     escaped characters), every ``:`` byte is a key's separator or a character of a string. If the
     colons are exactly ``doc``'s keys plus those inside the identifiers' values, each key appears once,
     at the top level, and no other string holds a colon. Otherwise (colons elsewhere, escapes) the
-    regular expression over the payload decides, as it always did."""
-    if b"\\" not in payload:
+    regular expression over the payload decides, as it always did; and with escapes, a JSON parser
+    that sees every key: ``"pati\\u0065nt"`` is ``"patient"`` to any parser, not to the regex."""
+    escaped = b"\\" in payload
+    if not escaped:
         expected = len(doc)
         for key in ("patient", "device", "id"):
             value = doc.get(key)
@@ -361,7 +363,16 @@ def _unique_top_keys(payload: bytes, doc: dict[str, Any]) -> bool:
         if payload.count(b":") == expected:
             return True
     keys = _TOP_KEY_RE.findall(payload)
-    return len(keys) == len(set(keys))
+    if len(keys) != len(set(keys)):
+        return False
+    if escaped:
+        try:
+            json.loads(payload, object_pairs_hook=_no_duplicates)
+        except DuplicateKeyError:
+            return False
+        except (ValueError, RecursionError):  # orjson read it; the checks that follow judge it
+            pass
+    return True
 
 
 # Readings topics already found valid, and their patient (a dict lookup instead of a split and a

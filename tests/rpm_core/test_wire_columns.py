@@ -119,3 +119,13 @@ def test_the_colon_count_finds_a_key_named_twice_as_the_regular_expression(
     if wire._unique_top_keys(payload, parsed) and b"\\" not in payload:
         loads_unique(payload)  # truly no key twice, at any depth
     assert outcome(payload) == by_definition(payload)
+
+
+def test_a_key_named_twice_through_an_escape_is_refused() -> None:
+    # orjson reads the last "patient" (p1, the topic's); another parser may read the first (pB)
+    doubled = (b'{"v":1,"patient":"pB","pati\\u0065nt":"p1","device":"d","source":"sim",'
+               b'"samples":[["heart_rate",1780000000,70]]}')
+    assert outcome(doubled) == "duplicate keys: a key may appear only once"
+    # an escape elsewhere is fine
+    once = b'{"v":1,"patient":"p1","device":"d","source":"s\\u0069m","samples":[["heart_rate",1780000000,70]]}'
+    assert isinstance(outcome(once), ReadingsMessage)
