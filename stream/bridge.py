@@ -399,7 +399,10 @@ class Bridge:
         _LOGGER.warning("bridge %s disconnected from MQTT: %s; reconnecting", self._client_id, reason)
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self._received(msg.mid, msg.qos, msg.topic, bytes(msg.payload))
+        # msg.topic raises on a topic that is not UTF-8, and an exception here would end paho's
+        # network thread; decoded with replacement it fails the topic check and is dead-lettered.
+        topic = msg._topic.decode("utf-8", "replace")
+        self._received(msg.mid, msg.qos, topic, bytes(msg.payload))
 
     def _received(self, mid: int, qos: int, topic: str, payload: bytes) -> None:
         """A message read, by paho (``_on_message``) or from the buffer (``take_publish``)."""

@@ -169,3 +169,15 @@ def test_packets_split_anywhere_across_reads_arrive_whole_and_in_order(
     assert fast == slow
     assert [m[3] for m in fast] == [payload for _q, payload, _p, _m in messages]
     assert codes[-1] == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+
+def test_a_topic_that_is_not_utf8_reaches_the_bridge_and_the_messages_after_it_too() -> None:
+    """paho hands such a topic to on_message, where ``msg.topic`` raises: raised in the callback, the
+    exception would end paho's network thread (nothing read after it, health still green). The
+    bridge gets it with the bad bytes replaced (its topic check dead-letters it) and reads on."""
+    topic = b"rpm/v1/p/pA/readings"
+    stream = publish(b"rpm/v1/p/\xff\xfe/readings", b"bad topic", mid=3) + publish(topic, b"after", mid=4)
+    for fast in (True, False):
+        got, codes, _ = read_all(stream, [], fast=fast)
+        assert got == [(3, 1, "rpm/v1/p/\ufffd\ufffd/readings", b"bad topic"), (4, 1, topic.decode(), b"after")]
+        assert all(code == MQTTErrorCode.MQTT_ERR_SUCCESS for code in codes)
