@@ -24,6 +24,7 @@ class Detector(Protocol):
     metric: str
     metric_code: int
     device_prefix: str | None
+    exclude_device_prefix: str | None
     episodes: EpisodeTable
     # Whether samples beyond the device's measuring range ("HI"/"LO") reach the detector, as
     # +inf / -inf: True for rules that compare values, False for rules that compute from them.

@@ -16,8 +16,8 @@ The stream is at-least-once, so :meth:`Engine.process` drops duplicates and anyt
 than the last sample it processed for that patient, metric and *device*: redelivered input
 changes nothing and creates no alert, while a second device of the same metric (a glucose meter
 beside a CGM) is not dropped for being behind the first one. Each rule then sees its metric's
-samples (of its devices, with ``device_prefix``) in event-time order and ignores any not newer
-than the last one it processed for the patient. Alert ids are deterministic
+samples (of its devices, with ``device_prefix`` / ``exclude_device_prefix``) in event-time order
+and ignores any not newer than the last one it processed for the patient. Alert ids are deterministic
 (:func:`~detectors.events.alert_id`).
 """
 
@@ -228,11 +228,12 @@ class Engine:
             return []
         self._dirty[fresh.patient] = True
         usable, beyond = _usable(fresh)
-        views: dict[tuple[int, str | None, bool], MetricView] = {}
+        views: dict[tuple[int, str | None, str | None, bool], MetricView] = {}
         out: list[tuple[tuple[float, str, int], AlertEvent]] = []
         for index, det in enumerate(self._detectors):
             # Without a range flag in the batch both kinds of rule see the same samples: one view.
-            key = (det.metric_code, det.device_prefix, det.beyond_range and beyond is not None)
+            devices = (det.device_prefix, det.exclude_device_prefix)
+            key = (det.metric_code, *devices, det.beyond_range and beyond is not None)
             view = views.get(key)
             if view is None:
                 view = views[key] = self._view(fresh, usable, beyond, key)
@@ -241,9 +242,13 @@ class Engine:
         return _in_order(out)
 
     def _view(
-        self, fresh: SampleBatch, usable: BoolArray, beyond: FloatArray | None, key: tuple[int, str | None, bool]
+        self,
+        fresh: SampleBatch,
+        usable: BoolArray,
+        beyond: FloatArray | None,
+        key: tuple[int, str | None, str | None, bool],
     ) -> MetricView:
-        """Usable samples of one metric (from devices matching ``prefix``), by patient then time.
+        """Usable samples of one metric (from devices matching ``prefix`` and not ``exclude``), by patient then time.
 
         Samples of several devices of one patient are merged in time order; at equal times the
         device whose id sorts first wins (not registration order, which a restore can change), so
@@ -251,7 +256,7 @@ class Engine:
         (``beyond``: +1 above, -1 below, 0 in range) are +inf / -inf for rules that compare values
         (``beyond_range``) and left out for the others.
         """
-        code, prefix, beyond_range = key
+        code, prefix, exclude, beyond_range = key
         # The batch is sorted metric-major: the metric's samples are one contiguous slice.
         lo, hi = np.searchsorted(fresh.metric, (code, code + 1))
         rows = slice(int(lo), int(hi))
@@ -265,6 +270,8 @@ class Engine:
                 take = take & (side == 0)
         if prefix is not None:
             take = take & self._matching(prefix)[fresh.devices[rows]]
+        if exclude is not None:
+            take = take & ~self._matching(exclude)[fresh.devices[rows]]
         p, t, d = fresh.patient[rows], fresh.t[rows], fresh.devices[rows]
         if not take.all():
             p, t, v, d = p[take], t[take], v[take], d[take]

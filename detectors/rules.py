@@ -156,11 +156,39 @@ def _check_hysteresis(levels: tuple[ThresholdLevel, ...], clear: float, directio
         )
 
 
-def _check_device_prefix(prefix: str | None) -> None:
-    if prefix is not None and not prefix:
+def _check_device_prefix(prefix: str | None, exclude: str | None = None) -> None:
+    """``device_prefix`` (only devices whose id starts with it) and ``exclude_device_prefix`` (every
+    device but those): non-empty text each, and the exclusion must leave some included device."""
+    for field_name, value, example in (("device_prefix", prefix, "gls-"), ("exclude_device_prefix", exclude, "bgm-")):
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise RuleValidationError(
+                field_name, f"{value!r} is not text", f"Write a device id prefix such as `{example}`."
+            )
+        if not value:
+            which = "matches" if field_name == "device_prefix" else "would leave out"
+            raise RuleValidationError(
+                field_name, f"an empty device prefix {which} every device", f"Remove it, or write e.g. `{example}`."
+            )
+    if prefix is not None and exclude is not None and prefix.startswith(exclude):
         raise RuleValidationError(
-            "device_prefix", "an empty device prefix matches every device", "Remove it, or write e.g. `gls-`."
+            "exclude_device_prefix",
+            f"excluding {exclude}* leaves out every {prefix}* device the rule takes, so it would never see a reading",
+            f"Remove one of them, or exclude only some of the included devices, e.g. `{prefix}old-`.",
         )
+
+
+def device_source(prefix: str | None, exclude: str | None) -> str:
+    """Which devices a rule takes, for messages: ``" from bgm-* devices"``, ``" from devices other
+    than bgm-*"``, ``" from cgm-* devices other than cgm-old-*"``, or ``""`` (every device)."""
+    if prefix is not None and exclude is not None:
+        return f" from {prefix}* devices other than {exclude}*"
+    if prefix is not None:
+        return f" from {prefix}* devices"
+    if exclude is not None:
+        return f" from devices other than {exclude}*"
+    return ""
 
 
 def _check_int(field_name: str, value: int, low: int, high: int) -> None:
@@ -261,7 +289,10 @@ class ThresholdRule:
       of the previous episode's clearing); a more severe level becoming due later in the same episode
       re-raises the same alert at the higher severity; severities never drop within an episode;
     - the episode clears once samples stay on the normal side of ``clear_threshold`` (``<=`` for
-      ``above``, ``>=`` for ``below``) continuously for ``clear_for_s`` seconds.
+      ``above``, ``>=`` for ``below``) continuously for ``clear_for_s`` seconds;
+    - the rule sees samples of devices whose id starts with ``device_prefix`` (None: every device)
+      and not with ``exclude_device_prefix`` (None: none left out). An exclusion leaves devices
+      with an unexpected id covered, where an inclusion would silently drop them.
     """
 
     TYPE: ClassVar[str] = "threshold"
@@ -281,6 +312,7 @@ class ThresholdRule:
     schedule: tuple[Period, ...] = ()
     flapping: Flapping | None = None
     device_prefix: str | None = None
+    exclude_device_prefix: str | None = None
 
     @property
     def type(self) -> str:
@@ -298,7 +330,7 @@ class ThresholdRule:
         _check_int("median_of", self.median_of, 1, MAX_MEDIAN_OF)
         _check_duration("cooldown", self.cooldown_s)
         _check_hysteresis(self.levels, self.clear_threshold, self.direction, "clear.threshold")
-        _check_device_prefix(self.device_prefix)
+        _check_device_prefix(self.device_prefix, self.exclude_device_prefix)
         self._check_schedule()
 
     def _check_schedule(self) -> None:
@@ -514,6 +546,7 @@ class StalenessRule:
     enabled: bool = True
     description: str = ""
     device_prefix: str | None = None
+    exclude_device_prefix: str | None = None
     direction: Direction = Direction.ABOVE  # silence grows upwards; kept for uniform overrides
     flapping: None = None
     schedule: tuple[Period, ...] = ()
@@ -527,7 +560,7 @@ class StalenessRule:
         _check_name(self.name)
         _check_metric(self.metric)
         _check_duration("cooldown", self.cooldown_s)
-        _check_device_prefix(self.device_prefix)
+        _check_device_prefix(self.device_prefix, self.exclude_device_prefix)
         if not self.levels:
             raise RuleValidationError("levels", "a staleness rule needs a level", "Add e.g. `warning: {after: 30m}`.")
         severities = [lv.severity for lv in self.levels]
@@ -605,7 +638,7 @@ class RuleSet:
             raise RuleValidationError(
                 where, f"override of unknown rule {name!r}", f"Use one of: {', '.join(self.names())}."
             )
-        for attr in ("name", "type", "metric", "direction", "device_prefix"):
+        for attr in ("name", "type", "metric", "direction", "device_prefix", "exclude_device_prefix"):
             if getattr(rule, attr, None) != getattr(base, attr, None):
                 raise RuleValidationError(
                     f"{where}.{attr}",

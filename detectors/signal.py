@@ -63,6 +63,7 @@ class SignalDetector:
         self.metric = rule.metric
         self.metric_code = METRIC_CODES[rule.metric]
         self.device_prefix = rule.device_prefix
+        self.exclude_device_prefix = rule.exclude_device_prefix
         self.sign = rule.direction.sign
         self.rows = ParamRows()  # each patient's parameter set (row 0: the rule)
         self._memo: tuple[IntArray | None, npt.NDArray[np.int32]] = (None, np.zeros(0, np.int32))

@@ -21,7 +21,7 @@ from detectors.const import CLEARED, ESCALATED, METRIC_CODES, METRIC_LABELS, N_L
 from detectors.episodes import EpisodeTable, Transitions
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
-from detectors.rules import Severity, StalenessRule
+from detectors.rules import Severity, StalenessRule, device_source
 
 
 class StalenessDetector:
@@ -37,6 +37,7 @@ class StalenessDetector:
         self.metric = rule.metric
         self.metric_code = METRIC_CODES[rule.metric]
         self.device_prefix = rule.device_prefix
+        self.exclude_device_prefix = rule.exclude_device_prefix
         self.rows = ParamRows()  # each patient's parameter set (row 0: the rule)
         self.episodes = EpisodeTable(self.rows)
         # Parameters per row of self.rows.
@@ -191,7 +192,7 @@ def _columns(rule: StalenessRule) -> tuple[FloatArray, FloatArray]:
 def staleness_message(rule: StalenessRule, state: str, level: int, value: float) -> str:
     """The text of an event of a staleness rule."""
     label = METRIC_LABELS[rule.metric]
-    source = f" from {rule.device_prefix}* devices" if rule.device_prefix else ""
+    source = device_source(rule.device_prefix, rule.exclude_device_prefix)
     if state == CLEARED:
         now = "" if math.isnan(value) else f" (now {format_value(rule.metric, value)})"
         return f"{label} data back{source}{now}"

@@ -15,7 +15,8 @@ Schema (version 1; see the commented default file for the meaning of each field)
       <name>:
         type: threshold | rate | forecast | baseline | rhythm | staleness
         metric: heart_rate | rr_interval | glucose
-        description: str, enabled: bool, cooldown: D, escalate_after: D|null, device_prefix: str
+        description: str, enabled: bool, cooldown: D, escalate_after: D|null,
+        device_prefix: str (only these devices), exclude_device_prefix: str (every device but these)
         # threshold, rate, forecast, baseline:
         direction: above | below
         levels: {info|warning|critical: {threshold: N, for: D, escalate_after: D|null}}
@@ -33,7 +34,8 @@ Schema (version 1; see the commented default file for the meaning of each field)
         # staleness: levels: {<severity>: {after: D, escalate_after: D|null}}
     patients:
       <patient id>: {rules: {<name>: <any subset of the rule's fields but type, metric,
-                     direction, device_prefix, forecast model, baseline block/window, rhythm window>}}
+                     direction, device_prefix, exclude_device_prefix, forecast model, baseline
+                     block/window, rhythm window>}}
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from detectors.rules import (
     StalenessRule,
     ThresholdLevel,
     ThresholdRule,
+    device_source,
     parse_clock,
 )
 from rpm_core.errors import RulesError
@@ -84,7 +87,16 @@ DEFAULT_RULES_FILE: Final = "alert_rules.yaml"
 _ROOT_KEYS: Final = {"version", "defaults", "rules", "patients", "station"}
 _DEFAULT_KEYS: Final = {"max_gap", "cooldown", "escalate_after"}
 # Keys every rule type accepts, then each type's own (``levels``/``clear`` contents differ too).
-_COMMON_KEYS: Final = {"type", "metric", "description", "enabled", "escalate_after", "cooldown", "device_prefix"}
+_COMMON_KEYS: Final = {
+    "type",
+    "metric",
+    "description",
+    "enabled",
+    "escalate_after",
+    "cooldown",
+    "device_prefix",
+    "exclude_device_prefix",
+}
 _SIGNAL_KEYS: Final = {"direction", "levels", "clear", "max_gap", "tolerate", "schedule", "flapping"}
 _TYPE_KEYS: Final[dict[str, set[str]]] = {
     "threshold": _SIGNAL_KEYS | {"median_of"},
@@ -118,7 +130,7 @@ _FIXED_KEYS: Final[dict[str, set[str]]] = {
     "baseline": {"block", "window"},
     "rhythm": {"window"},
 }
-_ALWAYS_FIXED: Final = {"type", "metric", "direction", "device_prefix"}
+_ALWAYS_FIXED: Final = {"type", "metric", "direction", "device_prefix", "exclude_device_prefix"}
 _LEVEL_KEYS: Final[dict[str, set[str]]] = {
     "rhythm": {"for", "escalate_after"},
     "staleness": {"after", "escalate_after"},
@@ -210,7 +222,7 @@ def _explain_rule(rule: Rule, *, header: bool = True) -> str:
     if header:
         state = "" if rule.enabled else ", DISABLED"
         about = f": {rule.description}" if rule.description else ""
-        source = f" from {rule.device_prefix}* devices" if rule.device_prefix else ""
+        source = device_source(rule.device_prefix, rule.exclude_device_prefix)
         lines.append(f"{rule.name} ({rule.type} on {rule.metric}{source}{state}){about}")
     elif not rule.enabled:
         lines.append("  DISABLED for this patient")
@@ -757,6 +769,7 @@ class _Build:
             "enabled": self.pick("enabled", p.boolean, True),
             "description": self.pick("description", p.text, ""),
             "device_prefix": self.pick("device_prefix", p.text, None),
+            "exclude_device_prefix": self.pick("exclude_device_prefix", p.text, None),
         }
 
     # -- signal rules ------------------------------------------------------------------------------

@@ -137,8 +137,8 @@ def recoveries(w: ServiceProcess) -> int:
 
 
 def expected_episodes(first: int, n: int) -> set[tuple[str, str]]:
-    # A scripted hypoglycaemia falls steadily: the Kalman forecast (glucose_urgent_low_soon) warns
-    # before glucose_low confirms it, one alert each.
+    # A scripted hypoglycaemia drops to ~48 mg/dL: glucose_low (on its first CGM reading) and the
+    # Kalman forecast (glucose_urgent_low_soon), one alert each.
     rules = {Scenario.TACHYCARDIA: ("tachycardia",), Scenario.BRADYCARDIA: ("bradycardia",),
              Scenario.HYPOGLYCEMIA: ("glucose_low", "glucose_urgent_low_soon")}
     return {(patient_id(i), rule) for i in range(first, first + n) if scenario_for(i) != Scenario.NORMAL

@@ -271,7 +271,7 @@ def signal_rules(
         cooldown_s=draw(st.sampled_from((0.0, 10.0, 30.0))),
         enabled=draw(st.booleans()) if draw(st.integers(0, 9)) == 0 else True,
         flapping=draw(st.sampled_from((None, None, Flapping(raises=2, within_s=60.0, hold_s=30.0)))),
-        device_prefix=like.device_prefix if like is not None else draw(st.sampled_from((None, None, "gls-"))),
+        **_devices(draw, like, "gls-"),
         **extras,
     )
     if like is not None and like.schedule:
@@ -279,6 +279,16 @@ def signal_rules(
     if like is None and kind != "rhythm":
         return replace(rule, schedule=draw(schedules(rule)))
     return rule
+
+
+def _devices(draw: st.DrawFn, like: ThresholdRule | StalenessRule | None, prefix: str) -> dict[str, str | None]:
+    """The rule's device filter: the default's (an override cannot change it), else drawn: every
+    device, only ``prefix``, all but a prefix (``cgm-2`` under ``cgm-``: some of the included left out)."""
+    if like is not None:
+        return {"device_prefix": like.device_prefix, "exclude_device_prefix": like.exclude_device_prefix}
+    include = draw(st.sampled_from((None, None, prefix)))
+    exclude = draw(st.sampled_from((None, None, "gls-", "cgm-", "cgm-2") if include is None else (None, f"{prefix}2")))
+    return {"device_prefix": include, "exclude_device_prefix": exclude}
 
 
 def like_schedule(like: ThresholdRule, rule: ThresholdRule) -> tuple[Period, ...]:
@@ -321,7 +331,7 @@ def staleness_rules(draw: st.DrawFn, name: str, metric: str, like: StalenessRule
         levels=tuple(levels),
         cooldown_s=draw(st.sampled_from((0.0, 20.0))),
         enabled=draw(st.booleans()) if draw(st.integers(0, 5)) == 0 else True,
-        device_prefix=like.device_prefix if like is not None else draw(st.sampled_from((None, None, "cgm-"))),
+        **_devices(draw, like, "cgm-"),
     )
 
 

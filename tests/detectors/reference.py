@@ -9,7 +9,8 @@ Semantics (documented in ``detectors/rules.py``, ``detectors/signal.py`` and ``d
   patient, metric and device, is dropped; a quality-flagged or non-finite sample advances that
   watermark but is otherwise ignored; a range-flagged one ("HI"/"LO") is +inf/-inf for threshold
   and staleness rules and skipped by the others;
-- each rule takes its metric's usable samples (of devices matching its ``device_prefix``) in
+- each rule takes its metric's usable samples (of devices matching its ``device_prefix`` and not
+  its ``exclude_device_prefix``) in
   (t, device id) order and skips any not after the last sample it processed for the patient;
 - per signal-rule sample: the type's signal (the value, a rate, a forecast, a robust z-score or
   an AF verdict, each computed here from scratch with plain Python); a gap of more than
@@ -148,6 +149,8 @@ class ReferenceEngine:
         out: list = []
         for _, _, t, value, flags, dev, _ in stream:
             if rule.device_prefix is not None and not dev.startswith(rule.device_prefix):
+                continue
+            if rule.exclude_device_prefix is not None and dev.startswith(rule.exclude_device_prefix):
                 continue
             if flags & RANGE_FLAGS:  # a "HI"/"LO": beyond any threshold, or unusable for computed signals
                 if not _compares_values(rule):

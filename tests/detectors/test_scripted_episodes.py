@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from detectors import AlertEvent, Engine, RuleSet
+from detectors.const import SEVERITY_NAMES
 from rpm_core.rules import load_rules
 from tests.detectors.helpers import T0, dicts, run6
 from tests.detectors.reference import ReferenceEngine
@@ -51,15 +52,22 @@ def test_default_rules_fire_once_per_scripted_episode(events: list[AlertEvent]) 
     assert raised == [
         ("p-af", "af_screening", "warning"),
         ("p-falling", "glucose_falling_fast", "warning"),
-        # Two readings < 70 (65, 50, 60 mg/dL over 10 min): level 1 after 5 min (issue 17, third round).
+        # 65, then 50 mg/dL: level 1 on the first reading < 70, the same alert upgraded to level 2 on
+        # the first < 54 (both on one reading, issue 17, fifth round).
+        ("p-falling", "glucose_low", "critical"),
         ("p-falling", "glucose_low", "warning"),
         ("p-falling", "glucose_urgent_low_soon", "critical"),
         ("p-hypo", "glucose_low", "critical"),
+        # The meter's 45 mg/dL is glucose_meter_low's alone: glucose_low leaves out bgm- devices.
         ("p-meter", "glucose_meter_low", "critical"),
         ("p-tachy", "tachycardia", "warning"),
     ]
-    raises = [(e.patient, e.rule) for e in events if e.state == "raised"]
-    assert len(raises) == len(set(raises)), "an episode raised twice"
+    raises = [(e.patient, e.rule, e.alert_id, e.severity) for e in events if e.state == "raised"]
+    episodes = {(patient, rule): alert for patient, rule, alert, _ in raises}
+    assert len(episodes) == len({alert for _, _, alert, _ in raises}), "an episode raised twice"
+    for key, alert in episodes.items():
+        severities = [SEVERITY_NAMES.index(s) for p, r, a, s in raises if (p, r, a) == (*key, alert)]
+        assert severities == sorted(set(severities)), f"{key}: raised again at the same or a lower severity"
 
 
 def test_no_alert_for_the_patient_in_range(events: list[AlertEvent]) -> None:
@@ -87,6 +95,20 @@ def test_predicted_low_comes_before_the_low(events: list[AlertEvent]) -> None:
 def test_a_single_meter_reading_raises_at_once(events: list[AlertEvent]) -> None:
     (meter,) = [e for e in events if e.rule == "glucose_meter_low" and e.state == "raised"]
     assert (meter.time - T0, meter.value, meter.severity) == (1000.0, 45.0, "critical")
+    # One page for one reading: the CGM rules (in range) and glucose_low (no bgm- devices) stay quiet.
+    assert [e.rule for e in events if e.patient == "p-meter" and e.state == "raised"] == ["glucose_meter_low"]
+
+
+def test_glucose_low_alerts_on_one_reading_from_cgm_and_unknown_devices(rules: RuleSet) -> None:
+    """Level 2 on one CGM reading; a glucose device with an unexpected id is watched, not dropped."""
+    rows: list[Row] = [("p-cgm", "glucose", T0, 50.0, 0, "cgm-1"), ("p-odd", "glucose", T0, 50.0, 0, "libre-9")]
+    rows += [("p-meter", "glucose", T0, 50.0, 0, "bgm-1")]
+    raised = sorted((e.patient, e.rule, e.severity) for e in run6(Engine(rules), rows) if e.state == "raised")
+    assert raised == [
+        ("p-cgm", "glucose_low", "critical"),
+        ("p-meter", "glucose_meter_low", "critical"),
+        ("p-odd", "glucose_low", "critical"),
+    ]
 
 
 def test_the_reference_agrees_on_the_default_rules(rules: RuleSet) -> None:
@@ -96,7 +118,7 @@ def test_the_reference_agrees_on_the_default_rules(rules: RuleSet) -> None:
 
 def test_unacknowledged_critical_hypo_escalates_after_5_minutes(rules: RuleSet) -> None:
     engine = Engine(rules)
-    hypo = next(e for e in replay(engine, scripted(), T0 + 300) if e.rule == "glucose_low")  # raised at 5 min
+    hypo = next(e for e in replay(engine, scripted(), T0) if e.rule == "glucose_low")  # raised at once, at T0
     escalated = [e for e in engine.tick(hypo.time + 300) if e.alert_id == hypo.alert_id]
     assert [(e.state, e.severity) for e in escalated] == [("escalated", "critical")]
     assert [e for e in engine.tick(hypo.time + 400) if e.alert_id == hypo.alert_id] == []

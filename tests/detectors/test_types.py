@@ -18,6 +18,7 @@ from detectors.rules import (
     StalenessRule,
 )
 from tests.detectors.helpers import T0, json_roundtrip, run, run6, series, tachycardia_rule
+from tests.detectors.reference import ReferenceEngine
 
 
 def states(events) -> list[tuple[str, str, str, float]]:
@@ -79,6 +80,49 @@ class TestDevices:
     def test_rules_without_a_prefix_see_every_device(self) -> None:
         e = engine(replace(self.meter_rule(), device_prefix=None))
         assert len(run6(e, [("p", "glucose", T0, 45.0, 0, "cgm-1")])) == 1
+
+    def low_and_meter(self) -> RuleSet:
+        """A one-reading CGM low that leaves meters out, beside the meter's own rule."""
+        low = replace(self.meter_rule(), name="cgm_low", device_prefix=None, exclude_device_prefix="gls-")
+        return RuleSet(rules=(low, self.meter_rule()))
+
+    @pytest.mark.parametrize("reference", [False, True], ids=["engine", "reference"])
+    def test_an_excluded_device_raises_only_the_rule_that_takes_it(self, reference: bool) -> None:
+        rules = self.low_and_meter()
+        rows = [("meter", "glucose", T0, 45.0, 0, "gls-1"), ("cgm", "glucose", T0, 45.0, 0, "cgm-1")]
+        rows += [("odd", "glucose", T0, 45.0, 0, "libre-3"), ("blank", "glucose", T0, 45.0, 0, "")]
+        events = ReferenceEngine(rules).process(rows) if reference else run6(Engine(rules), rows)
+        assert sorted((x.patient, x.rule) for x in events if x.state == "raised") == [
+            ("blank", "cgm_low"),  # a device with no id, or an unexpected one, is still watched
+            ("cgm", "cgm_low"),
+            ("meter", "meter_low"),
+            ("odd", "cgm_low"),
+        ]
+
+    def test_an_excluded_device_neither_raises_nor_clears(self) -> None:
+        e = Engine(self.low_and_meter())
+        (raised,) = [x for x in run6(e, [("p", "glucose", T0, 45.0, 0, "cgm-1")]) if x.rule == "cgm_low"]
+        # The meter's 120 mg/dL would clear the CGM's alert if the CGM rule took it.
+        assert [x.rule for x in run6(e, [("p", "glucose", T0 + 60, 120.0, 0, "gls-1")])] == []
+        (cleared,) = run6(e, [("p", "glucose", T0 + 120, 120.0, 0, "cgm-1")])
+        assert (cleared.rule, cleared.state, cleared.alert_id) == ("cgm_low", "cleared", raised.alert_id)
+
+    def test_an_excluded_device_does_not_feed_staleness(self) -> None:
+        stale = StalenessRule(
+            name="cgm_stale",
+            metric="glucose",
+            levels=(StaleLevel(severity=Severity.WARNING, after_s=600),),
+            exclude_device_prefix="gls-",
+        )
+        e = engine(stale, enrolled=["p"])
+        assert e.tick(T0) == []
+        run6(e, [("p", "glucose", T0 + 300, 110.0, 0, "gls-1")])  # a meter reading is not CGM data
+        (raised,) = e.tick(T0 + 660)
+        assert raised.state == "raised"
+        assert raised.message == "No glucose data from devices other than gls-* for over 10 min"
+        assert states(run6(e, [("p", "glucose", T0 + 700, 110.0, 0, "cgm-1")])) == [
+            ("cgm_stale", "cleared", "warning", 700.0)
+        ]
 
 
 class TestSchedule:

@@ -20,7 +20,8 @@ from tests.support.procs import eventually, rpm_argv, rpm_env, running, spawn, s
 pytestmark = pytest.mark.services
 
 PATIENTS = 10
-# A scripted hypoglycaemia falls steadily: the Kalman forecast warns before glucose_low confirms it.
+# A scripted hypoglycaemia drops to ~48 mg/dL: glucose_low pages on its first CGM reading (level 2 at
+# once), and the Kalman forecast (glucose_urgent_low_soon) predicts it stays low, one alert each.
 EXPECTED_ALERTS = {
     Scenario.TACHYCARDIA: (("tachycardia", "warning"),),
     Scenario.BRADYCARDIA: (("bradycardia", "warning"),),

@@ -87,9 +87,13 @@ def test_meter_low_alert_and_worker_pages(stack: Stack, tmp_path: Path) -> None:
             got = eventually(meter_alerts, bool, timeout=120, what="glucose_meter_low alert in InfluxDB",
                              watch=(worker, bridge))
             assert [(r["patient"], r["severity"], r["state"]) for r in got] == [("pmeter", "critical", "raised")]
-            # The CGM's 45 mg/dL reached InfluxDB too, and raised no meter alert (glucose_low needs 5 min of readings).
+            # The CGM's 45 mg/dL reached InfluxDB too, and raised glucose_low (one reading), not the meter's
+            # rule; the meter's reading raised no glucose_low (it leaves out bgm- devices): one page each.
             eventually(lambda: rows(url, db, "SELECT * FROM vitals WHERE patient = 'pcgm'"), lambda r: len(r) == 31,
                        timeout=120, what="the CGM patient's vitals", watch=(worker, bridge))
+            low = eventually(lambda: rows(url, db, "SELECT * FROM alerts WHERE rule = 'glucose_low'"), bool,
+                             timeout=120, what="glucose_low alert in InfluxDB", watch=(worker, bridge))
+            assert [(r["patient"], r["severity"], r["state"]) for r in low] == [("pcgm", "critical", "raised")]
             assert [r["patient"] for r in meter_alerts()] == ["pmeter"]
 
         def scrape() -> str:

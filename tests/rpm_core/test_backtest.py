@@ -43,6 +43,8 @@ def test_default_rules_fire_once_per_scripted_episode(tmp_path: Path, capsys: py
     assert sorted(raised) == [
         ("p-af", "af_screening", "warning"),
         ("p-falling", "glucose_falling_fast", "warning"),
+        # 65 then 50 mg/dL: level 1 on one reading, the same alert upgraded to level 2 on the next.
+        ("p-falling", "glucose_low", "critical"),
         ("p-falling", "glucose_low", "warning"),
         ("p-falling", "glucose_urgent_low_soon", "critical"),
         ("p-hypo", "glucose_low", "critical"),

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detectors import Direction, RuleSet, Severity
+from detectors.rules import RateRule
 from rpm_core.errors import RpmError, RulesError
 from rpm_core.rules import check_main, default_rules_path, explain, load_rules, parse_rules
 
@@ -78,10 +79,16 @@ def test_default_file_loads_with_the_documented_values() -> None:
     low = rules.by_name()["glucose_low"]
     assert low.direction is Direction.BELOW
     assert [(lv.severity, lv.threshold, lv.for_s) for lv in low.levels] == [
-        (Severity.WARNING, 70, 300),
-        (Severity.CRITICAL, 54, 300),
+        (Severity.WARNING, 70, 0),
+        (Severity.CRITICAL, 54, 0),
     ]
     assert (low.clear_threshold, low.clear_for_s) == (70, 2700)
+    # A meter reading is glucose_meter_low's alone; any other glucose device stays watched.
+    assert (low.device_prefix, low.exclude_device_prefix) == (None, "bgm-")
+    assert rules.by_name()["glucose_meter_low"].device_prefix == "bgm-"
+    falling = rules.by_name()["glucose_falling_fast"]
+    assert isinstance(falling, RateRule)
+    assert (falling.gate_below, falling.levels[0].threshold, falling.consecutive) == (100, -2.5, 3)
     high = rules.by_name()["glucose_high"]
     assert [(lv.severity, lv.threshold) for lv in high.levels] == [(Severity.INFO, 180), (Severity.WARNING, 250)]
     tachy = rules.by_name()["tachycardia"]
@@ -486,6 +493,7 @@ rules:
   stale:
     type: staleness
     metric: glucose
+    exclude_device_prefix: bgm-
     levels:
       warning: {after: 30m}
       critical: {after: 2h, escalate_after: 10m}
@@ -510,7 +518,7 @@ rules:
 
 
 def test_every_rule_type_parses() -> None:
-    from detectors.rules import BaselineRule, ForecastRule, RateRule, RhythmRule, StalenessRule
+    from detectors.rules import BaselineRule, ForecastRule, RhythmRule, StalenessRule
 
     rules = parse_rules(TYPES).by_name()
     tachy = rules["tachy"]
@@ -523,6 +531,7 @@ def test_every_rule_type_parses() -> None:
     soon = rules["soon"]
     assert isinstance(soon, ForecastRule) and (soon.model, soon.horizon_s) == ("ar2", 1200)
     assert rules["meter"].device_prefix == "gls-"
+    assert (rules["meter"].exclude_device_prefix, rules["stale"].exclude_device_prefix) == (None, "bgm-")
     stale = rules["stale"]
     assert isinstance(stale, StalenessRule) and [lv.after_s for lv in stale.levels] == [1800, 7200]
     af = rules["af"]
@@ -532,6 +541,8 @@ def test_every_rule_type_parses() -> None:
     assert isinstance(rules["base"], BaselineRule) and rules["base"].n_blocks == 24
     text = explain(parse_rules(TYPES))
     assert "during night (22:00-07:00 Europe/Paris)" in text and "no usable glucose for over 30 min" in text
+    assert "meter (threshold on glucose from gls-* devices)" in text
+    assert "stale (staleness on glucose from devices other than bgm-*)" in text
 
 
 def _types_case(old: str, new: str) -> str:
@@ -576,6 +587,31 @@ TYPE_CASES = {
         "rules.meter.device_prefix",
     ),
     "missing type": (_types_case("    type: staleness\n", ""), "  stale:", "rules.stale.type"),
+    "empty exclusion": (
+        _types_case("exclude_device_prefix: bgm-", "exclude_device_prefix: ''"),
+        "exclude_device_prefix",
+        "rules.stale.exclude_device_prefix",
+    ),
+    "exclusion not text": (
+        _types_case("exclude_device_prefix: bgm-", "exclude_device_prefix: 5"),
+        "exclude_device_prefix: 5",
+        "rules.stale.exclude_device_prefix",
+    ),
+    "exclusion a list": (
+        _types_case("exclude_device_prefix: bgm-", "exclude_device_prefix: [bgm-, gls-]"),
+        "exclude_device_prefix",
+        "rules.stale.exclude_device_prefix",
+    ),
+    "include and exclude the same": (
+        _types_case("device_prefix: gls-", "device_prefix: gls-\n    exclude_device_prefix: gls-"),
+        "exclude_device_prefix: gls-",
+        "rules.meter.exclude_device_prefix",
+    ),
+    "exclusion wider than the inclusion": (
+        _types_case("device_prefix: gls-", "device_prefix: gls-1\n    exclude_device_prefix: gls"),
+        "exclude_device_prefix: gls",
+        "rules.meter.exclude_device_prefix",
+    ),
 }
 
 
@@ -587,12 +623,30 @@ def test_bad_rule_types_name_file_line_and_field(case: str) -> None:
     assert err.hint
 
 
+def test_device_filter_errors_say_what_is_wrong() -> None:
+    same = error_of(TYPE_CASES["include and exclude the same"][0])
+    assert "leaves out every gls-* device the rule takes" in str(same), str(same)
+    empty = error_of(TYPE_CASES["empty exclusion"][0])
+    assert "would leave out every device" in str(empty), str(empty)
+    assert "expected text" in str(error_of(TYPE_CASES["exclusion not text"][0]))
+
+
 @pytest.mark.parametrize(
     ("entry", "marker", "field"),
     [
         ("      soon: {model: damped_trend}", "{model: damped_trend}", "patients.p0001.rules.soon.model"),
         ("      base: {block: 2h}", "{block: 2h}", "patients.p0001.rules.base.block"),
         ("      meter: {device_prefix: cgm-}", "{device_prefix: cgm-}", "patients.p0001.rules.meter.device_prefix"),
+        (
+            "      stale: {exclude_device_prefix: cgm-}",
+            "{exclude_device_prefix: cgm-}",
+            "patients.p0001.rules.stale.exclude_device_prefix",
+        ),
+        (
+            "      meter: {exclude_device_prefix: gls-9}",
+            "{exclude_device_prefix: gls-9}",
+            "patients.p0001.rules.meter.exclude_device_prefix",
+        ),
     ],
 )
 def test_overrides_cannot_change_what_sizes_the_state(entry: str, marker: str, field: str) -> None:
