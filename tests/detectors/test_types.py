@@ -125,6 +125,19 @@ class TestDevices:
         ]
 
 
+    def test_the_default_cgm_stale_is_not_held_off_by_fingersticks(self) -> None:
+        """A silent sensor with a meter in use: the meter's readings must not hide the CGM's silence."""
+        from rpm_core.rules import default_rules_path, load_rules
+
+        rules = load_rules(default_rules_path())
+        e = Engine(RuleSet(rules=tuple(r for r in rules.rules if r.name == "cgm_stale")), enrolled=["p"])
+        run6(e, [("p", "glucose", T0, 110.0, 0, "cgm-1")])
+        fingersticks = [("p", "glucose", T0 + 600.0 * k, 95.0, 0, "bgm-1") for k in range(1, 4)]
+        run6(e, fingersticks)
+        (raised,) = e.tick(T0 + 31 * 60)
+        assert (raised.rule, raised.state, raised.severity) == ("cgm_stale", "raised", "warning")
+
+
 class TestSchedule:
     def night_rule(self):
         night = Period(
