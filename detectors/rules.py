@@ -179,15 +179,27 @@ def _check_device_prefix(prefix: str | None, exclude: str | None = None) -> None
         )
 
 
+# The kinds of device behind the id prefixes the edge agent's pairing gives (edge_agent/pairing.py),
+# for messages a nurse reads: "glucose meters (bgm-*)" rather than "bgm-* devices".
+DEVICE_KINDS: Final = {"bgm-": "glucose meters", "cgm-": "CGMs", "hr-": "heart-rate sensors"}
+
+
+def _devices(prefix: str) -> str:
+    kind = DEVICE_KINDS.get(prefix)
+    return f"{kind} ({prefix}*)" if kind else f"{prefix}* devices"
+
+
 def device_source(prefix: str | None, exclude: str | None) -> str:
-    """Which devices a rule takes, for messages: ``" from bgm-* devices"``, ``" from devices other
-    than bgm-*"``, ``" from cgm-* devices other than cgm-old-*"``, or ``""`` (every device)."""
+    """Which devices a rule takes, for messages: ``" from glucose meters (bgm-*)"``, ``" from devices
+    other than glucose meters (bgm-*)"``, ``" from CGMs (cgm-*) other than cgm-old-*"``, ``" from
+    gls-* devices"``, or ``""`` (every device)."""
     if prefix is not None and exclude is not None:
-        return f" from {prefix}* devices other than {exclude}*"
+        return f" from {_devices(prefix)} other than {exclude}*"
     if prefix is not None:
-        return f" from {prefix}* devices"
+        return f" from {_devices(prefix)}"
     if exclude is not None:
-        return f" from devices other than {exclude}*"
+        kind = DEVICE_KINDS.get(exclude)
+        return f" from devices other than {kind} ({exclude}*)" if kind else f" from devices other than {exclude}*"
     return ""
 
 

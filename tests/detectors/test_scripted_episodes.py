@@ -130,7 +130,7 @@ def test_enrolled_patient_without_data_goes_stale_then_recovers(rules: RuleSet) 
     assert engine.tick(T0 + 1800) == []
     stale = engine.tick(T0 + 1860)
     assert summary(stale) == [("p-new", "cgm_stale", "warning", "raised", 1860.0)]
-    assert stale[0].message == "No glucose data from devices other than bgm-* for over 30 min"
+    assert stale[0].message == "No glucose data from devices other than glucose meters (bgm-*) for over 30 min"
     back = run6(engine, [("p-new", "glucose", T0 + 1900, 120.0, 0, "cgm-7")])
     assert summary(back) == [("p-new", "cgm_stale", "warning", "cleared", 1900.0)]
 

@@ -542,7 +542,7 @@ def test_every_rule_type_parses() -> None:
     text = explain(parse_rules(TYPES))
     assert "during night (22:00-07:00 Europe/Paris)" in text and "no usable glucose for over 30 min" in text
     assert "meter (threshold on glucose from gls-* devices)" in text
-    assert "stale (staleness on glucose from devices other than bgm-*)" in text
+    assert "stale (staleness on glucose from devices other than glucose meters (bgm-*))" in text
 
 
 def _types_case(old: str, new: str) -> str:
