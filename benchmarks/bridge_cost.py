@@ -37,6 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks.loadgen import LoadSpec, _Generator
+from tests.support.mqtt_packets import publish
 
 PATIENTS = 2_000
 PARTITIONS = 8
@@ -61,23 +62,9 @@ def payloads(n: int, patients: int = PATIENTS) -> tuple[list[tuple[str, bytes]],
     return out, readings, now + n * 0.0005 + 1.0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def publish_packets(messages: list[tuple[str, bytes]]) -> bytes:
     """The MQTT v5 PUBLISH packets (QoS 1, no properties) Mosquitto sends a subscriber."""
-    out = bytearray()
-    for i, (topic, payload) in enumerate(messages):
-        t = topic.encode()
-        body = len(t).to_bytes(2, "big") + t + (i % 65535 + 1).to_bytes(2, "big") + b"\x00" + payload
-        out += b"\x32" + _varint(len(body)) + body
-    return bytes(out)
+    return b"".join(publish(topic.encode(), payload, mid=i % 65535 + 1) for i, (topic, payload) in enumerate(messages))
 
 
 class _MemorySocket:

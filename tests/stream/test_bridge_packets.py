@@ -17,25 +17,9 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from rpm_core.settings import MqttSettings
 from stream.bridge import Bridge, _BufferedSocket
+from tests.support.mqtt_packets import publish, varint
 
 NOW = 1_780_000_000.0
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def publish(topic: bytes, payload: bytes, *, qos: int = 1, mid: int = 1, flags: int = 0,
-            properties: bytes = b"") -> bytes:
-    """A PUBLISH packet (MQTT v5); ``flags``: DUP (0x08) and RETAIN (0x01) bits."""
-    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
-    body += varint(len(properties)) + properties + payload
-    return bytes([0x30 | qos << 1 | flags]) + varint(len(body)) + body
 
 
 PINGRESP = b"\xd0\x00"
