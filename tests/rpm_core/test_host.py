@@ -46,5 +46,6 @@ def test_a_port_someone_listens_on_is_never_handed_out(monkeypatch: pytest.Monke
 def test_a_crowded_range_falls_back_to_the_kernels_pick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host, "_binds", lambda _port: False)
     port = host.free_port()
+    assert port in _ephemeral()  # the kernel's own pick, once 64 draws found nothing free
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", port))  # free, though the kernel chose it
+        sock.bind(("127.0.0.1", port))  # and free: this raises if it is not
