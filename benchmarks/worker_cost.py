@@ -333,12 +333,13 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
         return out
 
     started = time.time()
-    await advance(0.0, None, prime=True)
+    prime = await advance(0.0, None, prime=True)
     for s in subjects:  # the prime came in at one instant: let time pass as the load starts
         s.clock[0] += 1.0
     warm = await advance(args.warm_s, None)
     res: dict[str, Any] = {"patients": patients, "rate": args.rate, "batch_messages": msgs_per_batch,
                            "batch_s": batch_s, "setup_wall_s": round(time.time() - started, 1),
+                           "prime_us_per_reading": {k: c / r * 1e6 for k, (c, r) in prime.items() if r},
                            "warm_us_per_reading": {k: c / r * 1e6 for k, (c, r) in warm.items() if r}}
     per: dict[str, list[float]] = {s.name: [] for s in subjects}
     ckpt0 = {s.name: s.pipeline.stats.checkpoints for s in subjects}
