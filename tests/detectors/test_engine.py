@@ -42,6 +42,14 @@ class TestBatches:
         assert registry.index_of("y") == 1 and registry.id_of(0) == "x" and "x" in registry
         assert registry.get("z") is None and len(registry) == 2
 
+    def test_indices_of_known_and_new_ids(self) -> None:
+        # known ids are looked up; as soon as one is new, the new ones are registered in sorted order
+        registry = PatientRegistry(["c"])
+        assert registry.indices(["c", "c"]).tolist() == [0, 0]
+        assert registry.indices(["c", "b", "a", "b"]).tolist() == [0, 2, 1, 2]
+        assert registry.ids() == ["c", "a", "b"]
+        assert registry.indices(np.array(["b", "c"], dtype=object)).tolist() == [2, 0]
+
     def test_empty_batch(self, engine: Engine) -> None:
         assert engine.process(SampleBatch.empty()) == []
 
