@@ -582,12 +582,13 @@ class Engine:
         rows = np.array([p for _, p in known], dtype=np.int64)
         marks = self._packed_marks(rows)
         touched = self._touched[:, rows]
-        state = {k: packed.gather(self._detectors[k].state_columns(), rows)
-                 for k in np.flatnonzero(touched.any(axis=1)).tolist()}
+        # Each rule's entries of the patients with state in it only (a CGM's rules: its wearers').
+        where = {k: np.flatnonzero(touched[k]) for k in np.flatnonzero(touched.any(axis=1)).tolist()}
+        state = {k: packed.gather(self._detectors[k].state_columns(), rows[at]) for k, at in where.items()}
         # Patients with state in the same rules (usually: the same devices) share one encoding.
-        groups = _same_columns(touched)
-        for members, rules in groups:
-            blocks = [state[k] if len(groups) == 1 else state[k][members] for k in rules]
+        for members, rules in _same_columns(touched):
+            blocks = [state[k] if len(where[k]) == len(members) else state[k][np.searchsorted(where[k], members)]
+                      for k in rules]
             table, masks, m, values, offsets = packed.encode_rules(
                 len(members), [self._rule_ids[k] for k in rules], blocks)
             for j, at in enumerate(members.tolist()):
