@@ -106,9 +106,22 @@ class Publisher(Generic[T]):
         """Connect and log in (blocking); raise ConnectionError if the broker refuses."""
         s = self.settings
         sock = socket.create_connection((s.host, s.port), timeout=timeout)
-        context = s.ssl_context()
-        if context is not None:
-            sock = context.wrap_socket(sock, server_hostname=s.host)
+        try:
+            context = s.ssl_context()
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=s.host)
+            self.window = min(self.window, self._login(sock))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._last_send = time.monotonic()
+
+    def _login(self, sock: socket.socket) -> int:
+        """CONNECT, then CONNACK's verdict; the broker's Receive Maximum (65535 if it names none)."""
+        s = self.settings
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         password = s.password.get() if s.username else None
         sock.sendall(mqtt_packets.connect(s.client_id(self.client_id), username=s.username or None,
@@ -128,13 +141,7 @@ class Publisher(Generic[T]):
         if body[1] >= 0x80:
             raise ConnectionError(f"MQTT broker at {s.url()} refused the connection: reason code {body[1]:#x}")
         props, _n = Properties(PacketTypes.CONNACK).unpack(body[2:])  # type: ignore[no-untyped-call]
-        receive_maximum = getattr(props, "ReceiveMaximum", None)
-        if receive_maximum:
-            self.window = min(self.window, int(receive_maximum))
-        sock.setblocking(False)
-        self._sock = sock
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        self._last_send = time.monotonic()
+        return int(getattr(props, "ReceiveMaximum", 65535))
 
     def publish(self, topic: str, payload: bytes, entry: T) -> None:
         """Queue a QoS 1 PUBLISH; :meth:`flush` sends it."""

@@ -1,15 +1,15 @@
 """CPU cost of the end-to-end benchmark's load generator per reading, against real Mosquitto (issue 20).
 
-    .venv/bin/python -m benchmarks.loadgen_cost [--rate 25000] [--duration 20] [--rounds 2]
+    .venv/bin/python -m benchmarks.loadgen_cost [--rates 25000,40000] [--duration 20] [--rounds 2]
                                                 [--baseline REV] [--out FILE]
 
 Starts Mosquitto as ``benchmarks.e2e`` does (``rpm_app.services``: authentication, ACLs, the client
 id plugin, persistence), with one subscriber to every patient's readings (``mosquitto_sub``, QoS 1,
 as the bridge user; without a subscriber Mosquitto answers every PUBLISH with reason code 16 and the
-generator re-publishes), then runs :func:`benchmarks.loadgen.run_load` at ``--rate`` readings/s for
-``--duration`` seconds, ``--rounds`` times. With ``--baseline REV`` the ``benchmarks/loadgen.py`` of
+generator re-publishes), then runs :func:`benchmarks.loadgen.run_load` at each of ``--rates``
+readings/s for ``--duration`` seconds, ``--rounds`` times. With ``--baseline REV`` the ``benchmarks/loadgen.py`` of
 git revision ``REV`` is loaded beside the current one and the two run alternately in the same
-session (baseline first in each round), at the same offered load.
+session (baseline first in each round), at the same offered loads.
 
 Per run, two CPU figures of the generator processes (the parent, which only collects, is left out):
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import resource
@@ -127,12 +128,13 @@ def run_once(module: ModuleType, mqtt_url: str, rate: float, duration: float) ->
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rate", type=float, default=25_000.0)
+    ap.add_argument("--rates", default="25000,40000", help="offered readings/s, comma-separated")
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--baseline", help="git revision whose loadgen.py runs alternately with this one")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
     sub_bin = shutil.which("mosquitto_sub")
     if sub_bin is None:
         print("mosquitto_sub not found (apt-get install mosquitto-clients)", file=sys.stderr)
@@ -155,18 +157,18 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                          if ln.startswith("model name")), ""),
             "cores": os.cpu_count(), "python": sys.version.split()[0], "runs": []}
+        print(f"{report['cpu']}, {report['cores']} cores, load average {os.getloadavg()}", flush=True)
         try:
             loadgen.wait_for_subscriber(url, patient="lg-ready")
-            for rnd in range(args.rounds):
-                for name, module in subjects:
-                    run = run_once(module, url, args.rate, args.duration) | {"subject": name, "round": rnd}
-                    report["runs"].append(run)
-                    st = run["steady"] or {}
-                    print(f"round {rnd} {name:<16} steady {st.get('us_per_reading')} µs/reading "
-                          f"({st.get('cores')} cores at {st.get('rate')}/s), whole {run['whole_us_per_reading']} "
-                          f"µs/reading; published {run['published']:,} acked {run['acked']:,} kept up "
-                          f"{run['kept_up']} lag {run['max_lag_s']} s; load {run['load_average_before']:.2f}"
-                          f"{' ERRORS ' + str(run['errors']) if run['errors'] else ''}", flush=True)
+            for rnd, rate, (name, module) in itertools.product(range(args.rounds), rates, subjects):
+                run = run_once(module, url, rate, args.duration) | {"subject": name, "round": rnd, "rate": rate}
+                report["runs"].append(run)
+                st = run["steady"] or {}
+                print(f"round {rnd} {rate:>7,.0f}/s {name:<16} steady {st.get('us_per_reading')} µs/reading "
+                      f"({st.get('cores')} cores at {st.get('rate')}/s), whole {run['whole_us_per_reading']} "
+                      f"µs/reading; published {run['published']:,} acked {run['acked']:,} kept up "
+                      f"{run['kept_up']} lag {run['max_lag_s']} s; load {run['load_average_before']:.2f}"
+                      f"{' ERRORS ' + str(run['errors']) if run['errors'] else ''}", flush=True)
         finally:
             sink.terminate()
             sink.wait(10)
