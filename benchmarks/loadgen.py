@@ -99,6 +99,7 @@ class Publisher(Generic[T]):
         self._sock: socket.socket | None = None
         self._tls = False
         self._buf = bytearray()
+        self._chunk = memoryview(bytearray(READ_BYTES))  # recv_into it: no 256 KiB bytes object (mmap) per read
         self._mid = 0
         self._last_send = 0.0
 
@@ -210,13 +211,13 @@ class Publisher(Generic[T]):
     def _read(self, sock: socket.socket) -> None:
         while True:
             try:
-                data = sock.recv(READ_BYTES)
+                n = sock.recv_into(self._chunk)
             except (BlockingIOError, ssl.SSLWantReadError):
                 return
-            if not data:
+            if not n:
                 raise ConnectionError("the broker closed the connection")
-            self._buf += data
-            if len(data) < READ_BYTES and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+            self._buf += self._chunk[:n]
+            if n < READ_BYTES and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
                 return
 
     def _send(self, data: bytes) -> None:
