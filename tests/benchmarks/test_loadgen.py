@@ -60,7 +60,7 @@ class Subscriber:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self.messages.append((msg.topic, msg.payload, msg.qos))
+            self.messages.append((msg.topic, bytes(msg.payload), msg.qos))
 
     def wait_for(self, n: int) -> list[tuple[str, bytes, int]]:
         deadline = time.monotonic() + WAIT_S
