@@ -3,6 +3,7 @@ publisher offers what a paho client offered, and every reading it reports is one
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -15,11 +16,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from benchmarks import loadgen, mqtt_packets
-from rpm_app.services import MqttCredentials, ServiceProcess, start_mosquitto
+from rpm_app.services import MqttCredentials, ServiceProcess, TlsFiles, start_mosquitto
 from rpm_core.mqtt_client import mqtt_client
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import parse_readings_message, readings_topic
+from tests.security.pki import TestCA, write_server_files
 
 WAIT_S = 60.0  # a generous bound for things to arrive, not a speed requirement
 
@@ -35,8 +37,12 @@ class Broker:
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto as the benchmark starts it, with a TLS listener beside (a test CA, ``localhost``)."""
     creds = MqttCredentials.generate([BRIDGE_USER, SIMULATOR_USER])
-    svc = start_mosquitto(tmp_path / "mosquitto", creds=creds)
+    ca = TestCA.create("rpm loadgen test CA")
+    cert, key = write_server_files(ca, tmp_path / "server", dns=["localhost"])
+    svc = start_mosquitto(tmp_path / "mosquitto", creds=creds,
+                          tls=TlsFiles(cert, key, ca.write_ca(tmp_path / "ca.pem")))
     try:
         yield Broker(svc, creds)
     finally:
@@ -117,6 +123,30 @@ def test_publisher_delivers_every_message_once_within_its_window(broker: Broker)
     finally:
         pub.close()
         sub.close()
+
+
+def test_over_tls_too(broker: Broker, tmp_path: Path) -> None:
+    """``mqtts://``: the same, through non-blocking TLS reads and writes (several records per read)."""
+    sub = Subscriber(broker)
+    plain = MqttSettings.from_url(broker.url(SIMULATOR_USER))
+    tls = MqttSettings.from_url(f"mqtts://localhost:{broker.svc.tls_port}", ca_file=str(tmp_path / "ca.pem"))
+    pub: loadgen.Publisher[int] = loadgen.Publisher(tls.with_user(SIMULATOR_USER, plain.password.get()), "tls",
+                                                    inflight=1000)
+    pub.connect()
+    try:
+        sent = [(readings_topic(f"p{i % 5}"), orjson.dumps({"n": i, "pad": "z" * 900})) for i in range(600)]
+        for i, (topic, payload) in enumerate(sent):
+            pub.publish(topic, payload, i)
+        pub.flush()
+        assert sorted(settle(pub)) == [(i, 0) for i in range(600)]
+        assert sub.wait_for(600) == [(topic, payload, 1) for topic, payload in sent]
+    finally:
+        pub.close()
+        sub.close()
+    rogue = TestCA.create("rpm loadgen test CA").write_ca(tmp_path / "rogue.pem")
+    other = MqttSettings.from_url(f"mqtts://localhost:{broker.svc.tls_port}", ca_file=str(rogue))
+    with pytest.raises(ssl.SSLCertVerificationError):  # the certificate is checked: it is TLS
+        loadgen.Publisher(other.with_user(SIMULATOR_USER, plain.password.get()), "rogue", inflight=1).connect()
 
 
 def test_without_a_subscriber_mosquitto_answers_16(broker: Broker) -> None:
