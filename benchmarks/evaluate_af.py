@@ -66,6 +66,10 @@ def rule_from_args(args: argparse.Namespace) -> RhythmRule:
     ):
         if value is not None:
             changes[field] = value
+    if args.cooldown_s is not None:
+        changes["cooldown_s"] = args.cooldown_s
+    if args.clear_s is not None:
+        changes["clear_for_s"] = args.clear_s
     if args.for_s is not None:
         changes["levels"] = tuple(dataclasses.replace(lv, for_s=args.for_s) for lv in rule.levels)
     return dataclasses.replace(rule, **changes)  # type: ignore[arg-type]
@@ -176,6 +180,8 @@ def main() -> int:
     parser.add_argument("--every", type=int)
     parser.add_argument("--votes", type=int)
     parser.add_argument("--for-s", type=float)
+    parser.add_argument("--clear-s", type=float, help="the rule's clear time (s)")
+    parser.add_argument("--cooldown-s", type=float, help="the rule's cooldown after a clear (s)")
     parser.add_argument("--threshold", type=float, help="the model's probability threshold (a sweep)")
     parser.add_argument("--detail", action="store_true", help="print the per-rhythm table")
     args = parser.parse_args()
@@ -186,7 +192,7 @@ def main() -> int:
     print(
         f"family {args.family}, seeds {args.seeds}, {args.per_cell} per cell, {args.minutes:g} min; "
         f"af_screening method={rule.method} window={rule.window_beats} every={rule.every_beats} "
-        f"votes={rule.votes} for={level.for_s:g}s"
+        f"votes={rule.votes} for={level.for_s:g}s clear={rule.clear_for_s:g}s cooldown={rule.cooldown_s:g}s"
     )
     outcomes: list[Outcome] = []
     for seed in args.seeds:
