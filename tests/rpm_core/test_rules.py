@@ -684,4 +684,4 @@ def test_default_af_screening_uses_the_learned_model() -> None:
 
     af = load_rules(ROOT / "alert_rules.yaml").by_name()["af_screening"]
     assert isinstance(af, RhythmRule)
-    assert (af.method, af.window_beats, af.every_beats, af.votes, af.levels[0].for_s) == ("model", 64, 16, 4, 150)
+    assert (af.method, af.window_beats, af.every_beats, af.votes, af.levels[0].for_s) == ("model", 64, 16, 4, 90)
