@@ -37,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from benchmarks.loadgen import LoadSpec, _Generator
-from tests.support.mqtt_packets import publish
+from benchmarks.mqtt_packets import publish
 
 PATIENTS = 2_000
 PARTITIONS = 8

@@ -49,6 +49,8 @@ class Outcome:
     recording: Recording
     delays: list[float]
     segments: list[bool]  # True: an AF alert was raised in the segment
+    causes: list[str]  # per missed episode: "open" (an alert raised before its onset was still open),
+    # "cooldown" (one cleared before its onset: the rule's cooldown held the raise back), "none"
 
 
 def rule_from_args(args: argparse.Namespace) -> RhythmRule:
@@ -64,6 +66,10 @@ def rule_from_args(args: argparse.Namespace) -> RhythmRule:
     ):
         if value is not None:
             changes[field] = value
+    if args.cooldown_s is not None:
+        changes["cooldown_s"] = args.cooldown_s
+    if args.clear_s is not None:
+        changes["clear_for_s"] = args.clear_s
     if args.for_s is not None:
         changes["levels"] = tuple(dataclasses.replace(lv, for_s=args.for_s) for lv in rule.levels)
     return dataclasses.replace(rule, **changes)  # type: ignore[arg-type]
@@ -77,20 +83,36 @@ def run(rule: RhythmRule, recordings: list[Recording]) -> list[Outcome]:
     t = np.concatenate([T0 + r.t for r in recordings])
     v = np.concatenate([r.rr for r in recordings])
     raised: dict[str, list[float]] = {}
+    cleared: dict[str, list[float]] = {}
     for chunk in np.array_split(np.argsort(t, kind="stable"), 40):
         batch = engine.batch(p[chunk], np.full(len(chunk), "rr_interval"), t[chunk], v[chunk])
         for event in engine.process(batch):
             if event.state == "raised":
                 raised.setdefault(event.patient, []).append(event.time - T0)
-    return [score(r, np.array(raised.get(names[i], []))) for i, r in enumerate(recordings)]
+            elif event.state == "cleared":
+                cleared.setdefault(event.patient, []).append(event.time - T0)
+    return [
+        score(r, np.array(raised.get(names[i], [])), np.array(cleared.get(names[i], [])))
+        for i, r in enumerate(recordings)
+    ]
 
 
-def score(rec: Recording, alerts: np.ndarray) -> Outcome:
-    """One recording's episode delays and segment flags."""
-    delays = []
+def score(rec: Recording, alerts: np.ndarray, clears: np.ndarray | None = None) -> Outcome:
+    """One recording's episode delays, segment flags and the cause of each missed episode."""
+    clears = np.zeros(0) if clears is None else clears
+    delays, causes = [], []
     for a, b in rec.episodes:
         hit = alerts[(alerts >= a) & (alerts <= b + GRACE_S)]
         delays.append(float(hit.min() - a) if len(hit) else float("nan"))
+        if not len(hit):
+            last_raise = alerts[alerts < a].max(initial=-np.inf)
+            last_clear = clears[clears < a].max(initial=-np.inf)
+            if np.isfinite(last_raise) and last_raise > last_clear:
+                causes.append("open")
+            elif np.isfinite(last_clear):
+                causes.append("cooldown")
+            else:
+                causes.append("none")
     end = float(rec.t[-1]) if len(rec.t) else 0.0
     free: list[tuple[float, float]] = []
     start = 0.0
@@ -105,7 +127,7 @@ def score(rec: Recording, alerts: np.ndarray) -> Outcome:
             hi = min(lo + SEGMENT_S, b)
             if hi - lo >= SEGMENT_S / 2:
                 segments.append(bool(((alerts >= lo) & (alerts < hi)).any()))
-    return Outcome(rec, delays, segments)
+    return Outcome(rec, delays, segments, causes)
 
 
 def summary(outcomes: list[Outcome]) -> tuple[float, float, float, int, int, int, int]:
@@ -148,7 +170,7 @@ def table(outcomes: list[Outcome]) -> None:
 def main() -> int:
     """Print the per-episode evaluation of one rule on one family's seeds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="A", choices=("A", "B", "C", "D", "E"))
+    parser.add_argument("--family", default="A", choices=("A", "B", "C", "D", "E", "F"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[2000])
     parser.add_argument("--per-cell", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=40.0)
@@ -158,6 +180,8 @@ def main() -> int:
     parser.add_argument("--every", type=int)
     parser.add_argument("--votes", type=int)
     parser.add_argument("--for-s", type=float)
+    parser.add_argument("--clear-s", type=float, help="the rule's clear time (s)")
+    parser.add_argument("--cooldown-s", type=float, help="the rule's cooldown after a clear (s)")
     parser.add_argument("--threshold", type=float, help="the model's probability threshold (a sweep)")
     parser.add_argument("--detail", action="store_true", help="print the per-rhythm table")
     args = parser.parse_args()
@@ -168,7 +192,7 @@ def main() -> int:
     print(
         f"family {args.family}, seeds {args.seeds}, {args.per_cell} per cell, {args.minutes:g} min; "
         f"af_screening method={rule.method} window={rule.window_beats} every={rule.every_beats} "
-        f"votes={rule.votes} for={level.for_s:g}s"
+        f"votes={rule.votes} for={level.for_s:g}s clear={rule.clear_for_s:g}s cooldown={rule.cooldown_s:g}s"
     )
     outcomes: list[Outcome] = []
     for seed in args.seeds:
@@ -185,6 +209,12 @@ def main() -> int:
         f"  all: episodes alerted {hits}/{episodes} ({sens:.1%}, 95% CI {s_lo:.1%}-{s_hi:.1%}), "
         f"non-AF segments free {free}/{segments} ({spec:.1%}, {p_lo:.1%}-{p_hi:.1%}), "
         f"median onset->alert {median / 60:.1f} min ({m_lo / 60:.1f}-{m_hi / 60:.1f})"
+    )
+    causes = [c for o in outcomes for c in o.causes]
+    print(
+        f"  missed episodes by cause: alert already open at onset {causes.count('open')}, "
+        f"held back by the cooldown of a cleared alert {causes.count('cooldown')}, "
+        f"no earlier alert {causes.count('none')}"
     )
     if args.detail:
         table(outcomes)

@@ -1,9 +1,10 @@
 """Offered-load generator of the end-to-end benchmark: simulated patients over MQTT at a fixed rate.
 
-Each of up to :data:`MAX_PROCESSES` processes owns a slice of the patients and its own paho MQTT v5
-client (QoS 1), and publishes readings messages (schema v1, :func:`rpm_core.wire.encode_readings`'s
-format, encoded with orjson) on a fixed schedule, paced in :attr:`LoadSpec.slice_s` time slices:
-every slice it publishes the messages that fell due since the previous one.
+Each of up to :data:`MAX_PROCESSES` processes owns a slice of the patients and its own MQTT v5
+connection (QoS 1, as the simulator user; :class:`Publisher`, see there why not paho), and publishes
+readings messages (schema v1, :func:`rpm_core.wire.encode_readings`'s format, encoded with orjson)
+on a fixed schedule, paced in :attr:`LoadSpec.slice_s` time slices: every slice it publishes the
+messages that fell due since the previous one, in one write, then reads PUBACKs until the slice ends.
 
 The workload (per patient, like ``rpm simulate``): heart rate at 1 Hz and an RR interval per beat
 (~1.2/s) from a strap, sent as messages of :attr:`LoadSpec.samples_per_message` samples (4 or 5
@@ -22,11 +23,13 @@ crossing raises one alert. Probes send at least as often as a real patient does 
 is spread over many patients (a patient-count sweep), the others send less often, and the probes
 still measure the latency.
 
-PUBACKs are tracked by message id in ``on_publish`` (the pattern of ``simulators.runner``). A
-PUBACK with reason code 16 ("no matching subscribers") means Mosquitto dropped the message: it is
-counted as *rejected* and published again later. Publishing stops being on schedule when more
-than :attr:`LoadSpec.max_backlog` messages wait for their PUBACK (backpressure): the generator
-then reports that it could not offer the load, and by how much.
+PUBACKs are tracked by message id; at most :attr:`LoadSpec.inflight` messages (or the broker's
+Receive Maximum, if lower) are unacknowledged on the wire, the rest wait in the publisher's queue,
+as paho does with ``max_inflight_messages``. A PUBACK with reason code 16 ("no matching
+subscribers") means Mosquitto dropped the message: it is counted as *rejected* and published again
+later. Publishing stops being on schedule when more than :attr:`LoadSpec.max_backlog` messages
+wait for their PUBACK (backpressure): the generator then reports that it could not offer the
+load, and by how much.
 """
 
 from __future__ import annotations
@@ -38,17 +41,20 @@ import multiprocessing as mp
 import os
 import queue
 import random
-import threading
+import select
+import socket
+import ssl
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import orjson
-import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from rpm_core.mqtt_client import mqtt_client
+from benchmarks import mqtt_packets
 from rpm_core.settings import MqttSettings
 from rpm_core.wire import readings_topic
 
@@ -62,6 +68,173 @@ PROBE_HR: Final = 170.0
 RC_NO_MATCHING_SUBSCRIBERS: Final = 16
 ACK_TIMEOUT_S: Final = 180.0
 METRICS: Final = ("heart_rate", "rr_interval", "glucose")
+READ_BYTES: Final = 1 << 18
+
+T = TypeVar("T")
+Entry = tuple[str, bytes, Counter[str], int]  # topic, payload, readings by metric, probe crossings
+
+
+class Publisher(Generic[T]):
+    """An MQTT v5 QoS 1 publisher on one non-blocking socket, driven by its caller's loop: no thread.
+
+    Why not paho (``rpm_core.mqtt_client``, which every component of ours uses): profiled at 25k
+    readings/s against Mosquitto (RESULTS.md, "Load generator cost"), paho's publish path cost the
+    generator ~7 system calls and several lock and thread hand-offs per message (a write to wake
+    its network thread, that thread's select, read and one write per PUBLISH, three reads per
+    PUBACK), most of its CPU: about as much as the pipeline it measured. Here a time slice's
+    messages go out in one write and its PUBACKs come in with a read or two. What is offered is
+    unchanged: the same CONNECT (MQTT v5, clean start, the user's name and password, the client id
+    bound to the user, TLS when the URL asks for it), the same PUBLISH packets (QoS 1, no
+    properties), at most ``inflight`` (or the broker's Receive Maximum) unacknowledged, the rest
+    queued in order; every PUBACK's reason code goes back to the caller with its ``entry``.
+    """
+
+    def __init__(self, settings: MqttSettings, client_id: str, *, inflight: int, keepalive: int = 60) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.window = inflight
+        self.keepalive = keepalive
+        self.inflight: dict[int, T] = {}  # mid → entry: sent, awaiting its PUBACK
+        self.queued: deque[tuple[str, bytes, T]] = deque()  # waiting for room in the window
+        self._sock: socket.socket | None = None
+        self._tls = False
+        self._buf = bytearray()
+        self._chunk = memoryview(bytearray(READ_BYTES))  # recv_into it: no 256 KiB bytes object (mmap) per read
+        self._mid = 0
+        self._last_send = 0.0
+
+    def connect(self, timeout: float = 30.0) -> None:
+        """Connect and log in (blocking); raise ConnectionError if the broker refuses."""
+        s = self.settings
+        sock = socket.create_connection((s.host, s.port), timeout=timeout)
+        try:
+            context = s.ssl_context()
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=s.host)
+            self.window = min(self.window, self._login(sock))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._last_send = time.monotonic()
+
+    def _login(self, sock: socket.socket) -> int:
+        """CONNECT, then CONNACK's verdict; the broker's Receive Maximum (65535 if it names none)."""
+        s = self.settings
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        password = s.password.get() if s.username else None
+        sock.sendall(mqtt_packets.connect(s.client_id(self.client_id), username=s.username or None,
+                                          password=password or None, keepalive=self.keepalive))
+        buf = bytearray()
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                raise ConnectionError(f"MQTT broker at {s.url()} closed the connection before CONNACK")
+            buf += data
+            packets, _end = mqtt_packets.split(buf)
+            if packets:
+                break
+        kind, body = packets[0]
+        if kind != mqtt_packets.CONNACK or len(body) < 2:
+            raise ConnectionError(f"MQTT broker at {s.url()}: expected CONNACK, got packet type {kind >> 4}")
+        if body[1] >= 0x80:
+            raise ConnectionError(f"MQTT broker at {s.url()} refused the connection: reason code {body[1]:#x}")
+        props, _n = Properties(PacketTypes.CONNACK).unpack(body[2:])  # type: ignore[no-untyped-call]
+        return int(getattr(props, "ReceiveMaximum", 65535))
+
+    def publish(self, topic: str, payload: bytes, entry: T) -> None:
+        """Queue a QoS 1 PUBLISH; :meth:`flush` sends it."""
+        self.queued.append((topic, payload, entry))
+
+    def backlog(self) -> int:
+        """Messages not acknowledged yet: in flight and queued."""
+        return len(self.inflight) + len(self.queued)
+
+    def flush(self) -> None:
+        """Send what is queued, as far as the window allows, in one write."""
+        if not self.queued or len(self.inflight) >= self.window:
+            return
+        out = []
+        inflight, queued, encode = self.inflight, self.queued, mqtt_packets.publish
+        mid = self._mid
+        while queued and len(inflight) < self.window:
+            topic, payload, entry = queued.popleft()
+            mid = mid % 65535 + 1
+            while mid in inflight:
+                mid = mid % 65535 + 1
+            inflight[mid] = entry
+            out.append(encode(topic.encode(), payload, qos=1, mid=mid))
+        self._mid = mid
+        self._send(b"".join(out))
+
+    def poll(self, timeout: float) -> list[tuple[T, int]]:
+        """Wait up to ``timeout`` s for PUBACKs; the acknowledged entries with their reason codes
+        (0 success, 16 no matching subscribers, >= 0x80 refused). Sends what the window frees."""
+        sock = self._require()
+        pending = self._tls and sock.pending() > 0  # type: ignore[attr-defined]
+        if not pending and not select.select([sock], [], [], max(timeout, 0.0))[0]:
+            self._keepalive()
+            return []
+        self._read(sock)
+        packets, end = mqtt_packets.split(self._buf)
+        del self._buf[:end]
+        done: list[tuple[T, int]] = []
+        inflight = self.inflight
+        for kind, body in packets:
+            if kind == mqtt_packets.PUBACK:
+                mid = body[0] << 8 | body[1]
+                if mid in inflight:  # else not ours: ignored, as paho does
+                    done.append((inflight.pop(mid), body[2] if len(body) > 2 else 0))
+            elif kind == mqtt_packets.SERVER_DISCONNECT:
+                raise ConnectionError(f"the broker disconnected: reason code {body[0] if body else 0:#x}")
+            elif kind != mqtt_packets.PINGRESP:
+                raise ConnectionError(f"unexpected MQTT packet type {kind >> 4} from the broker")
+        self.flush()
+        self._keepalive()
+        return done
+
+    def close(self) -> None:
+        """DISCONNECT (normal) and close the socket."""
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._send(mqtt_packets.DISCONNECT)
+            self._sock.close()
+            self._sock = None
+
+    def _require(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionError("not connected")
+        return self._sock
+
+    def _read(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                n = sock.recv_into(self._chunk)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return
+            if not n:
+                raise ConnectionError("the broker closed the connection")
+            self._buf += self._chunk[:n]
+            if n < READ_BYTES and not (self._tls and sock.pending()):  # type: ignore[attr-defined]
+                return
+
+    def _send(self, data: bytes) -> None:
+        sock = self._require()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view):]
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                select.select([], [sock], [], 1.0)
+            except ssl.SSLWantReadError:
+                select.select([sock], [], [], 1.0)
+        self._last_send = time.monotonic()
+
+    def _keepalive(self) -> None:
+        if time.monotonic() - self._last_send > self.keepalive / 2:
+            self._send(mqtt_packets.PINGREQ)
 
 
 @dataclass(frozen=True)
@@ -178,55 +351,35 @@ class _Generator:
         self.start_ms = int(time.time() * 1000)
         self.count = [0] * n
         self.result = ProcessResult(index=index, patients=n)
-        self.pending: dict[int, tuple[str, bytes, Counter[str], int]] = {}
-        self._early: dict[int, int] = {}
-        self.retry: deque[tuple[str, bytes, Counter[str], int]] = deque()
-        self._lock = threading.Lock()
+        self.retry: deque[Entry] = deque()
 
     # -- PUBACKs ---------------------------------------------------------------------------------
 
-    def on_publish(self, _c: mqtt.Client, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        code = int(getattr(rc, "value", rc))
-        with self._lock:
-            entry = self.pending.pop(mid, None)
-            if entry is None:
-                self._early[mid] = code  # acknowledged before publish() returned
-                return
-            self._settle(entry, code)
-
-    def _settle(self, entry: tuple[str, bytes, Counter[str], int], code: int) -> None:
+    def _settle(self, done: list[tuple[Entry, int]]) -> None:
         r = self.result
-        if code == RC_NO_MATCHING_SUBSCRIBERS:
-            r.rejected_messages += 1
-            self.retry.append(entry)
-        elif code >= 0x80:
-            r.failed_messages += 1
-        else:
-            r.acked.update(entry[2])
-            r.last_ack = time.time()
-
-    def _send(self, client: mqtt.Client, entry: tuple[str, bytes, Counter[str], int]) -> None:
-        # Not under self._lock: paho calls on_publish holding its own lock (lock-order deadlock).
-        info = client.publish(entry[0], entry[1], qos=1)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            raise ConnectionError(f"publish refused: {mqtt.error_string(info.rc)}")
-        with self._lock:
-            code = self._early.pop(info.mid, None)
-            if code is None:
-                self.pending[info.mid] = entry
+        for entry, code in done:
+            if code == RC_NO_MATCHING_SUBSCRIBERS:
+                r.rejected_messages += 1
+                self.retry.append(entry)
+            elif code >= 0x80:
+                r.failed_messages += 1
             else:
-                self._settle(entry, code)
-            backlog = len(self.pending)
-        if backlog > self.result.max_backlog:
-            self.result.max_backlog = backlog
+                r.acked.update(entry[2])
+                r.last_ack = time.time()
 
-    def backlog(self) -> int:
-        with self._lock:
-            return len(self.pending) + len(self.retry)
+    def _wait(self, pub: Publisher[Entry], until: float) -> None:
+        """Settle PUBACKs as they come until ``until`` (``time.time()``), at least once."""
+        while True:
+            self._settle(pub.poll(until - time.time()))
+            if time.time() >= until:
+                return
+
+    def backlog(self, pub: Publisher[Entry]) -> int:
+        return pub.backlog() + len(self.retry)
 
     # -- messages --------------------------------------------------------------------------------
 
-    def hr_message(self, k: int, now: float) -> tuple[str, bytes, Counter[str], int]:
+    def hr_message(self, k: int, now: float) -> Entry:
         spm = self.spec.samples_per_message
         t_ms = int(now * 1000)
         # A patient's first message covers the time since the run started: every sample of a run is
@@ -257,7 +410,7 @@ class _Generator:
                                 "samples": samples})
         return self.topics[k], payload, Counter({"heart_rate": n_hr, "rr_interval": n_rr}), crossing
 
-    def cgm_message(self, k: int, now: float) -> tuple[str, bytes, Counter[str], int]:
+    def cgm_message(self, k: int, now: float) -> Entry:
         self.glucose[k] = min(170.0, max(90.0, self.glucose[k] + self.rng.uniform(-3.0, 3.0)))
         payload = orjson.dumps({"v": 1, "patient": self.ids[k], "device": self.cgm_device[k], "source": "sim",
                                 "samples": [["glucose", int(now * 1000) / 1000, round(self.glucose[k], 1)]]})
@@ -265,7 +418,7 @@ class _Generator:
 
     # -- the schedule ----------------------------------------------------------------------------
 
-    def run(self, client: mqtt.Client, progress: Callable[[], None]) -> None:
+    def run(self, pub: Publisher[Entry], progress: Callable[[], None]) -> None:
         spec, r = self.spec, self.result
         n = len(self.ids)
         # CGM readings are due spread over their 5-minute period: start at a random phase.
@@ -294,55 +447,53 @@ class _Generator:
             if lag_msgs > 0 and self.msg_rate > 0:
                 r.max_lag_s = max(r.max_lag_s, lag_msgs / (self.msg_rate + self.cgm_rate))
             while self.retry:
-                with self._lock:
-                    entry = self.retry.popleft() if self.retry else None
-                if entry is not None:
-                    r.republished_messages += 1
-                    self._send(client, entry)
-            if len(self.pending) >= spec.max_backlog:
+                entry = self.retry.popleft()
+                r.republished_messages += 1
+                pub.publish(entry[0], entry[1], entry)
+            if pub.backlog() >= spec.max_backlog:
                 r.held_slices += 1
             else:
-                room = spec.max_backlog - len(self.pending)
+                room = spec.max_backlog - pub.backlog()
                 for _ in range(min(due_cgm, room)):
-                    self._offer(client, self.cgm_message(next(cgm_rr), now))
+                    self._offer(pub, self.cgm_message(next(cgm_rr), now))
                     sent_cgm += 1
                 for _ in range(min(due_probe, room)):
-                    self._offer(client, self.hr_message(next(probe_rr), now))
+                    self._offer(pub, self.hr_message(next(probe_rr), now))
                     sent_probe += 1
                 for _ in range(min(due_hr, room)):
-                    self._offer(client, self.hr_message(next(hr_rr), now))
+                    self._offer(pub, self.hr_message(next(hr_rr), now))
                     sent_hr += 1
+            pub.flush()
+            r.max_backlog = max(r.max_backlog, pub.backlog())
             if now >= next_progress:
                 progress()
                 next_progress += 1.0
-            pause = spec.slice_s - (time.time() - now)
-            if pause > 0:
-                time.sleep(pause)
+            self._wait(pub, now + spec.slice_s)  # PUBACKs until the slice ends
         # What the schedule called for over the whole window (held-back messages never offered count too).
         r.offered = ((int(spec.duration_s * self.other_rate) + int(spec.duration_s * self.probe_rate))
                      * spec.samples_per_message
                      + int(spec.duration_s * self.cgm_rate + cgm_phase))
         r.last_publish = time.time()
 
-    def _offer(self, client: mqtt.Client, entry: tuple[str, bytes, Counter[str], int]) -> None:
+    def _offer(self, pub: Publisher[Entry], entry: Entry) -> None:
         r = self.result
         r.published += sum(entry[2].values())
         r.messages += 1
         r.crossings += entry[3]
-        self._send(client, entry)
+        pub.publish(entry[0], entry[1], entry)
 
-    def drain(self, client: mqtt.Client, timeout: float, progress: Callable[[], None]) -> None:
+    def drain(self, pub: Publisher[Entry], timeout: float, progress: Callable[[], None]) -> None:
         """Wait for every PUBACK, re-publishing what Mosquitto rejected."""
         deadline = time.monotonic() + timeout
         next_progress = time.monotonic() + 1.0
         while True:
-            with self._lock:
-                retry = list(self.retry)
-                self.retry.clear()
-                waiting = len(self.pending)
+            retry = list(self.retry)
+            self.retry.clear()
             for entry in retry:
                 self.result.republished_messages += 1
-                self._send(client, entry)
+                pub.publish(entry[0], entry[1], entry)
+            pub.flush()
+            waiting = pub.backlog()
             if not retry and not waiting:
                 return
             if time.monotonic() > deadline:
@@ -350,46 +501,40 @@ class _Generator:
             if time.monotonic() >= next_progress:
                 progress()
                 next_progress += 1.0
-            time.sleep(0.2 if retry else 0.02)
+            self._wait(pub, time.time() + (0.2 if retry else 0.02))
 
 
-def connect(mqtt_url: str, client_id: str, *, inflight: int = 1000) -> mqtt.Client:
-    """A connected paho MQTT v5 client with its network loop running."""
+def connect(mqtt_url: str, client_id: str, *, inflight: int = 1000) -> Publisher[Any]:
+    """A connected :class:`Publisher` for ``mqtt_url``'s user (``RPM_MQTT_CA``: the CA of a TLS broker)."""
     settings = MqttSettings.from_url(mqtt_url, ca_file=os.environ.get("RPM_MQTT_CA"))
-    client = mqtt_client(settings, client_id, reconnect=False, max_inflight=inflight)
-    client.max_queued_messages_set(0)
-    connected = threading.Event()
-    client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
-    client.connect(settings.host, settings.port, keepalive=60)
-    client.loop_start()
-    if not connected.wait(30):
-        client.loop_stop()
-        raise ConnectionError(f"could not connect to MQTT at {settings.url()}")
-    return client
+    pub: Publisher[Any] = Publisher(settings, client_id, inflight=inflight)
+    try:
+        pub.connect()
+    except OSError as exc:
+        raise ConnectionError(f"could not connect to MQTT at {settings.url()}: {exc}") from exc
+    return pub
 
 
 def _process_main(spec: LoadSpec, index: int, lo: int, hi: int, rate: float, out: Any, go: Any) -> None:
     gen = _Generator(spec, index, lo, hi, rate)
-    client: mqtt.Client | None = None
+    pub: Publisher[Entry] | None = None
     try:
-        client = connect(spec.mqtt_url, f"rpm-loadgen-{os.getpid()}-{index}", inflight=spec.inflight)
-        client.on_publish = gen.on_publish
+        pub = connect(spec.mqtt_url, f"rpm-loadgen-{os.getpid()}-{index}", inflight=spec.inflight)
         out.put(("ready", index, None))
         go.wait()
+        publisher = pub
 
         def progress() -> None:
             r = gen.result
-            out.put(("progress", index, (time.time(), r.published, sum(r.acked.values()), gen.backlog())))
+            out.put(("progress", index, (time.time(), r.published, sum(r.acked.values()), gen.backlog(publisher))))
 
-        gen.run(client, progress)
-        gen.drain(client, ACK_TIMEOUT_S, progress)
+        gen.run(pub, progress)
+        gen.drain(pub, ACK_TIMEOUT_S, progress)
     except Exception as exc:  # reported to the parent
         gen.result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.disconnect()
-                client.loop_stop()
+        if pub is not None:
+            pub.close()
     res = asdict(gen.result)
     res["acked"] = dict(gen.result.acked)
     out.put(("done", index, res))
@@ -478,23 +623,24 @@ def wait_for_subscriber(mqtt_url: str, *, patient: str = "e2e-ready", timeout: f
 
     The check message carries one heart rate from two minutes ago, older than any run's window.
     """
-    client = connect(mqtt_url, f"rpm-loadgen-ready-{os.getpid()}")
-    codes: queue.Queue[int] = queue.Queue()
-    client.on_publish = lambda c, u, mid, rc, p: codes.put(int(getattr(rc, "value", rc)))
+    pub: Publisher[None] = connect(mqtt_url, f"rpm-loadgen-ready-{os.getpid()}")
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             payload = orjson.dumps({"v": 1, "patient": patient, "device": "hrs-ready", "source": "sim",
                                     "samples": [["heart_rate", int(time.time() - 120), 70.0]]})
-            client.publish(readings_topic(patient), payload, qos=1)
-            with contextlib.suppress(queue.Empty):
-                if codes.get(timeout=5) != RC_NO_MATCHING_SUBSCRIBERS:
-                    return
+            pub.publish(readings_topic(patient), payload, None)
+            pub.flush()
+            answer = time.monotonic() + 5
+            codes: list[int] = []
+            while not codes and time.monotonic() < answer:
+                codes = [code for _entry, code in pub.poll(answer - time.monotonic())]
+            if codes and codes[0] != RC_NO_MATCHING_SUBSCRIBERS:
+                return
             time.sleep(0.2)
         raise TimeoutError("no subscriber for the readings topics")
     finally:
-        client.disconnect()
-        client.loop_stop()
+        pub.close()
 
 
 def main() -> None:

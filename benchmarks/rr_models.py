@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in five independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in six independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -83,6 +83,24 @@ its own; evaluated once per model, at the end, as held out):
 - beat errors: a wrist PPG's: motion bursts (a two-state chain) with 10-25 ms pulse-timing jitter
   and 8-15 % missed beats, 0.3-1 % missed at rest, 0.3-1.5 % dicrotic double counts (split at
   0.35-0.5).
+
+Family F (written for issue 17's sixth round before its decision changes, committed on its own;
+only the generator's own statistics were looked at while writing it; evaluated once, at the end):
+
+- sinus: the heart period at 1 Hz from ECGSYN's bimodal spectrum (McSharry et al. 2003): an LF
+  Gaussian bump at ~0.1 Hz and a respiratory HF bump, random phases; LF/HF ratio and HF
+  amplitude by age (older 1-4, RR SD 1-4 % at 55-100 bpm; ``young`` 0.2-1, RR SD 5-14 % at
+  45-95 bpm); breathing nonstationary: 20-90 s pieces with their own respiratory frequency, band
+  width (irregular breathing: 0.02-0.08 Hz wide, half of the young) and depth, crossfaded;
+- ectopy: foci of *fixed* coupling in seconds (re-entry), ventricular (compensatory) or atrial
+  (sinus reset), bursts (the rate changes every ~2 min), couplets and atrial salvos; bigeminy /
+  trigeminy from one fixed-coupling focus throughout, with 3-15 % exit block;
+- AF: a hidden three-state (short / regular / long) Markov chain of intervals, after Moody &
+  Mark's RR-interval Markov model of AF (1983), with a drifting rate; CV ~0.14-0.28 at 60-150
+  bpm, rate-controlled ~0.05-0.10 at 50-95 bpm;
+- beat errors: a PPG's pulse deficit (premature and short AF intervals make no pulse, missed
+  with p 0.3-0.9), low-perfusion misses in clusters (0.5-3 %), smooth pulse-transit-time jitter
+  and motion spikes (a spurious peak at 20-80 % of an interval, 0.2-1 %).
 """
 
 from __future__ import annotations
@@ -903,12 +921,235 @@ def e_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return with_ectopy(kind, e_sinus(n, rng, young=kind == "sinus young"), rng, e_ectopy, e_geminy)
 
 
+# ---- family F ------------------------------------------------------------------------------------
+# Written for issue 17's sixth round *before* its decision changes (committed on its own); while
+# writing it only the generator's own statistics were looked at, never a model's output on it.
+# Evaluated once, at the end, with the final model (benchmarks/RESULTS.md, "AF screening, sixth round").
+
+
+def _gaussian_band(seconds: int, freq: float, width: float, rng: Rng) -> FloatArray:
+    """A unit-SD Gaussian process at 1 Hz whose spectrum is a Gaussian bump (``freq``, SD ``width`` Hz).
+
+    Spectral synthesis with random phases, as ECGSYN's RR process (McSharry PE, Clifford GD,
+    Tarassenko L, Smith LA. IEEE Trans Biomed Eng 2003;50:289-294).
+    """
+    m = max(int(2 ** np.ceil(np.log2(seconds + 64))), 256)
+    f = np.fft.rfftfreq(m, 1.0)
+    amplitude = np.sqrt(np.exp(-((f - freq) ** 2) / (2 * width * width)))
+    amplitude[0] = 0.0
+    spectrum = amplitude * np.exp(1j * rng.uniform(0, 2 * np.pi, len(f)))
+    out = np.fft.irfft(spectrum, m)[:seconds]
+    return np.asarray(out / (out.std() + 1e-12))
+
+
+def f_period(seconds: int, rng: Rng, young: bool) -> FloatArray:
+    """The heart period (s) sampled at 1 Hz: ECGSYN's bimodal spectrum, with nonstationary breathing.
+
+    LF: a Gaussian bump at 0.08-0.12 Hz (SD 0.01 Hz); HF: the respiratory bump. The LF/HF power
+    ratio and the HF amplitude follow age (HF falls and LF/HF rises with age: Umetani K et al. J
+    Am Coll Cardiol 1998;31:593; Pikkujamsa SM et al. Circulation 1999;100:393): older adults
+    LF/HF 1-4, RR SD 1-4 % of the mean at 55-100 bpm; the young LF/HF 0.2-1, RR SD 5-14 % at 45-95
+    bpm. Breathing is nonstationary: the recording is cut into 20-90 s pieces (talking, sighing,
+    changing posture), each with its own respiratory frequency (0.1-0.45 Hz; children faster), band
+    width (0.005-0.02 Hz at rest; 0.02-0.08 Hz for irregular breathing, half of the young and a
+    fifth of the others) and depth (x0.5-1.5), overlap-added with raised-cosine crossfades of 8 s.
+    """
+    if young:
+        hr, sd, ratio = rng.uniform(45, 95), rng.uniform(0.05, 0.14), rng.uniform(0.2, 1.0)
+        irregular = rng.random() < 0.5
+        f_lo, f_hi = (0.1, 0.3) if hr < 65 else (0.2, 0.45)
+    else:
+        hr, sd, ratio = rng.uniform(55, 100), rng.uniform(0.01, 0.04), rng.uniform(1.0, 4.0)
+        irregular = rng.random() < 0.2
+        f_lo, f_hi = 0.15, 0.35
+    mean = 60.0 / hr
+    lf = _gaussian_band(seconds, rng.uniform(0.08, 0.12), 0.01, rng)
+    hf = np.zeros(seconds)
+    weight = np.zeros(seconds)
+    fade = 8
+    start = -int(rng.uniform(0, 60))
+    while start < seconds:
+        length = int(rng.uniform(20, 90))
+        lo, hi = max(start - fade, 0), min(start + length + fade, seconds)
+        if hi > lo:
+            width = rng.uniform(0.02, 0.08) if irregular else rng.uniform(0.005, 0.02)
+            piece = _gaussian_band(hi - lo, rng.uniform(f_lo, f_hi), width, rng) * rng.uniform(0.5, 1.5)
+            ramp = np.ones(hi - lo)
+            k = np.arange(hi - lo)
+            up, down = k < (start - lo) + fade, k >= (hi - lo) - fade
+            ramp[up] = 0.5 - 0.5 * np.cos(np.pi * (k[up] + 1) / (2 * fade + 1))
+            ramp[down] = 0.5 - 0.5 * np.cos(np.pi * ((hi - lo) - k[down]) / (fade + 1))
+            hf[lo:hi] += ramp * piece
+            weight[lo:hi] += ramp * ramp
+        start += length
+    hf /= np.sqrt(np.maximum(weight, 1e-6))
+    hf /= hf.std() + 1e-12
+    s_hf = sd / np.sqrt(1 + ratio)
+    s_lf = sd * np.sqrt(ratio / (1 + ratio))
+    return np.asarray(mean * (1 + s_lf * lf + s_hf * hf))
+
+
+def f_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """``n`` sinus intervals: each beat's interval is the 1 Hz period at the beat (ECGSYN's sampling)."""
+    seconds = int(n * 1.5) + 120
+    period = f_period(seconds, rng, young)
+    grid = np.arange(seconds, dtype=np.float64)
+    out = np.empty(n)
+    t = 0.0
+    for i in range(n):
+        out[i] = float(np.interp(t, grid, period))
+        t += out[i]
+    noise = rng.normal(0, rng.uniform(0.001, 0.005), n)  # beat-to-beat noise (s)
+    return np.asarray(np.clip(out + noise, 0.3, 2.5))
+
+
+def f_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Premature beats from foci of *fixed* coupling (in seconds, re-entry), clustered in time.
+
+    The rate of premature beats changes every ~2 min (a gamma-distributed multiplier, shape 1:
+    ectopy comes in bursts) around ``rate``. Each recording has one or two foci: ventricular (a
+    fixed coupling of 0.35-0.55 s, +-10 ms, full compensatory pause), atrial (0.4-0.65 s with a
+    non-compensatory pause: the sinus node is reset, the next interval is a cycle plus 0-80 ms).
+    10 % of premature beats are couplets; 3 % start a run of 3-6 atrial beats at a fixed short
+    cycle (a salvo), then a reset pause. A coupling is never later than 0.92 of the cycle.
+    """
+    out: list[float] = []
+    foci = []
+    for _ in range(int(rng.integers(1, 3))):
+        ventricular = rng.random() < 0.5
+        coupling = rng.uniform(0.35, 0.55) if ventricular else rng.uniform(0.4, 0.65)
+        foci.append((ventricular, coupling))
+    block = rng.gamma(1.0, 1.0, len(rr) // 120 + 2)
+    i = 0
+    while i < len(rr):
+        cycle = float(rr[i])
+        if rng.random() < min(rate * block[i // 120], 0.6) and i + 2 < len(rr):
+            ventricular, coupling = foci[int(rng.integers(len(foci)))]
+            c = min(coupling + rng.normal(0, 0.01), 0.92 * cycle)
+            draw = rng.random()
+            if draw < 0.03 and not ventricular:  # atrial salvo
+                short = max(c * rng.uniform(0.8, 1.0), 0.3)
+                out += [c] + [short] * int(rng.integers(2, 6)) + [cycle + rng.uniform(0, 0.08)]
+                i += 2
+                continue
+            beats = [c, c] if draw < 0.13 else [c]
+            pause = 2 * cycle - c if ventricular else cycle + rng.uniform(0, 0.08)
+            out += [*beats, pause]
+            i += 2
+            continue
+        out.append(cycle)
+        i += 1
+    return np.asarray(out)
+
+
+def f_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy from one focus of fixed coupling (s), throughout, with exit block.
+
+    Ventricular (full compensatory pause) or atrial (sinus reset: the pause is a cycle plus 0-80
+    ms), coupling 0.38-0.6 s (never later than 0.9 of the cycle) with 5-20 ms jitter; 3-15 % of
+    the expected premature beats fail to exit (a sinus beat instead).
+    """
+    ventricular = rng.random() < 0.5
+    coupling, jitter = rng.uniform(0.38, 0.6), rng.uniform(0.005, 0.02)
+    exit_block = rng.uniform(0.03, 0.15)
+    out: list[float] = []
+    i = int(rng.integers(0, every))
+    out += [float(v) for v in rr[:i]]
+    while i < len(rr):
+        group = rr[i : i + every]
+        if len(group) < every or rng.random() < exit_block:
+            out += [float(v) for v in group]
+        else:  # the last two sinus cycles of the group become the premature beat and its pause
+            cycle = float(group[-2])
+            c = min(coupling + rng.normal(0, jitter), 0.9 * cycle)
+            pause = cycle + float(group[-1]) - c if ventricular else cycle + rng.uniform(0, 0.08)
+            out += [float(v) for v in group[:-2]] + [c, pause]
+        i += every
+    return np.asarray(out)
+
+
+# Moody & Mark's three RR states (short, regular, long) with transition probabilities of AF: near
+# uniform with little persistence (Moody GB, Mark RG. A new method for detecting atrial
+# fibrillation using R-R intervals. Computers in Cardiology 1983;10:227-230).
+F_AF_TRANSITIONS: dict[bool, FloatArray] = {
+    False: np.array([[0.30, 0.38, 0.32], [0.33, 0.36, 0.31], [0.36, 0.37, 0.27]]),
+    True: np.array([[0.28, 0.42, 0.30], [0.30, 0.42, 0.28], [0.34, 0.40, 0.26]]),
+}
+
+
+def f_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """AF from a hidden three-state Markov chain (short / regular / long) with a drifting rate.
+
+    Each interval's state follows :data:`F_AF_TRANSITIONS`; within a state the interval is normal
+    around ``mean`` x (1 - s, 1, 1 + s) with SD ``w`` x mean. AF: 60-150 bpm, s 0.15-0.3, w 0.06-0.12
+    (CV ~0.14-0.28); rate-controlled: 50-95 bpm, s 0.05-0.1, w 0.03-0.05 (CV ~0.05-0.10). The
+    mean rate drifts (AR(1) over beats, rho 0.995, +-3-8 %; +-2-5 % rate-controlled), a minimum
+    interval of 0.28 s.
+    """
+    if low:
+        mean, s, w = 60.0 / rng.uniform(50, 95), rng.uniform(0.05, 0.1), rng.uniform(0.03, 0.05)
+    else:
+        mean, s, w = 60.0 / rng.uniform(60, 150), rng.uniform(0.15, 0.3), rng.uniform(0.06, 0.12)
+    cumulative = np.cumsum(F_AF_TRANSITIONS[low], axis=1)
+    draws = rng.random(n)
+    state = np.empty(n, np.int64)
+    current = 1
+    for i in range(n):
+        current = int(np.searchsorted(cumulative[current], draws[i], side="right"))
+        state[i] = min(current, 2)
+        current = state[i]
+    drift = lfilter([1.0], [1.0, -0.995], rng.normal(0, 1, n + 500))[500:]
+    drift *= (rng.uniform(0.02, 0.05) if low else rng.uniform(0.03, 0.08)) / (drift.std() + 1e-12)
+    rr = mean * (1 + drift) * (1 + s * (state - 1) + w * rng.normal(0, 1, n))
+    return np.asarray(np.clip(rr, 0.28, 2.5))
+
+
+def f_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A finger / wrist PPG's errors: pulse deficit, low perfusion, transit-time jitter, motion spikes.
+
+    - pulse deficit: a beat whose interval is under 0.8 x the median of its last 8 ejects too little
+      to make a pulse (missed with p 0.3-0.9; it merges into the next interval), in ectopy and AF;
+    - low perfusion: the pulse amplitude wanders (AR(1) over beats, rho 0.9-0.98) and a beat below
+      the detector's threshold is missed (0.5-3 % of beats, in clusters);
+    - pulse transit time: each pulse arrives late by a smooth AR(1) (rho 0.9, SD 3-10 ms) plus
+      2-6 ms white jitter;
+    - motion spikes: 0.2-1 % of intervals get a spurious peak at a uniform 20-80 % of the interval.
+    """
+    n = len(rr)
+    local = np.array([np.median(rr[max(i - 8, 0) : i]) if i else rr[0] for i in range(n)])
+    deficit = (rr < 0.8 * local) & (rng.random(n) < rng.uniform(0.3, 0.9))
+    rho = rng.uniform(0.9, 0.98)
+    amplitude = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, 1, n))
+    threshold = np.quantile(amplitude, rng.uniform(0.005, 0.03))
+    missed = deficit | (amplitude < threshold)
+    missed[-1] = False
+    ptt = lfilter([np.sqrt(1 - 0.81)], [1.0, -0.9], rng.normal(0, rng.uniform(0.003, 0.01), n))
+    times = np.cumsum(rr) + ptt + rng.normal(0, rng.uniform(0.002, 0.006), n)
+    times = np.sort(times[~missed])
+    out = np.diff(np.r_[0.0, times])
+    p_spike = rng.uniform(0.002, 0.01)
+    pieces: list[float] = []
+    for v in out:
+        if rng.random() < p_spike:
+            f = rng.uniform(0.2, 0.8)
+            pieces += [v * f, v * (1 - f)]
+        else:
+            pieces.append(float(v))
+    return np.asarray(np.clip(np.array(pieces), 0.05, None))
+
+
+def f_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family F's non-AF rhythm of ``kind``."""
+    return with_ectopy(kind, f_sinus(n, rng, young=kind == "sinus young"), rng, f_ectopy, f_geminy)
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
     "C": (c_background, c_af, c_errors),
     "D": (d_background, d_af, d_errors),
     "E": (e_background, e_af, e_errors),
+    "F": (f_background, f_af, f_errors),
 }
 
 

@@ -88,7 +88,7 @@ def test_default_file_loads_with_the_documented_values() -> None:
     assert rules.by_name()["glucose_meter_low"].device_prefix == "bgm-"
     falling = rules.by_name()["glucose_falling_fast"]
     assert isinstance(falling, RateRule)
-    assert (falling.gate_below, falling.levels[0].threshold, falling.consecutive) == (100, -2.5, 3)
+    assert (falling.gate_below, falling.levels[0].threshold, falling.consecutive) == (115, -2.5, 3)
     high = rules.by_name()["glucose_high"]
     assert [(lv.severity, lv.threshold) for lv in high.levels] == [(Severity.INFO, 180), (Severity.WARNING, 250)]
     tachy = rules.by_name()["tachycardia"]

@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import MQTTErrorCode
 
+from benchmarks.mqtt_packets import publish, varint
 from rpm_core.settings import MqttSettings
 from stream.bridge import Bridge, _BufferedSocket
-from tests.support.mqtt_packets import publish, varint
 
 NOW = 1_780_000_000.0
 
