@@ -68,6 +68,10 @@ class PatientRegistry:
         """Indices of ``patients`` (registering new ones); one dict lookup per *distinct* id."""
         if len(patients) == 0:
             return np.zeros(0, dtype=np.int64)
+        try:  # all registered already (the usual case): one dict lookup per element, no sort
+            return np.fromiter(map(self._index.__getitem__, patients), dtype=np.int64, count=len(patients))
+        except (KeyError, TypeError):
+            pass  # some are new: they are registered in sorted order, below
         uniques, inverse = np.unique(np.asarray(patients, dtype=object), return_inverse=True)
         codes = np.fromiter((self.index_of(str(u)) for u in uniques), dtype=np.int64, count=len(uniques))
         return codes[inverse.reshape(-1)]

@@ -73,6 +73,7 @@ _DEVICE_BITS: Final = 20
 _MAX_DEVICES: Final = 1 << _DEVICE_BITS
 _PATIENT_BITS: Final = 40  # 2 bits of metric + 40 of patient + 20 of device fit an int64
 _MIN_CAPACITY: Final = 64  # per-patient arrays grow to at least this many slots
+_RECENT_MIN: Final = 4096  # the recent level of watermarks is merged into the large one beyond this (and 1/64 of it)
 UNNAMED_DEVICE: Final = ""
 
 
@@ -128,6 +129,11 @@ class Engine:
         # Watermarks of patients imported since the arrays above were last sorted (new patients only:
         # a reload imports every patient, and inserting each into the sorted arrays is O(patients)).
         self._unsorted_marks: list[tuple[list[int], list[float]]] = []
+        # Keys first seen lately (sorted, none of them in _seen_key): a batch that brings new patients,
+        # devices or metrics inserts its new keys here, and this small level is merged into the large one
+        # when it has grown (_fold_recent), so a batch does not copy every watermark (O(patients)).
+        self._recent_key: npt.NDArray[np.int64] = np.zeros(0, np.int64)
+        self._recent_t: FloatArray = np.zeros(0)
         self._prefix_match: dict[str, BoolArray] = {}
         self._multi_device = False
         self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
@@ -350,13 +356,23 @@ class Engine:
         order = np.argsort(keys, kind="stable")
         self._seen_key, self._seen_t = keys[order], times[order]
 
+    def _fold_recent(self) -> None:
+        """Merge the recent level of watermarks into the large one (one copy of each array)."""
+        if len(self._recent_key) == 0:
+            return
+        at = np.searchsorted(self._seen_key, self._recent_key)
+        self._seen_key = np.insert(self._seen_key, at, self._recent_key)
+        self._seen_t = np.insert(self._seen_t, at, self._recent_t)
+        self._recent_key, self._recent_t = np.zeros(0, np.int64), np.zeros(0)
+
     def _watermarks(self, keys: npt.NDArray[np.int64]) -> FloatArray:
         """The last seen time of each packed key (NaN: never seen)."""
         self._sort_marks()
-        if len(self._seen_key) == 0:
-            return np.full(len(keys), np.nan)
-        at = np.minimum(np.searchsorted(self._seen_key, keys), len(self._seen_key) - 1)
-        return np.where(self._seen_key[at] == keys, self._seen_t[at], np.nan)
+        out = _lookup(self._seen_key, self._seen_t, keys)
+        if len(self._recent_key):
+            found, t = _lookup_found(self._recent_key, self._recent_t, keys)
+            out = np.where(found, t, out)
+        return out
 
     def _remember(self, keys: npt.NDArray[np.int64], times: FloatArray) -> None:
         """Advance the watermarks of ``keys`` (sorted, unique) to ``times``."""
@@ -367,14 +383,26 @@ class Engine:
         found = at < len(self._seen_key)
         found[found] = self._seen_key[at[found]] == keys[found]
         self._seen_t[at[found]] = times[found]
+        if found.all():
+            return
+        keys, times = keys[~found], times[~found]
+        at = np.searchsorted(self._recent_key, keys)
+        found = at < len(self._recent_key)
+        found[found] = self._recent_key[at[found]] == keys[found]
+        self._recent_t[at[found]] = times[found]
         if not found.all():
-            self._seen_key = np.insert(self._seen_key, at[~found], keys[~found])
-            self._seen_t = np.insert(self._seen_t, at[~found], times[~found])
+            self._recent_key = np.insert(self._recent_key, at[~found], keys[~found])
+            self._recent_t = np.insert(self._recent_t, at[~found], times[~found])
+            # Merged once it holds about the square root of what a batch copied before (at least
+            # _RECENT_MIN): each batch then copies the small level, and the large one only now and then.
+            if len(self._recent_key) > max(_RECENT_MIN, len(self._seen_key) >> 6):
+                self._fold_recent()
 
     def _patient_marks(self, p: int) -> tuple[npt.NDArray[np.int64], FloatArray, IntArray]:
         """The watermark keys and times of patient ``p`` (and their positions in the sorted arrays)."""
         # Keys are metric-major: one range per metric, all bounds found in one searchsorted.
         self._sort_marks()
+        self._fold_recent()
         bounds = np.searchsorted(self._seen_key, self._mark_bounds(p)).tolist()
         where = np.concatenate([np.arange(bounds[2 * m], bounds[2 * m + 1]) for m in range(N_METRICS)]).astype(np.int64)
         return self._seen_key[where], self._seen_t[where], where
@@ -554,12 +582,13 @@ class Engine:
         rows = np.array([p for _, p in known], dtype=np.int64)
         marks = self._packed_marks(rows)
         touched = self._touched[:, rows]
-        state = {k: packed.gather(self._detectors[k].state_columns(), rows)
-                 for k in np.flatnonzero(touched.any(axis=1)).tolist()}
+        # Each rule's entries of the patients with state in it only (a CGM's rules: its wearers').
+        where = {k: np.flatnonzero(touched[k]) for k in np.flatnonzero(touched.any(axis=1)).tolist()}
+        state = {k: packed.gather(self._detectors[k].state_columns(), rows[at]) for k, at in where.items()}
         # Patients with state in the same rules (usually: the same devices) share one encoding.
-        groups = _same_columns(touched)
-        for members, rules in groups:
-            blocks = [state[k] if len(groups) == 1 else state[k][members] for k in rules]
+        for members, rules in _same_columns(touched):
+            blocks = [state[k] if len(where[k]) == len(members) else state[k][np.searchsorted(where[k], members)]
+                      for k in rules]
             table, masks, m, values, offsets = packed.encode_rules(
                 len(members), [self._rule_ids[k] for k in rules], blocks)
             for j, at in enumerate(members.tolist()):
@@ -571,12 +600,17 @@ class Engine:
     def _packed_marks(self, rows: IntArray) -> list[list[bytes]]:
         """Each patient's watermarks (``rows``: patient indices), encoded for a packed record."""
         self._sort_marks()
-        metric = np.arange(N_METRICS, dtype=np.int64)[None, :] << _PATIENT_BITS
-        lo = np.searchsorted(self._seen_key, (metric | rows[:, None]) << _DEVICE_BITS)
-        hi = np.searchsorted(self._seen_key, (metric | (rows[:, None] + 1)) << _DEVICE_BITS)
-        counts = (hi - lo).ravel()
-        where = np.repeat(lo.ravel() - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
-        keys, times = self._seen_key[where].tolist(), self._seen_t[where].tolist()
+        where, counts = _cells(self._seen_key, rows)
+        keys_a, times_a = self._seen_key[where], self._seen_t[where]
+        if len(self._recent_key):  # both levels, in key order within each (patient, metric) cell
+            where_r, counts_r = _cells(self._recent_key, rows)
+            cells = np.arange(len(counts))
+            cell = np.concatenate((np.repeat(cells, counts), np.repeat(cells, counts_r)))
+            keys_a = np.concatenate((keys_a, self._recent_key[where_r]))
+            times_a = np.concatenate((times_a, self._recent_t[where_r]))
+            order = np.lexsort((keys_a, cell))
+            keys_a, times_a, counts = keys_a[order], times_a[order], counts + counts_r
+        keys, times = keys_a.tolist(), times_a.tolist()
         if len(self._device_bytes) < len(self._devices):
             self._device_bytes += [d.encode() for d in self._devices.ids_since(len(self._device_bytes))]
         names = self._device_bytes
@@ -884,6 +918,32 @@ def _columns_for(det: Detector, rows: FloatArray) -> list[StateColumn]:
         if not a.flags.writeable and not np.isnan(block).all():
             det.materialize(a)
     return det.state_columns()
+
+
+def _lookup(keys: npt.NDArray[np.int64], times: FloatArray, wanted: npt.NDArray[np.int64]) -> FloatArray:
+    """The time of each of ``wanted`` in the sorted ``keys`` (NaN: not there)."""
+    if len(keys) == 0:
+        return np.full(len(wanted), np.nan)
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return np.where(keys[at] == wanted, times[at], np.nan)
+
+
+def _lookup_found(keys: npt.NDArray[np.int64], times: FloatArray,
+                  wanted: npt.NDArray[np.int64]) -> tuple[BoolArray, FloatArray]:
+    """Whether each of ``wanted`` is in the sorted ``keys`` (non-empty), and its time there."""
+    at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
+    return keys[at] == wanted, times[at]
+
+
+def _cells(keys: npt.NDArray[np.int64], rows: IntArray) -> tuple[IntArray, IntArray]:
+    """Positions in the sorted watermark ``keys`` of every (patient of ``rows``, metric) cell, cell by
+    cell (patient-major), and each cell's count."""
+    metric = np.arange(N_METRICS, dtype=np.int64)[None, :] << _PATIENT_BITS
+    lo = np.searchsorted(keys, (metric | rows[:, None]) << _DEVICE_BITS)
+    hi = np.searchsorted(keys, (metric | (rows[:, None] + 1)) << _DEVICE_BITS)
+    counts = (hi - lo).ravel()
+    where = np.repeat(lo.ravel() - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    return where, counts
 
 
 def _same_columns(touched: BoolArray) -> list[tuple[IntArray, list[int]]]:

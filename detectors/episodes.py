@@ -328,11 +328,14 @@ class EpisodeTable:
         """Patients whose acknowledged alert is still open ``after_s`` (per severity, shape ``(3,)``;
         inf = never) after the acknowledgement: acknowledged is not resolved. They need a nurse's
         attention again: no longer acknowledged, the escalation clock restarts at ``now``."""
-        if len(self.level) == 0:
+        # Only open alerts can be due: one pass over every patient to find them (a tick runs every
+        # second over every rule, so its cost per patient is what grows with the patient count),
+        # then the test on those alone.
+        open_ = np.flatnonzero(self.level > 0)
+        if len(open_) == 0:
             return np.zeros(0, np.int64)
-        limit = after_s[np.maximum(self.level, 1).astype(np.int64) - 1]
-        due = (self.level > 0) & self.acked & (now >= self.acked_at + limit)
-        patients = np.flatnonzero(due)
+        limit = after_s[self.level[open_].astype(np.int64) - 1]
+        patients = open_[self.acked[open_] & (now >= self.acked_at[open_] + limit)]
         self.acked[patients] = False
         self.acked_at[patients] = np.nan
         self.escalated[patients] = False
@@ -345,13 +348,12 @@ class EpisodeTable:
         The clock runs from the latest raise or upgrade: its event time, or the processing time
         when that was later (``Engine.process(now=...)``), so a backlog does not escalate at once.
         """
-        n = len(self.level)
-        if n == 0:
+        open_ = np.flatnonzero(self.level > 0)  # only open alerts can escalate (see realarm)
+        if len(open_) == 0:
             return np.zeros(0, np.int64)
-        slot = np.maximum(self.level, 1).astype(np.int64) - 1
-        limit = self.escalate_after_s[slot, self.rows.row[:n]]
-        due = (self.level > 0) & ~self.acked & ~self.escalated & (now >= self.escalate_from + limit)
-        patients = np.flatnonzero(due)
+        limit = self.escalate_after_s[self.level[open_].astype(np.int64) - 1, self.rows.row[open_]]
+        due = ~self.acked[open_] & ~self.escalated[open_] & (now >= self.escalate_from[open_] + limit)
+        patients = open_[due]
         self.escalated[patients] = True
         return patients
 

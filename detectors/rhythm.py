@@ -248,11 +248,14 @@ def irregular(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArr
     rr = np.where(complete[:, None], rr, 1.0)  # placeholders keep the arithmetic quiet; rows stay NaN
     out = np.full(len(rr), np.nan)
     learned = params["model"] > 0
-    dash = np.flatnonzero(~learned)
+    # Only complete windows get a verdict (both methods give NaN for the others), and each row's
+    # features are its own: incomplete rows (a patient's first window's worth of beats, a gap) are
+    # left out of the arithmetic instead of computed and thrown away.
+    dash = np.flatnonzero(~learned & complete)
     if len(dash):
         sub = {name: column[dash] for name, column in params.items()}
         out[dash] = _dash(rr[dash], complete[dash], sub)
-    chosen = np.flatnonzero(learned)
+    chosen = np.flatnonzero(learned & complete)
     if len(chosen):
         out[chosen] = _learned(rr[chosen], complete[chosen])
     return out

@@ -117,17 +117,28 @@ class StalenessDetector:
         start = np.flatnonzero(self.pending)
         self.anchor[start] = now
         self.pending[start] = False
-        since = np.fmax(self.last_t, self.anchor)
+        # Every patient is looked at once (silent for longer than the shortest limit of any row?);
+        # the levels are worked out for those alone: most patients are not silent, and a tick runs
+        # every second, so what it costs per patient is what grows with the patient count.
+        limits = self.after_s[~np.isnan(self.after_s)]
+        if limits.size == 0:
+            return Transitions.empty()
+        since_all = np.fmax(self.last_t, self.anchor)
+        silent_some = np.flatnonzero(now - since_all > limits.min())
+        if silent_some.size == 0:
+            return Transitions.empty()
+        since = since_all[silent_some]
         silent = now - since
         level = np.zeros(len(since), np.int8)
-        rows = None if self.rows.uniform else self.rows.row  # per-patient rows only when they differ
+        rows = None if self.rows.uniform else self.rows.row[silent_some]  # per-patient rows only when they differ
         for slot in range(N_LEVELS):  # a loop over levels, not patients
             level[silent > (self.after_s[slot, 0] if rows is None else self.after_s[slot, rows])] = slot + 1
         enabled = self.enabled[0] if rows is None else self.enabled[rows]
-        candidates = np.flatnonzero(self.watched & enabled & (level > self.episodes.level))
-        if candidates.size == 0:
+        chosen = np.flatnonzero(self.watched[silent_some] & enabled & (level > self.episodes.level[silent_some]))
+        if chosen.size == 0:
             return Transitions.empty()
-        return self.episodes.raise_at(candidates, level[candidates], now, since[candidates])
+        candidates = silent_some[chosen]
+        return self.episodes.raise_at(candidates, level[chosen], now, since[chosen])
 
     def message(self, patient: int, state: str, level: int, value: float, time: float) -> str:
         """E.g. "No glucose data for 30 min" / "Glucose data back (now 104 mg/dL)"."""

@@ -39,7 +39,7 @@ import json
 import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -66,7 +66,10 @@ MIN_SAMPLE_EPOCH_S: Final = 946_684_800.0
 # a message reads back as it was sent (2**53 + 1 came back as 2**53 from a command's 'at').
 MAX_EPOCH_S: Final = 4_102_444_800.0
 
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ID: Final = r"[A-Za-z0-9_.:-]{1,64}"
+_ID_RE: Final = re.compile(_ID)
+# Identifiers joined by newlines (not an identifier character): many checked in one match.
+_IDS_RE: Final = re.compile(rf"{_ID}(?:\n{_ID})*")
 
 METRICS: Final = ("heart_rate", "rr_interval", "glucose")
 # Plausible physiological ranges (inclusive). Outside them a value is an artefact, not a patient.
@@ -230,6 +233,17 @@ def patient_from_topic(topic: str) -> str:
 def is_valid_id(value: object) -> bool:
     """Whether ``value`` is an identifier safe for tags and topics."""
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
+
+
+def all_valid_ids(values: Sequence[object]) -> bool:
+    """Whether every one of ``values`` (at least one) is a valid identifier (:func:`is_valid_id`): one
+    join and one match for all of them (the worker checks the ids of a whole batch at once)."""
+    try:
+        joined = "\n".join(values)  # type: ignore[arg-type]  # TypeError: some value is not a str
+    except TypeError:
+        return False
+    # As many newlines as separators: no value holds one of its own (it would pass as two ids).
+    return joined.count("\n") == len(values) - 1 and _IDS_RE.fullmatch(joined) is not None
 
 
 def encode_readings(

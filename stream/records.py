@@ -16,7 +16,7 @@ import orjson
 
 from detectors.batch import metric_codes
 from detectors.const import METRIC_NAMES
-from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, check_envelope, is_valid_id
+from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, all_valid_ids, check_envelope, is_valid_id
 
 _GROUP_KEYS = frozenset({"device", "source", "metric", "t", "value", "flags"})
 _PATIENT_GROUP_KEYS = _GROUP_KEYS | {"patient"}
@@ -115,6 +115,23 @@ def _structure(raw: Any, record_patient: str | None) -> _Structure:
     return patient, device, source, metric, t, v, f
 
 
+def _shape(raw: Any, record_patient: str | None) -> _Structure:
+    """:func:`_structure` without the checks the fast path makes once per batch (identifiers and
+    metric names, in :meth:`_Columns.finish`); what it refuses :func:`_structure` refuses too."""
+    keys = _GROUP_KEYS if record_patient is not None else _PATIENT_GROUP_KEYS
+    if not isinstance(raw, dict) or raw.keys() != keys:
+        raise RecordError(f"group must have exactly the keys {sorted(keys)}")
+    metric, t, v, f = raw["metric"], raw["t"], raw["value"], raw["flags"]
+    if not isinstance(metric, list):
+        raise RecordError("group metric must be a list of known metric names")
+    n = len(metric)
+    if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
+            or len(t) != n or len(v) != n or len(f) != n):
+        raise RecordError("group columns must be non-empty 1-D lists of equal length")
+    patient = record_patient if record_patient is not None else raw["patient"]
+    return patient, raw["device"], raw["source"], metric, t, v, f
+
+
 def _group(record_patient: str | None, raw: Any) -> Group:
     """One group, checked through and through (the reference for :class:`_Columns`)."""
     patient, device, source, metric, t, v, f = _structure(raw, record_patient)
@@ -210,7 +227,7 @@ def _decode_one_by_one(values: list[bytes]) -> Decoded:
 
 
 class _Columns:
-    """The fast path of :func:`decode_records`: structure per group, numbers per batch."""
+    """The fast path of :func:`decode_records`: structure per group, identifiers and numbers per batch."""
 
     def __init__(self) -> None:
         self.patient: list[str] = []
@@ -226,7 +243,12 @@ class _Columns:
         """The groups of one record (all or none of them), or :class:`RecordError`."""
         doc = _load(value)
         record_patient = doc.get("patient")
-        staged = [_structure(raw, record_patient) for raw in doc["groups"]]
+        try:
+            staged = [_shape(raw, record_patient) for raw in doc["groups"]]
+        except RecordError:  # refused: the reason is the full check's (it may find an earlier fault)
+            for raw in doc["groups"]:
+                _structure(raw, record_patient)
+            raise
         for patient, device, source, metric, t, v, f in staged:
             self.patient.append(patient)
             self.device.append(device)
@@ -238,13 +260,21 @@ class _Columns:
             self.flags += f
 
     def finish(self) -> Decoded:
-        """The columns as arrays, checked; :class:`RecordError` if any number is bad (which record
-        is then for the slow path to find)."""
+        """The columns as arrays, checked; :class:`RecordError` if any identifier, metric name or
+        number is bad (which record is then for the slow path to find)."""
         if not self.size:
             return Decoded()
+        # The identifiers and metric names of every group, checked once per batch (_shape left them).
+        ids: list[object]
+        try:
+            ids = [*set(self.patient), *set(self.device), *set(self.source)]
+        except TypeError:  # a list or a dict where an identifier belongs
+            ids = [None]
+        if not all_valid_ids(ids) or not _known_metrics(self.metric):
+            raise RecordError("a group has an invalid identifier or metric")
         t = _numbers(self.t, _NUMBER_TYPES, np.float64)
         value = _numbers(self.value, _NUMBER_TYPES, np.float64)
-        flags = _numbers(self.flags, _INTEGER_TYPES, np.int64)  # flat, and as long as metric (_structure)
+        flags = _numbers(self.flags, _INTEGER_TYPES, np.int64)  # flat, and as long as metric (_shape)
         codes = _check_values(self.metric, t, value, flags)
         return Decoded(
             patient=self.patient, device=self.device, source=self.source,

@@ -11,6 +11,7 @@ different cohort from earlier rounds'.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -229,6 +230,29 @@ def test_a_patient_override_can_return_to_the_dash_criteria() -> None:
         raised |= {(e.patient, e.rule) for e in engine.process(batch) if e.state == "raised"}
     assert isinstance(rule, RhythmRule) and rule.method == "model"
     assert raised == {("p-model", "af_screening")}
+
+
+@pytest.mark.parametrize("method", ["model", "dash"])
+def test_each_window_is_judged_on_its_own(method: str) -> None:
+    # irregular() computes verdicts for the complete windows only (the others are unknown either
+    # way): so a window's verdict must not depend on which other windows share its batch. Bit for
+    # bit, against judging every window alone, with incomplete and non-finite windows mixed in.
+    from detectors.rhythm import _params
+
+    rng = np.random.default_rng(11)
+    rr = np.concatenate([np.lib.stride_tricks.sliding_window_view(series, 64)[::16] for series in (
+        a_errors(a_af(900, rng, low=True), rng), rng.normal(0.8, 0.05, 900), rng.normal(0.6, 0.12, 900))])
+    rr = rr[rng.permutation(len(rr))].copy()
+    rr[3, 5] = np.nan
+    complete = rng.random(len(rr)) < 0.6
+    rule = dataclasses.replace(default_rule(), method=method)
+    params = {name: np.full(len(rr), value) for name, value in _params(rule).items()}
+    together = irregular(rr, complete, params)
+    alone = np.concatenate([irregular(rr[i:i + 1], complete[i:i + 1], {k: v[i:i + 1] for k, v in params.items()})
+                            for i in range(len(rr))])
+    assert np.array_equal(together, alone, equal_nan=True)
+    assert np.isnan(together[~complete]).all() and np.isfinite(together[complete]).sum() > 20
+    assert set(np.unique(together[complete & np.isfinite(together)])) <= {0.0, 1.0}
 
 
 def test_a_patient_override_holds_the_alert_for_longer_irregular_runs() -> None:

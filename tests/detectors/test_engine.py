@@ -42,6 +42,14 @@ class TestBatches:
         assert registry.index_of("y") == 1 and registry.id_of(0) == "x" and "x" in registry
         assert registry.get("z") is None and len(registry) == 2
 
+    def test_indices_of_known_and_new_ids(self) -> None:
+        # known ids are looked up; as soon as one is new, the new ones are registered in sorted order
+        registry = PatientRegistry(["c"])
+        assert registry.indices(["c", "c"]).tolist() == [0, 0]
+        assert registry.indices(["c", "b", "a", "b"]).tolist() == [0, 2, 1, 2]
+        assert registry.ids() == ["c", "a", "b"]
+        assert registry.indices(np.array(["b", "c"], dtype=object)).tolist() == [2, 0]
+
     def test_empty_batch(self, engine: Engine) -> None:
         assert engine.process(SampleBatch.empty()) == []
 
@@ -167,6 +175,48 @@ class TestState:
         raised = run(fresh, [s for p in patients for s in series(p, "heart_rate", 480, [130] * 3)])
         assert sorted(e.patient for e in raised) == sorted(patients)
         assert all(e.time == T0 + 600 and e.since == T0 for e in raised)
+
+    @pytest.mark.parametrize("seed", [1, 2, 3])
+    def test_watermarks_do_not_depend_on_when_new_keys_are_merged(self, seed: int,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        # New (patient, metric, device) keys wait in a small level before they are merged into the
+        # large sorted arrays: merging at once (the behaviour before) and never merging must give the
+        # same events, checkpoints and JSON states, also across redelivery, new devices and a reload.
+        from pathlib import Path
+
+        import detectors.engine as engine_module
+        from rpm_core.rules import load_rules
+        from tests.detectors.helpers import run6
+
+        rules = load_rules(Path(__file__).resolve().parents[2] / "alert_rules.yaml")
+        rng = np.random.default_rng(seed)
+        batches = []
+        for b in range(12):
+            samples = []
+            for _ in range(int(rng.integers(1, 60))):
+                p = f"p{int(rng.integers(0, 40)):02d}"
+                metric = ["heart_rate", "rr_interval", "glucose"][int(rng.integers(0, 3))]
+                device = f"{['hrs', 'cgm', 'meter'][int(rng.integers(0, 3))]}-{int(rng.integers(0, 2))}"
+                value = {"heart_rate": 130.0, "rr_interval": 0.5, "glucose": 50.0}[metric] * rng.uniform(0.8, 1.2)
+                samples.append((p, metric, T0 + 60.0 * b + float(rng.integers(0, 120)), value, 0, device))
+            batches.append(samples)
+
+        def replay(recent_min: int) -> list[object]:
+            monkeypatch.setattr(engine_module, "_RECENT_MIN", recent_min)
+            engine, out = Engine(rules), []
+            for i, samples in enumerate(batches):
+                if i == 6:  # a reload halfway: every patient from its packed record
+                    ids = engine.registry.ids()
+                    fresh = Engine(rules)
+                    fresh.import_packed_many(list(zip(ids, engine.export_packed(ids), strict=True)))
+                    engine = fresh
+                out.append([e.to_dict() for e in run6(engine, samples + samples[:3], now=T0 + 60.0 * i)])
+                ids = engine.registry.ids()
+                out.append(engine.export_packed(ids))
+            out.append([engine.export_state(p) for p in engine.registry.ids()])
+            return out
+
+        assert replay(0) == replay(10**9) == replay(8)
 
     def test_reset_patient_forgets_everything(self, engine: Engine) -> None:
         run(engine, series("p", "heart_rate", 0, [130] * 11))

@@ -183,3 +183,13 @@ def test_fuzz_any_json_parses_or_fails_with_wire_error(doc: object) -> None:
 def test_fuzz_random_bytes_fail_with_wire_error(payload: bytes) -> None:
     with pytest.raises(WireError):
         parse_readings_message(payload, topic=TOPIC, now=NOW)
+
+
+@pytest.mark.parametrize("values", [
+    ["p1"], ["p1", "hrs-p1", "sim"], ["x" * 64], ["x" * 65], [""], ["a b"], ["a\nb"], ["a\n"], ["\n"], ["p1", "\n"],
+    ["p1", ""], ["é"], [7], ["p1", None], [["p1"]], ["p1\n", "p2"], ["a:b.c_d-e"], ["a,b"],
+])
+def test_all_valid_ids_is_is_valid_id_of_each(values: list[object]) -> None:
+    from rpm_core.wire import all_valid_ids, is_valid_id
+
+    assert all_valid_ids(values) == all(is_valid_id(v) for v in values)

@@ -118,3 +118,30 @@ def test_the_column_wise_batch_decoder_agrees_with_the_record_by_record_one(batc
     assert [(g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist())
             for g in out.groups] == [
         (g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist()) for g in reference]
+
+
+ids = st.sampled_from(["p1", "d1", "cgm-2", "x" * 64, "x" * 65, "", "a b", "a\nb", "a\n", "é", 7, None, ["d1"],
+                       {"d": 1}, "ble", "sim"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(ids, ids, ids, st.sampled_from(["heart_rate", "glucose", "spo2", 3])),
+                         min_size=1, max_size=3), min_size=1, max_size=5))
+def test_the_batch_decoder_finds_the_same_bad_identifiers_as_the_record_by_record_one(
+        batch: list[list[tuple[object, object, object, object]]]) -> None:
+    # The fast path checks the identifiers and metric names of a whole batch at once and, if one is
+    # bad, decodes the batch again record by record: every record is kept or refused as alone, and
+    # refused with the reason the record-by-record decoder gives.
+    values = [orjson.dumps({"v": 1, "groups": [
+        {"patient": p, "device": d, "source": s, "metric": [m], "t": [NOW], "value": [72.0], "flags": [0]}
+        for p, d, s, m in groups]}) for groups in batch]
+    out = decode_records(values)
+    expected_rejected, expected_groups = [], []
+    for v in values:
+        try:
+            expected_groups += decode_record(v)
+        except RecordError as exc:
+            expected_rejected.append((v, str(exc)))
+    assert out.rejected == expected_rejected
+    assert [(g.patient, g.device, g.source, g.metric) for g in out.groups] == [
+        (g.patient, g.device, g.source, g.metric) for g in expected_groups]
