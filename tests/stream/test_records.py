@@ -118,3 +118,33 @@ def test_the_column_wise_batch_decoder_agrees_with_the_record_by_record_one(batc
     assert [(g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist())
             for g in out.groups] == [
         (g.patient, g.device, g.source, g.metric, g.t.tolist(), g.value.tolist(), g.flags.tolist()) for g in reference]
+
+
+# A rogue producer on rpm.readings (Tansu has no ACLs): a time the bridge would never let through became
+# the device's watermark and the patient's last reading, so the device's real readings after it were
+# dropped as already seen and staleness never fired (nobody told); 1e300 s also overflowed InfluxDB's ns.
+@pytest.mark.parametrize("t", [1e300, 4_200_000_000.0, -1.0, 0, 946_684_799.0, 2**63])
+def test_a_time_outside_the_wire_bounds_rejects_the_record(t: float) -> None:
+    broken = record(t=[NOW, t])
+    with pytest.raises(RecordError, match="time before 2000-01-01 or after 2100"):
+        decode_record(broken)
+    out = decode_records([record(), broken])
+    assert [raw for raw, _ in out.rejected] == [broken] and out.samples == 2
+
+
+def test_given_the_clock_a_time_further_ahead_than_the_bridge_allows_rejects_the_record() -> None:
+    ahead = record(t=[NOW, NOW + 3600])  # an hour ahead of the worker: the bridge refuses beyond 300 s
+    with pytest.raises(RecordError, match="in the future"):
+        decode_record(ahead, now=NOW)
+    assert decode_records([record(), ahead], now=NOW).rejected == [(ahead, "group holds a time in the future "
+                                                                           "(not from the bridge?)")]
+    assert decode_records([ahead]).rejected == []  # without a clock (replays, backtests) only the fixed bounds
+    # what the bridge accepts (300 s ahead of its clock) passes, with a margin for the hosts' clocks
+    assert decode_records([record(t=[NOW, NOW + 300])], now=NOW - 200).rejected == []
+
+
+def test_a_value_both_above_and_below_the_measuring_range_rejects_the_record() -> None:
+    broken = record(flags=[0, 8 | 16])  # the wire refuses it; a detector would read it both ways
+    with pytest.raises(RecordError, match="invalid flags"):
+        decode_record(broken)
+    assert [raw for raw, _ in decode_records([record(), broken]).rejected] == [broken]
