@@ -103,9 +103,18 @@ async def _forward(value: bytes | None, sender: Sender, header: Header, stats: F
         stats.skipped += 1
         _LOGGER.debug("rpm.alerts record skipped: not a patient's alert state change")
         return
-    cid, text = encode_alert(change, header=header, now_s=time.time())
-    receipt = await sender.send(Outgoing(cid, text, change.patient, "alert", change.rule, change.severity,
-                                         change.alert_id))
+    try:
+        cid, text = encode_alert(change, header=header, now_s=time.time())
+    except Hl7EncodeError as exc:
+        # Raised out of here, it stopped the follower on this record at every restart: no alert after
+        # it reached the hospital. The record itself goes to the dead-letter topic, with why.
+        _LOGGER.warning("rpm.alerts record dead-lettered: %s", exc)
+        receipt = await sender.refuse(Outgoing("", (value or b"").decode("utf-8", "replace"), change.patient,
+                                               "alert", change.rule[:64], change.severity[:20], change.alert_id[:64]),
+                                      f"cannot be encoded as HL7: {exc}")
+    else:
+        receipt = await sender.send(Outgoing(cid, text, change.patient, "alert", change.rule, change.severity,
+                                             change.alert_id))
     stats.sent += 1
     if receipt.outcome == "delivered":
         stats.delivered += 1
