@@ -111,6 +111,22 @@ class DuplicateKeyError(ValueError):
     """JSON that names a key twice in one object (parsers disagree on which one wins)."""
 
 
+class NestingError(ValueError):
+    """JSON nested deeper than the standard library's parser reads (orjson reads 1,024 levels; ``json``
+    raises ``RecursionError`` before that, at a depth that depends on the caller's stack)."""
+
+
+def _pairs_unique(data: bytes | str) -> None:
+    """Parse ``data`` (already read by orjson) with every object's keys checked; :class:`DuplicateKeyError`
+    or :class:`NestingError`. A ``RecursionError`` is no ``ValueError``: it escaped every decoder's
+    ``except ValueError`` (an ack, a patient's ack or status message, a heartbeat), and in a readings
+    message it passed for "no key named twice"."""
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:
+        raise NestingError("nested too deeply") from exc
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc = dict(pairs)
     if len(doc) != len(pairs):
@@ -127,7 +143,7 @@ def loads_unique(data: bytes | str) -> Any:
     documents of alerts, acknowledgements, commands and status; readings use a cheaper check."""
     doc = orjson.loads(data)
     if isinstance(doc, dict | list):  # scalars have no keys
-        json.loads(data, object_pairs_hook=_no_duplicates)
+        _pairs_unique(data)
     return doc
 
 
@@ -367,10 +383,12 @@ def _unique_top_keys(payload: bytes, doc: dict[str, Any]) -> bool:
         return False
     if escaped:
         try:
-            json.loads(payload, object_pairs_hook=_no_duplicates)
+            _pairs_unique(payload)
+        except NestingError as exc:  # a key named twice could hide behind it: a readings message has 3 levels
+            raise WireError("nested too deeply for a readings message") from exc
         except DuplicateKeyError:
             return False
-        except (ValueError, RecursionError):  # orjson read it; the checks that follow judge it
+        except ValueError:  # orjson read it; the checks that follow judge it
             pass
     return True
 
