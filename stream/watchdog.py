@@ -28,6 +28,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class _Seen:
     at: float  # the watchdog's clock when received
 
 
+_NOT_ID_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
 @dataclass
 class Watchdog:
     """The decisions of the watchdog (see the module docstring); feed it, then :meth:`evaluate`.
@@ -123,7 +127,10 @@ class Watchdog:
         alarm, device, active = doc.get("alarm"), doc.get("device") or "agent", doc.get("active")
         if not isinstance(alarm, str) or not isinstance(device, str) or not isinstance(active, bool):
             return
-        key = (patient, device[:64], alarm[:40])
+        # The alarm's name becomes the rule (tech.device.<alarm>), which every reader of rpm.alerts
+        # requires to be an identifier: one with a space or an accent was raised, refused by the nurse
+        # station and the notifier, and so told to nobody.
+        key = (patient, device[:64], _NOT_ID_RE.sub("_", alarm[:40]) or "unnamed")
         if not active:
             self._devices.pop(key, None)
             return
