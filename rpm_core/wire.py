@@ -147,6 +147,20 @@ def loads_unique(data: bytes | str) -> Any:
     return doc
 
 
+def brief(value: object) -> str:
+    """A short description of a decoded JSON value for a reason: a string's or a number's first
+    characters, a container's kind. Never ``repr`` of a container: JSON a thousand levels deep (which
+    orjson reads) made it raise ``RecursionError``, out of every decoder (a worker stalled on one
+    record), and a 250 kB string became a 250 kB reason."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)[:40]
+
+
 def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str], Exception],
                    keys: frozenset[str], required: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``doc`` if it is the JSON object of a versioned message: its ``"v"`` is ``version`` (an int,
@@ -158,7 +172,7 @@ def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str
         raise error(f"{what} must be a JSON object")
     v = doc.get("v")
     if v != version or isinstance(v, bool):
-        raise error(f"unsupported schema version {repr(v)[:20]}; expected v{version}")
+        raise error(f"unsupported schema version {brief(v)}; expected v{version}")
     unknown = doc.keys() - keys
     if unknown:
         raise error(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
@@ -237,7 +251,7 @@ def patient_from_topic(topic: str) -> str:
     """The patient id in a readings topic, or :class:`WireError`."""
     parts = topic.split("/")
     if len(parts) != 5 or parts[0] != "rpm" or parts[1] != "v1" or parts[2] != "p" or parts[4] != "readings":
-        raise WireError(f"topic {topic!r} is not rpm/v1/p/<patient>/readings")
+        raise WireError(f"topic {brief(topic)} is not rpm/v1/p/<patient>/readings")
     if not _ID_RE.fullmatch(parts[3]):
         raise WireError("topic patient id is not a valid identifier")
     return parts[3]
@@ -288,7 +302,7 @@ def _check_sample(raw: object, index: int, now: float) -> Sample:
     metric, t, value = raw[0], raw[1], raw[2]
     flags = raw[3] if len(raw) == 4 else 0
     if not isinstance(metric, str) or metric not in METRIC_RANGES:
-        raise WireError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise WireError(f"{where}: unknown metric {brief(metric)}; expected one of {', '.join(METRICS)}")
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
         raise WireError(f"{where}: time must be a finite number of epoch seconds")
     if t < MIN_SAMPLE_EPOCH_S:

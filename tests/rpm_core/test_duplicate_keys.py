@@ -141,3 +141,17 @@ def test_a_key_named_twice_cannot_hide_behind_deep_nesting() -> None:
     doubled = good.replace(b"{", b'{"d\\u0065vice":' + DEEP + b",", 1)  # orjson keeps the last "device"
     with pytest.raises(WireError, match="nested too deeply"):
         parse_readings_message(doubled, topic="rpm/v1/p/pA/readings", now=NOW)
+
+
+@pytest.mark.parametrize("where", ["v", "metric"])
+def test_a_reason_never_reprs_a_deep_or_huge_value(where: str) -> None:
+    """repr() of a list 1,000 levels deep raises RecursionError (out of the bridge's validation, as a
+    defect; out of the worker's record decoder, stalling its partition); a 250 kB string was echoed whole."""
+    for bad in (DEEP, b'"' + b"x" * 250_000 + b'"'):
+        sample = bad if where == "metric" else b'"heart_rate"'
+        version = bad if where == "v" else b"1"
+        raw = (b'{"v":' + version + b',"patient":"pA","device":"d","source":"sim","samples":[[' + sample
+               + b",%d,70]]}" % int(NOW))
+        with pytest.raises(WireError) as info:
+            parse_readings_message(raw, topic="rpm/v1/p/pA/readings", now=NOW)
+        assert len(info.value.reason) < 200

@@ -148,3 +148,12 @@ def test_a_value_both_above_and_below_the_measuring_range_rejects_the_record() -
     with pytest.raises(RecordError, match="invalid flags"):
         decode_record(broken)
     assert [raw for raw, _ in decode_records([record(), broken]).rejected] == [broken]
+
+
+def test_a_record_whose_version_is_nested_a_thousand_levels_deep_is_rejected_not_raised() -> None:
+    """repr() of the version in the reason raised RecursionError out of decode_records: the worker's
+    batch failed, and was retried, for one record of a rogue producer."""
+    deep = b"[" * 1000 + b"]" * 1000
+    out = decode_records([record(), b'{"v":' + deep + b',"groups":[]}'])
+    assert out.samples == 2 and [reason for _raw, reason in out.rejected] == [
+        "unsupported schema version a list; expected v1"]
