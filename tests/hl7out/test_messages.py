@@ -183,3 +183,20 @@ def test_an_alert_hl7apy_refuses_is_an_encoding_error() -> None:
     change = AlertChange("a" * 1000, "p0001", "r" * 1000, "warning", "heart_rate", "raised", T0, "x")
     with pytest.raises(Hl7EncodeError, match="cannot be encoded"):
         encode_alert(change, header=HEADER, now_s=T0)
+
+
+def test_a_line_break_in_a_tag_cannot_add_a_point_to_influxdb() -> None:
+    """The receipts' rule and severity tags come from rpm.alerts: a rule with a line break wrote a second,
+    forged point (a "delivered" receipt) into the notifications measurement; the shared escape_tag too."""
+    import time
+
+    from hl7out.receipts import attempt_line
+    from hl7out.sender import AttemptRecord, Outgoing
+    from rpm_core.lineprotocol import point_line
+
+    forged = "r\nnotifications,channel=hl7,outcome=delivered,patient=p0002 attempt=1i 1764100000000\r"
+    message = Outgoing("c1", "MSH|", "p0001", "alert", forged, "critical\nx", "a1")
+    line = attempt_line(AttemptRecord(message, 1, "failed", "no ACK", time.time()), recipient="mllp://h:1")
+    assert "\n" not in line and "\r" not in line and line.startswith("notifications,")
+    point = point_line("alerts", {"rule": forged}, {"value": 1.0}, 1)
+    assert "\n" not in point and "\r" not in point
