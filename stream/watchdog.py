@@ -519,7 +519,7 @@ def _json(value: bytes | None) -> Any:
 def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
     """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
     watchdog was away are delivered when it is back); returns the running paho client."""
-    from rpm_core.mqtt_client import mqtt_client, session_properties
+    from rpm_core.mqtt_client import message_topic, mqtt_client, session_properties
     from rpm_core.wire import status_topic
 
     client = mqtt_client(mqtt_settings, client_id)
@@ -531,7 +531,7 @@ def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callabl
         c.subscribe(status_topic("+"), qos=1)
 
     client.on_connect = on_connect
-    client.on_message = lambda _c, _u, msg: on_status(msg.topic, bytes(msg.payload))
+    client.on_message = lambda _c, _u, msg: on_status(message_topic(msg), bytes(msg.payload))
     client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False,
                          properties=session_properties(7 * 24 * 3600))
     client.loop_start()

@@ -276,3 +276,22 @@ def test_a_device_alarm_whose_name_is_not_an_identifier_still_reaches_the_ward(a
     assert raised.message == "the transmitter says so" and raised.wards == ("north",)
     w.observe_device_alarm("p3", {"kind": "alarm", "alarm": alarm, "device": "cgm-1", "active": False})
     assert [a.state for a in w.evaluate(T0 + 42)] == ["cleared"]
+
+
+def test_a_status_topic_that_is_not_utf8_does_not_raise_in_pahos_thread() -> None:
+    """paho's msg.topic raises UnicodeDecodeError on it, and an exception in on_message ends paho's network
+    thread: no device alarm would have been read after it (the bridge's finding, in the watchdog)."""
+    import paho.mqtt.client as paho
+
+    from rpm_core.settings import MqttSettings
+    from stream.watchdog import start_status_listener
+
+    seen: list[tuple[str, bytes]] = []
+    client = start_status_listener(MqttSettings(host="127.0.0.1", port=9), "w-test", lambda t, p: seen.append((t, p)))
+    try:
+        msg = paho.MQTTMessage(mid=1, topic=b"rpm/v1/p/\xff\xfe/status")
+        msg.payload = b"{}"
+        client.on_message(client, None, msg)
+        assert seen == [("rpm/v1/p/\ufffd\ufffd/status", b"{}")]
+    finally:
+        client.loop_stop()
