@@ -92,3 +92,8 @@ KALMAN_RATE_PRIOR_SD: Final = 1.0  # mg/dL/min: the rate before any reading, a t
 # A predicted crossing counts when the forecast plus this many standard deviations of its own
 # uncertainty (toward the normal side) crosses: a small margin that keeps uncertain forecasts quiet.
 KALMAN_CONFIDENCE_Z: Final = 0.35
+
+# An acknowledgement made (by its sender's clock) more than this before the alert's escalation clock
+# started (its raise, its worsening, its re-alarm) answers an earlier state of the alert, not this one:
+# the nurse station and the notifier (ACK_CLOCK_SLACK_S there) and the engine agree on it.
+ACK_CLOCK_SLACK_S: Final = 5.0

@@ -458,6 +458,14 @@ class Engine:
         self._touched[index, p] = True
         return [self._keyed(index, p, ACKNOWLEDGED, at, np.nan, by=by)[1]]
 
+    def alert_patient(self, alert_id: str) -> str | None:
+        """The patient of the open alert ``alert_id`` (None: no open alert of a loaded patient has it).
+
+        An acknowledgement names a patient and an alert; :meth:`acknowledge` goes by the alert alone,
+        so the caller checks that they agree (a patient's device may only acknowledge its own alerts)."""
+        where = self._open.get(alert_id)
+        return None if where is None else self._registry.id_of(where[1])
+
     def open_alerts(self) -> list[AlertEvent]:
         """A snapshot of every open alert: state ``raised``, ``acknowledged`` or ``escalated``.
 

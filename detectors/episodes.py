@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
 from detectors.columns import ParamRows, StateColumn, appended, finite_or_nan, grown, nan_first, opt, opt_float
-from detectors.const import FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
+from detectors.const import ACK_CLOCK_SLACK_S, FLAP_SLOTS, N_LEVELS, SEVERITY_NAMES
 from detectors.errors import StateError
 from detectors.rules import Flapping
 from detectors.runs import lower_bound, next_true
@@ -317,8 +317,13 @@ class EpisodeTable:
     # -- acknowledgement and escalation ----------------------------------------------------------
 
     def acknowledge(self, patient: int, at: float = math.nan) -> bool:
-        """Mark the patient's open alert acknowledged (at ``at``); ``False`` if there is none or it already was."""
+        """Mark the patient's open alert acknowledged (at ``at``); ``False`` if there is none, it already
+        was, or ``at`` is from before the alert's escalation clock started (minus ``ACK_CLOCK_SLACK_S``):
+        such an ack answers the alert before it worsened or alarmed again (a warning acknowledged while,
+        unknown to the nurse, it became critical), and stopped the escalation of what nobody had seen."""
         if self.level[patient] == 0 or self.acked[patient]:
+            return False
+        if at < self.escalate_from[patient] - ACK_CLOCK_SLACK_S:  # NaN (no time given): accepted
             return False
         self.acked[patient] = True
         self.acked_at[patient] = at

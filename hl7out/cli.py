@@ -200,7 +200,8 @@ async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: 
     print(f"rpm hl7 follow: rpm.alerts → {endpoint} (Ctrl-C to stop)", flush=True)
     try:
         return await follow(bootstrap=bootstrap, sender=sender, header=_header(args), stop=stop,
-                            after_send=after_send, from_beginning=args.from_beginning, group=args.group)
+                            after_send=after_send, from_beginning=args.from_beginning, group=args.group,
+                            keys=settings.key_ring())
     finally:
         await sender.close()
         await kafka.close()

@@ -26,6 +26,7 @@ from hl7out.errors import Hl7EncodeError
 from hl7out.messages import AlertChange, Header, encode_alert
 from hl7out.sender import Outgoing, Receipt, Sender
 from rpm_core.kafka_security import kafka_client_kwargs
+from rpm_core.signing import KeyRing, SignatureError
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ class FollowStats:
 
 async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asyncio.Event,
                  after_send: Callable[[Receipt], Awaitable[None]], from_beginning: bool = False,
-                 group: str = CONSUMER_GROUP) -> FollowStats:
-    """Forward ``rpm.alerts`` until ``stop`` is set; the counters."""
+                 group: str = CONSUMER_GROUP, keys: KeyRing | None = None) -> FollowStats:
+    """Forward ``rpm.alerts`` until ``stop`` is set; the counters. With ``keys`` (``RPM_SIGNING_KEYS_FILE``,
+    as every other reader of the topic), a record that does not verify is dead-lettered, never sent."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from rpm_core import topics
@@ -89,11 +91,29 @@ async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asynci
             batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=POLL_MS)
             for tp, records in batch.items():
                 for record in records:
-                    await _forward(record.value, sender, header, stats, after_send)
+                    forged = _forged(keys, tp.topic, record)
+                    if forged is None:
+                        await _forward(record.value, sender, header, stats, after_send)
+                    else:  # anyone who reaches Kafka could otherwise put an alert in the hospital's records
+                        stats.deadlettered += 1
+                        await after_send(await sender.refuse(Outgoing(
+                            "", (record.value or b"").decode("utf-8", "replace"), "-", "alert"), forged))
                     await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
     finally:
         await consumer.stop()
     return stats
+
+
+def _forged(keys: KeyRing | None, topic: str, record: Any) -> str | None:
+    """Why ``record`` is refused as not signed by us (None: it verifies, or there are no keys)."""
+    if keys is None:
+        return None
+    try:
+        keys.verify(topic, record.key, record.value, record.headers)
+    except SignatureError as exc:
+        _LOGGER.warning("refused a record of %s: %s", topic, exc)
+        return f"alert refused: {exc}"
+    return None
 
 
 async def _forward(value: bytes | None, sender: Sender, header: Header, stats: FollowStats,
@@ -103,9 +123,18 @@ async def _forward(value: bytes | None, sender: Sender, header: Header, stats: F
         stats.skipped += 1
         _LOGGER.debug("rpm.alerts record skipped: not a patient's alert state change")
         return
-    cid, text = encode_alert(change, header=header, now_s=time.time())
-    receipt = await sender.send(Outgoing(cid, text, change.patient, "alert", change.rule, change.severity,
-                                         change.alert_id))
+    try:
+        cid, text = encode_alert(change, header=header, now_s=time.time())
+    except Hl7EncodeError as exc:
+        # Raised out of here, it stopped the follower on this record at every restart: no alert after
+        # it reached the hospital. The record itself goes to the dead-letter topic, with why.
+        _LOGGER.warning("rpm.alerts record dead-lettered: %s", exc)
+        receipt = await sender.refuse(Outgoing("", (value or b"").decode("utf-8", "replace"), change.patient,
+                                               "alert", change.rule[:64], change.severity[:20], change.alert_id[:64]),
+                                      f"cannot be encoded as HL7: {exc}")
+    else:
+        receipt = await sender.send(Outgoing(cid, text, change.patient, "alert", change.rule, change.severity,
+                                             change.alert_id))
     stats.sent += 1
     if receipt.outcome == "delivered":
         stats.delivered += 1

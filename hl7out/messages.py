@@ -9,6 +9,8 @@ delimiter in a message text can add a field, a component or a segment.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -20,7 +22,7 @@ from hl7apy.parser import parse_message
 
 from hl7out import codes
 from hl7out.errors import AckError, Hl7EncodeError
-from rpm_core.wire import is_valid_id
+from rpm_core.wire import MAX_EPOCH_S, MIN_SAMPLE_EPOCH_S, is_valid_id
 
 AckCode = Literal["AA", "AE", "AR"]
 Kind = Literal["clinical", "technical"]
@@ -31,13 +33,37 @@ SEGMENT_SEP: Final = "\r"
 # 2.6 §2.7.4: escape sequences for the delimiters in text; "\" first so the others are not re-escaped
 _ESCAPES: Final = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"),
                    ("\r\n", " "), ("\n", " "), ("\r", " "))
+# Other control characters (C0 but CR/LF, DEL, C1 with NEL, the Unicode line and paragraph separators)
+# become spaces: MLLP's 0x0B/0x1C in a text made every attempt fail at framing, and a receiver may
+# take any of the others for a line break.
+_CONTROL_RE: Final = re.compile("[\x00-\x09\x0b-\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
+# hl7apy's (HL7 2.6) longest field or component value: a longer one is refused when the message is built.
+MAX_VALUE_CHARS: Final = 999
 
 
 def escape_text(text: str) -> str:
-    """``text`` with the HL7 delimiters and line breaks as escape sequences."""
+    """``text`` with the HL7 delimiters and line breaks as escape sequences, other control characters
+    as spaces."""
     for raw, esc in _ESCAPES:
         text = text.replace(raw, esc)
-    return text
+    return _CONTROL_RE.sub(" ", text)
+
+
+def escape_fitted(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """:func:`escape_text` of ``text``, cut (ending in "...") so that it stays within ``limit`` characters:
+    escaping grows a text (``&`` is ``\\T\\``, three times longer), and a value beyond hl7apy's limit
+    made building the message fail (the alert was never sent)."""
+    escaped = escape_text(text)
+    if len(escaped) <= limit:
+        return escaped
+    out, size = [], 0
+    for ch in text:
+        piece = escape_text(ch)
+        if size + len(piece) > limit - 3:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out) + "..."
 
 
 def unescape_text(text: str) -> str:
@@ -134,7 +160,9 @@ class AlertChange:
 
     def __post_init__(self) -> None:
         if not is_valid_id(self.patient) or self.state not in codes.FACETS:
-            raise Hl7EncodeError(f"alert {self.alert_id!r}: bad patient id or state {self.state!r}")
+            raise Hl7EncodeError(f"alert {self.alert_id[:64]!r}: bad patient id or state {self.state[:20]!r}")
+        if not (math.isfinite(self.time_s) and MIN_SAMPLE_EPOCH_S <= self.time_s < MAX_EPOCH_S):
+            raise Hl7EncodeError(f"alert {self.alert_id[:64]!r}: time {self.time_s!r} is not from 2000 to 2100")
 
 
 def control_id(*parts: object) -> str:
@@ -214,7 +242,15 @@ def encode_vitals(report: VitalsReport, *, header: Header, now_s: float) -> tupl
 
 
 def encode_alert(change: AlertChange, *, header: Header, now_s: float) -> tuple[str, str]:
-    """(control id, ER7) of the ORU^R40 Report Alert of ``change`` with its ACM facets (IHE PCD-04)."""
+    """(control id, ER7) of the ORU^R40 Report Alert of ``change`` with its ACM facets (IHE PCD-04);
+    :class:`Hl7EncodeError` if it cannot be built (the message text is cut to fit, not refused)."""
+    try:
+        return _encode_alert(change, header=header, now_s=now_s)
+    except HL7apyException as exc:  # a value hl7apy refuses (an id or a rule name too long)
+        raise Hl7EncodeError(f"alert {change.alert_id[:64]!r} cannot be encoded: {str(exc)[-200:]}") from exc
+
+
+def _encode_alert(change: AlertChange, *, header: Header, now_s: float) -> tuple[str, str]:
     cid = control_id("alert", change.alert_id, change.state, change.time_s)
     msg = Message("ORU_R01", version=codes.HL7_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
     _msh(msg, header, "ORU^R40^ORU_R01", cid, now_s, PCD04_PROFILE)
@@ -229,7 +265,7 @@ def encode_alert(change: AlertChange, *, header: Header, now_s: float) -> tuple[
     flags = (codes.PRIORITY.get(change.severity, "PL"), source)
     rule = escape_text(change.rule)
     _obx(order, 1, kind="ST", code=f"{rule}^{rule}^{codes.LOCAL_RULES}", sub_id="1.0.0.1",
-         value=escape_text(change.message or change.rule), flags=flags, time_s=change.time_s, device=change.device)
+         value=escape_fitted(change.message or change.rule), flags=flags, time_s=change.time_s, device=change.device)
     i = 2
     if change.value is not None and change.metric in ("heart_rate", "glucose"):
         o = Observation(metric=change.metric, device=change.device or "unknown", time_s=change.time_s,  # type: ignore[arg-type]

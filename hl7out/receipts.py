@@ -30,7 +30,10 @@ WRITE_TIMEOUT_S: Final = 30.0
 
 
 def _tag(value: str) -> str:
-    return (value or "-").replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
+    # a line break in a tag ends the point (what follows became another point): a rule name from
+    # rpm.alerts could write any receipt it liked
+    one_line = (value or "-").replace("\n", " ").replace("\r", " ")
+    return one_line.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
 
 
 def _str(value: str) -> str:

@@ -133,6 +133,12 @@ class Sender:
         await self._deadletter(message, reason)
         return Receipt(message, "deadlettered", attempts, reason)
 
+    async def refuse(self, message: Outgoing, reason: str) -> Receipt:
+        """Dead-letter ``message`` unsent (it could not be encoded: ``message.text`` holds what it came from)."""
+        self._record(message, 0, "deadlettered", reason)
+        await self._deadletter(message, reason)
+        return Receipt(message, "deadlettered", 0, reason)
+
     async def _attempt(self, message: Outgoing) -> tuple[str, str]:
         """("AA"|"AE"|"AR", why) or ("", why) for trouble before an ACK."""
         try:

@@ -137,7 +137,9 @@ class NotifierMqtt:
         self._call(_resolve, future, reason)
 
     def _on_message(self, _c: Any, _u: Any, msg: Any) -> None:
-        self._call(self.inbound.put_nowait, Inbound(msg.mid, msg.qos, msg.topic, bytes(msg.payload)))
+        from rpm_core.mqtt_client import message_topic
+
+        self._call(self.inbound.put_nowait, Inbound(msg.mid, msg.qos, message_topic(msg), bytes(msg.payload)))
 
 
 def _resolve(future: asyncio.Future[Any], reason: Any) -> None:

@@ -249,7 +249,7 @@ class Router:
         self._alerts: dict[str, _Alert] = {}
         self._by_patient: dict[str, set[str]] = {}
         self._groups: dict[str, _Group] = {}
-        self._pending_acks: OrderedDict[str, tuple[str, float, str]] = OrderedDict()
+        self._pending_acks: OrderedDict[str, tuple[str, float, str, str | None]] = OrderedDict()
         self._history: deque[tuple[float, AlertInfo]] = deque()
         self._digests = {d.name: _DigestState(d) for d in routes.digests}
         self._outstanding: dict[str, tuple[str, float, int]] = {}
@@ -274,13 +274,18 @@ class Router:
                          since=update.since, raised_at=at, ward=self._ward_of(update.patient))
         return self._raise(info, at)
 
-    def acknowledge(self, alert_id: str, *, by: str, at: float, source: str, ack_time: float | None = None
-                    ) -> list[Action]:
-        """Someone acknowledged the alert (at ``ack_time`` by their clock; received ``at``): its chain stops."""
+    def acknowledge(self, alert_id: str, *, by: str, at: float, source: str, ack_time: float | None = None,
+                    patient: str | None = None) -> list[Action]:
+        """Someone acknowledged the alert (at ``ack_time`` by their clock; received ``at``): its chain stops.
+
+        ``patient``: the patient the acknowledgement names (``rpm.alert-acks``); an alert of another
+        patient is not acknowledged by it (a patient's device names the alert ids it acknowledges)."""
         alert = self._alerts.get(alert_id)
         when = at if ack_time is None else ack_time
         if alert is None:
-            self._stash_ack(alert_id, by, when, source)
+            self._stash_ack(alert_id, by, when, source, patient)
+            return []
+        if patient is not None and alert.info.patient != patient:
             return []
         if alert.acked or when < alert.info.raised_at - ACK_CLOCK_SLACK_S:
             return []  # redelivered, or it answers the alert before it worsened
@@ -374,8 +379,9 @@ class Router:
         out = self._refresh_patient(info.patient, at)
         stashed = self._pending_acks.pop(info.alert_id, None)
         if stashed is not None:
-            by, when, source = stashed
-            out += self.acknowledge(info.alert_id, by=by, at=max(at, when), source=source, ack_time=when)
+            by, when, source, patient = stashed
+            out += self.acknowledge(info.alert_id, by=by, at=max(at, when), source=source, ack_time=when,
+                                    patient=patient)
         return out
 
     def _reroute(self, alert: _Alert, at: float) -> None:
@@ -409,8 +415,8 @@ class Router:
             state.sent.discard(alert_id)  # ids are never raised again once cleared
         return out + self._refresh_patient(alert.info.patient, at)
 
-    def _stash_ack(self, alert_id: str, by: str, when: float, source: str) -> None:
-        self._pending_acks[alert_id] = (by, when, source)
+    def _stash_ack(self, alert_id: str, by: str, when: float, source: str, patient: str | None) -> None:
+        self._pending_acks[alert_id] = (by, when, source, patient)
         while len(self._pending_acks) > PENDING_ACKS_MAX:
             self._pending_acks.popitem(last=False)
 

@@ -323,7 +323,8 @@ class Notifier:
     def _apply_ack(self, value: bytes, key: bytes | None, at: float) -> list[Action]:
         ack = decode_ack(value, key=key)
         self.stats.acks_in += 1
-        return self.router.acknowledge(ack.alert_id, by=ack.by, at=at, source=ack.station, ack_time=ack.at)
+        return self.router.acknowledge(ack.alert_id, by=ack.by, at=at, source=ack.station, ack_time=ack.at,
+                                       patient=ack.patient)
 
     # -- time and actions -------------------------------------------------------------------------
 

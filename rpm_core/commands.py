@@ -22,7 +22,7 @@ from typing import Any, Final
 import orjson
 
 from rpm_core.errors import RpmError
-from rpm_core.wire import MAX_EPOCH_S, MIN_SAMPLE_EPOCH_S, TOPIC_ROOT, is_valid_id, load_envelope
+from rpm_core.wire import MAX_EPOCH_S, MIN_SAMPLE_EPOCH_S, TOPIC_ROOT, brief, is_valid_id, load_envelope
 
 COMMAND_SCHEMA_VERSION: Final = 1
 MAX_COMMAND_BYTES: Final = 8192
@@ -50,7 +50,7 @@ def patient_from_ack_topic(topic: str) -> str:
     """The patient of an ``rpm/v1/p/<patient>/ack`` topic, or :class:`CommandDecodeError`."""
     parts = topic.split("/")
     if len(parts) != 5 or "/".join(parts[:3]) != f"{TOPIC_ROOT}/p" or parts[4] != "ack" or not is_valid_id(parts[3]):
-        raise CommandDecodeError(f"topic {topic!r} is not {TOPIC_ROOT}/p/<patient>/ack")
+        raise CommandDecodeError(f"topic {brief(topic)} is not {TOPIC_ROOT}/p/<patient>/ack")
     return parts[3]
 
 
@@ -82,7 +82,7 @@ class PatientMessage:
         """Decode and validate; :class:`CommandDecodeError` otherwise."""
         doc = _load(raw, _MESSAGE_KEYS)
         if doc["type"] != "message":
-            raise CommandDecodeError(f"unknown command type {doc['type']!r}")
+            raise CommandDecodeError(f"unknown command type {brief(doc['type'])}")
         return cls(id=doc["id"], alert_ids=_tuple(doc["alert_ids"]), severity=doc["severity"], text=doc["text"],
                    at=doc["at"])
 

@@ -30,8 +30,10 @@ def escape_string_field(text: str) -> str:
 
 def escape_tag(value: str) -> str:
     """A tag value (or key) escaped for line protocol: backslashes, commas, spaces and equals signs;
-    an empty value, which InfluxDB refuses, is ``-``."""
-    return (value or "-").replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
+    an empty value, which InfluxDB refuses, is ``-``. A line break, which no escape can carry in a tag
+    (it ends the point: what follows is read as another point), becomes a space."""
+    one_line = (value or "-").replace("\n", " ").replace("\r", " ")
+    return one_line.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("=", "\\=")
 
 
 FieldValue = str | int | float | bool

@@ -56,3 +56,12 @@ def session_properties(expiry_s: int, *, receive_maximum: int | None = None) -> 
     if receive_maximum is not None:
         props.ReceiveMaximum = receive_maximum
     return props
+
+
+def message_topic(msg: paho.MQTTMessage) -> str:
+    """A received message's topic, bytes that are not UTF-8 replaced (then no topic check passes).
+
+    paho's ``msg.topic`` raises ``UnicodeDecodeError`` on them, and an exception in ``on_message``
+    ends paho's network thread: nothing is read after it, silently (the bridge's finding of the last
+    round, for every other subscriber: the notifier's patient acks, the watchdog's device status)."""
+    return bytes(msg._topic).decode("utf-8", "replace")

@@ -114,6 +114,22 @@ class DuplicateKeyError(ValueError):
     """JSON that names a key twice in one object (parsers disagree on which one wins)."""
 
 
+class NestingError(ValueError):
+    """JSON nested deeper than the standard library's parser reads (orjson reads 1,024 levels; ``json``
+    raises ``RecursionError`` before that, at a depth that depends on the caller's stack)."""
+
+
+def _pairs_unique(data: bytes | str) -> None:
+    """Parse ``data`` (already read by orjson) with every object's keys checked; :class:`DuplicateKeyError`
+    or :class:`NestingError`. A ``RecursionError`` is no ``ValueError``: it escaped every decoder's
+    ``except ValueError`` (an ack, a patient's ack or status message, a heartbeat), and in a readings
+    message it passed for "no key named twice"."""
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:
+        raise NestingError("nested too deeply") from exc
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     doc = dict(pairs)
     if len(doc) != len(pairs):
@@ -130,8 +146,22 @@ def loads_unique(data: bytes | str) -> Any:
     documents of alerts, acknowledgements, commands and status; readings use a cheaper check."""
     doc = orjson.loads(data)
     if isinstance(doc, dict | list):  # scalars have no keys
-        json.loads(data, object_pairs_hook=_no_duplicates)
+        _pairs_unique(data)
     return doc
+
+
+def brief(value: object) -> str:
+    """A short description of a decoded JSON value for a reason: a string's or a number's first
+    characters, a container's kind. Never ``repr`` of a container: JSON a thousand levels deep (which
+    orjson reads) made it raise ``RecursionError``, out of every decoder (a worker stalled on one
+    record), and a 250 kB string became a 250 kB reason."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return repr(value)[:40]
 
 
 def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str], Exception],
@@ -145,7 +175,7 @@ def check_envelope(doc: object, *, what: str, version: int, error: Callable[[str
         raise error(f"{what} must be a JSON object")
     v = doc.get("v")
     if v != version or isinstance(v, bool):
-        raise error(f"unsupported schema version {repr(v)[:20]}; expected v{version}")
+        raise error(f"unsupported schema version {brief(v)}; expected v{version}")
     unknown = doc.keys() - keys
     if unknown:
         raise error(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
@@ -224,7 +254,7 @@ def patient_from_topic(topic: str) -> str:
     """The patient id in a readings topic, or :class:`WireError`."""
     parts = topic.split("/")
     if len(parts) != 5 or parts[0] != "rpm" or parts[1] != "v1" or parts[2] != "p" or parts[4] != "readings":
-        raise WireError(f"topic {topic!r} is not rpm/v1/p/<patient>/readings")
+        raise WireError(f"topic {brief(topic)} is not rpm/v1/p/<patient>/readings")
     if not _ID_RE.fullmatch(parts[3]):
         raise WireError("topic patient id is not a valid identifier")
     return parts[3]
@@ -286,7 +316,7 @@ def _check_sample(raw: object, index: int, now: float) -> Sample:
     metric, t, value = raw[0], raw[1], raw[2]
     flags = raw[3] if len(raw) == 4 else 0
     if not isinstance(metric, str) or metric not in METRIC_RANGES:
-        raise WireError(f"{where}: unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise WireError(f"{where}: unknown metric {brief(metric)}; expected one of {', '.join(METRICS)}")
     if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
         raise WireError(f"{where}: time must be a finite number of epoch seconds")
     if t < MIN_SAMPLE_EPOCH_S:
@@ -381,10 +411,12 @@ def _unique_top_keys(payload: bytes, doc: dict[str, Any]) -> bool:
         return False
     if escaped:
         try:
-            json.loads(payload, object_pairs_hook=_no_duplicates)
+            _pairs_unique(payload)
+        except NestingError as exc:  # a key named twice could hide behind it: a readings message has 3 levels
+            raise WireError("nested too deeply for a readings message") from exc
         except DuplicateKeyError:
             return False
-        except (ValueError, RecursionError):  # orjson read it; the checks that follow judge it
+        except ValueError:  # orjson read it; the checks that follow judge it
             pass
     return True
 

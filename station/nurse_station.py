@@ -333,6 +333,8 @@ class AlertBoard:
             while len(self._pending_acks) > PENDING_ACKS_MAX:
                 self._pending_acks.popitem(last=False)
             return False
+        if view.patient != ack.patient:  # an ack in one patient's name for another's alert (a forged one)
+            return False
         key = ("ack-request", ack.by, ack.at, ack.station)
         if key in view.seen or view.state == "cleared" or view.acknowledged or view.technical:
             return False

@@ -343,7 +343,9 @@ class Pipeline:
         :class:`stream.protocol.Committer`). The outputs always go out before the state that reflects
         them is checkpointed: a checkpoint never holds an effect whose output could still be lost.
         """
-        decoded = decode_records(values)
+        # Times further ahead of this worker's clock than the bridge lets through are a rogue
+        # producer's: such a time would become the device's watermark and silence the patient.
+        decoded = decode_records(values, now=self._clock())
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
         patients = list(dict.fromkeys(decoded.patient))

@@ -41,12 +41,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from rpm_core import topics
 from rpm_core.errors import SinkUnavailableError
 from rpm_core.signing import KeyRing, SignatureError
 from stream.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from detectors import Engine
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -506,9 +509,17 @@ class WorkerMachine:
                     await self.pipeline.deadletter("worker", reason, topics.ALERT_ACKS, value)
                     continue
             try:
-                ack = decode_ack(value)
+                ack = decode_ack(value, key=key)  # the key routes it to the patient's worker: it must agree
             except ValueError as exc:
                 await self.pipeline.deadletter("worker", f"bad acknowledgement: {exc}", topics.ALERT_ACKS, value)
+                continue
+            # detectors.Engine (pipeline.AlertEngine, the protocol, does not declare alert_patient yet)
+            owner = cast("Engine", self.pipeline.engine).alert_patient(ack.alert_id)
+            if owner is not None and owner != ack.patient:
+                # The engine acknowledges by alert id alone: an ack in patient A's name (a patient's own
+                # device through the notifier, or another ward's station) stopped patient B's escalation.
+                await self.pipeline.deadletter("worker", "acknowledgement refused: the alert is not the named "
+                                               "patient's", topics.ALERT_ACKS, value)
                 continue
             if await self.pipeline.acknowledge(patient=ack.patient, alert_id=ack.alert_id, by=ack.by, at=ack.at,
                                                checkpoint=False):

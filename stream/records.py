@@ -16,7 +16,18 @@ import orjson
 
 from detectors.batch import metric_codes
 from detectors.const import METRIC_NAMES
-from rpm_core.wire import ALL_FLAGS, METRIC_RANGES, SCHEMA_VERSION, all_valid_ids, check_envelope, is_valid_id
+from rpm_core.wire import (
+    ALL_FLAGS,
+    MAX_EPOCH_S,
+    MAX_FUTURE_SKEW_S,
+    METRIC_RANGES,
+    MIN_SAMPLE_EPOCH_S,
+    RANGE_FLAGS,
+    SCHEMA_VERSION,
+    all_valid_ids,
+    check_envelope,
+    is_valid_id,
+)
 
 _GROUP_KEYS = frozenset({"device", "source", "metric", "t", "value", "flags"})
 _PATIENT_GROUP_KEYS = _GROUP_KEYS | {"patient"}
@@ -25,6 +36,9 @@ _METRICS: Final = frozenset(METRIC_RANGES)
 _LO: Final = np.array([METRIC_RANGES[m][0] for m in METRIC_NAMES])
 _HI: Final = np.array([METRIC_RANGES[m][1] for m in METRIC_NAMES])
 assert _METRICS == frozenset(METRIC_NAMES), "the wire's metrics are the detectors' metrics"
+# Given the worker's clock, a time further ahead than the bridge allows (MAX_FUTURE_SKEW_S of its own
+# clock) plus this much for the bridge's and the worker's hosts disagreeing is refused.
+CLOCK_MARGIN_S: Final = 300.0
 
 
 def _known_metrics(metric: object) -> bool:
@@ -132,13 +146,13 @@ def _shape(raw: Any, record_patient: str | None) -> _Structure:
     return patient, raw["device"], raw["source"], metric, t, v, f
 
 
-def _group(record_patient: str | None, raw: Any) -> Group:
+def _group(record_patient: str | None, raw: Any, now: float | None = None) -> Group:
     """One group, checked through and through (the reference for :class:`_Columns`)."""
     patient, device, source, metric, t, v, f = _structure(raw, record_patient)
     times = _numbers(t, _NUMBER_TYPES, np.float64)
     values = _numbers(v, _NUMBER_TYPES, np.float64)
     flags = _numbers(f, _INTEGER_TYPES, np.int64)
-    _check_values(metric, times, values, flags)
+    _check_values(metric, times, values, flags, now)
     return Group(patient, device, source, metric, times, values, flags.astype(np.int16))
 
 
@@ -160,31 +174,40 @@ def _numbers(column: Any, types: frozenset[type], dtype: type[np.generic]) -> np
 
 
 def _check_values(
-    metric: list[str], t: npt.NDArray[np.float64], value: npt.NDArray[np.float64], flags: npt.NDArray[np.int64]
+    metric: list[str], t: npt.NDArray[np.float64], value: npt.NDArray[np.float64], flags: npt.NDArray[np.int64],
+    now: float | None = None,
 ) -> npt.NDArray[np.int8]:
     """Check the numbers; return the metric codes."""
     if not (np.isfinite(t).all() and np.isfinite(value).all()):
         raise RecordError("group holds a non-finite time or value")
+    # The wire's bounds (the bridge refuses the rest): a time beyond them from another producer would
+    # become its device's watermark and the patient's last reading, so that every real reading after
+    # it is dropped as already seen and staleness never fires; and 1e300 s overflows InfluxDB's ns.
+    if ((t < MIN_SAMPLE_EPOCH_S) | (t > MAX_EPOCH_S)).any():
+        raise RecordError("group holds a time before 2000-01-01 or after 2100-01-01")
+    if now is not None and (t > now + MAX_FUTURE_SKEW_S + CLOCK_MARGIN_S).any():
+        raise RecordError("group holds a time in the future (not from the bridge?)")
     codes = metric_codes(metric)
     if ((value < _LO[codes]) | (value > _HI[codes])).any():
         raise RecordError("group holds a value outside its metric's plausible range")
-    if ((flags < 0) | (flags & ~ALL_FLAGS != 0)).any():
+    if ((flags < 0) | (flags & ~ALL_FLAGS != 0) | (flags & RANGE_FLAGS == RANGE_FLAGS)).any():
         raise RecordError("group holds invalid flags")
     return codes
 
 
-def decode_record(value: bytes) -> list[Group]:
+def decode_record(value: bytes, now: float | None = None) -> list[Group]:
     """The groups of one record, or :class:`RecordError` with the reason (the reference decoder:
-    :func:`decode_records` does the same column-wise and falls back to this)."""
+    :func:`decode_records` does the same column-wise and falls back to this). ``now`` (the reader's
+    clock, epoch s), if given, also refuses times further ahead than the bridge lets through."""
     doc = _load(value)
     patient = doc.get("patient")
     if patient is not None:
         assert isinstance(patient, str)
-        return [_group(patient, g) for g in doc["groups"]]
-    return [_group(None, g) for g in doc["groups"]]
+        return [_group(patient, g, now) for g in doc["groups"]]
+    return [_group(None, g, now) for g in doc["groups"]]
 
 
-def decode_records(values: list[bytes]) -> Decoded:
+def decode_records(values: list[bytes], now: float | None = None) -> Decoded:
     """Decode a micro-batch; bad records are collected with their reason, never raised.
 
     The fast path checks the structure of every record in Python (keys, identifiers, equal column
@@ -199,19 +222,19 @@ def decode_records(values: list[bytes]) -> Decoded:
         except RecordError as exc:
             rejected.append((value, str(exc)))
     try:
-        out = cols.finish()
+        out = cols.finish(now)
     except RecordError:
-        return _decode_one_by_one(values)
+        return _decode_one_by_one(values, now)
     out.rejected = rejected
     return out
 
 
-def _decode_one_by_one(values: list[bytes]) -> Decoded:
+def _decode_one_by_one(values: list[bytes], now: float | None) -> Decoded:
     groups: list[Group] = []
     rejected: list[tuple[bytes, str]] = []
     for value in values:
         try:
-            groups += decode_record(value)
+            groups += decode_record(value, now)
         except RecordError as exc:
             rejected.append((value, str(exc)))
     if not groups:
@@ -259,7 +282,7 @@ class _Columns:
             self.value += v
             self.flags += f
 
-    def finish(self) -> Decoded:
+    def finish(self, now: float | None = None) -> Decoded:
         """The columns as arrays, checked; :class:`RecordError` if any identifier, metric name or
         number is bad (which record is then for the slow path to find)."""
         if not self.size:
@@ -275,7 +298,7 @@ class _Columns:
         t = _numbers(self.t, _NUMBER_TYPES, np.float64)
         value = _numbers(self.value, _NUMBER_TYPES, np.float64)
         flags = _numbers(self.flags, _INTEGER_TYPES, np.int64)  # flat, and as long as metric (_shape)
-        codes = _check_values(self.metric, t, value, flags)
+        codes = _check_values(self.metric, t, value, flags, now)
         return Decoded(
             patient=self.patient, device=self.device, source=self.source,
             size=np.asarray(self.size, dtype=np.int64), metric=self.metric, metric_code=codes,

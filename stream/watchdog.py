@@ -28,6 +28,7 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ class _Seen:
     at: float  # the watchdog's clock when received
 
 
+_NOT_ID_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
+
+
 @dataclass
 class Watchdog:
     """The decisions of the watchdog (see the module docstring); feed it, then :meth:`evaluate`.
@@ -123,7 +127,10 @@ class Watchdog:
         alarm, device, active = doc.get("alarm"), doc.get("device") or "agent", doc.get("active")
         if not isinstance(alarm, str) or not isinstance(device, str) or not isinstance(active, bool):
             return
-        key = (patient, device[:64], alarm[:40])
+        # The alarm's name becomes the rule (tech.device.<alarm>), which every reader of rpm.alerts
+        # requires to be an identifier: one with a space or an accent was raised, refused by the nurse
+        # station and the notifier, and so told to nobody.
+        key = (patient, device[:64], _NOT_ID_RE.sub("_", alarm[:40]) or "unnamed")
         if not active:
             self._devices.pop(key, None)
             return
@@ -512,7 +519,7 @@ def _json(value: bytes | None) -> Any:
 def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
     """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
     watchdog was away are delivered when it is back); returns the running paho client."""
-    from rpm_core.mqtt_client import mqtt_client, session_properties
+    from rpm_core.mqtt_client import message_topic, mqtt_client, session_properties
     from rpm_core.wire import status_topic
 
     client = mqtt_client(mqtt_settings, client_id)
@@ -524,7 +531,7 @@ def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callabl
         c.subscribe(status_topic("+"), qos=1)
 
     client.on_connect = on_connect
-    client.on_message = lambda _c, _u, msg: on_status(msg.topic, bytes(msg.payload))
+    client.on_message = lambda _c, _u, msg: on_status(message_topic(msg), bytes(msg.payload))
     client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False,
                          properties=session_properties(7 * 24 * 3600))
     client.loop_start()

@@ -41,6 +41,7 @@ from zoneinfo import ZoneInfo
 from detectors import af_model, forecast
 from detectors.batch import PatientRegistry
 from detectors.const import (
+    ACK_CLOCK_SLACK_S,
     FLAG_ABOVE_RANGE,
     FLAP_SLOTS,
     FORECAST_MAX_POINTS,
@@ -350,7 +351,7 @@ class ReferenceEngine:
     def acknowledge(self, aid: str, by: str, at: float) -> list[AlertEvent]:
         for (patient, name), st in self.states.items():
             if st.level and alert_id(patient, name, st.since) == aid:
-                if st.acked:
+                if st.acked or at < st.escalate_from - ACK_CLOCK_SLACK_S:
                     return []
                 st.acked = True
                 rule = self.rules.rule_for(patient, name)

@@ -278,3 +278,32 @@ def test_ar2_rows_without_a_forecast_raise_no_warning_and_stay_empty() -> None:
     path = ar2_path(age, v, np.full(4, 1200.0), np.full(4, 600.0))
     assert np.isnan(path[:3]).all()
     assert path[3, 0] == 95.0 and (path[3, 1:] < 95.0).all()
+
+
+class TestStaleAcknowledgement:
+    """An ack answers the alert as the nurse saw it: one made before the alert worsened (or alarmed
+    again) stopped the escalation of a critical alert nobody had seen. The nurse station and the
+    notifier already refused it (ACK_CLOCK_SLACK_S); the engine, which escalates, did not."""
+
+    def test_an_ack_made_before_the_alert_worsened_does_not_acknowledge_the_worse_alert(self, engine: Engine) -> None:
+        (warning,) = run(engine, series("p", "heart_rate", 0, [130] * 11))  # warning after 10 min
+        clicked = warning.time + 30  # the nurse acknowledges the warning...
+        (critical,) = run(engine, series("p", "heart_rate", 660, [160] * 3))  # ...it becomes critical meanwhile
+        assert (critical.alert_id, critical.severity) == (warning.alert_id, "critical")
+        assert clicked < critical.time
+        assert engine.acknowledge(warning.alert_id, by="nurse", at=clicked) == []  # the ack arrives after
+        (escalated,) = engine.tick(critical.time + 300)
+        assert escalated.state == "escalated"
+        (ack,) = engine.acknowledge(warning.alert_id, by="nurse", at=critical.time + 301)
+        assert ack.state == "acknowledged"
+
+    def test_a_replayed_ack_does_not_acknowledge_the_realarm(self) -> None:
+        rules = RuleSet(rules=(tachycardia_rule(),))
+        engine = Engine(rules, realarm_after={"tachycardia": (None, 900.0, 300.0)})
+        (raised,) = run(engine, series("p", "heart_rate", 0, [130] * 11))
+        (ack,) = engine.acknowledge(raised.alert_id, by="nurse", at=raised.time + 60)
+        (again,) = engine.tick(ack.time + 900)
+        assert again.state == "raised"
+        assert engine.acknowledge(raised.alert_id, by="nurse", at=ack.time) == [], "the same ack, read again"
+        (ack2,) = engine.acknowledge(raised.alert_id, by="nurse", at=again.time + 1)
+        assert ack2.state == "acknowledged"

@@ -36,8 +36,12 @@ def test_follow_forwards_live_alerts_and_resumes_where_it_stopped(stack: Stack, 
     first = [event("p0001", "glucose_low", state=s, severity="critical", metric="glucose", value=v, by=b)
              for s, v, b in (("raised", 50.0, None), ("acknowledged", None, "Ana Lima"), ("cleared", 90.0, None))]
     noise = [b"{not json", orjson.dumps({**first[0], "patient": None, "kind": "technical", "rule": "tech.x"})]
+    keys = stack.settings.key_ring()
+    assert keys is not None, "the stack signs, as production should"
+    forged = orjson.dumps(event("p0001", "glucose_low", state="raised", severity="critical", since=1764000000.0))
     asyncio.run(produce(bootstrap, "rpm.alerts", [(b"p0001", orjson.dumps(e)) for e in first]
-                        + [(b"p0001", n) for n in noise]))
+                        + [(b"p0001", n) for n in noise], keys=keys))
+    asyncio.run(produce(bootstrap, "rpm.alerts", [(b"p0001", forged)]))  # unsigned: never sent to the hospital
     script = Script()
     env = rpm_env(stack, mqtt_user=None)
     with listening(script) as (host, port):
@@ -53,7 +57,7 @@ def test_follow_forwards_live_alerts_and_resumes_where_it_stopped(stack: Stack, 
             follower.log_path.read_text())
 
         later = event("p0002", "tachycardia", state="raised", since=1764200000.0)
-        asyncio.run(produce(bootstrap, "rpm.alerts", [(b"p0002", orjson.dumps(later))]))
+        asyncio.run(produce(bootstrap, "rpm.alerts", [(b"p0002", orjson.dumps(later))], keys=keys))
         again = spawn("hl7-follow-2", argv, env, tmp_path)
         with running(again):
             eventually(lambda: len(script.accepted), lambda n: n >= 4, timeout=120, what="the new alert",
@@ -63,3 +67,31 @@ def test_follow_forwards_live_alerts_and_resumes_where_it_stopped(stack: Stack, 
     assert script.accepted[-1].ORU_R01_PATIENT_RESULT.ORU_R01_PATIENT.pid.pid_3.value.startswith("p0002^")
     delivered = rows(url, db, "SELECT * FROM \"notifications\" WHERE \"channel\" = 'hl7' AND \"outcome\" = 'delivered'")
     assert len(delivered) == 4 and {r["kind"] for r in delivered} == {"hl7-alert"}
+    refused = rows(url, db, "SELECT * FROM notifications WHERE channel = 'hl7' AND outcome = 'deadlettered'")
+    assert len(refused) == 1 and "not signed" in refused[0]["detail"]
+
+
+def test_an_alert_that_cannot_be_encoded_is_dead_lettered_and_the_follower_goes_on() -> None:
+    """It raised out of the follower before: the offset was never committed, so the follower stopped on
+    this record at every restart and no later alert reached the hospital."""
+    from hl7out.follow import FollowStats, _forward
+    from hl7out.messages import Header
+    from hl7out.sender import Endpoint, Outgoing, Policy, Receipt, Sender
+
+    dead: list[tuple[Outgoing, str]] = []
+    receipts: list[Receipt] = []
+
+    async def deadletter(message: Outgoing, reason: str) -> None:
+        dead.append((message, reason))
+
+    async def after_send(receipt: Receipt) -> None:
+        receipts.append(receipt)
+
+    sender = Sender(endpoint=Endpoint.parse("mllp://127.0.0.1:9"), policy=Policy(), on_attempt=lambda _a: None,
+                    deadletter=deadletter)
+    stats = FollowStats()
+    bad = orjson.dumps(event("p0001", "r" * 1000, state="raised"))  # a rule name hl7apy refuses
+    asyncio.run(_forward(bad, sender, Header(), stats, after_send))
+    assert stats.deadlettered == 1 and [r.outcome for r in receipts] == ["deadlettered"]
+    [(message, reason)] = dead
+    assert message.text.encode() == bad and "cannot be encoded" in reason

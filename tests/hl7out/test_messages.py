@@ -147,3 +147,56 @@ def test_mllp_framing_whole_split_and_hostile() -> None:
     with pytest.raises(MllpError):
         frame("a\x1cb")
     assert FrameReader().feed(START + "é".encode() + END) == ["é"]
+
+
+# The property above leaves out control characters and long texts; so did the codec. An alert text with
+# MLLP's 0x0B/0x1C failed every attempt at framing; one that escaping grows past hl7apy's 999 characters
+# (400 "&" are 1,200) could not be built, and `rpm hl7 follow` stopped on it at every restart.
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from("|^&~\\\r\n\x0b\x1c\x85\u2028"),
+               min_size=300, max_size=1500))
+def test_any_text_of_any_length_is_framed_and_stays_in_its_field(text: str) -> None:
+    change = AlertChange(alert_id="a1", patient="p0001", rule="tachycardia", severity="warning", metric="heart_rate",
+                         state="raised", time_s=T0, message=text, by=None)
+    _cid, er7 = encode_alert(change, header=HEADER, now_s=T0)
+    assert FrameReader().feed(frame(er7)) == [er7]
+    value = _obx(parse(er7))[0].obx_5.value
+    assert len(value) <= 999 and len(er7.split("\r")) == 7  # no value: no OBX of it
+
+
+@pytest.mark.parametrize("text", ["&" * 400, "a\x1c\rMSH|^~\\&|EVIL", "x\x0by", "line\u2028OBX|9|ST", "é" * 1200])
+def test_texts_that_grow_or_hold_framing_characters_are_sent(text: str) -> None:
+    change = AlertChange("a1", "p0001", "tachycardia", "warning", "heart_rate", "raised", T0, text)
+    _cid, er7 = encode_alert(change, header=HEADER, now_s=T0)
+    frame(er7)  # MllpError before the fix
+    sent = unescape_text(_obx(parse(er7))[0].obx_5.value)
+    assert "\x1c" not in sent and "\x0b" not in sent and sent[0] == text[0]
+
+
+@pytest.mark.parametrize("time_s", [1e20, -1e12, float("inf"), 0.0])
+def test_an_alert_time_out_of_range_is_refused_as_an_encoding_error(time_s: float) -> None:
+    with pytest.raises(Hl7EncodeError):
+        AlertChange("a1", "p0001", "tachycardia", "warning", "heart_rate", "raised", time_s, "x")
+
+
+def test_an_alert_hl7apy_refuses_is_an_encoding_error() -> None:
+    change = AlertChange("a" * 1000, "p0001", "r" * 1000, "warning", "heart_rate", "raised", T0, "x")
+    with pytest.raises(Hl7EncodeError, match="cannot be encoded"):
+        encode_alert(change, header=HEADER, now_s=T0)
+
+
+def test_a_line_break_in_a_tag_cannot_add_a_point_to_influxdb() -> None:
+    """The receipts' rule and severity tags come from rpm.alerts: a rule with a line break wrote a second,
+    forged point (a "delivered" receipt) into the notifications measurement; the shared escape_tag too."""
+    import time
+
+    from hl7out.receipts import attempt_line
+    from hl7out.sender import AttemptRecord, Outgoing
+    from rpm_core.lineprotocol import point_line
+
+    forged = "r\nnotifications,channel=hl7,outcome=delivered,patient=p0002 attempt=1i 1764100000000\r"
+    message = Outgoing("c1", "MSH|", "p0001", "alert", forged, "critical\nx", "a1")
+    line = attempt_line(AttemptRecord(message, 1, "failed", "no ACK", time.time()), recipient="mllp://h:1")
+    assert "\n" not in line and "\r" not in line and line.startswith("notifications,")
+    point = point_line("alerts", {"rule": forged}, {"value": 1.0}, 1)
+    assert "\n" not in point and "\r" not in point

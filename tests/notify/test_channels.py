@@ -206,3 +206,20 @@ async def test_the_agent_ignores_invalid_commands(bad: bytes, broker: Broker) ->
             await mqtt.stop()
     assert agent.received == []
 
+
+
+async def test_a_patient_ack_topic_that_is_not_utf8_does_not_raise_in_pahos_thread() -> None:
+    """paho's msg.topic raises UnicodeDecodeError on it, and an exception in on_message ends paho's network
+    thread: no patient ack would have been read after it (the bridge's finding, in the notifier)."""
+    import paho.mqtt.client as paho
+
+    client = NotifierMqtt(mqtt=MqttSettings(host="127.0.0.1", port=free_port()), client_id="n-test")
+    await client.start()
+    try:
+        msg = paho.MQTTMessage(mid=7, topic=b"rpm/v1/p/\xff/ack")
+        msg.payload = b"{}"
+        client._client.on_message(client._client, None, msg)
+        inbound = await asyncio.wait_for(client.inbound.get(), 5)
+        assert (inbound.mid, inbound.topic) == (7, "rpm/v1/p/\ufffd/ack")
+    finally:
+        await client.stop()

@@ -281,3 +281,21 @@ def test_a_re_alarm_after_an_acknowledgement_starts_the_chain_again_and_a_replay
     d.observe(event(), at=T0 + 960)  # the re-alarm
     d.run_until(T0 + 960 + 6 * 60)
     assert [(s[0], s[2]) for s in d.steps()] == [(10, 0), (970, 0), (1270, 1)]
+
+
+def test_an_ack_in_another_patients_name_does_not_stop_the_chain() -> None:
+    """rpm.alert-acks names a patient and an alert: the patient's device picks the alert ids it acknowledges
+    (the notifier signs them), so an ack in p0002's name stopped p0001's paging before."""
+    d = driver()
+    d.observe(event(severity="critical"))
+    d.take(d.router.acknowledge(A1, by="patient (edge agent)", at=T0 + 20, source="edge-agent", patient="p0002"))
+    assert not d.router.is_acknowledged(A1)
+    d.take(d.router.acknowledge(A1, by="patient (edge agent)", at=T0 + 21, source="edge-agent", patient="p0001"))
+    assert d.router.is_acknowledged(A1)
+
+
+def test_an_ack_in_another_patients_name_read_before_the_alert_does_not_count_either() -> None:
+    d = driver()
+    d.take(d.router.acknowledge(A1, by="patient (edge agent)", at=T0 + 3, source="edge-agent", patient="p0002"))
+    d.observe(event(), at=T0 + 1)
+    assert not d.router.is_acknowledged(A1)

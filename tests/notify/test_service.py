@@ -368,3 +368,24 @@ async def test_a_malformed_influxdb_answer_on_restore_is_no_crash_the_notifier_g
                 assert n._http is not None
                 await n._http.close()
     assert influx.pending == []
+
+
+async def test_a_patients_ack_nested_too_deeply_is_ignored_and_the_notifier_keeps_paging(
+        notify_stack: Stack, smtp_server: Inbox) -> None:
+    """JSON 1,000 levels deep is read by orjson but makes Python's json raise RecursionError, which is no
+    ValueError: from the patient's own MQTT user it ended the notifier's patient-ack task, and with it
+    the whole notifier (its TaskGroup), and the message, never acknowledged, came back at every restart."""
+    deep = b"[" * 1015 + b"]" * 1015
+    hostile = b'{"v": 1, "id": "n-1", "alert_ids": ["3f2a00aa"], "at": 1764100000, "pad": ' + deep + b"}"
+    async with WebhookReceiver() as hooks, patient_agent(notify_stack, auto_ack=True):
+        text = routes_yaml(hooks=hooks.url, smtp=smtp_server, steps=CHAIN)
+        async with notifier(notify_stack, text) as n:
+            with Publisher(notify_stack, AGENT_USER) as pub:  # the patient's own user may write its ack topic
+                info = pub.client.publish(f"rpm/v1/p/{PATIENT}/ack", hostile, qos=1)
+                info.wait_for_publish(10)
+                assert info.is_published()
+            doc = event(PATIENT)
+            await raise_alerts(notify_stack, [doc])
+            await wait_for(lambda: n.router.is_acknowledged(doc["alert_id"]), within=30,
+                           what="the patient's real ack, after the hostile one")
+    assert hooks.hooks == [] and smtp_server.messages == []

@@ -281,3 +281,19 @@ def test_malformed_technical_alerts_are_rejected_and_clinical_ones_keep_their_ch
     assert b.apply_alert({**event(), "kind": "clinical"})
     long = {**good, "remedy": "x" * 5000}
     assert b.apply_alert(long) and len(b.alerts[good["alert_id"]].remedy) == 1000, "cut to the codec's length"
+
+
+def test_an_ack_in_one_patients_name_does_not_acknowledge_another_patients_alert() -> None:
+    """A patient's own device acknowledges through the notifier in its patient's name; the alert id it
+    names must be that patient's (least privilege), also when the ack is read before the alert."""
+    b = board()
+    theirs, ours = event("p0002"), event("p0001")
+    b.apply_alert(theirs)
+    forged = Ack(alert_id=theirs["alert_id"], patient="p0001", by="Ana", at=1764100700.0, station="desk")
+    assert not b.apply_ack(forged)
+    assert not b.alerts[theirs["alert_id"]].acknowledged
+    early = Ack(alert_id=ours["alert_id"], patient="p0002", by="Ana", at=1764100700.0, station="desk")
+    b.apply_ack(early)  # before its alert: kept pending, then refused when the alert shows whose it is
+    b.apply_alert(ours, wall=1764100650.0)
+    assert not b.alerts[ours["alert_id"]].acknowledged
+    assert b.apply_ack(ack(theirs)), "the patient's own ack still works"

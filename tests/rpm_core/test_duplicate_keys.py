@@ -118,3 +118,40 @@ def test_a_huge_envelope_is_refused_before_it_is_parsed(name: str) -> None:
     raw = b'{"v": 1, "pad": "' + b"x" * 1_100_000 + b'"}'
     with pytest.raises(ValueError, match="larger than"):
         _decoders()[name](raw)
+
+
+# orjson reads 1,024 levels of nesting, Python's json raises RecursionError (no ValueError) before that:
+# it escaped every decoder's ``except ValueError`` (an ack on Kafka, a patient's ack or status on MQTT, a
+# heartbeat), and the readings check took it for "no key named twice".
+DEEP = b"[" * 1015 + b"]" * 1015
+
+
+@pytest.mark.parametrize("name", ["ack", "patient ack", "heartbeat"])
+def test_every_decoder_refuses_json_nested_deeper_than_the_standard_parser_reads(name: str) -> None:
+    raw = b'{"v": 1, "pad": ' + DEEP + b"}"
+    assert len(raw) < 4096, "within every decoder's size limit"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        _decoders()[name](raw)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        loads_unique(raw)
+
+
+def test_a_key_named_twice_cannot_hide_behind_deep_nesting() -> None:
+    good = encode_readings(patient="pA", device="hr-1", source="sim", samples=[["heart_rate", NOW - 1, 70]])
+    doubled = good.replace(b"{", b'{"d\\u0065vice":' + DEEP + b",", 1)  # orjson keeps the last "device"
+    with pytest.raises(WireError, match="nested too deeply"):
+        parse_readings_message(doubled, topic="rpm/v1/p/pA/readings", now=NOW)
+
+
+@pytest.mark.parametrize("where", ["v", "metric"])
+def test_a_reason_never_reprs_a_deep_or_huge_value(where: str) -> None:
+    """repr() of a list 1,000 levels deep raises RecursionError (out of the bridge's validation, as a
+    defect; out of the worker's record decoder, stalling its partition); a 250 kB string was echoed whole."""
+    for bad in (DEEP, b'"' + b"x" * 250_000 + b'"'):
+        sample = bad if where == "metric" else b'"heart_rate"'
+        version = bad if where == "v" else b"1"
+        raw = (b'{"v":' + version + b',"patient":"pA","device":"d","source":"sim","samples":[[' + sample
+               + b",%d,70]]}" % int(NOW))
+        with pytest.raises(WireError) as info:
+            parse_readings_message(raw, topic="rpm/v1/p/pA/readings", now=NOW)
+        assert len(info.value.reason) < 200

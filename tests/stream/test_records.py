@@ -145,3 +145,42 @@ def test_the_batch_decoder_finds_the_same_bad_identifiers_as_the_record_by_recor
     assert out.rejected == expected_rejected
     assert [(g.patient, g.device, g.source, g.metric) for g in out.groups] == [
         (g.patient, g.device, g.source, g.metric) for g in expected_groups]
+
+
+# A rogue producer on rpm.readings (Tansu has no ACLs): a time the bridge would never let through became
+# the device's watermark and the patient's last reading, so the device's real readings after it were
+# dropped as already seen and staleness never fired (nobody told); 1e300 s also overflowed InfluxDB's ns.
+@pytest.mark.parametrize("t", [1e300, 4_200_000_000.0, -1.0, 0, 946_684_799.0, 2**63])
+def test_a_time_outside_the_wire_bounds_rejects_the_record(t: float) -> None:
+    broken = record(t=[NOW, t])
+    with pytest.raises(RecordError, match="time before 2000-01-01 or after 2100"):
+        decode_record(broken)
+    out = decode_records([record(), broken])
+    assert [raw for raw, _ in out.rejected] == [broken] and out.samples == 2
+
+
+def test_given_the_clock_a_time_further_ahead_than_the_bridge_allows_rejects_the_record() -> None:
+    ahead = record(t=[NOW, NOW + 3600])  # an hour ahead of the worker: the bridge refuses beyond 300 s
+    with pytest.raises(RecordError, match="in the future"):
+        decode_record(ahead, now=NOW)
+    assert decode_records([record(), ahead], now=NOW).rejected == [(ahead, "group holds a time in the future "
+                                                                           "(not from the bridge?)")]
+    assert decode_records([ahead]).rejected == []  # without a clock (replays, backtests) only the fixed bounds
+    # what the bridge accepts (300 s ahead of its clock) passes, with a margin for the hosts' clocks
+    assert decode_records([record(t=[NOW, NOW + 300])], now=NOW - 200).rejected == []
+
+
+def test_a_value_both_above_and_below_the_measuring_range_rejects_the_record() -> None:
+    broken = record(flags=[0, 8 | 16])  # the wire refuses it; a detector would read it both ways
+    with pytest.raises(RecordError, match="invalid flags"):
+        decode_record(broken)
+    assert [raw for raw, _ in decode_records([record(), broken]).rejected] == [broken]
+
+
+def test_a_record_whose_version_is_nested_a_thousand_levels_deep_is_rejected_not_raised() -> None:
+    """repr() of the version in the reason raised RecursionError out of decode_records: the worker's
+    batch failed, and was retried, for one record of a rogue producer."""
+    deep = b"[" * 1000 + b"]" * 1000
+    out = decode_records([record(), b'{"v":' + deep + b',"groups":[]}'])
+    assert out.samples == 2 and [reason for _raw, reason in out.rejected] == [
+        "unsupported schema version a list; expected v1"]

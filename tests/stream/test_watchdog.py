@@ -259,3 +259,39 @@ def test_more_unreadable_patients_than_a_heartbeat_names_concern_every_ward() ->
 
     [raised] = run(w, T0 + 61, T0 + 62, beats)
     assert set(raised.wards) == {EVERY_WARD, "south"} and "70 patient(s)" in raised.message and "…" in raised.message
+
+
+@pytest.mark.parametrize("alarm", ["battery low!", "", "bätt", "a/b", "x" * 60])
+def test_a_device_alarm_whose_name_is_not_an_identifier_still_reaches_the_ward(alarm: str) -> None:
+    """The name becomes the rule, which the nurse station and the notifier require to be an identifier
+    (decode_technical): such an alarm was raised on rpm.alerts and refused by everyone who reads it."""
+    from rpm_core.technical import decode_technical
+
+    w = make()
+    run(w, T0, T0 + 40, healthy)
+    w.observe_device_alarm("p3", {"kind": "alarm", "alarm": alarm, "device": "cgm-1", "active": True,
+                                  "message": "the transmitter says so"})
+    [raised] = w.evaluate(T0 + 41)
+    assert decode_technical(orjson.loads(raised.encode())).rule == raised.rule
+    assert raised.message == "the transmitter says so" and raised.wards == ("north",)
+    w.observe_device_alarm("p3", {"kind": "alarm", "alarm": alarm, "device": "cgm-1", "active": False})
+    assert [a.state for a in w.evaluate(T0 + 42)] == ["cleared"]
+
+
+def test_a_status_topic_that_is_not_utf8_does_not_raise_in_pahos_thread() -> None:
+    """paho's msg.topic raises UnicodeDecodeError on it, and an exception in on_message ends paho's network
+    thread: no device alarm would have been read after it (the bridge's finding, in the watchdog)."""
+    import paho.mqtt.client as paho
+
+    from rpm_core.settings import MqttSettings
+    from stream.watchdog import start_status_listener
+
+    seen: list[tuple[str, bytes]] = []
+    client = start_status_listener(MqttSettings(host="127.0.0.1", port=9), "w-test", lambda t, p: seen.append((t, p)))
+    try:
+        msg = paho.MQTTMessage(mid=1, topic=b"rpm/v1/p/\xff\xfe/status")
+        msg.payload = b"{}"
+        client.on_message(client, None, msg)
+        assert seen == [("rpm/v1/p/\ufffd\ufffd/status", b"{}")]
+    finally:
+        client.loop_stop()

@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from detectors import Engine
@@ -295,3 +296,23 @@ async def test_a_tick_whose_alert_cannot_be_sent_forgets_its_transitions_and_rai
     r.out.alerts_down = False
     await r.machine.tick()
     assert any(b"heart_rate_stale" in a for a in r.out.alerts), "the transition happens again and is told"
+
+
+async def test_an_ack_in_one_patients_name_for_another_patients_alert_is_dead_lettered() -> None:
+    """The engine acknowledges by alert id alone: an ack in p1's name (p1's device through the notifier,
+    or a station of p1's ward) stopped the escalation of p2's alert on the same worker."""
+    r = rig(interval_s=3600)
+    assigned(r)
+    await r.machine.readings(r.consumer, [reading("p2", T0)])
+    r.clock.now += 2 * 3600
+    await r.machine.tick()  # p2 silent for two hours: heart_rate_stale raised
+    (raised,) = [orjson.loads(a) for a in r.out.alerts if b'"raised"' in a]
+    assert raised["patient"] == "p2"
+    forged = encode_ack(alert_id=raised["alert_id"], patient="p1", by="Nurse Joy", at=r.clock.now, station="ward-a")
+    rekeyed = encode_ack(alert_id=raised["alert_id"], patient="p2", by="Nurse Joy", at=r.clock.now, station="ward-a")
+    await r.machine.acknowledgements(r.consumer, [Ev(forged, b"p1"), Ev(rekeyed, b"p1")])
+    assert not any(b'"acknowledged"' in a for a in r.out.alerts), "p2's alert must still escalate"
+    assert len(r.out.deadletters) == 2
+    assert b"not the named patient" in r.out.deadletters[0] and b"record key" in r.out.deadletters[1]
+    await r.machine.acknowledgements(r.consumer, [Ev(rekeyed, b"p2")])
+    assert any(b'"acknowledged"' in a for a in r.out.alerts), "p2's own ack acknowledges it"
