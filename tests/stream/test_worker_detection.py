@@ -6,6 +6,8 @@ to here) points nowhere.
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -287,3 +289,22 @@ def test_a_bad_checkpoint_interval_is_refused_with_its_range(raw: str) -> None:
         checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": raw})
     assert checkpoint_interval_s({}) == 30.0
     assert checkpoint_interval_s({"RPM_CHECKPOINT_INTERVAL_S": "0"}) == 0.0
+
+
+async def test_a_record_dated_beyond_the_bridges_bound_is_dead_lettered_and_does_not_silence_the_patient() -> None:
+    """A rogue producer on rpm.readings (the bridge refuses times more than 300 s ahead of its clock):
+    a reading dated an hour ahead of the worker's clock would become the device's watermark and the
+    patient's last reading, so the real readings after it would be dropped as already seen."""
+    pipe = pipeline(clock=Clock(T0))
+    letters: list[bytes] = []
+
+    async def keep(_key: object, record: bytes) -> None:
+        letters.append(record)
+
+    pipe.bind(send_alert=keep, send_deadletter=keep)
+    rogue = encode_readings_record("p1", [group("hr-1", "heart_rate", [72.0], t0=T0 + 3600)])
+    # Had it been accepted, its line would be written to a sink that points nowhere, retried for
+    # ever: the guard turns that hang into a failure (accepted or refused, nothing here waits).
+    await asyncio.wait_for(pipe.handle([rogue], checkpoint=False), timeout=60)
+    assert len(letters) == 1 and b"in the future" in letters[0]
+    assert pipe.last_seen == {} and len(pipe.engine.registry) == 0
