@@ -410,6 +410,12 @@ bind-address = "127.0.0.1:{rpc_port}"
   wal-dir = "{workdir / "wal"}"
   query-log-enabled = false
   index-version = "{index}"
+  # InfluxDB 1.x refuses points that bring a tag its 100,001st value (a partial write, 400) and a
+  # database its 1,000,001st series by default: with a device tag per patient that is ~100k
+  # patients. The sink would dead-letter every reading of each further patient (benchmarks/RESULTS.md,
+  # issue 20, "the 100k-device wall"). No limit here; size the server instead (docs/architecture.md).
+  max-values-per-tag = 0
+  max-series-per-database = 0
 [http]
   bind-address = "127.0.0.1:{http_port}"
   auth-enabled = {"true" if auth else "false"}

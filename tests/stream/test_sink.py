@@ -8,6 +8,7 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 
+from rpm_app.services import influx_query
 from rpm_core.errors import SinkUnavailableError
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
 from rpm_core.sink import InfluxSink, V1Writer, make_sink
@@ -208,3 +209,21 @@ async def test_configuration_faults_wait_and_say_what_to_fix_without_dead_letter
     assert any(p is not None and expect in p for p in seen), seen
     assert sink.stats.problem is None, "cleared once writes succeed"
     assert ("query" in calls) is (status == 404), "only a missing database is created"
+
+
+async def test_the_influxdb_rpm_starts_takes_more_than_100k_devices(influx_url: str, influx_db: str) -> None:
+    """InfluxDB 1.x refuses, by default, a tag's 100,001st value (a partial write): with a device tag
+    per device, every point of the 100,001st device on would be dead-lettered (issue 20's 2x overload
+    run, 99,849 patients). The InfluxDB rpm starts (rpm_app.services.influx_config) has no such limit."""
+    n = 100_001
+    lines = [f"vitals,device=hrs-{k:06d},metric=heart_rate,patient=p{k:06d},source=sim value=70.0 {T0_MS}"
+             for k in range(n)]
+    sink = make_sink(url=influx_url, db=influx_db)
+    try:
+        assert await sink.write(lines) == []
+    finally:
+        await sink.close()
+        assert sink.stats.lines_written == n
+    got = rows(influx_url, influx_db, 'SELECT count("value") FROM vitals WHERE device = \'hrs-100000\'')
+    assert [r["count"] for r in got] == [1]
+    influx_query(influx_url, f'DROP DATABASE "{influx_db}"')  # 100k series: free the shared server's index
