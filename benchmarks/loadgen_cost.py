@@ -41,6 +41,7 @@ from typing import Any
 import psutil
 
 from benchmarks import loadgen
+from benchmarks.e2e import machine_info
 from rpm_app.services import MqttCredentials, start_mosquitto
 from rpm_core.mqtt_users import BRIDGE_USER, SIMULATOR_USER
 from rpm_core.settings import bound_client_id
@@ -154,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         url = creds.url(SIMULATOR_USER, svc.host, svc.port)
         report: dict[str, Any] = {
             "command": " ".join(["python", "-m", "benchmarks.loadgen_cost", *(argv or sys.argv[1:])]),
-            "cpu": next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                         if ln.startswith("model name")), ""),
-            "cores": os.cpu_count(), "python": sys.version.split()[0], "runs": []}
-        print(f"{report['cpu']}, {report['cores']} cores, load average {os.getloadavg()}", flush=True)
+            "machine": machine_info(), "runs": []}
+        print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, load average {os.getloadavg()}",
+              flush=True)
         try:
             loadgen.wait_for_subscriber(url, patient="lg-ready")
             for rnd, rate, (name, module) in itertools.product(range(args.rounds), rates, subjects):

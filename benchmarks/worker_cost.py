@@ -45,7 +45,6 @@ import importlib
 import io
 import json
 import os
-import platform
 import pstats
 import random
 import statistics
@@ -59,6 +58,8 @@ from types import ModuleType
 from typing import Any
 
 import orjson
+
+from benchmarks.e2e import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("detectors", "stream", "rpm_core")
@@ -403,23 +404,6 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
     return res
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _commit() -> str:
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True)
-    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", default="10000,100000")
@@ -436,8 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     results: dict[str, Any] = {
         "command": "python -m benchmarks.worker_cost " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"python": platform.python_version(), "cpu": _cpu(), "cores": os.cpu_count(),
-                    "commit": _commit(), "loadavg_start": os.getloadavg()},
+        "machine": machine_info(),  # before any version is loaded: it imports our packages
         "runs": [],
     }
     with tempfile.TemporaryDirectory(prefix="rpm-worker-cost-") as tmp:
