@@ -107,43 +107,44 @@ class Decoded:
 _Structure = tuple[str, str, str, list[str], list[Any], list[Any], list[Any]]
 
 
-def _structure(raw: Any, record_patient: str | None) -> _Structure:
-    """A group's patient, device, source and columns, its shape checked (the numbers are not);
-    ``record_patient`` is the record's patient, or None when each group names its own."""
+def _keys_checked(raw: Any, record_patient: str | None) -> dict[str, Any]:
     keys = _GROUP_KEYS if record_patient is not None else _PATIENT_GROUP_KEYS
     if not isinstance(raw, dict) or raw.keys() != keys:
         raise RecordError(f"group must have exactly the keys {sorted(keys)}")
-    patient = record_patient if record_patient is not None else raw["patient"]
-    if record_patient is None and not is_valid_id(patient):
-        raise RecordError("group patient is not a valid identifier")
-    device, source, metric = raw["device"], raw["source"], raw["metric"]
-    if not is_valid_id(device) or not is_valid_id(source):
-        raise RecordError("group device/source is not a valid identifier")
-    if not _known_metrics(metric):
-        raise RecordError("group metric must be a list of known metric names")
-    t, v, f = raw["t"], raw["value"], raw["flags"]
-    n = len(metric)
-    if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
-            or len(t) != n or len(v) != n or len(f) != n):
-        raise RecordError("group columns must be non-empty 1-D lists of equal length")
-    return patient, device, source, metric, t, v, f
+    return raw
 
 
-def _shape(raw: Any, record_patient: str | None) -> _Structure:
-    """:func:`_structure` without the checks the fast path makes once per batch (identifiers and
-    metric names, in :meth:`_Columns.finish`); what it refuses :func:`_structure` refuses too."""
-    keys = _GROUP_KEYS if record_patient is not None else _PATIENT_GROUP_KEYS
-    if not isinstance(raw, dict) or raw.keys() != keys:
-        raise RecordError(f"group must have exactly the keys {sorted(keys)}")
+def _columns_checked(raw: dict[str, Any], record_patient: str | None) -> _Structure:
+    """The group's parts once its metric is a list: the columns' shape checked, identifiers not."""
     metric, t, v, f = raw["metric"], raw["t"], raw["value"], raw["flags"]
-    if not isinstance(metric, list):
-        raise RecordError("group metric must be a list of known metric names")
     n = len(metric)
     if (n == 0 or not isinstance(t, list) or not isinstance(v, list) or not isinstance(f, list)
             or len(t) != n or len(v) != n or len(f) != n):
         raise RecordError("group columns must be non-empty 1-D lists of equal length")
     patient = record_patient if record_patient is not None else raw["patient"]
     return patient, raw["device"], raw["source"], metric, t, v, f
+
+
+def _structure(raw: Any, record_patient: str | None) -> _Structure:
+    """A group's patient, device, source and columns, its shape checked (the numbers are not);
+    ``record_patient`` is the record's patient, or None when each group names its own."""
+    raw = _keys_checked(raw, record_patient)
+    if record_patient is None and not is_valid_id(raw["patient"]):
+        raise RecordError("group patient is not a valid identifier")
+    if not is_valid_id(raw["device"]) or not is_valid_id(raw["source"]):
+        raise RecordError("group device/source is not a valid identifier")
+    if not _known_metrics(raw["metric"]):
+        raise RecordError("group metric must be a list of known metric names")
+    return _columns_checked(raw, record_patient)
+
+
+def _shape(raw: Any, record_patient: str | None) -> _Structure:
+    """:func:`_structure` without the checks the fast path makes once per batch (identifiers and
+    metric names, in :meth:`_Columns.finish`); what it refuses :func:`_structure` refuses too."""
+    raw = _keys_checked(raw, record_patient)
+    if not isinstance(raw["metric"], list):
+        raise RecordError("group metric must be a list of known metric names")
+    return _columns_checked(raw, record_patient)
 
 
 def _group(record_patient: str | None, raw: Any, now: float | None = None) -> Group:
