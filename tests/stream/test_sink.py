@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+import types
 from collections.abc import Iterator
+from dataclasses import replace
 from unittest.mock import patch
 
 import numpy as np
@@ -15,6 +17,10 @@ from rpm_app.services import INFLUX_ADMIN, influx_query, influx_users, start_inf
 from rpm_core.errors import SinkLimitError, SinkRejectedError, SinkUnavailableError
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
 from rpm_core.sink import InfluxSink, V1Writer, make_sink, rejection
+from stream.pipeline import PipelineStats
+from stream.protocol import WorkerStatus
+from stream.worker import health, heartbeat
+from tests.stream.test_watchdog import T0, bridge, make, run
 from tests.support.influx import count_by, rows
 from tests.support.v2proxy import V2Proxy
 
@@ -373,3 +379,36 @@ def test_limit_answers_are_recognised(api: str) -> None:
     other = rejection(400, orjson.dumps({key: "partial write: unable to parse 'x': invalid field format dropped=0"})
                       .decode())
     assert type(other) is SinkRejectedError and other.partial
+
+
+async def test_a_limit_reaches_the_watchdog_as_a_warning_from_a_worker_that_still_delivers(
+        limited_influx: str) -> None:
+    """The technical path: the sink's limit → the worker's /healthz body and heartbeat (healthy: it
+    still analyses and writes every other point, so no 503) → the watchdog's tech.worker_warning,
+    naming InfluxDB and what to set, within the confirmation time; it clears with the limit."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    try:
+        await sink.write(device_lines(range(LIMIT), 1))
+        assert len(await sink.write(device_lines(range(LIMIT + 1), 1))) == 1
+    finally:
+        await sink.close()
+    app = types.SimpleNamespace(started=True, should_stop=False)
+    pipeline = types.SimpleNamespace(stats=PipelineStats(), sink=sink, last_seen={},
+                                     recent_resets=lambda _hold: ([], 0))
+    status = WorkerStatus(partitions=frozenset({0, 1, 2, 3}), recovered=True)
+    body = health(app, pipeline, status)
+    assert body["configured"] and body["progressing"] and "max-values-per-tag = 0" in body["problem"]
+    wd = make()
+    t0 = T0 + 60
+    out = run(wd, t0, t0 + 30, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                   time=t), bridge("b1", t)])
+    [raised] = out
+    assert (raised.rule, raised.severity, raised.component) == ("tech.worker_warning", "warning", "influxdb")
+    assert "max-values-per-tag = 0" in raised.message and "[data]" in raised.message
+    assert raised.time - t0 <= 60
+    sink.stats.limit = None  # what the recheck does once InfluxDB takes the refused points again
+    out = run(wd, t0 + 31, t0 + 40, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                        time=t), bridge("b1", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.worker_warning", "cleared")]
