@@ -20,10 +20,11 @@ Failure policy (what a worker does when InfluxDB misbehaves):
   the limit and the fix, and ``SinkStats.limit`` says it while it lasts (the worker's ``/healthz``
   and heartbeat, hence the watchdog's technical warning). No bisection for max-values-per-tag: the
   answer names a refused tag value; the lines carrying it are dead-lettered and the rest written
-  again (idempotent), each answer naming the next value, until InfluxDB takes all of it. (The rest
-  must be written again: InfluxDB 1.6 was seen to lose some points of known series in such a
-  partial write without counting them in its ``dropped=``.) max-series-per-database names no
-  series: its refused lines are found by halving. Either way the sink remembers what was refused
+  again (idempotent) until InfluxDB takes all of it, in halves while its ``dropped=`` says other
+  values were refused too (each answer names one). (The rest must be written again: InfluxDB 1.6
+  was seen to lose some points of known series in such a partial write without counting them in
+  its ``dropped=``.) max-series-per-database names no series: its refused lines are found by
+  halving. Either way the sink remembers what was refused
   (at most ``MAX_REMEMBERED`` tag values and series, oldest forgotten first) and dead-letters later
   lines of it without a request; every ``RECHECK_S`` one refused line is written again: refused,
   the warning stays; taken (the limit was raised), everything is forgotten and the warning cleared.
@@ -381,7 +382,13 @@ class InfluxSink:
                         rejected += self._refused([line for line, _ in named], exc.reason())
                         self._limited(exc, named[0][0])
                         # The rest is written again (idempotent) until InfluxDB takes all of it: 1.6
-                        # loses some points of known series in such a partial write without counting them.
+                        # loses some points of known series in such a partial write without counting
+                        # them. If it dropped more than the named lines, other values were refused
+                        # too: halves, so that each answer names one of them in fewer lines.
+                        if (exc.dropped is None or exc.dropped > len(named)) and len(rest) > 1:
+                            mid = len(rest) // 2
+                            return (rejected + await self._write_chunk(rest[:mid])
+                                    + await self._write_chunk(rest[mid:]))
                         pending = rest
                         continue
                 if len(pending) == 1:  # max-series-per-database names no series: found by halving
