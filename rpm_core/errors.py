@@ -112,12 +112,22 @@ class SinkLimitError(SinkRejectedError):
         self.measurement = measurement
         self.tag = tag
         self.value = value
-        self.fix = (f"set {limit} = 0 in the [data] section of influxdb.conf (or raise it) and restart "
-                    "InfluxDB; the refused points are on rpm.deadletter (stage sink, each payload its line-protocol "
-                    "line) to be written again")
+        self.fix = limit_fix(limit)
 
     def reason(self) -> str:
         """For the dead-letter record and the worker's warning: which limit, and the fix."""
-        what = (f"{self.tag}={self.value!r} of {self.measurement!r} would be a value beyond the limit"
-                if self.tag is not None else "its series would be one more than the database may hold")
-        return f"InfluxDB's {self.limit} limit refused the point ({what}); {self.fix}"
+        return limit_reason(self.limit, self.measurement, self.tag, self.value)
+
+
+def limit_fix(limit: str) -> str:
+    """What to do about InfluxDB's ``limit`` (``max-values-per-tag`` or ``max-series-per-database``)."""
+    return (f"set {limit} = 0 in the [data] section of influxdb.conf (or raise it) and restart InfluxDB; the "
+            "refused points are on rpm.deadletter (stage sink, each payload its line-protocol line) to be written "
+            "again")
+
+
+def limit_reason(limit: str, measurement: str | None = None, tag: str | None = None, value: str | None = None) -> str:
+    """Why a point was dead-lettered for InfluxDB's ``limit`` (naming the refused tag value, if known)."""
+    what = (f"{tag}={value!r} of {measurement!r} would be a value beyond the limit" if tag is not None
+            else "its series would be one more than the database may hold")
+    return f"InfluxDB's {limit} limit refused the point ({what}); {limit_fix(limit)}"
