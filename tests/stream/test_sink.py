@@ -412,3 +412,33 @@ async def test_a_limit_reaches_the_watchdog_as_a_warning_from_a_worker_that_stil
     out = run(wd, t0 + 31, t0 + 40, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
                                                         time=t), bridge("b1", t)])
     assert [(a.rule, a.state) for a in out] == [("tech.worker_warning", "cleared")]
+
+
+async def test_a_refused_device_whose_name_needs_escaping_is_recognised(limited_influx: str) -> None:
+    """InfluxDB names the refused value unescaped (Go-quoted); the line has it escaped."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    sent = counting(sink)
+    odd = [f'vitals,device=d\\ "x\\,y,metric=m0,patient=q,source=sim value={j}.0 {T0_MS + j}' for j in range(3)]
+    try:
+        await sink.write(device_lines(range(LIMIT), 1))
+        first = await sink.write(device_lines(range(LIMIT), 2) + odd)
+        sent.clear()
+        again = await sink.write(odd + device_lines(range(LIMIT), 2))
+    finally:
+        await sink.close()
+    assert [line for line, _ in first] == odd and [line for line, _ in again] == odd
+    assert "device='d \"x,y'" in first[0][1]
+    assert len(sent) == 1
+
+
+async def test_what_the_sink_remembers_is_bounded() -> None:
+    sink = InfluxSink(writer=V1Writer(url="http://127.0.0.1:9", db="rpm"))
+    with patch("rpm_core.sink.MAX_REMEMBERED", 3):
+        for k in range(5):
+            sink._remember(sink._values, f"vitals\0device\0d{k}")
+            sink._remember(sink._series, f"vitals,device=e{k}")
+    assert len(sink._values) + len(sink._series) == 3
+    assert "vitals,device=e4" in sink._series, "the newest kept, the oldest forgotten"
+    await sink.close()
