@@ -63,7 +63,6 @@ CREATE_RETRY_S: Final = 60.0
 # most; the oldest forgotten first, and then found again at the cost of a few requests).
 MAX_REMEMBERED: Final = 50_000
 _VALUES_LIMIT_NAME: Final = "max-values-per-tag"
-_SERIES_LIMIT_NAME: Final = "max-series-per-database"
 # While something is remembered as refused, one refused line is written again this often: the way
 # to notice the limit was raised (and to stop saying it is there).
 RECHECK_S: Final = 60.0
@@ -104,10 +103,10 @@ def rejection(status: int, body: str) -> SinkRejectedError:
     named = _VALUES_LIMIT.search(text)
     if named:
         m, tag, value = (_go_unquote(g) for g in named.groups())
-        return SinkLimitError(status, body, limit="max-values-per-tag", dropped=count, measurement=m, tag=tag,
+        return SinkLimitError(status, body, limit=_VALUES_LIMIT_NAME, dropped=count, measurement=m, tag=tag,
                               value=value)
     if "max-values-per-tag limit exceeded" in text:
-        return SinkLimitError(status, body, limit="max-values-per-tag", dropped=count)
+        return SinkLimitError(status, body, limit=_VALUES_LIMIT_NAME, dropped=count)
     if _SERIES_LIMIT in text:
         return SinkLimitError(status, body, limit="max-series-per-database", dropped=count)
     return SinkRejectedError(status, body)
@@ -293,7 +292,7 @@ class InfluxSink:
     # What a limit refused, oldest first: "measurement\0tag\0value" (max-values-per-tag) and series
     # keys as written (max-series-per-database); and the tags at their limit: (measurement, tag) -> ",tag=".
     _values: dict[str, None] = field(default_factory=dict, repr=False)
-    _series: dict[str, None] = field(default_factory=dict, repr=False)
+    _series: dict[str, str] = field(default_factory=dict, repr=False)  # series key -> the limit
     _full_tags: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
     _sample: str | None = field(default=None, repr=False)  # a refused line, to see whether the limit is gone
     _recheck_at: float = field(default=0.0, repr=False)
@@ -357,18 +356,18 @@ class InfluxSink:
                 m, t, v = hit.split("\0")
                 known.append((line, limit_reason(_VALUES_LIMIT_NAME, m, t, v)))
             elif key in series:
-                known.append((line, limit_reason(_SERIES_LIMIT_NAME)))
+                known.append((line, limit_reason(series[key])))
             else:
                 rest.append(line)
         return known, rest
 
-    def _remember(self, store: dict[str, None], key: str) -> None:
+    def _remember(self, store: dict[str, Any], key: str, limit: str | None = None) -> None:
         if key not in store and len(self._values) + len(self._series) >= MAX_REMEMBERED:
             if len(self._values) >= len(self._series):
                 del self._values[next(iter(self._values))]
             else:
                 del self._series[next(iter(self._series))]
-        store[key] = None
+        store[key] = limit
 
     def _limited(self, exc: SinkLimitError, line: str) -> None:
         """A limit refused ``line``: say so (logged when it starts), and keep the line to recheck."""
@@ -380,8 +379,8 @@ class InfluxSink:
         self.stats.limit = self._limit_text(exc)
 
     def _limit_text(self, exc: SinkLimitError) -> str:
-        return (f"InfluxDB's {exc.limit} limit refuses the points of new series ({self.stats.limit_refused} "
-                f"dead-lettered so far; every other point is written): {exc.fix}")
+        return (f"InfluxDB's {exc.limit} limit refuses the points of new series (dead-lettered, every other "
+                f"point is written; rpm_sink_limit_refused_lines_total counts them): {exc.fix}")
 
     def _refused(self, lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
         self.stats.rejected_lines += len(lines)
@@ -414,7 +413,7 @@ class InfluxSink:
                         pending = rest
                         continue
                 if len(pending) == 1:  # max-series-per-database names no series: found by halving
-                    self._remember(self._series, series_of(pending[0])[0])
+                    self._remember(self._series, series_of(pending[0])[0], exc.limit)
                     self._limited(exc, pending[0])
                     return rejected + self._refused([(pending[0], exc.reason())])
                 mid = len(pending) // 2
