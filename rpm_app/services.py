@@ -391,9 +391,13 @@ class InfluxUsers:
         return {"RPM_INFLUX_USER": role, "RPM_INFLUX_PASSWORD_FILE": str(self.password_file(role))}
 
 
-def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True, index: str | None = None) -> str:
+def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = True, index: str | None = None,
+                  max_values_per_tag: int = 0, max_series_per_database: int = 0) -> str:
     """An InfluxDB 1.x configuration with everything under ``workdir``, authentication on (unless
     ``auth`` is False) and no telemetry.
+
+    ``max_values_per_tag`` / ``max_series_per_database``: 0, no limit (below); a limit only for tests
+    of what the sink does on an InfluxDB left at its defaults.
 
     ``index``: the series index, ``inmem`` (InfluxDB's default) or ``tsi1``; default
     ``RPM_INFLUX_INDEX`` or ``inmem`` (benchmarks/RESULTS.md, issue 20: measured with both)."""
@@ -414,8 +418,8 @@ bind-address = "127.0.0.1:{rpc_port}"
   # database its 1,000,001st series by default: with a device tag per patient that is ~100k
   # patients. The sink would dead-letter every reading of each further patient (benchmarks/RESULTS.md,
   # issue 20, "the 100k-device wall"). No limit here; size the server instead (docs/architecture.md).
-  max-values-per-tag = 0
-  max-series-per-database = 0
+  max-values-per-tag = {max_values_per_tag}
+  max-series-per-database = {max_series_per_database}
 [http]
   bind-address = "127.0.0.1:{http_port}"
   auth-enabled = {"true" if auth else "false"}
@@ -480,18 +484,22 @@ def setup_influx_users(url: str, users: InfluxUsers, db: str) -> None:
         influx_query(url, f"GRANT {privilege} ON {_q(db)} TO {_q(role)}", auth=admin)
 
 
-def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", auth: bool = True) -> ServiceProcess:
+def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", auth: bool = True,
+                   max_values_per_tag: int = 0, max_series_per_database: int = 0) -> ServiceProcess:
     """Start InfluxDB 1.x with authentication on, on free ports with its data under ``workdir``;
     create ``db`` and the users of :class:`InfluxUsers` (kept in ``workdir/users``, see :func:`influx_users`).
 
     ``auth=False`` only for the benchmarks, whose peer systems (Node-RED, the naive app) write
     without credentials: the users exist, but InfluxDB does not ask for them.
+    ``max_values_per_tag`` / ``max_series_per_database``: see :func:`influx_config` (tests only).
     """
     binary = require_binary("influxd", "influxdb")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, rpc_port = port or free_port(), free_port()
     conf = workdir / "influxdb.conf"
-    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth))
+    conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth,
+                                   max_values_per_tag=max_values_per_tag,
+                                   max_series_per_database=max_series_per_database))
     svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port)
     url = f"http://127.0.0.1:{http_port}"
     _await_ready(svc, lambda: influx_ping(url))

@@ -11,6 +11,8 @@
         ├── SinkUnavailableError      connection refused / 5xx: retried with backoff
         │   └── SinkConfigError       missing database/bucket, rejected credentials: waited out, and said
         └── SinkRejectedError         4xx: the points themselves are bad; isolated and dead-lettered
+            └── SinkLimitError        a limit of InfluxDB 1.x refused new series (max-values-per-tag,
+                                      max-series-per-database): those lines dead-lettered, the rest written
 """
 
 from __future__ import annotations
@@ -89,3 +91,43 @@ class SinkRejectedError(SinkError):
         super().__init__(f"InfluxDB rejected the write ({status}): {body[:300]}")
         self.status = status
         self.body = body
+
+    @property
+    def partial(self) -> bool:
+        """InfluxDB 1.x's "partial write": the points it did not name or count as dropped WERE written."""
+        return "partial write" in self.body
+
+
+class SinkLimitError(SinkRejectedError):
+    """A partial write refused by a limit of InfluxDB 1.x: points that would create a new series
+    beyond ``max-values-per-tag`` (``measurement``/``tag``/``value`` name the first refused one) or
+    ``max-series-per-database`` (names none) were dropped, every other point was written. ``dropped``:
+    how many InfluxDB dropped (None if it did not say). The points are not bad; ``fix`` says what to set."""
+
+    def __init__(self, status: int, body: str, *, limit: str, dropped: int | None = None,
+                 measurement: str | None = None, tag: str | None = None, value: str | None = None) -> None:
+        super().__init__(status, body)
+        self.limit = limit
+        self.dropped = dropped
+        self.measurement = measurement
+        self.tag = tag
+        self.value = value
+        self.fix = limit_fix(limit)
+
+    def reason(self) -> str:
+        """For the dead-letter record and the worker's warning: which limit, and the fix."""
+        return limit_reason(self.limit, self.measurement, self.tag, self.value)
+
+
+def limit_fix(limit: str) -> str:
+    """What to do about InfluxDB's ``limit`` (``max-values-per-tag`` or ``max-series-per-database``)."""
+    return (f"set {limit} = 0 in the [data] section of influxdb.conf (or raise it) and restart InfluxDB; the "
+            "refused points are on rpm.deadletter (stage sink, each payload its line-protocol line) to be written "
+            "again")
+
+
+def limit_reason(limit: str, measurement: str | None = None, tag: str | None = None, value: str | None = None) -> str:
+    """Why a point was dead-lettered for InfluxDB's ``limit`` (naming the refused tag value, if known)."""
+    what = (f"{tag}={value!r} of {measurement!r} would be a value beyond the limit" if tag is not None
+            else "its series would be one more than the database may hold")
+    return f"InfluxDB's {limit} limit refused the point ({what}); {limit_fix(limit)}"

@@ -67,13 +67,24 @@ async def query_async(session: Any, url: str, q: str, *, db: str | None, auth: I
     return _decode(raw, str(base))
 
 
+MAX_REASON_CHARS: Final = 200
+_MAX_REASON_BODY: Final = 65_536  # a larger answer is no InfluxDB error (and not worth decoding)
+
+
 def _reason(raw: bytes) -> str:
-    """InfluxDB's ``{"error": …}`` of an HTTP error, bounded (a proxy's page is not quoted)."""
+    """InfluxDB's ``{"error": "…"}`` of an HTTP error: printable, at most ``MAX_REASON_CHARS``; any
+    other answer (a proxy's page, a huge, nested or non-UTF-8 body) is not quoted. Never raises."""
+    if len(raw) > _MAX_REASON_BODY:
+        return "no reason given"
     try:
         doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError:  # also not UTF-8, or nested deeper than orjson goes
         return "no reason given"
-    return str(doc.get("error", "no reason given"))[:200] if isinstance(doc, dict) else "no reason given"
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, str) or not error.strip():
+        return "no reason given"
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in error)
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 def _decode(raw: bytes, base: object) -> dict[str, Any]:

@@ -13,23 +13,41 @@ Failure policy (what a worker does when InfluxDB misbehaves):
   missing database is created (``CREATE DATABASE``, logged) when the credentials allow it;
   otherwise the write waits, like an outage, and ``SinkStats.problem`` says exactly what to fix
   (the worker's log, ``/healthz`` and its heartbeat, hence the technical alert).
+- a limit of InfluxDB 1.x (``max-values-per-tag``, ``max-series-per-database``; 100,000 and
+  1,000,000 by default): a "partial write" (400) refusing the points of new series beyond the
+  limit. Not the points' fault, and stopping every write (as for a configuration fault) would stop
+  detection for every patient; so only the refused lines are dead-lettered, with a reason naming
+  the limit and the fix, and ``SinkStats.limit`` says it while it lasts (the worker's ``/healthz``
+  and heartbeat, hence the watchdog's technical warning). No bisection for max-values-per-tag: the
+  answer names a refused tag value; the lines carrying it are dead-lettered and the rest written
+  again (idempotent) until InfluxDB takes all of it, in halves while its ``dropped=`` says other
+  values were refused too (each answer names one). (The rest must be written again: InfluxDB 1.6
+  was seen to lose some points of known series in such a partial write without counting them in
+  its ``dropped=``.) max-series-per-database names no series: its refused lines are found by
+  halving. Either way the sink remembers what was refused
+  (at most ``MAX_REMEMBERED`` tag values and series, oldest forgotten first) and dead-letters later
+  lines of it without a request; every ``RECHECK_S`` one refused line is written again: refused,
+  the warning stays; taken (the limit was raised), everything is forgotten and the warning cleared.
 - any other 4xx: the points themselves are bad. Bisect the batch until the bad lines are isolated,
-  write the good ones, and hand the bad ones back to the caller to dead-letter.
+  write the good ones, and hand the bad ones back to the caller to dead-letter (re-writing the good
+  ones of a 1.x "partial write", which InfluxDB already wrote, is idempotent).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import aiohttp
+import orjson
 
 from rpm_core.backoff import backoff_s
-from rpm_core.errors import SinkConfigError, SinkRejectedError, SinkUnavailableError
+from rpm_core.errors import SinkConfigError, SinkLimitError, SinkRejectedError, SinkUnavailableError, limit_reason
 from rpm_core.lineprotocol import PRECISION, join_lines
 from rpm_core.settings import InfluxAuth, split_influx_url
 
@@ -40,6 +58,74 @@ MAX_LINES_PER_WRITE: Final = 5_000
 WRITE_TIMEOUT_S: Final = 30.0
 # A missing database that could not be created: try again this often (someone may grant the right).
 CREATE_RETRY_S: Final = 60.0
+# Tag values and series an InfluxDB limit refused, remembered so their later lines are dead-lettered
+# without a request (bounded: one string of ~100-200 bytes each with the dict's entry, ~10 MB at
+# most; the oldest forgotten first, and then found again at the cost of a few requests).
+MAX_REMEMBERED: Final = 50_000
+_VALUES_LIMIT_NAME: Final = "max-values-per-tag"
+# While something is remembered as refused, one refused line is written again this often: the way
+# to notice the limit was raised (and to stop saying it is there).
+RECHECK_S: Final = 60.0
+
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_VALUES_LIMIT = re.compile(r"max-values-per-tag limit exceeded \(\d+/\d+\): measurement=" + _QUOTED
+                           + " tag=" + _QUOTED + " value=" + _QUOTED)
+_SERIES_LIMIT = "max-series-per-database limit exceeded"
+_DROPPED = re.compile(r"dropped=(\d+)")
+_GO_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)")
+_GO_CHAR = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+_TAG_UNESCAPE = re.compile(r"\\([,= ])")
+_KEY = re.compile(r"(?:[^ \\]|\\.)+")
+_TAG_PAIR = re.compile(r",((?:[^,=\\]|\\.)+)=((?:[^,\\]|\\.)*)")
+
+
+def _go_unquote(text: str) -> str:
+    """The string Go's ``%q`` quoted (InfluxDB names the refused tag value so)."""
+    def one(m: re.Match[str]) -> str:
+        esc = m.group(1)
+        return chr(int(esc[1:], 16)) if len(esc) > 1 else _GO_CHAR.get(esc, esc)
+    return _GO_ESCAPE.sub(one, text)
+
+
+def rejection(status: int, body: str) -> SinkRejectedError:
+    """The error for a 4xx ``body`` that is no configuration fault: a :class:`SinkLimitError` when a
+    limit of InfluxDB 1.x refused new series (v1 ``{"error": …}``, v2 ``{"message": …}`` or text)."""
+    text = body
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    said = doc.get("error", doc.get("message")) if isinstance(doc, dict) else None
+    if isinstance(said, str):
+        text = said
+    dropped = _DROPPED.search(text)
+    count = int(dropped.group(1)) if dropped else None
+    named = _VALUES_LIMIT.search(text)
+    if named:
+        m, tag, value = (_go_unquote(g) for g in named.groups())
+        return SinkLimitError(status, body, limit=_VALUES_LIMIT_NAME, dropped=count, measurement=m, tag=tag,
+                              value=value)
+    if "max-values-per-tag limit exceeded" in text:
+        return SinkLimitError(status, body, limit=_VALUES_LIMIT_NAME, dropped=count)
+    if _SERIES_LIMIT in text:
+        return SinkLimitError(status, body, limit="max-series-per-database", dropped=count)
+    return SinkRejectedError(status, body)
+
+
+def series_of(line: str) -> tuple[str, str, dict[str, str]]:
+    """A line-protocol line's series key (as written), measurement and tags (unescaped)."""
+    space = line.find(" ")
+    key = line[:space] if space >= 0 else line
+    if "\\" not in key:
+        measurement, _, rest = key.partition(",")
+        tags = dict(pair.split("=", 1) for pair in rest.split(",") if "=" in pair) if rest else {}
+        return key, measurement, tags
+    match = _KEY.match(line)
+    key = match.group(0) if match else line
+    first = _TAG_PAIR.search(key)
+    measurement = _TAG_UNESCAPE.sub(r"\1", key[: first.start()] if first else key)
+    return key, measurement, {_TAG_UNESCAPE.sub(r"\1", k): _TAG_UNESCAPE.sub(r"\1", v)
+                              for k, v in _TAG_PAIR.findall(key)}
 
 
 class LineWriter(Protocol):
@@ -115,7 +201,7 @@ class V1Writer:
                 return await self.write(body)
         if fault is not None:
             raise fault
-        raise SinkRejectedError(status, text)
+        raise rejection(status, text)
 
     async def _post(self, url: str, **kw: Any) -> tuple[int, str]:
         try:
@@ -163,10 +249,12 @@ class V2Writer:
             status = int(exc.status or 0)
             if status >= 500 or status == 429 or status == 0:
                 raise SinkUnavailableError(f"InfluxDB answered {status}: {exc.body!r:.200}") from exc
-            fault = config_fault(status, str(exc.body), db=self._bucket, api="v2")
+            # influxdb-client's async API gives the body as bytes (str() of them would be their repr)
+            text = exc.body.decode("utf-8", "replace") if isinstance(exc.body, bytes) else str(exc.body or "")
+            fault = config_fault(status, text, db=self._bucket, api="v2")
             if fault is not None:
                 raise fault from exc
-            raise SinkRejectedError(status, str(exc.body)) from exc
+            raise rejection(status, text) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SinkUnavailableError(f"InfluxDB unreachable: {exc!r}") from exc
 
@@ -187,6 +275,10 @@ class SinkStats:
     failing_since: float | None = None
     # A configuration fault under way (what is wrong and how to fix it); None when there is none.
     problem: str | None = None
+    # An InfluxDB limit refusing some points (which limit, what to set); None when none is known.
+    # Unlike ``problem`` every other point is written: a warning, not a fault.
+    limit: str | None = None
+    limit_refused: int = 0  # lines dead-lettered because of a limit (also in rejected_lines)
 
 
 @dataclass
@@ -197,27 +289,144 @@ class InfluxSink:
     max_lines: int = MAX_LINES_PER_WRITE
     stats: SinkStats = field(default_factory=SinkStats)
 
+    # What a limit refused, oldest first: "measurement\0tag\0value" (max-values-per-tag) and series
+    # keys as written (max-series-per-database); and the tags at their limit: (measurement, tag) -> ",tag=".
+    _values: dict[str, None] = field(default_factory=dict, repr=False)
+    _series: dict[str, str] = field(default_factory=dict, repr=False)  # series key -> the limit
+    _full_tags: dict[tuple[str, str], str] = field(default_factory=dict, repr=False)
+    _sample: str | None = field(default=None, repr=False)  # a refused line, to see whether the limit is gone
+    _recheck_at: float = field(default=0.0, repr=False)
+
     async def write(self, lines: Sequence[str]) -> list[tuple[str, str]]:
         """Write every line; return the rejected ones as (line, reason) for the dead-letter topic.
 
         Waits (retrying with backoff) for as long as InfluxDB is unavailable.
         """
         rejected: list[tuple[str, str]] = []
+        if self._sample is not None and time.monotonic() >= self._recheck_at:
+            await self._recheck(self._sample)
         for start in range(0, len(lines), self.max_lines):
             rejected += await self._write_chunk(lines[start : start + self.max_lines])
         return rejected
 
-    async def _write_chunk(self, lines: Sequence[str]) -> list[tuple[str, str]]:
+    async def _recheck(self, line: str) -> None:
+        """Write a refused line again: if a limit still refuses it, keep everything; else forget."""
+        self._recheck_at = time.monotonic() + RECHECK_S
         try:
-            await self._write_retrying(join_lines(lines))
-        except SinkRejectedError as exc:
-            if len(lines) == 1:
-                self.stats.rejected_lines += 1
-                return [(lines[0], f"InfluxDB rejected the point ({exc.status}): {exc.body[:300]}")]
-            mid = len(lines) // 2
-            return await self._write_chunk(lines[:mid]) + await self._write_chunk(lines[mid:])
-        self.stats.lines_written += len(lines)
-        return []
+            await self._write_retrying(join_lines([line]))
+        except SinkLimitError as exc:
+            self.stats.limit = self._limit_text(exc)
+            return
+        except SinkRejectedError:
+            pass
+        _LOGGER.warning("InfluxDB takes points it refused for a limit again: %d tag values and %d series forgotten",
+                        len(self._values), len(self._series))
+        self._values.clear()
+        self._series.clear()
+        self._full_tags.clear()
+        self._sample = None
+        self.stats.limit = None
+
+    def _known(self, lines: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+        """The lines remembered as refused, with their reasons, and the others (1-2 µs a line measured)."""
+        if not self._values and not self._series:
+            return [], list(lines)
+        known: list[tuple[str, str]] = []
+        rest: list[str] = []
+        values, series = self._values, self._series
+        full = [(f"{m},", needle, f"{m}\0{t}\0") for (m, t), needle in self._full_tags.items()]
+        for line in lines:
+            key = line[: line.find(" ")]
+            hit = None
+            if "\\" in key:  # escapes: the slow, exact way
+                key, measurement, tags = series_of(line)
+                hit = next((f"{m}\0{t}\0{tags[t]}" for (m, t) in self._full_tags
+                            if m == measurement and t in tags and f"{m}\0{t}\0{tags[t]}" in values), None)
+            else:
+                for prefix, needle, base in full:
+                    at = key.find(needle) if key.startswith(prefix) else -1
+                    if at >= 0:
+                        at += len(needle)
+                        end = key.find(",", at)
+                        value = base + (key[at:end] if end >= 0 else key[at:])
+                        if value in values:
+                            hit = value
+                            break
+            if hit is not None:
+                m, t, v = hit.split("\0")
+                known.append((line, limit_reason(_VALUES_LIMIT_NAME, m, t, v)))
+            elif key in series:
+                known.append((line, limit_reason(series[key])))
+            else:
+                rest.append(line)
+        return known, rest
+
+    def _remember(self, store: dict[str, Any], key: str, limit: str | None = None) -> None:
+        if key not in store and len(self._values) + len(self._series) >= MAX_REMEMBERED:
+            if len(self._values) >= len(self._series):
+                del self._values[next(iter(self._values))]
+            else:
+                del self._series[next(iter(self._series))]
+        store[key] = limit
+
+    def _limited(self, exc: SinkLimitError, line: str) -> None:
+        """A limit refused ``line``: say so (logged when it starts), and keep the line to recheck."""
+        if self._sample is None:
+            self._recheck_at = time.monotonic() + RECHECK_S
+        self._sample = line
+        if self.stats.limit is None:
+            _LOGGER.error("%s", self._limit_text(exc))
+        self.stats.limit = self._limit_text(exc)
+
+    def _limit_text(self, exc: SinkLimitError) -> str:
+        return (f"InfluxDB's {exc.limit} limit refuses the points of new series (dead-lettered, every other "
+                f"point is written; rpm_sink_limit_refused_lines_total counts them): {exc.fix}")
+
+    def _refused(self, lines: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        self.stats.rejected_lines += len(lines)
+        self.stats.limit_refused += len(lines)
+        return lines
+
+    async def _write_chunk(self, lines: Sequence[str]) -> list[tuple[str, str]]:
+        rejected, pending = self._known(lines)
+        self.stats.rejected_lines += len(rejected)
+        self.stats.limit_refused += len(rejected)
+        while pending:
+            try:
+                await self._write_retrying(join_lines(pending))
+            except SinkLimitError as exc:
+                if exc.value is not None and exc.tag is not None and exc.measurement is not None:
+                    self._full_tags[(exc.measurement, exc.tag)] = f",{exc.tag}="
+                    self._remember(self._values, f"{exc.measurement}\0{exc.tag}\0{exc.value}")
+                    named, rest = self._known(pending)
+                    if named:
+                        rejected += self._refused(named)
+                        self._limited(exc, named[0][0])
+                        # The rest is written again (idempotent) until InfluxDB takes all of it: 1.6
+                        # loses some points of known series in such a partial write without counting
+                        # them. If it dropped more than the named lines, other values were refused
+                        # too: halves, so that each answer names one of them in fewer lines.
+                        if (exc.dropped is None or exc.dropped > len(named)) and len(rest) > 1:
+                            mid = len(rest) // 2
+                            return (rejected + await self._write_chunk(rest[:mid])
+                                    + await self._write_chunk(rest[mid:]))
+                        pending = rest
+                        continue
+                if len(pending) == 1:  # max-series-per-database names no series: found by halving
+                    self._remember(self._series, series_of(pending[0])[0], exc.limit)
+                    self._limited(exc, pending[0])
+                    return rejected + self._refused([(pending[0], exc.reason())])
+                mid = len(pending) // 2
+                return rejected + await self._write_chunk(pending[:mid]) + await self._write_chunk(pending[mid:])
+            except SinkRejectedError as exc:
+                if len(pending) == 1:
+                    self.stats.rejected_lines += 1
+                    return [*rejected, (pending[0], f"InfluxDB rejected the point ({exc.status}): {exc.body[:300]}")]
+                mid = len(pending) // 2
+                return rejected + await self._write_chunk(pending[:mid]) + await self._write_chunk(pending[mid:])
+            self.stats.lines_written += len(pending)
+            return rejected
+        return rejected
 
     async def _write_retrying(self, body: bytes) -> None:
         attempt = 0

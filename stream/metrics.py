@@ -122,6 +122,11 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
         counter("rpm_sink_writes_total", "InfluxDB write requests that succeeded", sink_stats.writes),
         counter("rpm_sink_retries_total", "InfluxDB write attempts retried", sink_stats.retries),
         counter("rpm_sink_rejected_lines_total", "Lines InfluxDB refused (dead-lettered)", sink_stats.rejected_lines),
+        counter("rpm_sink_limit_refused_lines_total",
+                "Lines dead-lettered because an InfluxDB limit refuses their series (also in rejected)",
+                sink_stats.limit_refused),
+        gauge("rpm_sink_limited", "1 while an InfluxDB limit refuses the points of new series",
+              float(sink_stats.limit is not None)),
         gauge("rpm_worker_rebalancing", "1 while the consumer group rebalances", float(rebalancing)),
     ]
     if status is not None:

@@ -10,6 +10,8 @@ rule                     severity condition
 ======================== ======== ============================================================
 ``tech.workers_missing`` critical partitions of ``rpm.readings`` that no live worker owns
 ``tech.worker_stuck``    critical a worker alive but not progressing (InfluxDB failing, a batch stuck)
+``tech.worker_warning``  warning  a worker that delivers but says something is wrong (an InfluxDB limit
+                                  refusing the points of new devices)
 ``tech.bridge_stuck``    critical a bridge alive but not progressing (Kafka refusing, disconnected)
 ``tech.bridge_silent``   critical a bridge that stopped reporting without saying it stops
 ``tech.bridges_missing`` critical no bridge running (none reported, or the last one said it stops)
@@ -215,9 +217,22 @@ class Watchdog:
                             f"{self._patients_in(list(w.partitions))} are not monitored until it can.",
                     remedy=("Fix InfluxDB as the message says; nothing is lost meanwhile (readings wait in Kafka)."
                             if influx else RUN_REMEDY), wards=self._wards_of(list(w.partitions)))
+            elif w.problem:
+                found[("tech.worker_warning", w.instance)] = self._warning(w)
             if w.state_reset_count:
                 found[("tech.state_unreadable", w.instance)] = self._state_reset(w)
         return found
+
+    def _warning(self, w: Heartbeat) -> Condition:
+        """A worker that analyses and delivers, but not everything (today: an InfluxDB limit refusing
+        the points of new devices, which are dead-lettered): alerts still go out for every patient."""
+        influx = "InfluxDB" in (w.problem or "")
+        return Condition(
+            severity="warning", component="influxdb" if influx else "worker", wards=self._wards_of(list(w.partitions)),
+            message=(f"Worker {w.instance}: {w.problem}. Clinical alerts are still raised for every patient; "
+                     "the readings refused are not stored (charts, reports and exports miss them) until fixed."),
+            remedy=("Fix InfluxDB's configuration as the message says; the refused readings wait on rpm.deadletter "
+                    "(stage sink) to be written again." if influx else RUN_REMEDY))
 
     def _state_reset(self, w: Heartbeat) -> Condition:
         """Patients started afresh because their stored detector state could not be read: still

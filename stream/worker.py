@@ -236,6 +236,8 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
 
     ``progressing`` is false once a batch, or an InfluxDB write, has been failing for
     ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
+    ``problem`` is why a check fails, or, all passing, a warning: an InfluxDB limit refusing the
+    points of new devices (``SinkStats.limit``; detection goes on, so no 503 to restart us for).
     """
     from stream.protocol import STUCK_AFTER_S
 
@@ -247,6 +249,8 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
         problem = f"a batch has been unfinished for {busy_s:.0f} s"
     elif problem is None and failing_s >= STUCK_AFTER_S:
         problem = f"a batch or an InfluxDB write has been failing for {failing_s:.0f} s"
+    if problem is None:  # a warning: an InfluxDB limit refuses some points; every other is written
+        problem = pipeline.sink.stats.limit
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+import types
+from collections.abc import Iterator
+from dataclasses import replace
 from unittest.mock import patch
 
 import numpy as np
+import orjson
 import pytest
 
-from rpm_app.services import influx_query
-from rpm_core.errors import SinkUnavailableError
+from rpm_app.services import INFLUX_ADMIN, influx_query, influx_users, start_influxdb
+from rpm_core.errors import SinkLimitError, SinkRejectedError, SinkUnavailableError
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
-from rpm_core.sink import InfluxSink, V1Writer, make_sink
+from rpm_core.sink import InfluxSink, V1Writer, make_sink, rejection
+from stream.pipeline import PipelineStats
+from stream.protocol import WorkerStatus
+from stream.worker import health, heartbeat
+from tests.stream.test_watchdog import T0, bridge, make, run
 from tests.support.influx import count_by, rows
 from tests.support.v2proxy import V2Proxy
 
@@ -227,3 +236,209 @@ async def test_the_influxdb_rpm_starts_takes_more_than_100k_devices(influx_url: 
     got = rows(influx_url, influx_db, 'SELECT count("value") FROM vitals WHERE device = \'hrs-100000\'')
     assert [r["count"] for r in got] == [1]
     influx_query(influx_url, f'DROP DATABASE "{influx_db}"')  # 100k series: free the shared server's index
+
+
+# --- an InfluxDB left at its limits (issue 20 follow-up) -----------------------------------------------
+
+LIMIT = 5
+
+
+@pytest.fixture(scope="module")
+def limited_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An InfluxDB 1.6 with small limits, standing for one left at its defaults (100,000 values of a
+    tag, 1,000,000 series): ``max-values-per-tag`` and ``max-series-per-database`` = 5. Admin URL."""
+    svc = start_influxdb(tmp_path_factory.mktemp("limited"), max_values_per_tag=LIMIT,
+                         max_series_per_database=LIMIT * LIMIT)
+    try:
+        yield influx_users(svc).url(INFLUX_ADMIN, f"http://{svc.host}:{svc.port}")
+    finally:
+        svc.stop()
+
+
+def device_lines(devices: range, per_device: int, *, metrics: int = 1) -> list[str]:
+    """``per_device`` readings of each device, interleaved as a worker's batch is (device k: patient k)."""
+    return [f"vitals,device=d{k},metric=m{j % metrics},patient=p{k},source=sim value={j}.0 {T0_MS + j * 1000}"
+            for j in range(per_device) for k in devices]
+
+
+def counting(sink: InfluxSink) -> list[int]:
+    """Count the write requests ``sink`` sends (each one's number of lines)."""
+    sent: list[int] = []
+    original = sink.writer.write
+
+    async def write(body: bytes) -> None:
+        sent.append(body.count(b"\n") + 1)
+        await original(body)
+
+    sink.writer.write = write  # type: ignore[method-assign]
+    return sent
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+async def test_a_tag_value_limit_dead_letters_the_new_devices_alone_without_bisection(
+        limited_influx: str, api: str) -> None:
+    """InfluxDB at max-values-per-tag refuses the points of new devices (a partial write naming one
+    device): those are dead-lettered with the limit and the fix in the reason, the known devices'
+    points written; at most two requests per refused device at first, and one per batch after."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    async with contextlib.AsyncExitStack() as stack:
+        if api == "v2":  # InfluxDB 1.8's /api/v2/write, as in test_v2_path_through_influxdb_client
+            url = await stack.enter_async_context(V2Proxy(limited_influx))
+            sink = make_sink(url=url, db=db, token="test-token", org="rpm")
+        else:
+            sink = make_sink(url=limited_influx, db=db)
+        sent = counting(sink)
+        first, rejected, again = await _known_then_new_devices(sink, sent)
+    assert sorted({line.split(",")[1] for line, _ in rejected}) == ["device=d5", "device=d6", "device=d7"]
+    assert len(rejected) == 900 and all("max-values-per-tag" in reason and "max-values-per-tag = 0" in reason
+                                        for _, reason in rejected)
+    assert first <= 2 * 3, f"at most two requests per refused device, not a bisection per line: {first}"
+    assert len(again) == 30 and len(sent) == 1, "refused devices remembered: no request for them"
+    assert count_by(limited_influx, db, "vitals", "value", "patient") == {f"p{k}": 300 for k in range(LIMIT)}
+    assert sink.stats.limit is not None and "max-values-per-tag = 0" in sink.stats.limit
+    assert "[data]" in sink.stats.limit and sink.stats.problem is None, "a warning, not a configuration fault"
+    assert sink.stats.limit_refused == 930
+
+
+async def _known_then_new_devices(sink: InfluxSink, sent: list[int]) -> tuple[int, list[tuple[str, str]],
+                                                                               list[tuple[str, str]]]:
+    try:
+        assert await sink.write(device_lines(range(LIMIT), 2)) == []  # the known devices
+        batch = device_lines(range(LIMIT + 3), 300)  # 1,500 lines of known devices, 900 of 3 new ones
+        sent.clear()
+        rejected = await sink.write(batch)
+        first = len(sent)
+        sent.clear()
+        again = await sink.write(device_lines(range(LIMIT + 3), 10))
+    finally:
+        await sink.close()
+    return first, rejected, again
+
+
+async def test_a_series_limit_dead_letters_the_new_series_once(limited_influx: str) -> None:
+    """max-series-per-database names no series: the new ones are found by halving, once, then remembered."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    sent = counting(sink)
+    try:
+        assert await sink.write(device_lines(range(LIMIT), LIMIT, metrics=LIMIT)) == []  # 25 series: full
+        new = [line.replace("source=sim", "source=ble") for line in device_lines(range(1), 20)]
+        rejected = await sink.write(device_lines(range(LIMIT), 100, metrics=LIMIT) + new)
+        sent.clear()
+        again = await sink.write(device_lines(range(LIMIT), 10, metrics=LIMIT) + new[:3])
+    finally:
+        await sink.close()
+    assert [line for line, _ in rejected] == new
+    assert all("max-series-per-database = 0" in reason for _, reason in rejected)
+    assert [line for line, _ in again] == new[:3] and len(sent) == 1, "refused series remembered"
+    assert count_by(limited_influx, db, "vitals", "value", "patient") == {f"p{k}": 100 for k in range(LIMIT)}
+    assert sink.stats.limit is not None and "max-series-per-database = 0" in sink.stats.limit
+
+
+async def test_the_limit_warning_stays_while_the_limit_refuses_and_clears_when_it_no_longer_does(
+        limited_influx: str) -> None:
+    """Every RECHECK_S a refused line is written again: still refused, the warning stays (new devices
+    keep being refused even when a batch of known ones succeeds); taken, everything is forgotten."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    sent = counting(sink)
+    try:
+        await sink.write(device_lines(range(LIMIT), 1))
+        with patch("rpm_core.sink.RECHECK_S", 0.0):
+            assert len(await sink.write(device_lines(range(LIMIT + 1), 2))) == 2
+            sent.clear()
+            assert await sink.write(device_lines(range(LIMIT), 3)) == []  # known devices only: written
+            assert sink.stats.limit is not None and len(sent) == 2, "the refused device rechecked: still refused"
+            # The limit no longer refuses the device (here: the database is emptied; in production:
+            # max-values-per-tag = 0 and a restart).
+            influx_query(limited_influx, f'DROP DATABASE "{db}"')
+            influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+            assert await sink.write(device_lines(range(LIMIT - 1, LIMIT + 1), 2)) == []
+        assert sink.stats.limit is None
+    finally:
+        await sink.close()
+    assert count_by(limited_influx, db, "vitals", "value", "patient") == {"p4": 2, "p5": 2}
+
+
+@pytest.mark.parametrize("api", ["v1", "v2"])
+def test_limit_answers_are_recognised(api: str) -> None:
+    """The texts of InfluxDB 1.6 (seen in these tests), as /write (v1) and 1.8's /api/v2/write give them."""
+    values = ('partial write: max-values-per-tag limit exceeded (4/3): measurement="vitals" tag="device" '
+              'value="d \\"q" dropped=4')
+    series = "partial write: max-series-per-database limit exceeded: (3) dropped=6"
+    key = "error" if api == "v1" else "message"
+    exc = rejection(400, orjson.dumps({key: values}).decode())
+    assert isinstance(exc, SinkLimitError) and exc.partial
+    assert (exc.limit, exc.measurement, exc.tag, exc.value, exc.dropped) == (
+        "max-values-per-tag", "vitals", "device", 'd "q', 4)
+    exc = rejection(400, orjson.dumps({key: series}).decode())
+    assert isinstance(exc, SinkLimitError) and (exc.limit, exc.tag, exc.dropped) == ("max-series-per-database", None, 6)
+    other = rejection(400, orjson.dumps({key: "partial write: unable to parse 'x': invalid field format dropped=0"})
+                      .decode())
+    assert type(other) is SinkRejectedError and other.partial
+
+
+async def test_a_limit_reaches_the_watchdog_as_a_warning_from_a_worker_that_still_delivers(
+        limited_influx: str) -> None:
+    """The technical path: the sink's limit → the worker's /healthz body and heartbeat (healthy: it
+    still analyses and writes every other point, so no 503) → the watchdog's tech.worker_warning,
+    naming InfluxDB and what to set, within the confirmation time; it clears with the limit."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    try:
+        await sink.write(device_lines(range(LIMIT), 1))
+        assert len(await sink.write(device_lines(range(LIMIT + 1), 1))) == 1
+    finally:
+        await sink.close()
+    app = types.SimpleNamespace(started=True, should_stop=False)
+    pipeline = types.SimpleNamespace(stats=PipelineStats(), sink=sink, last_seen={},
+                                     recent_resets=lambda _hold: ([], 0))
+    status = WorkerStatus(partitions=frozenset({0, 1, 2, 3}), recovered=True)
+    body = health(app, pipeline, status)
+    assert body["configured"] and body["progressing"] and "max-values-per-tag = 0" in body["problem"]
+    wd = make()
+    t0 = T0 + 60
+    out = run(wd, t0, t0 + 30, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                   time=t), bridge("b1", t)])
+    [raised] = out
+    assert (raised.rule, raised.severity, raised.component) == ("tech.worker_warning", "warning", "influxdb")
+    assert "max-values-per-tag = 0" in raised.message and "[data]" in raised.message
+    assert raised.time - t0 <= 60
+    sink.stats.limit = None  # what the recheck does once InfluxDB takes the refused points again
+    out = run(wd, t0 + 31, t0 + 40, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                        time=t), bridge("b1", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.worker_warning", "cleared")]
+
+
+async def test_a_refused_device_whose_name_needs_escaping_is_recognised(limited_influx: str) -> None:
+    """InfluxDB names the refused value unescaped (Go-quoted); the line has it escaped."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    sent = counting(sink)
+    odd = [f'vitals,device=d\\ "x\\,y,metric=m0,patient=q,source=sim value={j}.0 {T0_MS + j}' for j in range(3)]
+    try:
+        await sink.write(device_lines(range(LIMIT), 1))
+        first = await sink.write(device_lines(range(LIMIT), 2) + odd)
+        sent.clear()
+        again = await sink.write(odd + device_lines(range(LIMIT), 2))
+    finally:
+        await sink.close()
+    assert [line for line, _ in first] == odd and [line for line, _ in again] == odd
+    assert "device='d \"x,y'" in first[0][1]
+    assert len(sent) == 1
+
+
+async def test_what_the_sink_remembers_is_bounded() -> None:
+    sink = InfluxSink(writer=V1Writer(url="http://127.0.0.1:9", db="rpm"))
+    with patch("rpm_core.sink.MAX_REMEMBERED", 3):
+        for k in range(5):
+            sink._remember(sink._values, f"vitals\0device\0d{k}")
+            sink._remember(sink._series, f"vitals,device=e{k}")
+    assert len(sink._values) + len(sink._series) == 3
+    assert "vitals,device=e4" in sink._series, "the newest kept, the oldest forgotten"
+    await sink.close()
