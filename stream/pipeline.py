@@ -427,7 +427,9 @@ class Pipeline:
             reason = (f"conflicting duplicate: a {metric} sample with the device and time of an earlier one in the "
                       "batch but another value or flags; the earlier one is kept and judged, this one is not")
             record = encode_readings_record(decoded.patient[g], [group])
-            await self._deadletter("worker", reason, "rpm.readings", record)
+            # Stage "duplicate", not "worker": `rpm deadletter replay --stage worker` must not put it
+            # back (InfluxDB would then show the value the alerts never saw).
+            await self._deadletter("duplicate", reason, "rpm.readings", record)
         return vitals_lines(
             patient=[decoded.patient[g] for g in kept_group.tolist()],
             device=[decoded.device[g] for g in kept_group.tolist()],

@@ -65,8 +65,12 @@ async def test_two_messages_in_a_batch_that_disagree_keep_the_first_in_the_chart
     assert stored(influx_url, influx_db) == [45.0, 151.0]  # not 150: the alert was computed from 45
     assert len(out.letters) == 1
     letter = out.letters[0]
-    assert "conflicting duplicate" in str(letter["reason"]) and letter["stage"] == "worker"
+    assert "conflicting duplicate" in str(letter["reason"]) and letter["stage"] == "duplicate"
     assert pipe.stats.deadlettered == 1
+    from stream.deadletter_tools import NotReplayable, read_entry, replay_record
+
+    entry = read_entry(orjson.dumps(letter), partition=0, offset=0)
+    assert isinstance(replay_record(entry, partitions=4), NotReplayable), "a blanket replay must not undo the choice"
 
 
 async def test_one_message_that_contradicts_itself_is_settled_the_same_way(influx_url: str, influx_db: str) -> None:
