@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -94,6 +95,17 @@ def build_detector(rule: Rule) -> Detector:
     raise TypeError(f"no detector for rule type {type(rule).__name__}")
 
 
+@dataclass(frozen=True, slots=True)
+class Conflicts:
+    """Samples of one batch that repeat an earlier sample's patient, metric, device and time with
+    another value or other flags: ``dropped[i]`` (a position in the batch given to
+    :meth:`Engine.process`) was not judged, ``kept[i]`` (the first of them) was. Whoever stores the
+    batch must store the kept value too, or the chart and the alerts disagree."""
+
+    kept: IntArray
+    dropped: IntArray
+
+
 class Engine:
     """All detectors of a rule set over all patients; see the module docstring for the life cycle."""
 
@@ -138,6 +150,8 @@ class Engine:
         self._multi_device = False
         self._rank: IntArray = np.zeros(0, np.int64)  # the current batch has a patient with two devices of one metric
         self._dirty: BoolArray = np.zeros(0, np.bool_)
+        # The last batch's conflicting duplicates (see :attr:`conflicts`).
+        self._conflicts = Conflicts(np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._synced = 0  # registered patients whose slots (and overrides) are in place
         # Per rule, the patients it has state for (anything but fresh): export_state leaves the
         # others out, which import_state reads as fresh. A heart-rate-only patient's checkpoint
@@ -209,6 +223,13 @@ class Engine:
             device=None if devices is None else self.device_codes(devices),
         )
 
+    @property
+    def conflicts(self) -> Conflicts:
+        """The last :meth:`process` call's conflicting duplicates: samples of its batch with the
+        patient, metric, device and time of an earlier one but another value or flags. The first is
+        judged (and kept), the later ones are not; none in most batches."""
+        return self._conflicts
+
     def device_codes(self, devices: Sequence[str] | npt.NDArray[Any]) -> npt.NDArray[np.int32]:
         """Dense codes of device ids (registering new ones; ``""`` is the unnamed device, code 0)."""
         codes = self._devices.indices(devices)
@@ -229,6 +250,7 @@ class Engine:
         escalate ``escalate_after`` after the later of their event time and ``now``. Backtests omit it.
         """
         self._sync()
+        self._conflicts = Conflicts(np.zeros(0, np.int64), np.zeros(0, np.int64))
         fresh = self._fresh(batch)
         if len(fresh) == 0:
             return []
@@ -316,12 +338,14 @@ class Engine:
             & (batch.patient.view(np.uint64) < len(self._registry))
             & (batch.devices.view(np.uint32) < len(self._devices))
         )
+        taken: IntArray | None = None  # the positions in the caller's batch of those left, if not all
         if not ok.all():
+            taken = np.flatnonzero(ok)
             batch = batch.take(ok)
         if len(batch) == 0:
             return batch
         key = _pack(batch.patient, batch.metric, batch.devices)
-        batch, key, same = _sorted(batch, key)
+        batch, key, same, order = _sorted(batch, key)
         t = batch.t
         starts = np.concatenate(([0], np.flatnonzero(~same) + 1))
         lengths = np.diff(np.append(starts, len(t)))
@@ -333,6 +357,7 @@ class Engine:
             keep = ~(t <= np.repeat(marks, lengths))  # NaN watermark (never seen) compares false
         duplicate = same & (t[1:] == t[:-1])
         if duplicate.any():
+            self._conflicts = _conflicting(batch, duplicate, order, taken)
             keep = np.ones(len(t), np.bool_) if keep is None else keep
             keep[1:] &= ~duplicate
         if keep is not None and not keep.all():
@@ -982,9 +1007,10 @@ def _pack_one(patient: int, metric: int, device: int) -> int:
     return (((metric << _PATIENT_BITS) | patient) << _DEVICE_BITS) | device
 
 
-def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]) -> tuple[SampleBatch, npt.NDArray[np.int64], BoolArray]:
-    """``batch`` and ``key`` (patient, metric, device) sorted by key then time, stably, and where
-    each sample has the same key as the previous one.
+def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]
+            ) -> tuple[SampleBatch, npt.NDArray[np.int64], BoolArray, IntArray | None]:
+    """``batch`` and ``key`` (patient, metric, device) sorted by key then time, stably, where
+    each sample has the same key as the previous one, and the order taken (None: already sorted).
 
     Stability matters: among exact duplicates the first delivered one is kept. Batches that are
     already in order (a backtest CSV sorted by patient and time) skip the sort.
@@ -993,7 +1019,7 @@ def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]) -> tuple[SampleBatch
     step = np.diff(key)
     same = step == 0
     if not bool(((step < 0) | (same & (t[1:] < t[:-1]))).any()):
-        return batch, key, same
+        return batch, key, same, None
     # Each device's samples usually arrive in time order, in runs (one message each): a stable
     # sort by key alone (timsort merges runs in near-linear time) is then enough; lexsort otherwise.
     order = np.argsort(key, kind="stable")
@@ -1003,7 +1029,26 @@ def _sorted(batch: SampleBatch, key: npt.NDArray[np.int64]) -> tuple[SampleBatch
         order = np.lexsort((t, key))
         key_sorted = key[order]
         same = key_sorted[1:] == key_sorted[:-1]
-    return batch.take(order), key_sorted, same
+    return batch.take(order), key_sorted, same, order
+
+
+def _conflicting(batch: SampleBatch, duplicate: BoolArray, order: IntArray | None,
+                 taken: IntArray | None) -> Conflicts:
+    """The duplicates of a sorted ``batch`` (``duplicate[i]``: sample ``i + 1`` has the key and
+    time of sample ``i``) whose value or flags differ from the first of their run (the one kept), as
+    positions in the caller's batch: ``order`` is the sort :func:`_sorted` took, ``taken`` the
+    samples :meth:`Engine._fresh` kept before sorting (None: all)."""
+    repeat = np.concatenate(([False], duplicate))
+    position = np.arange(len(repeat))
+    first = np.maximum.accumulate(np.where(repeat, 0, position))  # the first sample of each run
+    value, kept_value = batch.value, batch.value[first]
+    same_value = (value == kept_value) | (np.isnan(value) & np.isnan(kept_value))
+    dropped = np.flatnonzero(repeat & ~(same_value & (batch.flags == batch.flags[first])))
+    kept = first[dropped]
+    for mapping in (order, taken):
+        if mapping is not None:
+            dropped, kept = mapping[dropped], mapping[kept]
+    return Conflicts(kept=kept.astype(np.int64), dropped=dropped.astype(np.int64))
 
 
 def _several_devices(key: npt.NDArray[np.int64]) -> bool:

@@ -152,6 +152,21 @@ OUTBOX_BYTES_PER_READING: Final = 120
 OUTBOX_LOW_WATER_FRACTION: Final = 0.9
 # A "disk full" episode is over (and reported as such) once the outbox is below this fraction.
 OUTBOX_FULL_CLEARED_FRACTION: Final = 0.5
+# How long the outbox keeps a de-duplication key (a glucose record's serial|sequence|base time, a
+# CGM record's session|offset), from when it was first stored. Within it a record the device sends
+# again is not stored (nor sent) twice. A CGM may send any record of its current session again (a
+# backfill after a gap), and sessions last up to 15 days (Dexcom G7 10 days + 12 h grace period;
+# FreeStyle Libre 3 14 days, Libre 3 Plus 15 days, per their user guides); a meter is asked only for
+# records after its last sequence number, so its repeats are recent. Twice the longest session.
+# Beyond it a repeat would be sent again and dropped downstream (InfluxDB points are keyed, the
+# detectors drop samples they have seen): harmless, where an unbounded table was not.
+OUTBOX_SEEN_KEEP_S: Final = 30 * 86_400
+# And at most this many keys whatever the clock says (the newest kept): a 1-minute CGM for 30 days
+# is 43,200 keys, a meter a few a day. ~100 bytes each on disk: ~10 MB at most.
+OUTBOX_SEEN_MAX_KEYS: Final = 100_000
+# Old keys are deleted at most this often (at open, then by the next write after it), in the
+# write's transaction: one indexed DELETE.
+OUTBOX_SEEN_PRUNE_EVERY_S: Final = 3_600.0
 # Samples in one MQTT message (the wire allows 2,000): ~25 kB of JSON, one device each.
 PUBLISH_BATCH_MAX_SAMPLES: Final = 500
 # QoS 1 messages awaiting PUBACK at once; Mosquitto's default receive maximum is 20.

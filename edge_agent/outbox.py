@@ -9,7 +9,9 @@ Tables::
 
     readings(id, device, metric, t, value, flags, priority, message)  -- one row per sample
     messages(id, device)            -- an MQTT message being delivered: a fixed set of readings
-    seen(key)                       -- de-duplication keys (glucose: serial|sequence|base time)
+    seen(key, at)                   -- de-duplication keys (glucose: serial|sequence|base time), and
+                                       when first stored: kept OUTBOX_SEEN_KEEP_S, at most
+                                       OUTBOX_SEEN_MAX_KEYS (the newest), so the table stays bounded
     watermarks(device, name, value) -- glucose last sequence, CGM session + last time offset
     meta(key, value)                -- install id, eviction counters
 
@@ -40,8 +42,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +60,8 @@ from rpm_core.wire import METRICS, Sample
 
 _LOGGER = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+# 2: seen.at (when a de-duplication key was stored), so old keys can be deleted.
+SCHEMA_VERSION: Final = 2
 # Eviction order (lowest first): see the module docstring.
 PRIORITY: Final[Mapping[str, int]] = {"rr_interval": 0, "heart_rate": 1, "glucose": 2}
 _METRIC_BY_PRIORITY: Final = {p: m for m, p in PRIORITY.items()}
@@ -76,7 +81,8 @@ CREATE INDEX IF NOT EXISTS readings_unsent_by_device ON readings(device, id) WHE
 CREATE INDEX IF NOT EXISTS readings_unsent_by_priority ON readings(priority, id) WHERE message IS NULL;
 CREATE INDEX IF NOT EXISTS readings_by_message ON readings(message) WHERE message IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (key TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_age ON seen(at);
 CREATE TABLE IF NOT EXISTS watermarks (
     device TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (device, name)
 ) WITHOUT ROWID;
@@ -134,9 +140,15 @@ class OutboxStats:
 class Outbox:
     """The SQLite outbox. Not thread-safe: use it from one thread (:class:`AsyncOutbox` does)."""
 
-    def __init__(self, path: Path, *, budget_bytes: int = const.DEFAULT_OUTBOX_BUDGET_BYTES) -> None:
+    def __init__(self, path: Path, *, budget_bytes: int = const.DEFAULT_OUTBOX_BUDGET_BYTES,
+                 seen_keep_s: float = const.OUTBOX_SEEN_KEEP_S, seen_max_keys: int = const.OUTBOX_SEEN_MAX_KEYS,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.capacity = max(1, budget_bytes // const.OUTBOX_BYTES_PER_READING)
+        self._seen_keep_s = seen_keep_s
+        self._seen_max_keys = seen_max_keys
+        self._clock = clock
+        self._pruned_at = -math.inf
         self._db = _connect(path)
         self._count = 0
         self._pending_devices: set[str] = set()
@@ -150,8 +162,14 @@ class Outbox:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise OutboxError(f"{self.path} has schema {version}; this agent knows {SCHEMA_VERSION}: upgrade it")
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(seen)")}
+        if columns and "at" not in columns:  # schema 1: its keys count as stored now (kept a whole window)
+            with self._tx():
+                self._db.execute("ALTER TABLE seen ADD COLUMN at REAL NOT NULL DEFAULT 0")
+                self._db.execute("UPDATE seen SET at = ?", (self._clock(),))
         self._db.executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
         with self._tx():
+            self._prune_seen()
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('install_id', ?)", (secrets.token_hex(4),))
         self._count = self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
@@ -195,14 +213,30 @@ class Outbox:
                 stored += max(added, 0)
                 duplicates += added < 0
             evicted = self._enforce_budget()
+            if self._clock() - self._pruned_at >= const.OUTBOX_SEEN_PRUNE_EVERY_S:
+                self._prune_seen()
         return AppendResult(stored, duplicates, evicted)
+
+    def _prune_seen(self) -> int:
+        """Delete de-duplication keys older than the window, then all but the newest
+        ``seen_max_keys``; the number deleted. Inside a transaction."""
+        now = self._clock()
+        self._pruned_at = now
+        deleted = self._db.execute("DELETE FROM seen WHERE at < ?", (now - self._seen_keep_s,)).rowcount
+        over = self._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0] - self._seen_max_keys
+        if over > 0:
+            deleted += self._db.execute(
+                "DELETE FROM seen WHERE key IN (SELECT key FROM seen ORDER BY at, key LIMIT ?)", (over,)).rowcount
+        if deleted:
+            _LOGGER.info("outbox: %d de-duplication keys past their window deleted", deleted)
+        return int(deleted)
 
     def _append_one(self, entry: Entry) -> int:
         """Store one entry; the number of samples stored, or -1 for a duplicate."""
         if entry.watermark is not None:
             self._db.execute("INSERT OR REPLACE INTO watermarks VALUES (?, ?, ?)", (entry.device, *entry.watermark))
         if entry.dedupe_key is not None:
-            cursor = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (entry.dedupe_key,))
+            cursor = self._db.execute("INSERT OR IGNORE INTO seen VALUES (?, ?)", (entry.dedupe_key, self._clock()))
             if cursor.rowcount == 0:
                 return -1
         rows = [(entry.device, m, t, v, f, PRIORITY[m]) for m, t, v, f in entry.samples]

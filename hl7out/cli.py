@@ -2,8 +2,9 @@
 """``rpm hl7 send``: a patient's vitals and alerts to an MLLP endpoint (an EMR, an integration
 engine, a nurse-call gateway); registered by :func:`add_commands`.
 
-Exit status: 0 every message acknowledged with AA; 1 some were dead-lettered (AR, or retries used
-up); 2 usage errors, no data, or InfluxDB/Kafka unusable.
+Exit status: 0 every message acknowledged with AA; 1 some were dead-lettered (AR, retries used
+up, or a row that cannot be encoded as HL7: reported and set aside, the rest is sent); 2 usage
+errors, no data, or InfluxDB/Kafka unusable.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Final
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:  # the modules themselves load when a command runs: `rpm --hel
     from hl7out.follow import FollowStats
     from hl7out.messages import Header
     from hl7out.sender import Endpoint, Outgoing, Policy, Receipt
+    from hl7out.source import Refused
 
 _SubParsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
@@ -35,6 +38,8 @@ SEND_EPILOG: Final = """\
 Each message waits for its ACK before the next is sent. AA: delivered. AR: the receiver refused
 it; it is dead-lettered (rpm.deadletter, stage hl7, with the receiver's reason) and not retried.
 AE, a timeout or a lost connection: retried with jittered backoff (--retries), then dead-lettered.
+A row that cannot be encoded as HL7 (a rule name or id HL7 cannot carry, a time outside 2000-2100)
+is reported, dead-lettered with its reason and the row as JSON, and the rest is sent (exit status 1).
 Without --kafka-url / RPM_KAFKA_URL, dead letters are printed on stderr (exit status 1) instead.
 Every attempt is a point of the notifications measurement (channel hl7) in InfluxDB.
 See docs/integration.md for the messages and codes.
@@ -134,18 +139,23 @@ def cmd_send(args: argparse.Namespace) -> int:
     reader = InfluxReader.from_settings(settings)
     for patient in sel.patients:
         require_data(reader, patient, sel.since, sel.until)
-    messages = outgoing(reader, sel, header=_header(args), now_s=time.time())
-    receipts, lines = asyncio.run(_deliver(settings, endpoint, policy, messages))
+    messages, refused = outgoing(reader, sel, header=_header(args), now_s=time.time())
+    for x in refused:
+        what = x.item.alert_id or x.item.control_id
+        print(f"not encodable: {x.item.kind} {what} of {x.item.patient}: {x.reason}", file=sys.stderr)
+    receipts, lines = asyncio.run(_deliver(settings, endpoint, policy, messages, refused))
     write_receipts(settings, lines)
     failed = [r for r in receipts if r.outcome != "delivered"]
     for r in failed:
         print(f"not delivered: {r.message.kind} {r.message.control_id} of {r.message.patient}: {r.detail}",
               file=sys.stderr)
-    print(f"{len(receipts) - len(failed)} of {len(receipts)} messages delivered to {endpoint}"
-          + (f", {len(failed)} dead-lettered" if failed else ""))
+    total = len(receipts) + len(refused)
+    print(f"{len(receipts) - len(failed)} of {total} messages delivered to {endpoint}"
+          + (f", {len(failed)} dead-lettered" if failed else "")
+          + (f", {len(refused)} could not be encoded (dead-lettered)" if refused else ""))
     _audit_export(settings, sel.patients, str(endpoint), since=sel.since.isoformat(), until=sel.until.isoformat(),
                   delivered=len(receipts) - len(failed))
-    return 1 if failed else 0
+    return 1 if failed or refused else 0
 
 
 def _audit_export(settings: Settings, patients: tuple[str, ...], to: str, **detail: str | int) -> None:
@@ -207,8 +217,10 @@ async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: 
         await kafka.close()
 
 
-async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messages: list[Outgoing]
-                   ) -> tuple[list[Receipt], list[str]]:
+async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messages: list[Outgoing],
+                   refused: Sequence[Refused] = ()) -> tuple[list[Receipt], list[str]]:
+    """Send ``messages`` one by one; dead-letter them when refused or undeliverable, and dead-letter
+    the ``refused`` rows (never sent: they cannot be encoded) with their reasons."""
     from hl7out.receipts import KafkaDeadLetters, attempt_line
     from hl7out.sender import AttemptRecord, Sender
 
@@ -230,6 +242,8 @@ async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messa
 
     sender = Sender(endpoint=endpoint, policy=policy, on_attempt=on_attempt, deadletter=deadletter)
     try:
+        for x in refused:
+            await deadletter(x.item, x.reason)
         receipts = [await sender.send(m) for m in messages]
     finally:
         await sender.close()

@@ -200,10 +200,15 @@ class Summary:
     patient_days: int
     raised_by_rule: Counter[str]
     seconds: float
+    # readings not judged: an earlier reading had their patient, metric, device and time, another value
+    conflicts: int = 0
 
     def report(self) -> str:
         """Per-rule counts and alerts per patient-day, for people."""
         lines = [f"{self.readings} readings, {self.patient_days} patient-days, {len(self.events)} alert events"]
+        if self.conflicts:
+            lines.append(f"  {self.conflicts} readings ignored: an earlier reading has their patient, metric, "
+                         "device and time but another value (the earlier one is judged, as in the live worker)")
         days = max(self.patient_days, 1)
         for rule, count in sorted(self.raised_by_rule.items()):
             lines.append(f"  {rule:<28} {count:>7} alerts  {count / days:8.3f} per patient-day")
@@ -230,8 +235,10 @@ def run(
         np.asarray(readings.device, dtype=object)[order],
     )
     events: list[AlertEvent] = []
+    conflicts = 0
     for lo, hi, edge in _windows(t, tick_s):
         events += engine.process(batch_all.take(slice(lo, hi)))
+        conflicts += len(engine.conflicts.dropped)
         events += engine.tick(edge)
         if progress is not None:
             progress.update(hi)
@@ -246,6 +253,7 @@ def run(
         patient_days=_patient_days(patients, t),
         raised_by_rule=raised,
         seconds=time.perf_counter() - started,
+        conflicts=conflicts,
     )
 
 

@@ -50,11 +50,16 @@ MAX_HEARTBEAT_BYTES: Final = 1_000_000
 _HEARTBEAT_REQUIRED: Final = frozenset({"v", "component", "instance", "time"})
 _HEARTBEAT_KEYS: Final = _HEARTBEAT_REQUIRED | {"state", "healthy", "problem", "interval_s", "partitions",
                                                 "partition_count", "ward_last_reading", "messages", "deadlettered",
-                                                "state_reset", "state_reset_count"}
+                                                "state_reset", "state_reset_count", "unassigned",
+                                                "unassigned_count"}
 # How long a worker reports the patients whose stored state it could not read (``state_reset``),
 # and how many of them it names at most (the count says how many there were).
 STATE_RESET_HOLD_S: Final = 900.0
 MAX_STATE_RESET_IDS: Final = 50
+# How long a worker reports the patients on no ward of its roster whose readings it received
+# (``unassigned``), and how many it names at most (the count says how many there were).
+UNASSIGNED_HOLD_S: Final = 900.0
+MAX_UNASSIGNED_IDS: Final = 50
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
@@ -189,7 +194,10 @@ class Heartbeat:
     - ``state_reset``/``state_reset_count`` (workers): the patients (at most
       :data:`MAX_STATE_RESET_IDS`, most recent first) and how many, whose stored detector state it
       could not read within the last :data:`STATE_RESET_HOLD_S` and so started afresh: open alerts
-      and time already counted toward one are lost for them.
+      and time already counted toward one are lost for them;
+    - ``unassigned``/``unassigned_count`` (workers with a roster): the patients on no ward of the
+      roster (at most :data:`MAX_UNASSIGNED_IDS`, most recent first) and how many, whose readings
+      arrived within the last :data:`UNASSIGNED_HOLD_S`: no nurse station shows their alerts.
     """
 
     component: HeartbeatComponent
@@ -206,6 +214,8 @@ class Heartbeat:
     deadlettered: int = 0
     state_reset: tuple[str, ...] = ()
     state_reset_count: int = 0
+    unassigned: tuple[str, ...] = ()
+    unassigned_count: int = 0
 
     def encode(self) -> bytes:
         """The record value on ``rpm.heartbeats`` (``state_reset…`` only when there is one: a watchdog
@@ -219,6 +229,8 @@ class Heartbeat:
         }
         if self.state_reset_count:
             doc.update(state_reset=list(self.state_reset), state_reset_count=self.state_reset_count)
+        if self.unassigned_count:
+            doc.update(unassigned=list(self.unassigned), unassigned_count=self.unassigned_count)
         return orjson.dumps(doc)
 
 
@@ -260,10 +272,17 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
             and len(set(reset)) == len(reset) <= reset_count):
         raise TechnicalAlertError(f"heartbeat state_reset must list at most {MAX_STATE_RESET_IDS} distinct patient "
                                   "ids, no more than state_reset_count")
+    unassigned, unassigned_count = doc.get("unassigned", []), _count(doc, "unassigned_count")
+    if not (isinstance(unassigned, list) and len(unassigned) <= MAX_UNASSIGNED_IDS
+            and all(is_valid_id(p) for p in unassigned)
+            and len(set(unassigned)) == len(unassigned) <= unassigned_count):
+        raise TechnicalAlertError(f"heartbeat unassigned must list at most {MAX_UNASSIGNED_IDS} distinct patient "
+                                  "ids, no more than unassigned_count")
     return Heartbeat(component=component, instance=instance, time=_finite(doc, "time"), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=problem[:MAX_TEXT_CHARS] if problem else None,
                      interval_s=float(interval), partitions=tuple(parts),
                      partition_count=_count(doc, "partition_count"),
                      ward_last_reading={str(w): float(t) for w, t in wards.items()},
                      messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"),
-                     state_reset=tuple(reset), state_reset_count=reset_count)
+                     state_reset=tuple(reset), state_reset_count=reset_count,
+                     unassigned=tuple(unassigned), unassigned_count=unassigned_count)

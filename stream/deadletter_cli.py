@@ -56,7 +56,7 @@ def add_commands(sub: _SubParsers[argparse.ArgumentParser]) -> None:
 
     p = commands.add_parser("list", help=LIST_HELP, description=LIST_HELP, epilog=LIST_EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", help="only this stage: bridge, worker, sink")
+    p.add_argument("--stage", help="only this stage: bridge, worker, duplicate, sink, hl7")
     _add_selection(p)
     p.add_argument("--since", type=_since, help="only records received at or after this ISO 8601 time (UTC unless "
                                                 "it says otherwise), e.g. 2025-11-25T08:00Z")

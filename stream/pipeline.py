@@ -31,12 +31,14 @@ import orjson
 
 from detectors.batch import PatientRegistry, SampleBatch
 from detectors.const import METRIC_NAMES
+from detectors.engine import Conflicts
 from detectors.errors import StateError
 from detectors.events import AlertEvent
 from detectors.packed import is_packed
 from rpm_core.deadletter import ReasonLog, deadletter_record
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
 from rpm_core.sink import InfluxSink
+from rpm_core.wire import encode_readings_record
 from stream.records import Decoded, decode_records
 
 _LOGGER = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class AlertEngine(Protocol):
 
     def process(self, batch: SampleBatch, *, now: float | None = None) -> list[AlertEvent]:
         """Run every detector over a micro-batch (``now``: processing time, for escalation)."""
+
+    @property
+    def conflicts(self) -> Conflicts:
+        """The last batch's samples that repeat an earlier one's key and time with another value."""
 
     def device_codes(self, devices: Sequence[str]) -> npt.NDArray[np.int32]:
         """Dense codes of device ids (registering new ones)."""
@@ -270,6 +276,12 @@ class Pipeline:
             self._resets.popleft()
         return list(dict.fromkeys(p for _t, p in reversed(self._resets))), len(self._resets)
 
+    def recent_patients(self, hold_s: float) -> dict[str, float]:
+        """The patients a reading of whom arrived within the last ``hold_s`` (this pipeline's clock),
+        with when."""
+        cutoff = self._clock() - hold_s
+        return {p: t for p, t in self.last_seen.items() if t >= cutoff}
+
     def checkpoint(self) -> None:
         """Store the state of every patient whose state changed (outputs delivered first!)."""
         self._checkpoint()
@@ -356,6 +368,8 @@ class Pipeline:
         self.last_seen.update(dict.fromkeys(patients, now))
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.samples else []
         self.stats.detector_s += time.perf_counter() - started
+        if decoded.samples and len(self.engine.conflicts.dropped):
+            lines += await self._settle_conflicts(decoded, self.engine.conflicts)
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
         self.stats.records += len(values)
@@ -395,6 +409,34 @@ class Pipeline:
             patient=decoded.patient, device=decoded.device, source=decoded.source, size=decoded.size,
             metric_code=decoded.metric_code, metric_names=METRIC_NAMES,
             t_ms=np.rint(decoded.t * 1000.0).astype(np.int64), value=decoded.value, flags=decoded.flags,
+        )
+
+    async def _settle_conflicts(self, decoded: Decoded, conflicts: Conflicts) -> list[str]:
+        """Dead-letter each sample the engine did not judge because an earlier sample of the batch has
+        its patient, metric, device and time but another value (a device or producer contradicting
+        itself), and return the lines of the kept samples, to be written after the batch's: InfluxDB
+        keeps the last point of a series and time, so without them the chart would show the value
+        the alerts never saw."""
+        ends = np.cumsum(decoded.size)
+        kept, dropped = conflicts.kept, conflicts.dropped
+        kept_group = np.searchsorted(ends, kept, side="right")
+        for g, i in zip(np.searchsorted(ends, dropped, side="right").tolist(), dropped.tolist(), strict=True):
+            metric = decoded.metric[i]
+            group = {"device": decoded.device[g], "source": decoded.source[g], "metric": [metric],
+                     "t": [float(decoded.t[i])], "value": [float(decoded.value[i])], "flags": [int(decoded.flags[i])]}
+            reason = (f"conflicting duplicate: a {metric} sample with the device and time of an earlier one in the "
+                      "batch but another value or flags; the earlier one is kept and judged, this one is not")
+            record = encode_readings_record(decoded.patient[g], [group])
+            # Stage "duplicate", not "worker": `rpm deadletter replay --stage worker` must not put it
+            # back (InfluxDB would then show the value the alerts never saw).
+            await self._deadletter("duplicate", reason, "rpm.readings", record)
+        return vitals_lines(
+            patient=[decoded.patient[g] for g in kept_group.tolist()],
+            device=[decoded.device[g] for g in kept_group.tolist()],
+            source=[decoded.source[g] for g in kept_group.tolist()],
+            size=np.ones(len(kept), np.int64), metric_code=decoded.metric_code[kept], metric_names=METRIC_NAMES,
+            t_ms=np.rint(decoded.t[kept] * 1000.0).astype(np.int64), value=decoded.value[kept],
+            flags=decoded.flags[kept],
         )
 
     def _sample_batch(self, decoded: Decoded) -> SampleBatch:

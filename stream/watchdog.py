@@ -18,7 +18,13 @@ rule                     severity condition
 ``tech.ward_silent``     critical a ward whose readings stopped arriving altogether
 ``tech.deadletter_surge`` warning more inputs dead-lettered per minute than ``deadletter_per_min``
 ``tech.device.<alarm>``  per alarm a patient's edge agent reports device trouble (battery, session…)
+``tech.patient_unassigned`` warning with a roster: readings or device alarms arrive for patients on no ward
 ======================== ======== ============================================================
+
+A patient on no ward of the roster has no nurse station: their device alarms are not sent to every
+ward (health data to nurses who have no business with that patient), nor dropped; one
+``tech.patient_unassigned`` alert names those patients, not their alarms, to the operators
+(every ward's technical list and the notifier's technical route) until the roster lists them.
 
 and clears it when the condition has been gone for one evaluation. :class:`Watchdog` is the
 decision, pure (no I/O, a clock passed in); :func:`run_watchdog` is the driver.
@@ -48,6 +54,8 @@ _LOGGER = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S: Final = 2.0
 DEADLETTER_WINDOW_S: Final = 60.0
+# Patients a tech.patient_unassigned message names (the count is always whole).
+MAX_UNASSIGNED_NAMED: Final = 20
 RUN_REMEDY: Final = "Run it again (systemctl restart rpm-worker@… / rpm-bridge@…) and read its log."
 
 
@@ -188,8 +196,18 @@ class Watchdog:
         found.update(self._deadletters(now))
         if ("tech.workers_missing", "") not in found:
             found.update(self._wards(now))
+        unassigned: set[str] = set()
         for (patient, device, alarm), cond in self._devices.items():
+            if self.ward_of and patient not in self.ward_of:
+                unassigned.add(patient)  # told below, without the alarm, to the operators
+                continue
             found[(f"tech.device.{alarm}", f"{patient}/{device}")] = cond
+        unnamed = 0
+        for seen in fresh.values():
+            unassigned.update(seen.beat.unassigned)
+            unnamed += seen.beat.unassigned_count - len(seen.beat.unassigned)
+        if unassigned or unnamed:
+            found[("tech.patient_unassigned", "")] = _unassigned(sorted(unassigned), unnamed)
         return found
 
     def _workers(self, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
@@ -316,6 +334,22 @@ class Watchdog:
             return (EVERY_WARD,)
         wards = sorted({w for p, w in self.ward_of.items() if self.partition_of(p, self.partitions) in parts})
         return tuple(wards) or (EVERY_WARD,)
+
+
+def _unassigned(patients: list[str], unnamed: int = 0) -> Condition:
+    """Patients on no ward of the roster whose agents report device alarms or whose readings a
+    worker received (``unnamed`` more that a heartbeat counted without naming them): no nurse
+    station shows their alerts. Told to every ward's technical list and the operators, naming the patients only
+    (their alarms are health data for the patient's own ward, which they do not have). Component
+    ``ward``: readers of an earlier version refuse components they do not know."""
+    total = len(patients) + unnamed
+    shown = ", ".join(patients[:MAX_UNASSIGNED_NAMED]) + (", …" if total > MAX_UNASSIGNED_NAMED else "")
+    return Condition(
+        severity="warning", component="ward", wards=(EVERY_WARD,), confirm=False,
+        message=(f"Readings or device alarms arrive for {total} patient(s) on no ward of the roster ({shown}): "
+                 "no nurse station shows their alerts, and their device alarms are held back from every ward."),
+        remedy=("Add each patient to their ward in the roster (RPM_ROSTER) and restart the nurse stations, "
+                "the notifier, the workers and the watchdog; or unpair the device if it is not one of ours."))
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -68,9 +68,16 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
               state: str = "running") -> Any:
     """What this worker tells ``rpm watchdog``: its health, the partitions it owns and has recovered,
     per ward when a reading of one of its patients last arrived (every patient counts for the
-    ward ``all`` without a roster), and the patients whose stored state it could not read lately."""
+    ward ``all`` without a roster), the patients whose stored state it could not read lately, and
+    those on no ward of the roster whose readings arrived lately (no station shows their alerts)."""
     from rpm_core.roster import ALL_WARD
-    from rpm_core.technical import MAX_STATE_RESET_IDS, STATE_RESET_HOLD_S, Heartbeat
+    from rpm_core.technical import (
+        MAX_STATE_RESET_IDS,
+        MAX_UNASSIGNED_IDS,
+        STATE_RESET_HOLD_S,
+        UNASSIGNED_HOLD_S,
+        Heartbeat,
+    )
 
     body = health(app, pipeline, status)
     reset, reset_count = pipeline.recent_resets(STATE_RESET_HOLD_S)
@@ -80,12 +87,16 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
         ward = ward_of.get(patient, ALL_WARD if not ward_of else None)
         if ward is not None and t > wards.get(ward, 0.0):
             wards[ward] = t
+    unassigned = sorted(((t, p) for p, t in pipeline.recent_patients(UNASSIGNED_HOLD_S).items()
+                         if ward_of and p not in ward_of), reverse=True)
     return Heartbeat(component="worker", instance=instance, time=time.time(), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=body["problem"],
                      partitions=tuple(sorted(status.partitions)) if status.recovered else (),
                      partition_count=status.total_partitions(), ward_last_reading=wards,
                      messages=pipeline.stats.records, deadlettered=pipeline.stats.deadlettered,
-                     state_reset=tuple(reset[:MAX_STATE_RESET_IDS]), state_reset_count=reset_count)
+                     state_reset=tuple(reset[:MAX_STATE_RESET_IDS]), state_reset_count=reset_count,
+                     unassigned=tuple(p for _t, p in unassigned[:MAX_UNASSIGNED_IDS]),
+                     unassigned_count=len(unassigned))
 
 
 def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:

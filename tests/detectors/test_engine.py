@@ -62,6 +62,26 @@ class TestAtLeastOnce:
         interleaved = [s for pair in zip(samples, copies, strict=True) for s in pair]
         assert [e.state for e in run(engine, interleaved)] == ["raised"]
 
+    def test_conflicting_duplicates_are_reported_by_their_positions_in_the_batch(self, engine: Engine) -> None:
+        """The caller stores the batch: it must learn which samples were not judged (issue: duplicate
+        samples), as positions in *its* batch whatever the engine sorted or filtered away."""
+        engine.registry.index_of("p")
+        engine.registry.index_of("q")
+        batch = SampleBatch(
+            patient=[1, 0, 0, 5, 0, 1, 0, 0],  # 5: no such patient, filtered out before the sort
+            metric=[HEART_RATE, HEART_RATE, HEART_RATE, HEART_RATE, HEART_RATE, HEART_RATE, GLUCOSE, HEART_RATE],
+            t=[T0, T0 + 60, T0, T0, T0, T0, T0, T0 + 60],
+            value=[70.0, 90.0, 80.0, 1.0, 81.0, 70.0, 99.0, 90.0],
+            flags=[0, 0, 0, 0, 0, 0, 0, 1],
+        )
+        engine.process(batch)
+        # p's heart rate at T0: 80 (position 2) kept, 81 (4) not; at T0+60: 90 (1) kept, flagged 90 (7) not;
+        # q's two 70s at T0 (0 and 5) agree; the glucose at T0 (6) is another metric.
+        assert sorted(zip(engine.conflicts.dropped.tolist(), engine.conflicts.kept.tolist(), strict=True)) == [
+            (4, 2), (7, 1)]
+        engine.process(SampleBatch(patient=[0], metric=[HEART_RATE], t=[T0 + 120], value=[70.0], flags=[0]))
+        assert len(engine.conflicts.dropped) == 0
+
     def test_samples_older_than_the_watermark_are_dropped(self, engine: Engine) -> None:
         run(engine, series("p", "heart_rate", 600, [80]))
         assert run(engine, series("p", "heart_rate", 0, [130] * 11)) == []

@@ -211,3 +211,73 @@ def test_schema_from_the_future_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(OutboxError, match="schema 99"):
         Outbox(path)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cgm(offset: int) -> Entry:
+    return Entry("cgm-C", (("glucose", T0 + 60 * offset, 100.0, 0),), dedupe_key=f"cgm|SN9|s1|{offset}")
+
+
+def seen_keys(outbox: Outbox) -> int:
+    return int(outbox._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0])
+
+
+def test_dedupe_keys_are_kept_for_their_window_and_then_deleted(tmp_path: Path) -> None:
+    """A CGM reading every minute for 90 days on a patient's home hub: the seen table grew for ever.
+    Now it holds the last OUTBOX_SEEN_KEEP_S of keys; within that window a repeat is still refused."""
+    clock = Clock(T0)
+    box = Outbox(tmp_path / "o.sqlite3", clock=clock)
+    try:
+        minutes = 90 * 24 * 60
+        window_min = int(const.OUTBOX_SEEN_KEEP_S // 60)
+        for start in range(0, minutes, 600):  # ten hours per write; the clock moves with the readings
+            clock.now = T0 + 60 * start
+            box.append([cgm(k) for k in range(start, start + 600)])
+            box.ack([m.id for m in box.take_batch(after=0, max_messages=1000, max_samples=500)])
+        assert window_min - 600 <= seen_keys(box) <= window_min + 600  # not 129,600
+        recent = box.append([cgm(minutes - 5)])  # a backfill sends a record of this session again
+        assert (recent.stored, recent.duplicates) == (0, 1)
+        old = box.append([cgm(5)])  # past the window: stored again (downstream drops the repeat)
+        assert old.stored == 1
+    finally:
+        box.close()
+
+
+def test_at_most_seen_max_keys_the_newest(tmp_path: Path) -> None:
+    clock = Clock(T0)
+    box = Outbox(tmp_path / "o.sqlite3", clock=clock, seen_max_keys=100)
+    try:
+        for k in range(250):
+            clock.now = T0 + k
+            box.append([cgm(k)])
+        clock.now += const.OUTBOX_SEEN_PRUNE_EVERY_S
+        box.append([cgm(250)])
+        assert seen_keys(box) == 100
+        assert box.append([cgm(250)]).duplicates == 1 and box.append([cgm(200)]).duplicates == 1
+    finally:
+        box.close()
+
+
+def test_an_outbox_of_schema_1_keeps_its_keys_for_a_whole_window(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE seen (key TEXT PRIMARY KEY) WITHOUT ROWID;"
+                     "INSERT INTO seen VALUES ('cgm|SN9|s1|1'); PRAGMA user_version = 1;")
+    db.close()
+    clock = Clock(T0)
+    box = Outbox(path, clock=clock)
+    try:
+        assert box.append([cgm(1)]).duplicates == 1
+        clock.now = T0 + const.OUTBOX_SEEN_KEEP_S + const.OUTBOX_SEEN_PRUNE_EVERY_S
+        box.append([cgm(2)])
+        assert box.append([cgm(1)]).stored == 1
+        assert box._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    finally:
+        box.close()

@@ -177,6 +177,33 @@ def test_rpm_hl7_send_from_influxdb_with_receipts_and_dead_letters(stack: Stack,
     assert {r["kind"] for r in receipts} == {"hl7-vitals", "hl7-alert"}
 
 
+@pytest.mark.services
+def test_rpm_hl7_send_sets_aside_an_alert_it_cannot_encode_and_sends_the_rest(stack: Stack) -> None:
+    """One alert HL7 cannot carry (a rule name of 1,000 characters; hl7apy refuses it) aborted the whole
+    export with nothing sent. Now it is reported with its reason, dead-lettered with the row as JSON,
+    the rest is delivered, and the exit status and the summary say one could not be encoded."""
+    s = stack.settings
+    url, db = s.influx_url or "", s.influx_db
+    t0 = (int(time.time()) // 3600 - 2) * 3600
+    lines = [f"vitals,device=hrs-px,metric=heart_rate,patient=px,source=ble value=70 {(t0 + i) * 1000}"
+             for i in range(60)]
+    lines += [alert_row("px", "x" * 1000, "warning", "raised", t0 + 100, alert="bad1"),
+              alert_row("px", "tachycardia", "warning", "raised", t0 + 200, alert="good1", value=130.0)]
+    write_lines(url, db, lines)
+    script = Script()
+    with listening(script) as (host, port):
+        done = subprocess.run(rpm_argv("hl7", "send", "--to", f"mllp://{host}:{port}", "--patient", "px",
+                                       "--since", str(t0), "--until", str(t0 + 3600)),
+                              env=rpm_env(stack, mqtt_user=None), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "2 of 3 messages delivered" in done.stdout and "1 could not be encoded" in done.stdout, done.stdout
+    assert done.stderr.count("not encodable: alert bad1 of px: cannot be encoded as HL7") == 1, done.stderr[-2000:]
+    assert sorted(m.msh.msh_9.value for m in script.accepted) == ["ORU^R01^ORU_R01", "ORU^R40^ORU_R01"]
+    [dead] = [orjson.loads(v) for v in asyncio.run(read_all(s.kafka_bootstrap(), topics.DEADLETTER))]
+    assert dead["stage"] == "hl7" and "cannot be encoded as HL7" in dead["reason"]
+    assert orjson.loads(dead["payload"])["alert_id"] == "bad1"
+
+
 async def test_an_ack_of_another_message_or_junk_is_not_taken_for_ours() -> None:
     """A peer answering with an ACK for another control id (or bytes outside a frame) is out of step:
     the connection is dropped and the message retried, never counted as delivered."""

@@ -74,14 +74,15 @@ CHAIN = """      - {after: 0s, receiver: nurses}
 
 
 @contextlib.asynccontextmanager
-async def notifier(stack: Stack, text: str) -> AsyncIterator[Notifier]:
-    """A live notifier in this event loop (rpm-notifier's MQTT user), stopped on exit."""
+async def notifier(stack: Stack, text: str, ward: str | None = "north") -> AsyncIterator[Notifier]:
+    """A live notifier in this event loop (rpm-notifier's MQTT user), stopped on exit; every patient
+    is on ``ward`` (None: on no ward of the roster)."""
     settings = stack.settings
     from dataclasses import replace
 
     settings = replace(settings, mqtt_url=stack.mqtt_url(NOTIFIER_USER))
     n = Notifier(routes=parse_routes(text, source="routes.yaml"), settings=settings,
-                 secrets={"HOOK_SECRET": Secret(WEBHOOK_SECRET)}, ward_of=lambda _p: "north",
+                 secrets={"HOOK_SECRET": Secret(WEBHOOK_SECRET)}, ward_of=lambda _p: ward,
                  client_id="rpm-notifier-test")
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(n.run(stop))
@@ -160,6 +161,20 @@ async def test_an_unacknowledged_critical_alert_walks_the_chain_on_every_channel
     assert url
     escalated = rows(url, db, "SELECT * FROM alerts WHERE state = 'escalated'")
     assert sorted((r["step"], r["channel"]) for r in escalated) == [(1, "oncall.webhook"), (2, "physician.email")]
+
+
+async def test_an_alert_of_a_patient_on_no_ward_is_no_nurse_station_receipt(
+        notify_stack: Stack, smtp_server: Inbox) -> None:
+    """No station shows a patient on no ward of the roster: the nurse_station channel recorded
+    "delivered … to the nurse station of ward unassigned" for an alert no nurse saw. Now it fails,
+    with the reason, and the rest of the chain goes on."""
+    async with WebhookReceiver() as hooks, patient_agent(notify_stack, auto_ack=False):
+        text = routes_yaml(hooks=hooks.url, smtp=smtp_server, steps=CHAIN)
+        async with notifier(notify_stack, text, ward=None):
+            await raise_alerts(notify_stack, [event(PATIENT)])
+            await wait_for(lambda: len(hooks.on("/oncall")) == 1, within=30, what="the on-call page")
+    [station] = await eventually_audit(notify_stack, "channel = 'nurses.nurse_station'", 1)
+    assert station["outcome"] == "failed" and "on no ward of the roster" in station["detail"]
 
 
 async def test_the_patients_acknowledgement_reaches_rpm_alert_acks_and_stops_the_chain(

@@ -59,6 +59,17 @@ def test_default_rules_fire_once_per_scripted_episode(tmp_path: Path, capsys: py
     assert "tachycardia" in out and "per patient-day" in out
 
 
+def test_readings_that_contradict_an_earlier_one_are_counted_not_silently_ignored(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two readings of one device and time with different values: the first is judged (as live)."""
+    rows = [("p1", "glucose", T0, 45.0, 0, "cgm-1"), ("p1", "glucose", T0, 150.0, 0, "cgm-1"),
+            ("p1", "glucose", T0 + 300, 150.0, 0, "cgm-1"), ("p1", "glucose", T0 + 300, 150.0, 0, "cgm-1")]
+    alerts = backtest(tmp_path, write_csv(tmp_path / "readings.csv", rows))
+    assert [(a["rule"], a["value"]) for a in alerts if a["state"] == "raised"] == [("glucose_low", "45.0")]
+    out = capsys.readouterr().out
+    assert "1 readings ignored: an earlier reading has their patient, metric, device and time" in out
+
+
 def test_backtest_is_deterministic_whatever_the_row_order(tmp_path: Path) -> None:
     rows = scripted()
     first = backtest(tmp_path, write_csv(tmp_path / "a.csv", rows), "a.out")

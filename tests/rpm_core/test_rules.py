@@ -685,3 +685,25 @@ def test_default_af_screening_uses_the_learned_model() -> None:
     af = load_rules(ROOT / "alert_rules.yaml").by_name()["af_screening"]
     assert isinstance(af, RhythmRule)
     assert (af.method, af.window_beats, af.every_beats, af.votes, af.levels[0].for_s) == ("model", 64, 16, 4, 90)
+
+
+@pytest.mark.parametrize("device", ["cgm-1", "bgm-1", "gls-unknown-1"])
+def test_a_lo_reading_pages_once_with_the_default_rules_and_stays_one_alert(device: str) -> None:
+    """A CGM's or meter's "LO" (BELOW_RANGE, the device's limit as value) raised glucose_low (or
+    glucose_meter_low) *and* glucose_below_measuring_range: two critical alerts for one reading, two to
+    acknowledge. One now, critical at once (level 2 hypoglycaemia, < 54 mg/dL), saying it was LO; the
+    measurable lows that follow belong to it."""
+    from detectors import Engine
+    from detectors.const import FLAG_BELOW_RANGE
+    from tests.detectors.helpers import T0, run6
+
+    engine = Engine(load_rules(ROOT / "alert_rules.yaml"))
+    lo = [("p", "glucose", T0, 40.0, FLAG_BELOW_RANGE, device)]
+    events = run6(engine, lo, now=T0)
+    raised = [e for e in events if e.state == "raised"]
+    assert [(e.severity, e.rule) for e in raised] == [
+        (Severity.CRITICAL.label, "glucose_meter_low" if device.startswith("bgm-") else "glucose_low")]
+    assert "LO" in raised[0].message
+    later = run6(engine, [("p", "glucose", T0 + 300 * k, v, 0, device) for k, v in enumerate([45.0, 52.0], 1)],
+                 now=T0 + 600)
+    assert [e for e in later if e.state == "raised"] == []

@@ -295,3 +295,59 @@ def test_a_status_topic_that_is_not_utf8_does_not_raise_in_pahos_thread() -> Non
         assert seen == [("rpm/v1/p/\ufffd\ufffd/status", b"{}")]
     finally:
         client.loop_stop()
+
+
+def test_a_device_alarm_of_a_patient_on_no_ward_is_told_to_the_operators_not_to_every_ward() -> None:
+    """Issue: an unrostered patient's device alarm went to every ward ("*"), health data to nurses
+    who have no business with that patient. Now no ward gets the alarm; one technical alert names
+    the patients on no ward (not their alarms) until the roster lists them or the alarms end."""
+    w = make()
+    run(w, T0, T0 + 40, healthy)
+    doc = {"kind": "alarm", "alarm": "sensor_failed", "device": "cgm-9", "active": True, "severity": "critical",
+           "message": "CGM sensor failed: glucose not measured", "remedy": "Replace the sensor"}
+    w.observe_device_alarm("stranger", doc)
+    w.observe_device_alarm("p3", {**doc, "device": "cgm-3"})  # on ward north: told there as before
+    raised = w.evaluate(T0 + 41)
+    by_rule = {a.rule: a for a in raised}
+    assert set(by_rule) == {"tech.device.sensor_failed", "tech.patient_unassigned"}
+    assert by_rule["tech.device.sensor_failed"].patient == "p3"
+    assert by_rule["tech.device.sensor_failed"].wards == ("north",)
+    told = by_rule["tech.patient_unassigned"]
+    assert told.wards == (EVERY_WARD,) and told.patient is None and told.severity == "warning"
+    assert "stranger" in told.message and "sensor" not in told.message.lower() and "glucose" not in told.message
+    assert decode_technical(orjson.loads(told.encode())).rule == "tech.patient_unassigned"
+    w.observe_device_alarm("stranger", {**doc, "active": False})
+    assert [(a.rule, a.state) for a in w.evaluate(T0 + 42)] == [("tech.patient_unassigned", "cleared")]
+
+
+def test_without_a_roster_a_device_alarm_still_goes_to_the_only_ward() -> None:
+    w = Watchdog(config=WatchdogConfig(), partition_of=partition_for, ward_of={}, partitions=PARTS, started_at=T0)
+    run(w, T0, T0 + 40, healthy)
+    w.observe_device_alarm("anyone", {"kind": "alarm", "alarm": "battery_low", "device": "hr-1", "active": True})
+    [raised] = w.evaluate(T0 + 41)
+    assert (raised.rule, raised.patient, raised.wards) == ("tech.device.battery_low", "anyone", (EVERY_WARD,))
+
+
+def test_readings_of_patients_on_no_ward_are_told_to_the_operators_and_cleared_when_they_stop() -> None:
+    """A worker names the patients on no ward whose readings it received lately: their clinical
+    alerts reach no nurse station, so the watchdog tells every ward's technical list and the operators."""
+    w = make()
+    run(w, T0, T0 + 40, healthy)
+
+    def stray(t: float) -> list[Heartbeat]:
+        return [worker("w1", (0, 1), t, unassigned=("stray", "p99"), unassigned_count=60),
+                worker("w2", (2, 3), t), bridge("b1", t)]
+
+    [raised] = run(w, T0 + 41, T0 + 50, stray)
+    assert (raised.rule, raised.wards, raised.patient) == ("tech.patient_unassigned", (EVERY_WARD,), None)
+    assert "60 patient(s)" in raised.message and "stray" in raised.message and "p99" in raised.message
+    assert [(a.rule, a.state) for a in run(w, T0 + 51, T0 + 60, healthy)] == [("tech.patient_unassigned", "cleared")]
+
+
+def test_heartbeats_carry_the_patients_on_no_ward_and_refuse_more_names_than_counted() -> None:
+    beat = worker("w1", (0,), T0, unassigned=("stray",), unassigned_count=3)
+    assert decode_heartbeat(beat.encode()) == beat
+    assert b"unassigned" not in worker("w1", (0,), T0).encode(), "a watchdog of an earlier version reads it"
+    doc = orjson.loads(beat.encode())
+    with pytest.raises(TechnicalAlertError, match="unassigned"):
+        decode_heartbeat(orjson.dumps({**doc, "unassigned": ["a", "b"], "unassigned_count": 1}))

@@ -188,6 +188,42 @@ class TestCheckpointFormat:
         clock.now = T0 + STATE_RESET_HOLD_S + 1
         assert beat() == (set(), 0)
 
+    async def test_patients_on_no_ward_whose_readings_arrive_are_named_in_the_heartbeat_for_a_while(
+            self, influx_url: str, influx_db: str) -> None:
+        """Their alerts reach no nurse station (each shows its own ward's patients): the worker names
+        them, and the watchdog tells the operators (tech.patient_unassigned). The real InfluxDB takes
+        the batch's points."""
+        from types import SimpleNamespace
+
+        from rpm_core.technical import UNASSIGNED_HOLD_S, decode_heartbeat
+        from stream.worker import heartbeat
+
+        clock = Clock(T0)
+        rules = load_rules(REPO / "alert_rules.yaml")
+        pipe = Pipeline(engine_factory=lambda: Engine(rules), sink=make_sink(url=influx_url, db=influx_db), clock=clock)
+        pipe.bind(send_alert=_ignore, send_deadletter=_ignore)
+        records = [encode_readings_record(p, [group(f"hr-{p}", "heart_rate", [70.0])]) for p in ("p1", "p2", "stray")]
+        try:
+            await pipe.handle(records, checkpoint=False)
+        finally:
+            await pipe.sink.close()
+        app = SimpleNamespace(started=True, should_stop=False)
+        status = WorkerStatus(roster=("p1", "p2"), configured_partitions=8)
+
+        def beat(ward_of: dict[str, str]) -> tuple[tuple[str, ...], int, set[str]]:
+            doc = decode_heartbeat(heartbeat(app, pipe, status, instance="w1", ward_of=ward_of).encode())
+            return doc.unassigned, doc.unassigned_count, set(doc.ward_last_reading)
+
+        roster = {"p1": "north", "p2": "south"}
+        assert beat(roster) == (("stray",), 1, {"north", "south"})
+        assert beat({}) == ((), 0, {"all"}), "without a roster everyone is on the one ward"
+        clock.now = T0 + UNASSIGNED_HOLD_S + 1
+        assert beat(roster) == ((), 0, {"north", "south"})
+
+
+async def _ignore(_key: object, _value: bytes) -> None:
+    return None
+
 
 class TestOwnership:
     @pytest.mark.parametrize(("key", "java"), [
