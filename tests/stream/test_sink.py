@@ -13,13 +13,16 @@ import numpy as np
 import orjson
 import pytest
 
+from detectors.engine import Engine
 from rpm_app.services import INFLUX_ADMIN, influx_query, influx_users, start_influxdb
 from rpm_core.errors import SinkLimitError, SinkRejectedError, SinkUnavailableError
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
+from rpm_core.rules import load_rules
 from rpm_core.sink import InfluxSink, V1Writer, make_sink, rejection
-from stream.pipeline import PipelineStats
+from stream.pipeline import Pipeline
 from stream.protocol import WorkerStatus
 from stream.worker import health, heartbeat
+from tests.conftest import REPO
 from tests.stream.test_watchdog import T0, bridge, make, run
 from tests.support.influx import count_by, rows
 from tests.support.v2proxy import V2Proxy
@@ -395,8 +398,8 @@ async def test_a_limit_reaches_the_watchdog_as_a_warning_from_a_worker_that_stil
     finally:
         await sink.close()
     app = types.SimpleNamespace(started=True, should_stop=False)
-    pipeline = types.SimpleNamespace(stats=PipelineStats(), sink=sink, last_seen={},
-                                     recent_resets=lambda _hold: ([], 0))
+    rules = load_rules(REPO / "alert_rules.yaml")
+    pipeline = Pipeline(engine_factory=lambda: Engine(rules), sink=sink)
     status = WorkerStatus(partitions=frozenset({0, 1, 2, 3}), recovered=True)
     body = health(app, pipeline, status)
     assert body["configured"] and body["progressing"] and "max-values-per-tag = 0" in body["problem"]
