@@ -155,6 +155,7 @@ class Recording:
     rr: FloatArray
     t: FloatArray
     episodes: tuple[tuple[float, float], ...]
+    af_rr: FloatArray | None = None  # the paroxysm's intervals before beat errors (for per-bin analyses)
 
 
 # ---- family A ------------------------------------------------------------------------------------
@@ -1415,6 +1416,7 @@ def recording(
     make_bg, make_af, make_err = FAMILIES[family]
     total = minutes * 60
     n = int(total / 0.3) + 10
+    during: FloatArray | None = None
     if af_kind is None:
         rr = _seconds(make_bg(background, n, rng), total)
         episodes: tuple[tuple[float, float], ...] = ()
@@ -1428,7 +1430,7 @@ def recording(
         episodes = ((float(before.sum()), float(before.sum() + during.sum())),)
     if errors:
         rr = make_err(rr, rng)
-    return Recording(background, af_kind, errors, rr, np.cumsum(rr), episodes)
+    return Recording(background, af_kind, errors, rr, np.cumsum(rr), episodes, during)
 
 
 def cohort(family: str, per_cell: int, minutes: float, episode_min: tuple[float, float], seed: int) -> list[Recording]:
