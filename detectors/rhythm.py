@@ -15,12 +15,15 @@ windows of a batch at once, as rows of a matrix built with ``sliding_window_view
 
 That is ``method: dash``. With ``method: model`` (the default rule set's choice) steps 2-3 are
 replaced by :mod:`detectors.af_model`: its own beat-error filter, thirteen RR features and a small
-learned (quadratic logistic) classifier; windows with fewer than half their beats kept are NaN.
+learned (quadratic logistic) classifier. A window with fewer than half its beats kept by that
+filter is judged by the Dash criteria (trim scaled to the window), or regular when its intervals
+repeat every 2-6 beats (an early-coupled geminy): AF of CV >= ~0.4 was otherwise left unknown.
 
 Each judged window's verdict is 1 (irregular), 0 (regular) or NaN (the window spans a gap longer
-than ``max_gap_s``, or under half its beats were kept). With 64 beats the turning-point ratio of
-true AF falls outside Dash's bounds in ~5 % of windows, so the signal is the share of irregular
-verdicts among the last ``votes`` judged windows (NaN ignored), carried to the beats in between;
+than ``max_gap_s``, or under half its beats were kept by the filter that judged it). With 64 beats
+the turning-point ratio of true AF falls outside Dash's bounds in ~5 % of windows, so the signal is
+the share of irregular verdicts among the last ``votes`` judged windows (NaN ignored), carried to
+the beats in between;
 levels have threshold 0.5, so ``for`` means "a majority irregular for".
 """
 
@@ -47,6 +50,9 @@ from detectors.threshold import during, level_of
 MISSED_BEAT_RATIO: Final = 1.6  # RR ~ 2x median: the wearable missed a beat
 EXTRA_BEAT_RATIO: Final = 0.6  # RR ~ 0.5x median: a spurious extra beat split an interval
 ENTROPY_BINS: Final = 16  # Dash et al. 2009
+DASH_WINDOW: Final = 128  # Dash et al. 2009's window, which their trim of 8 beats is for
+REPEAT_RATIO: Final = 0.5  # _repeats: a lag-k median difference under half the lag-1 one
+FALLBACK_DASH = True  # the model's emptied windows judged by the Dash criteria (benchmarks switch it off for A/B)
 
 
 class RhythmDetector(SignalDetector):
@@ -258,7 +264,35 @@ def irregular(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArr
     chosen = np.flatnonzero(learned & complete)
     if len(chosen):
         out[chosen] = _learned(rr[chosen], complete[chosen])
+        # A gap-free window whose beats the model's beat-error filter mostly rejected is too irregular
+        # for beat errors to explain (AF of CV >= ~0.4, whose short and long cycles are judged split
+        # or merged beats), or a geminy of early coupling: the Dash criteria judge it, with their own
+        # filter and the trim scaled to the window (8 of 128), unless its intervals repeat (issue 17,
+        # seventh round); before, it was left unknown.
+        emptied = chosen[np.isnan(out[chosen]) & (rr[chosen] > 0).all(axis=1)] if FALLBACK_DASH else chosen[:0]
+        if len(emptied):
+            sub = {name: column[emptied] for name, column in params.items()}
+            sub["trim"] = np.round(sub["trim"] * rr.shape[1] / DASH_WINDOW)
+            by_dash = _dash(rr[emptied], complete[emptied], sub)
+            out[emptied] = np.where(_repeats(rr[emptied]), np.where(np.isnan(by_dash), np.nan, 0.0), by_dash)
     return out
+
+
+def _repeats(rr: FloatArray) -> BoolArray:
+    """Per row: the intervals repeat with a period of 2-6 beats (bigeminy, trigeminy, ...), unfiltered.
+
+    The smallest median |RR(i) - RR(i+k)|, k = 2..6, under half the median |RR(i) - RR(i+1)|: a
+    geminy's premature beats and pauses come back every k beats (the Dash criteria's turning
+    points and histogram entropy call a trigeminy irregular); AF's intervals are independent (all
+    lags alike, ratio ~1).
+    """
+    x = rr / np.median(rr, axis=1, keepdims=True)
+    everything = np.ones(x.shape, np.bool_)
+    lag1 = af_model.masked_median(np.abs(np.diff(x, axis=1)), everything[:, 1:])
+    lags = np.stack([af_model.masked_median(np.abs(x[:, k:] - x[:, :-k]), everything[:, k:])
+                     for k in range(2, af_model.MAX_LAG + 1)], axis=1)
+    repeating: BoolArray = lags.min(axis=1) < REPEAT_RATIO * lag1
+    return repeating
 
 
 def _dash(rr: FloatArray, complete: BoolArray, params: Mapping[str, FloatArray]) -> FloatArray:

@@ -594,11 +594,34 @@ def af_verdict(rule: RhythmRule, window: list[tuple[float, float]]) -> float:
         return math.nan
     rr = [v for _, v in window]
     if rule.method == "model":
-        return model_verdict(rr) if min(rr) > 0 else math.nan
+        if min(rr) <= 0:
+            return math.nan
+        verdict = model_verdict(rr)
+        if not math.isnan(verdict):
+            return verdict
+        # the window the model's filter emptied: the Dash criteria, trim scaled to the window, or
+        # regular if the intervals repeat every 2-6 beats (rhythm.irregular, seventh round)
+        dash = dash_verdict(rule, rr, round(rule.trim_beats * len(rr) / 128))
+        return 0.0 if repeats(rr) and not math.isnan(dash) else dash
+    return dash_verdict(rule, rr, rule.trim_beats)
+
+
+def repeats(rr: list[float]) -> bool:
+    """The smallest median |RR(i) - RR(i+k)|, k = 2..6, under half the lag-1 one (rhythm._repeats)."""
+    median = statistics.median(rr)
+    x = [v / median for v in rr]
+
+    def lag(k: int) -> float:
+        return statistics.median(abs(a - b) for a, b in zip(x, x[k:], strict=False))
+
+    return min(lag(k) for k in range(2, af_model.MAX_LAG + 1)) < 0.5 * lag(1)
+
+
+def dash_verdict(rule: RhythmRule, rr: list[float], k: int) -> float:
+    """The Dash 2009 criteria on one window, trimming ``k`` beats at each end."""
     median = statistics.median(rr)
     ok = [0.6 * median <= x <= 1.6 * median for x in rr]
-    good = sorted(x for x, k in zip(rr, ok, strict=True) if k)
-    k = rule.trim_beats
+    good = sorted(x for x, kx in zip(rr, ok, strict=True) if kx)
     low = good[min(k, len(rr) - 1)] if len(good) > k else math.inf
     high = good[max(len(good) - 1 - k, 0)] if good else -math.inf
     keep = [o and low <= x <= high for x, o in zip(rr, ok, strict=True)]
