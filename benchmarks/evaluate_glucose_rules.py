@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.evaluate_glucose import cache_path, forecast_rule, load_traces  # noqa: E402
 from benchmarks.glucose_traces import PATIENTS, Trace  # noqa: E402
-from detectors import Engine, RuleSet  # noqa: E402
+from detectors import Engine, RuleSet, forecast  # noqa: E402
 from detectors.rules import Direction, ForecastRule, Severity, StalenessRule, ThresholdRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
@@ -270,8 +270,16 @@ def main() -> int:
     parser.add_argument("--rules", default="alert_rules.yaml")
     parser.add_argument("--anchor", action="store_true", help="Nightscout: AR2 forecast + low alarms instead")
     parser.add_argument("--compare", action="store_true", help="per seed and paired against the Nightscout anchor")
+    parser.add_argument(
+        "--high-accel-min",
+        type=float,
+        default=None,
+        help="glucose_high_soon's model with KalmanParams.accel_min (mg/dL/min per min; RESULTS.md, seventh round)",
+    )
     args = parser.parse_args()
     full = load_rules(ROOT / args.rules)
+    if args.high_accel_min is not None:
+        forecast.KALMAN_HIGH = replace(forecast.KALMAN_HIGH, accel_min=args.high_accel_min)
     rules = RuleSet(rules=tuple(r for r in full.rules if r.metric == "glucose" and r.device_prefix is None))
     if args.compare:
         compare(rules, args.seeds, args.sensor, args.days)

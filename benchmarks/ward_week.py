@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.evaluate_glucose import load_traces  # noqa: E402
 from benchmarks.rr_models import c_af, c_ectopy, c_errors_traced, c_geminy, c_sinus  # noqa: E402
-from detectors import Engine  # noqa: E402
+from detectors import Engine, forecast  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
 T0 = 1_704_067_200.0  # 2024-01-01 00:00 UTC, the CGM traces' epoch
@@ -127,7 +128,16 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=505)
     parser.add_argument("--rules", default="alert_rules.yaml")
     parser.add_argument("--no-cgm", action="store_true", help="skip the CGM patients (a quick look)")
+    parser.add_argument(
+        "--high-accel-min",
+        type=float,
+        default=None,
+        help="glucose_high_soon's model with KalmanParams.accel_min (mg/dL/min per min; RESULTS.md, seventh round)",
+    )
     args = parser.parse_args()
+
+    if args.high_accel_min is not None:
+        forecast.KALMAN_HIGH = replace(forecast.KALMAN_HIGH, accel_min=args.high_accel_min)
     rng = np.random.default_rng(args.seed)
     cache = ROOT / "var" / f"ward_cgm_{args.seed}.npz"
     cgm = [] if args.no_cgm else load_traces(args.days, cache, CGM_PATIENTS, args.seed)
@@ -206,7 +216,10 @@ def report(alerts: dict[str, list], events: list[tuple[str, str, float, float]],
         rules, before = MATCH[kind]
         total[kind] += 1
         hit = any(
-            a[0] == patient and a[1] in rules and a[3] <= end and a[4] >= start - before
+            a[0] == patient
+            and a[1] in rules
+            and a[3] <= end
+            and a[4] >= start - before
             and (kind != "high" or "warning" in a[2])
             for a in alerts.values()
         )

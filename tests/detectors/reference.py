@@ -438,10 +438,14 @@ def rate_signal(rule: RateRule, st: RuleState, t: float, value: float) -> float:
 def forecast_signal(rule: ForecastRule, st: RuleState, t: float, value: float) -> float:
     st.history = [*st.history, (t, value)][-FORECAST_MAX_POINTS:]
     rate: float | None = None
+    growing = True
     if rule.model == "ar2":
         path = ar2(rule, st.history)
     elif rule.model == "kalman":
-        path, rate = kalman(rule, st.history)
+        path, rate, accel = kalman(rule, st.history)
+        kp = forecast.KALMAN if rule.direction is Direction.BELOW else forecast.KALMAN_HIGH
+        # issue 17, seventh round: the rate must still grow toward the level (NaN accel: unknown, no)
+        growing = kp.accel_min <= 0 or (accel is not None and rule.direction.sign * accel >= kp.accel_min)
     else:
         path = damped_trend(rule, st.history)
     sign = rule.direction.sign
@@ -449,6 +453,8 @@ def forecast_signal(rule: ForecastRule, st: RuleState, t: float, value: float) -
         return math.nan
     extreme = min(path) if rule.direction is Direction.BELOW else max(path)
     extreme = math.floor(extreme * 1e6 + 0.5) / 1e6
+    if not growing and sign * extreme > sign * rule.levels[0].threshold:
+        return math.nan
     if rule.confirm > 0 and sign * extreme > sign * rule.levels[0].threshold:
         confirmed = False
         if rate is not None:
@@ -495,18 +501,22 @@ def damped_trend(rule: ForecastRule, history: list[tuple[float, float]]) -> list
     return [140.0 * math.exp(anchor), 140.0 * math.exp(anchor + slope * gain)]
 
 
-def kalman(rule: ForecastRule, history: list[tuple[float, float]]) -> tuple[list[float] | None, float | None]:
-    """Blood glucose now and at the horizon, and its rate, one reading at a time (4 x 4 matrices as lists)."""
+def kalman(
+    rule: ForecastRule, history: list[tuple[float, float]]
+) -> tuple[list[float] | None, float | None, float | None]:
+    """Blood glucose now and at the horizon, its rate and the rate's trend, one reading at a time (4 x 4 lists)."""
     kp = forecast.KALMAN if rule.direction is Direction.BELOW else forecast.KALMAN_HIGH  # issue 17, fourth round
     now = history[-1][0]
     points = [(tt, v) for tt, v in history if now - tt <= rule.window_s and math.isfinite(v) and v > 0]
     if len(points) < rule.min_points:
-        return None, None
+        return None, None, None
     e2 = kp.error_sd**2
     t0, y0 = points[0]
     x = [y0, 0.0, y0, 0.0]
     p = [[e2, 0.0, e2, -e2], [0.0, kp.rate_sd**2, 0.0, 0.0], [e2, 0.0, e2, -e2], [-e2, 0.0, -e2, e2]]
     last = t0
+    lookback = kp.accel_lookback_min * 60.0
+    then = (0.0, t0) if now - t0 >= lookback else None  # (rate, time) at the latest point >= lookback old
     for tt, y in points[1:]:
         dt = max((tt - now) / 60.0 - (last - now) / 60.0, 0.0)
         a = math.exp(-dt / kp.lag_min) if kp.lag_min > 0 else 0.0
@@ -532,10 +542,13 @@ def kalman(rule: ForecastRule, history: list[tuple[float, float]]) -> tuple[list
         x = [x[i] + gain[i] * innov for i in range(4)]
         p = [[p[i][m] - gain[i] * ph[m] for m in range(4)] for i in range(4)]
         last = tt
+        if now - tt >= lookback:
+            then = (x[1], tt)
+    accel = (x[1] - then[0]) / ((last - then[1]) / 60.0) if then is not None and last > then[1] else None
     blood = x[0] + x[1] * max((now - last) / 60.0, 0.0)
     g = rule.damping_s * -math.expm1(-rule.horizon_s / rule.damping_s) / 60.0
     var = p[0][0] + 2 * g * p[0][1] + g * g * p[1][1]
-    return [blood, blood + x[1] * g - rule.direction.sign * kp.z * math.sqrt(max(var, 0.0))], x[1]
+    return [blood, blood + x[1] * g - rule.direction.sign * kp.z * math.sqrt(max(var, 0.0))], x[1], accel
 
 
 def ar2(rule: ForecastRule, history: list[tuple[float, float]]) -> list[float] | None:
