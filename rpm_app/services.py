@@ -399,9 +399,11 @@ def influx_config(*, http_port: int, rpc_port: int, workdir: Path, auth: bool = 
     ``max_values_per_tag`` / ``max_series_per_database``: 0, no limit (below); a limit only for tests
     of what the sink does on an InfluxDB left at its defaults.
 
-    ``index``: the series index, ``inmem`` (InfluxDB's default) or ``tsi1``; default
-    ``RPM_INFLUX_INDEX`` or ``inmem`` (benchmarks/RESULTS.md, issue 20: measured with both)."""
-    index = index or os.environ.get("RPM_INFLUX_INDEX") or "inmem"
+    ``index``: the series index, ``tsi1`` or ``inmem`` (InfluxDB 1.x's own default); default
+    ``RPM_INFLUX_INDEX`` or ``tsi1``: creating a new patient's series cost 0.63-0.75x the CPU per
+    point with ``tsi1`` (100k-300k new patients), writing to existing ones 0.84-1.0x, and the
+    server's memory was 0.45-0.68x (benchmarks/RESULTS.md, "Broker cost per reading ... tsi1")."""
+    index = index or os.environ.get("RPM_INFLUX_INDEX") or "tsi1"
     if index not in ("inmem", "tsi1"):
         raise ValueError(f"InfluxDB index {index!r}: expected inmem or tsi1")
     return f"""\

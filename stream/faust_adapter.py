@@ -15,7 +15,8 @@ the worker is restructured (issue 16, item 1): ``install_flush_before_wait_empty
 1. **Fetch wait** (:func:`install_fetch_wait`). faust-streaming hard-codes
    ``fetch_max_wait_ms=1500`` when it builds its aiokafka consumer
    (``AIOKafkaConsumerThread._create_worker_consumer``). With a quiet partition every fetch then
-   waits up to 1.5 s, which dominates alert latency (p50 450 ms measured here; 70 ms at 50 ms).
+   waits up to 1.5 s, which dominates alert latency (p50 450 ms measured here; 70 ms at 50 ms; the
+   wait is 100 ms since issue 20, for the broker's CPU).
    The patch wraps that method and sets the consumer's wait (and minimum fetch size) before it
    starts.
 
@@ -130,7 +131,10 @@ _LOGGER = logging.getLogger(__name__)
 
 # -- 1. fetch wait ------------------------------------------------------------------------------
 
-FETCH_MAX_WAIT_MS: Final = 50
+# 100 ms, not less: every fetch costs the broker more the more batches it holds (Tansu's in-memory
+# storage), and at low load each fetch waits this long: at 5k readings/s, 50 -> 100 ms cut Tansu's
+# CPU a third (RESULTS.md, "Broker cost per reading"); under load FETCH_MIN_BYTES ends fetches first.
+FETCH_MAX_WAIT_MS: Final = 100
 # A fetch returns once this much is there (or after FETCH_MAX_WAIT_MS): under load, a few fetches
 # a second with big batches instead of hundreds with a record or two, which cost the broker more
 # CPU than the records themselves (Tansu was the busiest process at 20k readings/s).

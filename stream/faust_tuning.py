@@ -14,6 +14,9 @@ HEARTBEAT_INTERVAL_S: Final = 1.0
 REBALANCE_TIMEOUT_S: Final = 12.0
 REQUEST_TIMEOUT_S: Final = 30.0
 
+PRODUCER_MAX_BATCH_BYTES: Final = 1024 * 1024  # as the bridge's producer
+PRODUCER_MAX_REQUEST_BYTES: Final = 2 * 1024 * 1024
+
 STORES: Final = {"memory": "memory://", "rocksdb": "rocksdb://"}
 
 
@@ -35,6 +38,12 @@ def faust_settings(*, broker: str, partitions: int, datadir: str, web_port: int,
         "consumer_auto_offset_reset": "earliest",
         "producer_acks": -1,
         "producer_linger_ms": 20,  # fewer, bigger produce requests (state, alerts); +≤20 ms
+        # A checkpoint writes a state record per patient: in aiokafka's default 16 KiB batches that
+        # was thousands of batches per checkpoint, and the broker's cost is per batch (Tansu's
+        # in-memory storage: per batch stored, and every later request pays for the batches stored;
+        # RESULTS.md, "Broker cost per reading").
+        "producer_max_batch_size": PRODUCER_MAX_BATCH_BYTES,
+        "producer_max_request_size": PRODUCER_MAX_REQUEST_BYTES,
         "stream_buffer_maxsize": 16384,
         # Memory tables (default) are recovered from their changelog; RocksDB ones keep a copy on
         # disk. No standbys: recovery reads the changelog.

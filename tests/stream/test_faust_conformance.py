@@ -10,7 +10,9 @@ versions these tests passed on). Each is checked by what it does, not by the lib
   the committed offset; in Faust's real drain loop (broker scripted, so the rebalance's timing is
   exact), every offset is processed across a rebalance, and without the fence offsets are lost;
 * the recovery watchdog: it finds a stalled partition, says where aiokafka stands (read from a
-  real consumer) and moves that consumer back to where recovery stands.
+  real consumer) and moves that consumer back to where recovery stands;
+* the producer's batch size (a public setting, checked here because its effect is seen at the
+  broker): a checkpoint's state records reach Tansu in a few batches, read back raw.
 
 The agents' own hook (``stream.agents``: acknowledgements, ``wait_empty``) is checked here too.
 """
@@ -721,3 +723,56 @@ async def test_without_the_give_back_faust_loses_the_changelog_records_of_that_f
         assert await straddle_a_rebalance(consumer, kafka, tp) == []
         lost = await kafka.position(tp)
         assert 0 < lost <= 30, "Faust's own fetch no longer loses the batch: is the patch still needed?"
+
+
+async def stored_batches(bootstrap: str, topic: str) -> list[int]:
+    """The record count of every batch the broker stores for partition 0 of ``topic``, read from a raw
+    fetch (a consumer hands out records, not the batches the producer sent them in)."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.protocol.fetch import FetchRequest
+    from aiokafka.record.memory_records import MemoryRecords
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    counts: list[int] = []
+    try:
+        offset = 0
+        while True:
+            node = client.cluster.leader_for_partition(TopicPartition(topic, 0))
+            response = await client.send(node, FetchRequest(100, 1, 64 << 20, 0, [(topic, [(0, offset, 64 << 20)])]))
+            [(_topic, [(_p, error, highwater, *rest)])] = response.topics
+            assert error == 0, f"fetch error {error}"
+            records = MemoryRecords(rest[-1])
+            before = len(counts)
+            while (batch := records.next_batch()) is not None:
+                n = sum(1 for _ in batch)
+                if n:
+                    counts.append(n)
+                    offset = batch.base_offset + n  # type: ignore[union-attr]
+            if offset >= highwater or len(counts) == before:
+                return counts
+    finally:
+        await client.close()
+
+
+async def test_a_checkpoints_state_records_reach_the_broker_in_few_batches(tansu: str, tmp_path: Path) -> None:
+    """A checkpoint sends a state record per patient to the changelog in one go; the producer our app
+    builds must put them in batches of up to 1 MiB, not aiokafka's default 16 KiB: the broker's work
+    is per batch (Tansu's in-memory storage pays for every batch stored on every later request,
+    benchmarks/RESULTS.md, "Broker cost per reading"). 2,000 records of 600 bytes are 1.2 MB: at most
+    a few batches, where 16 KiB batches make at least 70."""
+    topic = f"changelog-{uuid.uuid4().hex[:8]}"
+    await new_topics(tansu, topic)
+    async with our_app(tansu, tmp_path) as app:
+        producer = app.producer._new_producer()  # the producer Faust builds from our settings
+        await producer.start()
+        try:
+            state = bytes(range(200)) * 3
+            sent = [await producer.send(topic, value=state, key=f"patient-{i}".encode(), partition=0)
+                    for i in range(2000)]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+    batches = await stored_batches(tansu, topic)
+    assert sum(batches) == 2000
+    assert len(batches) <= 6, f"{len(batches)} batches of {batches[:10]}... records"

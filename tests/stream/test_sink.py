@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from detectors.engine import Engine
-from rpm_app.services import INFLUX_ADMIN, influx_query, influx_users, start_influxdb
+from rpm_app.services import INFLUX_ADMIN, ServiceProcess, influx_query, influx_users, start_influxdb
 from rpm_core.errors import SinkLimitError, SinkRejectedError, SinkUnavailableError
 from rpm_core.lineprotocol import AlertPoint, alert_line, vitals_lines
 from rpm_core.rules import load_rules
@@ -445,3 +445,19 @@ async def test_what_the_sink_remembers_is_bounded() -> None:
     assert len(sink._values) + len(sink._series) == 3
     assert "vitals,device=e4" in sink._series, "the newest kept, the oldest forgotten"
     await sink.close()
+async def test_the_influxdb_rpm_starts_indexes_series_on_disk_with_tsi1(influx: ServiceProcess, influx_url: str,
+                                                                         influx_db: str) -> None:
+    """Series creation is what InfluxDB spends its CPU on when many patients are new (issue 20's 2x
+    overload); ``tsi1`` cost 0.63-0.75x of ``inmem``'s per point there and half the memory
+    (benchmarks/RESULTS.md). tsi1 keeps an ``index`` directory in every shard it writes; the
+    in-memory index has none."""
+    sink = make_sink(url=influx_url, db=influx_db)
+    try:
+        line = f"vitals,device=hrs-1,metric=heart_rate,patient=p1,source=sim value=70.0 {T0_MS}"
+        assert await sink.write([line]) == []
+    finally:
+        await sink.close()
+    # data/<database>/<retention policy>/<shard id>/ (and data/<database>/_series/, the series file)
+    shards = [p for p in (influx.workdir / "data" / influx_db).glob("*/*") if p.is_dir() and p.parent.name != "_series"]
+    assert shards, "no shard written"
+    assert all((shard / "index").is_dir() for shard in shards), [sorted(c.name for c in s.iterdir()) for s in shards]
