@@ -487,20 +487,22 @@ def setup_influx_users(url: str, users: InfluxUsers, db: str) -> None:
 
 
 def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", auth: bool = True,
-                   max_values_per_tag: int = 0, max_series_per_database: int = 0) -> ServiceProcess:
+                   index: str | None = None, max_values_per_tag: int = 0,
+                   max_series_per_database: int = 0) -> ServiceProcess:
     """Start InfluxDB 1.x with authentication on, on free ports with its data under ``workdir``;
     create ``db`` and the users of :class:`InfluxUsers` (kept in ``workdir/users``, see :func:`influx_users`).
 
     ``auth=False`` only for the benchmarks, whose peer systems (Node-RED, the naive app) write
     without credentials: the users exist, but InfluxDB does not ask for them.
-    ``max_values_per_tag`` / ``max_series_per_database``: see :func:`influx_config` (tests only).
+    ``index``, ``max_values_per_tag`` / ``max_series_per_database``: see :func:`influx_config` (the
+    limits for tests only; InfluxDB 1.6 enforces them with the ``inmem`` index, not with ``tsi1``).
     """
     binary = require_binary("influxd", "influxdb")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, rpc_port = port or free_port(), free_port()
     conf = workdir / "influxdb.conf"
     conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth,
-                                   max_values_per_tag=max_values_per_tag,
+                                   index=index, max_values_per_tag=max_values_per_tag,
                                    max_series_per_database=max_series_per_database))
     svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port)
     url = f"http://127.0.0.1:{http_port}"

@@ -7,6 +7,7 @@ import time
 import types
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from unittest.mock import patch
 
 import numpy as np
@@ -223,22 +224,29 @@ async def test_configuration_faults_wait_and_say_what_to_fix_without_dead_letter
     assert ("query" in calls) is (status == 404), "only a missing database is created"
 
 
-async def test_the_influxdb_rpm_starts_takes_more_than_100k_devices(influx_url: str, influx_db: str) -> None:
+@pytest.mark.parametrize("index", ["inmem", "tsi1"])
+async def test_the_influxdb_rpm_starts_takes_more_than_100k_devices(tmp_path: Path, index: str) -> None:
     """InfluxDB 1.x refuses, by default, a tag's 100,001st value (a partial write): with a device tag
     per device, every point of the 100,001st device on would be dead-lettered (issue 20's 2x overload
-    run, 99,849 patients). The InfluxDB rpm starts (rpm_app.services.influx_config) has no such limit."""
-    n = 100_001
-    lines = [f"vitals,device=hrs-{k:06d},metric=heart_rate,patient=p{k:06d},source=sim value=70.0 {T0_MS}"
-             for k in range(n)]
-    sink = make_sink(url=influx_url, db=influx_db)
+    run, 99,849 patients). The InfluxDB rpm starts (rpm_app.services.influx_config) has no such limit,
+    with either index (1.6 enforces the limits with ``inmem``, InfluxDB's default, which
+    ``RPM_INFLUX_INDEX=inmem`` selects)."""
+    svc = start_influxdb(tmp_path, index=index)
+    url = influx_users(svc).url(INFLUX_ADMIN, f"http://{svc.host}:{svc.port}")
     try:
-        assert await sink.write(lines) == []
+        n = 100_001
+        lines = [f"vitals,device=hrs-{k:06d},metric=heart_rate,patient=p{k:06d},source=sim value=70.0 {T0_MS}"
+                 for k in range(n)]
+        sink = make_sink(url=url, db="rpm")
+        try:
+            assert await sink.write(lines) == []
+        finally:
+            await sink.close()
+            assert sink.stats.lines_written == n
+        got = rows(url, "rpm", 'SELECT count("value") FROM vitals WHERE device = \'hrs-100000\'')
+        assert [r["count"] for r in got] == [1]
     finally:
-        await sink.close()
-        assert sink.stats.lines_written == n
-    got = rows(influx_url, influx_db, 'SELECT count("value") FROM vitals WHERE device = \'hrs-100000\'')
-    assert [r["count"] for r in got] == [1]
-    influx_query(influx_url, f'DROP DATABASE "{influx_db}"')  # 100k series: free the shared server's index
+        svc.stop()
 
 
 # --- an InfluxDB left at its limits (issue 20 follow-up) -----------------------------------------------
@@ -250,7 +258,7 @@ LIMIT = 5
 def limited_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An InfluxDB 1.6 with small limits, standing for one left at its defaults (100,000 values of a
     tag, 1,000,000 series): ``max-values-per-tag`` and ``max-series-per-database`` = 5. Admin URL."""
-    svc = start_influxdb(tmp_path_factory.mktemp("limited"), max_values_per_tag=LIMIT,
+    svc = start_influxdb(tmp_path_factory.mktemp("limited"), index="inmem", max_values_per_tag=LIMIT,
                          max_series_per_database=LIMIT * LIMIT)
     try:
         yield influx_users(svc).url(INFLUX_ADMIN, f"http://{svc.host}:{svc.port}")
