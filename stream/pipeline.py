@@ -395,7 +395,10 @@ class Pipeline:
         return bool(events)
 
     async def tick(self, *, checkpoint: bool = True) -> None:
-        """Run time-driven transitions and publish what they produce (then checkpoint, unless told not to)."""
+        """Run time-driven transitions and publish what they produce (then checkpoint, unless told not to).
+        Also the sink's recheck of an InfluxDB limit, when due (its warning clears on a worker that
+        writes nothing)."""
+        await self.sink.recheck_due()
         events = self.engine.tick(self._clock())
         self.stats.ticks += 1
         if events:
