@@ -213,7 +213,9 @@ class Outbox:
                 stored += max(added, 0)
                 duplicates += added < 0
             evicted = self._enforce_budget()
-            if self._clock() - self._pruned_at >= const.OUTBOX_SEEN_PRUNE_EVERY_S:
+            # also when the clock was set back (it would otherwise wait until it passes the last prune)
+            since = self._clock() - self._pruned_at
+            if since >= const.OUTBOX_SEEN_PRUNE_EVERY_S or since < 0:
                 self._prune_seen()
         return AppendResult(stored, duplicates, evicted)
 

@@ -303,11 +303,17 @@ class InfluxSink:
         Waits (retrying with backoff) for as long as InfluxDB is unavailable.
         """
         rejected: list[tuple[str, str]] = []
-        if self._sample is not None and time.monotonic() >= self._recheck_at:
-            await self._recheck(self._sample)
+        await self.recheck_due()
         for start in range(0, len(lines), self.max_lines):
             rejected += await self._write_chunk(lines[start : start + self.max_lines])
         return rejected
+
+    async def recheck_due(self) -> None:
+        """While a limit is said, every ``RECHECK_S``: see whether it still refuses (by every
+        :meth:`write`, and by the worker's timer: a worker that writes nothing, e.g. left without
+        partitions, would otherwise say the limit for ever after it was raised)."""
+        if self._sample is not None and time.monotonic() >= self._recheck_at:
+            await self._recheck(self._sample)
 
     async def _recheck(self, line: str) -> None:
         """Write a refused line again: if a limit still refuses it, keep everything; else forget."""

@@ -369,7 +369,7 @@ class Pipeline:
         events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.samples else []
         self.stats.detector_s += time.perf_counter() - started
         if decoded.samples and len(self.engine.conflicts.dropped):
-            lines += await self._settle_conflicts(decoded, self.engine.conflicts)
+            lines = await self._settle_conflicts(decoded, self.engine.conflicts, lines)
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
         self.stats.records += len(values)
@@ -395,7 +395,10 @@ class Pipeline:
         return bool(events)
 
     async def tick(self, *, checkpoint: bool = True) -> None:
-        """Run time-driven transitions and publish what they produce (then checkpoint, unless told not to)."""
+        """Run time-driven transitions and publish what they produce (then checkpoint, unless told not to).
+        Also the sink's recheck of an InfluxDB limit, when due (its warning clears on a worker that
+        writes nothing)."""
+        await self.sink.recheck_due()
         events = self.engine.tick(self._clock())
         self.stats.ticks += 1
         if events:
@@ -411,15 +414,15 @@ class Pipeline:
             t_ms=np.rint(decoded.t * 1000.0).astype(np.int64), value=decoded.value, flags=decoded.flags,
         )
 
-    async def _settle_conflicts(self, decoded: Decoded, conflicts: Conflicts) -> list[str]:
+    async def _settle_conflicts(self, decoded: Decoded, conflicts: Conflicts, lines: list[str]) -> list[str]:
         """Dead-letter each sample the engine did not judge because an earlier sample of the batch has
         its patient, metric, device and time but another value (a device or producer contradicting
-        itself), and return the lines of the kept samples, to be written after the batch's: InfluxDB
-        keeps the last point of a series and time, so without them the chart would show the value
-        the alerts never saw."""
+        itself), and return ``lines`` (one per sample of the batch) without theirs: written, such a
+        line would overwrite the kept point (InfluxDB keeps the last of a series and time), merge
+        its fields into it (a "LO"'s ``beyond`` on the kept value), or stand beside it (another
+        ``source`` is another series), and the chart would show a value the alerts never saw."""
         ends = np.cumsum(decoded.size)
-        kept, dropped = conflicts.kept, conflicts.dropped
-        kept_group = np.searchsorted(ends, kept, side="right")
+        dropped = conflicts.dropped
         for g, i in zip(np.searchsorted(ends, dropped, side="right").tolist(), dropped.tolist(), strict=True):
             metric = decoded.metric[i]
             group = {"device": decoded.device[g], "source": decoded.source[g], "metric": [metric],
@@ -430,14 +433,8 @@ class Pipeline:
             # Stage "duplicate", not "worker": `rpm deadletter replay --stage worker` must not put it
             # back (InfluxDB would then show the value the alerts never saw).
             await self._deadletter("duplicate", reason, "rpm.readings", record)
-        return vitals_lines(
-            patient=[decoded.patient[g] for g in kept_group.tolist()],
-            device=[decoded.device[g] for g in kept_group.tolist()],
-            source=[decoded.source[g] for g in kept_group.tolist()],
-            size=np.ones(len(kept), np.int64), metric_code=decoded.metric_code[kept], metric_names=METRIC_NAMES,
-            t_ms=np.rint(decoded.t[kept] * 1000.0).astype(np.int64), value=decoded.value[kept],
-            flags=decoded.flags[kept],
-        )
+        gone = set(dropped.tolist())
+        return [line for i, line in enumerate(lines) if i not in gone]
 
     def _sample_batch(self, decoded: Decoded) -> SampleBatch:
         """One batch of every group's samples; patient and device codes are per group, repeated per sample.

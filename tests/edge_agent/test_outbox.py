@@ -281,3 +281,18 @@ def test_an_outbox_of_schema_1_keeps_its_keys_for_a_whole_window(tmp_path: Path)
         assert box._db.execute("PRAGMA user_version").fetchone()[0] == 2
     finally:
         box.close()
+
+
+def test_keys_are_still_pruned_after_the_wall_clock_is_set_back(tmp_path: Path) -> None:
+    """A hub's clock set back (NTP correcting a clock that ran ahead, a hub without a real-time
+    clock): the hourly prune waited until the clock passed its last prune again, for as long as
+    the clock had been ahead, and the table grew past ``seen_max_keys`` meanwhile."""
+    clock = Clock(T0 + 365 * 86_400.0)  # a year ahead at open (the prune at open is then)
+    box = Outbox(tmp_path / "o.sqlite3", clock=clock, seen_max_keys=100)
+    try:
+        for k in range(250):
+            clock.now = T0 + k * const.OUTBOX_SEEN_PRUNE_EVERY_S / 10  # corrected: ten writes an hour
+            box.append([cgm(k)])
+        assert seen_keys(box) <= 100 + 10
+    finally:
+        box.close()

@@ -104,3 +104,34 @@ async def test_the_same_time_on_two_devices_is_no_conflict(influx_url: str, infl
         await pipe.sink.close()
     assert sorted(stored(influx_url, influx_db)) == [99.0, 120.0]
     assert out.letters == []
+
+
+def fields(influx_url: str, db: str) -> list[dict[str, object]]:
+    return rows(influx_url, db, 'SELECT "value", "beyond", "source" FROM "vitals" WHERE "patient" = \'p1\'')
+
+
+async def test_a_dropped_lo_leaves_no_beyond_mark_on_the_kept_value(influx_url: str, influx_db: str) -> None:
+    """The kept 150 mg/dL, then a "LO" of the same CGM and time (dropped): InfluxDB merges the fields
+    of points of one series and time, so a dropped line written before the kept one's rewrite would
+    leave ``beyond="below"`` on the 150 (a chart marking a normal value as beneath the meter)."""
+    pipe, out = pipeline(influx_url, influx_db)
+    lo = {**glucose([20.0], [T0]), "flags": [16]}  # SampleFlag.BELOW_RANGE
+    try:
+        await pipe.handle([encode_readings_record("p1", [glucose([150.0], [T0]), lo])], checkpoint=False)
+    finally:
+        await pipe.sink.close()
+    assert [(r["value"], r["beyond"]) for r in fields(influx_url, influx_db)] == [(150.0, None)]
+    assert len(out.letters) == 1
+
+
+async def test_a_dropped_sample_of_another_source_is_not_stored(influx_url: str, influx_db: str) -> None:
+    """The same CGM and time through another source (another series in InfluxDB: ``source`` is a tag):
+    the dropped value must not be stored beside the kept one."""
+    pipe, out = pipeline(influx_url, influx_db)
+    other = {**glucose([150.0], [T0]), "source": "cloud"}
+    try:
+        await pipe.handle([encode_readings_record("p1", [glucose([45.0], [T0]), other])], checkpoint=False)
+    finally:
+        await pipe.sink.close()
+    assert stored(influx_url, influx_db) == [45.0]
+    assert len(out.letters) == 1

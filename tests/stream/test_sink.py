@@ -453,6 +453,8 @@ async def test_what_the_sink_remembers_is_bounded() -> None:
     assert len(sink._values) + len(sink._series) == 3
     assert "vitals,device=e4" in sink._series, "the newest kept, the oldest forgotten"
     await sink.close()
+
+
 async def test_the_influxdb_rpm_starts_indexes_series_on_disk_with_tsi1(influx: ServiceProcess, influx_url: str,
                                                                          influx_db: str) -> None:
     """Series creation is what InfluxDB spends its CPU on when many patients are new (issue 20's 2x
@@ -469,3 +471,26 @@ async def test_the_influxdb_rpm_starts_indexes_series_on_disk_with_tsi1(influx: 
     shards = [p for p in (influx.workdir / "data" / influx_db).glob("*/*") if p.is_dir() and p.parent.name != "_series"]
     assert shards, "no shard written"
     assert all((shard / "index").is_dir() for shard in shards), [sorted(c.name for c in s.iterdir()) for s in shards]
+
+
+async def test_the_limit_warning_clears_on_a_worker_that_writes_nothing(limited_influx: str) -> None:
+    """A worker left with no readings to write (no partitions after a rebalance, its patients
+    quiet): the recheck ran only inside a write, so the warning stayed after the limit was raised,
+    until a restart. The worker's timer (Pipeline.tick) rechecks too."""
+    db = f"lim_{time.time_ns()}"
+    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+    sink = make_sink(url=limited_influx, db=db)
+    rules = load_rules(REPO / "alert_rules.yaml")
+    pipeline = Pipeline(engine_factory=lambda: Engine(rules), sink=sink)
+    try:
+        with patch("rpm_core.sink.RECHECK_S", 0.0):
+            await sink.write(device_lines(range(LIMIT), 1))
+            assert len(await sink.write(device_lines(range(LIMIT + 1), 1))) == 1
+            await pipeline.tick(checkpoint=False)
+            assert sink.stats.limit is not None, "still refused: still said"
+            influx_query(limited_influx, f'DROP DATABASE "{db}"')  # the limit no longer refuses the device
+            influx_query(limited_influx, f'CREATE DATABASE "{db}"')
+            await pipeline.tick(checkpoint=False)
+        assert sink.stats.limit is None
+    finally:
+        await sink.close()
