@@ -81,6 +81,9 @@ class Condition:
     wards: tuple[str, ...]
     patient: str | None = None
     confirm: bool = True  # wait confirm_s first (device alarms were confirmed by their agent)
+    # Who the message names (tech.patient_unassigned): a raised alert that does not name one of them
+    # yet is cleared and raised again with the new message, so no one is left out of it.
+    names: tuple[str, ...] = ()
 
 
 @dataclass
@@ -169,7 +172,9 @@ class Watchdog:
         in_grace = now - self.started_at < self.config.startup_grace_s
         for key, cond in conditions.items():
             if key in self.active:
-                continue
+                if not set(cond.names) - _named_in(self.active[key].message):
+                    continue
+                out.append(self.active.pop(key).cleared(now))  # the list grew: told again, whole
             first = self._pending.setdefault(key, now)
             if cond.confirm and (in_grace or now - first < self.config.confirm_s):
                 continue
@@ -346,10 +351,17 @@ def _unassigned(patients: list[str], unnamed: int = 0) -> Condition:
     shown = ", ".join(patients[:MAX_UNASSIGNED_NAMED]) + (", …" if total > MAX_UNASSIGNED_NAMED else "")
     return Condition(
         severity="warning", component="ward", wards=(EVERY_WARD,), confirm=False,
+        names=tuple(patients[:MAX_UNASSIGNED_NAMED]),
         message=(f"Readings or device alarms arrive for {total} patient(s) on no ward of the roster ({shown}): "
                  "no nurse station shows their alerts, and their device alarms are held back from every ward."),
         remedy=("Add each patient to their ward in the roster (RPM_ROSTER) and restart the nurse stations, "
                 "the notifier, the workers and the watchdog; or unpair the device if it is not one of ours."))
+
+
+def _named_in(message: str) -> set[str]:
+    """The words of a raised alert's message (it may have been raised by an earlier run: read back
+    from rpm.alerts), to see whether it names someone; patient ids hold no space, comma or parenthesis."""
+    return set(re.findall(r"[^\s,()]+", message))
 
 
 def _ranges(numbers: list[int]) -> str:

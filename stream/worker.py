@@ -88,7 +88,7 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
         if ward is not None and t > wards.get(ward, 0.0):
             wards[ward] = t
     unassigned = sorted(((t, p) for p, t in pipeline.recent_patients(UNASSIGNED_HOLD_S).items()
-                         if ward_of and p not in ward_of), reverse=True)
+                         if p not in ward_of), reverse=True) if ward_of else []  # no roster: one ward
     return Heartbeat(component="worker", instance=instance, time=time.time(), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=body["problem"],
                      partitions=tuple(sorted(status.partitions)) if status.recovered else (),

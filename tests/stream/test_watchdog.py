@@ -320,6 +320,34 @@ def test_a_device_alarm_of_a_patient_on_no_ward_is_told_to_the_operators_not_to_
     assert [(a.rule, a.state) for a in w.evaluate(T0 + 42)] == [("tech.patient_unassigned", "cleared")]
 
 
+def test_a_patient_newly_on_no_ward_is_told_although_the_alert_is_already_raised() -> None:
+    """The alert named only the patients on no ward when it was raised: one who became unassigned
+    later was named by no alert until it cleared (also after a watchdog restart, which adopts it).
+    Now a grown list is told again, whole (cleared and raised), and an unchanged one is not."""
+    w = make()
+    run(w, T0, T0 + 40, healthy)
+
+    def stray(*names: str) -> Any:
+        return lambda t: [worker("w1", (0, 1), t, unassigned=names, unassigned_count=len(names)),
+                          worker("w2", (2, 3), t), bridge("b1", t)]
+
+    [first] = run(w, T0 + 41, T0 + 50, stray("stray"))
+    assert "stray" in first.message and "drifter" not in first.message
+    assert run(w, T0 + 51, T0 + 60, stray("stray")) == [], "the same patients: not told again"
+    again = run(w, T0 + 61, T0 + 70, stray("stray", "drifter"))
+    assert [(a.rule, a.state) for a in again] == [("tech.patient_unassigned", "cleared"),
+                                                 ("tech.patient_unassigned", "raised")]
+    assert "stray" in again[1].message and "drifter" in again[1].message and "2 patient(s)" in again[1].message
+    assert run(w, T0 + 71, T0 + 80, stray("drifter")) == [], "one fewer: still named by the alert"
+
+    restarted = make()  # a new watchdog adopts the raised alert, read back from rpm.alerts
+    restarted.adopt(decode_technical(orjson.loads(again[1].encode())))
+    run(restarted, T0 + 100, T0 + 140, stray("stray", "drifter"))
+    assert [a.state for a in run(restarted, T0 + 141, T0 + 150, stray("stray", "drifter"))] == []
+    grown = run(restarted, T0 + 151, T0 + 160, stray("stray", "drifter", "p100"))
+    assert [a.state for a in grown] == ["cleared", "raised"] and "p100" in grown[1].message
+
+
 def test_without_a_roster_a_device_alarm_still_goes_to_the_only_ward() -> None:
     w = Watchdog(config=WatchdogConfig(), partition_of=partition_for, ward_of={}, partitions=PARTS, started_at=T0)
     run(w, T0, T0 + 40, healthy)
