@@ -202,7 +202,34 @@ def check_main(path: str) -> int:
         return 1
     print(f"{path}: valid (version {ruleset.version}, {len(ruleset.rules)} rules)\n")  # noqa: T201
     print(explain(ruleset))  # noqa: T201
+    for warning in coverage_warnings(ruleset):
+        print(f"\nwarning: {warning}")  # noqa: T201
     return 0
+
+
+# Devices of each kind whose glucose "LO" (BELOW_RANGE, below every threshold) must page someone.
+_GLUCOSE_DEVICES: Final = (("a glucose meter (bgm-*)", "bgm-0"), ("a CGM or other glucose device", "cgm-0"))
+
+
+def coverage_warnings(ruleset: RuleSet) -> list[str]:
+    """Valid settings that leave a patient unwatched where a nurse would expect a page: today, a
+    glucose "LO" (below the device's measuring range) that no enabled below-threshold glucose rule
+    takes for that kind of device (e.g. glucose_low disabled for a patient while
+    glucose_below_measuring_range is off, as by default), for the defaults and each patient."""
+    base = {rule.name: rule for rule in ruleset.rules}
+    out: list[str] = []
+    patients = [(f"patient {p}", o) for p, o in sorted(ruleset.patient_rules.items())]
+    for who, overrides in [("every patient", {}), *patients]:
+        rules = {**base, **overrides}
+        for kind, device in _GLUCOSE_DEVICES:
+            if not any(type(r) is ThresholdRule and r.enabled and r.metric == "glucose"
+                       and r.direction is Direction.BELOW
+                       and (r.device_prefix is None or device.startswith(r.device_prefix))
+                       and (r.exclude_device_prefix is None or not device.startswith(r.exclude_device_prefix))
+                       for r in rules.values()):
+                out.append(f"{who}: a glucose LO from {kind} pages nobody (no enabled below-threshold glucose rule "
+                           "takes it); enable glucose_below_measuring_range for them, or the low rule you disabled")
+    return out
 
 
 def explain(ruleset: RuleSet) -> str:

@@ -137,6 +137,25 @@ def test_check_main_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -
     assert "valid (version 1, 14 rules)" in out and "glucose_low" in out
 
 
+def test_check_main_warns_when_a_glucose_lo_would_page_nobody(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """glucose_below_measuring_range is off by default (a LO pages once, through glucose_low or
+    glucose_meter_low): a patient whose low rule is disabled would get no page at all for a LO,
+    which a valid file does not show. `rpm rules check` says so, per patient and kind of device."""
+    text = (ROOT / "alert_rules.yaml").read_text()
+    assert check_main(str(ROOT / "alert_rules.yaml")) == 0
+    assert "warning:" not in capsys.readouterr().out, "the defaults page every LO"
+    path = tmp_path / "rules.yaml"
+    path.write_text(text.replace("patients: {}", "patients:\n  p7:\n    rules:\n      glucose_low: {enabled: false}\n"
+                                 "  p8:\n    rules:\n      glucose_low: {enabled: false}\n"
+                                 "      glucose_below_measuring_range: {enabled: true}\n"))
+    assert check_main(str(path)) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: patient p7: a glucose LO from a CGM or other glucose device pages nobody (no "
+                        "enabled below-threshold glucose rule takes it); enable glucose_below_measuring_range for "
+                        "them, or the low rule you disabled"]
+
+
 def test_check_main_reports_errors_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(VALID.replace("threshold: 120,", "threshold: abc,"))
