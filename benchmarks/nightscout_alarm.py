@@ -4,6 +4,16 @@ Reproduce (needs the ``eval`` extra, simglucose; traces cached as in ``evaluate_
 
     .venv/bin/python benchmarks/nightscout_alarm.py --seeds 101 202 303 606 707
     .venv/bin/python benchmarks/nightscout_alarm.py --seeds 909 --sensor Dexcom
+    .venv/bin/python benchmarks/nightscout_alarm.py --seeds 1 101 202 303 --where   # where it is earlier
+    .venv/bin/python benchmarks/nightscout_alarm.py --seeds 1 101 202 --low-soon 70 30 0.5   # a candidate added
+
+``--low-soon LEVEL HORIZON CONFIRM`` adds to our rules a warning-level ``glucose_low_soon``: the
+Kalman forecast of ``glucose_urgent_low_soon`` (same model, margin, window and damping) predicting
+blood glucose < LEVEL mg/dL within HORIZON min while the filtered rate falls at CONFIRM mg/dL/min
+or faster; ``--low-for MIN`` holds ``glucose_low``'s level 1 (< 70) that long. Neither is a
+default (benchmarks/RESULTS.md, "Glucose, eighth round"). The last lines give 95 % bootstrap
+intervals (over traces, 2000 resamples) of the pooled median lead and non-actionable (no BG < 70)
+rate, ours against the shipped alarm.
 
 ``evaluate_glucose_rules.py``'s anchor alarms when AR2's forecast crosses 55 mg/dL within 20 min.
 Nightscout's ``ar2`` plugin (cgm-remote-monitor ``lib/plugins/ar2.js``) does not alarm on a
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +46,14 @@ from benchmarks.evaluate_glucose import cache_path, load_traces  # noqa: E402
 from benchmarks.evaluate_glucose_rules import (  # noqa: E402
     LOOKAHEAD_S,
     LOW_RULES,
-    PATIENTS,
     leads,
     nightscout,
     raised_events,
     runs,
 )
-from benchmarks.glucose_traces import Trace  # noqa: E402
+from benchmarks.glucose_traces import PATIENTS, Trace  # noqa: E402
 from detectors import RuleSet  # noqa: E402
+from detectors.rules import ForecastRule, Severity, StalenessRule, ThresholdRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
 WARN_LOSS = 0.05  # ar2.js WARN_THRESHOLD
@@ -90,6 +101,83 @@ def non_actionable(trace: Trace, spans: Spans, level: float) -> int:
     return sum(int(not (trace.bg[(trace.t >= a) & (trace.t <= a + LOOKAHEAD_S)] < level).any()) for a, _ in spans)
 
 
+def where(rows: list[tuple[float, float, str, float, float, float, bool]]) -> None:
+    """Print, for the lows both alerted, where the shipped alarm is earlier than ours and what it warned on.
+
+    ``rows``: per low (our lead, its lead, our first rule, CGM, BG and the CGM's rate over the 15 min
+    before at its raise, raised by its forecast rather than its low alarm).
+    """
+    gained = [r for r in rows if r[1] > r[0]]
+    later = sum(r[1] < r[0] for r in rows)
+    print(f"\nlows alerted by both: {len(rows)}; shipped AR2 earlier on {len(gained)}, later on {later}")
+    if not gained:
+        return
+    gain = np.array([r[1] - r[0] for r in gained])
+    q1, q2, q3 = np.percentile(gain, (25, 50, 75))
+    print(f"earlier by median {q2:g} min (quartiles {q1:g}-{q3:g})")
+    firsts: dict[str, int] = {}
+    for r in gained:
+        firsts[r[2]] = firsts.get(r[2], 0) + 1
+    by_forecast = sum(r[6] for r in gained)
+    print(f"our first alert on those lows: {firsts}; raised by its forecast (not its < 70 alarm): {by_forecast}")
+    cgm, bg, rate = (np.array([r[k] for r in gained]) for k in (3, 4, 5))
+    fast, middle = (rate <= -1.5).sum(), ((rate > -1.5) & (rate <= -0.75)).sum()
+    print(
+        f"at its raise: CGM median {np.median(cgm):.0f} mg/dL (range {cgm.min():.0f}-{cgm.max():.0f}), BG median"
+        f" {np.median(bg):.0f}; CGM rate over the 15 min before, median {np.median(rate):.2f} mg/dL/min"
+        f" (10-90 % {np.percentile(rate, 10):.2f} to {np.percentile(rate, 90):.2f}); falling faster than 1.5:"
+        f" {fast}, 0.75-1.5: {middle}, slower: {len(rate) - fast - middle}"
+    )
+
+
+def candidate(rules: RuleSet, low_soon: list[float] | None, low_for_min: float) -> RuleSet:
+    """``rules`` with the ``--low-soon`` forecast added and ``glucose_low``'s level 1 held ``low_for_min``."""
+    out: list[ThresholdRule | StalenessRule] = []
+    for r in rules.rules:
+        if r.name == "glucose_low" and low_for_min > 0:
+            assert isinstance(r, ThresholdRule)
+            out.append(replace(r, levels=(replace(r.levels[0], for_s=low_for_min * 60.0), *r.levels[1:])))
+        else:
+            out.append(r)
+    if low_soon is not None:
+        level, horizon, confirm = low_soon
+        urgent = next(r for r in rules.rules if r.name == "glucose_urgent_low_soon")
+        assert isinstance(urgent, ForecastRule)
+        warning = replace(urgent.levels[0], severity=Severity.WARNING, threshold=level)
+        out.append(
+            replace(
+                urgent,
+                name="glucose_low_soon",
+                horizon_s=horizon * 60.0,
+                confirm=confirm,
+                clear_threshold=max(70.0, level + 5.0),
+                levels=(warning,),
+            )
+        )
+    return RuleSet(rules=tuple(out))
+
+
+def pooled_intervals(per_trace: dict[str, list[tuple[list[float], int, float]]], n: int = 2000) -> None:
+    """95 % bootstrap intervals over traces of the median lead and non-actionable (< 70) lows per patient-day."""
+    rng = np.random.default_rng(0)
+    size = len(next(iter(per_trace.values())))
+    picks = [rng.integers(0, size, size) for _ in range(n)]
+    print()
+    for name, rows in per_trace.items():
+        medians, rates = [], []
+        for pick in picks:
+            lead = np.array([x for i in pick for x in rows[i][0]])
+            medians.append(float(np.nanmedian(lead)) if (~np.isnan(lead)).any() else float("nan"))
+            rates.append(sum(rows[i][1] for i in pick) / sum(rows[i][2] for i in pick))
+        pooled = np.array([x for r in rows for x in r[0]])
+        rate = sum(r[1] for r in rows) / sum(r[2] for r in rows)
+        print(
+            f"{name}: median lead {np.nanmedian(pooled):g} min (95 % CI {np.nanpercentile(medians, 2.5):g}-"
+            f"{np.nanpercentile(medians, 97.5):g}); non-actionable (no BG < 70) {rate:.2f} / pt-day"
+            f" ({np.percentile(rates, 2.5):.2f}-{np.percentile(rates, 97.5):.2f})"
+        )
+
+
 def main() -> int:
     """Print ours, our anchor and the shipped alarm per seed, per age group and pooled."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -97,18 +185,39 @@ def main() -> int:
     parser.add_argument("--sensor", default="GuardianRT")
     parser.add_argument("--days", type=float, default=2.0)
     parser.add_argument("--rules", default="alert_rules.yaml")
+    parser.add_argument("--where", action="store_true", help="also: where the shipped alarm is earlier, and why")
+    parser.add_argument("--low-soon", type=float, nargs=3, metavar=("LEVEL", "HORIZON", "CONFIRM"))
+    parser.add_argument("--low-for", type=float, default=0.0, metavar="MIN")
     args = parser.parse_args()
     full = load_rules(ROOT / args.rules)
     rules = RuleSet(rules=tuple(r for r in full.rules if r.metric == "glucose" and r.device_prefix is None))
+    ours_rules = candidate(rules, args.low_soon, args.low_for)
+    low_rules = (*LOW_RULES, "glucose_low_soon")
+    per_trace: dict[str, list[tuple[list[float], int, float]]] = {"ours": [], "shipped AR2": []}
     names = ("ours", "our anchor", "shipped AR2")
     groups: dict[str, dict[str, list[float]]] = {}
+    both: list[tuple[float, float, str, float, float, float, bool]] = []
     for seed in args.seeds:
         traces = load_traces(args.days, cache_path(seed, args.sensor), PATIENTS, seed, args.sensor)
-        raised = {"ours": raised_events(rules, traces), "our anchor": raised_events(nightscout(rules), traces)}
+        raised = {"ours": raised_events(ours_rules, traces), "our anchor": raised_events(nightscout(rules), traces)}
         for tr in traces:
             lows = runs(tr.t, tr.bg < 54)
-            spans = {n: [(a, b) for r, _, a, b in raised[n][tr.patient] if r in LOW_RULES] for n in names[:2]}
-            spans["shipped AR2"] = spans_of(tr.t, shipped_ar2_low(tr.t, tr.cgm) | (tr.cgm < LOW_ALARM))
+            spans = {n: [(a, b) for r, _, a, b in raised[n][tr.patient] if r in low_rules] for n in names[:2]}
+            forecast_low = shipped_ar2_low(tr.t, tr.cgm)
+            spans["shipped AR2"] = spans_of(tr.t, forecast_low | (tr.cgm < LOW_ALARM))
+            ours_all = [(a, b, r) for r, _, a, b in raised[names[0]][tr.patient] if r in low_rules]
+            pairs = zip(lows, leads(lows, spans[names[0]]), leads(lows, spans[names[2]]), strict=True)
+            for (onset, end), our_lead, their_lead in pairs:
+                if np.isnan(our_lead) or np.isnan(their_lead):
+                    continue
+                first = min((a, r) for a, b, r in ours_all if a <= end and b >= onset - LOOKAHEAD_S)[1]
+                i = int(np.searchsorted(tr.t, onset - their_lead * 60.0))
+                j = int(np.searchsorted(tr.t, tr.t[i] - 900.0))
+                rate = (tr.cgm[i] - tr.cgm[j]) / max((tr.t[i] - tr.t[j]) / 60.0, 1.0)
+                at = (float(tr.cgm[i]), float(tr.bg[i]), float(rate), bool(forecast_low[i]))
+                both.append((our_lead, their_lead, first, *at))
+            for n in per_trace:
+                per_trace[n].append((leads(lows, spans[n]), non_actionable(tr, spans[n], 70.0), args.days))
             for key in (f"seed {seed}", tr.patient.split("#")[0], "all"):
                 g = groups.setdefault(key, {"days": []})
                 g["days"].append(args.days)
@@ -130,6 +239,9 @@ def main() -> int:
         na = " / ".join(f"{sum(g[f'{n} na54']) / pd:.2f}; {sum(g[f'{n} na70']) / pd:.2f}" for n in names)
         order = f"{(ours > shipped).sum()} / {(ours < shipped).sum()}"
         print(f"| {key} | {len(ours)} | {alerted} | {medians} | {order} | {na} |")
+    pooled_intervals(per_trace)
+    if args.where:
+        where(both)
     return 0
 
 

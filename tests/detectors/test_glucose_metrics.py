@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from benchmarks.evaluate_glucose import alert_times, forecast_rule, score
-from benchmarks.evaluate_glucose_rules import nightscout, outcome, raised_events, summary
+from benchmarks.evaluate_glucose_rules import leads, nightscout, outcome, raised_events, runs, summary
 from benchmarks.glucose_traces import Trace
+from benchmarks.nightscout_alarm import LOW_ALARM, candidate, non_actionable, shipped_ar2_low, spans_of
 from detectors import Engine, RuleSet, forecast
 from detectors.rules import ForecastRule
 from rpm_core.rules import load_rules
@@ -67,6 +68,40 @@ def test_default_rules_against_nightscout(traces: list[Trace]) -> None:
     assert ours["low_lead"] >= anchor["low_lead"] + 5.0
     assert ours["non_actionable_54_pd"] < anchor["non_actionable_54_pd"]
     assert ours["non_actionable_70_pd"] < anchor["non_actionable_70_pd"]
+
+
+def low_outcome(traces: list[Trace], spans_of_trace: list[list[tuple[float, float]]]) -> tuple[list[float], int]:
+    """Per level-2 low the lead (NaN: missed), and the alerts with no BG < 70 within 60 min."""
+    lows = [runs(tr.t, tr.bg < 54) for tr in traces]
+    lead = [x for tr_lows, spans in zip(lows, spans_of_trace, strict=True) for x in leads(tr_lows, spans)]
+    return lead, sum(non_actionable(tr, spans, 70.0) for tr, spans in zip(traces, spans_of_trace, strict=True))
+
+
+def test_shipped_ar2_alarm_and_the_low_soon_candidate(traces: list[Trace]) -> None:
+    """Issue 17, eighth round: the emulated Nightscout alarm and the `--low-soon` candidate, pinned.
+
+    The shipped alarm (ar2.js WARN "low" or a reading < 70) alerts all 27 lows, later than ours
+    on the median but with 3x the non-actionable lows; the candidate warning (< 70 within 40 min,
+    falling >= 1 mg/dL/min) only adds alerts: every low the default alerts, none later, 5 earlier.
+    """
+    low_rules = ("glucose_low", "glucose_urgent_low_soon", "glucose_falling_fast", "glucose_low_soon")
+    shipped = [spans_of(tr.t, shipped_ar2_low(tr.t, tr.cgm) | (tr.cgm < LOW_ALARM)) for tr in traces]
+    shipped_lead, shipped_na = low_outcome(traces, shipped)
+    assert (len(shipped_lead), int(np.isnan(shipped_lead).sum()), float(np.median(shipped_lead))) == (27, 0, 50.0)
+    assert shipped_na == 16
+    found = {}
+    for name, rules in (
+        ("default", glucose_rules()),
+        ("candidate", candidate(glucose_rules(), [70.0, 40.0, 1.0], 0.0)),
+    ):
+        raised = raised_events(rules, traces)
+        found[name] = low_outcome(
+            traces, [[(a, b) for r, _, a, b in raised[tr.patient] if r in low_rules] for tr in traces]
+        )
+    (default, default_na), (cand, cand_na) = found["default"], found["candidate"]
+    assert not np.isnan(default).any() and float(np.median(default)) == 60.0 and default_na == 5
+    assert all(c >= d for c, d in zip(cand, default, strict=True))
+    assert sum(c > d for c, d in zip(cand, default, strict=True)) == 5 and cand_na == 6
 
 
 def test_default_forecast_against_ar2(traces: list[Trace]) -> None:
