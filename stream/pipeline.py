@@ -423,12 +423,21 @@ class Pipeline:
         ``source`` is another series), and the chart would show a value the alerts never saw."""
         ends = np.cumsum(decoded.size)
         dropped = conflicts.dropped
+        # One dead letter per group (patient, device, source) holding all of its dropped samples: one
+        # per sample would let a message of N samples at one time become N-1 records (more bytes on
+        # rpm.deadletter than the message had, and N-1 sends before the batch goes on).
+        by_group: dict[int, list[int]] = {}
         for g, i in zip(np.searchsorted(ends, dropped, side="right").tolist(), dropped.tolist(), strict=True):
-            metric = decoded.metric[i]
-            group = {"device": decoded.device[g], "source": decoded.source[g], "metric": [metric],
-                     "t": [float(decoded.t[i])], "value": [float(decoded.value[i])], "flags": [int(decoded.flags[i])]}
-            reason = (f"conflicting duplicate: a {metric} sample with the device and time of an earlier one in the "
-                      "batch but another value or flags; the earlier one is kept and judged, this one is not")
+            by_group.setdefault(g, []).append(i)
+        for g, samples in by_group.items():
+            metrics = [decoded.metric[i] for i in samples]
+            group = {"device": decoded.device[g], "source": decoded.source[g], "metric": metrics,
+                     "t": [float(decoded.t[i]) for i in samples], "value": [float(decoded.value[i]) for i in samples],
+                     "flags": [int(decoded.flags[i]) for i in samples]}
+            what = (f"a {metrics[0]} sample" if len(samples) == 1
+                    else f"{len(samples)} samples ({', '.join(sorted(set(metrics)))}), each")
+            reason = (f"conflicting duplicate: {what} with the device and time of an earlier one in the batch but "
+                      "another value or flags; the earlier one is kept and judged, not this one")
             record = encode_readings_record(decoded.patient[g], [group])
             # Stage "duplicate", not "worker": `rpm deadletter replay --stage worker` must not put it
             # back (InfluxDB would then show the value the alerts never saw).

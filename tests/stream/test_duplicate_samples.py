@@ -14,7 +14,9 @@ from detectors.engine import Engine
 from rpm_core.rules import load_rules
 from rpm_core.sink import make_sink
 from rpm_core.wire import encode_readings_record
+from stream.deadletter_tools import DeadLetter, read_entry
 from stream.pipeline import Pipeline
+from stream.records import decode_record
 from tests.conftest import REPO
 from tests.support.influx import rows
 
@@ -45,6 +47,13 @@ def pipeline(influx_url: str, db: str) -> tuple[Pipeline, Collected]:
 def glucose(values: list[float], t: list[float], device: str = "cgm-1") -> dict[str, object]:
     return {"device": device, "source": "ble", "metric": ["glucose"] * len(values), "t": t, "value": values,
             "flags": [0] * len(values)}
+
+
+def values_of(letter: dict[str, object]) -> list[float]:
+    """The sample values of the readings record a dead letter holds."""
+    entry = read_entry(orjson.dumps(letter), partition=0, offset=0)
+    assert isinstance(entry, DeadLetter) and entry.intact
+    return [v for group in decode_record(entry.payload) for v in group.value.tolist()]
 
 
 def stored(influx_url: str, db: str) -> list[float]:
@@ -82,7 +91,28 @@ async def test_one_message_that_contradicts_itself_is_settled_the_same_way(influ
         await pipe.sink.close()
     assert not [a for a in out.alerts if a["rule"] == "glucose_low"]  # 150 judged: no low
     assert stored(influx_url, influx_db) == [150.0]
-    assert len(out.letters) == 2 and all("conflicting duplicate" in str(x["reason"]) for x in out.letters)
+    [letter] = out.letters  # one dead letter for the group, holding both dropped samples
+    assert "conflicting duplicate: 2 samples (glucose)" in str(letter["reason"])
+    assert values_of(letter) == [45.0, 46.0]
+
+
+async def test_a_message_of_many_samples_at_one_time_is_not_amplified(influx_url: str, influx_db: str) -> None:
+    """Adversarial: 2,000 samples of one CGM at one time, every value different. One sample is
+    judged and stored; the 1,999 others go to the dead letter in one record no larger than the
+    message (one record per sample would have been 1,999 sends and several times the bytes)."""
+    pipe, out = pipeline(influx_url, influx_db)
+    n = 2_000
+    record = encode_readings_record("p1", [glucose([100.0 + k / 10 for k in range(n)], [T0] * n)])
+    try:
+        await pipe.handle([record], checkpoint=False)
+    finally:
+        await pipe.sink.close()
+    assert stored(influx_url, influx_db) == [100.0]
+    [letter] = out.letters
+    entry = read_entry(orjson.dumps(letter), partition=0, offset=0)
+    assert isinstance(entry, DeadLetter) and entry.intact and entry.size <= len(record)
+    assert pipe.stats.deadlettered == 1
+    assert values_of(letter) == [100.0 + k / 10 for k in range(1, n)]
 
 
 async def test_an_exact_repeat_is_no_conflict(influx_url: str, influx_db: str) -> None:
