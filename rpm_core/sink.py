@@ -323,14 +323,8 @@ class InfluxSink:
         except SinkLimitError as exc:
             self.stats.limit = self._limit_text(exc)
             return
-        except SinkRejectedError as exc:
-            # Refused for another reason (e.g. the line is now older than the retention policy): it
-            # says nothing about the limit, which is still said; the next remembered line to come
-            # becomes the one to try (see _write_chunk).
-            _LOGGER.warning("InfluxDB refused the line kept to recheck its limit for another reason (%s); "
-                            "rechecking with the next refused line", exc)
-            self._sample = None
-            return
+        except SinkRejectedError:
+            pass
         _LOGGER.warning("InfluxDB takes points it refused for a limit again: %d tag values and %d series forgotten",
                         len(self._values), len(self._series))
         self._values.clear()
@@ -403,10 +397,6 @@ class InfluxSink:
         rejected, pending = self._known(lines)
         self.stats.rejected_lines += len(rejected)
         self.stats.limit_refused += len(rejected)
-        if rejected:  # the newest refused line is the one to recheck the limit with
-            if self._sample is None:
-                self._recheck_at = time.monotonic() + RECHECK_S
-            self._sample = rejected[-1][0]
         while pending:
             try:
                 await self._write_retrying(join_lines(pending))

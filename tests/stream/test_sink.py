@@ -455,32 +455,6 @@ async def test_what_the_sink_remembers_is_bounded() -> None:
     await sink.close()
 
 
-async def test_a_recheck_refused_for_another_reason_keeps_the_limit_said(limited_influx: str) -> None:
-    """The line kept to recheck the limit can be refused for another reason (older than the
-    retention policy by then, say): that says nothing about the limit. The warning stays (it used to
-    clear, and the refused devices' memory was forgotten), and the next refused line is tried."""
-    db = f"lim_{time.time_ns()}"
-    influx_query(limited_influx, f'CREATE DATABASE "{db}"')
-    sink = make_sink(url=limited_influx, db=db)
-    try:
-        with patch("rpm_core.sink.RECHECK_S", 0.0):
-            await sink.write(device_lines(range(LIMIT), 1))
-            assert len(await sink.write(device_lines(range(LIMIT + 1), 1))) == 1
-            sink._sample = "vitals,device=d0 value="  # refused as unparseable, not for the limit
-            await sink.recheck_due()
-            assert sink.stats.limit is not None, "another refusal says nothing about the limit"
-            refused = await sink.write(device_lines(range(LIMIT, LIMIT + 1), 2))
-            assert len(refused) == 2 and "max-values-per-tag" in refused[0][1]
-            await sink.recheck_due()
-            assert sink.stats.limit is not None, "still refused: still said"
-            influx_query(limited_influx, f'DROP DATABASE "{db}"')  # the limit no longer refuses the device
-            influx_query(limited_influx, f'CREATE DATABASE "{db}"')
-            await sink.recheck_due()
-        assert sink.stats.limit is None
-    finally:
-        await sink.close()
-
-
 async def test_the_influxdb_rpm_starts_indexes_series_on_disk_with_tsi1(influx: ServiceProcess, influx_url: str,
                                                                          influx_db: str) -> None:
     """Series creation is what InfluxDB spends its CPU on when many patients are new (issue 20's 2x
