@@ -100,7 +100,8 @@ class Conflicts:
     """Samples of one batch that repeat an earlier sample's patient, metric, device and time with
     another value or other flags: ``dropped[i]`` (a position in the batch given to
     :meth:`Engine.process`) was not judged, ``kept[i]`` (the first of them) was. Whoever stores the
-    batch must store the kept value too, or the chart and the alerts disagree."""
+    batch must leave the dropped samples out (InfluxDB keeps the last write of a series and time,
+    and merges its fields), or the chart and the alerts disagree."""
 
     kept: IntArray
     dropped: IntArray

@@ -276,12 +276,6 @@ class Pipeline:
             self._resets.popleft()
         return list(dict.fromkeys(p for _t, p in reversed(self._resets))), len(self._resets)
 
-    def recent_patients(self, hold_s: float) -> dict[str, float]:
-        """The patients a reading of whom arrived within the last ``hold_s`` (this pipeline's clock),
-        with when."""
-        cutoff = self._clock() - hold_s
-        return {p: t for p, t in self.last_seen.items() if t >= cutoff}
-
     def checkpoint(self) -> None:
         """Store the state of every patient whose state changed (outputs delivered first!)."""
         self._checkpoint()

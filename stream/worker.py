@@ -83,12 +83,16 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
     reset, reset_count = pipeline.recent_resets(STATE_RESET_HOLD_S)
     healthy = body["running"] and body["progressing"] and body["configured"]
     wards: dict[str, float] = {}
+    unassigned: list[tuple[float, str]] = []  # on no ward of the roster (none without one), lately
+    cutoff = pipeline.now() - UNASSIGNED_HOLD_S
     for patient, t in pipeline.last_seen.items():
         ward = ward_of.get(patient, ALL_WARD if not ward_of else None)
-        if ward is not None and t > wards.get(ward, 0.0):
+        if ward is None:
+            if t >= cutoff:
+                unassigned.append((t, patient))
+        elif t > wards.get(ward, 0.0):
             wards[ward] = t
-    unassigned = sorted(((t, p) for p, t in pipeline.recent_patients(UNASSIGNED_HOLD_S).items()
-                         if p not in ward_of), reverse=True) if ward_of else []  # no roster: one ward
+    unassigned.sort(reverse=True)
     return Heartbeat(component="worker", instance=instance, time=time.time(), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=body["problem"],
                      partitions=tuple(sorted(status.partitions)) if status.recovered else (),
