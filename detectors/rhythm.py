@@ -287,10 +287,9 @@ def _repeats(rr: FloatArray) -> BoolArray:
     lags alike, ratio ~1).
     """
     x = rr / np.median(rr, axis=1, keepdims=True)
-    everything = np.ones(x.shape, np.bool_)
-    lag1 = af_model.masked_median(np.abs(np.diff(x, axis=1)), everything[:, 1:])
-    lags = np.stack([af_model.masked_median(np.abs(x[:, k:] - x[:, :-k]), everything[:, k:])
-                     for k in range(2, af_model.MAX_LAG + 1)], axis=1)
+    lag1 = np.median(np.abs(np.diff(x, axis=1)), axis=1)
+    lags = np.stack([np.median(np.abs(x[:, k:] - x[:, :-k]), axis=1) for k in range(2, af_model.MAX_LAG + 1)],
+                    axis=1)
     repeating: BoolArray = lags.min(axis=1) < REPEAT_RATIO * lag1
     return repeating
 
