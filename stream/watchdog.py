@@ -172,7 +172,7 @@ class Watchdog:
         in_grace = now - self.started_at < self.config.startup_grace_s
         for key, cond in conditions.items():
             if key in self.active:
-                if not set(cond.names) - _named_in(self.active[key].message):
+                if not cond.names or not set(cond.names) - _named_in(self.active[key].message):
                     continue
                 out.append(self.active.pop(key).cleared(now))  # the list grew: told again, whole
             first = self._pending.setdefault(key, now)
