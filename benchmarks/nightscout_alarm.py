@@ -6,14 +6,19 @@ Reproduce (needs the ``eval`` extra, simglucose; traces cached as in ``evaluate_
     .venv/bin/python benchmarks/nightscout_alarm.py --seeds 909 --sensor Dexcom
     .venv/bin/python benchmarks/nightscout_alarm.py --seeds 1 101 202 303 --where   # where it is earlier
     .venv/bin/python benchmarks/nightscout_alarm.py --seeds 1 101 202 --low-soon 70 30 0.5   # a candidate added
+    .venv/bin/python benchmarks/nightscout_alarm.py --seeds 1 101 202 303 --low-soon 70 40 0.5 --arm 3 70  # armed
 
 ``--low-soon LEVEL HORIZON CONFIRM`` adds to our rules a warning-level ``glucose_low_soon``: the
 Kalman forecast of ``glucose_urgent_low_soon`` (same model, margin, window and damping) predicting
 blood glucose < LEVEL mg/dL within HORIZON min while the filtered rate falls at CONFIRM mg/dL/min
-or faster; ``--low-for MIN`` holds ``glucose_low``'s level 1 (< 70) that long. Neither is a
-default (benchmarks/RESULTS.md, "Glucose, eighth round"). The last lines give 95 % bootstrap
+or faster; ``--low-for MIN`` holds ``glucose_low``'s level 1 (< 70) that long; ``--arm HOURS BELOW`` arms the
+``--low-soon`` forecast per patient: an alert of it counts only when the patient's own CGM read
+< BELOW mg/dL within the HOURS before its raise (emulated afterwards from the trace's CGM readings,
+which the live rule would have seen: no blood glucose, nothing from the future). None is a default
+(benchmarks/RESULTS.md, "Glucose, eighth round" and "ninth round"). The last lines give 95 % bootstrap
 intervals (over traces, 2000 resamples) of the pooled median lead and non-actionable (no BG < 70)
-rate, ours against the shipped alarm.
+rate, ours against the shipped alarm; with a candidate, also the default rules on the same traces and
+the paired interval of the candidate's difference from them.
 
 ``evaluate_glucose_rules.py``'s anchor alarms when AR2's forecast crosses 55 mg/dL within 20 min.
 Nightscout's ``ar2`` plugin (cgm-remote-monitor ``lib/plugins/ar2.js``) does not alarm on a
@@ -157,24 +162,51 @@ def candidate(rules: RuleSet, low_soon: list[float] | None, low_for_min: float) 
     return RuleSet(rules=tuple(out))
 
 
+def armed(
+    trace: Trace, alerts: list[tuple[str, str, float, float]], arm: list[float] | None
+) -> list[tuple[str, str, float, float]]:
+    """``alerts`` without the ``glucose_low_soon`` ones raised while the patient was not armed: no CGM
+    reading < ``arm[1]`` mg/dL within the ``arm[0]`` hours before the raise (``None``: all kept)."""
+    if arm is None:
+        return alerts
+    hours, below = arm
+    low_t = trace.t[trace.cgm < below]
+
+    def ok(raised: float) -> bool:
+        return bool(((low_t < raised) & (low_t >= raised - hours * 3600.0)).any())
+
+    return [a for a in alerts if a[0] != "glucose_low_soon" or ok(a[2])]
+
+
 def pooled_intervals(per_trace: dict[str, list[tuple[list[float], int, float]]], n: int = 2000) -> None:
-    """95 % bootstrap intervals over traces of the median lead and non-actionable (< 70) lows per patient-day."""
+    """95 % bootstrap intervals over traces of the median lead and non-actionable (< 70) lows per patient-day;
+    with a "default" entry (a candidate was given) also of the candidate's difference from it (paired)."""
     rng = np.random.default_rng(0)
     size = len(next(iter(per_trace.values())))
     picks = [rng.integers(0, size, size) for _ in range(n)]
     print()
+    draws: dict[str, tuple[list[float], list[float]]] = {}
     for name, rows in per_trace.items():
         medians, rates = [], []
         for pick in picks:
             lead = np.array([x for i in pick for x in rows[i][0]])
             medians.append(float(np.nanmedian(lead)) if (~np.isnan(lead)).any() else float("nan"))
             rates.append(sum(rows[i][1] for i in pick) / sum(rows[i][2] for i in pick))
+        draws[name] = (medians, rates)
         pooled = np.array([x for r in rows for x in r[0]])
         rate = sum(r[1] for r in rows) / sum(r[2] for r in rows)
         print(
             f"{name}: median lead {np.nanmedian(pooled):g} min (95 % CI {np.nanpercentile(medians, 2.5):g}-"
             f"{np.nanpercentile(medians, 97.5):g}); non-actionable (no BG < 70) {rate:.2f} / pt-day"
             f" ({np.percentile(rates, 2.5):.2f}-{np.percentile(rates, 97.5):.2f})"
+        )
+    if "default" in draws:
+        lead = np.array(draws["ours"][0]) - np.array(draws["default"][0])
+        rate = np.array(draws["ours"][1]) - np.array(draws["default"][1])
+        print(
+            f"ours - default, paired: median lead 95 % CI ({np.nanpercentile(lead, 2.5):g}, "
+            f"{np.nanpercentile(lead, 97.5):g}) min; non-actionable (no BG < 70) ({np.percentile(rate, 2.5):+.3f}, "
+            f"{np.percentile(rate, 97.5):+.3f}) / pt-day"
         )
 
 
@@ -188,23 +220,32 @@ def main() -> int:
     parser.add_argument("--where", action="store_true", help="also: where the shipped alarm is earlier, and why")
     parser.add_argument("--low-soon", type=float, nargs=3, metavar=("LEVEL", "HORIZON", "CONFIRM"))
     parser.add_argument("--low-for", type=float, default=0.0, metavar="MIN")
+    parser.add_argument("--arm", type=float, nargs=2, metavar=("HOURS", "BELOW"))
     args = parser.parse_args()
     full = load_rules(ROOT / args.rules)
     rules = RuleSet(rules=tuple(r for r in full.rules if r.metric == "glucose" and r.device_prefix is None))
     ours_rules = candidate(rules, args.low_soon, args.low_for)
     low_rules = (*LOW_RULES, "glucose_low_soon")
     per_trace: dict[str, list[tuple[list[float], int, float]]] = {"ours": [], "shipped AR2": []}
+    changed = args.low_soon is not None or args.low_for > 0
+    if changed:
+        per_trace["default"] = []
     names = ("ours", "our anchor", "shipped AR2")
     groups: dict[str, dict[str, list[float]]] = {}
     both: list[tuple[float, float, str, float, float, float, bool]] = []
     for seed in args.seeds:
         traces = load_traces(args.days, cache_path(seed, args.sensor), PATIENTS, seed, args.sensor)
         raised = {"ours": raised_events(ours_rules, traces), "our anchor": raised_events(nightscout(rules), traces)}
+        if changed:
+            raised["default"] = raised_events(rules, traces)
         for tr in traces:
+            raised["ours"][tr.patient] = armed(tr, raised["ours"][tr.patient], args.arm)
             lows = runs(tr.t, tr.bg < 54)
             spans = {n: [(a, b) for r, _, a, b in raised[n][tr.patient] if r in low_rules] for n in names[:2]}
             forecast_low = shipped_ar2_low(tr.t, tr.cgm)
             spans["shipped AR2"] = spans_of(tr.t, forecast_low | (tr.cgm < LOW_ALARM))
+            if changed:
+                spans["default"] = [(a, b) for r, _, a, b in raised["default"][tr.patient] if r in low_rules]
             ours_all = [(a, b, r) for r, _, a, b in raised[names[0]][tr.patient] if r in low_rules]
             pairs = zip(lows, leads(lows, spans[names[0]]), leads(lows, spans[names[2]]), strict=True)
             for (onset, end), our_lead, their_lead in pairs:

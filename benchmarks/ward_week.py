@@ -134,6 +134,14 @@ def main() -> int:
         default=None,
         help="glucose_high_soon's model with KalmanParams.accel_min (mg/dL/min per min; RESULTS.md, seventh round)",
     )
+    parser.add_argument(
+        "--arm",
+        type=float,
+        nargs=2,
+        metavar=("HOURS", "BELOW"),
+        help="keep a glucose_low_soon alert (a --rules candidate) only when the patient's CGM read < BELOW within"
+        " HOURS before it (emulated per-patient arming; RESULTS.md, ninth round)",
+    )
     args = parser.parse_args()
 
     if args.high_accel_min is not None:
@@ -173,6 +181,15 @@ def main() -> int:
                 alerts[event.alert_id][2].add(event.severity)
             elif event.state == "cleared" and event.alert_id in alerts:
                 alerts[event.alert_id][4] = event.time - T0
+    if args.arm is not None:
+        hours, below = args.arm
+        cgm_of = {name: (tr.t - T0, tr.cgm) for name, tr in zip(names[12:], cgm, strict=False)}
+
+        def armed(patient: str, raised: float) -> bool:
+            t, v = cgm_of[patient]
+            return bool(((v < below) & (t < raised) & (t >= raised - hours * 3600.0)).any())
+
+        alerts = {k: a for k, a in alerts.items() if a[1] != "glucose_low_soon" or armed(a[0], a[3])}
     report(alerts, events, args.days)
     return 0
 

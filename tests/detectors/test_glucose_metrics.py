@@ -19,7 +19,7 @@ import pytest
 from benchmarks.evaluate_glucose import alert_times, forecast_rule, score
 from benchmarks.evaluate_glucose_rules import leads, nightscout, outcome, raised_events, runs, summary
 from benchmarks.glucose_traces import Trace
-from benchmarks.nightscout_alarm import LOW_ALARM, candidate, non_actionable, shipped_ar2_low, spans_of
+from benchmarks.nightscout_alarm import LOW_ALARM, armed, candidate, non_actionable, shipped_ar2_low, spans_of
 from detectors import Engine, RuleSet, forecast
 from detectors.rules import ForecastRule
 from rpm_core.rules import load_rules
@@ -102,6 +102,40 @@ def test_shipped_ar2_alarm_and_the_low_soon_candidate(traces: list[Trace]) -> No
     assert not np.isnan(default).any() and float(np.median(default)) == 60.0 and default_na == 5
     assert all(c >= d for c, d in zip(cand, default, strict=True))
     assert sum(c > d for c, d in zip(cand, default, strict=True)) == 5 and cand_na == 6
+
+
+def test_per_patient_arming_of_the_low_soon_candidate(traces: list[Trace]) -> None:
+    """Issue 17, ninth round: `--arm 3 70` keeps a `glucose_low_soon` alert only when the patient's CGM
+    read < 70 mg/dL within the 3 h before its raise. It only removes that rule's alerts (25 -> 10 here),
+    every low stays alerted, and its non-actionable lows fall 11 -> 6 (the default: 5)."""
+    low_rules = ("glucose_low", "glucose_urgent_low_soon", "glucose_falling_fast", "glucose_low_soon")
+    raised = raised_events(candidate(glucose_rules(), [70.0, 40.0, 0.5], 0.0), traces)
+    kept = {tr.patient: armed(tr, raised[tr.patient], [3.0, 70.0]) for tr in traces}
+    for tr in traces:
+        others = [a for a in raised[tr.patient] if a[0] != "glucose_low_soon"]
+        assert [a for a in kept[tr.patient] if a[0] != "glucose_low_soon"] == others
+        assert set(kept[tr.patient]) <= set(raised[tr.patient])
+    counts = [sum(a[0] == "glucose_low_soon" for tr in traces for a in x[tr.patient]) for x in (raised, kept)]
+    assert counts == [25, 10]
+    lead, na = low_outcome(traces, [[(a, b) for r, _, a, b in kept[tr.patient] if r in low_rules] for tr in traces])
+    assert not np.isnan(lead).any() and float(np.median(lead)) == 60.0 and na == 6
+
+
+def test_arming_reads_only_the_cgm_before_the_raise() -> None:
+    """The emulated arming is causal: readings at or after a raise, and blood glucose, never arm it."""
+    t = T0 + 300.0 * np.arange(100)
+    cgm = np.full(100, 120.0)
+    cgm[10] = 65.0  # 4.2 h before the alert at index 60: outside a 3-h arming, inside a 6-h one
+    cgm[60:] = 50.0  # the low itself, from the raise on
+    tr = Trace("p", t, cgm, np.full(100, 40.0))
+    alert = [
+        ("glucose_low_soon", "warning", float(t[60]), float(t[70])),
+        ("glucose_low", "warning", float(t[61]), float(t[80])),
+    ]
+    assert armed(tr, alert, [3.0, 70.0]) == alert[1:]
+    assert armed(tr, alert, [6.0, 70.0]) == alert
+    assert armed(tr, alert, [6.0, 60.0]) == alert[1:]
+    assert armed(tr, alert, None) == alert
 
 
 def test_default_forecast_against_ar2(traces: list[Trace]) -> None:
