@@ -40,7 +40,7 @@ from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
-FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFG")}
+FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGH")}
 BINS: dict[str, tuple[float, ...]] = {
     "cv": (0.0, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30, 0.40, 1.0),
     "hr": (0.0, 60.0, 80.0, 100.0, 130.0, 1000.0),
