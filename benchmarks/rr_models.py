@@ -156,6 +156,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.special import erf
 from scipy.special import gamma as gamma_fn
 
 Rng = np.random.Generator
@@ -356,6 +357,54 @@ def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
         if draw < 2 / 3:
             return a_sinus_breaths(n, rng)
     return with_ectopy(kind, a_sinus(n, rng, young=kind == "sinus young"), rng, a_ectopy, a_geminy)
+
+
+def a_af_correlated(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Family A's AF laws with a lag-1 correlation of -0.6..0.5 (training data only, issue 17 ninth round).
+
+    The same marginals as :func:`a_af` (normal, floor plus exponential, log-normal; the same CV and
+    rates) through a Gaussian copula of an AR(1): concealed conduction alternates long and short
+    intervals (negative), a slowly varying rate makes neighbours alike (positive).
+    """
+    mean = 60.0 / rng.uniform(60, 140)
+    cv = rng.uniform(0.055, 0.12) if low else rng.uniform(0.15, 0.3)
+    rho = rng.uniform(-0.6, 0.5)
+    z = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, 1, n + 50))[50:]
+    shape = rng.random()
+    if shape < 0.4:
+        return np.asarray(np.clip(mean * (1 + cv * z), 0.25, 2.0))
+    if shape < 0.7:
+        wait = cv * mean
+        u = np.clip(0.5 * (1 + erf(z / np.sqrt(2))), 1e-12, 1 - 1e-12)
+        return np.asarray(np.clip(mean - wait - wait * np.log1p(-u), 0.25, 2.0))
+    sigma = np.sqrt(np.log(1 + cv * cv))
+    return np.asarray(np.clip(mean * np.exp(sigma * z - sigma * sigma / 2), 0.25, 2.0))
+
+
+def a_sinus_fast_breathing(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young at 2-3.5 beats a breath (training data only, ninth round).
+
+    Family A's RSA in beats (:func:`a_sinus`, young) with a breath of 2.0-3.5 beats: sampled that
+    coarsely, breathing alternates long and short intervals (lag-1 correlation < 0), as serially
+    correlated AF does, but as a narrow spectral line.
+    """
+    mean = rng.uniform(0.8, 1.3)
+    amp = rng.uniform(0.05, 0.16)
+    beats = np.arange(n)
+    amp = amp * (1 + rng.uniform(0, 0.4) * np.sin(2 * np.pi * beats / rng.uniform(20, 80)))
+    breath = rng.uniform(2.0, 3.5)
+    period = breath * (1 + 0.1 * np.cumsum(rng.normal(0, 0.05, n)).clip(-3, 3) / 3)
+    phase = 2 * np.pi * np.cumsum(1 / period) + rng.uniform(0, 6.3)
+    drift = np.cumsum(rng.normal(0, 0.002, n))
+    noise = rng.normal(0, rng.uniform(0.003, 0.02), n)
+    return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
+
+
+def a_background_augmented(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family A's rhythms with the young breathing at 2-3.5 beats a breath (training data only)."""
+    if kind == "sinus young":
+        return a_sinus_fast_breathing(n, rng)
+    return a_background(kind, n, rng)
 
 
 # ---- family B ------------------------------------------------------------------------------------
@@ -1595,6 +1644,8 @@ FAMILIES: dict[str, Family] = {
     "F": (f_background, f_af, f_errors),
     "G": (g_background, g_af, g_errors),
     "H": (h_background, h_af, h_errors),
+    # training data only (benchmarks/train_af.py, family A's training seeds): never evaluated
+    "A-augmented": (a_background_augmented, a_af_correlated, a_errors),
 }
 
 
