@@ -58,15 +58,18 @@ def whitened_flatness(centred: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return flatness
 
 
+SHIPPED_FEATURES = af_model.features  # bound at import: af_bins.installed swaps af_model.features
+
+
 def features(rr: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """``af_model.features`` and a fourteenth column, ``log_flatness`` (log whitened spectral flatness)."""
+    """The shipped thirteen features and a fourteenth, ``log_flatness`` (log whitened spectral flatness)."""
     x = rr / np.median(rr, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         n = keep.sum(axis=1)
         mean = np.where(keep, x, 0.0).sum(axis=1) / n
         centred = np.where(keep, x - mean[:, None], 0.0)
         flatness = np.log(whitened_flatness(centred, keep) + 1e-3)
-    return np.hstack([af_model.features(rr, keep), flatness[:, None]])
+    return np.hstack([SHIPPED_FEATURES(rr, keep), flatness[:, None]])
 # columns, A-augmented recordings per cell, more of its young rhythm (train_af.training_windows)
 CANDIDATES: dict[str, tuple[tuple[int, ...], int, int]] = {
     "c14": (ALL, 0, 0),  # the whitened flatness alone, main's training data
