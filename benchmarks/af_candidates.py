@@ -113,15 +113,17 @@ def fitted(columns: tuple[int, ...], augmented: int, young: int, per_cell: int) 
 def main() -> int:
     """Fit the candidates, register them and the base model, run ``af_bins`` with them."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--candidates", nargs="+", default=["c14a"], choices=sorted(CANDIDATES))
+    parser.add_argument("--candidates", nargs="+", default=["c14a"],
+                        help=f"of {sorted(CANDIDATES)}, each optionally with af_bins variant parts (c14a+thr:0.6)")
     parser.add_argument("--base-rev", default="08d2710")
     parser.add_argument("--per-cell", type=int, default=2)
+    parser.add_argument("--base-variants", nargs="*", default=[], help="more variants of the base (model:base+thr:0.6)")
     args, rest = parser.parse_known_args()
     af_bins.MODELS["base"] = base_model(args.base_rev)
-    for name in args.candidates:
+    for name in {c.split("+")[0] for c in args.candidates}:
         columns, augmented, young = CANDIDATES[name]
         af_bins.MODELS[name] = fitted(columns, augmented, young, args.per_cell)
-    variants = ["model:base", *(f"model:{name}" for name in args.candidates)]
+    variants = ["model:base", *args.base_variants, *(f"model:{name}" for name in args.candidates)]
     return af_bins.main([*rest, "--variants", *variants])
 
 
