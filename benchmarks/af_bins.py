@@ -13,7 +13,9 @@ Each family's seeds are ``base + 1000 * k + seed`` (A 2600.., B 3600.., ... G 86
 (the model's window threshold P), ``for:S`` (persistence S seconds), ``clear:S`` (the rule's clear
 time), ``cool:S`` (its cooldown), ``nofallback`` (the model's windows emptied by its beat-error
 filter left unknown, as before the seventh round, instead of judged by the Dash criteria),
-combinable with ``+`` (``thr:0.4+for:60``).
+``model:NAME`` (the window classifier's features and constants swapped for those registered in
+:data:`MODELS` under NAME, by ``benchmarks/af_candidates.py``: several models on the same
+recordings in one process), combinable with ``+`` (``thr:0.4+for:60``).
 
 Per AF episode the bins use the paroxysm's own intervals before beat errors
 (``Recording.af_rr``): coefficient of variation, mean rate, length; and, with the recording's beat
@@ -24,9 +26,11 @@ window around each (the filter's view of "beat errors", AF's own outliers includ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +44,44 @@ from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
-FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFG")}
+FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGH")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A window classifier: which columns of ``af_model.features`` it uses, and its fitted constants."""
+
+    columns: tuple[int, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # None: af_model.features
+
+
+MODELS: dict[str, Model] = {}  # model:NAME variants (benchmarks/af_candidates.py registers them)
+
+
+@contextlib.contextmanager
+def installed(model: Model | None) -> Iterator[None]:
+    """``af_model`` computing ``model``'s columns with its constants, restored afterwards."""
+    if model is None:
+        yield
+        return
+    names = ("features", "MEAN", "SCALE", "WEIGHTS", "BIAS")
+    saved = {name: getattr(af_model, name) for name in names}
+    every = model.features or saved["features"]
+
+    def chosen(rr: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        return np.asarray(every(rr, keep)[:, list(model.columns)])
+
+    for name, value in zip(names, (chosen, model.mean, model.scale, model.weights, model.bias), strict=True):
+        setattr(af_model, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(af_model, name, value)
 BINS: dict[str, tuple[float, ...]] = {
     "cv": (0.0, 0.06, 0.08, 0.10, 0.12, 0.15, 0.20, 0.30, 0.40, 1.0),
     "hr": (0.0, 60.0, 80.0, 100.0, 130.0, 1000.0),
@@ -55,7 +96,7 @@ def variant(name: str) -> tuple[RhythmRule, float]:
     assert isinstance(rule, RhythmRule)
     threshold = float(af_model.THRESHOLD)
     for part in name.split("+"):
-        if part in ("default", "nofallback"):
+        if part in ("default", "nofallback") or part.startswith("model:"):
             continue
         if part == "dash":
             level = dataclasses.replace(rule.levels[0], for_s=30.0)
@@ -97,14 +138,14 @@ def episode_stats(rec: Recording) -> dict[str, float]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Print per-bin sensitivity and the operating points of each variant per family."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", nargs="+", default=["A", "B", "C", "D"])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     parser.add_argument("--base", type=int, default=2600)
     parser.add_argument("--variants", nargs="+", default=["default", "dash"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows: list[dict[str, object]] = []
     segments: dict[tuple[str, str], list[bool]] = {}
     outcomes: dict[tuple[str, str], list[Outcome]] = {}
@@ -118,8 +159,10 @@ def main() -> int:
                 saved = af_model.THRESHOLD
                 af_model.THRESHOLD = threshold  # type: ignore[misc]
                 rhythm.FALLBACK_DASH = "nofallback" not in name.split("+")
+                model = next((MODELS[p[6:]] for p in name.split("+") if p.startswith("model:")), None)
                 try:
-                    results[name] = run(rule, recordings)
+                    with installed(model):
+                        results[name] = run(rule, recordings)
                 finally:
                     af_model.THRESHOLD = saved  # type: ignore[misc]
                     rhythm.FALLBACK_DASH = True

@@ -170,7 +170,7 @@ def table(outcomes: list[Outcome]) -> None:
 def main() -> int:
     """Print the per-episode evaluation of one rule on one family's seeds."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="A", choices=("A", "B", "C", "D", "E", "F", "G"))
+    parser.add_argument("--family", default="A", choices=("A", "B", "C", "D", "E", "F", "G", "H"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[2000])
     parser.add_argument("--per-cell", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=40.0)

@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in seven independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in eight independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -120,6 +120,33 @@ only the generator's own statistics were looked at while writing it; held out):
   0.12-0.45, rate-controlled 50-100 bpm at CV 0.06-0.10;
 - beat errors: a patch / watch's missed beats (isolated and runs of 2-3), doubled detections
   40-200 ms apart, and motion artefacts (bursts of 3-15 s of detections at random times).
+
+Family H (written for issue 17's ninth round before any of its changes, committed on its own;
+only the generator's own statistics were looked at while writing it; held out, never tuned on):
+
+- sinus: the mean rate drifts with activity (piecewise-linear ramps of +-5-20 % over 1-6 min)
+  and a slow wander; respiration in time, phase-coupled to the heart beat (cardiorespiratory
+  coordination: a breath tends to start a fixed number of beats after the last, so the beats per
+  breath lock to small integers for tens of seconds and slip between them); older adults RSA
+  +-0.5-4 % at 55-100 bpm; ``young``: children (75-120 bpm, 18-40 breaths a minute: 2-5 beats a
+  breath) or athletes (42-62 bpm, 8-16 breaths a minute), RSA +-4-15 %, with its depth and
+  the respiratory waveform's second harmonic changing breath to breath;
+- ectopy: ventricular premature beats followed by heart-rate turbulence (the sinus cycles after
+  the compensatory pause shorten by 1-4 % for ~3 beats, then lengthen by 1-5 % over ~10),
+  atrial premature beats with a non-compensatory pause (x1.05-1.4 of the cycle), late junctional
+  escape beats (x1.15-1.35), runs of 3-5 (non-sustained tachycardia at 0.55-0.7 of the cycle);
+  the coupling is a fixed time (ms), not a ratio, so it moves with the drifting rate; bigeminy /
+  trigeminy with turbulence after each pause, interrupted every 20-200 beats by a few sinus
+  beats;
+- AF: an episode made of regimes of 20-180 s, each with its own lag-1 correlation (-0.6..0.5:
+  concealed conduction alternating long and short, or a slowly varying rate) and its own
+  variability (x0.7-1.3), Student-t intervals (4-10 degrees of freedom: heavy tails, not
+  normal), a trend of the mean rate over the episode (+-0-30 %: rate control taking effect or
+  failing) and a slow wander; AF CV 0.10-0.30 at 60-160 bpm, rate-controlled CV 0.06-0.12 at
+  50-100 bpm;
+- beat errors: a PPG's: Gaussian pulse-timing jitter of 5-25 ms on every beat time (which
+  makes the intervals' errors anti-correlated), missed beats in runs (low perfusion, 0.5-3 %
+  of beats, runs of 1-4), false peaks in motion (0.2-1 %, at 30-70 % of an interval).
 """
 
 from __future__ import annotations
@@ -129,6 +156,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import lfilter
+from scipy.special import erf
 from scipy.special import gamma as gamma_fn
 
 Rng = np.random.Generator
@@ -329,6 +357,54 @@ def a_background(kind: str, n: int, rng: Rng) -> FloatArray:
         if draw < 2 / 3:
             return a_sinus_breaths(n, rng)
     return with_ectopy(kind, a_sinus(n, rng, young=kind == "sinus young"), rng, a_ectopy, a_geminy)
+
+
+def a_af_correlated(n: int, rng: Rng, low: bool) -> FloatArray:
+    """Family A's AF laws with a lag-1 correlation of -0.6..0.5 (training data only, issue 17 ninth round).
+
+    The same marginals as :func:`a_af` (normal, floor plus exponential, log-normal; the same CV and
+    rates) through a Gaussian copula of an AR(1): concealed conduction alternates long and short
+    intervals (negative), a slowly varying rate makes neighbours alike (positive).
+    """
+    mean = 60.0 / rng.uniform(60, 140)
+    cv = rng.uniform(0.055, 0.12) if low else rng.uniform(0.15, 0.3)
+    rho = rng.uniform(-0.6, 0.5)
+    z = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], rng.normal(0, 1, n + 50))[50:]
+    shape = rng.random()
+    if shape < 0.4:
+        return np.asarray(np.clip(mean * (1 + cv * z), 0.25, 2.0))
+    if shape < 0.7:
+        wait = cv * mean
+        u = np.clip(0.5 * (1 + erf(z / np.sqrt(2))), 1e-12, 1 - 1e-12)
+        return np.asarray(np.clip(mean - wait - wait * np.log1p(-u), 0.25, 2.0))
+    sigma = np.sqrt(np.log(1 + cv * cv))
+    return np.asarray(np.clip(mean * np.exp(sigma * z - sigma * sigma / 2), 0.25, 2.0))
+
+
+def a_sinus_fast_breathing(n: int, rng: Rng) -> FloatArray:
+    """Sinus arrhythmia of the young at 2-3.5 beats a breath (training data only, ninth round).
+
+    Family A's RSA in beats (:func:`a_sinus`, young) with a breath of 2.0-3.5 beats: sampled that
+    coarsely, breathing alternates long and short intervals (lag-1 correlation < 0), as serially
+    correlated AF does, but as a narrow spectral line.
+    """
+    mean = rng.uniform(0.8, 1.3)
+    amp = rng.uniform(0.05, 0.16)
+    beats = np.arange(n)
+    amp = amp * (1 + rng.uniform(0, 0.4) * np.sin(2 * np.pi * beats / rng.uniform(20, 80)))
+    breath = rng.uniform(2.0, 3.5)
+    period = breath * (1 + 0.1 * np.cumsum(rng.normal(0, 0.05, n)).clip(-3, 3) / 3)
+    phase = 2 * np.pi * np.cumsum(1 / period) + rng.uniform(0, 6.3)
+    drift = np.cumsum(rng.normal(0, 0.002, n))
+    noise = rng.normal(0, rng.uniform(0.003, 0.02), n)
+    return np.asarray(mean * (1 + amp * np.sin(phase) + drift - drift.mean() + noise))
+
+
+def a_background_augmented(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family A's rhythms with the young breathing at 2-3.5 beats a breath (training data only)."""
+    if kind == "sinus young":
+        return a_sinus_fast_breathing(n, rng)
+    return a_background(kind, n, rng)
 
 
 # ---- family B ------------------------------------------------------------------------------------
@@ -1388,6 +1464,177 @@ def g_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return with_ectopy(kind, g_sinus(n, rng, young=kind == "sinus young"), rng, g_ectopy, g_geminy)
 
 
+# ---- family H ------------------------------------------------------------------------------------
+
+
+def _h_drift(n: int, rng: Rng, mean: float) -> FloatArray:
+    """Per beat, the mean interval moved by activity ramps (+-5-20 % over 1-6 min) and a wander."""
+    level = np.empty(n)
+    i, value = 0, 0.0
+    while i < n:
+        beats = max(int(rng.uniform(60, 360) / mean), 2)
+        target = rng.uniform(-0.2, 0.2) if rng.random() < 0.5 else rng.uniform(-0.05, 0.05)
+        seg = np.linspace(value, target, beats)
+        level[i : i + beats] = seg[: n - i]
+        i, value = i + beats, target
+    wander = lfilter([0.02], [1.0, -0.98], rng.normal(0, 1, n)) * rng.uniform(0.005, 0.02) / 0.07
+    return np.asarray(mean * (1 + level + wander))
+
+
+def h_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Sinus rhythm with activity drift and respiration phase-coupled to the beats (module docstring)."""
+    if young:
+        child = rng.random() < 0.5
+        hr = rng.uniform(75, 120) if child else rng.uniform(42, 62)
+        breaths = rng.uniform(18, 40) if child else rng.uniform(8, 16)
+        rsa = rng.uniform(0.04, 0.15)
+    else:
+        hr = rng.uniform(55, 100)
+        breaths = rng.uniform(10, 22)
+        rsa = rng.uniform(0.005, 0.04)
+    base = _h_drift(n, rng, 60.0 / hr)
+    per_breath = hr / breaths  # beats per breath before coupling
+    coupling = rng.uniform(0.3, 0.9)  # how strongly a breath's length locks to a whole number of beats
+    harmonic = rng.uniform(0.0, 0.5)
+    noise = rng.normal(0, rng.uniform(0.002, 0.012), n)
+    rr = np.empty(n)
+    phase, depth, second = rng.uniform(0, 1), 1.0, harmonic
+    length = per_breath
+    for i in range(n):
+        wave = np.sin(2 * np.pi * phase) + second * np.sin(4 * np.pi * phase + 1.0)
+        rr[i] = base[i] * (1 + rsa * depth * wave / (1 + harmonic)) + noise[i]
+        phase += 1.0 / length
+        if phase >= 1.0:  # a new breath: its length in beats, drawn towards a whole number
+            phase -= 1.0
+            free = per_breath * float(np.exp(rng.normal(0, 0.15)))
+            length = max((1 - coupling) * free + coupling * max(round(free), 2), 1.6)
+            depth = float(np.clip(rng.normal(1, 0.25), 0.3, 1.8))
+            second = harmonic * rng.uniform(0.5, 1.5)
+    return np.asarray(np.clip(rr, 0.3, 2.5))
+
+
+def _h_turbulence(rr: FloatArray, start: int, rng: Rng) -> None:
+    """Heart-rate turbulence in place: ~3 cycles 1-4 % shorter, then ~10 cycles 1-5 % longer."""
+    early, late = rng.uniform(0.01, 0.04), rng.uniform(0.01, 0.05)
+    for k in range(13):
+        if start + k >= len(rr):
+            return
+        rr[start + k] *= 1 - early if k < 3 else 1 + late * np.sin(np.pi * (k - 2) / 11)
+
+
+def h_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Premature beats of fixed coupling time: ventricular with turbulence, atrial, escapes, runs."""
+    rr = rr.copy()
+    coupling_s = float(np.median(rr)) * rng.uniform(0.55, 0.8)
+    out: list[float] = []
+    i = 0
+    while i < len(rr) - 16:
+        if rng.random() >= rate:
+            out.append(float(rr[i]))
+            i += 1
+            continue
+        cycle = float(rr[i])
+        c = min(coupling_s * rng.normal(1, 0.03), 0.9 * cycle)
+        kind = rng.random()
+        if kind < 0.5:  # ventricular: compensatory pause, then turbulence
+            out += [c, 2 * cycle - c]
+            _h_turbulence(rr, i + 2, rng)
+            i += 2
+        elif kind < 0.8:  # atrial: non-compensatory pause
+            out += [c, cycle * rng.uniform(1.05, 1.4)]
+            i += 2
+        elif kind < 0.9:  # a late junctional escape beat
+            out.append(cycle * rng.uniform(1.15, 1.35))
+            i += 1
+        else:  # a run of 3-5 at 0.55-0.7 of the cycle, then a pause
+            k = int(rng.integers(3, 6))
+            out += list(cycle * rng.uniform(0.55, 0.7) * rng.normal(1, 0.03, k))
+            out.append(cycle * rng.uniform(1.1, 1.5))
+            i += 2
+    out += list(rr[i:])
+    return np.asarray(out)
+
+
+def h_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy of fixed coupling time with turbulence, broken by a few sinus beats."""
+    rr = rr.copy()
+    coupling_s = float(np.median(rr)) * rng.uniform(0.55, 0.8)
+    ventricular = rng.random() < 0.6
+    out: list[float] = []
+    i, until_break = 0, int(rng.integers(20, 200))
+    while i < len(rr) - 1:
+        if until_break <= 0:
+            k = int(rng.integers(2, 6))
+            out += list(rr[i : i + k])
+            i += k
+            until_break = int(rng.integers(20, 200))
+            continue
+        for _ in range(every - 2):
+            if i < len(rr):
+                out.append(float(rr[i]))
+                i += 1
+        if i + 1 >= len(rr):
+            break
+        cycle = float(rr[i])
+        c = min(coupling_s * rng.normal(1, 0.02), 0.9 * cycle)
+        pause = 2 * cycle - c if ventricular else cycle * rng.uniform(1.05, 1.3)
+        out += [c, pause]
+        if ventricular:
+            _h_turbulence(rr, i + 2, rng)
+        i += 2
+        until_break -= every
+    out += list(rr[i:])
+    return np.asarray(out)
+
+
+def h_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """AF in regimes of their own serial correlation and variability, heavy tails, a rate trend."""
+    if low:
+        hr, cv = rng.uniform(50, 100), rng.uniform(0.06, 0.12)
+    else:
+        hr, cv = rng.uniform(60, 160), rng.uniform(0.10, 0.30)
+    mean = 60.0 / hr
+    dof = rng.uniform(4, 10)
+    z = np.empty(n)
+    scale = np.empty(n)
+    i = 0
+    while i < n:
+        beats = max(int(rng.uniform(20, 180) / mean), 10)
+        rho = rng.uniform(-0.6, 0.5)
+        t = rng.standard_t(dof, beats + 20) / np.sqrt(dof / (dof - 2))
+        seg = lfilter([np.sqrt(1 - rho * rho)], [1.0, -rho], t)[20:]
+        z[i : i + beats] = seg[: n - i]
+        scale[i : i + beats] = rng.uniform(0.7, 1.3)
+        i += beats
+    trend = np.linspace(0, rng.uniform(-0.3, 0.3) * (n * mean) / 900, n)  # +-30 % over 15 min
+    wander = lfilter([0.01], [1.0, -0.99], rng.normal(0, 1, n)) * rng.uniform(0.01, 0.04) / 0.07
+    rr = mean * (1 + trend + wander) * (1 + cv * scale * z)
+    return np.asarray(np.clip(rr, 0.25, 2.5))
+
+
+def h_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A PPG's errors: pulse-timing jitter on every beat, runs of missed beats, false peaks in motion."""
+    times = np.cumsum(rr)
+    n = len(rr)
+    keep = np.ones(n, np.bool_)
+    for s in np.flatnonzero(rng.random(n) < rng.uniform(0.005, 0.03) / 2):
+        keep[s : s + int(rng.integers(1, 5))] = False
+    keep[-1] = True
+    beats = times[keep] + rng.normal(0, rng.uniform(0.005, 0.025), keep.sum())
+    gaps = np.diff(np.r_[0.0, times])
+    extra = np.flatnonzero(rng.random(n) < rng.uniform(0.002, 0.01))
+    false_peaks = times[extra] - gaps[extra] * rng.uniform(0.3, 0.7, len(extra))
+    beats = np.sort(np.r_[beats, false_peaks])
+    beats = beats[(beats > 0) & (beats <= times[-1] + 0.1)]
+    out = np.diff(np.r_[0.0, beats])
+    return np.asarray(out[out > 0.02])
+
+
+def h_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family H's non-AF rhythm of ``kind``."""
+    return with_ectopy(kind, h_sinus(n, rng, young=kind == "sinus young"), rng, h_ectopy, h_geminy)
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
@@ -1396,6 +1643,9 @@ FAMILIES: dict[str, Family] = {
     "E": (e_background, e_af, e_errors),
     "F": (f_background, f_af, f_errors),
     "G": (g_background, g_af, g_errors),
+    "H": (h_background, h_af, h_errors),
+    # training data only (benchmarks/train_af.py, family A's training seeds): never evaluated
+    "A-augmented": (a_background_augmented, a_af_correlated, a_errors),
 }
 
 

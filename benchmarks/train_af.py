@@ -11,7 +11,10 @@ an AF episode, 0 when wholly outside, dropped when straddling an onset or an end
 round (issue 17) half of family A's young sinus recordings are breathing-driven sinus arrhythmia
 in time (``rr_models.a_sinus_breathing``), so the training seeds hold it too; since the fifth
 round a third are breathing in time and a third irregular breathing, breath by breath
-(``rr_models.a_sinus_breaths``). The model is an
+(``rr_models.a_sinus_breaths``). ``--augmented`` and ``--young`` (ninth round; 0 by default, the
+shipped model's data) add recordings of ``rr_models``' training-only ``A-augmented`` rhythms
+(family A's, with AF of lag-1 correlation -0.6..0.5 and the young breathing at 2-3.5 beats a
+breath) drawn from the same seeds. The model is an
 L2-regularized (1e-2) logistic regression (Newton's method) on the standardized features and
 their pairwise products.
 """
@@ -28,7 +31,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rr_models import Recording, cohort  # noqa: E402
+from benchmarks.rr_models import Recording, cohort, recording  # noqa: E402
 from detectors import af_model  # noqa: E402
 from detectors.af_model import FEATURES, cleaned, features  # noqa: E402
 
@@ -36,6 +39,24 @@ TRAIN_SEEDS = (1000, 1001, 1002)
 BEGIN = "# BEGIN fitted constants (benchmarks/train_af.py --write)\n"
 END = "# END fitted constants"
 WINDOW, STEP = 64, 16
+AUGMENTED = 0  # recordings per cell of the A-augmented rhythms (ninth round; the shipped model: none)
+YOUNG = 0  # more A-augmented young recordings (2-3.5 beats a breath), each clean and with beat errors
+
+
+def training_windows(
+    per_cell: int, augmented: int, young: int = 0, seeds: tuple[int, ...] = TRAIN_SEEDS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training windows and labels: family A's seeds, ``augmented`` per cell of A-augmented, and
+    ``young`` more of its young rhythm at 2-3.5 beats a breath (without AF, clean and with beat
+    errors; drawn from ``default_rng([seed, 1])`` of the same seeds)."""
+    recordings = [r for seed in seeds for r in cohort("A", per_cell, 40, (5, 15), seed)]
+    if augmented:
+        recordings += [r for seed in seeds for r in cohort("A-augmented", augmented, 40, (5, 15), seed)]
+    for seed in seeds if young else ():
+        rng = np.random.default_rng([seed, 1])
+        recordings += [recording("A-augmented", "sinus young", None, errors, 40, (5, 15), rng)
+                       for _ in range(young) for errors in (False, True)]
+    return windows(recordings)
 
 
 def windows(recordings: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
@@ -88,10 +109,11 @@ def main() -> int:
     """Fit; print the constants, or write them into detectors/af_model.py with ``--write``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-cell", type=int, default=2)
+    parser.add_argument("--augmented", type=int, default=AUGMENTED)
+    parser.add_argument("--young", type=int, default=YOUNG)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    recordings = [r for seed in TRAIN_SEEDS for r in cohort("A", args.per_cell, 40, (5, 15), seed)]
-    rr, label = windows(recordings)
+    rr, label = training_windows(args.per_cell, args.augmented, args.young)
     x = features(rr, cleaned(rr))
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
     mean, scale, weights, bias = fit(x[ok], label[ok])

@@ -1,0 +1,80 @@
+"""The ninth round's AF candidate tooling (benchmarks/af_candidates.py, af_bins.py model variants)."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from scipy.signal import lfilter
+
+from benchmarks import af_bins, af_candidates
+from benchmarks.rr_models import a_sinus_fast_breathing, cohort, h_af
+from detectors import af_model
+from detectors.rhythm import irregular
+
+
+def flatness(rr: np.ndarray) -> np.ndarray:
+    """The whitened spectral flatness of each 64-beat window (every 16 beats) of ``rr``."""
+    rows = sliding_window_view(rr, 64)[::16]
+    return np.exp(af_candidates.features(rows, af_model.cleaned(rows))[:, -1])
+
+
+def test_whitened_flatness_tells_alternating_af_from_breathing_at_few_beats_a_breath() -> None:
+    """AF of lag-1 correlation -0.6 is white once whitened (~0.6); breathing alternating at 2-3.5
+    beats a breath stays a line; independent AF is as flat as the correlated one."""
+    rng = np.random.default_rng(5)
+    correlated = 0.8 * (1 + 0.1 * lfilter([0.8], [1.0, 0.6], rng.normal(0, 1, 3000)))
+    independent = 0.8 * (1 + 0.1 * rng.normal(0, 1, 3000))
+    breathing = a_sinus_fast_breathing(3000, rng)
+    assert abs(np.median(flatness(correlated)) - np.median(flatness(independent))) < 0.05
+    assert np.median(flatness(correlated)) > 0.5
+    assert np.median(flatness(breathing)) < 0.3
+
+
+def test_a_model_variant_is_installed_for_its_run_only() -> None:
+    """``af_bins.installed`` swaps the classifier's features and constants, and restores them."""
+    base = af_candidates.base_model("08d2710")
+    before = af_model.features, af_model.MEAN, af_model.WEIGHTS, af_model.BIAS
+    rows = sliding_window_view(h_af(400, np.random.default_rng(6), low=True), 64)[::16]
+    plain = af_model.probability(af_model.features(rows, af_model.cleaned(rows)))
+    picked = af_bins.Model((0, 1, 2), base.mean[:3], base.scale[:3], np.zeros(9), 3.0)
+    with af_bins.installed(picked):
+        assert af_model.features(rows, af_model.cleaned(rows)).shape == (len(rows), 3)
+        p = af_model.probability(af_model.features(rows, af_model.cleaned(rows)))
+        assert np.allclose(p, 1 / (1 + np.exp(-3.0)))
+    after = af_model.features, af_model.MEAN, af_model.WEIGHTS, af_model.BIAS
+    assert all(a is b for a, b in zip(after, before, strict=True))
+    np.testing.assert_array_equal(af_model.probability(af_model.features(rows, af_model.cleaned(rows))), plain)
+
+
+def test_a_fourteen_feature_model_runs_through_the_detector() -> None:
+    """A model of ``af_candidates.features`` (shipped thirteen + log_flatness) judges windows with
+    the rhythm detector's code; with the shipped constants and the fourteenth weight 0 it gives the
+    shipped verdicts."""
+    base = af_candidates.base_model("08d2710")
+    rows = sliding_window_view(h_af(800, np.random.default_rng(7), low=False), 64)[::16]
+    params = {name: np.full(len(rows), value) for name, value in
+              {"model": 1.0, "trim": 8.0, "nrmssd": 0.1, "tpr_low": 0.54, "tpr_high": 0.77, "entropy": 0.7}.items()}
+    shipped = irregular(rows, np.ones(len(rows), np.bool_), params)
+    i, j = np.triu_indices(14)
+    weights = np.zeros(len(i) + 14)
+    weights[:13] = base.weights[:13]
+    old_i, old_j = np.triu_indices(13)
+    old_pair = {(a, b): k for k, (a, b) in enumerate(zip(old_i, old_j, strict=True))}
+    for k, (a, b) in enumerate(zip(i, j, strict=True)):
+        if (a, b) in old_pair:
+            weights[14 + k] = base.weights[13 + old_pair[(a, b)]]
+    wide = af_bins.Model(af_candidates.ALL, np.r_[base.mean, 0.0], np.r_[base.scale, 1.0], weights, base.bias,
+                         af_candidates.features)
+    with af_bins.installed(wide):
+        got = irregular(rows, np.ones(len(rows), np.bool_), params)
+    np.testing.assert_array_equal(got, shipped)
+
+
+def test_family_h_draws_every_cell_with_one_paroxysm_where_labelled() -> None:
+    recordings = cohort("H", 1, 40, (5, 15), 9)
+    assert len(recordings) == 36
+    for rec in recordings:
+        assert np.all(rec.rr > 0) and abs(rec.t[-1] - 2400) < 5
+        assert len(rec.episodes) == (rec.af_kind is not None)
+        for a, b in rec.episodes:
+            assert 5 * 60 - 1 <= b - a <= 15 * 60 + 1
