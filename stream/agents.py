@@ -100,20 +100,21 @@ class TableStore:
     ``partition_of`` (RocksDB tables only): the partition of a patient, for the write's event.
 
     ``producer`` (the worker's): the aiokafka producer Faust produces with. Then a state is written
-    into the table's storage at once and into its changelog in bulk: :meth:`flush` hands every
-    state stored since the last flush to the producer as one record batch per changelog partition
-    (the partition the table's ``use_partitioner`` would choose: murmur2 of the key, as
-    :func:`~stream.protocol.partition_for`), instead of one ``table[key] = value`` per state, which
-    goes through Faust's producer buffer one record at a time (a future, a queue hand-off, a send
-    call and two callbacks per record: ~120-140 µs of CPU per state against ~4-6 µs in bulk,
-    ``benchmarks/changelog_cost.py``). The records are the same (key, value, no headers, a
-    current timestamp; recovery cannot tell them apart), on the same partitions, and reach the
-    producer before :meth:`flush` returns: the worker acknowledges records only after it (see
-    :class:`stream.protocol.Committer`), and Faust flushes the producer before it commits offsets,
-    so, as before, no committed offset passes a state that is not in the changelog. A batch the
-    producer fails (after its own retries) is logged and its keys are sent again, with their
-    current value, by the next flush (Faust's table path only logged such a failure). Without
-    ``producer``: one ``table[key] = value`` per state, as before (tests of the table itself).
+    into the table's storage at once and its changelog record is handed straight to aiokafka by
+    :meth:`flush`, all the states stored since the last flush in one go, on the partition the
+    table's ``use_partitioner`` would choose (murmur2 of the key, as
+    :func:`~stream.protocol.partition_for`), instead of one ``table[key] = value`` per state,
+    which goes through Faust's producer buffer one record per event-loop turn (a Faust future, a
+    queue hand-off, a wait, Faust's send path and two callbacks per record: ~100-150 µs of CPU per
+    state, and its records trickle into many small produce requests; ``benchmarks/changelog_cost.py``).
+    The records are the same (key, value, no headers, a current timestamp; recovery cannot tell
+    them apart), on the same partitions, and are in the producer when :meth:`flush` returns: the
+    worker acknowledges records only after it (see :class:`stream.protocol.Committer`), and
+    Faust flushes the producer before it commits offsets, so, as before, no committed offset
+    passes a state that is not in the changelog. A record the producer fails (after its own
+    retries) is logged and sent again, with the patient's current state, by the next flush
+    (Faust's table path only logged such a failure). Without ``producer``: one ``table[key] =
+    value`` per state, as before.
     """
 
     def __init__(self, table: Any, partition_of: Callable[[str], int] | None = None,
@@ -123,9 +124,8 @@ class TableStore:
         self._producer = producer
         # patient -> state, stored in the table and not yet handed to the producer (newest only)
         self._outbox: dict[str, bytes] = {}
-        self.batches_sent = 0
         self.records_sent = 0
-        self.failed_batches = 0
+        self.failed_records = 0
 
     def get(self, patient: str) -> bytes | None:
         """The stored state of ``patient``."""
@@ -161,42 +161,26 @@ class TableStore:
             _current_event.reset(token)
 
     async def flush(self) -> None:
-        """Hand every state stored since the last flush to the producer, one record batch per
-        changelog partition (more if a partition's records exceed the producer's batch size)."""
+        """Hand every state stored since the last flush to the producer (aiokafka's ``send``, which
+        appends to the partition's open batch and waits only if that batch is full: a flush's
+        records end up in one batch per changelog partition, never waiting for a produce request)."""
         if not self._outbox or self._producer is None:
             return
         producer = self._producer()
         topic = self._table.changelog_topic.get_topic_name()
         partitions = len(await producer.partitions_for(topic))
         outbox, self._outbox = self._outbox, {}
-        by_partition: dict[int, list[tuple[str, bytes]]] = {}
-        for patient, state in outbox.items():
-            by_partition.setdefault(partition_for(patient, partitions), []).append((patient, state))
-        batches: list[tuple[int, Any, list[str]]] = []
-        for partition, records in by_partition.items():
-            batch, keys = producer.create_batch(), list[str]()
-            for patient, state in records:
-                key = patient.encode()
-                if batch.append(key=key, value=state, timestamp=None) is None:  # full: send it, start another
-                    batches.append((partition, batch, keys))
-                    batch, keys = producer.create_batch(), []
-                    if batch.append(key=key, value=state, timestamp=None) is None:
-                        raise ValueError(f"a state of {len(state)} bytes does not fit in a producer batch")
-                keys.append(patient)
-            batches.append((partition, batch, keys))
-        results = await asyncio.gather(*(producer.send_batch(batch, topic, partition=partition)
-                                         for partition, batch, _keys in batches), return_exceptions=True)
-        error: BaseException | None = None
-        for (_partition, batch, keys), result in zip(batches, results, strict=True):
-            if isinstance(result, BaseException):  # not handed over (closed, timed out): next flush
-                error = error or result
-                self._again(keys)
-                continue
-            self.batches_sent += 1
-            self.records_sent += len(keys)
-            result.add_done_callback(functools.partial(self._sent, batch.record_count(), keys))
-        if error is not None:
-            raise error
+        sent = self._sent
+        items = iter(list(outbox.items()))
+        try:
+            for patient, state in items:
+                part = partition_for(patient, partitions)
+                fut = await producer.send(topic, state, key=patient.encode(), partition=part)
+                fut.add_done_callback(functools.partial(sent, patient))
+                self.records_sent += 1
+        except BaseException:  # not handed over (closed, timed out, cancelled): with the next flush
+            self._again([patient, *(p for p, _s in items)])
+            raise
 
     def _again(self, keys: list[str]) -> None:
         """Send these patients' current states with the next flush (unless a newer one is queued)."""
@@ -207,16 +191,16 @@ class TableStore:
                 if value is not None:
                     self._outbox[patient] = bytes(value)
 
-    def _sent(self, count: int, keys: list[str], fut: asyncio.Future[Any]) -> None:
+    def _sent(self, patient: str, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            self.failed_batches += 1
-            _LOGGER.error("a changelog batch of %d detector states failed (%r); they are sent again with the "
-                          "next flush", count, None if fut.cancelled() else fut.exception())
-            self._again(keys)
+            self.failed_records += 1
+            _LOGGER.error("the changelog record of patient %s's detector state failed (%r); it is sent again "
+                          "with the next flush", patient, None if fut.cancelled() else fut.exception())
+            self._again([patient])
             return
         meta = fut.result()
-        # What Faust's changelog callback does per record: RocksDB remembers the offset it holds.
-        self._table.data.set_persisted_offset(meta.topic_partition, meta.offset + count - 1)
+        # What Faust's changelog callback does: RocksDB remembers the offset it holds.
+        self._table.data.set_persisted_offset(meta.topic_partition, meta.offset)
 
     def patients(self) -> list[str]:
         """Patients with stored state on this worker's partitions."""

@@ -782,8 +782,8 @@ async def test_the_state_stores_bulk_changelog_records_are_in_the_log_once_faust
     tansu: str, tmp_path: Path,
 ) -> None:
     """``TableStore`` writes a checkpoint's states into the table's storage and hands them to the
-    producer Faust produces with (``faust_adapter.kafka_producer``) as one batch per changelog
-    partition. What the worker's guarantee rests on, checked at the broker: once ``flush`` returned
+    producer Faust produces with (``faust_adapter.kafka_producer``) in one go, not through Faust's
+    producer buffer. What the worker's guarantee rests on, checked at the broker: once ``flush`` returned
     and Faust's producer flushed (what its offset commit does before committing), every state is
     in the changelog, on the partition the table's partitioner picks for its key (a recovery reads
     it where it reads Faust's own records), with its bytes, and each flush is one batch."""
@@ -826,4 +826,4 @@ async def test_the_state_stores_bulk_changelog_records_are_in_the_log_once_faust
     finally:
         await consumer.stop()
     assert got == {p: (partition_for(p, 8), s) for p, s in states.items()}
-    assert len(await stored_batches(tansu, changelog)) == 2, "one batch per flush for partition 0"
+    assert len(await stored_batches(tansu, changelog)) <= 2, "a flush's records in one batch per partition"

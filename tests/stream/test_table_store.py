@@ -1,5 +1,5 @@
-"""``stream.agents.TableStore``'s bulk changelog writes, against a scripted producer (the broker's side
-is checked against Tansu in ``test_faust_conformance.py``)."""
+"""``stream.agents.TableStore``'s changelog writes, against a scripted producer (the broker's side is
+checked against Tansu in ``test_faust_conformance.py``)."""
 
 from __future__ import annotations
 
@@ -48,41 +48,26 @@ class Table:
         return list(self.data)
 
 
-class Batch:
-    def __init__(self) -> None:
-        self.records: list[tuple[bytes, bytes]] = []
-
-    def append(self, *, key: bytes, value: bytes, timestamp: float | None) -> object:
-        self.records.append((key, value))
-        return object()
-
-    def record_count(self) -> int:
-        return len(self.records)
-
-
 class Producer:
-    """aiokafka's producer as ``TableStore`` uses it; each sent batch's future is left to the test."""
+    """aiokafka's producer as ``TableStore`` uses it; each record's future is left to the test."""
 
     def __init__(self) -> None:
-        self.sent: list[tuple[int, Batch, asyncio.Future[Meta]]] = []
+        self.sent: list[tuple[int, bytes, bytes, asyncio.Future[Meta]]] = []
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(PARTITIONS))
 
-    def create_batch(self) -> Batch:
-        return Batch()
-
-    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Meta]:
+    async def send(self, topic: str, value: bytes, *, key: bytes, partition: int) -> asyncio.Future[Meta]:
         fut: asyncio.Future[Meta] = asyncio.get_running_loop().create_future()
-        self.sent.append((partition, batch, fut))
+        self.sent.append((partition, key, value, fut))
         return fut
 
 
 def sent_states(producer: Producer) -> dict[str, tuple[int, bytes]]:
-    return {k.decode(): (p, v) for p, batch, _f in producer.sent for k, v in batch.records}
+    return {k.decode(): (p, v) for p, k, v, _f in producer.sent}
 
 
-async def test_states_go_to_the_table_at_once_and_to_the_changelog_in_one_batch_per_partition() -> None:
+async def test_states_go_to_the_table_at_once_and_to_the_producer_with_the_flush() -> None:
     table, producer = Table(), Producer()
     store = TableStore(table, producer=lambda: producer)
     states = {f"p{i:03d}": b"s%d" % i for i in range(100)}
@@ -91,13 +76,12 @@ async def test_states_go_to_the_table_at_once_and_to_the_changelog_in_one_batch_
     await store.flush()
     assert table.own_writes == 0, "no record through Faust's table path"
     assert sent_states(producer) == {p: (partition_for(p, PARTITIONS), s) for p, s in states.items()}
-    assert sorted(p for p, _b, _f in producer.sent) == sorted({partition_for(p, PARTITIONS) for p in states})
-    partition, batch, fut = producer.sent[0]
+    partition, _k, _v, fut = producer.sent[0]
     fut.set_result(Meta(partition, 40))
     await asyncio.sleep(0)
-    assert table.data.persisted == {("changelog", partition): 40 + batch.record_count() - 1}
+    assert table.data.persisted == {("changelog", partition): 40}
     await store.flush()
-    assert len(producer.sent) == len({partition_for(p, PARTITIONS) for p in states}), "nothing new: nothing sent"
+    assert len(producer.sent) == 100, "nothing new: nothing sent"
 
 
 async def test_a_state_written_twice_before_a_flush_is_sent_once_with_its_newest_value() -> None:
@@ -106,24 +90,44 @@ async def test_a_state_written_twice_before_a_flush_is_sent_once_with_its_newest
     store.put_many([("a", b"old")])
     store.put_many([("a", b"new")])
     await store.flush()
-    assert [batch.records for _p, batch, _f in producer.sent] == [[(b"a", b"new")]]
+    assert [(k, v) for _p, k, v, _f in producer.sent] == [(b"a", b"new")]
 
 
-async def test_a_failed_batch_is_sent_again_with_the_current_states() -> None:
-    """A batch the producer gives up on (after its own retries) must not leave the changelog behind
-    the table: its keys go out again with the next flush, each with its newest state."""
+async def test_a_failed_record_is_sent_again_with_the_current_state() -> None:
+    """A record the producer gives up on (after its own retries) must not leave the changelog behind
+    the table: the patient's state goes out again with the next flush, the newest one."""
     table, producer = Table(), Producer()
     store = TableStore(table, producer=lambda: producer)
-    same = [p for p in (f"q{i}" for i in range(200)) if partition_for(p, PARTITIONS) == 0][:2]
-    store.put_many([(same[0], b"v1"), (same[1], b"w1")])
+    store.put_many([("a", b"v1"), ("b", b"w1")])
     await store.flush()
-    [(_p, _batch, fut)] = producer.sent
-    store.put_many([(same[1], b"w2")])  # newer, not flushed yet
-    fut.set_exception(TimeoutError("expired"))
+    (_p, _k, _v, fut_a), (_p2, _k2, _v2, fut_b) = producer.sent
+    store.put_many([("b", b"w2")])  # newer, not flushed yet
+    fut_a.set_exception(TimeoutError("expired"))
+    fut_b.set_exception(TimeoutError("expired"))
     await asyncio.sleep(0)
-    assert store.failed_batches == 1
+    assert store.failed_records == 2
     await store.flush()
-    assert dict(producer.sent[-1][1].records) == {same[0].encode(): b"v1", same[1].encode(): b"w2"}
+    assert {k: v for _p, k, v, _f in producer.sent[2:]} == {b"a": b"v1", b"b": b"w2"}
+
+
+async def test_states_the_producer_refused_are_kept_for_the_next_flush() -> None:
+    class Closed(Producer):
+        async def send(self, topic: str, value: bytes, *, key: bytes, partition: int) -> asyncio.Future[Meta]:
+            raise ConnectionError("closed")
+
+    table, closed = Table(), Closed()
+    producer: Producer = closed
+    store = TableStore(table, producer=lambda: producer)
+    store.put_many([("a", b"1"), ("b", b"2")])
+    try:
+        await store.flush()
+    except ConnectionError:
+        pass
+    else:
+        raise AssertionError("the failure must reach the caller: nothing may be acknowledged")
+    producer = Producer()
+    await store.flush()
+    assert sent_states(producer) == {p: (partition_for(p, PARTITIONS), s) for p, s in (("a", b"1"), ("b", b"2"))}
 
 
 async def test_without_a_producer_every_state_is_the_tables_own_write() -> None:
