@@ -15,9 +15,13 @@ from every replica) with the worker's table (``rpm-detector-state``, 8 partition
 - ``table``: ``stream.agents.TableStore`` without a producer, i.e. ``table[key] = value`` per state
   (Faust's ``on_key_set``: a changelog record through Faust's producer buffer per state; the worker
   before this change);
-- ``bulk``: ``TableStore`` with the worker's producer: the states into the table's storage, then
-  :meth:`~stream.agents.TableStore.flush` hands one record batch per changelog partition to aiokafka
-  (the worker now);
+- ``bulk``: ``TableStore`` with the worker's producer (the worker now): the states into the
+  table's storage, then :meth:`~stream.agents.TableStore.flush` hands them to aiokafka in one go, a
+  record batch per partition (``send_batch``) where nothing of the store's is undelivered there,
+  record by record (``send``) where something is (``send_batch`` would wait for it to leave);
+- ``batches``: always one ``send_batch`` per changelog partition (the first version of this
+  change, which waits until the partition's previous batch left: one produce request in flight
+  per broker), for comparison;
 
 a round is ``--states`` states in flushes of a chunk, ``--gap-ms`` apart (the worker flushes after
 every micro-batch, ~50 ms apart at most), then ``await app.producer.flush()`` (what Faust's commit,
@@ -48,9 +52,33 @@ from rpm_app.services import free_port, start_tansu
 from stream.agents import TableStore
 from stream.app import create_app
 from stream.faust_adapter import kafka_producer
-from stream.protocol import STATE_TABLE
+from stream.protocol import STATE_TABLE, partition_for
 
 PARTITIONS = 8
+
+
+class BatchStore(TableStore):
+    """``TableStore`` handing the producer one record batch per partition (``send_batch``)."""
+
+    def __init__(self, table: Any, producer: Any) -> None:
+        super().__init__(table, producer=lambda: producer)
+        self._kafka = producer
+
+    async def flush(self) -> None:
+        if not self._outbox:
+            return
+        producer, topic = self._kafka, self._table.changelog_topic.get_topic_name()
+        partitions = len(await producer.partitions_for(topic))
+        outbox, self._outbox = self._outbox, {}
+        by_partition: dict[int, Any] = {}
+        for patient, state in outbox.items():
+            part = partition_for(patient, partitions)
+            batch = by_partition.get(part)
+            if batch is None:
+                batch = by_partition[part] = producer.create_batch()
+            if batch.append(key=patient.encode(), value=state, timestamp=None) is None:
+                raise ValueError("more than a batch per partition: use smaller chunks")
+        await asyncio.gather(*(producer.send_batch(b, topic, partition=p) for p, b in by_partition.items()))
 
 
 async def measure(bootstrap: str, tansu: psutil.Process, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -73,7 +101,8 @@ async def measure(bootstrap: str, tansu: psutil.Process, args: argparse.Namespac
             return await original_send(*a, **kw)
 
         producer.client.send = counted
-        ways = {"table": TableStore(table), "bulk": TableStore(table, producer=lambda: producer)}
+        ways: dict[str, TableStore] = {"table": TableStore(table), "bulk": TableStore(table, producer=lambda: producer),
+                                       "batches": BatchStore(table, producer)}
         out = []
         try:
             for chunk in (int(x) for x in args.chunks.split(",")):
@@ -81,7 +110,8 @@ async def measure(bootstrap: str, tansu: psutil.Process, args: argparse.Namespac
                 for r in range(args.rounds):
                     start = (r * chunk) % len(records)
                     part = (records * 2)[start:start + chunk]
-                    order = list(ways.items()) if r % 2 == 0 else list(reversed(ways.items()))
+                    order = list(ways.items())
+                    order = order[r % len(order):] + order[:r % len(order)]  # each way first in turn
                     for name, store in order:
                         n = max(1, args.states // chunk)  # about --states states per round, in flushes of chunk
                         t0, c0, s0 = tansu.cpu_times(), time.process_time(), sends[0]
@@ -115,12 +145,13 @@ def report(points: list[dict[str, Any]], info: dict[str, Any], after: list[float
     load = info.get("load_average_at_start")
     lines = [f"changelog cost per state, {info.get('cpu')}, {info.get('cores')} cores, commit {info.get('commit')}, "
              f"load average {load} before, {after} after; records {size:.0f} bytes mean", "",
-             "| states per flush | table: worker µs/state | bulk: worker µs/state | worker table/bulk "
-             "| table: Tansu µs/state | bulk: Tansu µs/state | produce requests per flush table / bulk |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {p['chunk']:,} | {p['table_worker_us_per_state']} | {p['bulk_worker_us_per_state']} | "
-              f"{p['worker_table_over_bulk']} | {p['table_tansu_us_per_state']} | {p['bulk_tansu_us_per_state']} | "
-              f"{p['table_requests_per_flush']} / {p['bulk_requests_per_flush']} |" for p in points]
+             "| states per flush | worker µs/state: table / bulk / batches | worker table/bulk "
+             "| Tansu µs/state: table / bulk / batches | requests per flush: table / bulk / batches |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {p['chunk']:,} | {p['table_worker_us_per_state']} / {p['bulk_worker_us_per_state']} / "
+              f"{p['batches_worker_us_per_state']} | {p['worker_table_over_bulk']} | {p['table_tansu_us_per_state']} / "
+              f"{p['bulk_tansu_us_per_state']} / {p['batches_tansu_us_per_state']} | {p['table_requests_per_flush']} / "
+              f"{p['bulk_requests_per_flush']} / {p['batches_requests_per_flush']} |" for p in points]
     return "\n".join(lines) + "\n"
 
 
