@@ -33,6 +33,14 @@ the ratio does not depend on what else the machine was doing. Both versions' out
 InfluxDB body, alert event, dead letter, and the final state table) are hashed and compared.
 
 ``--profile DIR``: a cProfile of one extra window of the current code per patient count.
+
+``--store table``: the state store is the worker's own, :class:`stream.agents.TableStore` on a Faust
+table of an app built by :func:`stream.app.create_app` (as ``stream.agents.register_agents`` builds
+it in each version), producing its changelog records to a Tansu started here; once per simulated
+second (with the ticks) ``app.producer.flush()``, what Faust's offset commit does before it commits,
+is timed with the machine. So the changelog records and their produce requests are counted (each
+version has an app, a producer and a changelog topic of its own); fetching, the consumer and the
+offset commits are still left out. Default ``dict``: a :class:`~stream.pipeline.DictStore`.
 """
 
 from __future__ import annotations
@@ -40,8 +48,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import hashlib
 import importlib
+import inspect
 import io
 import json
 import os
@@ -52,6 +62,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -84,7 +95,8 @@ def load_version(tree: Path) -> dict[str, ModuleType]:
     sys.path.insert(0, str(tree))
     try:
         for name in ("stream.protocol", "stream.pipeline", "stream.records", "detectors.engine", "rpm_core.rules",
-                     "rpm_core.sink", "rpm_core.lineprotocol", "rpm_core.alarm_policy", "rpm_core.acks"):
+                     "rpm_core.sink", "rpm_core.lineprotocol", "rpm_core.alarm_policy", "rpm_core.acks",
+                     "stream.agents", "stream.app", "stream.faust_adapter"):
             importlib.import_module(name)
         mods = {n: m for n, m in sys.modules.items() if _ours(n)}
     finally:
@@ -238,7 +250,9 @@ class Subject:
     digest: Any = field(default_factory=hashlib.blake2b)
     alerts: int = 0
     tick_cpu: float = 0.0
+    commit_cpu: float = 0.0
     outputs: list[bytes] = field(default_factory=list)
+    app: Any = None
 
     def __post_init__(self) -> None:
         activate(self.mods)
@@ -265,6 +279,31 @@ class Subject:
         self.stream = _Stream()
         self.next_tick = T0 + 1.0
 
+    async def use_table(self, bootstrap: str, datadir: Path) -> None:
+        """The worker's state store: a Faust table with its changelog on ``bootstrap`` (``--store table``)."""
+        activate(self.mods)
+        from rpm_core.host import free_port
+
+        app = self.mods["stream.app"].create_app(broker=f"kafka://{bootstrap}", partitions=PARTITIONS,
+                                                 datadir=str(datadir), web_port=free_port(),
+                                                 app_id=f"worker-cost-{uuid.uuid4().hex[:8]}")
+        table = app.Table(self.mods["stream.protocol"].STATE_TABLE, partitions=PARTITIONS, key_type=bytes,
+                          value_type=bytes, use_partitioner=True)
+        app.finalize()
+        await app.producer.start()
+        await table.changelog_topic.maybe_declare()
+        store_cls = self.mods["stream.agents"].TableStore
+        kw = {}
+        if "producer" in inspect.signature(store_cls).parameters:  # as register_agents builds it
+            kw["producer"] = functools.partial(self.mods["stream.faust_adapter"].kafka_producer, app)
+        self.pipeline.use_store(store_cls(table, **kw))
+        self.app = app
+
+    async def close(self) -> None:
+        if self.app is not None:
+            await self.app.producer.stop()
+            self.app.consumer._thread.thread_loop.close()
+
     def _drain_outputs(self) -> None:
         for body in self.writer.bodies:
             self.digest.update(body)
@@ -289,14 +328,22 @@ class Subject:
             cpu += tick
             self.tick_cpu += tick
             self.next_tick += 1.0
+            if self.app is not None:  # Faust's offset commit (once a second) flushes the producer first
+                c0 = time.process_time()
+                await self.app.producer.flush()
+                commit = time.process_time() - c0
+                cpu += commit
+                self.commit_cpu += commit
         self._drain_outputs()
         return cpu
 
     def final_digest(self) -> str:
         self._drain_outputs()
         store = self.pipeline.store
-        for key in sorted(store.data):
-            self.digest.update(key.encode() + b"\0" + store.data[key])
+        data = store.data if hasattr(store, "data") else {
+            bytes(k).decode(): bytes(v) for k, v in store._table.data.items()}
+        for key in sorted(data):
+            self.digest.update(key.encode() + b"\0" + data[key])
         return str(self.digest.hexdigest())[:16]
 
 
@@ -334,6 +381,9 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
         return out
 
     started = time.time()
+    if args.store == "table":
+        for s in subjects:
+            await s.use_table(args.bootstrap, Path(tempfile.mkdtemp(prefix="rpm-worker-cost-faust-")))
     prime = await advance(0.0, None, prime=True)
     for s in subjects:  # the prime came in at one instant: let time pass as the load starts
         s.clock[0] += 1.0
@@ -346,6 +396,7 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
     ckpt0 = {s.name: s.pipeline.stats.checkpoints for s in subjects}
     read0 = {s.name: s.pipeline.stats.samples for s in subjects}
     tick0 = {s.name: s.tick_cpu for s in subjects}
+    commit0 = {s.name: s.commit_cpu for s in subjects}
     for _round in range(args.rounds):
         # every subject is fed every window (same input, same clock); each window is timed as a whole
         # and the subjects take turns in the order in which they are fed
@@ -368,6 +419,8 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
                                       / max(1, s.pipeline.stats.samples - read0[s.name]) for s in subjects}
     res["tick_us_per_reading"] = {s.name: (s.tick_cpu - tick0[s.name]) * 1e6
                                   / max(1, s.pipeline.stats.samples - read0[s.name]) for s in subjects}
+    res["commit_flush_us_per_reading"] = {s.name: (s.commit_cpu - commit0[s.name]) * 1e6
+                                          / max(1, s.pipeline.stats.samples - read0[s.name]) for s in subjects}
     res["total_us_per_reading"] = {k: sum(v) / len(v) for k, v in per.items()}
     res["alerts"] = {s.name: s.pipeline.stats.alerts for s in subjects}
     res["deadlettered"] = {s.name: s.pipeline.stats.deadlettered for s in subjects}
@@ -401,6 +454,8 @@ async def run_count(patients: int, subjects: list[Subject], args: argparse.Names
     else:
         res["digests"] = {s.name: s.final_digest() for s in subjects}
         res["outputs_identical"] = len(set(res["digests"].values())) == 1
+    for s in subjects:
+        await s.close()
     return res
 
 
@@ -416,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--baseline", help="git revision to compare with, in the same process")
     ap.add_argument("--profile", type=Path, help="write a cProfile of one window per patient count here")
+    ap.add_argument("--store", choices=("dict", "table"), default="dict",
+                    help="table: the worker's Faust table and its changelog on a Tansu started here")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     results: dict[str, Any] = {
@@ -428,13 +485,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             versions.append((f"base {args.baseline}", load_version(export_revision(args.baseline, Path(tmp)))))
         versions.append(("current", load_version(REPO)))
-        for count in (int(x) for x in args.patients.split(",")):
-            subjects = [Subject(name, mods) for name, mods in versions]
-            res = asyncio.run(run_count(count, subjects, args))
-            res["loadavg_end"] = os.getloadavg()
-            results["runs"].append(res)
-            print(json.dumps(res), flush=True)
-            del subjects
+        tansu = None
+        if args.store == "table":
+            from rpm_app.services import start_tansu
+
+            tansu = start_tansu(Path(tmp) / "tansu")
+            args.bootstrap = f"127.0.0.1:{tansu.port}"
+        try:
+            for count in (int(x) for x in args.patients.split(",")):
+                subjects = [Subject(name, mods) for name, mods in versions]
+                res = asyncio.run(run_count(count, subjects, args))
+                res["loadavg_end"] = os.getloadavg()
+                results["runs"].append(res)
+                print(json.dumps(res), flush=True)
+                del subjects
+        finally:
+            if tansu is not None:
+                tansu.stop()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -10,7 +10,9 @@ for its first record (:func:`install_partition_timing`).
 Two more touches of Faust's internals still live with the agents, in ``stream.agents``, until
 the worker is restructured (issue 16, item 1): ``install_flush_before_wait_empty`` (Faust's
 ``Consumer.wait_empty`` flushes the group commit first) and ``TableStore``'s stand-in for
-``faust.streams._current_event`` (the RocksDB store asks it for a write's partition).
+``faust.streams._current_event`` (the RocksDB store asks it for a write's partition). And one read
+of a private attribute, no patch: :func:`kafka_producer`, the aiokafka producer under Faust's, which
+``TableStore`` writes the state table's changelog records with, in bulk.
 
 1. **Fetch wait** (:func:`install_fetch_wait`). faust-streaming hard-codes
    ``fetch_max_wait_ms=1500`` when it builds its aiokafka consumer
@@ -167,6 +169,16 @@ def adapt(app: Any) -> None:
     install_fetch_give_back()  # a fetch that ends while the flow is stopped gives its records back
     install_recovery_watchdog(app)  # a table recovery that stops receiving records is restarted
     install_partition_timing(app)  # logs how long each assigned partition waited for its first record
+
+
+def kafka_producer(app: Any) -> Any:
+    """The aiokafka producer Faust's producer sends with (``AIOKafkaProducer``; started with the app).
+
+    Faust's producer flushes it before every offset commit (``Consumer._commit_offsets`` awaits
+    ``app.producer.flush()``, which awaits aiokafka's), so a record handed to it before the offsets
+    are acknowledged is in the log before they are committed. ``tests/stream/test_faust_conformance.py``
+    checks both against Tansu."""
+    return app.producer._ensure_producer()
 
 
 # -- 1. fetch wait ------------------------------------------------------------------------------

@@ -105,8 +105,13 @@ class StateStore(Protocol):
     def get(self, patient: str) -> bytes | None:
         """The stored state of ``patient``."""
 
-    def put(self, patient: str, state: bytes) -> None:
-        """Store the state of ``patient``."""
+    def put_many(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Store the states of these patients (readable at once; durable once :meth:`flush` returned)."""
+
+    async def flush(self) -> None:
+        """Hand every state stored so far to the durable log (the table's changelog producer): what
+        the offsets acknowledged from now on depend on. The Faust store's records are then in the
+        producer, which Faust's offset commit flushes before it commits."""
 
     def patients(self) -> list[str]:
         """Every patient with stored state (on this worker's partitions)."""
@@ -125,6 +130,13 @@ class DictStore:
     def put(self, patient: str, state: bytes) -> None:
         """Store the state of ``patient``."""
         self.data[patient] = state
+
+    def put_many(self, records: Sequence[tuple[str, bytes]]) -> None:
+        """Store the states of these patients."""
+        self.data.update(records)
+
+    async def flush(self) -> None:
+        """Nothing to hand on: a dict is all there is."""
 
     def patients(self) -> list[str]:
         """Every patient with stored state."""
@@ -291,9 +303,14 @@ class Pipeline:
             records = self.engine.export_packed(patients)
         else:
             records = [orjson.dumps(self.engine.export_state(patient)) for patient in patients]
-        for patient, record in zip(patients, records, strict=True):
-            self.store.put(patient, record)
+        if patients:
+            self.store.put_many(list(zip(patients, records, strict=True)))
         self.stats.checkpoints += len(patients)
+
+    async def flush_states(self) -> None:
+        """Hand the states written so far to the store's durable log (see :meth:`StateStore.flush`);
+        before acknowledging anything that depends on them."""
+        await self.store.flush()
 
     # Rolling checkpoints (the worker's group commit, see stream.protocol.Committer): a patient whose
     # state changed is written once it has been pending for a while, oldest first, so a patient
@@ -373,6 +390,7 @@ class Pipeline:
         self.stats.observe_batch(len(values))
         if checkpoint:
             self.checkpoint()
+            await self.flush_states()
 
     async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float, checkpoint: bool = True) -> bool:
         """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?).
@@ -386,6 +404,7 @@ class Pipeline:
             self.stats.acks += 1
         if checkpoint:
             self._checkpoint()
+            await self.flush_states()
         return bool(events)
 
     async def tick(self, *, checkpoint: bool = True) -> None:
@@ -400,6 +419,7 @@ class Pipeline:
             await self._publish(events)
         if checkpoint:
             self._checkpoint()
+            await self.flush_states()
 
     def _vitals_lines(self, decoded: Decoded) -> list[str]:
         return vitals_lines(

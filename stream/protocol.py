@@ -235,7 +235,10 @@ class Committer:
         return self.pipeline.checkpoint_older_than(self.interval_s, limit=self._budget())
 
     async def acknowledge(self, frontier: int | None) -> None:
-        """Under :attr:`lock`: acknowledge the batches older than ``frontier`` (all with None)."""
+        """Under :attr:`lock`: acknowledge the batches older than ``frontier`` (all with None), once
+        the states written so far are in the changelog's producer (which Faust flushes before it
+        commits the acknowledged offsets)."""
+        await self.pipeline.flush_states()
         while self._unacked and (frontier is None or self._unacked[0][0] < frontier):
             _seq, stream, events = self._unacked.popleft()
             await ack_all(stream, events)
@@ -524,6 +527,7 @@ class WorkerMachine:
             if await self.pipeline.acknowledge(patient=ack.patient, alert_id=ack.alert_id, by=ack.by, at=ack.at,
                                                checkpoint=False):
                 self.pipeline.checkpoint_patients([ack.patient])  # acknowledgements are few and matter
+        await self.pipeline.flush_states()  # before the acknowledgements' events are acknowledged
 
     # -- rebalance and stop ----------------------------------------------------------------------
 

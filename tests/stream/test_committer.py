@@ -132,3 +132,53 @@ async def test_while_draining_every_flush_writes_everything_and_acknowledges_at_
     committer.changed(committer.next_seq(), stream, ["later"])
     await committer.flush()
     assert stream.acked == ["in-flight"], "paced again once the wait is over"
+
+
+class LogStore(DictStore):
+    """A store that notes, in one log shared with the acknowledger, when states reach its durable
+    log (``flush``): what was put since the last flush is only in memory until then."""
+
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+        self.unflushed: list[str] = []
+
+    def put_many(self, records: Any) -> None:
+        super().put_many(records)
+        self.unflushed += [patient for patient, _state in records]
+
+    async def flush(self) -> None:
+        if self.unflushed:
+            self.log.append("flushed " + ",".join(self.unflushed))
+            self.unflushed = []
+
+
+class LoggedAcks(Acks):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    async def ack(self, event: Any) -> None:
+        await super().ack(event)
+        self.log.append(f"acked {event}")
+
+
+async def test_the_states_a_batch_depends_on_reach_the_durable_log_before_the_batch_is_acknowledged() -> None:
+    """The store writes states into memory at once and into its changelog in bulk (``flush``); an
+    acknowledged offset may be committed, so every state it depends on must have been flushed
+    first, in the paced commit, while draining, and for a nurse's acknowledgement alike."""
+    clock, log = Clock(), []
+    p = pipeline(clock)
+    p.use_store(LogStore(log))
+    stream = LoggedAcks(log)
+    committer = Committer(p, interval_s=10)
+    touch(p, "a", clock.now)
+    committer.changed(committer.next_seq(), stream, ["batch-1"])
+    clock.now += 11
+    touch(p, "b", clock.now)
+    committer.changed(committer.next_seq(), stream, ["batch-2"])
+    await committer.flush()
+    assert log == ["flushed a", "acked batch-1"]
+    committer.draining = True
+    await committer.flush()
+    assert log[2:] == ["flushed b", "acked batch-2"]

@@ -776,3 +776,54 @@ async def test_a_checkpoints_state_records_reach_the_broker_in_few_batches(tansu
     batches = await stored_batches(tansu, topic)
     assert sum(batches) == 2000
     assert len(batches) <= 6, f"{len(batches)} batches of {batches[:10]}... records"
+
+
+async def test_the_state_stores_bulk_changelog_records_are_in_the_log_once_faust_flushes_for_a_commit(
+    tansu: str, tmp_path: Path,
+) -> None:
+    """``TableStore`` writes a checkpoint's states into the table's storage and hands them to the
+    producer Faust produces with (``faust_adapter.kafka_producer``) in one go, not through Faust's
+    producer buffer. What the worker's guarantee rests on, checked at the broker: once ``flush`` returned
+    and Faust's producer flushed (what its offset commit does before committing), every state is
+    in the changelog, on the partition the table's partitioner picks for its key (a recovery reads
+    it where it reads Faust's own records), with its bytes, and each flush is one batch."""
+    from stream.agents import TableStore
+    from stream.faust_adapter import kafka_producer
+    from stream.protocol import STATE_TABLE, partition_for
+
+    app = create_app(broker=f"kafka://{tansu}", partitions=8, datadir=str(tmp_path / "faust"), web_port=free_port(),
+                     app_id=f"conformance-{uuid.uuid4().hex[:8]}")
+    table = app.Table(STATE_TABLE, partitions=8, key_type=bytes, value_type=bytes, use_partitioner=True)
+    app.finalize()
+    await app.producer.start()
+    try:
+        await table.changelog_topic.maybe_declare()
+        store = TableStore(table, producer=lambda: kafka_producer(app))
+        states = {f"patient-{i:04d}": bytes([i % 251]) * (300 + i % 7) for i in range(400)}
+        items = list(states.items())
+        store.put_many(items[:250])
+        await store.flush()
+        store.put_many(items[250:])
+        await store.flush()
+        assert all(store.get(p) == s for p, s in states.items())  # readable at once, from the table
+        await app.producer.flush()
+        changelog = table.changelog_topic.get_topic_name()
+    finally:
+        await app.producer.stop()
+        app.consumer._thread.thread_loop.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=tansu, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(changelog, p) for p in range(8)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        got: dict[str, tuple[int, bytes]] = {}
+        async with asyncio.timeout(60):
+            while sum(ends.values()) > sum([await consumer.position(tp) for tp in tps]):
+                for tp, recs in (await consumer.getmany(timeout_ms=500)).items():
+                    got.update({r.key.decode(): (tp.partition, r.value) for r in recs if r.key is not None})
+    finally:
+        await consumer.stop()
+    assert got == {p: (partition_for(p, 8), s) for p, s in states.items()}
+    assert len(await stored_batches(tansu, changelog)) <= 2, "a flush's records in one batch per partition"
