@@ -148,9 +148,16 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     pipeline.use_store(TableStore(table, partition_of=(
         (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None)))
     _bind_outputs(app, pipeline, partitions=partitions, key_ring=key_ring)
-    machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring)
+    machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring,
+                            unsent_checkpoints=functools.partial(unsent_changelog_records, app))
     _bind_machine(app, table, machine, readings=readings, acks=acks)
     return machine
+
+
+def unsent_changelog_records(app: faust.App) -> int:
+    """Records written to the state table that Faust has not yet handed to the Kafka client (its
+    producer buffer, which only the tables' ``send_soon`` fills): the committer's back-pressure."""
+    return int(app.producer.buffer.size)
 
 
 def _bind_outputs(app: faust.App, pipeline: Pipeline, *, partitions: int, key_ring: KeyRing | None) -> None:

@@ -11,7 +11,8 @@ phases, and is the only thing that acknowledges records (makes their offsets com
                                   └──────────────────────────────────────── ACKNOWLEDGING
     any phase ── the app stops ──▶ STOPPING ── states written, records acknowledged ──▶ STOPPED
 
-- PROCESSING: the batch runs to completion with its outputs (InfluxDB write, alerts) delivered;
+- PROCESSING: the batch (a slice of what ``take()`` handed over, at most :data:`MAX_SLICE_BYTES`)
+  runs to completion with its outputs (InfluxDB write, alerts) delivered;
   a failure is retried in place with backoff (:func:`until_done`) on the engine rebuilt from its
   checkpoints, never acknowledged unprocessed; after ``ISOLATE_AFTER`` failures that were not
   outages it runs record by record and dead-letters what fails alone (:func:`isolate_poison`).
@@ -54,12 +55,21 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
+# A batch taken is processed in slices of at most this many bytes of record values (~23,000
+# readings, ~0.1 s of work): a backlog's take() of 2,000 records (up to ~500,000 readings) would
+# otherwise hold the lock, the ticks and the InfluxDB writes for seconds (RESULTS.md, "Overload").
+MAX_SLICE_BYTES: Final = 1_000_000
 # Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
 CHECKPOINT_INTERVAL_S: Final = 30.0
 # A flush may always write this many due states, however short the time since the last one.
 MIN_CHECKPOINTS_PER_FLUSH: Final = 20
 # A flush writes at most this many times its share of the pending states (see Committer).
 CHECKPOINT_PACE: Final = 1.25
+# ... and never more than this many, however long since the last flush (bounded work per batch).
+MAX_CHECKPOINTS_PER_FLUSH: Final = 500
+# A flush writes nothing while this many written states are still waiting for the Kafka client
+# (Faust's changelog buffer): the checkpoints go at the pace the changelog producer keeps.
+MAX_UNSENT_CHECKPOINTS: Final = 500
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
@@ -184,11 +194,22 @@ class Committer:
     :data:`MIN_CHECKPOINTS_PER_FLUSH`), so a wave is spread over most of an interval (and the next
     round is no wave any more), while the steady state, where every pending patient falls due once
     per interval, is always kept up with.
+
+    Under overload the work of a flush stays bounded: it writes at most
+    :data:`MAX_CHECKPOINTS_PER_FLUSH` states, however long since the last flush. (Without that
+    bound a flush after a slow batch wrote tens of thousands of states into Faust's changelog
+    buffer at once; draining it held the event loop, so the next flush came later still and wrote
+    more: a stall that fed itself.) ``unsent`` (the Faust worker: the changelog producer's buffer)
+    says how many written states still wait for the Kafka client; while :data:`MAX_UNSENT_CHECKPOINTS`
+    do, a flush writes none. When the states fall due faster than they can be written, they wait
+    longer than the interval (acknowledgements, and a replay after a crash, lag accordingly) instead
+    of the readings waiting for them: an offset still never passes a state that was not written.
     """
 
-    def __init__(self, pipeline: Pipeline, *, interval_s: float) -> None:
+    def __init__(self, pipeline: Pipeline, *, interval_s: float, unsent: Callable[[], int] | None = None) -> None:
         self.pipeline = pipeline
         self.interval_s = interval_s
+        self.unsent = unsent
         self.lock = asyncio.Lock()
         self._last_flush: float | None = None
         # Set when a stop abandoned a batch it could not finish: from then on nothing more is
@@ -245,8 +266,25 @@ class Committer:
         now = self.pipeline.now()
         elapsed = self.interval_s if self._last_flush is None else min(now - self._last_flush, self.interval_s)
         self._last_flush = now
+        if self.unsent is not None and self.unsent() >= MAX_UNSENT_CHECKPOINTS:
+            return 0
         share = CHECKPOINT_PACE * self.pipeline.pending * max(elapsed, 0.0) / self.interval_s
-        return max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share))
+        return min(MAX_CHECKPOINTS_PER_FLUSH, max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share)))
+
+
+def slices(events: Sequence[Event], max_bytes: int) -> list[Sequence[Event]]:
+    """``events`` in order, cut into runs of at most ``max_bytes`` of values (a larger one alone)."""
+    out: list[Sequence[Event]] = []
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        n = len(event.value)
+        if i > start and size + n > max_bytes:
+            out.append(events[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(events):
+        out.append(events[start:] if start else events)
+    return out
 
 
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
@@ -350,13 +388,15 @@ class WorkerMachine:
 
     def __init__(self, pipeline: Pipeline, status: WorkerStatus, *, checkpoint_interval_s: float,
                  key_ring: KeyRing | None = None, retry_first_s: float = RETRY_FIRST_S,
-                 stop_grace_s: float = STOP_GRACE_S) -> None:
+                 stop_grace_s: float = STOP_GRACE_S, unsent_checkpoints: Callable[[], int] | None = None,
+                 slice_bytes: int = MAX_SLICE_BYTES) -> None:
         self.pipeline = pipeline
         self.retry_first_s = retry_first_s
         self.stop_grace_s = stop_grace_s
         self.status = status
         self.key_ring = key_ring
-        self.committer = Committer(pipeline, interval_s=checkpoint_interval_s)
+        self.committer = Committer(pipeline, interval_s=checkpoint_interval_s, unsent=unsent_checkpoints)
+        self.slice_bytes = slice_bytes
         self.stopping = asyncio.Event()
         status.phase = Phase.RECOVERING.value
         self.history: collections.deque[Phase] = collections.deque([Phase.RECOVERING], maxlen=256)
@@ -407,7 +447,15 @@ class WorkerMachine:
     # -- batches ---------------------------------------------------------------------------------
 
     async def readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
-        """Process a batch of ``rpm.readings`` records, then checkpoint and acknowledge what is due."""
+        """Process a batch of ``rpm.readings`` records, then checkpoint and acknowledge what is due:
+        in slices of at most ``slice_bytes`` of record values (:data:`MAX_SLICE_BYTES`), each a batch
+        of its own, the lock released in between (a tick, the producer, the InfluxDB writes go on)."""
+        for part in slices(events, self.slice_bytes):
+            await self._readings(stream, part)
+            if len(part) < len(events):
+                await asyncio.sleep(0)
+
+    async def _readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
         values = [event.value for event in events]
         step = functools.partial(self.pipeline.handle, values, checkpoint=False)
         isolate = functools.partial(isolate_poison, values, self._handle_one, self.rebuild, self._deadletter_reading)
