@@ -193,6 +193,7 @@ def run_one(name: str, tree: Path, args: argparse.Namespace, workdir: Path) -> d
         done_n = end.get("rpm_worker_readings_total", 0.0) - first.get("rpm_worker_readings_total", 0.0)
         result = {
             "tree": name, "readings": readings, "processed": end.get("rpm_worker_readings_total"),
+            "zero_seconds": sum(1 for v in rate if v == 0),
             "complete": end.get("rpm_worker_readings_total", 0.0) >= readings, "prefill_s": round(prefill_s, 1),
             "drain_s": round(end["t"] - t0, 1),
             "rate_mean": round(done_n / (end["t"] - t0)) if end["t"] > t0 else None,
@@ -237,7 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, default=None, help="py-spy raw stacks of each worker into this directory")
     args = ap.parse_args(argv)
     trees = [(n, Path(p)) for n, p in (item.split("=", 1) for item in args.trees.split(","))]
-    report: dict[str, Any] = {"command": " ".join(sys.argv), "machine": machine_info(), "patients": args.patients,
+    revs = {name: subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True, check=False).stdout.strip() for name, tree in trees}
+    report: dict[str, Any] = {"command": "python -m benchmarks.overload " + " ".join(
+                                  f"{a}" for a in (argv if argv is not None else sys.argv[1:])),
+                              "trees": revs, "machine": machine_info(), "patients": args.patients,
                               "messages": args.messages, "interval_s": args.interval, "runs": []}
     for rep in range(args.reps):
         order = trees if rep % 2 == 0 else list(reversed(trees))
