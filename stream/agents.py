@@ -277,11 +277,13 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     # key/value types bytes with the app's raw serializers (see faust_tuning.faust_settings)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes, use_partitioner=True)
     on_disk = not str(app.conf.store).startswith("memory:")
-    pipeline.use_store(TableStore(table, partition_of=(
+    store = TableStore(table, partition_of=(
         (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None),
-        producer=functools.partial(kafka_producer, app)))
+        producer=functools.partial(kafka_producer, app))
+    pipeline.use_store(store)
     _bind_outputs(app, pipeline, partitions=partitions, key_ring=key_ring)
-    machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring)
+    machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring,
+                            unsent_checkpoints=lambda: store.undelivered)
     _bind_machine(app, table, machine, readings=readings, acks=acks)
     return machine
 

@@ -60,6 +60,12 @@ CHECKPOINT_INTERVAL_S: Final = 30.0
 MIN_CHECKPOINTS_PER_FLUSH: Final = 20
 # A flush writes at most this many times its share of the pending states (see Committer).
 CHECKPOINT_PACE: Final = 1.25
+# ... and never more than this many, however long since the last flush (bounded work per batch:
+# ~50 ms of export and hand-over; RESULTS.md, "Overload").
+MAX_CHECKPOINTS_PER_FLUSH: Final = 2_000
+# A flush writes nothing while this many written states are not yet in the changelog (queued or in
+# flight in the producer): the checkpoints go at the pace the changelog producer keeps.
+MAX_UNSENT_CHECKPOINTS: Final = 4_000
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
 TICK_INTERVAL_S: Final = 1.0
@@ -184,11 +190,22 @@ class Committer:
     :data:`MIN_CHECKPOINTS_PER_FLUSH`), so a wave is spread over most of an interval (and the next
     round is no wave any more), while the steady state, where every pending patient falls due once
     per interval, is always kept up with.
+
+    Under overload the work of a flush stays bounded: it writes at most
+    :data:`MAX_CHECKPOINTS_PER_FLUSH` states, however long since the last flush. (Without that
+    bound a flush after a slow batch wrote tens of thousands of states at once; that held the
+    event loop, so the next flush came later still and wrote more: a stall that fed itself.)
+    ``unsent`` (the Faust worker: :attr:`stream.agents.TableStore.undelivered`) says how many
+    written states are not yet in the changelog; while :data:`MAX_UNSENT_CHECKPOINTS` are not, a
+    flush writes none. When the states fall due faster than they can be written, they wait longer
+    than the interval (acknowledgements, and a replay after a crash, lag accordingly) instead of
+    the readings waiting for them: an offset still never passes a state that was not written.
     """
 
-    def __init__(self, pipeline: Pipeline, *, interval_s: float) -> None:
+    def __init__(self, pipeline: Pipeline, *, interval_s: float, unsent: Callable[[], int] | None = None) -> None:
         self.pipeline = pipeline
         self.interval_s = interval_s
+        self.unsent = unsent
         self.lock = asyncio.Lock()
         self._last_flush: float | None = None
         # Set when a stop abandoned a batch it could not finish: from then on nothing more is
@@ -248,8 +265,10 @@ class Committer:
         now = self.pipeline.now()
         elapsed = self.interval_s if self._last_flush is None else min(now - self._last_flush, self.interval_s)
         self._last_flush = now
+        if self.unsent is not None and self.unsent() >= MAX_UNSENT_CHECKPOINTS:
+            return 0
         share = CHECKPOINT_PACE * self.pipeline.pending * max(elapsed, 0.0) / self.interval_s
-        return max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share))
+        return min(MAX_CHECKPOINTS_PER_FLUSH, max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share)))
 
 
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
@@ -353,13 +372,13 @@ class WorkerMachine:
 
     def __init__(self, pipeline: Pipeline, status: WorkerStatus, *, checkpoint_interval_s: float,
                  key_ring: KeyRing | None = None, retry_first_s: float = RETRY_FIRST_S,
-                 stop_grace_s: float = STOP_GRACE_S) -> None:
+                 stop_grace_s: float = STOP_GRACE_S, unsent_checkpoints: Callable[[], int] | None = None) -> None:
         self.pipeline = pipeline
         self.retry_first_s = retry_first_s
         self.stop_grace_s = stop_grace_s
         self.status = status
         self.key_ring = key_ring
-        self.committer = Committer(pipeline, interval_s=checkpoint_interval_s)
+        self.committer = Committer(pipeline, interval_s=checkpoint_interval_s, unsent=unsent_checkpoints)
         self.stopping = asyncio.Event()
         status.phase = Phase.RECOVERING.value
         self.history: collections.deque[Phase] = collections.deque([Phase.RECOVERING], maxlen=256)

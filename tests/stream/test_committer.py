@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from detectors import Engine
 from rpm_core.rules import load_rules
 from rpm_core.sink import InfluxSink, V1Writer
 from stream.pipeline import DictStore, Pipeline
-from stream.protocol import Committer
+from stream.protocol import MAX_CHECKPOINTS_PER_FLUSH, MAX_UNSENT_CHECKPOINTS, MIN_CHECKPOINTS_PER_FLUSH, Committer
 
 RULES = "alert_rules.yaml"
 
@@ -134,51 +135,82 @@ async def test_while_draining_every_flush_writes_everything_and_acknowledges_at_
     assert stream.acked == ["in-flight"], "paced again once the wait is over"
 
 
-class LogStore(DictStore):
-    """A store that notes, in one log shared with the acknowledger, when states reach its durable
-    log (``flush``): what was put since the last flush is only in memory until then."""
-
-    def __init__(self, log: list[str]) -> None:
-        super().__init__()
-        self.log = log
-        self.unflushed: list[str] = []
-
-    def put_many(self, records: Any) -> None:
-        super().put_many(records)
-        self.unflushed += [patient for patient, _state in records]
-
-    async def flush(self) -> None:
-        if self.unflushed:
-            self.log.append("flushed " + ",".join(self.unflushed))
-            self.unflushed = []
+def wave(p: Pipeline, n: int, t: float) -> list[str]:
+    patients = [f"p{k:05d}" for k in range(n)]
+    p.engine.process(p.engine.batch(patients, ["heart_rate"] * n, [t] * n, [70.0] * n))
+    return patients
 
 
-class LoggedAcks(Acks):
-    def __init__(self, log: list[str]) -> None:
-        super().__init__()
-        self.log = log
-
-    async def ack(self, event: Any) -> None:
-        await super().ack(event)
-        self.log.append(f"acked {event}")
-
-
-async def test_the_states_a_batch_depends_on_reach_the_durable_log_before_the_batch_is_acknowledged() -> None:
-    """The store writes states into memory at once and into its changelog in bulk (``flush``); an
-    acknowledged offset may be committed, so every state it depends on must have been flushed
-    first, in the paced commit, while draining, and for a nurse's acknowledgement alike."""
-    clock, log = Clock(), []
+async def test_a_late_flush_writes_no_more_than_the_cap_and_the_budget_does_not_grow_with_lateness() -> None:
+    """Under overload a flush comes late (the batch before it was slow). Its budget used to grow with
+    the time since the last flush (up to the whole interval: thousands of states, seconds of
+    changelog writes, so the next flush was later still). Now a flush writes at most
+    MAX_CHECKPOINTS_PER_FLUSH, whatever the delay, and the batch is acknowledged only once every
+    state it changed is written."""
+    clock, stream = Clock(), Acks()
     p = pipeline(clock)
-    p.use_store(LogStore(log))
-    stream = LoggedAcks(log)
     committer = Committer(p, interval_s=10)
-    touch(p, "a", clock.now)
-    committer.changed(committer.next_seq(), stream, ["batch-1"])
+    await committer.flush()
+    n = 3 * MAX_CHECKPOINTS_PER_FLUSH
+    wave(p, n, clock.now)
+    committer.changed(committer.next_seq(), stream, ["wave"])
+    written = []
+    for delay in (25.0, 12.0, 0.05, 30.0, 8.0, 60.0, 1.0):  # late flushes, and one soon after another
+        clock.now += delay
+        before = p.stats.checkpoints
+        await committer.flush()
+        written.append(p.stats.checkpoints - before)
+        assert stream.acked == ([] if p.pending else ["wave"]), "acknowledged before its states were written"
+    assert max(written) <= MAX_CHECKPOINTS_PER_FLUSH, written
+    assert written[0] == MAX_CHECKPOINTS_PER_FLUSH and written[2] == MIN_CHECKPOINTS_PER_FLUSH
+    assert sum(written) == n - p.pending
+    while p.pending:
+        clock.now += 1.0
+        await committer.flush()
+    assert stream.acked == ["wave"] and p.stats.checkpoints == n
+
+
+async def test_while_written_states_wait_for_the_changelog_producer_a_flush_writes_none() -> None:
+    """Back-pressure: while MAX_UNSENT_CHECKPOINTS written states still wait for the Kafka client, a
+    flush writes nothing (and acknowledges nothing that depends on an unwritten state); once they
+    are sent, it writes again."""
+    clock, stream = Clock(), Acks()
+    p = pipeline(clock)
+    unsent = [MAX_UNSENT_CHECKPOINTS]
+    committer = Committer(p, interval_s=10, unsent=lambda: unsent[0])
+    wave(p, 100, clock.now)
+    committer.changed(committer.next_seq(), stream, ["b1"])
     clock.now += 11
-    touch(p, "b", clock.now)
-    committer.changed(committer.next_seq(), stream, ["batch-2"])
     await committer.flush()
-    assert log == ["flushed a", "acked batch-1"]
-    committer.draining = True
+    assert p.stats.checkpoints == 0 and p.pending == 100 and stream.acked == []
+    unsent[0] = MAX_UNSENT_CHECKPOINTS - 1
+    clock.now += 10  # a whole interval since the last flush: every pending state may be written
     await committer.flush()
-    assert log[2:] == ["flushed b", "acked batch-2"]
+    assert p.stats.checkpoints == 100 and p.pending == 0 and stream.acked == ["b1"]
+
+
+async def test_the_acknowledgement_frontier_never_passes_an_unwritten_state() -> None:
+    """Random batches over random patients, flushes at random delays (some far later than the
+    interval), the changelog sometimes backed up: a batch is acknowledged only when no patient it
+    changed is still pending from it or from an earlier batch, and acknowledgements come in order."""
+    rng = random.Random(20)
+    clock, stream = Clock(), Acks()
+    p = pipeline(clock)
+    unsent = [0]
+    committer = Committer(p, interval_s=5, unsent=lambda: unsent[0])
+    changed_by: dict[int, list[str]] = {}
+    for _ in range(300):
+        clock.now += rng.choice((0.05, 0.05, 0.2, 1.0, 7.0, 20.0))
+        patients = rng.sample([f"p{k:04d}" for k in range(2000)], rng.randint(1, 400))
+        p.engine.process(p.engine.batch(patients, ["heart_rate"] * len(patients), [clock.now] * len(patients),
+                                        [70.0] * len(patients)))
+        seq = committer.next_seq()
+        changed_by[seq] = patients
+        committer.changed(seq, stream, [seq])
+        unsent[0] = rng.choice((0, 0, 0, MAX_UNSENT_CHECKPOINTS + 1))
+        await committer.flush()
+        pending = {patient: s for patient, (_since, s) in p._pending.items()}
+        for acked in stream.acked:
+            assert all(pending.get(patient, acked + 1) > acked for patient in changed_by[acked]), acked
+    assert stream.acked == sorted(stream.acked)
+    assert len(stream.acked) > 100, "the frontier moved on"
