@@ -262,6 +262,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> int:
     load_rules(settings.rules_path)  # a bad rules file stops here, with file, line and fix
     workdir = Path(options.workdir or "var/demo").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    # A Ctrl-C must reach the demo even when whoever started it left SIGINT blocked or ignored (a
+    # blocked mask and SIG_IGN are inherited across exec): the demo would otherwise run for ever.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     terminate = _Terminate()
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
