@@ -127,7 +127,6 @@ class TableStore:
         self._outbox: dict[str, bytes] = {}
         self.records_sent = 0
         self.failed_records = 0
-        self._in_flight = 0  # records handed to the producer whose delivery is not yet known
         # changelog partition -> the future of what this store last handed over for it
         self._last: dict[int, asyncio.Future[Any]] = {}
 
@@ -190,7 +189,6 @@ class TableStore:
                 if last is not None and not last.done():
                     for patient, state in records:
                         fut = await producer.send(topic, state, key=patient.encode(), partition=part)
-                        self._in_flight += 1
                         fut.add_done_callback(functools.partial(self._sent, patient))
                         self._last[part] = fut
                         del unsent[patient]
@@ -205,7 +203,6 @@ class TableStore:
                     if not keys:
                         raise ValueError(f"a state of {len(records[at][1])} bytes does not fit in a producer batch")
                     fut = await producer.send_batch(batch, topic, partition=part)
-                    self._in_flight += len(keys)
                     fut.add_done_callback(functools.partial(self._batch_sent, len(keys), keys))
                     self._last[part] = fut
                     for patient in keys:
@@ -225,14 +222,7 @@ class TableStore:
                 if value is not None:
                     self._outbox[patient] = bytes(value)
 
-    @property
-    def undelivered(self) -> int:
-        """States stored and not yet known to be in the changelog (queued for the next flush, or
-        handed to the producer and not yet delivered): the committer's back-pressure."""
-        return len(self._outbox) + self._in_flight
-
     def _batch_sent(self, count: int, keys: list[str], fut: asyncio.Future[Any]) -> None:
-        self._in_flight -= count
         if fut.cancelled() or fut.exception() is not None:
             self.failed_records += count
             _LOGGER.error("a changelog batch of %d detector states failed (%r); they are sent again with the "
@@ -243,7 +233,6 @@ class TableStore:
         self._table.data.set_persisted_offset(meta.topic_partition, meta.offset + count - 1)
 
     def _sent(self, patient: str, fut: asyncio.Future[Any]) -> None:
-        self._in_flight -= 1
         if fut.cancelled() or fut.exception() is not None:
             self.failed_records += 1
             _LOGGER.error("the changelog record of patient %s's detector state failed (%r); it is sent again "

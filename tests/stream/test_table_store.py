@@ -182,26 +182,3 @@ async def test_without_a_producer_every_state_is_the_tables_own_write() -> None:
     await store.flush()
     assert table.own_writes == 2 and store.get("b") == b"2"
 
-
-async def test_undelivered_counts_states_until_the_broker_has_them() -> None:
-    """The committer's back-pressure: queued and in-flight states count until delivered; a failed
-    one counts again (it is queued for the next flush), a delivered one no more."""
-    table, producer = Table(), Producer()
-    store = TableStore(table, producer=lambda: producer)
-    same = [p for p in (f"q{i}" for i in range(300)) if partition_for(p, PARTITIONS) == 0][:3]
-    store.put_many([(same[0], b"1"), (same[1], b"1")])
-    assert store.undelivered == 2
-    await store.flush()
-    assert store.undelivered == 2, "handed over is not delivered"
-    store.put_many([(same[2], b"1")])
-    await store.flush()  # a record, appended to the undelivered batch
-    assert store.undelivered == 3
-    producer.sent[0][3].set_exception(TimeoutError("expired"))
-    producer.sent[1][3].set_result(Meta(0, 7))
-    await asyncio.sleep(0)
-    assert store.undelivered == 2, "the failed batch's two states are queued again"
-    await store.flush()
-    for _how, _p, _r, fut in producer.sent[2:]:
-        fut.set_result(Meta(0, 8))
-    await asyncio.sleep(0)
-    assert store.undelivered == 0
