@@ -114,19 +114,29 @@ class TableStore:
     Faust flushes the producer before it commits offsets, so, as before, no committed offset
     passes a state that is not in the changelog. A record or batch the producer fails (after its
     own retries) is logged and sent again, with the patients' current states, by the next flush
-    (Faust's table path only logged such a failure). Without ``producer``: one ``table[key] =
-    value`` per state, as before.
+    (Faust's table path only logged such a failure), and :attr:`problem` says so until every such
+    patient's state is in the changelog (the worker's ``/healthz`` and heartbeat: a technical
+    warning; a restart meanwhile would start those patients from their last saved state). Without
+    ``producer``: one ``table[key] = value`` per state, as before.
+
+    ``owns`` (the worker's): whether a patient's partition is assigned here now. A failed record of a
+    patient who is not is not sent again: after a rebalance it would overwrite, in the changelog,
+    the newer state the partition's new owner writes (counted in :attr:`dropped_records`, logged).
     """
 
     def __init__(self, table: Any, partition_of: Callable[[str], int] | None = None,
-                 producer: Callable[[], Any] | None = None) -> None:
+                 producer: Callable[[], Any] | None = None, owns: Callable[[str], bool] | None = None) -> None:
         self._table = table
         self._partition_of = partition_of
         self._producer = producer
+        self._owns = owns
         # patient -> state, stored in the table and not yet handed to the producer (newest only)
         self._outbox: dict[str, bytes] = {}
-        self.records_sent = 0
         self.failed_records = 0
+        self.dropped_records = 0
+        # patients whose changelog record failed, not delivered since (with the last failure's error)
+        self._unsaved: set[str] = set()
+        self._error = ""
         # changelog partition -> the future of what this store last handed over for it
         self._last: dict[int, asyncio.Future[Any]] = {}
 
@@ -211,34 +221,65 @@ class TableStore:
         except BaseException:  # not handed over (closed, timed out, cancelled): with the next flush
             self._again(list(unsent))
             raise
-        self.records_sent += len(outbox)
+
+    @property
+    def unsaved(self) -> int:
+        """Patients whose state's changelog record failed and is not delivered yet (sent again)."""
+        return len(self._unsaved)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the changelog is behind the table, while it is (None: it is not)."""
+        if not self._unsaved:
+            return None
+        return (f"the detector states of {len(self._unsaved)} patients could not be written to the state changelog "
+                f"in Kafka ({self._error}) and are being sent again; a worker restart before they are would "
+                "start those patients from their last saved state")
 
     def _again(self, keys: list[str]) -> None:
         """Send these patients' current states with the next flush (unless a newer one is queued)."""
         data = self._table.data
+        dropped = 0
         for patient in keys:
+            if self._owns is not None and not self._owns(patient):
+                self._unsaved.discard(patient)
+                dropped += 1
+                continue
             if patient not in self._outbox:
                 value = data.get(patient.encode())
-                if value is not None:
+                if value is None:  # no state left to write (the patient was dropped from the table)
+                    self._unsaved.discard(patient)
+                else:
                     self._outbox[patient] = bytes(value)
+        if dropped:
+            self.dropped_records += dropped
+            _LOGGER.warning("%d detector states that failed to reach the changelog are not sent again: their "
+                            "partitions are no longer assigned here (their new owner starts from the last "
+                            "state saved)", dropped)
+
+    def _failed(self, keys: list[str], fut: asyncio.Future[Any]) -> None:
+        error = "cancelled" if fut.cancelled() else repr(fut.exception())
+        self.failed_records += len(keys)
+        self._unsaved.update(keys)
+        self._error = error[:200]
+        _LOGGER.error("the changelog record(s) of %d detector states failed (%s); they are sent again with the "
+                      "next flush", len(keys), error)
+        self._again(keys)
 
     def _batch_sent(self, count: int, keys: list[str], fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            self.failed_records += count
-            _LOGGER.error("a changelog batch of %d detector states failed (%r); they are sent again with the "
-                          "next flush", count, None if fut.cancelled() else fut.exception())
-            self._again(keys)
+            self._failed(keys, fut)
             return
+        if self._unsaved:
+            self._unsaved.difference_update(keys)
         meta = fut.result()  # the batch's first offset
         self._table.data.set_persisted_offset(meta.topic_partition, meta.offset + count - 1)
 
     def _sent(self, patient: str, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
-            self.failed_records += 1
-            _LOGGER.error("the changelog record of patient %s's detector state failed (%r); it is sent again "
-                          "with the next flush", patient, None if fut.cancelled() else fut.exception())
-            self._again([patient])
+            self._failed([patient], fut)
             return
+        self._unsaved.discard(patient)
         meta = fut.result()
         # What Faust's changelog callback does: RocksDB remembers the offset it holds.
         self._table.data.set_persisted_offset(meta.topic_partition, meta.offset)
@@ -266,9 +307,12 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     # key/value types bytes with the app's raw serializers (see faust_tuning.faust_settings)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes, use_partitioner=True)
     on_disk = not str(app.conf.store).startswith("memory:")
+    def owns(patient: str) -> bool:
+        return partition_for(patient, status.total_partitions()) in status.partitions
+
     pipeline.use_store(TableStore(table, partition_of=(
         (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None),
-        producer=functools.partial(kafka_producer, app)))
+        producer=functools.partial(kafka_producer, app), owns=owns))
     _bind_outputs(app, pipeline, partitions=partitions, key_ring=key_ring)
     machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring)
     _bind_machine(app, table, machine, readings=readings, acks=acks)

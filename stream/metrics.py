@@ -91,9 +91,10 @@ def histogram(name: str, help_text: str, bounds: Sequence[float], counts: Sequen
 
 
 def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalancing: bool = False,
-                   now: float = 0.0) -> list[Metric]:
+                   now: float = 0.0, store: Any = None) -> list[Metric]:
     """Metrics of one worker (``stream.pipeline.PipelineStats``, ``rpm_core.sink.SinkStats`` and
-    ``stream.protocol.WorkerStatus``; ``now``: ``time.monotonic()``, for how long a failure lasts)."""
+    ``stream.protocol.WorkerStatus``; ``now``: ``time.monotonic()``, for how long a failure lasts;
+    ``store``: the worker's ``stream.agents.TableStore``, for its changelog failures)."""
     from stream.pipeline import BATCH_BUCKETS
 
     alerts = Metric("rpm_worker_alert_events_total", "counter", "Alert state changes published, by rule and state",
@@ -129,6 +130,16 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
               float(sink_stats.limit is not None)),
         gauge("rpm_worker_rebalancing", "1 while the consumer group rebalances", float(rebalancing)),
     ]
+    if store is not None and hasattr(store, "failed_records"):
+        out += [
+            counter("rpm_worker_state_changelog_failures_total",
+                    "Detector states whose changelog record Kafka failed (each is sent again)", store.failed_records),
+            counter("rpm_worker_state_changelog_dropped_total",
+                    "Failed changelog records not sent again: their partition had moved to another worker",
+                    store.dropped_records),
+            gauge("rpm_worker_state_unsaved_patients",
+                  "Patients whose detector state failed to reach the changelog and is not there yet", store.unsaved),
+        ]
     if status is not None:
         out += [
             gauge("rpm_worker_assigned_partitions", "rpm.readings partitions owned by this worker",

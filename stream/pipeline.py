@@ -116,9 +116,15 @@ class StateStore(Protocol):
     def patients(self) -> list[str]:
         """Every patient with stored state (on this worker's partitions)."""
 
+    @property
+    def problem(self) -> str | None:
+        """Why stored states are not all durable, while they are not (None: they are)."""
+
 
 class DictStore:
     """A :class:`StateStore` in memory (tests, ``rpm backtest``)."""
+
+    problem: str | None = None
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}

@@ -11,7 +11,8 @@ rule                     severity condition
 ``tech.workers_missing`` critical partitions of ``rpm.readings`` that no live worker owns
 ``tech.worker_stuck``    critical a worker alive but not progressing (InfluxDB failing, a batch stuck)
 ``tech.worker_warning``  warning  a worker that delivers but says something is wrong (an InfluxDB limit
-                                  refusing the points of new devices)
+                                  refusing the points of new devices; detector states Kafka failed
+                                  to take into the state changelog)
 ``tech.bridge_stuck``    critical a bridge alive but not progressing (Kafka refusing, disconnected)
 ``tech.bridge_silent``   critical a bridge that stopped reporting without saying it stops
 ``tech.bridges_missing`` critical no bridge running (none reported, or the last one said it stops)
@@ -247,15 +248,27 @@ class Watchdog:
         return found
 
     def _warning(self, w: Heartbeat) -> Condition:
-        """A worker that analyses and delivers, but not everything (today: an InfluxDB limit refusing
-        the points of new devices, which are dead-lettered): alerts still go out for every patient."""
-        influx = "InfluxDB" in (w.problem or "")
+        """A worker that analyses and delivers, but not everything: an InfluxDB limit refusing the
+        points of new devices (dead-lettered), or detector states that Kafka failed to take into the
+        state changelog (sent again; not durable until then). Alerts still go out for every patient."""
+        problem = w.problem or ""
+        influx = "InfluxDB" in problem
+        changelog = "state changelog" in problem
+        remedies = []
+        if influx:
+            remedies.append("Fix InfluxDB's configuration as the message says; the refused readings wait on "
+                            "rpm.deadletter (stage sink) to be written again.")
+        if changelog:
+            remedies.append("Check Kafka (its log, disk, the rpm state changelog topic): the worker sends the states "
+                            "again by itself and the warning clears when they are written; do not restart the worker "
+                            "meanwhile unless it is stuck.")
         return Condition(
-            severity="warning", component="influxdb" if influx else "worker", wards=self._wards_of(list(w.partitions)),
-            message=(f"Worker {w.instance}: {w.problem}. Clinical alerts are still raised for every patient; "
-                     "the readings refused are not stored (charts, reports and exports miss them) until fixed."),
-            remedy=("Fix InfluxDB's configuration as the message says; the refused readings wait on rpm.deadletter "
-                    "(stage sink) to be written again." if influx else RUN_REMEDY))
+            severity="warning", component="influxdb" if influx else "kafka" if changelog else "worker",
+            wards=self._wards_of(list(w.partitions)),
+            message=(f"Worker {w.instance}: {problem}. Clinical alerts are still raised for every patient"
+                     + ("; the readings refused are not stored (charts, reports and exports miss them) until fixed."
+                        if influx else ".")),
+            remedy=" ".join(remedies) or RUN_REMEDY)
 
     def _state_reset(self, w: Heartbeat) -> Condition:
         """Patients started afresh because their stored detector state could not be read: still

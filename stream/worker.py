@@ -252,7 +252,8 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     ``progressing`` is false once a batch, or an InfluxDB write, has been failing for
     ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
     ``problem`` is why a check fails, or, all passing, a warning: an InfluxDB limit refusing the
-    points of new devices (``SinkStats.limit``; detection goes on, so no 503 to restart us for).
+    points of new devices (``SinkStats.limit``), detector states not yet in the state changelog after
+    a Kafka failure (``TableStore.problem``); detection goes on, so no 503 to restart us for.
     """
     from stream.protocol import STUCK_AFTER_S
 
@@ -264,8 +265,9 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
         problem = f"a batch has been unfinished for {busy_s:.0f} s"
     elif problem is None and failing_s >= STUCK_AFTER_S:
         problem = f"a batch or an InfluxDB write has been failing for {failing_s:.0f} s"
-    if problem is None:  # a warning: an InfluxDB limit refuses some points; every other is written
-        problem = pipeline.sink.stats.limit
+    if problem is None:  # a warning: detection and delivery go on, something is not as it should be
+        warnings = [w for w in (pipeline.sink.stats.limit, pipeline.store.problem) if w]
+        problem = "; ".join(warnings) or None
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,
@@ -290,7 +292,7 @@ def register_pages(app: Any, pipeline: Any, status: Any) -> None:
 
     async def metrics_page(self: Any, _request: Any) -> Any:
         body = render(worker_metrics(pipeline.stats, pipeline.sink.stats, status=status,
-                                     rebalancing=bool(app.rebalancing), now=time.monotonic()))
+                                     rebalancing=bool(app.rebalancing), now=time.monotonic(), store=pipeline.store))
         return self.bytes(body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz_page(self: Any, _request: Any) -> Any:

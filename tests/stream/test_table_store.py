@@ -4,10 +4,20 @@ checked against Tansu in ``test_faust_conformance.py``)."""
 from __future__ import annotations
 
 import asyncio
+import types
+from dataclasses import replace
 from typing import Any
 
+from detectors.engine import Engine
+from rpm_core.rules import load_rules
+from rpm_core.sink import SinkStats, make_sink
 from stream.agents import TableStore
-from stream.protocol import partition_for
+from stream.metrics import worker_metrics
+from stream.pipeline import Pipeline, PipelineStats
+from stream.protocol import WorkerStatus, partition_for
+from stream.worker import health, heartbeat
+from tests.conftest import REPO
+from tests.stream.test_watchdog import T0, bridge, make, run
 
 PARTITIONS = 8
 
@@ -182,3 +192,87 @@ async def test_without_a_producer_every_state_is_the_tables_own_write() -> None:
     await store.flush()
     assert table.own_writes == 2 and store.get("b") == b"2"
 
+
+
+async def test_a_failed_changelog_write_is_a_problem_until_those_states_are_delivered() -> None:
+    """Never silent: a state the changelog does not hold is not durable (a restart would lose it),
+    so the store says so, with the count and Kafka's error, until a later record of every such
+    patient is delivered; the metrics count it."""
+    table, producer = Table(), Producer()
+    store = TableStore(table, producer=lambda: producer)
+    store.put_many([("a", b"1"), ("b", b"1"), ("c", b"1")])
+    await store.flush()
+    assert store.problem is None
+    for _how, _p, records, fut in producer.sent:
+        if any(k == b"c" for k, _v in records):
+            fut.set_result(Meta(0, 0))
+        else:
+            fut.set_exception(TimeoutError("broker gone"))
+    await asyncio.sleep(0)
+    failed = {"a", "b"} - {k.decode() for _h, _p, r, f in producer.sent if not f.exception() for k, _v in r}
+    assert store.unsaved == len(failed) and store.problem is not None
+    assert f"of {len(failed)} patients" in store.problem and "broker gone" in store.problem
+    assert "state changelog" in store.problem
+    metrics = {m.name: m for m in worker_metrics(PipelineStats(), SinkStats(), store=store)}
+    assert metrics["rpm_worker_state_unsaved_patients"].samples[0][1] == len(failed)
+    assert metrics["rpm_worker_state_changelog_failures_total"].samples[0][1] == store.failed_records > 0
+    sent_before = len(producer.sent)
+    await store.flush()  # sent again
+    assert store.problem is not None, "handed over is not delivered"
+    for _how, p, _r, fut in producer.sent[sent_before:]:
+        fut.set_result(Meta(p, 1))
+    await asyncio.sleep(0)
+    assert store.problem is None and store.unsaved == 0
+
+
+async def test_a_failed_state_of_a_patient_no_longer_owned_is_not_sent_again() -> None:
+    """After a rebalance the patient's partition has a new owner, which writes its own states: our
+    stale one, sent again, would overwrite them in the changelog. It is dropped, counted and logged,
+    and it does not keep the warning up."""
+    owned = {"a": True, "b": True}
+    table, producer = Table(), Producer()
+    store = TableStore(table, producer=lambda: producer, owns=lambda p: owned[p])
+    store.put_many([("a", b"1"), ("b", b"1")])
+    await store.flush()
+    owned["b"] = False  # revoked before its record failed
+    for _how, _p, _r, fut in producer.sent:
+        fut.set_exception(TimeoutError("expired"))
+    await asyncio.sleep(0)
+    assert store.dropped_records == 1 and store.unsaved == 1
+    sent_before = len(producer.sent)
+    await store.flush()
+    assert sent_states(producer.sent[sent_before:]) == {"a": (partition_for("a", PARTITIONS), b"1")}
+
+
+async def test_a_changelog_failure_reaches_the_watchdog_as_a_kafka_warning_and_clears() -> None:
+    """The technical path: the store's problem → the worker's /healthz body and heartbeat (healthy:
+    detection and alerts go on, no 503) → the watchdog's tech.worker_warning naming Kafka, within a
+    minute; it clears once the states are delivered."""
+    table, producer = Table(), Producer()
+    store = TableStore(table, producer=lambda: producer)
+    rules = load_rules(REPO / "alert_rules.yaml")
+    pipeline = Pipeline(engine_factory=lambda: Engine(rules), sink=make_sink(url="http://127.0.0.1:9", db="x"))
+    pipeline.use_store(store)
+    app = types.SimpleNamespace(started=True, should_stop=False)
+    status = WorkerStatus(partitions=frozenset({0, 1, 2, 3}), recovered=True)
+    store.put_many([("a", b"1")])
+    await store.flush()
+    producer.sent[0][3].set_exception(ConnectionError("NotLeaderForPartition"))
+    await asyncio.sleep(0)
+    body = health(app, pipeline, status)
+    assert body["configured"] and body["progressing"] and "state changelog" in body["problem"]
+    wd = make()
+    t0 = T0 + 60
+    out = run(wd, t0, t0 + 30, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                   time=t), bridge("b1", t)])
+    [raised] = out
+    assert (raised.rule, raised.severity, raised.component) == ("tech.worker_warning", "warning", "kafka")
+    assert "NotLeaderForPartition" in raised.message and "Kafka" in raised.remedy
+    assert "readings refused" not in raised.message, "not InfluxDB's text"
+    assert raised.time - t0 <= 60
+    await store.flush()
+    producer.sent[1][3].set_result(Meta(producer.sent[1][1], 1))
+    await asyncio.sleep(0)
+    out = run(wd, t0 + 31, t0 + 40, lambda t: [replace(heartbeat(app, pipeline, status, instance="w1", ward_of={}),
+                                                        time=t), bridge("b1", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.worker_warning", "cleared")]
