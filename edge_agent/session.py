@@ -356,6 +356,7 @@ class GlucoseMeterSession(DeviceSession):
         super().__init__(device, ctx)
         self.last_seq: int | None = None
         self.clock_set = False
+        self._clock_alarm_offset_s: float | None = None  # the offset the active clock alarm announced
         self._clock_skew = timedelta(0)
 
     async def serve(self, client: BleakClient) -> None:
@@ -415,6 +416,11 @@ class GlucoseMeterSession(DeviceSession):
         off_s = skew.total_seconds()
         board = self.ctx.board
         if abs(off_s) > const.METER_CLOCK_TOLERANCE_S:
+            announced = self._clock_alarm_offset_s
+            if (announced is not None and board.alarm_active(METER_CLOCK_ALARM, self.device_id)
+                    and abs(off_s - announced) <= const.METER_CLOCK_JUMP_S):
+                return  # the alarm already says so: a read a second later differs by one, which is not news
+            self._clock_alarm_offset_s = off_s
             direction = "ahead" if off_s > 0 else "behind"
             board.alarm(
                 METER_CLOCK_ALARM, active=True, device=self.device_id, severity="warning", clock_offset_s=off_s,
@@ -433,6 +439,7 @@ class GlucoseMeterSession(DeviceSession):
         jump = abs((skew - self._clock_skew).total_seconds())
         if jump > const.METER_CLOCK_JUMP_S:
             self.problems.add("meter clock changed during a sync", f"{jump:.0f} s")
+            self._clock_alarm_offset_s = skew.total_seconds()
             self.ctx.board.alarm(
                 METER_CLOCK_ALARM, active=True, device=self.device_id, severity="warning",
                 clock_offset_s=skew.total_seconds(),

@@ -72,13 +72,26 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
+# Execs the command given with SIGINT ignored and SIGINT and SIGTERM blocked: the state a demo inherits
+# across exec when started from a shell's background job (SIGINT ignored) or from a thread or process
+# that had them blocked (multiprocessing's resource tracker blocks both while it spawns). Same pid.
+HOSTILE_EXEC = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM}); "
+                "os.execv(sys.argv[1], sys.argv[1:])")
+
+
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``rpm demo`` running until told to stop, with services of its own; everything killed by pid after."""
+    """``rpm demo`` running until told to stop, with services of its own; everything killed by pid after.
+
+    It starts with SIGINT ignored and both signals blocked (``HOSTILE_EXEC``): Ctrl-C and SIGTERM must
+    stop it anyway (it resets them), or an operator's Ctrl-C would be ignored for ever.
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("RPM_")}
     env.update({"PYTHONUNBUFFERED": "1", "RPM_RULES": str(REPO / "alert_rules.yaml")})
-    argv = rpm_argv("demo", "--patients", "4", "--history", "60", "--station-port", "0",
-                    "--workdir", str(tmp_path / "demo"))
+    demo_argv = rpm_argv("demo", "--patients", "4", "--history", "60", "--station-port", "0",
+                         "--workdir", str(tmp_path / "demo"))
+    argv = [demo_argv[0], "-c", HOSTILE_EXEC, *demo_argv]
     with (tmp_path / "demo.out").open("wb") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
