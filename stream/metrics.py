@@ -131,15 +131,7 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
         gauge("rpm_worker_rebalancing", "1 while the consumer group rebalances", float(rebalancing)),
     ]
     if store is not None and hasattr(store, "failed_records"):
-        out += [
-            counter("rpm_worker_state_changelog_failures_total",
-                    "Detector states whose changelog record Kafka failed (each is sent again)", store.failed_records),
-            counter("rpm_worker_state_changelog_dropped_total",
-                    "Failed changelog records not sent again: their partition had moved to another worker",
-                    store.dropped_records),
-            gauge("rpm_worker_state_unsaved_patients",
-                  "Patients whose detector state failed to reach the changelog and is not there yet", store.unsaved),
-        ]
+        out += _store_metrics(store)
     if status is not None:
         out += [
             gauge("rpm_worker_assigned_partitions", "rpm.readings partitions owned by this worker",
@@ -152,3 +144,16 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
                   status.failing_for(now, sink_stats.failing_since)),
         ]
     return out
+
+
+def _store_metrics(store: Any) -> list[Metric]:
+    """The state changelog's failures (``stream.agents.TableStore``)."""
+    return [
+        counter("rpm_worker_state_changelog_failures_total",
+                "Detector states whose changelog record Kafka failed (each is sent again)", store.failed_records),
+        counter("rpm_worker_state_changelog_dropped_total",
+                "Failed changelog records not sent again: their partition had moved to another worker",
+                store.dropped_records),
+        gauge("rpm_worker_state_unsaved_patients",
+              "Patients whose detector state failed to reach the changelog and is not there yet", store.unsaved),
+    ]

@@ -11,7 +11,7 @@ import pytest
 from rpm_core.errors import SinkUnavailableError
 from rpm_core.sink import SinkStats
 from stream.metrics import render, worker_metrics
-from stream.pipeline import PipelineStats
+from stream.pipeline import DictStore, PipelineStats
 from stream.protocol import ISOLATE_AFTER, STUCK_AFTER_S, WorkerStatus, isolate_poison, until_done
 from stream.worker import health
 
@@ -106,7 +106,7 @@ def fake_app() -> Any:
 
 
 def fake_pipeline(sink_failing_since: float | None = None) -> Any:
-    return types.SimpleNamespace(stats=PipelineStats(), sink=types.SimpleNamespace(
+    return types.SimpleNamespace(stats=PipelineStats(), store=DictStore(), sink=types.SimpleNamespace(
         stats=SinkStats(failing_since=sink_failing_since)))
 
 
