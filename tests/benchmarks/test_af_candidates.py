@@ -78,3 +78,16 @@ def test_family_h_draws_every_cell_with_one_paroxysm_where_labelled() -> None:
         assert len(rec.episodes) == (rec.af_kind is not None)
         for a, b in rec.episodes:
             assert 5 * 60 - 1 <= b - a <= 15 * 60 + 1
+
+
+def test_family_i_draws_every_cell_with_one_paroxysm_where_labelled() -> None:
+    recordings = cohort("I", 1, 40, (5, 15), 9)
+    assert len(recordings) == 36
+    for rec in recordings:
+        assert np.all(rec.rr > 0) and abs(rec.t[-1] - 2400) < 5
+        assert len(rec.episodes) == (rec.af_kind is not None)
+        for a, b in rec.episodes:
+            assert 5 * 60 - 1 <= b - a <= 15 * 60 + 1
+        if rec.af_kind == "AF low variability":  # the steerer's band for rate-controlled AF (before errors)
+            assert rec.af_rr is not None
+            assert 0.07 < np.std(rec.af_rr) / np.mean(rec.af_rr) < 0.13
