@@ -3,6 +3,8 @@
 Reproduce (see benchmarks/RESULTS.md, "AF screening, tenth round")::
 
     .venv/bin/python benchmarks/af_second.py --seeds 0 1 2 --base 2600      # window level, tuning seeds
+    .venv/bin/python benchmarks/af_second.py --per-episode --families A B --base 2600 \
+        --variants default second:0.5,0,0.1,0.6,0.62                        # per episode (af_bins' arguments)
 
 The classifier of ``detectors/af_model.py`` learned "AF is unpredictable" from one family's
 independent AF; AF whose intervals are serially correlated, or rate-controlled AF in a style it
@@ -17,12 +19,17 @@ calls regular is irregular when all of
 - the spectral flatness of its intervals whitened of their lag-1 correlation is at least ``flat``
   (``af_candidates.whitened_flatness``: ~0.6 for AF of any lag-1 correlation, a breathing line
   0.05-0.4),
-- the classifier's own probability of AF is at least ``p_min`` (not a window it is sure of).
+- the classifier's own probability of AF is at least ``p_min`` (not a window it is sure of),
+- the median |successive difference| / 0.6745 (the RMSSD of normal steps: Dash's nRMSSD made
+  robust to a few ectopic jumps) is at least ``robust``, the share of compensated short -> long
+  steps (``af_model``'s ``compensated``) under ``compensated`` (frequent, clustered ectopy), and
+  the turning-point ratio at least ``tpr`` (alternation; D's young rhythm has fewer).
 
-``af_bins.py`` runs it per episode as the variant ``second:FLAT,PMIN`` (the classifier swapped for
-this function in ``detectors.rhythm`` for the run). This module also prints the window-level
-shares of a grid of (flat, p_min) on generator families' windows (by background) and on
-``af_styles.py``'s AF laws (none of them a family).
+``af_bins.py`` runs it per episode as the variant ``second:FLAT,PMIN,ROBUST,COMP[,TPR]`` (the
+classifier swapped for this function in ``detectors.rhythm`` for the run). The tenth round chose
+``second:0.5,0,0.1,0.6,0.62`` on the tuning seeds and did not adopt it (RESULTS.md).
+This module also prints the window-level shares of a grid of (flat, p_min) on generator
+families' windows (by background) and on ``af_styles.py``'s AF laws (none of them a family).
 """
 
 from __future__ import annotations
