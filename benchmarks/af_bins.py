@@ -44,7 +44,7 @@ from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
-FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGH")}
+FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGHI")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,9 @@ class Model:
 
 
 MODELS: dict[str, Model] = {}  # model:NAME variants (benchmarks/af_candidates.py registers them)
+# PREFIX:ARGS variant parts that swap part of the detector for a run (benchmarks/af_second.py registers
+# "second"): the prefix maps to a function of ARGS giving the context manager of the swap
+SWAPS: dict[str, Callable[[str], contextlib.AbstractContextManager[None]]] = {}
 
 
 @contextlib.contextmanager
@@ -96,7 +99,7 @@ def variant(name: str) -> tuple[RhythmRule, float]:
     assert isinstance(rule, RhythmRule)
     threshold = float(af_model.THRESHOLD)
     for part in name.split("+"):
-        if part in ("default", "nofallback") or part.startswith("model:"):
+        if part in ("default", "nofallback") or part.startswith("model:") or part.split(":")[0] in SWAPS:
             continue
         if part == "dash":
             level = dataclasses.replace(rule.levels[0], for_s=30.0)
@@ -160,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                 af_model.THRESHOLD = threshold  # type: ignore[misc]
                 rhythm.FALLBACK_DASH = "nofallback" not in name.split("+")
                 model = next((MODELS[p[6:]] for p in name.split("+") if p.startswith("model:")), None)
+                swaps = [SWAPS[q.split(":")[0]](q.split(":", 1)[1]) for q in name.split("+")
+                         if q.split(":")[0] in SWAPS]
                 try:
-                    with installed(model):
+                    with installed(model), contextlib.ExitStack() as stack:
+                        for swap in swaps:
+                            stack.enter_context(swap)
                         results[name] = run(rule, recordings)
                 finally:
                     af_model.THRESHOLD = saved  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in eight independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in nine independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -147,6 +147,35 @@ only the generator's own statistics were looked at while writing it; held out, n
 - beat errors: a PPG's: Gaussian pulse-timing jitter of 5-25 ms on every beat time (which
   makes the intervals' errors anti-correlated), missed beats in runs (low perfusion, 0.5-3 %
   of beats, runs of 1-4), false peaks in motion (0.2-1 %, at 30-70 % of an interval).
+Family I (written for issue 17's tenth round from the literature for the cases the steerer names,
+rate-controlled AF of CV 0.08-0.12 and AF through a wearable's beat errors, after the tenth
+round's candidate was chosen on the tuning seeds and before any held-out run; only the
+generator's own statistics were looked at while writing it; never tuned on):
+
+- sinus: respiration in time (breaths of their own length, CV 0.05-0.3, and depth) through a
+  vagal low-pass on the heart *period*, a Mayer wave (0.08-0.12 Hz) and a slow wander, sampled
+  at the beats; older adults RSA +-0.5-4 % at 55-100 bpm, ``young`` +-5-18 % at 45-90 bpm
+  breathing 8-30 a minute;
+- ectopy: ventricular premature beats (coupling a fixed share 0.55-0.8 of the preceding cycle,
+  compensatory pause, 10 % interpolated) and atrial ones (sinus reset, pause x1.0-1.25), pairs
+  1 in 10; bigeminy / trigeminy with coupling jitter of 1-4 %, in runs of 1-8 min;
+- AF: an atrioventricular-node model after Lian J, Mussig D, Lang V (IEEE Trans Biomed Eng
+  2006;53:1512): atrial activations of gamma cycles (90-180 ms, CV 0.1-0.25) reach a node whose
+  refractory period recovers with the time since its last conduction (restitution) and which a
+  blocked impulse partly re-excites (concealed conduction: each blocked impulse prolongs the
+  refractory period by 10-40 % of its own atrial cycle); the conduction delay recovers too (a
+  short cycle lengthens the next delay: alternation). Rate control (beta-blocker, digoxin)
+  lengthens the refractory period; the intervals' deviations from the mean are then scaled to the
+  episode's CV, 0.08-0.12 for rate-controlled AF (the band the steerer names) at 50-95 bpm,
+  0.15-0.30 for AF at 70-150 bpm, with a weak respiratory modulation of the node (+-0.5-2 %) and a
+  slow wander;
+- beat errors: half the recordings a chest strap (RR quantized to 1/1024 s as its protocol
+  sends them, 1-4 ms jitter, a dry-electrode start with 2-8 % missed beats decaying over ~5
+  min, T waves double-counted in bursts at 0.3-0.45 of an interval), half a wrist PPG (the
+  beat times sampled at 25-64 Hz, i.e. intervals quantized to 16-40 ms, 10-30 ms pulse-timing
+  jitter, a pulse deficit: an interval under 0.75 x the recent mean, AF's short cycles and
+  premature beats, makes no pulse with probability 0.3-0.8 and merges with the next, and
+  motion bursts with 10-20 % missed beats).
 """
 
 from __future__ import annotations
@@ -1635,6 +1664,186 @@ def h_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return with_ectopy(kind, h_sinus(n, rng, young=kind == "sinus young"), rng, h_ectopy, h_geminy)
 
 
+# ---- family I ------------------------------------------------------------------------------------
+
+
+def i_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Respiration in time through a vagal low-pass on the period, a Mayer wave, a wander (docstring)."""
+    if young:
+        hr, breaths, rsa = rng.uniform(45, 90), rng.uniform(8, 30), rng.uniform(0.05, 0.18)
+    else:
+        hr, breaths, rsa = rng.uniform(55, 100), rng.uniform(10, 22), rng.uniform(0.005, 0.04)
+    mean = 60.0 / hr
+    dt = 0.05
+    steps = int(n * mean * 1.3 / dt) + 200
+    lengths = 60.0 / breaths * np.exp(rng.normal(0, rng.uniform(0.05, 0.3), steps // 20 + 10))
+    depth = np.clip(rng.normal(1, 0.2, len(lengths)), 0.3, 1.8)
+    edges = np.cumsum(lengths)
+    t = np.arange(steps) * dt
+    k = np.minimum(np.searchsorted(edges, t), len(edges) - 1)
+    start = np.where(k > 0, edges[np.maximum(k - 1, 0)], 0.0)
+    resp = np.sin(2 * np.pi * (t - start) / lengths[k]) * depth[k]
+    tau = rng.uniform(0.3, 1.2)
+    vagal = lfilter([dt / tau], [1.0, dt / tau - 1.0], resp)
+    vagal /= max(float(np.std(vagal)) * np.sqrt(2), 1e-9)
+    mayer = np.sin(2 * np.pi * rng.uniform(0.08, 0.12) * t + rng.uniform(0, 2 * np.pi)) * rng.uniform(0.005, 0.02)
+    wander = lfilter([0.002], [1.0, -0.998], rng.normal(0, 1, steps)) * rng.uniform(0.01, 0.03) / 0.032
+    period = mean * (1 + rsa * vagal + mayer + wander)
+    rr = np.empty(n)
+    now = 0.0
+    for i in range(n):
+        j = min(int(now / dt), steps - 1)
+        rr[i] = period[j] + rng.normal(0, 0.003)
+        now += rr[i]
+    return np.asarray(np.clip(rr, 0.3, 2.5))
+
+
+def i_ectopy(rr: FloatArray, rng: Rng, rate: float) -> FloatArray:
+    """Ventricular (compensatory, 10 % interpolated) and atrial (reset) premature beats, pairs 1 in 10."""
+    out: list[float] = []
+    coupling = rng.uniform(0.55, 0.8)
+    i = 0
+    while i < len(rr) - 3:
+        cycle = float(rr[i])
+        if rng.random() >= rate:
+            out.append(cycle)
+            i += 1
+            continue
+        c = cycle * coupling * rng.normal(1, 0.03)
+        pair = rng.random() < 0.1
+        if rng.random() < 0.5:  # ventricular
+            if rng.random() < 0.1:  # interpolated: the cycle split, no pause
+                out += [c, cycle - c + 0.02]
+                i += 1
+                continue
+            extra = [c * rng.uniform(0.9, 1.05)] if pair else []
+            out += [c, *extra, 2 * cycle - c]
+        else:  # atrial: the sinus node reset
+            extra = [c * rng.uniform(0.9, 1.05)] if pair else []
+            out += [c, *extra, cycle * rng.uniform(1.0, 1.25)]
+        i += 2
+    out += list(rr[i:])
+    return np.asarray(out)
+
+
+def i_geminy(rr: FloatArray, rng: Rng, every: int) -> FloatArray:
+    """Bigeminy / trigeminy with 1-4 % coupling jitter, in runs of 1-8 min between sinus stretches."""
+    coupling = rng.uniform(0.55, 0.8)
+    jitter = rng.uniform(0.01, 0.04)
+    ventricular = rng.random() < 0.6
+    out: list[float] = []
+    i, mean = 0, float(np.mean(rr))
+    on = rng.random() < 0.7
+    left = int(rng.uniform(60, 480) / mean)
+    while i < len(rr) - every:
+        if left <= 0:
+            on = not on
+            left = int((rng.uniform(60, 480) if on else rng.uniform(20, 120)) / mean)
+        if not on:
+            out.append(float(rr[i]))
+            i += 1
+            left -= 1
+            continue
+        out += [float(x) for x in rr[i : i + every - 2]]
+        i += every - 2
+        cycle = float(rr[i])
+        c = cycle * coupling * rng.normal(1, jitter)
+        out += [c, 2 * cycle - c if ventricular else cycle * rng.uniform(1.0, 1.2)]
+        i += 2
+        left -= every
+    out += list(rr[i:])
+    return np.asarray(out)
+
+
+def _i_node(n: int, rng: Rng, refractory: float) -> FloatArray:
+    """Ventricular intervals from an AV node fed by fibrillating atria (Lian et al. 2006, simplified)."""
+    atrial_mean, atrial_cv = rng.uniform(0.09, 0.18), rng.uniform(0.1, 0.25)
+    shape = 1 / atrial_cv**2
+    recovery = rng.uniform(0.1, 0.3)  # refractory restitution time constant (s)
+    conceal = rng.uniform(0.1, 0.4)  # share of the remaining refractoriness a blocked impulse adds
+    delay_min, delay_span, delay_tau = 0.08, rng.uniform(0.05, 0.15), rng.uniform(0.1, 0.3)
+    t, last, block_until, previous = 0.0, -refractory, 0.0, 0.0
+    out = np.empty(n)
+    k = 0
+    while k < n:
+        cycle = rng.gamma(shape, atrial_mean / shape)
+        t += cycle
+        if t < block_until:  # blocked, but concealed: it re-excites part of the node, prolonging refractoriness
+            block_until += conceal * cycle
+            continue
+        since = t - last
+        # the conduction delay recovers slowly: a short cycle lengthens the next delay (alternation)
+        delay = delay_min + delay_span * np.exp(-max(since - refractory, 0.0) / delay_tau)
+        out[k] = t + delay - previous
+        previous, last = t + delay, t
+        block_until = t + refractory * (1 - 0.3 * np.exp(-since / recovery))  # restitution
+        k += 1
+    out[0] = float(np.median(out[1:])) if n > 1 else out[0]
+    return out
+
+
+def i_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """AF from an AV-node model, its deviations scaled to the episode's CV (module docstring)."""
+    if low:
+        hr, cv, refractory = rng.uniform(50, 95), rng.uniform(0.08, 0.12), rng.uniform(0.45, 0.8)
+    else:
+        hr, cv, refractory = rng.uniform(70, 150), rng.uniform(0.15, 0.30), rng.uniform(0.25, 0.45)
+    raw = _i_node(n, rng, refractory)
+    z = (raw - raw.mean()) / max(float(raw.std()), 1e-9)
+    mean = 60.0 / hr
+    times = np.cumsum(np.full(n, mean))
+    resp = np.sin(2 * np.pi * times / rng.uniform(3, 6)) * rng.uniform(0.005, 0.02)
+    wander = lfilter([0.01], [1.0, -0.99], rng.normal(0, 1, n)) * rng.uniform(0.01, 0.03) / 0.07
+    rr = mean * (1 + resp + wander + cv * z)
+    return np.asarray(np.clip(rr, 0.25, 2.5))
+
+
+def _i_strap(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A chest strap: dry-electrode misses at the start, T waves double-counted in bursts, 1/1024 s."""
+    times = np.cumsum(rr)
+    n = len(rr)
+    miss = rng.uniform(0.02, 0.08) * np.exp(-times / 300.0)
+    keep = rng.random(n) >= miss
+    keep[-1] = True
+    beats = times[keep] + rng.normal(0, rng.uniform(0.001, 0.004), keep.sum())
+    burst = np.zeros(n, np.bool_)
+    for s in np.flatnonzero(rng.random(n) < 0.002):
+        burst[s : s + int(rng.integers(5, 30))] = True
+    gaps = np.diff(np.r_[0.0, times])
+    doubled = np.flatnonzero(burst & (rng.random(n) < 0.5))
+    beats = np.sort(np.r_[beats, times[doubled] - gaps[doubled] * rng.uniform(0.55, 0.7, len(doubled))])
+    out = np.diff(np.r_[0.0, beats])
+    return np.asarray(np.round(out[out > 0.02] * 1024) / 1024)
+
+
+def _i_ppg(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A wrist PPG: pulse deficit after short cycles, motion bursts, jitter, beats sampled at 25-64 Hz."""
+    n = len(rr)
+    recent = lfilter([0.1], [1.0, -0.9], rr, zi=[0.9 * rr[0]])[0]
+    short = rr < 0.75 * np.r_[rr[0], recent[:-1]]
+    keep = ~(short & (rng.random(n) < rng.uniform(0.3, 0.8)))
+    motion = np.zeros(n, np.bool_)
+    for s in np.flatnonzero(rng.random(n) < 0.003):
+        motion[s : s + int(rng.integers(10, 40))] = True
+    keep &= ~(motion & (rng.random(n) < rng.uniform(0.1, 0.2)))
+    keep[-1] = True
+    beats = np.cumsum(rr)[keep] + rng.normal(0, rng.uniform(0.01, 0.03), keep.sum())
+    fs = rng.uniform(25, 64)
+    beats = np.sort(np.round(beats * fs) / fs)
+    out = np.diff(np.r_[0.0, beats])
+    return np.asarray(out[out > 0.02])
+
+
+def i_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """Half a chest strap's errors, half a wrist PPG's (module docstring)."""
+    return _i_strap(rr, rng) if rng.random() < 0.5 else _i_ppg(rr, rng)
+
+
+def i_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family I's non-AF rhythm of ``kind``."""
+    return with_ectopy(kind, i_sinus(n, rng, young=kind == "sinus young"), rng, i_ectopy, i_geminy)
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
@@ -1644,6 +1853,7 @@ FAMILIES: dict[str, Family] = {
     "F": (f_background, f_af, f_errors),
     "G": (g_background, g_af, g_errors),
     "H": (h_background, h_af, h_errors),
+    "I": (i_background, i_af, i_errors),  # tenth round: held out, never tuned on
     # training data only (benchmarks/train_af.py, family A's training seeds): never evaluated
     "A-augmented": (a_background_augmented, a_af_correlated, a_errors),
 }

@@ -1,4 +1,4 @@
-"""The ninth round's AF candidate tooling (benchmarks/af_candidates.py, af_bins.py model variants)."""
+"""AF candidate tooling, ninth and tenth rounds (af_candidates, af_bins variants, af_second, family I)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import lfilter
 
-from benchmarks import af_bins, af_candidates
-from benchmarks.rr_models import a_sinus_fast_breathing, cohort, h_af
-from detectors import af_model
+from benchmarks import af_bins, af_candidates, af_second
+from benchmarks.rr_models import a_geminy, a_sinus, a_sinus_fast_breathing, cohort, h_af
+from detectors import af_model, rhythm
 from detectors.rhythm import irregular
+from tests.detectors.test_af_screening import rule_params
 
 
 def flatness(rr: np.ndarray) -> np.ndarray:
@@ -78,3 +79,35 @@ def test_family_h_draws_every_cell_with_one_paroxysm_where_labelled() -> None:
         assert len(rec.episodes) == (rec.af_kind is not None)
         for a, b in rec.episodes:
             assert 5 * 60 - 1 <= b - a <= 15 * 60 + 1
+
+
+def test_family_i_draws_every_cell_with_one_paroxysm_where_labelled() -> None:
+    recordings = cohort("I", 1, 40, (5, 15), 9)
+    assert len(recordings) == 36
+    for rec in recordings:
+        assert np.all(rec.rr > 0) and abs(rec.t[-1] - 2400) < 5
+        assert len(rec.episodes) == (rec.af_kind is not None)
+        for a, b in rec.episodes:
+            assert 5 * 60 - 1 <= b - a <= 15 * 60 + 1
+        if rec.af_kind == "AF low variability":  # the steerer's band for rate-controlled AF (before errors)
+            assert rec.af_rr is not None
+            assert 0.07 < np.std(rec.af_rr) / np.mean(rec.af_rr) < 0.13
+
+
+def test_the_second_opinion_is_installed_for_its_run_only_and_sees_alternating_af() -> None:
+    """Tenth round: af_second's guarded Dash rule calls more alternating AF (lag-1 -0.6, CV 0.12)
+    irregular than the shipped classifier, keeps trigeminy regular, and restores the detector."""
+    rng = np.random.default_rng(33)
+    alternating = sliding_window_view(0.8 * (1 + 0.12 * lfilter([0.8], [1.0, 0.6], rng.normal(0, 1, 3000))), 64)[::16]
+    trigeminy = sliding_window_view(a_geminy(a_sinus(3000, rng), rng, 3), 64)[::16]
+
+    def share(rows: np.ndarray) -> float:
+        return float(np.nanmean(irregular(rows, np.ones(len(rows), np.bool_), rule_params(len(rows)))))
+
+    shipped = rhythm._learned
+    before = share(alternating)
+    with af_second.installed("0.5,0,0.1,0.6,0.62"):
+        after, regular = share(alternating), share(trigeminy)
+    assert rhythm._learned is shipped
+    assert after > before + 0.2
+    assert regular < 0.02
