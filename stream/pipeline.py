@@ -9,6 +9,12 @@
 6. write vitals and alert state changes to InfluxDB (retrying; rejected points → dead-letter);
 7. publish the alert events to ``rpm.alerts``.
 
+A large batch (a worker catching up on a backlog takes hundreds of thousands of readings at once)
+goes through steps 1-4 and 6-7 in parts of at most ``MAX_PART_BYTES`` of records, and the delivery
+of one part (6-7; parts in order) runs while the next part is decoded and detected (1-4), so
+InfluxDB keeps writing while the detectors work instead of the two taking turns; step 5 comes
+once the whole batch is delivered.
+
 The caller (the Faust agent) acknowledges the records only after :meth:`Pipeline.handle`
 returned, so a crash anywhere here means redelivery, and redelivery is harmless: points are
 keyed, alert ids are deterministic, and the engine drops samples it has already seen (its
@@ -17,11 +23,12 @@ keyed, alert ids are deterministic, and the engine drops samples it has already 
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -45,6 +52,15 @@ _LOGGER = logging.getLogger(__name__)
 
 # Upper bounds of the batch-size histogram (records per micro-batch; protocol.MAX_BATCH_RECORDS is 2000).
 BATCH_BUCKETS: Final = (1, 10, 50, 100, 250, 500, 1000, 2000)
+
+# A batch is detected and delivered in parts of records of at most this many bytes (~4,700 readings of
+# the bridge's records, ~380 bytes each: about one InfluxDB request of sink.MAX_LINES_PER_WRITE; a
+# batch taken at a steady load is one part), the delivery of one part overlapping the detection of the
+# next. Under overload a batch of ~200 full
+# records held ~550,000 readings: detected in one go (event loop held for 2-3 s, nothing written), then
+# written one request after another (the worker idle), then checkpointed; seconds with nothing landed
+# (benchmarks/RESULTS.md, "Overload, session 13").
+MAX_PART_BYTES: Final = 1_800_000
 
 # How checkpoints are written (both are read): "packed" (state record version 2, detectors.packed) or
 # "json" (version 1, what workers before packed checkpoints write and read: for a rolling upgrade,
@@ -172,6 +188,18 @@ class PipelineStats:
         self.batch_records[bisect.bisect_left(BATCH_BUCKETS, records)] += 1
 
 
+def _parts(values: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """``values`` in consecutive runs of at most ``max_bytes`` (a record larger than that alone)."""
+    start, size = 0, 0
+    for i, value in enumerate(values):
+        if size and size + len(value) > max_bytes:
+            yield values[start:i]
+            start, size = i, 0
+        size += len(value)
+    if start < len(values):
+        yield values[start:]
+
+
 def alert_point(event: AlertEvent) -> AlertPoint:
     """The InfluxDB point of an alert event."""
     return AlertPoint(
@@ -194,11 +222,12 @@ class Pipeline:
     def __init__(
         self, *, engine_factory: Callable[[], AlertEngine], sink: InfluxSink, store: StateStore | None = None,
         clock: Callable[[], float] = time.time, enrolled: Callable[[], Sequence[str]] | None = None,
-        state_format: str = STATE_FORMATS[0],
+        state_format: str = STATE_FORMATS[0], part_bytes: int = MAX_PART_BYTES,
     ) -> None:
         if state_format not in STATE_FORMATS:
             raise ValueError(f"state format {state_format!r}: expected one of {', '.join(STATE_FORMATS)}")
         self._packed = state_format == "packed"
+        self._part_bytes = part_bytes
         self._engine_factory = engine_factory
         self._enrolled = enrolled
         self.engine = engine_factory()
@@ -365,7 +394,38 @@ class Pipeline:
         then checkpoint (``checkpoint=False``: the caller checkpoints later, see
         :class:`stream.protocol.Committer`). The outputs always go out before the state that reflects
         them is checkpointed: a checkpoint never holds an effect whose output could still be lost.
+
+        The records go in parts of at most ``part_bytes`` (:data:`MAX_PART_BYTES`), each part's outputs
+        delivered in order, one part at a time, while the next part is detected; the batch returns
+        once every part is delivered (so, as before, its outputs are all out when this returns). A part
+        is what a smaller batch would have been: the engine sees the same records in the same order.
         """
+        delivery: asyncio.Future[None] | None = None
+        try:
+            for part in _parts(values, self._part_bytes):
+                lines, events = await self._detect(part)
+                if delivery is not None:
+                    await delivery  # one part delivered at a time: writes and alerts stay in order
+                delivery = asyncio.ensure_future(self._deliver(lines, events))
+                # Let the delivery send its first request before the next part's detection holds the loop.
+                await asyncio.sleep(0)
+            if delivery is not None:
+                await delivery
+        except BaseException:
+            if delivery is not None and not delivery.done():
+                delivery.cancel()
+                await asyncio.gather(delivery, return_exceptions=True)
+            raise
+        self.stats.records += len(values)
+        self.stats.batches += 1
+        self.stats.patients = len(self.engine.registry)
+        self.stats.observe_batch(len(values))
+        if checkpoint:
+            self.checkpoint()
+            await self.flush_states()
+
+    async def _detect(self, values: list[bytes]) -> tuple[list[str], list[AlertEvent]]:
+        """Decode and detect a part of a batch: its ``vitals`` lines and alert events (not delivered yet)."""
         # Times further ahead of this worker's clock than the bridge lets through are a rogue
         # producer's: such a time would become the device's watermark and silence the patient.
         decoded = decode_records(values, now=self._clock())
@@ -381,16 +441,13 @@ class Pipeline:
         self.stats.detector_s += time.perf_counter() - started
         if decoded.samples and len(self.engine.conflicts.dropped):
             lines = await self._settle_conflicts(decoded, self.engine.conflicts, lines)
+        self.stats.samples += decoded.samples
+        return lines, events
+
+    async def _deliver(self, lines: list[str], events: list[AlertEvent]) -> None:
+        """Write a part's lines and its alerts' lines to InfluxDB, then publish the alerts."""
         await self._write(lines + [alert_line(alert_point(e)) for e in events])
         await self._publish(events)
-        self.stats.records += len(values)
-        self.stats.samples += decoded.samples
-        self.stats.batches += 1
-        self.stats.patients = len(self.engine.registry)
-        self.stats.observe_batch(len(values))
-        if checkpoint:
-            self.checkpoint()
-            await self.flush_states()
 
     async def acknowledge(self, *, patient: str, alert_id: str, by: str, at: float, checkpoint: bool = True) -> bool:
         """Apply a nurse's acknowledgement; False if no open alert has that id (already cleared?).
