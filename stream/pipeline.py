@@ -403,12 +403,13 @@ class Pipeline:
         delivery: asyncio.Future[None] | None = None
         try:
             for part in _parts(values, self._part_bytes):
-                lines, events = await self._detect(part)
+                # While a part is delivered, the next is detected in a thread: the event loop stays free to
+                # send that part's requests and read InfluxDB's answers (aiohttp writes a request's body
+                # from a task of its own, so a detection holding the loop would hold the request back).
+                lines, events = await self._detect(part, offload=delivery is not None)
                 if delivery is not None:
                     await delivery  # one part delivered at a time: writes and alerts stay in order
                 delivery = asyncio.ensure_future(self._deliver(lines, events))
-                # Let the delivery send its first request before the next part's detection holds the loop.
-                await asyncio.sleep(0)
             if delivery is not None:
                 await delivery
         except BaseException:
@@ -424,25 +425,39 @@ class Pipeline:
             self.checkpoint()
             await self.flush_states()
 
-    async def _detect(self, values: list[bytes]) -> tuple[list[str], list[AlertEvent]]:
-        """Decode and detect a part of a batch: its ``vitals`` lines and alert events (not delivered yet)."""
+    async def _detect(self, values: list[bytes], *, offload: bool = False) -> tuple[list[str], list[AlertEvent]]:
+        """Decode and detect a part of a batch: its ``vitals`` lines and alert events (not delivered yet).
+
+        ``offload``: decode and detect in a thread (the engine is only ever used under the worker's
+        lock, which the batch holds; what other tasks read while it runs, the stats, ``last_seen``
+        and the resets, is changed here on the event loop, not in the thread)."""
         # Times further ahead of this worker's clock than the bridge lets through are a rogue
         # producer's: such a time would become the device's watermark and silence the patient.
-        decoded = decode_records(values, now=self._clock())
+        decoded = (await asyncio.to_thread(decode_records, values, now=self._clock()) if offload
+                   else decode_records(values, now=self._clock()))
         for raw, reason in decoded.rejected:
             await self._deadletter("worker", reason, "rpm.readings", raw)
         patients = list(dict.fromkeys(decoded.patient))
         self._load(patients)
-        lines = self._vitals_lines(decoded)
-        started = time.perf_counter()
         now = self._clock()  # processing time: escalation deadlines run from here for late data
         self.last_seen.update(dict.fromkeys(patients, now))
-        events = self.engine.process(self._sample_batch(decoded), now=now) if decoded.samples else []
-        self.stats.detector_s += time.perf_counter() - started
-        if decoded.samples and len(self.engine.conflicts.dropped):
-            lines = await self._settle_conflicts(decoded, self.engine.conflicts, lines)
+        engine = self.engine
+        detected = (await asyncio.to_thread(self._run_detectors, engine, decoded, now) if offload
+                    else self._run_detectors(engine, decoded, now))
+        lines, events, detector_s = detected
+        self.stats.detector_s += detector_s
+        if decoded.samples and len(engine.conflicts.dropped):
+            lines = await self._settle_conflicts(decoded, engine.conflicts, lines)
         self.stats.samples += decoded.samples
         return lines, events
+
+    def _run_detectors(self, engine: AlertEngine, decoded: Decoded, now: float
+                       ) -> tuple[list[str], list[AlertEvent], float]:
+        """The ``vitals`` lines and ``engine``'s alert events of ``decoded``, and the detectors' time."""
+        lines = self._vitals_lines(decoded)
+        started = time.perf_counter()
+        events = engine.process(self._sample_batch(decoded, engine), now=now) if decoded.samples else []
+        return lines, events, time.perf_counter() - started
 
     async def _deliver(self, lines: list[str], events: list[AlertEvent]) -> None:
         """Write a part's lines and its alerts' lines to InfluxDB, then publish the alerts."""
@@ -516,16 +531,17 @@ class Pipeline:
         gone = set(dropped.tolist())
         return [line for i, line in enumerate(lines) if i not in gone]
 
-    def _sample_batch(self, decoded: Decoded) -> SampleBatch:
-        """One batch of every group's samples; patient and device codes are per group, repeated per sample.
+    def _sample_batch(self, decoded: Decoded, engine: AlertEngine | None = None) -> SampleBatch:
+        """One batch of every group's samples; patient and device codes (of ``engine``, default the
+        pipeline's) are per group, repeated per sample.
 
         Device codes matter: rules with ``device_prefix`` (a fingerstick meter beside a CGM) select
         samples by device, and the engine keeps its "already seen" watermarks per device.
         """
-        registry = self.engine.registry
-        index_of = registry.index_of
+        engine = engine if engine is not None else self.engine
+        index_of = engine.registry.index_of
         patient_of_group = np.fromiter(map(index_of, decoded.patient), np.int64, len(decoded.patient))
-        device_of_group = self.engine.device_codes(decoded.device)
+        device_of_group = engine.device_codes(decoded.device)
         return SampleBatch(
             patient=np.repeat(patient_of_group, decoded.size),
             metric=decoded.metric_code,
