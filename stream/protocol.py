@@ -11,13 +11,15 @@ phases, and is the only thing that acknowledges records (makes their offsets com
                                   └──────────────────────────────────────── ACKNOWLEDGING
     any phase ── the app stops ──▶ STOPPING ── states written, records acknowledged ──▶ STOPPED
 
-- PROCESSING: the batch runs to completion with its outputs (InfluxDB write, alerts) delivered;
+- PROCESSING: the batch (a slice of what ``take()`` handed over, at most :data:`MAX_SLICE_BYTES`)
+  runs to completion with its outputs (InfluxDB write, alerts) delivered;
   a failure is retried in place with backoff (:func:`until_done`) on the engine rebuilt from its
   checkpoints, never acknowledged unprocessed; after ``ISOLATE_AFTER`` failures that were not
   outages it runs record by record and dead-letters what fails alone (:func:`isolate_poison`).
 - CHECKPOINTING: the states that are due are written (:class:`Committer`, a paced group commit).
 - ACKNOWLEDGING: the records no pending state depends on any more are acknowledged.
-- STOPPING: a batch under way gets ``STOP_GRACE_S``; one still retrying is abandoned (nothing of
+- STOPPING: what is under way (with the slices of its batch still to come) gets ``STOP_GRACE_S``
+  in all; a batch still unfinished then, e.g. retrying, is abandoned (nothing of
   it acknowledged, nothing checkpointed from then on: it is all processed again after the restart);
   otherwise every pending state is written and every record acknowledged.
 - A rebalance that gives partitions away first drains (:meth:`WorkerMachine.drain`: everything
@@ -54,6 +56,13 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
+# A batch taken is processed in slices of at most this many bytes of record values (~42,000 readings
+# of the bridge's full records, well under a second of work), each a batch of its own (processed,
+# checkpointed, acknowledged, in order) with the lock released in between: a backlog hands the worker
+# ~200-400 full records at once (0.5-1 million readings), which held the lock, so the ticks (staleness,
+# escalation) waited 15-22 s, and the checkpoint after it wrote ~20,000-30,000 states in one go
+# (RESULTS.md, "Overload, session 13"). A batch taken at a steady load is one slice.
+MAX_SLICE_BYTES: Final = 16_000_000
 # Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
 CHECKPOINT_INTERVAL_S: Final = 30.0
 # A flush may always write this many due states, however short the time since the last one.
@@ -252,6 +261,21 @@ class Committer:
         return max(MIN_CHECKPOINTS_PER_FLUSH, math.ceil(share))
 
 
+def slices(events: Sequence[Event], max_bytes: int) -> list[Sequence[Event]]:
+    """``events`` in order, cut into runs of at most ``max_bytes`` of values (a larger one alone)."""
+    out: list[Sequence[Event]] = []
+    start, size = 0, 0
+    for i, event in enumerate(events):
+        n = len(event.value)
+        if i > start and size + n > max_bytes:
+            out.append(events[start:i])
+            start, size = i, 0
+        size += n
+    if start < len(events):
+        out.append(events[start:] if start else events)
+    return out
+
+
 async def ack_all(stream: Any, events: Sequence[Any]) -> None:
     """Acknowledge ``events`` (their offsets become committable)."""
     for event in events:
@@ -353,10 +377,13 @@ class WorkerMachine:
 
     def __init__(self, pipeline: Pipeline, status: WorkerStatus, *, checkpoint_interval_s: float,
                  key_ring: KeyRing | None = None, retry_first_s: float = RETRY_FIRST_S,
-                 stop_grace_s: float = STOP_GRACE_S) -> None:
+                 stop_grace_s: float = STOP_GRACE_S, slice_bytes: int = MAX_SLICE_BYTES) -> None:
         self.pipeline = pipeline
         self.retry_first_s = retry_first_s
         self.stop_grace_s = stop_grace_s
+        self.slice_bytes = slice_bytes
+        # time.monotonic() until which what is under way at a stop may go on (every slice together).
+        self._grace_until: float | None = None
         self.status = status
         self.key_ring = key_ring
         self.committer = Committer(pipeline, interval_s=checkpoint_interval_s)
@@ -410,7 +437,13 @@ class WorkerMachine:
     # -- batches ---------------------------------------------------------------------------------
 
     async def readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
-        """Process a batch of ``rpm.readings`` records, then checkpoint and acknowledge what is due."""
+        """Process a batch of ``rpm.readings`` records, then checkpoint and acknowledge what is due:
+        in slices of at most ``slice_bytes`` of record values (:data:`MAX_SLICE_BYTES`), each a batch
+        of its own, the lock released in between (a waiting tick runs)."""
+        for part in slices(events, self.slice_bytes):
+            await self._readings(stream, part)
+
+    async def _readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
         values = [event.value for event in events]
         step = functools.partial(self.pipeline.handle, values, checkpoint=False)
         isolate = functools.partial(isolate_poison, values, self._handle_one, self.rebuild, self._deadletter_reading)
@@ -452,8 +485,9 @@ class WorkerMachine:
     async def _run(self, what: str, step: Callable[[], Awaitable[None]],
                    isolate: Callable[[], Awaitable[object]] | None = None) -> bool:
         """Under the lock: run a batch to completion (retrying failures), unless the worker stops;
-        then it gets ``STOP_GRACE_S`` to finish, and one still retrying (InfluxDB or Kafka
-        unavailable) is abandoned (see the module docstring). Whether the batch was processed."""
+        then it gets what is left of ``STOP_GRACE_S`` (counted from the first batch the stop found
+        under way) to finish, and one still unfinished (InfluxDB or Kafka unavailable, or too much
+        left) is abandoned (see the module docstring). Whether the batch was processed."""
         if self.committer.abandoned:
             return False
         self._enter(Phase.PROCESSING)
@@ -464,7 +498,9 @@ class WorkerMachine:
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
-                await asyncio.wait({task}, timeout=self.stop_grace_s)
+                if self._grace_until is None:  # one grace for all that is under way, slices of a batch included
+                    self._grace_until = time.monotonic() + self.stop_grace_s
+                await asyncio.wait({task}, timeout=max(0.0, self._grace_until - time.monotonic()))
         except asyncio.CancelledError:
             await self._abandon(task)
             raise

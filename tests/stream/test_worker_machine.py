@@ -25,7 +25,7 @@ from rpm_core.signing import KeyRing
 from rpm_core.sink import InfluxSink
 from rpm_core.wire import encode_readings_record
 from stream.pipeline import DictStore, Pipeline
-from stream.protocol import ISOLATE_AFTER, Phase, WorkerMachine, WorkerStatus
+from stream.protocol import ISOLATE_AFTER, Phase, WorkerMachine, WorkerStatus, slices
 
 T0 = 1_700_000_000.0
 P, A, C, K = Phase.PROCESSING, Phase.ASSIGNED, Phase.CHECKPOINTING, Phase.ACKNOWLEDGING
@@ -316,3 +316,52 @@ async def test_an_ack_in_one_patients_name_for_another_patients_alert_is_dead_le
     assert b"not the named patient" in r.out.deadletters[0] and b"record key" in r.out.deadletters[1]
     await r.machine.acknowledgements(r.consumer, [Ev(rekeyed, b"p2")])
     assert any(b'"acknowledged"' in a for a in r.out.alerts), "p2's own ack acknowledges it"
+
+
+async def test_a_large_batch_is_processed_in_slices_with_ticks_in_between() -> None:
+    """A backlog hands the worker hundreds of full records at once (0.5-1 million readings): processed
+    as one batch, it held the lock for 10-20 s, so the ticks (staleness, escalation) waited that long,
+    and the checkpoint after it wrote tens of thousands of states at once. Now it is processed in
+    slices of at most ``slice_bytes``, each its own batch (written, checkpointed, acknowledged in
+    order), and a tick waiting for the lock runs between two slices. (Helper ``ovl``'s test, of its
+    1 MB slices; here the slices are 16 MB.)"""
+    r = rig()
+    assigned(r)
+    batch = [reading(f"p{k}", T0 + k) for k in range(6)]
+    r.machine.slice_bytes = 2 * len(batch[0].value) + 1  # two records a slice
+    order: list[str] = []
+    first_write, gate = asyncio.Event(), asyncio.Event()
+    write = r.influx.write
+
+    async def gated_write(body: bytes) -> None:
+        order.append("write")
+        first_write.set()
+        if len(order) == 1:
+            await gate.wait()
+        await write(body)
+
+    r.influx.write = gated_write  # type: ignore[method-assign]
+    tick = r.pipeline.tick
+
+    async def noted_tick(*, checkpoint: bool = True) -> None:
+        order.append("tick")
+        await tick(checkpoint=checkpoint)
+
+    r.pipeline.tick = noted_tick  # type: ignore[method-assign]
+    mark = len(r.machine.history)
+    reading_task = asyncio.ensure_future(r.machine.readings(r.consumer, batch))
+    await first_write.wait()  # the first slice is being written, under the lock
+    tick_task = asyncio.ensure_future(r.machine.tick())
+    await asyncio.sleep(0)  # the tick now waits for the lock
+    gate.set()
+    await asyncio.gather(reading_task, tick_task)
+    assert order == ["write", "tick", "write", "write"]
+    assert r.consumer.acked == batch, "every slice acknowledged, in order"
+    assert r.since(mark).count(C) == 4, "three slices and the tick, each checkpointed"
+
+
+def test_slices_keep_the_order_and_put_an_oversized_record_alone() -> None:
+    events = [Ev(b"x" * n) for n in (3, 3, 3, 10, 1, 1)]
+    parts = slices(events, 6)
+    assert [[len(e.value) for e in part] for part in parts] == [[3, 3], [3], [10], [1, 1]]
+    assert slices(events[:2], 100) == [events[:2]] and slices([], 5) == []
