@@ -53,14 +53,13 @@ _LOGGER = logging.getLogger(__name__)
 # Upper bounds of the batch-size histogram (records per micro-batch; protocol.MAX_BATCH_RECORDS is 2000).
 BATCH_BUCKETS: Final = (1, 10, 50, 100, 250, 500, 1000, 2000)
 
-# A batch is detected and delivered in parts of records of at most this many bytes (~4,700 readings of
-# the bridge's records, ~380 bytes each: about one InfluxDB request of sink.MAX_LINES_PER_WRITE; a
+# A batch is detected and delivered in parts of records of at most this many bytes (~10,000 readings
+# of the bridge's records, ~50 bytes each: about two InfluxDB requests of sink.MAX_LINES_PER_WRITE; a
 # batch taken at a steady load is one part), the delivery of one part overlapping the detection of the
-# next. Under overload a batch of ~200 full
-# records held ~550,000 readings: detected in one go (event loop held for 2-3 s, nothing written), then
-# written one request after another (the worker idle), then checkpointed; seconds with nothing landed
-# (benchmarks/RESULTS.md, "Overload, session 13").
-MAX_PART_BYTES: Final = 1_800_000
+# next. Under overload a batch of ~200 full records held ~550,000 readings: detected in one go (event
+# loop held for 2-3 s, nothing written), then written one request after another (the worker idle), then
+# checkpointed; seconds with nothing landed (benchmarks/RESULTS.md, "Overload, session 13").
+MAX_PART_BYTES: Final = 512_000
 
 # How checkpoints are written (both are read): "packed" (state record version 2, detectors.packed) or
 # "json" (version 1, what workers before packed checkpoints write and read: for a rolling upgrade,

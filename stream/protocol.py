@@ -56,13 +56,13 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 2_000
-# A batch taken is processed in slices of at most this many bytes of record values (~42,000 readings
-# of the bridge's full records, well under a second of work), each a batch of its own (processed,
-# checkpointed, acknowledged, in order) with the lock released in between: a backlog hands the worker
-# ~200-400 full records at once (0.5-1 million readings), which held the lock, so the ticks (staleness,
-# escalation) waited 15-22 s, and the checkpoint after it wrote ~20,000-30,000 states in one go
-# (RESULTS.md, "Overload, session 13"). A batch taken at a steady load is one slice.
-MAX_SLICE_BYTES: Final = 16_000_000
+# A batch taken is processed in slices of at most this many bytes of record values (~80,000 readings
+# of the bridge's records, ~50 bytes each: 1-2 s of work under overload), each a batch of its own
+# (processed, checkpointed, acknowledged, in order) with the lock released in between: a backlog hands
+# the worker ~200-400 records of ~2,500 readings at once (0.5-1 million readings), which held the lock,
+# so the ticks (staleness, escalation) waited 10-22 s, and the checkpoint after it wrote ~20,000-30,000
+# states in one go (RESULTS.md, "Overload, session 13"). A batch taken at a steady load is one slice.
+MAX_SLICE_BYTES: Final = 4_000_000
 # Group commit of detector state and offsets (Committer); RPM_CHECKPOINT_INTERVAL_S overrides.
 CHECKPOINT_INTERVAL_S: Final = 30.0
 # A flush may always write this many due states, however short the time since the last one.

@@ -13,7 +13,7 @@ from detectors.engine import Engine
 from rpm_core.rules import load_rules
 from rpm_core.sink import InfluxSink, V1Writer
 from rpm_core.wire import encode_readings_record
-from stream.pipeline import Pipeline
+from stream.pipeline import MAX_PART_BYTES, Pipeline
 from tests.conftest import REPO
 from tests.support.influx import count_by
 
@@ -103,7 +103,7 @@ async def test_the_next_part_is_detected_while_influxdb_writes_the_previous_one(
 async def test_a_batch_within_a_part_is_detected_and_written_whole(influx_url: str, influx_db: str) -> None:
     """At a steady load a batch is far below MAX_PART_BYTES: one detection, one write, as before."""
     log: list[tuple[str, int]] = []
-    pipe = noted_pipeline(influx_url, influx_db, log, part_bytes=1_800_000)
+    pipe = noted_pipeline(influx_url, influx_db, log, part_bytes=MAX_PART_BYTES)
     await pipe.handle([record("p1", [70.0] * 3), record("p2", [71.0] * 4)], checkpoint=False)
     try:
         assert log == [("detect", 7), ("write", 7), ("written", 7)]

@@ -324,7 +324,7 @@ async def test_a_large_batch_is_processed_in_slices_with_ticks_in_between() -> N
     and the checkpoint after it wrote tens of thousands of states at once. Now it is processed in
     slices of at most ``slice_bytes``, each its own batch (written, checkpointed, acknowledged in
     order), and a tick waiting for the lock runs between two slices. (Helper ``ovl``'s test, of its
-    1 MB slices; here the slices are 16 MB.)"""
+    1 MB slices; here the slices are 4 MB.)"""
     r = rig()
     assigned(r)
     batch = [reading(f"p{k}", T0 + k) for k in range(6)]
