@@ -142,6 +142,8 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
             gauge("rpm_worker_failing_seconds",
                   "How long the batch or InfluxDB write under way has been failing (0: none is)",
                   status.failing_for(now, sink_stats.failing_since)),
+            gauge("rpm_worker_behind_seconds", "How long the last batch's oldest record waited in Kafka",
+                  status.behind_for(now)),
         ]
     return out
 

@@ -77,6 +77,11 @@ RETRY_MAX_S: Final = 30.0
 ISOLATE_AFTER: Final = 3
 # /healthz says "not progressing" once a batch (or an InfluxDB write) has been failing this long.
 STUCK_AFTER_S: Final = 60.0
+# /healthz warns once the readings of a batch waited this long in Kafka before they were processed
+# (a backlog: the worker cannot keep up, or catches up after an outage): their alerts come that late.
+BEHIND_AFTER_S: Final = 60.0
+# ... as long as such a batch was processed within this long (an idle worker is behind nothing).
+BEHIND_FRESH_S: Final = 30.0
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -295,6 +300,16 @@ class WorkerStatus:
     # time.monotonic() when the batch under way started; None between batches.
     batch_since: float | None = None
     phase: str = "recovering"  # the worker's Phase, for /healthz
+    # How long the oldest record of the last batch processed had waited in Kafka (its timestamp to
+    # the end of its processing), and time.monotonic() when that batch was done.
+    behind_s: float = 0.0
+    behind_at: float | None = None
+
+    def behind_for(self, now: float) -> float:
+        """How late the last batch's readings were processed (0 if that batch was not recent)."""
+        if self.behind_at is None or now - self.behind_at > BEHIND_FRESH_S:
+            return 0.0
+        return self.behind_s
 
     def busy_for(self, now: float) -> float:
         """How long the batch under way has been unfinished (0 between batches)."""
@@ -416,8 +431,18 @@ class WorkerMachine:
         isolate = functools.partial(isolate_poison, values, self._handle_one, self.rebuild, self._deadletter_reading)
         async with self.committer.lock:
             if await self._run(f"a batch of {len(values)} readings records", step, isolate):
+                self._note_waited(events)
                 self.committer.changed(self.committer.next_seq(), stream, events)
                 await self._flush()
+
+    def _note_waited(self, events: Sequence[Event]) -> None:
+        """How long the batch's oldest record waited in Kafka (its timestamp, set when the bridge
+        produced it) until now that it is processed: how far behind its readings the worker runs."""
+        stamps = [t for t in (getattr(getattr(e, "message", None), "timestamp", None) for e in events)
+                  if isinstance(t, int | float) and math.isfinite(t) and t > 0]
+        if stamps:
+            self.status.behind_s = max(0.0, self.pipeline.now() - min(stamps))
+            self.status.behind_at = time.monotonic()
 
     async def acknowledgements(self, stream: Acknowledger, events: Sequence[Event]) -> None:
         """Apply a batch of nurse acknowledgements (each checkpointed at once), then acknowledge it."""

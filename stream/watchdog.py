@@ -12,7 +12,8 @@ rule                     severity condition
 ``tech.worker_stuck``    critical a worker alive but not progressing (InfluxDB failing, a batch stuck)
 ``tech.worker_warning``  warning  a worker that delivers but says something is wrong (an InfluxDB limit
                                   refusing the points of new devices; detector states Kafka failed
-                                  to take into the state changelog)
+                                  to take into the state changelog; readings processed a minute
+                                  or more after they arrived)
 ``tech.bridge_stuck``    critical a bridge alive but not progressing (Kafka refusing, disconnected)
 ``tech.bridge_silent``   critical a bridge that stopped reporting without saying it stops
 ``tech.bridges_missing`` critical no bridge running (none reported, or the last one said it stops)
@@ -254,6 +255,7 @@ class Watchdog:
         problem = w.problem or ""
         influx = "InfluxDB" in problem
         changelog = "state changelog" in problem
+        behind = "after they arrived" in problem
         remedies = []
         if influx:
             remedies.append("Fix InfluxDB's configuration as the message says; the refused readings wait on "
@@ -262,10 +264,15 @@ class Watchdog:
             remedies.append("Check Kafka (its log, disk, the rpm state changelog topic): the worker sends the states "
                             "again by itself and the warning clears when they are written; do not restart the worker "
                             "meanwhile unless it is stuck.")
+        if behind:
+            remedies.append("The workers cannot keep up with the readings: start another worker (systemctl start "
+                            "rpm-worker@N; partitions move to it by themselves) or find what slows this one "
+                            "(CPU, InfluxDB). The backlog drains by itself once they keep up.")
         return Condition(
             severity="warning", component="influxdb" if influx else "kafka" if changelog else "worker",
             wards=self._wards_of(list(w.partitions)),
             message=(f"Worker {w.instance}: {problem}. Clinical alerts are still raised for every patient"
+                     + (", but that late" if behind else "")
                      + ("; the readings refused are not stored (charts, reports and exports miss them) until fixed."
                         if influx else ".")),
             remedy=" ".join(remedies) or RUN_REMEDY)

@@ -253,9 +253,10 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
     ``problem`` is why a check fails, or, all passing, a warning: an InfluxDB limit refusing the
     points of new devices (``SinkStats.limit``), detector states not yet in the state changelog after
-    a Kafka failure (``TableStore.problem``); detection goes on, so no 503 to restart us for.
+    a Kafka failure (``TableStore.problem``), readings processed ``BEHIND_AFTER_S`` or more after
+    they arrived (``behind_s``: a backlog); detection goes on, so no 503 to restart us for.
     """
-    from stream.protocol import STUCK_AFTER_S
+    from stream.protocol import BEHIND_AFTER_S, STUCK_AFTER_S
 
     now = time.monotonic() if now is None else now
     failing_s = status.failing_for(now, pipeline.sink.stats.failing_since)
@@ -265,8 +266,12 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
         problem = f"a batch has been unfinished for {busy_s:.0f} s"
     elif problem is None and failing_s >= STUCK_AFTER_S:
         problem = f"a batch or an InfluxDB write has been failing for {failing_s:.0f} s"
+    behind_s = status.behind_for(now)
     if problem is None:  # a warning: detection and delivery go on, something is not as it should be
         warnings = [w for w in (pipeline.sink.stats.limit, pipeline.store.problem) if w]
+        if behind_s >= BEHIND_AFTER_S:
+            warnings.append(f"it processes readings {behind_s:.0f} s after they arrived (a backlog in Kafka): "
+                            "alerts for its patients come that late")
         problem = "; ".join(warnings) or None
     return {
         "running": bool(app.started and not app.should_stop),
@@ -277,6 +282,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
         "problem": problem,
         "failing_s": round(failing_s, 1),
         "batch_s": round(busy_s, 1),
+        "behind_s": round(behind_s, 1),
         "partitions": sorted(status.partitions),
         "phase": status.phase,
         "enrolled": pipeline.stats.enrolled,

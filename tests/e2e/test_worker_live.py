@@ -111,6 +111,8 @@ def test_meter_low_alert_and_worker_pages(stack: Stack, tmp_path: Path) -> None:
     assert metric(text, "rpm_worker_detector_seconds_total") is not None
     assert metric(text, "rpm_worker_batch_records_count") == metric(text, "rpm_worker_batches_total")
     assert metric(text, "rpm_worker_assigned_partitions") == PARTITIONS
+    behind = metric(text, "rpm_worker_behind_seconds")  # 0 once the last batch is 30 s old
+    assert behind is not None and 0 <= behind < 60, "nothing waited a minute in Kafka here"
     assert "# TYPE rpm_worker_batch_records histogram" in text
 
 

@@ -316,3 +316,58 @@ async def test_an_ack_in_one_patients_name_for_another_patients_alert_is_dead_le
     assert b"not the named patient" in r.out.deadletters[0] and b"record key" in r.out.deadletters[1]
     await r.machine.acknowledgements(r.consumer, [Ev(rekeyed, b"p2")])
     assert any(b'"acknowledged"' in a for a in r.out.alerts), "p2's own ack acknowledges it"
+
+
+@dataclass
+class Message:
+    timestamp: float
+
+
+@dataclass
+class StampedEv(Ev):
+    """A taken record with the timestamp Kafka gave it (when the bridge produced it)."""
+
+    message: Message | None = None
+
+
+async def test_how_long_a_batchs_readings_waited_in_kafka_is_how_far_behind_the_worker_is() -> None:
+    """Never silent: a worker that keeps processing but further and further behind (a backlog) is
+    not stuck, yet its alerts come late; the oldest record's wait is measured per batch, /healthz
+    warns from a minute, and an idle worker is behind nothing."""
+    from stream.protocol import BEHIND_AFTER_S, BEHIND_FRESH_S
+    from stream.worker import health
+
+    r = rig()
+    assigned(r)
+    waited = [StampedEv(reading("p1", T0 - 200).value, message=Message(r.clock.now - 95)),
+              StampedEv(reading("p2", T0 - 10).value, message=Message(r.clock.now - 5))]
+    await r.machine.readings(r.consumer, waited)
+    assert r.status.behind_s == pytest.approx(95)
+    app = type("App", (), {"started": True, "should_stop": False})()
+    body = health(app, r.pipeline, r.status)
+    assert body["behind_s"] == pytest.approx(95) and body["progressing"] and body["configured"]
+    assert "95 s after they arrived" in body["problem"] and BEHIND_AFTER_S <= 95
+    assert health(app, r.pipeline, r.status, now=r.status.behind_at + BEHIND_FRESH_S + 1)["problem"] is None
+    await r.machine.readings(r.consumer, [StampedEv(reading("p1", T0).value, message=Message(r.clock.now - 2))])
+    assert health(app, r.pipeline, r.status)["problem"] is None, "caught up"
+
+
+async def test_a_worker_behind_its_readings_reaches_the_watchdog_as_a_warning_with_a_capacity_remedy() -> None:
+    from dataclasses import replace
+
+    from stream.worker import heartbeat
+    from tests.stream.test_watchdog import T0 as WATCH_T0
+    from tests.stream.test_watchdog import bridge, make, run
+
+    r = rig()
+    assigned(r)
+    await r.machine.readings(r.consumer, [StampedEv(reading("p1", T0).value, message=Message(r.clock.now - 130))])
+    app = type("App", (), {"started": True, "should_stop": False})()
+    t0 = WATCH_T0 + 60
+    out = run(make(), t0, t0 + 30, lambda t: [replace(heartbeat(app, r.pipeline, r.status, instance="w1", ward_of={}),
+                                                       time=t), bridge("b1", t)])
+    [raised] = [a for a in out if a.rule == "tech.worker_warning"]  # (partitions 2-3 have no worker here)
+    assert (raised.severity, raised.component) == ("warning", "worker")
+    assert "130 s after they arrived" in raised.message and "but that late" in raised.message
+    assert "start another worker" in raised.remedy
+    assert raised.time - t0 <= 60
