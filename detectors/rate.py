@@ -50,8 +50,11 @@ class RateDetector(SignalDetector):
         t, v = self.history.windows(view, n_max + 1)
         r = self.rows.of(view.patient)
         dt = np.diff(t, axis=1)
-        rate = np.diff(v, axis=1) / dt * 60.0
-        signed = np.where(dt <= self.max_gap_s[r, None], self.sign * rate, np.nan)
+        # A rate needs time to pass: a stored history whose times do not increase (a damaged state
+        # record; the engine never keeps two readings of one time) gives no rate, not 0/0 or x/0.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = np.diff(v, axis=1) / dt * 60.0
+        signed = np.where((dt > 0) & (dt <= self.max_gap_s[r, None]), self.sign * rate, np.nan)
         # Columns older than the patient's own N do not count (+inf never wins a minimum).
         too_old = np.arange(n_max)[None, :] < (n_max - self.consecutive[r])[:, None]
         least = np.min(np.where(too_old, np.inf, signed), axis=1)

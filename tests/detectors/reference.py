@@ -429,7 +429,7 @@ def rate_signal(rule: RateRule, st: RuleState, t: float, value: float) -> float:
         return math.nan
     signed = []
     for (t0, v0), (t1, v1) in zip(st.history[-rule.consecutive - 1 :], st.history[-rule.consecutive :], strict=False):
-        if not t1 - t0 <= rule.max_gap_s:
+        if not 0 < t1 - t0 <= rule.max_gap_s:  # no time passed (a damaged stored history): no rate
             return math.nan
         signed.append(sign * ((v1 - v0) / (t1 - t0) * 60.0))
     return sign * min(signed)

@@ -325,3 +325,35 @@ class TestBaseline:
         state["rules"]["base"]["blocks"][0][0] += 0.5
         with pytest.raises(StateError, match="whole id"):
             engine(self.rule()).import_state("p", state)
+
+
+
+@pytest.mark.parametrize("value", [70.0, 150.0], ids=["same-value", "other-value"])
+def test_a_reading_at_the_time_of_the_last_in_a_rate_history_gives_no_rate(value: float) -> None:
+    """A damaged state record (found by the packed-import fuzz test) can hold a device watermark
+    behind the rate rule's history, so a reading already in the history, or another of the same
+    time, is taken again: 0/0 gave a NaN with a numpy warning, x/0 an infinite rate that raised
+    the alert. No time passed means no rate."""
+    from rpm_core.rules import parse_rules
+
+    rules = parse_rules("""
+version: 1
+rules:
+  hr_rising:
+    type: rate
+    metric: heart_rate
+    direction: above
+    consecutive: 2
+    max_gap: 60s
+    levels:
+      warning: {threshold: 20}
+    clear: {threshold: 10, for: 0s}
+""")
+    engine = Engine(rules)
+    run6(engine, [("p1", "heart_rate", T0 + i, 70.0, 0, "hr-1") for i in range(3)], now=T0)
+    state = json_roundtrip(engine.export_all())["p1"]
+    state["devices"]["hr-1"]["heart_rate"] = T0 - 100  # the watermarks behind the history
+    state["rules"]["hr_rising"]["last_t"] = T0 - 100
+    fresh = Engine(rules)
+    fresh.import_state("p1", state)
+    assert run6(fresh, [("p1", "heart_rate", T0 + 2, value, 0, "hr-1")], now=T0 + 3) == []
