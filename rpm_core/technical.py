@@ -67,6 +67,12 @@ Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward
 COMPONENTS: Final = frozenset({"worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent",
                                "watchdog"})
 MAX_TEXT_CHARS: Final = 1_000
+# What a worker's warning (its heartbeat's ``problem`` while healthy) says, by cause: the worker
+# writes these phrases and the watchdog picks the component and remedy of tech.worker_warning by
+# them (several causes join with "; ").
+WARNING_INFLUXDB: Final = "InfluxDB"  # an InfluxDB limit refusing the points of new series
+WARNING_CHANGELOG: Final = "the state changelog"  # detector states Kafka failed to store
+WARNING_BEHIND: Final = "after they arrived"  # readings processed a minute or more late
 
 
 class TechnicalAlertError(ValueError):

@@ -67,6 +67,7 @@ import faust
 
 from rpm_core import topics
 from rpm_core.signing import KeyRing
+from rpm_core.technical import WARNING_CHANGELOG
 from stream.faust_adapter import kafka_producer
 from stream.pipeline import Pipeline
 from stream.protocol import (
@@ -232,7 +233,7 @@ class TableStore:
         """Why the changelog is behind the table, while it is (None: it is not)."""
         if not self._unsaved:
             return None
-        return (f"the detector states of {len(self._unsaved)} patients could not be written to the state changelog "
+        return (f"the detector states of {len(self._unsaved)} patients could not be written to {WARNING_CHANGELOG} "
                 f"in Kafka ({self._error}) and are being sent again; a worker restart before they are would "
                 "start those patients from their last saved state")
 
@@ -307,12 +308,13 @@ def register_agents(app: faust.App, pipeline: Pipeline, *, partitions: int,
     # key/value types bytes with the app's raw serializers (see faust_tuning.faust_settings)
     table = app.Table(STATE_TABLE, partitions=partitions, key_type=bytes, value_type=bytes, use_partitioner=True)
     on_disk = not str(app.conf.store).startswith("memory:")
-    def owns(patient: str) -> bool:
-        return partition_for(patient, status.total_partitions()) in status.partitions
 
-    pipeline.use_store(TableStore(table, partition_of=(
-        (lambda patient: partition_for(patient, status.total_partitions())) if on_disk else None),
-        producer=functools.partial(kafka_producer, app), owns=owns))
+    def partition_of(patient: str) -> int:
+        return partition_for(patient, status.total_partitions())
+
+    pipeline.use_store(TableStore(table, partition_of=partition_of if on_disk else None,
+                                  producer=functools.partial(kafka_producer, app),
+                                  owns=lambda patient: partition_of(patient) in status.partitions))
     _bind_outputs(app, pipeline, partitions=partitions, key_ring=key_ring)
     machine = WorkerMachine(pipeline, status, checkpoint_interval_s=checkpoint_interval_s, key_ring=key_ring)
     _bind_machine(app, table, machine, readings=readings, acks=acks)

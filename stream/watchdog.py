@@ -48,6 +48,9 @@ from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.technical import (
     EVERY_WARD,
     STATE_RESET_HOLD_S,
+    WARNING_BEHIND,
+    WARNING_CHANGELOG,
+    WARNING_INFLUXDB,
     Heartbeat,
     TechnicalAlert,
 )
@@ -235,7 +238,7 @@ class Watchdog:
                        "its /healthz and log say why it is not assigned.")
         for w in workers:
             if not w.healthy:
-                influx = "InfluxDB" in (w.problem or "")
+                influx = WARNING_INFLUXDB in (w.problem or "")
                 found[("tech.worker_stuck", w.instance)] = Condition(
                     severity="critical", component="influxdb" if influx else "worker",
                     message=f"Worker {w.instance} runs but cannot deliver: {w.problem or 'not progressing'}. "
@@ -250,12 +253,14 @@ class Watchdog:
 
     def _warning(self, w: Heartbeat) -> Condition:
         """A worker that analyses and delivers, but not everything: an InfluxDB limit refusing the
-        points of new devices (dead-lettered), or detector states that Kafka failed to take into the
-        state changelog (sent again; not durable until then). Alerts still go out for every patient."""
+        points of new devices (dead-lettered), detector states that Kafka failed to take into the
+        state changelog (sent again; not durable until then), or readings processed a minute or more
+        after they arrived (alerts that late). Alerts still go out for every patient; the causes are
+        told apart by the phrases of :mod:`rpm_core.technical` the worker writes."""
         problem = w.problem or ""
-        influx = "InfluxDB" in problem
-        changelog = "state changelog" in problem
-        behind = "after they arrived" in problem
+        influx = WARNING_INFLUXDB in problem
+        changelog = WARNING_CHANGELOG in problem
+        behind = WARNING_BEHIND in problem
         remedies = []
         if influx:
             remedies.append("Fix InfluxDB's configuration as the message says; the refused readings wait on "

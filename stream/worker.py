@@ -256,6 +256,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     a Kafka failure (``TableStore.problem``), readings processed ``BEHIND_AFTER_S`` or more after
     they arrived (``behind_s``: a backlog); detection goes on, so no 503 to restart us for.
     """
+    from rpm_core.technical import WARNING_BEHIND
     from stream.protocol import BEHIND_AFTER_S, STUCK_AFTER_S
 
     now = time.monotonic() if now is None else now
@@ -270,7 +271,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     if problem is None:  # a warning: detection and delivery go on, something is not as it should be
         warnings = [w for w in (pipeline.sink.stats.limit, pipeline.store.problem) if w]
         if behind_s >= BEHIND_AFTER_S:
-            warnings.append(f"it processes readings {behind_s:.0f} s after they arrived (a backlog in Kafka): "
+            warnings.append(f"it processes readings {behind_s:.0f} s {WARNING_BEHIND} (a backlog in Kafka): "
                             "alerts for its patients come that late")
         problem = "; ".join(warnings) or None
     return {
