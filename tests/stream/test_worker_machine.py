@@ -320,7 +320,7 @@ async def test_an_ack_in_one_patients_name_for_another_patients_alert_is_dead_le
 
 @dataclass
 class Message:
-    timestamp: float
+    timestamp: float | None
 
 
 @dataclass
@@ -371,3 +371,15 @@ async def test_a_worker_behind_its_readings_reaches_the_watchdog_as_a_warning_wi
     assert "130 s after they arrived" in raised.message and "but that late" in raised.message
     assert "start another worker" in raised.remedy
     assert raised.time - t0 <= 60
+
+
+@pytest.mark.parametrize("stamp", [None, float("nan"), float("inf"), -5.0, 0.0, T0 + 10_000.0],
+                         ids=["none", "nan", "inf", "negative", "zero", "future"])
+async def test_a_record_timestamp_that_is_missing_or_odd_makes_no_worker_behind(stamp: float | None) -> None:
+    """The timestamp is the producer's to set: none, not a number, before 1970 or ahead of our clock
+    (a skewed or rogue producer) neither breaks the batch nor makes the worker look behind."""
+    r = rig()
+    assigned(r)
+    await r.machine.readings(r.consumer, [StampedEv(reading("p1", T0).value, message=Message(stamp))])
+    assert len(r.consumer.acked) == 1
+    assert r.status.behind_for(r.status.behind_at or 0.0) == 0.0
