@@ -47,7 +47,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -65,6 +65,11 @@ GENESIS: Final = "0" * 64
 QUEUE_MAX: Final = 10_000
 # A Kafka write that fails is retried with the same entry (same seq): the chain never has a gap.
 RETRY_MAX_S: Final = 10.0
+# How long a writer's :attr:`AuditTrail.problem` still tells of entries it lost (queue full): the
+# loss is for good, so it is told long enough for a person to see it, not only while it happens.
+LOST_HOLD_S: Final = 900.0
+# An entry not stored this long after its first attempt (Kafka refusing, or not answering) is a problem.
+STUCK_AFTER_S: Final = 15.0
 # A CLI that changed something waits this long for Kafka to take its audit entry, then says it failed.
 CLI_TIMEOUT_S: Final = 30.0
 _KEYS: Final = frozenset({"v", "chain", "seq", "prev", "anchor", "at_ms", "host", "via", "actor", "action",
@@ -475,15 +480,34 @@ class AuditTrail:
     retried write that did land shows up as an exact duplicate (which verify accepts).
     """
 
-    def __init__(self, *, bootstrap: str, keys: KeyRing | None, via: str, topic: str = TOPIC) -> None:
+    def __init__(self, *, bootstrap: str, keys: KeyRing | None, via: str, topic: str = TOPIC,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.chain = Chain(via=via, keys=keys)
+        self._clock = clock
         self.written = 0
         self.failed = 0
         self.lost = 0
         self._queue: asyncio.Queue[Sealed] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._producer: Any = None
+        self._error: str | None = None  # why the entry at the head of the queue is not stored yet
+        self._sending_since: float | None = None  # the clock at its first attempt
+        self._lost_at: float | None = None  # the clock when an entry was last lost
+
+    @property
+    def problem(self) -> str | None:
+        """Why people's actions are not (all) in the trail now, or were lost lately; None when all is stored."""
+        parts = []
+        now = self._clock()
+        if self._sending_since is not None and now - self._sending_since >= STUCK_AFTER_S:
+            parts.append(f"{self._queue.qsize() + 1} audit entries of people's actions wait to be stored in "
+                         f"{self.topic} for {now - self._sending_since:.0f} s "
+                         f"(Kafka: {self._error or 'no answer'})")
+        if self._lost_at is not None and now - self._lost_at <= LOST_HOLD_S:
+            parts.append(f"{self.lost} audit entries of people's actions were lost (queue full) and are not in "
+                         f"{self.topic}")
+        return "; ".join(parts) or None
 
     async def start(self) -> None:
         """Create the topic if missing, anchor the chain to the newest entry, start the producer."""
@@ -498,6 +522,7 @@ class AuditTrail:
         """Seal ``event`` and queue it; a full queue loses it, loudly (the chain stays whole)."""
         if self._queue.full():
             self.lost += 1
+            self._lost_at = self._clock()
             _LOGGER.error("audit queue full (Kafka unavailable?): %s by %s not recorded", event.action,
                           clean_text(event.actor, 64))
             return
@@ -509,6 +534,7 @@ class AuditTrail:
 
         while True:
             sealed = await self._queue.get()
+            self._sending_since = self._clock()
             delay = 0.2
             while True:
                 try:
@@ -517,10 +543,12 @@ class AuditTrail:
                     break
                 except KafkaError as exc:
                     self.failed += 1
+                    self._error = type(exc).__name__
                     _LOGGER.error("audit entry %s/%d not stored yet (%s); retrying", self.chain.id,
                                   sealed.body["seq"], type(exc).__name__)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, RETRY_MAX_S)
+            self._error = self._sending_since = None
             self.written += 1
             self._queue.task_done()
 

@@ -20,7 +20,7 @@ apart alerts of one rule (a bridge's client id, a ward, ``patient/device``). A t
 acknowledged away.
 
 *Heartbeats* (topic ``rpm.heartbeats``) are how components that may die are watched by one that
-survives them (``rpm watchdog``): every bridge and worker says every few seconds that it runs,
+survives them (``rpm watchdog``): every bridge, worker and nurse station says every few seconds that it runs,
 whether it progresses, and what it owns. A component that stops reporting is presumed dead or
 frozen; a dead one cannot report itself.
 """
@@ -51,7 +51,7 @@ _HEARTBEAT_REQUIRED: Final = frozenset({"v", "component", "instance", "time"})
 _HEARTBEAT_KEYS: Final = _HEARTBEAT_REQUIRED | {"state", "healthy", "problem", "interval_s", "partitions",
                                                 "partition_count", "ward_last_reading", "messages", "deadlettered",
                                                 "state_reset", "state_reset_count", "unassigned",
-                                                "unassigned_count"}
+                                                "unassigned_count", "ward"}
 # How long a worker reports the patients whose stored state it could not read (``state_reset``),
 # and how many of them it names at most (the count says how many there were).
 STATE_RESET_HOLD_S: Final = 900.0
@@ -63,9 +63,10 @@ MAX_UNASSIGNED_IDS: Final = 50
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
-Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent", "watchdog"]
+Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent", "watchdog",
+                    "station"]
 COMPONENTS: Final = frozenset({"worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent",
-                               "watchdog"})
+                               "watchdog", "station"})
 MAX_TEXT_CHARS: Final = 1_000
 # What a worker's warning (its heartbeat's ``problem`` while healthy) says, by cause: the worker
 # writes these phrases and the watchdog picks the component and remedy of tech.worker_warning by
@@ -183,7 +184,8 @@ def decode_technical(doc: object) -> TechnicalAlert:
 
 # -- heartbeats ------------------------------------------------------------------------------------
 
-HeartbeatComponent = Literal["bridge", "worker", "watchdog"]
+HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station"]
+HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station"})
 HeartbeatState = Literal["running", "stopping"]
 
 
@@ -203,7 +205,8 @@ class Heartbeat:
       and time already counted toward one are lost for them;
     - ``unassigned``/``unassigned_count`` (workers with a roster): the patients on no ward of the
       roster (at most :data:`MAX_UNASSIGNED_IDS`, most recent first) and how many, whose readings
-      arrived within the last :data:`UNASSIGNED_HOLD_S`: no nurse station shows their alerts.
+      arrived within the last :data:`UNASSIGNED_HOLD_S`: no nurse station shows their alerts;
+    - ``ward`` (nurse stations): the ward whose alerts it shows.
     """
 
     component: HeartbeatComponent
@@ -222,6 +225,7 @@ class Heartbeat:
     state_reset_count: int = 0
     unassigned: tuple[str, ...] = ()
     unassigned_count: int = 0
+    ward: str | None = None
 
     def encode(self) -> bytes:
         """The record value on ``rpm.heartbeats`` (``state_reset…`` only when there is one: a watchdog
@@ -237,6 +241,8 @@ class Heartbeat:
             doc.update(state_reset=list(self.state_reset), state_reset_count=self.state_reset_count)
         if self.unassigned_count:
             doc.update(unassigned=list(self.unassigned), unassigned_count=self.unassigned_count)
+        if self.ward is not None:
+            doc.update(ward=self.ward)
         return orjson.dumps(doc)
 
 
@@ -252,7 +258,7 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
     doc = load_envelope(value, what="heartbeat", version=1, error=TechnicalAlertError, max_bytes=MAX_HEARTBEAT_BYTES,
                         keys=_HEARTBEAT_KEYS, required=_HEARTBEAT_REQUIRED)
     component, instance, state = doc.get("component"), doc.get("instance"), doc.get("state", "running")
-    if component not in ("bridge", "worker", "watchdog") if isinstance(component, str) else True:
+    if component not in HEARTBEAT_COMPONENTS if isinstance(component, str) else True:
         raise TechnicalAlertError("heartbeat component unknown")
     if not isinstance(instance, str) or not 0 < len(instance) <= 200 or not instance.isprintable():
         raise TechnicalAlertError("heartbeat instance must be printable text")
@@ -284,6 +290,9 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
             and len(set(unassigned)) == len(unassigned) <= unassigned_count):
         raise TechnicalAlertError(f"heartbeat unassigned must list at most {MAX_UNASSIGNED_IDS} distinct patient "
                                   "ids, no more than unassigned_count")
+    ward = doc.get("ward")
+    if ward is not None and not is_valid_id(ward):
+        raise TechnicalAlertError("heartbeat ward must be a ward id")
     return Heartbeat(component=component, instance=instance, time=_finite(doc, "time"), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=problem[:MAX_TEXT_CHARS] if problem else None,
                      interval_s=float(interval), partitions=tuple(parts),
@@ -291,4 +300,5 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
                      ward_last_reading={str(w): float(t) for w, t in wards.items()},
                      messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"),
                      state_reset=tuple(reset), state_reset_count=reset_count,
-                     unassigned=tuple(unassigned), unassigned_count=unassigned_count)
+                     unassigned=tuple(unassigned), unassigned_count=unassigned_count,
+                     ward=str(ward) if ward is not None else None)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from rpm_core.audit import LOST_HOLD_S
 from rpm_core.lineprotocol import FieldValue, point_line
 from rpm_core.settings import InfluxAuth, influx_endpoint
 from rpm_core.sink import InfluxSink, make_sink
@@ -79,16 +80,20 @@ class AuditLog:
         self.written = 0
         self._queue: asyncio.Queue[AuditEntry] = asyncio.Queue(maxsize=QUEUE_MAX)
         self._sink: InfluxSink | None = None
+        self._lost_at: float | None = None  # time.monotonic() of the last entry not recorded
 
     @property
     def problem(self) -> str | None:
-        """Why entries are waiting (InfluxDB refusing the credentials, unreachable), for ``/healthz``."""
-        if self._sink is None:
-            return None
-        stats = self._sink.stats
-        if stats.problem is not None:
-            return stats.problem
-        return "InfluxDB writes failing; entries are queued" if stats.failing_since is not None else None
+        """Why entries are waiting (InfluxDB refusing the credentials, unreachable), or were lately
+        not recorded at all (queue full, refused), for ``/healthz`` and the station's heartbeat."""
+        lost = (f"{self.failed} station_audit entries were not recorded"
+                if self._lost_at is not None and time.monotonic() - self._lost_at <= LOST_HOLD_S else None)
+        waiting = None
+        if self._sink is not None:
+            stats = self._sink.stats
+            waiting = stats.problem or ("InfluxDB writes failing; station_audit entries are queued"
+                                        if stats.failing_since is not None else None)
+        return "; ".join(p for p in (waiting, lost) if p) or None
 
     def record(self, entry: AuditEntry) -> None:
         """Queue ``entry`` (never blocks); a full queue is an error in the log, not a stall."""
@@ -98,6 +103,7 @@ class AuditLog:
             self._queue.put_nowait(entry)
         except asyncio.QueueFull:
             self.failed += 1
+            self._lost_at = time.monotonic()
             _LOGGER.error("station audit queue full: %s of alert %s not recorded", entry.action, entry.alert_id)
 
     async def run(self) -> None:
@@ -120,6 +126,7 @@ class AuditLog:
         self.written += len(batch) - len(rejected)
         if rejected:
             self.failed += len(rejected)
+            self._lost_at = time.monotonic()
             _LOGGER.error("station audit: InfluxDB refused %d entries: %s", len(rejected), rejected[0][1][:200])
 
     async def drain(self, within_s: float = 5.0) -> None:

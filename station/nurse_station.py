@@ -47,6 +47,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import string
 import time
 from collections import OrderedDict
@@ -72,7 +73,14 @@ from rpm_core.roster import ALL_WARD, Roster, Ward, load_roster
 from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.signing import KeyRing, SignatureError
-from rpm_core.technical import TECHNICAL_KIND, TECHNICAL_METRIC, TechnicalAlertError, decode_technical
+from rpm_core.technical import (
+    HEARTBEAT_INTERVAL_S,
+    TECHNICAL_KIND,
+    TECHNICAL_METRIC,
+    Heartbeat,
+    TechnicalAlertError,
+    decode_technical,
+)
 from rpm_core.wire import METRICS, is_valid_id, loads_unique
 from station.audit import AuditEntry, AuditLog
 from station.kiosk import KioskRegistry
@@ -754,6 +762,11 @@ class AckSender:
         value = bytes(ack)
         headers = self._keys.sign(topics.ALERT_ACKS, ack.key, value) if self._keys is not None else None
         await self._producer.send_and_wait(topics.ALERT_ACKS, value=value, key=ack.key, headers=headers)
+
+    async def send_heartbeat(self, beat: Heartbeat) -> None:
+        """Send the station's heartbeat to ``rpm.heartbeats`` (for ``rpm watchdog``)."""
+        assert self._producer is not None, "start() first"
+        await self._producer.send_and_wait(topics.HEARTBEATS, value=beat.encode())
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -1492,7 +1505,8 @@ async def healthz(request: web.Request) -> web.Response:
     board = st.board
     audit = ({"written": st.audit.written, "failed": st.audit.failed, "problem": st.audit.problem}
              if st.audit else None)
-    trail = {"written": st.trail.written, "failed": st.trail.failed, "lost": st.trail.lost} if st.trail else None
+    trail = ({"written": st.trail.written, "failed": st.trail.failed, "lost": st.trail.lost,
+              "problem": st.trail.problem} if st.trail else None)
     return web.json_response({"caught_up": board.caught_up, "alerts": len(board.alerts), "audit": audit,
                               "audit_trail": trail},
                              status=200 if board.caught_up else 503)
@@ -1665,13 +1679,16 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
         _LOGGER.info("nurse station for ward %s at %s", ward, url)
         if on_ready:
             on_ready(url)
+        alert_feed = AlertFeed(board, bootstrap=bootstrap, keys=keys)
+        instance = f"{socket.gethostname()}:{runner.addresses[0][1]}"
         async with asyncio.TaskGroup() as tg:
-            feed = tg.create_task(AlertFeed(board, bootstrap=bootstrap, keys=keys).run(), name="alert-feed")
+            feed = tg.create_task(alert_feed.run(), name="alert-feed")
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")
             trail_writer = tg.create_task(trail.run(), name="audit-trail")
-            tasks = [feed, pruner, ticker, writer, trail_writer]
+            beats = tg.create_task(heartbeats_forever(state, alert_feed, sender, instance=instance), name="heartbeats")
+            tasks = [feed, pruner, ticker, writer, trail_writer, beats]
             if options.supervision_timeout_s > 0:
                 tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap,
                                                         timeout_s=options.supervision_timeout_s).run(),
@@ -1681,6 +1698,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             await trail.drain()
             for task in tasks:
                 task.cancel()
+        await _last_heartbeat(state, alert_feed, sender, instance=instance)
     finally:
         await runner.cleanup()
         await sender.stop()
@@ -1701,6 +1719,48 @@ async def _audit_logins(trail: AuditTrail, roster: Roster, *, bootstrap: str, ke
 
     target, content = await asyncio.to_thread(read)
     trail.record(await config_load_event(bootstrap, keys, "roster", target, content, actor=os_user()))
+
+
+def station_heartbeat(state: StationState, feed: AlertFeed, *, instance: str, status: str = "running") -> Heartbeat:
+    """The station's heartbeat: unhealthy while its alert feed cannot read Kafka (its screens show no
+    new alert); a warning (``problem`` while healthy) while what people do at it is not all recorded
+    (``rpm.audit`` or InfluxDB ``station_audit`` failing, or entries lost lately)."""
+    problems = [p for p in (state.trail.problem if state.trail else None,
+                            state.audit.problem if state.audit else None) if p]
+    if not feed.connected:
+        problems.insert(0, "its alert feed cannot read rpm.alerts from Kafka, so its screens show no new alert")
+    return Heartbeat(component="station", instance=instance, time=time.time(), state=status,  # type: ignore[arg-type]
+                     healthy=feed.connected, problem="; ".join(problems) or None,
+                     messages=state.board.seq, ward=state.board.ward)
+
+
+async def heartbeats_forever(state: StationState, feed: AlertFeed, sender: AckSender, *, instance: str) -> None:
+    """Every ``HEARTBEAT_INTERVAL_S``, tell ``rpm watchdog`` this station runs and how (a station whose
+    loop is stuck, or cut off from Kafka, stops reporting, and the watchdog notices)."""
+    failing = False
+    while True:
+        try:
+            async with asyncio.timeout(HEARTBEAT_INTERVAL_S * 2):
+                await sender.send_heartbeat(station_heartbeat(state, feed, instance=instance))
+            if failing:
+                _LOGGER.info("heartbeats reach %s again", topics.HEARTBEATS)
+            failing = False
+        except Exception as exc:  # any failure (Kafka, a timeout): say so once, keep trying
+            if not failing:
+                _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this station as silent",
+                                topics.HEARTBEATS, type(exc).__name__)
+            failing = True
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+
+async def _last_heartbeat(state: StationState, feed: AlertFeed, sender: AckSender, *, instance: str) -> None:
+    """Say "stopping", so the watchdog does not report a station stopped on purpose as silent."""
+    try:
+        async with asyncio.timeout(3.0):
+            await sender.send_heartbeat(station_heartbeat(state, feed, instance=instance, status="stopping"))
+    except Exception as exc:  # stopping anyway
+        _LOGGER.warning("last heartbeat not sent (%s): the watchdog may report this station as silent",
+                        type(exc).__name__)
 
 
 async def tick_forever(state: StationState) -> None:

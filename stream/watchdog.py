@@ -1,7 +1,7 @@
 """``rpm watchdog``: raises a technical alert whenever rpm cannot monitor someone, and clears it after.
 
 The pipeline's components die, freeze and stall; a dead one cannot report itself. So each bridge
-and worker sends a heartbeat to ``rpm.heartbeats`` every few seconds (:mod:`rpm_core.technical`),
+and worker (and nurse station) sends a heartbeat to ``rpm.heartbeats`` every few seconds (:mod:`rpm_core.technical`),
 and the watchdog, a separate process, judges them. It raises a technical alert on ``rpm.alerts``
 (where the nurse stations and the notifier already listen) when, for longer than ``confirm_s``:
 
@@ -21,6 +21,10 @@ rule                     severity condition
 ``tech.deadletter_surge`` warning more inputs dead-lettered per minute than ``deadletter_per_min``
 ``tech.device.<alarm>``  per alarm a patient's edge agent reports device trouble (battery, session…)
 ``tech.patient_unassigned`` warning with a roster: readings or device alarms arrive for patients on no ward
+``tech.station_silent``  critical a nurse station that stopped reporting without saying it stops
+``tech.station_stuck``   critical a nurse station that runs but cannot read the alerts (its screens show none)
+``tech.station_warning`` warning  a nurse station whose audit (``rpm.audit``, InfluxDB ``station_audit``)
+                                  fails or lost entries: what people do at it is not all recorded
 ======================== ======== ============================================================
 
 A patient on no ward of the roster has no nurse station: their device alarms are not sent to every
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from rpm_core.kafka_security import kafka_client_kwargs
+from rpm_core.roster import ALL_WARD
 from rpm_core.technical import (
     EVERY_WARD,
     STATE_RESET_HOLD_S,
@@ -161,6 +166,10 @@ class Watchdog:
             remedy=(remedy if isinstance(remedy, str) else "")[:500],
             wards=(ward,) if ward else (EVERY_WARD,), patient=patient, confirm=False)
 
+    def watched(self) -> list[str]:
+        """Every component instance that reported and did not say it stops, as ``component:instance``."""
+        return sorted(f"{component}:{instance}" for component, instance in self._seen)
+
     def adopt(self, alert: TechnicalAlert) -> None:
         """An alert raised by an earlier run (read back from ``rpm.alerts``): clear it if its cause is gone."""
         if alert.state == "raised":
@@ -203,6 +212,7 @@ class Watchdog:
         found: dict[tuple[str, str], Condition] = {}
         found.update(self._workers(fresh))
         found.update(self._bridges(now, fresh))
+        found.update(self._stations(now, fresh))
         found.update(self._deadletters(now))
         if ("tech.workers_missing", "") not in found:
             found.update(self._wards(now))
@@ -327,6 +337,40 @@ class Watchdog:
                 remedy="Start rpm bridge (systemctl start rpm-bridge@1).")
         return found
 
+    def _stations(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
+        """Nurse stations: told to their ward's technical list and the operators (the notifier's
+        technical route), not to every ward; a station without a roster ward concerns every ward."""
+        found: dict[tuple[str, str], Condition] = {}
+        for (component, instance), seen in self._seen.items():
+            if component != "station":
+                continue
+            ward = seen.beat.ward
+            wards = (ward,) if ward and ward != ALL_WARD else (EVERY_WARD,)
+            name = f"Nurse station {instance}" + (f" of ward {ward}" if ward and ward != ALL_WARD else "")
+            if (component, instance) not in fresh:
+                found[("tech.station_silent", instance)] = Condition(
+                    severity="critical", component="station", wards=wards,
+                    message=f"{name} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut off from "
+                            "Kafka): its screens may show no new alert, and acknowledgements given at it may not "
+                            "reach anyone.",
+                    remedy="Look at the ward's alerts elsewhere meanwhile (another station, the notifier's pages); "
+                           "restart the station (systemctl restart rpm-nurse-station@<ward>) and read its log.")
+            elif not seen.beat.healthy:
+                found[("tech.station_stuck", instance)] = Condition(
+                    severity="critical", component="station", wards=wards,
+                    message=f"{name} runs but {seen.beat.problem or 'does not receive alerts'}.",
+                    remedy="Look at the ward's alerts elsewhere meanwhile; check Kafka and the station's log and "
+                           "/healthz (its Kafka address, credentials and permissions on rpm.alerts).")
+            elif seen.beat.problem:
+                found[("tech.station_warning", instance)] = Condition(
+                    severity="warning", component="station", wards=wards,
+                    message=f"{name} shows alerts, but what people do at it is not all recorded: "
+                            f"{seen.beat.problem}.",
+                    remedy="Fix what the message names (Kafka for rpm.audit, InfluxDB for station_audit); entries "
+                           "waiting are stored when it is back. Entries lost are named in the station's log: "
+                           "record those actions by hand.")
+        return found
+
     def _deadletters(self, now: float) -> dict[tuple[str, str], Condition]:
         while self._dead and self._dead[0][0] < now - DEADLETTER_WINDOW_S:
             self._dead.popleft()
@@ -436,11 +480,13 @@ class WatchdogService:
         self._status: collections.deque[tuple[str, bytes]] = collections.deque()
 
     def health(self) -> dict[str, Any]:
-        """``/healthz``: Kafka reachable and evaluating; the active technical alerts by rule."""
+        """``/healthz``: Kafka reachable and evaluating; the active technical alerts by rule; the
+        components it watches (``component:instance``: each one that reported and did not say it stops)."""
         return {
             "kafka": self.kafka_ok,
             "evaluating": self._clock() - self.last_evaluation < 30.0,
             "active": sorted(f"{rule}:{scope}" if scope else rule for rule, scope in self.watchdog.active),
+            "watched": self.watchdog.watched(),
             "unpublished": len(self._outbox),
         }
 

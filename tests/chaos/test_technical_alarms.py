@@ -237,3 +237,50 @@ async def scenario(stack: Stack, tmp_path: Path, hooks: WebhookReceiver, page: A
     started[2] = spawn("watchdog-2", ["watchdog", "--startup-grace", "5"], rpm_env(stack, mqtt_user=WATCHDOG_USER),
                        tmp_path / "logs")
     await expect(lost).to_have_count(0, timeout=120_000)
+
+
+async def test_a_frozen_nurse_station_reaches_the_operators_within_a_minute_and_one_stopped_is_not_missed(
+        stack: Stack, tmp_path: Path) -> None:
+    """A station whose process freezes (SIGSTOP) shows nothing new on its screens and takes no
+    acknowledgement: the watchdog tells its ward and the operators within the minute, and clears
+    it when the station runs again. A station stopped on purpose (SIGTERM) says so and is not missed."""
+    logs = tmp_path / "logs"
+    started: list[ServiceProcess] = []
+    try:
+        wport = free_port()
+        watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
+                         rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
+        started.append(watchdog)
+        sport = free_port()
+        station = spawn("nurse-station", ["nurse-station", "--port", str(sport), "--state-dir",
+                                          str(tmp_path / "station")],
+                        rpm_env(stack, mqtt_user=None, RPM_NURSE_CREDENTIALS=f"{STATION}={hash_password(PASSWORD)}"),
+                        logs)
+        started.append(station)
+        name = await until(lambda: next((c for c in (watchdog_health(wport) or {}).get("watched", [])
+                                         if c.startswith("station:") and c.endswith(f":{sport}")), None),
+                           within=180, what="the watchdog to see the station's heartbeats", procs=tuple(started))
+        instance = name.removeprefix("station:")
+        assert not any(a.startswith("tech.station") for a in watchdog_health(wport)["active"])  # type: ignore[index]
+
+        frozen_at = time.time()
+        os.kill(station.pid, signal.SIGSTOP)
+        try:
+            silent = await until(lambda: event("tech.station_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
+                                 what="tech.station_silent on rpm.alerts", procs=(watchdog,))
+        finally:
+            os.kill(station.pid, signal.SIGCONT)
+        assert silent["scope"] == instance and silent["severity"] == "critical" and silent["wards"] == ["*"]
+        assert silent["time"] - frozen_at <= DEADLINE_S and "has not reported" in silent["message"]
+        cleared = await until(lambda: event("tech.station_silent", "cleared", frozen_at)(stack), within=120,
+                              what="tech.station_silent cleared once the station runs again", procs=tuple(started))
+        assert cleared["alert_id"] == silent["alert_id"]
+
+        station.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
+        assert station.proc.returncode == 0, station.log_tail(30)
+        await until(lambda: name not in (watchdog_health(wport) or {"watched": [name]})["watched"], within=60,
+                    what="the watchdog to stop watching the station that said it stops", procs=(watchdog,))
+        assert "tech.station_silent:" + instance not in watchdog_health(wport)["active"]  # type: ignore[index]
+    finally:
+        for p in reversed(started):
+            p.stop()

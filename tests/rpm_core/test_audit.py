@@ -172,3 +172,59 @@ def test_every_problem_is_listed_so_one_forgery_cannot_hide_the_next() -> None:
     assert "missing" in every.problems[1][1]
     assert every.entries == len(log) - 1, "authentic entries after a gap are still counted"
     assert verify_log(log, KEYS, every=True).ok
+
+
+class _Kafka:
+    """A producer that refuses (``down``) or takes every entry: Kafka as the trail's writer meets it."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.down = True
+        self.stored: list[bytes] = []
+        self.refused = asyncio.Event()  # set at the second refusal (the first entry tried again)
+        self._refusals = 0
+
+    async def send_and_wait(self, topic: str, *, value: bytes, key: bytes, headers: object, partition: int) -> None:
+        from aiokafka.errors import KafkaConnectionError
+
+        if self.down:
+            self._refusals += 1
+            if self._refusals == 2:
+                self.refused.set()
+            raise KafkaConnectionError("no broker")
+        self.stored.append(value)
+
+
+async def test_a_trail_that_cannot_store_says_so_until_it_has_and_tells_of_entries_it_lost() -> None:
+    import asyncio
+
+    from rpm_core.audit import LOST_HOLD_S, QUEUE_MAX, STUCK_AFTER_S, AuditTrail
+
+    now = [1000.0]
+    trail = AuditTrail(bootstrap="unused", keys=KEYS, via="nurse-station", clock=lambda: now[0])
+    kafka = trail._producer = _Kafka()
+    trail.record(AuditEvent(action="ack", actor="nurse-1"))
+    trail.record(AuditEvent(action="ack", actor="nurse-2"))
+    writer = asyncio.create_task(trail.run())
+    try:
+        await asyncio.wait_for(kafka.refused.wait(), 60)  # the first entry refused, and tried again
+        assert trail.problem is None  # a refusal or two is not yet a problem: Kafka may be electing a leader
+        now[0] += STUCK_AFTER_S
+        assert trail.problem == ("2 audit entries of people's actions wait to be stored in rpm.audit for 15 s "
+                                 "(Kafka: KafkaConnectionError)")
+        kafka.down = False
+        await trail.flush()
+        assert trail.problem is None and len(kafka.stored) == 2 and trail.written == 2
+        for k in range(QUEUE_MAX + 3):  # Kafka gone long enough for the queue to fill: three are lost
+            kafka.down = True
+            trail.record(AuditEvent(action="ack", actor=f"nurse-{k}"))
+        assert trail.lost == 3
+        assert "3 audit entries of people's actions were lost (queue full)" in (trail.problem or "")
+        kafka.down = False
+        await trail.flush()
+        assert trail.problem is not None  # a loss is for good: still told after the rest is stored
+        now[0] += LOST_HOLD_S + 1
+        assert trail.problem is None
+    finally:
+        writer.cancel()

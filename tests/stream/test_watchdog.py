@@ -379,3 +379,65 @@ def test_heartbeats_carry_the_patients_on_no_ward_and_refuse_more_names_than_cou
     doc = orjson.loads(beat.encode())
     with pytest.raises(TechnicalAlertError, match="unassigned"):
         decode_heartbeat(orjson.dumps({**doc, "unassigned": ["a", "b"], "unassigned_count": 1}))
+
+
+def station(name: str, t: float, ward: str | None = "north", **kw: Any) -> Heartbeat:
+    return Heartbeat(component="station", instance=name, time=t, ward=ward, **kw)
+
+
+def test_a_frozen_nurse_station_is_told_to_its_ward_and_the_operators_within_a_minute_and_cleared() -> None:
+    w = make()
+    run(w, T0, T0 + 60, lambda t: [*healthy(t), station("desk-n", t), station("desk-s", t, ward="south")])
+    freeze = T0 + 61
+    out = run(w, freeze, freeze + 60, lambda t: [*healthy(t), station("desk-s", t, ward="south")])
+    [silent] = out
+    assert (silent.rule, silent.scope, silent.severity, silent.state) == (
+        "tech.station_silent", "desk-n", "critical", "raised")
+    assert silent.time - freeze <= 60 and silent.wards == ("north",) and silent.component == "station"
+    assert "Nurse station desk-n of ward north has not reported" in silent.message and "restart" in silent.remedy
+    assert decode_technical(orjson.loads(silent.encode())) == silent  # every reader of rpm.alerts takes it
+    out = run(w, freeze + 61, freeze + 70, lambda t: [*healthy(t), station("desk-n", t),
+                                                      station("desk-s", t, ward="south")])
+    assert [(a.rule, a.state, a.alert_id) for a in out] == [("tech.station_silent", "cleared", silent.alert_id)]
+
+
+def test_a_nurse_station_stopped_on_purpose_is_not_missed() -> None:
+    w = make()
+    run(w, T0, T0 + 60, lambda t: [*healthy(t), station("desk-n", t)])
+    w.observe(station("desk-n", T0 + 61, state="stopping"), T0 + 61)
+    assert run(w, T0 + 61, T0 + 200, healthy) == []
+
+
+def test_a_station_that_cannot_read_alerts_is_critical_and_one_whose_audit_fails_is_a_warning() -> None:
+    w = make()
+    blind = "its alert feed cannot read rpm.alerts from Kafka, so its screens show no new alert"
+    out = run(w, T0 + 31, T0 + 90, lambda t: [*healthy(t), station("desk-n", t, healthy=False, problem=blind)])
+    [stuck] = out
+    assert (stuck.rule, stuck.severity, stuck.wards) == ("tech.station_stuck", "critical", ("north",))
+    assert blind in stuck.message
+    unrecorded = "3 audit entries of people's actions wait to be stored in rpm.audit for 20 s (Kafka: no answer)"
+    out = run(w, T0 + 91, T0 + 150, lambda t: [*healthy(t), station("desk-n", t, problem=unrecorded)])
+    assert [(a.rule, a.state) for a in out] == [("tech.station_stuck", "cleared"), ("tech.station_warning", "raised")]
+    warning = out[1]
+    assert warning.severity == "warning" and unrecorded in warning.message and "not all recorded" in warning.message
+    assert "by hand" in warning.remedy
+    out = run(w, T0 + 151, T0 + 160, lambda t: [*healthy(t), station("desk-n", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.station_warning", "cleared")]
+
+
+def test_a_station_of_no_roster_ward_concerns_every_ward() -> None:
+    w = make()
+    run(w, T0, T0 + 60, lambda t: [*healthy(t), station("desk", t, ward="all")])
+    [silent] = run(w, T0 + 61, T0 + 120, healthy)
+    assert silent.wards == (EVERY_WARD,) and "of ward" not in silent.message
+
+
+def test_station_heartbeats_round_trip_and_refuse_a_ward_that_is_not_an_id() -> None:
+    beat = station("host:8080", T0, healthy=False, problem="x", messages=7)
+    assert decode_heartbeat(beat.encode()) == beat
+    assert b'"ward"' not in worker("w1", (0,), T0).encode()  # only stations send it
+    for bad in (b'"a b"', b"1", b"[]", b'""'):
+        with pytest.raises(TechnicalAlertError, match="ward"):
+            decode_heartbeat(b'{"v": 1, "component": "station", "instance": "s", "time": 1, "ward": ' + bad + b"}")
+    with pytest.raises(TechnicalAlertError, match="component"):
+        decode_heartbeat(b'{"v": 1, "component": "kiosk", "instance": "s", "time": 1}')
