@@ -51,3 +51,9 @@ MAX_CONCURRENT_DELIVERIES: Final = 32
 AUDIT_QUEUE_MAX_LINES: Final = 100_000
 # Longest sleep of the timer loop: wakes to re-check deadlines even if nothing happened.
 MAX_TIMER_SLEEP_S: Final = 30.0
+
+# Heartbeats to rpm watchdog (rpm_core.technical): the notifier is "stuck" when it has not been
+# routing (live) for NOT_LIVE_AFTER_S, and tells of notifications that reached none of their
+# channels for UNDELIVERED_HOLD_S after the last one.
+NOT_LIVE_AFTER_S: Final = 60.0
+UNDELIVERED_HOLD_S: Final = 900.0

@@ -27,8 +27,10 @@ commits no offsets, since every start replays anyway.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,8 +47,10 @@ from notify.const import (
     DEFAULT_REPLAY_WINDOW_S,
     MAX_CONCURRENT_DELIVERIES,
     MAX_TIMER_SLEEP_S,
+    NOT_LIVE_AFTER_S,
     PATIENT_ACK_BY,
     PATIENT_ACK_STATION,
+    UNDELIVERED_HOLD_S,
 )
 from notify.errors import TransientDeliveryError
 from notify.model import Routes
@@ -63,11 +67,14 @@ from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
 from rpm_core.sink import make_sink
+from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
 from rpm_core.wire import loads_unique
 
 _LOGGER = logging.getLogger(__name__)
 
 RESTORE_TIMEOUT_S: Final = 30.0
+# A URL's path in a delivery failure told to every ward may hold a token (a chat webhook's): cut.
+_URL_PATH_RE: Final = re.compile(r"([a-z][a-z0-9+.-]*://[^/\s]+)/\S*", re.IGNORECASE)
 _HTTP_TIMEOUT_S: Final = 30.0
 
 
@@ -127,6 +134,8 @@ class Notifier:
         self._reasons: set[str] = set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._assigned = False
+        self._last_live = clock()  # when a heartbeat last found it routing (its start counts)
+        self._undelivered: collections.deque[tuple[float, str]] = collections.deque()  # (time, what failed)
         self._keys = settings.key_ring()
         if self._keys is None:
             _LOGGER.warning("RPM_SIGNING_KEYS_FILE is not set: alerts and acknowledgements are not checked; a forged "
@@ -169,7 +178,8 @@ class Notifier:
             self._tg = tg
             tasks = {tg.create_task(self._consume(), name="consume"),
                      tg.create_task(self._timers(), name="timers"),
-                     tg.create_task(self._audit.run(), name="audit")}
+                     tg.create_task(self._audit.run(), name="audit"),
+                     tg.create_task(self._heartbeats(), name="heartbeats")}
             if self._mqtt is not None:
                 tasks.add(tg.create_task(self._patient_acks(self._mqtt), name="patient-acks"))
             _LOGGER.info("notifier %s running: %d receivers, %d channels", self._client_id,
@@ -182,6 +192,7 @@ class Notifier:
                     await self._audit.flush()
             for task in tasks | self._inflight:
                 task.cancel()  # a cancelled child is no error for the TaskGroup
+        await self._send_heartbeat(self.heartbeat("stopping"), within_s=3.0)
 
     async def _close(self, sink: Any) -> None:
         for closer in (self._consumer.stop, self._producer.stop, self._mqtt.stop if self._mqtt else None,
@@ -208,6 +219,43 @@ class Notifier:
         if self._mqtt is None:
             raise TransientDeliveryError("MQTT is not configured")
         await self._mqtt.publish(topic, payload)
+
+    # -- heartbeats (rpm watchdog) -----------------------------------------------------------------
+
+    def heartbeat(self, state: str = "running") -> Heartbeat:
+        """What ``rpm watchdog`` is told every ``HEARTBEAT_INTERVAL_S``: unhealthy when it has not been
+        routing alerts for ``NOT_LIVE_AFTER_S`` (nobody is paged); a warning (``problem`` while healthy)
+        while notifications of the last ``UNDELIVERED_HOLD_S`` reached none of their channels."""
+        now = self._clock()
+        if self.live.is_set():
+            self._last_live = now
+        while self._undelivered and self._undelivered[0][0] < now - UNDELIVERED_HOLD_S:
+            self._undelivered.popleft()
+        problems = []
+        stuck = now - self._last_live >= NOT_LIVE_AFTER_S
+        if stuck:
+            why = "replaying rpm.alerts" if self._assigned else "no partition of rpm.alerts assigned to it"
+            problems.append(f"it has routed no alert for {now - self._last_live:.0f} s ({why}), so nobody is paged")
+        if self._undelivered:
+            problems.append(f"{len(self._undelivered)} notification(s) in the last {UNDELIVERED_HOLD_S / 60:.0f} min "
+                            f"reached none of their channels (the last: {self._undelivered[-1][1]})")
+        return Heartbeat(component="notifier", instance=self._client_id, time=now, state=state,  # type: ignore[arg-type]
+                         healthy=not stuck, problem="; ".join(problems) or None,
+                         messages=self.stats.alerts_in + self.stats.acks_in)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self._send_heartbeat(self.heartbeat(), within_s=2 * HEARTBEAT_INTERVAL_S)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _send_heartbeat(self, beat: Heartbeat, *, within_s: float) -> None:
+        """Send one heartbeat; a failure is logged (the watchdog reports the notifier as silent)."""
+        try:
+            async with asyncio.timeout(within_s):
+                await self._producer.send_and_wait(topics.HEARTBEATS, beat.encode())
+        except Exception as exc:  # Kafka refusing, or not answering: keep going
+            _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this notifier as silent",
+                            topics.HEARTBEATS, type(exc).__name__)
 
     # -- replay and restore -----------------------------------------------------------------------
 
@@ -368,9 +416,22 @@ class Notifier:
             _LOGGER.exception("notification %s failed unexpectedly", note.id)
             receipts = []
         delivered = any(r.delivered for r in receipts)
+        self._note_unpaged(d, receipts)
         self._log_receipts(note.id, note.kind, note.step, note.patient, receipts)
         self._act(self.router.delivery_result(note.id, delivered=delivered, at=self._clock()))
         self._wake.set()
+
+    def _note_unpaged(self, d: Dispatch, receipts: list[Receipt]) -> None:
+        """Remember a notification that paged no one: every channel that reaches a person (all but the
+        nurse station's receipt, whose failure rpm watchdog tells as tech.patient_unassigned) failed.
+        No patient is named: the heartbeat's text reaches every ward's technical list."""
+        pages = [r for r, c in zip(receipts, d.channels, strict=False) if c.type != "nurse_station"]
+        if receipts and (not pages or any(r.delivered for r in pages)):
+            return
+        failed = "; ".join(f"{r.channel}: {_cut_paths(r.detail)[:160]}" for r in pages) or "no receipt (see its log)"
+        note = d.notification
+        what = f"step {note.step}" if note.kind == "step" else f"{note.kind} (step {note.step})"
+        self._undelivered.append((self._clock(), f"{what}, {failed}"))
 
     def _on_attempt(self, attempt: Attempt) -> None:
         assert self._audit is not None
@@ -423,6 +484,11 @@ class Notifier:
                 attempt += 1
                 _LOGGER.warning("cannot produce a patient acknowledgement (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(backoff_s(attempt))
+
+
+def _cut_paths(text: str) -> str:
+    """``https://host:port/a/b`` → ``https://host:port/…`` (a path may hold a token)."""
+    return _URL_PATH_RE.sub(r"\1/…", text)
 
 
 def influx_rows(doc: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ apart alerts of one rule (a bridge's client id, a ward, ``patient/device``). A t
 acknowledged away.
 
 *Heartbeats* (topic ``rpm.heartbeats``) are how components that may die are watched by one that
-survives them (``rpm watchdog``): every bridge, worker and nurse station says every few seconds that it runs,
+survives them (``rpm watchdog``): every bridge, worker, nurse station and notifier says every few seconds that it runs,
 whether it progresses, and what it owns. A component that stops reporting is presumed dead or
 frozen; a dead one cannot report itself.
 """
@@ -64,9 +64,9 @@ MAX_UNASSIGNED_IDS: Final = 50
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
 Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent", "watchdog",
-                    "station"]
+                    "station", "notifier"]
 COMPONENTS: Final = frozenset({"worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent",
-                               "watchdog", "station"})
+                               "watchdog", "station", "notifier"})
 MAX_TEXT_CHARS: Final = 1_000
 # What a worker's warning (its heartbeat's ``problem`` while healthy) says, by cause: the worker
 # writes these phrases and the watchdog picks the component and remedy of tech.worker_warning by
@@ -184,8 +184,8 @@ def decode_technical(doc: object) -> TechnicalAlert:
 
 # -- heartbeats ------------------------------------------------------------------------------------
 
-HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station"]
-HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station"})
+HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station", "notifier"]
+HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station", "notifier"})
 HeartbeatState = Literal["running", "stopping"]
 
 

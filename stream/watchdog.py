@@ -1,9 +1,10 @@
 """``rpm watchdog``: raises a technical alert whenever rpm cannot monitor someone, and clears it after.
 
-The pipeline's components die, freeze and stall; a dead one cannot report itself. So each bridge
-and worker (and nurse station) sends a heartbeat to ``rpm.heartbeats`` every few seconds (:mod:`rpm_core.technical`),
-and the watchdog, a separate process, judges them. It raises a technical alert on ``rpm.alerts``
-(where the nurse stations and the notifier already listen) when, for longer than ``confirm_s``:
+The pipeline's components die, freeze and stall; a dead one cannot report itself. So each bridge,
+worker, nurse station and notifier sends a heartbeat to ``rpm.heartbeats`` every few seconds
+(:mod:`rpm_core.technical`), and the watchdog, a separate process, judges them. It raises a
+technical alert on ``rpm.alerts`` (where the nurse stations and the notifier already listen)
+when, for longer than ``confirm_s``:
 
 ======================== ======== ============================================================
 rule                     severity condition
@@ -25,6 +26,9 @@ rule                     severity condition
 ``tech.station_stuck``   critical a nurse station that runs but cannot read the alerts (its screens show none)
 ``tech.station_warning`` warning  a nurse station whose audit (``rpm.audit``, InfluxDB ``station_audit``)
                                   fails or lost entries: what people do at it is not all recorded
+``tech.notifier_silent`` critical a notifier that stopped reporting without saying it stops: nobody is paged
+``tech.notifier_stuck``  critical a notifier that runs but has routed no alert for a minute
+``tech.notifier_warning`` warning notifications lately that reached none of their channels (nobody paged)
 ======================== ======== ============================================================
 
 A patient on no ward of the roster has no nurse station: their device alarms are not sent to every
@@ -213,6 +217,7 @@ class Watchdog:
         found.update(self._workers(fresh))
         found.update(self._bridges(now, fresh))
         found.update(self._stations(now, fresh))
+        found.update(self._notifiers(now, fresh))
         found.update(self._deadletters(now))
         if ("tech.workers_missing", "") not in found:
             found.update(self._wards(now))
@@ -369,6 +374,36 @@ class Watchdog:
                     remedy="Fix what the message names (Kafka for rpm.audit, InfluxDB for station_audit); entries "
                            "waiting are stored when it is back. Entries lost are named in the station's log: "
                            "record those actions by hand.")
+        return found
+
+    def _notifiers(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
+        """Notifiers: told to every ward's technical list (the notifier cannot page about itself)."""
+        found: dict[tuple[str, str], Condition] = {}
+        for (component, instance), seen in self._seen.items():
+            if component != "notifier":
+                continue
+            if (component, instance) not in fresh:
+                found[("tech.notifier_silent", instance)] = Condition(
+                    severity="critical", component="notifier", wards=(EVERY_WARD,),
+                    message=f"Notifier {instance} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut "
+                            "off from Kafka): nobody is paged for new alerts and unacknowledged alerts do not "
+                            "escalate. The nurse stations still show every alert.",
+                    remedy="Watch the nurse stations meanwhile; restart it (systemctl restart rpm-notifier) and read "
+                           "its log.")
+            elif not seen.beat.healthy:
+                found[("tech.notifier_stuck", instance)] = Condition(
+                    severity="critical", component="notifier", wards=(EVERY_WARD,),
+                    message=f"Notifier {instance} runs but {seen.beat.problem or 'routes no alert'}. The nurse "
+                            "stations still show every alert.",
+                    remedy="Watch the nurse stations meanwhile; check Kafka (the consumer group rpm-notifier) and the "
+                           "notifier's log, and restart it.")
+            elif seen.beat.problem:
+                found[("tech.notifier_warning", instance)] = Condition(
+                    severity="warning", component="notifier", wards=(EVERY_WARD,),
+                    message=f"Notifier {instance}: {seen.beat.problem}. Those people were not paged; the alerts show "
+                            "at the nurse stations, and a chain goes on to its next step.",
+                    remedy="Fix the channel the message names (the webhook's endpoint, the SMTP server, credentials; "
+                           "`rpm routes test` shows a route's channels) and read the notifier's log.")
         return found
 
     def _deadletters(self, now: float) -> dict[tuple[str, str], Condition]:

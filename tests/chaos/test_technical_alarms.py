@@ -239,48 +239,68 @@ async def scenario(stack: Stack, tmp_path: Path, hooks: WebhookReceiver, page: A
     await expect(lost).to_have_count(0, timeout=120_000)
 
 
-async def test_a_frozen_nurse_station_reaches_the_operators_within_a_minute_and_one_stopped_is_not_missed(
-        stack: Stack, tmp_path: Path) -> None:
+async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minute_and_one_stopped_is_not_missed(
+        stack: Stack, tmp_path: Path, hooks: WebhookReceiver) -> None:
     """A station whose process freezes (SIGSTOP) shows nothing new on its screens and takes no
-    acknowledgement: the watchdog tells its ward and the operators within the minute, and clears
-    it when the station runs again. A station stopped on purpose (SIGTERM) says so and is not missed."""
+    acknowledgement; a frozen notifier pages no one. The watchdog tells the wards (and, for the
+    station, the operators) within the minute, and clears it when they run again. Stopped on
+    purpose (SIGTERM), each says so and is not missed."""
     logs = tmp_path / "logs"
     started: list[ServiceProcess] = []
     try:
         wport = free_port()
         watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
                          rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
-        started.append(watchdog)
         sport = free_port()
         station = spawn("nurse-station", ["nurse-station", "--port", str(sport), "--state-dir",
                                           str(tmp_path / "station")],
                         rpm_env(stack, mqtt_user=None, RPM_NURSE_CREDENTIALS=f"{STATION}={hash_password(PASSWORD)}"),
                         logs)
-        started.append(station)
-        name = await until(lambda: next((c for c in (watchdog_health(wport) or {}).get("watched", [])
-                                         if c.startswith("station:") and c.endswith(f":{sport}")), None),
-                           within=180, what="the watchdog to see the station's heartbeats", procs=tuple(started))
+        routes_file = tmp_path / "routes.yaml"
+        routes_file.write_text(routes(hooks.url))
+        notifier = spawn("notifier", ["notifier", "--client-id", "rpm-notifier-chaos"], rpm_env(
+            stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs)
+        started += [watchdog, station, notifier]
+
+        def watched() -> list[str]:
+            return list((watchdog_health(wport) or {}).get("watched", []))
+        name = await until(lambda: next((c for c in watched() if c.startswith("station:") and c.endswith(f":{sport}")),
+                                        None), within=180, what="the watchdog to see the station", procs=tuple(started))
+        await until(lambda: "notifier:rpm-notifier-chaos" in watched(), within=180,
+                    what="the watchdog to see the notifier", procs=tuple(started))
         instance = name.removeprefix("station:")
-        assert not any(a.startswith("tech.station") for a in watchdog_health(wport)["active"])  # type: ignore[index]
+        assert not any(a.startswith(("tech.station", "tech.notifier")) for a in watchdog_health(wport)["active"])  # type: ignore[index]
 
         frozen_at = time.time()
-        os.kill(station.pid, signal.SIGSTOP)
+        for p in (station, notifier):
+            os.kill(p.pid, signal.SIGSTOP)
         try:
             silent = await until(lambda: event("tech.station_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
                                  what="tech.station_silent on rpm.alerts", procs=(watchdog,))
+            unpaged = await until(lambda: event("tech.notifier_silent", "raised", frozen_at)(stack),
+                                  within=left_ms(frozen_at) / 1000, what="tech.notifier_silent on rpm.alerts",
+                                  procs=(watchdog,))
         finally:
-            os.kill(station.pid, signal.SIGCONT)
+            for p in (station, notifier):
+                os.kill(p.pid, signal.SIGCONT)
         assert silent["scope"] == instance and silent["severity"] == "critical" and silent["wards"] == ["*"]
         assert silent["time"] - frozen_at <= DEADLINE_S and "has not reported" in silent["message"]
-        cleared = await until(lambda: event("tech.station_silent", "cleared", frozen_at)(stack), within=120,
-                              what="tech.station_silent cleared once the station runs again", procs=tuple(started))
-        assert cleared["alert_id"] == silent["alert_id"]
+        assert unpaged["scope"] == "rpm-notifier-chaos" and unpaged["time"] - frozen_at <= DEADLINE_S
+        assert "nobody is paged" in unpaged["message"] and unpaged["wards"] == ["*"]
+        for rule, raised in (("tech.station_silent", silent), ("tech.notifier_silent", unpaged)):
+            cleared = await until(lambda r=rule: event(r, "cleared", frozen_at)(stack), within=120,  # type: ignore[misc]
+                                  what=f"{rule} cleared once it runs again", procs=tuple(started))
+            assert cleared["alert_id"] == raised["alert_id"]
 
-        station.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
-        assert station.proc.returncode == 0, station.log_tail(30)
-        await until(lambda: name not in (watchdog_health(wport) or {"watched": [name]})["watched"], within=60,
-                    what="the watchdog to stop watching the station that said it stops", procs=(watchdog,))
-        assert "tech.station_silent:" + instance not in watchdog_health(wport)["active"]  # type: ignore[index]
+        for p, seen in ((station, name), (notifier, "notifier:rpm-notifier-chaos")):
+            p.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
+            assert p.proc.returncode == 0, p.log_tail(30)
+            await until(lambda s=seen: s not in (watchdog_health(wport) or {"watched": [s]})["watched"],  # type: ignore[misc]
+                        within=60, what=f"the watchdog to stop watching {seen}, which said it stops", procs=(watchdog,))
+        active = watchdog_health(wport)["active"]  # type: ignore[index]
+        assert not any(a.startswith(("tech.station", "tech.notifier")) for a in active), active
     finally:
         for p in reversed(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
             p.stop()

@@ -404,3 +404,57 @@ async def test_a_patients_ack_nested_too_deeply_is_ignored_and_the_notifier_keep
             await wait_for(lambda: n.router.is_acknowledged(doc["alert_id"]), within=30,
                            what="the patient's real ack, after the hostile one")
     assert hooks.hooks == [] and smtp_server.messages == []
+
+
+async def test_a_page_that_reached_no_one_is_in_the_notifiers_heartbeat_and_the_watchdog_raises_it(
+        notify_stack: Stack, smtp_server: Inbox) -> None:
+    """The on-call webhook is down: the chain goes on to its next step, and the notifier tells
+    rpm watchdog (its heartbeat on rpm.heartbeats) that a page reached none of its channels."""
+    from rpm_core.technical import decode_heartbeat
+    from rpm_core.topics import partition_for
+    from stream.watchdog import Watchdog, WatchdogConfig
+
+    steps = """      - {after: 0s, receiver: nurses}
+      - {after: 1s, receiver: oncall}
+      - {after: 10m, receiver: physician}"""
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with notifier(notify_stack, routes_yaml(hooks=dead, smtp=smtp_server, steps=steps)):
+        await raise_alerts(notify_stack, [event(PATIENT)])
+
+        async def told() -> Any:
+            for value in await read_all(notify_stack.settings.kafka_bootstrap(), topics.HEARTBEATS, idle_ms=300):
+                beat = decode_heartbeat(value)
+                if beat.component == "notifier" and "reached none of their channels" in (beat.problem or ""):
+                    return beat
+            return None
+        beat = None
+        for _ in range(60):  # heartbeats every 5 s; a deadline, not a speed claim
+            if (beat := await told()) is not None:
+                break
+            await asyncio.sleep(1)
+    assert beat is not None and beat.instance == "rpm-notifier-test" and beat.healthy
+    assert "(the last: step 1, oncall.webhook: gave up after 2 attempts: cannot reach" in (beat.problem or "")
+    assert PATIENT not in (beat.problem or "")  # it is shown to every ward: no patient named
+    assert "/oncall" not in (beat.problem or "")  # nor a URL path (a chat webhook holds its token there)
+    watchdog = Watchdog(config=WatchdogConfig(), partition_of=partition_for, started_at=0.0)
+    watchdog.observe(beat, 100.0)
+    raised = [a for t in (100.0, 111.0) for a in watchdog.evaluate(t) if a.rule.startswith("tech.notifier")]
+    assert [(a.rule, a.severity) for a in raised] == [("tech.notifier_warning", "warning")]
+
+
+async def test_a_notifier_that_has_not_routed_for_a_minute_says_it_is_stuck() -> None:
+    from rpm_core.settings import Settings
+    from tests.notify.helpers import routes
+
+    now = [1000.0]
+    n = Notifier(routes=routes(), settings=Settings(), secrets={}, ward_of=lambda _p: None, clock=lambda: now[0])
+    assert n.heartbeat().healthy  # just started: replaying is not being stuck
+    now[0] += 59
+    assert n.heartbeat().healthy
+    now[0] += 1
+    beat = n.heartbeat()
+    assert not beat.healthy and beat.component == "notifier"
+    assert beat.problem == ("it has routed no alert for 60 s (no partition of rpm.alerts assigned to it), "
+                            "so nobody is paged")
+    n.live.set()
+    assert n.heartbeat().healthy and n.heartbeat().problem is None

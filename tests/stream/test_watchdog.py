@@ -441,3 +441,34 @@ def test_station_heartbeats_round_trip_and_refuse_a_ward_that_is_not_an_id() -> 
             decode_heartbeat(b'{"v": 1, "component": "station", "instance": "s", "time": 1, "ward": ' + bad + b"}")
     with pytest.raises(TechnicalAlertError, match="component"):
         decode_heartbeat(b'{"v": 1, "component": "kiosk", "instance": "s", "time": 1}')
+
+
+def notifier(name: str, t: float, **kw: Any) -> Heartbeat:
+    return Heartbeat(component="notifier", instance=name, time=t, **kw)
+
+
+def test_a_frozen_notifier_is_told_to_every_ward_within_a_minute_since_it_cannot_page_about_itself() -> None:
+    w = make()
+    run(w, T0, T0 + 60, lambda t: [*healthy(t), notifier("rpm-notifier", t)])
+    freeze = T0 + 61
+    [silent] = run(w, freeze, freeze + 60, healthy)
+    assert (silent.rule, silent.scope, silent.severity, silent.wards) == (
+        "tech.notifier_silent", "rpm-notifier", "critical", (EVERY_WARD,))
+    assert silent.time - freeze <= 60 and "nobody is paged" in silent.message
+    assert decode_technical(orjson.loads(silent.encode())) == silent
+    out = run(w, freeze + 61, freeze + 70, lambda t: [*healthy(t), notifier("rpm-notifier", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.notifier_silent", "cleared")]
+    w.observe(notifier("rpm-notifier", freeze + 71, state="stopping"), freeze + 71)
+    assert run(w, freeze + 71, freeze + 200, healthy) == []  # stopped on purpose: not missed
+
+
+def test_a_notifier_that_routes_nothing_is_critical_and_one_whose_pages_fail_is_a_warning() -> None:
+    w = make()
+    idle = "it has routed no alert for 65 s (no partition of rpm.alerts assigned to it), so nobody is paged"
+    [stuck] = run(w, T0 + 31, T0 + 90, lambda t: [*healthy(t), notifier("n1", t, healthy=False, problem=idle)])
+    assert (stuck.rule, stuck.severity) == ("tech.notifier_stuck", "critical") and idle in stuck.message
+    unpaged = "1 notification(s) in the last 15 min reached none of their channels (the last: step 1, ...)"
+    out = run(w, T0 + 91, T0 + 150, lambda t: [*healthy(t), notifier("n1", t, problem=unpaged)])
+    assert [(a.rule, a.state, a.severity) for a in out] == [
+        ("tech.notifier_stuck", "cleared", "critical"), ("tech.notifier_warning", "raised", "warning")]
+    assert unpaged in out[1].message and "were not paged" in out[1].message
