@@ -109,6 +109,48 @@ class _Seen:
 _NOT_ID_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
 
 
+@dataclass(frozen=True, slots=True)
+class _ServiceTexts:
+    """What tech.<component>_silent / _stuck / _warning say of a service that people watch or are paged by."""
+
+    name: str
+    silent: str
+    silent_remedy: str
+    stuck: str
+    stuck_remedy: str
+    warning: str
+    warning_remedy: str
+
+
+_SERVICE_TEXTS: Final = {
+    "station": _ServiceTexts(
+        name="Nurse station",
+        silent="its screens may show no new alert, and acknowledgements given at it may not reach anyone.",
+        silent_remedy="Look at the ward's alerts elsewhere meanwhile (another station, the notifier's pages); restart "
+                      "the station (systemctl restart rpm-nurse-station@<ward>) and read its log.",
+        stuck="Look at the ward's alerts elsewhere meanwhile.",
+        stuck_remedy="Check Kafka and the station's log and /healthz (its Kafka address, credentials and permissions "
+                     "on rpm.alerts).",
+        warning="It shows alerts, but what people do at it is not all recorded.",
+        warning_remedy="Fix what the message names (Kafka for rpm.audit, InfluxDB for station_audit); entries waiting "
+                       "are stored when it is back. Entries lost are named in the station's log: record those "
+                       "actions by hand."),
+    "notifier": _ServiceTexts(
+        name="Notifier",
+        silent="nobody is paged for new alerts and unacknowledged alerts do not escalate. The nurse stations still "
+               "show every alert.",
+        silent_remedy="Watch the nurse stations meanwhile; restart it (systemctl restart rpm-notifier) and read its "
+                      "log.",
+        stuck="The nurse stations still show every alert.",
+        stuck_remedy="Watch the nurse stations meanwhile; check Kafka (the consumer group rpm-notifier) and the "
+                     "notifier's log, and restart it.",
+        warning="Those people were not paged; the alerts show at the nurse stations, and a chain goes on to its next "
+                "step.",
+        warning_remedy="Fix the channel the message names (the webhook's endpoint, the SMTP server, credentials; "
+                       "`rpm routes test` shows a route's channels) and read the notifier's log."),
+}
+
+
 @dataclass
 class Watchdog:
     """The decisions of the watchdog (see the module docstring); feed it, then :meth:`evaluate`.
@@ -216,8 +258,7 @@ class Watchdog:
         found: dict[tuple[str, str], Condition] = {}
         found.update(self._workers(fresh))
         found.update(self._bridges(now, fresh))
-        found.update(self._stations(now, fresh))
-        found.update(self._notifiers(now, fresh))
+        found.update(self._services(now, fresh))
         found.update(self._deadletters(now))
         if ("tech.workers_missing", "") not in found:
             found.update(self._wards(now))
@@ -342,68 +383,33 @@ class Watchdog:
                 remedy="Start rpm bridge (systemctl start rpm-bridge@1).")
         return found
 
-    def _stations(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
-        """Nurse stations: told to their ward's technical list and the operators (the notifier's
-        technical route), not to every ward; a station without a roster ward concerns every ward."""
+    def _services(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
+        """Nurse stations and notifiers: silent, stuck (unhealthy) or warning (a problem while healthy),
+        told in the words of :data:`_SERVICE_TEXTS`. A station concerns its ward (and the operators,
+        through the notifier's technical route); a notifier, which cannot page about itself, and a
+        station without a roster ward concern every ward."""
         found: dict[tuple[str, str], Condition] = {}
         for (component, instance), seen in self._seen.items():
-            if component != "station":
+            texts = _SERVICE_TEXTS.get(component)
+            if texts is None:
                 continue
-            ward = seen.beat.ward
-            wards = (ward,) if ward and ward != ALL_WARD else (EVERY_WARD,)
-            name = f"Nurse station {instance}" + (f" of ward {ward}" if ward and ward != ALL_WARD else "")
+            ward = seen.beat.ward if seen.beat.ward != ALL_WARD else None
+            name = f"{texts.name} {instance}" + (f" of ward {ward}" if ward else "")
             if (component, instance) not in fresh:
-                found[("tech.station_silent", instance)] = Condition(
-                    severity="critical", component="station", wards=wards,
-                    message=f"{name} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut off from "
-                            "Kafka): its screens may show no new alert, and acknowledgements given at it may not "
-                            "reach anyone.",
-                    remedy="Look at the ward's alerts elsewhere meanwhile (another station, the notifier's pages); "
-                           "restart the station (systemctl restart rpm-nurse-station@<ward>) and read its log.")
+                verdict, severity = "silent", "critical"
+                what = (f"{name} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut off from Kafka): "
+                        f"{texts.silent}")
             elif not seen.beat.healthy:
-                found[("tech.station_stuck", instance)] = Condition(
-                    severity="critical", component="station", wards=wards,
-                    message=f"{name} runs but {seen.beat.problem or 'does not receive alerts'}.",
-                    remedy="Look at the ward's alerts elsewhere meanwhile; check Kafka and the station's log and "
-                           "/healthz (its Kafka address, credentials and permissions on rpm.alerts).")
+                verdict, severity = "stuck", "critical"
+                what = f"{name} runs but {seen.beat.problem or 'is not working'}. {texts.stuck}"
             elif seen.beat.problem:
-                found[("tech.station_warning", instance)] = Condition(
-                    severity="warning", component="station", wards=wards,
-                    message=f"{name} shows alerts, but what people do at it is not all recorded: "
-                            f"{seen.beat.problem}.",
-                    remedy="Fix what the message names (Kafka for rpm.audit, InfluxDB for station_audit); entries "
-                           "waiting are stored when it is back. Entries lost are named in the station's log: "
-                           "record those actions by hand.")
-        return found
-
-    def _notifiers(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
-        """Notifiers: told to every ward's technical list (the notifier cannot page about itself)."""
-        found: dict[tuple[str, str], Condition] = {}
-        for (component, instance), seen in self._seen.items():
-            if component != "notifier":
+                verdict, severity = "warning", "warning"
+                what = f"{name}: {seen.beat.problem}. {texts.warning}"
+            else:
                 continue
-            if (component, instance) not in fresh:
-                found[("tech.notifier_silent", instance)] = Condition(
-                    severity="critical", component="notifier", wards=(EVERY_WARD,),
-                    message=f"Notifier {instance} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut "
-                            "off from Kafka): nobody is paged for new alerts and unacknowledged alerts do not "
-                            "escalate. The nurse stations still show every alert.",
-                    remedy="Watch the nurse stations meanwhile; restart it (systemctl restart rpm-notifier) and read "
-                           "its log.")
-            elif not seen.beat.healthy:
-                found[("tech.notifier_stuck", instance)] = Condition(
-                    severity="critical", component="notifier", wards=(EVERY_WARD,),
-                    message=f"Notifier {instance} runs but {seen.beat.problem or 'routes no alert'}. The nurse "
-                            "stations still show every alert.",
-                    remedy="Watch the nurse stations meanwhile; check Kafka (the consumer group rpm-notifier) and the "
-                           "notifier's log, and restart it.")
-            elif seen.beat.problem:
-                found[("tech.notifier_warning", instance)] = Condition(
-                    severity="warning", component="notifier", wards=(EVERY_WARD,),
-                    message=f"Notifier {instance}: {seen.beat.problem}. Those people were not paged; the alerts show "
-                            "at the nurse stations, and a chain goes on to its next step.",
-                    remedy="Fix the channel the message names (the webhook's endpoint, the SMTP server, credentials; "
-                           "`rpm routes test` shows a route's channels) and read the notifier's log.")
+            found[(f"tech.{component}_{verdict}", instance)] = Condition(
+                severity=severity, component=component, wards=(ward,) if ward else (EVERY_WARD,), message=what,
+                remedy=getattr(texts, f"{verdict}_remedy"))
         return found
 
     def _deadletters(self, now: float) -> dict[tuple[str, str], Condition]:
