@@ -107,6 +107,9 @@ class _Seen:
 
 
 _NOT_ID_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
+# The rules of a component that stopped reporting, and that component.
+_SILENT_RULES: Final = {"tech.bridge_silent": "bridge", "tech.station_silent": "station",
+                        "tech.notifier_silent": "notifier"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +220,24 @@ class Watchdog:
         return sorted(f"{component}:{instance}" for component, instance in self._seen)
 
     def adopt(self, alert: TechnicalAlert) -> None:
-        """An alert raised by an earlier run (read back from ``rpm.alerts``): clear it if its cause is gone."""
+        """An alert raised by an earlier run (read back from ``rpm.alerts``): clear it if its cause is gone.
+
+        A component an earlier run found silent is remembered as last heard when that alert began, so
+        it stays raised until that component reports again: this run never heard of it, and would
+        otherwise clear it as gone (a nurse told "resolved" of a notifier still dead)."""
+        component = _SILENT_RULES.get(alert.rule)
         if alert.state == "raised":
             self.active[alert.key] = alert
+            if component is not None and alert.scope and (component, alert.scope) not in self._seen:
+                ward = alert.wards[0] if len(alert.wards) == 1 and alert.wards[0] != EVERY_WARD else None
+                beat = Heartbeat(component=component, instance=alert.scope, time=alert.since,  # type: ignore[arg-type]
+                                 ward=ward)
+                self._seen[(component, alert.scope)] = _Seen(beat, alert.since - self.config.stale_after_s)
         else:
             self.active.pop(alert.key, None)
+            seen = self._seen.get((component, alert.scope)) if component is not None else None
+            if seen is not None and seen.beat.time == alert.since:  # remembered above, and it came back then
+                del self._seen[(str(component), alert.scope)]
 
     # -- decision -----------------------------------------------------------------------------------
 

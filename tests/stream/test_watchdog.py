@@ -180,6 +180,21 @@ def test_an_alert_of_an_earlier_run_is_cleared_once_its_cause_is_gone() -> None:
     assert [(a.alert_id, a.state) for a in out] == [(old.alert_id, "cleared")]
 
 
+@pytest.mark.parametrize(("rule", "component"), [("tech.bridge_silent", "bridge"), ("tech.station_silent", "station"),
+                                                 ("tech.notifier_silent", "notifier")])
+def test_a_silent_component_of_an_earlier_run_stays_raised_until_it_reports(rule: str, component: str) -> None:
+    """The watchdog restarted while a component was silent: this run never heard of it, and cleared
+    the alert as gone, telling the nurses "resolved" of a notifier still dead."""
+    w = make()
+    old = TechnicalAlert(rule=rule, scope="x-1", severity="critical", state="raised", time=T0 - 100, since=T0 - 110,
+                         message="m", remedy="r", component=component, wards=("north",))
+    w.adopt(old)
+    assert run(w, T0, T0 + 300, healthy) == []  # neither cleared nor raised again: it is still raised
+    assert w.active[(rule, "x-1")] == old and f"{component}:x-1" in w.watched()
+    out = run(w, T0 + 301, T0 + 310, lambda t: [*healthy(t), Heartbeat(component=component, instance="x-1", time=t)])
+    assert [(a.alert_id, a.state) for a in out] == [(old.alert_id, "cleared")]
+
+
 # -- the codecs ---------------------------------------------------------------------------------------
 
 
