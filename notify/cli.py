@@ -71,7 +71,11 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     from notify.loader import load_routes
     from notify.service import Notifier
     from rpm_core.roster import load_roster
+    from rpm_core.wire import is_valid_id
 
+    client_id = args.client_id or socket.gethostname()[:64]
+    if not is_valid_id(client_id):  # it names the notifier in its heartbeats: one the watchdog refuses is unwatched
+        raise ConfigError(f"--client-id {client_id[:80]!r} must be 1-64 characters of [A-Za-z0-9_.:-]")
     settings = _settings(args)
     routes = load_routes(args.routes)
     _audit_routes(settings, args.routes)
@@ -79,8 +83,7 @@ def cmd_notifier(args: argparse.Namespace) -> int:
     secrets = {name: Secret(os.environ.get(name, "")) for name in routes.secret_envs()}
     check_webhook_secrets(routes, secrets)
     notifier = Notifier(routes=routes, settings=settings, secrets=secrets, ward_of=roster.ward_of,
-                        client_id=args.client_id or socket.gethostname()[:64],
-                        replay_window_s=args.replay_window)
+                        client_id=client_id, replay_window_s=args.replay_window)
     asyncio.run(_until_signalled(notifier))
     return 0
 

@@ -78,3 +78,11 @@ async def test_rpm_edge_ack_publishes_the_patients_acknowledgement(broker: Broke
     assert patient_from_ack_topic(inbound.topic) == PATIENT
     ack = PatientAck.from_bytes(inbound.payload)
     assert ack.alert_ids == ("3f2a9c0d1e2b4a5c",) and abs(ack.at - time.time()) < 120
+
+
+@pytest.mark.parametrize("client_id", ["n" * 65, "notifier one", "nötifier", "n\x00"])
+def test_a_notifier_client_id_its_heartbeats_could_not_carry_is_refused_at_start(
+        client_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """The client id names the notifier in its heartbeats; one the watchdog refuses would leave it unwatched."""
+    assert main(["notifier", "--client-id", client_id, "--routes", str(REPO / "routes.yaml")]) == 2
+    assert "--client-id" in capsys.readouterr().err
