@@ -27,6 +27,7 @@ rule                     severity condition
 ``tech.station_warning`` warning  a nurse station whose audit (``rpm.audit``, InfluxDB ``station_audit``)
                                   fails or lost entries: what people do at it is not all recorded
 ``tech.notifier_silent`` critical a notifier that stopped reporting without saying it stops: nobody is paged
+``tech.notifiers_missing`` critical no notifier running any more (once one has reported): nobody is paged
 ``tech.notifier_stuck``  critical a notifier that runs but has routed no alert for a minute
 ``tech.notifier_warning`` warning notifications lately that reached none of their channels (nobody paged)
 ======================== ======== ============================================================
@@ -173,6 +174,9 @@ class Watchdog:
     _dead: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
     _devices: dict[tuple[str, str, str], Condition] = field(default_factory=dict)
     _ward_last: dict[str, float] = field(default_factory=dict)
+    # A notifier reported (or an earlier run's tech.notifiers_missing was still raised): from then on,
+    # none running at all is told, as for bridges. Before any, rpm may run without one (the demo).
+    _notifiers_expected: bool = False
 
     # -- input --------------------------------------------------------------------------------------
 
@@ -184,6 +188,8 @@ class Watchdog:
             grew = beat.deadlettered - (before.beat.deadlettered if before else 0)
             if before is not None and grew > 0:
                 self._dead.append((at, grew))
+        if beat.component == "notifier":
+            self._notifiers_expected = True
         if beat.state == "stopping":
             self._seen.pop(key, None)  # a component that says it stops is not missed
             return
@@ -228,6 +234,7 @@ class Watchdog:
         component = _SILENT_RULES.get(alert.rule)
         if alert.state == "raised":
             self.active[alert.key] = alert
+            self._notifiers_expected |= alert.rule == "tech.notifiers_missing"
             if component is not None and alert.scope and (component, alert.scope) not in self._seen:
                 ward = alert.wards[0] if len(alert.wards) == 1 and alert.wards[0] != EVERY_WARD else None
                 beat = Heartbeat(component=component, instance=alert.scope, time=alert.since,  # type: ignore[arg-type]
@@ -426,6 +433,12 @@ class Watchdog:
             found[(f"tech.{component}_{verdict}", instance)] = Condition(
                 severity=severity, component=component, wards=(ward,) if ward else (EVERY_WARD,), message=what,
                 remedy=getattr(texts, f"{verdict}_remedy"))
+        if self._notifiers_expected and not any(c == "notifier" for c, _i in self._seen):
+            found[("tech.notifiers_missing", "")] = Condition(  # (one that stopped reporting: notifier_silent)
+                severity="critical", component="notifier", wards=(EVERY_WARD,),
+                message="No notifier is running (the last one said it stops): nobody is paged for new alerts and "
+                        "unacknowledged alerts do not escalate. The nurse stations still show every alert.",
+                remedy="Start rpm notifier (systemctl start rpm-notifier); watch the nurse stations meanwhile.")
         return found
 
     def _deadletters(self, now: float) -> dict[tuple[str, str], Condition]:

@@ -293,12 +293,18 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
             assert cleared["alert_id"] == raised["alert_id"]
 
         for p, seen in ((station, name), (notifier, "notifier:rpm-notifier-chaos")):
+            stopped_at = time.time()
             p.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
             assert p.proc.returncode == 0, p.log_tail(30)
             await until(lambda s=seen: s not in (watchdog_health(wport) or {"watched": [s]})["watched"],  # type: ignore[misc]
                         within=60, what=f"the watchdog to stop watching {seen}, which said it stops", procs=(watchdog,))
         active = watchdog_health(wport)["active"]  # type: ignore[index]
-        assert not any(a.startswith(("tech.station", "tech.notifier")) for a in active), active
+        assert not any(a.startswith(("tech.station", "tech.notifier_")) for a in active), active
+        # but with no notifier left at all, nobody is paged: that is told, within the minute
+        missing = await until(lambda: event("tech.notifiers_missing", "raised", stopped_at)(stack),
+                              within=left_ms(stopped_at) / 1000, what="tech.notifiers_missing on rpm.alerts",
+                              procs=(watchdog,))
+        assert missing["severity"] == "critical" and "nobody is paged" in missing["message"]
     finally:
         for p in reversed(started):
             with contextlib.suppress(ProcessLookupError):

@@ -473,8 +473,26 @@ def test_a_frozen_notifier_is_told_to_every_ward_within_a_minute_since_it_cannot
     assert decode_technical(orjson.loads(silent.encode())) == silent
     out = run(w, freeze + 61, freeze + 70, lambda t: [*healthy(t), notifier("rpm-notifier", t)])
     assert [(a.rule, a.state) for a in out] == [("tech.notifier_silent", "cleared")]
-    w.observe(notifier("rpm-notifier", freeze + 71, state="stopping"), freeze + 71)
-    assert run(w, freeze + 71, freeze + 200, healthy) == []  # stopped on purpose: not missed
+
+
+def test_a_notifier_stopped_on_purpose_is_not_missed_unless_none_is_left() -> None:
+    w = make()
+    assert run(w, T0, T0 + 120, healthy) == []  # rpm without a notifier (the demo): nothing to tell
+    both = run(w, T0 + 121, T0 + 180, lambda t: [*healthy(t), notifier("n1", t), notifier("n2", t)])
+    assert both == []
+    w.observe(notifier("n1", T0 + 181, state="stopping"), T0 + 181)
+    assert run(w, T0 + 181, T0 + 240, lambda t: [*healthy(t), notifier("n2", t)]) == []  # n2 still pages
+    w.observe(notifier("n2", T0 + 241, state="stopping"), T0 + 241)
+    [missing] = run(w, T0 + 241, T0 + 300, healthy)
+    assert (missing.rule, missing.severity, missing.wards) == ("tech.notifiers_missing", "critical", (EVERY_WARD,))
+    assert missing.time - (T0 + 241) <= 60 and "nobody is paged" in missing.message
+    out = run(w, T0 + 301, T0 + 310, lambda t: [*healthy(t), notifier("n1", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.notifiers_missing", "cleared")]
+    restarted = make()  # a watchdog restarted meanwhile keeps telling it until a notifier runs
+    restarted.adopt(missing)
+    assert run(restarted, T0, T0 + 300, healthy) == []
+    assert [(a.rule, a.state) for a in run(restarted, T0 + 301, T0 + 310, lambda t: [*healthy(t), notifier(
+        "n1", t)])] == [("tech.notifiers_missing", "cleared")]
 
 
 def test_a_notifier_that_routes_nothing_is_critical_and_one_whose_pages_fail_is_a_warning() -> None:
