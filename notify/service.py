@@ -67,7 +67,7 @@ from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
 from rpm_core.sink import make_sink
-from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
+from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat, sign_heartbeat
 from rpm_core.wire import loads_unique
 
 _LOGGER = logging.getLogger(__name__)
@@ -250,9 +250,10 @@ class Notifier:
 
     async def _send_heartbeat(self, beat: Heartbeat, *, within_s: float) -> None:
         """Send one heartbeat; a failure is logged (the watchdog reports the notifier as silent)."""
+        value, headers = sign_heartbeat(self._keys, beat)
         try:
             async with asyncio.timeout(within_s):
-                await self._producer.send_and_wait(topics.HEARTBEATS, beat.encode())
+                await self._producer.send_and_wait(topics.HEARTBEATS, value, headers=headers)
         except Exception as exc:  # Kafka refusing, or not answering: keep going
             _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this notifier as silent",
                             topics.HEARTBEATS, type(exc).__name__)

@@ -35,6 +35,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.wire import is_valid_id, load_envelope
 
 TECHNICAL_KIND: Final = "technical"
@@ -78,6 +79,10 @@ WARNING_BEHIND: Final = "after they arrived"  # readings processed a minute or m
 
 class TechnicalAlertError(ValueError):
     """A document that is not a valid technical alert or heartbeat; the message says why."""
+
+
+class HeartbeatSignatureError(TechnicalAlertError):
+    """A heartbeat of a component that signs, without a valid signature: possibly forged."""
 
 
 def technical_alert_id(rule: str, scope: str, since: float) -> str:
@@ -186,6 +191,11 @@ def decode_technical(doc: object) -> TechnicalAlert:
 
 HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station", "notifier"]
 HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station", "notifier"})
+# The components that hold the deployment's signing keys (they sign alerts or acknowledgements):
+# with keys, their heartbeats must be signed, so a writer to rpm.heartbeats cannot keep one that died
+# looking alive (or the watchdog itself, at the stations). The bridge holds no key (least privilege):
+# its heartbeats are read unsigned.
+SIGNED_HEARTBEAT_COMPONENTS: Final = frozenset({"worker", "watchdog", "station", "notifier"})
 HeartbeatState = Literal["running", "stopping"]
 
 
@@ -302,3 +312,22 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
                      state_reset=tuple(reset), state_reset_count=reset_count,
                      unassigned=tuple(unassigned), unassigned_count=unassigned_count,
                      ward=str(ward) if ward is not None else None)
+
+
+def sign_heartbeat(keys: KeyRing | None, beat: Heartbeat) -> tuple[bytes, list[tuple[str, bytes]] | None]:
+    """The record value of ``beat`` and its signature headers (None without keys)."""
+    value = beat.encode()
+    return value, keys.sign(HEARTBEATS_TOPIC, None, value) if keys is not None else None
+
+
+def read_heartbeat(keys: KeyRing | None, value: bytes | None, headers: Any = None) -> Heartbeat:
+    """:func:`decode_heartbeat`, and with ``keys`` the signature of every component that holds them
+    (:data:`SIGNED_HEARTBEAT_COMPONENTS`); :class:`TechnicalAlertError` with the reason."""
+    beat = decode_heartbeat(value)
+    if keys is not None and beat.component in SIGNED_HEARTBEAT_COMPONENTS:
+        try:
+            keys.verify(HEARTBEATS_TOPIC, None, value, headers)
+        except SignatureError as exc:
+            what = f"heartbeat of {beat.component} {beat.instance[:64]!r}"
+            raise HeartbeatSignatureError(f"{what} refused: {exc}") from exc
+    return beat

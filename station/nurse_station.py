@@ -658,21 +658,28 @@ class Supervision:
     RULE: Final = "tech.supervision_lost"
 
     def __init__(self, board: AlertBoard, *, bootstrap: str, timeout_s: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, keys: KeyRing | None = None) -> None:
         self.board = board
         self.bootstrap = bootstrap
         self.timeout_s = timeout_s
+        self.keys = keys  # with keys, only a signed heartbeat is the watchdog's (anyone may write the topic)
+        self.forged = 0
         self._clock = clock
         self.last_beat: float | None = None
         self._since = clock()
         self._raised: Any = None  # the TechnicalAlert on the board, if any
 
-    def note_beat(self, value: bytes | None) -> None:
+    def note_beat(self, value: bytes | None, headers: Any = None) -> None:
         """Take one ``rpm.heartbeats`` record."""
-        from rpm_core.technical import TechnicalAlertError, decode_heartbeat
+        from rpm_core.technical import HeartbeatSignatureError, TechnicalAlertError, read_heartbeat
 
         try:
-            beat = decode_heartbeat(value)
+            beat = read_heartbeat(self.keys, value, headers)
+        except HeartbeatSignatureError as exc:
+            self.forged += 1
+            if self.forged == 1 or self.forged % 100 == 0:
+                _LOGGER.warning("%s (%d so far): not taken as the watchdog's", exc, self.forged)
+            return
         except TechnicalAlertError:
             return
         if beat.component == "watchdog" and beat.state == "running":
@@ -730,7 +737,7 @@ class Supervision:
                     batches = await consumer.getmany(timeout_ms=1000)
                     for records in batches.values():
                         for record in records:
-                            self.note_beat(record.value)
+                            self.note_beat(record.value, record.headers)
             except (KafkaError, OSError, TimeoutError) as exc:
                 _LOGGER.warning("supervision cannot read %s (%s); retrying", topics.HEARTBEATS, type(exc).__name__)
                 await asyncio.sleep(FEED_RETRY_MAX_S)
@@ -764,9 +771,12 @@ class AckSender:
         await self._producer.send_and_wait(topics.ALERT_ACKS, value=value, key=ack.key, headers=headers)
 
     async def send_heartbeat(self, beat: Heartbeat) -> None:
-        """Send the station's heartbeat to ``rpm.heartbeats`` (for ``rpm watchdog``)."""
+        """Send the station's heartbeat to ``rpm.heartbeats`` (for ``rpm watchdog``), signed with ``keys``."""
+        from rpm_core.technical import sign_heartbeat
+
         assert self._producer is not None, "start() first"
-        await self._producer.send_and_wait(topics.HEARTBEATS, value=beat.encode())
+        value, headers = sign_heartbeat(self._keys, beat)
+        await self._producer.send_and_wait(topics.HEARTBEATS, value=value, headers=headers)
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -1690,7 +1700,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             beats = tg.create_task(heartbeats_forever(state, alert_feed, sender, instance=instance), name="heartbeats")
             tasks = [feed, pruner, ticker, writer, trail_writer, beats]
             if options.supervision_timeout_s > 0:
-                tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap,
+                tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap, keys=keys,
                                                         timeout_s=options.supervision_timeout_s).run(),
                                             name="supervision"))
             await stop.wait()

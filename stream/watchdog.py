@@ -607,7 +607,7 @@ class WatchdogService:
     async def _read(self, consumer: Any) -> None:
         from aiokafka.errors import KafkaError
 
-        from rpm_core.technical import TechnicalAlertError, decode_heartbeat
+        from rpm_core.technical import TechnicalAlertError, read_heartbeat
 
         try:
             batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
@@ -620,7 +620,7 @@ class WatchdogService:
         for records in batches.values():
             for record in records:
                 try:
-                    self.watchdog.observe(decode_heartbeat(record.value), at)
+                    self.watchdog.observe(read_heartbeat(self._keys, record.value, record.headers), at)
                 except TechnicalAlertError as exc:
                     _LOGGER.warning("ignored a heartbeat: %s", exc)
 
@@ -650,12 +650,13 @@ class WatchdogService:
     async def _heartbeat(self, producer: Any, now: float, state: str = "running") -> None:
         from aiokafka.errors import KafkaError
 
-        from rpm_core.technical import HEARTBEATS_TOPIC
+        from rpm_core.technical import HEARTBEATS_TOPIC, sign_heartbeat
 
         beat = Heartbeat(component="watchdog", instance=self.instance, time=now, state=state,  # type: ignore[arg-type]
                          healthy=self.kafka_ok)
+        value, headers = sign_heartbeat(self._keys, beat)
         with contextlib.suppress(KafkaError):
-            await producer.send_and_wait(HEARTBEATS_TOPIC, beat.encode())
+            await producer.send_and_wait(HEARTBEATS_TOPIC, value, headers=headers)
 
     async def _adopt(self) -> None:
         """Read back the technical alerts of ``rpm.alerts`` so a restart clears what an earlier run raised."""

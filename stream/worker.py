@@ -103,11 +103,12 @@ def heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: M
                      unassigned_count=len(unassigned))
 
 
-def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str]) -> None:
+def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, ward_of: Mapping[str, str],
+                       keys: Any = None) -> None:
     """Send :func:`heartbeat` to ``rpm.heartbeats`` every ``HEARTBEAT_INTERVAL_S`` (a Faust timer:
-    a worker whose event loop is stuck stops sending, and the watchdog notices)."""
+    a worker whose event loop is stuck stops sending, and the watchdog notices), signed with ``keys``."""
     from rpm_core import topics
-    from rpm_core.technical import HEARTBEAT_INTERVAL_S
+    from rpm_core.technical import HEARTBEAT_INTERVAL_S, sign_heartbeat
 
     beats = app.topic(topics.HEARTBEATS, key_type=bytes, value_type=bytes, partitions=1)
 
@@ -115,7 +116,8 @@ def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, w
         stopping = bool(app.should_stop)
         body = heartbeat(app, pipeline, status, instance=instance, ward_of=ward_of,
                          state="stopping" if stopping else "running")
-        await beats.send(value=body.encode())
+        value, headers = sign_heartbeat(keys, body)
+        await beats.send(value=value, headers=headers)
 
     app.timer(HEARTBEAT_INTERVAL_S)(beat)
 
@@ -219,7 +221,8 @@ def run_worker(settings: Settings, options: WorkerOptions) -> None:
     register_agents(app, pipeline, partitions=options.partitions, status=status,
                     checkpoint_interval_s=checkpoint_interval_s(), key_ring=key_ring)
     register_pages(app, pipeline, status)
-    register_heartbeat(app, pipeline, status, instance=f"{socket.gethostname()}:{web_port}", ward_of=ward_of)
+    register_heartbeat(app, pipeline, status, instance=f"{socket.gethostname()}:{web_port}", ward_of=ward_of,
+                       keys=key_ring)
     _LOGGER.info("worker starting: data dir %s, web port %d, %d roster patients", datadir, web_port,
                  len(status.roster))
     worker = Worker(app, sink_closer(pipeline), loglevel=options.loglevel, quiet=True, redirect_stdouts=False)

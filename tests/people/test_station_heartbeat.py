@@ -39,3 +39,29 @@ async def test_the_heartbeat_says_when_the_screens_get_no_alerts_and_when_action
     assert "were lost" in raised[0].message
     stopping = station_heartbeat(state, feed, instance="desk-host:8080", status="stopping")
     assert decode_heartbeat(stopping.encode()).state == "stopping"
+
+
+def test_forged_watchdog_heartbeats_do_not_keep_the_station_believing_it_is_supervised() -> None:
+    """Someone who stopped rpm watchdog could write its heartbeats to rpm.heartbeats to keep every
+    station quiet while nothing is watched; with signing keys only the watchdog's signed ones count."""
+    from rpm_core.signing import KeyRing
+    from rpm_core.technical import Heartbeat, sign_heartbeat
+    from station.nurse_station import Supervision
+
+    keys = KeyRing.generate("k1")
+    board = AlertBoard(ward="all", roster=default_roster({}))
+    now = [1000.0]
+    supervision = Supervision(board, bootstrap="unused", timeout_s=45, clock=lambda: now[0], keys=keys)
+    for _ in range(10):  # every 5 s for 50 s: an impostor's heartbeats, unsigned or signed with its own key
+        now[0] += 5
+        beat = Heartbeat(component="watchdog", instance="rpm-watchdog", time=now[0])
+        supervision.note_beat(beat.encode(), None)
+        supervision.note_beat(*sign_heartbeat(KeyRing.generate("k1"), beat))
+        supervision.judge()
+    assert supervision.forged == 20
+    [lost] = [a for a in board.alerts.values() if a.rule == Supervision.RULE]
+    assert lost.state == "raised" and "No word from rpm watchdog" in lost.message
+    supervision.note_beat(*sign_heartbeat(keys, Heartbeat(component="watchdog", instance="rpm-watchdog",
+                                                           time=now[0])))
+    supervision.judge()
+    assert [a.state for a in board.alerts.values() if a.rule == Supervision.RULE] == ["cleared"]

@@ -505,3 +505,27 @@ def test_a_notifier_that_routes_nothing_is_critical_and_one_whose_pages_fail_is_
     assert [(a.rule, a.state, a.severity) for a in out] == [
         ("tech.notifier_stuck", "cleared", "critical"), ("tech.notifier_warning", "raised", "warning")]
     assert unpaged in out[1].message and "were not paged" in out[1].message
+
+
+def test_with_keys_a_heartbeat_of_a_component_that_signs_must_carry_a_valid_signature() -> None:
+    """rpm.heartbeats is writable by several principals: a forged heartbeat could keep a dead worker,
+    notifier, station or the watchdog itself looking alive. The bridge holds no key: read unsigned."""
+    from rpm_core.signing import KeyRing
+    from rpm_core.technical import HeartbeatSignatureError, read_heartbeat, sign_heartbeat
+
+    keys, other = KeyRing.generate("k1"), KeyRing.generate("k1")
+    for beat in (worker("w1", (0, 1), T0), station("desk", T0), notifier("n1", T0),
+                 Heartbeat(component="watchdog", instance="rpm-watchdog", time=T0)):
+        value, headers = sign_heartbeat(keys, beat)
+        assert read_heartbeat(keys, value, headers) == beat
+        for forged in (None, [], sign_heartbeat(other, beat)[1], keys.sign("rpm.alerts", None, value)):
+            with pytest.raises(HeartbeatSignatureError, match=f"heartbeat of {beat.component}"):
+                read_heartbeat(keys, value, forged)
+        altered = value.replace(b'"healthy":true', b'"healthy":false')
+        assert altered != value
+        with pytest.raises(HeartbeatSignatureError):
+            read_heartbeat(keys, altered, headers)
+        assert read_heartbeat(None, value, None) == beat  # without keys (a deployment that signs nothing)
+    unsigned_bridge = bridge("b1", T0).encode()
+    assert read_heartbeat(keys, unsigned_bridge, None) == bridge("b1", T0)
+    assert sign_heartbeat(None, bridge("b1", T0)) == (unsigned_bridge, None)
