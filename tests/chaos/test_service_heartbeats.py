@@ -1,0 +1,109 @@
+"""Never silent, for the services people watch or are paged by: a nurse station or a notifier that
+freezes is told within a minute (issue 13's rule); one stopped on purpose is not missed, unless no
+notifier is left. Real processes (watchdog, nurse station, notifier on real Tansu, InfluxDB and
+Mosquitto); a file of its own so that pytest-xdist runs it beside tests/chaos/test_technical_alarms.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from rpm_app.services import ServiceProcess, Stack
+from rpm_core.host import free_port
+from rpm_core.mqtt_users import NOTIFIER_USER, WATCHDOG_USER
+from rpm_core.roster import hash_password
+from tests.chaos.test_technical_alarms import (
+    DEADLINE_S,
+    PASSWORD,
+    STATION,
+    event,
+    hooks,
+    left_ms,
+    routes,
+    until,
+    watchdog_health,
+)
+from tests.notify.servers import WEBHOOK_SECRET, WebhookReceiver
+from tests.support.procs import rpm_env, spawn
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+__all__ = ["hooks"]  # the fixture, shared with test_technical_alarms
+
+
+async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minute_and_one_stopped_is_not_missed(
+        stack: Stack, tmp_path: Path, hooks: WebhookReceiver) -> None:
+    """A station whose process freezes (SIGSTOP) shows nothing new on its screens and takes no
+    acknowledgement; a frozen notifier pages no one. The watchdog tells the wards (and, for the
+    station, the operators) within the minute, and clears it when they run again. Stopped on
+    purpose (SIGTERM), each says so and is not missed."""
+    logs = tmp_path / "logs"
+    started: list[ServiceProcess] = []
+    try:
+        wport = free_port()
+        watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
+                         rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
+        sport = free_port()
+        station = spawn("nurse-station", ["nurse-station", "--port", str(sport), "--state-dir",
+                                          str(tmp_path / "station")],
+                        rpm_env(stack, mqtt_user=None, RPM_NURSE_CREDENTIALS=f"{STATION}={hash_password(PASSWORD)}"),
+                        logs)
+        routes_file = tmp_path / "routes.yaml"
+        routes_file.write_text(routes(hooks.url))
+        notifier = spawn("notifier", ["notifier", "--client-id", "rpm-notifier-chaos"], rpm_env(
+            stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs)
+        started += [watchdog, station, notifier]
+
+        def watched() -> list[str]:
+            return list((watchdog_health(wport) or {}).get("watched", []))
+        name = await until(lambda: next((c for c in watched() if c.startswith("station:") and c.endswith(f":{sport}")),
+                                        None), within=180, what="the watchdog to see the station", procs=tuple(started))
+        await until(lambda: "notifier:rpm-notifier-chaos" in watched(), within=180,
+                    what="the watchdog to see the notifier", procs=tuple(started))
+        instance = name.removeprefix("station:")
+        assert not any(a.startswith(("tech.station", "tech.notifier")) for a in watchdog_health(wport)["active"])  # type: ignore[index]
+
+        frozen_at = time.time()
+        for p in (station, notifier):
+            os.kill(p.pid, signal.SIGSTOP)
+        try:
+            silent = await until(lambda: event("tech.station_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
+                                 what="tech.station_silent on rpm.alerts", procs=(watchdog,))
+            unpaged = await until(lambda: event("tech.notifier_silent", "raised", frozen_at)(stack),
+                                  within=left_ms(frozen_at) / 1000, what="tech.notifier_silent on rpm.alerts",
+                                  procs=(watchdog,))
+        finally:
+            for p in (station, notifier):
+                os.kill(p.pid, signal.SIGCONT)
+        assert silent["scope"] == instance and silent["severity"] == "critical" and silent["wards"] == ["*"]
+        assert silent["time"] - frozen_at <= DEADLINE_S and "has not reported" in silent["message"]
+        assert unpaged["scope"] == "rpm-notifier-chaos" and unpaged["time"] - frozen_at <= DEADLINE_S
+        assert "nobody is paged" in unpaged["message"] and unpaged["wards"] == ["*"]
+        for rule, raised in (("tech.station_silent", silent), ("tech.notifier_silent", unpaged)):
+            cleared = await until(lambda r=rule: event(r, "cleared", frozen_at)(stack), within=120,  # type: ignore[misc]
+                                  what=f"{rule} cleared once it runs again", procs=tuple(started))
+            assert cleared["alert_id"] == raised["alert_id"]
+
+        for p, seen in ((station, name), (notifier, "notifier:rpm-notifier-chaos")):
+            stopped_at = time.time()
+            p.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
+            assert p.proc.returncode == 0, p.log_tail(30)
+            await until(lambda s=seen: s not in (watchdog_health(wport) or {"watched": [s]})["watched"],  # type: ignore[misc]
+                        within=60, what=f"the watchdog to stop watching {seen}, which said it stops", procs=(watchdog,))
+        active = watchdog_health(wport)["active"]  # type: ignore[index]
+        assert not any(a.startswith(("tech.station", "tech.notifier_")) for a in active), active
+        # but with no notifier left at all, nobody is paged: that is told, within the minute
+        missing = await until(lambda: event("tech.notifiers_missing", "raised", stopped_at)(stack),
+                              within=left_ms(stopped_at) / 1000, what="tech.notifiers_missing on rpm.alerts",
+                              procs=(watchdog,))
+        assert missing["severity"] == "critical" and "nobody is paged" in missing["message"]
+    finally:
+        for p in reversed(started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+            p.stop()
