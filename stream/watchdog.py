@@ -30,6 +30,8 @@ rule                     severity condition
 ``tech.notifiers_missing`` critical no notifier running any more (once one has reported): nobody is paged
 ``tech.notifier_stuck``  critical a notifier that runs but has routed no alert for a minute
 ``tech.notifier_warning`` warning notifications lately that reached none of their channels (nobody paged)
+``tech.device_alarms_unwatched`` warning the watchdog itself cannot read the edge agents' device alarms
+                                  from MQTT (refused, disconnected): device trouble reaches no one
 ======================== ======== ============================================================
 
 A patient on no ward of the roster has no nurse station: their device alarms are not sent to every
@@ -174,6 +176,8 @@ class Watchdog:
     _dead: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
     _devices: dict[tuple[str, str, str], Condition] = field(default_factory=dict)
     _ward_last: dict[str, float] = field(default_factory=dict)
+    # Why the watchdog cannot read the agents' device alarms from MQTT now (None: it can, or no MQTT).
+    device_alarms_problem: str | None = None
     # A notifier reported (or an earlier run's tech.notifiers_missing was still raised): from then on,
     # none running at all is told, as for bridges. Before any, rpm may run without one (the demo).
     _notifiers_expected: bool = False
@@ -285,6 +289,15 @@ class Watchdog:
         found.update(self._deadletters(now))
         if ("tech.workers_missing", "") not in found:
             found.update(self._wards(now))
+        if self.device_alarms_problem is not None:
+            found[("tech.device_alarms_unwatched", "")] = Condition(
+                severity="warning", component="watchdog", wards=(EVERY_WARD,),
+                message=f"rpm watchdog cannot read the patients' device alarms from MQTT "
+                        f"({self.device_alarms_problem}): a low battery, a sensor ending or a lost device reaches "
+                        "no one until it can. Readings and clinical alerts are not affected.",
+                remedy="Check Mosquitto and the watchdog's MQTT user (rpm-watchdog: its password, the ACL on "
+                       "rpm/v1/p/+/status) and the watchdog's log; alarms raised meanwhile are delivered when it "
+                       "reconnects (persistent session).")
         unassigned: set[str] = set()
         for (patient, device, alarm), cond in self._devices.items():
             if self.ward_of and patient not in self.ward_of:
@@ -548,6 +561,8 @@ class WatchdogService:
         self.kafka_ok = False
         self.published = 0
         self._status: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.mqtt_problem: str | None = None  # why device alarms cannot be read (None: they can, or no MQTT)
+        self.mqtt_on = False  # MQTT configured: the agents' device alarms are to be watched
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: Kafka reachable and evaluating; the active technical alerts by rule; the
@@ -557,6 +572,7 @@ class WatchdogService:
             "evaluating": self._clock() - self.last_evaluation < 30.0,
             "active": sorted(f"{rule}:{scope}" if scope else rule for rule, scope in self.watchdog.active),
             "watched": self.watchdog.watched(),
+            "device_alarms": self.mqtt_problem or ("watched" if self.mqtt_on else "not watched: no RPM_MQTT_URL"),
             "unpublished": len(self._outbox),
         }
 
@@ -589,6 +605,7 @@ class WatchdogService:
             while not stop.is_set():
                 await self._read(beats)
                 self._take_status()
+                self.watchdog.device_alarms_problem = self.mqtt_problem
                 now = self._clock()
                 self._outbox += self.watchdog.evaluate(now)
                 self.last_evaluation = now
@@ -700,6 +717,10 @@ class WatchdogService:
         """A status message (any thread): queued for the next evaluation."""
         self._status.append((topic, payload))
 
+    def on_mqtt_state(self, problem: str | None) -> None:
+        """Why device alarms cannot be read from MQTT now, or None (any thread: one assignment)."""
+        self.mqtt_problem = problem
+
     def _take_status(self) -> None:
         while self._status:
             topic, payload = self._status.popleft()
@@ -719,21 +740,38 @@ def _json(value: bytes | None) -> Any:
         return None
 
 
-def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None]) -> Any:
+def start_status_listener(mqtt_settings: Any, client_id: str, on_status: Callable[[str, bytes], None],
+                          on_state: Callable[[str | None], None] = lambda _why: None) -> Any:
     """Subscribe to every patient's status topic (persistent session, QoS 1: alarms raised while the
-    watchdog was away are delivered when it is back); returns the running paho client."""
+    watchdog was away are delivered when it is back); returns the running paho client. ``on_state``
+    (paho's thread) gets why device alarms cannot be read now, or None once subscribed."""
     from rpm_core.mqtt_client import message_topic, mqtt_client, session_properties
     from rpm_core.wire import status_topic
 
     client = mqtt_client(mqtt_settings, client_id)
+    refused: list[str] = []  # why the last connection was refused (paho then reports a disconnection too)
 
     def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        refused.clear()
         if reason.is_failure:
             _LOGGER.error("MQTT refused the watchdog: %s (device alarms are not watched)", reason)
+            refused.append(f"Mosquitto refused it: {reason}")
+            on_state(refused[0])
             return
         c.subscribe(status_topic("+"), qos=1)
 
+    def on_subscribe(_c: Any, _u: Any, _mid: Any, reasons: Any, _p: Any) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        on_state(f"its subscription was refused: {refused[0]}" if refused else None)
+        if refused:
+            _LOGGER.error("MQTT refused the watchdog's subscription to the agents' status: %s", refused[0])
+
+    def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        on_state(refused[0] if refused else f"disconnected: {reason}")
+
     client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_disconnect = on_disconnect
     client.on_message = lambda _c, _u, msg: on_status(message_topic(msg), bytes(msg.payload))
     client.connect_async(mqtt_settings.host, mqtt_settings.port, keepalive=30, clean_start=False,
                          properties=session_properties(7 * 24 * 3600))
@@ -765,8 +803,12 @@ async def run_watchdog(settings: Any, options: WatchdogOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     client = None
-    if settings.mqtt_url:
-        client = start_status_listener(settings.mqtt(), options.instance, service.on_status)
+    if not settings.mqtt_url:
+        _LOGGER.warning("no RPM_MQTT_URL: the edge agents' device alarms (battery, sensor, bond) are not watched")
+    else:
+        service.mqtt_on, service.mqtt_problem = True, "not connected yet"
+        client = start_status_listener(settings.mqtt(), options.instance, service.on_status,
+                                       on_state=service.on_mqtt_state)
     health = HealthServer(service.health, port=options.health_port) if options.health_port is not None else None
     try:
         if health is not None:

@@ -107,3 +107,23 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
             p.stop()
+
+
+async def test_a_watchdog_refused_by_mosquitto_says_device_alarms_are_unwatched_within_a_minute(
+        stack: Stack, tmp_path: Path) -> None:
+    """The watchdog reads the edge agents' device alarms (battery, sensor, bond) from MQTT. A watchdog
+    whose MQTT password is wrong only logged it: device trouble then reached no one."""
+    wrong = stack.mqtt_url(WATCHDOG_USER).replace("@", "x@", 1)  # one more character in the password
+    started_at = time.time()
+    wport = free_port()
+    watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
+                     rpm_env(stack, mqtt_user=None, RPM_MQTT_URL=wrong), tmp_path / "logs")
+    try:
+        raised = await until(lambda: event("tech.device_alarms_unwatched", "raised", started_at)(stack),
+                             within=DEADLINE_S + 30, what="tech.device_alarms_unwatched on rpm.alerts",
+                             procs=(watchdog,))
+        assert raised["severity"] == "warning" and raised["wards"] == ["*"] and raised["component"] == "watchdog"
+        assert "refused" in raised["message"] and "device alarms" in raised["message"]
+        assert "refused" in watchdog_health(wport)["device_alarms"]  # type: ignore[index]
+    finally:
+        watchdog.stop()

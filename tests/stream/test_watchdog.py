@@ -529,3 +529,16 @@ def test_with_keys_a_heartbeat_of_a_component_that_signs_must_carry_a_valid_sign
     unsigned_bridge = bridge("b1", T0).encode()
     assert read_heartbeat(keys, unsigned_bridge, None) == bridge("b1", T0)
     assert sign_heartbeat(None, bridge("b1", T0)) == (unsigned_bridge, None)
+
+
+def test_a_watchdog_that_cannot_read_device_alarms_says_so_to_every_ward_and_clears_when_it_can() -> None:
+    w = make()
+    w.device_alarms_problem = "Mosquitto refused it: Not authorized"
+    out = run(w, T0, T0 + 60, healthy)
+    [unwatched] = out
+    assert (unwatched.rule, unwatched.severity, unwatched.component, unwatched.wards) == (
+        "tech.device_alarms_unwatched", "warning", "watchdog", (EVERY_WARD,))
+    assert unwatched.time - T0 <= 60 and "Not authorized" in unwatched.message and "rpm-watchdog" in unwatched.remedy
+    w.device_alarms_problem = None
+    assert [(a.rule, a.state) for a in run(w, T0 + 61, T0 + 70, healthy)] == [
+        ("tech.device_alarms_unwatched", "cleared")]
