@@ -70,6 +70,9 @@ from rpm_core.technical import (
 _LOGGER = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S: Final = 2.0
+# At start, the heartbeats of the last REMEMBER_S are read back, so a component that died while no
+# watchdog ran (a restart, an upgrade) is missed like one that dies under its eyes.
+REMEMBER_S: Final = 3600.0
 DEADLETTER_WINDOW_S: Final = 60.0
 # Patients a tech.patient_unassigned message names (the count is always whole).
 MAX_UNASSIGNED_NAMED: Final = 20
@@ -595,7 +598,7 @@ class WatchdogService:
             await self._adopt()
             tp = TopicPartition(HEARTBEATS_TOPIC, 0)
             beats.assign([tp])
-            await beats.seek_to_end(tp)
+            await self._seek_back(beats, tp)
             self.watchdog.started_at = self._clock()
             await beats.topics()
             self.watchdog.partitions = max(self.watchdog.partitions,
@@ -621,6 +624,20 @@ class WatchdogService:
             await beats.stop()
             await producer.stop()
 
+    async def _seek_back(self, consumer: Any, tp: Any) -> None:
+        """Position ``consumer`` at the first heartbeat of the last :data:`REMEMBER_S` (the end if none)."""
+        from aiokafka.errors import KafkaError
+
+        try:
+            found = (await consumer.offsets_for_times({tp: int((self._clock() - REMEMBER_S) * 1000)})).get(tp)
+        except (KafkaError, ValueError) as exc:
+            _LOGGER.warning("watchdog cannot read back recent heartbeats (%s): it watches from now on", exc)
+            found = None
+        if found is None or found.timestamp < 0:  # none that recent (Tansu answers -1 where Kafka answers None)
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, found.offset)
+
     async def _read(self, consumer: Any) -> None:
         from aiokafka.errors import KafkaError
 
@@ -633,9 +650,12 @@ class WatchdogService:
             self.kafka_ok = False
             _LOGGER.warning("watchdog cannot read heartbeats: %s", exc)
             return
-        at = self._clock()
+        now = self._clock()
         for records in batches.values():
             for record in records:
+                # one read back from before this run started is taken at the time it was sent
+                sent = record.timestamp / 1000 if record.timestamp and record.timestamp > 0 else now
+                at = min(sent, now) if sent < self.watchdog.started_at else now
                 try:
                     self.watchdog.observe(read_heartbeat(self._keys, record.value, record.headers), at)
                 except TechnicalAlertError as exc:

@@ -127,3 +127,37 @@ async def test_a_watchdog_refused_by_mosquitto_says_device_alarms_are_unwatched_
         assert "refused" in watchdog_health(wport)["device_alarms"]  # type: ignore[index]
     finally:
         watchdog.stop()
+
+
+async def test_a_notifier_that_died_while_no_watchdog_ran_is_told_by_the_next_one_within_a_minute(
+        stack: Stack, tmp_path: Path, hooks: WebhookReceiver) -> None:
+    """A watchdog watched from its start on: a component that died while none ran (a restart, an
+    upgrade) had never reported to the new one, so nothing was told. It now reads back the last
+    hour of heartbeats."""
+    logs = tmp_path / "logs"
+    routes_file = tmp_path / "routes.yaml"
+    routes_file.write_text(routes(hooks.url))
+    wport = free_port()
+    first = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
+                  rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
+    notifier = spawn("notifier", ["notifier", "--client-id", "rpm-notifier-gone"], rpm_env(
+        stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs)
+    started = [first, notifier]
+    try:
+        await until(lambda: "notifier:rpm-notifier-gone" in (watchdog_health(wport) or {}).get("watched", []),
+                    within=180, what="the first watchdog to see the notifier", procs=tuple(started))
+        first.stop()
+        notifier.kill()  # dies while no watchdog runs, without a word
+        again_at = time.time()
+        second_port = free_port()
+        second = spawn("watchdog-2", ["watchdog", "--health-port", str(second_port), "--startup-grace", "5"],
+                       rpm_env(stack, mqtt_user=WATCHDOG_USER), logs)
+        started.append(second)
+        silent = await until(lambda: event("tech.notifier_silent", "raised", again_at)(stack), within=DEADLINE_S,
+                             what="tech.notifier_silent from the watchdog started after the notifier died",
+                             procs=(second,))
+        assert silent["scope"] == "rpm-notifier-gone" and "nobody is paged" in silent["message"]
+        assert silent["time"] - again_at <= DEADLINE_S
+    finally:
+        for p in reversed(started):
+            p.stop()
