@@ -52,7 +52,7 @@ _HEARTBEAT_REQUIRED: Final = frozenset({"v", "component", "instance", "time"})
 _HEARTBEAT_KEYS: Final = _HEARTBEAT_REQUIRED | {"state", "healthy", "problem", "interval_s", "partitions",
                                                 "partition_count", "ward_last_reading", "messages", "deadlettered",
                                                 "state_reset", "state_reset_count", "unassigned",
-                                                "unassigned_count", "ward"}
+                                                "unassigned_count", "ward", "dark_screens"}
 # How long a worker reports the patients whose stored state it could not read (``state_reset``),
 # and how many of them it names at most (the count says how many there were).
 STATE_RESET_HOLD_S: Final = 900.0
@@ -61,6 +61,9 @@ MAX_STATE_RESET_IDS: Final = 50
 # (``unassigned``), and how many it names at most (the count says how many there were).
 UNASSIGNED_HOLD_S: Final = 900.0
 MAX_UNASSIGNED_IDS: Final = 50
+# The ward screens (kiosks) a nurse station names as dark at most, and the length of each name.
+MAX_DARK_SCREENS: Final = 50
+MAX_SCREEN_NAME_CHARS: Final = 100
 
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
@@ -216,7 +219,9 @@ class Heartbeat:
     - ``unassigned``/``unassigned_count`` (workers with a roster): the patients on no ward of the
       roster (at most :data:`MAX_UNASSIGNED_IDS`, most recent first) and how many, whose readings
       arrived within the last :data:`UNASSIGNED_HOLD_S`: no nurse station shows their alerts;
-    - ``ward`` (nurse stations): the ward whose alerts it shows.
+    - ``ward`` (nurse stations): the ward whose alerts it shows;
+    - ``dark_screens`` (nurse stations): its ward screens (kiosks, by label and id) that have shown
+      nothing for a minute: no browser holds their live alert stream.
     """
 
     component: HeartbeatComponent
@@ -236,6 +241,7 @@ class Heartbeat:
     unassigned: tuple[str, ...] = ()
     unassigned_count: int = 0
     ward: str | None = None
+    dark_screens: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         """The record value on ``rpm.heartbeats`` (``state_reset…`` only when there is one: a watchdog
@@ -253,6 +259,8 @@ class Heartbeat:
             doc.update(unassigned=list(self.unassigned), unassigned_count=self.unassigned_count)
         if self.ward is not None:
             doc.update(ward=self.ward)
+        if self.dark_screens:
+            doc.update(dark_screens=list(self.dark_screens))
         return orjson.dumps(doc)
 
 
@@ -303,6 +311,10 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
     ward = doc.get("ward")
     if ward is not None and not is_valid_id(ward):
         raise TechnicalAlertError("heartbeat ward must be a ward id")
+    dark = doc.get("dark_screens", [])
+    if not (isinstance(dark, list) and len(dark) <= MAX_DARK_SCREENS and all(
+            isinstance(d, str) and 0 < len(d) <= MAX_SCREEN_NAME_CHARS and d.isprintable() for d in dark)):
+        raise TechnicalAlertError(f"heartbeat dark_screens must list at most {MAX_DARK_SCREENS} screen names")
     return Heartbeat(component=component, instance=instance, time=_finite(doc, "time"), state=state,  # type: ignore[arg-type]
                      healthy=healthy, problem=problem[:MAX_TEXT_CHARS] if problem else None,
                      interval_s=float(interval), partitions=tuple(parts),
@@ -311,7 +323,7 @@ def decode_heartbeat(value: bytes | None) -> Heartbeat:
                      messages=_count(doc, "messages"), deadlettered=_count(doc, "deadlettered"),
                      state_reset=tuple(reset), state_reset_count=reset_count,
                      unassigned=tuple(unassigned), unassigned_count=unassigned_count,
-                     ward=str(ward) if ward is not None else None)
+                     ward=str(ward) if ward is not None else None, dark_screens=tuple(dark))
 
 
 def sign_heartbeat(keys: KeyRing | None, beat: Heartbeat) -> tuple[bytes, list[tuple[str, bytes]] | None]:

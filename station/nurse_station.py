@@ -100,6 +100,8 @@ SESSION_IDLE_S: Final = 12 * 3600.0
 # turns the whole screen into a technical alarm after HEARTBEAT_DEADLINE_S without a word.
 SSE_HEARTBEAT_S: Final = 2.0
 HEARTBEAT_DEADLINE_S: Final = 5.0
+# A ward screen (kiosk) with no live alert stream for this long is dark: its station's heartbeat says so.
+DARK_AFTER_S: Final = 60.0
 # How often the station looks for acknowledged alerts due to re-alarm and silences that ran out.
 TICK_S: Final = 1.0
 SSE_RETRY_MS: Final = 2000
@@ -978,6 +980,10 @@ class StationState:
     overview: Overview | None = None
     trusted_proxies: tuple[IPNetwork, ...] = ()
     trail: AuditTrail | None = None  # rpm.audit: the tamper-evident record of people's actions
+    # Ward screens (kiosks): live alert streams open per kiosk id, and when the last one closed.
+    screens: dict[str, int] = field(default_factory=dict)
+    screen_left: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
 
     def record(self, action: str, view: AlertView | None = None, *, station: str | None = None, by: str = "",
                note: str = "", minutes: float = 0.0, user: str | None = None) -> None:
@@ -1529,8 +1535,20 @@ def _sse(event: str, data: Any, event_id: str | None = None) -> bytes:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /api/events: Server-Sent Events; catches up from ``Last-Event-ID`` (or ``?last=``)."""
-    _require(request)
+    sess = _require(request)
     st = request.app[STATE_KEY]
+    if sess.kiosk is not None:  # a ward screen: while no stream of it is open, it shows nothing
+        st.screens[sess.kiosk] = st.screens.get(sess.kiosk, 0) + 1
+        try:
+            return await _events(request, st)
+        finally:
+            st.screens[sess.kiosk] -= 1
+            if not st.screens[sess.kiosk]:
+                st.screen_left[sess.kiosk] = time.time()
+    return await _events(request, st)
+
+
+async def _events(request: web.Request, st: StationState) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                        "X-Accel-Buffering": "no", **{k: v for k, v in SECURITY_HEADERS.items()
                                                                        if k != "Cache-Control"}})
@@ -1731,7 +1749,27 @@ async def _audit_logins(trail: AuditTrail, roster: Roster, *, bootstrap: str, ke
     trail.record(await config_load_event(bootstrap, keys, "roster", target, content, actor=os_user()))
 
 
-def station_heartbeat(state: StationState, feed: AlertFeed, *, instance: str, status: str = "running") -> Heartbeat:
+def dark_screens(state: StationState, now: float) -> list[str]:
+    """This ward's live kiosks (not revoked) with no alert stream open for ``DARK_AFTER_S``: the
+    browser closed, its computer off or its network down. By label and id, at most 50."""
+    from rpm_core.technical import MAX_DARK_SCREENS, MAX_SCREEN_NAME_CHARS
+
+    if state.kiosks is None:
+        return []
+    dark = []
+    for kiosk in state.kiosks.kiosks():
+        entry = state.roster.stations.get(kiosk.station)
+        if kiosk.revoked is not None or entry is None or entry.ward != state.board.ward:
+            continue
+        since = max(state.screen_left.get(kiosk.id, state.started), kiosk.issued)
+        if not state.screens.get(kiosk.id) and now - since >= DARK_AFTER_S:
+            name = f"{kiosk.label} ({kiosk.id})" if kiosk.label else kiosk.id
+            dark.append(name[-MAX_SCREEN_NAME_CHARS:])
+    return dark[:MAX_DARK_SCREENS]
+
+
+def station_heartbeat(state: StationState, feed: AlertFeed, *, instance: str, status: str = "running",
+                      now: float | None = None) -> Heartbeat:
     """The station's heartbeat: unhealthy while its alert feed cannot read Kafka (its screens show no
     new alert); a warning (``problem`` while healthy) while what people do at it is not all recorded
     (``rpm.audit`` or InfluxDB ``station_audit`` failing, or entries lost lately)."""
@@ -1739,9 +1777,10 @@ def station_heartbeat(state: StationState, feed: AlertFeed, *, instance: str, st
                             state.audit.problem if state.audit else None) if p]
     if not feed.connected:
         problems.insert(0, "its alert feed cannot read rpm.alerts from Kafka, so its screens show no new alert")
-    return Heartbeat(component="station", instance=instance, time=time.time(), state=status,  # type: ignore[arg-type]
+    now = time.time() if now is None else now
+    return Heartbeat(component="station", instance=instance, time=now, state=status,  # type: ignore[arg-type]
                      healthy=feed.connected, problem="; ".join(problems) or None,
-                     messages=state.board.seq, ward=state.board.ward)
+                     messages=state.board.seq, ward=state.board.ward, dark_screens=tuple(dark_screens(state, now)))
 
 
 async def heartbeats_forever(state: StationState, feed: AlertFeed, sender: AckSender, *, instance: str) -> None:

@@ -30,6 +30,7 @@ rule                     severity condition
 ``tech.notifiers_missing`` critical no notifier running any more (once one has reported): nobody is paged
 ``tech.notifier_stuck``  critical a notifier that runs but has routed no alert for a minute
 ``tech.notifier_warning`` warning notifications lately that reached none of their channels (nobody paged)
+``tech.ward_screen_dark`` warning  a nurse station's ward screens (kiosks) that show nothing for a minute
 ``tech.device_alarms_unwatched`` warning the watchdog itself cannot read the edge agents' device alarms
                                   from MQTT (refused, disconnected): device trouble reaches no one
 ======================== ======== ============================================================
@@ -434,6 +435,8 @@ class Watchdog:
                 continue
             ward = seen.beat.ward if seen.beat.ward != ALL_WARD else None
             name = f"{texts.name} {instance}" + (f" of ward {ward}" if ward else "")
+            if component == "station" and seen.beat.dark_screens and (component, instance) in fresh:
+                found[("tech.ward_screen_dark", instance)] = _dark_screens(name, seen.beat.dark_screens, ward)
             if (component, instance) not in fresh:
                 verdict, severity = "silent", "critical"
                 what = (f"{name} has not reported for {now - seen.at:.0f} s (stopped, frozen or cut off from Kafka): "
@@ -494,6 +497,19 @@ class Watchdog:
             return (EVERY_WARD,)
         wards = sorted({w for p, w in self.ward_of.items() if self.partition_of(p, self.partitions) in parts})
         return tuple(wards) or (EVERY_WARD,)
+
+
+def _dark_screens(station: str, screens: tuple[str, ...], ward: str | None) -> Condition:
+    """Ward screens (kiosks) of a station that show nothing: told to that ward and the operators; a
+    screen newly dark while it is raised makes it raised again, naming every one (``names``: their ids)."""
+    ids = tuple(name.rsplit("(", 1)[-1].rstrip(")") for name in screens)  # "label (id)" or "id"
+    return Condition(
+        severity="warning", component="station", wards=(ward,) if ward else (EVERY_WARD,), names=ids,
+        message=f"The ward screen(s) {', '.join(screens)} of {station} have shown nothing for a minute or more "
+                "(the browser closed, its computer off or its network down): alerts reach the ward's nurses only "
+                "through other screens and pages until they are back.",
+        remedy="Look at the screen: start its browser on the station's page again (it stays logged in as a kiosk). "
+               "A screen taken out of service: revoke it (rpm nurse-station kiosk revoke ID).")
 
 
 def _unassigned(patients: list[str], unnamed: int = 0) -> Condition:

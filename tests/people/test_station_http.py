@@ -47,9 +47,10 @@ def roster() -> Roster:
 
 @contextlib.asynccontextmanager
 async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None, kiosks: KioskRegistry | None = None,
-                  trusted: tuple[str, ...] = (), ward: str = "all", trail: AuditTrail | None = None
-                  ) -> AsyncIterator[tuple[str, AlertBoard]]:
-    """Run a station in this event loop (with ``trail``: writing rpm.audit); yields its base URL and board."""
+                  trusted: tuple[str, ...] = (), ward: str = "all", trail: AuditTrail | None = None,
+                  states: list[StationState] | None = None) -> AsyncIterator[tuple[str, AlertBoard]]:
+    """Run a station in this event loop (with ``trail``: writing rpm.audit); yields its base URL and
+    board (and appends its state to ``states``)."""
     bootstrap = stack.settings.kafka_bootstrap()
     board = AlertBoard(ward=ward, roster=roster)
     sender = AckSender(bootstrap=bootstrap)
@@ -57,6 +58,8 @@ async def station(stack: Stack, roster: Roster, *, influx_url: str | None = None
     sparks = Sparklines(url=influx_url or stack.settings.influx_url, db=stack.settings.influx_db)
     state = StationState(board=board, roster=roster, sender=sender, sparklines=sparks, ward_name="All patients",
                          kiosks=kiosks, trusted_proxies=parse_trusted_proxies(trusted), trail=trail)
+    if states is not None:
+        states.append(state)
     if trail is not None:
         await trail.start()
         trail_writer = asyncio.create_task(trail.run())
@@ -579,3 +582,34 @@ async def test_with_signing_keys_a_forged_record_neither_raises_nor_hides_an_ala
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_ward_screen_whose_browser_went_away_is_dark_in_the_stations_heartbeat_after_a_minute(
+        stack: Stack, roster: Roster, tmp_path: Path) -> None:
+    """A kiosk (the ward's wall screen) shows alerts only while its browser holds the live stream; a
+    closed browser, a computer off or a network down show nothing, and only the station can tell."""
+    import time
+
+    from station.nurse_station import DARK_AFTER_S, dark_screens
+
+    await ensure_topics(stack.settings.kafka_bootstrap(), partitions=2)
+    states: list[StationState] = []
+    async with station(stack, roster, kiosks=KioskRegistry(tmp_path), states=states) as (url, _board), \
+            client() as http:
+        state = states[0]
+        async with http.post(f"{url}/login", data={"station": "desk-1", "password": PASSWORD, "kiosk": "1",
+                                                   "label": "north wall"},
+                             allow_redirects=False, headers={"Origin": url}) as resp:
+            assert resp.status == 303
+        [kiosk] = KioskRegistry(tmp_path).kiosks()
+        later = time.time() + DARK_AFTER_S + 1
+        assert dark_screens(state, later) == [f"north wall ({kiosk.id})"], "issued, never shown: dark"
+        async with http.get(f"{url}/api/events") as stream:
+            await stream.content.readline()  # the stream is open
+            assert dark_screens(state, later) == [], "its live stream is open: it shows the alerts"
+        await until(lambda: not state.screens.get(kiosk.id))
+        left = time.time()
+        assert dark_screens(state, left + DARK_AFTER_S - 5) == [], "a reload is not a dark screen"
+        assert dark_screens(state, left + DARK_AFTER_S + 1) == [f"north wall ({kiosk.id})"]
+        assert KioskRegistry(tmp_path).revoke(kiosk.id)
+        assert dark_screens(state, left + DARK_AFTER_S + 1) == [], "a revoked screen is out of service"

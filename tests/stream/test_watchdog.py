@@ -542,3 +542,27 @@ def test_a_watchdog_that_cannot_read_device_alarms_says_so_to_every_ward_and_cle
     w.device_alarms_problem = None
     assert [(a.rule, a.state) for a in run(w, T0 + 61, T0 + 70, healthy)] == [
         ("tech.device_alarms_unwatched", "cleared")]
+
+
+def test_a_dark_ward_screen_is_told_to_its_ward_and_a_second_one_is_named_too() -> None:
+    w = make()
+    one = ("north wall (a1b2c3d4e5f6)",)
+    out = run(w, T0, T0 + 60, lambda t: [*healthy(t), station("desk-n", t, dark_screens=one)])
+    [dark] = out
+    assert (dark.rule, dark.scope, dark.severity, dark.wards) == ("tech.ward_screen_dark", "desk-n", "warning",
+                                                                  ("north",))
+    assert "north wall (a1b2c3d4e5f6)" in dark.message and "kiosk revoke" in dark.remedy
+    assert run(w, T0 + 61, T0 + 120, lambda t: [*healthy(t), station("desk-n", t, dark_screens=one)]) == []
+    two = ("north wall (a1b2c3d4e5f6)", "0a0b0c0d0e0f")
+    out = run(w, T0 + 121, T0 + 140, lambda t: [*healthy(t), station("desk-n", t, dark_screens=two)])
+    assert [(a.rule, a.state) for a in out] == [("tech.ward_screen_dark", "cleared"),
+                                                ("tech.ward_screen_dark", "raised")]
+    assert "0a0b0c0d0e0f" in out[1].message
+    out = run(w, T0 + 141, T0 + 150, lambda t: [*healthy(t), station("desk-n", t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.ward_screen_dark", "cleared")]
+    beat = station("desk-n", T0, dark_screens=two)
+    assert decode_heartbeat(beat.encode()) == beat
+    for bad in (b'"x"', b'[""]', b'["a\\u0000"]', b'[' + b",".join([b'"k"'] * 51) + b']', b'["' + b"k" * 101 + b'"]'):
+        with pytest.raises(TechnicalAlertError, match="dark_screens"):
+            decode_heartbeat(b'{"v": 1, "component": "station", "instance": "s", "time": 1, "dark_screens": '
+                             + bad + b"}")
