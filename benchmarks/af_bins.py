@@ -44,7 +44,7 @@ from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
-FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGHI")}
+FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGHIJ")}
 
 
 @dataclasses.dataclass(frozen=True)

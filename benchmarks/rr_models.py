@@ -1,4 +1,4 @@
-"""Synthetic RR-interval generators for evaluating AF screening, in nine independent families.
+"""Synthetic RR-interval generators for evaluating AF screening, in ten independent families.
 
 Family ``A`` (the design family: the AF classifier's features and weights were chosen on its
 training seeds) and family ``B`` (written afterwards by different models and never used to choose
@@ -176,6 +176,24 @@ generator's own statistics were looked at while writing it; never tuned on):
   jitter, a pulse deficit: an interval under 0.75 x the recent mean, AF's short cycles and
   premature beats, makes no pulse with probability 0.3-0.8 and merges with the next, and
   motion bursts with 10-20 % missed beats).
+
+Family J (written for issue 17's twelfth round after its candidate, a per-patient jitter
+estimate, was chosen on tuning seeds, and committed with the adoption rule before any run on it;
+never tuned on). Its point is a device whose timing error is *not* what the candidate assumes
+(Gaussian, constant over a recording):
+
+- sinus: respiration as a sinusoid in time whose frequency wanders (8-24 breaths a minute,
+  log-normal drift), its depth slowly modulated (+-30 %), a slow AR(1) wander of the period and
+  1-5 ms beat noise; older adults +-0.3-3 % at 55-105 bpm, ``young`` +-6-20 % at 50-95 bpm;
+- ectopy: family E's (ventricular parasystole or atrial premature beats with sinus reset;
+  bigeminy / trigeminy by the rule of bigeminy, in runs);
+- AF: per episode one of three other families' laws at random: G's (uniform-plus-Gaussian or
+  Hayano-type), H's (regimes of lag-1 correlation -0.6..0.5, heavy tails) or I's (AV-node model);
+  rate-controlled with each law's own low CV (0.06-0.12);
+- beat errors: a wrist PPG whose pulse-timing error is heavy-tailed (Student t, 2.5-5 degrees of
+  freedom, scale 6-25 ms), modulated by motion (a slow log-normal factor, so the error's size
+  changes over minutes within the recording) and by rate (larger on short cycles, x
+  sqrt(median / RR)), 0.5-3 % missed pulses, 0.2-1 % false peaks, beat times sampled at 20-50 Hz.
 """
 
 from __future__ import annotations
@@ -1844,6 +1862,66 @@ def i_background(kind: str, n: int, rng: Rng) -> FloatArray:
     return with_ectopy(kind, i_sinus(n, rng, young=kind == "sinus young"), rng, i_ectopy, i_geminy)
 
 
+# ---- family J ------------------------------------------------------------------------------------
+
+
+def j_sinus(n: int, rng: Rng, young: bool = False) -> FloatArray:
+    """Respiration as a frequency-modulated sinusoid in time, a slow AR(1) wander, 1-5 ms beat noise."""
+    if young:
+        hr, rsa = rng.uniform(50, 95), rng.uniform(0.06, 0.2)
+    else:
+        hr, rsa = rng.uniform(55, 105), rng.uniform(0.003, 0.03)
+    mean = 60.0 / hr
+    seconds = n * mean * 1.3 + 60
+    dt = 0.1
+    steps = int(seconds / dt)
+    rate = rng.uniform(8, 24) / 60 * np.exp(lfilter([0.01], [1.0, -0.99], rng.normal(0, 1, steps)) * 2.0)
+    phase = 2 * np.pi * np.cumsum(rate) * dt
+    depth = 1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.005, 0.02) * np.arange(steps) * dt)
+    wander = lfilter([0.003], [1.0, -0.997], rng.normal(0, 1, steps)) * rng.uniform(0.01, 0.04) / 0.055
+    period = mean * (1 + rsa * depth * np.sin(phase) + wander)
+    rr = np.empty(n)
+    now = 0.0
+    noise = rng.uniform(0.001, 0.005)
+    for i in range(n):
+        rr[i] = period[min(int(now / dt), steps - 1)] + rng.normal(0, noise)
+        now += rr[i]
+    return np.asarray(np.clip(rr, 0.3, 2.5))
+
+
+def j_af(n: int, rng: Rng, low: bool) -> FloatArray:
+    """AF from one of three other families' laws (G's, H's serially correlated regimes, I's AV node)."""
+    make = (g_af, h_af, i_af)[int(rng.integers(0, 3))]
+    return make(n, rng, low)
+
+
+def j_errors(rr: FloatArray, rng: Rng) -> FloatArray:
+    """A wrist PPG with heavy-tailed, motion- and rate-dependent pulse-timing error (module docstring)."""
+    times = np.cumsum(rr)
+    n = len(rr)
+    keep = rng.random(n) >= rng.uniform(0.005, 0.03)
+    keep[-1] = True
+    dof = rng.uniform(2.5, 5)
+    scale = rng.uniform(0.006, 0.025)
+    motion = np.exp(lfilter([0.02], [1.0, -0.98], rng.normal(0, 1, n)) * rng.uniform(0.5, 2.5))
+    faster = (np.median(rr) / np.maximum(rr, 0.25)) ** 0.5
+    err = rng.standard_t(dof, n) / np.sqrt(dof / (dof - 2)) * scale * motion * faster
+    beats = times[keep] + err[keep]
+    extra = np.flatnonzero(rng.random(n) < rng.uniform(0.002, 0.01))
+    gaps = np.diff(np.r_[0.0, times])
+    beats = np.r_[beats, times[extra] - gaps[extra] * rng.uniform(0.3, 0.7, len(extra))]
+    fs = rng.uniform(20, 50)
+    beats = np.sort(np.round(beats * fs) / fs)
+    beats = beats[(beats > 0) & (beats <= times[-1] + 0.1)]
+    out = np.diff(np.r_[0.0, beats])
+    return np.asarray(out[out > 0.02])
+
+
+def j_background(kind: str, n: int, rng: Rng) -> FloatArray:
+    """Family J's non-AF rhythm of ``kind`` (E's parasystole and rule-of-bigeminy ectopy)."""
+    return with_ectopy(kind, j_sinus(n, rng, young=kind == "sinus young"), rng, e_ectopy, e_geminy)
+
+
 FAMILIES: dict[str, Family] = {
     "A": (a_background, a_af, a_errors),
     "B": (b_background, b_af, b_errors),
@@ -1854,6 +1932,7 @@ FAMILIES: dict[str, Family] = {
     "G": (g_background, g_af, g_errors),
     "H": (h_background, h_af, h_errors),
     "I": (i_background, i_af, i_errors),  # tenth round: held out, never tuned on
+    "J": (j_background, j_af, j_errors),  # twelfth round: held out, committed before any run on it
     # training data only (benchmarks/train_af.py, family A's training seeds): never evaluated
     "A-augmented": (a_background_augmented, a_af_correlated, a_errors),
 }
