@@ -15,6 +15,8 @@ phases, and is the only thing that acknowledges records (makes their offsets com
   a failure is retried in place with backoff (:func:`until_done`) on the engine rebuilt from its
   checkpoints, never acknowledged unprocessed; after ``ISOLATE_AFTER`` failures that were not
   outages it runs record by record and dead-letters what fails alone (:func:`isolate_poison`).
+  A batch of more than ``MAX_SLICE_BYTES`` goes through PROCESSING and CHECKPOINTING once per
+  slice, the lock released in between (a tick may run there); only its last slice acknowledges.
 - CHECKPOINTING: the states that are due are written (:class:`Committer`, a paced group commit).
 - ACKNOWLEDGING: the records no pending state depends on any more are acknowledged.
 - STOPPING: a batch under way gets ``STOP_GRACE_S``; one still retrying is abandoned (nothing of
