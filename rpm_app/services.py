@@ -49,6 +49,11 @@ _LOGGER = logging.getLogger(__name__)
 
 START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 10.0
+# Go's GOGC for the InfluxDB started here, unless GOGC is set in our environment: a collection once
+# the heap grew by 400 % of the live heap instead of Go's 100 %. Under 2x overload Go's collector took
+# ~30 % of influxd's CPU; with 400 influxd spent ~40 % less CPU per point and peaked at ~1.3-1.9 GB
+# resident instead of ~0.8-1.1 (benchmarks/RESULTS.md, "Overload, session 14").
+INFLUX_GOGC: Final = "400"
 
 
 def wait_until(check: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.05) -> None:
@@ -128,13 +133,14 @@ def stop_all(processes: Iterable[ServiceProcess]) -> None:
         svc.wait_stopped(deadline)
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, *, port: int) -> ServiceProcess:
+def _spawn(name: str, argv: list[str], workdir: Path, *, port: int,
+           env: dict[str, str] | None = None) -> ServiceProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(  # our own binaries with our own generated config
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
-            start_new_session=True,
+            start_new_session=True, env=env,
         )
     return ServiceProcess(name=name, proc=proc, workdir=workdir, log_path=log_path, host="127.0.0.1", port=port)
 
@@ -504,7 +510,8 @@ def start_influxdb(workdir: Path, *, port: int | None = None, db: str = "rpm", a
     conf.write_text(influx_config(http_port=http_port, rpc_port=rpc_port, workdir=workdir, auth=auth,
                                    index=index, max_values_per_tag=max_values_per_tag,
                                    max_series_per_database=max_series_per_database))
-    svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port)
+    env = {**os.environ, "GOGC": os.environ.get("GOGC") or INFLUX_GOGC}  # see INFLUX_GOGC
+    svc = _spawn("influxdb", [binary, "-config", str(conf)], workdir, port=http_port, env=env)
     url = f"http://127.0.0.1:{http_port}"
     _await_ready(svc, lambda: influx_ping(url))
     try:

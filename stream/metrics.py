@@ -102,8 +102,9 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
     out = [
         counter("rpm_worker_records_total", "rpm.readings records processed", stats.records),
         counter("rpm_worker_readings_total", "Readings processed", stats.samples),
-        counter("rpm_worker_batches_total", "Micro-batches processed", stats.batches),
-        histogram("rpm_worker_batch_records", "Records per micro-batch", BATCH_BUCKETS, stats.batch_records,
+        counter("rpm_worker_batches_total", "Micro-batches processed (a batch beyond the slice bound: each slice)",
+                stats.batches),
+        histogram("rpm_worker_batch_records", "Records per micro-batch (per slice)", BATCH_BUCKETS, stats.batch_records,
                   stats.records),
         counter("rpm_worker_detector_seconds_total", "Time spent in the detectors", stats.detector_s),
         alerts,

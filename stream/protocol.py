@@ -15,6 +15,8 @@ phases, and is the only thing that acknowledges records (makes their offsets com
   a failure is retried in place with backoff (:func:`until_done`) on the engine rebuilt from its
   checkpoints, never acknowledged unprocessed; after ``ISOLATE_AFTER`` failures that were not
   outages it runs record by record and dead-letters what fails alone (:func:`isolate_poison`).
+  A batch of more than ``MAX_SLICE_BYTES`` goes through PROCESSING and CHECKPOINTING once per
+  slice, the lock released in between (a tick may run there); only its last slice acknowledges.
 - CHECKPOINTING: the states that are due are written (:class:`Committer`, a paced group commit).
 - ACKNOWLEDGING: the records no pending state depends on any more are acknowledged.
 - STOPPING: a batch under way gets ``STOP_GRACE_S``; one still retrying is abandoned (nothing of
@@ -40,7 +42,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from rpm_core import topics
@@ -62,6 +64,12 @@ MIN_CHECKPOINTS_PER_FLUSH: Final = 20
 CHECKPOINT_PACE: Final = 1.25
 # How long take() waits to fill a batch; bounds the latency the batching adds.
 TAKE_WITHIN_S: Final = 0.05
+# A taken batch is processed in slices of consecutive records of at most this many bytes of values
+# (a larger record is a slice of its own), the lock released between slices (see
+# WorkerMachine.readings): under a backlog take() hands over up to MAX_BATCH_RECORDS records of
+# ~125 kB (~2,500 readings) each, and detecting and writing such a batch held the lock, and so the
+# timers (staleness, escalation), for 10-30 s. 8 MB is ~150,000 readings of a backlog's records.
+MAX_SLICE_BYTES: Final = 8 * 1024 * 1024
 TICK_INTERVAL_S: Final = 1.0
 STATE_TABLE: Final = "rpm-detector-state"
 # Nurse acknowledgements are few; a small batch keeps their latency at TAKE_WITHIN_S at most.
@@ -274,6 +282,43 @@ def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
 partition_for = topics.partition_for  # ownership is computed with the bridge's function
 
 
+def slice_ends(values: Sequence[bytes], max_bytes: int) -> list[int]:
+    """Where the slices of ``values`` end (exclusive), in order: consecutive records of at most
+    ``max_bytes`` in all, a record larger than that alone. No slices for no values."""
+    ends: list[int] = []
+    size = 0
+    for i, value in enumerate(values):
+        if size and size + len(value) > max_bytes:
+            ends.append(i)
+            size = 0
+        size += len(value)
+    if values:
+        ends.append(len(values))
+    return ends
+
+
+@dataclass
+class _Slices:
+    """A readings batch under way in slices: how far the engine has it.
+
+    ``values[:done]`` (but the ``poison`` records, dead-lettered) are in the engine as long as it
+    was not rebuilt since: ``reloads`` is the pipeline's reload count when they were. After a
+    rebuild (a failed slice's retry, a failed tick, a recovery) the engine holds none of them, and
+    the next slice is processed together with every record of the batch before it.
+    """
+
+    values: list[bytes]
+    reloads: int
+    done: int = 0
+    poison: set[int] = field(default_factory=set)
+
+    def todo(self, end: int, reloads: int, *, from_start: bool = False) -> list[int]:
+        """The indexes to process up to ``end`` for an engine of ``reloads`` (noted as the engine's)."""
+        start = self.done if reloads == self.reloads and not from_start else 0
+        self.reloads = reloads
+        return [i for i in range(start, end) if i not in self.poison]
+
+
 def owned_patients(patients: Iterable[str], assigned: Collection[int], partitions: int) -> list[str]:
     """The ``patients`` whose partition (out of ``partitions``) is among the ``assigned`` ones, in order."""
     if not assigned or partitions < 1:
@@ -362,16 +407,21 @@ class WorkerMachine:
     """One worker's protocol; every method that changes the engine holds :attr:`Committer.lock`.
 
     ``key_ring``: acknowledgements that do not verify are dead-lettered, not applied.
-    ``retry_first_s`` (first backoff of a failed batch) and ``stop_grace_s`` are the protocol's
-    constants unless a test shortens them.
+    ``retry_first_s`` (first backoff of a failed batch), ``stop_grace_s`` and ``max_slice_bytes``
+    are the protocol's constants unless a test changes them.
     """
 
     def __init__(self, pipeline: Pipeline, status: WorkerStatus, *, checkpoint_interval_s: float,
                  key_ring: KeyRing | None = None, retry_first_s: float = RETRY_FIRST_S,
-                 stop_grace_s: float = STOP_GRACE_S) -> None:
+                 stop_grace_s: float = STOP_GRACE_S, max_slice_bytes: int = MAX_SLICE_BYTES) -> None:
         self.pipeline = pipeline
         self.retry_first_s = retry_first_s
         self.stop_grace_s = stop_grace_s
+        self.max_slice_bytes = max_slice_bytes
+        # Held by a readings batch from its first slice to its last, and by drain and stop: they come
+        # between batches, never between two slices of one (ticks and acknowledgements may).
+        self._batches = asyncio.Lock()
+        self._stop_at: float | None = None  # time.monotonic() when the stop began
         self.status = status
         self.key_ring = key_ring
         self.committer = Committer(pipeline, interval_s=checkpoint_interval_s)
@@ -425,15 +475,49 @@ class WorkerMachine:
     # -- batches ---------------------------------------------------------------------------------
 
     async def readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
-        """Process a batch of ``rpm.readings`` records, then checkpoint and acknowledge what is due."""
+        """Process a batch of ``rpm.readings`` records in slices of at most ``max_slice_bytes``
+        (:data:`MAX_SLICE_BYTES`), each processed (detected, written, alerts published) under the
+        lock and followed by a checkpoint of what is due; the lock is released between slices, so a
+        tick or a batch of acknowledgements waits for one slice, not for the whole batch. The
+        batch's records are acknowledged together, once its last slice is processed and the states
+        they changed are checkpointed: a slice that keeps failing holds the whole batch back."""
         values = [event.value for event in events]
-        step = functools.partial(self.pipeline.handle, values, checkpoint=False)
-        isolate = functools.partial(isolate_poison, values, self._handle_one, self.rebuild, self._deadletter_reading)
-        async with self.committer.lock:
-            if await self._run(f"a batch of {len(values)} readings records", step, isolate):
-                self._note_waited(events)
-                self.committer.changed(self.committer.next_seq(), stream, events)
-                await self._flush()
+        ends = slice_ends(values, self.max_slice_bytes)
+        batch = _Slices(values, self.pipeline.stats.reloads)
+        async with self._batches:
+            started = time.monotonic()
+            seq = self.committer.next_seq()
+            for n, end in enumerate(ends, 1):
+                if n > 1:
+                    await asyncio.sleep(0)  # what is ready (/metrics, a timer) runs before the next slice
+                what = f"a batch of {len(values)} readings records" + (
+                    f" (slice {n} of {len(ends)})" if len(ends) > 1 else "")
+                async with self.committer.lock:
+                    if not await self._run(what, functools.partial(self._slice, batch, end),
+                                           functools.partial(self._isolate_slice, batch, end), since=started):
+                        return
+                    if end == len(values):
+                        self._note_waited(events)
+                    self.committer.changed(seq, stream, events if end == len(values) else ())
+                    await self._flush()
+
+    async def _slice(self, batch: _Slices, end: int) -> None:
+        """Process the batch's records up to ``end`` that the engine does not hold (a slice, or after a
+        rebuild everything of the batch up to there: the engine rebuilt from its checkpoints lost the
+        earlier slices' effects, and InfluxDB's keyed points and deterministic alert ids make
+        delivering their outputs again harmless)."""
+        todo = batch.todo(end, self.pipeline.stats.reloads)
+        await self.pipeline.handle([batch.values[i] for i in todo], checkpoint=False)
+        batch.done = end
+
+    async def _isolate_slice(self, batch: _Slices, end: int) -> None:
+        """The batch up to ``end`` record by record (:func:`isolate_poison` rebuilds the engine at each
+        poison record, so it starts from the batch's first record); the poison stays out of later slices."""
+        todo = batch.todo(end, self.pipeline.stats.reloads, from_start=True)
+        poison = await isolate_poison([batch.values[i] for i in todo], self._handle_one, self.rebuild,
+                                      self._deadletter_reading)
+        batch.poison.update(todo[j] for j in poison)
+        batch.reloads, batch.done = self.pipeline.stats.reloads, end
 
     def _note_waited(self, events: Sequence[Event]) -> None:
         """How long the batch's oldest record waited in Kafka (its timestamp, set when the bridge
@@ -475,10 +559,11 @@ class WorkerMachine:
             await self._flush()
 
     async def _run(self, what: str, step: Callable[[], Awaitable[None]],
-                   isolate: Callable[[], Awaitable[object]] | None = None) -> bool:
+                   isolate: Callable[[], Awaitable[object]] | None = None, *, since: float | None = None) -> bool:
         """Under the lock: run a batch to completion (retrying failures), unless the worker stops;
-        then it gets ``STOP_GRACE_S`` to finish, and one still retrying (InfluxDB or Kafka
-        unavailable) is abandoned (see the module docstring). Whether the batch was processed."""
+        then it gets ``STOP_GRACE_S`` to finish (from the stop, or from ``since`` if it began later:
+        a batch's slices share it), and one still retrying (InfluxDB or Kafka unavailable) is
+        abandoned (see the module docstring). Whether the batch was processed."""
         if self.committer.abandoned:
             return False
         self._enter(Phase.PROCESSING)
@@ -489,7 +574,7 @@ class WorkerMachine:
         try:
             await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
-                await asyncio.wait({task}, timeout=self.stop_grace_s)
+                await asyncio.wait({task}, timeout=self._grace_left(since))
         except asyncio.CancelledError:
             await self._abandon(task)
             raise
@@ -503,6 +588,12 @@ class WorkerMachine:
         _LOGGER.warning("stopping: %s could not be finished within %.0f s (see the errors above); not "
                         "acknowledged, it will be processed again after the restart", what, self.stop_grace_s)
         return False
+
+    def _grace_left(self, since: float | None) -> float:
+        """What is left of ``stop_grace_s`` counted from the stop or ``since``, whichever is later."""
+        now = time.monotonic()
+        start = max(self._stop_at if self._stop_at is not None else now, since if since is not None else now)
+        return max(0.0, start + self.stop_grace_s - now)
 
     async def _abandon(self, task: asyncio.Future[None]) -> None:
         task.cancel()
@@ -561,7 +652,7 @@ class WorkerMachine:
         every state and acknowledge everything processed; False if a stop abandoned a batch (Faust
         must not wait for acknowledgements that will never come)."""
         self.committer.draining = True
-        async with self.committer.lock:
+        async with self._batches, self.committer.lock:
             await self._flush(everything=True)
         return not self.committer.abandoned
 
@@ -572,10 +663,12 @@ class WorkerMachine:
     async def stop(self) -> None:
         """The app is stopping: let the batch under way finish (or abandon it), then write every
         pending state and acknowledge its records, so Faust's last commit covers them."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self.stopping.set()
         self._rest()
         try:
-            async with self.committer.lock:
+            async with self._batches, self.committer.lock:
                 await self._flush(everything=True)
         except Exception:
             _LOGGER.exception("stopping: could not write the pending detector states; their readings "

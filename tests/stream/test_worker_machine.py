@@ -10,6 +10,7 @@ covered by tests/e2e and tests/chaos.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from rpm_core.signing import KeyRing
 from rpm_core.sink import InfluxSink
 from rpm_core.wire import encode_readings_record
 from stream.pipeline import DictStore, Pipeline
-from stream.protocol import ISOLATE_AFTER, Phase, WorkerMachine, WorkerStatus
+from stream.protocol import ISOLATE_AFTER, MAX_SLICE_BYTES, Phase, WorkerMachine, WorkerStatus, slice_ends
 
 T0 = 1_700_000_000.0
 P, A, C, K = Phase.PROCESSING, Phase.ASSIGNED, Phase.CHECKPOINTING, Phase.ACKNOWLEDGING
@@ -69,8 +70,11 @@ class Influx:
         self.hanging = asyncio.Event()  # set once a write hangs
         self.bodies: list[bytes] = []
         self.poison: bytes | None = None
+        self.on_write: Callable[[bytes], Awaitable[None]] | None = None  # called first by every write
 
     async def write(self, body: bytes) -> None:
+        if self.on_write is not None:
+            await self.on_write(body)
         if self.hang:
             self.hanging.set()
             await asyncio.Event().wait()  # until cancelled
@@ -119,14 +123,16 @@ class Rig:
         return list(self.machine.history)[mark:]
 
 
-def rig(*, interval_s: float = 0.0, key_ring: KeyRing | None = None, stop_grace_s: float = 0.2) -> Rig:
+def rig(*, interval_s: float = 0.0, key_ring: KeyRing | None = None, stop_grace_s: float = 0.2,
+        max_slice_bytes: int = MAX_SLICE_BYTES) -> Rig:
     ruleset = load_rules("alert_rules.yaml")
     clock, influx, out = Clock(), Influx(), Outputs()
     pipeline = Pipeline(engine_factory=lambda: Engine(ruleset), sink=InfluxSink(writer=influx), store=DictStore(),
                         clock=clock)
     pipeline.bind(send_alert=out.alert, send_deadletter=out.deadletter)
     machine = WorkerMachine(pipeline, WorkerStatus(configured_partitions=4), checkpoint_interval_s=interval_s,
-                            key_ring=key_ring, retry_first_s=0.01, stop_grace_s=stop_grace_s)
+                            key_ring=key_ring, retry_first_s=0.01, stop_grace_s=stop_grace_s,
+                            max_slice_bytes=max_slice_bytes)
     return Rig(machine, pipeline, influx, out, clock)
 
 
@@ -383,3 +389,135 @@ async def test_a_record_timestamp_that_is_missing_or_odd_makes_no_worker_behind(
     await r.machine.readings(r.consumer, [StampedEv(reading("p1", T0).value, message=Message(stamp))])
     assert len(r.consumer.acked) == 1
     assert r.status.behind_for(r.status.behind_at or 0.0) == 0.0
+
+
+# -- a large batch in slices (MAX_SLICE_BYTES) --------------------------------------------------------
+
+
+def sliced_rig(records_per_slice: int, **kwargs: Any) -> tuple[Rig, list[Ev]]:
+    """A rig whose slices hold ``records_per_slice`` records of the batch it returns (3 slices, 9
+    patients; every record the same size)."""
+    batch = [reading(f"p{i}", T0 + i) for i in range(9)]
+    assert len({len(e.value) for e in batch}) == 1
+    r = rig(max_slice_bytes=records_per_slice * len(batch[0].value), **kwargs)
+    assigned(r)
+    return r, batch
+
+
+def written_patients(r: Rig) -> set[str]:
+    return {line.split(b",patient=")[1].split(b",")[0].decode()
+            for body in r.influx.bodies for line in body.splitlines() if line.startswith(b"vitals,")}
+
+
+def test_slices_are_consecutive_records_within_the_bound_and_an_oversized_record_alone() -> None:
+    values = [b"a" * 3, b"b" * 3, b"c" * 9, b"d" * 2, b"e" * 2, b"f" * 5]
+    assert slice_ends(values, 6) == [2, 3, 5, 6]
+    assert slice_ends(values, 100) == [6]
+    assert slice_ends([], 6) == []
+
+
+async def test_a_batch_beyond_the_bound_is_written_in_slices_with_a_tick_between_and_acknowledged_after_the_last(
+) -> None:
+    r, batch = sliced_rig(3)
+    seen: list[tuple[int, int]] = []  # at each InfluxDB write: (records acknowledged, ticks run)
+    ticks: list[asyncio.Future[None]] = []
+
+    async def write(_body: bytes) -> None:
+        seen.append((len(r.consumer.acked), r.pipeline.stats.ticks))
+        if len(seen) == 1:
+            ticks.append(asyncio.ensure_future(r.machine.tick()))  # a timer comes due while slice 1 is written
+
+    r.influx.on_write = write
+    await r.machine.readings(r.consumer, batch)
+    assert seen == [(0, 0), (0, 1), (0, 1)], "three writes; the tick ran between slices, not after the batch"
+    await ticks[0]
+    assert r.consumer.acked == batch, "acknowledged once the last slice is written, all together"
+    assert written_patients(r) == {f"p{i}" for i in range(9)}
+    assert r.pipeline.stats.batches == 3 and r.pipeline.stats.samples == 9
+
+
+async def test_a_batch_within_the_bound_is_one_slice() -> None:
+    r, batch = sliced_rig(9)
+    await r.machine.readings(r.consumer, batch)
+    assert len(r.influx.bodies) == 1 and r.consumer.acked == batch
+
+
+async def test_a_failing_slice_holds_the_whole_batch_back_and_its_retry_gives_the_engine_the_earlier_slices(
+) -> None:
+    """Slice 2's write fails: nothing of the batch is acknowledged meanwhile (slice 1 was written), the
+    engine is rebuilt from its checkpoints (slice 1 was not checkpointed: the interval is 30 s), so the
+    retry processes slices 1 and 2 together; every patient's state then reaches the checkpoint."""
+    r, batch = sliced_rig(3, interval_s=30)
+    acked_during_failure: list[int] = []
+
+    async def write(_body: bytes) -> None:
+        if len(r.influx.bodies) == 1 and r.status.batch_failures < 2:
+            acked_during_failure.append(len(r.consumer.acked))
+            r.influx.fail = 1
+
+    r.influx.on_write = write
+    await r.machine.readings(r.consumer, batch)
+    assert r.status.batch_failures == 2 and acked_during_failure == [0, 0]
+    assert r.consumer.acked == [], "the batch's states are pending (the interval), so it waits for them"
+    assert await r.machine.drain() is True
+    assert r.consumer.acked == batch
+    assert all(r.pipeline.store.get(f"p{i}") is not None for i in range(9)), "slice 1's patients were not lost"
+    assert written_patients(r) == {f"p{i}" for i in range(9)}
+
+
+async def test_a_stop_while_a_slice_cannot_be_written_abandons_the_whole_batch_unacknowledged() -> None:
+    r, batch = sliced_rig(3, interval_s=0)
+
+    async def write(_body: bytes) -> None:
+        if len(r.influx.bodies) == 1:
+            r.influx.hang = True  # InfluxDB stops answering during slice 2
+
+    r.influx.on_write = write
+    stuck = asyncio.ensure_future(r.machine.readings(r.consumer, batch))
+    await asyncio.wait_for(r.influx.hanging.wait(), timeout=30)
+    await r.machine.stop()
+    await asyncio.wait_for(stuck, timeout=30)
+    assert r.machine.committer.abandoned and r.machine.phase is Phase.STOPPED
+    assert r.consumer.acked == [], "slice 1 was written, but the batch is acknowledged whole or not at all"
+    assert len(r.influx.bodies) == 1
+
+
+async def test_a_drain_comes_between_batches_not_between_the_slices_of_one() -> None:
+    """A rebalance's drain (and a stop) waits for the batch's last slice, so once it returns every
+    record taken is acknowledged, as Faust's wait for acknowledgements expects."""
+    r, batch = sliced_rig(3, interval_s=30)
+    drained: list[list[Ev]] = []
+    tasks: list[asyncio.Future[None]] = []
+
+    async def drain() -> None:
+        assert await r.machine.drain() is True
+        drained.append(list(r.consumer.acked))
+
+    async def write(_body: bytes) -> None:
+        if len(r.influx.bodies) == 0:
+            tasks.append(asyncio.ensure_future(drain()))
+
+    r.influx.on_write = write
+    await r.machine.readings(r.consumer, batch)
+    await asyncio.gather(*tasks)
+    assert drained == [batch] and len(r.influx.bodies) == 3
+
+
+async def test_a_stop_during_a_slice_lets_the_batch_finish_then_writes_and_acknowledges_it() -> None:
+    r, batch = sliced_rig(3, interval_s=30, stop_grace_s=30)
+    stopped: list[list[Ev]] = []
+    tasks: list[asyncio.Future[None]] = []
+
+    async def stop() -> None:
+        await r.machine.stop()
+        stopped.append(list(r.consumer.acked))
+
+    async def write(_body: bytes) -> None:
+        if len(r.influx.bodies) == 0:
+            tasks.append(asyncio.ensure_future(stop()))
+
+    r.influx.on_write = write
+    await r.machine.readings(r.consumer, batch)
+    await asyncio.gather(*tasks)
+    assert stopped == [batch] and r.machine.phase is Phase.STOPPED and not r.machine.committer.abandoned
+    assert all(r.pipeline.store.get(f"p{i}") is not None for i in range(9))
