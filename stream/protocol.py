@@ -282,16 +282,18 @@ def _header_pairs(headers: Any) -> list[tuple[str, bytes]]:
 partition_for = topics.partition_for  # ownership is computed with the bridge's function
 
 
-def slice_ends(values: Sequence[bytes], max_bytes: int) -> list[int]:
+def slice_ends(values: Sequence[bytes | None], max_bytes: int) -> list[int]:
     """Where the slices of ``values`` end (exclusive), in order: consecutive records of at most
-    ``max_bytes`` in all, a record larger than that alone. No slices for no values."""
+    ``max_bytes`` in all, a record larger than that alone. No slices for no values. A record without
+    a value (a tombstone: dead-lettered by the pipeline) weighs nothing."""
     ends: list[int] = []
     size = 0
     for i, value in enumerate(values):
-        if size and size + len(value) > max_bytes:
+        weight = len(value) if value is not None else 0
+        if size and size + weight > max_bytes:
             ends.append(i)
             size = 0
-        size += len(value)
+        size += weight
     if values:
         ends.append(len(values))
     return ends

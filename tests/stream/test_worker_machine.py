@@ -414,6 +414,10 @@ def test_slices_are_consecutive_records_within_the_bound_and_an_oversized_record
     assert slice_ends(values, 6) == [2, 3, 5, 6]
     assert slice_ends(values, 100) == [6]
     assert slice_ends([], 6) == []
+    # a tombstone (a record without a value, dead-lettered by the pipeline) weighs nothing; it crashed
+    # the readings agent (len(None)) and so stopped the worker on one hostile record
+    assert slice_ends([None, b"a" * 3, None, b"b" * 5], 6) == [3, 4]
+    assert slice_ends([None], 6) == [1]
 
 
 async def test_a_batch_beyond_the_bound_is_written_in_slices_with_a_tick_between_and_acknowledged_after_the_last(
