@@ -351,6 +351,10 @@ class WorkerStatus:
     # the end of its processing), and time.monotonic() when that batch was done.
     behind_s: float = 0.0
     behind_at: float | None = None
+    # A defect that escaped a batch (an exception no retry handles): Faust restarts the agent, but the
+    # batch's records are never acknowledged and the stream stalls, so the worker says so until it is
+    # restarted. Set once, with the first defect's description.
+    defect: str | None = None
 
     def behind_for(self, now: float) -> float:
         """How late the last batch's readings were processed (0 if that batch was not recent)."""
@@ -477,6 +481,20 @@ class WorkerMachine:
     # -- batches ---------------------------------------------------------------------------------
 
     async def readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
+        """:meth:`_readings`, telling a defect that escapes it (see :attr:`WorkerStatus.defect`)."""
+        try:
+            await self._readings(stream, events)
+        except Exception as exc:
+            self._defect("readings", exc)
+            raise
+
+    def _defect(self, what: str, exc: Exception) -> None:
+        if self.status.defect is None:
+            self.status.defect = f"its {what} agent failed on a defect ({type(exc).__name__}: {str(exc)[:200]})"
+            _LOGGER.error("the %s agent failed on a defect: its records are not acknowledged and the stream stalls "
+                          "until the worker is restarted", what, exc_info=exc)
+
+    async def _readings(self, stream: Acknowledger, events: Sequence[Event]) -> None:
         """Process a batch of ``rpm.readings`` records in slices of at most ``max_slice_bytes``
         (:data:`MAX_SLICE_BYTES`), each processed (detected, written, alerts published) under the
         lock and followed by a checkpoint of what is due; the lock is released between slices, so a
@@ -531,6 +549,14 @@ class WorkerMachine:
             self.status.behind_at = time.monotonic()
 
     async def acknowledgements(self, stream: Acknowledger, events: Sequence[Event]) -> None:
+        """:meth:`_acknowledgements`, telling a defect that escapes it (see :attr:`WorkerStatus.defect`)."""
+        try:
+            await self._acknowledgements(stream, events)
+        except Exception as exc:
+            self._defect("acknowledgements", exc)
+            raise
+
+    async def _acknowledgements(self, stream: Acknowledger, events: Sequence[Event]) -> None:
         """Apply a batch of nurse acknowledgements (each checkpointed at once), then acknowledge it."""
         records = [(event.key, event.value, event.headers) for event in events]
         async with self.committer.lock:

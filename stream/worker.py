@@ -253,7 +253,8 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     """``/healthz`` body: the booleans are the checks (all true: 200).
 
     ``progressing`` is false once a batch, or an InfluxDB write, has been failing for
-    ``STUCK_AFTER_S`` (``failing_s`` says how long): the worker is alive but delivers nothing.
+    ``STUCK_AFTER_S`` (``failing_s`` says how long), or a defect escaped a batch (``status.defect``):
+    the worker is alive but delivers nothing.
     ``problem`` is why a check fails, or, all passing, a warning: an InfluxDB limit refusing the
     points of new devices (``SinkStats.limit``), detector states not yet in the state changelog after
     a Kafka failure (``TableStore.problem``), readings processed ``BEHIND_AFTER_S`` or more after
@@ -265,7 +266,8 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     now = time.monotonic() if now is None else now
     failing_s = status.failing_for(now, pipeline.sink.stats.failing_since)
     busy_s = status.busy_for(now)
-    problem = pipeline.sink.stats.problem
+    problem = pipeline.sink.stats.problem or (f"{status.defect}: its records are no longer processed; restart it"
+                                              if status.defect else None)
     if problem is None and busy_s >= STUCK_AFTER_S:
         problem = f"a batch has been unfinished for {busy_s:.0f} s"
     elif problem is None and failing_s >= STUCK_AFTER_S:
@@ -280,7 +282,7 @@ def health(app: Any, pipeline: Any, status: Any, now: float | None = None) -> di
     return {
         "running": bool(app.started and not app.should_stop),
         "assigned": bool(status.partitions) and status.recovered,
-        "progressing": failing_s < STUCK_AFTER_S and busy_s < STUCK_AFTER_S,
+        "progressing": failing_s < STUCK_AFTER_S and busy_s < STUCK_AFTER_S and status.defect is None,
         # a configuration fault (InfluxDB database missing, credentials refused) fails at once
         "configured": pipeline.sink.stats.problem is None,
         "problem": problem,

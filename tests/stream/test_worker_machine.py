@@ -525,3 +525,28 @@ async def test_a_stop_during_a_slice_lets_the_batch_finish_then_writes_and_ackno
     await asyncio.gather(*tasks)
     assert stopped == [batch] and r.machine.phase is Phase.STOPPED and not r.machine.committer.abandoned
     assert all(r.pipeline.store.get(f"p{i}") is not None for i in range(9))
+
+
+async def test_a_defect_that_escapes_a_batch_makes_the_worker_say_it_is_stuck_to_the_watchdog() -> None:
+    """A defect outside the retried step (this session's slicing took len() of a tombstone's value)
+    crashed the agent: Faust restarts it, but the batch is never acknowledged and the stream stalls,
+    while /healthz and the heartbeat said all was well."""
+    from dataclasses import replace
+
+    from stream.worker import health, heartbeat
+    from tests.stream.test_watchdog import T0 as WATCH_T0
+    from tests.stream.test_watchdog import bridge, make, run
+
+    r = rig()
+    assigned(r)
+    with pytest.raises(TypeError):
+        await r.machine.readings(r.consumer, [Ev(value=12345)])  # type: ignore[arg-type]  # a value no record has
+    app = type("App", (), {"started": True, "should_stop": False})()
+    body = health(app, r.pipeline, r.status)
+    assert body["progressing"] is False
+    assert "readings agent failed on a defect (TypeError" in body["problem"] and "restart it" in body["problem"]
+    t0 = WATCH_T0 + 60
+    out = run(make(), t0, t0 + 30, lambda t: [replace(heartbeat(app, r.pipeline, r.status, instance="w1", ward_of={}),
+                                                       time=t), bridge("b1", t)])
+    [stuck] = [a for a in out if a.rule == "tech.worker_stuck"]
+    assert stuck.severity == "critical" and "failed on a defect" in stuck.message and stuck.time - t0 <= 60
