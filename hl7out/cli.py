@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -184,10 +185,16 @@ def cmd_follow(args: argparse.Namespace) -> int:
 async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: argparse.Namespace) -> FollowStats:
     import logging
     import signal
+    import socket
 
-    from hl7out.follow import follow
+    from aiokafka import AIOKafkaProducer
+
+    from hl7out.follow import FollowHealth, follow
     from hl7out.receipts import KafkaDeadLetters, attempt_line, write_receipts
     from hl7out.sender import Sender
+    from rpm_core import topics
+    from rpm_core.kafka_security import kafka_client_kwargs
+    from rpm_core.technical import HeartbeatSender
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -207,14 +214,34 @@ async def _follow(settings: Settings, endpoint: Endpoint, policy: Policy, args: 
 
     sender = Sender(endpoint=endpoint, policy=policy, deadletter=kafka,
                     on_attempt=lambda a: lines.append(attempt_line(a, recipient=str(endpoint))))
+    keys = settings.key_ring()
+    health = FollowHealth(instance=follower_instance(socket.gethostname(), args.group), endpoint=str(endpoint))
+    producer = AIOKafkaProducer(**kafka_client_kwargs(bootstrap), acks="all", enable_idempotence=False)
+    await producer.start()
+
+    async def send_beat(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+        await producer.send_and_wait(topics.HEARTBEATS, value, key=key, headers=headers)
+
+    beats = HeartbeatSender(send_beat, keys=keys, what="this HL7 follower", logger=logging.getLogger(__name__))
+    beating = asyncio.create_task(beats.forever(health.heartbeat, stop), name="heartbeats")
     print(f"rpm hl7 follow: rpm.alerts → {endpoint} (Ctrl-C to stop)", flush=True)
     try:
         return await follow(bootstrap=bootstrap, sender=sender, header=_header(args), stop=stop,
                             after_send=after_send, from_beginning=args.from_beginning, group=args.group,
-                            keys=settings.key_ring())
+                            keys=keys, health=health)
     finally:
+        beating.cancel()
+        await asyncio.gather(beating, return_exceptions=True)
+        if stop.is_set():  # stopped on purpose: not to be reported as silent (a crash says nothing)
+            await beats.last(health.heartbeat("stopping"))
+        await producer.stop()
         await sender.close()
         await kafka.close()
+
+
+def follower_instance(host: str, group: str) -> str:
+    """The follower's name in its heartbeats (and in ``tech.hl7_*``): ``host:group``, as an id."""
+    return re.sub(r"[^A-Za-z0-9_.:-]", "_", f"{host}:{group}")[-64:]
 
 
 async def _deliver(settings: Settings, endpoint: Endpoint, policy: Policy, messages: list[Outgoing],

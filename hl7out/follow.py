@@ -8,11 +8,18 @@ left off and never skips an alert (at least once: a message may be sent again af
 between the ACK and the commit; the receiver drops it by MSH-10). A new group starts at the end of
 the topic (``--from-beginning`` to send the history). Events that are not alert state changes of
 a patient (ward-wide technical alerts have no patient for PID) are skipped, and counted.
+
+A nurse call that stops getting alerts must not go unnoticed: with a :class:`FollowHealth` the
+follower sends heartbeats (component ``hl7``) to ``rpm watchdog``, which raises ``tech.hl7_silent``
+when they stop, ``tech.hl7_stuck`` when alerts have waited a minute with none delivered (the
+receiver does not answer or refuses), and ``tech.hl7_warning`` while messages of the last
+:data:`DEADLETTER_HOLD_S` were dead-lettered instead of delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import time
@@ -27,11 +34,16 @@ from hl7out.messages import AlertChange, Header, encode_alert
 from hl7out.sender import Outgoing, Receipt, Sender
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.signing import KeyRing, SignatureError
+from rpm_core.technical import Heartbeat
 
 _LOGGER = logging.getLogger(__name__)
 
 CONSUMER_GROUP: Final = "rpm-hl7"
 POLL_MS: Final = 1000
+# Alerts waiting this long with none delivered: the follower is stuck (the receiver does not take them).
+NOT_DELIVERING_AFTER_S: Final = 60.0
+# How long a dead-lettered message keeps the follower's warning up.
+DEADLETTER_HOLD_S: Final = 900.0
 
 
 def change_from_event(value: bytes | None) -> AlertChange | None:
@@ -72,16 +84,72 @@ class FollowStats:
     skipped: int = 0
 
 
+class FollowHealth:
+    """What one follower tells ``rpm watchdog`` (see the module docstring). ``waiting_since``: when
+    the follower began to have an alert to send with none delivered since (None: it delivers, or has
+    nothing to send)."""
+
+    def __init__(self, *, instance: str, endpoint: str, clock: Callable[[], float] = time.time) -> None:
+        self.instance = instance
+        self.endpoint = endpoint
+        self.stats = FollowStats()
+        self.waiting_since: float | None = None
+        self._clock = clock
+        self._dead: collections.deque[tuple[float, str]] = collections.deque()  # (when, why, without PHI)
+
+    def sending(self) -> None:
+        """An alert is about to be sent."""
+        if self.waiting_since is None:
+            self.waiting_since = self._clock()
+
+    def done(self, receipt: Receipt) -> None:
+        """How sending it ended."""
+        if receipt.outcome == "delivered":
+            self.waiting_since = None
+            return
+        # The receiver's own words (an AR's text) may name the patient: every ward sees this text.
+        why = ("refused before sending (not encodable, or not signed by rpm)" if receipt.attempts == 0 else
+               "rejected by the receiver (AR)" if receipt.detail.startswith("AR") else
+               f"not accepted after {receipt.attempts} attempts")
+        self._dead.append((self._clock(), why))
+
+    def idle(self) -> None:
+        """Nothing left to send."""
+        self.waiting_since = None
+
+    def heartbeat(self, state: str = "running") -> Heartbeat:
+        """Unhealthy once alerts waited :data:`NOT_DELIVERING_AFTER_S` with none delivered; a warning
+        (``problem`` while healthy) while messages of the last :data:`DEADLETTER_HOLD_S` were dead-lettered."""
+        now = self._clock()
+        while self._dead and self._dead[0][0] < now - DEADLETTER_HOLD_S:
+            self._dead.popleft()
+        problems = []
+        stuck = self.waiting_since is not None and now - self.waiting_since >= NOT_DELIVERING_AFTER_S
+        if stuck:
+            waited = now - (self.waiting_since or now)
+            problems.append(f"it has delivered no alert to {self.endpoint} for {waited:.0f} s while alerts wait"
+                            " (the receiver does not answer, or does not accept them)")
+        if self._dead:
+            problems.append(f"{len(self._dead)} alert message(s) in the last {DEADLETTER_HOLD_S / 60:.0f} min were "
+                            f"dead-lettered, not delivered to {self.endpoint} (the last: {self._dead[-1][1]})")
+        return Heartbeat(component="hl7", instance=self.instance, time=now, state=state,  # type: ignore[arg-type]
+                         healthy=not stuck, problem="; ".join(problems) or None,
+                         messages=self.stats.sent + self.stats.skipped, deadlettered=self.stats.deadlettered)
+
+
 async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asyncio.Event,
                  after_send: Callable[[Receipt], Awaitable[None]], from_beginning: bool = False,
-                 group: str = CONSUMER_GROUP, keys: KeyRing | None = None) -> FollowStats:
+                 group: str = CONSUMER_GROUP, keys: KeyRing | None = None,
+                 health: FollowHealth | None = None) -> FollowStats:
     """Forward ``rpm.alerts`` until ``stop`` is set; the counters. With ``keys`` (``RPM_SIGNING_KEYS_FILE``,
-    as every other reader of the topic), a record that does not verify is dead-lettered, never sent."""
+    as every other reader of the topic), a record that does not verify is dead-lettered, never sent.
+    ``health`` is told what happens (its ``stats`` are the counters)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from rpm_core import topics
 
-    stats = FollowStats()
+    health = health if health is not None else FollowHealth(instance=group, endpoint=str(sender.endpoint))
+    stats = health.stats
     consumer = AIOKafkaConsumer(topics.ALERTS, **kafka_client_kwargs(bootstrap), group_id=group, client_id=group,
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
@@ -89,15 +157,20 @@ async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asynci
     try:
         while not stop.is_set():
             batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=POLL_MS)
+            if not batch:
+                health.idle()
             for tp, records in batch.items():
                 for record in records:
                     forged = _forged(keys, tp.topic, record)
                     if forged is None:
-                        await _forward(record.value, sender, header, stats, after_send)
+                        receipt = await _forward(record.value, sender, header, health, after_send)
                     else:  # anyone who reaches Kafka could otherwise put an alert in the hospital's records
                         stats.deadlettered += 1
-                        await after_send(await sender.refuse(Outgoing(
-                            "", (record.value or b"").decode("utf-8", "replace"), "-", "alert"), forged))
+                        receipt = await sender.refuse(Outgoing(
+                            "", (record.value or b"").decode("utf-8", "replace"), "-", "alert"), forged)
+                        await after_send(receipt)
+                    if receipt is not None:
+                        health.done(receipt)
                     await consumer.commit({TopicPartition(tp.topic, tp.partition): record.offset + 1})
     finally:
         await consumer.stop()
@@ -116,13 +189,15 @@ def _forged(keys: KeyRing | None, topic: str, record: Any) -> str | None:
     return None
 
 
-async def _forward(value: bytes | None, sender: Sender, header: Header, stats: FollowStats,
-                   after_send: Callable[[Receipt], Awaitable[None]]) -> None:
+async def _forward(value: bytes | None, sender: Sender, header: Header, health: FollowHealth,
+                   after_send: Callable[[Receipt], Awaitable[None]]) -> Receipt | None:
+    stats = health.stats
     change = change_from_event(value)
     if change is None:
         stats.skipped += 1
         _LOGGER.debug("rpm.alerts record skipped: not a patient's alert state change")
-        return
+        return None
+    health.sending()
     try:
         cid, text = encode_alert(change, header=header, now_s=time.time())
     except Hl7EncodeError as exc:
@@ -141,3 +216,4 @@ async def _forward(value: bytes | None, sender: Sender, header: Header, stats: F
     else:
         stats.deadlettered += 1
     await after_send(receipt)
+    return receipt

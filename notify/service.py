@@ -67,7 +67,7 @@ from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.settings import Secret, Settings
 from rpm_core.signing import SignatureError
 from rpm_core.sink import make_sink
-from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat, sign_heartbeat
+from rpm_core.technical import Heartbeat, HeartbeatSender
 from rpm_core.wire import loads_unique
 
 _LOGGER = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class Notifier:
         self._last_live = clock()  # when a heartbeat last found it routing (its start counts)
         self._undelivered: collections.deque[tuple[float, str]] = collections.deque()  # (time, what failed)
         self._keys = settings.key_ring()
+        self._beats = self._heartbeat_sender()
         if self._keys is None:
             _LOGGER.warning("RPM_SIGNING_KEYS_FILE is not set: alerts and acknowledgements are not checked; a forged "
                             "alert would be routed (docs/security.md)")
@@ -179,7 +180,7 @@ class Notifier:
             tasks = {tg.create_task(self._consume(), name="consume"),
                      tg.create_task(self._timers(), name="timers"),
                      tg.create_task(self._audit.run(), name="audit"),
-                     tg.create_task(self._heartbeats(), name="heartbeats")}
+                     tg.create_task(self._beats.forever(self.heartbeat), name="heartbeats")}
             if self._mqtt is not None:
                 tasks.add(tg.create_task(self._patient_acks(self._mqtt), name="patient-acks"))
             _LOGGER.info("notifier %s running: %d receivers, %d channels", self._client_id,
@@ -192,7 +193,7 @@ class Notifier:
                     await self._audit.flush()
             for task in tasks | self._inflight:
                 task.cancel()  # a cancelled child is no error for the TaskGroup
-        await self._send_heartbeat(self.heartbeat("stopping"), within_s=3.0)
+        await self._beats.last(self.heartbeat("stopping"))
 
     async def _close(self, sink: Any) -> None:
         for closer in (self._consumer.stop, self._producer.stop, self._mqtt.stop if self._mqtt else None,
@@ -243,20 +244,11 @@ class Notifier:
                          healthy=not stuck, problem="; ".join(problems) or None,
                          messages=self.stats.alerts_in + self.stats.acks_in)
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await self._send_heartbeat(self.heartbeat(), within_s=2 * HEARTBEAT_INTERVAL_S)
-            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+    def _heartbeat_sender(self) -> HeartbeatSender:
+        async def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+            await self._producer.send_and_wait(topics.HEARTBEATS, value, key=key, headers=headers)
 
-    async def _send_heartbeat(self, beat: Heartbeat, *, within_s: float) -> None:
-        """Send one heartbeat; a failure is logged (the watchdog reports the notifier as silent)."""
-        value, headers = sign_heartbeat(self._keys, beat)
-        try:
-            async with asyncio.timeout(within_s):
-                await self._producer.send_and_wait(topics.HEARTBEATS, value, headers=headers)
-        except Exception as exc:  # Kafka refusing, or not answering: keep going
-            _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this notifier as silent",
-                            topics.HEARTBEATS, type(exc).__name__)
+        return HeartbeatSender(send, keys=self._keys, what="this notifier", logger=_LOGGER)
 
     # -- replay and restore -----------------------------------------------------------------------
 

@@ -20,16 +20,18 @@ apart alerts of one rule (a bridge's client id, a ward, ``patient/device``). A t
 acknowledged away.
 
 *Heartbeats* (topic ``rpm.heartbeats``) are how components that may die are watched by one that
-survives them (``rpm watchdog``): every bridge, worker, nurse station and notifier says every few seconds that it runs,
-whether it progresses, and what it owns. A component that stops reporting is presumed dead or
-frozen; a dead one cannot report itself.
+survives them (``rpm watchdog``): every bridge, worker, nurse station, notifier and HL7 follower says
+every few seconds that it runs, whether it progresses, and what it owns. A component that stops
+reporting is presumed dead or frozen; a dead one cannot report itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -68,9 +70,9 @@ MAX_SCREEN_NAME_CHARS: Final = 100
 Severity = Literal["warning", "critical"]
 TechState = Literal["raised", "cleared"]
 Component = Literal["worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent", "watchdog",
-                    "station", "notifier"]
+                    "station", "notifier", "hl7"]
 COMPONENTS: Final = frozenset({"worker", "bridge", "influxdb", "kafka", "deadletter", "ward", "device", "agent",
-                               "watchdog", "station", "notifier"})
+                               "watchdog", "station", "notifier", "hl7"})
 MAX_TEXT_CHARS: Final = 1_000
 # What a worker's warning (its heartbeat's ``problem`` while healthy) says, by cause: the worker
 # writes these phrases and the watchdog picks the component and remedy of tech.worker_warning by
@@ -192,13 +194,14 @@ def decode_technical(doc: object) -> TechnicalAlert:
 
 # -- heartbeats ------------------------------------------------------------------------------------
 
-HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station", "notifier"]
-HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station", "notifier"})
-# The components that hold the deployment's signing keys (they sign alerts or acknowledgements):
+HeartbeatComponent = Literal["bridge", "worker", "watchdog", "station", "notifier", "hl7"]
+HEARTBEAT_COMPONENTS: Final = frozenset({"bridge", "worker", "watchdog", "station", "notifier", "hl7"})
+# The components that hold the deployment's signing keys (they sign alerts or acknowledgements, or,
+# the HL7 follower, check them before the hospital gets an alert):
 # with keys, their heartbeats must be signed, so a writer to rpm.heartbeats cannot keep one that died
 # looking alive (or the watchdog itself, at the stations). The bridge holds no key (least privilege):
 # its heartbeats are read unsigned.
-SIGNED_HEARTBEAT_COMPONENTS: Final = frozenset({"worker", "watchdog", "station", "notifier"})
+SIGNED_HEARTBEAT_COMPONENTS: Final = frozenset({"worker", "watchdog", "station", "notifier", "hl7"})
 HeartbeatState = Literal["running", "stopping"]
 
 
@@ -343,3 +346,69 @@ def read_heartbeat(keys: KeyRing | None, value: bytes | None, headers: Any = Non
             what = f"heartbeat of {beat.component} {beat.instance[:64]!r}"
             raise HeartbeatSignatureError(f"{what} refused: {exc}") from exc
     return beat
+
+
+# The send of one heartbeat record: (key, value, signature headers or None), awaited until Kafka has it.
+SendRecord = Callable[[bytes, bytes, "list[tuple[str, bytes]] | None"], Awaitable[object]]
+
+
+def heartbeat_key(beat: Heartbeat) -> bytes:
+    """The record key of ``beat``: ``component:instance``, so that one instance's heartbeats keep their
+    order ("stopping" after the last "running") on a topic of several partitions. The signature does
+    not cover it (:func:`sign_heartbeat`): the value names the component, the key only places it."""
+    return f"{beat.component}:{beat.instance}".encode()
+
+
+class HeartbeatSender:
+    """How every component sends its heartbeats: signed with ``keys`` (None: unsigned, the bridge's
+    case), each within a deadline, and a failure never raised to the component but said in its log
+    once per streak of failures (and once when they reach Kafka again). The silence itself is the
+    alarm: the watchdog reports the component as silent; the log says why from its side.
+
+    ``send`` delivers one record (key, value, headers) to ``rpm.heartbeats`` (an aiokafka producer's
+    ``send_and_wait``, a Faust topic's ``send``); ``what`` names the component in the log ("this station")."""
+
+    def __init__(self, send: SendRecord, *, keys: KeyRing | None, what: str, logger: logging.Logger) -> None:
+        self._send = send
+        self._keys = keys
+        self._what = what
+        self._log = logger
+        self.missed = 0  # heartbeats in a row not sent
+
+    async def send(self, beat: Heartbeat, *, within_s: float = HEARTBEAT_INTERVAL_S) -> bool:
+        """Send ``beat``; whether Kafka took it within ``within_s``."""
+        value, headers = sign_heartbeat(self._keys, beat)
+        try:
+            async with asyncio.timeout(within_s):
+                await self._send(heartbeat_key(beat), value, headers)
+        except Exception as exc:  # Kafka refusing, not answering, a producer stopped: never the component's end
+            self.missed += 1
+            if self.missed == 1:
+                text = str(exc)[:200]
+                self._log.warning("heartbeat to %s not sent (%s%s): the watchdog will report %s as silent",
+                                  HEARTBEATS_TOPIC, type(exc).__name__, f": {text}" if text else "", self._what)
+            return False
+        if self.missed:
+            self._log.info("heartbeats reach %s again (%d not sent)", HEARTBEATS_TOPIC, self.missed)
+            self.missed = 0
+        return True
+
+    async def forever(self, beat: Callable[[], Heartbeat], stop: asyncio.Event | None = None) -> None:
+        """Send ``beat()`` every :data:`HEARTBEAT_INTERVAL_S` until ``stop`` is set (or the task is
+        cancelled). A component whose event loop is stuck stops sending, and the watchdog notices."""
+        stop = stop if stop is not None else asyncio.Event()
+        while not stop.is_set():
+            await self.send(beat())
+            try:
+                async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+
+    async def last(self, beat: Heartbeat, *, within_s: float = 3.0) -> bool:
+        """The heartbeat saying "stopping" (``beat.state``), so a component stopped on purpose is not
+        reported as silent; bounded, since the component stops anyway."""
+        if not await self.send(beat, within_s=within_s):
+            self._log.warning("the last heartbeat was not sent: the watchdog may report %s as silent", self._what)
+            return False
+        return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Final
+from typing import Any, Final, Literal
 
 from aiokafka.partitioner import murmur2
 
@@ -48,6 +48,34 @@ async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PA
             _LOGGER.info("created topics %s", ", ".join(t.name for t in new))
     finally:
         await admin.close()
+
+
+async def assign_every_partition(consumer: Any, topic: str, *, new_at: Literal["end", "beginning"] = "end") -> bool:
+    """Assign ``consumer`` every partition ``topic`` has now (partition 0 if it does not exist yet),
+    keeping the positions of those it already had; new ones start at their end or beginning.
+    Whether the assignment grew.
+
+    A topic of ours with one partition (``rpm.heartbeats``) may have been created by the broker at
+    the first touch, before any of our services created it, with the broker's default count (Kafka's
+    ``num.partitions``; Tansu: 4): a reader of partition 0 alone then missed most of the records
+    spread over the others, and the watchdog reported live components as silent.
+    """
+    from aiokafka.structs import TopicPartition
+
+    await consumer.topics()  # fresh metadata
+    wanted = {TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})}
+    had = set(consumer.assignment())
+    if wanted <= had:
+        return False
+    positions = {tp: await consumer.position(tp) for tp in had}
+    consumer.assign(sorted(wanted | had))
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    new = sorted(wanted - had)
+    await (consumer.seek_to_end(*new) if new_at == "end" else consumer.seek_to_beginning(*new))
+    if had:
+        _LOGGER.warning("%s has %d partitions now: reading the new ones too", topic, len(wanted | had))
+    return True
 
 
 @functools.lru_cache(maxsize=1 << 17)

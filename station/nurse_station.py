@@ -74,10 +74,10 @@ from rpm_core.rules import default_rules_path, load_rules
 from rpm_core.settings import InfluxAuth, Settings, influx_endpoint
 from rpm_core.signing import KeyRing, SignatureError
 from rpm_core.technical import (
-    HEARTBEAT_INTERVAL_S,
     TECHNICAL_KIND,
     TECHNICAL_METRIC,
     Heartbeat,
+    HeartbeatSender,
     TechnicalAlertError,
     decode_technical,
 )
@@ -724,22 +724,24 @@ class Supervision:
         """Read the heartbeats from now on; retry Kafka (or a topic not created yet) forever."""
         from aiokafka import AIOKafkaConsumer
         from aiokafka.errors import KafkaError
-        from aiokafka.structs import TopicPartition
 
         while True:
             consumer = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                         fetch_max_wait_ms=500)
             try:
                 await consumer.start()
-                tp = TopicPartition(topics.HEARTBEATS, 0)
-                consumer.assign([tp])
                 async with asyncio.timeout(30):
-                    await consumer.seek_to_end(tp)
+                    await topics.assign_every_partition(consumer, topics.HEARTBEATS)
+                recheck = time.monotonic() + 60.0
                 while True:
                     batches = await consumer.getmany(timeout_ms=1000)
                     for records in batches.values():
                         for record in records:
                             self.note_beat(record.value, record.headers)
+                    if time.monotonic() >= recheck:  # the topic given more partitions: read them too
+                        recheck = time.monotonic() + 60.0
+                        async with asyncio.timeout(30):
+                            await topics.assign_every_partition(consumer, topics.HEARTBEATS)
             except (KafkaError, OSError, TimeoutError) as exc:
                 _LOGGER.warning("supervision cannot read %s (%s); retrying", topics.HEARTBEATS, type(exc).__name__)
                 await asyncio.sleep(FEED_RETRY_MAX_S)
@@ -772,13 +774,14 @@ class AckSender:
         headers = self._keys.sign(topics.ALERT_ACKS, ack.key, value) if self._keys is not None else None
         await self._producer.send_and_wait(topics.ALERT_ACKS, value=value, key=ack.key, headers=headers)
 
-    async def send_heartbeat(self, beat: Heartbeat) -> None:
-        """Send the station's heartbeat to ``rpm.heartbeats`` (for ``rpm watchdog``), signed with ``keys``."""
-        from rpm_core.technical import sign_heartbeat
+    def heartbeats(self) -> HeartbeatSender:
+        """The station's heartbeats to ``rpm.heartbeats`` (for ``rpm watchdog``), signed with ``keys``,
+        through this producer (once started)."""
+        async def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+            assert self._producer is not None, "start() first"
+            await self._producer.send_and_wait(topics.HEARTBEATS, value=value, key=key, headers=headers)
 
-        assert self._producer is not None, "start() first"
-        value, headers = sign_heartbeat(self._keys, beat)
-        await self._producer.send_and_wait(topics.HEARTBEATS, value=value, headers=headers)
+        return HeartbeatSender(send, keys=self._keys, what="this station", logger=_LOGGER)
 
     async def stop(self) -> None:
         """Flush and disconnect."""
@@ -1709,13 +1712,15 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             on_ready(url)
         alert_feed = AlertFeed(board, bootstrap=bootstrap, keys=keys)
         instance = f"{socket.gethostname()}:{runner.addresses[0][1]}"
+        heartbeats = sender.heartbeats()
         async with asyncio.TaskGroup() as tg:
             feed = tg.create_task(alert_feed.run(), name="alert-feed")
             pruner = tg.create_task(_prune_forever(board), name="prune")
             ticker = tg.create_task(tick_forever(state), name="tick")
             writer = tg.create_task(audit.run(), name="audit")
             trail_writer = tg.create_task(trail.run(), name="audit-trail")
-            beats = tg.create_task(heartbeats_forever(state, alert_feed, sender, instance=instance), name="heartbeats")
+            beats = tg.create_task(heartbeats.forever(lambda: station_heartbeat(state, alert_feed, instance=instance)),
+                                   name="heartbeats")
             tasks = [feed, pruner, ticker, writer, trail_writer, beats]
             if options.supervision_timeout_s > 0:
                 tasks.append(tg.create_task(Supervision(board, bootstrap=bootstrap, keys=keys,
@@ -1726,7 +1731,7 @@ async def serve(settings: Settings, roster: Roster, options: StationOptions,
             await trail.drain()
             for task in tasks:
                 task.cancel()
-        await _last_heartbeat(state, alert_feed, sender, instance=instance)
+        await heartbeats.last(station_heartbeat(state, alert_feed, instance=instance, status="stopping"))
     finally:
         await runner.cleanup()
         await sender.stop()
@@ -1781,35 +1786,6 @@ def station_heartbeat(state: StationState, feed: AlertFeed, *, instance: str, st
     return Heartbeat(component="station", instance=instance, time=now, state=status,  # type: ignore[arg-type]
                      healthy=feed.connected, problem="; ".join(problems) or None,
                      messages=state.board.seq, ward=state.board.ward, dark_screens=tuple(dark_screens(state, now)))
-
-
-async def heartbeats_forever(state: StationState, feed: AlertFeed, sender: AckSender, *, instance: str) -> None:
-    """Every ``HEARTBEAT_INTERVAL_S``, tell ``rpm watchdog`` this station runs and how (a station whose
-    loop is stuck, or cut off from Kafka, stops reporting, and the watchdog notices)."""
-    failing = False
-    while True:
-        try:
-            async with asyncio.timeout(HEARTBEAT_INTERVAL_S * 2):
-                await sender.send_heartbeat(station_heartbeat(state, feed, instance=instance))
-            if failing:
-                _LOGGER.info("heartbeats reach %s again", topics.HEARTBEATS)
-            failing = False
-        except Exception as exc:  # any failure (Kafka, a timeout): say so once, keep trying
-            if not failing:
-                _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this station as silent",
-                                topics.HEARTBEATS, type(exc).__name__)
-            failing = True
-        await asyncio.sleep(HEARTBEAT_INTERVAL_S)
-
-
-async def _last_heartbeat(state: StationState, feed: AlertFeed, sender: AckSender, *, instance: str) -> None:
-    """Say "stopping", so the watchdog does not report a station stopped on purpose as silent."""
-    try:
-        async with asyncio.timeout(3.0):
-            await sender.send_heartbeat(station_heartbeat(state, feed, instance=instance, status="stopping"))
-    except Exception as exc:  # stopping anyway
-        _LOGGER.warning("last heartbeat not sent (%s): the watchdog may report this station as silent",
-                        type(exc).__name__)
 
 
 async def tick_forever(state: StationState) -> None:

@@ -49,7 +49,7 @@ from rpm_core.deadletter import ReasonLog, deadletter_record, minimal_deadletter
 from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.mqtt_client import mqtt_client, session_properties
 from rpm_core.settings import MqttSettings
-from rpm_core.technical import HEARTBEAT_INTERVAL_S, Heartbeat
+from rpm_core.technical import Heartbeat, HeartbeatSender
 from rpm_core.wire import READINGS_TOPIC_FILTER, WireError, encode_readings_record, parse_readings_message
 from stream.errors import BridgeError
 from stream.kafka_errors import ErrorKind, describe, error_kind
@@ -310,7 +310,6 @@ class Bridge:
         # received_at of the oldest message being forwarded (None: none is); and why it waits
         self._forwarding_since: float | None = None
         self.problem: str | None = None
-        self._beats_missed = 0  # heartbeats in a row that could not be sent
 
     def oldest_unacknowledged_s(self, now: float | None = None) -> float:
         """How long the oldest message received and not yet acknowledged has waited (0: none)."""
@@ -439,7 +438,8 @@ class Bridge:
         await self._start_producer(producer, stop)
         client = self._make_client()
         self._client = client
-        beats = asyncio.ensure_future(self._heartbeats(producer, stop))
+        sender = self._heartbeat_sender(producer)
+        beats = asyncio.ensure_future(sender.forever(self.heartbeat, stop))
         try:
             client.connect_async(
                 self._mqtt_settings.host, self._mqtt_settings.port, keepalive=30,
@@ -451,7 +451,8 @@ class Bridge:
             self._stopping = True
             beats.cancel()
             await asyncio.gather(beats, return_exceptions=True)
-            await self._heartbeat(producer, state="stopping")
+            if stop.is_set():  # stopped on purpose: not to be reported as silent (a crash says nothing)
+                await sender.last(self.heartbeat("stopping"))
             client.disconnect()
             client.loop_stop()
             await producer.stop()
@@ -468,25 +469,14 @@ class Bridge:
                          healthy=healthy, problem=problem, messages=self.stats.messages_in,
                          deadlettered=self.stats.deadlettered)
 
-    async def _heartbeats(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._heartbeat(producer)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
-                    await stop.wait()
+    def _heartbeat_sender(self, producer: AIOKafkaProducer) -> HeartbeatSender:
+        """Heartbeats go unsigned (the bridge holds no key); one not sent for 15 s makes the watchdog
+        raise tech.bridge_silent: that is the alarm."""
 
-    async def _heartbeat(self, producer: AIOKafkaProducer, state: str = "running") -> None:
-        try:
-            async with asyncio.timeout(HEARTBEAT_INTERVAL_S):
-                await producer.send_and_wait(topics.HEARTBEATS, self.heartbeat(state).encode())
-            self._beats_missed = 0
-        except (KafkaError, TimeoutError) as exc:
-            # The watchdog misses it and raises tech.bridge_silent after 15 s: that is the alarm. Said
-            # here too, once per streak, so the bridge's own log explains it.
-            self._beats_missed += 1
-            if self._beats_missed == 1:
-                _LOGGER.warning("heartbeat to %s not sent (%s): the watchdog will report this bridge as silent",
-                                topics.HEARTBEATS, describe(exc))
+        async def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+            await producer.send_and_wait(topics.HEARTBEATS, value, key=key, headers=headers)
+
+        return HeartbeatSender(send, keys=None, what="this bridge", logger=_LOGGER)
 
     async def _start_producer(self, producer: AIOKafkaProducer, stop: asyncio.Event) -> None:
         attempt = 0

@@ -1,7 +1,7 @@
 """``rpm watchdog``: raises a technical alert whenever rpm cannot monitor someone, and clears it after.
 
 The pipeline's components die, freeze and stall; a dead one cannot report itself. So each bridge,
-worker, nurse station and notifier sends a heartbeat to ``rpm.heartbeats`` every few seconds
+worker, nurse station, notifier and HL7 follower sends a heartbeat to ``rpm.heartbeats`` every few seconds
 (:mod:`rpm_core.technical`), and the watchdog, a separate process, judges them. It raises a
 technical alert on ``rpm.alerts`` (where the nurse stations and the notifier already listen)
 when, for longer than ``confirm_s``:
@@ -30,6 +30,11 @@ rule                     severity condition
 ``tech.notifiers_missing`` critical no notifier running any more (once one has reported): nobody is paged
 ``tech.notifier_stuck``  critical a notifier that runs but has routed no alert for a minute
 ``tech.notifier_warning`` warning notifications lately that reached none of their channels (nobody paged)
+``tech.hl7_silent``      critical an HL7 follower (``rpm hl7 follow``) that stopped reporting without saying it
+                                  stops: alerts no longer reach the nurse call or the EMR it feeds
+``tech.hl7_stuck``       critical an HL7 follower whose alerts have waited a minute with none delivered
+                                  (the receiver does not answer or does not accept them)
+``tech.hl7_warning``     warning  HL7 alert messages lately dead-lettered instead of delivered
 ``tech.ward_screen_dark`` warning  a nurse station's ward screens (kiosks) that show nothing for a minute
 ``tech.device_alarms_unwatched`` warning the watchdog itself cannot read the edge agents' device alarms
                                   from MQTT (refused, disconnected): device trouble reaches no one
@@ -60,13 +65,16 @@ from rpm_core.kafka_security import kafka_client_kwargs
 from rpm_core.roster import ALL_WARD
 from rpm_core.technical import (
     EVERY_WARD,
+    HEARTBEATS_TOPIC,
     STATE_RESET_HOLD_S,
     WARNING_BEHIND,
     WARNING_CHANGELOG,
     WARNING_INFLUXDB,
     Heartbeat,
+    HeartbeatSender,
     TechnicalAlert,
 )
+from rpm_core.topics import assign_every_partition
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -116,7 +124,7 @@ class _Seen:
 _NOT_ID_RE: Final = re.compile(r"[^A-Za-z0-9_.:-]")
 # The rules of a component that stopped reporting, and that component.
 _SILENT_RULES: Final = {"tech.bridge_silent": "bridge", "tech.station_silent": "station",
-                        "tech.notifier_silent": "notifier"}
+                        "tech.notifier_silent": "notifier", "tech.hl7_silent": "hl7"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +166,19 @@ _SERVICE_TEXTS: Final = {
                 "step.",
         warning_remedy="Fix the channel the message names (the webhook's endpoint, the SMTP server, credentials; "
                        "`rpm routes test` shows a route's channels) and read the notifier's log."),
+    "hl7": _ServiceTexts(
+        name="HL7 follower",
+        silent="alerts no longer reach the nurse call or the EMR it feeds. The nurse stations and the notifier still "
+               "show and page every alert.",
+        silent_remedy="Watch the nurse stations meanwhile; restart it (systemctl restart rpm-hl7@<receiver>) and read "
+                      "its log. It goes on from where it stopped: no alert is skipped.",
+        stuck="The nurse stations and the notifier still show and page every alert.",
+        stuck_remedy="Check the receiver named (the nurse-call gateway or EMR interface: is it up, does it answer "
+                     "with an ACK?) and the network to it; read the follower's log. Messages it gives up on are "
+                     "dead-lettered (rpm deadletter list --stage hl7).",
+        warning="Those alerts did not reach the nurse call or the EMR; the nurse stations show them.",
+        warning_remedy="rpm deadletter list --stage hl7 says why each was not delivered; fix the receiver or its "
+                       "configuration, and tell the ward which alerts the nurse call missed."),
 }
 
 
@@ -424,10 +445,10 @@ class Watchdog:
         return found
 
     def _services(self, now: float, fresh: Mapping[tuple[str, str], _Seen]) -> dict[tuple[str, str], Condition]:
-        """Nurse stations and notifiers: silent, stuck (unhealthy) or warning (a problem while healthy),
-        told in the words of :data:`_SERVICE_TEXTS`. A station concerns its ward (and the operators,
-        through the notifier's technical route); a notifier, which cannot page about itself, and a
-        station without a roster ward concern every ward."""
+        """Nurse stations, notifiers and HL7 followers: silent, stuck (unhealthy) or warning (a problem
+        while healthy), told in the words of :data:`_SERVICE_TEXTS`. A station concerns its ward (and the
+        operators, through the notifier's technical route); a notifier, which cannot page about itself,
+        an HL7 follower and a station without a roster ward concern every ward."""
         found: dict[tuple[str, str], Condition] = {}
         for (component, instance), seen in self._seen.items():
             texts = _SERVICE_TEXTS.get(component)
@@ -600,27 +621,26 @@ class WatchdogService:
         import asyncio
 
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-        from aiokafka.structs import TopicPartition
 
         from rpm_core import topics
-        from rpm_core.technical import HEARTBEATS_TOPIC
 
         producer = AIOKafkaProducer(**kafka_client_kwargs(self.bootstrap), acks="all", enable_idempotence=False)
         beats = AIOKafkaConsumer(**kafka_client_kwargs(self.bootstrap), group_id=None, enable_auto_commit=False,
                                  fetch_max_wait_ms=200)
+        beats_out = self._heartbeat_sender(producer)
         await producer.start()
         await beats.start()
         try:
             await self._adopt()
-            tp = TopicPartition(HEARTBEATS_TOPIC, 0)
-            beats.assign([tp])
-            await self._seek_back(beats, tp)
+            await assign_every_partition(beats, HEARTBEATS_TOPIC)
+            await self._seek_back(beats, sorted(beats.assignment()))
             self.watchdog.started_at = self._clock()
             await beats.topics()
             self.watchdog.partitions = max(self.watchdog.partitions,
                                            len(beats.partitions_for_topic(topics.READINGS) or ()))
             self.kafka_ok = True
             next_beat = 0.0
+            next_partitions = self._clock() + 60.0
             while not stop.is_set():
                 await self._read(beats)
                 self._take_status()
@@ -631,28 +651,35 @@ class WatchdogService:
                 await self._publish(producer)
                 if now >= next_beat:
                     next_beat = now + 5.0
-                    await self._heartbeat(producer, now)
+                    await beats_out.send(self._heartbeat(now))
+                if now >= next_partitions:  # a heartbeats topic given more partitions: read them too
+                    next_partitions = now + 60.0
+                    await assign_every_partition(beats, HEARTBEATS_TOPIC)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(EVALUATE_EVERY_S):
                         await stop.wait()
         finally:
-            await self._heartbeat(producer, self._clock(), state="stopping")
+            await beats_out.last(self._heartbeat(self._clock(), state="stopping"))
             await beats.stop()
             await producer.stop()
 
-    async def _seek_back(self, consumer: Any, tp: Any) -> None:
-        """Position ``consumer`` at the first heartbeat of the last :data:`REMEMBER_S` (the end if none)."""
+    async def _seek_back(self, consumer: Any, parts: list[Any]) -> None:
+        """Position ``consumer`` at the first heartbeat of the last :data:`REMEMBER_S` in each of
+        ``parts`` (the end where there is none)."""
         from aiokafka.errors import KafkaError
 
+        since = int((self._clock() - REMEMBER_S) * 1000)
         try:
-            found = (await consumer.offsets_for_times({tp: int((self._clock() - REMEMBER_S) * 1000)})).get(tp)
+            found = await consumer.offsets_for_times(dict.fromkeys(parts, since))
         except (KafkaError, ValueError) as exc:
             _LOGGER.warning("watchdog cannot read back recent heartbeats (%s): it watches from now on", exc)
-            found = None
-        if found is None or found.timestamp < 0:  # none that recent (Tansu answers -1 where Kafka answers None)
-            await consumer.seek_to_end(tp)
-        else:
-            consumer.seek(tp, found.offset)
+            found = {}
+        for tp in parts:
+            at = found.get(tp)
+            if at is None or at.timestamp < 0:  # none that recent (Tansu answers -1 where Kafka answers None)
+                await consumer.seek_to_end(tp)
+            else:
+                consumer.seek(tp, at.offset)
 
     async def _read(self, consumer: Any) -> None:
         from aiokafka.errors import KafkaError
@@ -700,16 +727,17 @@ class WatchdogService:
             log("technical alert %s %s %s (wards %s): %s", alert.state, alert.rule, alert.scope or "-",
                 ",".join(alert.wards), alert.message)
 
-    async def _heartbeat(self, producer: Any, now: float, state: str = "running") -> None:
-        from aiokafka.errors import KafkaError
-
-        from rpm_core.technical import HEARTBEATS_TOPIC, sign_heartbeat
-
-        beat = Heartbeat(component="watchdog", instance=self.instance, time=now, state=state,  # type: ignore[arg-type]
+    def _heartbeat(self, now: float, state: str = "running") -> Heartbeat:
+        return Heartbeat(component="watchdog", instance=self.instance, time=now, state=state,  # type: ignore[arg-type]
                          healthy=self.kafka_ok)
-        value, headers = sign_heartbeat(self._keys, beat)
-        with contextlib.suppress(KafkaError):
-            await producer.send_and_wait(HEARTBEATS_TOPIC, value, headers=headers)
+
+    def _heartbeat_sender(self, producer: Any) -> HeartbeatSender:
+        """The watchdog's own heartbeats (signed: the stations trust only those), by which they tell that
+        they are no longer supervised."""
+        async def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+            await producer.send_and_wait(HEARTBEATS_TOPIC, value, key=key, headers=headers)
+
+        return HeartbeatSender(send, keys=self._keys, what="the watchdog (at the nurse stations)", logger=_LOGGER)
 
     async def _adopt(self) -> None:
         """Read back the technical alerts of ``rpm.alerts`` so a restart clears what an earlier run raised."""

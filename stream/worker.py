@@ -108,16 +108,19 @@ def register_heartbeat(app: Any, pipeline: Any, status: Any, *, instance: str, w
     """Send :func:`heartbeat` to ``rpm.heartbeats`` every ``HEARTBEAT_INTERVAL_S`` (a Faust timer:
     a worker whose event loop is stuck stops sending, and the watchdog notices), signed with ``keys``."""
     from rpm_core import topics
-    from rpm_core.technical import HEARTBEAT_INTERVAL_S, sign_heartbeat
+    from rpm_core.technical import HEARTBEAT_INTERVAL_S, HeartbeatSender
 
     beats = app.topic(topics.HEARTBEATS, key_type=bytes, value_type=bytes, partitions=1)
 
+    async def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None) -> None:
+        await beats.send(key=key, value=value, headers=headers)
+
+    sender = HeartbeatSender(send, keys=keys, what="this worker", logger=_LOGGER)
+
     async def beat() -> None:
         stopping = bool(app.should_stop)
-        body = heartbeat(app, pipeline, status, instance=instance, ward_of=ward_of,
-                         state="stopping" if stopping else "running")
-        value, headers = sign_heartbeat(keys, body)
-        await beats.send(value=value, headers=headers)
+        await sender.send(heartbeat(app, pipeline, status, instance=instance, ward_of=ward_of,
+                                    state="stopping" if stopping else "running"))
 
     app.timer(HEARTBEAT_INTERVAL_S)(beat)
 

@@ -1,7 +1,8 @@
-"""Never silent, for the services people watch or are paged by: a nurse station or a notifier that
-freezes is told within a minute (issue 13's rule); one stopped on purpose is not missed, unless no
-notifier is left. Real processes (watchdog, nurse station, notifier on real Tansu, InfluxDB and
-Mosquitto); a file of its own so that pytest-xdist runs it beside tests/chaos/test_technical_alarms.py.
+"""Never silent, for the services people watch or are paged by: a nurse station, a notifier or an
+HL7 follower (the nurse call's feed) that freezes is told within a minute (issue 13's rule); one
+stopped on purpose is not missed, unless no notifier is left. Real processes (watchdog, nurse
+station, notifier, HL7 follower on real Tansu, InfluxDB and Mosquitto); a file of its own so that
+pytest-xdist runs it beside tests/chaos/test_technical_alarms.py.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -36,12 +38,12 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 __all__ = ["hooks"]  # the fixture, shared with test_technical_alarms
 
 
-async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minute_and_one_stopped_is_not_missed(
+async def test_a_frozen_station_notifier_or_hl7_follower_reaches_a_person_within_a_minute_and_one_stopped_is_not_missed(
         stack: Stack, tmp_path: Path, hooks: WebhookReceiver) -> None:
     """A station whose process freezes (SIGSTOP) shows nothing new on its screens and takes no
-    acknowledgement; a frozen notifier pages no one. The watchdog tells the wards (and, for the
-    station, the operators) within the minute, and clears it when they run again. Stopped on
-    purpose (SIGTERM), each says so and is not missed."""
+    acknowledgement; a frozen notifier pages no one; a frozen HL7 follower feeds the nurse call
+    nothing. The watchdog tells the wards (and, for the station, the operators) within the minute,
+    and clears it when they run again. Stopped on purpose (SIGTERM), each says so and is not missed."""
     logs = tmp_path / "logs"
     started: list[ServiceProcess] = []
     try:
@@ -57,7 +59,10 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
         routes_file.write_text(routes(hooks.url))
         notifier = spawn("notifier", ["notifier", "--client-id", "rpm-notifier-chaos"], rpm_env(
             stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs)
-        started += [watchdog, station, notifier]
+        follower = spawn("hl7-follow", ["hl7", "follow", "--to", f"mllp://127.0.0.1:{free_port()}", "--group",
+                                        "rpm-hl7-chaos"], rpm_env(stack, mqtt_user=None), logs)
+        started += [watchdog, station, notifier, follower]
+        follows = f"hl7:{socket.gethostname()}:rpm-hl7-chaos"
 
         def watched() -> list[str]:
             return list((watchdog_health(wport) or {}).get("watched", []))
@@ -65,11 +70,14 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
                                         None), within=180, what="the watchdog to see the station", procs=tuple(started))
         await until(lambda: "notifier:rpm-notifier-chaos" in watched(), within=180,
                     what="the watchdog to see the notifier", procs=tuple(started))
+        await until(lambda: follows in watched(), within=180, what="the watchdog to see the HL7 follower",
+                    procs=tuple(started))
         instance = name.removeprefix("station:")
-        assert not any(a.startswith(("tech.station", "tech.notifier")) for a in watchdog_health(wport)["active"])  # type: ignore[index]
+        active = watchdog_health(wport)["active"]  # type: ignore[index]
+        assert not any(a.startswith(("tech.station", "tech.notifier", "tech.hl7")) for a in active), active
 
         frozen_at = time.time()
-        for p in (station, notifier):
+        for p in (station, notifier, follower):
             os.kill(p.pid, signal.SIGSTOP)
         try:
             silent = await until(lambda: event("tech.station_silent", "raised", frozen_at)(stack), within=DEADLINE_S,
@@ -77,26 +85,32 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
             unpaged = await until(lambda: event("tech.notifier_silent", "raised", frozen_at)(stack),
                                   within=left_ms(frozen_at) / 1000, what="tech.notifier_silent on rpm.alerts",
                                   procs=(watchdog,))
+            unfed = await until(lambda: event("tech.hl7_silent", "raised", frozen_at)(stack),
+                                within=left_ms(frozen_at) / 1000, what="tech.hl7_silent on rpm.alerts",
+                                procs=(watchdog,))
         finally:
-            for p in (station, notifier):
+            for p in (station, notifier, follower):
                 os.kill(p.pid, signal.SIGCONT)
         assert silent["scope"] == instance and silent["severity"] == "critical" and silent["wards"] == ["*"]
         assert silent["time"] - frozen_at <= DEADLINE_S and "has not reported" in silent["message"]
         assert unpaged["scope"] == "rpm-notifier-chaos" and unpaged["time"] - frozen_at <= DEADLINE_S
         assert "nobody is paged" in unpaged["message"] and unpaged["wards"] == ["*"]
-        for rule, raised in (("tech.station_silent", silent), ("tech.notifier_silent", unpaged)):
+        assert unfed["scope"] == follows.removeprefix("hl7:") and unfed["time"] - frozen_at <= DEADLINE_S
+        assert "no longer reach the nurse call" in unfed["message"] and unfed["wards"] == ["*"]
+        for rule, raised in (("tech.station_silent", silent), ("tech.notifier_silent", unpaged),
+                             ("tech.hl7_silent", unfed)):
             cleared = await until(lambda r=rule: event(r, "cleared", frozen_at)(stack), within=120,  # type: ignore[misc]
                                   what=f"{rule} cleared once it runs again", procs=tuple(started))
             assert cleared["alert_id"] == raised["alert_id"]
 
-        for p, seen in ((station, name), (notifier, "notifier:rpm-notifier-chaos")):
+        for p, seen in ((station, name), (notifier, "notifier:rpm-notifier-chaos"), (follower, follows)):
             stopped_at = time.time()
             p.stop()  # SIGTERM: its last heartbeat says "stopping", so it is no longer watched
             assert p.proc.returncode == 0, p.log_tail(30)
             await until(lambda s=seen: s not in (watchdog_health(wport) or {"watched": [s]})["watched"],  # type: ignore[misc]
                         within=60, what=f"the watchdog to stop watching {seen}, which said it stops", procs=(watchdog,))
         active = watchdog_health(wport)["active"]  # type: ignore[index]
-        assert not any(a.startswith(("tech.station", "tech.notifier_")) for a in active), active
+        assert not any(a.startswith(("tech.station", "tech.notifier_", "tech.hl7")) for a in active), active
         # but with no notifier left at all, nobody is paged: that is told, within the minute
         missing = await until(lambda: event("tech.notifiers_missing", "raised", stopped_at)(stack),
                               within=left_ms(stopped_at) / 1000, what="tech.notifiers_missing on rpm.alerts",
@@ -107,6 +121,7 @@ async def test_a_frozen_nurse_station_or_notifier_reaches_a_person_within_a_minu
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
             p.stop()
+
 
 
 async def test_a_watchdog_refused_by_mosquitto_says_device_alarms_are_unwatched_within_a_minute(

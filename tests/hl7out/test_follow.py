@@ -74,7 +74,7 @@ def test_follow_forwards_live_alerts_and_resumes_where_it_stopped(stack: Stack, 
 def test_an_alert_that_cannot_be_encoded_is_dead_lettered_and_the_follower_goes_on() -> None:
     """It raised out of the follower before: the offset was never committed, so the follower stopped on
     this record at every restart and no later alert reached the hospital."""
-    from hl7out.follow import FollowStats, _forward
+    from hl7out.follow import FollowHealth, _forward
     from hl7out.messages import Header
     from hl7out.sender import Endpoint, Outgoing, Policy, Receipt, Sender
 
@@ -89,9 +89,10 @@ def test_an_alert_that_cannot_be_encoded_is_dead_lettered_and_the_follower_goes_
 
     sender = Sender(endpoint=Endpoint.parse("mllp://127.0.0.1:9"), policy=Policy(), on_attempt=lambda _a: None,
                     deadletter=deadletter)
-    stats = FollowStats()
+    health = FollowHealth(instance="h:rpm-hl7", endpoint=str(sender.endpoint))
+    stats = health.stats
     bad = orjson.dumps(event("p0001", "r" * 1000, state="raised"))  # a rule name hl7apy refuses
-    asyncio.run(_forward(bad, sender, Header(), stats, after_send))
+    asyncio.run(_forward(bad, sender, Header(), health, after_send))
     assert stats.deadlettered == 1 and [r.outcome for r in receipts] == ["deadlettered"]
     [(message, reason)] = dead
     assert message.text.encode() == bad and "cannot be encoded" in reason

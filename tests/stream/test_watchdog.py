@@ -507,6 +507,46 @@ def test_a_notifier_that_routes_nothing_is_critical_and_one_whose_pages_fail_is_
     assert unpaged in out[1].message and "were not paged" in out[1].message
 
 
+def hl7(name: str, t: float, **kw: Any) -> Heartbeat:
+    return Heartbeat(component="hl7", instance=name, time=t, **kw)
+
+
+def test_a_frozen_hl7_follower_is_told_to_every_ward_within_a_minute_and_one_stopped_is_not_missed() -> None:
+    """The nurse call (or the EMR) an HL7 follower feeds gets no alert once it dies or freezes."""
+    w = make()
+    name = "desk-7:rpm-hl7-nursecall"
+    run(w, T0, T0 + 60, lambda t: [*healthy(t), hl7(name, t)])
+    freeze = T0 + 61
+    [silent] = run(w, freeze, freeze + 60, healthy)
+    assert (silent.rule, silent.scope, silent.severity, silent.wards, silent.component) == (
+        "tech.hl7_silent", name, "critical", (EVERY_WARD,), "hl7")
+    assert silent.time - freeze <= 60 and "no longer reach the nurse call" in silent.message
+    assert "rpm-hl7@" in silent.remedy
+    assert decode_technical(orjson.loads(silent.encode())) == silent
+    restarted = make()  # a watchdog restarted meanwhile keeps telling it until the follower reports
+    restarted.adopt(silent)
+    assert run(restarted, freeze + 61, freeze + 120, healthy) == []
+    out = run(restarted, freeze + 121, freeze + 130, lambda t: [*healthy(t), hl7(name, t)])
+    assert [(a.rule, a.state) for a in out] == [("tech.hl7_silent", "cleared")]
+    restarted.observe(hl7(name, freeze + 131, state="stopping"), freeze + 131)
+    assert run(restarted, freeze + 131, freeze + 240, healthy) == []
+
+
+def test_an_hl7_follower_that_delivers_nothing_is_critical_and_one_whose_messages_are_dead_lettered_a_warning() -> None:
+    w = make()
+    stuck_text = ("it has delivered no alert to mllp://nurse-call.example:6662 for 75 s while alerts wait (the "
+                  "receiver does not answer, or does not accept them)")
+    [stuck] = run(w, T0, T0 + 60, lambda t: [*healthy(t), hl7("h1", t, healthy=False, problem=stuck_text)])
+    assert (stuck.rule, stuck.severity, stuck.wards) == ("tech.hl7_stuck", "critical", (EVERY_WARD,))
+    assert stuck_text in stuck.message and "still show and page every alert" in stuck.message
+    assert "rpm deadletter list --stage hl7" in stuck.remedy
+    dead = "2 alert message(s) in the last 15 min were dead-lettered, not delivered to mllp://x:1 (the last: ...)"
+    out = run(w, T0 + 61, T0 + 120, lambda t: [*healthy(t), hl7("h1", t, problem=dead)])
+    assert [(a.rule, a.state, a.severity) for a in out] == [
+        ("tech.hl7_stuck", "cleared", "critical"), ("tech.hl7_warning", "raised", "warning")]
+    assert dead in out[1].message and "did not reach the nurse call" in out[1].message
+
+
 def test_with_keys_a_heartbeat_of_a_component_that_signs_must_carry_a_valid_signature() -> None:
     """rpm.heartbeats is writable by several principals: a forged heartbeat could keep a dead worker,
     notifier, station or the watchdog itself looking alive. The bridge holds no key: read unsigned."""
