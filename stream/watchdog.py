@@ -530,7 +530,8 @@ def _dark_screens(station: str, screens: tuple[str, ...], ward: str | None) -> C
                 "(the browser closed, its computer off or its network down): alerts reach the ward's nurses only "
                 "through other screens and pages until they are back.",
         remedy="Look at the screen: start its browser on the station's page again (it stays logged in as a kiosk). "
-               "A screen taken out of service: revoke it (rpm nurse-station kiosk revoke ID).")
+               "A screen taken out of service: revoke it (rpm nurse-station kiosk --state-dir DIR revoke ID, DIR "
+               "the station's --state-dir).")
 
 
 def _unassigned(patients: list[str], unnamed: int = 0) -> Condition:
