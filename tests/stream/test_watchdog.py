@@ -7,11 +7,13 @@ is gone, and that normal life (a rebalance, a graceful stop) raises nothing.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 import pytest
 
+from rpm_app.cli import build_parser
 from rpm_core.technical import (
     EVERY_WARD,
     Heartbeat,
@@ -591,7 +593,11 @@ def test_a_dark_ward_screen_is_told_to_its_ward_and_a_second_one_is_named_too() 
     [dark] = out
     assert (dark.rule, dark.scope, dark.severity, dark.wards) == ("tech.ward_screen_dark", "desk-n", "warning",
                                                                   ("north",))
-    assert "north wall (a1b2c3d4e5f6)" in dark.message and "kiosk revoke" in dark.remedy
+    assert "north wall (a1b2c3d4e5f6)" in dark.message
+    # the remedy's command is one rpm takes: it names the station's state directory, where the kiosks are
+    [command] = re.findall(r"\(rpm (nurse-station kiosk [^,)]*)", dark.remedy)
+    args = build_parser("nurse-station").parse_args(command.split())
+    assert (args.kiosk_command, args.state_dir, args.id) == ("revoke", "DIR", "ID")
     assert run(w, T0 + 61, T0 + 120, lambda t: [*healthy(t), station("desk-n", t, dark_screens=one)]) == []
     two = ("north wall (a1b2c3d4e5f6)", "0a0b0c0d0e0f")
     out = run(w, T0 + 121, T0 + 140, lambda t: [*healthy(t), station("desk-n", t, dark_screens=two)])
