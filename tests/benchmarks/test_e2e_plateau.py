@@ -1,0 +1,28 @@
+"""The overload plateau of ``benchmarks.e2e``: 1-s samples and 5-s windows of the landed rate."""
+
+from __future__ import annotations
+
+from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, plateau_windows
+
+
+def test_a_lumpy_landing_is_lumpy_per_second_and_steady_per_window() -> None:
+    """A worker that lands 100,000 points every second second keeps up at 50,000/s: 1-s samples
+    swing between 0 and 100,000, every 5-s window inside the load says about 50,000."""
+    rows, total = [], 0.0
+    for k in range(0, 41):  # a sample every 0.5 s for 20 s
+        t = k * 0.5
+        if k and k % 4 == 0:  # every 2 s
+            total += 100_000
+        rows.append({"t": 1000.0 + t, "influx_points": total})
+    per_second = [v for t, v in _series(rows, "influx_points", 1000.0) if WARMUP_S < t <= 20]
+    assert min(per_second) == 0 and max(per_second) >= 100_000
+    windows = plateau_windows(_series(rows, "influx_points", 1000.0, step=PLATEAU_WINDOW_S), 20.0)
+    assert len(windows) == 3  # 4.5-9.5, 9.5-14.5, 14.5-19.5 s (not 0-4.5, nor the 0.5 s after 19.5)
+    assert all(40_000 <= w <= 60_000 for w in windows), windows
+
+
+def test_windows_outside_the_load_window_or_in_the_warm_up_do_not_count() -> None:
+    series = [(5.0, 1.0), (10.0, 2.0), (15.0, 3.0), (20.0, 4.0), (25.0, 5.0), (25.5, 6.0)]
+    assert plateau_windows(series, 20.0) == [2.0, 3.0, 4.0]  # not the first (in the warm-up), nor past the load
+    assert plateau_windows(series, 30.0) == [2.0, 3.0, 4.0, 5.0]  # nor the short last one
+    assert plateau_windows([], 20.0) == []
