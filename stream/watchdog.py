@@ -79,6 +79,8 @@ from rpm_core.topics import assign_every_partition
 _LOGGER = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S: Final = 2.0
+# How long the minute's check for new partitions of rpm.heartbeats may take (it waits on Kafka's metadata).
+RECHECK_WITHIN_S: Final = 5.0
 # At start, the heartbeats of the last REMEMBER_S are read back, so a component that died while no
 # watchdog ran (a restart, an upgrade) is missed like one that dies under its eyes.
 REMEMBER_S: Final = 3600.0
@@ -655,7 +657,7 @@ class WatchdogService:
                     await beats_out.send(self._heartbeat(now))
                 if now >= next_partitions:  # a heartbeats topic given more partitions: read them too
                     next_partitions = now + 60.0
-                    await assign_every_partition(beats, HEARTBEATS_TOPIC)
+                    await self._recheck_partitions(beats)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(EVALUATE_EVERY_S):
                         await stop.wait()
@@ -663,6 +665,21 @@ class WatchdogService:
             await beats_out.last(self._heartbeat(self._clock(), state="stopping"))
             await beats.stop()
             await producer.stop()
+
+    async def _recheck_partitions(self, consumer: Any) -> None:
+        """Read the partitions ``rpm.heartbeats`` gained, if any. Bounded and never fatal: Kafka's
+        metadata not answering must neither stall the evaluation nor end the watchdog (the next
+        minute tries again; reading what it already has goes on meanwhile)."""
+        import asyncio
+
+        from aiokafka.errors import KafkaError
+
+        try:
+            async with asyncio.timeout(RECHECK_WITHIN_S):
+                await assign_every_partition(consumer, HEARTBEATS_TOPIC)
+        except (KafkaError, TimeoutError) as exc:
+            _LOGGER.warning("watchdog cannot check the partitions of %s (%s); it tries again in a minute",
+                            HEARTBEATS_TOPIC, type(exc).__name__)
 
     async def _seek_back(self, consumer: Any, parts: list[Any]) -> None:
         """Position ``consumer`` at the first heartbeat of the last :data:`REMEMBER_S` in each of

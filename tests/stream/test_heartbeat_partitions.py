@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import pytest
 
@@ -21,11 +22,11 @@ from rpm_core.topics import partition_for
 from stream.watchdog import Watchdog, WatchdogConfig, WatchdogService
 from tests.chaos.test_technical_alarms import until
 
-pytestmark = pytest.mark.services
 PARTITIONS = 4
 _LOG = logging.getLogger("test.heartbeat_partitions")
 
 
+@pytest.mark.services
 async def test_the_watchdog_reads_the_heartbeats_of_every_partition_and_each_instance_keeps_its_order(
         stack: Stack) -> None:
     from aiokafka import AIOKafkaProducer
@@ -62,13 +63,13 @@ async def test_the_watchdog_reads_the_heartbeats_of_every_partition_and_each_ins
     try:
         async def beat() -> bool:
             for s in stations:
-                assert await sender.send(Heartbeat(component="station", instance=s, time=_now()))
+                assert await sender.send(Heartbeat(component="station", instance=s, time=time.time()))
             return every_station_watched()
 
         await until(beat, within=120, what="the watchdog to watch every station", procs=())
         for s in stations:  # each says it stops right after a last "running": read in order, none is missed
-            assert await sender.send(Heartbeat(component="station", instance=s, time=_now()))
-            assert await sender.last(Heartbeat(component="station", instance=s, time=_now(),
+            assert await sender.send(Heartbeat(component="station", instance=s, time=time.time()))
+            assert await sender.last(Heartbeat(component="station", instance=s, time=time.time(),
                                                state="stopping"))
         await until(lambda: not any(w.startswith("station:") for w in service.health()["watched"]), within=120,
                     what="the watchdog to stop watching every station, which said it stops", procs=())
@@ -79,7 +80,25 @@ async def test_the_watchdog_reads_the_heartbeats_of_every_partition_and_each_ins
         await producer.stop()
 
 
-def _now() -> float:
-    import time
+async def test_the_minute_partition_check_never_stalls_or_ends_the_watchdog(caplog: pytest.LogCaptureFixture) -> None:
+    """Kafka's metadata refusing, or not answering: logged, bounded, and the watchdog goes on."""
+    from aiokafka.errors import KafkaConnectionError
 
-    return time.time()
+    class Refusing:
+        async def topics(self) -> set[str]:
+            raise KafkaConnectionError("no broker")
+
+    class Silent:
+        async def topics(self) -> set[str]:
+            await asyncio.Event().wait()  # never answers
+            return set()
+
+    service = WatchdogService(bootstrap="unused:9092", instance="w", watchdog=Watchdog(
+        config=WatchdogConfig(), partition_of=partition_for))
+    with caplog.at_level(logging.WARNING, logger="stream.watchdog"):
+        await service._recheck_partitions(Refusing())
+        async with asyncio.timeout(60):  # bounded by RECHECK_WITHIN_S (5 s); 60 for a loaded box
+            await service._recheck_partitions(Silent())
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"watchdog cannot check the partitions of {topics.HEARTBEATS} ({kind}); it tries again in a "
+                    "minute" for kind in ("KafkaConnectionError", "TimeoutError")]
