@@ -12,8 +12,11 @@ a patient (ward-wide technical alerts have no patient for PID) are skipped, and 
 A nurse call that stops getting alerts must not go unnoticed: with a :class:`FollowHealth` the
 follower sends heartbeats (component ``hl7``) to ``rpm watchdog``, which raises ``tech.hl7_silent``
 when they stop, ``tech.hl7_stuck`` when alerts have waited a minute with none delivered (the
-receiver does not answer or refuses), and ``tech.hl7_warning`` while messages of the last
-:data:`DEADLETTER_HOLD_S` were dead-lettered instead of delivered.
+receiver does not answer or refuses) or, with none to send, the receiver could not be reached for
+:data:`UNREACHABLE_AFTER_S` (it is probed every :data:`PROBE_INTERVAL_S`: a connection opened, nothing
+sent on it; so a nurse call that went away is told before the next alert needs it), and
+``tech.hl7_warning`` while messages of the last :data:`DEADLETTER_HOLD_S` were dead-lettered instead
+of delivered.
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ POLL_MS: Final = 1000
 NOT_DELIVERING_AFTER_S: Final = 60.0
 # How long a dead-lettered message keeps the follower's warning up.
 DEADLETTER_HOLD_S: Final = 900.0
+# With nothing to send, the receiver is probed this often (a connection, nothing sent on it)...
+PROBE_INTERVAL_S: Final = 15.0
+PROBE_TIMEOUT_S: Final = 5.0
+# ...and the follower is stuck once it has been unreachable this long: the next alert would not get through.
+UNREACHABLE_AFTER_S: Final = 30.0
 
 
 def change_from_event(value: bytes | None) -> AlertChange | None:
@@ -94,6 +102,8 @@ class FollowHealth:
         self.endpoint = endpoint
         self.stats = FollowStats()
         self.waiting_since: float | None = None
+        self.unreachable_since: float | None = None  # first failed probe of a streak (None: reachable)
+        self._unreachable_why = ""
         self._clock = clock
         self._dead: collections.deque[tuple[float, str]] = collections.deque()  # (when, why, without PHI)
 
@@ -105,7 +115,7 @@ class FollowHealth:
     def done(self, receipt: Receipt) -> None:
         """How sending it ended."""
         if receipt.outcome == "delivered":
-            self.waiting_since = None
+            self.waiting_since = self.unreachable_since = None
             return
         # The receiver's own words (an AR's text) may name the patient: every ward sees this text.
         why = ("refused before sending (not encodable, or not signed by rpm)" if receipt.attempts == 0 else
@@ -117,18 +127,34 @@ class FollowHealth:
         """Nothing left to send."""
         self.waiting_since = None
 
+    def probed(self, error: str | None) -> None:
+        """How a probe of the idle receiver ended (None: reached; else why not, which names no patient)."""
+        if error is None:
+            self.unreachable_since = None
+            return
+        if self.unreachable_since is None:
+            self.unreachable_since = self._clock()
+        self._unreachable_why = error
+
     def heartbeat(self, state: str = "running") -> Heartbeat:
-        """Unhealthy once alerts waited :data:`NOT_DELIVERING_AFTER_S` with none delivered; a warning
-        (``problem`` while healthy) while messages of the last :data:`DEADLETTER_HOLD_S` were dead-lettered."""
+        """Unhealthy once alerts waited :data:`NOT_DELIVERING_AFTER_S` with none delivered, or the idle
+        receiver was unreachable for :data:`UNREACHABLE_AFTER_S`; a warning (``problem`` while healthy)
+        while messages of the last :data:`DEADLETTER_HOLD_S` were dead-lettered."""
         now = self._clock()
         while self._dead and self._dead[0][0] < now - DEADLETTER_HOLD_S:
             self._dead.popleft()
         problems = []
-        stuck = self.waiting_since is not None and now - self.waiting_since >= NOT_DELIVERING_AFTER_S
-        if stuck:
+        waiting = self.waiting_since is not None and now - self.waiting_since >= NOT_DELIVERING_AFTER_S
+        if waiting:
             waited = now - (self.waiting_since or now)
             problems.append(f"it has delivered no alert to {self.endpoint} for {waited:.0f} s while alerts wait"
                             " (the receiver does not answer, or does not accept them)")
+        unreachable = (self.waiting_since is None and self.unreachable_since is not None
+                       and now - self.unreachable_since >= UNREACHABLE_AFTER_S)
+        if unreachable:
+            problems.append(f"it cannot reach {self.endpoint} for {now - (self.unreachable_since or now):.0f} s, "
+                            f"so the next alert would not get through ({self._unreachable_why})")
+        stuck = waiting or unreachable
         if self._dead:
             problems.append(f"{len(self._dead)} alert message(s) in the last {DEADLETTER_HOLD_S / 60:.0f} min were "
                             f"dead-lettered, not delivered to {self.endpoint} (the last: {self._dead[-1][1]})")
@@ -154,11 +180,15 @@ async def follow(*, bootstrap: str, sender: Sender, header: Header, stop: asynci
                                 enable_auto_commit=False,
                                 auto_offset_reset="earliest" if from_beginning else "latest")
     await consumer.start()
+    next_probe = 0.0
     try:
         while not stop.is_set():
             batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=POLL_MS)
             if not batch:
                 health.idle()
+                if time.monotonic() >= next_probe:  # a receiver down is told before an alert needs it
+                    health.probed(await sender.probe(PROBE_TIMEOUT_S))
+                    next_probe = time.monotonic() + PROBE_INTERVAL_S
             for tp, records in batch.items():
                 for record in records:
                     forged = _forged(keys, tp.topic, record)

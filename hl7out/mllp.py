@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Final
 
 from hl7out.errors import MllpError
@@ -18,6 +19,9 @@ END: Final = b"\x1c\x0d"
 # An ACK is a few hundred bytes; a peer that sends a megabyte without ending its frame is broken.
 MAX_FRAME_BYTES: Final = 1 << 20
 READ_CHUNK_BYTES: Final = 65536
+# A kept connection silent this long is probed by TCP keepalive, every KEEPALIVE_INTERVAL_S after.
+KEEPALIVE_IDLE_S: Final = 20
+KEEPALIVE_INTERVAL_S: Final = 10
 
 
 def frame(text: str) -> bytes:
@@ -56,6 +60,20 @@ class FrameReader:
         return out
 
 
+def _keep_alive(sock: socket.socket | None) -> None:
+    """TCP keepalive on a kept connection: a receiver whose host went away without closing it (power,
+    network) is noticed in about :data:`KEEPALIVE_IDLE_S` + 3 x :data:`KEEPALIVE_INTERVAL_S`, not the
+    kernel's default two hours (where the platform has these options)."""
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                            ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+
+
 class MllpConnection:
     """One TCP connection to an MLLP listener."""
 
@@ -72,6 +90,7 @@ class MllpConnection:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError as exc:
             raise MllpError(f"cannot connect to {host}:{port}: {exc}") from exc
+        _keep_alive(writer.get_extra_info("socket"))
         return cls(reader, writer)
 
     async def exchange(self, text: str) -> str:

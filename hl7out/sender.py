@@ -167,6 +167,25 @@ class Sender:
         self._conn = await MllpConnection.open(self.endpoint.host, self.endpoint.port)
         return await self._conn.exchange(text)
 
+    async def probe(self, timeout_s: float) -> str | None:
+        """Whether the receiver can be reached now, sending it nothing: None if so, else why not.
+
+        The kept connection counts if it is still open (its TCP keepalive notices a receiver gone
+        without closing it: :meth:`MllpConnection.open`); else a new one is opened, and kept for the
+        next message. A receiver that closes every connection after its ACK sees one connection opened
+        per probe, and nothing sent on it."""
+        if self._conn is not None and not self._conn.closed:
+            return None
+        await self._drop()
+        try:
+            async with asyncio.timeout(timeout_s):
+                self._conn = await MllpConnection.open(self.endpoint.host, self.endpoint.port)
+        except TimeoutError:
+            return f"cannot connect to {self.endpoint.host}:{self.endpoint.port}: no answer within {timeout_s:g} s"
+        except MllpError as exc:
+            return str(exc)
+        return None
+
     def _record(self, message: Outgoing, attempt: int, outcome: Outcome, detail: str) -> None:
         self._on_attempt(AttemptRecord(message, attempt, outcome, detail, time.time()))
 

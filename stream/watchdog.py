@@ -33,7 +33,8 @@ rule                     severity condition
 ``tech.hl7_silent``      critical an HL7 follower (``rpm hl7 follow``) that stopped reporting without saying it
                                   stops: alerts no longer reach the nurse call or the EMR it feeds
 ``tech.hl7_stuck``       critical an HL7 follower whose alerts have waited a minute with none delivered
-                                  (the receiver does not answer or does not accept them)
+                                  (the receiver does not answer or does not accept them), or whose
+                                  receiver it could not reach for 30 s while it had none to send
 ``tech.hl7_warning``     warning  HL7 alert messages lately dead-lettered instead of delivered
 ``tech.ward_screen_dark`` warning  a nurse station's ward screens (kiosks) that show nothing for a minute
 ``tech.device_alarms_unwatched`` warning the watchdog itself cannot read the edge agents' device alarms

@@ -7,6 +7,7 @@ pytest-xdist runs it beside tests/chaos/test_technical_alarms.py.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -46,6 +47,10 @@ async def test_a_frozen_station_notifier_or_hl7_follower_reaches_a_person_within
     and clears it when they run again. Stopped on purpose (SIGTERM), each says so and is not missed."""
     logs = tmp_path / "logs"
     started: list[ServiceProcess] = []
+    # the nurse call's receiver: it takes connections (the follower probes it while no alert waits,
+    # and would rightly report one that nothing listens for as stuck)
+    kept: list[asyncio.StreamWriter] = []
+    receiver = await asyncio.start_server(lambda _r, w: kept.append(w), "127.0.0.1", 0)
     try:
         wport = free_port()
         watchdog = spawn("watchdog", ["watchdog", "--health-port", str(wport), "--startup-grace", "5"],
@@ -59,7 +64,8 @@ async def test_a_frozen_station_notifier_or_hl7_follower_reaches_a_person_within
         routes_file.write_text(routes(hooks.url))
         notifier = spawn("notifier", ["notifier", "--client-id", "rpm-notifier-chaos"], rpm_env(
             stack, mqtt_user=NOTIFIER_USER, HOOK_SECRET=WEBHOOK_SECRET, RPM_ROUTES=str(routes_file)), logs)
-        follower = spawn("hl7-follow", ["hl7", "follow", "--to", f"mllp://127.0.0.1:{free_port()}", "--group",
+        receiver_port = receiver.sockets[0].getsockname()[1]
+        follower = spawn("hl7-follow", ["hl7", "follow", "--to", f"mllp://127.0.0.1:{receiver_port}", "--group",
                                         "rpm-hl7-chaos"], rpm_env(stack, mqtt_user=None), logs)
         started += [watchdog, station, notifier, follower]
         follows = f"hl7:{socket.gethostname()}:rpm-hl7-chaos"
@@ -121,7 +127,9 @@ async def test_a_frozen_station_notifier_or_hl7_follower_reaches_a_person_within
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
             p.stop()
-
+        receiver.close()
+        for w in kept:
+            w.close()
 
 
 async def test_a_watchdog_refused_by_mosquitto_says_device_alarms_are_unwatched_within_a_minute(
