@@ -534,12 +534,13 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     t0 = time.time()  # every sample of this run is measured after t0 (loadgen stamps with the wall clock)
     started: list[float] = []
     sampler.gen = (time.time(), 0, 0, 0)  # this run's generator counters start at 0
-    spy = _profile(bench, system, kind, rate)
+    spies = _profile(bench, system, kind, rate)
     try:
         result = loadgen.run_load(spec, on_progress=sampler.on_progress, on_start=started.append)
     finally:
-        if spy is not None:
+        for spy in spies:
             spy.send_signal(signal.SIGINT)
+        for spy in spies:
             spy.wait(60)
     t_load_end = result.last_publish
     # Drain: until InfluxDB holds every acknowledged reading, or nothing has been written for a while.
@@ -590,16 +591,18 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     return run
 
 
-def _profile(bench: Bench, system: System, kind: str, rate: float) -> subprocess.Popen[bytes] | None:
-    """py-spy sampling our worker while the load runs (``--profile DIR``; primes are not profiled)."""
-    pid = next((p for p, label in system.labels().items() if label == "worker"), None)
-    if bench.profile_dir is None or pid is None or kind.startswith("prime"):
-        return None
+def _profile(bench: Bench, system: System, kind: str, rate: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy sampling our worker and bridge while the load runs (``--profile DIR``; primes are not profiled)."""
+    pids = {label: p for p, label in system.labels().items() if label in ("worker", "bridge")}
+    if bench.profile_dir is None or kind.startswith("prime"):
+        return []
     bench.profile_dir.mkdir(parents=True, exist_ok=True)
-    out = bench.profile_dir / f"worker-{len(bench.runs):02d}-{kind.replace(' ', '-')}-{rate:.0f}.txt"
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw",
-                             "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking", "--format", "raw",
+                              "-o", str(bench.profile_dir / f"{label}-{len(bench.runs):02d}-{kind.replace(' ', '-')}"
+                                                            f"-{rate:.0f}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for label, pid in sorted(pids.items())]
 
 
 def _window(bench: Bench, rows: list[dict[str, Any]], since: float, result: loadgen.LoadResult) -> dict[str, Any]:
@@ -1175,7 +1178,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         "the sweep alone (ours, no limit, no peers unless --peers)")
     p.add_argument("--sweep-rate", type=float, default=SWEEP_RATE, help="offered readings/s of the sweep")
     p.add_argument("--profile", type=Path, default=None,
-                   help="directory: py-spy profiles (raw collapsed stacks) of our worker during each measured run")
+                   help="directory: py-spy profiles (raw collapsed stacks) of our worker and bridge during each "
+                        "measured run")
     a = p.parse_args(argv)
     sweep_alone = a.sweep_patients not in (None, "none") and not a.loads and not a.max and not a.quick
     sweep = (() if a.sweep_patients == "none" or (a.sweep_patients is None and not a.max)

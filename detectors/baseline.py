@@ -23,7 +23,17 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, appended, finite_or_nan, grown, nan_first, opt_float, same_nan, whole
+from detectors.columns import (
+    StateColumn,
+    appended,
+    finite_or_nan,
+    grown,
+    grown_rows,
+    nan_first,
+    opt_float,
+    same_nan,
+    whole,
+)
 from detectors.const import CLEARED, ESCALATED, METRIC_LABELS
 from detectors.errors import StateError
 from detectors.events import format_duration, format_value
@@ -56,8 +66,8 @@ class BaselineDetector(SignalDetector):
 
     def resize_state(self, n: int) -> None:
         """Room for ``n`` patients' block rings."""
-        self.ring_id = grown(self.ring_id.T, n, np.nan).T.copy()
-        self.ring_mean = grown(self.ring_mean.T, n, np.nan).T.copy()
+        self.ring_id = grown_rows(self.ring_id, n, np.nan)
+        self.ring_mean = grown_rows(self.ring_mean, n, np.nan)
         self.cur_id = grown(self.cur_id, n, np.nan)
         self.cur_sum = grown(self.cur_sum, n, 0.0)
         self.cur_count = grown(self.cur_count, n, 0.0)

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, finite_or_nan, grown, nan_first
+from detectors.columns import StateColumn, finite_or_nan, grown_rows, nan_first
 from detectors.errors import StateError
 
 
@@ -32,8 +32,8 @@ class History:
 
     def resize(self, n: int) -> None:
         """Make room for ``n`` patients (with no history)."""
-        self.t = grown(self.t.T, n, np.nan).T.copy()
-        self.v = grown(self.v.T, n, np.nan).T.copy()
+        self.t = grown_rows(self.t, n, np.nan)
+        self.v = grown_rows(self.v, n, np.nan)
 
     def windows(self, view: MetricView, width: int, rows: IntArray | None = None) -> tuple[FloatArray, FloatArray]:
         """Each sample's window of the last ``width`` samples up to and including it, and update the history.

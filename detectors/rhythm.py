@@ -37,7 +37,7 @@ import numpy as np
 
 from detectors import af_model
 from detectors.batch import BoolArray, FloatArray, IntArray, MetricView
-from detectors.columns import StateColumn, appended, finite_or_nan, grown, opt, opt_float, whole
+from detectors.columns import StateColumn, appended, finite_or_nan, grown, grown_rows, opt, opt_float, whole
 from detectors.const import CLEARED, ESCALATED, RHYTHM_MAX_VOTES
 from detectors.errors import StateError
 from detectors.events import format_duration
@@ -73,7 +73,7 @@ class RhythmDetector(SignalDetector):
 
     def resize_state(self, n: int) -> None:
         """Room for ``n`` patients' beats and beat counters."""
-        self.ring = grown(self.ring.T, n, np.nan).T.copy()
+        self.ring = grown_rows(self.ring, n, np.nan)
         self.total = grown(self.total, n, 0.0)
         self.run = grown(self.run, n, 0.0)
         self.verdicts.resize(n)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from detectors import Direction, Engine, PatientRegistry, RuleSet, SampleBatch, Severity, StateError, ThresholdLevel
 from detectors.const import GLUCOSE, HEART_RATE
-from tests.detectors.helpers import T0, json_roundtrip, run, series, tachycardia_rule
+from tests.detectors.helpers import T0, Sample, json_roundtrip, run, series, tachycardia_rule
 
 
 @pytest.fixture
@@ -327,3 +328,45 @@ class TestStaleAcknowledgement:
         assert engine.acknowledge(raised.alert_id, by="nurse", at=ack.time) == [], "the same ack, read again"
         (ack2,) = engine.acknowledge(raised.alert_id, by="nurse", at=again.time + 1)
         assert ack2.state == "acknowledged"
+
+
+def test_patients_arriving_batch_by_batch_are_judged_as_if_every_one_had_been_known_from_the_start() -> None:
+    """New patients make every per-patient array grow (rings and histories too), several times here:
+    the patients already there keep their histories, rings and open alerts through each growth."""
+    from rpm_core.rules import load_rules
+
+    rules = load_rules(Path(__file__).resolve().parents[2] / "alert_rules.yaml")
+    rng = np.random.default_rng(7)
+    waves = [40, 70, 110, 170, 260]  # patients present in each batch: capacity 64 -> 96 -> 144 -> 216 -> 324
+    batches: list[list[Sample]] = []
+    for b, present in enumerate(waves):
+        samples: list[Sample] = []
+        for p in range(present):
+            pid = f"p{p:04d}"
+            t0 = T0 + b * 600.0
+            tachy = p % 5 == 0
+            for k in range(20):  # heart rate every 30 s, RR intervals irregular for some, glucose falling for others
+                samples.append((pid, "heart_rate", t0 + 30 * k, float(160 if tachy else 70 + rng.normal(0, 3)), 0))
+                rr = rng.uniform(0.4, 1.2) if p % 3 == 0 else 0.85 + rng.normal(0, 0.01)
+                samples.append((pid, "rr_interval", t0 + 30 * k + 0.5, float(rr), 0))
+            for k in range(2):
+                samples.append((pid, "glucose", t0 + 300 * k, float(max(40.0, 140 - 12 * (b * 2 + k) - p % 7)), 0))
+        batches.append(samples)
+    growing, known = Engine(rules), Engine(rules)
+    known.registry.indices([f"p{p:04d}" for p in range(waves[-1])])
+    got = [run(growing, s) for s in batches]
+    want = [run(known, s) for s in batches]
+    assert got == want and sum(map(len, got)) > 0
+    assert growing.export_all() == known.export_all()
+
+
+def test_a_ring_grows_by_rows_keeping_every_patients_entries_in_c_order() -> None:
+    from detectors.columns import grown_rows
+
+    ring = np.arange(6.0).reshape(2, 3)
+    out = grown_rows(ring, 4, np.nan)
+    assert out.shape == (4, 3) and out.flags.c_contiguous and out.dtype == ring.dtype
+    assert np.array_equal(out[:2], ring) and np.isnan(out[2:]).all()
+    assert grown_rows(ring, 2, np.nan) is ring
+    flags = grown_rows(np.ones((1, 2), np.bool_), 3, False)
+    assert flags.tolist() == [[True, True], [False, False], [False, False]]
