@@ -165,3 +165,51 @@ def test_a_topic_that_is_not_utf8_reaches_the_bridge_and_the_messages_after_it_t
         got, codes, _ = read_all(stream, [], fast=fast)
         assert got == [(3, 1, "rpm/v1/p/\ufffd\ufffd/readings", b"bad topic"), (4, 1, topic.decode(), b"after")]
         assert all(code == MQTTErrorCode.MQTT_ERR_SUCCESS for code in codes)
+
+
+class SendingSocket(MemorySocket):
+    """Records what is sent, and how many system calls it took."""
+
+    def __init__(self) -> None:
+        super().__init__(b"", [])
+        self.sent = bytearray()
+        self.calls = 0
+
+    def send(self, buf: bytes | bytearray) -> int:
+        self.calls += 1
+        self.sent += buf
+        return len(buf)
+
+
+def _written(acks: list[tuple[int, int]], *, many: bool) -> SendingSocket:
+    """The bytes the bridge's client writes acknowledging ``acks``: with ``ack_many``, or one paho ``ack`` each."""
+    bridge = Bridge(mqtt_settings=MqttSettings(host="localhost", port=1883), bootstrap="unused",
+                    client_id="test", clock=lambda: NOW)
+    client = bridge._make_client()
+    sock = SendingSocket()
+    client._sock = sock
+    if many:
+        client.ack_many(acks)
+    else:
+        for mid, qos in acks:
+            client.ack(mid, qos)
+    while client._out_packet:
+        assert client.loop_write() == MQTTErrorCode.MQTT_ERR_SUCCESS
+    client._sock = None
+    return sock
+
+
+@given(st.lists(st.tuples(st.integers(1, 65535), st.sampled_from([0, 1, 1, 1, 2])), max_size=300))
+@settings(max_examples=60, deadline=None)
+def test_acknowledging_a_batch_writes_what_paho_writes_acking_each_message_in_the_same_order(
+        acks: list[tuple[int, int]]) -> None:
+    many, each = _written(acks, many=True), _written(acks, many=False)
+    assert bytes(many.sent) == bytes(each.sent)
+    assert len(many.sent) == 4 * sum(1 for _mid, qos in acks if qos in (1, 2))  # a PUBACK/PUBCOMP per message
+
+
+def test_a_batch_of_pubacks_is_one_write_not_one_per_message() -> None:
+    acks = [(mid, 1) for mid in range(1, 2001)]
+    many = _written(acks, many=True)
+    assert many.calls == 1 and _written(acks, many=False).calls == 2000
+    assert many.sent[:4] == b"\x40\x02\x00\x01" and many.sent[-4:] == b"\x40\x02\x07\xd0"
