@@ -396,9 +396,9 @@ class Sampler(threading.Thread):
             with contextlib.suppress(psutil.Error):
                 times = cached.cpu_times()
                 cpu[p.pid] = (label, times.user + times.system)
+                row[f"cpu:{label}"] = row.get(f"cpu:{label}", 0.0) + times.user + times.system
                 if label in RSS_OF:
                     row[f"rss:{label}"] = cached.memory_info().rss
-                    row[f"cpu:{label}"] = row.get(f"cpu:{label}", 0.0) + times.user + times.system
         with self._lock:
             self._cpu.update(cpu)
             self.samples.append(row)
@@ -578,6 +578,7 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
         # so a 1-s sample holds zero, one or two of them; a window of 5 s says what the pipeline keeps up
         "landed_series_5s": _series(rows, "influx_points", first, step=PLATEAU_WINDOW_S),
         "load_window_s": round(t_load_end - first, 1),
+        "cores_during_load": cores_between(steady),
         "memory": _memory(rows),
     }
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)
@@ -593,6 +594,18 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     bench.runs.append(run)
     _print_run(run)
     return run
+
+
+def cores_between(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Cores each process used between the first and last of ``rows`` (their ``cpu:<label>`` seconds),
+    busiest first. The run's ``cpu`` covers the load and its drain; this is the load alone, where an
+    overload shows which processes the offered rate itself keeps busy."""
+    used: dict[str, float] = {}
+    for key in {k for r in rows for k in r if k.startswith("cpu:")}:
+        seen = [r for r in rows if key in r]  # a generator process may end a sample before the load does
+        if len(seen) > 1 and seen[-1]["t"] > seen[0]["t"]:
+            used[key.removeprefix("cpu:")] = (seen[-1][key] - seen[0][key]) / (seen[-1]["t"] - seen[0]["t"])
+    return {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: (-kv[1], kv[0]))}
 
 
 def _profile(bench: Bench, system: System, kind: str, rate: float) -> list[subprocess.Popen[bytes]]:
@@ -806,6 +819,9 @@ def _print_run(run: dict[str, Any]) -> None:
           f"run, {box['other_cores']:.2f} by other processes", flush=True)
     print("    CPU: " + ", ".join(f"{k} {v['cpu_pct']:.0f}% ({v['us_per_reading']:.1f} µs/r)"
                                   for k, v in run["cpu"].items()), flush=True)
+    if run.get("cores_during_load"):
+        print("    cores during the load (steady part): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in run["cores_during_load"].items()), flush=True)
 
 
 def machine_info() -> dict[str, Any]:

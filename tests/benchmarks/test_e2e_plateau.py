@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, plateau_windows
+from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, cores_between, plateau_windows
 
 
 def test_a_lumpy_landing_is_lumpy_per_second_and_steady_per_window() -> None:
@@ -26,3 +26,13 @@ def test_windows_outside_the_load_window_or_in_the_warm_up_do_not_count() -> Non
     assert plateau_windows(series, 20.0) == [2.0, 3.0, 4.0]  # not the first (in the warm-up), nor past the load
     assert plateau_windows(series, 30.0) == [2.0, 3.0, 4.0, 5.0]  # nor the short last one
     assert plateau_windows([], 20.0) == []
+
+
+def test_the_cores_each_process_used_during_the_load_are_its_cpu_seconds_over_the_window() -> None:
+    rows = [{"t": 100.0, "cpu:worker": 10.0, "cpu:influxdb": 50.0, "cpu:bridge": 3.0},
+            {"t": 105.0, "cpu:worker": 12.0, "cpu:influxdb": 55.0, "cpu:bridge": 4.0},
+            {"t": 110.0, "cpu:worker": 15.0, "cpu:influxdb": 59.0, "cpu:loadgen": 4.0}]
+    # busiest first; the loadgen came late (one sample: no interval), the bridge's samples span 100-105 s
+    assert cores_between(rows) == {"influxdb": 0.9, "worker": 0.5, "bridge": 0.2}
+    assert list(cores_between(rows)) == ["influxdb", "worker", "bridge"]
+    assert cores_between(rows[:1]) == {}
