@@ -62,8 +62,11 @@ async def assign_every_partition(consumer: Any, topic: str, *, new_at: Literal["
     """
     from aiokafka.structs import TopicPartition
 
-    await consumer.topics()  # fresh metadata
-    wanted = {TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or {0})}
+    # Fresh metadata, asked now: aiokafka's ``consumer.topics()`` fetches it but leaves the cached
+    # copy that ``partitions_for_topic`` reads as it was, refreshed only every metadata_max_age_ms
+    # (5 min), so a check every minute went on seeing the partitions of minutes before.
+    cluster = await consumer._client.fetch_all_metadata()
+    wanted = {TopicPartition(topic, p) for p in (cluster.partitions_for_topic(topic) or {0})}
     had = set(consumer.assignment())
     if wanted <= had:
         return False
@@ -74,7 +77,8 @@ async def assign_every_partition(consumer: Any, topic: str, *, new_at: Literal["
     new = sorted(wanted - had)
     await (consumer.seek_to_end(*new) if new_at == "end" else consumer.seek_to_beginning(*new))
     if had:
-        _LOGGER.warning("%s has %d partitions now: reading the new ones too", topic, len(wanted | had))
+        _LOGGER.warning("%s has %d partitions now: reading the new ones too", topic,
+                        len({tp for tp in wanted | had if tp.topic == topic}))
     return True
 
 

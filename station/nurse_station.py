@@ -137,6 +137,12 @@ MG_DL_PER_MMOL_L: Final = 18.016
 NURSE_IDLE_S: Final = 600.0
 STATIC_PACKAGE: Final = "station"
 FEED_RETRY_MAX_S: Final = 10.0
+# How often the alert feed looks for partitions rpm.alerts and rpm.alert-acks were given since it
+# started (workers scaled out with more partitions): alerts on a partition it does not read never
+# reach the screens, with the station healthy. A look that Kafka does not answer within
+# PARTITIONS_WITHIN_S restarts the feed (which re-reads everything, idempotently).
+PARTITIONS_RECHECK_S: Final = 60.0
+PARTITIONS_WITHIN_S: Final = 30.0
 
 
 # -- the board: state of every alert of the ward -----------------------------------------------------
@@ -565,7 +571,7 @@ class AlertFeed:
         while True:
             try:
                 await self._consume()
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError, TimeoutError) as exc:
                 self.connected = False
                 attempt += 1
                 delay = min(FEED_RETRY_MAX_S, 1.5 ** min(attempt, 10))
@@ -584,12 +590,18 @@ class AlertFeed:
             await consumer.seek_to_beginning(*parts)
             end = await consumer.end_offsets(parts)
             self.connected = True
+            recheck = time.monotonic() + PARTITIONS_RECHECK_S
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp, records in batches.items():
                     for record in records:
                         if self._verified(tp.topic, record.key, record.value, record.headers):
                             self._apply(tp.topic, record.key, record.value, record.timestamp)
+                if time.monotonic() >= recheck:  # partitions added since: read them too, from their beginning
+                    recheck = time.monotonic() + PARTITIONS_RECHECK_S
+                    async with asyncio.timeout(PARTITIONS_WITHIN_S):
+                        for topic in (topics.ALERTS, topics.ALERT_ACKS):
+                            await topics.assign_every_partition(consumer, topic, new_at="beginning")
                 if not self.board.caught_up and all(await _at_least(consumer, end)):
                     self.board.mark_caught_up()
                     _LOGGER.info("nurse station caught up: %d alerts of ward %s", len(self.board.alerts),

@@ -84,14 +84,19 @@ async def test_the_minute_partition_check_never_stalls_or_ends_the_watchdog(capl
     """Kafka's metadata refusing, or not answering: logged, bounded, and the watchdog goes on."""
     from aiokafka.errors import KafkaConnectionError
 
-    class Refusing:
-        async def topics(self) -> set[str]:
+    class RefusingClient:  # aiokafka's client, which the check asks for fresh metadata
+        async def fetch_all_metadata(self) -> None:
             raise KafkaConnectionError("no broker")
 
-    class Silent:
-        async def topics(self) -> set[str]:
+    class SilentClient:
+        async def fetch_all_metadata(self) -> None:
             await asyncio.Event().wait()  # never answers
-            return set()
+
+    class Refusing:
+        _client = RefusingClient()
+
+    class Silent:
+        _client = SilentClient()
 
     service = WatchdogService(bootstrap="unused:9092", instance="w", watchdog=Watchdog(
         config=WatchdogConfig(), partition_of=partition_for))
