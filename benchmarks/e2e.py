@@ -579,6 +579,7 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
         "landed_series_5s": _series(rows, "influx_points", first, step=PLATEAU_WINDOW_S),
         "load_window_s": round(t_load_end - first, 1),
         "cores_during_load": cores_between(steady),
+        "worker_time": worker_time(steady),
         "memory": _memory(rows),
     }
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)
@@ -594,6 +595,21 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     bench.runs.append(run)
     _print_run(run)
     return run
+
+
+def worker_time(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Shares of the wall time between the first and last of ``rows`` that the worker spent handling
+    batches (``handle``), of which in its detectors and waiting for InfluxDB's answers, and outside
+    them (``outside``: waiting for records, committing, its timers) (its metrics' counters)."""
+    keys = {"handle": "worker:rpm_worker_handle_seconds_total", "detectors": "worker:rpm_worker_detector_seconds_total",
+            "influx_writes": "worker:rpm_sink_write_seconds_total"}
+    seen = [r for r in rows if all(k in r for k in keys.values())]
+    if len(seen) < 2 or seen[-1]["t"] <= seen[0]["t"]:
+        return {}
+    wall = seen[-1]["t"] - seen[0]["t"]
+    out = {name: round((seen[-1][k] - seen[0][k]) / wall, 3) for name, k in keys.items()}
+    out["outside"] = round(max(0.0, 1.0 - out["handle"]), 3)
+    return out
 
 
 def cores_between(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -819,6 +835,11 @@ def _print_run(run: dict[str, Any]) -> None:
           f"run, {box['other_cores']:.2f} by other processes", flush=True)
     print("    CPU: " + ", ".join(f"{k} {v['cpu_pct']:.0f}% ({v['us_per_reading']:.1f} µs/r)"
                                   for k, v in run["cpu"].items()), flush=True)
+    if run.get("worker_time"):
+        wt = run["worker_time"]
+        print(f"    worker's time during the load: handling batches {wt['handle']:.0%} (detectors "
+              f"{wt['detectors']:.0%}, InfluxDB writes {wt['influx_writes']:.0%}), outside them {wt['outside']:.0%}",
+              flush=True)
     if run.get("cores_during_load"):
         print("    cores during the load (steady part): " + ", ".join(
             f"{k} {v:.2f}" for k, v in run["cores_during_load"].items()), flush=True)

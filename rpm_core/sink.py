@@ -279,6 +279,7 @@ class SinkStats:
     # Unlike ``problem`` every other point is written: a warning, not a fault.
     limit: str | None = None
     limit_refused: int = 0  # lines dead-lettered because of a limit (also in rejected_lines)
+    write_s: float = 0.0  # wall time in write(): InfluxDB's answers (and retries) included
 
 
 @dataclass
@@ -303,9 +304,13 @@ class InfluxSink:
         Waits (retrying with backoff) for as long as InfluxDB is unavailable.
         """
         rejected: list[tuple[str, str]] = []
-        await self.recheck_due()
-        for start in range(0, len(lines), self.max_lines):
-            rejected += await self._write_chunk(lines[start : start + self.max_lines])
+        began = time.perf_counter()
+        try:
+            await self.recheck_due()
+            for start in range(0, len(lines), self.max_lines):
+                rejected += await self._write_chunk(lines[start : start + self.max_lines])
+        finally:
+            self.stats.write_s += time.perf_counter() - began
         return rejected
 
     async def recheck_due(self) -> None:

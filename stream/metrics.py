@@ -107,6 +107,9 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
         histogram("rpm_worker_batch_records", "Records per micro-batch (per slice)", BATCH_BUCKETS, stats.batch_records,
                   stats.records),
         counter("rpm_worker_detector_seconds_total", "Time spent in the detectors", stats.detector_s),
+        counter("rpm_worker_handle_seconds_total", "Time spent handling batches (decode, detect, write to InfluxDB, "
+                "publish alerts), waits included: the rest of the time the worker waits for records or commits",
+                stats.handle_s),
         alerts,
         counter("rpm_worker_deadlettered_total", "Inputs sent to rpm.deadletter", stats.deadlettered),
         by_label("rpm_worker_deadletter_reasons_total", "counter", "Dead-lettered inputs by kind of reason",
@@ -123,6 +126,8 @@ def worker_metrics(stats: Any, sink_stats: Any, *, status: Any = None, rebalanci
         counter("rpm_sink_lines_written_total", "Line-protocol lines written to InfluxDB", sink_stats.lines_written),
         counter("rpm_sink_writes_total", "InfluxDB write requests that succeeded", sink_stats.writes),
         counter("rpm_sink_retries_total", "InfluxDB write attempts retried", sink_stats.retries),
+        counter("rpm_sink_write_seconds_total", "Time spent writing to InfluxDB, its answers and retries included",
+                sink_stats.write_s),
         counter("rpm_sink_rejected_lines_total", "Lines InfluxDB refused (dead-lettered)", sink_stats.rejected_lines),
         counter("rpm_sink_limit_refused_lines_total",
                 "Lines dead-lettered because an InfluxDB limit refuses their series (also in rejected)",

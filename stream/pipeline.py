@@ -161,6 +161,7 @@ class PipelineStats:
     alerts: int = 0
     batches: int = 0
     detector_s: float = 0.0
+    handle_s: float = 0.0  # wall time in handle(): decode, detect, write, publish (waits included)
     deadlettered: int = 0
     reasons: ReasonLog = field(default_factory=ReasonLog)
     ticks: int = 0
@@ -372,6 +373,13 @@ class Pipeline:
         :class:`stream.protocol.Committer`). The outputs always go out before the state that reflects
         them is checkpointed: a checkpoint never holds an effect whose output could still be lost.
         """
+        began = time.perf_counter()
+        try:
+            await self._handle(values, checkpoint=checkpoint)
+        finally:
+            self.stats.handle_s += time.perf_counter() - began
+
+    async def _handle(self, values: list[bytes], *, checkpoint: bool) -> None:
         # Times further ahead of this worker's clock than the bridge lets through are a rogue
         # producer's: such a time would become the device's watermark and silence the patient.
         decoded = decode_records(values, now=self._clock())

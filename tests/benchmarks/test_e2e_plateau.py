@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, cores_between, plateau_windows
+from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, cores_between, plateau_windows, worker_time
 
 
 def test_a_lumpy_landing_is_lumpy_per_second_and_steady_per_window() -> None:
@@ -36,3 +36,12 @@ def test_the_cores_each_process_used_during_the_load_are_its_cpu_seconds_over_th
     assert cores_between(rows) == {"influxdb": 0.9, "worker": 0.5, "bridge": 0.2}
     assert list(cores_between(rows)) == ["influxdb", "worker", "bridge"]
     assert cores_between(rows[:1]) == {}
+
+
+def test_the_workers_time_is_split_into_handling_batches_and_waiting_outside_them() -> None:
+    keys = ("worker:rpm_worker_handle_seconds_total", "worker:rpm_worker_detector_seconds_total",
+            "worker:rpm_sink_write_seconds_total")
+    rows = [{"t": 10.0, **dict(zip(keys, (1.0, 0.5, 0.2), strict=True))},
+            {"t": 20.0, **dict(zip(keys, (7.0, 2.5, 4.2), strict=True))}]
+    assert worker_time(rows) == {"handle": 0.6, "detectors": 0.2, "influx_writes": 0.4, "outside": 0.4}
+    assert worker_time(rows[:1]) == {}

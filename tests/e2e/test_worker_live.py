@@ -109,6 +109,9 @@ def test_meter_low_alert_and_worker_pages(stack: Stack, tmp_path: Path) -> None:
     assert metric(text, "rpm_worker_deadlettered_total") == 0
     assert metric(text, "rpm_sink_retries_total") is not None
     assert metric(text, "rpm_worker_detector_seconds_total") is not None
+    # where the worker's time goes: handling batches (of which InfluxDB writes), the rest waiting
+    handle, write = metric(text, "rpm_worker_handle_seconds_total"), metric(text, "rpm_sink_write_seconds_total")
+    assert handle is not None and write is not None and 0 < write <= handle
     assert metric(text, "rpm_worker_batch_records_count") == metric(text, "rpm_worker_batches_total")
     assert metric(text, "rpm_worker_assigned_partitions") == PARTITIONS
     behind = metric(text, "rpm_worker_behind_seconds")  # 0 once the last batch is 30 s old
