@@ -36,6 +36,7 @@ Failure policy (what a worker does when InfluxDB misbehaves):
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import time
@@ -53,8 +54,15 @@ from rpm_core.settings import InfluxAuth, split_influx_url
 
 _LOGGER = logging.getLogger(__name__)
 
-# InfluxDB's own guidance: 5,000-10,000 lines per request; 5,000 measured best here (~240k pts/s).
-MAX_LINES_PER_WRITE: Final = 5_000
+# Lines per request. InfluxDB's guidance is 5,000-10,000 and one client writing alone measured best
+# at 5,000 (~240k points/s); but the worker waits for each answer before it goes on (half of its
+# time under load), and end to end 20,000 landed 1.11x at 2x overload, with a lower p99 and worker
+# CPU per reading at 140,000/s (alternated runs, benchmarks/RESULTS.md "Overload, session 16").
+# ~2 MB a request: far below InfluxDB's default max-body-size of 25 MB; sent as a stream (aiohttp
+# warns that a body of raw bytes over 1 MB may hold up the event loop).
+MAX_LINES_PER_WRITE: Final = 20_000
+# The v2 API goes through influxdb-client, which hands aiohttp the body as it is: kept under 1 MB.
+MAX_LINES_PER_WRITE_V2: Final = 5_000
 WRITE_TIMEOUT_S: Final = 30.0
 # A missing database that could not be created: try again this often (someone may grant the right).
 CREATE_RETRY_S: Final = 60.0
@@ -189,7 +197,7 @@ class V1Writer:
 
     async def write(self, body: bytes) -> None:
         """Write one batch (creating a missing database once, if allowed)."""
-        status, text = await self._post(self._url, params=self._params, data=body)
+        status, text = await self._post(self._url, params=self._params, data=io.BytesIO(body))
         if status == 204:
             return
         if status >= 500 or status == 429:
@@ -476,6 +484,7 @@ def make_sink(*, url: str, db: str, token: str = "", org: str | None = None, aut
     token = token or (auth.token.get() if auth is not None else "")
     if token:
         writer = V2Writer(url=split_influx_url(url)[0], bucket=db, org=org, token=token)
+        kwargs.setdefault("max_lines", MAX_LINES_PER_WRITE_V2)
     else:
         writer = V1Writer(url=url, db=db, auth=auth)
     return InfluxSink(writer=writer, **kwargs)
