@@ -44,7 +44,9 @@ async def _send(bootstrap: str, topic: str, partition: int, key: bytes, value: b
 
 
 async def test_alerts_on_partitions_added_while_the_station_runs_reach_its_screens(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The station starts before the topics exist (it waits for them: they appear within the second
+    after), then the topics are created again with more partitions."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     monkeypatch.setattr(nurse_station, "PARTITIONS_RECHECK_S", 0.5)
@@ -56,6 +58,8 @@ async def test_alerts_on_partitions_added_while_the_station_runs_reach_its_scree
     feed = AlertFeed(board, bootstrap=bootstrap)
     task = asyncio.create_task(feed.run())
     try:
+        await until(lambda: "waiting for Kafka topics" in caplog.text, within=90,
+                    what="the station waiting for its topics", procs=(kafka,))
         await admin.create_topics([NewTopic(ALERTS, 1, 1), NewTopic(ALERT_ACKS, 1, 1)])
         first = event("p0001", "tachycardia", since=1_780_000_000.0)
         await _send(bootstrap, ALERTS, 0, b"p0001", orjson.dumps(first))
