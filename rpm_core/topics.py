@@ -50,6 +50,18 @@ async def ensure_topics(bootstrap: str, *, partitions: int = DEFAULT_READINGS_PA
         await admin.close()
 
 
+async def partitions_now(consumer: Any, *names: str) -> dict[str, set[int]]:
+    """The partitions each topic of ``names`` has, as Kafka's metadata says now (empty: no such topic).
+
+    aiokafka's ``consumer.topics()`` fetches fresh metadata but leaves the cached copy that
+    ``partitions_for_topic`` reads as it was, refreshed only every ``metadata_max_age_ms`` (5 min):
+    a check every minute saw the partitions of minutes before, and a station started before the
+    workers created its topics went on waiting that long after they existed. So the fresh metadata
+    is read here (through the client: aiokafka has no public call that returns it)."""
+    cluster = await consumer._client.fetch_all_metadata()
+    return {name: set(cluster.partitions_for_topic(name) or ()) for name in names}
+
+
 async def assign_every_partition(consumer: Any, topic: str, *, new_at: Literal["end", "beginning"] = "end") -> bool:
     """Assign ``consumer`` every partition ``topic`` has now (partition 0 if it does not exist yet),
     keeping the positions of those it already had; new ones start at their end or beginning.
@@ -62,11 +74,7 @@ async def assign_every_partition(consumer: Any, topic: str, *, new_at: Literal["
     """
     from aiokafka.structs import TopicPartition
 
-    # Fresh metadata, asked now: aiokafka's ``consumer.topics()`` fetches it but leaves the cached
-    # copy that ``partitions_for_topic`` reads as it was, refreshed only every metadata_max_age_ms
-    # (5 min), so a check every minute went on seeing the partitions of minutes before.
-    cluster = await consumer._client.fetch_all_metadata()
-    wanted = {TopicPartition(topic, p) for p in (cluster.partitions_for_topic(topic) or {0})}
+    wanted = {TopicPartition(topic, p) for p in ((await partitions_now(consumer, topic))[topic] or {0})}
     had = set(consumer.assignment())
     if wanted <= had:
         return False

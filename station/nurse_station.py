@@ -615,13 +615,9 @@ class AlertFeed:
         wanted = (topics.ALERTS, topics.ALERT_ACKS)
         waited = False
         while True:
-            # Fresh metadata, asked now (consumer.topics() would fetch it but leave the copy that
-            # partitions_for_topic reads as it was for up to 5 minutes: a station started before the
-            # workers created the topics went on waiting that long after they had).
-            cluster = await consumer._client.fetch_all_metadata()
-            found = {t: cluster.partitions_for_topic(t) for t in wanted}
+            found = await topics.partitions_now(consumer, *wanted)
             if all(found.values()):
-                return [TopicPartition(t, p) for t in wanted for p in sorted(found[t] or ())]
+                return [TopicPartition(t, p) for t in wanted for p in sorted(found[t])]
             if not waited:
                 _LOGGER.warning("waiting for Kafka topics %s to exist (start a worker or rpm demo)", ", ".join(wanted))
                 waited = True
