@@ -314,13 +314,18 @@ def _prom(text: str | None) -> dict[str, float]:
     return out
 
 
-def _influx_points_ok(url: str) -> float:
+def _influx_httpd(url: str) -> dict[str, float]:
+    """InfluxDB's own HTTP counters: points written, write requests and their summed duration (ns)."""
     doc = influx_query(url, "SHOW STATS FOR 'httpd'")
     for result in doc.get("results", []):  # type: ignore[union-attr]
         for series in result.get("series", []):
-            cols = series["columns"]
-            return float(series["values"][0][cols.index("pointsWrittenOK")])
-    return 0.0
+            values = dict(zip(series["columns"], series["values"][0], strict=True))
+            return {k: float(values.get(k) or 0.0) for k in ("pointsWrittenOK", "writeReq", "writeReqDurationNs")}
+    return {"pointsWrittenOK": 0.0, "writeReq": 0.0, "writeReqDurationNs": 0.0}
+
+
+def _influx_points_ok(url: str) -> float:
+    return _influx_httpd(url)["pointsWrittenOK"]
 
 
 def _sum_counts(doc: dict[str, Any]) -> int:
@@ -381,7 +386,9 @@ class Sampler(threading.Thread):
     def sample(self) -> dict[str, Any]:
         row: dict[str, Any] = {"t": time.time()}
         with contextlib.suppress(Exception):
-            row["influx_points"] = _influx_points_ok(self.influx_url)
+            httpd = _influx_httpd(self.influx_url)
+            row["influx_points"] = httpd["pointsWrittenOK"]
+            row["influx_write_requests"], row["influx_write_ns"] = httpd["writeReq"], httpd["writeReqDurationNs"]
         for stage, url in list(self.metrics.items()):
             for name, value in _prom(_get_text(url)).items():
                 row[f"{stage}:{name}"] = value
@@ -580,6 +587,11 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
         "load_window_s": round(t_load_end - first, 1),
         "cores_during_load": cores_between(steady),
         "worker_time": worker_time(steady),
+        # the same from InfluxDB's side, during the load and during the drain after it (from 2 s after
+        # the last publish): an overload shows whether InfluxDB's requests or the worker's own part slow
+        "influx_requests": {"load": influx_requests(steady),
+                            "drain": influx_requests([r for r in rows if t_load_end + 2.0 <= r["t"] <= t_last_write])},
+        "worker_time_drain": worker_time([r for r in rows if t_load_end + 2.0 <= r["t"] <= t_last_write]),
         "memory": _memory(rows),
     }
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)
@@ -610,6 +622,24 @@ def worker_time(rows: list[dict[str, Any]]) -> dict[str, float]:
     out = {name: round((seen[-1][k] - seen[0][k]) / wall, 3) for name, k in keys.items()}
     out["outside"] = round(max(0.0, 1.0 - out["handle"]), 3)
     return out
+
+
+def influx_requests(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """InfluxDB's write requests between the first and last of ``rows`` (its own ``httpd`` counters):
+    requests per second, ms and points per request, the share of the wall time a request was open
+    (``in_request``; above 1 with requests in parallel), and µs per point inside requests."""
+    keys = ("influx_write_requests", "influx_write_ns", "influx_points")
+    seen = [r for r in rows if all(k in r for k in keys)]
+    if len(seen) < 2 or seen[-1]["t"] <= seen[0]["t"]:
+        return {}
+    wall = seen[-1]["t"] - seen[0]["t"]
+    requests, busy_s, points = (seen[-1][k] - seen[0][k] for k in keys)
+    busy_s /= 1e9
+    if requests <= 0:
+        return {"requests_per_s": 0.0, "in_request": 0.0}
+    return {"requests_per_s": round(requests / wall, 2), "ms_per_request": round(busy_s / requests * 1e3, 1),
+            "points_per_request": round(points / requests), "in_request": round(busy_s / wall, 3),
+            "us_per_point_in_requests": round(busy_s / points * 1e6, 2) if points > 0 else 0.0}
 
 
 def cores_between(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -840,6 +870,12 @@ def _print_run(run: dict[str, Any]) -> None:
         print(f"    worker's time during the load: handling batches {wt['handle']:.0%} (detectors "
               f"{wt['detectors']:.0%}, InfluxDB writes {wt['influx_writes']:.0%}), outside them {wt['outside']:.0%}",
               flush=True)
+    for phase, req in (run.get("influx_requests") or {}).items():
+        if req.get("ms_per_request") is not None:
+            print(f"    InfluxDB's write requests during the {phase}: {req['requests_per_s']:.1f}/s, "
+                  f"{req['ms_per_request']:.0f} ms and {req['points_per_request']:,} points each, a request open "
+                  f"{req['in_request']:.0%} of the time, {req['us_per_point_in_requests']:.1f} µs per point",
+                  flush=True)
     if run.get("cores_during_load"):
         print("    cores during the load (steady part): " + ", ".join(
             f"{k} {v:.2f}" for k, v in run["cores_during_load"].items()), flush=True)

@@ -1,5 +1,12 @@
 """Throwaway: poll the e2e's InfluxDB /debug/vars every second (write requests, their duration, points, Go GC)."""
-import glob, json, os, re, sys, time, urllib.request
+import glob
+import json
+import os
+import re
+import sys
+import time
+import urllib.request
+
 workdir, out, done_marker = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = []
 url = None
@@ -12,7 +19,7 @@ while not os.path.exists(done_marker):
         time.sleep(0.2)
         continue
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (the e2e's loopback InfluxDB)
             v = json.load(r)
     except Exception:
         url = None
@@ -20,7 +27,8 @@ while not os.path.exists(done_marker):
         continue
     h = next((x["values"] for k, x in v.items() if k.startswith("httpd")), {})
     ms = v.get("memstats", {})
-    rows.append({"t": time.time(), "url": url, **{k: h.get(k) for k in ("writeReq", "writeReqDurationNs", "pointsWrittenOK", "writeReqActive", "writeReqBytes")},
+    keys = ("writeReq", "writeReqDurationNs", "pointsWrittenOK", "writeReqActive", "writeReqBytes")
+    rows.append({"t": time.time(), "url": url, **{k: h.get(k) for k in keys},
                  "gc_pause_ns": ms.get("PauseTotalNs"), "num_gc": ms.get("NumGC")})
     time.sleep(1.0)
 json.dump(rows, open(out, "w"))

@@ -1,6 +1,11 @@
 """Throwaway: InfluxDB CPU per point under the sink's 20k-line writes, per [data] config variant, alternated."""
-import json, os, sys, tempfile, time
+import json
+import os
+import sys
+import tempfile
+import time
 from pathlib import Path
+
 sys.path.insert(0, os.getcwd())  # run from the repository, PYTHONPATH=$PWD
 from benchmarks.influx_limit import build_batches
 from benchmarks.influx_series_cost import _post, _rss_mb
@@ -18,7 +23,8 @@ VARIANTS = {
 orig = services.influx_config
 def patched(extra):
     def cfg(**kw):
-        return orig(**kw).replace("  query-log-enabled = false\n", "  query-log-enabled = false\n" + "".join("  " + l + "\n" for l in extra.splitlines()))
+        added = "".join("  " + line + "\n" for line in extra.splitlines())
+        return orig(**kw).replace("  query-log-enabled = false\n", "  query-log-enabled = false\n" + added)
     return cfg
 
 patients, points, settle = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
