@@ -26,7 +26,9 @@ load window minus its first 2 s) and the sustained rate (written / first publish
 per-stage rates (generator, bridge ``/metrics``, worker ``/metrics`` when it serves them, InfluxDB);
 the latency from a probe sample's device timestamp to its alert arriving on Kafka ``rpm.alerts``
 (the worker publishes an alert only after writing it to InfluxDB; the alerts are also counted in
-InfluxDB); and every process's CPU time per reading written (the stage profile).
+InfluxDB); every process's CPU time per reading written (the stage profile), and, during the load
+and during the drain after it, the cores each process used, the worker's time split (its metrics)
+and InfluxDB's write requests (its ``httpd`` counters: :func:`influx_requests`).
 
 With ``--max`` (or ``--sweep-patients`` alone), a patient-count sweep follows: one offered rate spread over
 more and more patients, each point primed and measured in its steady state (:func:`sweep_patients`);
@@ -566,6 +568,7 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
     steady = [r for r in rows if first + WARMUP_S <= r["t"] <= t_load_end] if duration > 2 * WARMUP_S else \
         [r for r in rows if first <= r["t"] <= t_load_end]
     written_total = sum(written.values())
+    drain_rows = [r for r in rows if t_load_end + 2.0 <= r["t"] <= t_last_write]  # from 2 s after the last publish
     run: dict[str, Any] = {
         "system": system.name, "kind": kind, "offered_rate": rate, "duration_s": duration,
         "patients": result.patients, "load": asdict(result),
@@ -587,11 +590,12 @@ def run_load(bench: Bench, system: System, rate: float, *, kind: str = "fixed", 
         "load_window_s": round(t_load_end - first, 1),
         "cores_during_load": cores_between(steady),
         "worker_time": worker_time(steady),
-        # the same from InfluxDB's side, during the load and during the drain after it (from 2 s after
-        # the last publish): an overload shows whether InfluxDB's requests or the worker's own part slow
+        # the same from InfluxDB's side, during the load and during the drain after it: an overload shows
+        # whether InfluxDB's requests or the worker's own part slow down while the ingest side runs
         "influx_requests": {"load": influx_requests(steady),
-                            "drain": influx_requests([r for r in rows if t_load_end + 2.0 <= r["t"] <= t_last_write])},
-        "worker_time_drain": worker_time([r for r in rows if t_load_end + 2.0 <= r["t"] <= t_last_write]),
+                            "drain": influx_requests(drain_rows)},
+        "worker_time_drain": worker_time(drain_rows),
+        "cores_during_drain": cores_between(drain_rows),
         "memory": _memory(rows),
     }
     run["cpu"] = _cpu_profile(cpu_before, cpu_after, written_total, t_last_write - first)

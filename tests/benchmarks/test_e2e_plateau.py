@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from benchmarks.e2e import PLATEAU_WINDOW_S, WARMUP_S, _series, cores_between, plateau_windows, worker_time
+from benchmarks.e2e import (
+    PLATEAU_WINDOW_S,
+    WARMUP_S,
+    _series,
+    cores_between,
+    influx_requests,
+    plateau_windows,
+    worker_time,
+)
 
 
 def test_a_lumpy_landing_is_lumpy_per_second_and_steady_per_window() -> None:
@@ -45,3 +53,16 @@ def test_the_workers_time_is_split_into_handling_batches_and_waiting_outside_the
             {"t": 20.0, **dict(zip(keys, (7.0, 2.5, 4.2), strict=True))}]
     assert worker_time(rows) == {"handle": 0.6, "detectors": 0.2, "influx_writes": 0.4, "outside": 0.4}
     assert worker_time(rows[:1]) == {}
+
+
+def test_influxdbs_write_requests_are_counted_from_its_own_counters() -> None:
+    """8 requests of 20,000 points in 4 s, open 2 s in all: 2/s, 250 ms each, open half the time, and
+    12.5 µs per point inside them; a sample missing a counter does not count."""
+    rows = [{"t": 100.0, "influx_write_requests": 10.0, "influx_write_ns": 1e9, "influx_points": 40_000.0},
+            {"t": 102.0, "influx_points": 50_000.0},
+            {"t": 104.0, "influx_write_requests": 18.0, "influx_write_ns": 3e9, "influx_points": 200_000.0}]
+    assert influx_requests(rows) == {"requests_per_s": 2.0, "ms_per_request": 250.0, "points_per_request": 20_000,
+                                     "in_request": 0.5, "us_per_point_in_requests": 12.5}
+    idle = [dict(rows[0], t=100.0), dict(rows[0], t=104.0)]
+    assert influx_requests(idle) == {"requests_per_s": 0.0, "in_request": 0.0}
+    assert influx_requests(rows[:1]) == {}
