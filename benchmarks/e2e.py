@@ -13,7 +13,9 @@ One run starts Mosquitto, Tansu and InfluxDB (``rpm_app.services``; or uses ``RP
    each offered load of ``--loads`` for ``--duration`` seconds (``benchmarks/loadgen.py``: simulated
    patients, heart rate 1 Hz with RR intervals, CGM every 5 min, 10 readings per MQTT message,
    QoS 1); with ``--max``, a ramp (×1.3 per step) up to the highest load it sustains with zero loss,
-   then an overload run at twice that load, which must lose nothing either;
+   then an overload run at twice that load, which must lose nothing either (with patients in
+   proportion to the rate, as every load, and again with the maximum's patients only: twice the
+   readings per patient, no new patients' series for InfluxDB to create during it);
 2. **the limit** (``benchmarks/influx_limit.py``): the same points written directly into InfluxDB
    by one client in 5,000-line batches;
 3. **the peers** of ``--peers`` (``benchmarks/peers``), each alone on the same services (our
@@ -1005,15 +1007,29 @@ def bench_system(bench: Bench, system: System, opts: Options) -> dict[str, Any]:
                 run = run_load(bench, system, 2 * best, kind="overload 2x")
                 summary["overload_loss"] = run["loss"]
                 summary["overload_plateau"] = overload_plateau(bench, system, run, best)
+                # The same rate again with the maximum's patients only: twice the readings per patient and
+                # no patient InfluxDB has not seen, where the run above brings twice the patients (their
+                # series are created during the overload; RESULTS.md, "Overload, session 17").
+                same = max_patients(bench, system, best)
+                if same:
+                    run = run_load(bench, system, 2 * best, kind="overload 2x same patients", patients=same)
+                    summary["overload_same_patients_plateau"] = overload_plateau(bench, system, run, best)
         if opts.sweep_patients and isinstance(system, Ours):
             summary["patient_sweep"] = sweep_patients(bench, system, opts.sweep_patients, opts.sweep_rate)
     finally:
         system.stop()
-    mine = [r for r in bench.runs if r["system"] == system.name and r["kind"] in ("fixed", "ramp", "overload 2x")]
+    mine = [r for r in bench.runs if r["system"] == system.name
+            and r["kind"] in ("fixed", "ramp", "overload 2x", "overload 2x same patients")]
     zero = [r for r in mine if r["loss"] == 0 and r["sustained"]]
     summary["best_zero_loss_sustained_rate"] = max((r["sustained_rate"] or 0 for r in zero), default=None)
     summary["best_zero_loss_offered"] = max((r["offered_rate"] for r in zero), default=None)
     return summary
+
+
+def max_patients(bench: Bench, system: System, best: float) -> int | None:
+    """The patients of the sustained run at the highest sustained load ``best`` (None: no such run)."""
+    return max((int(r["patients"]) for r in bench.runs if r["system"] == system.name and r["sustained"]
+                and r["offered_rate"] == best), default=None)
 
 
 def overload_plateau(bench: Bench, system: System, run: dict[str, Any], best: float) -> dict[str, Any]:
@@ -1031,11 +1047,24 @@ def overload_plateau(bench: Bench, system: System, run: dict[str, Any], best: fl
     windows = plateau_windows(run.get("landed_series_5s", []), run["load_window_s"])
     if windows:
         out |= {"windows_5s": len(windows), "min_5s": min(windows), "min_5s_vs_max": round(min(windows) / top, 2)}
-    print(f"    overload plateau: landed min {lo:,.0f}/s ({out['min_vs_max']:.2f}x), median {med:,.0f}/s "
+    print(f"    {run['kind']} plateau: landed min {lo:,.0f}/s ({out['min_vs_max']:.2f}x), median {med:,.0f}/s "
           f"({out['median_vs_max']:.2f}x) of the max sustained {top:,.0f}/s over {len(series)} s"
           + (f"; over 5-s windows min {min(windows):,.0f}/s ({out['min_5s_vs_max']:.2f}x)" if windows else ""),
           flush=True)
     return out
+
+
+def plateau_lines(name: str, plateau: dict[str, Any] | None, how: str = "") -> list[str]:
+    """The report's paragraph for one overload plateau (:func:`overload_plateau`), or none."""
+    if not plateau or "min" not in plateau:
+        return []
+    return [f"Overload plateau ({name}, 2x {plateau['max_sustained_offered']:,.0f}/s offered{how}): landed "
+            f"min {plateau['min']:,.0f}/s (**{plateau['min_vs_max']:.2f}x**), median "
+            f"{plateau['median']:,.0f}/s ({plateau['median_vs_max']:.2f}x) of the max sustained "
+            f"{plateau['max_sustained_landed']:,.0f}/s landed, over {plateau['seconds']} s"
+            + (f" (over {plateau['windows_5s']} windows of 5 s: min {plateau['min_5s']:,.0f}/s, "
+               f"**{plateau['min_5s_vs_max']:.2f}x**)" if "min_5s" in plateau else "")
+            + f"; loss {plateau['loss']:+,}, drain {plateau['drain_s']} s.", ""]
 
 
 def plateau_windows(series: list[tuple[float, float]], load_window_s: float) -> list[float]:
@@ -1206,15 +1235,8 @@ def markdown(report: dict[str, Any]) -> str:
               "CPU per reading written, per process (and its CPU share of one core over the run):", "",
               profile_table(report.get("runs", [])), ""]
     for name, summary in (report.get("systems") or {}).items():
-        plateau = summary.get("overload_plateau")
-        if plateau and "min" in plateau:
-            lines += [f"Overload plateau ({name}, 2x {plateau['max_sustained_offered']:,.0f}/s offered): landed "
-                      f"min {plateau['min']:,.0f}/s (**{plateau['min_vs_max']:.2f}x**), median "
-                      f"{plateau['median']:,.0f}/s ({plateau['median_vs_max']:.2f}x) of the max sustained "
-                      f"{plateau['max_sustained_landed']:,.0f}/s landed, over {plateau['seconds']} s"
-                      + (f" (over {plateau['windows_5s']} windows of 5 s: min {plateau['min_5s']:,.0f}/s, "
-                         f"**{plateau['min_5s_vs_max']:.2f}x**)" if "min_5s" in plateau else "")
-                      + f"; loss {plateau['loss']:+,}, drain {plateau['drain_s']} s.", ""]
+        for key, how in (("overload_plateau", ""), ("overload_same_patients_plateau", ", the maximum's patients only")):
+            lines += plateau_lines(name, summary.get(key), how)
         sweep = summary.get("patient_sweep")
         if sweep:
             lines += [f"Patient sweep ({name}, {sweep[0]['offered_rate']:,.0f} readings/s offered, each point primed, "

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import types
+
 from benchmarks.e2e import (
     PLATEAU_WINDOW_S,
     WARMUP_S,
     _series,
     cores_between,
     influx_requests,
+    max_patients,
+    plateau_lines,
     plateau_windows,
     worker_time,
 )
@@ -66,3 +70,24 @@ def test_influxdbs_write_requests_are_counted_from_its_own_counters() -> None:
     idle = [dict(rows[0], t=100.0), dict(rows[0], t=104.0)]
     assert influx_requests(idle) == {"requests_per_s": 0.0, "in_request": 0.0}
     assert influx_requests(rows[:1]) == {}
+
+
+def test_the_same_patients_overload_takes_the_patients_of_the_sustained_maximum() -> None:
+    """The second 2x run of ``--max`` keeps the maximum's patients (no new series during it): those of
+    this system's sustained run at the highest sustained load, not of a failed or another system's."""
+    runs = [{"system": "ours", "sustained": True, "offered_rate": 100_000.0, "patients": 45_454},
+            {"system": "ours", "sustained": False, "offered_rate": 130_000.0, "patients": 59_090},
+            {"system": "nodered", "sustained": True, "offered_rate": 100_000.0, "patients": 1}]
+    bench, ours = types.SimpleNamespace(runs=runs), types.SimpleNamespace(name="ours")
+    assert max_patients(bench, ours, 100_000.0) == 45_454  # type: ignore[arg-type]
+    assert max_patients(bench, ours, 130_000.0) is None  # type: ignore[arg-type]
+
+
+def test_each_overload_plateau_is_one_paragraph_of_the_report_saying_which_overload() -> None:
+    plateau = {"max_sustained_offered": 100_000.0, "max_sustained_landed": 99_000, "seconds": 18, "min": 40_000.0,
+               "median": 80_000, "min_vs_max": 0.4, "median_vs_max": 0.81, "drain_s": 20.0, "loss": 0,
+               "windows_5s": 3, "min_5s": 70_000.0, "min_5s_vs_max": 0.71}
+    [text, blank] = plateau_lines("ours", plateau, ", the maximum's patients only")
+    assert blank == "" and "2x 100,000/s offered, the maximum's patients only" in text
+    assert "**0.40x**" in text and "**0.71x**" in text and "loss +0" in text
+    assert plateau_lines("ours", None) == [] and plateau_lines("ours", {"seconds": 0}) == []
