@@ -21,7 +21,7 @@ while not os.path.exists(done_marker):
     try:
         with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 (the e2e's loopback InfluxDB)
             v = json.load(r)
-    except Exception:
+    except (OSError, ValueError):  # InfluxDB gone (the e2e's next stack) or not answering JSON: find it again
         url = None
         time.sleep(0.2)
         continue
