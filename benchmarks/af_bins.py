@@ -57,6 +57,7 @@ class Model:
     weights: np.ndarray
     bias: float
     features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # None: af_model.features
+    probability: Callable[[np.ndarray], np.ndarray] | None = None  # None: af_model.probability (logistic)
 
 
 MODELS: dict[str, Model] = {}  # model:NAME variants (benchmarks/af_candidates.py registers them)
@@ -71,14 +72,15 @@ def installed(model: Model | None) -> Iterator[None]:
     if model is None:
         yield
         return
-    names = ("features", "MEAN", "SCALE", "WEIGHTS", "BIAS")
+    names = ("features", "MEAN", "SCALE", "WEIGHTS", "BIAS", "probability")
     saved = {name: getattr(af_model, name) for name in names}
     every = model.features or saved["features"]
 
     def chosen(rr: np.ndarray, keep: np.ndarray) -> np.ndarray:
         return np.asarray(every(rr, keep)[:, list(model.columns)])
 
-    for name, value in zip(names, (chosen, model.mean, model.scale, model.weights, model.bias), strict=True):
+    values = (chosen, model.mean, model.scale, model.weights, model.bias, model.probability or saved["probability"])
+    for name, value in zip(names, values, strict=True):
         setattr(af_model, name, value)
     try:
         yield

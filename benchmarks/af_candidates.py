@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import af_bins  # noqa: E402
-from benchmarks.train_af import fit, training_windows  # noqa: E402
+from benchmarks.af_patient_jitter import jittered_cohort  # noqa: E402
+from benchmarks.train_af import fit, fit_mlp, mlp_probability, training_windows  # noqa: E402
 from detectors import af_model  # noqa: E402
 
 ALL = tuple(range(len(af_model.FEATURES) + 1))
@@ -70,14 +72,44 @@ def features(rr: np.ndarray, keep: np.ndarray) -> np.ndarray:
         centred = np.where(keep, x - mean[:, None], 0.0)
         flatness = np.log(whitened_flatness(centred, keep) + 1e-3)
     return np.hstack([SHIPPED_FEATURES(rr, keep), flatness[:, None]])
-# columns, A-augmented recordings per cell, more of its young rhythm (train_af.training_windows)
-CANDIDATES: dict[str, tuple[tuple[int, ...], int, int]] = {
-    "c14": (ALL, 0, 0),  # the whitened flatness alone, main's training data
-    "c13a": (THIRTEEN, 1, 0),  # the training data alone, main's features
-    "c14a": (ALL, 1, 0),  # both
-    "c14b": (ALL, 2, 0),  # both, twice the augmented data
-    "c14y": (ALL, 0, 2),  # the flatness, and the young at 2-3.5 beats a breath only (no correlated AF)
-    "c14ay": (ALL, 1, 4),  # both, and more of the young at 2-3.5 beats a breath
+class Candidate(NamedTuple):
+    """A candidate's feature columns and training data (``train_af.training_windows``) and L2 penalty."""
+
+    columns: tuple[int, ...]
+    augmented: int = 0  # A-augmented recordings per cell
+    young: int = 0  # more of its young rhythm at 2-3.5 beats a breath
+    families: tuple[str, ...] = ("A",)  # training families, seeds 1000-1002 each (thirteenth round)
+    l2: float = 1e-2
+    hidden: int = 0  # > 0: a one-hidden-layer network of this width (train_af.fit_mlp) instead of the logistic model
+    seed: int = 0  # the network's initialization and batch order
+
+
+CANDIDATES: dict[str, Candidate] = {
+    "c14": Candidate(ALL),  # the whitened flatness alone, main's training data
+    "c13a": Candidate(THIRTEEN, 1),  # the training data alone, main's features
+    "c14a": Candidate(ALL, 1),  # both
+    "c14b": Candidate(ALL, 2),  # both, twice the augmented data
+    "c14y": Candidate(ALL, 0, 2),  # the flatness, and the young at 2-3.5 beats a breath only (no correlated AF)
+    "c14ay": Candidate(ALL, 1, 4),  # both, and more of the young at 2-3.5 beats a breath
+    # thirteenth round: the shipped features fitted on several generator families' training seeds
+    "p2": Candidate(THIRTEEN, families=("A", "B")),
+    "p4": Candidate(THIRTEEN, families=("A", "B", "C", "D")),
+    "p4a": Candidate(THIRTEEN, 1, families=("A", "B", "C", "D")),
+    "p4s": Candidate(THIRTEEN, families=("A", "B", "C", "D"), l2=3e-2),
+    "p4w": Candidate(THIRTEEN, families=("A", "B", "C", "D"), l2=3e-3),
+    "p14": Candidate(ALL, families=("A", "B", "C", "D")),
+    # leave-one-family-out checks of pooling (each family's tuning seeds scored by a model without it)
+    "p-A": Candidate(THIRTEEN, families=("B", "C", "D")),
+    "p-B": Candidate(THIRTEEN, families=("A", "C", "D")),
+    "p-C": Candidate(THIRTEEN, families=("A", "B", "D")),
+    "p-D": Candidate(THIRTEEN, families=("A", "B", "C")),
+    # thirteenth round: a small network (13 -> 16 ReLU -> 1) instead of the quadratic logistic model
+    "n4": Candidate(THIRTEEN, families=("A", "B", "C", "D"), l2=1e-4, hidden=16),
+    "n4s1": Candidate(THIRTEEN, families=("A", "B", "C", "D"), l2=1e-4, hidden=16, seed=1),
+    "n4w": Candidate(THIRTEEN, families=("A", "B", "C", "D"), l2=1e-4, hidden=32),
+    "nA": Candidate(THIRTEEN, l2=1e-4, hidden=16),
+    "n4j": Candidate(THIRTEEN, families=("A", "B", "C", "D", "Aj", "Bj"), l2=1e-4, hidden=16),
+    "n6j": Candidate(THIRTEEN, families=("A", "B", "C", "D", "Aj", "Bj", "Cj", "Dj"), l2=1e-4, hidden=16),
 }
 
 
@@ -95,18 +127,25 @@ def base_model(rev: str) -> af_bins.Model:
     return af_bins.Model(THIRTEEN, values["MEAN"], values["SCALE"], values["WEIGHTS"], float(bias.group(1)))
 
 
-def fitted(columns: tuple[int, ...], augmented: int, young: int, per_cell: int) -> af_bins.Model:
-    """A model of ``columns`` fitted on the training seeds (``af_model``'s constants left as they were)."""
+def fitted(candidate: Candidate, per_cell: int) -> af_bins.Model:
+    """A model of the candidate's columns fitted on its training data (``af_model``'s constants left as they were)."""
+    columns = candidate.columns
     saved = af_model.MEAN, af_model.SCALE
-    rr, label = training_windows(per_cell, augmented, young)
+    rr, label = training_windows(per_cell, candidate.augmented, candidate.young, families=candidate.families)
     x = features(rr, af_model.cleaned(rr))[:, list(columns)]
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
+    print(f"# fitting on {ok.sum()} windows ({int(label[ok].sum())} AF), {candidate}", file=sys.stderr, flush=True)
+    if candidate.hidden:
+        net = fit_mlp(x[ok], label[ok], hidden=candidate.hidden, l2=candidate.l2, seed=candidate.seed)
+
+        def probability(rows: np.ndarray) -> np.ndarray:
+            return mlp_probability(rows, *net)
+
+        return af_bins.Model(columns, net[0], net[1], np.zeros(0), 0.0, features, probability)
     try:
-        mean, scale, weights, bias = fit(x[ok], label[ok])
+        mean, scale, weights, bias = fit(x[ok], label[ok], l2=candidate.l2)
     finally:
         af_model.MEAN, af_model.SCALE = saved  # type: ignore[misc]
-    print(f"# fitted on {ok.sum()} windows ({int(label[ok].sum())} AF), columns {columns}, "
-          f"augmented {augmented}, young {young}", file=sys.stderr, flush=True)
     return af_bins.Model(columns, mean, scale, weights, float(bias[0]), features)
 
 
@@ -120,9 +159,11 @@ def main() -> int:
     parser.add_argument("--base-variants", nargs="*", default=[], help="more variants of the base (model:base+thr:0.6)")
     args, rest = parser.parse_known_args()
     af_bins.MODELS["base"] = base_model(args.base_rev)
+    for f in "ABCDEFGHIJ":  # the "Xj" families of af_patient_jitter: family X with beat-time jitter
+        af_bins.FAMILY_OFFSET[f + "j"] = af_bins.FAMILY_OFFSET[f] + 500
+    af_bins.cohort = jittered_cohort  # type: ignore[attr-defined,assignment]
     for name in {c.split("+")[0] for c in args.candidates}:
-        columns, augmented, young = CANDIDATES[name]
-        af_bins.MODELS[name] = fitted(columns, augmented, young, args.per_cell)
+        af_bins.MODELS[name] = fitted(CANDIDATES[name], args.per_cell)
     variants = ["model:base", *args.base_variants, *(f"model:{name}" for name in args.candidates)]
     return af_bins.main([*rest, "--variants", *variants])
 

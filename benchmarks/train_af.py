@@ -41,15 +41,24 @@ END = "# END fitted constants"
 WINDOW, STEP = 64, 16
 AUGMENTED = 0  # recordings per cell of the A-augmented rhythms (ninth round; the shipped model: none)
 YOUNG = 0  # more A-augmented young recordings (2-3.5 beats a breath), each clean and with beat errors
+FAMILIES = ("A",)  # the generator families whose training seeds are fitted on (the shipped model: A alone)
 
 
 def training_windows(
-    per_cell: int, augmented: int, young: int = 0, seeds: tuple[int, ...] = TRAIN_SEEDS
+    per_cell: int,
+    augmented: int,
+    young: int = 0,
+    seeds: tuple[int, ...] = TRAIN_SEEDS,
+    families: tuple[str, ...] = FAMILIES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training windows and labels: family A's seeds, ``augmented`` per cell of A-augmented, and
-    ``young`` more of its young rhythm at 2-3.5 beats a breath (without AF, clean and with beat
-    errors; drawn from ``default_rng([seed, 1])`` of the same seeds)."""
-    recordings = [r for seed in seeds for r in cohort("A", per_cell, 40, (5, 15), seed)]
+    """The training windows and labels: each of ``families``' cohorts on the training seeds (family A's
+    alone for the shipped model), ``augmented`` per cell of A-augmented, and ``young`` more of its
+    young rhythm at 2-3.5 beats a breath (without AF, clean and with beat errors; drawn from
+    ``default_rng([seed, 1])`` of the same seeds)."""
+    from benchmarks.af_patient_jitter import jittered_cohort  # "Xj": family X with beat-time jitter
+
+    recordings = [r for family in families for seed in seeds
+                  for r in jittered_cohort(family, per_cell, 40, (5, 15), seed)]
     if augmented:
         recordings += [r for seed in seeds for r in cohort("A-augmented", augmented, 40, (5, 15), seed)]
     for seed in seeds if young else ():
@@ -93,6 +102,60 @@ def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 50) ->
     return mean, scale, w[:-1], w[-1:]
 
 
+def fit_mlp(
+    x: np.ndarray,
+    y: np.ndarray,
+    hidden: int = 16,
+    epochs: int = 30,
+    rate: float = 3e-3,
+    l2: float = 1e-4,
+    seed: int = 0,
+    batch: int = 512,
+) -> tuple[np.ndarray, ...]:
+    """Standardization and the weights of a one-hidden-layer ReLU network (cross-entropy, Adam).
+
+    Returns (mean, scale, hidden weights (features x hidden), hidden biases, output weights,
+    output bias), what :func:`mlp_probability` takes. Deterministic for a seed (numpy only).
+    """
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / scale
+    rng = np.random.default_rng(seed)
+    params = [
+        rng.normal(0.0, np.sqrt(2.0 / z.shape[1]), (z.shape[1], hidden)),
+        np.zeros(hidden),
+        rng.normal(0.0, np.sqrt(2.0 / hidden), hidden),
+        np.zeros(1),
+    ]
+    first, second = [np.zeros_like(q) for q in params], [np.zeros_like(q) for q in params]
+    step = 0
+    for _ in range(epochs):
+        order = rng.permutation(len(z))
+        for start in range(0, len(z), batch):
+            rows = order[start : start + batch]
+            w1, b1, w2, b2 = params
+            h = np.maximum(z[rows] @ w1 + b1, 0.0)
+            p = 1.0 / (1.0 + np.exp(-np.clip(h @ w2 + b2[0], -50, 50)))
+            g = (p - y[rows]) / len(rows)
+            gh = np.outer(g, w2) * (h > 0)
+            grads = [z[rows].T @ gh + l2 * w1, gh.sum(axis=0), h.T @ g + l2 * w2, np.array([g.sum()])]
+            step += 1
+            for q, grad, m, v in zip(params, grads, first, second, strict=True):
+                m *= 0.9
+                m += 0.1 * grad
+                v *= 0.999
+                v += 0.001 * grad * grad
+                q -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    return mean, scale, *params
+
+
+def mlp_probability(columns: np.ndarray, mean: np.ndarray, scale: np.ndarray, w1: np.ndarray, b1: np.ndarray,
+                    w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
+    """The probability of AF per feature row of a network fitted by :func:`fit_mlp`."""
+    h = np.maximum(((columns - mean) / scale) @ w1 + b1, 0.0)
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(h @ w2 + b2[0], -50, 50)))
+    return p
+
+
 def constants(mean: np.ndarray, scale: np.ndarray, weights: np.ndarray, bias: float) -> str:
     """The constants block of detectors/af_model.py."""
     lines = []
@@ -111,9 +174,10 @@ def main() -> int:
     parser.add_argument("--per-cell", type=int, default=2)
     parser.add_argument("--augmented", type=int, default=AUGMENTED)
     parser.add_argument("--young", type=int, default=YOUNG)
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), help="training families, seeds 1000-1002")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
-    rr, label = training_windows(args.per_cell, args.augmented, args.young)
+    rr, label = training_windows(args.per_cell, args.augmented, args.young, families=tuple(args.families))
     x = features(rr, cleaned(rr))
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
     mean, scale, weights, bias = fit(x[ok], label[ok])
