@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.evaluate_af import Outcome, bootstrap, run, summary  # noqa: E402
 from benchmarks.rr_models import Recording, cohort  # noqa: E402
+from benchmarks.train_af import logistic_probability  # noqa: E402
 from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
@@ -49,7 +50,12 @@ FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGHIJ")}
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-    """A window classifier: which columns of ``af_model.features`` it uses, and its fitted constants."""
+    """A window classifier: which columns of ``af_model.features`` it uses, and its fitted constants.
+
+    ``probability`` None: a logistic model on the standardized columns and their pairwise products
+    (``weights``, ``bias``; rounds 1-12's form, ``train_af.fit``); else the model's own function of
+    the columns (a network: ``train_af.fit_mlp``).
+    """
 
     columns: tuple[int, ...]
     mean: np.ndarray
@@ -57,7 +63,13 @@ class Model:
     weights: np.ndarray
     bias: float
     features: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None  # None: af_model.features
-    probability: Callable[[np.ndarray], np.ndarray] | None = None  # None: af_model.probability (logistic)
+    probability: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def judge(self, columns: np.ndarray) -> np.ndarray:
+        """The probability of AF per row of this model's columns."""
+        if self.probability is not None:
+            return self.probability(columns)
+        return logistic_probability(columns, self.mean, self.scale, self.weights, self.bias)
 
 
 MODELS: dict[str, Model] = {}  # model:NAME variants (benchmarks/af_candidates.py registers them)
@@ -72,15 +84,14 @@ def installed(model: Model | None) -> Iterator[None]:
     if model is None:
         yield
         return
-    names = ("features", "MEAN", "SCALE", "WEIGHTS", "BIAS", "probability")
+    names = ("features", "MEAN", "SCALE", "probability")
     saved = {name: getattr(af_model, name) for name in names}
     every = model.features or saved["features"]
 
     def chosen(rr: np.ndarray, keep: np.ndarray) -> np.ndarray:
         return np.asarray(every(rr, keep)[:, list(model.columns)])
 
-    values = (chosen, model.mean, model.scale, model.weights, model.bias, model.probability or saved["probability"])
-    for name, value in zip(names, values, strict=True):
+    for name, value in zip(names, (chosen, model.mean, model.scale, model.judge), strict=True):
         setattr(af_model, name, value)
     try:
         yield

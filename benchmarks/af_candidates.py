@@ -113,24 +113,38 @@ CANDIDATES: dict[str, Candidate] = {
 }
 
 
+def _floats(text: str, name: str) -> np.ndarray:
+    body = re.search(rf"{name}: Final = np.array\(\s*\[(.*?)\]", text, re.S)
+    assert body is not None, name
+    return np.array([float(v) for v in body.group(1).replace("\n", " ").split(",") if v.strip()])
+
+
 def base_model(rev: str) -> af_bins.Model:
-    """The thirteen-feature model of ``detectors/af_model.py`` at ``rev``."""
+    """The thirteen-feature model of ``detectors/af_model.py`` at ``rev``: the logistic model of rounds
+    1-12 or the network of the thirteenth round (its probability function, on that rev's constants)."""
     text = subprocess.run(["git", "show", f"{rev}:detectors/af_model.py"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout
-    values = {}
-    for name in ("MEAN", "SCALE", "WEIGHTS"):
-        body = re.search(rf"{name}: Final = np.array\(\s*\[(.*?)\]", text, re.S)
-        assert body is not None
-        values[name] = np.array([float(v) for v in body.group(1).replace("\n", " ").split(",") if v.strip()])
-    bias = re.search(r"BIAS: Final = (\S+)", text)
-    assert bias is not None
-    return af_bins.Model(THIRTEEN, values["MEAN"], values["SCALE"], values["WEIGHTS"], float(bias.group(1)))
+    mean, scale = _floats(text, "MEAN"), _floats(text, "SCALE")
+    if "HIDDEN_WEIGHTS" not in text:
+        bias = re.search(r"BIAS: Final = (\S+)", text)
+        assert bias is not None
+        return af_bins.Model(THIRTEEN, mean, scale, _floats(text, "WEIGHTS"), float(bias.group(1)))
+    hidden = _floats(text, "HIDDEN_BIAS")
+    w1 = _floats(text, "HIDDEN_WEIGHTS").reshape(len(mean), len(hidden))
+    w2 = _floats(text, "OUTPUT_WEIGHTS")
+    out = re.search(r"OUTPUT_BIAS: Final = (\S+)", text)
+    assert out is not None
+    b2 = np.array([float(out.group(1))])
+
+    def probability(columns: np.ndarray) -> np.ndarray:
+        return mlp_probability(columns, mean, scale, w1, hidden, w2, b2)
+
+    return af_bins.Model(THIRTEEN, mean, scale, np.zeros(0), 0.0, None, probability)
 
 
 def fitted(candidate: Candidate, per_cell: int) -> af_bins.Model:
-    """A model of the candidate's columns fitted on its training data (``af_model``'s constants left as they were)."""
+    """A model of the candidate's columns fitted on its training data."""
     columns = candidate.columns
-    saved = af_model.MEAN, af_model.SCALE
     rr, label = training_windows(per_cell, candidate.augmented, candidate.young, families=candidate.families)
     x = features(rr, af_model.cleaned(rr))[:, list(columns)]
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
@@ -142,10 +156,7 @@ def fitted(candidate: Candidate, per_cell: int) -> af_bins.Model:
             return mlp_probability(rows, *net)
 
         return af_bins.Model(columns, net[0], net[1], np.zeros(0), 0.0, features, probability)
-    try:
-        mean, scale, weights, bias = fit(x[ok], label[ok], l2=candidate.l2)
-    finally:
-        af_model.MEAN, af_model.SCALE = saved  # type: ignore[misc]
+    mean, scale, weights, bias = fit(x[ok], label[ok], l2=candidate.l2)
     return af_bins.Model(columns, mean, scale, weights, float(bias[0]), features)
 
 

@@ -145,14 +145,10 @@ def training_recordings(copies: int, per_cell: int = 2) -> list[Recording]:
 
 def fitted(columns: tuple[int, ...], copies: int) -> af_bins.Model:
     """A model of ``columns`` fitted on the training recordings (``af_model``'s constants restored)."""
-    saved = af_model.MEAN, af_model.SCALE
     rr, label = windows(training_recordings(copies))
     x = features(rr, af_model.cleaned(rr))[:, list(columns)]
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
-    try:
-        mean, scale, weights, bias = fit(x[ok], label[ok])
-    finally:
-        af_model.MEAN, af_model.SCALE = saved  # type: ignore[misc]
+    mean, scale, weights, bias = fit(x[ok], label[ok])
     print(f"# fitted on {ok.sum()} windows ({int(label[ok].sum())} AF), columns {columns}, "
           f"jittered copies {copies}", file=sys.stderr, flush=True)
     return af_bins.Model(columns, mean, scale, weights, float(bias[0]), features)
@@ -161,14 +157,7 @@ def fitted(columns: tuple[int, ...], copies: int) -> af_bins.Model:
 def probability(model: af_bins.Model, rr: np.ndarray) -> np.ndarray:
     """The model's probability of AF per window row (NaN where under half the beats are kept)."""
     keep = af_model.cleaned(rr)
-    x = features(rr, keep)[:, list(model.columns)]
-    saved = af_model.MEAN, af_model.SCALE
-    af_model.MEAN, af_model.SCALE = model.mean, model.scale  # type: ignore[misc]
-    try:
-        z = af_model.expanded(x)
-    finally:
-        af_model.MEAN, af_model.SCALE = saved  # type: ignore[misc]
-    p = 1 / (1 + np.exp(-np.clip(z @ model.weights + model.bias, -50, 50)))
+    p = model.judge(features(rr, keep)[:, list(model.columns)])
     return np.where(keep.sum(axis=1) >= rr.shape[1] / 2, p, np.nan)
 
 

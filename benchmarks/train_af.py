@@ -1,22 +1,26 @@
-"""Fit the AF window classifier of ``detectors/af_model.py`` on family-A training seeds only.
+"""Fit the AF window classifier of ``detectors/af_model.py`` on four generator families' training seeds.
 
-Reproduce (prints the constants pasted into detectors/af_model.py; ~10 s)::
+Reproduce (prints the constants pasted into detectors/af_model.py; ~1 min)::
 
     .venv/bin/python benchmarks/train_af.py --write
 
-Training data: ``benchmarks/rr_models.py`` family A, seeds 1000-1002 (never used for evaluation),
-2 recordings per cell (6 backgrounds x no AF / AF / low-variability AF x clean / beat errors) of
-40 min with one 5-15 min paroxysm; 64-beat windows every 16 beats, labelled 1 when wholly inside
-an AF episode, 0 when wholly outside, dropped when straddling an onset or an end. Since the fourth
-round (issue 17) half of family A's young sinus recordings are breathing-driven sinus arrhythmia
-in time (``rr_models.a_sinus_breathing``), so the training seeds hold it too; since the fifth
-round a third are breathing in time and a third irregular breathing, breath by breath
-(``rr_models.a_sinus_breaths``). ``--augmented`` and ``--young`` (ninth round; 0 by default, the
-shipped model's data) add recordings of ``rr_models``' training-only ``A-augmented`` rhythms
-(family A's, with AF of lag-1 correlation -0.6..0.5 and the young breathing at 2-3.5 beats a
-breath) drawn from the same seeds. The model is an
-L2-regularized (1e-2) logistic regression (Newton's method) on the standardized features and
-their pairwise products.
+Training data (since issue 17's thirteenth round): ``benchmarks/rr_models.py`` families A, B, C
+and D, seeds 1000-1002 each (never used for evaluation), 2 recordings per cell (6 backgrounds x no
+AF / AF / low-variability AF x clean / beat errors) of 40 min with one 5-15 min paroxysm; 64-beat
+windows every 16 beats, labelled 1 when wholly inside an AF episode, 0 when wholly outside, dropped
+when straddling an onset or an end (150,740 windows, 30,017 AF). Families E-J are never fitted on.
+Until the twelfth round the model was fitted on family A alone (``--families A``); family A's young
+sinus holds breathing-driven sinus arrhythmia in time (``rr_models.a_sinus_breathing``, fourth
+round) and irregular breathing, breath by breath (``rr_models.a_sinus_breaths``, fifth round).
+``--augmented`` and ``--young`` (ninth round; 0 by default) add recordings of ``rr_models``'
+training-only ``A-augmented`` rhythms (family A's, with AF of lag-1 correlation -0.6..0.5 and the
+young breathing at 2-3.5 beats a breath) drawn from the same seeds.
+
+The model (thirteenth round) is a network of one hidden layer: the standardized features, 16 ReLU
+units, a logistic output; cross-entropy with L2 1e-4 on the weights, Adam, 30 epochs of batches of
+512, deterministic for ``--seed`` (:func:`fit_mlp`). The earlier rounds' model, an L2-regularized
+(1e-2) logistic regression on the standardized features and their pairwise products (:func:`fit`),
+is kept for ``benchmarks/af_candidates.py``'s logistic candidates.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.rr_models import Recording, cohort, recording  # noqa: E402
-from detectors import af_model  # noqa: E402
 from detectors.af_model import FEATURES, cleaned, features  # noqa: E402
 
 TRAIN_SEEDS = (1000, 1001, 1002)
@@ -41,7 +44,9 @@ END = "# END fitted constants"
 WINDOW, STEP = 64, 16
 AUGMENTED = 0  # recordings per cell of the A-augmented rhythms (ninth round; the shipped model: none)
 YOUNG = 0  # more A-augmented young recordings (2-3.5 beats a breath), each clean and with beat errors
-FAMILIES = ("A",)  # the generator families whose training seeds are fitted on (the shipped model: A alone)
+FAMILIES = ("A", "B", "C", "D")  # the generator families whose training seeds are fitted on (A alone until round 12)
+HIDDEN = 16  # the network's hidden ReLU units
+NET_L2 = 1e-4  # its L2 penalty on the weights
 
 
 def training_windows(
@@ -87,11 +92,26 @@ def windows(recordings: list[Recording]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), np.concatenate(labels)
 
 
+def expanded(columns: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The logistic model's inputs: standardized features and all their pairwise products (and squares)."""
+    z = (columns - mean) / scale
+    i, j = np.triu_indices(z.shape[1])
+    out: np.ndarray = np.hstack([z, z[:, i] * z[:, j]])
+    return out
+
+
+def logistic_probability(columns: np.ndarray, mean: np.ndarray, scale: np.ndarray, weights: np.ndarray,
+                         bias: float) -> np.ndarray:
+    """The probability of AF per feature row of a logistic model fitted by :func:`fit` (rounds 1-12's form)."""
+    logit = expanded(columns, mean, scale) @ weights + bias
+    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
+    return p
+
+
 def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-2, iterations: int = 50) -> tuple[np.ndarray, ...]:
     """Standardization of the features and logistic-regression weights (Newton's method)."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
-    af_model.MEAN, af_model.SCALE = mean, scale  # type: ignore[misc]  # expanded() standardizes with them
-    z = np.hstack([af_model.expanded(x), np.ones((len(x), 1))])
+    z = np.hstack([expanded(x, mean, scale), np.ones((len(x), 1))])
     w = np.zeros(z.shape[1])
     penalty = np.r_[np.full(len(w) - 1, l2), 0.0]
     for _ in range(iterations):
@@ -156,15 +176,19 @@ def mlp_probability(columns: np.ndarray, mean: np.ndarray, scale: np.ndarray, w1
     return p
 
 
-def constants(mean: np.ndarray, scale: np.ndarray, weights: np.ndarray, bias: float) -> str:
-    """The constants block of detectors/af_model.py."""
-    lines = []
-    for name, values in (("MEAN", mean), ("SCALE", scale), ("WEIGHTS", weights)):
-        numbers = [f"{v:.6g}" for v in values]
-        rows = [", ".join(numbers[i : i + 8]) for i in range(0, len(numbers), 8)]
-        body = "".join(f"        {row},\n" for row in rows)
-        lines.append(f"{name}: Final = np.array(\n    [\n{body}    ]\n)")
-    lines.append(f"BIAS: Final = {bias:.6g}")
+def _array(name: str, values: np.ndarray) -> str:
+    numbers = [f"{v:.6g}" for v in values.ravel()]
+    rows = [", ".join(numbers[i : i + 8]) for i in range(0, len(numbers), 8)]
+    body = "".join(f"        {row},\n" for row in rows)
+    shape = f".reshape{values.shape}" if values.ndim > 1 else ""
+    return f"{name}: Final = np.array(\n    [\n{body}    ]\n){shape}"
+
+
+def constants(mean: np.ndarray, scale: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray,
+              b2: np.ndarray) -> str:
+    """The constants block of detectors/af_model.py (the network of :func:`fit_mlp`)."""
+    lines = [_array("MEAN", mean), _array("SCALE", scale), _array("HIDDEN_WEIGHTS", w1), _array("HIDDEN_BIAS", b1),
+             _array("OUTPUT_WEIGHTS", w2), f"OUTPUT_BIAS: Final = {float(b2[0]):.6g}"]
     return "\n".join(lines) + "\n"
 
 
@@ -175,14 +199,18 @@ def main() -> int:
     parser.add_argument("--augmented", type=int, default=AUGMENTED)
     parser.add_argument("--young", type=int, default=YOUNG)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), help="training families, seeds 1000-1002")
+    parser.add_argument("--hidden", type=int, default=HIDDEN)
+    parser.add_argument("--l2", type=float, default=NET_L2)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     rr, label = training_windows(args.per_cell, args.augmented, args.young, families=tuple(args.families))
     x = features(rr, cleaned(rr))
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)
-    mean, scale, weights, bias = fit(x[ok], label[ok])
-    print(f"# {ok.sum()} training windows ({int(label[ok].sum())} AF), features {', '.join(FEATURES)}")
-    block = constants(mean, scale, weights, float(bias[0]))
+    net = fit_mlp(x[ok], label[ok], hidden=args.hidden, l2=args.l2, seed=args.seed)
+    print(f"# {ok.sum()} training windows ({int(label[ok].sum())} AF) of families {', '.join(args.families)}, "
+          f"features {', '.join(FEATURES)}")
+    block = constants(*net)
     print(block)
     if args.write:
         path = ROOT / "detectors" / "af_model.py"

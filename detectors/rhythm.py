@@ -15,7 +15,7 @@ windows of a batch at once, as rows of a matrix built with ``sliding_window_view
 
 That is ``method: dash``. With ``method: model`` (the default rule set's choice) steps 2-3 are
 replaced by :mod:`detectors.af_model`: its own beat-error filter, thirteen RR features and a small
-learned (quadratic logistic) classifier. A window with fewer than half its beats kept by that
+learned classifier (a one-hidden-layer network). A window with fewer than half its beats kept by that
 filter is judged by the Dash criteria (trim scaled to the window), or regular when its intervals
 repeat every 2-6 beats (an early-coupled geminy): AF of CV >= ~0.4 was otherwise left unknown.
 

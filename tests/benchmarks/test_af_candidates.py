@@ -6,7 +6,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import lfilter
 
-from benchmarks import af_bins, af_candidates, af_second
+from benchmarks import af_bins, af_candidates, af_second, train_af
 from benchmarks.rr_models import a_geminy, a_sinus, a_sinus_fast_breathing, cohort, h_af
 from detectors import af_model, rhythm
 from detectors.rhythm import irregular
@@ -34,7 +34,7 @@ def test_whitened_flatness_tells_alternating_af_from_breathing_at_few_beats_a_br
 def test_a_model_variant_is_installed_for_its_run_only() -> None:
     """``af_bins.installed`` swaps the classifier's features and constants, and restores them."""
     base = af_candidates.base_model("08d2710")
-    before = af_model.features, af_model.MEAN, af_model.WEIGHTS, af_model.BIAS
+    before = af_model.features, af_model.MEAN, af_model.SCALE, af_model.probability
     rows = sliding_window_view(h_af(400, np.random.default_rng(6), low=True), 64)[::16]
     plain = af_model.probability(af_model.features(rows, af_model.cleaned(rows)))
     picked = af_bins.Model((0, 1, 2), base.mean[:3], base.scale[:3], np.zeros(9), 3.0)
@@ -42,20 +42,19 @@ def test_a_model_variant_is_installed_for_its_run_only() -> None:
         assert af_model.features(rows, af_model.cleaned(rows)).shape == (len(rows), 3)
         p = af_model.probability(af_model.features(rows, af_model.cleaned(rows)))
         assert np.allclose(p, 1 / (1 + np.exp(-3.0)))
-    after = af_model.features, af_model.MEAN, af_model.WEIGHTS, af_model.BIAS
+    after = af_model.features, af_model.MEAN, af_model.SCALE, af_model.probability
     assert all(a is b for a, b in zip(after, before, strict=True))
     np.testing.assert_array_equal(af_model.probability(af_model.features(rows, af_model.cleaned(rows))), plain)
 
 
 def test_a_fourteen_feature_model_runs_through_the_detector() -> None:
     """A model of ``af_candidates.features`` (shipped thirteen + log_flatness) judges windows with
-    the rhythm detector's code; with the shipped constants and the fourteenth weight 0 it gives the
-    shipped verdicts."""
+    the rhythm detector's code; with the twelfth round's logistic constants and the fourteenth weight
+    0 it gives that model's verdicts."""
     base = af_candidates.base_model("08d2710")
     rows = sliding_window_view(h_af(800, np.random.default_rng(7), low=False), 64)[::16]
     params = {name: np.full(len(rows), value) for name, value in
               {"model": 1.0, "trim": 8.0, "nrmssd": 0.1, "tpr_low": 0.54, "tpr_high": 0.77, "entropy": 0.7}.items()}
-    shipped = irregular(rows, np.ones(len(rows), np.bool_), params)
     i, j = np.triu_indices(14)
     weights = np.zeros(len(i) + 14)
     weights[:13] = base.weights[:13]
@@ -66,8 +65,15 @@ def test_a_fourteen_feature_model_runs_through_the_detector() -> None:
             weights[14 + k] = base.weights[13 + old_pair[(a, b)]]
     wide = af_bins.Model(af_candidates.ALL, np.r_[base.mean, 0.0], np.r_[base.scale, 1.0], weights, base.bias,
                          af_candidates.features)
-    with af_bins.installed(wide):
-        got = irregular(rows, np.ones(len(rows), np.bool_), params)
+    saved = af_model.THRESHOLD
+    af_model.THRESHOLD = 0.5  # type: ignore[misc]  # the logistic model's threshold
+    try:
+        with af_bins.installed(base):
+            shipped = irregular(rows, np.ones(len(rows), np.bool_), params)
+        with af_bins.installed(wide):
+            got = irregular(rows, np.ones(len(rows), np.bool_), params)
+    finally:
+        af_model.THRESHOLD = saved  # type: ignore[misc]
     np.testing.assert_array_equal(got, shipped)
 
 
@@ -111,3 +117,35 @@ def test_the_second_opinion_is_installed_for_its_run_only_and_sees_alternating_a
     assert rhythm._learned is shipped
     assert after > before + 0.2
     assert regular < 0.02
+
+
+def test_fit_mlp_is_deterministic_and_learns_a_curved_boundary() -> None:
+    """Thirteenth round: train_af's network fit gives the same weights for the same seed, and fits a
+    boundary no linear model of the raw inputs can (inside / outside a circle)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (4000, 2))
+    y = (np.hypot(x[:, 0], x[:, 1]) < 1.0).astype(np.float64)
+    first = train_af.fit_mlp(x, y, hidden=16, epochs=80, seed=1)
+    second = train_af.fit_mlp(x, y, hidden=16, epochs=80, seed=1)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    test = rng.normal(0, 1, (2000, 2))
+    truth = np.hypot(test[:, 0], test[:, 1]) < 1.0
+    assert np.mean((train_af.mlp_probability(test, *first) >= 0.5) == truth) > 0.95
+
+
+def test_the_shipped_probability_is_the_network_of_its_constants() -> None:
+    """``af_model.probability`` is train_af's network on the constants in af_model (what --write puts
+    there), and the candidate tooling reads the same network back from git."""
+    rows = sliding_window_view(h_af(800, np.random.default_rng(8), low=True), 64)[::16]
+    columns = af_model.features(rows, af_model.cleaned(rows))
+    net = (af_model.MEAN, af_model.SCALE, af_model.HIDDEN_WEIGHTS, af_model.HIDDEN_BIAS, af_model.OUTPUT_WEIGHTS,
+           np.array([af_model.OUTPUT_BIAS]))
+    shipped = af_model.probability(columns)
+    np.testing.assert_allclose(train_af.mlp_probability(columns, *net), shipped, rtol=1e-12)
+    assert np.mean(shipped >= af_model.THRESHOLD) > 0.5  # low-variability AF of family H: mostly irregular
+    block = train_af.constants(*net)  # what --write writes, read back as the candidate tooling reads git
+    assert "HIDDEN_WEIGHTS: Final = np.array(" in block and ".reshape(13, 16)" in block
+    np.testing.assert_allclose(af_candidates._floats(block, "HIDDEN_WEIGHTS").reshape(13, 16), af_model.HIDDEN_WEIGHTS,
+                               rtol=1e-5)
+    np.testing.assert_allclose(af_candidates._floats(block, "OUTPUT_WEIGHTS"), af_model.OUTPUT_WEIGHTS, rtol=1e-5)

@@ -804,7 +804,10 @@ def model_verdict(rr: list[float]) -> float:
     if columns is None or not all(math.isfinite(v) for v in columns):
         return math.nan
     z = [(v - m) / s for v, m, s in zip(columns, af_model.MEAN, af_model.SCALE, strict=True)]
-    inputs = z + [z[i] * z[j] for i in range(len(z)) for j in range(i, len(z))]
-    logit = af_model.BIAS + sum(w * v for w, v in zip(af_model.WEIGHTS, inputs, strict=True))
+    units = [
+        max(float(b) + sum(v * float(af_model.HIDDEN_WEIGHTS[i, k]) for i, v in enumerate(z)), 0.0)
+        for k, b in enumerate(af_model.HIDDEN_BIAS)
+    ]
+    logit = af_model.OUTPUT_BIAS + sum(u * float(w) for u, w in zip(units, af_model.OUTPUT_WEIGHTS, strict=True))
     probability = 1.0 / (1.0 + math.exp(-min(max(logit, -50.0), 50.0)))
     return 1.0 if probability >= af_model.THRESHOLD else 0.0
