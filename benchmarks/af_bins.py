@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.evaluate_af import Outcome, bootstrap, run, summary  # noqa: E402
-from benchmarks.rr_models import Recording, cohort  # noqa: E402
+from benchmarks.rr_models import Recording, jittered_cohort  # noqa: E402
 from benchmarks.train_af import logistic_probability  # noqa: E402
 from detectors import af_model, rhythm  # noqa: E402
 from detectors.rules import RhythmRule  # noqa: E402
 from rpm_core.rules import load_rules  # noqa: E402
 
 FAMILY_OFFSET = {f: 1000 * i for i, f in enumerate("ABCDEFGHIJ")}
+FAMILY_OFFSET |= {f + "j": offset + 500 for f, offset in FAMILY_OFFSET.items()}  # family X with beat-time jitter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families:
         for seed in args.seeds:
             s = args.base + FAMILY_OFFSET[family] + seed
-            recordings = cohort(family, 1, 40, (5, 15), s)
+            recordings = jittered_cohort(family, 1, 40, (5, 15), s)
             results: dict[str, list[Outcome]] = {}
             for name in args.variants:
                 rule, threshold = variant(name)

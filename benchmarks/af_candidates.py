@@ -31,8 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import af_bins  # noqa: E402
-from benchmarks.af_patient_jitter import jittered_cohort  # noqa: E402
-from benchmarks.train_af import fit, fit_mlp, mlp_probability, training_windows  # noqa: E402
+from benchmarks.train_af import fit, fit_mlp, training_windows  # noqa: E402
 from detectors import af_model  # noqa: E402
 
 ALL = tuple(range(len(af_model.FEATURES) + 1))
@@ -124,6 +123,11 @@ def base_model(rev: str) -> af_bins.Model:
     1-12 or the network of the thirteenth round (its probability function, on that rev's constants)."""
     text = subprocess.run(["git", "show", f"{rev}:detectors/af_model.py"], cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout
+    return model_from_source(text)
+
+
+def model_from_source(text: str) -> af_bins.Model:
+    """The thirteen-feature model whose fitted constants ``text`` (af_model.py's source) holds."""
     mean, scale = _floats(text, "MEAN"), _floats(text, "SCALE")
     if "HIDDEN_WEIGHTS" not in text:
         bias = re.search(r"BIAS: Final = (\S+)", text)
@@ -134,10 +138,10 @@ def base_model(rev: str) -> af_bins.Model:
     w2 = _floats(text, "OUTPUT_WEIGHTS")
     out = re.search(r"OUTPUT_BIAS: Final = (\S+)", text)
     assert out is not None
-    b2 = np.array([float(out.group(1))])
+    b2 = float(out.group(1))
 
     def probability(columns: np.ndarray) -> np.ndarray:
-        return mlp_probability(columns, mean, scale, w1, hidden, w2, b2)
+        return af_model.network(columns, mean, scale, w1, hidden, w2, b2)
 
     return af_bins.Model(THIRTEEN, mean, scale, np.zeros(0), 0.0, None, probability)
 
@@ -153,7 +157,7 @@ def fitted(candidate: Candidate, per_cell: int) -> af_bins.Model:
         net = fit_mlp(x[ok], label[ok], hidden=candidate.hidden, l2=candidate.l2, seed=candidate.seed)
 
         def probability(rows: np.ndarray) -> np.ndarray:
-            return mlp_probability(rows, *net)
+            return af_model.network(rows, *net)
 
         return af_bins.Model(columns, net[0], net[1], np.zeros(0), 0.0, features, probability)
     mean, scale, weights, bias = fit(x[ok], label[ok], l2=candidate.l2)
@@ -170,9 +174,6 @@ def main() -> int:
     parser.add_argument("--base-variants", nargs="*", default=[], help="more variants of the base (model:base+thr:0.6)")
     args, rest = parser.parse_known_args()
     af_bins.MODELS["base"] = base_model(args.base_rev)
-    for f in "ABCDEFGHIJ":  # the "Xj" families of af_patient_jitter: family X with beat-time jitter
-        af_bins.FAMILY_OFFSET[f + "j"] = af_bins.FAMILY_OFFSET[f] + 500
-    af_bins.cohort = jittered_cohort  # type: ignore[attr-defined,assignment]
     for name in {c.split("+")[0] for c in args.candidates}:
         af_bins.MODELS[name] = fitted(CANDIDATES[name], args.per_cell)
     variants = ["model:base", *args.base_variants, *(f"model:{name}" for name in args.candidates)]

@@ -144,7 +144,7 @@ def training_recordings(copies: int, per_cell: int = 2) -> list[Recording]:
 
 
 def fitted(columns: tuple[int, ...], copies: int) -> af_bins.Model:
-    """A model of ``columns`` fitted on the training recordings (``af_model``'s constants restored)."""
+    """A model of ``columns`` fitted on the training recordings."""
     rr, label = windows(training_recordings(copies))
     x = features(rr, af_model.cleaned(rr))[:, list(columns)]
     ok = ~np.isnan(label) & np.isfinite(x).all(axis=1)

@@ -40,7 +40,6 @@ ms (tuning data, seeds offset by 500 from X's).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +51,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import af_bins  # noqa: E402
-from benchmarks.rr_models import Recording, cohort  # noqa: E402
 from detectors import af_model, rhythm  # noqa: E402
 from detectors.batch import MetricView  # noqa: E402
 
@@ -185,30 +183,9 @@ def installed(args: str) -> Iterator[None]:
         rhythm.irregular = saved_irregular
 
 
-JITTER_MAX = 0.03  # s: the "+j" families' beat-time jitter, uniform 0-30 ms per recording
-
-
-def jittered_cohort(family: str, per_cell: int, minutes: float, episode_min: tuple[float, float],
-                    seed: int) -> list[Recording]:
-    """``cohort``, and for family ``Xj``: family X's cohort with Gaussian beat-time jitter of one SD
-    per recording, uniform 0-``JITTER_MAX`` (a device's timing error, constant over the recording)."""
-    if not family.endswith("j"):
-        return cohort(family, per_cell, minutes, episode_min, seed)
-    rng = np.random.default_rng([seed, 12])
-    out = []
-    for rec in cohort(family[:-1], per_cell, minutes, episode_min, seed):
-        e = rng.normal(0, rng.uniform(0, JITTER_MAX), len(rec.rr) + 1)
-        rr = np.clip(rec.rr + e[1:] - e[:-1], 0.2, None)
-        out.append(dataclasses.replace(rec, rr=rr, t=np.cumsum(rr)))
-    return out
-
-
 def main() -> int:
-    """Run ``af_bins`` with ``pj:`` variants and the ``Xj`` families registered."""
+    """Run ``af_bins`` with ``pj:`` variants (its families include the jittered ``Xj``)."""
     af_bins.SWAPS["pj"] = installed
-    for f in "ABCDEFGHI":
-        af_bins.FAMILY_OFFSET[f + "j"] = af_bins.FAMILY_OFFSET[f] + 500
-    af_bins.cohort = jittered_cohort  # type: ignore[attr-defined,assignment]
     return af_bins.main(sys.argv[1:])
 
 

@@ -199,7 +199,7 @@ never tuned on). Its point is a device whose timing error is *not* what the cand
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.signal import lfilter
@@ -1981,4 +1981,23 @@ def cohort(family: str, per_cell: int, minutes: float, episode_min: tuple[float,
             for af_kind in (None, *AF_KINDS):
                 for errors in (False, True):
                     out.append(recording(family, background, af_kind, errors, minutes, episode_min, rng))
+    return out
+
+
+JITTER_MAX = 0.03  # s: the "Xj" families' beat-time jitter, uniform 0-30 ms per recording
+
+
+def jittered_cohort(family: str, per_cell: int, minutes: float, episode_min: tuple[float, float],
+                    seed: int) -> list[Recording]:
+    """``cohort``, and for family ``Xj``: family X's cohort with Gaussian beat-time jitter of one SD
+    per recording, uniform 0-``JITTER_MAX`` (a device's timing error, constant over the recording;
+    issue 17, twelfth round)."""
+    if not family.endswith("j"):
+        return cohort(family, per_cell, minutes, episode_min, seed)
+    rng = np.random.default_rng([seed, 12])
+    out = []
+    for rec in cohort(family[:-1], per_cell, minutes, episode_min, seed):
+        e = rng.normal(0, rng.uniform(0, JITTER_MAX), len(rec.rr) + 1)
+        rr = np.clip(rec.rr + e[1:] - e[:-1], 0.2, None)
+        out.append(replace(rec, rr=rr, t=np.cumsum(rr)))
     return out

@@ -35,7 +35,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.rr_models import Recording, cohort, recording  # noqa: E402
+from benchmarks.rr_models import Recording, cohort, jittered_cohort, recording  # noqa: E402
 from detectors.af_model import FEATURES, cleaned, features  # noqa: E402
 
 TRAIN_SEEDS = (1000, 1001, 1002)
@@ -60,8 +60,6 @@ def training_windows(
     alone for the shipped model), ``augmented`` per cell of A-augmented, and ``young`` more of its
     young rhythm at 2-3.5 beats a breath (without AF, clean and with beat errors; drawn from
     ``default_rng([seed, 1])`` of the same seeds)."""
-    from benchmarks.af_patient_jitter import jittered_cohort  # "Xj": family X with beat-time jitter
-
     recordings = [r for family in families for seed in seeds
                   for r in jittered_cohort(family, per_cell, 40, (5, 15), seed)]
     if augmented:
@@ -135,7 +133,7 @@ def fit_mlp(
     """Standardization and the weights of a one-hidden-layer ReLU network (cross-entropy, Adam).
 
     Returns (mean, scale, hidden weights (features x hidden), hidden biases, output weights,
-    output bias), what :func:`mlp_probability` takes. Deterministic for a seed (numpy only).
+    output bias), the parameters of ``detectors.af_model.network``. Deterministic for a seed.
     """
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = (x - mean) / scale
@@ -165,15 +163,8 @@ def fit_mlp(
                 v *= 0.999
                 v += 0.001 * grad * grad
                 q -= rate * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
-    return mean, scale, *params
-
-
-def mlp_probability(columns: np.ndarray, mean: np.ndarray, scale: np.ndarray, w1: np.ndarray, b1: np.ndarray,
-                    w2: np.ndarray, b2: np.ndarray) -> np.ndarray:
-    """The probability of AF per feature row of a network fitted by :func:`fit_mlp`."""
-    h = np.maximum(((columns - mean) / scale) @ w1 + b1, 0.0)
-    p: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(h @ w2 + b2[0], -50, 50)))
-    return p
+    w1, b1, w2, b2 = params
+    return mean, scale, w1, b1, w2, float(b2[0])
 
 
 def _array(name: str, values: np.ndarray) -> str:
@@ -185,10 +176,10 @@ def _array(name: str, values: np.ndarray) -> str:
 
 
 def constants(mean: np.ndarray, scale: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray,
-              b2: np.ndarray) -> str:
+              b2: float) -> str:
     """The constants block of detectors/af_model.py (the network of :func:`fit_mlp`)."""
     lines = [_array("MEAN", mean), _array("SCALE", scale), _array("HIDDEN_WEIGHTS", w1), _array("HIDDEN_BIAS", b1),
-             _array("OUTPUT_WEIGHTS", w2), f"OUTPUT_BIAS: Final = {float(b2[0]):.6g}"]
+             _array("OUTPUT_WEIGHTS", w2), f"OUTPUT_BIAS: Final = {b2:.6g}"]
     return "\n".join(lines) + "\n"
 
 

@@ -365,9 +365,22 @@ def _ar2_residual(x: FloatArray, keep: BoolArray, triple: BoolArray) -> FloatArr
     return masked_median(residual, triple)
 
 
-def probability(columns: FloatArray) -> FloatArray:
-    """The network's probability of AF per feature row (one hidden ReLU layer, logistic output)."""
-    hidden = np.maximum(((columns - MEAN) / SCALE) @ HIDDEN_WEIGHTS + HIDDEN_BIAS, 0.0)
-    logit = hidden @ OUTPUT_WEIGHTS + OUTPUT_BIAS
+def network(
+    columns: FloatArray,
+    mean: FloatArray,
+    scale: FloatArray,
+    hidden_weights: FloatArray,
+    hidden_bias: FloatArray,
+    output_weights: FloatArray,
+    output_bias: float,
+) -> FloatArray:
+    """A one-hidden-layer ReLU network's probability per feature row (standardized by mean and scale)."""
+    hidden = np.maximum(((columns - mean) / scale) @ hidden_weights + hidden_bias, 0.0)
+    logit = hidden @ output_weights + output_bias
     p: FloatArray = 1.0 / (1.0 + np.exp(-np.clip(logit, -50, 50)))
     return p
+
+
+def probability(columns: FloatArray) -> FloatArray:
+    """The shipped network's probability of AF per feature row."""
+    return network(columns, MEAN, SCALE, HIDDEN_WEIGHTS, HIDDEN_BIAS, OUTPUT_WEIGHTS, OUTPUT_BIAS)

@@ -131,21 +131,21 @@ def test_fit_mlp_is_deterministic_and_learns_a_curved_boundary() -> None:
         np.testing.assert_array_equal(a, b)
     test = rng.normal(0, 1, (2000, 2))
     truth = np.hypot(test[:, 0], test[:, 1]) < 1.0
-    assert np.mean((train_af.mlp_probability(test, *first) >= 0.5) == truth) > 0.95
+    assert np.mean((af_model.network(test, *first) >= 0.5) == truth) > 0.95
 
 
 def test_the_shipped_probability_is_the_network_of_its_constants() -> None:
-    """``af_model.probability`` is train_af's network on the constants in af_model (what --write puts
-    there), and the candidate tooling reads the same network back from git."""
+    """``af_model.probability`` is ``af_model.network`` on af_model's constants, and the block
+    ``train_af.py --write`` writes, read back as the candidate tooling reads git, is the same network."""
     rows = sliding_window_view(h_af(800, np.random.default_rng(8), low=True), 64)[::16]
     columns = af_model.features(rows, af_model.cleaned(rows))
     net = (af_model.MEAN, af_model.SCALE, af_model.HIDDEN_WEIGHTS, af_model.HIDDEN_BIAS, af_model.OUTPUT_WEIGHTS,
-           np.array([af_model.OUTPUT_BIAS]))
+           af_model.OUTPUT_BIAS)
     shipped = af_model.probability(columns)
-    np.testing.assert_allclose(train_af.mlp_probability(columns, *net), shipped, rtol=1e-12)
     assert np.mean(shipped >= af_model.THRESHOLD) > 0.5  # low-variability AF of family H: mostly irregular
-    block = train_af.constants(*net)  # what --write writes, read back as the candidate tooling reads git
+    block = train_af.constants(*net)  # what --write writes
     assert "HIDDEN_WEIGHTS: Final = np.array(" in block and ".reshape(13, 16)" in block
-    np.testing.assert_allclose(af_candidates._floats(block, "HIDDEN_WEIGHTS").reshape(13, 16), af_model.HIDDEN_WEIGHTS,
-                               rtol=1e-5)
-    np.testing.assert_allclose(af_candidates._floats(block, "OUTPUT_WEIGHTS"), af_model.OUTPUT_WEIGHTS, rtol=1e-5)
+    read = af_candidates.model_from_source(block)  # as the candidate tooling reads it from git
+    again = read.judge(columns)
+    np.testing.assert_allclose(again, shipped, rtol=1e-4, atol=1e-9)
+    np.testing.assert_array_equal(again >= af_model.THRESHOLD, shipped >= af_model.THRESHOLD)
